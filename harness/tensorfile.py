@@ -1,0 +1,121 @@
+"""TVM's NDArray-list blob (the params.bin format), read and written with numpy.
+
+The same format carries a model's params, the inputs the harness sends to the runner and the
+outputs the runner sends back, so minrt parses exactly one tensor container format.
+Layout (little-endian): u64 magic, u64 reserved, u64 name count, names (u64 len + bytes),
+u64 tensor count, then per tensor: u64 magic, u64 reserved, DLDevice {i32 type, i32 id},
+i32 ndim, DLDataType {u8 code, u8 bits, u16 lanes}, ndim x i64 shape, i64 nbytes, data.
+"""
+
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+from typing import Mapping
+
+import numpy as np
+
+from .errors import HarnessError
+
+LIST_MAGIC = 0xF7E58D4F05049CB7
+TENSOR_MAGIC = 0xDD5E40F096B4A13F
+KDL_CPU = 1
+
+# DLPack type codes: 0 int, 1 uint, 2 float, 6 bool.
+_DTYPE_TO_DL: dict[str, tuple[int, int]] = {
+    "float32": (2, 32),
+    "float16": (2, 16),
+    "float64": (2, 64),
+    "int8": (0, 8),
+    "int16": (0, 16),
+    "int32": (0, 32),
+    "int64": (0, 64),
+    "uint8": (1, 8),
+    "uint16": (1, 16),
+    "uint32": (1, 32),
+    "bool": (6, 8),
+}
+_DL_TO_DTYPE = {v: k for k, v in _DTYPE_TO_DL.items()}
+
+
+class TensorFileError(HarnessError):
+    pass
+
+
+def dl_dtype(dtype: str) -> tuple[int, int]:
+    try:
+        return _DTYPE_TO_DL[dtype]
+    except KeyError:
+        raise TensorFileError(f"dtype '{dtype}' has no DLPack code known to minrt") from None
+
+
+def dumps(tensors: Mapping[str, np.ndarray]) -> bytes:
+    """Serialize named arrays in order (CPU device, lanes 1)."""
+    out = [struct.pack("<QQQ", LIST_MAGIC, 0, len(tensors))]
+    for name in tensors:
+        raw = name.encode()
+        out.append(struct.pack("<Q", len(raw)) + raw)
+    out.append(struct.pack("<Q", len(tensors)))
+    for arr in tensors.values():
+        arr = np.ascontiguousarray(arr)
+        code, bits = dl_dtype(str(arr.dtype))
+        out.append(struct.pack("<QQiiiBBH", TENSOR_MAGIC, 0, KDL_CPU, 0, arr.ndim, code, bits, 1))
+        out.append(struct.pack(f"<{arr.ndim}q", *arr.shape))
+        data = arr.astype(arr.dtype.newbyteorder("<"), copy=False).tobytes()
+        out.append(struct.pack("<q", len(data)) + data)
+    return b"".join(out)
+
+
+def loads(blob: bytes, where: str = "<bytes>") -> dict[str, np.ndarray]:
+    """Parse a blob; errors name the byte offset and the field."""
+    pos = 0
+
+    def take(fmt: str, what: str) -> tuple:
+        nonlocal pos
+        size = struct.calcsize(fmt)
+        if pos + size > len(blob):
+            raise TensorFileError(f"{where}: truncated at byte {pos} reading {what}")
+        vals = struct.unpack_from(fmt, blob, pos)
+        pos += size
+        return vals
+
+    magic, _, nnames = take("<QQQ", "header")
+    if magic != LIST_MAGIC:
+        raise TensorFileError(f"{where}: bad magic {magic:#x} (expected {LIST_MAGIC:#x})")
+    names = []
+    for i in range(nnames):
+        (length,) = take("<Q", f"name {i} length")
+        if pos + length > len(blob):
+            raise TensorFileError(f"{where}: truncated in name {i}")
+        names.append(blob[pos : pos + length].decode())
+        pos += length
+    (count,) = take("<Q", "tensor count")
+    if count != nnames:
+        raise TensorFileError(f"{where}: {nnames} names but {count} tensors")
+    result: dict[str, np.ndarray] = {}
+    for name in names:
+        tmagic, _, _dev, _dev_id, ndim, code, bits, lanes = take("<QQiiiBBH", f"tensor '{name}' header")
+        if tmagic != TENSOR_MAGIC:
+            raise TensorFileError(f"{where}: tensor '{name}' has bad magic {tmagic:#x}")
+        if (code, bits) not in _DL_TO_DTYPE or lanes != 1:
+            raise TensorFileError(f"{where}: tensor '{name}' has unsupported dtype code={code} bits={bits} lanes={lanes}")
+        if not 0 <= ndim <= 32:
+            raise TensorFileError(f"{where}: tensor '{name}' has ndim {ndim}")
+        shape = take(f"<{ndim}q", f"tensor '{name}' shape")
+        (nbytes,) = take("<q", f"tensor '{name}' nbytes")
+        dtype = np.dtype(_DL_TO_DTYPE[(code, bits)]).newbyteorder("<")
+        if nbytes != int(np.prod(shape, dtype=np.int64)) * dtype.itemsize:
+            raise TensorFileError(f"{where}: tensor '{name}' nbytes {nbytes} does not match shape {shape}")
+        if pos + nbytes > len(blob):
+            raise TensorFileError(f"{where}: truncated in data of tensor '{name}'")
+        result[name] = np.frombuffer(blob, dtype=dtype, count=nbytes // dtype.itemsize, offset=pos).reshape(shape).copy()
+        pos += nbytes
+    return result
+
+
+def save(path: Path, tensors: Mapping[str, np.ndarray]) -> None:
+    path.write_bytes(dumps(tensors))
+
+
+def load(path: Path) -> dict[str, np.ndarray]:
+    return loads(path.read_bytes(), where=str(path))

@@ -1,0 +1,55 @@
+"""Where C compiler commands run: on this host, or inside a target's Docker toolchain image.
+
+A toolchain runs one argv at a time in a working directory. Every path in the argv is an
+absolute host path under the source tree or the cache; the Docker toolchain mounts both at
+the same paths inside the container, so a command line means the same thing in both places.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol, Sequence
+
+from .errors import BuildError
+
+log = logging.getLogger(__name__)
+
+
+class Toolchain(Protocol):
+    name: str
+
+    def run(self, argv: Sequence[str], cwd: Path) -> str:
+        """Run argv in cwd; return its stdout; raise BuildError naming the command on failure."""
+        ...
+
+    def describe(self) -> str:
+        """A one-line description (compiler version) recorded with results."""
+        ...
+
+
+@dataclass
+class HostToolchain:
+    """Runs the compiler installed on this host (e.g. Debian's arm-linux-gnueabihf-gcc)."""
+
+    name: str = "host"
+
+    def run(self, argv: Sequence[str], cwd: Path) -> str:
+        if shutil.which(argv[0]) is None:
+            raise BuildError(
+                f"compiler '{argv[0]}' is not installed on this host "
+                "(run ci/setup, or use the Docker toolchain with --toolchain docker)"
+            )
+        log.debug("host$ %s", " ".join(argv))
+        proc = subprocess.run(list(argv), cwd=cwd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise BuildError(
+                f"command failed (exit {proc.returncode}): {' '.join(argv)}\n{proc.stderr.strip()}"
+            )
+        return proc.stdout
+
+    def describe(self) -> str:
+        return "host"
