@@ -1,5 +1,80 @@
 """Transports: how the harness talks to a device. One small interface: put, run, get, close."""
 
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Iterator
+
+from ..errors import TargetError
 from .base import CommandResult, Transport
 
-__all__ = ["CommandResult", "Transport"]
+if TYPE_CHECKING:
+    from ..targets import Target
+
+__all__ = ["CommandResult", "Transport", "open_transport"]
+
+
+def _split_host(host: str, default_user: str) -> tuple[str, str, int | None]:
+    """'user@address[:port]' -> (user, address, port)."""
+    user, _, address = host.rpartition("@")
+    port = None
+    if address.count(":") == 1:  # not an IPv6 literal
+        address, _, port_text = address.partition(":")
+        if not port_text.isdigit():
+            raise TargetError(f"--host '{host}': port '{port_text}' is not a number")
+        port = int(port_text)
+    return user or default_user, address, port
+
+
+@contextmanager
+def open_transport(target: "Target", kind: str | None = None, host: str | None = None) -> Iterator[Transport]:
+    """Open the transport a target names (or `kind`, e.g. "serial" for a board's console)."""
+    opts = target.transport.options
+    kind = kind or target.transport.kind
+    if kind == "local":
+        from .local import LocalTransport
+
+        transport: Transport = LocalTransport()
+    elif kind == "qemu-user":
+        from .local import QemuUserTransport
+
+        transport = QemuUserTransport(cpu=opts.get("cpu", "cortex-a7"))
+    elif kind in ("ssh", "serial") and "board" in opts:
+        from ..board import ensure_board
+
+        board = ensure_board(opts["board"])
+        workdir = opts.get("workdir", "/tmp/minrt")
+        if kind == "ssh":
+            from .ssh import SSHTransport
+
+            b_host, b_port, b_user, key_file, known_hosts = board.ssh_params()
+            transport = SSHTransport(host=b_host, port=b_port, user=b_user, workdir=workdir,
+                                     known_hosts=known_hosts, key_filename=key_file)
+        else:
+            from .serial import SerialTransport
+
+            transport = SerialTransport(f"socket://127.0.0.1:{board.serial_port}", workdir=workdir)
+    elif kind == "ssh":
+        from .ssh import SSHTransport
+
+        address = host or opts.get("host")
+        if not address:
+            raise TargetError(f"target '{target.name}' needs a device address: pass --host user@ADDRESS")
+        user, hostname, port = _split_host(address, opts.get("user", "root"))
+        transport = SSHTransport(host=hostname, port=port or int(opts.get("port", 22)), user=user,
+                                 workdir=opts.get("workdir", "/tmp/minrt"),
+                                 known_hosts=opts.get("known_hosts"),
+                                 key_filename=opts.get("key_file"))
+    elif kind == "serial":
+        from .serial import SerialTransport
+
+        url = host or opts.get("url")
+        if not url:
+            raise TargetError(f"target '{target.name}' needs a serial port: pass --host /dev/ttyUSB0 or a pyserial URL")
+        transport = SerialTransport(url, workdir=opts.get("workdir", "/tmp/minrt"))
+    else:
+        raise TargetError(f"target '{target.name}': transport '{kind}' is not supported")
+    try:
+        yield transport
+    finally:
+        transport.close()

@@ -1,0 +1,179 @@
+"""The `harness` command line: a thin layer over the library (harness.run, compile, build...)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from .errors import HarnessError
+from .targets import DEFAULT_TARGET
+
+log = logging.getLogger("harness")
+
+
+def resolve_models(names: Sequence[str] | None) -> list[Path]:
+    """Model arguments are .onnx paths or names of the shipped examples; none means all examples."""
+    from .cache import cache_dir
+    from .examples import write_examples
+
+    wanted = list(names or [])
+    paths = [Path(n) for n in wanted if n.endswith(".onnx") or Path(n).exists()]
+    example_names = [n for n in wanted if not (n.endswith(".onnx") or Path(n).exists())]
+    if not wanted or example_names:
+        examples = write_examples(cache_dir() / "examples")
+        if not wanted:
+            return list(examples.values())
+        for name in example_names:
+            if name not in examples:
+                raise HarnessError(f"model '{name}' is neither a file nor an example (examples: {', '.join(examples)})")
+            paths.append(examples[name])
+    for path in paths:
+        if not path.exists():
+            raise HarnessError(f"model file '{path}' does not exist")
+    return paths
+
+
+def _parse_inputs(items: Sequence[str]) -> dict[str, Path]:
+    result = {}
+    for item in items:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise HarnessError(f"--input '{item}': expected NAME=FILE.npy")
+        result[name] = Path(path)
+    return result
+
+
+def format_result(r: dict) -> str:
+    head = f"{r['model']} on {r['target']} ({r['transport']}): {'PASS' if r['passed'] else 'FAIL'}"
+    lat = r.get("latency_us") or {}
+    if lat:
+        head += (f"  latency mean {lat.get('mean', 0):.1f} us (min {lat.get('min', 0):.1f}, "
+                 f"max {lat.get('max', 0):.1f}) over {r['iters']} run(s)")
+    if r.get("arena_bytes") is not None:
+        head += f", arena {r['arena_bytes']:,} B"
+    lines = [head]
+    for o in r.get("outputs", []):
+        verdict = "ok" if o["passed"] else "MISMATCH"
+        detail = o.get("problem") or (f"max abs {o['max_abs_err']:.3g}  max rel {o['max_rel_err']:.3g}"
+                                      f"  (atol {o['atol']:g}, rtol {o['rtol']:g})")
+        lines.append(f"  {o['name']:<16} {str(o['shape']):<16} {o['dtype']:<8} vs {o['reference']:<15} {detail}  {verdict}")
+    if r.get("error"):
+        lines.append(f"  error: {r['error']}")
+    return "\n".join(lines)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .run import run_on_target
+    from .targets import load_target
+
+    target = load_target(args.target)
+    inputs = _parse_inputs(args.input)
+    models = resolve_models(args.model)
+    if inputs and len(models) != 1:
+        raise HarnessError("--input needs exactly one --model")
+    results = []
+    for model in models:
+        result = run_on_target(model, target, transport=args.transport, toolchain=args.toolchain,
+                               iters=args.iters, seed=args.seed, host=args.host,
+                               input_files=inputs or None, atol=args.atol, rtol=args.rtol)
+        results.append(result.to_dict())
+        if not args.json:
+            print(format_result(result.to_dict()), flush=True)
+    if args.json:
+        print(json.dumps(results, indent=2))
+    else:
+        passed = sum(r["passed"] for r in results)
+        print(f"{passed} of {len(results)} model(s) passed on {target.name}")
+    return 0 if all(r["passed"] for r in results) else 1
+
+
+def cmd_compile(args: argparse.Namespace) -> int:
+    from .compile import compile_model
+    from .targets import load_target
+
+    target = load_target(args.target)
+    for model in resolve_models(args.model):
+        artifact = compile_model(model, target)
+        print(f"{model.stem}: {artifact.dir}")
+    return 0
+
+
+def cmd_examples(args: argparse.Namespace) -> int:
+    from .examples import write_examples
+
+    for name, path in write_examples(Path(args.out)).items():
+        print(f"{name}: {path}")
+    return 0
+
+
+def cmd_targets(args: argparse.Namespace) -> int:
+    from .targets import load_target, target_names
+    from .targets_check import check_target
+
+    for name in target_names():
+        try:
+            target = load_target(name)
+        except HarnessError as exc:
+            print(f"{name:<12} INVALID  {exc}")
+            continue
+        ok, note = check_target(target)
+        default = " (default)" if name == DEFAULT_TARGET else ""
+        print(f"{name:<12} {'ready' if ok else 'needs':<6} {target.transport.kind:<9} {target.description}{default}")
+        print(f"{'':<12} {note}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="harness", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("run", help="compile, build, deploy, run and compare with the reference")
+    p.add_argument("--target", default=DEFAULT_TARGET, help=f"target name or .toml file (default {DEFAULT_TARGET})")
+    p.add_argument("--model", action="append", help="ONNX file or example name (repeatable; default: all examples)")
+    p.add_argument("--transport", choices=["local", "qemu-user", "ssh", "serial"], help="override the target's transport")
+    p.add_argument("--host", help="device address: user@host[:port] for SSH, a port or URL for serial")
+    p.add_argument("--toolchain", choices=["host", "docker"], default="host", help="where to compile C (default host)")
+    p.add_argument("--iters", type=int, default=10, help="inference runs on the device (default 10)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random inputs")
+    p.add_argument("--input", action="append", default=[], metavar="NAME=FILE.npy", help="an input from a .npy file")
+    p.add_argument("--atol", type=float, default=1e-5)
+    p.add_argument("--rtol", type=float, default=1e-5)
+    p.add_argument("--json", action="store_true", help="print machine-readable results")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("compile", help="compile a model into a minrt artifact (cached)")
+    p.add_argument("model", nargs="*", help="ONNX file or example name (default: all examples)")
+    p.add_argument("--target", default=DEFAULT_TARGET)
+    p.set_defaults(func=cmd_compile)
+
+    p = sub.add_parser("examples", help="write the example ONNX models")
+    p.add_argument("--out", default="examples")
+    p.set_defaults(func=cmd_examples)
+
+    p = sub.add_parser("targets", help="list targets and what each needs")
+    p.set_defaults(func=cmd_targets)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
+    logging.basicConfig(level=level, format="harness: %(message)s", stream=sys.stderr)
+    try:
+        return args.func(args)
+    except HarnessError as exc:
+        print(f"harness: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("harness: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,62 @@
+"""Compare a device's outputs with a reference: per-output error figures and a verdict."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+DEFAULT_ATOL = 1e-5
+DEFAULT_RTOL = 1e-5
+
+
+@dataclass(frozen=True)
+class OutputCheck:
+    name: str
+    reference: str
+    shape: list[int]
+    dtype: str
+    max_abs_err: float
+    max_rel_err: float
+    atol: float
+    rtol: float
+    passed: bool
+    problem: str | None = None  # set when shapes or dtypes disagree
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def compare_output(
+    name: str, reference: str, got: np.ndarray, want: np.ndarray,
+    atol: float = DEFAULT_ATOL, rtol: float = DEFAULT_RTOL,
+) -> OutputCheck:
+    """|got - want| <= atol + rtol * |want| elementwise; integers and bools must match exactly."""
+    base = dict(name=name, reference=reference, shape=list(want.shape), dtype=str(want.dtype))
+    if got.shape != want.shape:
+        return OutputCheck(**base, max_abs_err=float("inf"), max_rel_err=float("inf"), atol=atol,
+                           rtol=rtol, passed=False,
+                           problem=f"shape {list(got.shape)} != reference {list(want.shape)}")
+    if got.dtype != want.dtype:
+        return OutputCheck(**base, max_abs_err=float("inf"), max_rel_err=float("inf"), atol=atol,
+                           rtol=rtol, passed=False,
+                           problem=f"dtype {got.dtype} != reference {want.dtype}")
+    exact = not np.issubdtype(want.dtype, np.floating)
+    if exact:
+        atol = rtol = 0.0
+    g = got.astype(np.float64)
+    w = want.astype(np.float64)
+    if g.size == 0:
+        return OutputCheck(**base, max_abs_err=0.0, max_rel_err=0.0, atol=atol, rtol=rtol, passed=True)
+    finite_mismatch = bool(np.any(np.isnan(g) != np.isnan(w)))
+    diff = np.abs(g - w)
+    diff = np.where(np.isnan(g) & np.isnan(w), 0.0, diff)
+    rel = diff / np.maximum(np.abs(w), np.finfo(np.float64).tiny)
+    passed = not finite_mismatch and bool(np.all(diff <= atol + rtol * np.abs(w)))
+    return OutputCheck(
+        **base,
+        max_abs_err=float(np.nanmax(diff)),
+        max_rel_err=float(np.nanmax(np.where(diff == 0, 0.0, rel))),
+        atol=atol, rtol=rtol, passed=passed,
+        problem="NaN where the reference has a number" if finite_mismatch else None,
+    )

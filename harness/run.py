@@ -1,0 +1,227 @@
+"""`harness run`: compile a model, build minrt for a target, run it there, check it.
+
+This is the strategy that brings a model and a device to the "checked" state: each step is
+a library call (compile, build, transport, reference, compare) so tests and the farm reuse it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from . import REPO_ROOT, tensorfile
+from .compare import DEFAULT_ATOL, DEFAULT_RTOL, OutputCheck, compare_output
+from .errors import DeviceError, HarnessError
+from .targets import Target
+
+log = logging.getLogger(__name__)
+
+#: Exit codes of minrt-run (runtime_c/runner): 1 load/input error, 2 usage, 3 run error.
+RUNNER_EXIT = {1: "load or input error", 2: "usage error", 3: "run error"}
+RUN_TIMEOUT_S = 300.0
+
+
+@dataclass
+class RunResult:
+    model: str
+    target: str
+    transport: str
+    passed: bool = False
+    outputs: list[dict[str, Any]] = field(default_factory=list)
+    latency_us: dict[str, float] = field(default_factory=dict)
+    iters: int = 0
+    arena_bytes: int | None = None
+    sizes: dict[str, int] = field(default_factory=dict)
+    tvm_version: str | None = None
+    toolchain: str | None = None
+    commit: str | None = None
+    error: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+
+def git_commit(root: Path = REPO_ROOT) -> str | None:
+    try:
+        out = subprocess.run(["git", "-C", str(root), "rev-parse", "--short=12", "HEAD"],
+                             capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def random_inputs(specs: Sequence[Mapping[str, Any]], seed: int) -> dict[str, np.ndarray]:
+    """Seeded inputs for each graph input: N(0,1) floats, small ints, random bools."""
+    rng = np.random.default_rng(seed)
+    inputs: dict[str, np.ndarray] = {}
+    for spec in specs:
+        shape, dtype = tuple(spec["shape"]), np.dtype(spec["dtype"])
+        if dtype == np.bool_:
+            value = rng.integers(0, 2, size=shape).astype(bool)
+        elif np.issubdtype(dtype, np.integer):
+            info = np.iinfo(dtype)
+            value = rng.integers(max(info.min, -100), min(info.max, 100), size=shape, endpoint=True).astype(dtype)
+        else:
+            value = rng.standard_normal(size=shape).astype(dtype)
+        inputs[spec["name"]] = value
+    return inputs
+
+
+def load_inputs(specs: Sequence[Mapping[str, Any]], files: Mapping[str, Path]) -> dict[str, np.ndarray]:
+    """Inputs from .npy files, checked against the model's input names, shapes and dtypes."""
+    by_name = {s["name"]: s for s in specs}
+    unknown = sorted(set(files) - set(by_name))
+    if unknown:
+        raise HarnessError(f"--input names {unknown} are not inputs of the model (inputs: {sorted(by_name)})")
+    result: dict[str, np.ndarray] = {}
+    for name, path in files.items():
+        spec = by_name[name]
+        try:
+            value = np.load(path, allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise HarnessError(f"--input {name}={path}: cannot read as .npy: {exc}") from None
+        if list(value.shape) != list(spec["shape"]):
+            raise HarnessError(f"--input {name}={path}: shape {list(value.shape)}, the model expects {list(spec['shape'])}")
+        if str(value.dtype) != spec["dtype"]:
+            raise HarnessError(f"--input {name}={path}: dtype {value.dtype}, the model expects {spec['dtype']}")
+        result[name] = value
+    return result
+
+
+def parse_timing(stdout: str) -> dict[str, Any]:
+    """The runner's last stdout line is a JSON object with its timing and arena size."""
+    for line in reversed(stdout.strip().splitlines()):
+        line = line.strip()
+        if line.startswith("{"):
+            try:
+                return json.loads(line)
+            except json.JSONDecodeError:
+                break
+    raise DeviceError(f"minrt-run printed no timing line; its output was:\n{stdout[-2000:]}")
+
+
+def execute(transport: Any, runner: Path, artifact: Any, inputs_blob: bytes, iters: int,
+            timeout: float = RUN_TIMEOUT_S) -> tuple[bytes, dict[str, Any]]:
+    """Put the runner and the model on the device, run it, fetch the outputs blob."""
+    workspace = int(artifact.metadata.get("workspace_bytes", 0))
+    if hasattr(transport, "run_model"):
+        log.info("running %d iteration(s) over the framed serial protocol", iters)
+        remote_runner = f"{transport.workdir}/minrt-run"
+        transport.put(runner, remote_runner)
+        return transport.run_model(remote_runner, artifact.graph_json.read_bytes(),
+                                   artifact.params_bin.read_bytes(), inputs_blob, iters, workspace, timeout)
+    wd = transport.workdir
+    with tempfile.TemporaryDirectory(prefix="minrt-io-") as tmp:
+        inputs_path = Path(tmp) / "inputs.bin"
+        inputs_path.write_bytes(inputs_blob)
+        log.info("deploying runner and model to %s", getattr(transport, "name", "device"))
+        for local, remote in ((runner, "minrt-run"), (artifact.graph_json, "graph.json"),
+                              (artifact.params_bin, "params.bin"), (inputs_path, "inputs.bin")):
+            transport.put(local, f"{wd}/{remote}")
+        argv = [f"{wd}/minrt-run", f"{wd}/graph.json", f"{wd}/params.bin", f"{wd}/inputs.bin",
+                f"{wd}/outputs.bin", "-n", str(iters), "-w", str(workspace)]
+        log.info("running %d iteration(s)", iters)
+        result = transport.run(argv, timeout=timeout)
+        if result.returncode != 0:
+            what = RUNNER_EXIT.get(result.returncode, f"exit status {result.returncode}")
+            raise DeviceError(f"minrt-run failed ({what}): {result.stderr.strip() or result.stdout.strip()}")
+        timing = parse_timing(result.stdout)
+        out_path = Path(tmp) / "outputs.bin"
+        transport.get(f"{wd}/outputs.bin", out_path)
+        return out_path.read_bytes(), timing
+
+
+def check_outputs(model: Path, inputs: Mapping[str, np.ndarray], got: Sequence[np.ndarray],
+                  output_specs: Sequence[Mapping[str, Any]], atol: float, rtol: float) -> list[OutputCheck]:
+    """Compare every device output with every available host reference executor."""
+    from .reference import reference_names, run_reference
+
+    checks: list[OutputCheck] = []
+    for ref in reference_names():
+        want = run_reference(ref, model, inputs)
+        if len(want) != len(got):
+            raise HarnessError(f"the device returned {len(got)} outputs, {ref} returned {len(want)}")
+        for spec, g, w in zip(output_specs, got, want):
+            checks.append(compare_output(spec["name"], ref, g, w, atol=atol, rtol=rtol))
+    return checks
+
+
+def run_on_target(
+    model: Path,
+    target: Target,
+    *,
+    transport: str | None = None,
+    toolchain: str = "host",
+    iters: int = 10,
+    seed: int = 0,
+    host: str | None = None,
+    input_files: Mapping[str, Path] | None = None,
+    atol: float = DEFAULT_ATOL,
+    rtol: float = DEFAULT_RTOL,
+    timeout: float = RUN_TIMEOUT_S,
+) -> RunResult:
+    """Compile, build, deploy, run and check one model on one target.
+
+    Failures after the run has started are recorded in the result (`error`), with whatever
+    was measured before them, so a farm or a dashboard loses nothing; failures of the user's
+    own input (unknown target, unreadable model) raise.
+    """
+    from .build import build_runner
+    from .compile import compile_model
+    from .toolchain import get_toolchain
+    from .transport import open_transport
+
+    result = RunResult(model=model.stem, target=target.name,
+                       transport=transport or target.transport.kind, commit=git_commit())
+    started = time.monotonic()
+    log.info("[%s on %s] compiling", model.name, target.name)
+    artifact = compile_model(model, target)
+    result.tvm_version = artifact.metadata.get("tvm_version")
+    try:
+        tc = get_toolchain(toolchain, target)
+        result.toolchain = tc.describe()
+        log.info("[%s on %s] building minrt-run with the %s toolchain", model.name, target.name, tc.name)
+        runner = build_runner(target, artifact, tc)
+        result.sizes = measure_sizes(target, runner, artifact)
+        inputs = (load_inputs(artifact.inputs, input_files) if input_files
+                  else random_inputs(artifact.inputs, seed))
+        missing = [s["name"] for s in artifact.inputs if s["name"] not in inputs]
+        if missing:
+            raise HarnessError(f"no value given for model input(s) {missing}")
+        blob = tensorfile.dumps({s["name"]: inputs[s["name"]] for s in artifact.inputs})
+        with open_transport(target, kind=transport, host=host) as device:
+            log.info("[%s on %s] running on the device", model.name, target.name)
+            out_blob, timing = execute(device, runner, artifact, blob, iters, timeout)
+        result.iters = int(timing.get("iters", iters))
+        result.arena_bytes = timing.get("arena_bytes")
+        result.latency_us = {k: float(timing[f"{k}_us"]) for k in ("min", "mean", "max") if f"{k}_us" in timing}
+        got = list(tensorfile.loads(out_blob, where="outputs.bin").values())
+        log.info("[%s on %s] comparing with the host reference", model.name, target.name)
+        checks = check_outputs(model, inputs, got, artifact.outputs, atol, rtol)
+        result.outputs = [c.to_dict() for c in checks]
+        result.passed = all(c.passed for c in checks)
+    except HarnessError as exc:
+        result.error = str(exc)
+        result.passed = False
+        log.error("[%s on %s] %s", model.name, target.name, exc)
+    log.info("[%s on %s] %s in %.1f s", model.name, target.name,
+             "PASS" if result.passed else "FAIL", time.monotonic() - started)
+    return result
+
+
+def measure_sizes(target: Target, runner: Path, artifact: Any) -> dict[str, int]:
+    """.text of minrt (its objects), the whole runner binary and the model kernels."""
+    from . import size
+
+    return size.run_sizes(target, runner, artifact)

@@ -1,0 +1,79 @@
+"""Transports for programs that run on this host: natively, or under qemu-user."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Sequence
+
+from ..errors import DeviceError
+from .base import CommandResult
+
+log = logging.getLogger(__name__)
+
+
+class LocalTransport:
+    """The host itself. `workdir` is a fresh temporary directory, removed on close."""
+
+    name = "local"
+
+    def __init__(self, workdir: str | None = None) -> None:
+        self._owned = workdir is None
+        self.workdir = workdir or tempfile.mkdtemp(prefix="minrt-local-")
+
+    def _path(self, remote: str) -> Path:
+        path = Path(remote)
+        return path if path.is_absolute() else Path(self.workdir) / path
+
+    def put(self, local: Path, remote: str) -> None:
+        shutil.copy2(local, self._path(remote))
+
+    def get(self, remote: str, local: Path) -> None:
+        src = self._path(remote)
+        if not src.exists():
+            raise DeviceError(f"{self.name}: no file '{remote}' to fetch")
+        shutil.copy2(src, local)
+
+    def wrap(self, argv: Sequence[str]) -> list[str]:
+        """The argv actually executed on the host."""
+        return list(argv)
+
+    def run(self, argv: Sequence[str], timeout: float) -> CommandResult:
+        full = self.wrap(argv)
+        log.debug("%s$ %s", self.name, " ".join(full))
+        try:
+            proc = subprocess.run(full, cwd=self.workdir, capture_output=True, text=True, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise DeviceError(f"{self.name}: '{argv[0]}' did not finish within {timeout:g} s") from None
+        except OSError as exc:
+            raise DeviceError(f"{self.name}: cannot start '{full[0]}': {exc.strerror}") from None
+        return CommandResult(proc.returncode, proc.stdout, proc.stderr)
+
+    def close(self) -> None:
+        if self._owned:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def __enter__(self) -> "LocalTransport":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class QemuUserTransport(LocalTransport):
+    """ARM binaries on this host through qemu-user (`qemu-arm`), one process per command."""
+
+    name = "qemu-user"
+
+    def __init__(self, cpu: str = "cortex-a7", qemu: str = "qemu-arm",
+                 sysroot: str = "/usr/arm-linux-gnueabihf", workdir: str | None = None) -> None:
+        if shutil.which(qemu) is None:
+            raise DeviceError(f"qemu-user: '{qemu}' is not installed (run ci/setup, or apt-get install qemu-user)")
+        super().__init__(workdir)
+        self.cpu, self.qemu, self.sysroot = cpu, qemu, sysroot
+
+    def wrap(self, argv: Sequence[str]) -> list[str]:
+        return [self.qemu, "-cpu", self.cpu, "-L", self.sysroot, *argv]

@@ -1,0 +1,51 @@
+"""The comparison rules that decide pass/fail of a device's outputs."""
+
+import numpy as np
+
+from harness.compare import compare_output
+
+
+def test_float_within_tolerance_passes():
+    want = np.array([1.0, -2.0, 1e-3], dtype=np.float32)
+    got = want + np.float32(5e-6)
+    check = compare_output("y", "ref", got, want, atol=1e-5, rtol=1e-5)
+    assert check.passed
+    assert 4e-6 < check.max_abs_err < 6e-6
+
+
+def test_float_beyond_tolerance_fails_and_reports_error():
+    want = np.zeros((2, 3), dtype=np.float32)
+    got = want.copy()
+    got[1, 2] = 1e-3
+    check = compare_output("y", "ref", got, want, atol=1e-5, rtol=0)
+    assert not check.passed
+    assert abs(check.max_abs_err - 1e-3) < 1e-9
+
+
+def test_relative_tolerance_scales_with_magnitude():
+    want = np.array([1000.0], dtype=np.float32)
+    got = np.array([1000.005], dtype=np.float32)
+    assert compare_output("y", "ref", got, want, atol=1e-5, rtol=1e-5).passed
+    assert not compare_output("y", "ref", got, want, atol=1e-5, rtol=0).passed
+
+
+def test_integers_must_match_exactly():
+    want = np.array([1, 2, 3], dtype=np.int32)
+    assert compare_output("y", "ref", want.copy(), want).passed
+    check = compare_output("y", "ref", np.array([1, 2, 4], dtype=np.int32), want, atol=10, rtol=10)
+    assert not check.passed and check.atol == 0
+
+
+def test_shape_and_dtype_mismatches_are_named():
+    want = np.zeros((2, 2), dtype=np.float32)
+    shape = compare_output("y", "ref", np.zeros((4,), dtype=np.float32), want)
+    assert not shape.passed and "shape [4]" in shape.problem
+    dtype = compare_output("y", "ref", np.zeros((2, 2), dtype=np.float64), want)
+    assert not dtype.passed and "dtype float64" in dtype.problem
+
+
+def test_nan_where_reference_is_finite_fails():
+    want = np.array([1.0, 2.0], dtype=np.float32)
+    got = np.array([1.0, np.nan], dtype=np.float32)
+    check = compare_output("y", "ref", got, want)
+    assert not check.passed and "NaN" in check.problem
