@@ -57,8 +57,8 @@ def dumps(tensors: Mapping[str, np.ndarray]) -> bytes:
         out.append(struct.pack("<Q", len(raw)) + raw)
     out.append(struct.pack("<Q", len(tensors)))
     for arr in tensors.values():
-        arr = np.ascontiguousarray(arr)
-        code, bits = dl_dtype(str(arr.dtype))
+        arr = np.asarray(arr, order="C")  # not ascontiguousarray: it turns 0-d into 1-d
+        code, bits = dl_dtype(arr.dtype.name)
         out.append(struct.pack("<QQiiiBBH", TENSOR_MAGIC, 0, KDL_CPU, 0, arr.ndim, code, bits, 1))
         out.append(struct.pack(f"<{arr.ndim}q", *arr.shape))
         data = arr.astype(arr.dtype.newbyteorder("<"), copy=False).tobytes()
@@ -81,35 +81,43 @@ def loads(blob: bytes, where: str = "<bytes>") -> dict[str, np.ndarray]:
 
     magic, _, nnames = take("<QQQ", "header")
     if magic != LIST_MAGIC:
-        raise TensorFileError(f"{where}: bad magic {magic:#x} (expected {LIST_MAGIC:#x})")
+        raise TensorFileError(f"{where}: bad magic {magic:#x} at byte 0 (expected {LIST_MAGIC:#x})")
     names = []
     for i in range(nnames):
         (length,) = take("<Q", f"name {i} length")
         if pos + length > len(blob):
-            raise TensorFileError(f"{where}: truncated in name {i}")
-        names.append(blob[pos : pos + length].decode())
+            raise TensorFileError(f"{where}: truncated at byte {pos} in name {i} ({length} bytes)")
+        try:
+            names.append(blob[pos : pos + length].decode())
+        except UnicodeDecodeError:
+            raise TensorFileError(f"{where}: name {i} at byte {pos} is not UTF-8") from None
         pos += length
     (count,) = take("<Q", "tensor count")
     if count != nnames:
-        raise TensorFileError(f"{where}: {nnames} names but {count} tensors")
+        raise TensorFileError(f"{where}: {nnames} names but {count} tensors (count at byte {pos - 8})")
     result: dict[str, np.ndarray] = {}
     for name in names:
+        start = pos
         tmagic, _, _dev, _dev_id, ndim, code, bits, lanes = take("<QQiiiBBH", f"tensor '{name}' header")
         if tmagic != TENSOR_MAGIC:
-            raise TensorFileError(f"{where}: tensor '{name}' has bad magic {tmagic:#x}")
+            raise TensorFileError(f"{where}: tensor '{name}' has bad magic {tmagic:#x} at byte {start}")
         if (code, bits) not in _DL_TO_DTYPE or lanes != 1:
-            raise TensorFileError(f"{where}: tensor '{name}' has unsupported dtype code={code} bits={bits} lanes={lanes}")
+            raise TensorFileError(f"{where}: tensor '{name}' has unsupported dtype code={code} bits={bits} lanes={lanes} (header at byte {start})")
         if not 0 <= ndim <= 32:
-            raise TensorFileError(f"{where}: tensor '{name}' has ndim {ndim}")
+            raise TensorFileError(f"{where}: tensor '{name}' has ndim {ndim} (header at byte {start})")
         shape = take(f"<{ndim}q", f"tensor '{name}' shape")
+        if any(d < 0 for d in shape):
+            raise TensorFileError(f"{where}: tensor '{name}' has a negative dimension in shape {shape} (header at byte {start})")
         (nbytes,) = take("<q", f"tensor '{name}' nbytes")
         dtype = np.dtype(_DL_TO_DTYPE[(code, bits)]).newbyteorder("<")
         if nbytes != int(np.prod(shape, dtype=np.int64)) * dtype.itemsize:
-            raise TensorFileError(f"{where}: tensor '{name}' nbytes {nbytes} does not match shape {shape}")
+            raise TensorFileError(f"{where}: tensor '{name}' nbytes {nbytes} at byte {pos - 8} does not match shape {shape}")
         if pos + nbytes > len(blob):
-            raise TensorFileError(f"{where}: truncated in data of tensor '{name}'")
+            raise TensorFileError(f"{where}: truncated at byte {pos} in data of tensor '{name}' ({nbytes} bytes)")
         result[name] = np.frombuffer(blob, dtype=dtype, count=nbytes // dtype.itemsize, offset=pos).reshape(shape).copy()
         pos += nbytes
+    if pos != len(blob):
+        raise TensorFileError(f"{where}: {len(blob) - pos} unexpected bytes after the last tensor at byte {pos}")
     return result
 
 
