@@ -72,6 +72,17 @@ def _require(table: dict[str, Any], key: str, kind: type, path: Path, where: str
     return value
 
 
+#: Top-level keys of a target file; a misspelt key is an error rather than silently ignored.
+TOP_LEVEL_KEYS = ("name", "description", "arch", "tvm", "cc", "toolchain", "transport", "board")
+
+
+def _no_unknown_keys(table: dict[str, Any], known: tuple[str, ...], path: Path, where: str = "") -> None:
+    for key in table:
+        if key not in known:
+            loc = f"{where}.{key}" if where else key
+            raise TargetError(f"{path}: unknown key '{loc}' (known: {', '.join(known)})")
+
+
 def _str_list(table: dict[str, Any], key: str, path: Path, where: str) -> tuple[str, ...]:
     value = table.get(key, [])
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
@@ -88,7 +99,11 @@ def parse_target(path: Path) -> Target:
     except OSError as exc:
         raise TargetError(f"{path}: cannot read: {exc.strerror}") from None
 
+    _no_unknown_keys(data, TOP_LEVEL_KEYS, path)
     name = _require(data, "name", str, path)
+    description = data.get("description", "")
+    if not isinstance(description, str):
+        raise TargetError(f"{path}: key 'description' must be a str, got {type(description).__name__}")
     if name != path.stem:
         raise TargetError(f"{path}: key 'name' is '{name}' but the file is named '{path.stem}'")
     arch = _require(data, "arch", str, path)
@@ -98,6 +113,7 @@ def parse_target(path: Path) -> Target:
     _require(tvm_target, "kind", str, path, "tvm")
 
     cc_table = _require(data, "cc", dict, path)
+    _no_unknown_keys(cc_table, ("prefix", "cflags", "ldflags"), path, "cc")
     cc = CCompiler(
         prefix=cc_table.get("prefix", ""),
         cflags=_str_list(cc_table, "cflags", path, "cc"),
@@ -107,8 +123,9 @@ def parse_target(path: Path) -> Target:
         raise TargetError(f"{path}: key 'cc.prefix' must be a string")
 
     toolchain = _require(data, "toolchain", dict, path)
+    _no_unknown_keys(toolchain, ("image",), path, "toolchain")
     image = _require(toolchain, "image", str, path, "toolchain")
-    if not (TARGETS_DIR / "toolchains" / f"{image}.Dockerfile").exists() and path.parent == TARGETS_DIR:
+    if not (TARGETS_DIR / "toolchains" / f"{image}.Dockerfile").exists():
         raise TargetError(
             f"{path}: key 'toolchain.image' names '{image}' but "
             f"targets/toolchains/{image}.Dockerfile does not exist"
@@ -128,7 +145,7 @@ def parse_target(path: Path) -> Target:
 
     return Target(
         name=name,
-        description=data.get("description", ""),
+        description=description,
         arch=arch,
         tvm_target=tvm_target,
         cc=cc,

@@ -12,9 +12,12 @@ import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol, Sequence
+from typing import TYPE_CHECKING, Protocol, Sequence
 
 from .errors import BuildError
+
+if TYPE_CHECKING:
+    from .targets import Target
 
 log = logging.getLogger(__name__)
 
@@ -53,3 +56,15 @@ class HostToolchain:
 
     def describe(self) -> str:
         return "host"
+
+
+def get_toolchain(kind: str, target: Target) -> Toolchain:
+    """The toolchain named by `kind` for `target`: "host" (this machine's compilers) or
+    "docker" (the target's toolchain image, built on first use)."""
+    if kind == "host":
+        return HostToolchain()
+    if kind == "docker":
+        from .docker_toolchain import DockerToolchain
+
+        return DockerToolchain(target.toolchain_image, compiler=target.cc.tool("gcc"))
+    raise BuildError(f"unknown toolchain '{kind}' (choose 'docker' or 'host')")
