@@ -165,6 +165,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
     logging.basicConfig(level=level, format="harness: %(message)s", stream=sys.stderr)
+    # paramiko announces every connection at INFO; the harness reports its own steps
+    logging.getLogger("paramiko").setLevel(logging.WARNING)
     try:
         return args.func(args)
     except HarnessError as exc:

@@ -42,7 +42,7 @@ def open_transport(target: "Target", kind: str | None = None, host: str | None =
     elif kind in ("ssh", "serial") and "board" in opts:
         from ..board import ensure_board
 
-        board = ensure_board(opts["board"])
+        board = ensure_board(opts["board"], instance=str(opts.get("board_instance", "0")))
         workdir = opts.get("workdir", "/tmp/minrt")
         if kind == "ssh":
             from .ssh import SSHTransport

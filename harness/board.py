@@ -1,0 +1,802 @@
+"""The emulated ARMv7 board that stands in for a Raspberry Pi: a real Linux kernel, a real SSH
+server and a real serial console, under `qemu-system-arm -M virt`.
+
+Image (built once per recipe, cached under `cache_dir()/boards/<name>-<recipe hash>/`):
+Debian's armhf `linux-image-*-armmp` kernel (resolved through the `linux-image-armmp`
+metapackage) and an initramfs with busybox-static, dropbear and its armhf libraries, and the
+virtio modules that /init loads. The .debs come from a private apt configuration
+(APT::Architecture "armhf", its own state and cache dirs): the system's dpkg architectures are
+never touched. The dropbear host key and the harness' client key are made at build time, so
+the harness verifies the board's host key like any other (no trust on first use).
+
+Board (one running qemu): serial console on a TCP socket (127.0.0.1), SSH forwarded from a
+127.0.0.1 port, guest network restricted (no traffic leaves the host). Its state (pid, ports)
+is kept in `cache_dir()/boards/run/<name>-<instance>/state.json`, so a board booted by one
+harness command is reused by the next; `ensure_board` boots a new one when it died.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import gzip
+import io
+import json
+import logging
+import os
+import re
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Iterator, NamedTuple
+
+from .cache import cache_dir, content_hash
+from .errors import DeviceError
+
+log = logging.getLogger(__name__)
+
+READY_MARKER = "MINRT-BOARD-READY"
+GUEST_ADDRESS = "10.0.2.15/24"  # qemu user networking: the guest's usual address
+GUEST_GATEWAY = "10.0.2.2"
+
+# /init of the board (PID 1). Kept here, not in a file, because it is part of the recipe hash.
+INIT_SCRIPT = r"""#!/bin/busybox sh
+# minrt board init: mount, load the virtio modules, bring the network up, start dropbear,
+# say READY on the console, then keep a shell on the console for the serial transport.
+/bin/busybox --install -s
+export PATH=/sbin:/bin:/usr/sbin:/usr/bin HOME=/root
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+mkdir -p /dev/pts && mount -t devpts devpts /dev/pts
+mount -t tmpfs -o mode=1777 tmpfs /tmp
+while read -r module; do
+  insmod "/lib/modules/$module.ko" || echo "minrt-board: insmod $module failed"
+done < /etc/modules
+hostname minrt-board
+ip link set lo up
+i=0
+while [ ! -e /sys/class/net/eth0 ] && [ $i -lt 50 ]; do sleep 0.1; i=$((i + 1)); done
+ip addr add @ADDRESS@ dev eth0 && ip link set eth0 up && ip route add default via @GATEWAY@ \
+  || echo "minrt-board: network setup failed"
+# -s: no password logins; -j -k: no port forwarding.
+dropbear -s -j -k -p 22 -r /etc/dropbear/dropbear_ed25519_host_key -P /run/dropbear.pid \
+  || echo "minrt-board: dropbear failed"
+dmesg -n 1
+echo "@MARKER@"
+while true; do setsid cttyhack sh; done
+""".replace("@ADDRESS@", GUEST_ADDRESS).replace("@GATEWAY@", GUEST_GATEWAY).replace(
+    "@MARKER@", READY_MARKER
+)
+
+
+@dataclass(frozen=True)
+class BoardRecipe:
+    """Everything that goes into a board image; its hash names the cached image."""
+
+    name: str = "qemu-virt-armv7"
+    mirror: str = "http://deb.debian.org/debian"
+    suites: tuple[str, ...] = ("bookworm", "bookworm-updates")
+    keyring: str = "/usr/share/keyrings/debian-archive-keyring.gpg"
+    kernel_metapackage: str = "linux-image-armmp"
+    packages: tuple[str, ...] = ("busybox-static", "dropbear-bin")
+    modules: tuple[str, ...] = ("virtio_mmio", "virtio_net", "virtio-rng")
+    machine: str = "virt"
+    cpu: str = "cortex-a15"
+    memory_mib: int = 256
+
+    def key(self) -> str:
+        return content_hash([json.dumps(asdict(self), sort_keys=True), INIT_SCRIPT, "layout-1"])
+
+
+RECIPES = {"qemu-virt-armv7": BoardRecipe()}
+
+
+def recipe_for(name: str) -> BoardRecipe:
+    try:
+        recipe = RECIPES[name]
+    except KeyError:
+        raise DeviceError(f"unknown board '{name}' (known: {', '.join(RECIPES)})") from None
+    mirror = os.environ.get("MINRT_DEBIAN_MIRROR")
+    if mirror:  # a local mirror or proxy; part of the recipe hash
+        recipe = BoardRecipe(**{**asdict(recipe), "mirror": mirror})
+    return recipe
+
+
+@dataclass(frozen=True)
+class BoardImage:
+    """A built board image: kernel, initramfs and the keys that go with them."""
+
+    recipe: BoardRecipe
+    dir: Path
+
+    @property
+    def kernel(self) -> Path:
+        return self.dir / "vmlinuz"
+
+    @property
+    def initrd(self) -> Path:
+        return self.dir / "initrd.gz"
+
+    @property
+    def client_key(self) -> Path:
+        return self.dir / "client_ed25519"
+
+    @property
+    def host_public_key(self) -> str:
+        """`ssh-ed25519 AAAA...` of the board's dropbear."""
+        return (self.dir / "host_ed25519.pub").read_text().strip()
+
+    @property
+    def manifest(self) -> dict:
+        return json.loads((self.dir / "manifest.json").read_text())
+
+
+# -- building the image ---------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """An exclusive lock between harness processes (released when the process dies)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _run(argv: list[str], what: str, cwd: Path | None = None, env: dict | None = None,
+         timeout: float = 600) -> str:
+    try:
+        proc = subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True,
+                              timeout=timeout)
+    except FileNotFoundError:
+        raise DeviceError(f"building the board image: {what}: '{argv[0]}' is not installed "
+                          f"(ci/setup installs it)") from None
+    except subprocess.TimeoutExpired:
+        raise DeviceError(f"building the board image: {what}: timed out after {timeout} s") from None
+    if proc.returncode != 0:
+        raise DeviceError(f"building the board image: {what} failed:\n{proc.stderr.strip()[-2000:]}")
+    return proc.stdout
+
+
+class _Apt:
+    """apt-get/apt-cache with a private configuration for armhf packages."""
+
+    def __init__(self, root: Path, recipe: BoardRecipe) -> None:
+        self.root = root
+        for sub in ("state/lists/partial", "cache/archives/partial", "etc/preferences.d",
+                    "etc/sources.list.d"):
+            (root / sub).mkdir(parents=True, exist_ok=True)
+        (root / "state/status").touch()
+        (root / "etc/sources.list").write_text("".join(
+            f"deb [signed-by={recipe.keyring}] {recipe.mirror} {suite} main\n"
+            for suite in recipe.suites))
+        (root / "apt.conf").write_text("\n".join([
+            'APT::Architecture "armhf";',
+            'APT::Architectures { "armhf"; };',
+            f'Dir::State "{root}/state";',
+            f'Dir::State::status "{root}/state/status";',
+            f'Dir::Cache "{root}/cache";',
+            f'Dir::Etc::SourceList "{root}/etc/sources.list";',
+            f'Dir::Etc::SourceParts "{root}/etc/sources.list.d";',
+            f'Dir::Etc::Preferences "{root}/etc/preferences";',
+            f'Dir::Etc::PreferencesParts "{root}/etc/preferences.d";',
+            'APT::Sandbox::User "root";',
+            "",
+        ]))
+        self.env = {**os.environ, "APT_CONFIG": str(root / "apt.conf"), "LC_ALL": "C"}
+
+    def update(self) -> None:
+        _run(["apt-get", "-q", "update"], "apt-get update (armhf package lists)", env=self.env)
+
+    def cache(self, *args: str) -> str:
+        return _run(["apt-cache", *args], f"apt-cache {' '.join(args)}", env=self.env)
+
+    def download(self, packages: list[str], into: Path) -> None:
+        _run(["apt-get", "-q", "download", *packages], "apt-get download", cwd=into, env=self.env)
+
+
+def _resolve_packages(apt: _Apt, recipe: BoardRecipe) -> tuple[str, list[str]]:
+    """(the kernel package the metapackage points at, every package to download)."""
+    kernels = re.findall(r"Depends: (linux-image-\S+-armmp)\n",
+                         apt.cache("depends", recipe.kernel_metapackage))
+    if not kernels:
+        raise DeviceError(f"building the board image: {recipe.kernel_metapackage} depends on no "
+                          f"linux-image-*-armmp package")
+    out = apt.cache("depends", "--recurse", "--no-recommends", "--no-suggests", "--no-conflicts",
+                    "--no-breaks", "--no-replaces", "--no-enhances", *recipe.packages)
+    names = sorted({line for line in out.splitlines() if line and not line.startswith((" ", "<"))})
+    return kernels[0], [kernels[0], *names]
+
+
+# Minimal ELF32 reading: enough to find a binary's libraries and a module's dependencies.
+
+
+def _elf_sections(data: bytes, what: str) -> list[tuple[str, int, int, int, int]]:
+    """(name, type, offset, size, link) of each section of a 32-bit little-endian ELF file."""
+    if data[:4] != b"\x7fELF" or data[4] != 1 or data[5] != 1:
+        raise DeviceError(f"building the board image: {what} is not a 32-bit little-endian ELF")
+    shoff, = struct.unpack_from("<I", data, 0x20)
+    shentsize, shnum, shstrndx = struct.unpack_from("<HHH", data, 0x2E)
+    headers = [struct.unpack_from("<IIIIIIIIII", data, shoff + i * shentsize) for i in range(shnum)]
+    names_off = headers[shstrndx][4]
+
+    def name(offset: int) -> str:
+        start = names_off + offset
+        return data[start:data.index(b"\0", start)].decode()
+
+    return [(name(h[0]), h[1], h[4], h[5], h[6]) for h in headers]
+
+
+def _elf_needed(data: bytes, what: str) -> tuple[str | None, list[str]]:
+    """(the program interpreter, the DT_NEEDED libraries) of an ELF file."""
+    sections = _elf_sections(data, what)
+    by_name = {s[0]: s for s in sections}
+    interp = None
+    if ".interp" in by_name:
+        _, _, off, size, _ = by_name[".interp"]
+        interp = data[off:off + size].rstrip(b"\0").decode()
+    needed = []
+    if ".dynamic" in by_name:
+        _, _, off, size, link = by_name[".dynamic"]
+        strtab_off = sections[link][2]
+        for pos in range(off, off + size, 8):
+            tag, value = struct.unpack_from("<iI", data, pos)
+            if tag == 0:
+                break
+            if tag == 1:  # DT_NEEDED
+                start = strtab_off + value
+                needed.append(data[start:data.index(b"\0", start)].decode())
+    return interp, needed
+
+
+def _module_depends(data: bytes, what: str) -> list[str]:
+    by_name = {s[0]: s for s in _elf_sections(data, what)}
+    if ".modinfo" not in by_name:
+        raise DeviceError(f"building the board image: {what} has no .modinfo section")
+    _, _, off, size, _ = by_name[".modinfo"]
+    for entry in data[off:off + size].split(b"\0"):
+        if entry.startswith(b"depends="):
+            return [d for d in entry[len(b"depends="):].decode().split(",") if d]
+    return []
+
+
+def _in_tree(tree: Path, path: str) -> Path:
+    """Resolve `path` (absolute on the device) inside an extracted tree, following symlinks
+    as the device would (absolute targets stay inside the tree)."""
+    current = tree
+    parts = [p for p in path.split("/") if p]
+    for _ in range(40):
+        if not parts:
+            return current
+        part = parts.pop(0)
+        candidate = current / part
+        if candidate.is_symlink():
+            target = os.readlink(candidate)
+            parts = [p for p in target.split("/") if p] + parts
+            if target.startswith("/"):
+                current = tree
+        else:
+            current = candidate
+    raise DeviceError(f"building the board image: symlink loop resolving {path}")
+
+
+class _Cpio:
+    """Writes a newc cpio archive (what the kernel unpacks as initramfs), owned by root."""
+
+    def __init__(self) -> None:
+        self.buffer = io.BytesIO()
+        self.inode = 1
+
+    def _entry(self, name: str, mode: int, data: bytes = b"", rdev: tuple[int, int] = (0, 0)) -> None:
+        encoded = name.encode() + b"\0"
+        fields = [self.inode, mode, 0, 0, 1, 0, len(data), 0, 0, rdev[0], rdev[1],
+                  len(encoded), 0]
+        self.inode += 1
+        header = b"070701" + b"".join(b"%08X" % f for f in fields)
+        self.buffer.write(header + encoded)
+        self.buffer.write(b"\0" * (-(len(header) + len(encoded)) % 4))
+        self.buffer.write(data)
+        self.buffer.write(b"\0" * (-len(data) % 4))
+
+    def dir(self, name: str, perm: int = 0o755) -> None:
+        self._entry(name, 0o040000 | perm)
+
+    def file(self, name: str, data: bytes, perm: int = 0o644) -> None:
+        self._entry(name, 0o100000 | perm, data)
+
+    def symlink(self, name: str, target: str) -> None:
+        self._entry(name, 0o120777, target.encode())
+
+    def chardev(self, name: str, major: int, minor: int, perm: int = 0o600) -> None:
+        self._entry(name, 0o020000 | perm, rdev=(major, minor))
+
+    def finish(self) -> bytes:
+        self._entry("TRAILER!!!", 0)
+        return self.buffer.getvalue()
+
+
+def _client_key(path: Path) -> str:
+    """Write an ed25519 key pair in OpenSSH format; return the public line."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    key = Ed25519PrivateKey.generate()
+    private = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
+                                serialization.NoEncryption())
+    public = key.public_key().public_bytes(serialization.Encoding.OpenSSH,
+                                           serialization.PublicFormat.OpenSSH).decode()
+    path.write_bytes(private)
+    path.chmod(0o600)
+    Path(f"{path}.pub").write_text(f"{public} minrt-harness\n")
+    return f"{public} minrt-harness"
+
+
+def build_board_image(cache: Path | None = None, recipe: BoardRecipe | None = None) -> BoardImage:
+    """The board image for `recipe`, built on first use (downloads ~50 MB of armhf .debs)."""
+    recipe = recipe or recipe_for("qemu-virt-armv7")
+    boards = (cache or cache_dir()) / "boards"
+    final = boards / f"{recipe.name}-{recipe.key()}"
+    image = BoardImage(recipe, final)
+    if (final / "manifest.json").exists():
+        return image
+    with _locked(boards / ".build.lock"):
+        if (final / "manifest.json").exists():  # another process built it meanwhile
+            return image
+        started = time.monotonic()
+        log.info("board %s: building the image (cached in %s)", recipe.name, final)
+        with tempfile.TemporaryDirectory(dir=boards, prefix=".build-") as tmp_name:
+            tmp = Path(tmp_name)
+            out = tmp / "image"
+            out.mkdir()
+            _build_into(recipe, boards / "apt-armhf", tmp, out)
+            shutil.rmtree(final, ignore_errors=True)
+            out.rename(final)
+        log.info("board %s: image built in %.1f s", recipe.name, time.monotonic() - started)
+    return image
+
+
+def _build_into(recipe: BoardRecipe, apt_root: Path, tmp: Path, out: Path) -> None:
+    apt = _Apt(apt_root, recipe)
+    log.info("board %s: updating the armhf package lists from %s", recipe.name, recipe.mirror)
+    apt.update()
+    kernel_pkg, packages = _resolve_packages(apt, recipe)
+    debs = tmp / "debs"
+    debs.mkdir()
+    log.info("board %s: downloading %d armhf packages (%s, %s)", recipe.name, len(packages),
+             kernel_pkg, ", ".join(p for p in packages if p != kernel_pkg))
+    apt.download(packages, debs)
+    tree = tmp / "tree"
+    versions = {}
+    for deb in sorted(debs.glob("*.deb")):
+        log.info("board %s: unpacking %s", recipe.name, deb.name)
+        _run(["dpkg-deb", "-x", str(deb), str(tree)], f"unpacking {deb.name}")
+        name, version = deb.name.split("_")[:2]
+        versions[name] = version.replace("%3a", ":")
+
+    archive = _Cpio()
+    for d in ("bin", "sbin", "usr", "usr/bin", "usr/sbin", "lib", "lib/modules",
+              "lib/arm-linux-gnueabihf", "etc", "etc/dropbear", "dev", "proc", "sys", "run",
+              "var", "var/log"):
+        archive.dir(d)
+    archive.dir("tmp", 0o1777)
+    archive.dir("root", 0o700)
+    archive.dir("root/.ssh", 0o700)
+    archive.chardev("dev/console", 5, 1)
+    archive.file("init", INIT_SCRIPT.encode(), 0o755)
+    archive.file("bin/busybox", _in_tree(tree, "/bin/busybox").read_bytes(), 0o755)
+
+    # dropbear and the closure of its shared libraries, found where the .debs put them.
+    dropbear = _in_tree(tree, "/usr/sbin/dropbear").read_bytes()
+    archive.file("usr/sbin/dropbear", dropbear, 0o755)
+    pending, seen = [("/usr/sbin/dropbear", dropbear)], set()
+    while pending:
+        what, data = pending.pop()
+        interp, needed = _elf_needed(data, what)
+        if interp and interp not in seen:
+            seen.add(interp)
+            blob = _in_tree(tree, interp).read_bytes()
+            archive.file(interp.lstrip("/"), blob, 0o755)
+        for lib in needed:
+            if lib in seen:
+                continue
+            seen.add(lib)
+            for libdir in ("/lib/arm-linux-gnueabihf", "/usr/lib/arm-linux-gnueabihf"):
+                path = _in_tree(tree, f"{libdir}/{lib}")
+                if path.is_file():
+                    break
+            else:
+                raise DeviceError(f"building the board image: {lib} (needed by {what}) is in "
+                                  f"none of the downloaded packages")
+            blob = path.read_bytes()
+            archive.file(f"lib/arm-linux-gnueabihf/{lib}", blob, 0o755)
+            pending.append((lib, blob))
+
+    # Kernel modules, dependencies first (the kernel package ships no modules.dep).
+    kernel_release = kernel_pkg.removeprefix("linux-image-")
+    modules_dir = tree / "lib/modules" / kernel_release
+    by_name = {p.name[:-3].replace("-", "_"): p for p in modules_dir.rglob("*.ko")}
+    order: list[str] = []
+
+    def add_module(name: str) -> None:
+        key = name.replace("-", "_")
+        if key in order:
+            return
+        if key not in by_name:
+            raise DeviceError(f"building the board image: kernel module {name} is not in {kernel_pkg}")
+        data = by_name[key].read_bytes()
+        for dep in _module_depends(data, by_name[key].name):
+            add_module(dep)
+        order.append(key)
+        archive.file(f"lib/modules/{key}.ko", data)
+
+    for module in recipe.modules:
+        add_module(module)
+    archive.file("etc/modules", ("\n".join(order) + "\n").encode())
+
+    archive.file("etc/passwd", b"root:x:0:0:root:/root:/bin/sh\n")
+    archive.file("etc/shadow", b"root:*:19000:0:99999:7:::\n", 0o600)
+    archive.file("etc/group", b"root:x:0:\n")
+    archive.file("etc/shells", b"/bin/sh\n")
+    archive.file("etc/hostname", b"minrt-board\n")
+
+    host_key = tmp / "dropbear_ed25519_host_key"
+    _run(["dropbearkey", "-t", "ed25519", "-f", str(host_key)], "dropbearkey (board host key)")
+    public = next(line for line in _run(["dropbearkey", "-y", "-f", str(host_key)],
+                                        "dropbearkey -y").splitlines()
+                  if line.startswith("ssh-ed25519 "))
+    (out / "host_ed25519.pub").write_text(" ".join(public.split()[:2]) + "\n")
+    archive.file("etc/dropbear/dropbear_ed25519_host_key", host_key.read_bytes(), 0o600)
+    client_public = _client_key(out / "client_ed25519")
+    archive.file("root/.ssh/authorized_keys", (client_public + "\n").encode(), 0o600)
+
+    (out / "initrd.gz").write_bytes(gzip.compress(archive.finish(), compresslevel=6, mtime=0))
+    vmlinuz = tree / "boot" / f"vmlinuz-{kernel_release}"
+    shutil.copyfile(vmlinuz, out / "vmlinuz")
+    manifest = {"recipe": asdict(recipe), "kernel_release": kernel_release,
+                "packages": versions, "modules": order}
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+
+
+# -- running the board ------------------------------------------------------------------------
+
+
+class SSHParams(NamedTuple):
+    host: str
+    port: int
+    user: str
+    key_file: Path
+    known_hosts_file: Path
+
+
+_ESCAPES = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\r")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _pid_running(pid: int) -> bool:
+    """True when `pid` exists and is not a zombie (a killed qemu whose parent did not reap it)."""
+    with contextlib.suppress(ChildProcessError, OSError):
+        os.waitpid(pid, os.WNOHANG)  # reap it if it is our own dead child
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+
+
+@dataclass
+class Board:
+    """One emulated board: a qemu-system-arm process, its console socket and SSH port."""
+
+    image: BoardImage
+    run_dir: Path
+    ssh_port: int = 0
+    serial_port: int = 0
+    pid: int | None = None
+    user: str = "root"
+    _proc: subprocess.Popen | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def name(self) -> str:
+        return self.run_dir.name
+
+    @property
+    def known_hosts(self) -> Path:
+        return self.run_dir / "known_hosts"
+
+    @property
+    def console_log(self) -> Path:
+        return self.run_dir / "console.log"
+
+    @property
+    def state_file(self) -> Path:
+        return self.run_dir / "state.json"
+
+    def ssh_params(self) -> SSHParams:
+        return SSHParams("127.0.0.1", self.ssh_port, self.user, self.image.client_key,
+                         self.known_hosts)
+
+    def transport(self, workdir: str = "/tmp/minrt", connect_timeout: float = 15.0):
+        """An SSHTransport to this board (host key verified against the image's key)."""
+        from .transport.ssh import SSHTransport
+
+        host, port, user, key, known = self.ssh_params()
+        return SSHTransport(host, port=port, user=user, key_filename=key, known_hosts=known,
+                            allow_agent=False, workdir=workdir, connect_timeout=connect_timeout)
+
+    def is_running(self) -> bool:
+        if self.pid is None:
+            return False
+        if self._proc is not None:
+            return self._proc.poll() is None
+        if not _pid_running(self.pid):
+            return False
+        # The pid may have been reused: make sure it is our qemu for this run directory.
+        try:
+            cmdline = Path(f"/proc/{self.pid}/cmdline").read_bytes()
+        except OSError:
+            return False
+        return str(self.console_log).encode() in cmdline
+
+    def console_tail(self, lines: int = 15) -> str:
+        try:
+            text = self.console_log.read_text(errors="replace")
+        except OSError:
+            return "(no console output)"
+        tail = [line for line in _ESCAPES.sub("", text).splitlines() if line.strip()][-lines:]
+        return "\n".join(tail) or "(no console output)"
+
+    # -- start ---------------------------------------------------------------------------------
+
+    def start(self, timeout: float = 240.0) -> None:
+        """Boot the board and wait until its console says READY and SSH answers."""
+        if shutil.which("qemu-system-arm") is None:
+            raise DeviceError("qemu-system-arm is not installed (apt-get install qemu-system-arm)")
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.known_hosts.write_text("")
+        for attempt in range(3):  # a port picked as free may be taken before qemu binds it
+            self.ssh_port, self.serial_port = _free_port(), _free_port()
+            if self._spawn_and_wait(timeout):
+                return
+            log.info("board %s: a port was taken, retrying with others (%d)", self.name, attempt + 1)
+        raise DeviceError(f"board {self.name}: qemu could not bind its ports:\n{self._qemu_log()}")
+
+    def _qemu_argv(self) -> list[str]:
+        recipe = self.image.recipe
+        return [
+            "qemu-system-arm", "-M", recipe.machine, "-cpu", recipe.cpu,
+            "-m", str(recipe.memory_mib), "-smp", "1",
+            "-kernel", str(self.image.kernel), "-initrd", str(self.image.initrd),
+            "-append", "console=ttyAMA0 panic=-1 quiet",
+            "-display", "none", "-monitor", "none", "-nodefaults", "-no-reboot",
+            "-chardev", f"socket,id=console,host=127.0.0.1,port={self.serial_port},"
+                        f"server=on,wait=off,logfile={self.console_log}",
+            "-serial", "chardev:console",
+            "-netdev", f"user,id=net0,restrict=on,hostfwd=tcp:127.0.0.1:{self.ssh_port}-:22",
+            "-device", "virtio-net-device,netdev=net0",
+            "-device", "virtio-rng-device",
+        ]
+
+    def _qemu_log(self) -> str:
+        try:
+            return (self.run_dir / "qemu.log").read_text(errors="replace").strip()[-2000:]
+        except OSError:
+            return ""
+
+    def _spawn_and_wait(self, timeout: float) -> bool:
+        """Start qemu and wait for readiness; False when qemu could not bind a port."""
+        host_line = f"[127.0.0.1]:{self.ssh_port} {self.image.host_public_key}\n"
+        self.known_hosts.write_text(host_line)
+        log.info("board %s: booting (serial console on 127.0.0.1:%d, SSH on 127.0.0.1:%d)",
+                 self.name, self.serial_port, self.ssh_port)
+        started = time.monotonic()
+        with contextlib.suppress(FileNotFoundError):
+            self.console_log.unlink()  # the READY marker of an earlier boot must not count
+        with open(self.run_dir / "qemu.log", "wb") as qemu_log:
+            # A session of its own: the board outlives this harness command (see ensure_board).
+            self._proc = subprocess.Popen(self._qemu_argv(), stdin=subprocess.DEVNULL,
+                                          stdout=qemu_log, stderr=qemu_log,
+                                          start_new_session=True)
+        self.pid = self._proc.pid
+        deadline = started + timeout
+        waiting_for = "the console READY marker"
+        last_error = ""
+        while time.monotonic() < deadline:
+            code = self._proc.poll()
+            if code is not None:
+                qemu_log_text = self._qemu_log()
+                if "Could not set up host forwarding" in qemu_log_text \
+                        or "Address already in use" in qemu_log_text:
+                    return False
+                self.pid = None
+                raise DeviceError(
+                    f"board {self.name}: qemu exited with status {code} while waiting for "
+                    f"{waiting_for}.\nqemu: {qemu_log_text or '(nothing)'}\n"
+                    f"Last console lines:\n{self.console_tail()}")
+            if waiting_for.startswith("the console"):
+                if READY_MARKER in self.console_log.read_text(errors="replace") \
+                        if self.console_log.exists() else False:
+                    log.info("board %s: console ready after %.1f s, waiting for SSH",
+                             self.name, time.monotonic() - started)
+                    waiting_for = f"SSH on 127.0.0.1:{self.ssh_port}"
+                    continue
+                time.sleep(0.2)
+                continue
+            if not _ssh_answers(self.ssh_port, timeout=2.0):  # no banner yet: not worth a try
+                last_error = f"no SSH banner on 127.0.0.1:{self.ssh_port}"
+                time.sleep(0.5)
+                continue
+            try:
+                with self.transport(connect_timeout=min(10.0, max(1.0, deadline - time.monotonic()))) as dev:
+                    result = dev.run(["uname", "-m"], timeout=10)
+                log.info("board %s: up in %.1f s (%s)", self.name, time.monotonic() - started,
+                         result.stdout.strip())
+                self._save_state()
+                return True
+            except DeviceError as exc:
+                last_error = str(exc)
+                time.sleep(0.5)
+        self._kill()
+        raise DeviceError(
+            f"board {self.name}: {waiting_for} did not come up within {timeout:g} s"
+            f"{f' (last error: {last_error})' if last_error else ''}.\n"
+            f"Last console lines:\n{self.console_tail()}")
+
+    def _save_state(self) -> None:
+        state = {"pid": self.pid, "ssh_port": self.ssh_port, "serial_port": self.serial_port,
+                 "image": str(self.image.dir), "user": self.user}
+        tmp = self.state_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(state, indent=2) + "\n")
+        tmp.replace(self.state_file)
+
+    @classmethod
+    def from_state(cls, image: BoardImage, run_dir: Path) -> "Board | None":
+        """The board recorded in run_dir, if it was booted from `image` (running or not)."""
+        try:
+            state = json.loads((run_dir / "state.json").read_text())
+        except (OSError, ValueError):
+            return None
+        if state.get("image") != str(image.dir):
+            return None
+        return cls(image, run_dir, ssh_port=state["ssh_port"], serial_port=state["serial_port"],
+                   pid=state["pid"], user=state.get("user", "root"))
+
+    # -- stop ----------------------------------------------------------------------------------
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Power the board off (poweroff over SSH), killing qemu if it does not stop in time."""
+        if self.is_running():
+            log.info("board %s: powering off", self.name)
+            try:
+                with self.transport(connect_timeout=min(timeout, 10.0)) as dev:
+                    dev.run(["poweroff", "-f"], timeout=5)
+            except DeviceError:
+                pass  # expected: the connection drops as the board powers off
+            if not self._wait_exit(timeout):
+                log.info("board %s: did not power off in %g s, killing qemu", self.name, timeout)
+            self._kill()
+        self.pid = None
+        with contextlib.suppress(FileNotFoundError):
+            self.state_file.unlink()
+
+    def _wait_exit(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not self.is_running():
+                return True
+            time.sleep(0.1)
+        return False
+
+    def _kill(self) -> None:
+        if self.pid is None or not self.is_running():
+            return
+        for sig, wait in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, sig)
+            if self._wait_exit(wait):
+                return
+
+    def __enter__(self) -> "Board":
+        if not self.is_running():
+            self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def _ssh_answers(port: int, timeout: float = 5.0) -> bool:
+    """The forwarded port gives an SSH banner (qemu accepts the TCP connection even when the
+    guest is gone, so a bare connect proves nothing)."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+            return s.recv(8).startswith(b"SSH-")
+    except OSError:
+        return False
+
+
+def _run_dir(name: str, instance: str, cache: Path | None) -> Path:
+    if not re.fullmatch(r"[A-Za-z0-9_.-]+", instance):
+        raise DeviceError(f"board instance name '{instance}' may use only letters, digits, . _ -")
+    return (cache or cache_dir()) / "boards" / "run" / f"{name}-{instance}"
+
+
+def ensure_board(name: str = "qemu-virt-armv7", instance: str = "0", cache: Path | None = None,
+                 boot_timeout: float = 240.0) -> Board:
+    """A running board: the one recorded for (name, instance) if it still answers, else a
+    freshly booted one (building the image first if needed)."""
+    recipe = recipe_for(name)
+    image = build_board_image(cache, recipe)
+    run_dir = _run_dir(name, instance, cache)
+    with _locked(run_dir / "lock"):
+        board = Board.from_state(image, run_dir)
+        if board is not None and board.is_running() and _ssh_answers(board.ssh_port):
+            log.info("board %s: reusing the running board (pid %d, SSH on 127.0.0.1:%d)",
+                     board.name, board.pid, board.ssh_port)
+            return board
+        if board is not None:
+            board._kill()  # recorded but dead or not answering: make room for a new one
+        else:
+            stale = _stale_board(name, run_dir)
+            if stale is not None:
+                stale._kill()
+        board = Board(image, run_dir)
+        board.start(boot_timeout)
+        return board
+
+
+def _stale_board(name: str, run_dir: Path) -> Board | None:
+    """The board recorded in run_dir, whatever image it runs (maybe an older one)."""
+    try:
+        state = json.loads((run_dir / "state.json").read_text())
+        image = BoardImage(recipe_for(name), Path(state["image"]))
+    except (OSError, ValueError, KeyError, DeviceError):
+        return None
+    return Board.from_state(image, run_dir)
+
+
+def board_status(name: str = "qemu-virt-armv7", instance: str = "0",
+                 cache: Path | None = None) -> dict:
+    """What `harness board status` prints: state, pid, ports, image (no build, no boot)."""
+    run_dir = _run_dir(name, instance, cache)
+    board = _stale_board(name, run_dir)
+    if board is None:
+        return {"board": run_dir.name, "state": "down"}
+    running = board.is_running()
+    return {"board": run_dir.name,
+            "state": "up" if running and _ssh_answers(board.ssh_port) else
+                     ("not answering" if running else "down"),
+            "pid": board.pid, "ssh": f"127.0.0.1:{board.ssh_port}",
+            "serial": f"127.0.0.1:{board.serial_port}", "image": str(board.image.dir),
+            "console_log": str(board.console_log)}
+
+
+def stop_board(name: str = "qemu-virt-armv7", instance: str = "0",
+               cache: Path | None = None) -> bool:
+    """Power off the recorded board; True if one was running."""
+    run_dir = _run_dir(name, instance, cache)
+    with _locked(run_dir / "lock"):
+        board = _stale_board(name, run_dir)
+        if board is None:
+            return False
+        running = board.is_running()
+        board.stop()
+        return running
+
+
+__all__ = ["BoardRecipe", "BoardImage", "Board", "SSHParams", "build_board_image",
+           "ensure_board", "board_status", "stop_board", "recipe_for", "READY_MARKER"]
