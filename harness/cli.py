@@ -79,7 +79,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     for model in models:
         result = run_on_target(model, target, transport=args.transport, toolchain=args.toolchain,
                                iters=args.iters, seed=args.seed, host=args.host,
-                               input_files=inputs or None, atol=args.atol, rtol=args.rtol)
+                               input_files=inputs or None, atol=args.atol, rtol=args.rtol,
+                               trust_on_first_use=args.trust_on_first_use)
         results.append(result.to_dict())
         if not args.json:
             print(format_result(result.to_dict()), flush=True)
@@ -127,6 +128,46 @@ def cmd_targets(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_build(args: argparse.Namespace) -> int:
+    from .build import build_runner
+    from .compile import compile_model
+    from .targets import load_target
+    from .toolchain import get_toolchain
+
+    target = load_target(args.target)
+    toolchain = get_toolchain(args.toolchain, target)
+    for model in resolve_models(args.model):
+        runner = build_runner(target, compile_model(model, target), toolchain,
+                              Path(args.out) / model.stem if args.out else None)
+        print(f"{model.stem}: {runner}")
+    return 0
+
+
+def cmd_board(args: argparse.Namespace) -> int:
+    from . import board
+
+    if args.action == "up":
+        b = board.ensure_board(args.name, args.instance)
+        print(f"board {args.name}-{args.instance}: up, SSH 127.0.0.1:{b.ssh_port}, console 127.0.0.1:{b.serial_port}")
+    elif args.action == "down":
+        stopped = board.stop_board(args.name, args.instance)
+        print(f"board {args.name}-{args.instance}: {'powered off' if stopped else 'was not running'}")
+    else:
+        for key, value in board.board_status(args.name, args.instance).items():
+            print(f"{key:<12} {value}")
+    return 0
+
+
+def cmd_toolchain(args: argparse.Namespace) -> int:
+    from .docker_toolchain import bootstrap_base_image, prepare_toolchains
+
+    if args.action == "bootstrap":
+        print(f"base image: {bootstrap_base_image()}")
+    for name, tag in prepare_toolchains(args.name or None).items():
+        print(f"{name}: {tag}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="harness", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -138,7 +179,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", action="append", help="ONNX file or example name (repeatable; default: all examples)")
     p.add_argument("--transport", choices=["local", "qemu-user", "ssh", "serial"], help="override the target's transport")
     p.add_argument("--host", help="device address: user@host[:port] for SSH, a port or URL for serial")
-    p.add_argument("--toolchain", choices=["host", "docker"], default="host", help="where to compile C (default host)")
+    p.add_argument("--toolchain", choices=["host", "docker"], default="docker",
+                   help="the target's Docker toolchain image (default) or this host's compilers")
+    p.add_argument("--trust-on-first-use", action="store_true",
+                   help="SSH: record an unknown host key instead of refusing it (a changed key is always refused)")
     p.add_argument("--iters", type=int, default=10, help="inference runs on the device (default 10)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random inputs")
     p.add_argument("--input", action="append", default=[], metavar="NAME=FILE.npy", help="an input from a .npy file")
@@ -158,6 +202,31 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("targets", help="list targets and what each needs")
     p.set_defaults(func=cmd_targets)
+
+    p = sub.add_parser("build", help="build minrt-run with a model's kernels for a target")
+    p.add_argument("model", nargs="*", help="ONNX file or example name (default: all examples)")
+    p.add_argument("--target", default=DEFAULT_TARGET)
+    p.add_argument("--toolchain", choices=["host", "docker"], default="docker",
+                   help="the target's Docker toolchain image (default) or this host's compilers")
+    p.add_argument("--out", help="copy each runner to OUT/<model>/minrt-run")
+    p.set_defaults(func=cmd_build)
+
+    p = sub.add_parser("board", help="the emulated ARMv7 board: up, down, status")
+    p.add_argument("action", choices=["up", "down", "status"])
+    p.add_argument("--name", default="qemu-virt-armv7")
+    p.add_argument("--instance", default="0", help="which of several boards (default 0)")
+    p.set_defaults(func=cmd_board)
+
+    p = sub.add_parser("toolchain", help="build the Docker toolchain images (bootstrap: the base image too)")
+    p.add_argument("action", choices=["build", "bootstrap"])
+    p.add_argument("name", nargs="*", help="toolchain images (default: all in targets/toolchains)")
+    p.set_defaults(func=cmd_toolchain)
+
+    from . import dashboard, farm, results
+
+    farm.configure_parser(sub.add_parser("farm", help="run models x targets across a device farm"))
+    dashboard.configure_parser(sub.add_parser("dashboard", help="the static size/accuracy dashboard and regression check"))
+    results.configure_parser(sub.add_parser("results", help="query the results store"))
     return parser
 
 

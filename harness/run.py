@@ -44,6 +44,9 @@ class RunResult:
     toolchain: str | None = None
     commit: str | None = None
     error: str | None = None
+    # The failure's class ("DeviceError", "BuildError"...): the farm retries a job on another
+    # device only when the device itself failed.
+    error_kind: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -170,6 +173,7 @@ def run_on_target(
     atol: float = DEFAULT_ATOL,
     rtol: float = DEFAULT_RTOL,
     timeout: float = RUN_TIMEOUT_S,
+    trust_on_first_use: bool = False,
 ) -> RunResult:
     """Compile, build, deploy, run and check one model on one target.
 
@@ -200,7 +204,7 @@ def run_on_target(
         if missing:
             raise HarnessError(f"no value given for model input(s) {missing}")
         blob = tensorfile.dumps({s["name"]: inputs[s["name"]] for s in artifact.inputs})
-        with open_transport(target, kind=transport, host=host) as device:
+        with open_transport(target, kind=transport, host=host, trust_on_first_use=trust_on_first_use) as device:
             log.info("[%s on %s] running on the device", model.name, target.name)
             out_blob, timing = execute(device, runner, artifact, blob, iters, timeout)
         result.iters = int(timing.get("iters", iters))
@@ -213,6 +217,7 @@ def run_on_target(
         result.passed = all(c.passed for c in checks)
     except HarnessError as exc:
         result.error = str(exc)
+        result.error_kind = type(exc).__name__
         result.passed = False
         log.error("[%s on %s] %s", model.name, target.name, exc)
     log.info("[%s on %s] %s in %.1f s", model.name, target.name,

@@ -39,6 +39,7 @@ class HostToolchain:
     """Runs the compiler installed on this host (e.g. Debian's arm-linux-gnueabihf-gcc)."""
 
     name: str = "host"
+    compiler: str = "gcc"  # named in describe(): a compiler upgrade changes cache keys
 
     def run(self, argv: Sequence[str], cwd: Path) -> str:
         if shutil.which(argv[0]) is None:
@@ -55,14 +56,21 @@ class HostToolchain:
         return proc.stdout
 
     def describe(self) -> str:
-        return "host"
+        try:
+            proc = subprocess.run([self.compiler, "--version"], capture_output=True, text=True, timeout=30)
+            version = proc.stdout.splitlines()[0] if proc.stdout else "unknown version"
+        except (OSError, subprocess.TimeoutExpired):
+            version = "not installed"
+        return f"host {version}"
 
 
 def get_toolchain(kind: str, target: Target) -> Toolchain:
     """The toolchain named by `kind` for `target`: "host" (this machine's compilers) or
     "docker" (the target's toolchain image, built on first use)."""
     if kind == "host":
-        return HostToolchain()
+        log.info("building with this host's compilers (--toolchain host), not the '%s' Docker image",
+                 target.toolchain_image)
+        return HostToolchain(compiler=target.cc.tool("gcc"))
     if kind == "docker":
         from .docker_toolchain import DockerToolchain
 

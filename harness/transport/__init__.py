@@ -27,8 +27,13 @@ def _split_host(host: str, default_user: str) -> tuple[str, str, int | None]:
 
 
 @contextmanager
-def open_transport(target: "Target", kind: str | None = None, host: str | None = None) -> Iterator[Transport]:
-    """Open the transport a target names (or `kind`, e.g. "serial" for a board's console)."""
+def open_transport(target: "Target", kind: str | None = None, host: str | None = None,
+                   trust_on_first_use: bool = False) -> Iterator[Transport]:
+    """Open the transport a target names (or `kind`, e.g. "serial" for a board's console).
+
+    SSH host keys are verified against known_hosts; `trust_on_first_use` (or the target
+    option of that name) records an unknown key instead, but a changed key is always refused.
+    """
     opts = target.transport.options
     kind = kind or target.transport.kind
     if kind == "local":
@@ -64,7 +69,8 @@ def open_transport(target: "Target", kind: str | None = None, host: str | None =
         transport = SSHTransport(host=hostname, port=port or int(opts.get("port", 22)), user=user,
                                  workdir=opts.get("workdir", "/tmp/minrt"),
                                  known_hosts=opts.get("known_hosts"),
-                                 key_filename=opts.get("key_file"))
+                                 key_filename=opts.get("key_file"),
+                                 trust_on_first_use=trust_on_first_use or bool(opts.get("trust_on_first_use")))
     elif kind == "serial":
         from .serial import SerialTransport
 
