@@ -1,0 +1,115 @@
+/* minrt-run: file mode.
+ *   minrt-run GRAPH_JSON PARAMS_BIN INPUTS_BIN OUTPUTS_BIN [-n ITERS] [-w WORKSPACE_BYTES]
+ *             [-l KERNELS.so]   (-l only when built with MINRT_RUN_DLOPEN, see dl.c)
+ * Last stdout line: {"iters", "min_us", "mean_us", "max_us", "arena_bytes"}.
+ * Errors: one line "minrt-run: <step>: <message>" on stderr; exit 1 load/input error,
+ * 2 usage, 3 run error. */
+#define _POSIX_C_SOURCE 200809L
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "runner.h"
+
+#ifdef MINRT_RUN_DLOPEN
+void *runner_dlopen(const char *path, char *msg, size_t cap);
+minrt_kernel runner_dlsym(void *handle, const char *name, size_t len);
+#endif
+
+static int die(int code, const char *step, const char *msg) {
+  fprintf(stderr, "minrt-run: %s: %s\n", step, msg);
+  return code;
+}
+
+/* Whole file into a 64-byte aligned buffer (so aligned params can be used in place). */
+static void *read_file(const char *path, size_t *len) {
+  FILE *f = fopen(path, "rb");
+  void *buf = NULL;
+  long n;
+  if (!f) return NULL;
+  if (fseek(f, 0, SEEK_END) == 0 && (n = ftell(f)) >= 0 && fseek(f, 0, SEEK_SET) == 0 &&
+      posix_memalign(&buf, 64, (size_t)n + 1) == 0) {
+    if (fread(buf, 1, (size_t)n, f) != (size_t)n) {
+      free(buf);
+      buf = NULL;
+    }
+    *len = (size_t)n;
+  }
+  fclose(f);
+  return buf;
+}
+
+static int usage(void) {
+  return die(2, "usage",
+             "minrt-run GRAPH_JSON PARAMS_BIN INPUTS_BIN OUTPUTS_BIN [-n ITERS] "
+             "[-w WORKSPACE_BYTES] [-l KERNELS.so]");
+}
+
+#ifdef MINRT_RUN_SERIAL
+int runner_serial_main(int argc, char **argv);
+#endif
+
+int main(int argc, char **argv) {
+  const char *pos[4], *lib = NULL;
+  char *files[3] = {NULL, NULL, NULL}, *end, line[256];
+  size_t lens[3] = {0, 0, 0}, out_len;
+  long iters = 1, ws = 0;
+  int npos = 0, i, rc;
+  void *out = NULL, *ctx = NULL;
+  minrt_resolver resolve = NULL;
+  runner r;
+  runner_timing t;
+  FILE *f;
+#ifdef MINRT_RUN_SERIAL
+  if (argc > 1 && !strcmp(argv[1], "--serial")) return runner_serial_main(argc, argv);
+#endif
+  for (i = 1; i < argc; i++) {
+    if ((!strcmp(argv[i], "-n") || !strcmp(argv[i], "-w") || !strcmp(argv[i], "-l")) &&
+        i + 1 < argc) {
+      long v = 0;
+      if (argv[i][1] != 'l') {
+        v = strtol(argv[i + 1], &end, 10);
+        if (*end || v < (argv[i][1] == 'n') || v > 0x7fffffff) return usage();
+      }
+      if (argv[i][1] == 'n') iters = v;
+      else if (argv[i][1] == 'w') ws = v;
+      else lib = argv[i + 1];
+      i++;
+    } else if (npos < 4 && argv[i][0] != '-') {
+      pos[npos++] = argv[i];
+    } else {
+      return usage();
+    }
+  }
+  if (npos != 4) return usage();
+  for (i = 0; i < 3; i++)
+    if (!(files[i] = (char *)read_file(pos[i], &lens[i]))) {
+      snprintf(line, sizeof line, "cannot read %s", pos[i]);
+      return die(1, "read", line);
+    }
+  if (lib) {
+#ifdef MINRT_RUN_DLOPEN
+    if (!(ctx = runner_dlopen(lib, line, sizeof line))) return die(1, "dlopen", line);
+    resolve = (minrt_resolver)runner_dlsym;
+#else
+    return die(2, "usage", "-l needs a runner built with MINRT_RUN_DLOPEN");
+#endif
+  }
+  if (runner_load(&r, files[0], lens[0], files[1], lens[1], (size_t)ws, resolve, ctx))
+    return die(1, "load", r.err.msg);
+  if (runner_set_inputs(&r, files[2], lens[2])) return die(1, "inputs", r.err.msg);
+  if ((rc = runner_run(&r, (int)iters, &t)) != 0) return die(3, "run", r.err.msg);
+  out_len = runner_write_outputs(&r, NULL, 0);
+  if (!(out = malloc(out_len)) || runner_write_outputs(&r, out, out_len) != out_len)
+    return die(1, "outputs", "out of memory");
+  if (!(f = fopen(pos[3], "wb")) || fwrite(out, 1, out_len, f) != out_len || fclose(f)) {
+    snprintf(line, sizeof line, "cannot write %s", pos[3]);
+    return die(1, "outputs", line);
+  }
+  runner_timing_json(&r, &t, line, sizeof line);
+  printf("%s\n", line);
+  runner_free(&r);
+  free(out);
+  for (i = 0; i < 3; i++) free(files[i]);
+  return 0;
+}

@@ -1,0 +1,48 @@
+/* The runner's steps, from memory buffers, for minrt-run's file mode (main.c) and any other
+ * front end (e.g. a serial protocol): load a model, set inputs from an NDArray-list blob,
+ * run N timed iterations, write the outputs as an NDArray-list blob.
+ * Unlike minrt itself, the runner uses the C library's heap for the arena. */
+#ifndef MINRT_RUNNER_H
+#define MINRT_RUNNER_H
+
+#include <stddef.h>
+#include "minrt.h"
+
+typedef struct {
+  minrt *m;
+  void *arena;
+  size_t arena_bytes;
+  minrt_err err; /* minrt's last error (load, inputs, run) */
+  const void *inputs; /* the blob given to runner_set_inputs, set again before each run */
+  size_t inputs_len;
+} runner;
+
+typedef struct {
+  int iters;
+  double min_us, mean_us, max_us;
+} runner_timing;
+
+/* Loads graph + params (buffers must outlive r) into a heap arena of exactly the size
+ * minrt asks for. resolve NULL: system-lib kernels. 0 or a MINRT_E_* code (see r->err). */
+int runner_load(runner *r, const char *graph, size_t graph_len, const void *params,
+                size_t params_len, size_t workspace_bytes, minrt_resolver resolve, void *ctx);
+
+/* Sets every graph input from an NDArray-list blob (tensors named by graph input names,
+ * dtype and shape as the graph says); the blob must outlive r. 0, or -1 with a message in
+ * r->err.msg. */
+int runner_set_inputs(runner *r, const void *blob, size_t len);
+
+/* Runs iters (>= 1) times; times each run. The inputs are set again (untimed) before each
+ * run, since the storage plan may reuse an input's buffer. 0 or a MINRT_E_* code. */
+int runner_run(runner *r, int iters, runner_timing *t);
+
+/* Writes the outputs as an NDArray-list (named output0, output1, ...) into buf if it is at
+ * least as large as the return value, which is the blob's size. */
+size_t runner_write_outputs(const runner *r, void *buf, size_t cap);
+
+/* The last stdout line of minrt-run, into buf. */
+int runner_timing_json(const runner *r, const runner_timing *t, char *buf, size_t cap);
+
+void runner_free(runner *r);
+
+#endif

@@ -1,0 +1,147 @@
+/* Running a loaded model, its accessors, and what TVM-generated kernels call back into:
+ * error setters, workspace (a stack in the arena), a serial parallel launch, and the
+ * system-lib registration table. Kernels have no context argument, so the model being run
+ * is a file-scope pointer: one model runs at a time. */
+#include <string.h>
+#include "internal.h"
+
+#ifndef MINRT_MAX_KERNELS
+#define MINRT_MAX_KERNELS 128
+#endif
+
+static minrt *g_run;            /* the model inside minrt_run */
+static char g_kmsg[80];         /* the last kernel error message */
+static struct {
+  const char *name;             /* after the "__tvm_ffi_" prefix */
+  void *fn;
+} g_lib[MINRT_MAX_KERNELS];
+static int g_nlib;
+
+/* Appends s[0..n) (n < 0: up to its NUL) at p, never past end. */
+static char *put(char *p, char *end, const char *s, long n) {
+  while (p < end && (n < 0 ? *s != 0 : n-- > 0)) *p++ = *s++;
+  return p;
+}
+
+int minrt_fail(minrt_err *e, const char *msg, long num, const char *name, uint32_t len) {
+  char *p = e->msg, *end = e->msg + sizeof e->msg - 1, b[12];
+  const char *w = "graph.json byte\0graph.json\0node\0entry\0attrs\0node_row_ptr\0artifact\0"
+                  "heads\0params.bin byte\0arena bytes needed\0input\0arena";
+  int i = 1, k = 12;
+  for (; i < msg[1]; i++) w += strlen(w) + 1;
+  p = put(p, end, w, -1);
+  if (num >= 0) {
+    do b[--k] = (char)('0' + num % 10); while (num /= 10);
+    b[--k] = ' ';
+    p = put(p, end, b + k, 12 - k);
+  }
+  p = put(put(p, end, ": ", 2), end, msg + 2, -1);
+  if (name) p = put(put(put(p, end, " '", 2), end, name, len), end, "'", 1);
+  *p = 0;
+  return e->code = -msg[0];
+}
+
+int minrt_run(minrt *m) {
+  uint32_t i;
+  TVMFFIAny ret;
+  g_run = m;
+  g_kmsg[0] = 0;
+  for (i = 0; i < m->n_nodes; i++) {
+    mnode *n = &m->nodes[i];
+    m->ws_top = m->ws;
+    if (n->fn && n->fn(0, n->args, n->nargs, &ret))
+      return minrt_fail(m->err, ERUN W3 "kernel failed:", (long)i, g_kmsg,
+                        (uint32_t)strlen(g_kmsg));
+  }
+  return 0;
+}
+
+int minrt_input_index(const minrt *m, const char *name, size_t len) {
+  uint32_t i, k;
+  for (k = 0; k < m->n_nodes; k++) {
+    const mnode *n = &m->nodes[k];
+    if (n->name_len == len && !memcmp(n->name, name, len))
+      for (i = 0; i < m->n_inputs; i++)
+        if (m->inputs[i] == &m->ent[n->row].t) return (int)i;
+  }
+  return minrt_fail(m->err, EARG W11 "unknown", -1, name, (uint32_t)len);
+}
+
+int minrt_set_input(minrt *m, int i, const void *data, size_t nbytes) {
+  const DLTensor *t = minrt_input(m, i);
+  if (!t || nbytes != ((const mentry *)(const void *)t)->nbytes)
+    return minrt_fail(m->err, EARG W11 "no such input, or not its byte size", i, 0, 0);
+  memcpy(t->data, data, nbytes);
+  return 0;
+}
+
+/* ---- system-lib table ---- */
+int TVMFFIEnvModRegisterSystemLibSymbol(const char *name, void *symbol) {
+  if (strncmp(name, "__tvm_ffi_", 10)) return 0; /* the library context: not a kernel */
+  if (g_nlib == MINRT_MAX_KERNELS) return -1;
+  g_lib[g_nlib].name = name + 10;
+  g_lib[g_nlib++].fn = symbol;
+  return 0;
+}
+
+minrt_kernel minrt_syslib_lookup(void *ctx, const char *name, size_t len) {
+  int i;
+  (void)ctx;
+  for (i = 0; i < g_nlib; i++)
+    if (!strncmp(g_lib[i].name, name, len) && !g_lib[i].name[len])
+      return (minrt_kernel)(uintptr_t)g_lib[i].fn;
+  return 0;
+}
+
+/* ---- called by generated kernels ---- */
+void TVMFFIErrorSetRaisedFromCStrParts(const char *kind, const char **parts, int32_t n) {
+  char *p = g_kmsg, *end = g_kmsg + sizeof g_kmsg - 1;
+  int32_t i;
+  p = put(put(p, end, kind, -1), end, ": ", 2);
+  for (i = 0; i < n; i++)
+    if (parts[i]) p = put(p, end, parts[i], -1);
+  *p = 0;
+}
+
+void TVMFFIErrorSetRaisedFromCStr(const char *kind, const char *msg) {
+  TVMFFIErrorSetRaisedFromCStrParts(kind, &msg, 1);
+}
+
+void *TVMBackendAllocWorkspace(int device_type, int device_id, uint64_t nbytes, int code_hint,
+                               int bits_hint) {
+  minrt *m = g_run;
+  uint8_t *r;
+  (void)device_type, (void)device_id, (void)code_hint, (void)bits_hint;
+  if (!m || nbytes > (uint64_t)(m->ws_end - m->ws_top)) {
+    TVMFFIErrorSetRaisedFromCStr("minrt", "workspace exhausted");
+    return 0;
+  }
+  r = m->ws_top;
+  m->ws_top += (nbytes + MINRT_ALIGN - 1) & ~(uint64_t)(MINRT_ALIGN - 1);
+  return r;
+}
+
+int TVMBackendFreeWorkspace(int device_type, int device_id, void *ptr) {
+  minrt *m = g_run;
+  (void)device_type, (void)device_id;
+  if (!m || (uint8_t *)ptr < m->ws || (uint8_t *)ptr > m->ws_top) return -1;
+  m->ws_top = (uint8_t *)ptr;
+  return 0;
+}
+
+int TVMBackendParallelLaunch(FTVMParallelLambda flambda, void *cdata, int num_task) {
+  TVMParallelGroupEnv env = {0, 1};
+  (void)num_task;
+  return flambda(0, &env, cdata);
+}
+
+int TVMBackendParallelBarrier(int task_id, TVMParallelGroupEnv *penv) {
+  (void)task_id, (void)penv;
+  return 0;
+}
+
+/* Kernels built without system_lib_prefix call the backend through these pointers. */
+void *__TVMBackendAllocWorkspace = (void *)(uintptr_t)&TVMBackendAllocWorkspace;
+void *__TVMBackendFreeWorkspace = (void *)(uintptr_t)&TVMBackendFreeWorkspace;
+void *__TVMBackendParallelLaunch = (void *)(uintptr_t)&TVMBackendParallelLaunch;
+void *__TVMBackendParallelBarrier = (void *)(uintptr_t)&TVMBackendParallelBarrier;

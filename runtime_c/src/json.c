@@ -1,0 +1,109 @@
+/* A JSON cursor in the spirit of jsmn: no memory of its own, reads values in place.
+ * It reads exactly what graph.json needs (objects, lists, strings, integers) and skips
+ * anything else without interpreting it. Errors are sticky: j->bad and j->p say where. */
+#include <string.h>
+#include "internal.h"
+
+static int bad(mj *j) {
+  j->bad = 1;
+  return 0;
+}
+
+static int peek(mj *j) {
+  while (j->p < j->n && (j->s[j->p] == ' ' || (uint32_t)(j->s[j->p] - 9) < 2 || j->s[j->p] == 13))
+    j->p++;
+  return j->p < j->n ? (unsigned char)j->s[j->p] : -1;
+}
+
+int mj_eat(mj *j, int c) {
+  if (j->bad || peek(j) != c) return 0;
+  j->p++;
+  return 1;
+}
+
+int mj_str(mj *j, const char **s, uint32_t *len) {
+  uint32_t b;
+  if (!mj_eat(j, '"')) return bad(j);
+  for (b = j->p; j->p < j->n; j->p++) {
+    unsigned char c = (unsigned char)j->s[j->p];
+    if (c == '"') {
+      *s = j->s + b;
+      *len = j->p++ - b;
+      return 1;
+    }
+    if (c < 0x20) break;
+    if (c == '\\') j->p++; /* escapes are kept raw */
+  }
+  return bad(j);
+}
+
+int mj_int(mj *j, int32_t *v) {
+  uint32_t x = 0, b;
+  int neg = mj_eat(j, '-');
+  for (b = j->p; j->p < j->n && (uint32_t)(j->s[j->p] - '0') < 10; j->p++)
+    x = x > 0x0fffffff ? 0x80000000u : x * 10 + (uint32_t)(j->s[j->p] - '0');
+  if (j->p == b) return bad(j);
+  *v = neg || x >> 31 ? -1 : (int32_t)x; /* minrt reads no negative numbers */
+  return 1;
+}
+
+int mj_ints(mj *j, int64_t *v, int max) {
+  int f = 1, n = 0;
+  int32_t x;
+  while (mj_next(j, ']', &f)) {
+    if (!mj_int(j, &x)) return -1;
+    if (n < max) v[n] = x;
+    n++;
+  }
+  return j->bad ? -1 : n;
+}
+
+int mj_skip(mj *j) {
+  int depth = 0;
+  const char *s;
+  uint32_t n;
+  do {
+    int c = peek(j);
+    if (j->bad || c < 0) return bad(j);
+    if (c == '"') {
+      if (!mj_str(j, &s, &n)) return 0;
+    } else if (c == '[' || c == '{') {
+      if (++depth > 64) return bad(j);
+      j->p++;
+    } else if (c == ']' || c == '}' || c == ',' || c == ':') {
+      if (!depth) return bad(j);
+      depth -= c == ']' || c == '}';
+      j->p++;
+    } else {
+      uint32_t b = j->p; /* a literal: true, false, null, a number */
+      while (j->p < j->n && !strchr(" \t\r\n,:[]{}\"", j->s[j->p])) j->p++;
+      if (j->p == b) return bad(j);
+    }
+  } while (depth);
+  return 1;
+}
+
+int mj_next(mj *j, int close, int *first) {
+  if (*first) {
+    *first = 0;
+    if (!mj_eat(j, close == ']' ? '[' : '{')) return bad(j);
+    return !mj_eat(j, close) && !j->bad;
+  }
+  if (mj_eat(j, ',')) return 1;
+  if (!mj_eat(j, close)) bad(j);
+  return 0;
+}
+
+int mj_index(const char *s, uint32_t len, const char *list) {
+  int i;
+  for (i = 0; *list; i++, list += strlen(list) + 1)
+    if (strlen(list) == len && !memcmp(s, list, len)) return i;
+  return -1;
+}
+
+int mj_key(mj *j, const char *list) {
+  const char *k;
+  uint32_t kl;
+  if (!mj_str(j, &k, &kl) || !mj_eat(j, ':')) return -2;
+  return mj_index(k, kl, list);
+}

@@ -1,0 +1,318 @@
+/* C tests for minrt: test_minrt FIXTURE_DIR
+ * The fixtures (written by tests/test_runtime_c.py with TVM's save_param_dict) are:
+ *   good.json + good.bin     a float32 graph: add, relu (workspace), __nop, add, double
+ *                            (parallel launch); heads: result, the __nop output, param w
+ *   dtypes.json + dtypes.bin  every dtype as a param, copied by a kernel; heads: copies,
+ *                            then the params themselves; outputs written to dtypes_out.bin
+ *   cases.txt                malformed inputs, one per line:
+ *                            PHASE(L load|R run) WORKSPACE GRAPH PARAMS CODE MESSAGE...
+ * Prints one line per failure and a last line "N passed, N failed". */
+#define _POSIX_C_SOURCE 200809L
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kernels.h"
+#include "minrt.h"
+#include "runner.h"
+
+static int passed, failed;
+static const char *dir;
+
+#define CHECK(cond, ...)                           \
+  do {                                             \
+    if (cond) {                                    \
+      passed++;                                    \
+    } else {                                       \
+      failed++;                                    \
+      printf("FAIL %s:%d: ", __FILE__, __LINE__);  \
+      printf(__VA_ARGS__);                         \
+      printf("\n");                                \
+    }                                              \
+  } while (0)
+
+typedef struct {
+  unsigned char *p;
+  size_t n;
+} buf;
+
+/* a file in the fixture dir, in a 64-byte aligned buffer */
+static buf slurp(const char *name) {
+  char path[512];
+  buf b = {NULL, 0};
+  FILE *f;
+  long n;
+  snprintf(path, sizeof path, "%s/%s", dir, name);
+  if (!(f = fopen(path, "rb"))) {
+    printf("cannot open %s\n", path);
+    exit(2);
+  }
+  fseek(f, 0, SEEK_END);
+  n = ftell(f);
+  fseek(f, 0, SEEK_SET);
+  if (posix_memalign((void **)&b.p, 64, (size_t)n + 64)) exit(2);
+  b.n = fread(b.p, 1, (size_t)n, f);
+  fclose(f);
+  return b;
+}
+
+/* load with an arena of exactly the size minrt asks for (the three-call protocol) */
+static int load(const void *json, size_t jn, const void *params, size_t pn, size_t ws,
+                minrt **m, void **arena, minrt_err *err) {
+  minrt_artifact a;
+  size_t need = 0, have = 0;
+  int rc, calls = 0;
+  memset(&a, 0, sizeof a);
+  a.graph_json = (const char *)json;
+  a.graph_len = jn;
+  a.params = params;
+  a.params_len = pn;
+  a.workspace_bytes = ws;
+  *arena = NULL;
+  for (;;) {
+    rc = minrt_load(m, &a, *arena, have, &need, err);
+    calls++;
+    if (rc != MINRT_E_ARENA || need <= have) break;
+    free(*arena);
+    if (posix_memalign(arena, 64, need)) exit(2);
+    have = need;
+  }
+  CHECK(calls <= 3, "load took %d calls", calls);
+  return rc;
+}
+
+static void test_good(void) {
+  buf g = slurp("good.json"), p = slurp("good.bin");
+  minrt *m;
+  minrt_err err;
+  void *arena;
+  float x[16], w[16], b[16];
+  const DLTensor *out, *nop, *wt;
+  size_t need = 0, i;
+  int rc, ok = 1, idx;
+  rc = load(g.p, g.n, p.p, p.n, 64, &m, &arena, &err);
+  CHECK(rc == 0, "load: %d %s", rc, err.msg);
+  if (rc) return;
+  CHECK(minrt_num_inputs(m) == 1 && minrt_num_outputs(m) == 3, "inputs %d outputs %d",
+        minrt_num_inputs(m), minrt_num_outputs(m));
+  idx = minrt_input_index(m, "x", 1);
+  CHECK(idx == 0, "input x index %d", idx);
+  CHECK(minrt_input_index(m, "w", 1) == MINRT_E_ARG && strstr(err.msg, "'w'"),
+        "param w is not an input: %s", err.msg);
+  CHECK(minrt_set_input(m, 0, x, 12) == MINRT_E_ARG, "wrong input size accepted");
+  for (i = 0; i < 16; i++) x[i] = (float)i - 7.5f;
+  CHECK(minrt_set_input(m, 0, x, sizeof x) == 0, "set_input: %s", err.msg);
+  CHECK(minrt_run(m) == 0, "run: %s", err.msg);
+  CHECK(minrt_run(m) == 0, "second run: %s", err.msg);
+  out = minrt_output(m, 0);
+  nop = minrt_output(m, 1);
+  wt = minrt_output(m, 2);
+  CHECK(minrt_output(m, 3) == NULL && minrt_output(m, -1) == NULL, "output out of range");
+  CHECK(out->ndim == 1 && out->shape[0] == 16 && out->dtype.code == 2 && out->dtype.bits == 32,
+        "output 0 shape/dtype");
+  /* w is the 2x8 param whose data is 64-byte aligned in good.bin: used in place */
+  CHECK(wt->data == (void *)(p.p + 128), "w not zero-copy: %p vs %p", wt->data,
+        (void *)(p.p + 128));
+  memcpy(w, wt->data, sizeof w);
+  /* b is at an unaligned offset: copied; find it in the blob after w */
+  memcpy(b, p.p + 240, sizeof b);
+  for (i = 0; i < 16; i++) {
+    float r = x[i] + w[i] > 0 ? x[i] + w[i] : 0;
+    ok &= ((float *)nop->data)[i] == r && ((float *)out->data)[i] == 2 * (r + b[i]);
+  }
+  CHECK(ok, "wrong results");
+  /* the __nop output aliases relu's output buffer; every kernel tensor is aligned */
+  CHECK(((uintptr_t)out->data & 63) == 0 && ((uintptr_t)nop->data & 63) == 0, "alignment");
+  /* arena too small by one byte; not aligned */
+  {
+    minrt_artifact a;
+    minrt *m2;
+    unsigned char *small;
+    size_t total = 0;
+    memset(&a, 0, sizeof a);
+    a.graph_json = (const char *)g.p;
+    a.graph_len = g.n;
+    a.params = p.p;
+    a.params_len = p.n;
+    a.workspace_bytes = 64;
+    rc = minrt_load(&m2, &a, NULL, 0, &need, &err);
+    CHECK(rc == MINRT_E_ARENA && need > 0 && strstr(err.msg, "too small"), "query: %s", err.msg);
+    if (posix_memalign((void **)&small, 64, 1 << 16)) exit(2);
+    rc = minrt_load(&m2, &a, small, need, &total, &err);
+    CHECK(rc == MINRT_E_ARENA && total > need, "second query: %d %s", rc, err.msg);
+    rc = minrt_load(&m2, &a, small, total - 1, &need, &err);
+    CHECK(rc == MINRT_E_ARENA && need == total, "arena short by 1: %d %s", rc, err.msg);
+    rc = minrt_load(&m2, &a, small + 8, 60000, &need, &err);
+    CHECK(rc == MINRT_E_ALIGN && strstr(err.msg, "aligned"), "misaligned arena: %s", err.msg);
+    rc = minrt_load(&m2, &a, small, total, &need, &err);
+    CHECK(rc == 0 && m2, "exact arena: %s", err.msg);
+    /* params in a misaligned buffer: everything copied, same results */
+    memmove(p.p + 1, p.p, p.n);
+    a.params = p.p + 1;
+    rc = minrt_load(&m2, &a, small, 1 << 16, &need, &err);
+    CHECK(rc == 0 && minrt_output(m2, 2)->data != (void *)(p.p + 129) &&
+              !memcmp(minrt_output(m2, 2)->data, w, sizeof w),
+          "misaligned params: %d %s", rc, err.msg);
+    if (rc == 0) {
+      minrt_set_input(m2, 0, x, sizeof x);
+      CHECK(minrt_run(m2) == 0 && !memcmp(minrt_output(m2, 0)->data, out->data, 64),
+            "misaligned params: results differ");
+    }
+    free(small);
+  }
+  free(arena);
+  free(g.p);
+  free(p.p);
+}
+
+/* every prefix and every single-bit flip of both files: an error or a model, never a crash
+ * (the sanitizers watch) */
+static void test_mutations(void) {
+  buf g = slurp("good.json"), p = slurp("good.bin");
+  static unsigned char arena[1 << 16] __attribute__((aligned(64)));
+  unsigned char *copy;
+  minrt_artifact a;
+  minrt *m;
+  minrt_err err;
+  size_t i, need, bad_prefix = 0, ok_flips = 0;
+  int bit, rc;
+  memset(&a, 0, sizeof a);
+  a.workspace_bytes = 64;
+  for (i = 0; i < g.n; i++) {
+    copy = (unsigned char *)malloc(i + 1);
+    memcpy(copy, g.p, i);
+    a.graph_json = (const char *)copy;
+    a.graph_len = i;
+    a.params = p.p;
+    a.params_len = p.n;
+    rc = minrt_load(&m, &a, arena, sizeof arena, &need, &err);
+    if (rc != MINRT_E_JSON && rc != MINRT_E_GRAPH) bad_prefix++;
+    free(copy);
+  }
+  CHECK(bad_prefix == 0, "%zu JSON prefixes not rejected as JSON/graph errors", bad_prefix);
+  a.graph_json = (const char *)g.p;
+  a.graph_len = g.n;
+  for (i = 1; i < p.n; i++) {
+    a.params_len = i;
+    rc = minrt_load(&m, &a, arena, sizeof arena, &need, &err);
+    if (rc != MINRT_E_PARAMS) bad_prefix++;
+  }
+  CHECK(bad_prefix == 0, "%zu params prefixes not rejected as params errors", bad_prefix);
+  copy = (unsigned char *)malloc(g.n);
+  for (i = 0; i < g.n; i++)
+    for (bit = 0; bit < 8; bit++) {
+      memcpy(copy, g.p, g.n);
+      copy[i] ^= (unsigned char)(1 << bit);
+      a.graph_json = (const char *)copy;
+      a.params_len = p.n;
+      if (minrt_load(&m, &a, arena, sizeof arena, &need, &err) == 0) {
+        float x[16] = {0};
+        ok_flips++;
+        minrt_set_input(m, 0, x, sizeof x); /* may fail: the flip may rename x */
+        minrt_run(m);
+      }
+    }
+  free(copy);
+  copy = (unsigned char *)malloc(p.n);
+  a.graph_json = (const char *)g.p;
+  for (i = 0; i < p.n; i++)
+    for (bit = 0; bit < 8; bit++) {
+      memcpy(copy, p.p, p.n);
+      copy[i] ^= (unsigned char)(1 << bit);
+      a.params = copy;
+      if (minrt_load(&m, &a, arena, sizeof arena, &need, &err) == 0) ok_flips++;
+    }
+  free(copy);
+  CHECK(1, "bit flips survived");
+  printf("bit flips: %zu of %zu loaded (the rest rejected)\n", ok_flips, 8 * (g.n + p.n));
+  free(g.p);
+  free(p.p);
+}
+
+/* every dtype: params copied by a kernel; write the outputs for the Python side to check */
+static void test_dtypes(void) {
+  buf g = slurp("dtypes.json"), p = slurp("dtypes.bin");
+  runner r;
+  runner_timing t;
+  int rc, i, n, ok = 1;
+  size_t len;
+  char path[512];
+  FILE *f;
+  rc = runner_load(&r, (const char *)g.p, g.n, p.p, p.n, 0, NULL, NULL);
+  CHECK(rc == 0, "dtypes load: %s", r.err.msg);
+  if (rc) return;
+  CHECK(runner_run(&r, 1, &t) == 0, "dtypes run: %s", r.err.msg);
+  n = minrt_num_outputs(r.m) / 2;
+  for (i = 0; i < n; i++) {
+    const DLTensor *c = minrt_output(r.m, i), *s = minrt_output(r.m, n + i);
+    ok &= minrt_nbytes(c) == minrt_nbytes(s) && !memcmp(c->data, s->data, minrt_nbytes(c)) &&
+          !memcmp(&c->dtype, &s->dtype, 4);
+  }
+  CHECK(ok && n == 8, "dtype copies differ (%d params)", n);
+  len = runner_write_outputs(&r, NULL, 0);
+  {
+    void *out = malloc(len);
+    CHECK(runner_write_outputs(&r, out, len) == len, "write outputs");
+    snprintf(path, sizeof path, "%s/dtypes_out.bin", dir);
+    f = fopen(path, "wb");
+    fwrite(out, 1, len, f);
+    fclose(f);
+    free(out);
+  }
+  runner_free(&r);
+  free(g.p);
+  free(p.p);
+}
+
+static void test_cases(void) {
+  char path[512], line[1024], phase, gname[128], pname[128], *msg;
+  long ws;
+  int code, n, rc;
+  FILE *f;
+  snprintf(path, sizeof path, "%s/cases.txt", dir);
+  if (!(f = fopen(path, "r"))) {
+    printf("FAIL no cases.txt\n");
+    failed++;
+    return;
+  }
+  while (fgets(line, sizeof line, f)) {
+    buf g, p;
+    minrt *m;
+    minrt_err err;
+    void *arena;
+    line[strcspn(line, "\n")] = 0;
+    if (sscanf(line, "%c %ld %127s %127s %d %n", &phase, &ws, gname, pname, &code, &n) != 5)
+      continue;
+    msg = line + n;
+    g = slurp(gname);
+    p = strcmp(pname, "-") ? slurp(pname) : (buf){NULL, 0};
+    rc = load(g.p, g.n, p.p, p.n, (size_t)ws, &m, &arena, &err);
+    if (phase == 'R' && rc == 0) {
+      float x[16] = {1};
+      minrt_set_input(m, 0, x, sizeof x);
+      rc = minrt_run(m);
+    }
+    CHECK(rc == code && strstr(err.msg, msg), "%s: want %d '%s', got %d '%s'", line, code, msg,
+          rc, rc ? err.msg : "");
+    if (rc == code && strstr(err.msg, msg)) printf("ok   %-28s -> %s\n", gname, err.msg);
+    free(arena);
+    free(g.p);
+    free(p.p);
+  }
+  fclose(f);
+}
+
+int main(int argc, char **argv) {
+  if (argc != 2) {
+    printf("usage: test_minrt FIXTURE_DIR\n");
+    return 2;
+  }
+  dir = argv[1];
+  register_test_kernels();
+  test_good();
+  test_dtypes();
+  test_cases();
+  test_mutations();
+  printf("%d passed, %d failed\n", passed, failed);
+  return failed != 0;
+}

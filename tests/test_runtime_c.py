@@ -1,0 +1,543 @@
+"""minrt (runtime_c/): C unit tests, the malformed-input suite under ASan/UBSan, a bounded
+libFuzzer run, and end to end with kernels compiled by apache-tvm, run by minrt-run."""
+
+from __future__ import annotations
+
+import copy
+import json
+import shutil
+import struct
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from harness import REPO_ROOT, tensorfile
+from harness.build import build_runner
+from harness.targets import load_target
+from harness.toolchain import HostToolchain
+
+RT = REPO_ROOT / "runtime_c"
+SAN = ["-fsanitize=address,undefined", "-fno-sanitize-recover=all", "-fno-omit-frame-pointer"]
+WARN = ["-Wall", "-Wextra", "-Werror"]
+INC = [f"-I{RT / 'include'}", f"-I{RT / 'runner'}", f"-I{RT / 'tests'}"]
+CORE = sorted(str(p) for p in (RT / "src").glob("*.c"))
+
+
+def run(argv: list[str], **kw: Any) -> subprocess.CompletedProcess:
+    return subprocess.run(argv, capture_output=True, text=True, **kw)
+
+
+def cc(argv: list[str]) -> None:
+    proc = run(argv)
+    assert proc.returncode == 0, f"{' '.join(argv)}\n{proc.stderr}"
+
+
+# ---------------------------------------------------------------- graph.json writer
+
+@dataclass
+class Graph:
+    """A TVM graph-executor graph, one entry per node (enough for these tests)."""
+
+    nodes: list[dict] = field(default_factory=list)
+    shapes: list[list[int]] = field(default_factory=list)
+    dtypes: list[str] = field(default_factory=list)
+    sids: list[int] = field(default_factory=list)
+    heads: list[int] = field(default_factory=list)
+
+    def inp(self, name: str, shape: list[int], dtype: str = "float32", sid: int | None = None) -> int:
+        self.nodes.append({"op": "null", "name": name, "inputs": []})
+        return self._entry(shape, dtype, sid)
+
+    def op(self, func: str, inputs: list[int], shape: list[int], dtype: str = "float32",
+           sid: int | None = None) -> int:
+        self.nodes.append({
+            "op": "tvm_op", "name": f"{func}_{len(self.nodes)}",
+            "attrs": {"func_name": func, "num_inputs": str(len(inputs)), "num_outputs": "1",
+                      "flatten_data": "0"},
+            "inputs": [[i, 0, 0] for i in inputs],
+        })
+        return self._entry(shape, dtype, sid)
+
+    def _entry(self, shape: list[int], dtype: str, sid: int | None) -> int:
+        self.shapes.append(shape)
+        self.dtypes.append(dtype)
+        self.sids.append(len(self.sids) if sid is None else sid)
+        return len(self.nodes) - 1
+
+    def to_dict(self) -> dict:
+        n = len(self.nodes)
+        return {
+            "nodes": self.nodes,
+            "arg_nodes": [i for i, nd in enumerate(self.nodes) if nd["op"] == "null"],
+            "heads": [[h, 0, 0] for h in self.heads],
+            "attrs": {
+                "dltype": ["list_str", self.dtypes],
+                "storage_id": ["list_int", self.sids],
+                "shape": ["list_shape", self.shapes],
+            },
+            "node_row_ptr": list(range(n + 1)),
+        }
+
+    def dumps(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+
+def save_params(params: dict[str, np.ndarray]) -> bytes:
+    """TVM's own writer is the oracle for the format."""
+    import tvm
+
+    return bytes(tvm.runtime.save_param_dict({k: tvm.runtime.tensor(v) for k, v in params.items()}))
+
+
+W_NAME = "weight_of_the_first_add"  # with "b", puts w's data at byte 128 (aligned)
+
+
+def good_graph() -> Graph:
+    g = Graph()
+    x = g.inp("x", [2, 8])
+    w = g.inp(W_NAME, [2, 8])
+    a = g.op("add", [x, w], [2, 8])
+    r = g.op("relu_ws", [a], [2, 8])
+    n = g.op("__nop", [r], [16], sid=3)
+    b = g.inp("b", [16])
+    a2 = g.op("add", [n, b], [16], sid=2)  # reuses the first add's storage
+    d = g.op("double_par", [a2], [16])
+    g.heads = [d, n, w]
+    return g
+
+
+def good_params() -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(0)
+    return {W_NAME: rng.standard_normal((2, 8)).astype("float32"),
+            "b": rng.standard_normal(16).astype("float32")}
+
+
+DTYPES = ["float32", "float16", "int8", "uint8", "int16", "int32", "int64", "bool"]
+
+
+def dtype_fixture() -> tuple[Graph, dict[str, np.ndarray]]:
+    rng = np.random.default_rng(1)
+    g = Graph()
+    params = {}
+    pids = []
+    for dt in DTYPES:
+        shape = [2, 3]
+        if dt == "bool":
+            arr = rng.integers(0, 2, shape).astype(bool)
+        elif dt.startswith("float"):
+            arr = rng.standard_normal(shape).astype(dt)
+        else:
+            info = np.iinfo(dt)
+            arr = rng.integers(max(info.min, -1000), min(info.max, 1000), shape).astype(dt)
+        params[f"p_{dt}"] = arr
+        pids.append(g.inp(f"p_{dt}", shape, dt))
+    copies = [g.op("copy", [p], [2, 3], DTYPES[i]) for i, p in enumerate(pids)]
+    g.heads = copies + pids
+    return g, params
+
+
+def malformed_cases(d: Path) -> list[str]:
+    """Write one file per malformed input; return cases.txt lines
+    (PHASE WORKSPACE GRAPH PARAMS CODE MESSAGE)."""
+    good = good_graph()
+    params = good_params()
+    blob = save_params(params)
+    lines = []
+
+    def case(name: str, graph: Any, code: int, msg: str, blob_: bytes | None = blob,
+             phase: str = "L", ws: int = 64) -> None:
+        text = graph if isinstance(graph, str) else json.dumps(graph)
+        (d / f"{name}.json").write_text(text)
+        pname = "-"
+        if blob_ is not None:
+            pname = f"{name}.bin"
+            (d / pname).write_bytes(blob_)
+        lines.append(f"{phase} {ws} {name}.json {pname} {code} {msg}")
+
+    def variant(edit) -> dict:
+        g = copy.deepcopy(good.to_dict())
+        edit(g)
+        return g
+
+    E_JSON, E_GRAPH, E_PARAMS, E_KERNEL, E_RUN = -1, -2, -3, -4, -8
+    case("not_json", "hello", E_JSON, "graph.json byte 0: bad JSON")
+    case("truncated_json", good.dumps()[:200], E_JSON, "bad JSON")
+    case("missing_heads", variant(lambda g: g.pop("heads")), E_GRAPH, "missing key 'heads'")
+    case("missing_attrs", variant(lambda g: g.pop("attrs")), E_GRAPH, "missing key 'attrs'")
+    case("no_dltype", variant(lambda g: g["attrs"].pop("dltype")), E_GRAPH,
+         "needs dltype, storage_id, shape")
+    case("unknown_kernel", variant(lambda g: g["nodes"][3]["attrs"].update(func_name="relu_xx")),
+         E_KERNEL, "node 3: unknown kernel 'relu_xx'")
+    case("no_func_name", variant(lambda g: g["nodes"][3]["attrs"].pop("func_name")), E_GRAPH,
+         "node 3: needs op, name, inputs, func_name")
+    case("bad_op", variant(lambda g: g["nodes"][2].update(op="python")), E_GRAPH, "node 2: needs")
+    case("param_shape", variant(lambda g: g["attrs"]["shape"][1].__setitem__(5, [8, 2])),
+         E_PARAMS, "shape differ from the graph for 'b'")
+    case("param_dtype", variant(lambda g: g["attrs"]["dltype"][1].__setitem__(5, "int32")),
+         E_PARAMS, "differ from the graph for 'b'")
+    case("sid_range", variant(lambda g: g["attrs"]["storage_id"][1].__setitem__(2, 99)),
+         E_GRAPH, "entry 2: bad storage id")
+    case("sid_negative", variant(lambda g: g["attrs"]["storage_id"][1].__setitem__(2, -1)),
+         E_GRAPH, "entry 2: bad storage id")
+    case("bad_dtype", variant(lambda g: g["attrs"]["dltype"][1].__setitem__(3, "float8")),
+         E_GRAPH, "entry 3: bad dtype 'float8'")
+    case("short_list", variant(lambda g: g["attrs"]["storage_id"][1].pop()), E_GRAPH,
+         "list length != entries")
+    case("type_tag", variant(lambda g: g["attrs"]["shape"].__setitem__(0, "list_int")), E_GRAPH,
+         "bad type tag")
+    case("seven_dims", variant(lambda g: g["attrs"]["shape"][1].__setitem__(2, [1] * 7)),
+         E_GRAPH, "entry 2: over 6 dims")
+    case("forward_input", variant(lambda g: g["nodes"][2].update(inputs=[[0, 0, 0], [5, 0, 0]])),
+         E_GRAPH, "node 2: bad input")
+    case("input_index", variant(lambda g: g["nodes"][2].update(inputs=[[0, 1, 0], [1, 0, 0]])),
+         E_GRAPH, "node 2: bad input")
+    case("row_ptr", variant(lambda g: g["node_row_ptr"].pop()), E_GRAPH, "node 7: not in node_row_ptr")
+    case("row_ptr_order", variant(lambda g: g["node_row_ptr"].__setitem__(3, 2)), E_GRAPH,
+         "node_row_ptr 3: must increase from 0")
+    case("nop_resize", variant(lambda g: g["attrs"]["shape"][1].__setitem__(4, [15])), E_GRAPH,
+         "node 4: bad input/output count or __nop resizes")
+    case("bad_head", variant(lambda g: g["heads"].append([42, 0, 0])), E_GRAPH, "heads 3: bad ref")
+    # arg_nodes is not read (the inputs are the null nodes without params)
+    case("arg_nodes_ignored", variant(lambda g: g["arg_nodes"].append(2)), 0, "", phase="R")
+    # a copied param gets its own bytes, even if its storage id is shared
+    case("param_shares_storage",
+         variant(lambda g: g["attrs"]["storage_id"][1].__setitem__(5, 2)), 0, "", phase="R")
+    case("params_magic", good.dumps(), E_PARAMS, "params.bin byte 0: bad header",
+         blob_=b"\x00" + blob[1:])
+    w_hdr = blob.index(struct.pack("<Q", 0xDD5E40F096B4A13F))
+    case("tensor_magic", good.dumps(), E_PARAMS, f"params.bin byte {w_hdr}: bad magic",
+         blob_=blob[:w_hdr] + b"\x00" + blob[w_hdr + 1:])
+    case("params_truncated", good.dumps(), E_PARAMS, "truncated", blob_=blob[:-5])
+    case("params_trailing", good.dumps(), E_PARAMS, f"params.bin byte {len(blob)}: trailing bytes",
+         blob_=blob + b"\x00")
+    case("unknown_param", good.dumps(), E_PARAMS, "unknown param 'zzz'",
+         blob_=save_params({**params, "zzz": np.zeros(3, "float32")}))
+    case("param_on_op", good.dumps(), E_PARAMS, "unknown param 'add_2'",
+         blob_=save_params({**params, "add_2": np.zeros((2, 8), "float32")}))
+    case("kernel_fails", variant(lambda g: g["nodes"][7]["attrs"].update(func_name="fail")), E_RUN,
+         "node 7: kernel failed: 'ValueError: Argument 0 mismatch'", phase="R")
+    case("no_workspace", good.dumps(), E_RUN, "workspace exhausted", phase="R", ws=0)
+    return lines
+
+
+def write_fixtures(d: Path) -> None:
+    blob = save_params(good_params())
+    # TVM's writer and the harness' writer agree byte for byte
+    assert blob == tensorfile.dumps(good_params())
+    # w's data sits at byte 128 (64-byte aligned: used in place), b's at 240 (copied)
+    assert blob[128:192] == good_params()[W_NAME].tobytes()
+    assert blob[240:304] == good_params()["b"].tobytes()
+    (d / "good.json").write_text(good_graph().dumps())
+    (d / "good.bin").write_bytes(blob)
+    g, params = dtype_fixture()
+    (d / "dtypes.json").write_text(g.dumps())
+    (d / "dtypes.bin").write_bytes(save_params(params))
+    (d / "cases.txt").write_text("\n".join(malformed_cases(d)) + "\n")
+
+
+@pytest.fixture(scope="module")
+def fixtures(tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("minrt_fixtures")
+    write_fixtures(d)
+    return d
+
+
+def build_test_program(out: Path, compiler: str = "gcc", extra: list[str] | None = None) -> Path:
+    cc([compiler, "-std=c99", "-g", "-O1", *WARN, *(extra or []), *INC, *CORE,
+        str(RT / "runner" / "runner.c"), str(RT / "tests" / "test_minrt.c"), "-o", str(out), "-lm"])
+    return out
+
+
+def check_c_tests(binary: Path, fixtures: Path) -> str:
+    proc = run([str(binary), str(fixtures)], timeout=600)
+    out = proc.stdout + proc.stderr
+    last = proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else ""
+    assert proc.returncode == 0 and last.endswith(" 0 failed"), out[-4000:]
+    passed = int(last.split()[0])
+    assert passed >= 40, last
+    return out
+
+
+def test_c_unit_and_malformed_suite_under_sanitizers(fixtures, tmp_path):
+    """Every malformed case gets its specific error; prefixes and bit flips never crash."""
+    binary = build_test_program(tmp_path / "test_minrt_san", extra=SAN)
+    out = check_c_tests(binary, fixtures)
+    assert "runtime error" not in out and "AddressSanitizer" not in out, out[-4000:]
+    cases = (fixtures / "cases.txt").read_text().strip().splitlines()
+    assert out.count("\nok   ") + out.startswith("ok   ") == len(cases), out[-4000:]
+    # dtypes loaded byte-identically from TVM's blob, DLPack codes as TVM writes them
+    got = tensorfile.load(fixtures / "dtypes_out.bin")
+    _, params = dtype_fixture()
+    for i, (name, arr) in enumerate(params.items()):
+        for k in (i, i + len(params)):
+            out_arr = got[f"output{k}"]
+            assert out_arr.dtype == arr.dtype and out_arr.shape == arr.shape
+            assert out_arr.tobytes() == arr.tobytes(), name
+
+
+def test_c_unit_tests_optimized(fixtures, tmp_path):
+    """The same tests at -Os without sanitizers (the way minrt ships)."""
+    binary = tmp_path / "test_minrt_os"
+    cc(["gcc", "-std=c99", "-Os", *WARN, *INC, *CORE, str(RT / "runner" / "runner.c"),
+        str(RT / "tests" / "test_minrt.c"), "-o", str(binary), "-lm"])
+    check_c_tests(binary, fixtures)
+
+
+@pytest.mark.parametrize("compiler", ["gcc", "g++", "clang"])
+def test_core_compiles_cleanly_as_c_and_cpp(compiler, tmp_path):
+    if shutil.which(compiler) is None:
+        pytest.skip(f"{compiler} is not installed")
+    lang = ["-x", "c++", "-std=c++11"] if compiler == "g++" else ["-std=c99"]
+    for src in CORE:
+        cc([compiler, *lang, *WARN, "-Os", f"-I{RT / 'include'}", "-c", src,
+            "-o", str(tmp_path / (Path(src).stem + ".o"))])
+    # the public header alone, as C++
+    (tmp_path / "h.cc").write_text('#include "minrt.h"\nint main() { return 0; }\n')
+    cc(["g++", *WARN, f"-I{RT / 'include'}", str(tmp_path / "h.cc"), "-o", str(tmp_path / "h")])
+
+
+def test_core_has_no_heap_calls(tmp_path):
+    """No malloc/free/calloc/realloc in the core objects."""
+    for src in CORE:
+        obj = tmp_path / (Path(src).stem + ".o")
+        cc(["gcc", "-std=c99", "-Os", f"-I{RT / 'include'}", "-c", src, "-o", str(obj)])
+        undefined = run(["nm", "-u", str(obj)]).stdout.split()
+        assert not {"malloc", "free", "calloc", "realloc"} & set(undefined), (src, undefined)
+
+
+def test_fuzz_loader_bounded(fixtures, tmp_path):
+    """libFuzzer on the loader for a bounded time, seeded with the fixtures: no finding."""
+    if shutil.which("clang") is None:
+        pytest.skip("clang (libFuzzer) is not installed")
+    binary = tmp_path / "fuzz_load"
+    cc(["clang", "-g", "-O1", "-fsanitize=fuzzer,address,undefined", "-fno-sanitize-recover=all",
+        *INC, *CORE, str(RT / "fuzz" / "fuzz_load.c"), "-o", str(binary)])
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    blob = (fixtures / "good.bin").read_bytes()
+    for i, name in enumerate(["good.json", "dtypes.json", "missing_heads.json", "row_ptr.json"]):
+        text = (fixtures / name).read_bytes()
+        # the fuzz input: u32 graph length, graph, params (see fuzz_load.c)
+        (corpus / f"seed{i}").write_bytes(struct.pack("<I", len(text)) + text + blob)
+    proc = run([str(binary), "-max_total_time=30", "-rss_limit_mb=1024", "-timeout=10",
+                str(corpus)], cwd=tmp_path, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "Done" in proc.stderr, proc.stderr[-2000:]
+
+
+# ------------------------------------------------------- end to end with TVM kernels
+
+def tvm_kernels(target_dict: dict, prefix: str | None = "e2e_"):
+    """A few PrimFuncs like legalized Relax ops: dense, relu with a 4 KiB workspace buffer,
+    a parallel bias add, compiled by apache-tvm the way harness/compile.py does (with a
+    system_lib_prefix, asserts off); prefix None: a plain module for a shared object."""
+    import tvm
+    from tvm.script import tirx as T
+
+    @T.prim_func
+    def dense(X: T.Buffer((1, 8), "float32"), W: T.Buffer((8, 1024), "float32"),
+              Y: T.Buffer((1, 1024), "float32")):
+        T.func_attr({"global_symbol": "dense"})
+        for j in range(1024):
+            Y[0, j] = T.float32(0)
+            for k in range(8):
+                Y[0, j] = Y[0, j] + X[0, k] * W[k, j]
+
+    @T.prim_func
+    def relu_rev(A: T.Buffer((1, 1024), "float32"), B: T.Buffer((1, 1024), "float32")):
+        T.func_attr({"global_symbol": "relu_rev"})
+        C = T.alloc_buffer((1024,), "float32")
+        for i in range(1024):
+            C[i] = T.max(A[0, i], T.float32(0))
+        for i in range(1024):
+            B[0, i] = C[1023 - i]
+
+    @T.prim_func
+    def bias_par(A: T.Buffer((1024,), "float32"), Bv: T.Buffer((1024,), "float32"),
+                 O: T.Buffer((1024,), "float32")):
+        T.func_attr({"global_symbol": "bias_par"})
+        for i in T.parallel(1024):
+            O[i] = A[i] + Bv[i]
+
+    mod = tvm.IRModule({"dense": dense, "relu_rev": relu_rev, "bias_par": bias_par})
+    if prefix is not None:
+        mod = mod.with_attr("system_lib_prefix", prefix)
+    with tvm.transform.PassContext(config={"tirx.disable_assert": True}):
+        return tvm.tirx.build(mod, target=tvm.target.Target(target_dict))
+
+
+@dataclass
+class LocalArtifact:
+    """Stands in for harness.artifact.Artifact until the compile engineer's lands."""
+
+    dir: Path
+
+    @property
+    def kernels_obj(self) -> Path:
+        return self.dir / "kernels.o"
+
+    @property
+    def metadata(self) -> dict:
+        return json.loads((self.dir / "metadata.json").read_text())
+
+
+def e2e_artifact(d: Path, target) -> tuple[LocalArtifact, dict[str, np.ndarray], dict[str, np.ndarray]]:
+    import tvm
+
+    d.mkdir(parents=True, exist_ok=True)
+    lib = tvm_kernels(target.tvm_target)
+    lib.write_to_file(str(d / "kernels.o"))
+    g = Graph()
+    x = g.inp("x", [1, 8])
+    w = g.inp("w", [8, 1024])
+    y = g.op("dense", [x, w], [1, 1024])
+    r = g.op("relu_rev", [y], [1, 1024])
+    f = g.op("__nop", [r], [1024], sid=3)
+    b = g.inp("bias", [1024])
+    o = g.op("bias_par", [f, b], [1024])
+    g.heads = [o, y]
+    rng = np.random.default_rng(3)
+    params = {"w": rng.standard_normal((8, 1024)).astype("float32"),
+              "bias": rng.standard_normal(1024).astype("float32")}
+    (d / "graph.json").write_text(g.dumps())
+    (d / "params.bin").write_bytes(save_params(params))
+    (d / "metadata.json").write_text(json.dumps({"workspace_bytes": 4096, "kernels": ["dense", "relu_rev", "bias_par"]}))
+    inputs = {"x": rng.standard_normal((1, 8)).astype("float32")}
+    # reference: the same kernels run by TVM's own runtime on the host
+    host = tvm_kernels({"kind": "llvm"}, prefix="ref_")
+    dev = tvm.cpu()
+    t = {k: tvm.runtime.tensor(v, dev) for k, v in {**inputs, **params}.items()}
+    Y = tvm.runtime.tensor(np.zeros((1, 1024), "float32"), dev)
+    R = tvm.runtime.tensor(np.zeros((1, 1024), "float32"), dev)
+    O = tvm.runtime.tensor(np.zeros(1024, "float32"), dev)
+    host["dense"](t["x"], t["w"], Y)
+    host["relu_rev"](Y, R)
+    host["bias_par"](tvm.runtime.tensor(R.numpy().reshape(1024), dev), t["bias"], O)
+    expected = {"output0": O.numpy(), "output1": Y.numpy()}
+    return LocalArtifact(d), inputs, expected
+
+
+def run_runner(binary: Path, art: LocalArtifact, inputs: dict, tmp: Path, prefix: list[str],
+               iters: int = 3) -> tuple[dict, dict]:
+    tensorfile.save(tmp / "inputs.bin", inputs)
+    proc = run([*prefix, str(binary), str(art.dir / "graph.json"), str(art.dir / "params.bin"),
+                str(tmp / "inputs.bin"), str(tmp / "outputs.bin"), "-n", str(iters),
+                "-w", str(art.metadata["workspace_bytes"])], timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    timing = json.loads(proc.stdout.strip().splitlines()[-1])
+    return tensorfile.load(tmp / "outputs.bin"), timing
+
+
+@pytest.mark.parametrize("target_name", ["x86_64", "qemu-armv7"])
+def test_e2e_tvm_kernels_through_minrt_run(target_name, tmp_path):
+    """Kernels compiled by apache-tvm (system lib, asserts off), linked with minrt-run by
+    build_runner, match TVM's own runtime on the host running the same PrimFuncs."""
+    target = load_target(target_name)
+    if target.arch == "armv7" and (shutil.which("arm-linux-gnueabihf-gcc") is None or shutil.which("qemu-arm") is None):
+        pytest.skip("arm-linux-gnueabihf-gcc or qemu-arm is not installed")
+    art, inputs, expected = e2e_artifact(tmp_path / "artifact", target)
+    binary = build_runner(target, art, HostToolchain(), out_dir=tmp_path / "bin")
+    prefix = ["qemu-arm"] if target.arch == "armv7" else []
+    outputs, timing = run_runner(binary, art, inputs, tmp_path, prefix)
+    assert timing["iters"] == 3 and timing["arena_bytes"] > 0
+    assert 0 < timing["min_us"] <= timing["mean_us"] <= timing["max_us"]
+    for name, want in expected.items():
+        got = outputs[name]
+        assert got.shape == want.shape and got.dtype == want.dtype
+        if target.arch == "x86_64":
+            np.testing.assert_array_equal(got, want)  # same kernels, same machine: bit for bit
+        else:
+            np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+    # a second build is served from the cache
+    assert build_runner(target, art, HostToolchain()) == build_runner(target, art, HostToolchain())
+
+
+def test_runner_errors_and_exit_codes(tmp_path):
+    """The runner contract: usage 2, load/input errors 1, run errors 3, each with one line
+    'minrt-run: <step>: <message>' on stderr."""
+    target = load_target("x86_64")
+    art, inputs, _ = e2e_artifact(tmp_path / "artifact", target)
+    binary = build_runner(target, art, HostToolchain())
+    proc = run([str(binary)])
+    assert proc.returncode == 2 and proc.stderr.startswith("minrt-run: usage:")
+    tensorfile.save(tmp_path / "in.bin", {"x": np.zeros((1, 7), "float32")})
+    proc = run([str(binary), str(art.dir / "graph.json"), str(art.dir / "params.bin"),
+                str(tmp_path / "in.bin"), str(tmp_path / "out.bin"), "-w", "4096"])
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stderr.startswith("minrt-run: inputs: inputs byte ")
+    assert "shape differs from the graph input" in proc.stderr
+    tensorfile.save(tmp_path / "in.bin", {"y": np.zeros((1, 8), "float32")})
+    proc = run([str(binary), str(art.dir / "graph.json"), str(art.dir / "params.bin"),
+                str(tmp_path / "in.bin"), str(tmp_path / "out.bin")])
+    assert proc.returncode == 1 and "input: unknown 'y'" in proc.stderr, proc.stderr
+    (tmp_path / "bad.json").write_text('{"nodes": []}')
+    proc = run([str(binary), str(tmp_path / "bad.json"), str(art.dir / "params.bin"),
+                str(tmp_path / "in.bin"), str(tmp_path / "out.bin")])
+    assert proc.returncode == 1 and proc.stderr.startswith("minrt-run: load: graph.json: missing key")
+    # run error (exit 3): less workspace than a TVM kernel asks for; the kernel's own check
+    # (kept under tirx.disable_assert) reports it, minrt names the node
+    tensorfile.save(tmp_path / "in.bin", inputs)
+    proc = run([str(binary), str(art.dir / "graph.json"), str(art.dir / "params.bin"),
+                str(tmp_path / "in.bin"), str(tmp_path / "out.bin"), "-w", "0"])
+    assert proc.returncode == 3, proc.stderr
+    assert proc.stderr == "minrt-run: run: node 3: kernel failed: 'minrt: workspace exhausted'\n"
+
+
+def test_dlopen_shared_object(tmp_path):
+    """Kernels from a shared object built without system_lib_prefix: dlopen + dlsym, with the
+    __TVMBackend* context pointers set by the runner (the relu kernel needs a workspace)."""
+    art, inputs, expected = e2e_artifact(tmp_path / "artifact", load_target("x86_64"))
+    so = tmp_path / "kernels.so"
+    tvm_kernels({"kind": "llvm"}, prefix=None).export_library(str(so))
+    binary = tmp_path / "minrt-run-dl"
+    cc(["gcc", "-std=c99", "-O1", *WARN, "-DMINRT_RUN_DLOPEN", "-rdynamic", *INC, *CORE,
+        *(str(p) for p in sorted((RT / "runner").glob("*.c")) if p.name != "serial.c"),
+        "-o", str(binary), "-ldl", "-lm"])
+    tensorfile.save(tmp_path / "inputs.bin", inputs)
+    argv = [str(binary), str(art.dir / "graph.json"), str(art.dir / "params.bin"),
+            str(tmp_path / "inputs.bin"), str(tmp_path / "outputs.bin"), "-w", "4096"]
+    proc = run([*argv, "-l", str(so)])
+    assert proc.returncode == 0, proc.stderr
+    outputs = tensorfile.load(tmp_path / "outputs.bin")
+    for name, want in expected.items():
+        np.testing.assert_array_equal(outputs[name], want)
+    # without the shared object, no kernel is known: the error names the first one
+    proc = run(argv)
+    assert proc.returncode == 1 and "node 2: unknown kernel 'dense'" in proc.stderr, proc.stderr
+
+
+@pytest.mark.parametrize("model", ["dscnn", "residual", "multi_io"])
+def test_compiled_example_models_on_armv7_match_relax_vm(model, tmp_path):
+    """harness.compile's artifacts for ARMv7 (liveness-planned storage, __nop reshapes,
+    workspace from metadata) run by minrt-run under qemu-arm and match TVM's Relax VM on the
+    host within 1e-5 (the same TIR, compiled for NEON instead of x86)."""
+    if shutil.which("arm-linux-gnueabihf-gcc") is None or shutil.which("qemu-arm") is None:
+        pytest.skip("arm-linux-gnueabihf-gcc or qemu-arm is not installed")
+    from harness.cache import cache_dir
+    from harness.compile import compile_model
+    from harness.examples import write_examples
+    from harness.relax_ref import run_relax_vm
+
+    onnx_path = write_examples(tmp_path / "models", [model])[model]
+    target = load_target("qemu-armv7")
+    artifact = compile_model(onnx_path, target, cache=cache_dir() / "artifacts")
+    rng = np.random.default_rng(7)
+    inputs = {s["name"]: rng.standard_normal(s["shape"]).astype(np.float32) for s in artifact.inputs}
+    binary = build_runner(target, artifact, HostToolchain())
+    tensorfile.save(tmp_path / "inputs.bin", inputs)
+    proc = run(["qemu-arm", str(binary), str(artifact.graph_json), str(artifact.params_bin),
+                str(tmp_path / "inputs.bin"), str(tmp_path / "outputs.bin"), "-n", "2",
+                "-w", str(artifact.metadata["workspace_bytes"])], timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    timing = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert timing["iters"] == 2 and timing["arena_bytes"] > 0
+    got = list(tensorfile.load(tmp_path / "outputs.bin").values())
+    want = run_relax_vm(onnx_path, inputs)
+    assert len(got) == len(want) == len(artifact.outputs)
+    for g, w in zip(got, want):
+        assert g.shape == w.shape and g.dtype == w.dtype
+        np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-5)
