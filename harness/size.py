@@ -124,3 +124,16 @@ def diff(report: dict[str, Any], baseline: dict[str, Any]) -> dict[str, Any]:
                          for k in ("text", "data", "bss")}
     total = {k: report["total"][k] - baseline.get("total", {}).get(k, 0) for k in ("text", "data", "bss")}
     return {"objects": objects, "total": total}
+
+
+def run_sizes(target: Target, runner: Path, artifact: Any, toolchain: Toolchain | None = None) -> dict[str, int]:
+    """The three figures a run records: minrt's .text (its objects, as budgeted), the whole
+    runner binary's .text and the model kernels' .text."""
+    from .toolchain import HostToolchain
+
+    tc = toolchain or HostToolchain(compiler=target.cc.tool("gcc"))
+    return {
+        "minrt_text": measure(target, tc)["total"]["text"],
+        "runner_text": size_elf(runner, target, tc)["text"],
+        "kernels_text": size_elf(Path(artifact.kernels_obj), target, tc)["text"],
+    }
