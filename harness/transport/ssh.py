@@ -293,7 +293,13 @@ class SSHTransport:
             if time.monotonic() > deadline:
                 raise DeviceError(f"{self.name}: {step}: timed out sending data")
             if channel.closed or channel.exit_status_ready():
-                raise DeviceError(f"{self.name}: {step}: the remote side stopped reading")
+                # say why: the command's own error (e.g. "Text file busy") is on its stderr
+                why = b""
+                while channel.recv_stderr_ready():
+                    why += channel.recv_stderr(65536)
+                status = channel.exit_status if channel.exit_status_ready() else None
+                detail = why.decode(errors="replace").strip() or f"exit status {status}"
+                raise DeviceError(f"{self.name}: {step}: the remote side stopped reading ({detail})")
             if not channel.send_ready():
                 time.sleep(_POLL_S)
                 continue
