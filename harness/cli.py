@@ -168,6 +168,54 @@ def cmd_toolchain(args: argparse.Namespace) -> int:
     return 0
 
 
+SIZE_BASELINE = Path(__file__).resolve().parent.parent / "runtime_c" / "size-baseline.json"
+
+
+def cmd_size(args: argparse.Namespace) -> int:
+    from . import size
+    from .build import build_runner
+    from .compile import compile_model
+    from .targets import load_target
+    from .toolchain import get_toolchain
+
+    target = load_target(args.target)
+    toolchain = get_toolchain(args.toolchain, target)
+    report = size.measure(target, toolchain)
+    baseline_path = Path(args.baseline) if args.baseline else SIZE_BASELINE
+    baselines = json.loads(baseline_path.read_text()) if baseline_path.exists() else {}
+    if target.arch in baselines:
+        report["baseline_diff"] = size.diff(report, baselines[target.arch])
+    for model in resolve_models(args.model) if args.model else []:
+        artifact = compile_model(model, target)
+        runner = build_runner(target, artifact, toolchain)
+        report.setdefault("models", {})[model.stem] = {
+            "runner": size.size_elf(runner, target, toolchain),
+            "kernels": size.size_elf(artifact.kernels_obj, target, toolchain),
+            "kernel_symbols": size.symbols(artifact.kernels_obj, target, toolchain),
+        }
+    if args.save_baseline:
+        baselines[target.arch] = {"objects": [{k: o[k] for k in ("name", "text", "data", "bss")}
+                                              for o in report["objects"]], "total": report["total"]}
+        baseline_path.write_text(json.dumps(baselines, indent=2, sort_keys=True) + "\n")
+        log.info("saved the %s baseline in %s", target.arch, baseline_path)
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0 if report["within_budget"] else 1
+    print(size.format_report(report))
+    if "baseline_diff" in report:
+        d = report["baseline_diff"]
+        changed = ", ".join(f"{n} {v['text']:+d}" for n, v in d["objects"].items() if v["text"])
+        print(f"against the baseline ({baseline_path.name}): text {d['total']['text']:+d} B"
+              + (f" ({changed})" if changed else ""))
+    if args.symbols:
+        for obj in report["objects"]:
+            for sym in obj["symbols"][: args.symbols]:
+                print(f"  {obj['name']:<10} {sym['kind']:<5} {sym['size']:>6}  {sym['name']}")
+    for name, m in report.get("models", {}).items():
+        print(f"model {name}: runner text {m['runner']['text']:,} B, kernels text {m['kernels']['text']:,} B")
+    return 0 if report["within_budget"] else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="harness", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -210,6 +258,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the target's Docker toolchain image (default) or this host's compilers")
     p.add_argument("--out", help="copy each runner to OUT/<model>/minrt-run")
     p.set_defaults(func=cmd_build)
+
+    p = sub.add_parser("size", help="code size of minrt (per object and symbol), the runner and kernels")
+    p.add_argument("--target", default=DEFAULT_TARGET)
+    p.add_argument("--model", action="append", help="also size this model's runner and kernels (repeatable)")
+    p.add_argument("--toolchain", choices=["host", "docker"], default="docker")
+    p.add_argument("--baseline", help=f"baseline file (default {SIZE_BASELINE.relative_to(SIZE_BASELINE.parent.parent)})")
+    p.add_argument("--save-baseline", action="store_true", help="store this measurement as the baseline")
+    p.add_argument("--symbols", type=int, default=0, metavar="N", help="list the N largest symbols per object")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_size)
 
     p = sub.add_parser("board", help="the emulated ARMv7 board: up, down, status")
     p.add_argument("action", choices=["up", "down", "status"])
