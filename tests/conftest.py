@@ -38,3 +38,22 @@ def example_models(tmp_path_factory) -> dict[str, Path]:
 @pytest.fixture(scope="session")
 def compiled_models(example_models) -> CompiledModels:
     return CompiledModels(example_models)
+
+
+# ---------------------------------------------------------------------------------------------
+# The shared emulated board (instance "0", the one `harness run --target rpi-qemu` uses).
+# Tests that need it call `shared_board`; a board this session booted is powered off at the
+# end of the session, one that was already running (a developer's) is left alone.
+
+SHARED_BOARD_INSTANCE = "0"
+
+
+@pytest.fixture(scope="session")
+def shared_board():
+    from harness.board import board_status, ensure_board, stop_board
+
+    was_up = board_status(instance=SHARED_BOARD_INSTANCE)["state"] == "up"
+    board = ensure_board(instance=SHARED_BOARD_INSTANCE, boot_timeout=300)
+    yield board
+    if not was_up:
+        stop_board(instance=SHARED_BOARD_INSTANCE)

@@ -1,0 +1,68 @@
+"""Every example model on the emulated ARMv7 board (`rpi-qemu`, the default target), over SSH
+and over the serial console, compared with the host reference; and recovery of the board
+after a run is cut short."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from harness.run import run_on_target
+from harness.targets import load_target
+
+EXAMPLES = ["mlp", "cnn", "dscnn", "residual", "concat", "batchnorm", "multi_io"]
+
+
+@pytest.mark.parametrize("transport", ["ssh", "serial"])
+@pytest.mark.parametrize("model", EXAMPLES)
+def test_example_on_the_board(shared_board, example_models, model, transport):
+    result = run_on_target(example_models[model], load_target("rpi-qemu"), transport=transport,
+                           toolchain="host", iters=3, seed=2)
+    assert result.error is None, result.error
+    assert result.passed, json.dumps(result.outputs, indent=1)
+    assert result.transport == transport
+    assert all(o["max_abs_err"] <= 1e-5 for o in result.outputs)
+    # the on-device latency is reported
+    assert result.iters == 3 and result.latency_us["mean"] > 0
+
+
+def test_cli_main_job_on_the_default_target(shared_board, example_models):
+    """`harness run` with no --target runs on the emulated board and prints the comparison."""
+    proc = subprocess.run([sys.executable, "-m", "harness.cli", "run", "--model", "mlp",
+                           "--toolchain", "host"], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    assert "mlp on rpi-qemu (ssh): PASS" in proc.stdout
+    assert "vs onnx-reference" in proc.stdout and "1 of 1 model(s) passed on rpi-qemu" in proc.stdout
+
+
+def test_killing_the_board_mid_run_fails_cleanly_and_the_board_comes_back(shared_board, example_models):
+    """A board that dies during a run ends it with an error naming the device, not a hang;
+    the next run boots a new board and passes."""
+    from harness.board import board_status, ensure_board
+
+    target = load_target("rpi-qemu")
+    pid = shared_board.pid
+
+    def kill_soon() -> None:
+        time.sleep(1.5)
+        os.kill(pid, signal.SIGKILL)
+
+    killer = threading.Thread(target=kill_soon)
+    killer.start()
+    started = time.monotonic()
+    result = run_on_target(example_models["dscnn"], target, toolchain="host", iters=2000)
+    killer.join()
+    assert not result.passed and result.error, result
+    assert time.monotonic() - started < 120
+    assert "127.0.0.1" in result.error  # names the device
+    assert board_status(instance="0")["state"] == "down"
+    again = run_on_target(example_models["mlp"], target, toolchain="host", iters=2)
+    assert again.passed, again.error
+    assert ensure_board(instance="0").pid != pid
