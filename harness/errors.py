@@ -19,3 +19,8 @@ class BuildError(HarnessError):
 
 class DeviceError(HarnessError):
     """A device could not be reached, did not answer in time, or failed a command."""
+
+
+class RunnerError(HarnessError):
+    """minrt-run answered, but refused the model or its inputs, or a kernel failed: a problem
+    of the model, not of the device (a farm does not retry it elsewhere)."""

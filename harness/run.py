@@ -19,7 +19,7 @@ import numpy as np
 
 from . import REPO_ROOT, tensorfile
 from .compare import DEFAULT_ATOL, DEFAULT_RTOL, OutputCheck, compare_output
-from .errors import DeviceError, HarnessError
+from .errors import DeviceError, HarnessError, RunnerError
 from .targets import Target
 
 log = logging.getLogger(__name__)
@@ -138,7 +138,10 @@ def execute(transport: Any, runner: Path, artifact: Any, inputs_blob: bytes, ite
         result = transport.run(argv, timeout=timeout)
         if result.returncode != 0:
             what = RUNNER_EXIT.get(result.returncode, f"exit status {result.returncode}")
-            raise DeviceError(f"minrt-run failed ({what}): {result.stderr.strip() or result.stdout.strip()}")
+            if result.returncode in RUNNER_EXIT:
+                raise RunnerError(f"minrt-run failed ({what}): {result.stderr.strip() or result.stdout.strip()}")
+            raise DeviceError(f"minrt-run failed ({what}) on {getattr(transport, 'name', 'the device')}: "
+                              f"{result.stderr.strip() or result.stdout.strip()}")
         timing = parse_timing(result.stdout)
         out_path = Path(tmp) / "outputs.bin"
         transport.get(f"{wd}/outputs.bin", out_path)

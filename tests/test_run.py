@@ -14,7 +14,7 @@ import pytest
 from onnx import TensorProto, helper
 
 from harness import tensorfile
-from harness.errors import DeviceError, HarnessError
+from harness.errors import HarnessError, RunnerError
 from harness.examples import write_examples
 from harness.run import load_inputs, run_on_target
 from harness.targets import load_target
@@ -124,5 +124,5 @@ def test_runner_rejects_inputs_of_the_wrong_shape(examples, tmp_path):
     runner = build_runner(target, artifact, HostToolchain())
     spec = artifact.inputs[0]
     wrong = {spec["name"]: np.zeros([d + 1 for d in spec["shape"]], dtype=spec["dtype"])}
-    with LocalTransport() as device, pytest.raises(DeviceError, match="minrt-run failed"):
+    with LocalTransport() as device, pytest.raises(RunnerError, match="minrt-run failed"):
         execute(device, runner, artifact, tensorfile.dumps(wrong), iters=1, timeout=60)
