@@ -1,0 +1,379 @@
+"""The nightly dashboard (a static HTML page with inline SVG plots) and the regression check.
+
+`build_dashboard(store, out_dir)` writes `index.html`: regressions since the previous batch
+first, then minrt .text per target over commits with the budget line, the accuracy matrix
+(model x target, latest batch vs the one before), and latency per model over batches. No
+server, no script, nothing fetched: the page opens from disk.
+
+`find_regressions(store)` compares the latest batch with the previous one; `ci/nightly` fails
+when any regression it returns is fatal (minrt over budget or grown past a threshold, a model
+that passed and now fails).
+"""
+
+from __future__ import annotations
+
+import argparse
+import html
+import logging
+import sys
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Sequence
+
+from .errors import HarnessError
+from .results import ResultStore, RunRow, default_store_path
+
+log = logging.getLogger(__name__)
+
+#: minrt .text budgets per architecture (issue 2's acceptance).
+BUDGETS = {"armv7": 6144, "x86_64": 8192}
+DEFAULT_SIZE_GROWTH = 64  # bytes of minrt .text growth between batches that count as a regression
+DEFAULT_LATENCY_GROWTH = 0.5  # +50% mean latency: reported, not fatal (emulated devices are noisy)
+
+_PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2",
+            "#17becf", "#7f7f7f", "#bcbd22")
+
+
+def arch_of(target: str) -> str | None:
+    """The target's architecture from its file, or None for a target this tree does not have."""
+    from .targets import load_target
+
+    try:
+        return load_target(target).arch
+    except HarnessError:
+        return None
+
+
+def budget_for(target: str) -> int | None:
+    arch = arch_of(target)
+    return BUDGETS.get(arch) if arch else None
+
+
+# -- regressions --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Regression:
+    kind: str  # "size-budget", "size-growth", "broken", "missing", "latency"
+    target: str
+    model: str | None
+    old: float | str | None
+    new: float | str | None
+    message: str
+    fatal: bool
+
+
+def _minrt_text(runs: dict[tuple[str, str], RunRow], target: str) -> int | None:
+    sizes = [r.minrt_text for (_, t), r in runs.items() if t == target and r.minrt_text is not None]
+    return max(sizes) if sizes else None
+
+
+def find_regressions(
+    store: ResultStore,
+    new_batch: str | None = None,
+    old_batch: str | None = None,
+    *,
+    size_growth_bytes: int = DEFAULT_SIZE_GROWTH,
+    latency_growth: float = DEFAULT_LATENCY_GROWTH,
+    budgets: dict[str, int] | None = None,
+) -> list[Regression]:
+    """What got worse from `old_batch` to `new_batch` (default: the last two batches).
+
+    Budgets apply to the new batch alone, so a first night over budget is flagged too.
+    `budgets` maps a target name to its byte budget (default: by the target's arch).
+    """
+    batches = store.batches()
+    if new_batch is None:
+        if not batches:
+            return []
+        new_batch = batches[-1]
+    if old_batch is None:
+        earlier = batches[:batches.index(new_batch)] if new_batch in batches else []
+        old_batch = earlier[-1] if earlier else None
+    new = store.latest(new_batch)
+    old = store.latest(old_batch) if old_batch else {}
+    found: list[Regression] = []
+
+    for target in sorted({t for _, t in new}):
+        size_new = _minrt_text(new, target)
+        if size_new is None:
+            continue
+        budget = (budgets or {}).get(target, budget_for(target))
+        if budget is not None and size_new > budget:
+            found.append(Regression("size-budget", target, None, budget, size_new,
+                                    f"{target}: minrt .text is {size_new} B, over its budget of {budget} B", True))
+        size_old = _minrt_text(old, target)
+        if size_old is not None and size_new - size_old > size_growth_bytes:
+            found.append(Regression("size-growth", target, None, size_old, size_new,
+                                    f"{target}: minrt .text grew by {size_new - size_old} B "
+                                    f"({size_old} -> {size_new} B; threshold {size_growth_bytes} B)", True))
+
+    for (model, target), before in sorted(old.items()):
+        after = new.get((model, target))
+        if after is None:
+            if before.passed:
+                found.append(Regression("missing", target, model, "passed", None,
+                                        f"{model} on {target}: passed in {old_batch}, not run in {new_batch}", False))
+            continue
+        if before.passed and not after.passed:
+            why = after.error or "outputs differ from the reference"
+            found.append(Regression("broken", target, model, "passed", "failed",
+                                    f"{model} on {target}: passed in {old_batch}, fails in {new_batch}: "
+                                    f"{why.splitlines()[0][:200]}", True))
+        if (before.latency_mean_us and after.latency_mean_us
+                and after.latency_mean_us > before.latency_mean_us * (1 + latency_growth)):
+            found.append(Regression("latency", target, model, before.latency_mean_us, after.latency_mean_us,
+                                    f"{model} on {target}: mean latency {before.latency_mean_us:.1f} -> "
+                                    f"{after.latency_mean_us:.1f} us", False))
+    found.sort(key=lambda r: (not r.fatal, r.kind, r.target, r.model or ""))
+    return found
+
+
+# -- SVG plots ----------------------------------------------------------------------------
+
+
+def _esc(value: object) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def _nice_range(lo: float, hi: float) -> tuple[float, float]:
+    if hi <= lo:
+        pad = abs(hi) * 0.1 or 1.0
+        return lo - pad, hi + pad
+    pad = (hi - lo) * 0.1
+    return max(0.0, lo - pad) if lo >= 0 else lo - pad, hi + pad
+
+
+def line_chart(
+    title: str,
+    x_labels: Sequence[str],
+    series: Sequence[tuple[str, Sequence[float | None]]],
+    *,
+    y_unit: str = "",
+    hlines: Sequence[tuple[float, str]] = (),
+    width: int = 720,
+    height: int = 300,
+) -> str:
+    """An inline SVG line chart over categorical x labels; `hlines` are dashed reference lines
+    (e.g. a budget). Each point carries a <title> with its value."""
+    left, right, top, bottom = 70, 160, 30, 80
+    pw, ph = width - left - right, height - top - bottom
+    values = [v for _, vs in series for v in vs if v is not None] + [v for v, _ in hlines]
+    if not values or not x_labels:
+        return f'<p class="empty">{_esc(title)}: no data yet</p>'
+    lo, hi = _nice_range(min(values), max(values))
+
+    def x(i: int) -> float:
+        return left + (pw * (i + 0.5) / len(x_labels))
+
+    def y(v: float) -> float:
+        return top + ph - (v - lo) / (hi - lo) * ph
+
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" class="chart" width="{width}" height="{height}" '
+             f'viewBox="0 0 {width} {height}" role="img" aria-label="{_esc(title)}">',
+             f'<text x="{left}" y="18" class="title">{_esc(title)}</text>',
+             f'<rect x="{left}" y="{top}" width="{pw}" height="{ph}" class="frame"/>']
+    for k in range(5):
+        v = lo + (hi - lo) * k / 4
+        parts.append(f'<line x1="{left}" x2="{left + pw}" y1="{y(v):.1f}" y2="{y(v):.1f}" class="grid"/>')
+        parts.append(f'<text x="{left - 6}" y="{y(v) + 4:.1f}" class="ytick">{v:,.0f}{_esc(y_unit)}</text>')
+    step = max(1, len(x_labels) // 12)
+    for i, label in enumerate(x_labels):
+        if i % step == 0 or i == len(x_labels) - 1:
+            parts.append(f'<text x="{x(i):.1f}" y="{top + ph + 16}" class="xtick" '
+                         f'transform="rotate(30 {x(i):.1f} {top + ph + 16})">{_esc(label[:24])}</text>')
+    for value, label in hlines:
+        parts.append(f'<line x1="{left}" x2="{left + pw}" y1="{y(value):.1f}" y2="{y(value):.1f}" class="budget"/>')
+        parts.append(f'<text x="{left + 6}" y="{y(value) - 5:.1f}" class="budget-label">{_esc(label)}</text>')
+    legend_y = top + 10
+    for n, (name, vs) in enumerate(series):
+        color = _PALETTE[n % len(_PALETTE)]
+        pts = [(x(i), y(v), v) for i, v in enumerate(vs) if v is not None]
+        if len(pts) > 1:
+            path = " ".join(f"{px:.1f},{py:.1f}" for px, py, _ in pts)
+            parts.append(f'<polyline points="{path}" fill="none" stroke="{color}" stroke-width="2"/>')
+        for (px, py, v), i in zip(pts, [i for i, v in enumerate(vs) if v is not None]):
+            parts.append(f'<circle cx="{px:.1f}" cy="{py:.1f}" r="3.5" fill="{color}">'
+                         f'<title>{_esc(name)} @ {_esc(x_labels[i])}: {v:,.1f}{_esc(y_unit)}</title></circle>')
+        if pts:
+            last = pts[-1][2]
+            parts.append(f'<text x="{left + pw + 6}" y="{legend_y}" fill="{color}" class="legend">'
+                         f'{_esc(name[:14])}: {last:,.0f}{_esc(y_unit)}</text>')
+            legend_y += 15
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+# -- the page -----------------------------------------------------------------------------
+
+_CSS = """
+body{font-family:sans-serif;margin:1.5em;color:#222;max-width:1100px}
+h1{font-size:1.4em} h2{font-size:1.15em;margin-top:1.6em;border-bottom:1px solid #ccc}
+table{border-collapse:collapse;font-size:.9em} td,th{border:1px solid #ccc;padding:3px 7px;text-align:left}
+td.pass{background:#d9f2d9} td.fail{background:#f8d0d0} td.none{background:#eee;color:#888}
+.regressions li.fatal{color:#a00;font-weight:bold} .ok{color:#070}
+svg.chart{display:block;margin:.6em 0} .title{font-weight:bold;font-size:13px}
+.frame{fill:#fafafa;stroke:#999} .grid{stroke:#e3e3e3} .ytick{font-size:10px;text-anchor:end}
+.xtick{font-size:10px} .legend{font-size:11px} .budget{stroke:#c00;stroke-dasharray:6 4;stroke-width:1.5}
+.budget-label{font-size:11px;fill:#c00} .empty{color:#888}
+"""
+
+
+def _cell(row: RunRow | None) -> tuple[str, str]:
+    if row is None:
+        return "none", "not run"
+    err = row.max_abs_err
+    text = ("pass" if row.passed else "FAIL") + (f" {err:.1e}" if err is not None else "")
+    if not row.passed and row.error:
+        text += f" ({row.error.splitlines()[0][:60]})"
+    return ("pass" if row.passed else "fail"), text
+
+
+def render_dashboard(store: ResultStore, *, title: str = "minrt nightly") -> str:
+    batches = store.batches()
+    new_batch = batches[-1] if batches else None
+    old_batch = batches[-2] if len(batches) > 1 else None
+    out = [f"<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{_esc(title)}</title>"
+           f"<style>{_CSS}</style></head><body>",
+           f"<h1>{_esc(title)}</h1>",
+           f"<p>Latest batch <b id=\"latest-batch\">{_esc(new_batch or 'none')}</b>"
+           f"{' compared with <b>' + _esc(old_batch) + '</b>' if old_batch else ''}; "
+           f"{len(batches)} batch(es) in {_esc(store.path.name)}; generated "
+           f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC.</p>"]
+
+    # Regressions first: the one thing to read in the morning.
+    regs = find_regressions(store) if new_batch else []
+    out.append('<h2 id="regressions">Regressions since the previous batch</h2>')
+    if regs:
+        out.append('<ul class="regressions">')
+        for r in regs:
+            out.append(f'<li class="{"fatal" if r.fatal else "warn"}" data-kind="{_esc(r.kind)}">'
+                       f'[{_esc(r.kind)}] {_esc(r.message)}</li>')
+        out.append("</ul>")
+    else:
+        out.append('<p class="ok">None.</p>')
+
+    targets = store.targets()
+    out.append('<h2 id="sizes">minrt .text per target over commits</h2>')
+    for target in targets:
+        trend = store.size_trend(target)
+        budget = budget_for(target)
+        out.append(line_chart(
+            f"{target}: .text bytes", [p["label"] for p in trend],
+            [("minrt", [p["minrt_text"] for p in trend])],
+            y_unit=" B", hlines=[(budget, f"budget {budget} B")] if budget else ()))
+        if trend:
+            last = trend[-1]
+            out.append(f'<p class="size-now" data-target="{_esc(target)}">{_esc(target)} at '
+                       f'{_esc(last["commit"] or "no commit")} ({_esc(last["batch"])}): minrt {last["minrt_text"]} B, runner '
+                       f'{last["runner_text"] if last["runner_text"] is not None else "?"} B'
+                       f'{f", budget {budget} B" if budget else ""}</p>')
+
+    out.append('<h2 id="accuracy">Accuracy: model x target</h2>')
+    if new_batch:
+        new, old = store.latest(new_batch), store.latest(old_batch) if old_batch else {}
+        models = sorted({m for m, _ in new} | {m for m, _ in old})
+        cols = sorted({t for _, t in new} | {t for _, t in old})
+        out.append("<table class=\"accuracy\"><tr><th>model</th>"
+                   + "".join(f"<th>{_esc(t)}<br>{_esc(new_batch)}</th><th>{_esc(t)}<br>"
+                             f"{_esc(old_batch or '-')}</th>" for t in cols) + "</tr>")
+        for m in models:
+            out.append(f"<tr><th>{_esc(m)}</th>")
+            for t in cols:
+                for row in (new.get((m, t)), old.get((m, t))):
+                    cls, text = _cell(row)
+                    out.append(f'<td class="{cls}">{_esc(text)}</td>')
+            out.append("</tr>")
+        out.append("</table><p>Cells: pass/FAIL and the largest absolute error over the outputs.</p>")
+    else:
+        out.append('<p class="empty">No runs yet.</p>')
+
+    out.append('<h2 id="latency">Latency (mean per inference) over batches</h2>')
+    for target in targets:
+        series = []
+        for model in store.models():
+            trend = {p["batch"]: p["mean"] for p in store.latency_trend(target, model)}
+            if trend:
+                series.append((model, [trend.get(b) for b in batches]))
+        if series:
+            out.append(line_chart(f"{target}: mean latency", batches, series, y_unit=" us"))
+
+    if new_batch:
+        out.append(f'<h2 id="runs">Runs of {_esc(new_batch)}</h2><table class="runs"><tr><th>model</th>'
+                   "<th>target</th><th>device</th><th>result</th><th>mean us</th><th>arena B</th>"
+                   "<th>minrt B</th><th>runner B</th><th>kernels B</th><th>commit</th></tr>")
+        for row in store.runs(batch=new_batch):
+            cls, text = _cell(row)
+            mean = f"{row.latency_mean_us:.1f}" if row.latency_mean_us is not None else "-"
+            vals = [row.arena_bytes, row.minrt_text, row.runner_text, row.kernels_text]
+            out.append(f"<tr><td>{_esc(row.model)}</td><td>{_esc(row.target)}</td><td>{_esc(row.device or '-')}"
+                       f'</td><td class="{cls}">{_esc(text)}</td><td>{mean}</td>'
+                       + "".join(f"<td>{'-' if v is None else v}</td>" for v in vals)
+                       + f"<td>{_esc(row.commit or '-')}</td></tr>")
+        out.append("</table>")
+    out.append("</body></html>")
+    return "\n".join(out)
+
+
+def build_dashboard(store: ResultStore, out_dir: Path | str, *, title: str = "minrt nightly") -> Path:
+    """Write `<out_dir>/index.html` and return its path."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    page = out_dir / "index.html"
+    tmp = page.with_suffix(".tmp")
+    tmp.write_text(render_dashboard(store, title=title), encoding="utf-8")
+    tmp.replace(page)
+    log.info("dashboard: wrote %s", page)
+    return page
+
+
+# -- command line -------------------------------------------------------------------------
+
+
+def configure_parser(p: argparse.ArgumentParser) -> None:
+    """`harness dashboard --out DIR` and `harness dashboard --check`."""
+    p.add_argument("--results", help="results store (default: <cache>/results.sqlite)")
+    p.add_argument("--out", help="write the static site into this directory")
+    p.add_argument("--check", action="store_true",
+                   help="list regressions of the latest batch against the previous one; exit 1 if any is fatal")
+    p.add_argument("--batch", help="batch to check (default: the latest)")
+    p.add_argument("--against", help="batch to compare with (default: the one before)")
+    p.add_argument("--size-growth", type=int, default=DEFAULT_SIZE_GROWTH,
+                   help=f"minrt .text growth in bytes that fails the check (default {DEFAULT_SIZE_GROWTH})")
+    p.set_defaults(func=command)
+
+
+def command(args: argparse.Namespace) -> int:
+    path = Path(args.results) if args.results else default_store_path()
+    if not path.exists():
+        raise HarnessError(f"dashboard: no results store at {path}")
+    store = ResultStore(path)
+    if not args.out and not args.check:
+        raise HarnessError("dashboard: give --out DIR, --check, or both")
+    if args.out:
+        print(f"dashboard: {build_dashboard(store, args.out)}")
+    if not args.check:
+        return 0
+    regs = find_regressions(store, args.batch, args.against, size_growth_bytes=args.size_growth)
+    for r in regs:
+        print(f"{'REGRESSION' if r.fatal else 'warning'}: [{r.kind}] {r.message}")
+    fatal = [r for r in regs if r.fatal]
+    print(f"check: {len(fatal)} regression(s), {len(regs) - len(fatal)} warning(s)")
+    return 1 if fatal else 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m harness.dashboard", description=__doc__.split("\n\n")[0])
+    configure_parser(parser)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="harness: %(message)s", stream=sys.stderr)
+    try:
+        return args.func(args)
+    except HarnessError as exc:
+        print(f"harness: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,665 @@
+"""The device farm: an inventory of devices and a run of models x targets across them.
+
+The inventory (TOML) lists devices: each is a *resource* (name, target, how to reach it,
+tags). `run_farm` is the scheduler: one thread per device picks a pending job whose target
+has a free device, leases that device (harness.lease), and runs the job in its own worker
+process, so a job that crashes or is killed takes nothing else with it and its lease goes
+with it. A job whose device failed (DeviceError, or a worker killed) is retried on another
+device of the same target. Every attempt is recorded in the results store; JUnit XML and
+JSON summaries are written at the end.
+
+A job runner is a module-level function `runner(model: Path, device: Device, **options)
+-> dict` (the RunResult JSON shape) that raises `DeviceFailure` when the device failed; it
+is named by "module:function" so the worker process can import it. The default,
+`run_model_on_device`, is `harness.run.run_on_target` on the device's target.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import tomllib
+import traceback
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+from . import REPO_ROOT
+from .errors import DeviceError, HarnessError, TargetError
+from .lease import LabgridLeases, LeaseBackend, LeaseTimeout, LocalLeases
+
+log = logging.getLogger(__name__)
+
+DEFAULT_RUNNER = "harness.farm:run_model_on_device"
+#: Exit status of a worker whose device failed (EX_TEMPFAIL): the job may be retried elsewhere.
+EXIT_DEVICE_FAILED = 75
+
+
+# -- inventory ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Device:
+    """One device of the farm: where it is and what it is, not how to drive it."""
+
+    name: str
+    target: str
+    transport: str | None = None  # None: the target's own transport kind
+    address: str | None = None  # e.g. "pi@10.0.0.5" for SSH, a pyserial URL for serial
+    options: Mapping[str, Any] = field(default_factory=dict)  # merged into the target's transport options
+    tags: tuple[str, ...] = ()
+    labgrid_matches: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["options"] = dict(self.options)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "Device":
+        return cls(name=d["name"], target=d["target"], transport=d.get("transport"),
+                   address=d.get("address"), options=dict(d.get("options") or {}),
+                   tags=tuple(d.get("tags") or ()), labgrid_matches=tuple(d.get("labgrid_matches") or ()))
+
+
+@dataclass(frozen=True)
+class Inventory:
+    devices: tuple[Device, ...]
+    path: Path | None = None
+    lease_backend: str = "local"  # "local" or "labgrid"
+    labgrid_coordinator: str | None = None
+
+    @property
+    def by_name(self) -> dict[str, Device]:
+        return {d.name: d for d in self.devices}
+
+    def for_target(self, target: str) -> list[Device]:
+        return [d for d in self.devices if d.target == target]
+
+    @property
+    def targets(self) -> list[str]:
+        return sorted({d.target for d in self.devices})
+
+    def select(self, targets: Sequence[str] | None = None, tags: Sequence[str] | None = None) -> "Inventory":
+        """The devices of the given targets that carry all the given tags."""
+        devices = tuple(d for d in self.devices
+                        if (not targets or d.target in targets) and set(tags or ()) <= set(d.tags))
+        return dataclasses.replace(self, devices=devices)
+
+
+def _field(table: dict, key: str, kind: type, where: str, required: bool = False) -> Any:
+    if key not in table:
+        if required:
+            raise TargetError(f"{where}: missing key '{key}'")
+        return None
+    value = table[key]
+    if not isinstance(value, kind):
+        raise TargetError(f"{where}: key '{key}' must be a {kind.__name__}, got {type(value).__name__}")
+    return value
+
+
+def _str_list(table: dict, key: str, where: str) -> tuple[str, ...]:
+    value = table.get(key, [])
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise TargetError(f"{where}: key '{key}' must be a list of strings")
+    return tuple(value)
+
+
+def parse_inventory(text: str, path: Path | None = None) -> Inventory:
+    """Validate an inventory; errors name the file, the device and the key."""
+    src = str(path or "<inventory>")
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise TargetError(f"{src}: not valid TOML: {exc}") from None
+    from .targets import target_names
+
+    known_targets = set(target_names())
+    tables = data.get("devices")
+    if not isinstance(tables, list) or not tables:
+        raise TargetError(f"{src}: needs at least one [[devices]] table")
+    devices, seen = [], set()
+    for i, table in enumerate(tables):
+        where = f"{src}: devices[{i}]"
+        name = _field(table, "name", str, where, required=True)
+        where = f"{src}: device '{name}'"
+        if name in seen:
+            raise TargetError(f"{where}: the name is used twice")
+        if not name.replace("-", "").replace("_", "").replace(".", "").isalnum():
+            raise TargetError(f"{where}: key 'name' may hold only letters, digits, '-', '_' and '.'")
+        seen.add(name)
+        target = _field(table, "target", str, where, required=True)
+        if target not in known_targets and not target.endswith(".toml"):
+            raise TargetError(f"{where}: key 'target' names unknown target '{target}' "
+                              f"(known: {', '.join(sorted(known_targets))})")
+        unknown = set(table) - {"name", "target", "transport", "address", "options", "tags", "labgrid_matches"}
+        if unknown:
+            raise TargetError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}")
+        devices.append(Device(
+            name=name, target=target,
+            transport=_field(table, "transport", str, where),
+            address=_field(table, "address", str, where),
+            options=_field(table, "options", dict, where) or {},
+            tags=_str_list(table, "tags", where),
+            labgrid_matches=_str_list(table, "labgrid_matches", where),
+        ))
+    lease = data.get("lease", {})
+    if not isinstance(lease, dict):
+        raise TargetError(f"{src}: key 'lease' must be a table")
+    backend = lease.get("backend", "local")
+    if backend not in ("local", "labgrid"):
+        raise TargetError(f"{src}: key 'lease.backend' must be 'local' or 'labgrid', got '{backend}'")
+    coordinator = lease.get("coordinator")
+    if backend == "labgrid" and not isinstance(coordinator, str):
+        raise TargetError(f"{src}: key 'lease.coordinator' (host:port) is needed with the labgrid backend")
+    return Inventory(devices=tuple(devices), path=path, lease_backend=backend,
+                     labgrid_coordinator=coordinator)
+
+
+def load_inventory(path: Path | str) -> Inventory:
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise TargetError(f"{path}: cannot read the inventory: {exc.strerror}") from None
+    return parse_inventory(text, path)
+
+
+def inventory_of_targets(targets: Sequence[str]) -> Inventory:
+    """One device per target, reached the way its target file says (no inventory file)."""
+    return Inventory(devices=tuple(Device(name=t, target=t) for t in targets))
+
+
+def make_leases(inventory: Inventory, lock_dir: Path | None = None) -> LeaseBackend:
+    if inventory.lease_backend == "labgrid":
+        leases = LabgridLeases(inventory, coordinator=inventory.labgrid_coordinator or "")
+        leases.setup_places()
+        return leases
+    return LocalLeases(inventory, lock_dir) if lock_dir else LocalLeases(inventory)
+
+
+# -- job runners (run inside the worker process) -------------------------------------------
+
+
+class DeviceFailure(DeviceError):
+    """The device failed during a job; `result` keeps what was measured before it did."""
+
+    def __init__(self, message: str, result: Mapping[str, Any] | None = None):
+        super().__init__(message)
+        self.result = dict(result) if result else None
+
+
+def device_target(device: Device):
+    """The device's target, with the device's transport options merged into the target's."""
+    from .targets import Transport, load_target
+
+    target = load_target(device.target)
+    kind = device.transport or target.transport.kind
+    options = {**target.transport.options, **device.options} if kind == target.transport.kind else dict(device.options)
+    return dataclasses.replace(target, transport=Transport(kind=kind, options=options))
+
+
+def run_model_on_device(model: Path, device: Device, *, iters: int = 10, seed: int = 0,
+                        toolchain: str = "host") -> dict[str, Any]:
+    """The default job: `harness.run.run_on_target` on the device."""
+    from .run import run_on_target
+
+    result = run_on_target(model, device_target(device), toolchain=toolchain, iters=iters,
+                           seed=seed, host=device.address).to_dict()
+    if result.get("error_kind") in _device_error_names():
+        raise DeviceFailure(f"device {device.name}: {result['error']}", result)
+    return result
+
+
+def _device_error_names() -> set[str]:
+    """DeviceError and every subclass of it defined so far (e.g. a transport's timeout)."""
+    names, todo = set(), [DeviceError]
+    while todo:
+        cls = todo.pop()
+        names.add(cls.__name__)
+        todo += cls.__subclasses__()
+    return names
+
+
+def resolve_runner(spec: str) -> Callable[..., dict[str, Any]]:
+    module, _, name = spec.partition(":")
+    if not module or not name:
+        raise HarnessError(f"job runner '{spec}' must be 'module:function'")
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError) as exc:
+        raise HarnessError(f"job runner '{spec}' cannot be imported: {exc}") from None
+
+
+def runner_spec(runner: str | Callable[..., Any]) -> str:
+    if isinstance(runner, str):
+        return runner
+    if "<locals>" in runner.__qualname__:
+        raise HarnessError(f"job runner {runner.__qualname__} must be a module-level function")
+    return f"{runner.__module__}:{runner.__qualname__}"
+
+
+def _worker_main(args: argparse.Namespace) -> int:
+    """`python -m harness.farm _job`: run one job, write {"status", "result", "error"}."""
+    device = Device.from_dict(json.loads(args.device))
+    options = json.loads(args.options)
+    out = Path(args.out)
+    started = time.time()
+    status, result, error = "ok", None, None
+    try:
+        result = resolve_runner(args.runner)(Path(args.model), device, **options)
+    except DeviceFailure as exc:
+        status, result, error = "device-failed", exc.result, str(exc)
+    except DeviceError as exc:
+        status, result, error = "device-failed", getattr(exc, "result", None), str(exc)
+    except HarnessError as exc:
+        status, error = "error", str(exc)
+    except Exception as exc:  # a bug in a runner: keep the job's record, say where
+        status, error = "error", f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=5)}"
+    payload = {"status": status, "result": result, "error": error,
+               "started": started, "ended": time.time(), "pid": os.getpid()}
+    tmp = out.with_suffix(".tmp")
+    tmp.write_text(json.dumps(payload))
+    tmp.replace(out)
+    return EXIT_DEVICE_FAILED if status == "device-failed" else 0
+
+
+# -- the scheduler ------------------------------------------------------------------------
+
+
+@dataclass
+class Attempt:
+    device: str
+    status: str  # "ok", "device-failed", "error"
+    error: str | None
+    started: float
+    ended: float
+    pid: int | None
+    run_id: int | None = None
+    log: str | None = None  # the worker's log file
+
+
+@dataclass
+class Job:
+    model: Path
+    target: str
+    attempts: list[Attempt] = field(default_factory=list)
+    result: dict[str, Any] | None = None
+    waiting_since: float = field(default_factory=time.monotonic)
+
+    @property
+    def name(self) -> str:
+        return f"{self.model.stem} on {self.target}"
+
+    @property
+    def failed_devices(self) -> set[str]:
+        return {a.device for a in self.attempts if a.status == "device-failed"}
+
+    @property
+    def passed(self) -> bool:
+        return bool(self.result and self.result.get("passed") and not self.result.get("error"))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"model": self.model.stem, "target": self.target, "passed": self.passed,
+                "device": self.attempts[-1].device if self.attempts else None,
+                "attempts": [dataclasses.asdict(a) for a in self.attempts], "result": self.result}
+
+
+@dataclass
+class FarmReport:
+    batch: str
+    commit: str | None
+    jobs: list[Job]
+    junit_path: Path | None = None
+    json_path: Path | None = None
+
+    @property
+    def passed(self) -> bool:
+        return all(j.passed for j in self.jobs)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"batch": self.batch, "commit": self.commit, "passed": self.passed,
+                "jobs": [j.to_dict() for j in self.jobs]}
+
+
+def _failure_result(job: Job, error: str) -> dict[str, Any]:
+    return {"model": job.model.stem, "target": job.target, "transport": None, "passed": False,
+            "outputs": [], "latency_us": {}, "sizes": {}, "error": error}
+
+
+class _Farm:
+    def __init__(self, inventory: Inventory, jobs: list[Job], leases: LeaseBackend, runner: str,
+                 options: Mapping[str, Any], store: Any, batch: str, commit: str | None,
+                 lease_timeout: float, job_timeout: float,
+                 on_start: Callable[[Job, str, int], None] | None, work_dir: Path):
+        self.inventory = inventory
+        self.pending = list(jobs)
+        self.leases = leases
+        self.runner = runner
+        self.options = dict(options)
+        self.store = store
+        self.batch = batch
+        self.commit = commit
+        self.lease_timeout = lease_timeout
+        self.job_timeout = job_timeout
+        self.on_start = on_start
+        self.work_dir = work_dir
+        self.lock = threading.Lock()
+        self.running = 0
+        self.seq = 0
+
+    def _next(self):
+        """A pending job and a lease on a device for it, or None; fails jobs that waited too long."""
+        with self.lock:
+            tried: set[tuple[str, frozenset[str]]] = set()
+            for job in list(self.pending):
+                key = (job.target, frozenset(job.failed_devices))
+                if key in tried:
+                    continue  # one lease try per target and pass: a try may be a network call
+                tried.add(key)
+                try:
+                    lease = self.leases.acquire(job.target, timeout=0, exclude=job.failed_devices)
+                except LeaseTimeout as exc:
+                    no_device_left = not [d for d in self.inventory.for_target(job.target)
+                                          if d.name not in job.failed_devices]
+                    if no_device_left or time.monotonic() - job.waiting_since > self.lease_timeout:
+                        self.pending.remove(job)
+                        self._give_up(job, str(exc))
+                    continue
+                except HarnessError as exc:  # the lease service itself failed (e.g. coordinator gone)
+                    self.pending.remove(job)
+                    self._give_up(job, f"no device could be leased: {exc}")
+                    continue
+                self.pending.remove(job)
+                self.running += 1
+                self.seq += 1
+                return job, lease, self.seq
+            return None
+
+    def _give_up(self, job: Job, why: str) -> None:
+        if job.result is None:
+            job.result = _failure_result(job, why)
+            self._record(job, job.result, device=None)
+        log.error("farm: %s: %s", job.name, why)
+
+    def _record(self, job: Job, result: dict[str, Any], device: str | None) -> int | None:
+        if self.store is None:
+            return None
+        return self.store.record(result, device=device, commit=self.commit, batch=self.batch)
+
+    def loop(self) -> None:
+        while True:
+            picked = self._next()
+            if picked is None:
+                with self.lock:
+                    if not self.pending and self.running == 0:
+                        return
+                    idle = not self.pending
+                if idle:
+                    return  # nothing left to start; running jobs finish in their own threads
+                time.sleep(getattr(self.leases, "poll_seconds", 0.5))
+                continue
+            job, lease, seq = picked
+            try:
+                with lease:
+                    attempt, result = self._run(job, lease.device, seq)
+            except Exception as exc:  # the farm's own machinery failed: keep the job's record
+                log.exception("farm: %s: could not run the job", job.name)
+                now = time.time()
+                attempt = Attempt(lease.device, "error", f"farm: {type(exc).__name__}: {exc}", now, now, None)
+                result = _failure_result(job, attempt.error or "")
+            finally:
+                with self.lock:
+                    self.running -= 1
+            attempt.run_id = self._record(job, result, attempt.device)
+            job.attempts.append(attempt)
+            job.result = result
+            if attempt.status == "device-failed":
+                with self.lock:
+                    left = [d for d in self.inventory.for_target(job.target) if d.name not in job.failed_devices]
+                    if left:
+                        log.warning("farm: %s: device %s failed (%s); retrying on another %s device",
+                                    job.name, attempt.device, attempt.error, job.target)
+                        job.waiting_since = time.monotonic()
+                        self.pending.insert(0, job)
+                    else:
+                        log.error("farm: %s: device %s failed and no other %s device is left",
+                                  job.name, attempt.device, job.target)
+
+    def _run(self, job: Job, device_name: str, seq: int) -> tuple[Attempt, dict[str, Any]]:
+        device = self.inventory.by_name[device_name]
+        stem = f"{seq:03d}-{job.model.stem}-{job.target}-{device.name}"
+        out = self.work_dir / f"{stem}.json"
+        argv = [sys.executable, "-m", "harness.farm", "_job", "--runner", self.runner,
+                "--model", str(job.model), "--device", json.dumps(device.to_dict()),
+                "--options", json.dumps(self.options), "--out", str(out)]
+        env = dict(os.environ)
+        # The worker imports the job runner from wherever this process could (a test module too).
+        env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT)] + [p for p in sys.path if p])
+        log.info("farm: %s: starting on device %s", job.name, device.name)
+        started = time.time()
+        log_path = self.work_dir / f"{stem}.log"
+        with open(log_path, "wb") as log_file:
+            proc = subprocess.Popen(argv, stdout=log_file, stderr=subprocess.STDOUT, env=env,
+                                    start_new_session=True)
+            if self.on_start:
+                self.on_start(job, device.name, proc.pid)
+            try:
+                code = proc.wait(timeout=self.job_timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+                code = None
+        ended = time.time()
+        payload = json.loads(out.read_text()) if out.exists() else None
+        if payload is not None:
+            status, error = payload["status"], payload["error"]
+            result = payload["result"] or _failure_result(job, error or "no result")
+            if error and not result.get("error"):
+                result = {**result, "error": error, "passed": False}
+            attempt = Attempt(device.name, status, error, payload["started"], payload["ended"], proc.pid)
+        else:
+            # The worker died without a word: killed, or out of memory. Its device is suspect.
+            if code is None:
+                why = f"device {device.name}: job did not finish within {self.job_timeout:g} s"
+            elif code < 0:
+                why = f"device {device.name}: job process killed by {signal.Signals(-code).name}"
+            else:
+                tail = log_path.read_text(errors="replace")[-1000:]
+                why = f"device {device.name}: job process exited {code} without a result: {tail}"
+            result = _failure_result(job, why)
+            attempt = Attempt(device.name, "device-failed", why, started, ended, proc.pid)
+        result.setdefault("model", job.model.stem)
+        result.setdefault("target", job.target)
+        attempt.log = str(log_path)
+        if result.get("passed") and not result.get("error"):
+            log.info("farm: %s on device %s: PASS", job.name, device.name)
+        else:
+            log.info("farm: %s on device %s: FAIL (%s); log: %s", job.name, device.name, attempt.status, log_path)
+        return attempt, result
+
+
+def run_farm(
+    inventory: Inventory,
+    models: Sequence[Path],
+    targets: Sequence[str] | None = None,
+    *,
+    job_runner: str | Callable[..., dict[str, Any]] = DEFAULT_RUNNER,
+    runner_options: Mapping[str, Any] | None = None,
+    leases: LeaseBackend | None = None,
+    store: Any = None,
+    batch: str | None = None,
+    commit: str | None = None,
+    out_dir: Path | None = None,
+    lease_timeout: float = 3600.0,
+    job_timeout: float = 1800.0,
+    on_start: Callable[[Job, str, int], None] | None = None,
+) -> FarmReport:
+    """Run every model on every target (default: the inventory's targets) across the devices.
+
+    One job per device at a time (leases), as many jobs at once as there are devices. Each
+    attempt goes to `store` (a ResultStore) under `batch`; `out_dir` gets `farm-results.xml`
+    (JUnit) and `farm-results.json`. `on_start(job, device, pid)` is told each worker's pid.
+    """
+    targets = list(targets) if targets else inventory.targets
+    for t in targets:
+        if not inventory.for_target(t):
+            raise HarnessError(f"farm: no device of target '{t}' in the inventory "
+                               f"({inventory.path or 'built from targets'})")
+    if not models:
+        raise HarnessError("farm: no models to run")
+    leases = leases or make_leases(inventory)
+    if commit is None:
+        from .run import git_commit
+
+        commit = git_commit()
+    batch = batch or time.strftime("farm-%Y%m%dT%H%M%SZ", time.gmtime())
+    jobs = [Job(Path(m), t) for m in models for t in targets]
+    devices = [d for d in inventory.devices if d.target in targets]
+    log.info("farm: %d job(s) (%d model(s) x %d target(s)) on %d device(s), batch %s",
+             len(jobs), len(models), len(targets), len(devices), batch)
+    with tempfile.TemporaryDirectory(prefix="minrt-farm-") as tmp:
+        # Each attempt's worker log is kept in out_dir/logs/ (in a temporary dir without out_dir).
+        work_dir = Path(out_dir) / "logs" if out_dir is not None else Path(tmp)
+        work_dir.mkdir(parents=True, exist_ok=True)
+        farm = _Farm(inventory, jobs, leases, runner_spec(job_runner), runner_options or {}, store,
+                     batch, commit, lease_timeout, job_timeout, on_start, work_dir)
+        threads = [threading.Thread(target=farm.loop, name=f"farm-{i}", daemon=True)
+                   for i in range(len(devices))]
+        # A thread leaves once nothing is pending; a retry is queued by the thread that ran
+        # the failed attempt, which then goes on looping, so no retry is left behind.
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    for job in jobs:
+        if job.result is None:  # only if a scheduler thread died: say so rather than lose the job
+            job.result = _failure_result(job, "farm: the job was never run")
+    report = FarmReport(batch=batch, commit=commit, jobs=jobs)
+    if out_dir is not None:
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        report.json_path = out_dir / "farm-results.json"
+        report.json_path.write_text(json.dumps(report.to_dict(), indent=2))
+        report.junit_path = out_dir / "farm-results.xml"
+        write_junit(report, report.junit_path)
+    passed = sum(j.passed for j in jobs)
+    log.info("farm: %d/%d job(s) passed", passed, len(jobs))
+    return report
+
+
+def write_junit(report: FarmReport, path: Path) -> None:
+    """JUnit XML: one testcase per job (classname = target, name = model)."""
+    failures = sum(1 for j in report.jobs if not j.passed)
+    suite = ET.Element("testsuite", name=f"minrt-farm {report.batch}", tests=str(len(report.jobs)),
+                       failures=str(failures), errors="0")
+    props = ET.SubElement(suite, "properties")
+    ET.SubElement(props, "property", name="commit", value=report.commit or "")
+    ET.SubElement(props, "property", name="batch", value=report.batch)
+    for job in report.jobs:
+        elapsed = sum(a.ended - a.started for a in job.attempts)
+        case = ET.SubElement(suite, "testcase", classname=f"farm.{job.target}", name=job.model.stem,
+                             time=f"{elapsed:.3f}")
+        cprops = ET.SubElement(case, "properties")
+        for a in job.attempts:
+            ET.SubElement(cprops, "property", name="attempt", value=f"{a.device}: {a.status}")
+        if not job.passed:
+            error = (job.result or {}).get("error") or "outputs do not match the reference"
+            fail = ET.SubElement(case, "failure", message=error.splitlines()[0][:500])
+            fail.text = error
+        ET.SubElement(case, "system-out").text = json.dumps(job.result, indent=1)
+    ET.ElementTree(suite).write(path, encoding="utf-8", xml_declaration=True)
+
+
+# -- command line -------------------------------------------------------------------------
+
+
+def configure_parser(p: argparse.ArgumentParser) -> None:
+    """`harness farm run ...`; `p` is the `farm` sub-command's parser."""
+    sub = p.add_subparsers(dest="farm_command", required=True)
+    r = sub.add_parser("run", help="run models x targets in parallel across the farm's devices")
+    r.add_argument("--inventory", help="farm inventory TOML (default: one device per --target)")
+    r.add_argument("--target", action="append", help="target to run on (repeatable; default: all in the inventory)")
+    r.add_argument("--tag", action="append", help="only devices with this tag (repeatable)")
+    r.add_argument("--model", action="append", help="ONNX file or example name (repeatable; default: all examples)")
+    r.add_argument("--results", help="results store (default: <cache>/results.sqlite)")
+    r.add_argument("--out", default="farm-out", help="directory for farm-results.xml/.json (default farm-out)")
+    r.add_argument("--batch", help="batch name in the store (default: farm-<UTC time>)")
+    r.add_argument("--iters", type=int, default=10)
+    r.add_argument("--toolchain", choices=["host", "docker"], default="host")
+    r.add_argument("--runner", default=DEFAULT_RUNNER, help="job runner 'module:function'")
+    r.add_argument("--lease-timeout", type=float, default=3600.0)
+    r.add_argument("--job-timeout", type=float, default=1800.0)
+    r.set_defaults(func=command)
+    j = sub.add_parser("_job", help=argparse.SUPPRESS)
+    for name in ("--runner", "--model", "--device", "--options", "--out"):
+        j.add_argument(name, required=True)
+    j.set_defaults(func=_worker_main)
+
+
+def _models(names: Sequence[str] | None) -> list[Path]:
+    try:
+        from .cli import resolve_models
+    except ImportError:  # pragma: no cover - the CLI is the lead's
+        resolve_models = None
+    if resolve_models is not None:
+        return resolve_models(names)
+    return [Path(n) for n in names or ()]
+
+
+def command(args: argparse.Namespace) -> int:
+    from .results import ResultStore, default_store_path
+
+    if args.inventory:
+        inventory = load_inventory(args.inventory)
+    elif args.target:
+        inventory = inventory_of_targets(args.target)
+    else:
+        raise HarnessError("farm run: give --inventory FILE or at least one --target")
+    inventory = inventory.select(args.target, args.tag)
+    store = ResultStore(args.results or default_store_path())
+    report = run_farm(inventory, _models(args.model), args.target, job_runner=args.runner,
+                      runner_options={"iters": args.iters, "toolchain": args.toolchain},
+                      store=store, batch=args.batch, out_dir=Path(args.out),
+                      lease_timeout=args.lease_timeout, job_timeout=args.job_timeout)
+    for job in report.jobs:
+        tries = " -> ".join(f"{a.device}:{a.status}" for a in job.attempts) or "not run"
+        err = (job.result or {}).get("error")
+        print(f"{'PASS' if job.passed else 'FAIL'}  {job.model.stem:<12} {job.target:<12} {tries}"
+              + (f"  {err.splitlines()[0][:120]}" if err else ""))
+    print(f"farm: {sum(j.passed for j in report.jobs)}/{len(report.jobs)} passed; batch {report.batch}; "
+          f"results in {store.path}, {report.junit_path}, {report.json_path}")
+    return 0 if report.passed else 1
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m harness.farm", description=__doc__.split("\n\n")[0])
+    configure_parser(parser)
+    args = parser.parse_args(argv)
+    # A worker's log goes to its job's log file (farm-out/logs/), the farm's to the terminal.
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(message)s" if args.farm_command == "_job" else "harness: %(message)s")
+    try:
+        return args.func(args)
+    except HarnessError as exc:
+        print(f"harness: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    # Run the imported module, not this __main__ copy, so that exception classes such as
+    # DeviceFailure raised by job runners are the ones the worker catches.
+    from harness.farm import main as _main
+
+    sys.exit(_main())

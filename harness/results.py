@@ -1,0 +1,380 @@
+"""The results store: every run's sizes, accuracy and latency in one SQLite file.
+
+One file, WAL mode and a busy timeout, so several processes (farm workers, a nightly job, a
+developer's `harness run`) can write at once without losing a row. Each write is one short
+`BEGIN IMMEDIATE` transaction on its own connection: no connection is shared between threads.
+
+A run belongs to a *batch*: one farm run or one night. The dashboard compares the latest batch
+with the one before it ("last night vs the night before"). Within a batch the latest row per
+(model, target) counts, so a job retried on another device is judged by its retry while the
+failed attempt stays on record.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sqlite3
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+from .errors import HarnessError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_DB_NAME = "results.sqlite"
+BUSY_TIMEOUT_MS = 60_000
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    batch TEXT NOT NULL,
+    "commit" TEXT,
+    date TEXT NOT NULL,
+    target TEXT NOT NULL,
+    model TEXT NOT NULL,
+    transport TEXT,
+    device TEXT,
+    passed INTEGER NOT NULL,
+    error TEXT,
+    latency_min_us REAL,
+    latency_mean_us REAL,
+    latency_max_us REAL,
+    iters INTEGER,
+    arena_bytes INTEGER,
+    minrt_text INTEGER,
+    runner_text INTEGER,
+    kernels_text INTEGER,
+    toolchain TEXT,
+    tvm_version TEXT
+);
+CREATE INDEX IF NOT EXISTS runs_batch ON runs(batch);
+CREATE INDEX IF NOT EXISTS runs_target_model ON runs(target, model);
+CREATE TABLE IF NOT EXISTS outputs (
+    run_id INTEGER NOT NULL REFERENCES runs(id),
+    name TEXT NOT NULL,
+    shape TEXT,
+    dtype TEXT,
+    max_abs_err REAL,
+    max_rel_err REAL,
+    atol REAL,
+    rtol REAL,
+    passed INTEGER
+);
+CREATE INDEX IF NOT EXISTS outputs_run ON outputs(run_id);
+"""
+
+RUN_COLUMNS = (
+    "id", "batch", "commit", "date", "target", "model", "transport", "device", "passed", "error",
+    "latency_min_us", "latency_mean_us", "latency_max_us", "iters", "arena_bytes",
+    "minrt_text", "runner_text", "kernels_text", "toolchain", "tvm_version",
+)
+
+
+@dataclass(frozen=True)
+class RunRow:
+    """One stored run (a row of `runs`), with its per-output accuracy rows."""
+
+    id: int
+    batch: str
+    commit: str | None
+    date: str
+    target: str
+    model: str
+    transport: str | None
+    device: str | None
+    passed: bool
+    error: str | None
+    latency_min_us: float | None
+    latency_mean_us: float | None
+    latency_max_us: float | None
+    iters: int | None
+    arena_bytes: int | None
+    minrt_text: int | None
+    runner_text: int | None
+    kernels_text: int | None
+    toolchain: str | None
+    tvm_version: str | None
+    outputs: tuple[dict[str, Any], ...] = ()
+
+    @property
+    def max_abs_err(self) -> float | None:
+        errs = [o["max_abs_err"] for o in self.outputs if o.get("max_abs_err") is not None]
+        return max(errs) if errs else None
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _num(value: Any, kind: type, what: str) -> Any:
+    """A number from a result dict, None when missing; a wrong type is an error naming the key."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise HarnessError(f"results: '{what}' must be a number, got {value!r}")
+    return kind(value)
+
+
+class ResultStore:
+    """The SQLite file at `path` (created with its schema on first use)."""
+
+    def __init__(self, path: Path | str):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self._connect() as db:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.executescript(_SCHEMA)
+
+    @contextmanager
+    def _connect(self) -> Iterator[sqlite3.Connection]:
+        db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
+        try:
+            db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+            db.row_factory = sqlite3.Row
+            yield db
+        finally:
+            db.close()
+
+    # -- writing ---------------------------------------------------------------------------
+
+    def record(
+        self,
+        result: Mapping[str, Any],
+        *,
+        device: str | None = None,
+        commit: str | None = None,
+        batch: str | None = None,
+        date: str | None = None,
+    ) -> int:
+        """Store one run (the RunResult JSON shape) and return its id.
+
+        Any field may be missing or null: a run that failed half-way keeps what it measured,
+        and `error` says why it stopped. `commit` overrides the result's own; `batch` defaults
+        to the UTC day of `date` (itself defaulting to now).
+        """
+        for key in ("model", "target"):
+            if not isinstance(result.get(key), str) or not result.get(key):
+                raise HarnessError(f"results: a run needs a non-empty string '{key}', got {result.get(key)!r}")
+        date = date or _now()
+        batch = batch or date[:10]
+        latency = result.get("latency_us") or {}
+        sizes = result.get("sizes") or {}
+        outputs = result.get("outputs") or []
+        error = result.get("error")
+        passed = bool(result.get("passed")) and error is None
+        row = {
+            "batch": batch,
+            "commit": commit if commit is not None else result.get("commit"),
+            "date": date,
+            "target": result["target"],
+            "model": result["model"],
+            "transport": result.get("transport"),
+            "device": device,
+            "passed": int(passed),
+            "error": None if error is None else str(error),
+            "latency_min_us": _num(latency.get("min"), float, "latency_us.min"),
+            "latency_mean_us": _num(latency.get("mean"), float, "latency_us.mean"),
+            "latency_max_us": _num(latency.get("max"), float, "latency_us.max"),
+            "iters": _num(result.get("iters"), int, "iters"),
+            "arena_bytes": _num(result.get("arena_bytes"), int, "arena_bytes"),
+            "minrt_text": _num(sizes.get("minrt_text"), int, "sizes.minrt_text"),
+            "runner_text": _num(sizes.get("runner_text"), int, "sizes.runner_text"),
+            "kernels_text": _num(sizes.get("kernels_text"), int, "sizes.kernels_text"),
+            "toolchain": result.get("toolchain"),
+            "tvm_version": result.get("tvm_version"),
+        }
+        out_rows = []
+        for i, out in enumerate(outputs):
+            if not isinstance(out, Mapping):
+                raise HarnessError(f"results: outputs[{i}] must be an object, got {out!r}")
+            out_rows.append((
+                str(out.get("name", f"output{i}")),
+                json.dumps(out.get("shape")),
+                out.get("dtype"),
+                _num(out.get("max_abs_err"), float, f"outputs[{i}].max_abs_err"),
+                _num(out.get("max_rel_err"), float, f"outputs[{i}].max_rel_err"),
+                _num(out.get("atol"), float, f"outputs[{i}].atol"),
+                _num(out.get("rtol"), float, f"outputs[{i}].rtol"),
+                None if out.get("passed") is None else int(bool(out.get("passed"))),
+            ))
+        cols = ", ".join(f'"{c}"' for c in row)
+        marks = ", ".join("?" for _ in row)
+        with self._connect() as db:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                cur = db.execute(f"INSERT INTO runs ({cols}) VALUES ({marks})", tuple(row.values()))
+                run_id = int(cur.lastrowid)
+                db.executemany(
+                    "INSERT INTO outputs (run_id, name, shape, dtype, max_abs_err, max_rel_err, atol, rtol, passed)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    [(run_id, *o) for o in out_rows],
+                )
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+        log.info("results: recorded run %d (%s on %s, %s)", run_id, row["model"], row["target"],
+                 "passed" if passed else "failed")
+        return run_id
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def _rows(self, where: str = "", params: tuple = ()) -> list[RunRow]:
+        cols = ", ".join(f'"{c}"' for c in RUN_COLUMNS)
+        with self._connect() as db:
+            runs = db.execute(f"SELECT {cols} FROM runs {where} ORDER BY id", params).fetchall()
+            ids = [r["id"] for r in runs]
+            outputs: dict[int, list[dict[str, Any]]] = {i: [] for i in ids}
+            if ids:
+                # Chunked: SQLite caps the number of bound parameters.
+                for start in range(0, len(ids), 500):
+                    chunk = ids[start:start + 500]
+                    q = ",".join("?" for _ in chunk)
+                    for o in db.execute(f"SELECT * FROM outputs WHERE run_id IN ({q}) ORDER BY rowid", chunk):
+                        d = dict(o)
+                        d["shape"] = json.loads(d["shape"]) if d["shape"] else None
+                        d["passed"] = None if d["passed"] is None else bool(d["passed"])
+                        outputs[d.pop("run_id")].append(d)
+        result = []
+        for r in runs:
+            d = dict(r)
+            d["passed"] = bool(d["passed"])
+            result.append(RunRow(**d, outputs=tuple(outputs[d["id"]])))
+        return result
+
+    def runs(self, *, batch: str | None = None, target: str | None = None,
+             model: str | None = None) -> list[RunRow]:
+        """Every stored run matching the filters, oldest first."""
+        clauses, params = [], []
+        for col, value in (("batch", batch), ("target", target), ("model", model)):
+            if value is not None:
+                clauses.append(f"{col} = ?")
+                params.append(value)
+        where = ("WHERE " + " AND ".join(clauses)) if clauses else ""
+        return self._rows(where, tuple(params))
+
+    def batches(self) -> list[str]:
+        """Batch names, oldest first (by their first run)."""
+        with self._connect() as db:
+            rows = db.execute("SELECT batch FROM runs GROUP BY batch ORDER BY MIN(id)").fetchall()
+        return [r[0] for r in rows]
+
+    def latest(self, batch: str) -> dict[tuple[str, str], RunRow]:
+        """The run that counts for each (model, target) of a batch: its latest attempt."""
+        latest: dict[tuple[str, str], RunRow] = {}
+        for row in self.runs(batch=batch):
+            latest[(row.model, row.target)] = row
+        return latest
+
+    def targets(self) -> list[str]:
+        with self._connect() as db:
+            return [r[0] for r in db.execute("SELECT DISTINCT target FROM runs ORDER BY target")]
+
+    def models(self) -> list[str]:
+        with self._connect() as db:
+            return [r[0] for r in db.execute("SELECT DISTINCT model FROM runs ORDER BY model")]
+
+    def size_trend(self, target: str) -> list[dict[str, Any]]:
+        """minrt/runner/kernels .text of a target per batch (oldest first), with the batch's
+        commit: the latest run of the batch that measured minrt. `label` is the commit, with the
+        number of the measurement added when one commit was measured in several batches."""
+        points = []
+        for row in self.runs(target=target):
+            if row.minrt_text is None:
+                continue
+            if points and points[-1]["batch"] == row.batch:
+                points.pop()  # a later run of the same batch replaces it
+            points.append({"batch": row.batch, "commit": row.commit, "date": row.date,
+                           "minrt_text": row.minrt_text, "runner_text": row.runner_text,
+                           "kernels_text": row.kernels_text})
+        commits = [p["commit"] for p in points]
+        seen: dict[str | None, int] = {}
+        for p in points:
+            seen[p["commit"]] = seen.get(p["commit"], 0) + 1
+            repeated = p["commit"] is None or commits.count(p["commit"]) > 1
+            p["label"] = f"{p['commit'] or 'no commit'} #{seen[p['commit']]}" if repeated else p["commit"]
+        return points
+
+    def latency_trend(self, target: str, model: str) -> list[dict[str, Any]]:
+        """Mean/min/max latency per batch for one model on one target, oldest batch first."""
+        points = []
+        for batch in self.batches():
+            row = self.latest(batch).get((model, target))
+            if row is not None and row.latency_mean_us is not None:
+                points.append({"batch": batch, "commit": row.commit, "min": row.latency_min_us,
+                               "mean": row.latency_mean_us, "max": row.latency_max_us})
+        return points
+
+    def accuracy_matrix(self, batch: str) -> dict[tuple[str, str], RunRow]:
+        """(model, target) -> the run that counts in `batch` (passed, errors, max_abs_err)."""
+        return self.latest(batch)
+
+
+def default_store_path() -> Path:
+    from .cache import cache_dir
+
+    return cache_dir() / DEFAULT_DB_NAME
+
+
+# -- command line -------------------------------------------------------------------------
+
+
+def configure_parser(p: argparse.ArgumentParser) -> None:
+    """`harness results [--results DB] {batches,list}`."""
+    p.add_argument("--results", help="results store (default: <cache>/results.sqlite)")
+    sub = p.add_subparsers(dest="results_command", required=True)
+    sub.add_parser("batches", help="list the batches (nights, farm runs), oldest first")
+    ls = sub.add_parser("list", help="list stored runs")
+    ls.add_argument("--batch", help="only this batch (default: the latest)")
+    ls.add_argument("--target")
+    ls.add_argument("--model")
+    ls.add_argument("--json", action="store_true", help="one JSON object per run")
+    p.set_defaults(func=command)
+
+
+def command(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    path = Path(args.results) if args.results else default_store_path()
+    if not path.exists():
+        raise HarnessError(f"results: no results store at {path}")
+    store = ResultStore(path)
+    if args.results_command == "batches":
+        for batch in store.batches():
+            print(batch)
+        return 0
+    batches = store.batches()
+    batch = args.batch or (batches[-1] if batches else None)
+    for row in store.runs(batch=batch, target=args.target, model=args.model):
+        if args.json:
+            print(json.dumps(dataclasses.asdict(row)))
+            continue
+        mean = f"{row.latency_mean_us:.1f} us" if row.latency_mean_us is not None else "-"
+        print(f"{row.id:>5} {row.batch:<24} {row.model:<12} {row.target:<12} {row.device or '-':<10} "
+              f"{'PASS' if row.passed else 'FAIL'} {mean:>12} minrt {row.minrt_text or '-'} B"
+              + (f"  {row.error.splitlines()[0][:80]}" if row.error else ""))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    import sys
+
+    parser = argparse.ArgumentParser(prog="python -m harness.results", description=__doc__.split("\n\n")[0])
+    configure_parser(parser)
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except HarnessError as exc:
+        print(f"harness: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main())
