@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import html
 import logging
-import sys
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -361,19 +360,3 @@ def command(args: argparse.Namespace) -> int:
     fatal = [r for r in regs if r.fatal]
     print(f"check: {len(fatal)} regression(s), {len(regs) - len(fatal)} warning(s)")
     return 1 if fatal else 0
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m harness.dashboard", description=__doc__.split("\n\n")[0])
-    configure_parser(parser)
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="harness: %(message)s", stream=sys.stderr)
-    try:
-        return args.func(args)
-    except HarnessError as exc:
-        print(f"harness: error: {exc}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())

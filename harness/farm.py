@@ -251,7 +251,7 @@ def runner_spec(runner: str | Callable[..., Any]) -> str:
 
 
 def _worker_main(args: argparse.Namespace) -> int:
-    """`python -m harness.farm _job`: run one job, write {"status", "result", "error"}."""
+    """`harness farm _job`: run one job, write {"status", "result", "error"}."""
     device = Device.from_dict(json.loads(args.device))
     options = json.loads(args.options)
     out = Path(args.out)
@@ -441,7 +441,7 @@ class _Farm:
         device = self.inventory.by_name[device_name]
         stem = f"{seq:03d}-{job.model.stem}-{job.target}-{device.name}"
         out = self.work_dir / f"{stem}.json"
-        argv = [sys.executable, "-m", "harness.farm", "_job", "--runner", self.runner,
+        argv = [sys.executable, "-m", "harness.cli", "farm", "_job", "--runner", self.runner,
                 "--model", str(job.model), "--device", json.dumps(device.to_dict()),
                 "--options", json.dumps(self.options), "--out", str(out)]
         env = dict(os.environ)
@@ -641,25 +641,3 @@ def command(args: argparse.Namespace) -> int:
     print(f"farm: {sum(j.passed for j in report.jobs)}/{len(report.jobs)} passed; batch {report.batch}; "
           f"results in {store.path}, {report.junit_path}, {report.json_path}")
     return 0 if report.passed else 1
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m harness.farm", description=__doc__.split("\n\n")[0])
-    configure_parser(parser)
-    args = parser.parse_args(argv)
-    # A worker's log goes to its job's log file (farm-out/logs/), the farm's to the terminal.
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(message)s" if args.farm_command == "_job" else "harness: %(message)s")
-    try:
-        return args.func(args)
-    except HarnessError as exc:
-        print(f"harness: error: {exc}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    # Run the imported module, not this __main__ copy, so that exception classes such as
-    # DeviceFailure raised by job runners are the ones the worker catches.
-    from harness.farm import main as _main
-
-    sys.exit(_main())

@@ -359,22 +359,3 @@ def command(args: argparse.Namespace) -> int:
               f"{'PASS' if row.passed else 'FAIL'} {mean:>12} minrt {row.minrt_text or '-'} B"
               + (f"  {row.error.splitlines()[0][:80]}" if row.error else ""))
     return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    import sys
-
-    parser = argparse.ArgumentParser(prog="python -m harness.results", description=__doc__.split("\n\n")[0])
-    configure_parser(parser)
-    args = parser.parse_args(argv)
-    try:
-        return args.func(args)
-    except HarnessError as exc:
-        print(f"harness: error: {exc}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    import sys
-
-    sys.exit(main())

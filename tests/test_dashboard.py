@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from harness import REPO_ROOT
-from harness.dashboard import build_dashboard, find_regressions, main as dashboard_main
+from harness.cli import main as harness_main
+from harness.dashboard import build_dashboard, find_regressions
 from harness.results import ResultStore
 
 MODELS = ("mlp", "cnn", "dscnn")
@@ -148,12 +149,12 @@ def test_dashboard_of_an_empty_store_says_so(tmp_path: Path) -> None:
 
 def test_dashboard_command_check_exit_status(regressed_store: ResultStore, clean_store: ResultStore,
                                              tmp_path: Path, capsys) -> None:
-    assert dashboard_main(["--results", str(regressed_store.path), "--check"]) == 1
+    assert harness_main(["dashboard", "--results", str(regressed_store.path), "--check"]) == 1
     out = capsys.readouterr().out
     assert "REGRESSION: [broken] cnn on x86_64" in out and "5 regression(s)" in out
-    assert dashboard_main(["--results", str(clean_store.path), "--check", "--out", str(tmp_path / "s")]) == 0
+    assert harness_main(["dashboard", "--results", str(clean_store.path), "--check", "--out", str(tmp_path / "s")]) == 0
     assert (tmp_path / "s" / "index.html").exists()
-    assert dashboard_main(["--results", str(tmp_path / "missing.sqlite"), "--check"]) == 2
+    assert harness_main(["dashboard", "--results", str(tmp_path / "missing.sqlite"), "--check"]) == 2
     assert "no results store at" in capsys.readouterr().err
 
 

@@ -149,7 +149,10 @@ def test_concurrent_writers_from_several_processes_lose_nothing(tmp_path: Path) 
 
 
 def test_results_command_lists_runs_and_batches(tmp_path: Path, capsys) -> None:
-    from harness.results import main
+    from harness.cli import main as harness_main
+
+    def main(argv: list[str]) -> int:
+        return harness_main(["results", *argv])
 
     store = ResultStore(tmp_path / "r.sqlite")
     store.record(make_result("mlp"), device="host-1", batch="n1")
