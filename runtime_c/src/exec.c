@@ -17,26 +17,35 @@ static struct {
 } g_lib[MINRT_MAX_KERNELS];
 static int g_nlib;
 
-/* Appends s[0..n) (n < 0: up to its NUL) at p, never past end. */
-static char *put(char *p, char *end, const char *s, long n) {
-  while (p < end && (n < 0 ? *s != 0 : n-- > 0)) *p++ = *s++;
+#define ALL 127 /* as n: any string fits (the buffers are shorter) */
+/* Appends s up to its NUL or n bytes, never past end. */
+static char *put(char *p, char *end, const char *s, uint32_t n) {
+  while (p < end && n-- && *s) *p++ = *s++;
   return p;
 }
 
-int minrt_fail(minrt_err *e, const char *msg, long num, const char *name, uint32_t len) {
-  char *p = e->msg, *end = e->msg + sizeof e->msg - 1, b[12];
-  const char *w = "graph.json byte\0graph.json\0node\0entry\0attrs\0node_row_ptr\0artifact\0"
-                  "heads\0params.bin byte\0arena bytes needed\0input\0arena";
-  int i = 1, k = 12;
-  for (; i < msg[1]; i++) w += strlen(w) + 1;
-  p = put(p, end, w, -1);
+#define MINRT_MSG_TEXT(id, text) text "\0"
+/* the words, then the messages (see internal.h) */
+static const char messages[] = MINRT_WORDS MINRT_MESSAGES(MINRT_MSG_TEXT);
+
+/* Appends message text s, words spelled out. */
+static char *say(char *p, char *end, const char *s) {
+  for (; *s; s++)
+    p = (unsigned char)*s < 0x80 ? put(p, end, s, 1) : say(p, end, mj_nth(messages, *s & 0x7f));
+  return p;
+}
+
+int minrt_fail(minrt_err *e, int id, long num, const char *name, uint32_t len) {
+  char *p = e->msg, *end = e->msg + sizeof e->msg - 1, b[16], *d = b + 12;
+  const char *msg = mj_nth(messages, MINRT_NWORDS + id);
+  memcpy(d, ": ", 3);
   if (num >= 0) {
-    do b[--k] = (char)('0' + num % 10); while (num /= 10);
-    b[--k] = ' ';
-    p = put(p, end, b + k, 12 - k);
+    do *--d = (char)('0' + num % 10); while (num /= 10);
+    *--d = ' ';
   }
-  p = put(put(p, end, ": ", 2), end, msg + 2, -1);
-  if (name) p = put(put(put(p, end, " '", 2), end, name, len), end, "'", 1);
+  p = say(p, end, mj_nth(messages, msg[1] & 0x7f));
+  p = say(put(p, end, d, ALL), end, msg + 2);
+  if (name) p = put(put(put(p, end, " '", ALL), end, name, len), end, "'", ALL);
   *p = 0;
   return e->code = -msg[0];
 }
@@ -50,8 +59,7 @@ int minrt_run(minrt *m) {
     mnode *n = &m->nodes[i];
     m->ws_top = m->ws;
     if (n->fn && n->fn(0, n->args, n->nargs, &ret))
-      return minrt_fail(m->err, ERUN W3 "kernel failed:", (long)i, g_kmsg,
-                        (uint32_t)strlen(g_kmsg));
+      return minrt_fail(m->err, M_RUN, (long)i, g_kmsg, ALL);
   }
   return 0;
 }
@@ -64,13 +72,13 @@ int minrt_input_index(const minrt *m, const char *name, size_t len) {
       for (i = 0; i < m->n_inputs; i++)
         if (m->inputs[i] == &m->ent[n->row].t) return (int)i;
   }
-  return minrt_fail(m->err, EARG W11 "unknown", -1, name, (uint32_t)len);
+  return minrt_fail(m->err, M_INPUT_NAME, -1, name, (uint32_t)len);
 }
 
 int minrt_set_input(minrt *m, int i, const void *data, size_t nbytes) {
   const DLTensor *t = minrt_input(m, i);
   if (!t || nbytes != ((const mentry *)(const void *)t)->nbytes)
-    return minrt_fail(m->err, EARG W11 "no such input, or not its byte size", i, 0, 0);
+    return minrt_fail(m->err, M_INPUT_SIZE, i, 0, 0);
   memcpy(t->data, data, nbytes);
   return 0;
 }
@@ -97,9 +105,9 @@ minrt_kernel minrt_syslib_lookup(void *ctx, const char *name, size_t len) {
 void TVMFFIErrorSetRaisedFromCStrParts(const char *kind, const char **parts, int32_t n) {
   char *p = g_kmsg, *end = g_kmsg + sizeof g_kmsg - 1;
   int32_t i;
-  p = put(put(p, end, kind, -1), end, ": ", 2);
+  p = put(put(p, end, kind, ALL), end, ": ", ALL);
   for (i = 0; i < n; i++)
-    if (parts[i]) p = put(p, end, parts[i], -1);
+    if (parts[i]) p = put(p, end, parts[i], ALL);
   *p = 0;
 }
 

@@ -10,9 +10,11 @@ static int bad(mj *j) {
 }
 
 static int peek(mj *j) {
-  while (j->p < j->n && (j->s[j->p] == ' ' || (uint32_t)(j->s[j->p] - 9) < 2 || j->s[j->p] == 13))
-    j->p++;
-  return j->p < j->n ? (unsigned char)j->s[j->p] : -1;
+  for (; j->p < j->n; j->p++) {
+    unsigned char c = (unsigned char)j->s[j->p];
+    if (c != ' ' && (c > '\r' || !((1u << c) & (1u << '\t' | 1u << '\n' | 1u << '\r')))) return c;
+  }
+  return -1;
 }
 
 int mj_eat(mj *j, int c) {
@@ -21,14 +23,14 @@ int mj_eat(mj *j, int c) {
   return 1;
 }
 
-int mj_str(mj *j, const char **s, uint32_t *len) {
+int mj_str(mj *j) {
   uint32_t b;
   if (!mj_eat(j, '"')) return bad(j);
   for (b = j->p; j->p < j->n; j->p++) {
     unsigned char c = (unsigned char)j->s[j->p];
     if (c == '"') {
-      *s = j->s + b;
-      *len = j->p++ - b;
+      j->str = j->s + b;
+      j->len = j->p++ - b;
       return 1;
     }
     if (c < 0x20) break;
@@ -37,21 +39,20 @@ int mj_str(mj *j, const char **s, uint32_t *len) {
   return bad(j);
 }
 
-int mj_int(mj *j, int32_t *v) {
+int32_t mj_int(mj *j) {
   uint32_t x = 0, b;
   int neg = mj_eat(j, '-');
   for (b = j->p; j->p < j->n && (uint32_t)(j->s[j->p] - '0') < 10; j->p++)
     x = x > 0x0fffffff ? 0x80000000u : x * 10 + (uint32_t)(j->s[j->p] - '0');
-  if (j->p == b) return bad(j);
-  *v = neg || x >> 31 ? -1 : (int32_t)x; /* minrt reads no negative numbers */
-  return 1;
+  if (j->p == b) return bad(j) - 2;
+  return neg || x >> 31 ? -1 : (int32_t)x; /* minrt reads no negative numbers */
 }
 
 int mj_ints(mj *j, int64_t *v, int max) {
   int f = 1, n = 0;
   int32_t x;
   while (mj_next(j, ']', &f)) {
-    if (!mj_int(j, &x)) return -1;
+    if ((x = mj_int(j)) < -1) return -1;
     if (n < max) v[n] = x;
     n++;
   }
@@ -60,13 +61,11 @@ int mj_ints(mj *j, int64_t *v, int max) {
 
 int mj_skip(mj *j) {
   int depth = 0;
-  const char *s;
-  uint32_t n;
   do {
-    int c = peek(j);
-    if (j->bad || c < 0) return bad(j);
+    int c = j->bad ? -1 : peek(j);
+    if (c < 0) return bad(j);
     if (c == '"') {
-      if (!mj_str(j, &s, &n)) return 0;
+      if (!mj_str(j)) return 0;
     } else if (c == '[' || c == '{') {
       if (++depth > 64) return bad(j);
       j->p++;
@@ -86,24 +85,27 @@ int mj_skip(mj *j) {
 int mj_next(mj *j, int close, int *first) {
   if (*first) {
     *first = 0;
-    if (!mj_eat(j, close == ']' ? '[' : '{')) return bad(j);
-    return !mj_eat(j, close) && !j->bad;
+    if (!mj_eat(j, close - 2)) return bad(j); /* '[' or '{' */
+    return !mj_eat(j, close);                  /* (mj_eat sets no error) */
   }
   if (mj_eat(j, ',')) return 1;
   if (!mj_eat(j, close)) bad(j);
   return 0;
 }
 
+const char *mj_nth(const char *list, int i) {
+  while (i--) list += strlen(list) + 1;
+  return list;
+}
+
 int mj_index(const char *s, uint32_t len, const char *list) {
   int i;
   for (i = 0; *list; i++, list += strlen(list) + 1)
-    if (strlen(list) == len && !memcmp(s, list, len)) return i;
+    if (!strncmp(list, s, len) && !list[len]) return i;
   return -1;
 }
 
-int mj_key(mj *j, const char *list) {
-  const char *k;
-  uint32_t kl;
-  if (!mj_str(j, &k, &kl) || !mj_eat(j, ':')) return -2;
-  return mj_index(k, kl, list);
+int mj_pick(mj *j, const char *list, int sep) {
+  if (!mj_str(j) || (sep && !mj_eat(j, sep))) return bad(j), -2;
+  return mj_index(j->str, j->len, list);
 }
