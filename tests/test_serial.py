@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 from harness import frames
-from harness.errors import DeviceError
+from harness.errors import DeviceError, RunnerError
 from harness.frames import Frame, Kind
 from harness.transport.base import CommandResult
 from harness.transport.serial import SerialTransport
@@ -423,14 +423,14 @@ def test_device_killed_mid_transfer_ends_with_device_error(model: Model) -> None
 
 
 @needs_tools
-def test_runner_error_comes_back_as_device_error(model: Model) -> None:
+def test_runner_error_comes_back_as_runner_error(model: Model) -> None:
     relay = Relay()
     try:
         host = SerialTransport(relay.host_path, ack_timeout=0.5)
         device = start_device(model.runner, relay.device_path)
         bad_graph = model.graph.replace(b'"nodes"', b'"nodez"', 1)
         try:
-            with pytest.raises(DeviceError, match="runner: .*") as info:
+            with pytest.raises(RunnerError, match="runner: .*") as info:
                 host.exchange(bad_graph, model.params, model.inputs, iters=1, workspace=0, timeout=30)
         finally:
             device.kill()

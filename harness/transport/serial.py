@@ -34,7 +34,7 @@ from typing import Any, Sequence
 import serial
 
 from .. import frames
-from ..errors import DeviceError
+from ..errors import DeviceError, RunnerError
 from .base import CommandResult
 
 log = logging.getLogger(__name__)
@@ -358,7 +358,7 @@ class SerialTransport:
             self._rx.clear()
             if status != 0:
                 raise DeviceError(f"serial {self.url}: runner exited {status} after the session")
-        except DeviceError:
+        except (DeviceError, RunnerError):
             self._synced = False  # the next call re-syncs the shell (waits out a stuck runner)
             raise
         return result
@@ -478,7 +478,8 @@ class _Link:
                     elif f.kind == frames.Kind.BUSY:
                         until = min(self.deadline, time.monotonic() + BUSY_GRACE_S)
                     elif f.kind == frames.Kind.ERROR:
-                        raise DeviceError(f"serial {t.url}: runner: {f.payload.decode('utf-8', 'replace')}")
+                        # the runner answered and refused the model or a request: not the device's fault
+                        raise RunnerError(f"serial {t.url}: runner: {f.payload.decode('utf-8', 'replace')}")
                     elif f.kind in (frames.Kind.ACK, frames.Kind.HELLO):
                         return f
                 if self.decoder.take_damaged():
