@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_KNOWN_HOSTS = Path("~/.ssh/known_hosts")
 _POLL_S = 0.05
+_CHANNEL_TRIES = 4  # a refused channel open is asked again this many times in all
 
 
 class SSHTransport:
@@ -235,16 +236,29 @@ class SSHTransport:
         finally:
             timer.cancel()
 
+    def _open_channel(self, transport: paramiko.Transport, timeout: float, step: str) -> paramiko.Channel:
+        """A new session channel. The server may refuse one now and then (dropbear does, under
+        load, right after another channel closed); nothing has run yet, so asking again is safe."""
+        attempt = 1
+        while True:
+            try:
+                return transport.open_session(timeout=timeout)
+            except paramiko.SSHException as exc:  # incl. ChannelException: the open was refused
+                if attempt == _CHANNEL_TRIES or not transport.is_active() or "Timeout" in str(exc):
+                    raise DeviceError(f"{self.name}: {step}: cannot open a channel: {exc}") from None
+                log.debug("%s: %s: channel refused (%s), asking again", self.name, step, exc)
+                time.sleep(0.2 * attempt)
+                attempt += 1
+            except (OSError, EOFError) as exc:
+                raise DeviceError(f"{self.name}: {step}: cannot open a channel: {exc}") from None
+
     def _exec(
         self, command: str, timeout: float, step: str, stdin: bytes | None = None
     ) -> tuple[int, bytes, bytes]:
         """Run a shell command string (already quoted) and collect its output, bounded in time."""
         deadline = time.monotonic() + timeout
         transport = self._transport(step)
-        try:
-            channel = transport.open_session(timeout=min(timeout, self.connect_timeout))
-        except (paramiko.SSHException, OSError, EOFError) as exc:
-            raise DeviceError(f"{self.name}: {step}: cannot open a channel: {exc}") from None
+        channel = self._open_channel(transport, min(timeout, self.connect_timeout), step)
         out, err = bytearray(), bytearray()
         try:
             channel.settimeout(_POLL_S)
