@@ -184,6 +184,7 @@ def run_on_target(
     was measured before them, so a farm or a dashboard loses nothing; failures of the user's
     own input (unknown target, unreadable model) raise.
     """
+    from . import size
     from .build import build_runner
     from .compile import compile_model
     from .toolchain import get_toolchain
@@ -200,7 +201,7 @@ def run_on_target(
         result.toolchain = tc.describe()
         log.info("[%s on %s] building minrt-run with the %s toolchain", model.name, target.name, tc.name)
         runner = build_runner(target, artifact, tc)
-        result.sizes = measure_sizes(target, runner, artifact)
+        result.sizes = size.run_sizes(target, runner, artifact, tc)
         inputs = (load_inputs(artifact.inputs, input_files) if input_files
                   else random_inputs(artifact.inputs, seed))
         missing = [s["name"] for s in artifact.inputs if s["name"] not in inputs]
@@ -226,10 +227,3 @@ def run_on_target(
     log.info("[%s on %s] %s in %.1f s", model.name, target.name,
              "PASS" if result.passed else "FAIL", time.monotonic() - started)
     return result
-
-
-def measure_sizes(target: Target, runner: Path, artifact: Any) -> dict[str, int]:
-    """.text of minrt (its objects), the whole runner binary and the model kernels."""
-    from . import size
-
-    return size.run_sizes(target, runner, artifact)

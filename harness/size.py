@@ -8,6 +8,8 @@ runtime_c/src compiled on its own with the target's flags and ``-std=c99 -Os`` (
 
 from __future__ import annotations
 
+import json
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -64,26 +66,38 @@ def symbols(path: Path, target: Target, toolchain: Toolchain) -> list[dict[str, 
 
 
 def measure(target: Target, toolchain: Toolchain) -> dict[str, Any]:
-    """Compile each runtime_c/src/*.c with the acceptance flags and report its sizes."""
+    """Compile each runtime_c/src/*.c with the acceptance flags and report its sizes.
+
+    The per-object figures are kept beside the objects, in a directory keyed by the sources,
+    flags and toolchain, so every later run of the same tree reads them instead of rebuilding.
+    """
     sources = sorted((RUNTIME_DIR / "src").glob("*.c"))
     if not sources:
         raise BuildError(f"no C sources in {RUNTIME_DIR / 'src'}")
     flags = minrt_flags(target)
-    parts: list[bytes | str] = ["size/1", target.cc.tool("gcc"), *flags, toolchain.describe()]
+    described = toolchain.describe()
+    parts: list[bytes | str] = ["size/1", target.cc.tool("gcc"), *flags, described]
     for path in sorted((RUNTIME_DIR / "src").glob("*")) + sorted((RUNTIME_DIR / "include").glob("*")):
         parts += [path.name, path.read_bytes()]
     out_dir = cache_dir() / "builds" / f"size-{target.arch}-{content_hash(parts)}"
     out_dir.mkdir(parents=True, exist_ok=True)
-    objects = []
-    for src in sources:
-        obj = out_dir / (src.stem + ".o")
-        toolchain.run(
-            [target.cc.tool("gcc"), *flags, f"-I{RUNTIME_DIR / 'include'}", "-c", str(src), "-o", str(obj)],
-            cwd=out_dir,
-        )
-        sizes = size_elf(obj, target, toolchain)
-        objects.append({"name": obj.name, "path": str(obj), **sizes,
-                        "symbols": symbols(obj, target, toolchain)})
+    measured = out_dir / "objects.json"
+    try:
+        objects = json.loads(measured.read_text())
+    except (OSError, ValueError):
+        objects = []
+        for src in sources:
+            obj = out_dir / (src.stem + ".o")
+            toolchain.run(
+                [target.cc.tool("gcc"), *flags, f"-I{RUNTIME_DIR / 'include'}", "-c", str(src), "-o", str(obj)],
+                cwd=out_dir,
+            )
+            sizes = size_elf(obj, target, toolchain)
+            objects.append({"name": obj.name, "path": str(obj), **sizes,
+                            "symbols": symbols(obj, target, toolchain)})
+        tmp = measured.with_suffix(f".{os.getpid()}.tmp")  # concurrent runs: last rename wins
+        tmp.write_text(json.dumps(objects))
+        tmp.replace(measured)
     total = {k: sum(o[k] for o in objects) for k in ("text", "data", "bss")}
     budget = BUDGETS.get(target.arch)
     return {
@@ -91,7 +105,7 @@ def measure(target: Target, toolchain: Toolchain) -> dict[str, Any]:
         "arch": target.arch,
         "compiler": target.cc.tool("gcc"),
         "flags": flags,
-        "toolchain": toolchain.describe(),
+        "toolchain": described,
         "objects": objects,
         "total": total,
         "budget": budget,
@@ -126,14 +140,11 @@ def diff(report: dict[str, Any], baseline: dict[str, Any]) -> dict[str, Any]:
     return {"objects": objects, "total": total}
 
 
-def run_sizes(target: Target, runner: Path, artifact: Any, toolchain: Toolchain | None = None) -> dict[str, int]:
-    """The three figures a run records: minrt's .text (its objects, as budgeted), the whole
-    runner binary's .text and the model kernels' .text."""
-    from .toolchain import HostToolchain
-
-    tc = toolchain or HostToolchain(compiler=target.cc.tool("gcc"))
+def run_sizes(target: Target, runner: Path, artifact: Any, toolchain: Toolchain) -> dict[str, int]:
+    """The three figures a run records, with the toolchain that built the runner: minrt's
+    .text (its objects, as budgeted), the whole runner binary's and the model kernels'."""
     return {
-        "minrt_text": measure(target, tc)["total"]["text"],
-        "runner_text": size_elf(runner, target, tc)["text"],
-        "kernels_text": size_elf(Path(artifact.kernels_obj), target, tc)["text"],
+        "minrt_text": measure(target, toolchain)["total"]["text"],
+        "runner_text": size_elf(runner, target, toolchain)["text"],
+        "kernels_text": size_elf(Path(artifact.kernels_obj), target, toolchain)["text"],
     }

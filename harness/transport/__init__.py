@@ -50,11 +50,7 @@ def open_transport(target: "Target", kind: str | None = None, host: str | None =
         board = ensure_board(opts["board"], instance=str(opts.get("board_instance", "0")))
         workdir = opts.get("workdir", "/tmp/minrt")
         if kind == "ssh":
-            from .ssh import SSHTransport
-
-            b_host, b_port, b_user, key_file, known_hosts = board.ssh_params()
-            transport = SSHTransport(host=b_host, port=b_port, user=b_user, workdir=workdir,
-                                     known_hosts=known_hosts, key_filename=key_file)
+            transport = board.transport(workdir=workdir)
         else:
             from .serial import SerialTransport
 
