@@ -11,6 +11,7 @@ from typing import Sequence
 
 from .errors import HarnessError
 from .targets import DEFAULT_TARGET
+from .toolchain import DEFAULT_TOOLCHAIN, TOOLCHAINS
 
 log = logging.getLogger("harness")
 
@@ -227,7 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", action="append", help="ONNX file or example name (repeatable; default: all examples)")
     p.add_argument("--transport", choices=["local", "qemu-user", "ssh", "serial"], help="override the target's transport")
     p.add_argument("--host", help="device address: user@host[:port] for SSH, a port or URL for serial")
-    p.add_argument("--toolchain", choices=["host", "docker"], default="docker",
+    p.add_argument("--toolchain", choices=TOOLCHAINS, default=DEFAULT_TOOLCHAIN,
                    help="the target's Docker toolchain image (default) or this host's compilers")
     p.add_argument("--trust-on-first-use", action="store_true",
                    help="SSH: record an unknown host key instead of refusing it (a changed key is always refused)")
@@ -254,7 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("build", help="build minrt-run with a model's kernels for a target")
     p.add_argument("model", nargs="*", help="ONNX file or example name (default: all examples)")
     p.add_argument("--target", default=DEFAULT_TARGET)
-    p.add_argument("--toolchain", choices=["host", "docker"], default="docker",
+    p.add_argument("--toolchain", choices=TOOLCHAINS, default=DEFAULT_TOOLCHAIN,
                    help="the target's Docker toolchain image (default) or this host's compilers")
     p.add_argument("--out", help="copy each runner to OUT/<model>/minrt-run")
     p.set_defaults(func=cmd_build)
@@ -262,7 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("size", help="code size of minrt (per object and symbol), the runner and kernels")
     p.add_argument("--target", default=DEFAULT_TARGET)
     p.add_argument("--model", action="append", help="also size this model's runner and kernels (repeatable)")
-    p.add_argument("--toolchain", choices=["host", "docker"], default="docker")
+    p.add_argument("--toolchain", choices=TOOLCHAINS, default=DEFAULT_TOOLCHAIN)
     p.add_argument("--baseline", help=f"baseline file (default {SIZE_BASELINE.relative_to(SIZE_BASELINE.parent.parent)})")
     p.add_argument("--save-baseline", action="store_true", help="store this measurement as the baseline")
     p.add_argument("--symbols", type=int, default=0, metavar="N", help="list the N largest symbols per object")

@@ -37,6 +37,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 from . import REPO_ROOT
 from .errors import DeviceError, HarnessError, TargetError
+from .toolchain import DEFAULT_TOOLCHAIN, TOOLCHAINS
 from .lease import LabgridLeases, LeaseBackend, LeaseTimeout, LocalLeases
 
 log = logging.getLogger(__name__)
@@ -211,7 +212,7 @@ def device_target(device: Device):
 
 
 def run_model_on_device(model: Path, device: Device, *, iters: int = 10, seed: int = 0,
-                        toolchain: str = "host") -> dict[str, Any]:
+                        toolchain: str = DEFAULT_TOOLCHAIN) -> dict[str, Any]:
     """The default job: `harness.run.run_on_target` on the device."""
     from .run import run_on_target
 
@@ -597,7 +598,8 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     r.add_argument("--out", default="farm-out", help="directory for farm-results.xml/.json (default farm-out)")
     r.add_argument("--batch", help="batch name in the store (default: farm-<UTC time>)")
     r.add_argument("--iters", type=int, default=10)
-    r.add_argument("--toolchain", choices=["host", "docker"], default="host")
+    r.add_argument("--toolchain", choices=TOOLCHAINS, default=DEFAULT_TOOLCHAIN,
+                   help=f"where runners are compiled (default {DEFAULT_TOOLCHAIN}, as for harness run)")
     r.add_argument("--runner", default=DEFAULT_RUNNER, help="job runner 'module:function'")
     r.add_argument("--lease-timeout", type=float, default=3600.0)
     r.add_argument("--job-timeout", type=float, default=1800.0)

@@ -21,6 +21,7 @@ from . import REPO_ROOT, tensorfile
 from .compare import DEFAULT_ATOL, DEFAULT_RTOL, OutputCheck, compare_output
 from .errors import DeviceError, HarnessError, RunnerError
 from .targets import Target
+from .toolchain import DEFAULT_TOOLCHAIN
 
 log = logging.getLogger(__name__)
 
@@ -168,7 +169,7 @@ def run_on_target(
     target: Target,
     *,
     transport: str | None = None,
-    toolchain: str = "host",
+    toolchain: str = DEFAULT_TOOLCHAIN,
     iters: int = 10,
     seed: int = 0,
     host: str | None = None,
@@ -177,12 +178,14 @@ def run_on_target(
     rtol: float = DEFAULT_RTOL,
     timeout: float = RUN_TIMEOUT_S,
     trust_on_first_use: bool = False,
+    device: Any = None,
 ) -> RunResult:
     """Compile, build, deploy, run and check one model on one target.
 
     Failures after the run has started are recorded in the result (`error`), with whatever
     was measured before them, so a farm or a dashboard loses nothing; failures of the user's
-    own input (unknown target, unreadable model) raise.
+    own input (unknown target, unreadable model) raise. `device` is an already open transport
+    to the target (the pytest plugin's session device); without it one is opened and closed.
     """
     from . import size
     from .build import build_runner
@@ -208,9 +211,14 @@ def run_on_target(
         if missing:
             raise HarnessError(f"no value given for model input(s) {missing}")
         blob = tensorfile.dumps({s["name"]: inputs[s["name"]] for s in artifact.inputs})
-        with open_transport(target, kind=transport, host=host, trust_on_first_use=trust_on_first_use) as device:
+        if device is not None:
             log.info("[%s on %s] running on the device", model.name, target.name)
             out_blob, timing = execute(device, runner, artifact, blob, iters, timeout)
+        else:
+            with open_transport(target, kind=transport, host=host,
+                                trust_on_first_use=trust_on_first_use) as opened:
+                log.info("[%s on %s] running on the device", model.name, target.name)
+                out_blob, timing = execute(opened, runner, artifact, blob, iters, timeout)
         result.iters = int(timing.get("iters", iters))
         result.arena_bytes = timing.get("arena_bytes")
         result.latency_us = {k: float(timing[f"{k}_us"]) for k in ("min", "mean", "max") if f"{k}_us" in timing}
