@@ -10,32 +10,12 @@ from pathlib import Path
 from typing import Sequence
 
 from .errors import HarnessError
+from .models import resolve_models
 from .targets import DEFAULT_TARGET
 from .toolchain import DEFAULT_TOOLCHAIN, TOOLCHAINS
+from .transport import transport_kinds
 
 log = logging.getLogger("harness")
-
-
-def resolve_models(names: Sequence[str] | None) -> list[Path]:
-    """Model arguments are .onnx paths or names of the shipped examples; none means all examples."""
-    from .cache import cache_dir
-    from .examples import write_examples
-
-    wanted = list(names or [])
-    paths = [Path(n) for n in wanted if n.endswith(".onnx") or Path(n).exists()]
-    example_names = [n for n in wanted if not (n.endswith(".onnx") or Path(n).exists())]
-    if not wanted or example_names:
-        examples = write_examples(cache_dir() / "examples")
-        if not wanted:
-            return list(examples.values())
-        for name in example_names:
-            if name not in examples:
-                raise HarnessError(f"model '{name}' is neither a file nor an example (examples: {', '.join(examples)})")
-            paths.append(examples[name])
-    for path in paths:
-        if not path.exists():
-            raise HarnessError(f"model file '{path}' does not exist")
-    return paths
 
 
 def _parse_inputs(items: Sequence[str]) -> dict[str, Path]:
@@ -226,7 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="compile, build, deploy, run and compare with the reference")
     p.add_argument("--target", default=DEFAULT_TARGET, help=f"target name or .toml file (default {DEFAULT_TARGET})")
     p.add_argument("--model", action="append", help="ONNX file or example name (repeatable; default: all examples)")
-    p.add_argument("--transport", choices=["local", "qemu-user", "ssh", "serial"], help="override the target's transport")
+    p.add_argument("--transport", choices=sorted(transport_kinds()), help="override the target's transport")
     p.add_argument("--host", help="device address: user@host[:port] for SSH, a port or URL for serial")
     p.add_argument("--toolchain", choices=TOOLCHAINS, default=DEFAULT_TOOLCHAIN,
                    help="the target's Docker toolchain image (default) or this host's compilers")

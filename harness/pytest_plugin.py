@@ -31,7 +31,8 @@ import pytest
 from .errors import HarnessError
 from .targets import DEFAULT_TARGET, Target, load_target
 from .toolchain import DEFAULT_TOOLCHAIN, TOOLCHAINS
-from .transport import Transport, open_transport
+from .devices import open_transport
+from .transport import Transport
 
 MARKERS = {
     "board": "boots or uses the emulated ARMv7 board (qemu-system-arm)",

@@ -191,7 +191,7 @@ def run_on_target(
     from .build import build_runner
     from .compile import compile_model
     from .toolchain import get_toolchain
-    from .transport import open_transport
+    from .devices import open_transport
 
     result = RunResult(model=model.stem, target=target.name,
                        transport=transport or target.transport.kind, commit=git_commit())

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol, Sequence
+from typing import Any, Callable, Mapping, Protocol, Sequence
+
+#: Where a transport puts the runner and the model when its target says nothing else.
+DEFAULT_WORKDIR = "/tmp/minrt"
 
 
 @dataclass(frozen=True)
@@ -32,3 +35,30 @@ class Transport(Protocol):
     def get(self, remote: str, local: Path) -> None: ...
 
     def close(self) -> None: ...
+
+
+#: Options of a [transport] table that put the device on an emulated board (harness.board),
+#: for kinds with `board=True`; harness.devices boots the board and asks it for the address.
+BOARD_OPTIONS: Mapping[str, type | tuple[type, ...]] = {"board": str, "board_instance": (str, int)}
+
+#: A transport factory: (the target's [transport] options, the --host address or None,
+#: trust_on_first_use) -> an open Transport.
+TransportFactory = Callable[[Mapping[str, Any], "str | None", bool], Transport]
+
+
+@dataclass(frozen=True)
+class TransportKind:
+    """What the registry (harness.transport.transport_kinds) knows of one kind of transport:
+    how to open it, which target options it takes, and what it can do."""
+
+    name: str
+    summary: str  # how `harness targets` describes a target reached this way
+    open: TransportFactory
+    #: keys a target's [transport] table may hold besides `kind`, with their TOML types
+    options: Mapping[str, type | tuple[type, ...]] = field(default_factory=dict)
+    #: what --host means for this kind ("user@address[:port]"), None if it takes no address
+    address: str | None = None
+    #: it can reach the emulated board (`board = NAME` in [transport]; the board gives the address)
+    board: bool = False
+    #: host programs it needs, for `harness targets`
+    needs: tuple[str, ...] = ()
