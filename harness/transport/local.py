@@ -10,12 +10,12 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from ..errors import DeviceError
-from .base import CommandResult, TransportKind
+from .base import CommandResult, RunsModelWithFiles, TransportKind
 
 log = logging.getLogger(__name__)
 
 
-class LocalTransport:
+class LocalTransport(RunsModelWithFiles):
     """The host itself. `workdir` is a fresh temporary directory, removed on close."""
 
     name = "local"

@@ -26,7 +26,7 @@ import fabric
 import paramiko
 
 from ..errors import DeviceError, TargetError
-from .base import DEFAULT_WORKDIR, CommandResult, TransportKind
+from .base import DEFAULT_WORKDIR, CommandResult, RunsModelWithFiles, TransportKind
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +35,7 @@ _POLL_S = 0.05
 _CHANNEL_TRIES = 4  # a refused channel open is asked again this many times in all
 
 
-class SSHTransport:
+class SSHTransport(RunsModelWithFiles):
     """A connection to one device over SSH. Use as a context manager or call close()."""
 
     def __init__(
