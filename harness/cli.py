@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+from . import missing_source
 from .errors import HarnessError
 from .models import resolve_models
 from .targets import DEFAULT_TARGET
@@ -275,6 +276,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=level, format="harness: %(message)s", stream=sys.stderr)
     # paramiko announces every connection at INFO; the harness reports its own steps
     logging.getLogger("paramiko").setLevel(logging.WARNING)
+    if (problem := missing_source()) is not None:
+        print(f"harness: error: {problem}", file=sys.stderr)
+        return 2
     try:
         return args.func(args)
     except HarnessError as exc:

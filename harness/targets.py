@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import REPO_ROOT
+from . import REPO_ROOT, missing_source
 from .errors import TargetError
 
 TARGETS_DIR = REPO_ROOT / "targets"
@@ -192,6 +192,8 @@ def load_target(name_or_path: str, directory: Path = TARGETS_DIR) -> Target:
     candidate = Path(name_or_path)
     if candidate.suffix == ".toml" and candidate.exists():
         return parse_target(candidate)
+    if not directory.is_dir():
+        raise TargetError(missing_source() or f"no targets directory at {directory}")
     path = directory / f"{name_or_path}.toml"
     if not path.exists():
         known = ", ".join(target_names(directory)) or "none"

@@ -85,3 +85,31 @@ def test_every_transport_kind_is_registered_once_with_a_factory():
     for name, kind in kinds.items():
         assert kind.name == name and callable(kind.open) and kind.summary
         assert all(isinstance(key, str) for key in kind.options)
+
+
+def test_a_copy_installed_outside_the_tree_says_what_it_needs(tmp_path):
+    """A non-editable install has no runtime_c/ or targets/: a clear error, exit 2; pointed
+    at the tree with MINRT_SOURCE, the same copy works."""
+    import os
+    import subprocess
+    import sys
+
+    repo = PACKAGE.parent
+    site = tmp_path / "site"
+    build = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-compile",
+                            "--disable-pip-version-check", "--target", str(site), str(repo)],
+                           capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert build.returncode == 0, build.stderr[-2000:]
+    assert (site / "harness" / "cli.py").is_file() and not (site / "runtime_c").exists()
+    env = {**os.environ, "PYTHONPATH": str(site)}
+    env.pop("MINRT_SOURCE", None)
+    probe = [sys.executable, "-c", "import harness, sys; print(harness.__file__)"]
+    assert subprocess.run(probe, env=env, capture_output=True, text=True, cwd=tmp_path).stdout.startswith(str(site))
+    cmd = [sys.executable, "-m", "harness.cli", "targets"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "no runtime_c/, targets/" in proc.stderr and "MINRT_SOURCE" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    proc = subprocess.run(cmd, env={**env, "MINRT_SOURCE": str(repo)}, capture_output=True, text=True,
+                          timeout=120, cwd=tmp_path)
+    assert proc.returncode == 0 and "x86_64" in proc.stdout, proc.stderr
