@@ -482,14 +482,17 @@ _WORKSPACE_CALL = re.compile(r"TVMBackendAllocWorkspace\(\s*[^,]+,\s*[^,]+,\s*(?
 _WORKSPACE_ALIGN = 64
 
 
-def compile_kernels(kernels: dict[str, Any], tvm_target: Any, out_path: Path) -> int:
+def compile_kernels(kernels: dict[str, Any], tvm_target: Any, out_path: Path,
+                    prefix: str = SYSTEM_LIB_PREFIX) -> int:
     """Compile the PrimFuncs into one object (a system library) and return the most workspace
     any one kernel allocates (the sum of its TVMBackendAllocWorkspace sizes, each rounded up
     to 64 bytes), read from the TIR after LowerTVMBuiltin."""
     import tvm
 
-    funcs = {name: prim.with_attr("global_symbol", name) for name, prim in kernels.items()}
-    kmod = tvm.IRModule(funcs).with_attr("system_lib_prefix", SYSTEM_LIB_PREFIX)
+    # TVM's system_lib_prefix renames the library context and the names kernels register
+    # under, not the `__tvm_ffi_<symbol>` functions: the prefix goes into each symbol too.
+    funcs = {name: prim.with_attr("global_symbol", prefix + name) for name, prim in kernels.items()}
+    kmod = tvm.IRModule(funcs).with_attr("system_lib_prefix", prefix)
     lowered: list[Any] = []
 
     @tvm.ir.instrument.pass_instrument
@@ -519,21 +522,28 @@ def compile_kernels(kernels: dict[str, Any], tvm_target: Any, out_path: Path) ->
 # The entry point
 
 
-def _cache_key(model_name: str, onnx_bytes: bytes, target: Target) -> str:
+def _cache_key(model_name: str, onnx_bytes: bytes, target: Target, prefix: str) -> str:
     import tvm
 
-    return content_hash([model_name, onnx_bytes, target.name, target.tvm_target_key, tvm.__version__, PIPELINE_VERSION])
+    parts = [model_name, onnx_bytes, target.name, target.tvm_target_key, tvm.__version__, PIPELINE_VERSION]
+    return content_hash(parts + ([f"prefix={prefix}"] if prefix else []))
 
 
-def compile_model(onnx_path: Path | str, target: Target | str, cache: Path | None = None) -> Artifact:
+def compile_model(onnx_path: Path | str, target: Target | str, cache: Path | None = None,
+                  system_lib_prefix: str = SYSTEM_LIB_PREFIX) -> Artifact:
     """Compile an ONNX model for a target into an artifact directory under
-    `<cache>/artifacts/<hash>` (cache defaults to harness.cache.cache_dir()); reuse it if there."""
+    `<cache>/artifacts/<hash>` (cache defaults to harness.cache.cache_dir()); reuse it if there.
+
+    `system_lib_prefix` (a C identifier prefix, e.g. "kws_") goes before every kernel symbol,
+    so the kernels of several models link into one firmware image without colliding."""
+    if system_lib_prefix and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", system_lib_prefix):
+        raise CompileError(f"system_lib_prefix {system_lib_prefix!r} is not a C identifier prefix")
     onnx_path = Path(onnx_path)
     if isinstance(target, str):
         target = load_target(target)
     model, data = load_onnx(onnx_path)
     model_name = onnx_path.stem
-    key = _cache_key(model_name, data, target)
+    key = _cache_key(model_name, data, target, system_lib_prefix)
     root = (Path(cache) if cache is not None else cache_dir()) / "artifacts"
     out_dir = root / key
     if out_dir.is_dir():
@@ -570,7 +580,7 @@ def compile_model(onnx_path: Path | str, target: Target | str, cache: Path | Non
     tmp.mkdir(parents=True)
     try:
         log.info("compile %s: %d kernels for %s", model_name, len(graph.kernels), target.tvm_target.get("mtriple", "host"))
-        workspace = compile_kernels(graph.kernels, tvm_target, tmp / KERNELS_OBJ)
+        workspace = compile_kernels(graph.kernels, tvm_target, tmp / KERNELS_OBJ, system_lib_prefix)
         (tmp / GRAPH_JSON).write_text(json.dumps(graph_json(graph, plan), separators=(",", ":")))
         tensorfile.save(tmp / PARAMS_BIN, graph.params)
 
@@ -585,7 +595,7 @@ def compile_model(onnx_path: Path | str, target: Target | str, cache: Path | Non
             "tvm_target": target.tvm_target,
             "tvm_version": tvm.__version__,
             "abi": ABI,
-            "system_lib_prefix": SYSTEM_LIB_PREFIX,
+            "system_lib_prefix": system_lib_prefix,
             "kernels": sorted(graph.kernels),
             "workspace_bytes": workspace,
             "inputs": [spec(name, nid, 0) for name, nid in zip(inputs, graph.input_nids)],

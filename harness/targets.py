@@ -19,6 +19,14 @@ TARGETS_DIR = REPO_ROOT / "targets"
 DEFAULT_TARGET = "rpi-qemu"
 #: Keys of a target's [board] table (none yet: the emulated board's memory is its recipe's).
 BOARD_KEYS: tuple[str, ...] = ()
+#: Architecture families: armv7 (Linux, Cortex-A), armv7m (bare-metal Cortex-M firmware), x86_64.
+ARCHES = ("armv7", "armv7m", "x86_64")
+#: [memory] of a firmware target: where its flash and RAM are and how large (bytes), and the
+#: stack the firmware reserves in RAM. Firmware that does not fit is refused at build time.
+MEMORY_KEYS = {"flash_origin": 0, "flash_bytes": None, "ram_origin": None, "ram_bytes": None, "stack_bytes": 0x2000}
+#: [firmware]: the board support the image is built with (runtime_c/firmware).
+FIRMWARE_KEYS = {"uart": None, "uart_base": None, "clock_hz": None, "probe_machine": None}
+FIRMWARE_UARTS = ("cmsdk", "stm32-usart")
 
 
 @dataclass(frozen=True)
@@ -42,6 +50,28 @@ class Transport:
 
 
 @dataclass(frozen=True)
+class Memory:
+    """A microcontroller's memories (bytes)."""
+
+    flash_origin: int
+    flash_bytes: int
+    ram_origin: int
+    ram_bytes: int
+    stack_bytes: int
+
+
+@dataclass(frozen=True)
+class FirmwareBoard:
+    """What runtime_c/firmware needs to know of the board: its UART and SysTick clock, and the
+    QEMU machine with the same core that runs minrt's arena size query at build time."""
+
+    uart: str
+    uart_base: int
+    clock_hz: int
+    probe_machine: str
+
+
+@dataclass(frozen=True)
 class Target:
     name: str
     description: str
@@ -52,6 +82,12 @@ class Target:
     transport: Transport
     board: dict[str, Any]
     path: Path
+    memory: "Memory | None" = None  # firmware targets (arch armv7m) only
+    firmware: "FirmwareBoard | None" = None
+
+    @property
+    def is_firmware(self) -> bool:
+        return self.memory is not None
 
     @property
     def tvm_target_key(self) -> str:
@@ -74,7 +110,8 @@ def _require(table: dict[str, Any], key: str, kind: type, path: Path, where: str
 
 
 #: Top-level keys of a target file; a misspelt key is an error rather than silently ignored.
-TOP_LEVEL_KEYS = ("name", "description", "arch", "tvm", "cc", "toolchain", "transport", "board")
+TOP_LEVEL_KEYS = ("name", "description", "arch", "tvm", "cc", "toolchain", "transport", "board", "memory",
+                  "firmware")
 
 
 def _no_unknown_keys(table: dict[str, Any], known: tuple[str, ...], path: Path, where: str = "") -> None:
@@ -137,8 +174,8 @@ def parse_target(path: Path) -> Target:
     if name != path.stem:
         raise TargetError(f"{path}: key 'name' is '{name}' but the file is named '{path.stem}'")
     arch = _require(data, "arch", str, path)
-    if arch not in ("armv7", "x86_64"):
-        raise TargetError(f"{path}: key 'arch' must be 'armv7' or 'x86_64', got '{arch}'")
+    if arch not in ARCHES:
+        raise TargetError(f"{path}: key 'arch' must be one of {', '.join(ARCHES)}, got '{arch}'")
     tvm_target = _require(data, "tvm", dict, path)
     _require(tvm_target, "kind", str, path, "tvm")
 
@@ -170,7 +207,10 @@ def parse_target(path: Path) -> Target:
         raise TargetError(f"{path}: key 'board' must be a table")
     _no_unknown_keys(board, BOARD_KEYS, path, "board")
 
+    memory, firmware = _firmware_tables(data, arch, path)
     return Target(
+        memory=memory,
+        firmware=firmware,
         name=name,
         description=description,
         arch=arch,
@@ -181,6 +221,44 @@ def parse_target(path: Path) -> Target:
         board=board,
         path=path,
     )
+
+
+def _int_table(data: dict[str, Any], table: str, keys: dict[str, Any], path: Path,
+               strings: tuple[str, ...] = ()) -> dict[str, Any]:
+    values = data.get(table)
+    if not isinstance(values, dict):
+        raise TargetError(f"{path}: a firmware target (arch 'armv7m') needs a [{table}] table")
+    _no_unknown_keys(values, tuple(keys), path, table)
+    out: dict[str, Any] = {}
+    for key, default in keys.items():
+        if key not in values:
+            if default is None:
+                raise TargetError(f"{path}: missing key '{table}.{key}'")
+            out[key] = default
+            continue
+        want = str if key in strings else int
+        value = values[key]
+        if not isinstance(value, want) or isinstance(value, bool) or (want is int and value < 0):
+            kind = "a string" if want is str else "a non-negative integer"
+            raise TargetError(f"{path}: key '{table}.{key}' must be {kind}, got {value!r}")
+        out[key] = value
+    return out
+
+
+def _firmware_tables(data: dict[str, Any], arch: str, path: Path) -> tuple[Memory | None, FirmwareBoard | None]:
+    """[memory] and [firmware]: required for arch armv7m, refused for the others."""
+    if arch != "armv7m":
+        for table in ("memory", "firmware"):
+            if table in data:
+                raise TargetError(f"{path}: [{table}] is only for firmware targets (arch 'armv7m')")
+        return None, None
+    memory = Memory(**_int_table(data, "memory", MEMORY_KEYS, path))
+    board = _int_table(data, "firmware", FIRMWARE_KEYS, path, strings=("uart", "probe_machine"))
+    if board["uart"] not in FIRMWARE_UARTS:
+        raise TargetError(f"{path}: key 'firmware.uart' must be one of {', '.join(FIRMWARE_UARTS)}, got '{board['uart']}'")
+    if memory.flash_bytes == 0 or memory.ram_bytes <= memory.stack_bytes:
+        raise TargetError(f"{path}: [memory] needs flash > 0 and ram larger than the stack")
+    return memory, FirmwareBoard(**board)
 
 
 def target_names(directory: Path = TARGETS_DIR) -> list[str]:

@@ -1,0 +1,310 @@
+"""Firmware transports: a microcontroller running minrt's firmware image, reached over its UART
+with the framed protocol of harness/frames.py (the same as `minrt-run --serial`).
+
+- `qemu-firmware`: the image boots under `qemu-system-arm -M <machine> -icount shift=0` on this
+  host; the UART is a Unix socket in a private directory (0700, the socket 0600), so only this
+  user can reach the board console. `put` of an image (re)boots QEMU with it; a QEMU that died
+  is booted again by the next call. Counts are emulated: with -icount shift=0 each instruction
+  is 1 ns of virtual time, so SysTick ticks convert to instructions exactly.
+- `firmware-serial`: a real board. `put` runs the target's `flash_command` (an argv; `{elf}` is
+  replaced by the image's path, never through a shell), then the protocol runs on `url`.
+
+There is no shell: `run` and `get` are refused with the reason. `run_model` sends graph.json
+(which selects the model inside the image), an empty params.bin (the weights are in flash;
+the host checks they are the artifact's by the image's manifest), the inputs, RUN, GET.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from ..errors import DeviceError, RunnerError, TargetError
+from .base import CommandResult, TransportKind
+from .serial import SerialTransport
+
+log = logging.getLogger(__name__)
+
+BOOT_TIMEOUT_S = 10.0
+
+
+def load_manifest(elf: Path) -> dict[str, Any]:
+    """The manifest harness.firmware writes beside an image (models, sha256s, footprint)."""
+    path = Path(elf).with_name("manifest.json")
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise DeviceError(f"{elf}: not a firmware image built by harness.firmware (no readable {path.name}: {exc})") from None
+
+
+class _SocketLine:
+    """The few pyserial calls SerialTransport makes, over a connected Unix stream socket."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.sock.setblocking(False)
+        self.is_open = True
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def read(self, n: int) -> bytes:
+        try:
+            data = self.sock.recv(n)
+        except BlockingIOError:
+            return b""
+        except OSError as exc:
+            raise DeviceError(f"the UART socket failed: {exc}") from None
+        if not data:
+            raise DeviceError("the UART socket was closed (the board or QEMU went away)")
+        return data
+
+    def write(self, data: bytes) -> int:
+        try:
+            self.sock.setblocking(True)
+            self.sock.settimeout(30)
+            self.sock.sendall(data)
+        except OSError as exc:
+            raise DeviceError(f"cannot write to the UART socket: {exc}") from None
+        finally:
+            self.sock.setblocking(False)
+        return len(data)
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        self.is_open = False
+        self.sock.close()
+
+
+class _FramedLine(SerialTransport):
+    """SerialTransport's framed-protocol client (exchange) over an already open line."""
+
+    def __init__(self, name: str, port: Any) -> None:  # noqa: D107 - no pyserial open here
+        self.url = name
+        self.name = name
+        self.workdir = "/"
+        self.ack_timeout = 1.0
+        self.retries = 8
+        self.chunk = 2048
+        self.sync_timeout = 0.0
+        self.startup_timeout = BOOT_TIMEOUT_S
+        self.transfer_timeout = 60.0
+        self.stats = {"retransmissions": 0, "naks": 0}
+        self._rx = bytearray()
+        self._synced = True
+        self._seq = 0
+        self._unxz = False
+        self._port = port
+
+
+class FirmwareTransport:
+    """A board running a firmware image (the common part of both kinds)."""
+
+    workdir = "/"
+    name = "firmware"
+
+    def __init__(self) -> None:
+        self.elf: Path | None = None
+        self.manifest: dict[str, Any] = {}
+        self.icount_shift: int | None = None
+
+    # -- what a board without a shell cannot do ---------------------------------------------
+    def run(self, argv: Sequence[str], timeout: float) -> CommandResult:
+        raise DeviceError(f"{self.name}: a firmware board has no shell to run {list(argv)[:1]}")
+
+    def get(self, remote: str, local: Path) -> None:
+        raise DeviceError(f"{self.name}: a firmware board has no files to get ({remote})")
+
+    # -- flashing and the framed session -----------------------------------------------------
+    def put(self, local: Path, remote: str = "") -> None:
+        """Write a firmware image to the board (harness.run.execute puts the 'runner')."""
+        manifest = load_manifest(Path(local))
+        self.flash(Path(local))
+        self.elf, self.manifest = Path(local), manifest
+
+    def flash(self, elf: Path) -> None:
+        raise NotImplementedError
+
+    def line(self) -> _FramedLine:
+        raise NotImplementedError
+
+    def run_model(self, runner: str, graph: bytes, params: bytes, inputs: bytes, iters: int,
+                  workspace: int, timeout: float) -> tuple[bytes, dict[str, Any]]:
+        import hashlib
+
+        if self.elf is None:
+            raise DeviceError(f"{self.name}: no firmware image was put on the board")
+        digest = hashlib.sha256(graph).hexdigest()
+        model = next((m for m in self.manifest["models"] if m["graph_sha256"] == digest), None)
+        if model is None:
+            names = ", ".join(m["name"] for m in self.manifest["models"])
+            raise RunnerError(f"{self.name}: the image holds no model with this graph.json (it holds {names})")
+        if hashlib.sha256(params).hexdigest() != model["params_sha256"]:
+            raise RunnerError(f"{self.name}: the image's weights for {model['name']} are not this params.bin")
+        link = self.line()
+        outputs, timing = link.exchange(graph, b"", inputs, iters, workspace, timeout)
+        return outputs, self.counts(timing)
+
+    def counts(self, timing: dict[str, Any]) -> dict[str, Any]:
+        """Ticks -> emulated instructions (QEMU -icount) or cycles (a board's processor clock)."""
+        hz = int(timing.get("tick_hz", 0)) or 1
+        if self.icount_shift is not None:
+            # 2**shift ns of virtual time per instruction; SysTick ticks at hz
+            per_tick = 1e9 / hz / (1 << self.icount_shift)
+            unit = "emulated instructions"
+        else:
+            per_tick, unit = 1.0, "cycles"
+        timing["counts"] = {k: round(float(timing[f"{k}_ticks"]) * per_tick)
+                            for k in ("min", "mean", "max") if f"{k}_ticks" in timing}
+        timing["count_unit"] = unit
+        return timing
+
+
+class QemuFirmware(FirmwareTransport):
+    def __init__(self, machine: str, icount_shift: int = 0) -> None:
+        super().__init__()
+        if shutil.which("qemu-system-arm") is None:
+            raise DeviceError("qemu-system-arm is not installed (apt-get install qemu-system-arm, or run ci/setup)")
+        self.machine = machine
+        self.icount_shift = icount_shift
+        self.name = f"qemu {machine}"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._dir: str | None = None
+        self._line: _FramedLine | None = None
+        self._booted: Path | None = None
+
+    def flash(self, elf: Path) -> None:
+        if self._booted != elf or not self.alive():
+            self.boot(elf)
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def boot(self, elf: Path) -> None:
+        self.shutdown()
+        self._dir = tempfile.mkdtemp(prefix="minrt-uart-")  # mode 0700
+        path = os.path.join(self._dir, "uart")
+        argv = ["qemu-system-arm", "-M", self.machine, "-icount", f"shift={self.icount_shift}",
+                "-nographic", "-monitor", "none", "-nodefaults",
+                "-chardev", f"socket,id=uart,path={path},server=on,wait=off", "-serial", "chardev:uart",
+                "-kernel", str(elf)]
+        log.info("%s: booting %s", self.name, elf)
+        log.debug("%s", " ".join(argv))
+        self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.PIPE)
+        deadline = time.monotonic() + BOOT_TIMEOUT_S
+        while not os.path.exists(path):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                err = self.proc.stderr.read().decode(errors="replace") if self.proc.poll() is not None and self.proc.stderr else ""
+                self.shutdown()
+                raise DeviceError(f"{self.name}: QEMU did not start: {err.strip()[:300]}")
+            time.sleep(0.02)
+        os.chmod(path, 0o600)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.connect(path)
+        self._line = _FramedLine(f"{self.name} uart", _SocketLine(sock))
+        self._booted = elf
+
+    def line(self) -> _FramedLine:
+        if not self.alive() or self._line is None:
+            if self.elf is None:
+                raise DeviceError(f"{self.name}: no firmware image")
+            log.warning("%s: QEMU is not running; booting the image again", self.name)
+            self.boot(self.elf)
+        assert self._line is not None
+        return self._line
+
+    def run_model(self, *args: Any, **kwargs: Any) -> tuple[bytes, dict[str, Any]]:
+        try:
+            return super().run_model(*args, **kwargs)
+        except DeviceError as exc:
+            if not self.alive():
+                code = self.proc.returncode if self.proc else None
+                self._line = None
+                raise DeviceError(f"{self.name}: QEMU exited (status {code}) during the run: {exc}") from None
+            raise
+
+    def shutdown(self) -> None:
+        if self._line is not None:
+            self._line._port.close()
+            self._line = None
+        if self.proc is not None:
+            if self.proc.poll() is None:
+                self.proc.kill()
+            self.proc.wait()
+            if self.proc.stderr:
+                self.proc.stderr.close()
+            self.proc = None
+        if self._dir:
+            shutil.rmtree(self._dir, ignore_errors=True)
+            self._dir = None
+        self._booted = None
+
+    def close(self) -> None:
+        self.shutdown()
+
+
+class SerialFirmware(FirmwareTransport):
+    """A real board: flashed by a command, then spoken to over a serial port (untested here)."""
+
+    def __init__(self, url: str, flash_command: Sequence[str], baudrate: int = 115200) -> None:
+        super().__init__()
+        self.url = url
+        self.flash_command = list(flash_command)
+        self.baudrate = baudrate
+        self.name = f"board on {url}"
+        self._serial: SerialTransport | None = None
+
+    def flash(self, elf: Path) -> None:
+        if not self.flash_command:
+            raise TargetError("this firmware target has no flash_command in [transport]")
+        argv = [a.replace("{elf}", str(elf)) for a in self.flash_command]
+        log.info("%s: flashing: %s", self.name, argv)
+        try:
+            done = subprocess.run(argv, capture_output=True, text=True, timeout=300)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise DeviceError(f"{self.name}: flash command {argv[0]} failed: {exc}") from None
+        if done.returncode:
+            raise DeviceError(f"{self.name}: flash command exited {done.returncode}: {done.stderr.strip()[-300:]}")
+
+    def line(self) -> _FramedLine:
+        if self._serial is None:
+            self._serial = SerialTransport(self.url, baudrate=self.baudrate)
+        return self._serial  # type: ignore[return-value]  # same exchange()
+
+    def close(self) -> None:
+        if self._serial is not None:
+            self._serial._port.close()
+            self._serial = None
+
+
+def _open_qemu(options: Mapping[str, Any], address: str | None, trust_on_first_use: bool) -> QemuFirmware:
+    if address:
+        raise TargetError("a qemu-firmware target runs on this host: it takes no --host")
+    return QemuFirmware(str(options.get("machine", "mps2-an386")), int(options.get("icount_shift", 0)))
+
+
+def _open_serial(options: Mapping[str, Any], address: str | None, trust_on_first_use: bool) -> SerialFirmware:
+    url = address or options.get("url")
+    if not url:
+        raise TargetError("this firmware target needs a serial port: pass --host /dev/ttyUSB0 or a pyserial URL")
+    return SerialFirmware(str(url), list(options.get("flash_command", [])), int(options.get("baudrate", 115200)))
+
+
+TRANSPORT_KINDS = (
+    TransportKind("qemu-firmware", "firmware under qemu-system-arm on this host, over its UART", _open_qemu,
+                  options={"machine": str, "icount_shift": int}, needs=("qemu-system-arm",)),
+    TransportKind("firmware-serial", "firmware on a board flashed by a command, over a serial port",
+                  _open_serial, address="SERIAL-PORT-OR-URL",
+                  options={"url": str, "baudrate": int, "flash_command": list}),
+)

@@ -1,0 +1,28 @@
+/* models.h: the models an image holds, written by harness/firmware.py into models.c.
+ * Graph and params live in flash (section .minrt_model, 64-byte aligned, used in place);
+ * the arena, input and output buffers are static, sized at build time for the largest model. */
+#ifndef MINRT_FW_MODELS_H
+#define MINRT_FW_MODELS_H
+
+#include <stdint.h>
+
+struct fw_model {
+  const char *name;
+  const char *prefix;     /* kernel symbol prefix (harness compile's system_lib_prefix) */
+  const char *graph;      /* graph.json, NUL-terminated */
+  uint32_t graph_len;
+  const uint8_t *params;  /* params.bin as harness compile wrote it */
+  uint32_t params_len;
+  uint32_t workspace;     /* metadata's workspace_bytes */
+};
+
+extern const struct fw_model fw_models[];
+extern const uint32_t fw_n_models;
+extern uint8_t fw_arena[];
+extern const uint32_t fw_arena_bytes;
+extern uint8_t fw_inputs[];
+extern const uint32_t fw_inputs_bytes;
+extern uint8_t fw_outputs[];
+extern const uint32_t fw_outputs_bytes;
+
+#endif

@@ -1,0 +1,49 @@
+/* startup.c: vector table and reset handler for ARMv7-M (Cortex-M3/M4/M7).
+ *
+ * Reset copies .data from flash, zeroes .bss, enables the FPU (CPACR, before any float
+ * code), runs .init_array (the kernels' registration constructor) and calls main.
+ * Symbols come from firmware.ld. A fault prints one line on the UART and stops there: the
+ * host sees a device that stopped answering. */
+#include <stdint.h>
+#include "board.h"
+
+extern uint32_t _sidata[], _sdata[], _edata[], _sbss[], _ebss[], _estack[];
+extern void (*__init_array_start[])(void), (*__init_array_end[])(void);
+int main(void);
+void SysTick_Handler(void);
+
+/* TVM's kernels are C: their unwind tables name the EHABI personality routine but nothing
+ * ever unwinds through them. This stub keeps libgcc's unwinder (and its tables) out. */
+void __aeabi_unwind_cpp_pr0(void) {}
+
+static void say(const char *s) {
+  while (*s) uart_put((uint8_t)*s++);
+}
+
+void Reset_Handler(void) {
+  uint32_t *src = _sidata, *dst;
+  void (**init)(void);
+  for (dst = _sdata; dst < _edata;) *dst++ = *src++;
+  for (dst = _sbss; dst < _ebss;) *dst++ = 0;
+#if defined(__ARM_FP)
+  *(volatile uint32_t *)0xE000ED88u |= 0xFu << 20; /* CPACR: CP10, CP11 full access */
+  __asm volatile("dsb\n\tisb");
+#endif
+  for (init = __init_array_start; init < __init_array_end; init++) (*init)();
+  main();
+  for (;;) {
+  }
+}
+
+static void Fault_Handler(void) {
+  say("\r\nminrt firmware: fault, stopped\r\n");
+  for (;;) {
+  }
+}
+
+/* Vector table: initial stack, reset, then NMI..SysTick. */
+__attribute__((section(".vectors"), used)) void (*const vectors[16])(void) = {
+    (void (*)(void))(uintptr_t)_estack, Reset_Handler, Fault_Handler, Fault_Handler,
+    Fault_Handler, Fault_Handler, Fault_Handler, 0, 0, 0, 0, Fault_Handler, Fault_Handler, 0,
+    Fault_Handler, SysTick_Handler,
+};
