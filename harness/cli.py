@@ -35,6 +35,10 @@ def format_result(r: dict) -> str:
     if lat:
         head += (f"  latency mean {lat.get('mean', 0):.1f} us (min {lat.get('min', 0):.1f}, "
                  f"max {lat.get('max', 0):.1f}) over {r['iters']} run(s)")
+    counts = r.get("latency_counts") or {}
+    if counts:
+        head += (f"  {counts.get('mean', 0):,.0f} {r.get('count_unit') or 'counts'} per inference "
+                 f"(min {counts.get('min', 0):,.0f}, max {counts.get('max', 0):,.0f}) over {r['iters']} run(s)")
     if r.get("arena_bytes") is not None:
         head += f", arena {r['arena_bytes']:,} B"
     lines = [head]
@@ -169,6 +173,12 @@ def cmd_size(args: argparse.Namespace) -> int:
         report["baseline_diff"] = size.diff(report, baselines[target.arch])
     for model in resolve_models(args.model) if args.model else []:
         artifact = compile_model(model, target)
+        if target.is_firmware:
+            from .firmware import FirmwareModel, build_firmware
+
+            fw = build_firmware(target, [FirmwareModel(model.stem, artifact)], toolchain)
+            report.setdefault("models", {})[model.stem] = {"firmware": str(fw.elf), "footprint": fw.footprint}
+            continue
         runner = build_runner(target, artifact, toolchain)
         report.setdefault("models", {})[model.stem] = {
             "runner": size.size_elf(runner, target, toolchain),
@@ -194,6 +204,11 @@ def cmd_size(args: argparse.Namespace) -> int:
             for sym in obj["symbols"][: args.symbols]:
                 print(f"  {obj['name']:<10} {sym['kind']:<5} {sym['size']:>6}  {sym['name']}")
     for name, m in report.get("models", {}).items():
+        if "footprint" in m:
+            from .firmware import format_footprint
+
+            print(format_footprint(f"model {name}", m["footprint"]) + f" of {target.memory.flash_bytes:,} / {target.memory.ram_bytes:,}")
+            continue
         print(f"model {name}: runner text {m['runner']['text']:,} B, kernels text {m['kernels']['text']:,} B")
     return 0 if report["within_budget"] else 1
 

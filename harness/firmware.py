@@ -49,6 +49,7 @@ PROBE_MEMORY = {"flash_origin": 0x0, "ram_origin": 0x20000000}
 PROBE_ARENA = 3 << 20
 PROBE_TIMEOUT_S = 60.0
 _UART_SOURCE = {"cmsdk": "uart_cmsdk.c", "stm32-usart": "uart_stm32.c"}
+_UART_IRQ = {"cmsdk": 0, "stm32-usart": 38}  # UART0 RX on MPS2, USART2 on STM32F4
 _BIG = 0x10000000  # region lengths the linker sees: the fit is checked here, with names
 
 
@@ -83,7 +84,7 @@ class Firmware:
 
 def firmware_sources(target: Target) -> list[Path]:
     assert target.firmware is not None
-    names = ["startup.c", "systick.c", "frontend.c", _UART_SOURCE[target.firmware.uart]]
+    names = ["startup.c", "systick.c", "frontend.c", "uart_ring.c", _UART_SOURCE[target.firmware.uart]]
     return [FIRMWARE_DIR / n for n in names]
 
 
@@ -162,7 +163,7 @@ def _link(target: Target, toolchain: Toolchain, models: Sequence[FirmwareModel],
     fw = target.firmware
     uart, base, clock = (("cmsdk", 0x40004000, 25_000_000) if probe
                          else (fw.uart, fw.uart_base, fw.clock_hz))
-    sources = [FIRMWARE_DIR / n for n in ("startup.c", "systick.c", "frontend.c", _UART_SOURCE[uart])]
+    sources = [FIRMWARE_DIR / n for n in ("startup.c", "systick.c", "frontend.c", "uart_ring.c", _UART_SOURCE[uart])]
     minrt_sources = sorted((RUNTIME_DIR / "src").glob("*.c"))
     all_sources = [*minrt_sources, *sources, out / "models.c"]
     # compiled in `out` first (gcc -c names each object after its source), so the linker map
@@ -170,7 +171,7 @@ def _link(target: Target, toolchain: Toolchain, models: Sequence[FirmwareModel],
     toolchain.run([
         target.cc.tool("gcc"), *target.cc.cflags, *CFLAGS,
         f"-DFW_UART_BASE={base:#x}u", f"-DFW_CLOCK_HZ={clock}u", f"-DFW_MAX_PAYLOAD={MAX_PAYLOAD}",
-        *(["-DFW_PROBE"] if probe else []),
+        f"-DFW_UART_IRQ={_UART_IRQ[uart]}", *(["-DFW_PROBE"] if probe else []),
         f"-I{RUNTIME_DIR / 'include'}", f"-I{FIRMWARE_DIR}", "-c", *(str(p) for p in all_sources),
     ], cwd=out)
     toolchain.run([
@@ -372,6 +373,13 @@ def build_firmware(target: Target, models: Sequence[FirmwareModel], toolchain: T
              f"{footprint['ram']['total']:,}")
     return Firmware(elf=out / FIRMWARE_ELF, target=fw.target, models=fw.models, arena_bytes=arena,
                     footprint=footprint)
+
+
+def firmware_sizes(fw: Firmware, minrt_text: int) -> dict[str, int]:
+    """The figures a run records: minrt's budgeted .text, and the image's flash and RAM."""
+    f, r = fw.footprint["flash"], fw.footprint["ram"]
+    return {"minrt_text": minrt_text, "firmware_flash": f["total"], "firmware_ram": r["total"],
+            "kernels_text": f["kernels"], "weights_bytes": f["weights"], "arena_bytes": r["arena"]}
 
 
 def format_footprint(name: str, fp: dict[str, Any]) -> str:

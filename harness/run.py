@@ -35,6 +35,11 @@ class RunResult:
     passed: bool = False
     outputs: list[dict[str, Any]] = field(default_factory=list)
     latency_us: dict[str, float] = field(default_factory=dict)
+    # firmware targets: min/mean/max per inference in `count_unit` ("emulated instructions"
+    # under QEMU -icount, "cycles" on a board), never converted to time
+    latency_counts: dict[str, float] = field(default_factory=dict)
+    count_unit: str | None = None
+    footprint: dict[str, Any] = field(default_factory=dict)
     iters: int = 0
     arena_bytes: int | None = None
     sizes: dict[str, int] = field(default_factory=dict)
@@ -164,9 +169,18 @@ def run_on_target(
     try:
         tc = get_toolchain(toolchain, target)
         result.toolchain = tc.describe()
-        log.info("[%s on %s] building minrt-run with the %s toolchain", model.name, target.name, tc.name)
-        runner = build_runner(target, artifact, tc)
-        result.sizes = size.run_sizes(target, runner, artifact, tc)
+        if target.is_firmware:
+            from .firmware import FirmwareModel, build_firmware, firmware_sizes
+
+            log.info("[%s on %s] building the firmware image with the %s toolchain", model.name, target.name, tc.name)
+            fw = build_firmware(target, [FirmwareModel(model.stem, artifact)], tc)
+            runner = fw.elf
+            result.sizes = firmware_sizes(fw, size.measure(target, tc)["total"]["text"])
+            result.footprint = fw.footprint
+        else:
+            log.info("[%s on %s] building minrt-run with the %s toolchain", model.name, target.name, tc.name)
+            runner = build_runner(target, artifact, tc)
+            result.sizes = size.run_sizes(target, runner, artifact, tc)
         inputs = (load_inputs(artifact.inputs, input_files) if input_files
                   else random_inputs(artifact.inputs, seed))
         missing = [s["name"] for s in artifact.inputs if s["name"] not in inputs]
@@ -184,6 +198,8 @@ def run_on_target(
         result.iters = int(timing.get("iters", iters))
         result.arena_bytes = timing.get("arena_bytes")
         result.latency_us = {k: float(timing[f"{k}_us"]) for k in ("min", "mean", "max") if f"{k}_us" in timing}
+        result.latency_counts = dict(timing.get("counts", {}))
+        result.count_unit = timing.get("count_unit")
         got = list(tensorfile.loads(out_blob, where="outputs.bin").values())
         log.info("[%s on %s] comparing with the host reference", model.name, target.name)
         checks = check_outputs(model, inputs, got, artifact.outputs, atol, rtol)

@@ -22,7 +22,7 @@ from .toolchain import Toolchain
 
 RUNTIME_DIR = REPO_ROOT / "runtime_c"
 #: .text budget of minrt (bytes) per architecture: the issue's acceptance limits.
-BUDGETS = {"armv7": 6144, "x86_64": 8192}
+BUDGETS = {"armv7": 6144, "armv7m": 6144, "x86_64": 8192}
 
 _NM_KIND = {"t": "text", "r": "text", "d": "data", "b": "bss"}
 
@@ -30,7 +30,7 @@ _NM_KIND = {"t": "text", "r": "text", "d": "data", "b": "bss"}
 def minrt_flags(target: Target) -> list[str]:
     """The acceptance flags for the target's architecture."""
     flags = ["-std=c99", "-Os", *target.cc.cflags]
-    if target.arch == "armv7":
+    if target.arch in ("armv7", "armv7m"):
         flags += ["-ffunction-sections", "-fdata-sections"]
     return flags
 

@@ -5,9 +5,13 @@
 
 #include <stdint.h>
 
+/* Received bytes go into a ring buffer from the UART's receive interrupt (FW_UART_IRQ), so
+ * nothing is lost while a request is served and the idle loop can sleep (WFI). */
 void uart_init(void);
 void uart_put(uint8_t c);
 int uart_get(void);             /* the next received byte, or -1 when none is waiting */
+void UART_IRQHandler(void);
+void uart_rx_push(uint8_t c);   /* for the drivers' interrupt handlers (uart_ring.c) */
 
 /* SysTick at the processor clock (FW_CLOCK_HZ), widened to 64 bits by its interrupt. */
 void ticks_init(void);

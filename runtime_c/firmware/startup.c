@@ -41,9 +41,13 @@ static void Fault_Handler(void) {
   }
 }
 
-/* Vector table: initial stack, reset, then NMI..SysTick. */
-__attribute__((section(".vectors"), used)) void (*const vectors[16])(void) = {
+#ifndef FW_UART_IRQ
+#define FW_UART_IRQ 0
+#endif
+
+/* Vector table: initial stack, reset, NMI..SysTick, then the UART's interrupt. */
+__attribute__((section(".vectors"), used)) void (*const vectors[16 + FW_UART_IRQ + 1])(void) = {
     (void (*)(void))(uintptr_t)_estack, Reset_Handler, Fault_Handler, Fault_Handler,
     Fault_Handler, Fault_Handler, Fault_Handler, 0, 0, 0, 0, Fault_Handler, Fault_Handler, 0,
-    Fault_Handler, SysTick_Handler,
+    Fault_Handler, SysTick_Handler, [16 + FW_UART_IRQ] = UART_IRQHandler,
 };

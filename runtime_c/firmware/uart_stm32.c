@@ -8,6 +8,10 @@
 #ifndef FW_CLOCK_HZ
 #define FW_CLOCK_HZ 16000000u
 #endif
+#ifndef FW_UART_IRQ
+#define FW_UART_IRQ 38 /* USART2 */
+#endif
+void uart_irq_enable(unsigned irq);
 #define REG(a) (*(volatile uint32_t *)(a))
 #define RCC_AHB1ENR REG(0x40023830u)
 #define RCC_APB1ENR REG(0x40023840u)
@@ -24,15 +28,16 @@ void uart_init(void) {
   GPIOA_MODER = (GPIOA_MODER & ~(0xFu << 4)) | (0xAu << 4);  /* PA2, PA3: alternate function */
   GPIOA_AFRL = (GPIOA_AFRL & ~(0xFFu << 8)) | (0x77u << 8);  /* AF7: USART2 */
   USART_BRR = (FW_CLOCK_HZ + 57600u) / 115200u;
-  USART_CR1 = (1u << 13) | (1u << 3) | (1u << 2);            /* UE, TE, RE */
+  USART_CR1 = (1u << 13) | (1u << 5) | (1u << 3) | (1u << 2); /* UE, RXNEIE, TE, RE */
+  uart_irq_enable(FW_UART_IRQ);
+}
+
+void UART_IRQHandler(void) {
+  while (USART_SR & (1u << 5)) uart_rx_push((uint8_t)USART_DR);
 }
 
 void uart_put(uint8_t c) {
   while (!(USART_SR & (1u << 7))) {
   }
   USART_DR = c;
-}
-
-int uart_get(void) {
-  return (USART_SR & (1u << 5)) ? (int)(USART_DR & 0xFFu) : -1;
 }

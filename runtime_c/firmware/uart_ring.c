@@ -1,0 +1,24 @@
+/* uart_ring.c: the receive ring buffer between a UART interrupt and the front end. */
+#include "board.h"
+
+#ifndef FW_RX_RING
+#define FW_RX_RING 4096u /* a power of two; the host sends one frame, then waits */
+#endif
+#define NVIC_ISER0 ((volatile uint32_t *)0xE000E100u)
+
+static uint8_t ring[FW_RX_RING];
+static volatile uint32_t head, tail; /* head: written by the interrupt, tail: by uart_get */
+
+void uart_rx_push(uint8_t c) {
+  if (head - tail < FW_RX_RING) ring[head++ % FW_RX_RING] = c; /* full: drop (host resends) */
+}
+
+int uart_get(void) {
+  int c;
+  if (head == tail) return -1;
+  c = ring[tail % FW_RX_RING];
+  tail++;
+  return c;
+}
+
+void uart_irq_enable(unsigned irq) { NVIC_ISER0[irq / 32] = 1u << (irq % 32); }
