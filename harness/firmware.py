@@ -375,6 +375,17 @@ def build_firmware(target: Target, models: Sequence[FirmwareModel], toolchain: T
                     footprint=footprint)
 
 
+def image_models(target: Target, models: dict[str, Path]) -> list[FirmwareModel]:
+    """Compile several models for one image: each with its name as kernel symbol prefix."""
+    from .compile import compile_model
+
+    result = []
+    for name, path in models.items():
+        prefix = re.sub(r"\W", "_", name) + "_"
+        result.append(FirmwareModel(name, compile_model(path, target, system_lib_prefix=prefix), prefix))
+    return result
+
+
 def firmware_sizes(fw: Firmware, minrt_text: int) -> dict[str, int]:
     """The figures a run records: minrt's budgeted .text, and the image's flash and RAM."""
     f, r = fw.footprint["flash"], fw.footprint["ram"]

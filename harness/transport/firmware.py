@@ -228,6 +228,11 @@ class QemuFirmware(FirmwareTransport):
         try:
             return super().run_model(*args, **kwargs)
         except DeviceError as exc:
+            if self.proc is not None:
+                try:  # the socket closes a moment before the process is reaped
+                    self.proc.wait(timeout=1)
+                except subprocess.TimeoutExpired:
+                    pass
             if not self.alive():
                 code = self.proc.returncode if self.proc else None
                 self._line = None

@@ -1,0 +1,193 @@
+"""Firmware: minrt on bare-metal Cortex-M4 / Cortex-M7 under qemu-system-arm, over the UART.
+
+Everything is real: apache-tvm kernels for thumbv7em, Debian's arm-none-eabi toolchain (the
+armv7m Docker image), QEMU's mps2-an386 / mps2-an500 boards, the framed protocol, the host
+reference executors. To stay fast, every example is compiled once per target into one image
+(each with its own kernel symbol prefix), booted once, and asked for each model in turn.
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from harness import frames, tensorfile
+from harness.errors import BuildError, DeviceError, RunnerError, TargetError
+from harness.firmware import FirmwareModel, build_firmware, image_models
+from harness.run import check_outputs, random_inputs
+from harness.targets import load_target, parse_target
+from harness.toolchain import get_toolchain
+from harness.transport.firmware import QemuFirmware
+
+pytestmark = [
+    pytest.mark.docker,
+    pytest.mark.skipif(shutil.which("qemu-system-arm") is None, reason="qemu-system-arm is not installed"),
+]
+TARGETS = ("cortex-m4-qemu", "cortex-m7-qemu")
+
+
+class Image:
+    """One booted image holding every example model."""
+
+    def __init__(self, target_name: str, examples: dict[str, Path]) -> None:
+        self.target = load_target(target_name)
+        self.examples = examples
+        self.models = image_models(self.target, examples)
+        self.firmware = build_firmware(self.target, self.models, get_toolchain("docker", self.target))
+        self.board = QemuFirmware(self.target.transport.options["machine"])
+        self.board.put(self.firmware.elf)
+
+    def run(self, name: str, iters: int = 2, seed: int = 0, timeout: float = 60.0):
+        model = next(m for m in self.models if m.name == name)
+        a = model.artifact
+        inputs = random_inputs(a.inputs, seed)
+        blob = tensorfile.dumps({s["name"]: inputs[s["name"]] for s in a.inputs})
+        out, timing = self.board.run_model("", a.graph_json.read_bytes(), a.params_bin.read_bytes(), blob,
+                                           iters, a.workspace_bytes, timeout)
+        got = list(tensorfile.loads(out, where="outputs").values())
+        checks = check_outputs(self.examples[name], inputs, got, a.outputs, 1e-5, 1e-5)
+        return checks, timing
+
+
+@pytest.fixture(scope="module", params=TARGETS)
+def image(request, example_models):
+    img = Image(request.param, example_models)
+    yield img
+    img.board.close()
+
+
+def test_every_example_from_one_image(image) -> None:
+    """Each example (several inputs and outputs included) matches both references, and the
+    counts are emulated instructions, the same for the same inputs (QEMU -icount)."""
+    assert {m["name"] for m in image.firmware.models} == set(image.examples)
+    for name in image.examples:
+        checks, timing = image.run(name)
+        bad = [c.to_dict() for c in checks if not c.passed]
+        assert not bad, f"{name} on {image.target.name}: {bad}"
+        assert timing["model"] == name
+        assert timing["count_unit"] == "emulated instructions"
+        assert timing["counts"]["min"] > 0
+        again = image.run(name)[1]
+        assert again["counts"]["min"] == timing["counts"]["min"], "-icount counts must be deterministic"
+    multi = next(m for m in image.models if m.name == "multi_io").artifact
+    assert len(multi.inputs) >= 2 and len(multi.outputs) >= 2
+
+
+def test_footprint_adds_up(image) -> None:
+    fp = image.firmware.footprint
+    flash, ram = fp["flash"], fp["ram"]
+    params = sum(m.artifact.params_bin.stat().st_size for m in image.models)
+    # the weights section holds each params.bin as it is, each 64-byte aligned (+1 NUL)
+    assert params <= flash["weights"] <= params + 65 * len(image.models)
+    assert 0 < flash["minrt"] <= 6144  # minrt's ARMv7-M Thumb-2 share, the same budget as ARMv7
+    assert ram["arena"] == image.firmware.arena_bytes == -(-max(fp["arena_by_model"].values()) // 64) * 64
+    assert flash["total"] <= image.target.memory.flash_bytes and ram["total"] <= image.target.memory.ram_bytes
+
+
+def test_wrong_model_or_weights_is_a_clear_error(image) -> None:
+    a = image.models[0].artifact
+    line = image.board.line()
+    inputs = tensorfile.dumps(random_inputs(a.inputs, 0))
+    graph = a.graph_json.read_bytes()
+    with pytest.raises(RunnerError, match="graph.json is none of this image's models"):
+        line.exchange(graph.replace(b'"nodes"', b'"NODES"'), b"", inputs, 1, 0, 30)
+    params = bytearray(a.params_bin.read_bytes())
+    params[-1] ^= 0xFF
+    with pytest.raises(RunnerError, match="params.bin differs from the weights in flash"):
+        line.exchange(graph, bytes(params), inputs, 1, 0, 30)
+    with pytest.raises(RunnerError, match="inputs: "):
+        line.exchange(graph, b"", inputs[:40], 1, 0, 30)
+    # the image's own weights sent in full are accepted (compared in flash, not stored)
+    outputs, timing = line.exchange(graph, a.params_bin.read_bytes(), inputs, 1, 0, 30)
+    assert timing["model"] == image.models[0].name and outputs
+
+
+def test_corrupted_frames_then_a_good_run(image) -> None:
+    """Noise, a damaged header and a damaged payload: the firmware skips the first two, NAKs
+    the third, and the next session works."""
+    line = image.board.line()
+    good = frames.encode(frames.Frame(frames.Kind.HELLO, 77, bytes([1])))
+    damaged_payload = bytearray(good)
+    damaged_payload[-5] ^= 0x40  # inside the payload: CRC fails, header fine
+    damaged_header = bytearray(good)
+    damaged_header[4] ^= 0x01  # the length: header check fails
+    line._write(b"\xa5\x5a\x00noise" + bytes(damaged_header) + bytes(damaged_payload), "noise")
+    decoder = frames.Decoder()
+    deadline = time.monotonic() + 10
+    got: list[frames.Frame] = []
+    while time.monotonic() < deadline and not any(f.kind == frames.Kind.NAK for f in got):
+        got += decoder.feed(line._read(0.2))
+    assert any(f.kind == frames.Kind.NAK and f.seq == 77 for f in got), got
+    checks, _ = image.run(image.models[0].name)
+    assert all(c.passed for c in checks)
+
+
+def test_qemu_killed_mid_run_then_next_run_works(image) -> None:
+    name = "dscnn"
+    errors: list[BaseException] = []
+
+    def long_run() -> None:
+        try:
+            image.run(name, iters=100000, timeout=60)
+        except BaseException as exc:  # noqa: BLE001 - handed to the test thread
+            errors.append(exc)
+
+    worker = threading.Thread(target=long_run)
+    worker.start()
+    time.sleep(2.0)
+    assert image.board.proc is not None
+    image.board.proc.kill()
+    started = time.monotonic()
+    worker.join(30)
+    assert not worker.is_alive(), "the run hung after QEMU died"
+    assert time.monotonic() - started < 15
+    assert errors and isinstance(errors[0], DeviceError), errors
+    assert "QEMU exited" in str(errors[0])
+    checks, _ = image.run(name)  # boots the image again
+    assert all(c.passed for c in checks)
+
+
+def test_image_too_large_is_refused_naming_the_region(tmp_path, example_models) -> None:
+    base = load_target("cortex-m4-qemu")
+    text = base.path.read_text()
+    for region, key, small in (("RAM", "ram_bytes", "0x4000"), ("flash", "flash_bytes", "0x4000")):
+        small_text = "\n".join(f"{key} = {small}" if line.startswith(f"{key} =") else line
+                               for line in text.splitlines())
+        path = tmp_path / "cortex-m4-qemu.toml"
+        path.write_text(small_text.replace(f"stack_bytes = 0x2000", "stack_bytes = 0x1000"))
+        target = parse_target(path)
+        models = image_models(base, {"cnn": example_models["cnn"]})  # artifacts of the same core
+        with pytest.raises(BuildError, match=rf"does not fit cortex-m4-qemu: {region} needs [\d,]+ bytes, "
+                                             rf"the board has 16,384 \([\d,]+ bytes over"):
+            build_firmware(target, models, get_toolchain("docker", target))
+
+
+def test_firmware_target_files(tmp_path) -> None:
+    board = load_target("stm32f4-disco")
+    assert board.is_firmware and board.memory.flash_origin == 0x08000000 and board.firmware.uart == "stm32-usart"
+    assert "{elf}" in " ".join(board.transport.options["flash_command"])
+    text = load_target("cortex-m4-qemu").path.read_text()
+    bad = tmp_path / "cortex-m4-qemu.toml"
+    bad.write_text(text.replace("[memory]", "[memory]\nflsh_bytes = 1"))
+    with pytest.raises(TargetError, match=r"unknown key 'memory.flsh_bytes'"):
+        parse_target(bad)
+    bad.write_text(text.replace('uart = "cmsdk"', 'uart = "pl011"'))
+    with pytest.raises(TargetError, match=r"firmware.uart' must be one of cmsdk, stm32-usart"):
+        parse_target(bad)
+
+
+def test_harness_run_on_firmware_target(example_models) -> None:
+    """`harness run --target cortex-m4-qemu` for one model: its own image, no prefix."""
+    from harness.run import run_on_target
+
+    result = run_on_target(example_models["multi_io"], load_target("cortex-m4-qemu"), iters=3)
+    assert result.passed, result.error
+    assert result.count_unit == "emulated instructions" and result.latency_counts["mean"] > 0
+    assert result.latency_us == {}  # never reported as time
+    assert result.sizes["firmware_flash"] == result.footprint["flash"]["total"]
