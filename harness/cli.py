@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import sys
@@ -62,14 +63,25 @@ def cmd_run(args: argparse.Namespace) -> int:
     if inputs and len(models) != 1:
         raise HarnessError("--input needs exactly one --model")
     results = []
-    for model in models:
-        result = run_on_target(model, target, transport=args.transport, toolchain=args.toolchain,
-                               iters=args.iters, seed=args.seed, host=args.host,
-                               input_files=inputs or None, atol=args.atol, rtol=args.rtol,
-                               trust_on_first_use=args.trust_on_first_use)
-        results.append(result.to_dict())
-        if not args.json:
-            print(format_result(result.to_dict()), flush=True)
+    one_image = None
+    with contextlib.ExitStack() as stack:
+        device = None
+        if args.one_image:
+            if not target.is_firmware:
+                raise HarnessError(f"--one-image is for firmware targets; {target.name} is not one")
+            from .devices import open_transport
+
+            one_image = {m.stem: m for m in models}
+            device = stack.enter_context(open_transport(target, kind=args.transport, host=args.host))
+        for model in models:
+            result = run_on_target(model, target, transport=args.transport, toolchain=args.toolchain,
+                                   iters=args.iters, seed=args.seed, host=args.host,
+                                   input_files=inputs or None, atol=args.atol, rtol=args.rtol,
+                                   trust_on_first_use=args.trust_on_first_use, device=device,
+                                   one_image=one_image)
+            results.append(result.to_dict())
+            if not args.json:
+                print(format_result(result.to_dict()), flush=True)
     if args.json:
         print(json.dumps(results, indent=2))
     else:
@@ -234,6 +246,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--atol", type=float, default=1e-5)
     p.add_argument("--rtol", type=float, default=1e-5)
     p.add_argument("--json", action="store_true", help="print machine-readable results")
+    p.add_argument("--one-image", action="store_true",
+                   help="firmware targets: one image holding every --model, all run on one boot")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("compile", help="compile a model into a minrt artifact (cached)")

@@ -40,7 +40,7 @@ FIRMWARE_DIR = RUNTIME_DIR / "firmware"
 FIRMWARE_ELF = "firmware.elf"
 MANIFEST = "manifest.json"
 #: The front end's largest frame payload (frontend.c FW_MAX_PAYLOAD).
-MAX_PAYLOAD = 2048
+MAX_PAYLOAD = 1024
 CFLAGS = ("-std=c99", "-Os", "-ffunction-sections", "-fdata-sections", "-Wall")
 LDFLAGS = ("-nostartfiles", "--specs=nano.specs", "-Wl,--gc-sections")
 #: The probe image runs on an MPS2 board under QEMU whatever the target: code at 0, 4 MiB RAM
@@ -282,11 +282,13 @@ def footprint_from_map(map_text: str, kernel_objs: Sequence[str], graph_bytes: i
         "data_init": parts.get("section.data", 0),
     }
     flash["total"] = parts.get("section.text", 0) + model_flash + parts.get("section.data", 0)
+    io_buffers = parts.get("bss_model_table", 0)  # models.c: the inputs and outputs blobs
     ram = {
         "arena": parts.get("section.minrt_arena", 0),
         "stack": parts.get("section.stack", 0),
+        "io_buffers": io_buffers,
         "data": parts.get("section.data", 0),
-        "bss": parts.get("section.bss", 0),
+        "bss": parts.get("section.bss", 0) - io_buffers,
     }
     ram["total"] = sum(ram.values())
     return {"flash": flash, "ram": ram}
@@ -397,4 +399,5 @@ def format_footprint(name: str, fp: dict[str, Any]) -> str:
     f, r = fp["flash"], fp["ram"]
     return (f"{name}: flash {f['total']:,} B (minrt {f['minrt']:,}, front end+startup {f['front_end']:,}, "
             f"kernels {f['kernels']:,}, libc {f['libc']:,}, weights {f['weights']:,}, graph {f['graphs']:,}); "
-            f"RAM {r['total']:,} B (arena {r['arena']:,}, stack {r['stack']:,}, data {r['data']:,}, bss {r['bss']:,})")
+            f"RAM {r['total']:,} B (arena {r['arena']:,}, stack {r['stack']:,}, inputs+outputs {r['io_buffers']:,}, "
+            f"data {r['data']:,}, bss {r['bss']:,})")

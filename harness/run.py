@@ -146,6 +146,7 @@ def run_on_target(
     timeout: float = RUN_TIMEOUT_S,
     trust_on_first_use: bool = False,
     device: Any = None,
+    one_image: Mapping[str, Path] | None = None,
 ) -> RunResult:
     """Compile, build, deploy, run and check one model on one target.
 
@@ -153,6 +154,8 @@ def run_on_target(
     was measured before them, so a farm or a dashboard loses nothing; failures of the user's
     own input (unknown target, unreadable model) raise. `device` is an already open transport
     to the target (the pytest plugin's session device); without it one is opened and closed.
+    `one_image` (firmware targets): the models (name -> ONNX) one image holds, `model` among
+    them; with the same `device`, every one of them runs on one boot.
     """
     from . import size
     from .build import build_runner
@@ -173,7 +176,16 @@ def run_on_target(
             from .firmware import FirmwareModel, build_firmware, firmware_sizes
 
             log.info("[%s on %s] building the firmware image with the %s toolchain", model.name, target.name, tc.name)
-            fw = build_firmware(target, [FirmwareModel(model.stem, artifact)], tc)
+            if one_image:
+                from .firmware import image_models
+
+                if model.stem not in one_image:
+                    raise HarnessError(f"model {model.stem} is not one of the image's ({', '.join(one_image)})")
+                held = image_models(target, dict(one_image))
+                fw = build_firmware(target, held, tc)
+                artifact = next(m.artifact for m in held if m.name == model.stem)
+            else:
+                fw = build_firmware(target, [FirmwareModel(model.stem, artifact)], tc)
             runner = fw.elf
             result.sizes = firmware_sizes(fw, size.measure(target, tc)["total"]["text"])
             result.footprint = fw.footprint

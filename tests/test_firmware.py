@@ -192,3 +192,16 @@ def test_harness_run_on_firmware_target(example_models) -> None:
     assert result.count_unit == "emulated instructions" and result.latency_counts["mean"] > 0
     assert result.latency_us == {}  # never reported as time
     assert result.sizes["firmware_flash"] == result.footprint["flash"]["total"]
+
+
+def test_cli_two_models_in_one_image(example_models, capsys) -> None:
+    """`harness run --target cortex-m4-qemu --model dscnn --model multi_io --one-image`: a
+    keyword spotter and a two-input/two-output model answer from one image on one boot."""
+    from harness.cli import main
+
+    code = main(["run", "--target", "cortex-m4-qemu", "--model", str(example_models["dscnn"]),
+                 "--model", str(example_models["multi_io"]), "--one-image", "--iters", "2", "--json"])
+    results = __import__("json").loads(capsys.readouterr().out)
+    assert code == 0, results
+    assert [r["model"] for r in results] == ["dscnn", "multi_io"] and all(r["passed"] for r in results)
+    assert all(r["count_unit"] == "emulated instructions" for r in results)

@@ -42,12 +42,13 @@ def write(tmp_path: Path, text: str, name: str = "board") -> Path:
 
 def test_shipped_targets_load():
     names = target_names()
-    for required in ("x86_64", "qemu-armv7", "rpi", "rpi-qemu"):
+    for required in ("x86_64", "qemu-armv7", "rpi", "rpi-qemu", "cortex-m4-qemu", "cortex-m7-qemu"):
         assert required in names
     for name in names:
         target = load_target(name)
         assert target.name == name
-        assert target.arch in ("armv7", "x86_64")
+        assert target.arch in ("armv7", "armv7m", "x86_64")
+        assert target.is_firmware == (target.arch == "armv7m")
         assert (TARGETS_DIR / "toolchains" / f"{target.toolchain_image}.Dockerfile").is_file()
 
 
@@ -64,7 +65,7 @@ def test_valid_file_outside_targets_dir(tmp_path):
 # (edit applied to VALID, key the error must name, words of the problem)
 MALFORMED = [
     (lambda t: t.replace('arch = "armv7"\n', ""), "arch", "missing"),
-    (lambda t: t.replace('arch = "armv7"', 'arch = "mips"'), "arch", "must be 'armv7' or 'x86_64'"),
+    (lambda t: t.replace('arch = "armv7"', 'arch = "mips"'), "arch", "must be one of armv7, armv7m, x86_64"),
     (lambda t: t.replace('arch = "armv7"', "arch = 7"), "arch", "must be a str"),
     (lambda t: t.replace('name = "board"', 'name = "other"'), "name", "file is named"),
     (lambda t: t.replace('kind = "llvm"\n', ""), "tvm.kind", "missing"),

@@ -21,7 +21,7 @@ enum { K_HELLO = 1, K_PUT = 2, K_RUN = 3, K_GET = 4, K_BYE = 5,
        K_ACK = 6, K_NAK = 7, K_ERROR = 8, K_BUSY = 9 };
 enum { FROM_DEVICE = 0x80, VERSION = 1, HDR = 8, OVERHEAD = 12 };
 #ifndef FW_MAX_PAYLOAD
-#define FW_MAX_PAYLOAD 2048
+#define FW_MAX_PAYLOAD 1024
 #endif
 #ifndef FW_CLOCK_HZ
 #define FW_CLOCK_HZ 25000000u
