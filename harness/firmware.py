@@ -82,12 +82,6 @@ class Firmware:
         return d
 
 
-def firmware_sources(target: Target) -> list[Path]:
-    assert target.firmware is not None
-    names = ["startup.c", "systick.c", "frontend.c", "uart_ring.c", _UART_SOURCE[target.firmware.uart]]
-    return [FIRMWARE_DIR / n for n in names]
-
-
 def _io_bytes(specs: Sequence[dict[str, Any]], names: Sequence[str]) -> int:
     """Size of the NDArray-list blob holding these tensors."""
     tensors = {n: np.zeros(s["shape"], dtype=s["dtype"]) for n, s in zip(names, specs)}

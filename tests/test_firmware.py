@@ -8,18 +8,17 @@ reference executors. To stay fast, every example is compiled once per target int
 
 from __future__ import annotations
 
+import json
 import shutil
-import socket
 import threading
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from harness import frames, tensorfile
 from harness.errors import BuildError, DeviceError, RunnerError, TargetError
-from harness.firmware import FirmwareModel, build_firmware, image_models
+from harness.firmware import build_firmware, image_models
 from harness.run import check_outputs, random_inputs
 from harness.targets import load_target, parse_target
 from harness.toolchain import get_toolchain
@@ -201,7 +200,7 @@ def test_cli_two_models_in_one_image(example_models, capsys) -> None:
 
     code = main(["run", "--target", "cortex-m4-qemu", "--model", str(example_models["dscnn"]),
                  "--model", str(example_models["multi_io"]), "--one-image", "--iters", "2", "--json"])
-    results = __import__("json").loads(capsys.readouterr().out)
+    results = json.loads(capsys.readouterr().out)
     assert code == 0, results
     assert [r["model"] for r in results] == ["dscnn", "multi_io"] and all(r["passed"] for r in results)
     assert all(r["count_unit"] == "emulated instructions" for r in results)
