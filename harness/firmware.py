@@ -385,8 +385,20 @@ def image_models(target: Target, models: dict[str, Path]) -> list[FirmwareModel]
 def firmware_sizes(fw: Firmware, minrt_text: int) -> dict[str, int]:
     """The figures a run records: minrt's budgeted .text, and the image's flash and RAM."""
     f, r = fw.footprint["flash"], fw.footprint["ram"]
-    return {"minrt_text": minrt_text, "firmware_flash": f["total"], "firmware_ram": r["total"],
+    # runner_text: the image is the runner of a firmware target (its code, without the models)
+    return {"minrt_text": minrt_text, "runner_text": f["total"] - f["weights"] - f["graphs"],
+            "firmware_flash": f["total"], "firmware_ram": r["total"],
             "kernels_text": f["kernels"], "weights_bytes": f["weights"], "arena_bytes": r["arena"]}
+
+
+def flat_footprint(fw: Firmware) -> dict[str, int]:
+    """RunResult.footprint for a firmware run: flat keys (flash_<part>, ram_<part>,
+    arena_bytes), the names the results store and dashboard use for every target."""
+    f, r = fw.footprint["flash"], fw.footprint["ram"]
+    flat = {f"flash_{k}": int(v) for k, v in f.items()}
+    flat.update({f"ram_{k}": int(v) for k, v in r.items() if k != "arena"})
+    flat["arena_bytes"] = int(r["arena"])
+    return flat
 
 
 def format_footprint(name: str, fp: dict[str, Any]) -> str:

@@ -173,7 +173,7 @@ def run_on_target(
         tc = get_toolchain(toolchain, target)
         result.toolchain = tc.describe()
         if target.is_firmware:
-            from .firmware import FirmwareModel, build_firmware, firmware_sizes
+            from .firmware import FirmwareModel, build_firmware, firmware_sizes, flat_footprint
 
             log.info("[%s on %s] building the firmware image with the %s toolchain", model.name, target.name, tc.name)
             if one_image:
@@ -188,7 +188,7 @@ def run_on_target(
                 fw = build_firmware(target, [FirmwareModel(model.stem, artifact)], tc)
             runner = fw.elf
             result.sizes = firmware_sizes(fw, size.measure(target, tc)["total"]["text"])
-            result.footprint = fw.footprint
+            result.footprint = flat_footprint(fw)
         else:
             log.info("[%s on %s] building minrt-run with the %s toolchain", model.name, target.name, tc.name)
             runner = build_runner(target, artifact, tc)

@@ -190,7 +190,8 @@ def test_harness_run_on_firmware_target(example_models) -> None:
     assert result.passed, result.error
     assert result.count_unit == "emulated instructions" and result.latency_counts["mean"] > 0
     assert result.latency_us == {}  # never reported as time
-    assert result.sizes["firmware_flash"] == result.footprint["flash"]["total"]
+    assert result.sizes["firmware_flash"] == result.footprint["flash_total"] > result.footprint["flash_weights"] > 0
+    assert result.footprint["arena_bytes"] == result.arena_bytes
 
 
 def test_cli_two_models_in_one_image(example_models, capsys) -> None:
