@@ -205,3 +205,19 @@ def test_cli_two_models_in_one_image(example_models, capsys) -> None:
     assert code == 0, results
     assert [r["model"] for r in results] == ["dscnn", "multi_io"] and all(r["passed"] for r in results)
     assert all(r["count_unit"] == "emulated instructions" for r in results)
+
+
+def test_real_board_image_builds_for_its_memory_map(example_models) -> None:
+    """stm32f4-disco (untested on hardware here): the image links for its own map, vector
+    table at the start of its flash, inside its 128 KiB of RAM, with the STM32 USART driver."""
+    target = load_target("stm32f4-disco")
+    tc = get_toolchain("docker", target)
+    fw = build_firmware(target, image_models(target, {"mlp": example_models["mlp"]}), tc)
+    symbols = {}
+    for line in tc.run([target.cc.tool("nm"), str(fw.elf)], cwd=fw.elf.parent).splitlines():
+        fields = line.split()
+        if len(fields) == 3:
+            symbols[fields[2]] = int(fields[0], 16)
+    assert symbols["vectors"] == target.memory.flash_origin
+    assert target.memory.ram_origin < symbols["_estack"] <= target.memory.ram_origin + target.memory.ram_bytes
+    assert "UART_IRQHandler" in symbols and fw.footprint["ram"]["total"] <= target.memory.ram_bytes
