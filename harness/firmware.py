@@ -88,6 +88,14 @@ def _io_bytes(specs: Sequence[dict[str, Any]], names: Sequence[str]) -> int:
     return len(tensorfile.dumps(tensors))
 
 
+def _outputs_bytes(specs: Sequence[dict[str, Any]]) -> int:
+    """Size of the outputs blob frontend.c writes (NDArray-list, tensors output0, output1...)."""
+    names = sum(8 + len(f"output{k}") for k in range(len(specs)))
+    tensors = sum(40 + 8 * len(s["shape"]) + int(np.prod(s["shape"], dtype=np.int64)) * np.dtype(s["dtype"]).itemsize
+                  for s in specs)
+    return 32 + names + tensors
+
+
 def _c_string(s: str) -> str:
     return json.dumps(s)  # a JSON string of ASCII identifiers is a valid C string literal
 
@@ -118,8 +126,7 @@ def models_c(models: Sequence[FirmwareModel], arena_bytes: int) -> str:
         )
     lines.append("};")
     inputs = max(_io_bytes(m.artifact.inputs, [s["name"] for s in m.artifact.inputs]) for m in models)
-    outputs = max(_io_bytes(m.artifact.outputs, [f"output{k}" for k in range(len(m.artifact.outputs))])
-                  for m in models)
+    outputs = max(_outputs_bytes(m.artifact.outputs) for m in models)
     arena = -(-max(arena_bytes, 64) // 64) * 64
     lines += [
         f"const uint32_t fw_n_models = {len(models)}u;",

@@ -89,9 +89,10 @@ static void notice(unsigned kind, unsigned seq, const uint8_t *p, uint32_t n) {
 }
 
 /* The response to the current request, payload at tx + HDR. */
-static void respond(unsigned kind, unsigned seq, uint32_t n) {
+static int respond(unsigned kind, unsigned seq, uint32_t n) {
   tx_len = seal(tx, kind, seq, n);
   send(tx, tx_len);
+  return 0;
 }
 
 /* ---- text for ERROR frames and the timing line ---- */
@@ -107,11 +108,11 @@ static uint32_t add_u64(uint32_t at, uint64_t v) {
   return add(at, p);
 }
 
-static void error3(unsigned seq, const char *a, const char *b, const char *c) {
-  respond(K_ERROR, seq, add(add(add(0, a), b), c));
+static int error3(unsigned seq, const char *a, const char *b, const char *c) {
+  return respond(K_ERROR, seq, add(add(add(0, a), b), c));
 }
 
-static void error(unsigned seq, const char *msg) { error3(seq, msg, "", ""); }
+static int error(unsigned seq, const char *msg) { return error3(seq, msg, "", ""); }
 
 static void hello(unsigned seq, int announce) {
   uint8_t p[32];
@@ -331,7 +332,7 @@ static int load(const struct fw_model *fm, minrt **m, minrt_err *err, size_t *ne
   return minrt_load(m, &a, fw_arena, have, need, err);
 }
 
-static void on_run(unsigned seq, const uint8_t *p, uint32_t n) {
+static int on_run(unsigned seq, const uint8_t *p, uint32_t n) {
   static minrt_err err;
   const struct fw_model *fm;
   minrt *m;
@@ -351,8 +352,8 @@ static void on_run(unsigned seq, const uint8_t *p, uint32_t n) {
   if (iters < 1 || iters > 1000000u) return error(seq, "run: iters must be 1 to 1000000");
   st.out_len = 0;
   if (load(fm, &m, &err, &need, fw_arena_bytes)) return error3(seq, "load: ", err.msg, "");
-  busy_seq = (int)seq;
   notice(K_BUSY, seq, 0, 0); /* at once: the host stops resending RUN */
+  busy_seq = (int)seq;       /* then from the tick interrupt (never while main writes) */
   for (i = 0; i < iters; i++) {
     /* inputs again before every run (the storage plan may reuse an input's buffer) */
     if ((bad = set_inputs(m)) != 0) {
@@ -382,11 +383,11 @@ static void on_run(unsigned seq, const uint8_t *p, uint32_t n) {
   at = add_u64(add(at, ", \"mean_ticks\": "), sum / iters);
   at = add_u64(add(at, ", \"max_ticks\": "), hi);
   at = add_u64(add(at, ", \"tick_hz\": "), FW_CLOCK_HZ);
-  respond(K_ACK, seq, add(at, "}"));
+  return respond(K_ACK, seq, add(at, "}"));
 }
 
 /* ---- GET ---- */
-static void on_get(unsigned seq, const uint8_t *p, uint32_t n) {
+static int on_get(unsigned seq, const uint8_t *p, uint32_t n) {
   uint32_t off, len;
   if (n != 7 || p[0] != 3) return error(seq, "firmware: GET: only the outputs blob (3) can be read");
   if (!st.out_len) return error(seq, "firmware: GET: no outputs (RUN first)");
@@ -397,7 +398,7 @@ static void on_get(unsigned seq, const uint8_t *p, uint32_t n) {
   if (len > st.out_len - off) len = st.out_len - off;
   put_u32(tx + HDR, st.out_len);
   memcpy(tx + HDR + 4, fw_outputs + off, len);
-  respond(K_ACK, seq, len + 4);
+  return respond(K_ACK, seq, len + 4);
 }
 
 static void on_request(unsigned kind, unsigned seq, const uint8_t *p, uint32_t n) {
