@@ -5,11 +5,14 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import signal
 import sys
+import threading
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
-from .errors import HarnessError
+from .errors import (EXIT_BAD_INPUT, EXIT_INFRASTRUCTURE, EXIT_INTERRUPTED, EXIT_MISMATCH, EXIT_OK,
+                     HarnessError, exit_code_of)
 from .targets import DEFAULT_TARGET
 
 log = logging.getLogger("harness")
@@ -89,7 +92,25 @@ def cmd_run(args: argparse.Namespace) -> int:
     else:
         passed = sum(r["passed"] for r in results)
         print(f"{passed} of {len(results)} model(s) passed on {target.name}")
-    return 0 if all(r["passed"] for r in results) else 1
+    return run_exit_code(results)
+
+
+def run_exit_code(results: Sequence[dict]) -> int:
+    """0 all outputs matched, 1 an output mismatched, 2/3 the worst recorded failure."""
+    codes = [EXIT_OK if r["passed"] else exit_code_of(r["error_kind"]) if r.get("error") else EXIT_MISMATCH
+             for r in results]
+    return max(codes, default=EXIT_OK)
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: an integer >= 1 (a run of 0 iterations measures nothing)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 def cmd_compile(args: argparse.Namespace) -> int:
@@ -148,7 +169,7 @@ def cmd_board(args: argparse.Namespace) -> int:
 
     if args.action == "up":
         b = board.ensure_board(args.name, args.instance)
-        print(f"board {args.name}-{args.instance}: up, SSH 127.0.0.1:{b.ssh_port}, console 127.0.0.1:{b.serial_port}")
+        print(f"board {args.name}-{args.instance}: up, SSH 127.0.0.1:{b.ssh_port}, console {b.console_url}")
     elif args.action == "down":
         stopped = board.stop_board(args.name, args.instance)
         print(f"board {args.name}-{args.instance}: {'powered off' if stopped else 'was not running'}")
@@ -216,8 +237,15 @@ def cmd_size(args: argparse.Namespace) -> int:
     return 0 if report["within_budget"] else 1
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a bad argument is one line (the usage block buries it), exit 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="harness", description=__doc__)
+    parser = OneLineParser(prog="harness", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     parser.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -231,7 +259,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the target's Docker toolchain image (default) or this host's compilers")
     p.add_argument("--trust-on-first-use", action="store_true",
                    help="SSH: record an unknown host key instead of refusing it (a changed key is always refused)")
-    p.add_argument("--iters", type=int, default=10, help="inference runs on the device (default 10)")
+    p.add_argument("--iters", type=positive_int, default=10, help="inference runs on the device (default 10)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random inputs")
     p.add_argument("--input", action="append", default=[], metavar="NAME=FILE.npy", help="an input from a .npy file")
     p.add_argument("--atol", type=float, default=1e-5)
@@ -288,20 +316,64 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class InterruptWatch:
+    """Remembers that SIGINT arrived. TVM turns a KeyboardInterrupt raised inside one of its
+    passes into a RuntimeError (or a CompileError wrapping it), so the exception alone cannot
+    tell an interrupted compile from a failed one."""
+
+    def __init__(self) -> None:
+        self.interrupted = False
+        self._previous: Any = None
+
+    def __enter__(self) -> "InterruptWatch":
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.interrupted = True
+        raise KeyboardInterrupt
+
+    def __exit__(self, *exc: object) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [""])[0]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    """Exit codes: 0 all outputs matched, 1 an output mismatched, 2 bad input, 3 infrastructure
+    (build, device, transport), 130 interrupted; every failure is one line on stderr."""
+    args = build_parser().parse_args(argv)  # bad arguments: argparse's one line, exit 2
     level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
     logging.basicConfig(level=level, format="harness: %(message)s", stream=sys.stderr)
     # paramiko announces every connection at INFO; the harness reports its own steps
     logging.getLogger("paramiko").setLevel(logging.WARNING)
-    try:
-        return args.func(args)
-    except HarnessError as exc:
-        print(f"harness: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("harness: interrupted", file=sys.stderr)
-        return 130
+    with InterruptWatch() as watch:
+        try:
+            return args.func(args)
+        except KeyboardInterrupt:
+            print("harness: interrupted", file=sys.stderr)
+            return EXIT_INTERRUPTED
+        except BaseException as exc:  # noqa: BLE001 - the CLI's last line of defence
+            if watch.interrupted:
+                print("harness: interrupted", file=sys.stderr)
+                return EXIT_INTERRUPTED
+            if isinstance(exc, HarnessError):
+                print(f"harness: error: {exc}", file=sys.stderr)
+                return exc.exit_code
+            if isinstance(exc, SystemExit):
+                raise
+            if isinstance(exc, OSError):
+                where = f"{exc.filename}: " if exc.filename else ""
+                print(f"harness: error: {where}{exc.strerror or exc}", file=sys.stderr)
+                return EXIT_INFRASTRUCTURE
+            log.debug("internal error", exc_info=True)
+            print(f"harness: internal error: {type(exc).__name__}: {_first_line(exc)} "
+                  f"(run with -v for the traceback)", file=sys.stderr)
+            return EXIT_INFRASTRUCTURE
 
 
 if __name__ == "__main__":

@@ -19,15 +19,15 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
 from . import tensorfile
 from .artifact import GRAPH_JSON, KERNELS_OBJ, METADATA_JSON, PARAMS_BIN, Artifact
-from .cache import cache_dir, content_hash
+from .cache import cache_dir, cache_error, content_hash
 from .errors import CompileError
-from .targets import Target, load_target
+from .targets import Target, load_target, tvm_target as tvm_target_of
 
 log = logging.getLogger(__name__)
 
@@ -173,6 +173,7 @@ def import_onnx(model: Any, path: Path) -> tuple[Any, int]:
             + "; ".join(nodes)
         ) from None
     except Exception as exc:  # the frontend raises many kinds; name it and keep the first line
+        _reraise_interrupt(exc)
         first = (str(exc).strip().splitlines() or [""])[0]
         raise CompileError(f"{path}: TVM's ONNX frontend failed: {type(exc).__name__}: {first}") from None
 
@@ -257,8 +258,31 @@ def _is_reshape(prim: Any, in_sinfo: tuple, out_sinfo: list) -> bool:
     return bool(relax.analysis.has_reshape_pattern(prim))
 
 
-def walk_main(mod: Any, input_names: list[str], where: str) -> Graph:
-    """Turn `main` (a linear call_tir sequence) into graph nodes, params and kernels."""
+def _reraise_interrupt(exc: BaseException) -> None:
+    """A Ctrl-C inside a TVM pass reaches Python as the pass's RuntimeError, with the
+    KeyboardInterrupt as its cause or context: report it as the interrupt it is."""
+    seen = exc
+    while seen is not None:
+        if isinstance(seen, KeyboardInterrupt):
+            raise KeyboardInterrupt from None
+        seen = seen.__cause__ or seen.__context__
+
+
+def _unsupported_call(expr: Any, op_types: Sequence[str]) -> str:
+    """Name the operator behind a Relax call that is not a kernel call (TopK, CumSum...)."""
+    op = getattr(expr, "op", None)
+    name = getattr(op, "name", None) or getattr(op, "global_symbol", None) or getattr(op, "name_hint", None)
+    if name is None:
+        return f"a {type(expr).__name__}"
+    short = str(name).rsplit(".", 1)[-1].replace("_", "").lower()
+    onnx_ops = sorted({t for t in op_types if t.lower() == short})
+    source = f"ONNX operator {', '.join(onnx_ops)}, " if onnx_ops else ""
+    return f"{source}Relax op '{name}', which TVM does not lower to a kernel"
+
+
+def walk_main(mod: Any, input_names: list[str], where: str, op_types: Sequence[str] = ()) -> Graph:
+    """Turn `main` (a linear call_tir sequence) into graph nodes, params and kernels.
+    `op_types` (the ONNX model's operator types) only serve to name an unsupported one."""
     import tvm
     from tvm import relax
     from tvm.ir import expr as E
@@ -307,6 +331,9 @@ def walk_main(mod: Any, input_names: list[str], where: str) -> Graph:
             if not isinstance(tup, list):
                 raise CompileError(f"{where}: {what} indexes a value that is not a tuple")
             return tup[expr.index]
+        if isinstance(expr, E.Call):
+            raise CompileError(f"{where}: unsupported operator: {_unsupported_call(expr, op_types)} "
+                               f"({what}); minrt runs only kernel calls")
         raise CompileError(f"{where}: {what} is a {type(expr).__name__}; minrt runs only call_tir sequences")
 
     def entry_of(expr: Any, what: str) -> tuple[int, int]:
@@ -547,19 +574,20 @@ def compile_model(onnx_path: Path | str, target: Target | str, cache: Path | Non
 
     import tvm
 
+    tvm_target = tvm_target_of(target)  # a bad [tvm] table fails here, before any import work
     started = time.monotonic()
     log.info("compile %s for %s: importing ONNX with TVM %s", model_name, target.name, tvm.__version__)
     mod, folded = import_onnx(model, onnx_path)
-    tvm_target = tvm.target.Target(dict(target.tvm_target))
     log.info("compile %s: legalize and fuse", model_name)
     try:
         lowered = lower_relax(mod, tvm_target)
     except Exception as exc:
+        _reraise_interrupt(exc)
         first = (str(exc).strip().splitlines() or [""])[0]
         raise CompileError(f"{onnx_path}: TVM's Relax passes failed: {type(exc).__name__}: {first}") from None
 
     inputs = [value.name for value in graph_inputs(model)]
-    graph = walk_main(lowered, inputs, str(onnx_path))
+    graph = walk_main(lowered, inputs, str(onnx_path), op_types=[n.op_type for n in model.graph.node])
     plan = plan_storage(graph)
     output_names = [value.name for value in model.graph.output]
     if len(output_names) != len(graph.heads):
@@ -567,7 +595,10 @@ def compile_model(onnx_path: Path | str, target: Target | str, cache: Path | Non
 
     tmp = root / f".{key}.tmp{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    try:
+        tmp.mkdir(parents=True)
+    except OSError as exc:
+        raise cache_error(exc, f"cache directory {root}") from None
     try:
         log.info("compile %s: %d kernels for %s", model_name, len(graph.kernels), target.tvm_target.get("mtriple", "host"))
         workspace = compile_kernels(graph.kernels, tvm_target, tmp / KERNELS_OBJ)
@@ -601,6 +632,9 @@ def compile_model(onnx_path: Path | str, target: Target | str, cache: Path | Non
             tmp.rename(out_dir)
         except OSError:  # another process finished the same artifact first
             shutil.rmtree(tmp, ignore_errors=True)
+    except OSError as exc:  # a full or read-only cache: say so, not where in the writing it broke
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise cache_error(exc, f"cache directory {root}") from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -90,6 +90,52 @@ def _str_list(table: dict[str, Any], key: str, path: Path, where: str) -> tuple[
     return tuple(value)
 
 
+#: TVM target kinds whose kernels minrt links: LLVM writes the object files minrt-run needs.
+TVM_KINDS = ("llvm",)
+
+
+def _check_tvm_table(table: dict[str, Any], path: Path) -> None:
+    """Types and kind of the [tvm] table, without importing TVM (`harness targets` stays fast);
+    whether LLVM knows the triple and cpu is checked by `tvm_target` when compiling."""
+    kind = _require(table, "kind", str, path, "tvm")
+    if kind not in TVM_KINDS:
+        raise TargetError(f"{path}: key 'tvm.kind' must be one of {', '.join(TVM_KINDS)}, got '{kind}'")
+    for key, value in table.items():
+        if isinstance(value, list):
+            if not all(isinstance(v, str) for v in value):
+                raise TargetError(f"{path}: key 'tvm.{key}' must be a list of strings")
+        elif not isinstance(value, (str, bool, int)) or (isinstance(value, int) and key.startswith("m")):
+            # LLVM's options (mtriple, mcpu, mattr, mfloat-abi, mabi) are all strings
+            raise TargetError(f"{path}: key 'tvm.{key}' must be a string, got {type(value).__name__} "
+                              f"{value!r}")
+
+
+def tvm_target(target: Target) -> Any:
+    """The target's `tvm.target.Target`, with its triple and cpu checked against LLVM: TVM
+    itself accepts an unknown mcpu and LLVM then only warns and compiles for a generic cpu."""
+    import tvm
+    from tvm.target import codegen
+
+    try:
+        result = tvm.target.Target(dict(target.tvm_target))
+    except (ValueError, TypeError, RuntimeError) as exc:
+        first = (str(exc).strip().splitlines() or [""])[0].split(" Target creation from")[0]
+        raise TargetError(f"{target.path}: [tvm] is not a valid TVM target: {first}") from None
+    triple = target.tvm_target.get("mtriple")
+    cpu = target.tvm_target.get("mcpu")
+    if triple is not None:
+        arch = triple.split("-", 1)[0]
+        known = codegen.llvm_get_targets()
+        family = next((k for k in sorted(known, key=len, reverse=True) if arch.startswith(k)), None)
+        if family is None:
+            raise TargetError(f"{target.path}: key 'tvm.mtriple' = '{triple}': LLVM has no target "
+                              f"for '{arch}'")
+    if cpu is not None and not codegen.llvm_is_valid_cpu(cpu, triple or codegen.llvm_get_system_triple()):
+        raise TargetError(f"{target.path}: key 'tvm.mcpu' = '{cpu}' is not a cpu LLVM knows for "
+                          f"{triple or 'this host'}")
+    return result
+
+
 def parse_target(path: Path) -> Target:
     """Read and validate one target file; errors name the file, the key and the problem."""
     try:
@@ -110,7 +156,7 @@ def parse_target(path: Path) -> Target:
     if arch not in ("armv7", "x86_64"):
         raise TargetError(f"{path}: key 'arch' must be 'armv7' or 'x86_64', got '{arch}'")
     tvm_target = _require(data, "tvm", dict, path)
-    _require(tvm_target, "kind", str, path, "tvm")
+    _check_tvm_table(tvm_target, path)
 
     cc_table = _require(data, "cc", dict, path)
     _no_unknown_keys(cc_table, ("prefix", "cflags", "ldflags"), path, "cc")

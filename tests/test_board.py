@@ -119,7 +119,9 @@ def test_wrong_host_key_is_refused(board, tmp_path):
 
 
 def test_serial_console_runs_commands(board):
-    with socket.create_connection(("127.0.0.1", board.serial_port), timeout=10) as console:
+    with socket.socket(socket.AF_UNIX) as console:
+        console.settimeout(10)
+        console.connect(str(board.console_socket))
         console.settimeout(1.0)
         console.sendall(b"echo console-$((6 * 7))-ok\n")
         seen = b""
@@ -131,6 +133,35 @@ def test_serial_console_runs_commands(board):
                 pass
     assert b"console-42-ok\r\n" in seen, seen
     assert READY_MARKER in board.console_log.read_text(errors="replace")
+
+
+NOBODY = 65534
+
+
+def as_another_user(code: str) -> subprocess.CompletedProcess:
+    """Run Python `code` as user nobody: what any other local user could do."""
+    return subprocess.run([sys.executable, "-c", code], user=NOBODY, group=NOBODY,
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_keys_and_console_are_private_to_this_user(board):
+    """The initrd holds the host private key the harness pins; the console is a root shell.
+    Both are this user's alone, and another local user is refused for real."""
+    image = board.image
+    for path in (image.initrd, image.client_key):
+        assert path.stat().st_mode & 0o777 == 0o600, path
+    for path in (image.dir, image.dir.parent, board.run_dir, board.console_socket.parent):
+        assert path.stat().st_mode & 0o777 == 0o700, path
+    assert board.console_socket.stat().st_mode & 0o777 == 0o600
+    assert "host=127.0.0.1,port=" not in " ".join(board._qemu_argv())  # no TCP console
+    if os.geteuid() != 0:
+        pytest.skip("checking what another user can open needs root (to become nobody)")
+    read_key = as_another_user(f"open({str(image.initrd)!r}, 'rb').read(1)")
+    assert read_key.returncode != 0 and "PermissionError" in read_key.stderr, read_key
+    console = as_another_user(
+        "import socket; s = socket.socket(socket.AF_UNIX); "
+        f"s.connect({str(board.console_socket)!r})")
+    assert console.returncode != 0 and "PermissionError" in console.stderr, console
 
 
 def test_timeout_kills_the_command_on_the_board(board):
@@ -157,8 +188,8 @@ def test_frozen_board_gives_an_error_not_a_hang(board):
 
 def test_running_board_is_reused(board):
     again = ensure_board(instance=INSTANCE)
-    assert (again.pid, again.ssh_port, again.serial_port) == (
-        board.pid, board.ssh_port, board.serial_port)
+    assert (again.pid, again.ssh_port, again.console_socket) == (
+        board.pid, board.ssh_port, board.console_socket)
     status = board_status(instance=INSTANCE)
     assert status["state"] == "up" and status["pid"] == board.pid
 

@@ -13,6 +13,9 @@ if TYPE_CHECKING:
 
 __all__ = ["CommandResult", "Transport", "open_transport"]
 
+#: A console shell has no private per-run directory (see the serial transport's notes).
+SERIAL_WORKDIR = "/tmp/minrt"
+
 
 def _split_host(host: str, default_user: str) -> tuple[str, str, int | None]:
     """'user@address[:port]' -> (user, address, port)."""
@@ -48,13 +51,14 @@ def open_transport(target: "Target", kind: str | None = None, host: str | None =
         from ..board import ensure_board
 
         board = ensure_board(opts["board"], instance=str(opts.get("board_instance", "0")))
-        workdir = opts.get("workdir", "/tmp/minrt")
+        # no workdir option: SSH makes a private one per connection (mktemp -d), removed after
+        workdir = opts.get("workdir")
         if kind == "ssh":
             transport = board.transport(workdir=workdir)
         else:
             from .serial import SerialTransport
 
-            transport = SerialTransport(f"socket://127.0.0.1:{board.serial_port}", workdir=workdir)
+            transport = SerialTransport(board.console_url, workdir=workdir or SERIAL_WORKDIR)
     elif kind == "ssh":
         from .ssh import SSHTransport
 
@@ -63,7 +67,7 @@ def open_transport(target: "Target", kind: str | None = None, host: str | None =
             raise TargetError(f"target '{target.name}' needs a device address: pass --host user@ADDRESS")
         user, hostname, port = _split_host(address, opts.get("user", "root"))
         transport = SSHTransport(host=hostname, port=port or int(opts.get("port", 22)), user=user,
-                                 workdir=opts.get("workdir", "/tmp/minrt"),
+                                 workdir=opts.get("workdir"),
                                  known_hosts=opts.get("known_hosts"),
                                  key_filename=opts.get("key_file"),
                                  trust_on_first_use=trust_on_first_use or bool(opts.get("trust_on_first_use")))
@@ -73,7 +77,7 @@ def open_transport(target: "Target", kind: str | None = None, host: str | None =
         url = host or opts.get("url")
         if not url:
             raise TargetError(f"target '{target.name}' needs a serial port: pass --host /dev/ttyUSB0 or a pyserial URL")
-        transport = SerialTransport(url, workdir=opts.get("workdir", "/tmp/minrt"))
+        transport = SerialTransport(url, workdir=opts.get("workdir", SERIAL_WORKDIR))
     else:
         raise TargetError(f"target '{target.name}': transport '{kind}' is not supported")
     try:
