@@ -64,6 +64,11 @@ def format_result(r: dict) -> str:
         detail = o.get("problem") or (f"max abs {o['max_abs_err']:.3g}  max rel {o['max_rel_err']:.3g}"
                                       f"  (atol {o['atol']:g}, rtol {o['rtol']:g})")
         lines.append(f"  {o['name']:<16} {str(o['shape']):<16} {o['dtype']:<8} vs {o['reference']:<15} {detail}  {verdict}")
+    for ref in r.get("references", []):
+        if ref["status"] != "agrees":
+            lines.append(f"  reference {ref['name']}: {ref['status']}" + (f" ({ref['detail']})" if ref.get("detail") else ""))
+    if r.get("reference_note"):
+        lines.append(f"  note: {r['reference_note']}")
     if r.get("error"):
         lines.append(f"  error: {r['error']}")
     return "\n".join(lines)

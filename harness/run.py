@@ -20,6 +20,7 @@ import numpy as np
 from . import REPO_ROOT, tensorfile
 from .compare import DEFAULT_ATOL, DEFAULT_RTOL, OutputCheck, compare_output
 from .errors import DeviceError, HarnessError, RunnerError
+from .reference import Consensus
 from .targets import Target
 
 log = logging.getLogger(__name__)
@@ -36,6 +37,10 @@ class RunResult:
     transport: str
     passed: bool = False
     outputs: list[dict[str, Any]] = field(default_factory=list)
+    # Every host reference's standing ("agrees", "odd one out", "unavailable", "no majority"),
+    # and a note when the device was not judged against all of them.
+    references: list[dict[str, Any]] = field(default_factory=list)
+    reference_note: str | None = None
     latency_us: dict[str, float] = field(default_factory=dict)
     iters: int = 0
     arena_bytes: int | None = None
@@ -149,18 +154,27 @@ def execute(transport: Any, runner: Path, artifact: Any, inputs_blob: bytes, ite
 
 
 def check_outputs(model: Path, inputs: Mapping[str, np.ndarray], got: Sequence[np.ndarray],
-                  output_specs: Sequence[Mapping[str, Any]], atol: float, rtol: float) -> list[OutputCheck]:
-    """Compare every device output with every available host reference executor."""
-    from .reference import reference_names, run_reference
+                  output_specs: Sequence[Mapping[str, Any]], atol: float, rtol: float,
+                  ) -> tuple[list[OutputCheck], Consensus]:
+    """Compare every device output with the host references that agree with each other (see
+    harness.reference): TVM's Relax VM breaks a disagreement, a reference that cannot run the
+    model is left out. Returns the checks and the references' standing."""
+    from .reference import RELAX_VM, consensus, reference_names, try_reference
 
+    runs = [try_reference(name, model, inputs, expected_outputs=len(output_specs))
+            for name in reference_names()]
+    agreed = consensus(runs, atol, rtol,
+                       tiebreak=lambda: try_reference(RELAX_VM, model, inputs, expected_outputs=len(output_specs)))
+    if agreed.note:
+        log.warning("%s: %s", model.name, agreed.note)
     checks: list[OutputCheck] = []
-    for ref in reference_names():
-        want = run_reference(ref, model, inputs)
-        if len(want) != len(got):
-            raise HarnessError(f"the device returned {len(got)} outputs, {ref} returned {len(want)}")
-        for spec, g, w in zip(output_specs, got, want):
-            checks.append(compare_output(spec["name"], ref, g, w, atol=atol, rtol=rtol))
-    return checks
+    for ref in agreed.judges:
+        assert ref.outputs is not None
+        if len(ref.outputs) != len(got):
+            raise HarnessError(f"the device returned {len(got)} outputs, {ref.name} returned {len(ref.outputs)}")
+        for spec, g, w in zip(output_specs, got, ref.outputs):
+            checks.append(compare_output(spec["name"], ref.name, g, w, atol=atol, rtol=rtol))
+    return checks, agreed
 
 
 def run_on_target(
@@ -216,8 +230,10 @@ def run_on_target(
         result.latency_us = {k: float(timing[f"{k}_us"]) for k in ("min", "mean", "max") if f"{k}_us" in timing}
         got = list(tensorfile.loads(out_blob, where="outputs.bin").values())
         log.info("[%s on %s] comparing with the host reference", model.name, target.name)
-        checks = check_outputs(model, inputs, got, artifact.outputs, atol, rtol)
+        checks, agreed = check_outputs(model, inputs, got, artifact.outputs, atol, rtol)
         result.outputs = [c.to_dict() for c in checks]
+        result.references = [s.to_dict() for s in agreed.statuses]
+        result.reference_note = agreed.note
         result.passed = all(c.passed for c in checks)
     except HarnessError as exc:
         result.error = str(exc)
