@@ -55,6 +55,17 @@ def test_image_is_cached_by_recipe_hash():
     assert image.client_key.stat().st_mode & 0o077 == 0
 
 
+def test_an_image_cached_with_open_modes_is_made_private(tmp_path):
+    """Images built before the key files were private are fixed when next used."""
+    image = build_board_image()
+    os.chmod(image.initrd, 0o644)
+    os.chmod(image.dir, 0o755)
+    assert build_board_image().dir == image.dir
+    assert image.initrd.stat().st_mode & 0o777 == 0o600
+    assert image.dir.stat().st_mode & 0o777 == 0o700
+    assert image.dir.parent.stat().st_mode & 0o777 == 0o700
+
+
 def test_boot_timeout_names_what_did_not_come_up(tmp_path):
     board = Board(build_board_image(), tmp_path / "slow-board")
     with pytest.raises(DeviceError) as info:

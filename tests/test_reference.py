@@ -136,6 +136,11 @@ def test_device_run_of_softmax_opset11_passes_against_the_majority(softmax_opset
     assert {o["reference"] for o in result["outputs"]} == {"onnxruntime", RELAX_VM}
     assert {r["name"]: r["status"] for r in result["references"]}["onnx-reference"] == "odd one out"
     assert "odd one out" in result["reference_note"]
+    text = subprocess.run([*HARNESS, "run", "--model", str(softmax_opset11), "--target", "x86_64",
+                           "--toolchain", "host", "--iters", "1"], capture_output=True, text=True, timeout=600)
+    assert text.returncode == 0, text.stderr
+    assert "  reference onnx-reference: odd one out (disagrees with onnxruntime, tvm-relax-vm)" in text.stdout
+    assert "  note: onnx-reference is the odd one out" in text.stdout
 
 
 def test_device_run_of_a_qdq_model_is_judged_by_onnxruntime(qdq_model, tmp_path):
