@@ -65,7 +65,7 @@ def format_result(r: dict) -> str:
                                       f"  (atol {o['atol']:g}, rtol {o['rtol']:g})")
         lines.append(f"  {o['name']:<16} {str(o['shape']):<16} {o['dtype']:<8} vs {o['reference']:<15} {detail}  {verdict}")
     for ref in r.get("references", []):
-        if ref["status"] != "agrees":
+        if ref["status"] in ("odd one out", "unavailable"):  # "no majority" is the note's
             lines.append(f"  reference {ref['name']}: {ref['status']}" + (f" ({ref['detail']})" if ref.get("detail") else ""))
     if r.get("reference_note"):
         lines.append(f"  note: {r['reference_note']}")

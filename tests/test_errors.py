@@ -205,3 +205,12 @@ def test_ssh_port_out_of_range_and_unreachable_device(tmp_path, mlp):
     assert "Traceback" not in proc.stderr
     assert proc.returncode == 3, proc.stdout + proc.stderr
     assert "cannot connect over SSH" in proc.stdout
+
+
+def test_output_mismatch_exits_1(mlp):
+    # zero tolerance: the device's float sums differ from the references' in the last bits
+    proc = harness("run", "--model", str(mlp), "--target", "x86_64", "--toolchain", "host",
+                   "--iters", "1", "--atol", "0", "--rtol", "0")
+    assert "Traceback" not in proc.stderr
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "MISMATCH" in proc.stdout and "0 of 1 model(s) passed" in proc.stdout
