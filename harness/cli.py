@@ -11,33 +11,15 @@ import threading
 from pathlib import Path
 from typing import Any, Sequence
 
+from . import missing_source
 from .errors import (EXIT_BAD_INPUT, EXIT_INFRASTRUCTURE, EXIT_INTERRUPTED, EXIT_MISMATCH, EXIT_OK,
                      HarnessError, exit_code_of)
+from .models import resolve_models
 from .targets import DEFAULT_TARGET
+from .toolchain import DEFAULT_TOOLCHAIN, TOOLCHAINS
+from .transport import transport_kinds
 
 log = logging.getLogger("harness")
-
-
-def resolve_models(names: Sequence[str] | None) -> list[Path]:
-    """Model arguments are .onnx paths or names of the shipped examples; none means all examples."""
-    from .cache import cache_dir
-    from .examples import write_examples
-
-    wanted = list(names or [])
-    paths = [Path(n) for n in wanted if n.endswith(".onnx") or Path(n).exists()]
-    example_names = [n for n in wanted if not (n.endswith(".onnx") or Path(n).exists())]
-    if not wanted or example_names:
-        examples = write_examples(cache_dir() / "examples")
-        if not wanted:
-            return list(examples.values())
-        for name in example_names:
-            if name not in examples:
-                raise HarnessError(f"model '{name}' is neither a file nor an example (examples: {', '.join(examples)})")
-            paths.append(examples[name])
-    for path in paths:
-        if not path.exists():
-            raise HarnessError(f"model file '{path}' does not exist")
-    return paths
 
 
 def _parse_inputs(items: Sequence[str]) -> dict[str, Path]:
@@ -258,9 +240,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="compile, build, deploy, run and compare with the reference")
     p.add_argument("--target", default=DEFAULT_TARGET, help=f"target name or .toml file (default {DEFAULT_TARGET})")
     p.add_argument("--model", action="append", help="ONNX file or example name (repeatable; default: all examples)")
-    p.add_argument("--transport", choices=["local", "qemu-user", "ssh", "serial"], help="override the target's transport")
+    p.add_argument("--transport", choices=sorted(transport_kinds()), help="override the target's transport")
     p.add_argument("--host", help="device address: user@host[:port] for SSH, a port or URL for serial")
-    p.add_argument("--toolchain", choices=["host", "docker"], default="docker",
+    p.add_argument("--toolchain", choices=TOOLCHAINS, default=DEFAULT_TOOLCHAIN,
                    help="the target's Docker toolchain image (default) or this host's compilers")
     p.add_argument("--trust-on-first-use", action="store_true",
                    help="SSH: record an unknown host key instead of refusing it (a changed key is always refused)")
@@ -287,7 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("build", help="build minrt-run with a model's kernels for a target")
     p.add_argument("model", nargs="*", help="ONNX file or example name (default: all examples)")
     p.add_argument("--target", default=DEFAULT_TARGET)
-    p.add_argument("--toolchain", choices=["host", "docker"], default="docker",
+    p.add_argument("--toolchain", choices=TOOLCHAINS, default=DEFAULT_TOOLCHAIN,
                    help="the target's Docker toolchain image (default) or this host's compilers")
     p.add_argument("--out", help="copy each runner to OUT/<model>/minrt-run")
     p.set_defaults(func=cmd_build)
@@ -295,7 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("size", help="code size of minrt (per object and symbol), the runner and kernels")
     p.add_argument("--target", default=DEFAULT_TARGET)
     p.add_argument("--model", action="append", help="also size this model's runner and kernels (repeatable)")
-    p.add_argument("--toolchain", choices=["host", "docker"], default="docker")
+    p.add_argument("--toolchain", choices=TOOLCHAINS, default=DEFAULT_TOOLCHAIN)
     p.add_argument("--baseline", help=f"baseline file (default {SIZE_BASELINE.relative_to(SIZE_BASELINE.parent.parent)})")
     p.add_argument("--save-baseline", action="store_true", help="store this measurement as the baseline")
     p.add_argument("--symbols", type=int, default=0, metavar="N", help="list the N largest symbols per object")
@@ -356,6 +338,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=level, format="harness: %(message)s", stream=sys.stderr)
     # paramiko announces every connection at INFO; the harness reports its own steps
     logging.getLogger("paramiko").setLevel(logging.WARNING)
+    if (problem := missing_source()) is not None:
+        print(f"harness: error: {problem}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     with InterruptWatch() as watch:
         try:
             return args.func(args)

@@ -28,157 +28,24 @@ import sys
 import tempfile
 import threading
 import time
-import tomllib
 import traceback
-import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from . import REPO_ROOT
-from .errors import DeviceError, HarnessError, TargetError
+from .errors import DeviceError, HarnessError
+from .toolchain import DEFAULT_TOOLCHAIN, TOOLCHAINS
+from .inventory import Device, Inventory, device_target, inventory_of_targets, load_inventory
+from .junit import write_junit
 from .lease import LabgridLeases, LeaseBackend, LeaseTimeout, LocalLeases
+from .models import resolve_models
 
 log = logging.getLogger(__name__)
 
 DEFAULT_RUNNER = "harness.farm:run_model_on_device"
 #: Exit status of a worker whose device failed (EX_TEMPFAIL): the job may be retried elsewhere.
 EXIT_DEVICE_FAILED = 75
-
-
-# -- inventory ----------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Device:
-    """One device of the farm: where it is and what it is, not how to drive it."""
-
-    name: str
-    target: str
-    transport: str | None = None  # None: the target's own transport kind
-    address: str | None = None  # e.g. "pi@10.0.0.5" for SSH, a pyserial URL for serial
-    options: Mapping[str, Any] = field(default_factory=dict)  # merged into the target's transport options
-    tags: tuple[str, ...] = ()
-    labgrid_matches: tuple[str, ...] = ()
-
-    def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d["options"] = dict(self.options)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "Device":
-        return cls(name=d["name"], target=d["target"], transport=d.get("transport"),
-                   address=d.get("address"), options=dict(d.get("options") or {}),
-                   tags=tuple(d.get("tags") or ()), labgrid_matches=tuple(d.get("labgrid_matches") or ()))
-
-
-@dataclass(frozen=True)
-class Inventory:
-    devices: tuple[Device, ...]
-    path: Path | None = None
-    lease_backend: str = "local"  # "local" or "labgrid"
-    labgrid_coordinator: str | None = None
-
-    @property
-    def by_name(self) -> dict[str, Device]:
-        return {d.name: d for d in self.devices}
-
-    def for_target(self, target: str) -> list[Device]:
-        return [d for d in self.devices if d.target == target]
-
-    @property
-    def targets(self) -> list[str]:
-        return sorted({d.target for d in self.devices})
-
-    def select(self, targets: Sequence[str] | None = None, tags: Sequence[str] | None = None) -> "Inventory":
-        """The devices of the given targets that carry all the given tags."""
-        devices = tuple(d for d in self.devices
-                        if (not targets or d.target in targets) and set(tags or ()) <= set(d.tags))
-        return dataclasses.replace(self, devices=devices)
-
-
-def _field(table: dict, key: str, kind: type, where: str, required: bool = False) -> Any:
-    if key not in table:
-        if required:
-            raise TargetError(f"{where}: missing key '{key}'")
-        return None
-    value = table[key]
-    if not isinstance(value, kind):
-        raise TargetError(f"{where}: key '{key}' must be a {kind.__name__}, got {type(value).__name__}")
-    return value
-
-
-def _str_list(table: dict, key: str, where: str) -> tuple[str, ...]:
-    value = table.get(key, [])
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise TargetError(f"{where}: key '{key}' must be a list of strings")
-    return tuple(value)
-
-
-def parse_inventory(text: str, path: Path | None = None) -> Inventory:
-    """Validate an inventory; errors name the file, the device and the key."""
-    src = str(path or "<inventory>")
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise TargetError(f"{src}: not valid TOML: {exc}") from None
-    from .targets import target_names
-
-    known_targets = set(target_names())
-    tables = data.get("devices")
-    if not isinstance(tables, list) or not tables:
-        raise TargetError(f"{src}: needs at least one [[devices]] table")
-    devices, seen = [], set()
-    for i, table in enumerate(tables):
-        where = f"{src}: devices[{i}]"
-        name = _field(table, "name", str, where, required=True)
-        where = f"{src}: device '{name}'"
-        if name in seen:
-            raise TargetError(f"{where}: the name is used twice")
-        if not name.replace("-", "").replace("_", "").replace(".", "").isalnum():
-            raise TargetError(f"{where}: key 'name' may hold only letters, digits, '-', '_' and '.'")
-        seen.add(name)
-        target = _field(table, "target", str, where, required=True)
-        if target not in known_targets and not target.endswith(".toml"):
-            raise TargetError(f"{where}: key 'target' names unknown target '{target}' "
-                              f"(known: {', '.join(sorted(known_targets))})")
-        unknown = set(table) - {"name", "target", "transport", "address", "options", "tags", "labgrid_matches"}
-        if unknown:
-            raise TargetError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}")
-        devices.append(Device(
-            name=name, target=target,
-            transport=_field(table, "transport", str, where),
-            address=_field(table, "address", str, where),
-            options=_field(table, "options", dict, where) or {},
-            tags=_str_list(table, "tags", where),
-            labgrid_matches=_str_list(table, "labgrid_matches", where),
-        ))
-    lease = data.get("lease", {})
-    if not isinstance(lease, dict):
-        raise TargetError(f"{src}: key 'lease' must be a table")
-    backend = lease.get("backend", "local")
-    if backend not in ("local", "labgrid"):
-        raise TargetError(f"{src}: key 'lease.backend' must be 'local' or 'labgrid', got '{backend}'")
-    coordinator = lease.get("coordinator")
-    if backend == "labgrid" and not isinstance(coordinator, str):
-        raise TargetError(f"{src}: key 'lease.coordinator' (host:port) is needed with the labgrid backend")
-    return Inventory(devices=tuple(devices), path=path, lease_backend=backend,
-                     labgrid_coordinator=coordinator)
-
-
-def load_inventory(path: Path | str) -> Inventory:
-    path = Path(path)
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise TargetError(f"{path}: cannot read the inventory: {exc.strerror}") from None
-    return parse_inventory(text, path)
-
-
-def inventory_of_targets(targets: Sequence[str]) -> Inventory:
-    """One device per target, reached the way its target file says (no inventory file)."""
-    return Inventory(devices=tuple(Device(name=t, target=t) for t in targets))
 
 
 def make_leases(inventory: Inventory, lock_dir: Path | None = None) -> LeaseBackend:
@@ -200,18 +67,8 @@ class DeviceFailure(DeviceError):
         self.result = dict(result) if result else None
 
 
-def device_target(device: Device):
-    """The device's target, with the device's transport options merged into the target's."""
-    from .targets import Transport, load_target
-
-    target = load_target(device.target)
-    kind = device.transport or target.transport.kind
-    options = {**target.transport.options, **device.options} if kind == target.transport.kind else dict(device.options)
-    return dataclasses.replace(target, transport=Transport(kind=kind, options=options))
-
-
 def run_model_on_device(model: Path, device: Device, *, iters: int = 10, seed: int = 0,
-                        toolchain: str = "host") -> dict[str, Any]:
+                        toolchain: str = DEFAULT_TOOLCHAIN) -> dict[str, Any]:
     """The default job: `harness.run.run_on_target` on the device."""
     from .run import run_on_target
 
@@ -559,29 +416,6 @@ def run_farm(
     return report
 
 
-def write_junit(report: FarmReport, path: Path) -> None:
-    """JUnit XML: one testcase per job (classname = target, name = model)."""
-    failures = sum(1 for j in report.jobs if not j.passed)
-    suite = ET.Element("testsuite", name=f"minrt-farm {report.batch}", tests=str(len(report.jobs)),
-                       failures=str(failures), errors="0")
-    props = ET.SubElement(suite, "properties")
-    ET.SubElement(props, "property", name="commit", value=report.commit or "")
-    ET.SubElement(props, "property", name="batch", value=report.batch)
-    for job in report.jobs:
-        elapsed = sum(a.ended - a.started for a in job.attempts)
-        case = ET.SubElement(suite, "testcase", classname=f"farm.{job.target}", name=job.model.stem,
-                             time=f"{elapsed:.3f}")
-        cprops = ET.SubElement(case, "properties")
-        for a in job.attempts:
-            ET.SubElement(cprops, "property", name="attempt", value=f"{a.device}: {a.status}")
-        if not job.passed:
-            error = (job.result or {}).get("error") or "outputs do not match the reference"
-            fail = ET.SubElement(case, "failure", message=error.splitlines()[0][:500])
-            fail.text = error
-        ET.SubElement(case, "system-out").text = json.dumps(job.result, indent=1)
-    ET.ElementTree(suite).write(path, encoding="utf-8", xml_declaration=True)
-
-
 # -- command line -------------------------------------------------------------------------
 
 
@@ -597,7 +431,8 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     r.add_argument("--out", default="farm-out", help="directory for farm-results.xml/.json (default farm-out)")
     r.add_argument("--batch", help="batch name in the store (default: farm-<UTC time>)")
     r.add_argument("--iters", type=int, default=10)
-    r.add_argument("--toolchain", choices=["host", "docker"], default="host")
+    r.add_argument("--toolchain", choices=TOOLCHAINS, default=DEFAULT_TOOLCHAIN,
+                   help=f"where runners are compiled (default {DEFAULT_TOOLCHAIN}, as for harness run)")
     r.add_argument("--runner", default=DEFAULT_RUNNER, help="job runner 'module:function'")
     r.add_argument("--lease-timeout", type=float, default=3600.0)
     r.add_argument("--job-timeout", type=float, default=1800.0)
@@ -606,16 +441,6 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     for name in ("--runner", "--model", "--device", "--options", "--out"):
         j.add_argument(name, required=True)
     j.set_defaults(func=_worker_main)
-
-
-def _models(names: Sequence[str] | None) -> list[Path]:
-    try:
-        from .cli import resolve_models
-    except ImportError:  # pragma: no cover - the CLI is the lead's
-        resolve_models = None
-    if resolve_models is not None:
-        return resolve_models(names)
-    return [Path(n) for n in names or ()]
 
 
 def command(args: argparse.Namespace) -> int:
@@ -629,7 +454,7 @@ def command(args: argparse.Namespace) -> int:
         raise HarnessError("farm run: give --inventory FILE or at least one --target")
     inventory = inventory.select(args.target, args.tag)
     store = ResultStore(args.results or default_store_path())
-    report = run_farm(inventory, _models(args.model), args.target, job_runner=args.runner,
+    report = run_farm(inventory, resolve_models(args.model), args.target, job_runner=args.runner,
                       runner_options={"iters": args.iters, "toolchain": args.toolchain},
                       store=store, batch=args.batch, out_dir=Path(args.out),
                       lease_timeout=args.lease_timeout, job_timeout=args.job_timeout)

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Callable, Collection, Protocol, Sequence
 from .errors import DeviceError, HarnessError
 
 if TYPE_CHECKING:
-    from .farm import Device, Inventory
+    from .inventory import Device, Inventory
 
 log = logging.getLogger(__name__)
 

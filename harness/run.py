@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import logging
 import subprocess
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -19,14 +18,13 @@ import numpy as np
 
 from . import REPO_ROOT, tensorfile
 from .compare import DEFAULT_ATOL, DEFAULT_RTOL, OutputCheck, compare_output
-from .errors import DeviceError, HarnessError, RunnerError
+from .errors import HarnessError
 from .reference import Consensus
 from .targets import Target
+from .toolchain import DEFAULT_TOOLCHAIN
 
 log = logging.getLogger(__name__)
 
-#: Exit codes of minrt-run (runtime_c/runner): 1 load/input error, 2 usage, 3 run error.
-RUNNER_EXIT = {1: "load or input error", 2: "usage error", 3: "run error"}
 RUN_TIMEOUT_S = 300.0
 
 
@@ -107,50 +105,15 @@ def load_inputs(specs: Sequence[Mapping[str, Any]], files: Mapping[str, Path]) -
     return result
 
 
-def parse_timing(stdout: str) -> dict[str, Any]:
-    """The runner's last stdout line is a JSON object with its timing and arena size."""
-    for line in reversed(stdout.strip().splitlines()):
-        line = line.strip()
-        if line.startswith("{"):
-            try:
-                return json.loads(line)
-            except json.JSONDecodeError:
-                break
-    raise DeviceError(f"minrt-run printed no timing line; its output was:\n{stdout[-2000:]}")
-
-
 def execute(transport: Any, runner: Path, artifact: Any, inputs_blob: bytes, iters: int,
             timeout: float = RUN_TIMEOUT_S) -> tuple[bytes, dict[str, Any]]:
-    """Put the runner and the model on the device, run it, fetch the outputs blob."""
+    """Put the runner on the device and run the model there: (outputs blob, timing)."""
     workspace = int(artifact.metadata.get("workspace_bytes", 0))
-    if hasattr(transport, "run_model"):
-        log.info("running %d iteration(s) over the framed serial protocol", iters)
-        remote_runner = f"{transport.workdir}/minrt-run"
-        transport.put(runner, remote_runner)
-        return transport.run_model(remote_runner, artifact.graph_json.read_bytes(),
-                                   artifact.params_bin.read_bytes(), inputs_blob, iters, workspace, timeout)
-    wd = transport.workdir
-    with tempfile.TemporaryDirectory(prefix="minrt-io-") as tmp:
-        inputs_path = Path(tmp) / "inputs.bin"
-        inputs_path.write_bytes(inputs_blob)
-        log.info("deploying runner and model to %s", getattr(transport, "name", "device"))
-        for local, remote in ((runner, "minrt-run"), (artifact.graph_json, "graph.json"),
-                              (artifact.params_bin, "params.bin"), (inputs_path, "inputs.bin")):
-            transport.put(local, f"{wd}/{remote}")
-        argv = [f"{wd}/minrt-run", f"{wd}/graph.json", f"{wd}/params.bin", f"{wd}/inputs.bin",
-                f"{wd}/outputs.bin", "-n", str(iters), "-w", str(workspace)]
-        log.info("running %d iteration(s)", iters)
-        result = transport.run(argv, timeout=timeout)
-        if result.returncode != 0:
-            what = RUNNER_EXIT.get(result.returncode, f"exit status {result.returncode}")
-            if result.returncode in RUNNER_EXIT:
-                raise RunnerError(f"minrt-run failed ({what}): {result.stderr.strip() or result.stdout.strip()}")
-            raise DeviceError(f"minrt-run failed ({what}) on {getattr(transport, 'name', 'the device')}: "
-                              f"{result.stderr.strip() or result.stdout.strip()}")
-        timing = parse_timing(result.stdout)
-        out_path = Path(tmp) / "outputs.bin"
-        transport.get(f"{wd}/outputs.bin", out_path)
-        return out_path.read_bytes(), timing
+    remote_runner = f"{transport.workdir}/minrt-run"
+    log.info("deploying runner and model to %s", getattr(transport, "name", "device"))
+    transport.put(runner, remote_runner)
+    return transport.run_model(remote_runner, artifact.graph_json.read_bytes(),
+                               artifact.params_bin.read_bytes(), inputs_blob, iters, workspace, timeout)
 
 
 def check_outputs(model: Path, inputs: Mapping[str, np.ndarray], got: Sequence[np.ndarray],
@@ -182,7 +145,7 @@ def run_on_target(
     target: Target,
     *,
     transport: str | None = None,
-    toolchain: str = "host",
+    toolchain: str = DEFAULT_TOOLCHAIN,
     iters: int = 10,
     seed: int = 0,
     host: str | None = None,
@@ -191,18 +154,20 @@ def run_on_target(
     rtol: float = DEFAULT_RTOL,
     timeout: float = RUN_TIMEOUT_S,
     trust_on_first_use: bool = False,
+    device: Any = None,
 ) -> RunResult:
     """Compile, build, deploy, run and check one model on one target.
 
     Failures after the run has started are recorded in the result (`error`), with whatever
     was measured before them, so a farm or a dashboard loses nothing; failures of the user's
-    own input (unknown target, unreadable model) raise.
+    own input (unknown target, unreadable model) raise. `device` is an already open transport
+    to the target (the pytest plugin's session device); without it one is opened and closed.
     """
     from . import size
     from .build import build_runner
     from .compile import compile_model
     from .toolchain import get_toolchain
-    from .transport import open_transport
+    from .devices import open_transport
 
     result = RunResult(model=model.stem, target=target.name,
                        transport=transport or target.transport.kind, commit=git_commit())
@@ -222,9 +187,14 @@ def run_on_target(
         if missing:
             raise HarnessError(f"no value given for model input(s) {missing}")
         blob = tensorfile.dumps({s["name"]: inputs[s["name"]] for s in artifact.inputs})
-        with open_transport(target, kind=transport, host=host, trust_on_first_use=trust_on_first_use) as device:
+        if device is not None:
             log.info("[%s on %s] running on the device", model.name, target.name)
             out_blob, timing = execute(device, runner, artifact, blob, iters, timeout)
+        else:
+            with open_transport(target, kind=transport, host=host,
+                                trust_on_first_use=trust_on_first_use) as opened:
+                log.info("[%s on %s] running on the device", model.name, target.name)
+                out_blob, timing = execute(opened, runner, artifact, blob, iters, timeout)
         result.iters = int(timing.get("iters", iters))
         result.arena_bytes = timing.get("arena_bytes")
         result.latency_us = {k: float(timing[f"{k}_us"]) for k in ("min", "mean", "max") if f"{k}_us" in timing}

@@ -12,12 +12,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import REPO_ROOT
+from . import REPO_ROOT, missing_source
 from .errors import TargetError
 
 TARGETS_DIR = REPO_ROOT / "targets"
 DEFAULT_TARGET = "rpi-qemu"
-TRANSPORT_KINDS = ("local", "qemu-user", "ssh", "serial")
+#: Keys of a target's [board] table (none yet: the emulated board's memory is its recipe's).
+BOARD_KEYS: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -136,6 +137,35 @@ def tvm_target(target: Target) -> Any:
     return result
 
 
+def _type_names(kind: type | tuple[type, ...]) -> str:
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    return " or ".join({str: "a string", int: "an integer", bool: "true/false"}.get(k, k.__name__) for k in kinds)
+
+
+def _transport_options(table: dict[str, Any], path: Path) -> dict[str, Any]:
+    """[transport]: `kind` names a registered transport; every other key must be one of its
+    options (or the board's, for kinds that reach the emulated board), of the right type."""
+    from .transport import BOARD_OPTIONS, transport_kinds
+
+    kind = _require(table, "kind", str, path, "transport")
+    kinds = transport_kinds()
+    if kind not in kinds:
+        raise TargetError(f"{path}: key 'transport.kind' must be one of {', '.join(sorted(kinds))}, got '{kind}'")
+    allowed = dict(kinds[kind].options)
+    if kinds[kind].board:
+        allowed.update(BOARD_OPTIONS)
+    for key, value in table.items():
+        if key == "kind":
+            continue
+        if key not in allowed:
+            raise TargetError(f"{path}: unknown key 'transport.{key}' for transport '{kind}' "
+                              f"(allowed: {', '.join(sorted(allowed)) or 'none'})")
+        want = allowed[key]
+        if not isinstance(value, want) or (isinstance(value, bool) and bool not in (want if isinstance(want, tuple) else (want,))):
+            raise TargetError(f"{path}: key 'transport.{key}' must be {_type_names(want)}, got {type(value).__name__}")
+    return table
+
+
 def parse_target(path: Path) -> Target:
     """Read and validate one target file; errors name the file, the key and the problem."""
     try:
@@ -178,16 +208,13 @@ def parse_target(path: Path) -> Target:
         )
 
     transport_table = dict(_require(data, "transport", dict, path))
-    kind = _require(transport_table, "kind", str, path, "transport")
-    if kind not in TRANSPORT_KINDS:
-        raise TargetError(
-            f"{path}: key 'transport.kind' must be one of {', '.join(TRANSPORT_KINDS)}, got '{kind}'"
-        )
-    transport_table.pop("kind")
+    transport_table = _transport_options(transport_table, path)
+    kind = transport_table.pop("kind")
 
     board = data.get("board", {})
     if not isinstance(board, dict):
         raise TargetError(f"{path}: key 'board' must be a table")
+    _no_unknown_keys(board, BOARD_KEYS, path, "board")
 
     return Target(
         name=name,
@@ -211,6 +238,8 @@ def load_target(name_or_path: str, directory: Path = TARGETS_DIR) -> Target:
     candidate = Path(name_or_path)
     if candidate.suffix == ".toml" and candidate.exists():
         return parse_target(candidate)
+    if not directory.is_dir():
+        raise TargetError(missing_source() or f"no targets directory at {directory}")
     path = directory / f"{name_or_path}.toml"
     if not path.exists():
         known = ", ".join(target_names(directory)) or "none"

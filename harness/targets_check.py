@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 
 from .targets import Target
+from .transport import transport_kind
 
 
 def check_target(target: Target) -> tuple[bool, str]:
@@ -16,18 +17,16 @@ def check_target(target: Target) -> tuple[bool, str]:
         needs.append(f"C compiler '{compiler}' (ci/setup) or --toolchain docker"
                      + ("" if has_docker else " (no docker client either)"))
     opts = target.transport.options
-    kind = target.transport.kind
-    if kind == "qemu-user" and shutil.which("qemu-arm") is None:
-        needs.append("qemu-arm (apt-get install qemu-user)")
-    if "board" in opts and shutil.which("qemu-system-arm") is None:
+    spec = transport_kind(target.transport.kind)
+    for program in spec.needs:
+        if shutil.which(program) is None:
+            needs.append(f"{program} (ci/setup installs it)")
+    on_board = "board" in opts
+    if on_board and shutil.which("qemu-system-arm") is None:
         needs.append("qemu-system-arm (apt-get install qemu-system-arm)")
-    if kind == "ssh" and "board" not in opts and not opts.get("host"):
-        needs.append("--host user@ADDRESS of the device")
-    if kind == "serial" and not opts.get("url"):
-        needs.append("--host with the serial port or URL")
+    if spec.address and not on_board and not (opts.get("host") or opts.get("url")):
+        needs.append(f"--host {spec.address}")
     if needs:
         return False, "needs " + "; ".join(needs)
-    how = {"local": "runs on this host", "qemu-user": "runs under qemu-arm on this host",
-           "ssh": "emulated board, booted on demand" if "board" in opts else "over SSH",
-           "serial": "over a serial console"}[kind]
+    how = "emulated board, booted on demand" if on_board else spec.summary
     return True, f"{compiler} found; {how}"

@@ -21,6 +21,12 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+#: The toolchain every command, the farm, the nightly job and the pytest plugin use unless told
+#: otherwise: the target's Docker image, so sizes and binaries come from one pinned compiler
+#: whoever runs them. "host" uses this machine's compilers (faster; results say which).
+DEFAULT_TOOLCHAIN = "docker"
+TOOLCHAINS = ("docker", "host")
+
 
 class Toolchain(Protocol):
     name: str
@@ -75,4 +81,4 @@ def get_toolchain(kind: str, target: Target) -> Toolchain:
         from .docker_toolchain import DockerToolchain
 
         return DockerToolchain(target.toolchain_image, compiler=target.cc.tool("gcc"))
-    raise BuildError(f"unknown toolchain '{kind}' (choose 'docker' or 'host')")
+    raise BuildError(f"unknown toolchain '{kind}' (choose one of {', '.join(TOOLCHAINS)})")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -57,3 +58,39 @@ def shared_board():
     yield board
     if not was_up:
         stop_board(instance=SHARED_BOARD_INSTANCE)
+
+
+# ---------------------------------------------------------------------------------------------
+# Markers (registered by the harness plugin): every test that boots the board, uses Docker or
+# serves on loopback is marked, so a developer can select (`-m "not board"`). CI runs them all.
+
+_MODULE_MARKS = {
+    "test_board.py": ("board", "network", "slow"),
+    "test_board_run.py": ("board", "network", "slow"),
+    "test_toolchain.py": ("docker",),
+    "test_ssh.py": ("network",),
+    "test_serial.py": ("network",),
+    "test_farm.py": ("network",),
+}
+_FIXTURE_MARKS = {"shared_board": ("board", "network", "slow"), "board": ("board", "network", "slow")}
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    for item in items:
+        names = set(_MODULE_MARKS.get(item.path.name, ()))
+        for fixture in getattr(item, "fixturenames", ()):
+            names.update(_FIXTURE_MARKS.get(fixture, ()))
+        for name in sorted(names):
+            item.add_marker(name)
+
+
+# In CI (CI=true) a skipped test is a failure that names its reason: CI's machine is set up by
+# ci/setup, so a missing tool there is a setup bug, not a reason to pass quietly.
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    if os.environ.get("CI") and report.skipped and not hasattr(report, "wasxfail"):
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        report.outcome = "failed"
+        report.longrepr = f"skipped in CI, which must run every test: {reason}"

@@ -207,25 +207,25 @@ def test_running_board_is_reused(board):
 
 
 def test_pytest_plugin_gives_a_suite_the_board(board, tmp_path):
-    """`pytest --target FILE` hands the suite's tests a `device` on the target."""
+    """`pytest --minrt-target FILE` hands the suite's tests a `minrt_device` on the target."""
     rpi_qemu = (REPO_ROOT / "targets" / "rpi-qemu.toml").read_text()
     target_file = tmp_path / "board-under-test.toml"
     target_file.write_text(
         rpi_qemu.replace('name = "rpi-qemu"', 'name = "board-under-test"').replace(
             "[transport]\n", f'[transport]\nboard_instance = "{INSTANCE}"\n'))
     (tmp_path / "test_on_device.py").write_text(
-        "def test_machine(target, device):\n"
-        "    assert target.name == 'board-under-test'\n"
-        "    result = device.run(['uname', '-m'], timeout=30)\n"
+        "def test_machine(minrt_target, minrt_device):\n"
+        "    assert minrt_target.name == 'board-under-test'\n"
+        "    result = minrt_device.run(['uname', '-m'], timeout=30)\n"
         "    assert result.stdout == 'armv7l\\n', result\n"
-        "def test_fails_on_purpose(device):\n"
-        "    assert device.run(['false'], timeout=30).returncode == 0\n")
+        "def test_fails_on_purpose(minrt_device):\n"
+        "    assert minrt_device.run(['false'], timeout=30).returncode == 0\n")
     registered = any(ep.value == "harness.pytest_plugin"
                      for ep in importlib.metadata.entry_points(group="pytest11"))
     load = [] if registered else ["-p", "harness.pytest_plugin"]  # not yet pip-installed
     proc = subprocess.run(
         [sys.executable, "-m", "pytest", *load, "-p", "no:cacheprovider",
-         "-q", "--target", str(target_file), str(tmp_path / "test_on_device.py")],
+         "-q", "--minrt-target", str(target_file), str(tmp_path / "test_on_device.py")],
         cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert "1 failed, 1 passed" in proc.stdout, proc.stdout + proc.stderr
     assert "test_fails_on_purpose" in proc.stdout

@@ -199,7 +199,7 @@ def test_ssh_port_out_of_range_and_unreachable_device(tmp_path, mlp):
     proc = harness(*common, "--host", "root@127.0.0.1:99999")
     assert "Traceback" not in proc.stderr
     assert proc.returncode == 2, proc.stdout + proc.stderr
-    assert "SSH port 99999 of 127.0.0.1 is out of range (1-65535)" in proc.stdout
+    assert "error: --host 'root@127.0.0.1:99999': port '99999' is not a TCP port (1-65535)" in proc.stdout
     # nothing listens on port 1 of the loopback: infrastructure, exit 3
     proc = harness(*common, "--host", "root@127.0.0.1:1")
     assert "Traceback" not in proc.stderr

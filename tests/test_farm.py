@@ -25,7 +25,8 @@ import pytest
 
 from harness import REPO_ROOT
 from harness.errors import HarnessError, TargetError
-from harness.farm import DeviceFailure, load_inventory, parse_inventory, run_farm
+from harness.farm import DeviceFailure, run_farm
+from harness.inventory import load_inventory, parse_inventory
 from harness.lease import LabgridLeases, LeaseTimeout, LocalLeases
 from harness.results import ResultStore
 
@@ -138,7 +139,7 @@ def test_local_lease_is_exclusive_and_picks_a_free_device(tmp_path: Path) -> Non
 HOLDER = textwrap.dedent("""
     import sys, time
     from pathlib import Path
-    from harness.farm import parse_inventory
+    from harness.inventory import parse_inventory
     from harness.lease import LocalLeases
     inv = parse_inventory(sys.argv[1])
     lease = LocalLeases(inv, Path(sys.argv[2])).acquire(sys.argv[3], timeout=10)
@@ -395,7 +396,7 @@ def coordinator(labgrid_client: Path, tmp_path: Path):
 
 LABGRID_HOLDER = textwrap.dedent("""
     import sys, time
-    from harness.farm import parse_inventory
+    from harness.inventory import parse_inventory
     from harness.lease import LabgridLeases
     inv = parse_inventory(sys.argv[1])
     leases = LabgridLeases(inv, coordinator=sys.argv[2], client=sys.argv[3])

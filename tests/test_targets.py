@@ -30,9 +30,7 @@ image = "armv7"
 [transport]
 kind = "ssh"
 user = "pi"
-
-[board]
-ram_mib = 512
+known_hosts = "/etc/ssh/lab_known_hosts"
 """
 
 
@@ -59,8 +57,8 @@ def test_valid_file_outside_targets_dir(tmp_path):
     assert target.cc.tool("gcc") == "arm-linux-gnueabihf-gcc"
     assert target.cc.cflags == ("-mthumb",)
     assert target.transport.kind == "ssh"
-    assert target.transport.options == {"user": "pi"}
-    assert target.board == {"ram_mib": 512}
+    assert target.transport.options == {"user": "pi", "known_hosts": "/etc/ssh/lab_known_hosts"}
+    assert target.board == {}
 
 
 # (edit applied to VALID, key the error must name, words of the problem)
@@ -80,7 +78,14 @@ MALFORMED = [
     (lambda t: t.replace("[toolchain]\nimage", "[toolchain]\nimg"), "toolchain.img", "unknown key"),
     (lambda t: t.replace('kind = "ssh"', 'kind = "telnet"'), "transport.kind", "must be one of"),
     (lambda t: t.replace('kind = "ssh"\n', ""), "transport.kind", "missing"),
-    (lambda t: 'board = "pi"\n' + t.replace("[board]\nram_mib = 512\n", ""), "board", "must be a table"),
+    (lambda t: 'board = "pi"\n' + t, "board", "must be a table"),
+    (lambda t: t + "[board]\nram_mib = 512\n", "board.ram_mib", "unknown key"),
+    # a misspelt transport option would silently check host keys against ~/.ssh/known_hosts
+    (lambda t: t.replace("known_hosts =", "knwon_hosts ="), "transport.knwon_hosts",
+     "allowed: board, board_instance, host, key_file, known_hosts, port, trust_on_first_use, user, workdir"),
+    (lambda t: t.replace('user = "pi"', 'user = "pi"\nport = "22"'), "transport.port", "must be an integer"),
+    (lambda t: t.replace('user = "pi"', "user = 7"), "transport.user", "must be a string"),
+    (lambda t: t.replace('kind = "ssh"', 'kind = "qemu-user"'), "transport.user", "allowed: cpu"),
     (lambda t: t.replace('description = "a test board"', "descripton = 'x'"), "descripton", "unknown key"),
     (lambda t: t.replace('description = "a test board"', "description = ['x']"), "description", "must be a str"),
 ]

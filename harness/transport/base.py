@@ -2,9 +2,19 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+import logging
+import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol, Sequence
+from typing import Any, Callable, Mapping, Protocol, Sequence
+
+from ..errors import DeviceError, RunnerError
+
+log = logging.getLogger(__name__)
+
+#: Where a transport puts the runner and the model when its target says nothing else.
+DEFAULT_WORKDIR = "/tmp/minrt"
 
 
 @dataclass(frozen=True)
@@ -32,3 +42,85 @@ class Transport(Protocol):
     def get(self, remote: str, local: Path) -> None: ...
 
     def close(self) -> None: ...
+
+    def run_model(self, runner: str, graph: bytes, params: bytes, inputs: bytes, iters: int,
+                  workspace: int, timeout: float) -> tuple[bytes, dict[str, Any]]:
+        """Run a model with the minrt-run already put at `runner` on the device: returns (the
+        outputs blob, the runner's timing line). A runner that refuses the model or its
+        inputs raises RunnerError; a device that fails, DeviceError. Transports that move
+        files use RunsModelWithFiles; the serial console speaks the framed protocol."""
+        ...
+
+
+#: Exit codes of minrt-run (runtime_c/runner): 1 load/input error, 2 usage, 3 run error.
+RUNNER_EXIT = {1: "load or input error", 2: "usage error", 3: "run error"}
+
+
+def parse_timing(stdout: str) -> dict[str, Any]:
+    """The runner's last stdout line is a JSON object with its timing and arena size."""
+    for line in reversed(stdout.strip().splitlines()):
+        line = line.strip()
+        if line.startswith("{"):
+            try:
+                return json.loads(line)
+            except json.JSONDecodeError:
+                break
+    raise DeviceError(f"minrt-run printed no timing line; its output was:\n{stdout[-2000:]}")
+
+
+class RunsModelWithFiles:
+    """`run_model` for transports with put/run/get: the model's files go to the workdir and
+    minrt-run runs in its file mode."""
+
+    workdir: str
+    name: str = "device"
+
+    def run_model(self, runner: str, graph: bytes, params: bytes, inputs: bytes, iters: int,
+                  workspace: int, timeout: float) -> tuple[bytes, dict[str, Any]]:
+        wd = self.workdir
+        with tempfile.TemporaryDirectory(prefix="minrt-io-") as tmp:
+            for name, data in (("graph.json", graph), ("params.bin", params), ("inputs.bin", inputs)):
+                local = Path(tmp) / name
+                local.write_bytes(data)
+                self.put(local, f"{wd}/{name}")  # type: ignore[attr-defined]
+            argv = [runner, f"{wd}/graph.json", f"{wd}/params.bin", f"{wd}/inputs.bin",
+                    f"{wd}/outputs.bin", "-n", str(iters), "-w", str(workspace)]
+            log.info("running %d iteration(s)", iters)
+            result = self.run(argv, timeout=timeout)  # type: ignore[attr-defined]
+            if result.returncode != 0:
+                what = RUNNER_EXIT.get(result.returncode, f"exit status {result.returncode}")
+                detail = result.stderr.strip() or result.stdout.strip()
+                if result.returncode in RUNNER_EXIT:
+                    raise RunnerError(f"minrt-run failed ({what}): {detail}")
+                raise DeviceError(f"minrt-run failed ({what}) on {self.name}: {detail}")
+            timing = parse_timing(result.stdout)
+            out_path = Path(tmp) / "outputs.bin"
+            self.get(f"{wd}/outputs.bin", out_path)  # type: ignore[attr-defined]
+            return out_path.read_bytes(), timing
+
+
+#: Options of a [transport] table that put the device on an emulated board (harness.board),
+#: for kinds with `board=True`; harness.devices boots the board and asks it for the address.
+BOARD_OPTIONS: Mapping[str, type | tuple[type, ...]] = {"board": str, "board_instance": (str, int)}
+
+#: A transport factory: (the target's [transport] options, the --host address or None,
+#: trust_on_first_use) -> an open Transport.
+TransportFactory = Callable[[Mapping[str, Any], "str | None", bool], Transport]
+
+
+@dataclass(frozen=True)
+class TransportKind:
+    """What the registry (harness.transport.transport_kinds) knows of one kind of transport:
+    how to open it, which target options it takes, and what it can do."""
+
+    name: str
+    summary: str  # how `harness targets` describes a target reached this way
+    open: TransportFactory
+    #: keys a target's [transport] table may hold besides `kind`, with their TOML types
+    options: Mapping[str, type | tuple[type, ...]] = field(default_factory=dict)
+    #: what --host means for this kind ("user@address[:port]"), None if it takes no address
+    address: str | None = None
+    #: it can reach the emulated board (`board = NAME` in [transport]; the board gives the address)
+    board: bool = False
+    #: host programs it needs, for `harness targets`
+    needs: tuple[str, ...] = ()

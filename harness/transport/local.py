@@ -7,15 +7,15 @@ import shutil
 import subprocess
 import tempfile
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Mapping, Sequence
 
 from ..errors import DeviceError
-from .base import CommandResult
+from .base import CommandResult, RunsModelWithFiles, TransportKind
 
 log = logging.getLogger(__name__)
 
 
-class LocalTransport:
+class LocalTransport(RunsModelWithFiles):
     """The host itself. `workdir` is a fresh temporary directory, removed on close."""
 
     name = "local"
@@ -77,3 +77,19 @@ class QemuUserTransport(LocalTransport):
 
     def wrap(self, argv: Sequence[str]) -> list[str]:
         return [self.qemu, "-cpu", self.cpu, "-L", self.sysroot, *argv]
+
+
+def _open_local(options: Mapping[str, Any], address: str | None, trust_on_first_use: bool) -> LocalTransport:
+    return LocalTransport()
+
+
+def _open_qemu_user(options: Mapping[str, Any], address: str | None,
+                    trust_on_first_use: bool) -> QemuUserTransport:
+    return QemuUserTransport(cpu=options.get("cpu", "cortex-a7"))
+
+
+TRANSPORT_KINDS = (
+    TransportKind("local", "runs on this host", _open_local),
+    TransportKind("qemu-user", "runs under qemu-arm on this host", _open_qemu_user,
+                  options={"cpu": str}, needs=("qemu-arm",)),
+)

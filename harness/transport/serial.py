@@ -30,13 +30,13 @@ import socket
 import stat
 import time
 from pathlib import Path, PurePosixPath
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import serial
 
 from .. import frames
-from ..errors import DeviceError, RunnerError
-from .base import CommandResult
+from ..errors import DeviceError, RunnerError, TargetError
+from .base import DEFAULT_WORKDIR, CommandResult, TransportKind
 
 log = logging.getLogger(__name__)
 
@@ -547,3 +547,17 @@ class _Link:
             f"{st.bad_crc} damaged frames, {st.bad_header} bad headers, {st.skipped_bytes} bytes of noise): "
             "the device stopped answering or the line is too noisy"
         )
+
+
+def _open_serial(options: Mapping[str, Any], address: str | None, trust_on_first_use: bool) -> SerialTransport:
+    url = address or options.get("url")
+    if not url:
+        raise TargetError("this target needs a serial port: pass --host /dev/ttyUSB0 or a pyserial URL")
+    return SerialTransport(url, workdir=options.get("workdir", DEFAULT_WORKDIR),
+                           baudrate=int(options.get("baudrate", 115200)))
+
+
+TRANSPORT_KINDS = (
+    TransportKind("serial", "over a serial console", _open_serial, address="SERIAL-PORT-OR-URL",
+                  board=True, options={"url": str, "workdir": str, "baudrate": int}),
+)

@@ -24,13 +24,13 @@ import stat
 import threading
 import time
 from pathlib import Path, PurePosixPath
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import fabric
 import paramiko
 
 from ..errors import DeviceError, TargetError
-from .base import CommandResult
+from .base import CommandResult, RunsModelWithFiles, TransportKind
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +39,7 @@ _POLL_S = 0.05
 _CHANNEL_TRIES = 4  # a refused channel open is asked again this many times in all
 
 
-class SSHTransport:
+class SSHTransport(RunsModelWithFiles):
     """A connection to one device over SSH. Use as a context manager or call close()."""
 
     def __init__(
@@ -461,3 +461,38 @@ def _fingerprint(key: paramiko.PKey) -> str:
 
 
 __all__ = ["SSHTransport", "DEFAULT_KNOWN_HOSTS"]
+
+
+def split_address(address: str, default_user: str) -> tuple[str, str, int | None]:
+    """'user@address[:port]' -> (user, address, port); a bad port is a TargetError."""
+    user, _, host = address.rpartition("@")
+    port = None
+    if host.count(":") == 1:  # not an IPv6 literal
+        host, _, port_text = host.partition(":")
+        if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+            raise TargetError(f"--host '{address}': port '{port_text}' is not a TCP port (1-65535)")
+        port = int(port_text)
+    if not host:
+        raise TargetError(f"--host '{address}': no host name or address")
+    return user or default_user, host, port
+
+
+def _open_ssh(options: Mapping[str, Any], address: str | None, trust_on_first_use: bool) -> SSHTransport:
+    address = address or options.get("host")
+    if not address:
+        raise TargetError("this target needs a device address: pass --host user@ADDRESS")
+    user, host, port = split_address(address, options.get("user", "root"))
+    port = port or int(options.get("port", 22))
+    # no workdir option: a private one per connection (mktemp -d on the device), removed after
+    return SSHTransport(host=host, port=port, user=user,
+                        workdir=options.get("workdir"),
+                        known_hosts=options.get("known_hosts"),
+                        key_filename=options.get("key_file"),
+                        trust_on_first_use=trust_on_first_use or bool(options.get("trust_on_first_use")))
+
+
+TRANSPORT_KINDS = (
+    TransportKind("ssh", "over SSH", _open_ssh, address="user@ADDRESS[:PORT]", board=True,
+                  options={"host": str, "user": str, "port": int, "workdir": str, "known_hosts": str,
+                           "key_file": str, "trust_on_first_use": bool}),
+)
