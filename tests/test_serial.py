@@ -796,3 +796,26 @@ def test_console_cut_mid_run_ends_with_device_error(model: Model, tmp_path: Path
     finally:
         console.terminate()
         console.wait(10)
+
+
+def test_unix_socket_console_missing_or_closed_is_a_device_error(tmp_path):
+    """The emulated board's console is a unix socket (`unix://PATH`, pyserial has no such URL):
+    a missing socket and a console that hangs up are clear DeviceErrors, not hangs."""
+    import socket
+
+    missing = tmp_path / "nothing.sock"
+    with pytest.raises(DeviceError, match=rf"serial unix://{missing}: cannot open the console"):
+        SerialTransport(f"unix://{missing}")
+    path = tmp_path / "console.sock"
+    server = socket.socket(socket.AF_UNIX)
+    server.bind(str(path))
+    server.listen(1)
+    try:
+        dev = SerialTransport(f"unix://{path}", sync_timeout=5)
+        peer, _ = server.accept()
+        peer.close()  # the console hangs up before answering
+        with pytest.raises(DeviceError, match="the console line failed|cannot write to the console"):
+            dev.run(["true"], timeout=5)
+        dev.close()
+    finally:
+        server.close()
