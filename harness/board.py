@@ -840,5 +840,20 @@ def stop_board(name: str = "qemu-virt-armv7", instance: str = "0",
         return running
 
 
+def restart_board(name: str = "qemu-virt-armv7", instance: str = "0", cache: Path | None = None,
+                  boot_timeout: float = 240.0) -> Board:
+    """Power-cycle the board: cut it off at once (no orderly poweroff: a frozen or stuck
+    board would not answer one), then boot it again."""
+    run_dir = _run_dir(name, instance, cache)
+    with _locked(run_dir / "lock"):
+        board = _stale_board(name, run_dir)
+        if board is not None and board.is_running():
+            log.info("board %s: power cycle (killing qemu pid %d)", board.name, board.pid)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(board.pid, signal.SIGKILL)  # works on a stopped (SIGSTOP) process too
+            board._wait_exit(10.0)
+    return ensure_board(name, instance, cache, boot_timeout)
+
+
 __all__ = ["BoardRecipe", "BoardImage", "Board", "SSHParams", "build_board_image",
-           "ensure_board", "board_status", "stop_board", "recipe_for", "READY_MARKER"]
+           "ensure_board", "board_status", "stop_board", "restart_board", "recipe_for", "READY_MARKER"]

@@ -65,6 +65,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     models = resolve_models(args.model)
     if inputs and len(models) != 1:
         raise HarnessError("--input needs exactly one --model")
+    store = batch = None
+    if args.results:
+        import time
+
+        from .results import ResultStore
+
+        store = ResultStore(args.results)
+        batch = args.batch or time.strftime("run-%Y%m%dT%H%M%SZ", time.gmtime())
     results = []
     for model in models:
         result = run_on_target(model, target, transport=args.transport, toolchain=args.toolchain,
@@ -72,6 +80,8 @@ def cmd_run(args: argparse.Namespace) -> int:
                                input_files=inputs or None, atol=args.atol, rtol=args.rtol,
                                trust_on_first_use=args.trust_on_first_use)
         results.append(result.to_dict())
+        if store is not None:
+            store.record(result.to_dict(), device=args.host or target.name, batch=batch)
         if not args.json:
             print(format_result(result.to_dict()), flush=True)
     if args.json:
@@ -160,6 +170,9 @@ def cmd_board(args: argparse.Namespace) -> int:
     elif args.action == "down":
         stopped = board.stop_board(args.name, args.instance)
         print(f"board {args.name}-{args.instance}: {'powered off' if stopped else 'was not running'}")
+    elif args.action == "restart":
+        b = board.restart_board(args.name, args.instance)
+        print(f"board {args.name}-{args.instance}: power-cycled, SSH 127.0.0.1:{b.ssh_port}")
     else:
         for key, value in board.board_status(args.name, args.instance).items():
             print(f"{key:<12} {value}")
@@ -252,6 +265,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--atol", type=float, default=1e-5)
     p.add_argument("--rtol", type=float, default=1e-5)
     p.add_argument("--json", action="store_true", help="print machine-readable results")
+    p.add_argument("--results", metavar="STORE",
+                   help="also record every run in this results store (the one the nightly uses, say)")
+    p.add_argument("--batch", help="batch name for --results (default: run-<UTC time>)")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("compile", help="compile a model into a minrt artifact (cached)")
@@ -284,8 +300,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_size)
 
-    p = sub.add_parser("board", help="the emulated ARMv7 board: up, down, status")
-    p.add_argument("action", choices=["up", "down", "status"])
+    p = sub.add_parser("board", help="the emulated ARMv7 board: up, down, restart (power cycle), status")
+    p.add_argument("action", choices=["up", "down", "restart", "status"])
     p.add_argument("--name", default="qemu-virt-armv7")
     p.add_argument("--instance", default="0", help="which of several boards (default 0)")
     p.set_defaults(func=cmd_board)

@@ -63,6 +63,10 @@ class Regression:
     fatal: bool
 
 
+def _toolchains(runs: dict[tuple[str, str], RunRow], target: str) -> set[str]:
+    return {r.toolchain for (_, t), r in runs.items() if t == target and r.minrt_text is not None and r.toolchain}
+
+
 def _minrt_text(runs: dict[tuple[str, str], RunRow], target: str) -> int | None:
     sizes = [r.minrt_text for (_, t), r in runs.items() if t == target and r.minrt_text is not None]
     return max(sizes) if sizes else None
@@ -103,7 +107,15 @@ def find_regressions(
             found.append(Regression("size-budget", target, None, budget, size_new,
                                     f"{target}: minrt .text is {size_new} B, over its budget of {budget} B", True))
         size_old = _minrt_text(old, target)
-        if size_old is not None and size_new - size_old > size_growth_bytes:
+        tc_old, tc_new = _toolchains(old, target), _toolchains(new, target)
+        if size_old is not None and tc_old and tc_new and tc_old != tc_new:
+            # A different compiler: its size change is not the code's; say so separately.
+            found.append(Regression("toolchain-changed", target, None, ", ".join(sorted(tc_old)),
+                                    ", ".join(sorted(tc_new)),
+                                    f"{target}: toolchain changed ({', '.join(sorted(tc_old))} -> "
+                                    f"{', '.join(sorted(tc_new))}); minrt .text {size_old} -> {size_new} B "
+                                    "is not compared as code growth", False))
+        elif size_old is not None and size_new - size_old > size_growth_bytes:
             found.append(Regression("size-growth", target, None, size_old, size_new,
                                     f"{target}: minrt .text grew by {size_new - size_old} B "
                                     f"({size_old} -> {size_new} B; threshold {size_growth_bytes} B)", True))
@@ -252,6 +264,21 @@ def render_dashboard(store: ResultStore, *, title: str = "minrt nightly") -> str
         out.append("</ul>")
     else:
         out.append('<p class="ok">None.</p>')
+
+    out.append('<h2 id="devices">Device health</h2>')
+    health = sorted(store.device_health(), key=lambda r: (r["state"] != "quarantined", r["device"]))
+    if health:
+        out.append('<table class="devices"><tr><th>device</th><th>target</th><th>state</th><th>since</th>'
+                   "<th>consecutive failures</th><th>reason</th><th>evidence</th></tr>")
+        for r in health:
+            cls = "fail" if r["state"] == "quarantined" else "pass"
+            link = (f'<a href="file://{_esc(r["evidence"])}">{_esc(r["evidence"])}</a>' if r["evidence"] else "-")
+            out.append(f'<tr data-device="{_esc(r["device"])}"><td>{_esc(r["device"])}</td><td>{_esc(r["target"] or "-")}'
+                       f'</td><td class="{cls}">{_esc(r["state"])}</td><td>{_esc(r["since"])}</td>'
+                       f'<td>{r["failures"]}</td><td>{_esc(r["reason"] or "")}</td><td>{link}</td></tr>')
+        out.append("</table><p>A quarantined device takes no jobs until <code>harness farm clear DEVICE</code>.</p>")
+    else:
+        out.append('<p class="empty">No device health recorded.</p>')
 
     targets = store.targets()
     out.append('<h2 id="sizes">minrt .text per target over commits</h2>')

@@ -66,7 +66,21 @@ CREATE TABLE IF NOT EXISTS outputs (
     passed INTEGER
 );
 CREATE INDEX IF NOT EXISTS outputs_run ON outputs(run_id);
+CREATE TABLE IF NOT EXISTS device_health (
+    device TEXT PRIMARY KEY,
+    target TEXT,
+    state TEXT NOT NULL,
+    failures INTEGER NOT NULL,
+    reason TEXT,
+    since TEXT,
+    updated TEXT NOT NULL,
+    evidence TEXT
+);
 """
+
+#: device_health.state values: a healthy device takes jobs, a quarantined one does not until
+#: `harness farm clear DEVICE`.
+HEALTHY, QUARANTINED = "healthy", "quarantined"
 
 RUN_COLUMNS = (
     "id", "batch", "commit", "date", "target", "model", "transport", "device", "passed", "error",
@@ -221,6 +235,45 @@ class ResultStore:
         log.info("results: recorded run %d (%s on %s, %s)", run_id, row["model"], row["target"],
                  "passed" if passed else "failed")
         return run_id
+
+    # -- device health ---------------------------------------------------------------------
+
+    def device_health(self, device: str | None = None) -> list[dict[str, Any]]:
+        """The recorded health of `device` (or of every device), as dicts of the columns."""
+        cols = ("device", "target", "state", "failures", "reason", "since", "updated", "evidence")
+        where, params = ("WHERE device = ?", (device,)) if device else ("", ())
+        with self._connect() as db:
+            rows = db.execute(f"SELECT {', '.join(cols)} FROM device_health {where} ORDER BY device",
+                              params).fetchall()
+        return [dict(zip(cols, r)) for r in rows]
+
+    def set_device_health(self, device: str, *, target: str | None, state: str, failures: int,
+                          reason: str | None, evidence: str | None = None) -> None:
+        """Record a device's health; `since` is when it entered `state`."""
+        if state not in (HEALTHY, QUARANTINED):
+            raise HarnessError(f"results: device state must be {HEALTHY} or {QUARANTINED}, got {state!r}")
+        now = _now()
+        with self._connect() as db:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                old = db.execute("SELECT state, since FROM device_health WHERE device = ?", (device,)).fetchone()
+                since = old[1] if old and old[0] == state else now
+                db.execute("INSERT OR REPLACE INTO device_health (device, target, state, failures, reason, "
+                           "since, updated, evidence) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                           (device, target, state, failures, reason, since, now, evidence))
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+
+    def clear_device(self, device: str) -> bool:
+        """Return a quarantined device to service (failures reset); False if it was not quarantined."""
+        rows = self.device_health(device)
+        if not rows or rows[0]["state"] != QUARANTINED:
+            return False
+        self.set_device_health(device, target=rows[0]["target"], state=HEALTHY, failures=0,
+                               reason=f"cleared by hand (was: {rows[0]['reason']})")
+        return True
 
     # -- reading ---------------------------------------------------------------------------
 

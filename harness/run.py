@@ -155,6 +155,7 @@ def run_on_target(
     timeout: float = RUN_TIMEOUT_S,
     trust_on_first_use: bool = False,
     device: Any = None,
+    evidence_dir: Path | None = None,
 ) -> RunResult:
     """Compile, build, deploy, run and check one model on one target.
 
@@ -162,6 +163,8 @@ def run_on_target(
     was measured before them, so a farm or a dashboard loses nothing; failures of the user's
     own input (unknown target, unreadable model) raise. `device` is an already open transport
     to the target (the pytest plugin's session device); without it one is opened and closed.
+    With `evidence_dir`, the run keeps there what reproduces it: the artifact (graph.json,
+    params.bin, kernels.o, metadata.json), inputs.bin, outputs.bin and result.json.
     """
     from . import size
     from .build import build_runner
@@ -175,6 +178,9 @@ def run_on_target(
     log.info("[%s on %s] compiling", model.name, target.name)
     artifact = compile_model(model, target)
     result.tvm_version = artifact.metadata.get("tvm_version")
+    evidence = Evidence(Path(evidence_dir)) if evidence_dir is not None else None
+    if evidence:
+        evidence.keep_artifact(artifact.dir)
     try:
         tc = get_toolchain(toolchain, target)
         result.toolchain = tc.describe()
@@ -187,6 +193,8 @@ def run_on_target(
         if missing:
             raise HarnessError(f"no value given for model input(s) {missing}")
         blob = tensorfile.dumps({s["name"]: inputs[s["name"]] for s in artifact.inputs})
+        if evidence:
+            evidence.write("inputs.bin", blob)
         if device is not None:
             log.info("[%s on %s] running on the device", model.name, target.name)
             out_blob, timing = execute(device, runner, artifact, blob, iters, timeout)
@@ -195,6 +203,8 @@ def run_on_target(
                                 trust_on_first_use=trust_on_first_use) as opened:
                 log.info("[%s on %s] running on the device", model.name, target.name)
                 out_blob, timing = execute(opened, runner, artifact, blob, iters, timeout)
+        if evidence:
+            evidence.write("outputs.bin", out_blob)
         result.iters = int(timing.get("iters", iters))
         result.arena_bytes = timing.get("arena_bytes")
         result.latency_us = {k: float(timing[f"{k}_us"]) for k in ("min", "mean", "max") if f"{k}_us" in timing}
@@ -212,4 +222,28 @@ def run_on_target(
         log.error("[%s on %s] %s", model.name, target.name, exc)
     log.info("[%s on %s] %s in %.1f s", model.name, target.name,
              "PASS" if result.passed else "FAIL", time.monotonic() - started)
+    if evidence:
+        evidence.write("result.json", result.to_json().encode())
     return result
+
+
+@dataclass
+class Evidence:
+    """A directory that keeps what reproduces one run (see run_on_target)."""
+
+    dir: Path
+
+    def write(self, name: str, data: bytes) -> Path:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        path = self.dir / name
+        path.write_bytes(data)
+        return path
+
+    def keep_artifact(self, artifact_dir: Path) -> None:
+        import shutil
+
+        dest = self.dir / "artifact"
+        dest.mkdir(parents=True, exist_ok=True)
+        for item in Path(artifact_dir).iterdir():
+            if item.is_file():
+                shutil.copy2(item, dest / item.name)
