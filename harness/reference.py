@@ -19,6 +19,7 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 
 from .compare import DEFAULT_ATOL, DEFAULT_RTOL, compare_output
+from .errors import HarnessError
 
 log = logging.getLogger(__name__)
 
@@ -130,8 +131,6 @@ def consensus(runs: Sequence[ReferenceRun], atol: float = DEFAULT_ATOL, rtol: fl
     available reference (and fails unless it matches all), flagged. None available: the
     tiebreak alone judges, flagged; without one, a HarnessError.
     """
-    from .errors import HarnessError
-
     runs = list(runs)
     statuses = {r.name: ReferenceStatus(r.name, "unavailable", r.unavailable) for r in runs if r.outputs is None}
     available = [r for r in runs if r.outputs is not None]
