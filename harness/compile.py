@@ -32,7 +32,7 @@ from .targets import Target, load_target
 log = logging.getLogger(__name__)
 
 #: Bump when the artifact produced for the same inputs changes (invalidates the cache).
-PIPELINE_VERSION = "2"
+PIPELINE_VERSION = "3"  # 3: params.bin is minrt's aligned container
 #: Symbols register as `__tvm_ffi_<func_name>` with no prefix.
 SYSTEM_LIB_PREFIX = ""
 ABI = "tvm-ffi"
@@ -572,7 +572,7 @@ def compile_model(onnx_path: Path | str, target: Target | str, cache: Path | Non
         log.info("compile %s: %d kernels for %s", model_name, len(graph.kernels), target.tvm_target.get("mtriple", "host"))
         workspace = compile_kernels(graph.kernels, tvm_target, tmp / KERNELS_OBJ)
         (tmp / GRAPH_JSON).write_text(json.dumps(graph_json(graph, plan), separators=(",", ":")))
-        tensorfile.save(tmp / PARAMS_BIN, graph.params)
+        tensorfile.save(tmp / PARAMS_BIN, graph.params, aligned=True)
 
         def spec(name: str, nid: int, index: int) -> dict[str, Any]:
             shape, dtype = graph.nodes[nid].outputs[index]

@@ -364,7 +364,7 @@ int minrt_load(minrt **out, const minrt_artifact *a, void *arena, size_t arena_l
   ld L;
   minrt *m = (minrt *)arena;
   uint8_t *b = (uint8_t *)arena;
-  uint32_t off, top, o_ent, o_args, o_ptr, o_shp, act, cp = 0, k;
+  uint32_t off, top, g, o_ent, o_args, o_ptr, o_shp, act, cp = 0, k;
   mentry *en, *end, *ent;
   memset(&L, 0, sizeof L);
   L.e = e;
@@ -384,10 +384,10 @@ int minrt_load(minrt **out, const minrt_artifact *a, void *arena, size_t arena_l
   o_args = o_ent + L.n_ent * (uint32_t)sizeof(mentry);
   o_ptr = o_args + (L.n_args + L.n_ent - L.n_plain) * (uint32_t)sizeof(TVMFFIAny);
   o_shp = o_ptr + AL8((L.n_heads + L.n_nodes) * (uint32_t)sizeof(void *));
-  top = o_shp + 8 * L.n_dims;
-  *need = top;
-  if (top > arena_len) return fail(&L, M_ARENA, top);
-  memset(b, 0, top);
+  g = o_shp + 8 * L.n_dims;
+  *need = g;
+  if (g > arena_len) return fail(&L, M_ARENA, g);
+  memset(b, 0, g);
   m->nodes = (mnode *)(m + 1);
   m->ent = (mentry *)(b + o_ent);
   L.args = (TVMFFIAny *)(b + o_args);
@@ -409,19 +409,20 @@ int minrt_load(minrt **out, const minrt_artifact *a, void *arena, size_t arena_l
   for (en = ent; en < end; en++)
     if (en->kind <= K_INPUT && ent[en->sid].store < en->nbytes)
       ent[en->sid].store = en->nbytes;
-  off = AL64((uint32_t)((uint8_t *)L.shp - b));
-  m->arena_use[MINRT_USE_GRAPH] = off;
+  off = top = AL64((uint32_t)((uint8_t *)L.shp - b));
   for (en = ent; en < end; en++) {
     en->store = place(&off, en->store);
     if (en->kind == K_PCOPY) en->sid = place(&off, en->nbytes), cp += AL64(en->nbytes);
   }
   act = off;
   k = place(&off, (uint32_t)a->workspace_bytes);
-  /* never less than the first call's need, so the size it reports always loads */
-  *need = off > top ? off : top;
+  /* never less than the first call's need g, so the size it reports always loads (the
+   * pool's unshared part then counts as graph) */
+  *need = off > g ? off : g;
   if (off >> 31) return fail(&L, M_ARENA_2G, -1);
   if (*need > arena_len) return fail(&L, M_ARENA, (long)*need);
-  m->arena_use[MINRT_USE_ACTIVATIONS] = act - m->arena_use[MINRT_USE_GRAPH] - cp;
+  m->arena_use[MINRT_USE_GRAPH] = (uint32_t)*need - (off - top);
+  m->arena_use[MINRT_USE_ACTIVATIONS] = act - top - cp;
   m->arena_use[MINRT_USE_WORKSPACE] = off - act;
   m->arena_use[MINRT_USE_WEIGHT_COPIES] = cp;
   m->ws = m->ws_top = b + k;
