@@ -148,3 +148,9 @@ def run_sizes(target: Target, runner: Path, artifact: Any, toolchain: Toolchain)
         "runner_text": size_elf(runner, target, toolchain)["text"],
         "kernels_text": size_elf(Path(artifact.kernels_obj), target, toolchain)["text"],
     }
+
+
+def weights_bytes(artifact: Any) -> int:
+    """Bytes of the model's weights as they lie in flash or a file: params.bin's size (the
+    aligned container: data, headers and alignment padding)."""
+    return Path(artifact.params_bin).stat().st_size
