@@ -32,7 +32,7 @@ from .targets import Target, load_target
 log = logging.getLogger(__name__)
 
 #: Bump when the artifact produced for the same inputs changes (invalidates the cache).
-PIPELINE_VERSION = "3"  # 3: params.bin is minrt's aligned container
+PIPELINE_VERSION = "5"  # 3: params.bin is the aligned container; 4, 5: in-place outputs
 #: Symbols register as `__tvm_ffi_<func_name>` with no prefix.
 SYSTEM_LIB_PREFIX = ""
 ABI = "tvm-ffi"
@@ -277,6 +277,9 @@ def _stage_buffers(stmt: Any, reads: set[str], writes: set[str], in_block: bool 
         return _stage_buffers(stmt.body, reads, writes, in_block)
     if isinstance(stmt, tirx.stmt.SeqStmt):
         return all(_stage_buffers(s, reads, writes, in_block) for s in stmt.seq)
+    if isinstance(stmt, tirx.stmt.AllocBuffer):  # a scratch buffer: counts as written here
+        writes.add(stmt.buffer.name)
+        return True
     return in_block and isinstance(stmt, (tirx.stmt.BufferStore, tirx.stmt.Evaluate))
 
 

@@ -204,7 +204,9 @@ def _al(n: int, a: int) -> int:
 def arena_plan(graph: dict[str, Any], workspace_bytes: int, sizes: dict[str, int]) -> dict[str, int]:
     """The arena minrt_load lays out for graph.json (a dict) with params in minrt's aligned
     container in an aligned buffer (no copies): bytes of graph, activations, workspace,
-    weight_copies (0) and their total, arena_bytes; and graph_bytes_per_entry."""
+    weight_copies (0) and their total, arena_bytes; graph_bytes_per_entry (the whole parsed
+    graph: nodes, entries, kernel arguments, shapes) and entry_bytes (an entry's own struct and
+    shape dims)."""
     from .compile import NOP, dtype_nbytes
 
     nodes, row_ptr = graph["nodes"], graph["node_row_ptr"]
@@ -239,7 +241,9 @@ def arena_plan(graph: dict[str, Any], workspace_bytes: int, sizes: dict[str, int
     total = max(top + activations + workspace, g + 8 * n_dims)
     return {"graph": total - activations - workspace, "activations": activations, "workspace": workspace,
             "weight_copies": 0, "arena_bytes": total,
-            "graph_bytes_per_entry": round((total - activations - workspace) / max(n_ent, 1), 1)}
+            "graph_bytes_per_entry": round((total - activations - workspace) / max(n_ent, 1), 1),
+            # an entry's own metadata: its struct and its share of the shape pool
+            "entry_bytes": round(sizes["entry"] + 8 * len(pool) / max(n_ent, 1), 1)}
 
 
 def model_footprint(target: Target, artifact: Any, runner: Path, toolchain: Toolchain) -> dict[str, Any]:
