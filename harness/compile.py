@@ -32,7 +32,7 @@ from .targets import Target, load_target
 log = logging.getLogger(__name__)
 
 #: Bump when the artifact produced for the same inputs changes (invalidates the cache).
-PIPELINE_VERSION = "5"  # 3: params.bin is the aligned container; 4, 5: in-place outputs
+PIPELINE_VERSION = "6"  # 3: params.bin is the aligned container; 4-6: in-place outputs
 #: Symbols register as `__tvm_ffi_<func_name>` with no prefix.
 SYSTEM_LIB_PREFIX = ""
 ABI = "tvm-ffi"
@@ -402,8 +402,7 @@ def walk_main(mod: Any, input_names: list[str], where: str) -> Graph:
                 func_name = NOP
             else:
                 kernels[func_name] = prim
-                inplace = [(pos, out) for pos, out in inplace_pairs(prim, len(args))
-                           if nodes[args[pos][0]].outputs[args[pos][1]] == outputs[out]]
+                inplace = inplace_pairs(prim, len(args))
             count = used_names.get(gvar.name_hint, 0)
             used_names[gvar.name_hint] = count + 1
             name = gvar.name_hint if count == 0 else f"{gvar.name_hint}_{count}"
@@ -438,8 +437,8 @@ def plan_storage(graph: Graph) -> StoragePlan:
     its input's storage (and keeps it alive as long as the alias is read). A buffer freed by
     a node's inputs is reusable only from the next node on, so no kernel reads and writes the
     same memory, except in place: an output takes the storage of an input that dies at that
-    node when the kernel allows it (GraphNode.inplace, see inplace_pairs) and the input's data
-    is read through no other argument. Reuse is best-fit by byte size (a too-small free buffer
+    node when the kernel allows it (GraphNode.inplace, see inplace_pairs), the input's data
+    is read through no other argument and the output fits in that storage. Reuse is best-fit by byte size (a too-small free buffer
     grows when nothing fits).
     """
     row_ptr = graph.row_ptr()
@@ -501,7 +500,7 @@ def plan_storage(graph: Graph) -> StoragePlan:
             for pos, out in node.inplace:
                 r = input_roots[pos]
                 if (out == i and r not in pinned and r not in taken and last_use[r] == nid
-                        and input_roots.count(r) == 1 and nbytes[r] == nbytes[e]):
+                        and input_roots.count(r) == 1 and nbytes[e] <= sizes[storage_id[r]]):
                     storage_id[e] = storage_id[r]
                     taken.add(r)
                     inplace.append((nid, pos, i))
