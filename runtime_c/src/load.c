@@ -384,6 +384,8 @@ int minrt_load(minrt **out, const minrt_artifact *a, void *arena, size_t arena_l
   o_args = o_ent + L.n_ent * (uint32_t)sizeof(mentry);
   o_ptr = o_args + (L.n_args + L.n_ent - L.n_plain) * (uint32_t)sizeof(TVMFFIAny);
   o_shp = o_ptr + AL8((L.n_heads + L.n_nodes) * (uint32_t)sizeof(void *));
+  /* dims may repeat (a key given twice): up to 2^30 in a 2 GiB JSON, so 64-bit here */
+  if (((uint64_t)o_shp + 8 * (uint64_t)L.n_dims) >> 31) return fail(&L, M_ARENA_2G, -1);
   g = o_shp + 8 * L.n_dims;
   *need = g;
   if (g > arena_len) return fail(&L, M_ARENA, g);
