@@ -331,6 +331,9 @@ def test_fuzz_loader_bounded(fixtures, tmp_path):
         text = (fixtures / name).read_bytes()
         # the fuzz input: u32 graph length, graph, params (see fuzz_load.c)
         (corpus / f"seed{i}").write_bytes(struct.pack("<I", len(text)) + text + blob)
+    good = (fixtures / "good.json").read_bytes()  # and the aligned params container
+    (corpus / "seed_aligned").write_bytes(struct.pack("<I", len(good)) + good
+                                          + (fixtures / "good_aligned.bin").read_bytes())
     proc = run([str(binary), "-max_total_time=30", "-rss_limit_mb=1024", "-timeout=10",
                 str(corpus)], cwd=tmp_path, timeout=300)
     assert proc.returncode == 0, proc.stderr[-4000:]
