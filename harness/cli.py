@@ -213,6 +213,7 @@ def cmd_size(args: argparse.Namespace) -> int:
             "runner": size.size_elf(runner, target, toolchain),
             "kernels": size.size_elf(artifact.kernels_obj, target, toolchain),
             "kernel_symbols": size.symbols(artifact.kernels_obj, target, toolchain),
+            "footprint": size.model_footprint(target, artifact, runner, toolchain),
         }
     if args.save_baseline:
         baselines[target.arch] = {"objects": [{k: o[k] for k in ("name", "text", "data", "bss")}
@@ -233,7 +234,11 @@ def cmd_size(args: argparse.Namespace) -> int:
             for sym in obj["symbols"][: args.symbols]:
                 print(f"  {obj['name']:<10} {sym['kind']:<5} {sym['size']:>6}  {sym['name']}")
     for name, m in report.get("models", {}).items():
-        print(f"model {name}: runner text {m['runner']['text']:,} B, kernels text {m['kernels']['text']:,} B")
+        fl, ram = m["footprint"]["flash"], m["footprint"]["ram"]
+        print(f"model {name}: flash {fl['runner'] + fl['weights']:,} B (runner {fl['runner']:,} with minrt "
+              f"{fl['minrt']:,} and kernels {fl['kernels']:,}; weights {fl['weights']:,}); RAM arena {ram['arena_bytes']:,} B "
+              f"(graph {ram['graph']:,} = {ram['graph_bytes_per_entry']} B/entry, activations "
+              f"{ram['activations']:,}, workspace {ram['workspace']:,}, weight copies {ram['weight_copies']})")
     return 0 if report["within_budget"] else 1
 
 

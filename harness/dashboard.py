@@ -44,6 +44,16 @@ def arch_of(target: str) -> str | None:
         return None
 
 
+def memory_of(target: str) -> dict[str, int]:
+    """The memory a target declares (`[memory]` ram_bytes, flash_bytes), {} if none or unknown."""
+    from .targets import load_target
+
+    try:
+        return dict(load_target(target).memory)
+    except HarnessError:
+        return {}
+
+
 def budget_for(target: str) -> int | None:
     arch = arch_of(target)
     return BUDGETS.get(arch) if arch else None
@@ -325,14 +335,46 @@ def render_dashboard(store: ResultStore, *, title: str = "minrt nightly") -> str
         if series:
             out.append(line_chart(f"{target}: mean latency", batches, series, y_unit=" us"))
 
+    out.append('<h2 id="footprint">Footprint per model: RAM (arena) and flash over batches</h2>')
+    for target in targets:
+        memory = memory_of(target)
+        for model in store.models():
+            trend = {p["batch"]: p for p in store.footprint_trend(target, model)}
+            if not trend:
+                continue
+            pts = [trend.get(b) for b in batches]
+
+            def series(key: str) -> list[float | None]:
+                return [None if p is None else p.get(key) for p in pts]
+
+            ram = memory.get("ram_bytes")
+            out.append(line_chart(
+                f"{model} on {target}: RAM", batches,
+                [("arena", series("arena_bytes")), ("activations", series("arena_activations")),
+                 ("workspace", series("arena_workspace")), ("graph", series("arena_graph")),
+                 ("weight copies", series("arena_weight_copies"))],
+                y_unit=" B", hlines=[(ram, f"RAM {ram} B")] if ram else ()))
+            flash = memory.get("flash_bytes")
+            total = [None if p is None or p.get("runner_text") is None or p.get("flash_weights") is None
+                     else p["runner_text"] + p["flash_weights"] for p in pts]
+            out.append(line_chart(
+                f"{model} on {target}: flash", batches,
+                [("runner + weights", total), ("weights", series("flash_weights")),
+                 ("kernels", series("kernels_text")), ("minrt", series("minrt_text"))],
+                y_unit=" B", hlines=[(flash, f"flash {flash} B")] if flash else ()))
+
     if new_batch:
         out.append(f'<h2 id="runs">Runs of {_esc(new_batch)}</h2><table class="runs"><tr><th>model</th>'
                    "<th>target</th><th>device</th><th>result</th><th>mean us</th><th>arena B</th>"
-                   "<th>minrt B</th><th>runner B</th><th>kernels B</th><th>commit</th></tr>")
+                   "<th>minrt B</th><th>runner B</th><th>kernels B</th><th>graph B</th><th>activations B</th>"
+                   "<th>workspace B</th><th>weight copies B</th><th>peak RSS KiB</th><th>weights B</th>"
+                   "<th>commit</th></tr>")
         for row in store.runs(batch=new_batch):
             cls, text = _cell(row)
             mean = f"{row.latency_mean_us:.1f}" if row.latency_mean_us is not None else "-"
-            vals = [row.arena_bytes, row.minrt_text, row.runner_text, row.kernels_text]
+            vals = [row.arena_bytes, row.minrt_text, row.runner_text, row.kernels_text, row.arena_graph,
+                    row.arena_activations, row.arena_workspace, row.arena_weight_copies, row.peak_rss_kb,
+                    row.flash_weights]
             out.append(f"<tr><td>{_esc(row.model)}</td><td>{_esc(row.target)}</td><td>{_esc(row.device or '-')}"
                        f'</td><td class="{cls}">{_esc(text)}</td><td>{mean}</td>'
                        + "".join(f"<td>{'-' if v is None else v}</td>" for v in vals)

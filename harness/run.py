@@ -42,6 +42,9 @@ class RunResult:
     latency_us: dict[str, float] = field(default_factory=dict)
     iters: int = 0
     arena_bytes: int | None = None
+    # What the model costs on the device: the runner's arena by part (graph, activations,
+    # workspace, weight_copies: bytes), peak_rss_kb (Linux runners), and flash (harness.size).
+    footprint: dict[str, Any] = field(default_factory=dict)
     sizes: dict[str, int] = field(default_factory=dict)
     tvm_version: str | None = None
     toolchain: str | None = None
@@ -114,6 +117,24 @@ def execute(transport: Any, runner: Path, artifact: Any, inputs_blob: bytes, ite
     transport.put(runner, remote_runner)
     return transport.run_model(remote_runner, artifact.graph_json.read_bytes(),
                                artifact.params_bin.read_bytes(), inputs_blob, iters, workspace, timeout)
+
+
+def footprint(timing: Mapping[str, Any], sizes: Mapping[str, int], artifact: Any) -> dict[str, Any]:
+    """A run's footprint: RAM as the runner measured it (its arena by part, its peak resident
+    memory when the device reports it) and flash (runtime, runner, kernels, weights)."""
+    from .size import weights_bytes
+
+    arena = timing.get("arena") or {}
+    result: dict[str, Any] = {f"arena_{k}": int(v) for k, v in arena.items()}
+    if timing.get("arena_bytes") is not None:
+        result["arena_bytes"] = int(timing["arena_bytes"])
+    if timing.get("peak_rss_kb") is not None:
+        result["peak_rss_kb"] = int(timing["peak_rss_kb"])
+    result["flash_weights"] = weights_bytes(artifact)
+    for key in ("minrt_text", "runner_text", "kernels_text"):
+        if key in sizes:
+            result[f"flash_{key.removesuffix('_text')}"] = int(sizes[key])
+    return result
 
 
 def check_outputs(model: Path, inputs: Mapping[str, np.ndarray], got: Sequence[np.ndarray],
@@ -207,6 +228,7 @@ def run_on_target(
             evidence.write("outputs.bin", out_blob)
         result.iters = int(timing.get("iters", iters))
         result.arena_bytes = timing.get("arena_bytes")
+        result.footprint = footprint(timing, result.sizes, artifact)
         result.latency_us = {k: float(timing[f"{k}_us"]) for k in ("min", "mean", "max") if f"{k}_us" in timing}
         got = list(tensorfile.loads(out_blob, where="outputs.bin").values())
         log.info("[%s on %s] comparing with the host reference", model.name, target.name)

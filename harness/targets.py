@@ -52,6 +52,9 @@ class Target:
     transport: Transport
     board: dict[str, Any]
     path: Path
+    # What the device has for a model (optional `[memory]`: ram_bytes, flash_bytes): the
+    # dashboard draws them as budget lines under each model's footprint.
+    memory: dict[str, int] = field(default_factory=dict)
 
     @property
     def tvm_target_key(self) -> str:
@@ -74,7 +77,8 @@ def _require(table: dict[str, Any], key: str, kind: type, path: Path, where: str
 
 
 #: Top-level keys of a target file; a misspelt key is an error rather than silently ignored.
-TOP_LEVEL_KEYS = ("name", "description", "arch", "tvm", "cc", "toolchain", "transport", "board")
+TOP_LEVEL_KEYS = ("name", "description", "arch", "tvm", "cc", "toolchain", "transport", "board", "memory")
+MEMORY_KEYS = ("ram_bytes", "flash_bytes")
 
 
 def _no_unknown_keys(table: dict[str, Any], known: tuple[str, ...], path: Path, where: str = "") -> None:
@@ -215,6 +219,13 @@ def parse_target(path: Path) -> Target:
     if not isinstance(board, dict):
         raise TargetError(f"{path}: key 'board' must be a table")
     _no_unknown_keys(board, BOARD_KEYS, path, "board")
+    memory = data.get("memory", {})
+    if not isinstance(memory, dict):
+        raise TargetError(f"{path}: key 'memory' must be a table")
+    _no_unknown_keys(memory, MEMORY_KEYS, path, "memory")
+    for key, value in memory.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise TargetError(f"{path}: key 'memory.{key}' must be a positive whole number of bytes, got {value!r}")
 
     return Target(
         name=name,
@@ -226,6 +237,7 @@ def parse_target(path: Path) -> Target:
         transport=Transport(kind=kind, options=transport_table),
         board=board,
         path=path,
+        memory=dict(memory),
     )
 
 
