@@ -9,8 +9,10 @@ virtio modules that /init loads. The .debs come from a private apt configuration
 never touched. The dropbear host key and the harness' client key are made at build time, so
 the harness verifies the board's host key like any other (no trust on first use).
 
-Board (one running qemu): serial console on a TCP socket (127.0.0.1), SSH forwarded from a
-127.0.0.1 port, guest network restricted (no traffic leaves the host). Its state (pid, ports)
+Board (one running qemu): serial console on a unix socket (0600, in the board's 0700 run
+directory: it is a root shell, so only this user may open it, unlike a loopback TCP port),
+SSH forwarded from a 127.0.0.1 port, guest network restricted (no traffic leaves the host).
+The image directory is 0700 and the initrd 0600: it holds the board's SSH host private key. Its state (pid, ports)
 is kept in `cache_dir()/boards/run/<name>-<instance>/state.json`, so a board booted by one
 harness command is reused by the next; `ensure_board` boots a new one when it died.
 """
@@ -36,7 +38,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterator, NamedTuple
 
-from .cache import cache_dir, content_hash
+from .cache import cache_dir, content_hash, private_dir
 from .errors import DeviceError
 
 log = logging.getLogger(__name__)
@@ -344,10 +346,11 @@ def _client_key(path: Path) -> str:
 def build_board_image(cache: Path | None = None, recipe: BoardRecipe | None = None) -> BoardImage:
     """The board image for `recipe`, built on first use (downloads ~50 MB of armhf .debs)."""
     recipe = recipe or recipe_for("qemu-virt-armv7")
-    boards = (cache or cache_dir()) / "boards"
+    boards = private_dir((cache or cache_dir()) / "boards")
     final = boards / f"{recipe.name}-{recipe.key()}"
     image = BoardImage(recipe, final)
     if (final / "manifest.json").exists():
+        _make_image_private(image)  # an image built before the files were private
         return image
     with _locked(boards / ".build.lock"):
         if (final / "manifest.json").exists():  # another process built it meanwhile
@@ -362,7 +365,16 @@ def build_board_image(cache: Path | None = None, recipe: BoardRecipe | None = No
             shutil.rmtree(final, ignore_errors=True)
             out.rename(final)
         log.info("board %s: image built in %.1f s", recipe.name, time.monotonic() - started)
+    _make_image_private(image)
     return image
+
+
+def _make_image_private(image: BoardImage) -> None:
+    """Only this user may read the host private key (in the initrd) and the client key."""
+    os.chmod(image.dir, 0o700)
+    for path in (image.initrd, image.client_key):
+        if path.exists() and path.stat().st_mode & 0o077:
+            os.chmod(path, 0o600)
 
 
 def _build_into(recipe: BoardRecipe, apt_root: Path, tmp: Path, out: Path) -> None:
@@ -459,7 +471,9 @@ def _build_into(recipe: BoardRecipe, apt_root: Path, tmp: Path, out: Path) -> No
     client_public = _client_key(out / "client_ed25519")
     archive.file("root/.ssh/authorized_keys", (client_public + "\n").encode(), 0o600)
 
-    (out / "initrd.gz").write_bytes(gzip.compress(archive.finish(), compresslevel=6, mtime=0))
+    initrd = out / "initrd.gz"
+    initrd.touch(mode=0o600)  # private before the key is in it
+    initrd.write_bytes(gzip.compress(archive.finish(), compresslevel=6, mtime=0))
     vmlinuz = tree / "boot" / f"vmlinuz-{kernel_release}"
     shutil.copyfile(vmlinuz, out / "vmlinuz")
     manifest = {"recipe": asdict(recipe), "kernel_release": kernel_release,
@@ -505,7 +519,7 @@ class Board:
     image: BoardImage
     run_dir: Path
     ssh_port: int = 0
-    serial_port: int = 0
+    console_socket: Path | None = None
     pid: int | None = None
     user: str = "root"
     _proc: subprocess.Popen | None = field(default=None, repr=False, compare=False)
@@ -526,11 +540,24 @@ class Board:
     def state_file(self) -> Path:
         return self.run_dir / "state.json"
 
+    @property
+    def console_url(self) -> str:
+        """The serial console for harness.transport.serial (`unix://` + the socket path)."""
+        return f"unix://{self.console_socket}"
+
+    def _new_console_socket(self) -> Path:
+        """The console socket's path: in the 0700 run directory, or, when that path is too
+        long for a unix socket (108 bytes), in a fresh 0700 directory of its own."""
+        path = self.run_dir / "console.sock"
+        if len(str(path).encode()) < 100:
+            return path
+        return Path(tempfile.mkdtemp(prefix="minrt-console-")) / "console.sock"
+
     def ssh_params(self) -> SSHParams:
         return SSHParams("127.0.0.1", self.ssh_port, self.user, self.image.client_key,
                          self.known_hosts)
 
-    def transport(self, workdir: str = "/tmp/minrt", connect_timeout: float = 15.0):
+    def transport(self, workdir: str | None = None, connect_timeout: float = 15.0):
         """An SSHTransport to this board (host key verified against the image's key)."""
         from .transport.ssh import SSHTransport
 
@@ -566,10 +593,13 @@ class Board:
         """Boot the board and wait until its console says READY and SSH answers."""
         if shutil.which("qemu-system-arm") is None:
             raise DeviceError("qemu-system-arm is not installed (apt-get install qemu-system-arm)")
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(self.run_dir)
         self.known_hosts.write_text("")
+        self.console_socket = self._new_console_socket()
         for attempt in range(3):  # a port picked as free may be taken before qemu binds it
-            self.ssh_port, self.serial_port = _free_port(), _free_port()
+            self.ssh_port = _free_port()
+            with contextlib.suppress(FileNotFoundError):
+                self.console_socket.unlink()
             if self._spawn_and_wait(timeout):
                 return
             log.info("board %s: a port was taken, retrying with others (%d)", self.name, attempt + 1)
@@ -583,7 +613,7 @@ class Board:
             "-kernel", str(self.image.kernel), "-initrd", str(self.image.initrd),
             "-append", "console=ttyAMA0 panic=-1 quiet",
             "-display", "none", "-monitor", "none", "-nodefaults", "-no-reboot",
-            "-chardev", f"socket,id=console,host=127.0.0.1,port={self.serial_port},"
+            "-chardev", f"socket,id=console,path={self.console_socket},"
                         f"server=on,wait=off,logfile={self.console_log}",
             "-serial", "chardev:console",
             "-netdev", f"user,id=net0,restrict=on,hostfwd=tcp:127.0.0.1:{self.ssh_port}-:22",
@@ -601,8 +631,8 @@ class Board:
         """Start qemu and wait for readiness; False when qemu could not bind a port."""
         host_line = f"[127.0.0.1]:{self.ssh_port} {self.image.host_public_key}\n"
         self.known_hosts.write_text(host_line)
-        log.info("board %s: booting (serial console on 127.0.0.1:%d, SSH on 127.0.0.1:%d)",
-                 self.name, self.serial_port, self.ssh_port)
+        log.info("board %s: booting (serial console on %s, SSH on 127.0.0.1:%d)",
+                 self.name, self.console_socket, self.ssh_port)
         started = time.monotonic()
         with contextlib.suppress(FileNotFoundError):
             self.console_log.unlink()  # the READY marker of an earlier boot must not count
@@ -628,6 +658,9 @@ class Board:
                     f"{waiting_for}.\nqemu: {qemu_log_text or '(nothing)'}\n"
                     f"Last console lines:\n{self.console_tail()}")
             if waiting_for.startswith("the console"):
+                if self.console_socket is not None and self.console_socket.exists() \
+                        and self.console_socket.stat().st_mode & 0o077:
+                    os.chmod(self.console_socket, 0o600)  # qemu made it with the umask's mode
                 if READY_MARKER in self.console_log.read_text(errors="replace") \
                         if self.console_log.exists() else False:
                     log.info("board %s: console ready after %.1f s, waiting for SSH",
@@ -657,7 +690,7 @@ class Board:
             f"Last console lines:\n{self.console_tail()}")
 
     def _save_state(self) -> None:
-        state = {"pid": self.pid, "ssh_port": self.ssh_port, "serial_port": self.serial_port,
+        state = {"pid": self.pid, "ssh_port": self.ssh_port, "console_socket": str(self.console_socket),
                  "image": str(self.image.dir), "user": self.user}
         tmp = self.state_file.with_suffix(".tmp")
         tmp.write_text(json.dumps(state, indent=2) + "\n")
@@ -672,7 +705,9 @@ class Board:
             return None
         if state.get("image") != str(image.dir):
             return None
-        return cls(image, run_dir, ssh_port=state["ssh_port"], serial_port=state["serial_port"],
+        socket_path = state.get("console_socket")  # absent: booted with a TCP console
+        return cls(image, run_dir, ssh_port=state["ssh_port"],
+                   console_socket=Path(socket_path) if socket_path else None,
                    pid=state["pid"], user=state.get("user", "root"))
 
     # -- stop ----------------------------------------------------------------------------------
@@ -690,6 +725,12 @@ class Board:
                 log.info("board %s: did not power off in %g s, killing qemu", self.name, timeout)
             self._kill()
         self.pid = None
+        if self.console_socket is not None:
+            with contextlib.suppress(FileNotFoundError):
+                self.console_socket.unlink()
+            if self.console_socket.parent.name.startswith("minrt-console-"):
+                with contextlib.suppress(OSError):
+                    self.console_socket.parent.rmdir()
         with contextlib.suppress(FileNotFoundError):
             self.state_file.unlink()
 
@@ -744,7 +785,8 @@ def ensure_board(name: str = "qemu-virt-armv7", instance: str = "0", cache: Path
     run_dir = _run_dir(name, instance, cache)
     with _locked(run_dir / "lock"):
         board = Board.from_state(image, run_dir)
-        if board is not None and board.is_running() and _ssh_answers(board.ssh_port):
+        if board is not None and board.is_running() and _ssh_answers(board.ssh_port) \
+                and board.console_socket is not None and board.console_socket.exists():
             log.info("board %s: reusing the running board (pid %d, SSH on 127.0.0.1:%d)",
                      board.name, board.pid, board.ssh_port)
             return board
@@ -781,7 +823,7 @@ def board_status(name: str = "qemu-virt-armv7", instance: str = "0",
             "state": "up" if running and _ssh_answers(board.ssh_port) else
                      ("not answering" if running else "down"),
             "pid": board.pid, "ssh": f"127.0.0.1:{board.ssh_port}",
-            "serial": f"127.0.0.1:{board.serial_port}", "image": str(board.image.dir),
+            "serial": board.console_url, "image": str(board.image.dir),
             "console_log": str(board.console_log)}
 
 
@@ -798,5 +840,20 @@ def stop_board(name: str = "qemu-virt-armv7", instance: str = "0",
         return running
 
 
+def restart_board(name: str = "qemu-virt-armv7", instance: str = "0", cache: Path | None = None,
+                  boot_timeout: float = 240.0) -> Board:
+    """Power-cycle the board: cut it off at once (no orderly poweroff: a frozen or stuck
+    board would not answer one), then boot it again."""
+    run_dir = _run_dir(name, instance, cache)
+    with _locked(run_dir / "lock"):
+        board = _stale_board(name, run_dir)
+        if board is not None and board.is_running():
+            log.info("board %s: power cycle (killing qemu pid %d)", board.name, board.pid)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(board.pid, signal.SIGKILL)  # works on a stopped (SIGSTOP) process too
+            board._wait_exit(10.0)
+    return ensure_board(name, instance, cache, boot_timeout)
+
+
 __all__ = ["BoardRecipe", "BoardImage", "Board", "SSHParams", "build_board_image",
-           "ensure_board", "board_status", "stop_board", "recipe_for", "READY_MARKER"]
+           "ensure_board", "board_status", "stop_board", "restart_board", "recipe_for", "READY_MARKER"]

@@ -6,12 +6,15 @@ import argparse
 import contextlib
 import json
 import logging
+import signal
 import sys
+import threading
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 from . import missing_source
-from .errors import HarnessError
+from .errors import (EXIT_BAD_INPUT, EXIT_INFRASTRUCTURE, EXIT_INTERRUPTED, EXIT_MISMATCH, EXIT_OK,
+                     HarnessError, exit_code_of)
 from .models import resolve_models
 from .targets import DEFAULT_TARGET
 from .toolchain import DEFAULT_TOOLCHAIN, TOOLCHAINS
@@ -48,6 +51,11 @@ def format_result(r: dict) -> str:
         detail = o.get("problem") or (f"max abs {o['max_abs_err']:.3g}  max rel {o['max_rel_err']:.3g}"
                                       f"  (atol {o['atol']:g}, rtol {o['rtol']:g})")
         lines.append(f"  {o['name']:<16} {str(o['shape']):<16} {o['dtype']:<8} vs {o['reference']:<15} {detail}  {verdict}")
+    for ref in r.get("references", []):
+        if ref["status"] in ("odd one out", "unavailable"):  # "no majority" is the note's
+            lines.append(f"  reference {ref['name']}: {ref['status']}" + (f" ({ref['detail']})" if ref.get("detail") else ""))
+    if r.get("reference_note"):
+        lines.append(f"  note: {r['reference_note']}")
     if r.get("error"):
         lines.append(f"  error: {r['error']}")
     return "\n".join(lines)
@@ -62,6 +70,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     models = resolve_models(args.model)
     if inputs and len(models) != 1:
         raise HarnessError("--input needs exactly one --model")
+    store = batch = None
+    if args.results:
+        import time
+
+        from .results import ResultStore
+
+        store = ResultStore(args.results)
+        batch = args.batch or time.strftime("run-%Y%m%dT%H%M%SZ", time.gmtime())
     results = []
     one_image = None
     with contextlib.ExitStack() as stack:
@@ -80,6 +96,8 @@ def cmd_run(args: argparse.Namespace) -> int:
                                    trust_on_first_use=args.trust_on_first_use, device=device,
                                    one_image=one_image)
             results.append(result.to_dict())
+            if store is not None:
+                store.record(result.to_dict(), device=args.host or target.name, batch=batch)
             if not args.json:
                 print(format_result(result.to_dict()), flush=True)
     if args.json:
@@ -87,7 +105,25 @@ def cmd_run(args: argparse.Namespace) -> int:
     else:
         passed = sum(r["passed"] for r in results)
         print(f"{passed} of {len(results)} model(s) passed on {target.name}")
-    return 0 if all(r["passed"] for r in results) else 1
+    return run_exit_code(results)
+
+
+def run_exit_code(results: Sequence[dict]) -> int:
+    """0 all outputs matched, 1 an output mismatched, 2/3 the worst recorded failure."""
+    codes = [EXIT_OK if r["passed"] else exit_code_of(r["error_kind"]) if r.get("error") else EXIT_MISMATCH
+             for r in results]
+    return max(codes, default=EXIT_OK)
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: an integer >= 1 (a run of 0 iterations measures nothing)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 def cmd_compile(args: argparse.Namespace) -> int:
@@ -146,10 +182,13 @@ def cmd_board(args: argparse.Namespace) -> int:
 
     if args.action == "up":
         b = board.ensure_board(args.name, args.instance)
-        print(f"board {args.name}-{args.instance}: up, SSH 127.0.0.1:{b.ssh_port}, console 127.0.0.1:{b.serial_port}")
+        print(f"board {args.name}-{args.instance}: up, SSH 127.0.0.1:{b.ssh_port}, console {b.console_url}")
     elif args.action == "down":
         stopped = board.stop_board(args.name, args.instance)
         print(f"board {args.name}-{args.instance}: {'powered off' if stopped else 'was not running'}")
+    elif args.action == "restart":
+        b = board.restart_board(args.name, args.instance)
+        print(f"board {args.name}-{args.instance}: power-cycled, SSH 127.0.0.1:{b.ssh_port}")
     else:
         for key, value in board.board_status(args.name, args.instance).items():
             print(f"{key:<12} {value}")
@@ -196,6 +235,7 @@ def cmd_size(args: argparse.Namespace) -> int:
             "runner": size.size_elf(runner, target, toolchain),
             "kernels": size.size_elf(artifact.kernels_obj, target, toolchain),
             "kernel_symbols": size.symbols(artifact.kernels_obj, target, toolchain),
+            "footprint": size.model_footprint(target, artifact, runner, toolchain),
         }
     if args.save_baseline:
         baselines[target.arch] = {"objects": [{k: o[k] for k in ("name", "text", "data", "bss")}
@@ -216,17 +256,29 @@ def cmd_size(args: argparse.Namespace) -> int:
             for sym in obj["symbols"][: args.symbols]:
                 print(f"  {obj['name']:<10} {sym['kind']:<5} {sym['size']:>6}  {sym['name']}")
     for name, m in report.get("models", {}).items():
-        if "footprint" in m:
+        if "firmware" in m:
             from .firmware import format_footprint
 
-            print(format_footprint(f"model {name}", m["footprint"]) + f" of {target.memory.flash_bytes:,} / {target.memory.ram_bytes:,}")
+            print(format_footprint(f"model {name}", m["footprint"])
+                  + f" of {target.layout.flash_bytes:,} / {target.layout.ram_bytes:,}")
             continue
-        print(f"model {name}: runner text {m['runner']['text']:,} B, kernels text {m['kernels']['text']:,} B")
+        fl, ram = m["footprint"]["flash"], m["footprint"]["ram"]
+        print(f"model {name}: flash {fl['runner'] + fl['weights']:,} B (runner {fl['runner']:,} with minrt "
+              f"{fl['minrt']:,} and kernels {fl['kernels']:,}; weights {fl['weights']:,}); RAM arena {ram['arena_bytes']:,} B "
+              f"(graph {ram['graph']:,} = {ram['graph_bytes_per_entry']} B/entry, activations "
+              f"{ram['activations']:,}, workspace {ram['workspace']:,}, weight copies {ram['weight_copies']})")
     return 0 if report["within_budget"] else 1
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a bad argument is one line (the usage block buries it), exit 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="harness", description=__doc__)
+    parser = OneLineParser(prog="harness", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     parser.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -240,7 +292,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the target's Docker toolchain image (default) or this host's compilers")
     p.add_argument("--trust-on-first-use", action="store_true",
                    help="SSH: record an unknown host key instead of refusing it (a changed key is always refused)")
-    p.add_argument("--iters", type=int, default=10, help="inference runs on the device (default 10)")
+    p.add_argument("--iters", type=positive_int, default=10, help="inference runs on the device (default 10)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random inputs")
     p.add_argument("--input", action="append", default=[], metavar="NAME=FILE.npy", help="an input from a .npy file")
     p.add_argument("--atol", type=float, default=1e-5)
@@ -248,6 +300,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print machine-readable results")
     p.add_argument("--one-image", action="store_true",
                    help="firmware targets: one image holding every --model, all run on one boot")
+    p.add_argument("--results", metavar="STORE",
+                   help="also record every run in this results store (the one the nightly uses, say)")
+    p.add_argument("--batch", help="batch name for --results (default: run-<UTC time>)")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("compile", help="compile a model into a minrt artifact (cached)")
@@ -280,8 +335,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_size)
 
-    p = sub.add_parser("board", help="the emulated ARMv7 board: up, down, status")
-    p.add_argument("action", choices=["up", "down", "status"])
+    p = sub.add_parser("board", help="the emulated ARMv7 board: up, down, restart (power cycle), status")
+    p.add_argument("action", choices=["up", "down", "restart", "status"])
     p.add_argument("--name", default="qemu-virt-armv7")
     p.add_argument("--instance", default="0", help="which of several boards (default 0)")
     p.set_defaults(func=cmd_board)
@@ -299,23 +354,67 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class InterruptWatch:
+    """Remembers that SIGINT arrived. TVM turns a KeyboardInterrupt raised inside one of its
+    passes into a RuntimeError (or a CompileError wrapping it), so the exception alone cannot
+    tell an interrupted compile from a failed one."""
+
+    def __init__(self) -> None:
+        self.interrupted = False
+        self._previous: Any = None
+
+    def __enter__(self) -> "InterruptWatch":
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.interrupted = True
+        raise KeyboardInterrupt
+
+    def __exit__(self, *exc: object) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [""])[0]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    """Exit codes: 0 all outputs matched, 1 an output mismatched, 2 bad input, 3 infrastructure
+    (build, device, transport), 130 interrupted; every failure is one line on stderr."""
+    args = build_parser().parse_args(argv)  # bad arguments: argparse's one line, exit 2
     level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
     logging.basicConfig(level=level, format="harness: %(message)s", stream=sys.stderr)
     # paramiko announces every connection at INFO; the harness reports its own steps
     logging.getLogger("paramiko").setLevel(logging.WARNING)
     if (problem := missing_source()) is not None:
         print(f"harness: error: {problem}", file=sys.stderr)
-        return 2
-    try:
-        return args.func(args)
-    except HarnessError as exc:
-        print(f"harness: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("harness: interrupted", file=sys.stderr)
-        return 130
+        return EXIT_BAD_INPUT
+    with InterruptWatch() as watch:
+        try:
+            return args.func(args)
+        except KeyboardInterrupt:
+            print("harness: interrupted", file=sys.stderr)
+            return EXIT_INTERRUPTED
+        except BaseException as exc:  # noqa: BLE001 - the CLI's last line of defence
+            if watch.interrupted:
+                print("harness: interrupted", file=sys.stderr)
+                return EXIT_INTERRUPTED
+            if isinstance(exc, HarnessError):
+                print(f"harness: error: {exc}", file=sys.stderr)
+                return exc.exit_code
+            if isinstance(exc, SystemExit):
+                raise
+            if isinstance(exc, OSError):
+                where = f"{exc.filename}: " if exc.filename else ""
+                print(f"harness: error: {where}{exc.strerror or exc}", file=sys.stderr)
+                return EXIT_INFRASTRUCTURE
+            log.debug("internal error", exc_info=True)
+            print(f"harness: internal error: {type(exc).__name__}: {_first_line(exc)} "
+                  f"(run with -v for the traceback)", file=sys.stderr)
+            return EXIT_INFRASTRUCTURE
 
 
 if __name__ == "__main__":

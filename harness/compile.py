@@ -19,20 +19,20 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
 from . import tensorfile
 from .artifact import GRAPH_JSON, KERNELS_OBJ, METADATA_JSON, PARAMS_BIN, Artifact
-from .cache import cache_dir, content_hash
+from .cache import cache_dir, cache_error, content_hash
 from .errors import CompileError
-from .targets import Target, load_target
+from .targets import Target, load_target, tvm_target as tvm_target_of
 
 log = logging.getLogger(__name__)
 
 #: Bump when the artifact produced for the same inputs changes (invalidates the cache).
-PIPELINE_VERSION = "2"
+PIPELINE_VERSION = "6"  # 3: params.bin is the aligned container; 4-6: in-place outputs
 #: Symbols register as `__tvm_ffi_<func_name>` with no prefix.
 SYSTEM_LIB_PREFIX = ""
 ABI = "tvm-ffi"
@@ -173,6 +173,7 @@ def import_onnx(model: Any, path: Path) -> tuple[Any, int]:
             + "; ".join(nodes)
         ) from None
     except Exception as exc:  # the frontend raises many kinds; name it and keep the first line
+        _reraise_interrupt(exc)
         first = (str(exc).strip().splitlines() or [""])[0]
         raise CompileError(f"{path}: TVM's ONNX frontend failed: {type(exc).__name__}: {first}") from None
 
@@ -215,6 +216,8 @@ class GraphNode:
     inputs: list[tuple[int, int]] = field(default_factory=list)  # (nid, output index)
     func_name: str = ""
     outputs: list[tuple[tuple[int, ...], str]] = field(default_factory=list)  # (shape, dtype)
+    # (input position, output index): the kernel may write that output over that input
+    inplace: list[tuple[int, int]] = field(default_factory=list)
 
 
 @dataclass
@@ -257,8 +260,92 @@ def _is_reshape(prim: Any, in_sinfo: tuple, out_sinfo: list) -> bool:
     return bool(relax.analysis.has_reshape_pattern(prim))
 
 
-def walk_main(mod: Any, input_names: list[str], where: str) -> Graph:
-    """Turn `main` (a linear call_tir sequence) into graph nodes, params and kernels."""
+def _reraise_interrupt(exc: BaseException) -> None:
+    """A Ctrl-C inside a TVM pass reaches Python as the pass's RuntimeError, with the
+    KeyboardInterrupt as its cause or context: report it as the interrupt it is."""
+    seen = exc
+    while seen is not None:
+        if isinstance(seen, KeyboardInterrupt):
+            raise KeyboardInterrupt from None
+        seen = seen.__cause__ or seen.__context__
+
+
+def _unsupported_call(expr: Any, op_types: Sequence[str]) -> str:
+    """Name the operator behind a Relax call that is not a kernel call (TopK, CumSum...)."""
+    op = getattr(expr, "op", None)
+    name = getattr(op, "name", None) or getattr(op, "global_symbol", None) or getattr(op, "name_hint", None)
+    if name is None:
+        return f"a {type(expr).__name__}"
+    short = str(name).rsplit(".", 1)[-1].replace("_", "").lower()
+    onnx_ops = sorted({t for t in op_types if t.lower() == short})
+    source = f"ONNX operator {', '.join(onnx_ops)}, " if onnx_ops else ""
+    return f"{source}Relax op '{name}', which TVM does not lower to a kernel"
+
+
+def _stage_buffers(stmt: Any, reads: set[str], writes: set[str], in_block: bool = False) -> bool:
+    """Names of the buffers the blocks under `stmt` read and write (their declared regions);
+    False at any statement this does not know how to read (then nothing is concluded)."""
+    from tvm import s_tir, tirx
+
+    if isinstance(stmt, s_tir.SBlockRealize):
+        stmt = stmt.block
+    if isinstance(stmt, s_tir.SBlock):
+        if stmt.match_buffers:
+            return False
+        reads.update(r.source.name for r in stmt.reads)
+        writes.update(w.source.name for w in stmt.writes)
+        return (_stage_buffers(stmt.body, reads, writes, True)
+                and (stmt.init is None or _stage_buffers(stmt.init, reads, writes, True)))
+    if isinstance(stmt, tirx.stmt.For):
+        return _stage_buffers(stmt.body, reads, writes, in_block)
+    if isinstance(stmt, tirx.stmt.SeqStmt):
+        return all(_stage_buffers(s, reads, writes, in_block) for s in stmt.seq)
+    if isinstance(stmt, tirx.stmt.AllocBuffer):  # a scratch buffer: counts as written here
+        writes.add(stmt.buffer.name)
+        return True
+    return in_block and isinstance(stmt, (tirx.stmt.BufferStore, tirx.stmt.Evaluate))
+
+
+def inplace_pairs(prim: Any, n_inputs: int) -> list[tuple[int, int]]:
+    """(input position, output index) pairs where the kernel may write the output into the
+    input's memory: the kernel is a sequence of stages (the root block's loop nests, run one
+    after the other) and every stage that reads the input comes before the first stage that
+    touches the output, and nothing writes the input. E.g. a fused conv + residual add + relu
+    reads the residual in its add stage and writes the output only in the relu stage after.
+    Anything this cannot read (no root block, buffers it cannot name) gives no pairs."""
+    from tvm import s_tir, tirx
+
+    names = [p.name for p in prim.params]
+    root = prim.body
+    if not isinstance(root, s_tir.SBlockRealize) or len(set(names)) != len(names):
+        return []
+    if {b.name for b in root.block.alloc_buffers} & set(names) or root.block.match_buffers:
+        return []
+    body = root.block.body
+    stages = list(body.seq) if isinstance(body, tirx.stmt.SeqStmt) else [body]
+    touched: list[tuple[set[str], set[str]]] = []
+    for stage in stages:
+        reads: set[str] = set()
+        writes: set[str] = set()
+        if not _stage_buffers(stage, reads, writes):
+            return []
+        touched.append((reads, writes))
+    pairs = []
+    for out in range(len(names) - n_inputs):
+        y = names[n_inputs + out]
+        first_y = min((k for k, (r, w) in enumerate(touched) if y in r or y in w), default=None)
+        for pos in range(n_inputs):
+            x = names[pos]
+            x_stages = [k for k, (r, w) in enumerate(touched) if x in r or x in w]
+            if (first_y is not None and x_stages and max(x_stages) < first_y
+                    and not any(x in w for _, w in touched)):
+                pairs.append((pos, out))
+    return pairs
+
+
+def walk_main(mod: Any, input_names: list[str], where: str, op_types: Sequence[str] = ()) -> Graph:
+    """Turn `main` (a linear call_tir sequence) into graph nodes, params and kernels.
+    `op_types` (the ONNX model's operator types) only serve to name an unsupported one."""
     import tvm
     from tvm import relax
     from tvm.ir import expr as E
@@ -307,6 +394,9 @@ def walk_main(mod: Any, input_names: list[str], where: str) -> Graph:
             if not isinstance(tup, list):
                 raise CompileError(f"{where}: {what} indexes a value that is not a tuple")
             return tup[expr.index]
+        if isinstance(expr, E.Call):
+            raise CompileError(f"{where}: unsupported operator: {_unsupported_call(expr, op_types)} "
+                               f"({what}); minrt runs only kernel calls")
         raise CompileError(f"{where}: {what} is a {type(expr).__name__}; minrt runs only call_tir sequences")
 
     def entry_of(expr: Any, what: str) -> tuple[int, int]:
@@ -334,15 +424,18 @@ def walk_main(mod: Any, input_names: list[str], where: str) -> Graph:
                 outputs = [_tensor_sinfo(s, f"{where}: {what}") for s in out.fields]
             else:
                 outputs = [_tensor_sinfo(out, f"{where}: {what}")]
+            inplace: list[tuple[int, int]] = []
             if len(args) == 1 and _is_reshape(prim, nodes[args[0][0]].outputs[args[0][1]], outputs):
                 func_name = NOP
             else:
                 kernels[func_name] = prim
+                inplace = inplace_pairs(prim, len(args))
             count = used_names.get(gvar.name_hint, 0)
             used_names[gvar.name_hint] = count + 1
             name = gvar.name_hint if count == 0 else f"{gvar.name_hint}_{count}"
             nid = len(nodes)
-            nodes.append(GraphNode(op="tvm_op", name=name, inputs=args, func_name=func_name, outputs=outputs))
+            nodes.append(GraphNode(op="tvm_op", name=name, inputs=args, func_name=func_name,
+                                   outputs=outputs, inplace=inplace))
             entries = [(nid, i) for i in range(len(outputs))]
             values[var] = entries if isinstance(out, relax.TupleType) else entries[0]
 
@@ -361,6 +454,7 @@ def walk_main(mod: Any, input_names: list[str], where: str) -> Graph:
 class StoragePlan:
     storage_id: list[int]  # per entry
     sizes: list[int]  # bytes per storage id (max over its entries)
+    inplace: list[tuple[int, int, int]] = field(default_factory=list)  # (nid, input pos, output)
 
 
 def plan_storage(graph: Graph) -> StoragePlan:
@@ -369,8 +463,10 @@ def plan_storage(graph: Graph) -> StoragePlan:
     Inputs, params and outputs keep their storage for the whole run; a `__nop` output shares
     its input's storage (and keeps it alive as long as the alias is read). A buffer freed by
     a node's inputs is reusable only from the next node on, so no kernel reads and writes the
-    same memory. Reuse is best-fit by byte size (a too-small free buffer grows when nothing
-    fits).
+    same memory, except in place: an output takes the storage of an input that dies at that
+    node when the kernel allows it (GraphNode.inplace, see inplace_pairs), the input's data
+    is read through no other argument and the output fits in that storage. Reuse is best-fit by byte size (a too-small free buffer
+    grows when nothing fits).
     """
     row_ptr = graph.row_ptr()
     n_entries = row_ptr[-1]
@@ -415,19 +511,33 @@ def plan_storage(graph: Graph) -> StoragePlan:
         free.remove(sid)
         return sid
 
+    inplace: list[tuple[int, int, int]] = []
     for nid, node in enumerate(graph.nodes):
+        taken: set[int] = set()  # roots whose storage an output of this node took over
+        input_roots = [root[row_ptr[n] + i] for n, i in node.inputs]
         for i in range(len(node.outputs)):
             e = row_ptr[nid] + i
             if root[e] != e:
                 storage_id[e] = storage_id[root[e]]
-            elif node.op == "null":
+                continue
+            if node.op == "null":
                 sizes.append(nbytes[e])
                 storage_id[e] = len(sizes) - 1
+                continue
+            for pos, out in node.inplace:
+                r = input_roots[pos]
+                if (out == i and r not in pinned and r not in taken and last_use[r] == nid
+                        and input_roots.count(r) == 1 and nbytes[e] <= sizes[storage_id[r]]):
+                    storage_id[e] = storage_id[r]
+                    taken.add(r)
+                    inplace.append((nid, pos, i))
+                    break
             else:
                 storage_id[e] = allocate(nbytes[e])
         for r in dying.get(nid, []):
-            free.append(storage_id[r])
-    return StoragePlan(storage_id=storage_id, sizes=sizes)
+            if r not in taken:
+                free.append(storage_id[r])
+    return StoragePlan(storage_id=storage_id, sizes=sizes, inplace=inplace)
 
 
 def graph_json(graph: Graph, plan: StoragePlan) -> dict[str, Any]:
@@ -557,19 +667,20 @@ def compile_model(onnx_path: Path | str, target: Target | str, cache: Path | Non
 
     import tvm
 
+    tvm_target = tvm_target_of(target)  # a bad [tvm] table fails here, before any import work
     started = time.monotonic()
     log.info("compile %s for %s: importing ONNX with TVM %s", model_name, target.name, tvm.__version__)
     mod, folded = import_onnx(model, onnx_path)
-    tvm_target = tvm.target.Target(dict(target.tvm_target))
     log.info("compile %s: legalize and fuse", model_name)
     try:
         lowered = lower_relax(mod, tvm_target)
     except Exception as exc:
+        _reraise_interrupt(exc)
         first = (str(exc).strip().splitlines() or [""])[0]
         raise CompileError(f"{onnx_path}: TVM's Relax passes failed: {type(exc).__name__}: {first}") from None
 
     inputs = [value.name for value in graph_inputs(model)]
-    graph = walk_main(lowered, inputs, str(onnx_path))
+    graph = walk_main(lowered, inputs, str(onnx_path), op_types=[n.op_type for n in model.graph.node])
     plan = plan_storage(graph)
     output_names = [value.name for value in model.graph.output]
     if len(output_names) != len(graph.heads):
@@ -577,12 +688,15 @@ def compile_model(onnx_path: Path | str, target: Target | str, cache: Path | Non
 
     tmp = root / f".{key}.tmp{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    try:
+        tmp.mkdir(parents=True)
+    except OSError as exc:
+        raise cache_error(exc, f"cache directory {root}") from None
     try:
         log.info("compile %s: %d kernels for %s", model_name, len(graph.kernels), target.tvm_target.get("mtriple", "host"))
         workspace = compile_kernels(graph.kernels, tvm_target, tmp / KERNELS_OBJ, system_lib_prefix)
         (tmp / GRAPH_JSON).write_text(json.dumps(graph_json(graph, plan), separators=(",", ":")))
-        tensorfile.save(tmp / PARAMS_BIN, graph.params)
+        tensorfile.save(tmp / PARAMS_BIN, graph.params, aligned=True)
 
         def spec(name: str, nid: int, index: int) -> dict[str, Any]:
             shape, dtype = graph.nodes[nid].outputs[index]
@@ -601,6 +715,7 @@ def compile_model(onnx_path: Path | str, target: Target | str, cache: Path | Non
             "inputs": [spec(name, nid, 0) for name, nid in zip(inputs, graph.input_nids)],
             "outputs": [spec(name, nid, i) for name, (nid, i) in zip(output_names, graph.heads)],
             "storage": storage_summary(graph, plan),
+            "inplace": [list(t) for t in plan.inplace],
             "nops": sum(1 for n in graph.nodes if n.func_name == NOP),
             "folded_batchnorms": folded,
             "pipeline_version": PIPELINE_VERSION,
@@ -611,6 +726,9 @@ def compile_model(onnx_path: Path | str, target: Target | str, cache: Path | Non
             tmp.rename(out_dir)
         except OSError:  # another process finished the same artifact first
             shutil.rmtree(tmp, ignore_errors=True)
+    except OSError as exc:  # a full or read-only cache: say so, not where in the writing it broke
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise cache_error(exc, f"cache directory {root}") from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

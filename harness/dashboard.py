@@ -44,6 +44,16 @@ def arch_of(target: str) -> str | None:
         return None
 
 
+def memory_of(target: str) -> dict[str, int]:
+    """The memory a target declares (`[memory]` ram_bytes, flash_bytes), {} if none or unknown."""
+    from .targets import load_target
+
+    try:
+        return dict(load_target(target).memory)
+    except HarnessError:
+        return {}
+
+
 def budget_for(target: str) -> int | None:
     arch = arch_of(target)
     return BUDGETS.get(arch) if arch else None
@@ -61,6 +71,10 @@ class Regression:
     new: float | str | None
     message: str
     fatal: bool
+
+
+def _toolchains(runs: dict[tuple[str, str], RunRow], target: str) -> set[str]:
+    return {r.toolchain for (_, t), r in runs.items() if t == target and r.minrt_text is not None and r.toolchain}
 
 
 def _minrt_text(runs: dict[tuple[str, str], RunRow], target: str) -> int | None:
@@ -103,7 +117,15 @@ def find_regressions(
             found.append(Regression("size-budget", target, None, budget, size_new,
                                     f"{target}: minrt .text is {size_new} B, over its budget of {budget} B", True))
         size_old = _minrt_text(old, target)
-        if size_old is not None and size_new - size_old > size_growth_bytes:
+        tc_old, tc_new = _toolchains(old, target), _toolchains(new, target)
+        if size_old is not None and tc_old and tc_new and tc_old != tc_new:
+            # A different compiler: its size change is not the code's; say so separately.
+            found.append(Regression("toolchain-changed", target, None, ", ".join(sorted(tc_old)),
+                                    ", ".join(sorted(tc_new)),
+                                    f"{target}: toolchain changed ({', '.join(sorted(tc_old))} -> "
+                                    f"{', '.join(sorted(tc_new))}); minrt .text {size_old} -> {size_new} B "
+                                    "is not compared as code growth", False))
+        elif size_old is not None and size_new - size_old > size_growth_bytes:
             found.append(Regression("size-growth", target, None, size_old, size_new,
                                     f"{target}: minrt .text grew by {size_new - size_old} B "
                                     f"({size_old} -> {size_new} B; threshold {size_growth_bytes} B)", True))
@@ -253,6 +275,21 @@ def render_dashboard(store: ResultStore, *, title: str = "minrt nightly") -> str
     else:
         out.append('<p class="ok">None.</p>')
 
+    out.append('<h2 id="devices">Device health</h2>')
+    health = sorted(store.device_health(), key=lambda r: (r["state"] != "quarantined", r["device"]))
+    if health:
+        out.append('<table class="devices"><tr><th>device</th><th>target</th><th>state</th><th>since</th>'
+                   "<th>consecutive failures</th><th>reason</th><th>evidence</th></tr>")
+        for r in health:
+            cls = "fail" if r["state"] == "quarantined" else "pass"
+            link = (f'<a href="file://{_esc(r["evidence"])}">{_esc(r["evidence"])}</a>' if r["evidence"] else "-")
+            out.append(f'<tr data-device="{_esc(r["device"])}"><td>{_esc(r["device"])}</td><td>{_esc(r["target"] or "-")}'
+                       f'</td><td class="{cls}">{_esc(r["state"])}</td><td>{_esc(r["since"])}</td>'
+                       f'<td>{r["failures"]}</td><td>{_esc(r["reason"] or "")}</td><td>{link}</td></tr>')
+        out.append("</table><p>A quarantined device takes no jobs until <code>harness farm clear DEVICE</code>.</p>")
+    else:
+        out.append('<p class="empty">No device health recorded.</p>')
+
     targets = store.targets()
     out.append('<h2 id="sizes">minrt .text per target over commits</h2>')
     for target in targets:
@@ -298,14 +335,46 @@ def render_dashboard(store: ResultStore, *, title: str = "minrt nightly") -> str
         if series:
             out.append(line_chart(f"{target}: mean latency", batches, series, y_unit=" us"))
 
+    out.append('<h2 id="footprint">Footprint per model: RAM (arena) and flash over batches</h2>')
+    for target in targets:
+        memory = memory_of(target)
+        for model in store.models():
+            trend = {p["batch"]: p for p in store.footprint_trend(target, model)}
+            if not trend:
+                continue
+            pts = [trend.get(b) for b in batches]
+
+            def series(key: str) -> list[float | None]:
+                return [None if p is None else p.get(key) for p in pts]
+
+            ram = memory.get("ram_bytes")
+            out.append(line_chart(
+                f"{model} on {target}: RAM", batches,
+                [("arena", series("arena_bytes")), ("activations", series("arena_activations")),
+                 ("workspace", series("arena_workspace")), ("graph", series("arena_graph")),
+                 ("weight copies", series("arena_weight_copies"))],
+                y_unit=" B", hlines=[(ram, f"RAM {ram} B")] if ram else ()))
+            flash = memory.get("flash_bytes")
+            total = [None if p is None or p.get("runner_text") is None or p.get("flash_weights") is None
+                     else p["runner_text"] + p["flash_weights"] for p in pts]
+            out.append(line_chart(
+                f"{model} on {target}: flash", batches,
+                [("runner + weights", total), ("weights", series("flash_weights")),
+                 ("kernels", series("kernels_text")), ("minrt", series("minrt_text"))],
+                y_unit=" B", hlines=[(flash, f"flash {flash} B")] if flash else ()))
+
     if new_batch:
         out.append(f'<h2 id="runs">Runs of {_esc(new_batch)}</h2><table class="runs"><tr><th>model</th>'
                    "<th>target</th><th>device</th><th>result</th><th>mean us</th><th>arena B</th>"
-                   "<th>minrt B</th><th>runner B</th><th>kernels B</th><th>commit</th></tr>")
+                   "<th>minrt B</th><th>runner B</th><th>kernels B</th><th>graph B</th><th>activations B</th>"
+                   "<th>workspace B</th><th>weight copies B</th><th>peak RSS KiB</th><th>weights B</th>"
+                   "<th>commit</th></tr>")
         for row in store.runs(batch=new_batch):
             cls, text = _cell(row)
             mean = f"{row.latency_mean_us:.1f}" if row.latency_mean_us is not None else "-"
-            vals = [row.arena_bytes, row.minrt_text, row.runner_text, row.kernels_text]
+            vals = [row.arena_bytes, row.minrt_text, row.runner_text, row.kernels_text, row.arena_graph,
+                    row.arena_activations, row.arena_workspace, row.arena_weight_copies, row.peak_rss_kb,
+                    row.flash_weights]
             out.append(f"<tr><td>{_esc(row.model)}</td><td>{_esc(row.target)}</td><td>{_esc(row.device or '-')}"
                        f'</td><td class="{cls}">{_esc(text)}</td><td>{mean}</td>'
                        + "".join(f"<td>{'-' if v is None else v}</td>" for v in vals)

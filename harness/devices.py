@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Iterator
 
 from .errors import TargetError
-from .transport import DEFAULT_WORKDIR, Transport, open_kind, transport_kind
+from .transport import Transport, open_kind, transport_kind
 
 if TYPE_CHECKING:
     from .targets import Target
@@ -21,10 +21,9 @@ def _open_on_board(kind: str, options: dict[str, Any]) -> Transport:
     from .board import ensure_board
 
     board = ensure_board(options.pop("board"), instance=str(options.pop("board_instance", "0")))
-    workdir = options.get("workdir", DEFAULT_WORKDIR)
-    if kind == "ssh":
-        return board.transport(workdir=workdir)
-    return open_kind(kind, {**options, "url": f"socket://127.0.0.1:{board.serial_port}"})
+    if kind == "ssh":  # no workdir option: a private one per connection (mktemp -d)
+        return board.transport(workdir=options.get("workdir"))
+    return open_kind(kind, {**options, "url": board.console_url})
 
 
 @contextmanager

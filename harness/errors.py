@@ -1,8 +1,22 @@
-"""Errors the harness reports to its user: each names what is wrong and where."""
+"""Errors the harness reports to its user: each names what is wrong and where.
+
+Every error carries the exit code the CLI ends with (the convention of `harness run`):
+0 every output matched, 1 an output mismatched, 2 bad input (target file, model, arguments,
+cache directory), 3 infrastructure (build failed, device unreachable, transport error),
+130 interrupted.
+"""
+
+EXIT_OK = 0
+EXIT_MISMATCH = 1
+EXIT_BAD_INPUT = 2
+EXIT_INFRASTRUCTURE = 3
+EXIT_INTERRUPTED = 130
 
 
 class HarnessError(Exception):
     """A failure with a message meant for the user (the CLI prints it and exits non-zero)."""
+
+    exit_code = EXIT_BAD_INPUT
 
 
 class TargetError(HarnessError):
@@ -13,14 +27,29 @@ class CompileError(HarnessError):
     """A model could not be imported or compiled."""
 
 
+class CacheError(HarnessError):
+    """The cache directory cannot be created or written (read-only, full, not a directory)."""
+
+
 class BuildError(HarnessError):
     """The C build (minrt, runner, kernels) failed."""
+
+    exit_code = EXIT_INFRASTRUCTURE
 
 
 class DeviceError(HarnessError):
     """A device could not be reached, did not answer in time, or failed a command."""
 
+    exit_code = EXIT_INFRASTRUCTURE
+
 
 class RunnerError(HarnessError):
     """minrt-run answered, but refused the model or its inputs, or a kernel failed: a problem
     of the model, not of the device (a farm does not retry it elsewhere)."""
+
+
+def exit_code_of(error_kind: str | None) -> int:
+    """The exit code for a recorded failure class name (RunResult.error_kind)."""
+    kinds = {cls.__name__: cls.exit_code for cls in
+             (HarnessError, TargetError, CompileError, CacheError, BuildError, DeviceError, RunnerError)}
+    return kinds.get(error_kind or "", EXIT_INFRASTRUCTURE)

@@ -19,9 +19,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import importlib
+import inspect
 import json
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -37,13 +39,18 @@ from . import REPO_ROOT
 from .errors import DeviceError, HarnessError
 from .toolchain import DEFAULT_TOOLCHAIN, TOOLCHAINS
 from .inventory import Device, Inventory, device_target, inventory_of_targets, load_inventory
+from .health import STEPS, StepResult, check_device, run_step, step_main
 from .junit import write_junit
 from .lease import LabgridLeases, LeaseBackend, LeaseTimeout, LocalLeases
 from .models import resolve_models
+from .results import HEALTHY, QUARANTINED
+from .transport import transport_kind
 
 log = logging.getLogger(__name__)
 
 DEFAULT_RUNNER = "harness.farm:run_model_on_device"
+#: --keep: whose evidence files stay under <out>/jobs/ after the run
+KEEP_CHOICES = ("failed", "all", "none")
 #: Exit status of a worker whose device failed (EX_TEMPFAIL): the job may be retried elsewhere.
 EXIT_DEVICE_FAILED = 75
 
@@ -68,12 +75,17 @@ class DeviceFailure(DeviceError):
 
 
 def run_model_on_device(model: Path, device: Device, *, iters: int = 10, seed: int = 0,
-                        toolchain: str = DEFAULT_TOOLCHAIN) -> dict[str, Any]:
-    """The default job: `harness.run.run_on_target` on the device."""
+                        toolchain: str = DEFAULT_TOOLCHAIN, evidence_dir: Path | None = None,
+                        **checks: float) -> dict[str, Any]:
+    """The default job: `harness.run.run_on_target` on the device (keeping the artifact, inputs
+    and outputs in `evidence_dir`). `checks`: atol/rtol of the comparison."""
     from .run import run_on_target
 
+    unknown = set(checks) - {"atol", "rtol"}
+    if unknown:
+        raise HarnessError(f"farm: unknown job option(s) {', '.join(sorted(unknown))}")
     result = run_on_target(model, device_target(device), toolchain=toolchain, iters=iters,
-                           seed=seed, host=device.address).to_dict()
+                           seed=seed, host=device.address, evidence_dir=evidence_dir, **checks).to_dict()
     if result.get("error_kind") in _device_error_names():
         raise DeviceFailure(f"device {device.name}: {result['error']}", result)
     return result
@@ -115,7 +127,10 @@ def _worker_main(args: argparse.Namespace) -> int:
     started = time.time()
     status, result, error = "ok", None, None
     try:
-        result = resolve_runner(args.runner)(Path(args.model), device, **options)
+        runner = resolve_runner(args.runner)
+        if args.evidence and "evidence_dir" in inspect.signature(runner).parameters:
+            options["evidence_dir"] = Path(args.evidence)
+        result = runner(Path(args.model), device, **options)
     except DeviceFailure as exc:
         status, result, error = "device-failed", exc.result, str(exc)
     except DeviceError as exc:
@@ -145,6 +160,7 @@ class Attempt:
     pid: int | None
     run_id: int | None = None
     log: str | None = None  # the worker's log file
+    evidence: dict[str, str] = field(default_factory=dict)  # kept files: artifact, inputs, console...
 
 
 @dataclass
@@ -199,8 +215,21 @@ class _Farm:
     def __init__(self, inventory: Inventory, jobs: list[Job], leases: LeaseBackend, runner: str,
                  options: Mapping[str, Any], store: Any, batch: str, commit: str | None,
                  lease_timeout: float, job_timeout: float,
-                 on_start: Callable[[Job, str, int], None] | None, work_dir: Path):
+                 on_start: Callable[[Job, str, int], None] | None, work_dir: Path,
+                 evidence_dir: Path | None, keep: str, check_health: bool):
         self.inventory = inventory
+        self.evidence_dir = evidence_dir
+        self.keep = keep
+        self.check_health = check_health
+        self.failures: dict[str, int] = {}  # device -> consecutive device failures
+        self.quarantined: set[str] = set()
+        if store is not None:
+            for row in store.device_health():
+                self.failures[row["device"]] = int(row["failures"])
+                if row["state"] == QUARANTINED and row["device"] in inventory.by_name:
+                    self.quarantined.add(row["device"])
+                    log.warning("farm: device %s is quarantined since %s (%s); `harness farm clear %s` "
+                                "returns it", row["device"], row["since"], row["reason"], row["device"])
         self.pending = list(jobs)
         self.leases = leases
         self.runner = runner
@@ -221,16 +250,20 @@ class _Farm:
         with self.lock:
             tried: set[tuple[str, frozenset[str]]] = set()
             for job in list(self.pending):
-                key = (job.target, frozenset(job.failed_devices))
+                excluded = job.failed_devices | self.quarantined
+                key = (job.target, frozenset(excluded))
                 if key in tried:
                     continue  # one lease try per target and pass: a try may be a network call
                 tried.add(key)
+                no_device_left = not [d for d in self.inventory.for_target(job.target) if d.name not in excluded]
+                if no_device_left:
+                    self.pending.remove(job)
+                    self._give_up(job, self._no_device_reason(job))
+                    continue
                 try:
-                    lease = self.leases.acquire(job.target, timeout=0, exclude=job.failed_devices)
+                    lease = self.leases.acquire(job.target, timeout=0, exclude=excluded)
                 except LeaseTimeout as exc:
-                    no_device_left = not [d for d in self.inventory.for_target(job.target)
-                                          if d.name not in job.failed_devices]
-                    if no_device_left or time.monotonic() - job.waiting_since > self.lease_timeout:
+                    if time.monotonic() - job.waiting_since > self.lease_timeout:
                         self.pending.remove(job)
                         self._give_up(job, str(exc))
                     continue
@@ -243,6 +276,78 @@ class _Farm:
                 self.seq += 1
                 return job, lease, self.seq
             return None
+
+    def _no_device_reason(self, job: Job) -> str:
+        devices = self.inventory.for_target(job.target)
+        quarantined = [d.name for d in devices if d.name in self.quarantined]
+        failed = [d.name for d in devices if d.name in job.failed_devices and d.name not in self.quarantined]
+        parts = ([f"quarantined: {', '.join(quarantined)}"] if quarantined else []) + \
+                ([f"failed this job: {', '.join(failed)}"] if failed else [])
+        return f"no healthy {job.target} device is left ({'; '.join(parts)})"
+
+    # -- device health ---------------------------------------------------------------------
+
+    def _step(self, step: str, device: Device, evidence_dir: Path | None = None) -> StepResult:
+        if step == "check" and not device.health_check and transport_kind(
+                device_target(device).transport.kind).on_host:
+            return check_device(device)  # this host: nothing that can hang, no process to spend
+        return run_step(step, device, self.inventory.health_timeout, evidence_dir)
+
+    def _healthy(self, device: Device) -> bool:
+        """Check the device before it takes a job; power-cycle it once if the check fails."""
+        if not self.check_health:
+            return True
+        check = self._step("check", device)
+        if check.ok:
+            return True
+        log.warning("farm: device %s failed its health check: %s", device.name, check.detail)
+        cycled = self._step("power-cycle", device)
+        log.info("farm: device %s: %s", device.name, cycled.detail)
+        if cycled.ok and (again := self._step("check", device)).ok:
+            if self.store is not None:
+                with self.lock:
+                    failures = self.failures.get(device.name, 0)
+                self.store.set_device_health(device.name, target=device.target, state=HEALTHY,
+                                             failures=failures,
+                                             reason=f"recovered: {cycled.detail} after a failed health "
+                                                    f"check ({check.detail})")
+            return True
+        self._device_failed(device, f"health check: {check.detail}; {cycled.detail}")
+        return False
+
+    def _recover(self, device: Device, why: str, evidence: str | None = None) -> None:
+        """After a job failed for a device reason: power-cycle and check before it runs again."""
+        failures = self._device_failed(device, why, evidence)
+        if not self.check_health or device.name in self.quarantined:
+            return
+        cycled = self._step("power-cycle", device)
+        log.info("farm: device %s after a failed job (%d in a row): %s", device.name, failures, cycled.detail)
+        check = self._step("check", device)
+        if not check.ok:
+            self._device_failed(device, f"health check after the failed job: {check.detail}")
+
+    def _device_failed(self, device: Device, why: str, evidence: str | None = None) -> int:
+        with self.lock:
+            failures = self.failures.get(device.name, 0) + 1
+            self.failures[device.name] = failures
+            quarantine = failures >= self.inventory.quarantine_after
+            if quarantine and device.name not in self.quarantined:
+                self.quarantined.add(device.name)
+                log.error("farm: device %s QUARANTINED after %d consecutive device failures (last: %s)",
+                          device.name, failures, why)
+        if self.store is not None:
+            self.store.set_device_health(device.name, target=device.target,
+                                         state=QUARANTINED if quarantine else HEALTHY,
+                                         failures=failures, reason=why, evidence=evidence)
+        return failures
+
+    def _device_ok(self, device: Device) -> None:
+        with self.lock:
+            was = self.failures.get(device.name, 0)
+            self.failures[device.name] = 0
+        if self.store is not None and was:
+            self.store.set_device_health(device.name, target=device.target, state=HEALTHY, failures=0,
+                                         reason=f"passed a job after {was} device failure(s)")
 
     def _give_up(self, job: Job, why: str) -> None:
         if job.result is None:
@@ -268,9 +373,17 @@ class _Farm:
                 time.sleep(getattr(self.leases, "poll_seconds", 0.5))
                 continue
             job, lease, seq = picked
+            device = self.inventory.by_name[lease.device]
+            healthy = True
             try:
                 with lease:
-                    attempt, result = self._run(job, lease.device, seq)
+                    healthy = self._healthy(device)
+                    if healthy:
+                        attempt, result = self._run(job, lease.device, seq)
+                        if attempt.status == "device-failed":
+                            self._recover(device, attempt.error or "device failed", attempt.evidence.get("dir"))
+                        elif attempt.status == "ok":
+                            self._device_ok(device)
             except Exception as exc:  # the farm's own machinery failed: keep the job's record
                 log.exception("farm: %s: could not run the job", job.name)
                 now = time.time()
@@ -279,6 +392,10 @@ class _Farm:
             finally:
                 with self.lock:
                     self.running -= 1
+                    if not healthy:  # not an attempt: the job waits for a healthy device
+                        self.pending.insert(0, job)
+            if not healthy:
+                continue
             attempt.run_id = self._record(job, result, attempt.device)
             job.attempts.append(attempt)
             job.result = result
@@ -294,6 +411,23 @@ class _Farm:
                         log.error("farm: %s: device %s failed and no other %s device is left",
                                   job.name, attempt.device, job.target)
 
+    def _keep_evidence(self, attempt: Attempt, device: Device, evidence_dir: Path | None, passed: bool) -> None:
+        """A failed attempt keeps its files and what the device can still tell (console,
+        dmesg); a passing one's bulky files go unless --keep all."""
+        if evidence_dir is None:
+            return
+        if self.keep == "none" or (passed and self.keep != "all"):
+            shutil.rmtree(evidence_dir, ignore_errors=True)
+            return
+        if not passed:
+            collected = self._step("evidence", device, evidence_dir)
+            if collected.ok:
+                attempt.evidence.update(json.loads(collected.detail))
+            else:
+                log.warning("farm: device %s: could not collect evidence: %s", device.name, collected.detail)
+        if evidence_dir.is_dir():
+            attempt.evidence["dir"] = str(evidence_dir)
+
     def _run(self, job: Job, device_name: str, seq: int) -> tuple[Attempt, dict[str, Any]]:
         device = self.inventory.by_name[device_name]
         stem = f"{seq:03d}-{job.model.stem}-{job.target}-{device.name}"
@@ -301,6 +435,9 @@ class _Farm:
         argv = [sys.executable, "-m", "harness.cli", "farm", "_job", "--runner", self.runner,
                 "--model", str(job.model), "--device", json.dumps(device.to_dict()),
                 "--options", json.dumps(self.options), "--out", str(out)]
+        evidence_dir = self.evidence_dir / stem if self.evidence_dir is not None else None
+        if evidence_dir is not None:
+            argv += ["--evidence", str(evidence_dir)]
         env = dict(os.environ)
         # The worker imports the job runner from wherever this process could (a test module too).
         env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT)] + [p for p in sys.path if p])
@@ -340,6 +477,7 @@ class _Farm:
         result.setdefault("model", job.model.stem)
         result.setdefault("target", job.target)
         attempt.log = str(log_path)
+        self._keep_evidence(attempt, device, evidence_dir, passed=bool(result.get("passed") and not result.get("error")))
         if result.get("passed") and not result.get("error"):
             log.info("farm: %s on device %s: PASS", job.name, device.name)
         else:
@@ -362,13 +500,22 @@ def run_farm(
     lease_timeout: float = 3600.0,
     job_timeout: float = 1800.0,
     on_start: Callable[[Job, str, int], None] | None = None,
+    keep: str = "failed",
+    check_health: bool = True,
 ) -> FarmReport:
     """Run every model on every target (default: the inventory's targets) across the devices.
 
     One job per device at a time (leases), as many jobs at once as there are devices. Each
     attempt goes to `store` (a ResultStore) under `batch`; `out_dir` gets `farm-results.xml`
-    (JUnit) and `farm-results.json`. `on_start(job, device, pid)` is told each worker's pid.
+    (JUnit) and `farm-results.json`, and under `jobs/` each failed attempt's evidence (its
+    artifact, inputs, outputs, the device's console and dmesg); `keep` says whose files stay:
+    "failed" (default), "all" or "none". Before a device takes a job its health is checked
+    (`check_health`); a device failing `inventory.quarantine_after` times in a row is
+    quarantined (recorded in `store`) until `harness farm clear`. `on_start(job, device, pid)`
+    is told each worker's pid.
     """
+    if keep not in KEEP_CHOICES:
+        raise HarnessError(f"farm: keep must be one of {', '.join(KEEP_CHOICES)}, got '{keep}'")
     targets = list(targets) if targets else inventory.targets
     for t in targets:
         if not inventory.for_target(t):
@@ -390,8 +537,10 @@ def run_farm(
         # Each attempt's worker log is kept in out_dir/logs/ (in a temporary dir without out_dir).
         work_dir = Path(out_dir) / "logs" if out_dir is not None else Path(tmp)
         work_dir.mkdir(parents=True, exist_ok=True)
+        evidence_dir = Path(out_dir) / "jobs" if out_dir is not None else None
         farm = _Farm(inventory, jobs, leases, runner_spec(job_runner), runner_options or {}, store,
-                     batch, commit, lease_timeout, job_timeout, on_start, work_dir)
+                     batch, commit, lease_timeout, job_timeout, on_start, work_dir,
+                     evidence_dir, keep, check_health)
         threads = [threading.Thread(target=farm.loop, name=f"farm-{i}", daemon=True)
                    for i in range(len(devices))]
         # A thread leaves once nothing is pending; a retry is queued by the thread that ran
@@ -436,11 +585,61 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     r.add_argument("--runner", default=DEFAULT_RUNNER, help="job runner 'module:function'")
     r.add_argument("--lease-timeout", type=float, default=3600.0)
     r.add_argument("--job-timeout", type=float, default=1800.0)
+    r.add_argument("--keep", choices=KEEP_CHOICES, default="failed",
+                   help="whose evidence (artifact, inputs, outputs, console, dmesg) stays under OUT/jobs "
+                        "(default: failed jobs')")
+    r.add_argument("--no-health-check", action="store_true",
+                   help="give devices jobs without checking them first (no recovery, no quarantine)")
     r.set_defaults(func=command)
     j = sub.add_parser("_job", help=argparse.SUPPRESS)
     for name in ("--runner", "--model", "--device", "--options", "--out"):
         j.add_argument(name, required=True)
+    j.add_argument("--evidence", help="directory for the job's evidence files")
     j.set_defaults(func=_worker_main)
+    d = sub.add_parser("_device", help=argparse.SUPPRESS)
+    d.add_argument("step", choices=STEPS)
+    d.add_argument("--device", required=True)
+    d.add_argument("--timeout", type=float, required=True)
+    d.add_argument("--evidence")
+    d.set_defaults(func=step_main)
+    c = sub.add_parser("clear", help="return quarantined device(s) to service")
+    c.add_argument("device", nargs="+")
+    c.add_argument("--results", help="results store (default: <cache>/results.sqlite)")
+    c.set_defaults(func=clear_command)
+    h = sub.add_parser("health", help="each device's recorded health (quarantined ones first)")
+    h.add_argument("--results", help="results store (default: <cache>/results.sqlite)")
+    h.add_argument("--json", action="store_true")
+    h.set_defaults(func=health_command)
+
+
+def clear_command(args: argparse.Namespace) -> int:
+    from .results import ResultStore, default_store_path
+
+    store = ResultStore(args.results or default_store_path())
+    status = 0
+    for name in args.device:
+        if store.clear_device(name):
+            print(f"farm: device {name} returned to service")
+        else:
+            known = {r["device"]: r["state"] for r in store.device_health()}
+            print(f"farm: device {name} is not quarantined ({known.get(name, 'no record')})", file=sys.stderr)
+            status = 1
+    return status
+
+
+def health_command(args: argparse.Namespace) -> int:
+    from .results import ResultStore, default_store_path
+
+    rows = ResultStore(args.results or default_store_path()).device_health()
+    rows.sort(key=lambda r: (r["state"] != QUARANTINED, r["device"]))
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    for r in rows:
+        print(f"{r['device']:<16} {r['state']:<12} failures {r['failures']:<3} since {r['since']}  {r['reason'] or ''}")
+    if not rows:
+        print("farm: no device health recorded yet")
+    return 0
 
 
 def command(args: argparse.Namespace) -> int:
@@ -457,7 +656,8 @@ def command(args: argparse.Namespace) -> int:
     report = run_farm(inventory, resolve_models(args.model), args.target, job_runner=args.runner,
                       runner_options={"iters": args.iters, "toolchain": args.toolchain},
                       store=store, batch=args.batch, out_dir=Path(args.out),
-                      lease_timeout=args.lease_timeout, job_timeout=args.job_timeout)
+                      lease_timeout=args.lease_timeout, job_timeout=args.job_timeout,
+                      keep=args.keep, check_health=not args.no_health_check)
     for job in report.jobs:
         tries = " -> ".join(f"{a.device}:{a.status}" for a in job.attempts) or "not run"
         err = (job.result or {}).get("error")

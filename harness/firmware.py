@@ -155,10 +155,10 @@ def memory_ld(flash_origin: int, ram_origin: int, stack: int) -> str:
 def _link(target: Target, toolchain: Toolchain, models: Sequence[FirmwareModel], out: Path,
           arena_bytes: int, probe: bool) -> Path:
     """Write models.c and memory.ld into `out` and build firmware.elf (+ firmware.map) there."""
-    assert target.memory is not None and target.firmware is not None
+    assert target.layout is not None and target.firmware is not None
     out.mkdir(parents=True, exist_ok=True)
     (out / "models.c").write_text(models_c(models, arena_bytes))
-    mem = target.memory
+    mem = target.layout
     origins = PROBE_MEMORY if probe else {"flash_origin": mem.flash_origin, "ram_origin": mem.ram_origin}
     (out / "memory.ld").write_text(memory_ld(origins["flash_origin"], origins["ram_origin"], mem.stack_bytes))
     fw = target.firmware
@@ -297,9 +297,9 @@ def footprint_from_map(map_text: str, kernel_objs: Sequence[str], graph_bytes: i
 
 def check_fit(target: Target, footprint: dict[str, Any], names: Sequence[str]) -> None:
     """Refuse an image larger than the board's flash or RAM, naming the region and the excess."""
-    assert target.memory is not None
+    assert target.layout is not None
     what = ", ".join(names)
-    for region, limit in (("flash", target.memory.flash_bytes), ("RAM", target.memory.ram_bytes)):
+    for region, limit in (("flash", target.layout.flash_bytes), ("RAM", target.layout.ram_bytes)):
         used = footprint[region.lower()]
         if used["total"] > limit:
             parts = ", ".join(f"{k} {v:,}" for k, v in used.items() if k != "total" and v)
@@ -311,7 +311,7 @@ def check_fit(target: Target, footprint: dict[str, Any], names: Sequence[str]) -
 
 def build_firmware(target: Target, models: Sequence[FirmwareModel], toolchain: Toolchain) -> Firmware:
     """Build (or reuse) the image holding `models` for a firmware target."""
-    if target.memory is None or target.firmware is None:
+    if target.layout is None or target.firmware is None:
         raise BuildError(f"target '{target.name}' is not a firmware target (arch 'armv7m' with [memory])")
     if not models:
         raise BuildError("a firmware image needs at least one model")
@@ -326,7 +326,7 @@ def build_firmware(target: Target, models: Sequence[FirmwareModel], toolchain: T
         if got != m.prefix:
             raise BuildError(f"model {m.name}: compiled with prefix {got!r}, the image expects {m.prefix!r}")
     parts: list[bytes | str] = ["firmware/1", Path(__file__).read_bytes(), toolchain.describe(), target.name, target.cc.tool("gcc"),
-                                *target.cc.cflags, json.dumps(asdict(target.memory)),
+                                *target.cc.cflags, json.dumps(asdict(target.layout)),
                                 json.dumps(asdict(target.firmware)), *CFLAGS, *LDFLAGS]
     for path in sorted(FIRMWARE_DIR.iterdir()) + sorted((RUNTIME_DIR / "src").iterdir()) + \
             sorted((RUNTIME_DIR / "include").iterdir()):

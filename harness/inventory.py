@@ -28,6 +28,12 @@ class Device:
     options: Mapping[str, Any] = field(default_factory=dict)  # merged into the target's transport options
     tags: tuple[str, ...] = ()
     labgrid_matches: tuple[str, ...] = ()
+    #: argv run ON the device to tell it is healthy (empty: `true`; over serial the console
+    #: sync that precedes every command is the real check)
+    health_check: tuple[str, ...] = ()
+    #: argv run on THIS host to power-cycle the device (e.g. a smart PDU or uhubctl command);
+    #: empty: the emulated board is restarted, other devices cannot be power-cycled
+    power_cycle: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -38,7 +44,8 @@ class Device:
     def from_dict(cls, d: Mapping[str, Any]) -> "Device":
         return cls(name=d["name"], target=d["target"], transport=d.get("transport"),
                    address=d.get("address"), options=dict(d.get("options") or {}),
-                   tags=tuple(d.get("tags") or ()), labgrid_matches=tuple(d.get("labgrid_matches") or ()))
+                   tags=tuple(d.get("tags") or ()), labgrid_matches=tuple(d.get("labgrid_matches") or ()),
+                   health_check=tuple(d.get("health_check") or ()), power_cycle=tuple(d.get("power_cycle") or ()))
 
 
 @dataclass(frozen=True)
@@ -47,6 +54,10 @@ class Inventory:
     path: Path | None = None
     lease_backend: str = "local"  # "local" or "labgrid"
     labgrid_coordinator: str | None = None
+    #: consecutive device failures (failed jobs or health checks) that quarantine a device
+    quarantine_after: int = 3
+    #: seconds a health check or a power cycle may take
+    health_timeout: float = 120.0
 
     @property
     def by_name(self) -> dict[str, Device]:
@@ -111,7 +122,8 @@ def parse_inventory(text: str, path: Path | None = None) -> Inventory:
         if target not in known_targets and not target.endswith(".toml"):
             raise TargetError(f"{where}: key 'target' names unknown target '{target}' "
                               f"(known: {', '.join(sorted(known_targets))})")
-        unknown = set(table) - {"name", "target", "transport", "address", "options", "tags", "labgrid_matches"}
+        unknown = set(table) - {"name", "target", "transport", "address", "options", "tags", "labgrid_matches",
+                                "health_check", "power_cycle"}
         if unknown:
             raise TargetError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}")
         devices.append(Device(
@@ -121,6 +133,8 @@ def parse_inventory(text: str, path: Path | None = None) -> Inventory:
             options=_field(table, "options", dict, where) or {},
             tags=_str_list(table, "tags", where),
             labgrid_matches=_str_list(table, "labgrid_matches", where),
+            health_check=_str_list(table, "health_check", where),
+            power_cycle=_str_list(table, "power_cycle", where),
         ))
     lease = data.get("lease", {})
     if not isinstance(lease, dict):
@@ -131,8 +145,21 @@ def parse_inventory(text: str, path: Path | None = None) -> Inventory:
     coordinator = lease.get("coordinator")
     if backend == "labgrid" and not isinstance(coordinator, str):
         raise TargetError(f"{src}: key 'lease.coordinator' (host:port) is needed with the labgrid backend")
+    health = data.get("health", {})
+    if not isinstance(health, dict):
+        raise TargetError(f"{src}: key 'health' must be a table")
+    unknown = set(health) - {"quarantine_after", "timeout"}
+    if unknown:
+        raise TargetError(f"{src}: unknown key(s) {', '.join(f'health.{k}' for k in sorted(unknown))} "
+                          "(allowed: health.quarantine_after, health.timeout)")
+    after = health.get("quarantine_after", 3)
+    if isinstance(after, bool) or not isinstance(after, int) or after < 1:
+        raise TargetError(f"{src}: key 'health.quarantine_after' must be a whole number >= 1, got {after!r}")
+    timeout = health.get("timeout", 120.0)
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
+        raise TargetError(f"{src}: key 'health.timeout' must be a number of seconds > 0, got {timeout!r}")
     return Inventory(devices=tuple(devices), path=path, lease_backend=backend,
-                     labgrid_coordinator=coordinator)
+                     labgrid_coordinator=coordinator, quarantine_after=after, health_timeout=float(timeout))
 
 
 def load_inventory(path: Path | str) -> Inventory:

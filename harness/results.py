@@ -66,12 +66,32 @@ CREATE TABLE IF NOT EXISTS outputs (
     passed INTEGER
 );
 CREATE INDEX IF NOT EXISTS outputs_run ON outputs(run_id);
+CREATE TABLE IF NOT EXISTS device_health (
+    device TEXT PRIMARY KEY,
+    target TEXT,
+    state TEXT NOT NULL,
+    failures INTEGER NOT NULL,
+    reason TEXT,
+    since TEXT,
+    updated TEXT NOT NULL,
+    evidence TEXT
+);
 """
+
+#: device_health.state values: a healthy device takes jobs, a quarantined one does not until
+#: `harness farm clear DEVICE`.
+HEALTHY, QUARANTINED = "healthy", "quarantined"
+#: A run's footprint (RunResult.footprint): the arena by part, peak process memory, weights
+#: in flash. Added after the first schema: old stores get them on open (ALTER TABLE).
+FOOTPRINT_COLUMNS = (
+    "arena_graph", "arena_activations", "arena_workspace", "arena_weight_copies",
+    "peak_rss_kb", "flash_weights",
+)
 
 RUN_COLUMNS = (
     "id", "batch", "commit", "date", "target", "model", "transport", "device", "passed", "error",
     "latency_min_us", "latency_mean_us", "latency_max_us", "iters", "arena_bytes",
-    "minrt_text", "runner_text", "kernels_text", "toolchain", "tvm_version",
+    "minrt_text", "runner_text", "kernels_text", "toolchain", "tvm_version", *FOOTPRINT_COLUMNS,
 )
 
 
@@ -100,6 +120,12 @@ class RunRow:
     toolchain: str | None
     tvm_version: str | None
     outputs: tuple[dict[str, Any], ...] = ()
+    arena_graph: int | None = None
+    arena_activations: int | None = None
+    arena_workspace: int | None = None
+    arena_weight_copies: int | None = None
+    peak_rss_kb: int | None = None
+    flash_weights: int | None = None
 
     @property
     def max_abs_err(self) -> float | None:
@@ -129,6 +155,14 @@ class ResultStore:
         with self._connect() as db:
             db.execute("PRAGMA journal_mode=WAL")
             db.executescript(_SCHEMA)
+            have = {r["name"] for r in db.execute("PRAGMA table_info(runs)")}
+            for col in FOOTPRINT_COLUMNS:
+                if col not in have:
+                    try:
+                        db.execute(f"ALTER TABLE runs ADD COLUMN {col} INTEGER")
+                    except sqlite3.OperationalError as exc:  # another process added it first
+                        if "duplicate column" not in str(exc):
+                            raise
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
@@ -164,6 +198,7 @@ class ResultStore:
         batch = batch or date[:10]
         latency = result.get("latency_us") or {}
         sizes = result.get("sizes") or {}
+        footprint = result.get("footprint") or {}
         outputs = result.get("outputs") or []
         error = result.get("error")
         passed = bool(result.get("passed")) and error is None
@@ -187,6 +222,7 @@ class ResultStore:
             "kernels_text": _num(sizes.get("kernels_text"), int, "sizes.kernels_text"),
             "toolchain": result.get("toolchain"),
             "tvm_version": result.get("tvm_version"),
+            **{c: _num(footprint.get(c), int, f"footprint.{c}") for c in FOOTPRINT_COLUMNS},
         }
         out_rows = []
         for i, out in enumerate(outputs):
@@ -221,6 +257,45 @@ class ResultStore:
         log.info("results: recorded run %d (%s on %s, %s)", run_id, row["model"], row["target"],
                  "passed" if passed else "failed")
         return run_id
+
+    # -- device health ---------------------------------------------------------------------
+
+    def device_health(self, device: str | None = None) -> list[dict[str, Any]]:
+        """The recorded health of `device` (or of every device), as dicts of the columns."""
+        cols = ("device", "target", "state", "failures", "reason", "since", "updated", "evidence")
+        where, params = ("WHERE device = ?", (device,)) if device else ("", ())
+        with self._connect() as db:
+            rows = db.execute(f"SELECT {', '.join(cols)} FROM device_health {where} ORDER BY device",
+                              params).fetchall()
+        return [dict(zip(cols, r)) for r in rows]
+
+    def set_device_health(self, device: str, *, target: str | None, state: str, failures: int,
+                          reason: str | None, evidence: str | None = None) -> None:
+        """Record a device's health; `since` is when it entered `state`."""
+        if state not in (HEALTHY, QUARANTINED):
+            raise HarnessError(f"results: device state must be {HEALTHY} or {QUARANTINED}, got {state!r}")
+        now = _now()
+        with self._connect() as db:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                old = db.execute("SELECT state, since FROM device_health WHERE device = ?", (device,)).fetchone()
+                since = old[1] if old and old[0] == state else now
+                db.execute("INSERT OR REPLACE INTO device_health (device, target, state, failures, reason, "
+                           "since, updated, evidence) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                           (device, target, state, failures, reason, since, now, evidence))
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+
+    def clear_device(self, device: str) -> bool:
+        """Return a quarantined device to service (failures reset); False if it was not quarantined."""
+        rows = self.device_health(device)
+        if not rows or rows[0]["state"] != QUARANTINED:
+            return False
+        self.set_device_health(device, target=rows[0]["target"], state=HEALTHY, failures=0,
+                               reason=f"cleared by hand (was: {rows[0]['reason']})")
+        return True
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -298,6 +373,20 @@ class ResultStore:
             seen[p["commit"]] = seen.get(p["commit"], 0) + 1
             repeated = p["commit"] is None or commits.count(p["commit"]) > 1
             p["label"] = f"{p['commit'] or 'no commit'} #{seen[p['commit']]}" if repeated else p["commit"]
+        return points
+
+    def footprint_trend(self, target: str, model: str) -> list[dict[str, Any]]:
+        """A model's footprint on a target per batch, oldest first: RAM (the arena by part,
+        peak RSS) and flash (minrt, runner, kernels, weights), from the run that counts."""
+        points = []
+        for batch in self.batches():
+            row = self.latest(batch).get((model, target))
+            if row is None or row.arena_bytes is None:
+                continue
+            points.append({"batch": batch, "commit": row.commit, "arena_bytes": row.arena_bytes,
+                           **{c: getattr(row, c) for c in FOOTPRINT_COLUMNS},
+                           "minrt_text": row.minrt_text, "runner_text": row.runner_text,
+                           "kernels_text": row.kernels_text})
         return points
 
     def latency_trend(self, target: str, model: str) -> list[dict[str, Any]]:

@@ -19,6 +19,7 @@ import numpy as np
 from . import REPO_ROOT, tensorfile
 from .compare import DEFAULT_ATOL, DEFAULT_RTOL, OutputCheck, compare_output
 from .errors import HarnessError
+from .reference import Consensus
 from .targets import Target
 from .toolchain import DEFAULT_TOOLCHAIN
 
@@ -34,14 +35,20 @@ class RunResult:
     transport: str
     passed: bool = False
     outputs: list[dict[str, Any]] = field(default_factory=list)
+    # Every host reference's standing ("agrees", "odd one out", "unavailable", "no majority"),
+    # and a note when the device was not judged against all of them.
+    references: list[dict[str, Any]] = field(default_factory=list)
+    reference_note: str | None = None
     latency_us: dict[str, float] = field(default_factory=dict)
     # firmware targets: min/mean/max per inference in `count_unit` ("emulated instructions"
     # under QEMU -icount, "cycles" on a board), never converted to time
     latency_counts: dict[str, float] = field(default_factory=dict)
     count_unit: str | None = None
-    footprint: dict[str, Any] = field(default_factory=dict)
     iters: int = 0
     arena_bytes: int | None = None
+    # What the model costs on the device: the runner's arena by part (graph, activations,
+    # workspace, weight_copies: bytes), peak_rss_kb (Linux runners), and flash (harness.size).
+    footprint: dict[str, Any] = field(default_factory=dict)
     sizes: dict[str, int] = field(default_factory=dict)
     tvm_version: str | None = None
     toolchain: str | None = None
@@ -116,19 +123,46 @@ def execute(transport: Any, runner: Path, artifact: Any, inputs_blob: bytes, ite
                                artifact.params_bin.read_bytes(), inputs_blob, iters, workspace, timeout)
 
 
-def check_outputs(model: Path, inputs: Mapping[str, np.ndarray], got: Sequence[np.ndarray],
-                  output_specs: Sequence[Mapping[str, Any]], atol: float, rtol: float) -> list[OutputCheck]:
-    """Compare every device output with every available host reference executor."""
-    from .reference import reference_names, run_reference
+def footprint(timing: Mapping[str, Any], sizes: Mapping[str, int], artifact: Any) -> dict[str, Any]:
+    """A run's footprint: RAM as the runner measured it (its arena by part, its peak resident
+    memory when the device reports it) and flash (runtime, runner, kernels, weights)."""
+    from .size import weights_bytes
 
+    arena = timing.get("arena") or {}
+    result: dict[str, Any] = {f"arena_{k}": int(v) for k, v in arena.items()}
+    if timing.get("arena_bytes") is not None:
+        result["arena_bytes"] = int(timing["arena_bytes"])
+    if timing.get("peak_rss_kb") is not None:
+        result["peak_rss_kb"] = int(timing["peak_rss_kb"])
+    result["flash_weights"] = weights_bytes(artifact)
+    for key in ("minrt_text", "runner_text", "kernels_text"):
+        if key in sizes:
+            result[f"flash_{key.removesuffix('_text')}"] = int(sizes[key])
+    return result
+
+
+def check_outputs(model: Path, inputs: Mapping[str, np.ndarray], got: Sequence[np.ndarray],
+                  output_specs: Sequence[Mapping[str, Any]], atol: float, rtol: float,
+                  ) -> tuple[list[OutputCheck], Consensus]:
+    """Compare every device output with the host references that agree with each other (see
+    harness.reference): TVM's Relax VM breaks a disagreement, a reference that cannot run the
+    model is left out. Returns the checks and the references' standing."""
+    from .reference import RELAX_VM, consensus, reference_names, try_reference
+
+    runs = [try_reference(name, model, inputs, expected_outputs=len(output_specs))
+            for name in reference_names()]
+    agreed = consensus(runs, atol, rtol,
+                       tiebreak=lambda: try_reference(RELAX_VM, model, inputs, expected_outputs=len(output_specs)))
+    if agreed.note:
+        log.warning("%s: %s", model.name, agreed.note)
     checks: list[OutputCheck] = []
-    for ref in reference_names():
-        want = run_reference(ref, model, inputs)
-        if len(want) != len(got):
-            raise HarnessError(f"the device returned {len(got)} outputs, {ref} returned {len(want)}")
-        for spec, g, w in zip(output_specs, got, want):
-            checks.append(compare_output(spec["name"], ref, g, w, atol=atol, rtol=rtol))
-    return checks
+    for ref in agreed.judges:
+        assert ref.outputs is not None
+        if len(ref.outputs) != len(got):
+            raise HarnessError(f"the device returned {len(got)} outputs, {ref.name} returned {len(ref.outputs)}")
+        for spec, g, w in zip(output_specs, got, ref.outputs):
+            checks.append(compare_output(spec["name"], ref.name, g, w, atol=atol, rtol=rtol))
+    return checks, agreed
 
 
 def run_on_target(
@@ -146,6 +180,7 @@ def run_on_target(
     timeout: float = RUN_TIMEOUT_S,
     trust_on_first_use: bool = False,
     device: Any = None,
+    evidence_dir: Path | None = None,
     one_image: Mapping[str, Path] | None = None,
 ) -> RunResult:
     """Compile, build, deploy, run and check one model on one target.
@@ -154,6 +189,8 @@ def run_on_target(
     was measured before them, so a farm or a dashboard loses nothing; failures of the user's
     own input (unknown target, unreadable model) raise. `device` is an already open transport
     to the target (the pytest plugin's session device); without it one is opened and closed.
+    With `evidence_dir`, the run keeps there what reproduces it: the artifact (graph.json,
+    params.bin, kernels.o, metadata.json), inputs.bin, outputs.bin and result.json.
     `one_image` (firmware targets): the models (name -> ONNX) one image holds, `model` among
     them; with the same `device`, every one of them runs on one boot.
     """
@@ -169,6 +206,9 @@ def run_on_target(
     log.info("[%s on %s] compiling", model.name, target.name)
     artifact = compile_model(model, target)
     result.tvm_version = artifact.metadata.get("tvm_version")
+    evidence = Evidence(Path(evidence_dir)) if evidence_dir is not None else None
+    if evidence:
+        evidence.keep_artifact(artifact.dir)
     try:
         tc = get_toolchain(toolchain, target)
         result.toolchain = tc.describe()
@@ -199,6 +239,8 @@ def run_on_target(
         if missing:
             raise HarnessError(f"no value given for model input(s) {missing}")
         blob = tensorfile.dumps({s["name"]: inputs[s["name"]] for s in artifact.inputs})
+        if evidence:
+            evidence.write("inputs.bin", blob)
         if device is not None:
             log.info("[%s on %s] running on the device", model.name, target.name)
             out_blob, timing = execute(device, runner, artifact, blob, iters, timeout)
@@ -207,15 +249,21 @@ def run_on_target(
                                 trust_on_first_use=trust_on_first_use) as opened:
                 log.info("[%s on %s] running on the device", model.name, target.name)
                 out_blob, timing = execute(opened, runner, artifact, blob, iters, timeout)
+        if evidence:
+            evidence.write("outputs.bin", out_blob)
         result.iters = int(timing.get("iters", iters))
         result.arena_bytes = timing.get("arena_bytes")
+        firmware_footprint = result.footprint  # set by the firmware build, else empty
+        result.footprint = {**footprint(timing, result.sizes, artifact), **firmware_footprint}
         result.latency_us = {k: float(timing[f"{k}_us"]) for k in ("min", "mean", "max") if f"{k}_us" in timing}
         result.latency_counts = dict(timing.get("counts", {}))
         result.count_unit = timing.get("count_unit")
         got = list(tensorfile.loads(out_blob, where="outputs.bin").values())
         log.info("[%s on %s] comparing with the host reference", model.name, target.name)
-        checks = check_outputs(model, inputs, got, artifact.outputs, atol, rtol)
+        checks, agreed = check_outputs(model, inputs, got, artifact.outputs, atol, rtol)
         result.outputs = [c.to_dict() for c in checks]
+        result.references = [s.to_dict() for s in agreed.statuses]
+        result.reference_note = agreed.note
         result.passed = all(c.passed for c in checks)
     except HarnessError as exc:
         result.error = str(exc)
@@ -224,4 +272,28 @@ def run_on_target(
         log.error("[%s on %s] %s", model.name, target.name, exc)
     log.info("[%s on %s] %s in %.1f s", model.name, target.name,
              "PASS" if result.passed else "FAIL", time.monotonic() - started)
+    if evidence:
+        evidence.write("result.json", result.to_json().encode())
     return result
+
+
+@dataclass
+class Evidence:
+    """A directory that keeps what reproduces one run (see run_on_target)."""
+
+    dir: Path
+
+    def write(self, name: str, data: bytes) -> Path:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        path = self.dir / name
+        path.write_bytes(data)
+        return path
+
+    def keep_artifact(self, artifact_dir: Path) -> None:
+        import shutil
+
+        dest = self.dir / "artifact"
+        dest.mkdir(parents=True, exist_ok=True)
+        for item in Path(artifact_dir).iterdir():
+            if item.is_file():
+                shutil.copy2(item, dest / item.name)

@@ -14,6 +14,8 @@ import re
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from . import REPO_ROOT
 from .cache import cache_dir, content_hash
 from .errors import BuildError
@@ -148,3 +150,113 @@ def run_sizes(target: Target, runner: Path, artifact: Any, toolchain: Toolchain)
         "runner_text": size_elf(runner, target, toolchain)["text"],
         "kernels_text": size_elf(Path(artifact.kernels_obj), target, toolchain)["text"],
     }
+
+
+def weights_bytes(artifact: Any) -> int:
+    """Bytes of the model's weights as they lie in flash or a file: params.bin's size (the
+    aligned container: data, headers and alignment padding)."""
+    return Path(artifact.params_bin).stat().st_size
+
+
+# -- a model's arena, computed as minrt lays it out (runtime_c/src/load.c) ----------------
+
+#: Read from an object compiled with the target's compiler, so the struct sizes are the
+#: target's own: sizeof minrt, a node, an entry, a kernel argument, a pointer.
+_SIZES_C = """#include "../src/internal.h"
+const unsigned minrt_struct_sizes[5] = {sizeof(minrt), sizeof(mnode), sizeof(mentry),
+                                        sizeof(TVMFFIAny), sizeof(void *)};
+"""
+_SHAPE_SHARE_WINDOW = 32  # dims back in the shape pool that an equal shape may share (load.c)
+
+
+def struct_sizes(target: Target, toolchain: Toolchain) -> dict[str, int]:
+    """sizeof(minrt), sizeof(mnode), sizeof(mentry), sizeof(TVMFFIAny), sizeof(void *) on the
+    target, read from the .rodata of a compiled object (nothing runs on the target)."""
+    parts: list[bytes | str] = ["sizes/1", target.cc.tool("gcc"), *target.cc.cflags, toolchain.describe(),
+                                _SIZES_C, (RUNTIME_DIR / "src" / "internal.h").read_bytes(),
+                                (RUNTIME_DIR / "include" / "minrt.h").read_bytes()]
+    out_dir = cache_dir() / "builds" / f"structs-{target.arch}-{content_hash(parts)}"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    done = out_dir / "sizes.json"
+    try:
+        return json.loads(done.read_text())
+    except (OSError, ValueError):
+        pass
+    src_dir = RUNTIME_DIR / "tests"  # so the quoted include resolves to runtime_c/src
+    src = out_dir / "structs.c"
+    src.write_text(_SIZES_C.replace("../src/internal.h", str(RUNTIME_DIR / "src" / "internal.h")))
+    obj, raw = out_dir / "structs.o", out_dir / "structs.bin"
+    toolchain.run([target.cc.tool("gcc"), "-std=c99", "-O1", *target.cc.cflags, f"-I{RUNTIME_DIR / 'include'}",
+                   f"-I{src_dir}", "-c", str(src), "-o", str(obj)], cwd=out_dir)
+    toolchain.run([target.cc.tool("objcopy"), "-O", "binary", "-j", ".rodata", str(obj), str(raw)], cwd=out_dir)
+    values = [int.from_bytes(raw.read_bytes()[4 * i:4 * i + 4], "little") for i in range(5)]
+    sizes = dict(zip(("minrt", "node", "entry", "arg", "pointer"), values))
+    tmp = done.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(sizes))
+    tmp.replace(done)
+    return sizes
+
+
+def _al(n: int, a: int) -> int:
+    return (n + a - 1) // a * a
+
+
+def arena_plan(graph: dict[str, Any], workspace_bytes: int, sizes: dict[str, int]) -> dict[str, int]:
+    """The arena minrt_load lays out for graph.json (a dict) with params in minrt's aligned
+    container in an aligned buffer (no copies): bytes of graph, activations, workspace,
+    weight_copies (0) and their total, arena_bytes; graph_bytes_per_entry (the whole parsed
+    graph: nodes, entries, kernel arguments, shapes) and entry_bytes (an entry's own struct and
+    shape dims)."""
+    from .compile import NOP, dtype_nbytes
+
+    nodes, row_ptr = graph["nodes"], graph["node_row_ptr"]
+    shapes, dtypes = graph["attrs"]["shape"][1], graph["attrs"]["dltype"][1]
+    sids = graph["attrs"]["storage_id"][1]
+    n_ent = row_ptr[-1]
+    plain = [n for n in nodes if n["op"] == "null" or n["attrs"]["func_name"] == NOP]
+    n_args = sum(len(n["inputs"]) for n in nodes if n not in plain)
+    n_dims = sum(len(s) for s in shapes)
+    g = (sizes["minrt"] + len(nodes) * sizes["node"] + n_ent * sizes["entry"]
+         + (n_args + n_ent - len(plain)) * sizes["arg"]
+         + _al((len(graph["heads"]) + len(nodes)) * sizes["pointer"], 8))
+    pool: list[int] = []
+    for shape in shapes:  # equal dims close by are shared, as load.c does
+        k, nd = len(pool), len(shape)
+        if not any(pool[i:i + nd] == list(shape) for i in range(max(k - _SHAPE_SHARE_WINDOW, 0), k - nd + 1)):
+            pool += list(shape)
+    top = _al(g + 8 * len(pool), 64)
+    kind = ["store"] * n_ent
+    for nid, node in enumerate(nodes):
+        if node["op"] == "null" and node["name"] in graph.get("_params", ()):
+            kind[row_ptr[nid]] = "param"
+        elif node["op"] != "null" and node["attrs"]["func_name"] == NOP:
+            kind[row_ptr[nid]] = "alias"
+    store = [0] * n_ent
+    for e in range(n_ent):
+        if kind[e] == "store":
+            nbytes = int(np.prod(shapes[e], dtype=np.int64)) * dtype_nbytes(dtypes[e])
+            store[sids[e]] = max(store[sids[e]], nbytes)
+    activations = sum(_al(s, 64) for s in store)
+    workspace = _al(workspace_bytes, 64)
+    total = max(top + activations + workspace, g + 8 * n_dims)
+    return {"graph": total - activations - workspace, "activations": activations, "workspace": workspace,
+            "weight_copies": 0, "arena_bytes": total,
+            "graph_bytes_per_entry": round((total - activations - workspace) / max(n_ent, 1), 1),
+            # an entry's own metadata: its struct and its share of the shape pool
+            "entry_bytes": round(sizes["entry"] + 8 * len(pool) / max(n_ent, 1), 1)}
+
+
+def model_footprint(target: Target, artifact: Any, runner: Path, toolchain: Toolchain) -> dict[str, Any]:
+    """A model's footprint on a target: flash (the whole runner, which holds minrt and the
+    kernels, and the weights as stored) and RAM (the arena by part, computed as minrt lays
+    it out). Flash in all is runner + weights."""
+    from . import tensorfile
+
+    graph = json.loads(Path(artifact.graph_json).read_text())
+    graph["_params"] = set(tensorfile.data_offsets(Path(artifact.params_bin).read_bytes(), str(artifact.params_bin)))
+    ram = arena_plan(graph, int(artifact.metadata.get("workspace_bytes", 0)), struct_sizes(target, toolchain))
+    flash = {"minrt": measure(target, toolchain)["total"]["text"],
+             "runner": size_elf(runner, target, toolchain)["text"],
+             "kernels": size_elf(Path(artifact.kernels_obj), target, toolchain)["text"],
+             "weights": weights_bytes(artifact)}
+    return {"flash": flash, "ram": ram, "entries": graph["node_row_ptr"][-1]}

@@ -21,9 +21,10 @@ DEFAULT_TARGET = "rpi-qemu"
 BOARD_KEYS: tuple[str, ...] = ()
 #: Architecture families: armv7 (Linux, Cortex-A), armv7m (bare-metal Cortex-M firmware), x86_64.
 ARCHES = ("armv7", "armv7m", "x86_64")
-#: [memory] of a firmware target: where its flash and RAM are and how large (bytes), and the
-#: stack the firmware reserves in RAM. Firmware that does not fit is refused at build time.
-MEMORY_KEYS = {"flash_origin": 0, "flash_bytes": None, "ram_origin": None, "ram_bytes": None, "stack_bytes": 0x2000}
+#: [memory] of a firmware target, besides ram_bytes/flash_bytes (MEMORY_KEYS): where flash and
+#: RAM are and the stack the firmware reserves in RAM (None: required). Firmware that does not
+#: fit is refused at build time.
+LAYOUT_KEYS = {"flash_origin": 0, "ram_origin": None, "stack_bytes": 0x2000}
 #: [firmware]: the board support the image is built with (runtime_c/firmware).
 FIRMWARE_KEYS = {"uart": None, "uart_base": None, "clock_hz": None, "probe_machine": None}
 FIRMWARE_UARTS = ("cmsdk", "stm32-usart")
@@ -82,12 +83,15 @@ class Target:
     transport: Transport
     board: dict[str, Any]
     path: Path
-    memory: "Memory | None" = None  # firmware targets (arch armv7m) only
+    # What the device has for a model (optional `[memory]`: ram_bytes, flash_bytes): the
+    # dashboard draws them as budget lines under each model's footprint.
+    memory: dict[str, int] = field(default_factory=dict)
+    layout: "Memory | None" = None  # firmware targets (arch armv7m) only: the whole [memory]
     firmware: "FirmwareBoard | None" = None
 
     @property
     def is_firmware(self) -> bool:
-        return self.memory is not None
+        return self.layout is not None
 
     @property
     def tvm_target_key(self) -> str:
@@ -112,6 +116,7 @@ def _require(table: dict[str, Any], key: str, kind: type, path: Path, where: str
 #: Top-level keys of a target file; a misspelt key is an error rather than silently ignored.
 TOP_LEVEL_KEYS = ("name", "description", "arch", "tvm", "cc", "toolchain", "transport", "board", "memory",
                   "firmware")
+MEMORY_KEYS = ("ram_bytes", "flash_bytes")
 
 
 def _no_unknown_keys(table: dict[str, Any], known: tuple[str, ...], path: Path, where: str = "") -> None:
@@ -126,6 +131,52 @@ def _str_list(table: dict[str, Any], key: str, path: Path, where: str) -> tuple[
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         raise TargetError(f"{path}: key '{where}.{key}' must be a list of strings")
     return tuple(value)
+
+
+#: TVM target kinds whose kernels minrt links: LLVM writes the object files minrt-run needs.
+TVM_KINDS = ("llvm",)
+
+
+def _check_tvm_table(table: dict[str, Any], path: Path) -> None:
+    """Types and kind of the [tvm] table, without importing TVM (`harness targets` stays fast);
+    whether LLVM knows the triple and cpu is checked by `tvm_target` when compiling."""
+    kind = _require(table, "kind", str, path, "tvm")
+    if kind not in TVM_KINDS:
+        raise TargetError(f"{path}: key 'tvm.kind' must be one of {', '.join(TVM_KINDS)}, got '{kind}'")
+    for key, value in table.items():
+        if isinstance(value, list):
+            if not all(isinstance(v, str) for v in value):
+                raise TargetError(f"{path}: key 'tvm.{key}' must be a list of strings")
+        elif not isinstance(value, (str, bool, int)) or (isinstance(value, int) and key.startswith("m")):
+            # LLVM's options (mtriple, mcpu, mattr, mfloat-abi, mabi) are all strings
+            raise TargetError(f"{path}: key 'tvm.{key}' must be a string, got {type(value).__name__} "
+                              f"{value!r}")
+
+
+def tvm_target(target: Target) -> Any:
+    """The target's `tvm.target.Target`, with its triple and cpu checked against LLVM: TVM
+    itself accepts an unknown mcpu and LLVM then only warns and compiles for a generic cpu."""
+    import tvm
+    from tvm.target import codegen
+
+    try:
+        result = tvm.target.Target(dict(target.tvm_target))
+    except (ValueError, TypeError, RuntimeError) as exc:
+        first = (str(exc).strip().splitlines() or [""])[0].split(" Target creation from")[0]
+        raise TargetError(f"{target.path}: [tvm] is not a valid TVM target: {first}") from None
+    triple = target.tvm_target.get("mtriple")
+    cpu = target.tvm_target.get("mcpu")
+    if triple is not None:
+        arch = triple.split("-", 1)[0]
+        known = codegen.llvm_get_targets()
+        family = next((k for k in sorted(known, key=len, reverse=True) if arch.startswith(k)), None)
+        if family is None:
+            raise TargetError(f"{target.path}: key 'tvm.mtriple' = '{triple}': LLVM has no target "
+                              f"for '{arch}'")
+    if cpu is not None and not codegen.llvm_is_valid_cpu(cpu, triple or codegen.llvm_get_system_triple()):
+        raise TargetError(f"{target.path}: key 'tvm.mcpu' = '{cpu}' is not a cpu LLVM knows for "
+                          f"{triple or 'this host'}")
+    return result
 
 
 def _type_names(kind: type | tuple[type, ...]) -> str:
@@ -177,7 +228,7 @@ def parse_target(path: Path) -> Target:
     if arch not in ARCHES:
         raise TargetError(f"{path}: key 'arch' must be one of {', '.join(ARCHES)}, got '{arch}'")
     tvm_target = _require(data, "tvm", dict, path)
-    _require(tvm_target, "kind", str, path, "tvm")
+    _check_tvm_table(tvm_target, path)
 
     cc_table = _require(data, "cc", dict, path)
     _no_unknown_keys(cc_table, ("prefix", "cflags", "ldflags"), path, "cc")
@@ -206,10 +257,18 @@ def parse_target(path: Path) -> Target:
     if not isinstance(board, dict):
         raise TargetError(f"{path}: key 'board' must be a table")
     _no_unknown_keys(board, BOARD_KEYS, path, "board")
+    memory = data.get("memory", {})
+    if not isinstance(memory, dict):
+        raise TargetError(f"{path}: key 'memory' must be a table")
+    _no_unknown_keys(memory, MEMORY_KEYS + (tuple(LAYOUT_KEYS) if arch == "armv7m" else ()), path, "memory")
+    for key, value in memory.items():
+        if key not in LAYOUT_KEYS and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
+            raise TargetError(f"{path}: key 'memory.{key}' must be a positive whole number of bytes, got {value!r}")
 
-    memory, firmware = _firmware_tables(data, arch, path)
+    layout, firmware = _firmware_tables(data, arch, path)
     return Target(
-        memory=memory,
+        memory={k: v for k, v in memory.items() if k in MEMORY_KEYS},
+        layout=layout,
         firmware=firmware,
         name=name,
         description=description,
@@ -246,13 +305,13 @@ def _int_table(data: dict[str, Any], table: str, keys: dict[str, Any], path: Pat
 
 
 def _firmware_tables(data: dict[str, Any], arch: str, path: Path) -> tuple[Memory | None, FirmwareBoard | None]:
-    """[memory] and [firmware]: required for arch armv7m, refused for the others."""
+    """[memory] (all of it) and [firmware]: required for arch armv7m; [firmware] is refused
+    for the others."""
     if arch != "armv7m":
-        for table in ("memory", "firmware"):
-            if table in data:
-                raise TargetError(f"{path}: [{table}] is only for firmware targets (arch 'armv7m')")
+        if "firmware" in data:
+            raise TargetError(f"{path}: [firmware] is only for firmware targets (arch 'armv7m')")
         return None, None
-    memory = Memory(**_int_table(data, "memory", MEMORY_KEYS, path))
+    memory = Memory(**_int_table(data, "memory", {"flash_bytes": None, "ram_bytes": None, **LAYOUT_KEYS}, path))
     board = _int_table(data, "firmware", FIRMWARE_KEYS, path, strings=("uart", "probe_machine"))
     if board["uart"] not in FIRMWARE_UARTS:
         raise TargetError(f"{path}: key 'firmware.uart' must be one of {', '.join(FIRMWARE_UARTS)}, got '{board['uart']}'")

@@ -71,6 +71,7 @@ _MODULE_MARKS = {
     "test_ssh.py": ("network",),
     "test_serial.py": ("network",),
     "test_farm.py": ("network",),
+    "test_farm_health.py": ("network",),
 }
 _FIXTURE_MARKS = {"shared_board": ("board", "network", "slow"), "board": ("board", "network", "slow")}
 

@@ -55,6 +55,17 @@ def test_image_is_cached_by_recipe_hash():
     assert image.client_key.stat().st_mode & 0o077 == 0
 
 
+def test_an_image_cached_with_open_modes_is_made_private(tmp_path):
+    """Images built before the key files were private are fixed when next used."""
+    image = build_board_image()
+    os.chmod(image.initrd, 0o644)
+    os.chmod(image.dir, 0o755)
+    assert build_board_image().dir == image.dir
+    assert image.initrd.stat().st_mode & 0o777 == 0o600
+    assert image.dir.stat().st_mode & 0o777 == 0o700
+    assert image.dir.parent.stat().st_mode & 0o777 == 0o700
+
+
 def test_boot_timeout_names_what_did_not_come_up(tmp_path):
     board = Board(build_board_image(), tmp_path / "slow-board")
     with pytest.raises(DeviceError) as info:
@@ -119,7 +130,9 @@ def test_wrong_host_key_is_refused(board, tmp_path):
 
 
 def test_serial_console_runs_commands(board):
-    with socket.create_connection(("127.0.0.1", board.serial_port), timeout=10) as console:
+    with socket.socket(socket.AF_UNIX) as console:
+        console.settimeout(10)
+        console.connect(str(board.console_socket))
         console.settimeout(1.0)
         console.sendall(b"echo console-$((6 * 7))-ok\n")
         seen = b""
@@ -131,6 +144,36 @@ def test_serial_console_runs_commands(board):
                 pass
     assert b"console-42-ok\r\n" in seen, seen
     assert READY_MARKER in board.console_log.read_text(errors="replace")
+
+
+NOBODY = 65534
+
+
+def as_another_user(argv: list[str]) -> subprocess.CompletedProcess:
+    """Run argv (system tools: the venv may sit in a private home) as user nobody: what any
+    other local user could do."""
+    return subprocess.run(argv, user=NOBODY, group=NOBODY, extra_groups=[], capture_output=True,
+                          text=True, timeout=60, cwd="/")
+
+
+def test_keys_and_console_are_private_to_this_user(board):
+    """The initrd holds the host private key the harness pins; the console is a root shell.
+    Both are this user's alone, and another local user is refused for real."""
+    image = board.image
+    for path in (image.initrd, image.client_key):
+        assert path.stat().st_mode & 0o777 == 0o600, path
+    for path in (image.dir, image.dir.parent, board.run_dir, board.console_socket.parent):
+        assert path.stat().st_mode & 0o777 == 0o700, path
+    assert board.console_socket.stat().st_mode & 0o777 == 0o600
+    assert "host=127.0.0.1,port=" not in " ".join(board._qemu_argv())  # no TCP console
+    if os.geteuid() != 0:
+        pytest.skip("checking what another user can open needs root (to become nobody)")
+    read_key = as_another_user(["head", "-c", "1", str(image.initrd)])
+    assert read_key.returncode != 0 and "Permission denied" in read_key.stderr, read_key
+    if shutil.which("socat") is None:
+        pytest.skip("socat is not installed (ci/setup installs it): cannot try the console as nobody")
+    console = as_another_user(["socat", "-u", "/dev/null", f"UNIX-CONNECT:{board.console_socket}"])
+    assert console.returncode != 0 and "Permission denied" in console.stderr, console
 
 
 def test_timeout_kills_the_command_on_the_board(board):
@@ -157,8 +200,8 @@ def test_frozen_board_gives_an_error_not_a_hang(board):
 
 def test_running_board_is_reused(board):
     again = ensure_board(instance=INSTANCE)
-    assert (again.pid, again.ssh_port, again.serial_port) == (
-        board.pid, board.ssh_port, board.serial_port)
+    assert (again.pid, again.ssh_port, again.console_socket) == (
+        board.pid, board.ssh_port, board.console_socket)
     status = board_status(instance=INSTANCE)
     assert status["state"] == "up" and status["pid"] == board.pid
 

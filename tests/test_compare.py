@@ -49,3 +49,13 @@ def test_nan_where_reference_is_finite_fails():
     got = np.array([1.0, np.nan], dtype=np.float32)
     check = compare_output("y", "ref", got, want)
     assert not check.passed and "NaN" in check.problem
+
+
+def test_identical_infinities_pass_and_other_infinities_fail():
+    want = np.array([np.inf, -np.inf, 1.0, np.nan], dtype=np.float32)
+    same = compare_output("y", "ref", want.copy(), want)
+    assert same.passed and same.max_abs_err == 0.0  # inf - inf is not an error of NaN
+    for got in ([-np.inf, -np.inf, 1.0, np.nan], [3e38, -np.inf, 1.0, np.nan], [np.inf, -np.inf, 1.0, 0.0]):
+        assert not compare_output("y", "ref", np.array(got, dtype=np.float32), want).passed, got
+    # a device infinity where the reference is finite fails too, even with a large rtol
+    assert not compare_output("y", "ref", np.array([np.inf], np.float32), np.array([5.0], np.float32), rtol=10).passed

@@ -120,7 +120,11 @@ def test_dashboard_renders_in_headless_chromium_with_the_stored_numbers(regresse
     assert "minrt .text is 6216 B, over its budget of 6144 B" in text
     assert "cnn on x86_64: passed in night-1, fails in night-2" in text
     # Size trends: one plot per target with its budget line and the latest value.
-    assert len(re.findall(r'<svg[^>]*class="chart"', text)) == 4  # 2 size + 2 latency plots
+    before_footprint, footprint = text.split('id="footprint"', 1)
+    assert len(re.findall(r'<svg[^>]*class="chart"', before_footprint)) == 4  # 2 size + 2 latency plots
+    # then RAM and flash of each (model, target) that recorded an arena
+    with_arena = {(r.model, r.target) for r in regressed_store.runs() if r.arena_bytes is not None}
+    assert len(re.findall(r'<svg[^>]*class="chart"', footprint.split('id="runs"')[0])) == 2 * len(with_arena)
     assert "budget 6144 B" in text and "budget 8192 B" in text
     assert "minrt: 6,216 B" in text and "minrt: 8,216 B" in text
     assert "qemu-armv7 at cccc222 (night-2): minrt 6216 B, runner 31000 B, budget 6144 B" in text

@@ -50,7 +50,7 @@ class Image:
         out, timing = self.board.run_model("", a.graph_json.read_bytes(), a.params_bin.read_bytes(), blob,
                                            iters, a.workspace_bytes, timeout)
         got = list(tensorfile.loads(out, where="outputs").values())
-        checks = check_outputs(self.examples[name], inputs, got, a.outputs, 1e-5, 1e-5)
+        checks, _ = check_outputs(self.examples[name], inputs, got, a.outputs, 1e-5, 1e-5)
         return checks, timing
 
 
@@ -87,7 +87,7 @@ def test_footprint_adds_up(image) -> None:
     assert params <= flash["weights"] <= params + 65 * len(image.models)
     assert 0 < flash["minrt"] <= 6144  # minrt's ARMv7-M Thumb-2 share, the same budget as ARMv7
     assert ram["arena"] == image.firmware.arena_bytes == -(-max(fp["arena_by_model"].values()) // 64) * 64
-    assert flash["total"] <= image.target.memory.flash_bytes and ram["total"] <= image.target.memory.ram_bytes
+    assert flash["total"] <= image.target.layout.flash_bytes and ram["total"] <= image.target.layout.ram_bytes
 
 
 def test_wrong_model_or_weights_is_a_clear_error(image) -> None:
@@ -170,7 +170,7 @@ def test_image_too_large_is_refused_naming_the_region(tmp_path, example_models) 
 
 def test_firmware_target_files(tmp_path) -> None:
     board = load_target("stm32f4-disco")
-    assert board.is_firmware and board.memory.flash_origin == 0x08000000 and board.firmware.uart == "stm32-usart"
+    assert board.is_firmware and board.layout.flash_origin == 0x08000000 and board.firmware.uart == "stm32-usart"
     assert "{elf}" in " ".join(board.transport.options["flash_command"])
     text = load_target("cortex-m4-qemu").path.read_text()
     bad = tmp_path / "cortex-m4-qemu.toml"
@@ -218,6 +218,6 @@ def test_real_board_image_builds_for_its_memory_map(example_models) -> None:
         fields = line.split()
         if len(fields) == 3:
             symbols[fields[2]] = int(fields[0], 16)
-    assert symbols["vectors"] == target.memory.flash_origin
-    assert target.memory.ram_origin < symbols["_estack"] <= target.memory.ram_origin + target.memory.ram_bytes
-    assert "UART_IRQHandler" in symbols and fw.footprint["ram"]["total"] <= target.memory.ram_bytes
+    assert symbols["vectors"] == target.layout.flash_origin
+    assert target.layout.ram_origin < symbols["_estack"] <= target.layout.ram_origin + target.layout.ram_bytes
+    assert "UART_IRQHandler" in symbols and fw.footprint["ram"]["total"] <= target.layout.ram_bytes

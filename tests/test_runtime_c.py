@@ -212,6 +212,13 @@ def malformed_cases(d: Path) -> list[str]:
     case("tensor_magic", good.dumps(), E_PARAMS, f"params.bin byte {w_hdr}: bad magic",
          blob_=blob[:w_hdr] + b"\x00" + blob[w_hdr + 1:])
     case("params_truncated", good.dumps(), E_PARAMS, "truncated", blob_=blob[:-5])
+    aligned = tensorfile.dumps(params, aligned=True)
+    case("aligned_version", good.dumps(), E_PARAMS, "params.bin byte 8: bad version (minrt reads 1)",
+         blob_=aligned[:8] + struct.pack("<Q", 2) + aligned[16:])
+    w_data = tensorfile.data_offsets(aligned)[W_NAME]
+    case("aligned_in_padding", good.dumps(), E_PARAMS, f"truncated '{W_NAME}'",
+         blob_=aligned[:w_data - 8])
+    case("aligned_ok", good.dumps(), 0, "", blob_=aligned, phase="R")
     case("params_trailing", good.dumps(), E_PARAMS, f"params.bin byte {len(blob)}: trailing bytes",
          blob_=blob + b"\x00")
     case("unknown_param", good.dumps(), E_PARAMS, "unknown param 'zzz'",
@@ -233,6 +240,7 @@ def write_fixtures(d: Path) -> None:
     assert blob[240:304] == good_params()["b"].tobytes()
     (d / "good.json").write_text(good_graph().dumps())
     (d / "good.bin").write_bytes(blob)
+    (d / "good_aligned.bin").write_bytes(tensorfile.dumps(good_params(), aligned=True))
     g, params = dtype_fixture()
     (d / "dtypes.json").write_text(g.dumps())
     (d / "dtypes.bin").write_bytes(save_params(params))
@@ -323,6 +331,9 @@ def test_fuzz_loader_bounded(fixtures, tmp_path):
         text = (fixtures / name).read_bytes()
         # the fuzz input: u32 graph length, graph, params (see fuzz_load.c)
         (corpus / f"seed{i}").write_bytes(struct.pack("<I", len(text)) + text + blob)
+    good = (fixtures / "good.json").read_bytes()  # and the aligned params container
+    (corpus / "seed_aligned").write_bytes(struct.pack("<I", len(good)) + good
+                                          + (fixtures / "good_aligned.bin").read_bytes())
     proc = run([str(binary), "-max_total_time=30", "-rss_limit_mb=1024", "-timeout=10",
                 str(corpus)], cwd=tmp_path, timeout=300)
     assert proc.returncode == 0, proc.stderr[-4000:]

@@ -629,15 +629,18 @@ needs_board = pytest.mark.skipif(
 
 
 class TcpRelay:
-    """127.0.0.1:port <-> the board's console socket, through `corrupt` like Relay."""
+    """127.0.0.1:port <-> the board's console socket (a unix socket), through `corrupt`
+    like Relay."""
 
-    def __init__(self, target_port: int, corrupt: Callable[[str, bytes], bytes]) -> None:
+    def __init__(self, console_socket: Path, corrupt: Callable[[str, bytes], bytes]) -> None:
         import socket
 
         self.corrupt = corrupt
         self.server = socket.create_server(("127.0.0.1", 0))
         self.port = self.server.getsockname()[1]
-        self.upstream = socket.create_connection(("127.0.0.1", target_port), timeout=10)
+        self.upstream = socket.socket(socket.AF_UNIX)
+        self.upstream.settimeout(10)
+        self.upstream.connect(str(console_socket))
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._pump, daemon=True)
         self._thread.start()
@@ -713,7 +716,7 @@ def board_model(tmp_path_factory: pytest.TempPathFactory):
 @needs_board
 def test_board_console_put_and_run_model(board_model) -> None:
     board, model = board_model
-    with SerialTransport(f"socket://127.0.0.1:{board.serial_port}") as dev:
+    with SerialTransport(board.console_url) as dev:
         assert dev.run(["uname", "-m"], timeout=30).stdout.strip() == "armv7l"
         dev.run(["rm", "-f", "minrt-run"], timeout=30)
         started = time.monotonic()
@@ -735,7 +738,7 @@ def test_board_console_noise(board_model) -> None:
     stops (a clear DeviceError), then the console serves again once the line is clean."""
     board, model = board_model
     noise = ProtocolNoise(0.2)
-    relay = TcpRelay(board.serial_port, noise)
+    relay = TcpRelay(board.console_socket, noise)
     try:
         with SerialTransport(f"socket://127.0.0.1:{relay.port}", ack_timeout=1.0, retries=10, chunk=512) as dev:
             dev.put(model.runner, "minrt-run")
@@ -793,3 +796,26 @@ def test_console_cut_mid_run_ends_with_device_error(model: Model, tmp_path: Path
     finally:
         console.terminate()
         console.wait(10)
+
+
+def test_unix_socket_console_missing_or_closed_is_a_device_error(tmp_path):
+    """The emulated board's console is a unix socket (`unix://PATH`, pyserial has no such URL):
+    a missing socket and a console that hangs up are clear DeviceErrors, not hangs."""
+    import socket
+
+    missing = tmp_path / "nothing.sock"
+    with pytest.raises(DeviceError, match=rf"serial unix://{missing}: cannot open the console"):
+        SerialTransport(f"unix://{missing}")
+    path = tmp_path / "console.sock"
+    server = socket.socket(socket.AF_UNIX)
+    server.bind(str(path))
+    server.listen(1)
+    try:
+        dev = SerialTransport(f"unix://{path}", sync_timeout=5)
+        peer, _ = server.accept()
+        peer.close()  # the console hangs up before answering
+        with pytest.raises(DeviceError, match="the console line failed|cannot write to the console"):
+            dev.run(["true"], timeout=5)
+        dev.close()
+    finally:
+        server.close()

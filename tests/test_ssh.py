@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.errors import DeviceError
+from harness.errors import DeviceError, TargetError
 from harness.transport.ssh import SSHTransport
 
 SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
@@ -310,3 +310,47 @@ def test_nothing_listening_is_a_clear_error(tmp_path):
     with pytest.raises(DeviceError, match=rf"root@127\.0\.0\.1:{port}: cannot connect over SSH"):
         SSHTransport("127.0.0.1", port=port, known_hosts=tmp_path / "k", allow_agent=False,
                      connect_timeout=5)
+
+
+@pytest.mark.parametrize("port", [99999, 65536, 0, -22])
+def test_port_out_of_range_is_refused_before_connecting(tmp_path, port):
+    # 99999 used to wrap to 16 bits and connect to port 34463
+    with pytest.raises(TargetError, match=rf"SSH port {port} of 127\.0\.0\.1 is out of range \(1-65535\)"):
+        SSHTransport("127.0.0.1", port=port, known_hosts=tmp_path / "k", allow_agent=False)
+
+
+def test_trust_on_first_use_creates_a_private_ssh_directory(server, tmp_path):
+    ssh_dir = tmp_path / "home" / ".ssh"
+    old_umask = os.umask(0o022)  # the usual umask, which gives 0755 directories
+    try:
+        with server.transport(ssh_dir / "known_hosts", trust_on_first_use=True) as dev:
+            assert dev.run(["true"], timeout=10).returncode == 0
+    finally:
+        os.umask(old_umask)
+    assert ssh_dir.stat().st_mode & 0o777 == 0o700
+    assert (ssh_dir / "known_hosts").stat().st_mode & 0o777 == 0o600
+
+
+def private_transport(server: SSHServer, known: Path) -> SSHTransport:
+    """A transport with the default workdir: a private directory made on the device."""
+    return SSHTransport("127.0.0.1", port=server.port, user="root", key_filename=server.client_key,
+                        known_hosts=known, allow_agent=False)
+
+
+def test_default_workdir_is_private_per_connection_and_removed(server, known, tmp_path):
+    # Another user of the device prepared the old fixed workdir with their own minrt-run.
+    planted = Path("/tmp/minrt")
+    existed = planted.exists()
+    with private_transport(server, known) as first, private_transport(server, known) as second:
+        workdirs = [Path(first.workdir), Path(second.workdir)]
+        assert workdirs[0] != workdirs[1] and planted not in workdirs
+        for workdir in workdirs:
+            info = workdir.stat()
+            assert info.st_mode & 0o777 == 0o700 and info.st_uid == os.getuid()
+        script = tmp_path / "where.sh"
+        script.write_text("#!/bin/sh\npwd\n")
+        script.chmod(0o755)
+        first.put(script, "where.sh")
+        assert first.run(["./where.sh"], timeout=10).stdout.strip() == first.workdir
+    assert not any(w.exists() for w in workdirs), "the private workdirs were not removed"
+    assert planted.exists() == existed

@@ -132,3 +132,30 @@ def test_random_bit_flips_never_raise_anything_but_tensorfile_errors(blob):
             tensorfile.loads(bytes(data))
         except TensorFileError:
             pass  # a clear error; any other exception type fails the test
+
+
+@pytest.mark.parametrize("dtype", ["float32", "int8", "bool", "float64"])
+def test_aligned_container_puts_every_tensor_at_64_bytes_and_round_trips(dtype):
+    tensors = {"a": sample(dtype, (3,)), "bb.weight": sample(dtype, (2, 5, 7), seed=1),
+               "s": sample(dtype, ()), "e": sample(dtype, (0,))}
+    blob = tensorfile.dumps(tensors, aligned=True)
+    assert blob[:8] == b"minrtprm" and struct.unpack_from("<Q", blob, 8)[0] == tensorfile.ALIGNED_VERSION
+    offsets = tensorfile.data_offsets(blob)
+    assert list(offsets) == list(tensors) and all(at % 64 == 0 for at in offsets.values())
+    back = tensorfile.loads(blob)
+    for name, value in tensors.items():
+        np.testing.assert_array_equal(back[name], value)
+        assert back[name].dtype == value.dtype and back[name].shape == value.shape
+    # without the padding and with TVM's magic it is TVM's own blob
+    assert tensorfile.dumps(back) == tvm_blob(tensors)
+
+
+def test_aligned_container_errors_name_version_and_padding():
+    blob = bytearray(tensorfile.dumps({"w": np.arange(3, dtype="float32")}, aligned=True))
+    wrong_version = bytes(blob[:8]) + struct.pack("<Q", 2) + bytes(blob[16:])
+    with pytest.raises(TensorFileError, match="version 2 at byte 8"):
+        tensorfile.loads(wrong_version, "p.bin")
+    at = tensorfile.data_offsets(bytes(blob))["w"]
+    blob[at - 1] = 7
+    with pytest.raises(TensorFileError, match="'w': padding at byte"):
+        tensorfile.loads(bytes(blob), "p.bin")

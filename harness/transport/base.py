@@ -124,3 +124,5 @@ class TransportKind:
     board: bool = False
     #: host programs it needs, for `harness targets`
     needs: tuple[str, ...] = ()
+    #: the device is this host (no network, nothing to hang): a health check runs in-process
+    on_host: bool = False

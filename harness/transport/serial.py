@@ -26,6 +26,7 @@ import re
 import secrets
 import select
 import shlex
+import socket
 import stat
 import time
 from pathlib import Path, PurePosixPath
@@ -57,10 +58,60 @@ class _Timeout(DeviceError):
     """Nothing expected arrived in time (as opposed to a line that failed)."""
 
 
+class UnixConsole:
+    """A console on a unix socket (`unix:///path`: the emulated board's), with the part of
+    pyserial's interface the transport uses: non-blocking read, write with a timeout,
+    fileno for select. pyserial has no unix-socket URL."""
+
+    def __init__(self, path: str, write_timeout: float = 30.0) -> None:
+        self.path = path
+        self.write_timeout = write_timeout
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            self._sock.settimeout(10.0)
+            self._sock.connect(path)
+        except OSError:
+            self._sock.close()
+            raise
+        self.is_open = True
+
+    def read(self, size: int) -> bytes:
+        """What is waiting, up to `size` bytes; b"" when nothing is (like timeout=0)."""
+        ready, _, _ = select.select([self._sock], [], [], 0)
+        if not ready:
+            return b""
+        data = self._sock.recv(size)
+        if not data:
+            raise serial.SerialException(f"{self.path}: the console socket was closed")
+        return data
+
+    def write(self, data: bytes) -> int:
+        self._sock.settimeout(self.write_timeout)
+        self._sock.sendall(data)
+        return len(data)
+
+    def flush(self) -> None:
+        pass
+
+    def fileno(self) -> int:
+        return self._sock.fileno()
+
+    def close(self) -> None:
+        self.is_open = False
+        self._sock.close()
+
+
+def open_console(url: str, baudrate: int) -> Any:
+    """pyserial's port for a device, a pty, or a pyserial URL; UnixConsole for unix://PATH."""
+    if url.startswith("unix://"):
+        return UnixConsole(url[len("unix://"):])
+    return serial.serial_for_url(url, baudrate=baudrate, timeout=0, write_timeout=30)
+
+
 class SerialTransport:
-    """A console line, e.g. `socket://127.0.0.1:PORT` (the emulated board), `/dev/ttyUSB0`,
-    a pty path, or `loop://`. The port is opened at once: pyserial drops bytes that were
-    waiting before open()."""
+    """A console line, e.g. `unix:///path/console.sock` (the emulated board), `/dev/ttyUSB0`,
+    a pty path, `socket://HOST:PORT` or `loop://`. The port is opened at once: pyserial
+    drops bytes that were waiting before open()."""
 
     def __init__(
         self,
@@ -90,7 +141,7 @@ class SerialTransport:
         self._seq = 0
         self._unxz: bool | None = None
         try:
-            self._port = serial.serial_for_url(url, baudrate=baudrate, timeout=0, write_timeout=30)
+            self._port = open_console(url, baudrate)
         except (serial.SerialException, ValueError, OSError) as exc:
             raise DeviceError(f"serial {url}: cannot open the console: {exc}") from None
 

@@ -5,7 +5,10 @@ records the key of a host the file does not know yet; a key that differs from th
 is always refused. Every step (connect, command, transfer) has a timeout, and a lost connection
 raises DeviceError naming the host and the step instead of hanging.
 
-Commands run in `workdir` (created on connect); relative remote paths are relative to it.
+Commands run in `workdir`; relative remote paths are relative to it. By default that is a
+fresh private directory made on connect by `mktemp -d` (mode 0700, so no other user of the
+device can pre-create it or swap a file in) and removed on close; an explicit `workdir` is
+used as given.
 Files go over SFTP when the server offers it, else through `cat` on an exec channel (dropbear
 has no SFTP server of its own).
 """
@@ -14,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import shlex
 import socket
 import stat
@@ -26,7 +30,7 @@ import fabric
 import paramiko
 
 from ..errors import DeviceError, TargetError
-from .base import DEFAULT_WORKDIR, CommandResult, RunsModelWithFiles, TransportKind
+from .base import CommandResult, RunsModelWithFiles, TransportKind
 
 log = logging.getLogger(__name__)
 
@@ -48,16 +52,19 @@ class SSHTransport(RunsModelWithFiles):
         known_hosts: Path | str | None = None,
         trust_on_first_use: bool = False,
         allow_agent: bool = True,
-        workdir: str = "/tmp/minrt",
+        workdir: str | None = None,
         connect_timeout: float = 15.0,
         transfer_timeout: float = 120.0,
     ) -> None:
         """`connect_timeout` bounds connecting and each short step; `transfer_timeout` bounds a
         file copy (over SFTP: each request; through cat: the whole copy)."""
+        if not isinstance(port, int) or not 1 <= port <= 65535:
+            raise TargetError(f"SSH port {port} of {host} is out of range (1-65535)")
         self.host = host
         self.port = port
         self.user = user
-        self.workdir = workdir
+        self._private_workdir = workdir is None
+        self.workdir = workdir or ""
         self.known_hosts = Path(known_hosts or DEFAULT_KNOWN_HOSTS).expanduser()
         self.trust_on_first_use = trust_on_first_use
         self.connect_timeout = connect_timeout
@@ -98,7 +105,10 @@ class SSHTransport(RunsModelWithFiles):
         if self.known_hosts.exists():
             client.load_host_keys(str(self.known_hosts))
         elif self.trust_on_first_use:
-            self.known_hosts.parent.mkdir(parents=True, exist_ok=True)
+            if not self.known_hosts.parent.exists():
+                # like ssh(1): the directory of known_hosts (~/.ssh) is private
+                self.known_hosts.parent.mkdir(parents=True, mode=0o700)
+                os.chmod(self.known_hosts.parent, 0o700)
             self.known_hosts.touch(mode=0o600)
             client.load_host_keys(str(self.known_hosts))
         policy = paramiko.AutoAddPolicy() if self.trust_on_first_use else paramiko.RejectPolicy()
@@ -148,9 +158,32 @@ class SSHTransport(RunsModelWithFiles):
         transport = self._conn.client.get_transport()
         assert transport is not None
         transport.set_keepalive(5)
-        self._exec(f"mkdir -p {shlex.quote(self.workdir)}", self.connect_timeout, "create workdir")
+        if self._private_workdir:
+            self.workdir = self._make_private_workdir()
+        else:
+            self._exec(f"mkdir -p {shlex.quote(self.workdir)}", self.connect_timeout, "create workdir")
+
+    def _make_private_workdir(self) -> str:
+        """`mktemp -d` on the device: a new 0700 directory no other user can have prepared."""
+        script = 'd=$(mktemp -d "${TMPDIR:-/tmp}/minrt.XXXXXXXX") && chmod 700 "$d" && printf "%s\\n" "$d"'
+        status, out, err = self._exec(script, self.connect_timeout, "create workdir")
+        path = out.decode(errors="replace").strip()
+        if status != 0 or not path.startswith("/"):
+            self._close_quietly()
+            raise DeviceError(f"{self.name}: cannot create a private work directory with mktemp -d: "
+                              f"{err.decode(errors='replace').strip() or out.decode(errors='replace').strip()}")
+        log.debug("%s: private work directory %s", self.name, path)
+        return path
 
     def close(self) -> None:
+        if self._private_workdir and self.workdir:
+            workdir, self.workdir = self.workdir, ""
+            try:
+                transport = self._conn.client.get_transport()
+                if transport is not None and transport.is_active():
+                    self._exec(f"rm -rf -- {shlex.quote(workdir)}", self.connect_timeout, "remove workdir")
+            except DeviceError as exc:  # the device is gone: nothing to clean up there any more
+                log.info("%s: could not remove %s: %s", self.name, workdir, exc)
         self._close_quietly()
 
     def _close_quietly(self) -> None:
@@ -450,10 +483,9 @@ def _open_ssh(options: Mapping[str, Any], address: str | None, trust_on_first_us
         raise TargetError("this target needs a device address: pass --host user@ADDRESS")
     user, host, port = split_address(address, options.get("user", "root"))
     port = port or int(options.get("port", 22))
-    if not 0 < port < 65536:
-        raise TargetError(f"transport option 'port' = {port} is not a TCP port (1-65535)")
+    # no workdir option: a private one per connection (mktemp -d on the device), removed after
     return SSHTransport(host=host, port=port, user=user,
-                        workdir=options.get("workdir", DEFAULT_WORKDIR),
+                        workdir=options.get("workdir"),
                         known_hosts=options.get("known_hosts"),
                         key_filename=options.get("key_file"),
                         trust_on_first_use=trust_on_first_use or bool(options.get("trust_on_first_use")))

@@ -12,7 +12,10 @@
  *
  * Memory: minrt never allocates. Everything lives in the caller's arena (64-byte aligned):
  * the parsed graph first, then one buffer per storage id, copies of params that are not
- * 64-byte aligned in the blob, then the kernels' workspace.
+ * 64-byte aligned in the blob, then the kernels' workspace (m->arena_use says how much of
+ * each). Params are never written: the params buffer may be read-only memory (flash, a
+ * PROT_READ mapping). In minrt's aligned container (runtime_c/README.md) in a 64-byte
+ * aligned buffer, every param is used where it lies and nothing is copied.
  * A failed load reports in *need the arena size to try next: the exact total once the
  * arena holds the parsed graph, else the size of the parsed graph alone (so a loop of at
  * most three calls finds the exact size without any other memory).
@@ -100,7 +103,8 @@ typedef struct {
 typedef struct {
   const char *graph_json;
   size_t graph_len;
-  const void *params; /* NDArray-list blob (tvm.runtime.save_param_dict); may be NULL/0 */
+  const void *params; /* minrt's aligned container or TVM's NDArray-list blob
+                         (tvm.runtime.save_param_dict); may be NULL/0; read only */
   size_t params_len;
   size_t workspace_bytes; /* the most any kernel asks TVMBackendAllocWorkspace for */
   minrt_resolver resolve; /* NULL: kernels registered by system-lib constructors */
@@ -109,11 +113,21 @@ typedef struct {
 
 /* A loaded model. It lives at the start of the arena. The first fields are the public,
  * read-only view (or use the accessors below); the rest belongs to minrt. */
+/* What the arena holds, in bytes (minrt.arena_use[...]; they add up to the arena's size). */
+enum {
+  MINRT_USE_GRAPH,        /* the parsed graph: this struct, nodes, entries, arguments, shapes */
+  MINRT_USE_ACTIVATIONS,  /* one buffer per storage id: inputs, intermediates, outputs */
+  MINRT_USE_WORKSPACE,    /* the kernels' workspace stack */
+  MINRT_USE_WEIGHT_COPIES /* params not 64-byte aligned where they lie, copied: 0 when the
+                             params come in minrt's aligned container in an aligned buffer */
+};
+
 typedef struct minrt {
   uint32_t n_inputs;  /* graph inputs: the null nodes no param is bound to, in node order */
   uint32_t n_outputs; /* graph `heads`, in order */
   DLTensor **inputs;
   DLTensor **outputs;
+  uint32_t arena_use[4]; /* MINRT_USE_* */
   /* private */
   minrt_err *err;
   struct minrt_node *nodes;

@@ -1,13 +1,20 @@
 /* minrt-run: file mode.
  *   minrt-run GRAPH_JSON PARAMS_BIN INPUTS_BIN OUTPUTS_BIN [-n ITERS] [-w WORKSPACE_BYTES]
  *             [-l KERNELS.so]   (-l only when built with MINRT_RUN_DLOPEN, see dl.c)
- * Last stdout line: {"iters", "min_us", "mean_us", "max_us", "arena_bytes"}.
+ * PARAMS_BIN is mapped read-only, never read into the heap: the kernels use the weights
+ * where they lie (a write to them would fault).
+ * Last stdout line: {"iters", "min_us", "mean_us", "max_us", "arena_bytes", "arena": {...},
+ * "peak_rss_kb"} (see runner_timing_json).
  * Errors: one line "minrt-run: <step>: <message>" on stderr; exit 1 load/input error,
  * 2 usage, 3 run error. */
 #define _POSIX_C_SOURCE 200809L
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "runner.h"
 
@@ -39,6 +46,37 @@ static void *read_file(const char *path, size_t *len) {
   return buf;
 }
 
+/* The file mapped read-only (page-aligned, so 64-byte aligned); an empty file is NULL with
+ * *len 0 and ok set. */
+static void *map_file(const char *path, size_t *len, int *ok) {
+  struct stat st;
+  void *p = NULL;
+  int fd = open(path, O_RDONLY);
+  *ok = 0;
+  if (fd < 0) return NULL;
+  if (fstat(fd, &st) == 0 && st.st_size >= 0) {
+    *len = (size_t)st.st_size;
+    if (!*len) *ok = 1;
+    else if ((p = mmap(NULL, *len, PROT_READ, MAP_PRIVATE, fd, 0)) != MAP_FAILED) *ok = 1;
+    else p = NULL;
+  }
+  close(fd);
+  return p;
+}
+
+/* Peak resident memory of this program in KiB (Linux: VmHWM), -1 if unknown. Not getrusage:
+ * Linux carries ru_maxrss over from the process that exec'd us. */
+static long peak_rss_kb(void) {
+  char row[128];
+  long kb = -1;
+  FILE *f = fopen("/proc/self/status", "r");
+  if (!f) return -1;
+  while (fgets(row, sizeof row, f))
+    if (!strncmp(row, "VmHWM:", 6)) kb = strtol(row + 6, NULL, 10);
+  fclose(f);
+  return kb;
+}
+
 static int usage(void) {
   return die(2, "usage",
              "minrt-run GRAPH_JSON PARAMS_BIN INPUTS_BIN OUTPUTS_BIN [-n ITERS] "
@@ -51,10 +89,11 @@ int runner_serial_main(int argc, char **argv);
 
 int main(int argc, char **argv) {
   const char *pos[4], *lib = NULL;
-  char *files[3] = {NULL, NULL, NULL}, *end, line[256];
+  char *files[3] = {NULL, NULL, NULL}, *end, line[384];
   size_t lens[3] = {0, 0, 0}, out_len;
   long iters = 1, ws = 0;
-  int npos = 0, i, rc;
+  int npos = 0, i, rc, mapped = 0;
+  void *params = NULL;
   void *out = NULL, *ctx = NULL;
   minrt_resolver resolve = NULL;
   runner r;
@@ -82,11 +121,14 @@ int main(int argc, char **argv) {
     }
   }
   if (npos != 4) return usage();
-  for (i = 0; i < 3; i++)
-    if (!(files[i] = (char *)read_file(pos[i], &lens[i]))) {
+  for (i = 0; i < 3; i++) {
+    if (i == 1) params = map_file(pos[1], &lens[1], &mapped);
+    else files[i] = (char *)read_file(pos[i], &lens[i]);
+    if (i == 1 ? !mapped : !files[i]) {
       snprintf(line, sizeof line, "cannot read %s", pos[i]);
       return die(1, "read", line);
     }
+  }
   if (lib) {
 #ifdef MINRT_RUN_DLOPEN
     if (!(ctx = runner_dlopen(lib, line, sizeof line))) return die(1, "dlopen", line);
@@ -95,7 +137,7 @@ int main(int argc, char **argv) {
     return die(2, "usage", "-l needs a runner built with MINRT_RUN_DLOPEN");
 #endif
   }
-  if (runner_load(&r, files[0], lens[0], files[1], lens[1], (size_t)ws, resolve, ctx))
+  if (runner_load(&r, files[0], lens[0], params, lens[1], (size_t)ws, resolve, ctx))
     return die(1, "load", r.err.msg);
   if (runner_set_inputs(&r, files[2], lens[2])) return die(1, "inputs", r.err.msg);
   if ((rc = runner_run(&r, (int)iters, &t)) != 0) return die(3, "run", r.err.msg);
@@ -106,10 +148,12 @@ int main(int argc, char **argv) {
     snprintf(line, sizeof line, "cannot write %s", pos[3]);
     return die(1, "outputs", line);
   }
+  t.peak_rss_kb = peak_rss_kb();
   runner_timing_json(&r, &t, line, sizeof line);
   printf("%s\n", line);
   runner_free(&r);
   free(out);
   for (i = 0; i < 3; i++) free(files[i]);
+  if (params) munmap(params, lens[1]);
   return 0;
 }

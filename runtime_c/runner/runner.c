@@ -113,6 +113,7 @@ int runner_run(runner *r, int iters, runner_timing *t) {
   double sum = 0;
   t->iters = iters;
   t->min_us = t->max_us = t->mean_us = 0;
+  t->peak_rss_kb = -1;
   for (i = 0; i < iters; i++) {
     double t0, dt;
     if (i && r->inputs && runner_set_inputs(r, r->inputs, r->inputs_len)) return r->err.code;
@@ -171,10 +172,17 @@ size_t runner_write_outputs(const runner *r, void *buf, size_t cap) {
 }
 
 int runner_timing_json(const runner *r, const runner_timing *t, char *buf, size_t cap) {
+  const uint32_t *u = r->m->arena_use;
+  char rss[24] = "null";
+  if (t->peak_rss_kb >= 0) snprintf(rss, sizeof rss, "%ld", t->peak_rss_kb);
   return snprintf(buf, cap,
                   "{\"iters\": %d, \"min_us\": %.3f, \"mean_us\": %.3f, \"max_us\": %.3f, "
-                  "\"arena_bytes\": %zu}",
-                  t->iters, t->min_us, t->mean_us, t->max_us, r->arena_bytes);
+                  "\"arena_bytes\": %zu, \"arena\": {\"graph\": %lu, \"activations\": %lu, "
+                  "\"workspace\": %lu, \"weight_copies\": %lu}, \"peak_rss_kb\": %s}",
+                  t->iters, t->min_us, t->mean_us, t->max_us, r->arena_bytes,
+                  (unsigned long)u[MINRT_USE_GRAPH], (unsigned long)u[MINRT_USE_ACTIVATIONS],
+                  (unsigned long)u[MINRT_USE_WORKSPACE], (unsigned long)u[MINRT_USE_WEIGHT_COPIES],
+                  rss);
 }
 
 void runner_free(runner *r) {

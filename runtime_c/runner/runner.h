@@ -20,6 +20,7 @@ typedef struct {
 typedef struct {
   int iters;
   double min_us, mean_us, max_us;
+  long peak_rss_kb; /* the process's peak resident memory; < 0: not known (runner_run sets -1) */
 } runner_timing;
 
 /* Loads graph + params (buffers must outlive r) into a heap arena of exactly the size
@@ -40,7 +41,9 @@ int runner_run(runner *r, int iters, runner_timing *t);
  * least as large as the return value, which is the blob's size. */
 size_t runner_write_outputs(const runner *r, void *buf, size_t cap);
 
-/* The last stdout line of minrt-run, into buf. */
+/* The last stdout line of minrt-run, into buf: {"iters", "min_us", "mean_us", "max_us",
+ * "arena_bytes", "arena": {"graph", "activations", "workspace", "weight_copies"} (bytes, see
+ * MINRT_USE_*), "peak_rss_kb" (null when not known)}. */
 int runner_timing_json(const runner *r, const runner_timing *t, char *buf, size_t cap);
 
 void runner_free(runner *r);

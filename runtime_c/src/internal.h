@@ -45,9 +45,10 @@ int mj_pick(mj *j, const char *list, int sep);
  * another entry (__nop) */
 enum { K_STORE, K_INPUT, K_PZERO, K_PCOPY, K_ALIAS };
 
+/* t first: kernels get &entry->t. t.shape points into the shape pool (after the kernel
+ * arguments in the arena); equal shapes close together share it. */
 typedef struct minrt_entry {
   DLTensor t;
-  int64_t shape[MINRT_MAX_NDIM];
   uint32_t nbytes;
   uint32_t sid;    /* storage id; K_ALIAS: the aliased entry; K_PCOPY: arena offset */
   uint32_t store;  /* for storage id == this entry's index: its size, then its offset */
@@ -126,6 +127,7 @@ typedef struct minrt_node {
   X(M_HEADER, EPARAMS W_PARAMS_BYTE W_BAD "header") \
   X(M_COUNT, EPARAMS W_PARAMS_BYTE W_BAD "count") \
   X(M_MAGIC, EPARAMS W_PARAMS_BYTE W_BAD "magic") \
+  X(M_VERSION, EPARAMS W_PARAMS_BYTE W_BAD "version (minrt reads 1)") \
   X(M_PARAM_NAME, EPARAMS W_PARAMS_BYTE W_UNKNOWN W_PARAM) \
   X(M_PARAM_DUP, EPARAMS W_PARAMS_BYTE "duplicate " W_PARAM) \
   X(M_PARAM_META, EPARAMS W_PARAMS_BYTE "device/dtype/shape differ from the graph for") \

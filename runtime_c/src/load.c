@@ -1,6 +1,6 @@
 /* The loader: checks a graph.json + params.bin pair completely and lays the model out in
  * the caller's arena. Two passes over the JSON: the first counts (nodes, entries, kernel
- * arguments, heads) so the parsed graph's size is known before anything is written; the
+ * arguments, heads, dims) so the parsed graph's size is known before anything is written; the
  * second fills it in. Then params are bound, storage ids sized (the largest entry sharing
  * an id) and placed 64-byte aligned in entry order (with a copy of each param that is not
  * aligned in the blob), then the kernels' workspace. `arg_nodes` is not read: the inputs are the null nodes no param is bound to. */
@@ -30,8 +30,9 @@ typedef struct {
   uint32_t nl;
   uint32_t at[NKEYS]; /* where each top-level value starts */
   uint32_t pp;        /* params.bin: bytes read */
-  uint32_t n_nodes, n_ent, n_args, n_heads, n_plain;
+  uint32_t n_nodes, n_ent, n_args, n_heads, n_plain, n_dims;
   TVMFFIAny *args;
+  int64_t *shp, *shp0; /* the shape pool: its top, its start */
 } ld;
 
 static int fail(ld *L, int msg, long num) {
@@ -186,7 +187,9 @@ static const char dtype_names[] = "int8\0int16\0int32\0int64\0uint8\0uint16\0uin
  *         "shape": ["list_shape", [[...], ...]], ...} */
 static int parse_attrs(ld *L) {
   mj *j = &L->j;
-  uint32_t e, got = 0;
+  mentry scratch; /* pass 1 reads into scratch */
+  int64_t dims[MINRT_MAX_NDIM], *s;
+  uint32_t e, i, k, got = 0;
   int f, g, h, d, w, t;
   int32_t v;
   j->p = L->at[KEY_ATTRS];
@@ -204,7 +207,7 @@ static int parse_attrs(ld *L) {
     for (g = 1, e = 0; mj_next(j, ']', &g); e++) {
       mentry *en;
       if (e >= L->n_ent) return fail(L, M_LIST_LEN, e);
-      en = &L->ent[e];
+      en = L->m ? &L->ent[e] : &scratch;
       if (w == 0) {
         if ((d = mj_pick(j, dtype_names, 0)) < -1) break;
         if (d < 0) {
@@ -218,10 +221,23 @@ static int parse_attrs(ld *L) {
         if ((uint32_t)v >= L->n_ent) return fail(L, M_SID, e);
         en->sid = (uint32_t)v;
       } else {
-        if ((d = mj_ints(j, en->shape, MINRT_MAX_NDIM)) < 0) break;
+        /* pass 2 reads into the pool's top: no more dims than pass 1 counted */
+        s = L->m ? L->shp : dims;
+        if ((d = mj_ints(j, s, MINRT_MAX_NDIM)) < 0) break;
         if (d > MINRT_MAX_NDIM) return fail(L, M_NDIM, e);
+        en->t.shape = s;
         for (en->t.ndim = d; d--;)
-          if (en->shape[d] < 0) return fail(L, M_DIM, e);
+          if (s[d] < 0) return fail(L, M_DIM, e);
+        if (!L->m) {
+          L->n_dims += (uint32_t)en->t.ndim;
+          continue;
+        }
+        /* the same dims among the pool's last 32 (at any offset): shared */
+        k = (uint32_t)(s - L->shp0);
+        for (i = k > 32 ? k - 32 : 0; i + (uint32_t)en->t.ndim <= k; i++)
+          if (!memcmp(L->shp0 + i, s, 8 * (uint32_t)en->t.ndim)) break;
+        if (i + (uint32_t)en->t.ndim > k) L->shp += en->t.ndim;
+        else en->t.shape = L->shp0 + i;
       }
     }
     if (!mj_eat(j, ']')) { /* (also when bad already) */
@@ -233,14 +249,13 @@ static int parse_attrs(ld *L) {
   }
   if (j->bad) return jfail(L);
   if (got != 7) return fail(L, M_ATTRS, -1);
-  for (e = 0; e < L->n_ent; e++) {
+  for (e = 0; L->m && e < L->n_ent; e++) {
     mentry *en = &L->ent[e];
     uint64_t n = en->t.dtype.bits / 8; /* dims and n below 2^31: 32 x 32 bit products */
     for (d = 0; d < en->t.ndim; d++)
-      if ((n = (uint32_t)n * (uint64_t)(uint32_t)en->shape[d]) > 0x7fffffff)
+      if ((n = (uint32_t)n * (uint64_t)(uint32_t)en->t.shape[d]) > 0x7fffffff)
         return fail(L, M_TOO_LARGE, e);
     en->nbytes = (uint32_t)n;
-    en->t.shape = en->shape;
     en->t.device.device_type = 1;
   }
   return 0;
@@ -265,15 +280,21 @@ static const uint8_t *take(ld *L, uint32_t lo, uint32_t hi) {
 
 static const uint8_t list_magic[8] = {0xB7, 0x9C, 0x04, 0x05, 0x4F, 0x8D, 0xE5, 0xF7};
 static const uint8_t tensor_magic[8] = {0x3F, 0xA1, 0xB4, 0x96, 0xF0, 0x40, 0x5E, 0xDD};
+static const uint8_t aligned_magic[8] = {'m', 'i', 'n', 'r', 't', 'p', 'r', 'm'};
 
-/* params.bin: names first, then tensors; each bound to the null node of that name */
+/* params.bin: names first, then tensors; each bound to the null node of that name. Either
+ * TVM's NDArray-list or minrt's aligned container (runtime_c/README.md): the same but for
+ * its magic, a version (1) in the reserved word, and zero padding before each tensor's data
+ * up to a multiple of 64 bytes from the start. */
 static int parse_params(ld *L) {
-  uint32_t nn, i, nl, n, at;
+  uint32_t nn, i, nl, n, at, al;
   const uint8_t *h, *names;
   const mnode *nd;
   if (!L->a->params_len) return 0;
   if (!(h = take(L, 24, 0))) return 1;
-  if (memcmp(h, list_magic, 8) || rd32(h + 20)) return fail(L, M_HEADER, 0);
+  al = !memcmp(h, aligned_magic, 8);
+  if ((!al && memcmp(h, list_magic, 8)) || rd32(h + 20)) return fail(L, M_HEADER, 0);
+  if (al && (rd32(h + 8) != 1 || rd32(h + 12))) return fail(L, M_VERSION, 8);
   nn = rd32(h + 16);
   names = h + 24;
   for (i = 0; i < nn; i++)
@@ -297,10 +318,10 @@ static int parse_params(ld *L) {
      * the graph says */
     n = 8 * (uint32_t)en->t.ndim;
     if (!(h = take(L, n + 24, 0))) return 1;
-    if (memcmp(h, &en->t.device, 16) || memcmp(h + 16, en->shape, n) ||
+    if (memcmp(h, &en->t.device, 16) || memcmp(h + 16, en->t.shape, n) ||
         rd32(h + 16 + n) != en->nbytes || rd32(h + 20 + n))
       return fail(L, M_PARAM_META, (long)at);
-    if (!(h = take(L, en->nbytes, 0))) return 1;
+    if ((al && !take(L, (0u - L->pp) & 63, 0)) || !(h = take(L, en->nbytes, 0))) return 1;
     en->t.data = (void *)(uintptr_t)h; /* used in place, or the copy's source */
     en->kind = ((uintptr_t)h & (MINRT_ALIGN - 1)) ? K_PCOPY : K_PZERO;
   }
@@ -331,9 +352,10 @@ static uint32_t place(uint32_t *off, uint32_t n) {
   return at;
 }
 
-/* pass 1 (L->m NULL) counts, pass 2 fills in; nonzero on error */
+/* pass 1 (L->m NULL) counts, pass 2 fills in (nodes need the entries' sizes from attrs);
+ * nonzero on error */
 static int walk(ld *L) {
-  return rows(L) || (L->m && parse_attrs(L)) || parse_nodes(L) || (L->m && parse_params(L)) ||
+  return rows(L) || (L->m && parse_attrs(L)) || parse_nodes(L) || (!L->m && parse_attrs(L)) || (L->m && parse_params(L)) ||
          parse_heads(L);
 }
 
@@ -342,7 +364,7 @@ int minrt_load(minrt **out, const minrt_artifact *a, void *arena, size_t arena_l
   ld L;
   minrt *m = (minrt *)arena;
   uint8_t *b = (uint8_t *)arena;
-  uint32_t off, o_ent, o_args, o_ptr, k;
+  uint32_t off, top, g, o_ent, o_args, o_ptr, o_shp, act, cp = 0, k;
   mentry *en, *end, *ent;
   memset(&L, 0, sizeof L);
   L.e = e;
@@ -356,14 +378,18 @@ int minrt_load(minrt **out, const minrt_artifact *a, void *arena, size_t arena_l
   if ((a->graph_len | a->params_len | a->workspace_bytes) >> 31)
     return fail(&L, M_BUF_SIZE, -1);
   if (scan_top(&L) || walk(&L)) return e->code;
-  /* the parsed graph: struct, nodes, entries, kernel arguments, outputs then inputs */
+  /* the parsed graph: struct, nodes, entries, kernel arguments, outputs then inputs, the
+   * shape pool (as large as every dim; the part sharing saves is left to the storage) */
   o_ent = (uint32_t)sizeof(minrt) + L.n_nodes * (uint32_t)sizeof(mnode);
   o_args = o_ent + L.n_ent * (uint32_t)sizeof(mentry);
   o_ptr = o_args + (L.n_args + L.n_ent - L.n_plain) * (uint32_t)sizeof(TVMFFIAny);
-  off = o_ptr + AL8((L.n_heads + L.n_nodes) * (uint32_t)sizeof(void *));
-  *need = off;
-  if (off > arena_len) return fail(&L, M_ARENA, off);
-  memset(b, 0, off);
+  o_shp = o_ptr + AL8((L.n_heads + L.n_nodes) * (uint32_t)sizeof(void *));
+  /* dims may repeat (a key given twice): up to 2^30 in a 2 GiB JSON, so 64-bit here */
+  if (((uint64_t)o_shp + 8 * (uint64_t)L.n_dims) >> 31) return fail(&L, M_ARENA_2G, -1);
+  g = o_shp + 8 * L.n_dims;
+  *need = g;
+  if (g > arena_len) return fail(&L, M_ARENA, g);
+  memset(b, 0, g);
   m->nodes = (mnode *)(m + 1);
   m->ent = (mentry *)(b + o_ent);
   L.args = (TVMFFIAny *)(b + o_args);
@@ -376,6 +402,7 @@ int minrt_load(minrt **out, const minrt_artifact *a, void *arena, size_t arena_l
   L.m = m;
   L.ent = m->ent;
   L.nodes = m->nodes;
+  L.shp = L.shp0 = (int64_t *)(void *)(b + o_shp);
   if (walk(&L)) return e->code;
   /* storage: each id as large as its largest entry; params use none of it (used in
    * place, or copied to a region of their own) */
@@ -384,15 +411,22 @@ int minrt_load(minrt **out, const minrt_artifact *a, void *arena, size_t arena_l
   for (en = ent; en < end; en++)
     if (en->kind <= K_INPUT && ent[en->sid].store < en->nbytes)
       ent[en->sid].store = en->nbytes;
-  off = AL64(off);
+  off = top = AL64((uint32_t)((uint8_t *)L.shp - b));
   for (en = ent; en < end; en++) {
     en->store = place(&off, en->store);
-    if (en->kind == K_PCOPY) en->sid = place(&off, en->nbytes);
+    if (en->kind == K_PCOPY) en->sid = place(&off, en->nbytes), cp += AL64(en->nbytes);
   }
+  act = off;
   k = place(&off, (uint32_t)a->workspace_bytes);
-  *need = off;
+  /* never less than the first call's need g, so the size it reports always loads (the
+   * pool's unshared part then counts as graph) */
+  *need = off > g ? off : g;
   if (off >> 31) return fail(&L, M_ARENA_2G, -1);
-  if (off > arena_len) return fail(&L, M_ARENA, off);
+  if (*need > arena_len) return fail(&L, M_ARENA, (long)*need);
+  m->arena_use[MINRT_USE_GRAPH] = (uint32_t)*need - (off - top);
+  m->arena_use[MINRT_USE_ACTIVATIONS] = act - top - cp;
+  m->arena_use[MINRT_USE_WORKSPACE] = off - act;
+  m->arena_use[MINRT_USE_WEIGHT_COPIES] = cp;
   m->ws = m->ws_top = b + k;
   m->ws_end = b + off;
   for (en = ent; en < end; en++) {

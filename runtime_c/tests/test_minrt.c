@@ -2,6 +2,7 @@
  * The fixtures (written by tests/test_runtime_c.py with TVM's save_param_dict) are:
  *   good.json + good.bin     a float32 graph: add, relu (workspace), __nop, add, double
  *                            (parallel launch); heads: result, the __nop output, param w
+ *   good_aligned.bin         the same params in minrt's aligned container
  *   dtypes.json + dtypes.bin  every dtype as a param, copied by a kernel; heads: copies,
  *                            then the params themselves; outputs written to dtypes_out.bin
  *   cases.txt                malformed inputs, one per line:
@@ -11,13 +12,19 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "kernels.h"
 #include "minrt.h"
+#include "../src/internal.h" /* to walk the entries: which params are used in place */
 #include "runner.h"
 
 static int passed, failed;
 static const char *dir;
+static size_t last_arena; /* the arena size of load()'s last success */
 
 #define CHECK(cond, ...)                           \
   do {                                             \
@@ -78,6 +85,7 @@ static int load(const void *json, size_t jn, const void *params, size_t pn, size
     have = need;
   }
   CHECK(calls <= 3, "load took %d calls", calls);
+  if (rc == 0) last_arena = have;
   return rc;
 }
 
@@ -161,6 +169,65 @@ static void test_good(void) {
     free(small);
   }
   free(arena);
+  free(g.p);
+  free(p.p);
+}
+
+/* The aligned container in a PROT_READ mapping (a write to a weight would fault): nothing
+ * copied, every param read where it lies, the same results as TVM's blob in the heap; the
+ * arena breakdown adds up to the arena. */
+static void test_read_only_params(void) {
+  buf g = slurp("good.json"), p = slurp("good.bin");
+  char path[512];
+  struct stat st;
+  minrt *m, *m2;
+  minrt_err err;
+  void *arena, *arena2;
+  unsigned char *ro;
+  const uint32_t *u;
+  float x[16];
+  size_t i, size, arena_len;
+  int fd, rc, in_place = 0, copied = 0, outside = 0;
+  snprintf(path, sizeof path, "%s/good_aligned.bin", dir);
+  if ((fd = open(path, O_RDONLY)) < 0 || fstat(fd, &st)) exit(2);
+  size = (size_t)st.st_size;
+  ro = (unsigned char *)mmap(NULL, size, PROT_READ, MAP_PRIVATE, fd, 0);
+  close(fd);
+  if (ro == MAP_FAILED) exit(2);
+  rc = load(g.p, g.n, ro, size, 64, &m, &arena, &err);
+  CHECK(rc == 0, "aligned, read-only: %d %s", rc, err.msg);
+  arena_len = last_arena;
+  rc |= load(g.p, g.n, p.p, p.n, 64, &m2, &arena2, &err);
+  CHECK(rc == 0, "TVM blob: %d %s", rc, err.msg);
+  if (rc) return;
+  for (i = 0; i < m->n_ent; i++) {
+    const mentry *en = &m->ent[i];
+    if (en->kind == K_PZERO) {
+      in_place++;
+      outside += (const unsigned char *)en->t.data < ro ||
+                 (const unsigned char *)en->t.data + en->nbytes > ro + size;
+    }
+    copied += en->kind == K_PCOPY;
+  }
+  CHECK(in_place == 2 && copied == 0 && outside == 0,
+        "aligned params: %d in place, %d copied, %d outside the mapping", in_place, copied, outside);
+  u = m->arena_use;
+  CHECK(u[MINRT_USE_WEIGHT_COPIES] == 0, "aligned params: %u bytes copied", u[MINRT_USE_WEIGHT_COPIES]);
+  CHECK(u[0] + u[1] + u[2] + u[3] == arena_len, "breakdown %u+%u+%u+%u != arena %zu", u[0], u[1],
+        u[2], u[3], arena_len);
+  CHECK(u[MINRT_USE_WORKSPACE] == 64 && u[MINRT_USE_GRAPH] > 0, "workspace %u graph %u",
+        u[MINRT_USE_WORKSPACE], u[MINRT_USE_GRAPH]);
+  CHECK(m2->arena_use[MINRT_USE_WEIGHT_COPIES] == 64, "TVM blob: b (64 B) copied, got %u",
+        m2->arena_use[MINRT_USE_WEIGHT_COPIES]);
+  for (i = 0; i < 16; i++) x[i] = (float)i - 7.5f;
+  minrt_set_input(m, 0, x, sizeof x);
+  minrt_set_input(m2, 0, x, sizeof x);
+  CHECK(minrt_run(m) == 0, "run on read-only params: %s", err.msg);
+  CHECK(minrt_run(m2) == 0 && !memcmp(minrt_output(m, 0)->data, minrt_output(m2, 0)->data, 64),
+        "read-only aligned params: results differ from TVM's blob");
+  free(arena);
+  free(arena2);
+  munmap(ro, size);
   free(g.p);
   free(p.p);
 }
@@ -310,6 +377,7 @@ int main(int argc, char **argv) {
   dir = argv[1];
   register_test_kernels();
   test_good();
+  test_read_only_params();
   test_dtypes();
   test_cases();
   test_mutations();

@@ -1,0 +1,216 @@
+"""Bad input and interruptions end in one line on stderr and the documented exit code
+(0 matched, 1 mismatch, 2 bad input, 3 infrastructure, 130 interrupted), never a traceback.
+Each case is caused for real: real target files, real read-only and full file systems, a
+real SIGINT to a real `harness compile`, a real TVM frontend on an operator it cannot lower."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+HARNESS = [sys.executable, "-m", "harness.cli"]
+
+X86_TARGET = """\
+name = "{name}"
+arch = "x86_64"
+[tvm]
+{tvm}
+[cc]
+[toolchain]
+image = "x86_64"
+[transport]
+kind = "local"
+"""
+
+
+def harness(*args: str, env: dict | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([*HARNESS, *args], capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {})})
+
+
+def assert_one_line_error(proc: subprocess.CompletedProcess, code: int, *needles: str) -> str:
+    """The last stderr line is the error; no traceback anywhere; the exit code is `code`."""
+    assert "Traceback" not in proc.stderr, proc.stderr
+    assert proc.returncode == code, (proc.returncode, proc.stderr)
+    last = proc.stderr.strip().splitlines()[-1]
+    assert "error" in last, proc.stderr
+    for needle in needles:
+        assert needle in last, (needle, last)
+    return last
+
+
+def target_file(tmp_path: Path, name: str, tvm: str) -> Path:
+    path = tmp_path / f"{name}.toml"
+    path.write_text(X86_TARGET.format(name=name, tvm=tvm))
+    return path
+
+
+@pytest.fixture(scope="module")
+def mlp(tmp_path_factory) -> Path:
+    from harness.examples import write_examples
+
+    return write_examples(tmp_path_factory.mktemp("models"))["mlp"]
+
+
+def test_mtriple_of_the_wrong_type_names_the_key(tmp_path, mlp):
+    path = target_file(tmp_path, "badtriple", 'kind = "llvm"\nmtriple = 7')
+    proc = harness("compile", str(mlp), "--target", str(path))
+    assert_one_line_error(proc, 2, str(path), "tvm.mtriple", "must be a string")
+
+
+def test_unknown_tvm_kind_names_the_key(tmp_path, mlp):
+    path = target_file(tmp_path, "badkind", 'kind = "nosuchkind"\nmtriple = "x86_64-linux-gnu"')
+    proc = harness("compile", str(mlp), "--target", str(path))
+    assert_one_line_error(proc, 2, "tvm.kind", "nosuchkind")
+
+
+def test_unknown_mcpu_is_refused_before_compiling(tmp_path, mlp):
+    # TVM accepts any mcpu and LLVM only warns, compiling for a generic cpu with exit 0.
+    path = target_file(tmp_path, "badcpu", 'kind = "llvm"\nmtriple = "x86_64-linux-gnu"\nmcpu = "cortex-z9"')
+    cache = tmp_path / "cache"
+    proc = harness("compile", str(mlp), "--target", str(path), env={"MINRT_CACHE": str(cache)})
+    assert_one_line_error(proc, 2, "tvm.mcpu", "cortex-z9")
+    assert not (cache / "artifacts").exists()
+
+
+def test_unknown_mtriple_architecture_is_refused(tmp_path, mlp):
+    path = target_file(tmp_path, "badarch", 'kind = "llvm"\nmtriple = "vax-dec-ultrix"')
+    proc = harness("compile", str(mlp), "--target", str(path))
+    assert_one_line_error(proc, 2, "tvm.mtriple", "vax")
+
+
+def test_minrt_cache_pointing_at_a_file(tmp_path, mlp):
+    not_a_dir = tmp_path / "cache-file"
+    not_a_dir.write_text("")
+    proc = harness("compile", str(mlp), "--target", "x86_64", env={"MINRT_CACHE": str(not_a_dir)})
+    assert_one_line_error(proc, 2, str(not_a_dir), "not a directory")
+
+
+@contextlib.contextmanager
+def tmpfs(path: Path, options: str):
+    path.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)],
+                             capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({mounted.stderr.strip()}): needs root")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", str(path)], check=True)
+
+
+def test_read_only_cache_directory(tmp_path, mlp):
+    # a read-only mount, since root writes through any mode bits
+    with tmpfs(tmp_path / "ro", "ro,size=1m") as ro:
+        proc = harness("compile", str(mlp), "--target", "x86_64", env={"MINRT_CACHE": str(ro)})
+    assert_one_line_error(proc, 2, str(ro), "Read-only file system", "MINRT_CACHE")
+
+
+def test_full_cache_directory(tmp_path, mlp):
+    # Full for real: LLVM would end the process mid-write ("LLVM ERROR: IO failure"), so the
+    # harness refuses a cache with too little space before starting.
+    with tmpfs(tmp_path / "full", "size=256k") as full:
+        with open(full / "filler", "wb") as filler, contextlib.suppress(OSError):
+            while True:
+                filler.write(b"\0" * 65536)
+                filler.flush()
+        proc = harness("compile", str(mlp), "--target", "x86_64", env={"MINRT_CACHE": str(full)})
+    assert_one_line_error(proc, 2, str(full), "disk is full")
+
+
+@pytest.mark.parametrize("iters", ["0", "-1"])
+def test_iters_below_one_is_refused_before_any_work(tmp_path, mlp, iters):
+    cache = tmp_path / "cache"
+    proc = harness("run", "--model", str(mlp), "--target", "x86_64", "--toolchain", "host",
+                   "--iters", iters, env={"MINRT_CACHE": str(cache)})
+    assert_one_line_error(proc, 2, "--iters", "at least 1")
+    assert not cache.exists()  # nothing compiled, nothing built
+
+
+def test_unsupported_operator_is_named(tmp_path):
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [8])
+    values = helper.make_tensor_value_info("values", TensorProto.FLOAT, [3])
+    indices = helper.make_tensor_value_info("indices", TensorProto.INT64, [3])
+    k = numpy_helper.from_array(np.array([3], dtype=np.int64), "k")
+    graph = helper.make_graph([helper.make_node("TopK", ["x", "k"], ["values", "indices"], name="top")],
+                              "topk", [x], [values, indices], [k])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    path = tmp_path / "topk.onnx"
+    onnx.save(model, path)
+    proc = harness("compile", str(path), "--target", "x86_64", env={"MINRT_CACHE": str(tmp_path / "cache")})
+    last = assert_one_line_error(proc, 2, "unsupported operator", "TopK")
+    assert "is a Call" not in last
+
+
+def long_chain_model(path: Path, links: int) -> Path:
+    """Add+Relu repeated: legalize and fuse take seconds, long enough to be interrupted."""
+    nodes, inits, x = [], [], "x"
+    for i in range(links):
+        inits.append(numpy_helper.from_array(np.full((1, 8, 8, 8), 0.01 * i, np.float32), f"w{i}"))
+        nodes += [helper.make_node("Add", [x, f"w{i}"], [f"a{i}"]), helper.make_node("Relu", [f"a{i}"], [f"r{i}"])]
+        x = f"r{i}"
+    shape = [1, 8, 8, 8]
+    graph = helper.make_graph(nodes, "chain", [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
+                              [helper.make_tensor_value_info(x, TensorProto.FLOAT, shape)], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, path)
+    return path
+
+
+def test_ctrl_c_during_legalize_and_fuse_is_interrupted_130(tmp_path):
+    model = long_chain_model(tmp_path / "chain.onnx", 1500)
+    proc = subprocess.Popen([*HARNESS, "compile", str(model), "--target", "x86_64"],
+                            stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "MINRT_CACHE": str(tmp_path / "cache")})
+    assert proc.stderr is not None
+    seen = []
+    for line in proc.stderr:
+        seen.append(line)
+        if "legalize and fuse" in line:
+            time.sleep(0.3)  # inside the passes now (they take seconds on this model)
+            proc.send_signal(signal.SIGINT)
+            break
+    rest = proc.stderr.read()
+    code = proc.wait(timeout=120)
+    stderr = "".join(seen) + rest
+    assert "Traceback" not in stderr, stderr
+    assert "failed" not in rest, stderr  # not reported as a TVM failure
+    assert code == 130, stderr
+    assert stderr.strip().splitlines()[-1] == "harness: interrupted"
+    artifacts = tmp_path / "cache" / "artifacts"
+    assert not artifacts.exists() or not [p for p in artifacts.iterdir() if not p.name.startswith(".")]
+
+
+def test_ssh_port_out_of_range_and_unreachable_device(tmp_path, mlp):
+    common = ["run", "--model", str(mlp), "--target", "rpi", "--toolchain", "host", "--iters", "1"]
+    # 99999 used to be truncated to 16 bits (34463) and connected there
+    proc = harness(*common, "--host", "root@127.0.0.1:99999")
+    assert "Traceback" not in proc.stderr
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "error: --host 'root@127.0.0.1:99999': port '99999' is not a TCP port (1-65535)" in proc.stdout
+    # nothing listens on port 1 of the loopback: infrastructure, exit 3
+    proc = harness(*common, "--host", "root@127.0.0.1:1")
+    assert "Traceback" not in proc.stderr
+    assert proc.returncode == 3, proc.stdout + proc.stderr
+    assert "cannot connect over SSH" in proc.stdout
+
+
+def test_output_mismatch_exits_1(mlp):
+    # zero tolerance: the device's float sums differ from the references' in the last bits
+    proc = harness("run", "--model", str(mlp), "--target", "x86_64", "--toolchain", "host",
+                   "--iters", "1", "--atol", "0", "--rtol", "0")
+    assert "Traceback" not in proc.stderr
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "MISMATCH" in proc.stdout and "0 of 1 model(s) passed" in proc.stdout
