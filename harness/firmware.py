@@ -103,7 +103,10 @@ def _c_string(s: str) -> str:
 def models_c(models: Sequence[FirmwareModel], arena_bytes: int) -> str:
     """models.c: the graphs and weights (incbin-ed into flash, 64-byte aligned), the model
     table and the static buffers, sized for the largest model."""
-    lines = ['/* written by harness/firmware.py */', '#include "models.h"', ""]
+    lines = ['/* written by harness/firmware.py */', '#include "minrt.h"', '#include "models.h"', ""]
+    for i, m in enumerate(models):
+        if _signatures_c(m) is not None:
+            lines.append(f"extern const minrt_signatures fw_signatures{i};")
     for i, m in enumerate(models):
         a = m.artifact
         for what, path in (("graph", a.graph_json), ("params", a.params_bin)):
@@ -122,7 +125,8 @@ def models_c(models: Sequence[FirmwareModel], arena_bytes: int) -> str:
         lines.append(
             f"  {{{_c_string(m.name)}, {_c_string(m.prefix)}, fw_graph{i}, "
             f"{Path(a.graph_json).stat().st_size}u, (const uint8_t *)fw_params{i}, "
-            f"{Path(a.params_bin).stat().st_size}u, {int(a.metadata.get('workspace_bytes', 0))}u}},"
+            f"{Path(a.params_bin).stat().st_size}u, {int(a.metadata.get('workspace_bytes', 0))}u, "
+            f"{f'&fw_signatures{i}' if _signatures_c(m) is not None else '0'}}},"
         )
     lines.append("};")
     inputs = max(_io_bytes(m.artifact.inputs, [s["name"] for s in m.artifact.inputs]) for m in models)
@@ -139,6 +143,12 @@ def models_c(models: Sequence[FirmwareModel], arena_bytes: int) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _signatures_c(model: FirmwareModel) -> Path | None:
+    """The kernels' signature table harness compile writes beside kernels.o, if it does."""
+    path = Path(model.artifact.dir) / "kernels_sig.c"
+    return path if path.is_file() else None
 
 
 def memory_ld(flash_origin: int, ram_origin: int, stack: int) -> str:
@@ -167,12 +177,21 @@ def _link(target: Target, toolchain: Toolchain, models: Sequence[FirmwareModel],
     sources = [FIRMWARE_DIR / n for n in ("startup.c", "systick.c", "frontend.c", "uart_ring.c", _UART_SOURCE[uart])]
     minrt_sources = sorted((RUNTIME_DIR / "src").glob("*.c"))
     all_sources = [*minrt_sources, *sources, out / "models.c"]
+    # each model's signature table under its own name (the file names one symbol for all)
+    signed = [i for i, m in enumerate(models) if _signatures_c(m) is not None]
+    for i in signed:
+        table = out / f"kernels_sig{i}.c"
+        table.write_text(f"#define minrt_model_signatures fw_signatures{i}\n" + _signatures_c(models[i]).read_text())
+        all_sources.append(table)
+    if signed and len(signed) != len(models):
+        raise BuildError("some models of the image have a kernel signature table and some not: recompile them")
     # compiled in `out` first (gcc -c names each object after its source), so the linker map
     # attributes every byte to minrt, the front end or the model table
     toolchain.run([
         target.cc.tool("gcc"), *target.cc.cflags, *CFLAGS,
         f"-DFW_UART_BASE={base:#x}u", f"-DFW_CLOCK_HZ={clock}u", f"-DFW_MAX_PAYLOAD={MAX_PAYLOAD}",
         f"-DFW_UART_IRQ={_UART_IRQ[uart]}", *(["-DFW_PROBE"] if probe else []),
+        *(["-DFW_SIGNATURES"] if signed else []),
         f"-I{RUNTIME_DIR / 'include'}", f"-I{FIRMWARE_DIR}", "-c", *(str(p) for p in all_sources),
     ], cwd=out)
     toolchain.run([

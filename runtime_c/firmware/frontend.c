@@ -322,6 +322,10 @@ static minrt_kernel resolve(void *ctx, const char *name, size_t len) {
 
 static int load(const struct fw_model *fm, minrt **m, minrt_err *err, size_t *need, size_t have) {
   minrt_artifact a;
+  memset(&a, 0, sizeof a);
+#ifdef FW_SIGNATURES
+  a.signatures = (const minrt_signatures *)fm->signatures; /* each model its own table */
+#endif
   a.graph_json = fm->graph;
   a.graph_len = fm->graph_len;
   a.params = fm->params;

@@ -14,6 +14,7 @@ struct fw_model {
   const uint8_t *params;  /* params.bin as harness compile wrote it */
   uint32_t params_len;
   uint32_t workspace;     /* metadata's workspace_bytes */
+  const void *signatures; /* its kernels_sig.c table (minrt_signatures), when harness compile wrote one */
 };
 
 extern const struct fw_model fw_models[];
