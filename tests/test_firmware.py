@@ -85,6 +85,9 @@ def test_footprint_adds_up(image) -> None:
     params = sum(m.artifact.params_bin.stat().st_size for m in image.models)
     # the weights section holds each params.bin as it is, each 64-byte aligned (+1 NUL)
     assert params <= flash["weights"] <= params + 65 * len(image.models)
+    # weights are used in place from flash: mlp's arena is smaller than its weights alone
+    mlp = next(m for m in image.models if m.name == "mlp").artifact
+    assert fp["arena_by_model"]["mlp"] < mlp.params_bin.stat().st_size
     assert 0 < flash["minrt"] <= 6144  # minrt's ARMv7-M Thumb-2 share, the same budget as ARMv7
     assert ram["arena"] == image.firmware.arena_bytes == -(-max(fp["arena_by_model"].values()) // 64) * 64
     assert flash["total"] <= image.target.layout.flash_bytes and ram["total"] <= image.target.layout.ram_bytes
