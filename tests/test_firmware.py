@@ -224,3 +224,34 @@ def test_real_board_image_builds_for_its_memory_map(example_models) -> None:
     assert symbols["vectors"] == target.layout.flash_origin
     assert target.layout.ram_origin < symbols["_estack"] <= target.layout.ram_origin + target.layout.ram_bytes
     assert "UART_IRQHandler" in symbols and fw.footprint["ram"]["total"] <= target.layout.ram_bytes
+
+
+def test_random_requests_never_stop_the_firmware(image) -> None:
+    """Well-framed requests with random payloads (PUT/RUN/GET/unknown kinds, random offsets
+    and lengths): each gets an answer, none stops the firmware, and a real run follows."""
+    import random
+
+    rng = random.Random(12)
+    line = image.board.line()
+    decoder = frames.Decoder()
+    graph = image.models[0].artifact.graph_json.read_bytes()
+    for seq in range(1, 121):
+        kind = rng.choice([frames.Kind.PUT, frames.Kind.RUN, frames.Kind.GET, frames.Kind.ACK, frames.Kind.BUSY])
+        if kind == frames.Kind.PUT and rng.random() < 0.5:  # a prefix of a real graph, then garbage
+            off = rng.randrange(0, 64)
+            payload = frames.put_payload(frames.Blob(rng.randrange(3)), off, rng.choice([len(graph), rng.randrange(1 << 32)]),
+                                         graph[off:off + rng.randrange(0, 900)])
+        elif kind == frames.Kind.RUN:  # a well-formed RUN stays short (0-2 iterations)
+            payload = rng.choice([rng.randbytes(rng.choice([0, 7, 9])),
+                                  frames.run_payload(rng.randrange(3), rng.randrange(1 << 32))])
+        else:
+            payload = rng.randbytes(rng.choice([0, 1, 7, 8, 9, 13, rng.randrange(0, 1000)]))
+        line._write(frames.encode(frames.Frame(kind, seq, payload)), "fuzz")
+        deadline = time.monotonic() + 10
+        answered = False
+        while not answered and time.monotonic() < deadline:
+            answered = any(f.seq == seq and f.from_device and f.kind in (frames.Kind.ACK, frames.Kind.ERROR)
+                           for f in decoder.feed(line._read(0.2)))
+        assert answered, f"request {seq} ({kind.name}, {len(payload)} bytes) got no answer"
+    checks, _ = image.run(image.models[0].name)
+    assert all(c.passed for c in checks)
