@@ -206,6 +206,9 @@ def _link(target: Target, toolchain: Toolchain, models: Sequence[FirmwareModel],
 
 def probe_arena(machine: str, elf: Path, n_models: int, timeout: float = PROBE_TIMEOUT_S) -> list[int]:
     """Boot the probe image under QEMU and read minrt's arena size for each model."""
+    if shutil.which("qemu-system-arm") is None:
+        raise BuildError("sizing the arena runs minrt under qemu-system-arm, which is not installed "
+                         "(apt-get install qemu-system-arm, or run ci/setup)")
     argv = ["qemu-system-arm", "-M", machine, "-nographic", "-monitor", "none", "-serial", "stdio",
             "-kernel", str(elf)]
     log.info("measuring the arena: %s", " ".join(argv))
