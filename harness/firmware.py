@@ -174,7 +174,8 @@ def _link(target: Target, toolchain: Toolchain, models: Sequence[FirmwareModel],
     fw = target.firmware
     uart, base, clock = (("cmsdk", 0x40004000, 25_000_000) if probe
                          else (fw.uart, fw.uart_base, fw.clock_hz))
-    sources = [FIRMWARE_DIR / n for n in ("startup.c", "systick.c", "frontend.c", "uart_ring.c", _UART_SOURCE[uart])]
+    counter = "systick.c" if probe or fw.counter == "systick" else "dwt.c"
+    sources = [FIRMWARE_DIR / n for n in ("startup.c", counter, "frontend.c", "uart_ring.c", _UART_SOURCE[uart])]
     minrt_sources = sorted((RUNTIME_DIR / "src").glob("*.c"))
     all_sources = [*minrt_sources, *sources, out / "models.c"]
     # each model's signature table under its own name (the file names one symbol for all)

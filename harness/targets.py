@@ -26,8 +26,11 @@ ARCHES = ("armv7", "armv7m", "x86_64")
 #: fit is refused at build time.
 LAYOUT_KEYS = {"flash_origin": 0, "ram_origin": None, "stack_bytes": 0x2000}
 #: [firmware]: the board support the image is built with (runtime_c/firmware).
-FIRMWARE_KEYS = {"uart": None, "uart_base": None, "clock_hz": None, "probe_machine": None}
+FIRMWARE_KEYS = {"uart": None, "uart_base": None, "clock_hz": None, "probe_machine": None, "counter": "systick"}
 FIRMWARE_UARTS = ("cmsdk", "stm32-usart")
+#: What times a run: SysTick at the processor clock (QEMU: emulated instructions) or the DWT
+#: cycle counter (real boards; QEMU has none).
+FIRMWARE_COUNTERS = ("systick", "dwt")
 
 
 @dataclass(frozen=True)
@@ -70,6 +73,7 @@ class FirmwareBoard:
     uart_base: int
     clock_hz: int
     probe_machine: str
+    counter: str = "systick"
 
 
 @dataclass(frozen=True)
@@ -312,7 +316,9 @@ def _firmware_tables(data: dict[str, Any], arch: str, path: Path) -> tuple[Memor
             raise TargetError(f"{path}: [firmware] is only for firmware targets (arch 'armv7m')")
         return None, None
     memory = Memory(**_int_table(data, "memory", {"flash_bytes": None, "ram_bytes": None, **LAYOUT_KEYS}, path))
-    board = _int_table(data, "firmware", FIRMWARE_KEYS, path, strings=("uart", "probe_machine"))
+    board = _int_table(data, "firmware", FIRMWARE_KEYS, path, strings=("uart", "probe_machine", "counter"))
+    if board["counter"] not in FIRMWARE_COUNTERS:
+        raise TargetError(f"{path}: key 'firmware.counter' must be one of {', '.join(FIRMWARE_COUNTERS)}, got '{board['counter']}'")
     if board["uart"] not in FIRMWARE_UARTS:
         raise TargetError(f"{path}: key 'firmware.uart' must be one of {', '.join(FIRMWARE_UARTS)}, got '{board['uart']}'")
     if memory.flash_bytes == 0 or memory.ram_bytes <= memory.stack_bytes:

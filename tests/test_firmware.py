@@ -224,6 +224,7 @@ def test_real_board_image_builds_for_its_memory_map(example_models) -> None:
     assert symbols["vectors"] == target.layout.flash_origin
     assert target.layout.ram_origin < symbols["_estack"] <= target.layout.ram_origin + target.layout.ram_bytes
     assert "UART_IRQHandler" in symbols and fw.footprint["ram"]["total"] <= target.layout.ram_bytes
+    assert target.firmware.counter == "dwt" and "widen" in symbols  # runs timed by the DWT cycle counter
 
 
 def test_random_requests_never_stop_the_firmware(image) -> None:
