@@ -9,6 +9,8 @@
  * - RUN answers {"iters", "arena_bytes", "model", "min_ticks", "mean_ticks", "max_ticks",
  *   "tick_hz"}: SysTick counts at the processor clock, not microseconds.
  * - BYE is acknowledged and the firmware keeps serving; it never exits.
+ * - The cached response is repeated only for the very same request frame (same CRC over kind,
+ *   seq, length and payload), as serial.c does.
  * The device announces itself (HELLO, seq 0) at boot and every 0.5 s of quiet line, and
  * sends BUSY from the tick interrupt while a RUN executes. */
 #include <string.h>
@@ -33,7 +35,7 @@ static uint32_t rx_len;
 static uint8_t tx[HDR + FW_MAX_PAYLOAD + 4]; /* last response, for a repeated request */
 static uint32_t tx_len;
 static int served;
-static unsigned last_seq;
+static uint32_t last_crc; /* the last request served, by its frame CRC (kind, seq, length, payload) */
 
 static struct {
   uint32_t cand;            /* models whose graph.json matches every chunk so far */
@@ -405,14 +407,16 @@ static int on_get(unsigned seq, const uint8_t *p, uint32_t n) {
   return respond(K_ACK, seq, len + 4);
 }
 
-static void on_request(unsigned kind, unsigned seq, const uint8_t *p, uint32_t n) {
+/* A repeated request (the very same frame: its response was lost) gets the cached response,
+ * never a second execution; anything else is served. */
+static void on_request(unsigned kind, unsigned seq, const uint8_t *p, uint32_t n, uint32_t crc) {
   if (kind == K_HELLO) {
     served = 1; /* a new host session: forget the cached response */
-    last_seq = seq;
+    last_crc = crc;
     hello(seq, 0);
     return;
   }
-  if (served && seq == last_seq) {
+  if (served && crc == last_crc) {
     send(tx, tx_len);
     return;
   }
@@ -424,7 +428,7 @@ static void on_request(unsigned kind, unsigned seq, const uint8_t *p, uint32_t n
   default: error(seq, "firmware: not a request kind"); break;
   }
   served = 1;
-  last_seq = seq;
+  last_crc = crc;
 }
 
 static void drop(uint32_t k) {
@@ -457,7 +461,7 @@ static int feed(uint8_t c) {
       drop(1);
       continue;
     }
-    if (!(rx[2] & FROM_DEVICE)) on_request(kind, rx[3], rx + HDR, len);
+    if (!(rx[2] & FROM_DEVICE)) on_request(kind, rx[3], rx + HDR, len, get_u32(rx + HDR + len));
     rx_len = 0;
     return 1;
   }
