@@ -32,7 +32,7 @@ from .targets import Target, load_target
 log = logging.getLogger(__name__)
 
 #: Bump when the artifact produced for the same inputs changes (invalidates the cache).
-PIPELINE_VERSION = "2"
+PIPELINE_VERSION = "3"  # 3: kernels scheduled (harness.schedule), tuning records applied
 #: Symbols register as `__tvm_ffi_<func_name>` with no prefix.
 SYSTEM_LIB_PREFIX = ""
 ABI = "tvm-ffi"
@@ -482,10 +482,18 @@ _WORKSPACE_CALL = re.compile(r"TVMBackendAllocWorkspace\(\s*[^,]+,\s*[^,]+,\s*(?
 _WORKSPACE_ALIGN = 64
 
 
+def kernel_target(target: Target) -> Any:
+    """The TVM target kernels are scheduled and compiled for: the target's own, on one core
+    (minrt runs TVMBackendParallelLaunch serially, so a parallel loop would only cost)."""
+    import tvm
+
+    return tvm.target.Target({**dict(target.tvm_target), "num-cores": 1})
+
+
 def compile_kernels(kernels: dict[str, Any], tvm_target: Any, out_path: Path) -> int:
-    """Compile the PrimFuncs into one object (a system library) and return the most workspace
-    any one kernel allocates (the sum of its TVMBackendAllocWorkspace sizes, each rounded up
-    to 64 bytes), read from the TIR after LowerTVMBuiltin."""
+    """Compile the (scheduled) PrimFuncs into one object (a system library) and return the
+    most workspace any one kernel allocates (the sum of its TVMBackendAllocWorkspace sizes,
+    each rounded up to 64 bytes), read from the TIR after LowerTVMBuiltin."""
     import tvm
 
     funcs = {name: prim.with_attr("global_symbol", name) for name, prim in kernels.items()}
@@ -516,13 +524,46 @@ def compile_kernels(kernels: dict[str, Any], tvm_target: Any, out_path: Path) ->
 
 
 # ---------------------------------------------------------------------------------------------
+# Schedules
+
+
+def schedule_model_kernels(kernels: dict[str, Any], ktarget: Any, target: Target,
+                           cache: Path | None) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    """Every kernel gets a schedule: the best tuning record for its workload on this target
+    when the tuning database has one (and MINRT_NO_TUNING is not set), else the default
+    rules of harness.schedule. Returns the scheduled kernels and, per kernel, what was used."""
+    from .schedule import schedule_kernel, simd_lanes
+    from .tune import TuningDatabase, tuning_disabled
+
+    database = None if tuning_disabled() else TuningDatabase.for_target(target, cache)
+    lanes = simd_lanes(ktarget)
+    scheduled: dict[str, Any] = {}
+    report: dict[str, dict[str, Any]] = {}
+    for name, func in kernels.items():
+        tuned = database.best(func, ktarget) if database is not None else None
+        if tuned is not None:
+            scheduled[name] = tuned.func
+            report[name] = {"source": "tuned", "rule": "meta_schedule", "latency_us": tuned.latency_us,
+                            "record": tuned.record_id, "database": str(database.path)}
+            continue
+        scheduled[name], rule = schedule_kernel(func, lanes)
+        report[name] = {"source": "default", "rule": rule.rule, "detail": rule.detail}
+    return scheduled, report
+
+
+# ---------------------------------------------------------------------------------------------
 # The entry point
 
 
-def _cache_key(model_name: str, onnx_bytes: bytes, target: Target) -> str:
+def _cache_key(model_name: str, onnx_bytes: bytes, target: Target, cache: Path | None) -> str:
     import tvm
 
-    return content_hash([model_name, onnx_bytes, target.name, target.tvm_target_key, tvm.__version__, PIPELINE_VERSION])
+    from .tune import TuningDatabase, tuning_disabled
+
+    # The tuning records for the target are part of the input: new records, new artifact.
+    tuning = "off" if tuning_disabled() else TuningDatabase.for_target(target, cache).digest()
+    return content_hash([model_name, onnx_bytes, target.name, target.tvm_target_key, tvm.__version__,
+                         PIPELINE_VERSION, tuning])
 
 
 def compile_model(onnx_path: Path | str, target: Target | str, cache: Path | None = None) -> Artifact:
@@ -533,7 +574,7 @@ def compile_model(onnx_path: Path | str, target: Target | str, cache: Path | Non
         target = load_target(target)
     model, data = load_onnx(onnx_path)
     model_name = onnx_path.stem
-    key = _cache_key(model_name, data, target)
+    key = _cache_key(model_name, data, target, cache)
     root = (Path(cache) if cache is not None else cache_dir()) / "artifacts"
     out_dir = root / key
     if out_dir.is_dir():
@@ -570,7 +611,11 @@ def compile_model(onnx_path: Path | str, target: Target | str, cache: Path | Non
     tmp.mkdir(parents=True)
     try:
         log.info("compile %s: %d kernels for %s", model_name, len(graph.kernels), target.tvm_target.get("mtriple", "host"))
-        workspace = compile_kernels(graph.kernels, tvm_target, tmp / KERNELS_OBJ)
+        schedule_started = time.monotonic()
+        ktarget = kernel_target(target)
+        kernels, schedules = schedule_model_kernels(graph.kernels, ktarget, target, cache)
+        schedule_seconds = time.monotonic() - schedule_started
+        workspace = compile_kernels(kernels, ktarget, tmp / KERNELS_OBJ)
         (tmp / GRAPH_JSON).write_text(json.dumps(graph_json(graph, plan), separators=(",", ":")))
         tensorfile.save(tmp / PARAMS_BIN, graph.params)
 
@@ -588,6 +633,9 @@ def compile_model(onnx_path: Path | str, target: Target | str, cache: Path | Non
             "system_lib_prefix": SYSTEM_LIB_PREFIX,
             "kernels": sorted(graph.kernels),
             "workspace_bytes": workspace,
+            "schedules": schedules,
+            "tuned_kernels": sorted(k for k, v in schedules.items() if v["source"] == "tuned"),
+            "schedule_seconds": round(schedule_seconds, 3),
             "inputs": [spec(name, nid, 0) for name, nid in zip(inputs, graph.input_nids)],
             "outputs": [spec(name, nid, i) for name, (nid, i) in zip(output_names, graph.heads)],
             "storage": storage_summary(graph, plan),
