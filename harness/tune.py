@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -236,9 +237,27 @@ class _Session:
         self.trials = 0
         self.best_us: float | None = None
 
-    def time_left(self) -> float:
-        import time
+    def _cc_command(self) -> list[str]:
+        """The runner's compiler and flags (harness.build.runner_command's, without files)."""
+        from .build import BUILD_FLAGS, RUNTIME_DIR
 
+        defines = ["-DMINRT_RUN_SERIAL"] if (RUNTIME_DIR / "runner" / "serial.c").exists() else []
+        return [self.target.cc.tool("gcc"), *self.target.cc.cflags, *BUILD_FLAGS, *defines,
+                f"-I{RUNTIME_DIR / 'include'}", f"-I{RUNTIME_DIR / 'runner'}"]
+
+    def _runtime_objects(self) -> list[Path]:
+        """minrt and the runner compiled once per session; each candidate only links."""
+        from .build import runner_sources, runtime_sources
+
+        if getattr(self, "_objects", None) is None:
+            rt = (self.work / "runtime").resolve()
+            rt.mkdir(parents=True, exist_ok=True)
+            sources = runtime_sources() + runner_sources()
+            self.toolchain.run([*self._cc_command(), "-c", *(str(p) for p in sources)], cwd=rt)
+            self._objects = [rt / (p.stem + ".o") for p in sources]
+        return self._objects
+
+    def time_left(self) -> float:
         return self.deadline - time.monotonic()
 
     def build(self, mod: Any) -> Path:
@@ -246,13 +265,13 @@ class _Session:
         import tvm
 
         from .artifact import GRAPH_JSON, KERNELS_OBJ, METADATA_JSON, PARAMS_BIN, Artifact
-        from .build import build_runner
         from .compile import compile_kernels
 
         self.counter += 1
         out = self.work / f"c{self.counter:05d}"
         out.mkdir(parents=True, exist_ok=True)
         func = mod["main"]
+        t0 = time.monotonic()
         workspace = compile_kernels({self.kernel_name: func}, self.ktarget, out / KERNELS_OBJ)
         graph, specs_in, specs_out = kernel_graph(self.kernel_name, func, self.n_outputs)
         (out / GRAPH_JSON).write_text(json.dumps(graph, separators=(",", ":")))
@@ -264,10 +283,13 @@ class _Session:
                     "system_lib_prefix": "", "kernels": [self.kernel_name], "workspace_bytes": workspace,
                     "inputs": specs_in, "outputs": specs_out}
         (out / METADATA_JSON).write_text(json.dumps(metadata))
-        runner = build_runner(self.target, Artifact.open(out), self.toolchain, out_dir=out)
-        (out / "kernels.o").unlink(missing_ok=True)  # linked in; keep the scratch space small
-        (out / KERNELS_OBJ).write_bytes(b"")
-        return runner.parent
+        Artifact.open(out)  # the same checks a compiled model gets
+        t1 = time.monotonic()
+        self.toolchain.run([*self._cc_command(), *(str(o) for o in self._runtime_objects()),
+                            str((out / KERNELS_OBJ).resolve()), *self.target.cc.ldflags, "-lm",
+                            "-o", str((out / "minrt-run").resolve())], cwd=out)
+        log.debug("candidate %d: TVM %.2f s, link %.2f s", self.counter, t1 - t0, time.monotonic() - t1)
+        return out
 
     def run(self, directory: Path) -> float:
         """Time one candidate on the device: the fastest of `iters` runs, in seconds."""
@@ -279,7 +301,9 @@ class _Session:
         inputs = random_inputs(artifact.inputs, seed=0)
         blob = tensorfile.dumps({s["name"]: inputs[s["name"]] for s in artifact.inputs})
         timeout = max(1.0, min(self.run_timeout, self.time_left()))
+        t0 = time.monotonic()
         _, timing = execute(self.device, directory / "minrt-run", artifact, blob, self.iters, timeout=timeout)
+        log.debug("candidate %s: ran in %.2f s", directory.name, time.monotonic() - t0)
         return float(timing["min_us"]) * 1e-6
 
 
@@ -374,6 +398,35 @@ def _make_progress(session: _Session, task_label: str) -> Any:
     return Progress()
 
 
+def _import_tensor_intrinsics() -> None:
+    """Import tvm.s_tir.tensor_intrin (TuneContext does) quickly.
+
+    It parses a few hundred TVMScript intrinsics at import, each calling inspect.stack(),
+    which looks up source files for every frame of the import machinery: 25 s of CPU here.
+    Those module-level functions need no frame context, so during this one import
+    inspect.stack returns frames without it (5 s)."""
+    import inspect
+    import sys
+
+    if "tvm.s_tir.tensor_intrin" in sys.modules:
+        return
+
+    def frames_without_context(context: int = 1) -> list:
+        out, frame = [], sys._getframe(1)
+        while frame is not None:
+            out.append(inspect.FrameInfo(frame, frame.f_code.co_filename, frame.f_lineno,
+                                         frame.f_code.co_name, None, None))
+            frame = frame.f_back
+        return out
+
+    original = inspect.stack
+    inspect.stack = frames_without_context
+    try:
+        import tvm.s_tir.tensor_intrin  # noqa: F401
+    finally:
+        inspect.stack = original
+
+
 def _flops(func: Any) -> float:
     import tvm
     from tvm.s_tir.analysis import estimate_tir_flops
@@ -420,6 +473,8 @@ def tune_model(
     trials_per_iter: int = 16,
     seed: int = 0,
     kernels: list[str] | None = None,
+    population: int = 128,
+    cost_model: str | None = None,
 ) -> TuneReport:
     """Tune a model's kernels for a target; `trials` is the budget for the whole model, shared
     among kernels by their FLOPs (at least one batch each), heaviest first. Resumable: a
@@ -443,6 +498,7 @@ def tune_model(
             raise HarnessError(f"{model}: no kernel(s) {unknown} (kernels: {sorted(funcs)})")
         funcs = {k: v for k, v in funcs.items() if k in kernels}
     ktarget = kernel_target(target)
+    _import_tensor_intrinsics()
     db_files = TuningDatabase.for_target(target, cache)
     database = db_files.open()
     flops = {name: _flops(f) for name, f in funcs.items()}
@@ -453,7 +509,10 @@ def tune_model(
              len(order), trials, db_files.path)
     results: list[TaskResult] = []
     tc = get_toolchain(toolchain, target)
-    with tempfile.TemporaryDirectory(prefix="minrt-tune-") as tmp, \
+    # Scratch space under the cache: the Docker toolchain sees only the source tree and the cache.
+    scratch_root = (Path(cache) if cache is not None else cache_dir()) / "tuning" / "scratch"
+    scratch_root.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="tune-", dir=scratch_root) as tmp, \
             open_transport(target, kind=transport) as device:
         for i, name in enumerate(order, start=1):
             label = f"[{i}/{len(order)}] {name}"
@@ -468,15 +527,18 @@ def tune_model(
                 continue
             session = _Session(target, ktarget, tc, device, Path(tmp) / f"t{i}", deadline, iters, run_timeout)
             session.kernel_name, session.n_outputs = name, n_outputs.get(name, 1)
-            log.info("tune %s: %d trials (%.2f MFLOP)", label, share[name] - have, flops[name] / 1e6)
+            log.info("tune %s: %d trials (%.3f MFLOP)", label, share[name] - have, flops[name] / 1e6)
             context = ms.TuneContext(mod=mod, target=ktarget, space_generator="post-order-apply",
-                                     search_strategy="evolutionary", task_name=name,
+                                     search_strategy=ms.search_strategy.EvolutionarySearch(
+                                         population_size=population, init_min_unmeasured=min(50, population),
+                                         genetic_num_iters=2),
+                                     task_name=name,
                                      rand_state=seed + i, num_threads=1)
             ms.tune.tune_tasks(
                 tasks=[context], task_weights=[1.0], work_dir=str(Path(tmp) / f"log{i}"),
                 max_trials_global=share[name] - have, num_trials_per_iter=min(trials_per_iter, share[name] - have),
                 builder=_make_builder(session), runner=_make_runner(session), database=database,
-                cost_model="random", measure_callbacks=[_make_progress(session, label), *_default_callbacks()],
+                cost_model=cost_model or default_cost_model(), measure_callbacks=[_make_progress(session, label), *_default_callbacks()],
                 task_scheduler="round-robin")
             records = len(database.get_top_k(database.commit_workload(mod), 10**6))
             results.append(TaskResult(name, session.trials, records, _best_us(database, mod)))
@@ -484,6 +546,16 @@ def tune_model(
                      f"{results[-1].best_us:.1f} us" if results[-1].best_us is not None else "-")
     return TuneReport(model=Path(model).stem, target=target.name, database=db_files.path, tasks=results,
                       seconds=time.monotonic() - started)
+
+
+def default_cost_model() -> str:
+    """meta_schedule's XGBoost model when xgboost is installed, else random ranking (the
+    search then relies on mutating the measured best)."""
+    try:
+        import xgboost  # noqa: F401
+    except ImportError:
+        return "random"
+    return "xgb"
 
 
 def _default_callbacks() -> list:
