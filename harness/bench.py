@@ -183,3 +183,26 @@ def bench_models(models: Sequence[Path], target: Target, **kwargs: Any) -> Bench
             log.error("bench %s: %s: %s", model.stem, type(exc).__name__, first)
             report.models.append(ModelBench(model=model.stem, target=target.name, error=f"{type(exc).__name__}: {first}"))
     return report
+
+
+def resolve_bench_models(names: Sequence[str] | None, out_dir: Path) -> list[Path]:
+    """.onnx paths, example names or zoo names; none means every example and zoo model
+    (written under `out_dir`)."""
+    from .errors import HarnessError
+    from .examples import EXAMPLES, write_examples
+    from .zoo import ZOO, write_zoo
+
+    if not names:
+        return list(write_examples(out_dir / "examples").values()) + list(write_zoo(out_dir / "zoo").values())
+    paths = []
+    for name in names:
+        if name in ZOO:
+            paths.append(write_zoo(out_dir / "zoo", [name])[name])
+        elif name in EXAMPLES:
+            paths.append(write_examples(out_dir / "examples", [name])[name])
+        elif Path(name).is_file():
+            paths.append(Path(name))
+        else:
+            raise HarnessError(f"model '{name}' is not a file, an example ({', '.join(EXAMPLES)}) "
+                               f"or a zoo model ({', '.join(ZOO)})")
+    return paths

@@ -467,6 +467,7 @@ def tune_model(
     time_budget: float | None = None,
     toolchain: str = "host",
     transport: str | None = None,
+    host: str | None = None,
     cache: Path | None = None,
     iters: int = 10,
     run_timeout: float = 30.0,
@@ -513,7 +514,7 @@ def tune_model(
     scratch_root = (Path(cache) if cache is not None else cache_dir()) / "tuning" / "scratch"
     scratch_root.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="tune-", dir=scratch_root) as tmp, \
-            open_transport(target, kind=transport) as device:
+            open_transport(target, kind=transport, host=host) as device:
         for i, name in enumerate(order, start=1):
             label = f"[{i}/{len(order)}] {name}"
             mod = workload(funcs[name])
@@ -532,8 +533,8 @@ def tune_model(
                                      search_strategy=ms.search_strategy.EvolutionarySearch(
                                          population_size=population, init_min_unmeasured=min(50, population),
                                          genetic_num_iters=2),
-                                     task_name=name,
-                                     rand_state=seed + i, num_threads=1)
+                                     task_name=name, rand_state=seed + i, num_threads=1,
+                                     logger=_search_logger())
             ms.tune.tune_tasks(
                 tasks=[context], task_weights=[1.0], work_dir=str(Path(tmp) / f"log{i}"),
                 max_trials_global=share[name] - have, num_trials_per_iter=min(trials_per_iter, share[name] - have),
@@ -546,6 +547,15 @@ def tune_model(
                      f"{results[-1].best_us:.1f} us" if results[-1].best_us is not None else "-")
     return TuneReport(model=Path(model).stem, target=target.name, database=db_files.path, tasks=results,
                       seconds=time.monotonic() - started)
+
+
+def _search_logger() -> logging.Logger:
+    """meta_schedule's own per-iteration chatter goes to debug level; the harness reports
+    tasks, trials and the best latency itself."""
+    search = logging.getLogger("harness.tune.search")
+    if not log.isEnabledFor(logging.DEBUG):
+        search.setLevel(logging.WARNING)
+    return search
 
 
 def default_cost_model() -> str:
