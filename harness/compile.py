@@ -530,8 +530,9 @@ def compile_kernels(kernels: dict[str, Any], tvm_target: Any, out_path: Path) ->
 def schedule_model_kernels(kernels: dict[str, Any], ktarget: Any, target: Target,
                            cache: Path | None) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
     """Every kernel gets a schedule: the best tuning record for its workload on this target
-    when the tuning database has one (and MINRT_NO_TUNING is not set), else the default
-    rules of harness.schedule. Returns the scheduled kernels and, per kernel, what was used."""
+    when the tuning database has one that ran faster on the device than the default schedule
+    (and MINRT_NO_TUNING is not set), else the default rules of harness.schedule. Returns the
+    scheduled kernels and, per kernel, what was used."""
     from .schedule import schedule_kernel, simd_lanes
     from .tune import TuningDatabase, tuning_disabled
 
@@ -540,14 +541,18 @@ def schedule_model_kernels(kernels: dict[str, Any], ktarget: Any, target: Target
     scheduled: dict[str, Any] = {}
     report: dict[str, dict[str, Any]] = {}
     for name, func in kernels.items():
+        default, rule = schedule_kernel(func, lanes)
         tuned = database.best(func, ktarget) if database is not None else None
-        if tuned is not None:
+        default_us = database.default_latency(default) if tuned is not None else None
+        if tuned is not None and (default_us is None or tuned.latency_us < default_us):
             scheduled[name] = tuned.func
             report[name] = {"source": "tuned", "rule": "meta_schedule", "latency_us": tuned.latency_us,
-                            "record": tuned.record_id, "database": str(database.path)}
+                            "default_us": default_us, "record": tuned.record_id, "database": str(database.path)}
             continue
-        scheduled[name], rule = schedule_kernel(func, lanes)
+        scheduled[name] = default
         report[name] = {"source": "default", "rule": rule.rule, "detail": rule.detail}
+        if tuned is not None:  # measured on the device: no record beat the default schedule
+            report[name].update(default_us=default_us, best_record_us=tuned.latency_us)
     return scheduled, report
 
 

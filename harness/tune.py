@@ -34,6 +34,9 @@ log = logging.getLogger(__name__)
 
 WORKLOADS = "workloads.json"
 RECORDS = "records.json"
+#: The default schedule's latency per kernel, measured by the same runner in each session, so
+#: compile can keep the default when no record beats it.
+DEFAULTS = "defaults.json"
 #: Version of the exported file format (one JSON object with both tables).
 EXPORT_FORMAT = "minrt-tuning-1"
 
@@ -77,7 +80,7 @@ class TuningDatabase:
         if not self.exists():
             return "empty"
         h = hashlib.sha256()
-        for f in (self.workloads_file, self.records_file):
+        for f in (self.workloads_file, self.records_file, self.path / DEFAULTS):
             h.update(f.read_bytes() if f.is_file() else b"")
         return h.hexdigest()[:16]
 
@@ -115,13 +118,39 @@ class TuningDatabase:
             self._db = self.open()
         return self._db
 
+    @staticmethod
+    def _default_key(scheduled: Any) -> str:
+        return hashlib.sha256(scheduled.script().encode()).hexdigest()[:24]
+
+    def default_latency(self, scheduled: Any) -> float | None:
+        """The measured latency of this default-scheduled kernel, if a session measured it."""
+        path = self.path / DEFAULTS
+        if not path.is_file():
+            return None
+        try:
+            return json.loads(path.read_text()).get(self._default_key(scheduled))
+        except json.JSONDecodeError:
+            return None
+
+    def set_default_latency(self, scheduled: Any, latency_us: float) -> None:
+        path = self.path / DEFAULTS
+        self.path.mkdir(parents=True, exist_ok=True)
+        data = json.loads(path.read_text()) if path.is_file() else {}
+        data[self._default_key(scheduled)] = latency_us
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        tmp.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
+        os.replace(tmp, path)
+
     def export(self, out: Path) -> int:
         """Write every record (and its workload) as one file; returns the number of records."""
         if not self.exists():
             raise HarnessError(f"no tuning records in {self.path}")
         workloads = [json.loads(line) for line in self.workloads_file.read_text().splitlines() if line.strip()]
         records = [json.loads(line) for line in self.records_file.read_text().splitlines() if line.strip()]
-        Path(out).write_text(json.dumps({"format": EXPORT_FORMAT, "workloads": workloads, "records": records}) + "\n")
+        defaults_file = self.path / DEFAULTS
+        defaults = json.loads(defaults_file.read_text()) if defaults_file.is_file() else {}
+        Path(out).write_text(json.dumps({"format": EXPORT_FORMAT, "workloads": workloads, "records": records,
+                                         "defaults": defaults}) + "\n")
         return len(records)
 
     def import_file(self, src: Path) -> int:
@@ -158,6 +187,14 @@ class TuningDatabase:
             if key not in seen:
                 seen.add(key)
                 new_r.append(json.dumps(item))
+        defaults = data.get("defaults") or {}
+        if not isinstance(defaults, dict):
+            raise HarnessError(f"{src}: 'defaults' must be an object")
+        defaults_file = self.path / DEFAULTS
+        mine_d = json.loads(defaults_file.read_text()) if defaults_file.is_file() else {}
+        merged = {**{k: float(v) for k, v in defaults.items()}, **mine_d}  # this machine's own measurement wins
+        if merged != mine_d:
+            defaults_file.write_text(json.dumps(merged, indent=1, sort_keys=True) + "\n")
         with self.workloads_file.open("a") as f:
             f.writelines(line + "\n" for line in new_w)
         with self.records_file.open("a") as f:
@@ -195,10 +232,12 @@ class TuneReport:
     seconds: float
 
     def table(self) -> str:
-        lines = [f"{'kernel':<36} {'trials':>6} {'records':>7} {'best':>10}"]
+        lines = [f"{'kernel':<36} {'trials':>6} {'records':>7} {'default':>10} {'best':>10}"]
         for t in self.tasks:
             best = f"{t.best_us:.1f}us" if t.best_us is not None else "-"
-            lines.append(f"{t.name:<36} {t.trials:>6} {t.records:>7} {best:>10}" + (f"  ({t.skipped})" if t.skipped else ""))
+            default = f"{t.default_us:.1f}us" if t.default_us is not None else "-"
+            lines.append(f"{t.name:<36} {t.trials:>6} {t.records:>7} {default:>10} {best:>10}"
+                         + (f"  ({t.skipped})" if t.skipped else ""))
         lines.append(f"{sum(t.trials for t in self.tasks)} trials in {self.seconds:.0f} s; records in {self.database}")
         return "\n".join(lines)
 
@@ -528,7 +567,9 @@ def tune_model(
                 continue
             session = _Session(target, ktarget, tc, device, Path(tmp) / f"t{i}", deadline, iters, run_timeout)
             session.kernel_name, session.n_outputs = name, n_outputs.get(name, 1)
-            log.info("tune %s: %d trials (%.3f MFLOP)", label, share[name] - have, flops[name] / 1e6)
+            default_us = _measure_default(session, funcs[name], db_files)
+            log.info("tune %s: %d trials (%.3f MFLOP), default schedule %.1f us", label, share[name] - have,
+                     flops[name] / 1e6, default_us)
             context = ms.TuneContext(mod=mod, target=ktarget, space_generator="post-order-apply",
                                      search_strategy=ms.search_strategy.EvolutionarySearch(
                                          population_size=population, init_min_unmeasured=min(50, population),
@@ -542,7 +583,7 @@ def tune_model(
                 cost_model=cost_model or default_cost_model(), measure_callbacks=[_make_progress(session, label), *_default_callbacks()],
                 task_scheduler="round-robin")
             records = len(database.get_top_k(database.commit_workload(mod), 10**6))
-            results.append(TaskResult(name, session.trials, records, _best_us(database, mod)))
+            results.append(TaskResult(name, session.trials, records, _best_us(database, mod), default_us))
             log.info("tune %s: done, %d trials, best %s", label, session.trials,
                      f"{results[-1].best_us:.1f} us" if results[-1].best_us is not None else "-")
     return TuneReport(model=Path(model).stem, target=target.name, database=db_files.path, tasks=results,
@@ -566,6 +607,22 @@ def default_cost_model() -> str:
     except ImportError:
         return "random"
     return "xgb"
+
+
+def _measure_default(session: _Session, func: Any, db_files: TuningDatabase) -> float:
+    """Time the kernel with its default schedule on the device (the baseline tuning must beat)."""
+    import tvm
+
+    from .schedule import schedule_kernel, simd_lanes
+
+    scheduled, _ = schedule_kernel(func, simd_lanes(session.ktarget))
+    directory = session.build(tvm.IRModule({"main": scheduled}))
+    try:
+        us = session.run(directory) * 1e6
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+    db_files.set_default_latency(scheduled, us)
+    return us
 
 
 def _default_callbacks() -> list:

@@ -38,12 +38,22 @@ def test_tune_then_compile_and_run_use_the_best_record(mlp, tmp_path, monkeypatc
     database = TuningDatabase.for_target(target)
     assert database.exists() and task.records >= task.trials
 
+    # The session timed the default schedule too; compile keeps whichever ran faster.
+    assert task.default_us and task.default_us > 0
+    funcs, _ = model_kernels(mlp, target)
+    best = database.best(funcs[KERNEL], None)
+    chosen = compile_model(mlp, target).metadata["schedules"][KERNEL]
+    if best.latency_us < task.default_us:
+        assert chosen["source"] == "tuned" and chosen["default_us"] == pytest.approx(task.default_us)
+    else:
+        assert chosen["source"] == "default" and chosen["best_record_us"] == pytest.approx(best.latency_us)
+
+    # Without a default measurement the best record is used, and says which it is.
+    (database.path / "defaults.json").unlink()
     artifact = compile_model(mlp, target)
     meta = artifact.metadata
     assert meta["tuned_kernels"] == [KERNEL]
     used = meta["schedules"][KERNEL]
-    funcs, _ = model_kernels(mlp, target)
-    best = database.best(funcs[KERNEL], None)
     assert used["record"] == best.record_id and used["latency_us"] == pytest.approx(task.best_us)
     assert all(v["source"] == "default" for k, v in meta["schedules"].items() if k != KERNEL)
 
@@ -75,7 +85,9 @@ def test_tuning_resumes_and_records_travel_as_a_file(mlp, tmp_path, monkeypatch)
     assert not fresh.exists()
     assert fresh.import_file(exported) == n
     assert fresh.import_file(exported) == 0  # merging twice adds nothing
-    assert compile_model(mlp, target).metadata["tuned_kernels"] == [KERNEL]
+    assert (fresh.path / "defaults.json").read_text() == (TuningDatabase(tmp_path / "a" / fresh.path.relative_to(tmp_path / "b")).path / "defaults.json").read_text()
+    schedule = compile_model(mlp, target).metadata["schedules"][KERNEL]
+    assert schedule["source"] == "tuned" or schedule["best_record_us"] >= schedule["default_us"]
 
     bad = tmp_path / "bad.json"
     bad.write_text('{"format": "something else"}')
