@@ -565,10 +565,12 @@ def _cache_key(model_name: str, onnx_bytes: bytes, target: Target, cache: Path |
 
     from .tune import TuningDatabase, tuning_disabled
 
-    # The tuning records for the target are part of the input: new records, new artifact.
+    # The tuning records for the target and the default schedule rules are part of the
+    # input: new records or new rules, new artifact.
     tuning = "off" if tuning_disabled() else TuningDatabase.for_target(target, cache).digest()
+    rules = (Path(__file__).parent / "schedule.py").read_bytes()
     return content_hash([model_name, onnx_bytes, target.name, target.tvm_target_key, tvm.__version__,
-                         PIPELINE_VERSION, tuning])
+                         PIPELINE_VERSION, tuning, rules])
 
 
 def compile_model(onnx_path: Path | str, target: Target | str, cache: Path | None = None) -> Artifact:
