@@ -558,15 +558,19 @@ def tune_model(
             label = f"[{i}/{len(order)}] {name}"
             mod = workload(funcs[name])
             have = len(database.get_top_k(database.commit_workload(mod), 10**6)) if database.has_workload(mod) else 0
+            session = _Session(target, ktarget, tc, device, Path(tmp) / f"t{i}", deadline, iters, run_timeout)
+            session.kernel_name, session.n_outputs = name, n_outputs.get(name, 1)
             if have >= share[name]:
                 log.info("tune %s: %d records already (share %d), skipped", label, have, share[name])
-                results.append(TaskResult(name, 0, have, _best_us(database, mod), skipped="already tuned"))
+                # Records from elsewhere (or an older session) still need this device's baseline.
+                default_us = _default_known(funcs[name], ktarget, db_files)
+                if default_us is None and time.monotonic() < deadline:
+                    default_us = _measure_default(session, funcs[name], db_files)
+                results.append(TaskResult(name, 0, have, _best_us(database, mod), default_us, skipped="already tuned"))
                 continue
             if time.monotonic() >= deadline:
                 results.append(TaskResult(name, 0, have, _best_us(database, mod), skipped="time budget"))
                 continue
-            session = _Session(target, ktarget, tc, device, Path(tmp) / f"t{i}", deadline, iters, run_timeout)
-            session.kernel_name, session.n_outputs = name, n_outputs.get(name, 1)
             default_us = _measure_default(session, funcs[name], db_files)
             log.info("tune %s: %d trials (%.3f MFLOP), default schedule %.1f us", label, share[name] - have,
                      flops[name] / 1e6, default_us)
@@ -607,6 +611,12 @@ def default_cost_model() -> str:
     except ImportError:
         return "random"
     return "xgb"
+
+
+def _default_known(func: Any, ktarget: Any, db_files: TuningDatabase) -> float | None:
+    from .schedule import schedule_kernel, simd_lanes
+
+    return db_files.default_latency(schedule_kernel(func, simd_lanes(ktarget))[0])
 
 
 def _measure_default(session: _Session, func: Any, db_files: TuningDatabase) -> float:
