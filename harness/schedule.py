@@ -96,15 +96,15 @@ def _extent(sch: Any, loop: Any) -> int:
 
 
 def _inline_spatial(sch: Any, func: Any) -> None:
-    """Inline every non-output spatial block without a select (padding stays a block, so it
-    can be computed where it is consumed) into its consumers, then into its producer when
-    it is an epilogue of a spatial block."""
-    outputs = _local_buffers(sch)
+    """Inline every spatial block that writes a kernel-local buffer and has no select into
+    its consumers, until none is left (padding stays a block, so it can be computed where it
+    is consumed)."""
+    local = _local_buffers(sch)
     changed = True
     while changed:
         changed = False
         for block in _blocks(sch):
-            if not _is_spatial(sch, block) or _writes_output(sch, block, outputs) or _has_select(sch, block):
+            if not _is_spatial(sch, block) or _writes_output(sch, block, local) or _has_select(sch, block):
                 continue
             try:
                 sch.compute_inline(block)
@@ -132,7 +132,7 @@ def _region_vars(region: Any) -> set[str]:
 def _tile_reduction(sch: Any, func: Any, block: Any, lanes: int) -> tuple[str, list[str]]:
     """Register-tile one reduction block; returns a description of the tiling and the names
     of the blocks it placed in the tile."""
-    outputs = _local_buffers(sch)
+    local = _local_buffers(sch)
     node = sch.get(block)
     loops = sch.get_loops(block)
     iter_vars = list(node.iter_vars)
@@ -179,7 +179,7 @@ def _tile_reduction(sch: Any, func: Any, block: Any, lanes: int) -> tuple[str, l
 
     # The accumulator tile: the epilogue (or a write cache) is computed per tile.
     consumers = list(sch.get_consumers(block))
-    if _writes_output(sch, block, outputs) or not consumers:
+    if _writes_output(sch, block, local) or not consumers:
         cache = sch.cache_write(block, 0, "global")
         consumers = [cache]
     for consumer in consumers:
@@ -247,23 +247,12 @@ def schedule_kernel(func: Any, lanes: int) -> tuple[Any, KernelSchedule]:
         else:
             rule = "vectorized"
         # Whatever is left at the root that is still a full loop nest of spatial work.
-        outputs = _local_buffers(sch)
+        local = _local_buffers(sch)
         for block in _blocks(sch):
-            if (_is_spatial(sch, block) and _writes_output(sch, block, outputs)
+            if (_is_spatial(sch, block) and _writes_output(sch, block, local)
                     and sch.get(block).name_hint not in placed):
                 details.append(_vectorize_elementwise(sch, block, lanes))
         return sch.mod["main"], KernelSchedule(rule=rule, detail="; ".join(details))
     except Exception as exc:  # noqa: BLE001 - any primitive may refuse; keep the inlined form
         log.debug("default schedule: tiling refused (%s); inlining only", exc)
         return inlined, KernelSchedule(rule="inlined", detail=f"{type(exc).__name__}: {str(exc).splitlines()[0][:120] if str(exc) else ''}")
-
-
-def schedule_kernels(kernels: dict[str, Any], tvm_target: Any) -> tuple[dict[str, Any], dict[str, KernelSchedule]]:
-    """Default schedules for every kernel of a model."""
-    lanes = simd_lanes(tvm_target)
-    scheduled: dict[str, Any] = {}
-    report: dict[str, KernelSchedule] = {}
-    for name, func in kernels.items():
-        scheduled[name], report[name] = schedule_kernel(func, lanes)
-        log.debug("schedule %s: %s (%s)", name, report[name].rule, report[name].detail)
-    return scheduled, report
