@@ -247,6 +247,48 @@ class OneLineParser(argparse.ArgumentParser):
 
     def error(self, message: str) -> None:  # type: ignore[override]
         self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+def cmd_tune(args: argparse.Namespace) -> int:
+    from .bench import resolve_bench_models
+    from .cache import cache_dir
+    from .targets import load_target
+    from .tune import TuningDatabase, tune_model
+
+    target = load_target(args.target)
+    database = TuningDatabase.for_target(target)
+    if args.import_file:
+        print(f"imported {database.import_file(Path(args.import_file))} new record(s) into {database.path}")
+    if args.model:
+        for model in resolve_bench_models(args.model, cache_dir()):
+            report = tune_model(model, target, trials=args.trials, time_budget=args.time, toolchain=args.toolchain,
+                                transport=args.transport, host=args.host, run_timeout=args.run_timeout)
+            print(report.table(), flush=True)
+    elif not (args.import_file or args.export):
+        raise HarnessError("tune: give a MODEL to tune, or --import/--export a records file")
+    if args.export:
+        print(f"exported {database.export(Path(args.export))} record(s) to {args.export}")
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from .bench import bench_models, resolve_bench_models
+    from .cache import cache_dir
+    from .results import ResultStore, default_store_path, record_bench
+    from .run import git_commit
+    from .targets import load_target
+
+    target = load_target(args.target)
+    report = bench_models(resolve_bench_models(args.model, cache_dir()), target, toolchain=args.toolchain,
+                          rounds=args.rounds, iters=args.iters, transport=args.transport)
+    if args.json:
+        print(json.dumps({"target": target.name, "geomean_min": report.geomean("min"),
+                          "geomean_median": report.geomean("median"),
+                          "models": [m.to_dict() for m in report.models]}, indent=2))
+    else:
+        print(report.table())
+    if not args.no_store:
+        store = ResultStore(Path(args.results) if args.results else default_store_path())
+        record_bench(store, [m.to_dict() for m in report.models], commit=git_commit(), batch=args.batch)
+    return 0 if all(m.error is None for m in report.models) else 1
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -315,6 +357,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("action", choices=["build", "bootstrap"])
     p.add_argument("name", nargs="*", help="toolchain images (default: all in targets/toolchains)")
     p.set_defaults(func=cmd_toolchain)
+
+    p = sub.add_parser("tune", help="tune a model's kernels on the target's device (meta_schedule + minrt)")
+    p.add_argument("model", nargs="*", help="ONNX file, example or zoo model name")
+    p.add_argument("--target", default=DEFAULT_TARGET)
+    p.add_argument("--trials", type=int, default=200, help="measured candidates for the whole model (default 200)")
+    p.add_argument("--time", type=float, help="stop after this many seconds (per model)")
+    p.add_argument("--toolchain", choices=["host", "docker"], default="host",
+                   help="links each candidate: this host's compilers (default, fast) or the Docker image")
+    p.add_argument("--transport", choices=["local", "qemu-user", "ssh", "serial"], help="override the target's transport")
+    p.add_argument("--host", help="device address: user@host[:port] for SSH, a port or URL for serial")
+    p.add_argument("--run-timeout", type=float, default=30.0, help="seconds one candidate may run on the device")
+    p.add_argument("--export", metavar="FILE", help="write the target's tuning records to FILE")
+    p.add_argument("--import", dest="import_file", metavar="FILE", help="merge the records of FILE first")
+    p.set_defaults(func=cmd_tune)
+
+    p = sub.add_parser("bench", help="minrt vs onnxruntime, interleaved, on the examples and the zoo")
+    p.add_argument("model", nargs="*", help="ONNX file, example or zoo model name (default: all)")
+    p.add_argument("--target", default="x86_64", help="target (default x86_64: the host onnxruntime runs on)")
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--iters", type=int, default=20, help="inferences per round and runtime")
+    p.add_argument("--toolchain", choices=["host", "docker"], default="host")
+    p.add_argument("--transport", choices=["local", "qemu-user", "ssh", "serial"])
+    p.add_argument("--results", help="results store (default: <cache>/results.sqlite)")
+    p.add_argument("--batch", help="results batch (default: the UTC day)")
+    p.add_argument("--no-store", action="store_true", help="do not record in the results store")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_bench)
 
     from . import dashboard, farm, results
 

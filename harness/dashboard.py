@@ -380,8 +380,47 @@ def render_dashboard(store: ResultStore, *, title: str = "minrt nightly") -> str
                        + "".join(f"<td>{'-' if v is None else v}</td>" for v in vals)
                        + f"<td>{_esc(row.commit or '-')}</td></tr>")
         out.append("</table>")
+    out.extend(bench_section(store))
     out.append("</body></html>")
     return "\n".join(out)
+
+
+def bench_section(store: ResultStore) -> list[str]:
+    """minrt vs onnxruntime (harness bench): per target, the latency ratio of every model and
+    their geometric mean over batches, as a percentage (100% = as fast as onnxruntime), and
+    the latest batch's figures as a table."""
+    from .results import bench_targets, bench_trend
+
+    out = ['<h2 id="bench">minrt vs onnxruntime: minrt latency as % of onnxruntime\'s (min of rounds)</h2>']
+    targets = bench_targets(store)
+    if not targets:
+        return out + ['<p class="empty">No benchmark runs yet (harness bench).</p>']
+    for target in targets:
+        trend = bench_trend(store, target)
+        batches: list[str] = []
+        for points in trend.values():
+            for p in points:
+                if p["batch"] not in batches:
+                    batches.append(p["batch"])
+        batches.sort()
+        series = []
+        for model, points in sorted(trend.items(), key=lambda kv: (kv[0] == "geomean", kv[0])):
+            by_batch = {p["batch"]: p["ratio_min"] * 100 for p in points}
+            series.append((model, [by_batch.get(b) for b in batches]))
+        out.append(line_chart(f"{target}: minrt / onnxruntime", batches, series, y_unit="%",
+                              hlines=[(100.0, "as fast as onnxruntime")]))
+        last = batches[-1]
+        out.append(f"<table><tr><th>model ({_esc(target)}, {_esc(last)})</th><th>ratio min</th>"
+                   "<th>ratio median</th><th>tuned kernels</th></tr>")
+        for model, points in sorted(trend.items(), key=lambda kv: (kv[0] == "geomean", kv[0])):
+            p = next((q for q in points if q["batch"] == last), None)
+            if p is None:
+                continue
+            med = f"{p['ratio_median']:.2f}" if p["ratio_median"] is not None else "-"
+            tuned = "-" if p["tuned_kernels"] is None else str(p["tuned_kernels"])
+            out.append(f"<tr><td>{_esc(model)}</td><td>{p['ratio_min']:.2f}</td><td>{med}</td><td>{tuned}</td></tr>")
+        out.append("</table>")
+    return out
 
 
 def build_dashboard(store: ResultStore, out_dir: Path | str, *, title: str = "minrt nightly") -> Path:
