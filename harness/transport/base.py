@@ -13,8 +13,6 @@ from ..errors import DeviceError, RunnerError
 
 log = logging.getLogger(__name__)
 
-#: Where a transport puts the runner and the model when its target says nothing else.
-DEFAULT_WORKDIR = "/tmp/minrt"
 
 
 @dataclass(frozen=True)
