@@ -12,8 +12,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from . import missing_source
-from .errors import (EXIT_BAD_INPUT, EXIT_INFRASTRUCTURE, EXIT_INTERRUPTED, EXIT_MISMATCH, EXIT_OK,
-                     HarnessError, exit_code_of)
+from .errors import EXIT_BAD_INPUT, EXIT_INFRASTRUCTURE, EXIT_INTERRUPTED, HarnessError, exit_code_of_results
 from .models import resolve_models
 from .targets import DEFAULT_TARGET
 from .toolchain import DEFAULT_TOOLCHAIN, TOOLCHAINS
@@ -57,7 +56,7 @@ def format_result(r: dict) -> str:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from .run import run_on_target
+    from .run import RunResult, run_on_target
     from .targets import load_target
 
     target = load_target(args.target)
@@ -75,10 +74,19 @@ def cmd_run(args: argparse.Namespace) -> int:
         batch = args.batch or time.strftime("run-%Y%m%dT%H%M%SZ", time.gmtime())
     results = []
     for model in models:
-        result = run_on_target(model, target, transport=args.transport, toolchain=args.toolchain,
-                               iters=args.iters, seed=args.seed, host=args.host,
-                               input_files=inputs or None, atol=args.atol, rtol=args.rtol,
-                               trust_on_first_use=args.trust_on_first_use)
+        try:
+            result = run_on_target(model, target, transport=args.transport, toolchain=args.toolchain,
+                                   iters=args.iters, seed=args.seed, host=args.host,
+                                   input_files=inputs or None, atol=args.atol, rtol=args.rtol,
+                                   trust_on_first_use=args.trust_on_first_use)
+        except HarnessError as exc:
+            if len(models) == 1:
+                raise
+            # One model that does not compile must not cost the others' results.
+            log.error("%s: %s", model.name, exc)
+            result = RunResult(model=model.stem, target=target.name,
+                               transport=args.transport or target.transport.kind,
+                               error=str(exc), error_kind=type(exc).__name__)
         results.append(result.to_dict())
         if store is not None:
             store.record(result.to_dict(), device=args.host or target.name, batch=batch)
@@ -89,14 +97,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     else:
         passed = sum(r["passed"] for r in results)
         print(f"{passed} of {len(results)} model(s) passed on {target.name}")
-    return run_exit_code(results)
+    return exit_code_of_results(results)
 
 
-def run_exit_code(results: Sequence[dict]) -> int:
-    """0 all outputs matched, 1 an output mismatched, 2/3 the worst recorded failure."""
-    codes = [EXIT_OK if r["passed"] else exit_code_of(r["error_kind"]) if r.get("error") else EXIT_MISMATCH
-             for r in results]
-    return max(codes, default=EXIT_OK)
+EXIT_CODES_HELP = """exit codes:
+  0    every output of every model matched the references
+  1    an output did not match
+  2    bad input: not an ONNX model, unknown target, a malformed file or argument
+  3    infrastructure: a build failed, the device is unreachable, a transport error
+  130  interrupted (Ctrl-C)
+with several models, the worst code wins; --json keeps every model's result."""
 
 
 def positive_int(text: str) -> int:
@@ -297,7 +307,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("run", help="compile, build, deploy, run and compare with the reference")
+    p = sub.add_parser("run", help="compile, build, deploy, run and compare with the reference",
+                       epilog=EXIT_CODES_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--target", default=DEFAULT_TARGET, help=f"target name or .toml file (default {DEFAULT_TARGET})")
     p.add_argument("--model", action="append", help="ONNX file or example name (repeatable; default: all examples)")
     p.add_argument("--transport", choices=sorted(transport_kinds()), help="override the target's transport")
