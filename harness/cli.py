@@ -261,7 +261,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
     from .bench import resolve_bench_models
     from .cache import cache_dir
     from .targets import load_target
-    from .tune import TuningDatabase, tune_model
+    from .tune import tune_model
+    from .tuning_db import TuningDatabase
 
     target = load_target(args.target)
     database = TuningDatabase.for_target(target)

@@ -644,7 +644,7 @@ def schedule_model_kernels(kernels: dict[str, Any], ktarget: Any, target: Target
     (and MINRT_NO_TUNING is not set), else the default rules of harness.schedule. Returns the
     scheduled kernels and, per kernel, what was used."""
     from .schedule import schedule_kernel, simd_lanes
-    from .tune import TuningDatabase, tuning_disabled
+    from .tuning_db import TuningDatabase, tuning_disabled
 
     database = None if tuning_disabled() else TuningDatabase.for_target(target, cache)
     lanes = simd_lanes(ktarget)
@@ -673,7 +673,7 @@ def schedule_model_kernels(kernels: dict[str, Any], ktarget: Any, target: Target
 def _cache_key(model_name: str, onnx_bytes: bytes, target: Target, cache: Path | None) -> str:
     import tvm
 
-    from .tune import TuningDatabase, tuning_disabled
+    from .tuning_db import TuningDatabase, tuning_disabled
 
     # The tuning records for the target and the default schedule rules are part of the
     # input: new records or new rules, new artifact.

@@ -17,7 +17,8 @@ from harness.errors import HarnessError
 from harness.examples import write_examples
 from harness.run import run_on_target
 from harness.targets import load_target
-from harness.tune import TuningDatabase, model_kernels, tune_model
+from harness.tune import model_kernels, tune_model
+from harness.tuning_db import TuningDatabase
 
 KERNEL = "fused_matmul_add_relu"  # mlp's first dense layer: 64x32, a few hundred candidates a second
 
