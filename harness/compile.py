@@ -27,12 +27,13 @@ from . import tensorfile
 from .artifact import GRAPH_JSON, KERNELS_OBJ, METADATA_JSON, PARAMS_BIN, Artifact
 from .cache import cache_dir, content_hash
 from .errors import CompileError
+from .signatures import SIGNATURES_C, write_signatures
 from .targets import Target, load_target
 
 log = logging.getLogger(__name__)
 
 #: Bump when the artifact produced for the same inputs changes (invalidates the cache).
-PIPELINE_VERSION = "2"
+PIPELINE_VERSION = "3"
 #: Symbols register as `__tvm_ffi_<func_name>` with no prefix.
 SYSTEM_LIB_PREFIX = ""
 ABI = "tvm-ffi"
@@ -571,6 +572,7 @@ def compile_model(onnx_path: Path | str, target: Target | str, cache: Path | Non
     try:
         log.info("compile %s: %d kernels for %s", model_name, len(graph.kernels), target.tvm_target.get("mtriple", "host"))
         workspace = compile_kernels(graph.kernels, tvm_target, tmp / KERNELS_OBJ)
+        write_signatures(graph.kernels, tmp / SIGNATURES_C)  # checked by minrt at load
         (tmp / GRAPH_JSON).write_text(json.dumps(graph_json(graph, plan), separators=(",", ":")))
         tensorfile.save(tmp / PARAMS_BIN, graph.params)
 

@@ -17,6 +17,7 @@ import pytest
 
 from harness import REPO_ROOT, tensorfile
 from harness.build import build_runner
+from harness.signatures import SIGNATURES_C, Argument, Signature, signatures_c, write_signatures
 from harness.targets import load_target
 from harness.toolchain import HostToolchain
 
@@ -104,7 +105,7 @@ def good_graph() -> Graph:
     r = g.op("relu_ws", [a], [2, 8])
     n = g.op("__nop", [r], [16], sid=3)
     b = g.inp("b", [16])
-    a2 = g.op("add", [n, b], [16], sid=2)  # reuses the first add's storage
+    a2 = g.op("add16", [n, b], [16], sid=2)  # reuses the first add's storage
     d = g.op("double_par", [a2], [16])
     g.heads = [d, n, w]
     return g
@@ -135,9 +136,37 @@ def dtype_fixture() -> tuple[Graph, dict[str, np.ndarray]]:
             arr = rng.integers(max(info.min, -1000), min(info.max, 1000), shape).astype(dt)
         params[f"p_{dt}"] = arr
         pids.append(g.inp(f"p_{dt}", shape, dt))
-    copies = [g.op("copy", [p], [2, 3], DTYPES[i]) for i, p in enumerate(pids)]
+    copies = [g.op(f"copy_{DTYPES[i]}", [p], [2, 3], DTYPES[i]) for i, p in enumerate(pids)]
     g.heads = copies + pids
     return g, params
+
+
+def fixture_signatures() -> list[Signature]:
+    """What the hand-written kernels (runtime_c/tests/kernels.h) take in the fixtures, one
+    name per signature (as TVM compiles one PrimFunc per shape)."""
+    f32 = "float32"
+    def sig(name: str, *args: tuple[str, tuple[int, ...]]) -> Signature:
+        return Signature(name, tuple(Argument(dt, shape) for dt, shape in args))
+    return [
+        sig("add", (f32, (2, 8)), (f32, (2, 8)), (f32, (2, 8))),
+        sig("add16", (f32, (16,)), (f32, (16,)), (f32, (16,))),
+        sig("relu_ws", (f32, (2, 8)), (f32, (2, 8))),
+        sig("double_par", (f32, (16,)), (f32, (16,))),
+        sig("fail", (f32, (16,)), (f32, (16,))),
+        *(sig(f"copy_{dt}", (dt, (2, 3)), (dt, (2, 3))) for dt in DTYPES),
+    ]
+
+
+#: an input name with every kind of JSON escape json.dumps writes (ensure_ascii)
+ODD_NAME = 'in"pu\\t/\u00e9\u4e2d\U0001F600\n'
+
+
+def names_graph() -> Graph:
+    g = Graph()
+    x = g.inp(ODD_NAME, [2, 8])
+    y = g.inp("y", [2, 8])
+    g.heads = [g.op("add", [x, y], [2, 8])]
+    return g
 
 
 def malformed_cases(d: Path) -> list[str]:
@@ -175,10 +204,11 @@ def malformed_cases(d: Path) -> list[str]:
     case("no_func_name", variant(lambda g: g["nodes"][3]["attrs"].pop("func_name")), E_GRAPH,
          "node 3: needs op, name, inputs, func_name")
     case("bad_op", variant(lambda g: g["nodes"][2].update(op="python")), E_GRAPH, "node 2: needs")
-    case("param_shape", variant(lambda g: g["attrs"]["shape"][1].__setitem__(5, [8, 2])),
-         E_PARAMS, "shape differ from the graph for 'b'")
-    case("param_dtype", variant(lambda g: g["attrs"]["dltype"][1].__setitem__(5, "int32")),
-         E_PARAMS, "differ from the graph for 'b'")
+    # (the graph agrees with the kernels: params.bin disagrees with the graph)
+    case("param_shape", good.dumps(), E_PARAMS, "shape differ from the graph for 'b'",
+         blob_=save_params({**params, "b": params["b"].reshape(8, 2)}))
+    case("param_dtype", good.dumps(), E_PARAMS, "differ from the graph for 'b'",
+         blob_=save_params({**params, "b": params["b"].view("int32")}))
     case("sid_range", variant(lambda g: g["attrs"]["storage_id"][1].__setitem__(2, 99)),
          E_GRAPH, "entry 2: bad storage id")
     case("sid_negative", variant(lambda g: g["attrs"]["storage_id"][1].__setitem__(2, -1)),
@@ -218,6 +248,33 @@ def malformed_cases(d: Path) -> list[str]:
          blob_=save_params({**params, "zzz": np.zeros(3, "float32")}))
     case("param_on_op", good.dumps(), E_PARAMS, "unknown param 'add_2'",
          blob_=save_params({**params, "add_2": np.zeros((2, 8), "float32")}))
+    # every tvm_op node is checked against its kernel's signature (issue 9, item 2)
+    case("sig_no_inputs", variant(lambda g: g["nodes"][2].update(inputs=[])), E_GRAPH,
+         "node 2: argument count, dtype or shape differs from kernel 'add'")
+    case("sig_extra_input", variant(lambda g: g["nodes"][3]["inputs"].append([0, 0, 0])), E_GRAPH,
+         "node 3: argument count, dtype or shape differs from kernel 'relu_ws'")
+    case("sig_dtype", variant(lambda g: g["attrs"]["dltype"][1].__setitem__(3, "int8")), E_GRAPH,
+         "node 3: argument count, dtype or shape differs from kernel 'relu_ws'")
+    case("sig_shape_same_bytes", variant(lambda g: g["attrs"]["shape"][1].__setitem__(2, [4, 4])),
+         E_GRAPH, "node 2: argument count, dtype or shape differs from kernel 'add'")
+    case("sig_other_kernel", variant(lambda g: g["nodes"][3]["attrs"].update(func_name="double_par")),
+         E_GRAPH, "node 3: argument count, dtype or shape differs from kernel 'double_par'")
+    case("sig_missing", variant(lambda g: g["nodes"][3]["attrs"].update(func_name="nosig")),
+         E_KERNEL, "node 3: no signature for kernel 'nosig'")
+    # nothing but spaces after the root object (item 4)
+    case("json_trailing", good.dumps() + "\n {}", E_JSON, f"graph.json byte {len(good.dumps()) + 2}: bad JSON")
+    case("json_trailing_space", good.dumps() + " \n\t", 0, "", phase="R")
+    # arena offsets in 64 bits: two int8 inputs of 2,147,483,585 elements (item 3)
+    big = Graph()
+    big.inp("a", [2147483585], "int8")
+    big.inp("b", [2147483585], "int8")
+    big.heads = [0, 1]
+    case("arena_wrap", big.dumps(), -5, "arena bytes needed: over 2 GiB", blob_=None)
+    # the loader's second pass counts kernel arguments afresh (2.1 M inputs: over half the
+    # limit, so counting twice would call it too many)
+    many = variant(lambda g: g["nodes"][2].update(inputs=[[0, 0, 0]] * 2_100_000))
+    case("args_counted_once", many, E_GRAPH,
+         "node 2: argument count, dtype or shape differs from kernel 'add'")
     case("kernel_fails", variant(lambda g: g["nodes"][7]["attrs"].update(func_name="fail")), E_RUN,
          "node 7: kernel failed: 'ValueError: Argument 0 mismatch'", phase="R")
     case("no_workspace", good.dumps(), E_RUN, "workspace exhausted", phase="R", ws=0)
@@ -237,6 +294,10 @@ def write_fixtures(d: Path) -> None:
     (d / "dtypes.json").write_text(g.dumps())
     (d / "dtypes.bin").write_bytes(save_params(params))
     (d / "cases.txt").write_text("\n".join(malformed_cases(d)) + "\n")
+    (d / "sigs.c").write_text(signatures_c(fixture_signatures()))
+    (d / "names.json").write_text(names_graph().dumps())
+    (d / "names.txt").write_bytes(ODD_NAME.encode())
+    assert "\\u00e9" in (d / "names.json").read_text()  # json.dumps escaped it
 
 
 @pytest.fixture(scope="module")
@@ -246,9 +307,11 @@ def fixtures(tmp_path_factory) -> Path:
     return d
 
 
-def build_test_program(out: Path, compiler: str = "gcc", extra: list[str] | None = None) -> Path:
+def build_test_program(out: Path, fixtures: Path, compiler: str = "gcc",
+                       extra: list[str] | None = None) -> Path:
     cc([compiler, "-std=c99", "-g", "-O1", *WARN, *(extra or []), *INC, *CORE,
-        str(RT / "runner" / "runner.c"), str(RT / "tests" / "test_minrt.c"), "-o", str(out), "-lm"])
+        str(RT / "runner" / "runner.c"), str(RT / "tests" / "test_minrt.c"), str(fixtures / "sigs.c"),
+        "-o", str(out), "-lm"])
     return out
 
 
@@ -264,7 +327,7 @@ def check_c_tests(binary: Path, fixtures: Path) -> str:
 
 def test_c_unit_and_malformed_suite_under_sanitizers(fixtures, tmp_path):
     """Every malformed case gets its specific error; prefixes and bit flips never crash."""
-    binary = build_test_program(tmp_path / "test_minrt_san", extra=SAN)
+    binary = build_test_program(tmp_path / "test_minrt_san", fixtures, extra=SAN)
     out = check_c_tests(binary, fixtures)
     assert "runtime error" not in out and "AddressSanitizer" not in out, out[-4000:]
     cases = (fixtures / "cases.txt").read_text().strip().splitlines()
@@ -283,7 +346,7 @@ def test_c_unit_tests_optimized(fixtures, tmp_path):
     """The same tests at -Os without sanitizers (the way minrt ships)."""
     binary = tmp_path / "test_minrt_os"
     cc(["gcc", "-std=c99", "-Os", *WARN, *INC, *CORE, str(RT / "runner" / "runner.c"),
-        str(RT / "tests" / "test_minrt.c"), "-o", str(binary), "-lm"])
+        str(RT / "tests" / "test_minrt.c"), str(fixtures / "sigs.c"), "-o", str(binary), "-lm"])
     check_c_tests(binary, fixtures)
 
 
@@ -331,11 +394,9 @@ def test_fuzz_loader_bounded(fixtures, tmp_path):
 
 # ------------------------------------------------------- end to end with TVM kernels
 
-def tvm_kernels(target_dict: dict, prefix: str | None = "e2e_"):
+def tvm_prims() -> dict:
     """A few PrimFuncs like legalized Relax ops: dense, relu with a 4 KiB workspace buffer,
-    a parallel bias add, compiled by apache-tvm the way harness/compile.py does (with a
-    system_lib_prefix, asserts off); prefix None: a plain module for a shared object."""
-    import tvm
+    a parallel bias add."""
     from tvm.script import tirx as T
 
     @T.prim_func
@@ -363,7 +424,15 @@ def tvm_kernels(target_dict: dict, prefix: str | None = "e2e_"):
         for i in T.parallel(1024):
             O[i] = A[i] + Bv[i]
 
-    mod = tvm.IRModule({"dense": dense, "relu_rev": relu_rev, "bias_par": bias_par})
+    return {"dense": dense, "relu_rev": relu_rev, "bias_par": bias_par}
+
+
+def tvm_kernels(target_dict: dict, prefix: str | None = "e2e_"):
+    """tvm_prims() compiled by apache-tvm the way harness/compile.py does (with a
+    system_lib_prefix, asserts off); prefix None: a plain module for a shared object."""
+    import tvm
+
+    mod = tvm.IRModule(tvm_prims())
     if prefix is not None:
         mod = mod.with_attr("system_lib_prefix", prefix)
     with tvm.transform.PassContext(config={"tirx.disable_assert": True}):
@@ -391,6 +460,7 @@ def e2e_artifact(d: Path, target) -> tuple[LocalArtifact, dict[str, np.ndarray],
     d.mkdir(parents=True, exist_ok=True)
     lib = tvm_kernels(target.tvm_target)
     lib.write_to_file(str(d / "kernels.o"))
+    write_signatures(tvm_prims(), d / SIGNATURES_C)
     g = Graph()
     x = g.inp("x", [1, 8])
     w = g.inp("w", [8, 1024])
@@ -496,7 +566,7 @@ def test_dlopen_shared_object(tmp_path):
     binary = tmp_path / "minrt-run-dl"
     cc(["gcc", "-std=c99", "-O1", *WARN, "-DMINRT_RUN_DLOPEN", "-rdynamic", *INC, *CORE,
         *(str(p) for p in sorted((RT / "runner").glob("*.c")) if p.name != "serial.c"),
-        "-o", str(binary), "-ldl", "-lm"])
+        str(art.dir / SIGNATURES_C), "-o", str(binary), "-ldl", "-lm"])
     tensorfile.save(tmp_path / "inputs.bin", inputs)
     argv = [str(binary), str(art.dir / "graph.json"), str(art.dir / "params.bin"),
             str(tmp_path / "inputs.bin"), str(tmp_path / "outputs.bin"), "-w", "4096"]

@@ -490,7 +490,7 @@ static int run_job(const struct serial_job *job, struct serial_result *res)
     return 3;
   }
   if (runner_load(&r, job->graph_json, job->graph_len, job->params, job->params_len,
-          job->workspace, NULL, NULL)) {
+          job->workspace, NULL, NULL, &minrt_model_signatures)) {
     snprintf(res->error, sizeof res->error, "load: %s", r.err.msg);
     rc = 1;
   } else if (runner_set_inputs(&r, job->inputs, job->inputs_len)) {

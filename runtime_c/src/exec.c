@@ -50,6 +50,24 @@ int minrt_fail(minrt_err *e, int id, long num, const char *name, uint32_t len) {
   return e->code = -msg[0];
 }
 
+#ifdef MINRT_GUARD
+minrt_guard_zones minrt_guards;
+
+/* 0, or 1 if a byte of a guard zone changed (g_kmsg says where) */
+static int guard_broken(void) {
+  uint32_t k, p;
+  for (k = 0; k < minrt_guards.n; k++)
+    for (p = minrt_guards.at[k]; p < minrt_guards.end[k]; p++)
+      if (minrt_guards.arena[p] != MINRT_GUARD_FILL) {
+        TVMFFIErrorSetRaisedFromCStr("minrt", "guard zone overwritten");
+        return 1;
+      }
+  return 0;
+}
+#else
+#define guard_broken() 0
+#endif
+
 int minrt_run(minrt *m) {
   uint32_t i;
   TVMFFIAny ret;
@@ -58,7 +76,7 @@ int minrt_run(minrt *m) {
   for (i = 0; i < m->n_nodes; i++) {
     mnode *n = &m->nodes[i];
     m->ws_top = m->ws;
-    if (n->fn && n->fn(0, n->args, n->nargs, &ret))
+    if (n->fn && (n->fn(0, n->args, n->nargs, &ret) || guard_broken()))
       return minrt_fail(m->err, M_RUN, (long)i, g_kmsg, ALL);
   }
   return 0;
@@ -68,7 +86,7 @@ int minrt_input_index(const minrt *m, const char *name, size_t len) {
   uint32_t i, k;
   for (k = 0; k < m->n_nodes; k++) {
     const mnode *n = &m->nodes[k];
-    if (n->name_len == len && !memcmp(n->name, name, len))
+    if (mj_eq(n->name, n->name_len, name, len))
       for (i = 0; i < m->n_inputs; i++)
         if (m->inputs[i] == &m->ent[n->row].t) return (int)i;
   }

@@ -4,6 +4,8 @@
  *                            (parallel launch); heads: result, the __nop output, param w
  *   dtypes.json + dtypes.bin  every dtype as a param, copied by a kernel; heads: copies,
  *                            then the params themselves; outputs written to dtypes_out.bin
+ *   sigs.c                   (compiled in) the kernels' signatures, minrt_model_signatures
+ *   names.json + names.txt   an input whose name has JSON escapes; its raw UTF-8 name
  *   cases.txt                malformed inputs, one per line:
  *                            PHASE(L load|R run) WORKSPACE GRAPH PARAMS CODE MESSAGE...
  * Prints one line per failure and a last line "N passed, N failed". */
@@ -68,6 +70,7 @@ static int load(const void *json, size_t jn, const void *params, size_t pn, size
   a.params = params;
   a.params_len = pn;
   a.workspace_bytes = ws;
+  a.signatures = &minrt_model_signatures;
   *arena = NULL;
   for (;;) {
     rc = minrt_load(m, &a, *arena, have, &need, err);
@@ -135,6 +138,7 @@ static void test_good(void) {
     a.params = p.p;
     a.params_len = p.n;
     a.workspace_bytes = 64;
+    a.signatures = &minrt_model_signatures;
     rc = minrt_load(&m2, &a, NULL, 0, &need, &err);
     CHECK(rc == MINRT_E_ARENA && need > 0 && strstr(err.msg, "too small"), "query: %s", err.msg);
     if (posix_memalign((void **)&small, 64, 1 << 16)) exit(2);
@@ -178,6 +182,7 @@ static void test_mutations(void) {
   int bit, rc;
   memset(&a, 0, sizeof a);
   a.workspace_bytes = 64;
+  a.signatures = &minrt_model_signatures;
   for (i = 0; i < g.n; i++) {
     copy = (unsigned char *)malloc(i + 1);
     memcpy(copy, g.p, i);
@@ -238,7 +243,7 @@ static void test_dtypes(void) {
   size_t len;
   char path[512];
   FILE *f;
-  rc = runner_load(&r, (const char *)g.p, g.n, p.p, p.n, 0, NULL, NULL);
+  rc = runner_load(&r, (const char *)g.p, g.n, p.p, p.n, 0, NULL, NULL, &minrt_model_signatures);
   CHECK(rc == 0, "dtypes load: %s", r.err.msg);
   if (rc) return;
   CHECK(runner_run(&r, 1, &t) == 0, "dtypes run: %s", r.err.msg);
@@ -262,6 +267,27 @@ static void test_dtypes(void) {
   runner_free(&r);
   free(g.p);
   free(p.p);
+}
+
+/* JSON escapes in names compare as the characters they stand for (the inputs blob carries
+ * raw UTF-8) */
+static void test_names(void) {
+  buf g = slurp("names.json"), raw = slurp("names.txt");
+  minrt *m;
+  minrt_err err;
+  void *arena;
+  int rc = load(g.p, g.n, NULL, 0, 0, &m, &arena, &err);
+  CHECK(rc == 0, "names load: %s", err.msg);
+  if (!rc) {
+    CHECK(minrt_input_index(m, (const char *)raw.p, raw.n) == 0, "raw UTF-8 name not found");
+    CHECK(minrt_input_index(m, (const char *)raw.p, raw.n - 1) < 0, "a prefix matched");
+    raw.p[0] ^= 1;
+    CHECK(minrt_input_index(m, (const char *)raw.p, raw.n) < 0, "a different name matched");
+    CHECK(minrt_input_index(m, "y", 1) == 1, "plain name y");
+  }
+  free(arena);
+  free(g.p);
+  free(raw.p);
 }
 
 static void test_cases(void) {
@@ -311,6 +337,7 @@ int main(int argc, char **argv) {
   register_test_kernels();
   test_good();
   test_dtypes();
+  test_names();
   test_cases();
   test_mutations();
   printf("%d passed, %d failed\n", passed, failed);
