@@ -110,6 +110,18 @@ static int k_copy(void *self, const TVMFFIAny *a, int32_t n, TVMFFIAny *ret) {
   return 0;
 }
 
+/* B = A, then one byte more: a kernel that writes past its output (for the checking
+ * build's guard zones) */
+static int k_overrun(void *self, const TVMFFIAny *a, int32_t n, TVMFFIAny *ret) {
+  DLTensor *t[2];
+  (void)self;
+  if (targs(a, n, 2, t)) return -1;
+  memcpy(t[1]->data, t[0]->data, (size_t)numel(t[1]) * 4);
+  ((unsigned char *)t[1]->data)[numel(t[1]) * 4] = 0;
+  ret->type_index = 0;
+  return 0;
+}
+
 /* always fails, like a generated kernel whose argument check fails */
 static int k_fail(void *self, const TVMFFIAny *a, int32_t n, TVMFFIAny *ret) {
   const char *parts[3] = {"Argument ", "0", " mismatch"};
@@ -135,6 +147,7 @@ static void register_test_kernels(void) {
   TVMFFIEnvModRegisterSystemLibSymbol("__tvm_ffi_relu_ws", (void *)(uintptr_t)&k_relu_ws);
   TVMFFIEnvModRegisterSystemLibSymbol("__tvm_ffi_double_par", (void *)(uintptr_t)&k_double_par);
   TVMFFIEnvModRegisterSystemLibSymbol("__tvm_ffi_fail", (void *)(uintptr_t)&k_fail);
+  TVMFFIEnvModRegisterSystemLibSymbol("__tvm_ffi_overrun", (void *)(uintptr_t)&k_overrun);
   TVMFFIEnvModRegisterSystemLibSymbol("mylib___tvm_ffi__library_ctx", (void *)&numel);
 }
 

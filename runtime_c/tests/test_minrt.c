@@ -7,7 +7,8 @@
  *   sigs.c                   (compiled in) the kernels' signatures, minrt_model_signatures
  *   names.json + names.txt   an input whose name has JSON escapes; its raw UTF-8 name
  *   cases.txt                malformed inputs, one per line:
- *                            PHASE(L load|R run) WORKSPACE GRAPH PARAMS CODE MESSAGE...
+ *                            PHASE(L load|R run|G run, checked only in the
+ *                            -DMINRT_GUARD build) WORKSPACE GRAPH PARAMS CODE MESSAGE...
  * Prints one line per failure and a last line "N passed, N failed". */
 #define _POSIX_C_SOURCE 200809L
 #include <stdio.h>
@@ -310,10 +311,13 @@ static void test_cases(void) {
     if (sscanf(line, "%c %ld %127s %127s %d %n", &phase, &ws, gname, pname, &code, &n) != 5)
       continue;
     msg = line + n;
+#ifndef MINRT_GUARD
+    if (phase == 'G') continue;
+#endif
     g = slurp(gname);
     p = strcmp(pname, "-") ? slurp(pname) : (buf){NULL, 0};
     rc = load(g.p, g.n, p.p, p.n, (size_t)ws, &m, &arena, &err);
-    if (phase == 'R' && rc == 0) {
+    if (phase != 'L' && rc == 0) {
       float x[16] = {1};
       minrt_set_input(m, 0, x, sizeof x);
       rc = minrt_run(m);
