@@ -9,6 +9,7 @@ import os
 import shutil
 import struct
 import subprocess
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -387,20 +388,49 @@ def test_core_has_no_heap_calls(tmp_path):
         assert not {"malloc", "free", "calloc", "realloc"} & set(undefined), (src, undefined)
 
 
+def fuzz_seeds(fixtures: Path, models: list[str], tmp: Path) -> tuple[list[Path], list]:
+    """Signature tables and seeds: the C fixtures (table 0) and real artifacts of the example
+    models compiled for x86_64 (one table each)."""
+    from fuzzer import Seed
+    from harness.compile import compile_model
+    from harness.examples import write_examples
+
+    tables = [fixtures / "sigs.c"]
+    blob = (fixtures / "good.bin").read_bytes()
+    seeds = [Seed((fixtures / name).read_bytes(), blob, 0)
+             for name in ["good.json", "missing_heads.json", "row_ptr.json"]]
+    seeds.append(Seed((fixtures / "names.json").read_bytes(), b"", 0))
+    seeds.append(Seed((fixtures / "dtypes.json").read_bytes(), (fixtures / "dtypes.bin").read_bytes(), 0))
+    for name, path in write_examples(tmp / "models", models).items():
+        art = compile_model(path, load_target("x86_64"))
+        tables.append(art.dir / SIGNATURES_C)
+        seeds.append(Seed(art.graph_json.read_bytes(), art.params_bin.read_bytes(), len(tables) - 1))
+    return tables, seeds
+
+
 def test_fuzz_loader_bounded(fixtures, tmp_path):
-    """libFuzzer on the loader for a bounded time, seeded with the fixtures: no finding."""
+    """libFuzzer on load + run for a bounded time (checking build, every kernel a checking
+    stub), seeded with the fixtures and real artifacts: real graphs pass their signature
+    check and reach params.bin and run; no finding."""
     if shutil.which("clang") is None:
         pytest.skip("clang (libFuzzer) is not installed")
-    binary = tmp_path / "fuzz_load"
-    cc(["clang", "-g", "-O1", "-fsanitize=fuzzer,address,undefined", "-fno-sanitize-recover=all",
-        *INC, *CORE, str(RT / "fuzz" / "fuzz_load.c"), "-o", str(binary)])
+    if str(RT / "fuzz") not in sys.path:
+        sys.path.insert(0, str(RT / "fuzz"))
+    from fuzzer import build_fuzzer, write_corpus
+
+    tables, seeds = fuzz_seeds(fixtures, ["mlp", "cnn", "multi_io"], tmp_path)
+    binary = build_fuzzer(tmp_path / "fuzz_load", tables)
     corpus = tmp_path / "corpus"
-    corpus.mkdir()
-    blob = (fixtures / "good.bin").read_bytes()
-    for i, name in enumerate(["good.json", "dtypes.json", "missing_heads.json", "row_ptr.json"]):
-        text = (fixtures / name).read_bytes()
-        # the fuzz input: u32 graph length, graph, params (see fuzz_load.c)
-        (corpus / f"seed{i}").write_bytes(struct.pack("<I", len(text)) + text + blob)
+    write_corpus(corpus, seeds)
+    # every real seed loads (kernels, signatures, params.bin) and runs before any mutation
+    outcomes = {}
+    for seed in sorted(corpus.iterdir()):
+        proc = run([str(binary), str(seed)], cwd=tmp_path, timeout=60,
+                   env={**os.environ, "MINRT_FUZZ_VERBOSE": "1"})
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        outcomes[seed.name] = [ln for ln in proc.stderr.splitlines() if ln.startswith("minrt: ")]
+    ran = [name for name, lines in outcomes.items() if lines == ["minrt: ran"]]
+    assert len(ran) == len(seeds) - 2, outcomes  # all but missing_heads and row_ptr
     proc = run([str(binary), "-max_total_time=30", "-rss_limit_mb=1024", "-timeout=10",
                 str(corpus)], cwd=tmp_path, timeout=300)
     assert proc.returncode == 0, proc.stderr[-4000:]

@@ -6,8 +6,11 @@
  * to a checking stub: each argument must be a 64-byte aligned tensor lying wholly in the
  * arena (then the stub writes all of it) or in params.bin (then it reads all of it).
  * Built with -DMINRT_GUARD, minrt_run also checks the guard zones after every kernel.
- * A finding is a trap (or a sanitizer report). */
+ * A finding is a trap (or a sanitizer report). With MINRT_FUZZ_VERBOSE set, each input's
+ * outcome is printed ("ran" or the load error). */
 #include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "minrt.h"
@@ -59,6 +62,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   minrt *m;
   size_t need, glen;
   uint32_t n;
+  static int verbose = -1;
+  if (verbose < 0) verbose = getenv("MINRT_FUZZ_VERBOSE") != NULL;
   if (size < 5) return 0;
   memcpy(&n, data + 1, 4);
   glen = n < size - 5 ? n : size - 5;
@@ -77,8 +82,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
       memset(t->data, 0, minrt_nbytes(t));
     }
     if (minrt_run(m)) __builtin_trap(); /* the stubs never fail, nor may a guard zone */
+    if (verbose) fprintf(stderr, "minrt: ran\n");
   } else if (!err.msg[0]) {
     __builtin_trap(); /* every failure has a message */
+  } else if (verbose) {
+    fprintf(stderr, "minrt: %s\n", err.msg);
   }
   return 0;
 }
