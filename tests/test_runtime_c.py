@@ -799,3 +799,78 @@ def test_structural_edit_sweep_real_kernels(tmp_path):
     assert stats["edits"] >= 1500
     assert not stats["failures"], stats["failures"][:5]
     assert stats["refused"] > stats["edits"] / 2 and stats["loaded"] > 0
+
+
+# ------------------------------------------------------------------ names are names (item 5)
+
+#: ONNX input names with characters json.dumps escapes: a quote, a backslash, non-ASCII
+#: (one outside the BMP: a surrogate pair in the JSON)
+ODD_INPUTS = ['in"put\\one', "zwei\u00e4\u56fe\U0001F600"]
+
+
+class _Pairs(dict):
+    """Name/array pairs for tensorfile.dumps, a name possibly twice."""
+
+    def __init__(self, pairs: list[tuple[str, np.ndarray]]) -> None:
+        super().__init__()
+        self.pairs = pairs
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __iter__(self):
+        return iter(name for name, _ in self.pairs)
+
+    def values(self):
+        return [arr for _, arr in self.pairs]
+
+
+def odd_names_model(path: Path) -> Path:
+    import onnx
+    from onnx import TensorProto, helper
+
+    a, b = ODD_INPUTS
+    graph = helper.make_graph(
+        [helper.make_node("Add", [a, b], ["s"]), helper.make_node("Relu", ["s"], ['out"\\\u00fc'])],
+        "odd_names",
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, [2, 3]) for n in ODD_INPUTS],
+        [helper.make_tensor_value_info('out"\\\u00fc', TensorProto.FLOAT, [2, 3])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    onnx.save(model, str(path))
+    return path
+
+
+def test_input_names_with_json_escapes_run_end_to_end(tmp_path):
+    """An ONNX model whose input names hold ", \\ and non-ASCII runs through `harness run`
+    on x86_64 and matches the references (graph.json escapes the names, the inputs blob
+    carries them as UTF-8)."""
+    model = odd_names_model(tmp_path / "odd.onnx")
+    proc = run([sys.executable, "-m", "harness.cli", "run", "--target", "x86_64", "--model", str(model),
+                "--json"], timeout=600, cwd=REPO_ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout)[0]
+    assert result["passed"], result
+
+
+def test_every_input_exactly_once(tmp_path):
+    """An inputs blob naming one input twice (and so omitting the other) is refused, as is
+    one that omits an input; each with a one-line error naming the problem."""
+    from harness.compile import compile_model
+
+    art = compile_model(odd_names_model(tmp_path / "odd.onnx"), load_target("x86_64"))
+    binary = build_runner(load_target("x86_64"), art, HostToolchain())
+    assert '\\"' in art.graph_json.read_text() and "\\ud83d\\ude00" in art.graph_json.read_text()
+    x = np.ones((2, 3), "float32")
+
+    def attempt(pairs: list[tuple[str, np.ndarray]]) -> subprocess.CompletedProcess:
+        (tmp_path / "in.bin").write_bytes(tensorfile.dumps(_Pairs(pairs)))
+        return run([str(binary), str(art.graph_json), str(art.params_bin), str(tmp_path / "in.bin"),
+                    str(tmp_path / "out.bin"), "-w", str(art.workspace_bytes)])
+
+    a, b = ODD_INPUTS
+    assert attempt([(a, x), (b, x)]).returncode == 0
+    twice = attempt([(a, x), (a, x)])
+    assert twice.returncode == 1 and twice.stderr.startswith("minrt-run: inputs: inputs byte "), twice.stderr
+    assert "an input given twice" in twice.stderr and twice.stderr.count("\n") == 1
+    missing = attempt([(b, x)])
+    assert missing.returncode == 1 and "1 inputs given, the graph has 2: input 0 missing" in missing.stderr
