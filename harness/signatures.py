@@ -90,8 +90,10 @@ def signatures_c(signatures: Iterable[Signature], symbol: str = RUNNER_SYMBOL) -
     for i, sig in enumerate(sigs):
         if not _IDENT.match(sig.name):
             raise CompileError(f"kernel signatures: '{sig.name}' is not a C identifier")
-        words = ", ".join(f"{w}LL" for w in sig.words())
-        lines.append(f"static const int64_t sig{i}[] = {{{words}}}; /* {sig.name} */")
+        words = ", ".join(f"{w:#x}LL" for w in sig.words())
+        args = ", ".join(f"{a.dtype}[{','.join(map(str, a.shape))}]" for a in sig.args)
+        lines.append(f"/* {sig.name}({args}) */")
+        lines.append(f"static const int64_t sig{i}[] = {{{words}}};")
     entries = ", ".join(f'{{"{s.name}", sig{i}}}' for i, s in enumerate(sigs)) or '{"", 0}'
     lines += ["", f"static const minrt_signature {symbol}_list[] = {{{entries}}};",
               f"const minrt_signatures {symbol} = {{{len(sigs)}, {symbol}_list}};", ""]

@@ -874,3 +874,20 @@ def test_every_input_exactly_once(tmp_path):
     assert "an input given twice" in twice.stderr and twice.stderr.count("\n") == 1
     missing = attempt([(b, x)])
     assert missing.returncode == 1 and "1 inputs given, the graph has 2: input 0 missing" in missing.stderr
+
+
+def test_signature_table_from_primfuncs():
+    """harness.signatures reads a PrimFunc's buffers (in call order) and encodes them as minrt
+    compares them: count, then DLDataType | ndim << 32 and the dims per argument."""
+    from harness.errors import CompileError
+    from harness.signatures import dltype_word, prim_signature
+
+    sig = prim_signature("dense", tvm_prims()["dense"])
+    assert sig.args == (Argument("float32", (1, 8)), Argument("float32", (8, 1024)),
+                        Argument("float32", (1, 1024)))
+    assert sig.words()[:4] == [3, 2 | 32 << 8 | 1 << 16 | 2 << 32, 1, 8]
+    assert dltype_word("bool") == 6 | 8 << 8 | 1 << 16 and dltype_word("uint16") == 1 | 16 << 8 | 1 << 16
+    with pytest.raises(CompileError, match="dtype 'handle'"):
+        dltype_word("handle")
+    with pytest.raises(CompileError, match="not a C identifier"):
+        signatures_c([Signature('x"; evil', ())])
