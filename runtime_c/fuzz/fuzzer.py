@@ -43,7 +43,7 @@ def build_fuzzer(out: Path, tables: list[Path], coverage: bool = False) -> Path:
     tables. coverage: source-based coverage instead of the sanitizers (to replay a corpus)."""
     work = out.parent / f"{out.name}.build"
     work.mkdir(parents=True, exist_ok=True)
-    flags = ["-g", "-O1", "-DMINRT_GUARD", *(COVERAGE if coverage else SAN), *INC]
+    flags = ["-g", "-O2", "-DMINRT_GUARD", *(COVERAGE if coverage else SAN), *INC]
     objs = []
     for i, table in enumerate(tables):
         obj = work / f"table{i}.o"

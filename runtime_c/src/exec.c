@@ -53,15 +53,16 @@ int minrt_fail(minrt_err *e, int id, long num, const char *name, uint32_t len) {
 #ifdef MINRT_GUARD
 minrt_guard_zones minrt_guards;
 
-/* 0, or 1 if a byte of a guard zone changed (g_kmsg says where) */
+/* 0, or 1 if a byte of a guard zone changed (g_kmsg says so) */
 static int guard_broken(void) {
-  uint32_t k, p;
+  static uint8_t fill[2 * MINRT_GUARD_BYTES]; /* a zone is under 2 * MINRT_GUARD_BYTES */
+  uint32_t k;
+  if (fill[0] != MINRT_GUARD_FILL) memset(fill, MINRT_GUARD_FILL, sizeof fill);
   for (k = 0; k < minrt_guards.n; k++)
-    for (p = minrt_guards.at[k]; p < minrt_guards.end[k]; p++)
-      if (minrt_guards.arena[p] != MINRT_GUARD_FILL) {
-        TVMFFIErrorSetRaisedFromCStr("minrt", "guard zone overwritten");
-        return 1;
-      }
+    if (memcmp(minrt_guards.arena + minrt_guards.at[k], fill, minrt_guards.end[k] - minrt_guards.at[k])) {
+      TVMFFIErrorSetRaisedFromCStr("minrt", "guard zone overwritten");
+      return 1;
+    }
   return 0;
 }
 #else
