@@ -23,6 +23,9 @@ void *runner_dlopen(const char *path, char *msg, size_t cap);
 minrt_kernel runner_dlsym(void *handle, const char *name, size_t len);
 #endif
 
+/* kernels_sig.c defines it; without one, every kernel is refused at load */
+__attribute__((weak)) const minrt_signatures minrt_model_signatures = {0, NULL};
+
 static int die(int code, const char *step, const char *msg) {
   fprintf(stderr, "minrt-run: %s: %s\n", step, msg);
   return code;
@@ -137,7 +140,8 @@ int main(int argc, char **argv) {
     return die(2, "usage", "-l needs a runner built with MINRT_RUN_DLOPEN");
 #endif
   }
-  if (runner_load(&r, files[0], lens[0], params, lens[1], (size_t)ws, resolve, ctx))
+  if (runner_load(&r, files[0], lens[0], params, lens[1], (size_t)ws, resolve, ctx,
+                  &minrt_model_signatures))
     return die(1, "load", r.err.msg);
   if (runner_set_inputs(&r, files[2], lens[2])) return die(1, "inputs", r.err.msg);
   if ((rc = runner_run(&r, (int)iters, &t)) != 0) return die(3, "run", r.err.msg);

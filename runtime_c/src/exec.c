@@ -50,6 +50,25 @@ int minrt_fail(minrt_err *e, int id, long num, const char *name, uint32_t len) {
   return e->code = -msg[0];
 }
 
+#ifdef MINRT_GUARD
+minrt_guard_zones minrt_guards;
+
+/* 0, or 1 if a byte of a guard zone changed (g_kmsg says so) */
+static int guard_broken(void) {
+  static uint8_t fill[2 * MINRT_GUARD_BYTES]; /* a zone is under 2 * MINRT_GUARD_BYTES */
+  uint32_t k;
+  if (fill[0] != MINRT_GUARD_FILL) memset(fill, MINRT_GUARD_FILL, sizeof fill);
+  for (k = 0; k < minrt_guards.n; k++)
+    if (memcmp(minrt_guards.arena + minrt_guards.at[k], fill, minrt_guards.end[k] - minrt_guards.at[k])) {
+      TVMFFIErrorSetRaisedFromCStr("minrt", "guard zone overwritten");
+      return 1;
+    }
+  return 0;
+}
+#else
+#define guard_broken() 0
+#endif
+
 int minrt_run(minrt *m) {
   uint32_t i;
   TVMFFIAny ret;
@@ -58,7 +77,7 @@ int minrt_run(minrt *m) {
   for (i = 0; i < m->n_nodes; i++) {
     mnode *n = &m->nodes[i];
     m->ws_top = m->ws;
-    if (n->fn && n->fn(0, n->args, n->nargs, &ret))
+    if (n->fn && (n->fn(0, n->args, n->nargs, &ret) || guard_broken()))
       return minrt_fail(m->err, M_RUN, (long)i, g_kmsg, ALL);
   }
   return 0;
@@ -68,7 +87,7 @@ int minrt_input_index(const minrt *m, const char *name, size_t len) {
   uint32_t i, k;
   for (k = 0; k < m->n_nodes; k++) {
     const mnode *n = &m->nodes[k];
-    if (n->name_len == len && !memcmp(n->name, name, len))
+    if (mj_eq(n->name, n->name_len, name, len))
       for (i = 0; i < m->n_inputs; i++)
         if (m->inputs[i] == &m->ent[n->row].t) return (int)i;
   }

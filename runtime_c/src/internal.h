@@ -28,6 +28,10 @@ int mj_str(mj *j);                                   /* a string: j->str, j->len
 int32_t mj_int(mj *j);
 int mj_ints(mj *j, int64_t *v, int max); /* [1, 2, ...]: how many (first max stored), -1 */
 int mj_skip(mj *j);                                  /* any one value */
+int mj_end(mj *j);                                   /* only spaces left (else sets bad) */
+/* The JSON string js[0..jn) (escapes as written: \" \\ \uXXXX incl. surrogate pairs...)
+ * equals the UTF-8 bytes s[0..n)? No copy: decodes as it compares. */
+int mj_eq(const char *js, uint32_t jn, const char *s, size_t n);
 /* Iterate a list/object: for (f = 1; mj_next(j, ']', &f);) ... ; sets bad on junk. */
 int mj_next(mj *j, int close, int *first);
 /* The i-th string of list ("a\0b\0"). */
@@ -114,6 +118,8 @@ typedef struct minrt_node {
   X(M_NODE_ARITY, EGRAPH W_NODE W_BAD W_INPUT "/output count or __nop resizes") \
   X(M_NODE_ARGS, EGRAPH W_NODE "too many " W_INPUT "s") \
   X(M_KERNEL, EKERNEL W_NODE W_UNKNOWN "kernel") \
+  X(M_NO_SIG, EKERNEL W_NODE "no signature for kernel") \
+  X(M_SIG, EGRAPH W_NODE "argument count, dtype or shape differs from kernel") \
   X(M_TAG, EGRAPH W_ATTRS W_BAD "type tag") \
   X(M_LIST_LEN, EGRAPH W_ATTRS "list length != entries") \
   X(M_ATTRS, EGRAPH W_ATTRS "needs dltype, storage_id, shape") \
@@ -139,5 +145,21 @@ typedef struct minrt_node {
 #define MINRT_MSG_ID(id, text) id,
 enum { MINRT_MESSAGES(MINRT_MSG_ID) M_COUNT_ };
 int minrt_fail(minrt_err *e, int id, long num, const char *name, uint32_t len);
+
+/* The checking build (-DMINRT_GUARD, tests only): a guard zone of MINRT_GUARD_BYTES after
+ * every region of the arena (minrt's tables, each storage id, each param copy, the
+ * workspace), filled at load and verified by minrt_run after every kernel. */
+#ifdef MINRT_GUARD
+#define MINRT_GUARD_BYTES 64
+#define MINRT_GUARD_MAX (1 << 16)
+#define MINRT_GUARD_FILL 0xA5
+typedef struct {
+  uint8_t *arena;
+  uint32_t n, at[MINRT_GUARD_MAX], end[MINRT_GUARD_MAX]; /* [at, end) of each zone */
+} minrt_guard_zones;
+extern minrt_guard_zones minrt_guards;
+#else
+#define MINRT_GUARD_BYTES 0
+#endif
 
 #endif
