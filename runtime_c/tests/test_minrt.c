@@ -220,7 +220,7 @@ static void test_read_only_params(void) {
   CHECK(u[MINRT_USE_WEIGHT_COPIES] == 0, "aligned params: %u bytes copied", u[MINRT_USE_WEIGHT_COPIES]);
   CHECK(u[0] + u[1] + u[2] + u[3] == arena_len, "breakdown %u+%u+%u+%u != arena %zu", u[0], u[1],
         u[2], u[3], arena_len);
-  CHECK(u[MINRT_USE_WORKSPACE] == 64 && u[MINRT_USE_GRAPH] > 0, "workspace %u graph %u",
+  CHECK(u[MINRT_USE_WORKSPACE] == 64 + MINRT_GUARD_BYTES && u[MINRT_USE_GRAPH] > 0, "workspace %u graph %u",
         u[MINRT_USE_WORKSPACE], u[MINRT_USE_GRAPH]);
   CHECK(m2->arena_use[MINRT_USE_WEIGHT_COPIES] == 64, "TVM blob: b (64 B) copied, got %u",
         m2->arena_use[MINRT_USE_WEIGHT_COPIES]);
