@@ -138,7 +138,7 @@ def bench_model(model: Path, target: Target, *, toolchain: str = "host", rounds:
     from .compile import compile_model
     from .run import execute, random_inputs
     from .toolchain import get_toolchain
-    from .transport import open_transport
+    from .devices import open_transport
 
     result = ModelBench(model=model.stem, target=target.name, rounds=rounds, iters=iters)
     started = time.monotonic()

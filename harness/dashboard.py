@@ -22,11 +22,11 @@ from typing import Sequence
 
 from .errors import HarnessError
 from .results import ResultStore, RunRow, default_store_path
+from .size import BUDGETS
 
 log = logging.getLogger(__name__)
 
 #: minrt .text budgets per architecture (issue 2's acceptance).
-BUDGETS = {"armv7": 6144, "x86_64": 8192}
 DEFAULT_SIZE_GROWTH = 64  # bytes of minrt .text growth between batches that count as a regression
 DEFAULT_LATENCY_GROWTH = 0.5  # +50% mean latency: reported, not fatal (emulated devices are noisy)
 

@@ -133,6 +133,7 @@ class _Session:
 
         from .artifact import GRAPH_JSON, KERNELS_OBJ, METADATA_JSON, PARAMS_BIN, Artifact
         from .compile import compile_kernels
+        from .signatures import SIGNATURES_C, write_signatures
 
         self.counter += 1
         out = self.work / f"c{self.counter:05d}"
@@ -140,6 +141,7 @@ class _Session:
         func = mod["main"]
         t0 = time.monotonic()
         workspace = compile_kernels({self.kernel_name: func}, self.ktarget, out / KERNELS_OBJ)
+        write_signatures({self.kernel_name: func}, out / SIGNATURES_C)  # minrt checks every node
         graph, specs_in, specs_out = kernel_graph(self.kernel_name, func, self.n_outputs)
         (out / GRAPH_JSON).write_text(json.dumps(graph, separators=(",", ":")))
         from . import tensorfile
@@ -153,7 +155,8 @@ class _Session:
         Artifact.open(out)  # the same checks a compiled model gets
         t1 = time.monotonic()
         self.toolchain.run([*self._cc_command(), *(str(o) for o in self._runtime_objects()),
-                            str((out / KERNELS_OBJ).resolve()), *self.target.cc.ldflags, "-lm",
+                            str((out / KERNELS_OBJ).resolve()), str((out / SIGNATURES_C).resolve()),
+                            *self.target.cc.ldflags, "-lm",
                             "-o", str((out / "minrt-run").resolve())], cwd=out)
         log.debug("candidate %d: TVM %.2f s, link %.2f s", self.counter, t1 - t0, time.monotonic() - t1)
         return out

@@ -614,9 +614,10 @@ def test_runner_errors_and_exit_codes(tmp_path):
 def test_dlopen_shared_object(tmp_path):
     """Kernels from a shared object built without system_lib_prefix: dlopen + dlsym, with the
     __TVMBackend* context pointers set by the runner (the relu kernel needs a workspace)."""
-    art, inputs, expected = e2e_artifact(tmp_path / "artifact", load_target("x86_64"))
+    x86 = load_target("x86_64")
+    art, inputs, expected = e2e_artifact(tmp_path / "artifact", x86)
     so = tmp_path / "kernels.so"
-    tvm_kernels({"kind": "llvm"}, prefix=None).export_library(str(so))
+    tvm_kernels(dict(x86.tvm_target), prefix=None).export_library(str(so))  # the same cpu: bit for bit
     binary = tmp_path / "minrt-run-dl"
     cc(["gcc", "-std=c99", "-O1", *WARN, "-DMINRT_RUN_DLOPEN", "-rdynamic", *INC, *CORE,
         *(str(p) for p in sorted((RT / "runner").glob("*.c")) if p.name != "serial.c"),
@@ -900,3 +901,50 @@ def test_signature_table_from_primfuncs():
         dltype_word("handle")
     with pytest.raises(CompileError, match="not a C identifier"):
         signatures_c([Signature('x"; evil', ())])
+
+
+@pytest.mark.parametrize("compiler,std", [("gcc", "-std=c99"), ("g++", "-std=c++11")])
+def test_public_header_is_strict_c99_and_cplusplus(tmp_path, compiler, std):
+    """minrt.h is what a user includes: strict C99 (no anonymous union) and C++, no warning."""
+    src = tmp_path / ("use.cpp" if compiler == "g++" else "use.c")
+    src.write_text('#include "minrt.h"\n'
+                   "int first_ptr_is_null(const TVMFFIAny *a) { return MINRT_ANY_PTR(a[0]) == 0; }\n"
+                   "size_t bytes(const DLTensor *t) { return minrt_nbytes(t); }\n")
+    proc = run([compiler, std, "-pedantic-errors", "-Wall", "-Wextra", "-Werror",
+                f"-I{RT / 'include'}", "-c", str(src), "-o", str(tmp_path / "use.o")], timeout=120)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_messages_can_be_stripped_keeping_the_codes(tmp_path):
+    """-DMINRT_NO_MESSAGES (firmware): the same errors, as codes and their names only."""
+    probe = tmp_path / "probe.c"
+    probe.write_text(r'''
+#include <stdio.h>
+#include <string.h>
+#include "minrt.h"
+int main(int argc, char **argv) {
+  static unsigned char arena[4096] __attribute__((aligned(64)));
+  minrt_artifact a;
+  minrt *m;
+  minrt_err err;
+  size_t need;
+  int rc;
+  memset(&a, 0, sizeof a);
+  a.graph_json = argv[argc - 1];
+  a.graph_len = strlen(a.graph_json);
+  rc = minrt_load(&m, &a, arena, sizeof arena, &need, &err);
+  printf("%d|%s\n", rc, err.msg);
+  return 0;
+}
+''')
+    outputs = {}
+    for variant, defines in (("full", []), ("stripped", ["-DMINRT_NO_MESSAGES"])):
+        binary = tmp_path / variant
+        proc = run(["gcc", "-std=c99", "-O1", *defines, f"-I{RT / 'include'}", "-o", str(binary), str(probe),
+                    *(str(p) for p in sorted((RT / "src").glob("*.c")))], timeout=120)
+        assert proc.returncode == 0, proc.stderr
+        outputs[variant] = run([str(binary), '{"nodes": [], "heads": []}'], timeout=30).stdout.strip()
+    full_code, _, full = outputs["full"].partition("|")
+    code, _, stripped = outputs["stripped"].partition("|")
+    assert code == full_code == "-2" and full == "graph.json: missing key 'attrs'", outputs
+    assert stripped == "E_GRAPH 'attrs'", outputs  # the code's name and the name, no text

@@ -44,7 +44,7 @@ static int stub(void *self, const TVMFFIAny *args, int32_t n, TVMFFIAny *ret) {
   if (!ws || TVMBackendParallelLaunch(task, ws, 2) || TVMBackendFreeWorkspace(1, 0, ws))
     __builtin_trap();
   for (i = 0; i < n; i++) {
-    const DLTensor *t = (const DLTensor *)args[i].v_ptr;
+    const DLTensor *t = (const DLTensor *)MINRT_ANY_PTR(args[i]);
     if (args[i].type_index != 7 || ((uintptr_t)t->data & 63) || t->byte_offset || t->strides)
       __builtin_trap();
     nb = minrt_nbytes(t);

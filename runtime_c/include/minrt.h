@@ -65,6 +65,8 @@ typedef struct {
 
 /* ---- tvm-ffi calling convention (layout of TVMFFIAny in tvm/ffi/c_api.h) ---- */
 #ifndef TVM_FFI_C_API_H_
+/* tvm-ffi's own header names the union's members directly (an anonymous union, C11); this
+ * one stays C99 with a named union, and MINRT_ANY_PTR reads the pointer under either. */
 typedef struct {
   int32_t type_index; /* 7 = DLTensor*, 0 = none */
   uint32_t zero_padding;
@@ -72,8 +74,11 @@ typedef struct {
     int64_t v_int64;
     double v_float64;
     void *v_ptr;
-  };
+  } value;
 } TVMFFIAny;
+#define MINRT_ANY_PTR(any) ((any).value.v_ptr)
+#else
+#define MINRT_ANY_PTR(any) ((any).v_ptr)
 #endif
 
 /* A kernel: the `__tvm_ffi_<name>` symbol tvm emits for each PrimFunc. */

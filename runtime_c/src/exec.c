@@ -24,30 +24,40 @@ static char *put(char *p, char *end, const char *s, uint32_t n) {
   return p;
 }
 
-#define MINRT_MSG_TEXT(id, text) text "\0"
-/* the words, then the messages (see internal.h) */
-static const char messages[] = MINRT_WORDS MINRT_MESSAGES(MINRT_MSG_TEXT);
+/* each message's code, as -code in a byte (see MINRT_MESSAGES in internal.h) */
+#define MINRT_MSG_CODE(id, code, what, detail) (char)-(code),
+static const char codes[] = {MINRT_MESSAGES(MINRT_MSG_CODE)};
 
-/* Appends message text s, words spelled out. */
-static char *say(char *p, char *end, const char *s) {
-  for (; *s; s++)
-    p = (unsigned char)*s < 0x80 ? put(p, end, s, 1) : say(p, end, mj_nth(messages, *s & 0x7f));
-  return p;
-}
+#ifdef MINRT_NO_MESSAGES
+/* the codes' names, by -code - 1 */
+static const char code_names[] = "E_JSON\0E_GRAPH\0E_PARAMS\0E_KERNEL\0E_ARENA\0E_ALIGN\0E_ARG\0E_RUN\0";
+#else
+/* "what\0detail\0" of each message, in id order */
+#define MINRT_MSG_TEXT(id, code, what, detail) what "\0" detail "\0"
+static const char messages[] = MINRT_MESSAGES(MINRT_MSG_TEXT);
+#endif
 
 int minrt_fail(minrt_err *e, int id, long num, const char *name, uint32_t len) {
   char *p = e->msg, *end = e->msg + sizeof e->msg - 1, b[16], *d = b + 12;
-  const char *msg = mj_nth(messages, MINRT_NWORDS + id);
+  int code = codes[id];
+#ifdef MINRT_NO_MESSAGES
+  d[0] = 0;
+#else
   memcpy(d, ": ", 3);
+#endif
   if (num >= 0) {
     do *--d = (char)('0' + num % 10); while (num /= 10);
     *--d = ' ';
   }
-  p = say(p, end, mj_nth(messages, msg[1] & 0x7f));
-  p = say(put(p, end, d, ALL), end, msg + 2);
+#ifdef MINRT_NO_MESSAGES
+  p = put(put(p, end, mj_nth(code_names, code - 1), ALL), end, d, ALL);
+#else
+  p = put(put(p, end, mj_nth(messages, 2 * id), ALL), end, d, ALL);
+  p = put(p, end, mj_nth(messages, 2 * id + 1), ALL);
+#endif
   if (name) p = put(put(put(p, end, " '", ALL), end, name, len), end, "'", ALL);
   *p = 0;
-  return e->code = -msg[0];
+  return e->code = -code;
 }
 
 #ifdef MINRT_GUARD

@@ -99,7 +99,7 @@ static int32_t ref(ld *L, uint32_t limit, int msg, long num) {
 /* kernel argument k of the node being read: entry eid's tensor */
 static NOINLINE void arg(ld *L, uint32_t k, uint32_t eid) {
   L->args[k].type_index = 7; /* kTVMFFIDLTensorPtr */
-  L->args[k].v_ptr = &L->ent[eid].t;
+  MINRT_ANY_PTR(L->args[k]) = &L->ent[eid].t;
 }
 
 static NOINLINE int sig_fail(ld *L, const char *fn, uint32_t len, int msg, uint32_t i) {
@@ -117,7 +117,7 @@ static int check_signature(ld *L, const char *fn, uint32_t len, const mnode *nd,
   if (!s) return sig_fail(L, fn, len, M_NO_SIG, i);
   if (*s++ != nd->nargs) return sig_fail(L, fn, len, M_SIG, i);
   for (k = 0; k < (uint32_t)nd->nargs; k++) {
-    const DLTensor *a = (const DLTensor *)nd->args[k].v_ptr;
+    const DLTensor *a = (const DLTensor *)MINRT_ANY_PTR(nd->args[k]);
     memcpy(&dt, &a->dtype, 4);
     if (*s++ != ((int64_t)a->ndim << 32 | dt) || memcmp(s, a->shape, 8 * (uint32_t)a->ndim))
       return sig_fail(L, fn, len, M_SIG, i);
@@ -181,7 +181,7 @@ static int parse_nodes(ld *L) {
       if (m) {
         mentry *en = &L->ent[nd->row];
         en->kind = op ? K_ALIAS : K_INPUT; /* an input until a param binds it */
-        if (op) en->sid = (uint32_t)eid;
+        if (op) en->src.alias = (uint32_t)eid;
       }
       continue;
     }
@@ -245,7 +245,7 @@ static int parse_attrs(ld *L) {
       } else if (w == 1) {
         if ((v = mj_int(j)) < -1) break;
         if ((uint32_t)v >= L->n_ent) return fail(L, M_SID, e);
-        en->sid = (uint32_t)v;
+        en->src.sid = (uint32_t)v;
       } else {
         /* pass 2 reads into the pool's top: no more dims than pass 1 counted */
         s = L->m ? L->shp : dims;
@@ -444,16 +444,16 @@ int minrt_load(minrt **out, const minrt_artifact *a, void *arena, size_t arena_l
   ent = m->ent;
   end = ent + L.n_ent;
   for (en = ent; en < end; en++)
-    if (en->kind <= K_INPUT && ent[en->sid].store < en->nbytes)
-      ent[en->sid].store = en->nbytes;
+    if (en->kind <= K_INPUT && ent[en->src.sid].store.size < en->nbytes)
+      ent[en->src.sid].store.size = en->nbytes;
   off = top = AL64((uint32_t)((uint8_t *)L.shp - b));
 #ifdef MINRT_GUARD
   minrt_guards.n = 0;
   place(&off, 0); /* a guard after minrt's own tables */
 #endif
   for (en = ent; en < end; en++) {
-    en->store = place(&off, en->store);
-    if (en->kind == K_PCOPY) en->sid = place(&off, en->nbytes), cp += AL64(en->nbytes);
+    en->store.offset = place(&off, en->store.size);
+    if (en->kind == K_PCOPY) en->src.copy_at = place(&off, en->nbytes), cp += AL64(en->nbytes);
   }
   act = off;
   k = place(&off, (uint32_t)a->workspace_bytes);
@@ -477,10 +477,10 @@ int minrt_load(minrt **out, const minrt_artifact *a, void *arena, size_t arena_l
   minrt_guards.arena = b;
 #endif
   for (en = ent; en < end; en++) {
-    if (en->kind == K_ALIAS) en->t.data = ent[en->sid].t.data;
-    else if (en->kind == K_PCOPY) en->t.data = memcpy(b + en->sid, en->t.data, en->nbytes);
+    if (en->kind == K_ALIAS) en->t.data = ent[en->src.alias].t.data;
+    else if (en->kind == K_PCOPY) en->t.data = memcpy(b + en->src.copy_at, en->t.data, en->nbytes);
     else if (en->kind <= K_INPUT) {
-      en->t.data = b + ent[en->sid].store;
+      en->t.data = b + ent[en->src.sid].store.offset;
       if (en->kind) m->inputs[m->n_inputs++] = &en->t; /* in node order */
     }
   }

@@ -28,7 +28,7 @@ static int targs(const TVMFFIAny *a, int32_t n, int32_t want, DLTensor **t) {
   if (n != want) return kfail("argument count");
   for (i = 0; i < n; i++) {
     if (a[i].type_index != 7) return kfail("not a DLTensor");
-    t[i] = (DLTensor *)a[i].v_ptr;
+    t[i] = (DLTensor *)MINRT_ANY_PTR(a[i]);
     if (((uintptr_t)t[i]->data & 63) != 0) return kfail("data not 64-byte aligned");
     if (t[i]->device.device_type != 1 || t[i]->byte_offset || t[i]->strides)
       return kfail("device/offset/strides");
