@@ -54,7 +54,9 @@ def runner_command(
 ) -> list[str]:
     """The one compiler command that builds the runner (all paths absolute); `signatures`
     is the kernels' signature table (kernels_sig.c), without which no kernel loads."""
-    defines = []
+    # MINRT_PROFILE: `minrt-run -p` can time each kernel (minrt's budgeted core is measured
+    # without it, by harness.size)
+    defines = ["-DMINRT_PROFILE"]
     if (RUNTIME_DIR / "runner" / "serial.c").exists():
         defines.append("-DMINRT_RUN_SERIAL")
     return [

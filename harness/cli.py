@@ -50,9 +50,23 @@ def format_result(r: dict) -> str:
             lines.append(f"  reference {ref['name']}: {ref['status']}" + (f" ({ref['detail']})" if ref.get("detail") else ""))
     if r.get("reference_note"):
         lines.append(f"  note: {r['reference_note']}")
+    if r.get("profile"):
+        lines.extend(format_profile(r["profile"], (r.get("latency_us") or {}).get("mean")))
     if r.get("error"):
         lines.append(f"  error: {r['error']}")
     return "\n".join(lines)
+
+
+def format_profile(profile: Sequence[dict], mean_us: float | None, top: int = 10) -> list[str]:
+    """The slowest kernels first, with their share of the kernels' total."""
+    total = sum(p["us"] for p in profile)
+    lines = [f"  profile: {len(profile)} kernel(s), {total:.1f} us per run"
+             + (f" ({total / mean_us:.0%} of the mean latency)" if mean_us else "")]
+    for p in sorted(profile, key=lambda p: -p["us"])[:top]:
+        lines.append(f"    {p['share']:6.1%} {p['us']:10.1f} us  node {p['node']:<4} {p['name']}")
+    if len(profile) > top:
+        lines.append(f"    ... {len(profile) - top} more (--json has every one)")
+    return lines
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -78,7 +92,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             result = run_on_target(model, target, transport=args.transport, toolchain=args.toolchain,
                                    iters=args.iters, seed=args.seed, host=args.host,
                                    input_files=inputs or None, atol=args.atol, rtol=args.rtol,
-                                   trust_on_first_use=args.trust_on_first_use)
+                                   trust_on_first_use=args.trust_on_first_use, profile=args.profile)
         except HarnessError as exc:
             if len(models) == 1:
                 raise
@@ -324,6 +338,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--atol", type=float, default=1e-5)
     p.add_argument("--rtol", type=float, default=1e-5)
     p.add_argument("--json", action="store_true", help="print machine-readable results")
+    p.add_argument("--profile", action="store_true",
+                   help="time every kernel on the device (minrt-run -p) and list the slowest")
     p.add_argument("--results", metavar="STORE",
                    help="also record every run in this results store (the one the nightly uses, say)")
     p.add_argument("--batch", help="batch name for --results (default: run-<UTC time>)")

@@ -380,9 +380,34 @@ def render_dashboard(store: ResultStore, *, title: str = "minrt nightly") -> str
                        + "".join(f"<td>{'-' if v is None else v}</td>" for v in vals)
                        + f"<td>{_esc(row.commit or '-')}</td></tr>")
         out.append("</table>")
+    if new_batch:
+        out.extend(profile_section(store, new_batch))
     out.extend(bench_section(store))
     out.append("</body></html>")
     return "\n".join(out)
+
+
+def profile_section(store: ResultStore, batch: str, top: int = 5) -> list[str]:
+    """The slowest kernels of each profiled run of the batch (harness run --profile)."""
+    out = ['<h2 id="profiles">Slowest operators</h2>']
+    shown = 0
+    for (model, target), row in sorted(store.latest(batch).items()):
+        kernels = store.profile(row.id)
+        if not kernels:
+            continue
+        total = sum(k["us"] for k in kernels) or 1.0
+        unit = " (emulated)" if target.endswith("-qemu") and "cortex-m" in target else ""
+        out.append(f'<table class="profile" data-model="{_esc(model)}" data-target="{_esc(target)}">'
+                   f"<tr><th colspan=4>{_esc(model)} on {_esc(target)}: {total:.1f} us{unit} in "
+                   f"{len(kernels)} kernels</th></tr>")
+        for k in kernels[:top]:
+            out.append(f"<tr><td>{_esc(k['name'])}</td><td>{_esc(k['kernel'] or '-')}</td>"
+                       f"<td>{k['us']:.1f} us</td><td>{k['us'] / total:.0%}</td></tr>")
+        out.append("</table>")
+        shown += 1
+    if not shown:
+        out.append('<p class="empty">No profiled runs in this batch (harness run --profile).</p>')
+    return out
 
 
 def bench_section(store: ResultStore) -> list[str]:

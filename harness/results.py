@@ -66,6 +66,14 @@ CREATE TABLE IF NOT EXISTS outputs (
     passed INTEGER
 );
 CREATE INDEX IF NOT EXISTS outputs_run ON outputs(run_id);
+CREATE TABLE IF NOT EXISTS profiles (
+    run_id INTEGER NOT NULL REFERENCES runs(id),
+    node INTEGER NOT NULL,
+    name TEXT NOT NULL,
+    kernel TEXT,
+    us REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS profiles_run ON profiles(run_id);
 CREATE TABLE IF NOT EXISTS device_health (
     device TEXT PRIMARY KEY,
     target TEXT,
@@ -238,6 +246,12 @@ class ResultStore:
                 _num(out.get("rtol"), float, f"outputs[{i}].rtol"),
                 None if out.get("passed") is None else int(bool(out.get("passed"))),
             ))
+        profile_rows = []
+        for i, p in enumerate(result.get("profile") or []):
+            if not isinstance(p, Mapping) or not isinstance(p.get("name"), str):
+                raise HarnessError(f"results: profile[{i}] must be an object with a name, got {p!r}")
+            profile_rows.append((_num(p.get("node"), int, f"profile[{i}].node"), p["name"], p.get("kernel"),
+                                 _num(p.get("us"), float, f"profile[{i}].us")))
         cols = ", ".join(f'"{c}"' for c in row)
         marks = ", ".join("?" for _ in row)
         with self._connect() as db:
@@ -250,6 +264,8 @@ class ResultStore:
                     " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     [(run_id, *o) for o in out_rows],
                 )
+                db.executemany("INSERT INTO profiles (run_id, node, name, kernel, us) VALUES (?, ?, ?, ?, ?)",
+                               [(run_id, *p) for p in profile_rows])
                 db.execute("COMMIT")
             except BaseException:
                 db.execute("ROLLBACK")
@@ -257,6 +273,13 @@ class ResultStore:
         log.info("results: recorded run %d (%s on %s, %s)", run_id, row["model"], row["target"],
                  "passed" if passed else "failed")
         return run_id
+
+    def profile(self, run_id: int) -> list[dict[str, Any]]:
+        """A run's kernel profile (harness run --profile), slowest first."""
+        with self._connect() as db:
+            rows = db.execute("SELECT node, name, kernel, us FROM profiles WHERE run_id = ? ORDER BY us DESC",
+                              (run_id,)).fetchall()
+        return [{"node": r[0], "name": r[1], "kernel": r[2], "us": r[3]} for r in rows]
 
     # -- device health ---------------------------------------------------------------------
 

@@ -108,7 +108,7 @@ class _Session:
         """The runner's compiler and flags (harness.build.runner_command's, without files)."""
         from .build import BUILD_FLAGS, RUNTIME_DIR
 
-        defines = ["-DMINRT_RUN_SERIAL"] if (RUNTIME_DIR / "runner" / "serial.c").exists() else []
+        defines = ["-DMINRT_PROFILE"] + (["-DMINRT_RUN_SERIAL"] if (RUNTIME_DIR / "runner" / "serial.c").exists() else [])
         return [self.target.cc.tool("gcc"), *self.target.cc.cflags, *BUILD_FLAGS, *defines,
                 f"-I{RUNTIME_DIR / 'include'}", f"-I{RUNTIME_DIR / 'runner'}"]
 

@@ -402,11 +402,16 @@ class SerialTransport:
         iters: int,
         workspace: int,
         timeout: float,
+        profile: bool = False,
     ) -> tuple[bytes, dict[str, Any]]:
-        """Run a model through `<runner> --serial` started on the console's shell: returns
+        """Run a model through `<runner> --serial` started on the console's shell (the framed
+        protocol carries no per-kernel profile: `profile` only logs that it is not there): returns
         (outputs blob in NDArray-list format, timing dict). Raises DeviceError on a runner
         error, a line too noisy to get a frame through, or a device that stops answering;
         the whole call is bounded by `timeout` seconds."""
+        if profile:
+            log.warning("serial %s: no per-kernel profile over the framed protocol (use the SSH "
+                        "or file transports for --profile)", self.url)
         if not self._synced:
             self._sync()
         deadline = time.monotonic() + timeout

@@ -185,6 +185,15 @@ static inline size_t minrt_nbytes(const DLTensor *t) {
   return n;
 }
 
+/* Built with MINRT_PROFILE (minrt-run is; the size-budgeted core is not), minrt_run calls
+ * minrt_profile_hook(m, node, 0) before and (m, node, 1) after each kernel, which the front
+ * end provides (runtime_c/runner: `minrt-run -p`); minrt_node_name names node i (its raw
+ * graph.json bytes, JSON escapes kept), or NULL past the last node. */
+#ifdef MINRT_PROFILE
+void minrt_profile_hook(const minrt *m, uint32_t node, int end);
+const char *minrt_node_name(const minrt *m, uint32_t i, size_t *len);
+#endif
+
 /* Kernels compiled with system_lib_prefix call this from static constructors, once per
  * `__tvm_ffi_<name>` (up to MINRT_MAX_KERNELS, 128 unless defined when building exec.c). */
 int TVMFFIEnvModRegisterSystemLibSymbol(const char *name, void *symbol);

@@ -54,4 +54,12 @@ int runner_timing_json(const runner *r, const runner_timing *t, char *buf, size_
 
 void runner_free(runner *r);
 
+#ifdef MINRT_PROFILE
+#include <stdio.h>
+/* minrt-run -p (profile.c): start collecting kernel times (0, or -1 out of memory), then
+ * print them as one JSON line after runner_run. */
+int runner_profile_start(const runner *r);
+void runner_profile_print(const runner *r, int iters, FILE *out);
+#endif
+
 #endif

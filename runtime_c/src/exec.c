@@ -79,19 +79,37 @@ static int guard_broken(void) {
 #define guard_broken() 0
 #endif
 
+#ifdef MINRT_PROFILE
+#define PROFILE(m, i, end) minrt_profile_hook(m, i, end)
+#else
+#define PROFILE(m, i, end) ((void)0)
+#endif
+
 int minrt_run(minrt *m) {
   uint32_t i;
   TVMFFIAny ret;
+  int rc;
   g_run = m;
   g_kmsg[0] = 0;
   for (i = 0; i < m->n_nodes; i++) {
     mnode *n = &m->nodes[i];
     m->ws_top = m->ws;
-    if (n->fn && (n->fn(0, n->args, n->nargs, &ret) || guard_broken()))
-      return minrt_fail(m->err, M_RUN, (long)i, g_kmsg, ALL);
+    if (!n->fn) continue;
+    PROFILE(m, i, 0);
+    rc = n->fn(0, n->args, n->nargs, &ret);
+    PROFILE(m, i, 1);
+    if (rc || guard_broken()) return minrt_fail(m->err, M_RUN, (long)i, g_kmsg, ALL);
   }
   return 0;
 }
+
+#ifdef MINRT_PROFILE
+const char *minrt_node_name(const minrt *m, uint32_t i, size_t *len) {
+  if (i >= m->n_nodes) return 0;
+  *len = m->nodes[i].name_len;
+  return m->nodes[i].name;
+}
+#endif
 
 int minrt_input_index(const minrt *m, const char *name, size_t len) {
   uint32_t i, k;
