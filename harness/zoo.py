@@ -18,7 +18,7 @@ from typing import Callable
 import numpy as np
 import onnx
 
-from .examples import _GraphBuilder
+from .examples import _GraphBuilder, write_models
 
 log = logging.getLogger(__name__)
 
@@ -159,8 +159,6 @@ ZOO: dict[str, Callable[[], onnx.ModelProto]] = {
 def write_zoo(out_dir: Path, names: list[str] | None = None) -> dict[str, Path]:
     """Write the zoo models (all, or `names`) as `<out_dir>/<name>.onnx`; return their paths.
     A file whose bytes are already right is left untouched."""
-    from .examples import write_models
-
     return write_models(ZOO, out_dir, names, "zoo")
 
 
