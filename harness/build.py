@@ -15,6 +15,7 @@ from typing import Any, Protocol
 from . import REPO_ROOT
 from .cache import cache_dir, content_hash
 from .errors import BuildError
+from .signatures import SIGNATURES_C
 from .targets import Target
 from .toolchain import Toolchain
 
@@ -48,9 +49,14 @@ def runner_sources() -> list[Path]:
     return sorted(p for p in (RUNTIME_DIR / "runner").glob("*.c") if p.name not in _RUNNER_EXCLUDE)
 
 
-def runner_command(target: Target, kernels_obj: Path, output: Path) -> list[str]:
-    """The one compiler command that builds the runner (all paths absolute)."""
-    defines = []
+def runner_command(
+    target: Target, kernels_obj: Path, output: Path, signatures: Path | None = None
+) -> list[str]:
+    """The one compiler command that builds the runner (all paths absolute); `signatures`
+    is the kernels' signature table (kernels_sig.c), without which no kernel loads."""
+    # MINRT_PROFILE: `minrt-run -p` can time each kernel (minrt's budgeted core is measured
+    # without it, by harness.size)
+    defines = ["-DMINRT_PROFILE"]
     if (RUNTIME_DIR / "runner" / "serial.c").exists():
         defines.append("-DMINRT_RUN_SERIAL")
     return [
@@ -61,6 +67,7 @@ def runner_command(target: Target, kernels_obj: Path, output: Path) -> list[str]
         f"-I{RUNTIME_DIR / 'include'}",
         f"-I{RUNTIME_DIR / 'runner'}",
         *(str(p) for p in runtime_sources() + runner_sources()),
+        *([str(Path(signatures).resolve())] if signatures is not None else []),
         str(Path(kernels_obj).resolve()),
         *target.cc.ldflags,
         "-lm",
@@ -79,8 +86,13 @@ def build_runner(
     kernels = Path(artifact.kernels_obj).resolve()
     if not kernels.is_file():
         raise BuildError(f"kernels object {kernels} does not exist (compile the model first)")
+    signatures: Path | None = Path(artifact.dir).resolve() / SIGNATURES_C
+    if not signatures.is_file():
+        log.warning("%s has no %s: the runner will refuse every kernel (recompile the model)",
+                    artifact.dir, SIGNATURES_C)
+        signatures = None
     placeholder = Path("/OUT")
-    argv_key = runner_command(target, kernels, placeholder)
+    argv_key = runner_command(target, kernels, placeholder, signatures)
     headers = sorted((RUNTIME_DIR / "include").glob("*.h")) + sorted(
         (RUNTIME_DIR / "runner").glob("*.h")
     ) + sorted((RUNTIME_DIR / "src").glob("*.h"))
@@ -88,6 +100,8 @@ def build_runner(
     for path in runtime_sources() + runner_sources() + headers:
         parts += [str(path.relative_to(REPO_ROOT)), path.read_bytes()]
     parts.append(kernels.read_bytes())
+    if signatures is not None:
+        parts.append(signatures.read_bytes())
     key = content_hash(parts)
     build_dir = cache_dir() / "builds" / key
     binary = build_dir / RUNNER_NAME
@@ -97,7 +111,7 @@ def build_runner(
         build_dir.mkdir(parents=True, exist_ok=True)
         tmp = build_dir / f".{RUNNER_NAME}.{os.getpid()}.tmp"
         log.info("building %s for %s with %s", RUNNER_NAME, target.name, toolchain.describe())
-        toolchain.run(runner_command(target, kernels, tmp), cwd=build_dir)
+        toolchain.run(runner_command(target, kernels, tmp, signatures), cwd=build_dir)
         if not tmp.is_file():
             raise BuildError(f"the compiler reported success but wrote no {tmp}")
         os.replace(tmp, binary)

@@ -13,8 +13,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from . import missing_source
-from .errors import (EXIT_BAD_INPUT, EXIT_INFRASTRUCTURE, EXIT_INTERRUPTED, EXIT_MISMATCH, EXIT_OK,
-                     HarnessError, exit_code_of)
+from .errors import EXIT_BAD_INPUT, EXIT_INFRASTRUCTURE, EXIT_INTERRUPTED, HarnessError, exit_code_of_results
 from .models import resolve_models
 from .targets import DEFAULT_TARGET
 from .toolchain import DEFAULT_TOOLCHAIN, TOOLCHAINS
@@ -56,13 +55,27 @@ def format_result(r: dict) -> str:
             lines.append(f"  reference {ref['name']}: {ref['status']}" + (f" ({ref['detail']})" if ref.get("detail") else ""))
     if r.get("reference_note"):
         lines.append(f"  note: {r['reference_note']}")
+    if r.get("profile"):
+        lines.extend(format_profile(r["profile"], (r.get("latency_us") or {}).get("mean")))
     if r.get("error"):
         lines.append(f"  error: {r['error']}")
     return "\n".join(lines)
 
 
+def format_profile(profile: Sequence[dict], mean_us: float | None, top: int = 10) -> list[str]:
+    """The slowest kernels first, with their share of the kernels' total."""
+    total = sum(p["us"] for p in profile)
+    lines = [f"  profile: {len(profile)} kernel(s), {total:.1f} us per run"
+             + (f" ({total / mean_us:.0%} of the mean latency)" if mean_us else "")]
+    for p in sorted(profile, key=lambda p: -p["us"])[:top]:
+        lines.append(f"    {p['share']:6.1%} {p['us']:10.1f} us  node {p['node']:<4} {p['name']}")
+    if len(profile) > top:
+        lines.append(f"    ... {len(profile) - top} more (--json has every one)")
+    return lines
+
+
 def cmd_run(args: argparse.Namespace) -> int:
-    from .run import run_on_target
+    from .run import RunResult, run_on_target
     from .targets import load_target
 
     target = load_target(args.target)
@@ -90,11 +103,20 @@ def cmd_run(args: argparse.Namespace) -> int:
             one_image = {m.stem: m for m in models}
             device = stack.enter_context(open_transport(target, kind=args.transport, host=args.host))
         for model in models:
-            result = run_on_target(model, target, transport=args.transport, toolchain=args.toolchain,
-                                   iters=args.iters, seed=args.seed, host=args.host,
-                                   input_files=inputs or None, atol=args.atol, rtol=args.rtol,
-                                   trust_on_first_use=args.trust_on_first_use, device=device,
-                                   one_image=one_image)
+            try:
+                result = run_on_target(model, target, transport=args.transport, toolchain=args.toolchain,
+                                       iters=args.iters, seed=args.seed, host=args.host,
+                                       input_files=inputs or None, atol=args.atol, rtol=args.rtol,
+                                       trust_on_first_use=args.trust_on_first_use, profile=args.profile,
+                                       device=device, one_image=one_image)
+            except HarnessError as exc:
+                if len(models) == 1:
+                    raise
+                # One model that does not compile must not cost the others' results.
+                log.error("%s: %s", model.name, exc)
+                result = RunResult(model=model.stem, target=target.name,
+                                   transport=args.transport or target.transport.kind,
+                                   error=str(exc), error_kind=type(exc).__name__)
             results.append(result.to_dict())
             if store is not None:
                 store.record(result.to_dict(), device=args.host or target.name, batch=batch)
@@ -105,14 +127,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     else:
         passed = sum(r["passed"] for r in results)
         print(f"{passed} of {len(results)} model(s) passed on {target.name}")
-    return run_exit_code(results)
+    return exit_code_of_results(results)
 
 
-def run_exit_code(results: Sequence[dict]) -> int:
-    """0 all outputs matched, 1 an output mismatched, 2/3 the worst recorded failure."""
-    codes = [EXIT_OK if r["passed"] else exit_code_of(r["error_kind"]) if r.get("error") else EXIT_MISMATCH
-             for r in results]
-    return max(codes, default=EXIT_OK)
+EXIT_CODES_HELP = """exit codes:
+  0    every output of every model matched the references
+  1    an output did not match
+  2    bad input: not an ONNX model, unknown target, a malformed file or argument
+  3    infrastructure: a build failed, the device is unreachable, a transport error
+  130  interrupted (Ctrl-C)
+with several models, the worst code wins; --json keeps every model's result."""
 
 
 def positive_int(text: str) -> int:
@@ -275,6 +299,49 @@ class OneLineParser(argparse.ArgumentParser):
 
     def error(self, message: str) -> None:  # type: ignore[override]
         self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+def cmd_tune(args: argparse.Namespace) -> int:
+    from .bench import resolve_bench_models
+    from .cache import cache_dir
+    from .targets import load_target
+    from .tune import tune_model
+    from .tuning_db import TuningDatabase
+
+    target = load_target(args.target)
+    database = TuningDatabase.for_target(target)
+    if args.import_file:
+        print(f"imported {database.import_file(Path(args.import_file))} new record(s) into {database.path}")
+    if args.model:
+        for model in resolve_bench_models(args.model, cache_dir()):
+            report = tune_model(model, target, trials=args.trials, time_budget=args.time, toolchain=args.toolchain,
+                                transport=args.transport, host=args.host, run_timeout=args.run_timeout)
+            print(report.table(), flush=True)
+    elif not (args.import_file or args.export):
+        raise HarnessError("tune: give a MODEL to tune, or --import/--export a records file")
+    if args.export:
+        print(f"exported {database.export(Path(args.export))} record(s) to {args.export}")
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from .bench import bench_models, resolve_bench_models
+    from .cache import cache_dir
+    from .results import ResultStore, default_store_path, record_bench
+    from .run import git_commit
+    from .targets import load_target
+
+    target = load_target(args.target)
+    report = bench_models(resolve_bench_models(args.model, cache_dir()), target, toolchain=args.toolchain,
+                          rounds=args.rounds, iters=args.iters, transport=args.transport)
+    if args.json:
+        print(json.dumps({"target": target.name, "geomean_min": report.geomean("min"),
+                          "geomean_median": report.geomean("median"),
+                          "models": [m.to_dict() for m in report.models]}, indent=2))
+    else:
+        print(report.table())
+    if not args.no_store:
+        store = ResultStore(Path(args.results) if args.results else default_store_path())
+        record_bench(store, [m.to_dict() for m in report.models], commit=git_commit(), batch=args.batch)
+    return 0 if all(m.error is None for m in report.models) else 1
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -283,7 +350,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("run", help="compile, build, deploy, run and compare with the reference")
+    p = sub.add_parser("run", help="compile, build, deploy, run and compare with the reference",
+                       epilog=EXIT_CODES_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--target", default=DEFAULT_TARGET, help=f"target name or .toml file (default {DEFAULT_TARGET})")
     p.add_argument("--model", action="append", help="ONNX file or example name (repeatable; default: all examples)")
     p.add_argument("--transport", choices=sorted(transport_kinds()), help="override the target's transport")
@@ -300,6 +368,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print machine-readable results")
     p.add_argument("--one-image", action="store_true",
                    help="firmware targets: one image holding every --model, all run on one boot")
+    p.add_argument("--profile", action="store_true",
+                   help="time every kernel on the device (minrt-run -p) and list the slowest")
     p.add_argument("--results", metavar="STORE",
                    help="also record every run in this results store (the one the nightly uses, say)")
     p.add_argument("--batch", help="batch name for --results (default: run-<UTC time>)")
@@ -345,6 +415,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("action", choices=["build", "bootstrap"])
     p.add_argument("name", nargs="*", help="toolchain images (default: all in targets/toolchains)")
     p.set_defaults(func=cmd_toolchain)
+
+    p = sub.add_parser("tune", help="tune a model's kernels on the target's device (meta_schedule + minrt)")
+    p.add_argument("model", nargs="*", help="ONNX file, example or zoo model name")
+    p.add_argument("--target", default=DEFAULT_TARGET)
+    p.add_argument("--trials", type=int, default=200, help="measured candidates for the whole model (default 200)")
+    p.add_argument("--time", type=float, help="stop after this many seconds (per model)")
+    p.add_argument("--toolchain", choices=["host", "docker"], default="host",
+                   help="links each candidate: this host's compilers (default, fast) or the Docker image")
+    p.add_argument("--transport", choices=["local", "qemu-user", "ssh", "serial"], help="override the target's transport")
+    p.add_argument("--host", help="device address: user@host[:port] for SSH, a port or URL for serial")
+    p.add_argument("--run-timeout", type=float, default=30.0, help="seconds one candidate may run on the device")
+    p.add_argument("--export", metavar="FILE", help="write the target's tuning records to FILE")
+    p.add_argument("--import", dest="import_file", metavar="FILE", help="merge the records of FILE first")
+    p.set_defaults(func=cmd_tune)
+
+    p = sub.add_parser("bench", help="minrt vs onnxruntime, interleaved, on the examples and the zoo")
+    p.add_argument("model", nargs="*", help="ONNX file, example or zoo model name (default: all)")
+    p.add_argument("--target", default="x86_64", help="target (default x86_64: the host onnxruntime runs on)")
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--iters", type=int, default=20, help="inferences per round and runtime")
+    p.add_argument("--toolchain", choices=["host", "docker"], default="host")
+    p.add_argument("--transport", choices=["local", "qemu-user", "ssh", "serial"])
+    p.add_argument("--results", help="results store (default: <cache>/results.sqlite)")
+    p.add_argument("--batch", help="results batch (default: the UTC day)")
+    p.add_argument("--no-store", action="store_true", help="do not record in the results store")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_bench)
 
     from . import dashboard, farm, results
 

@@ -27,12 +27,13 @@ from . import tensorfile
 from .artifact import GRAPH_JSON, KERNELS_OBJ, METADATA_JSON, PARAMS_BIN, Artifact
 from .cache import cache_dir, cache_error, content_hash
 from .errors import CompileError
+from .signatures import SIGNATURES_C, write_signatures
 from .targets import Target, load_target, tvm_target as tvm_target_of
 
 log = logging.getLogger(__name__)
 
 #: Bump when the artifact produced for the same inputs changes (invalidates the cache).
-PIPELINE_VERSION = "6"  # 3: params.bin is the aligned container; 4-6: in-place outputs
+PIPELINE_VERSION = "8"  # 3: aligned params; 4-6: in-place outputs; 7: scheduled kernels; 8: kernel signatures
 #: Symbols register as `__tvm_ffi_<func_name>` with no prefix.
 SYSTEM_LIB_PREFIX = ""
 ABI = "tvm-ffi"
@@ -592,11 +593,19 @@ _WORKSPACE_CALL = re.compile(r"TVMBackendAllocWorkspace\(\s*[^,]+,\s*[^,]+,\s*(?
 _WORKSPACE_ALIGN = 64
 
 
+def kernel_target(target: Target) -> Any:
+    """The TVM target kernels are scheduled and compiled for: the target's own, on one core
+    (minrt runs TVMBackendParallelLaunch serially, so a parallel loop would only cost)."""
+    import tvm
+
+    return tvm.target.Target({**dict(target.tvm_target), "num-cores": 1})
+
+
 def compile_kernels(kernels: dict[str, Any], tvm_target: Any, out_path: Path,
                     prefix: str = SYSTEM_LIB_PREFIX) -> int:
-    """Compile the PrimFuncs into one object (a system library) and return the most workspace
-    any one kernel allocates (the sum of its TVMBackendAllocWorkspace sizes, each rounded up
-    to 64 bytes), read from the TIR after LowerTVMBuiltin."""
+    """Compile the (scheduled) PrimFuncs into one object (a system library) and return the
+    most workspace any one kernel allocates (the sum of its TVMBackendAllocWorkspace sizes,
+    each rounded up to 64 bytes), read from the TIR after LowerTVMBuiltin."""
     import tvm
 
     # TVM's system_lib_prefix renames the library context and the names kernels register
@@ -629,14 +638,53 @@ def compile_kernels(kernels: dict[str, Any], tvm_target: Any, out_path: Path,
 
 
 # ---------------------------------------------------------------------------------------------
+# Schedules
+
+
+def schedule_model_kernels(kernels: dict[str, Any], ktarget: Any, target: Target,
+                           cache: Path | None) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    """Every kernel gets a schedule: the best tuning record for its workload on this target
+    when the tuning database has one that ran faster on the device than the default schedule
+    (and MINRT_NO_TUNING is not set), else the default rules of harness.schedule. Returns the
+    scheduled kernels and, per kernel, what was used."""
+    from .schedule import schedule_kernel, simd_lanes
+    from .tuning_db import TuningDatabase, tuning_disabled
+
+    database = None if tuning_disabled() else TuningDatabase.for_target(target, cache)
+    lanes = simd_lanes(ktarget)
+    scheduled: dict[str, Any] = {}
+    report: dict[str, dict[str, Any]] = {}
+    for name, func in kernels.items():
+        default, rule = schedule_kernel(func, lanes)
+        tuned = database.best(func, ktarget) if database is not None else None
+        default_us = database.default_latency(default) if tuned is not None else None
+        if tuned is not None and (default_us is None or tuned.latency_us < default_us):
+            scheduled[name] = tuned.func
+            report[name] = {"source": "tuned", "rule": "meta_schedule", "latency_us": tuned.latency_us,
+                            "default_us": default_us, "record": tuned.record_id, "database": str(database.path)}
+            continue
+        scheduled[name] = default
+        report[name] = {"source": "default", "rule": rule.rule, "detail": rule.detail}
+        if tuned is not None:  # measured on the device: no record beat the default schedule
+            report[name].update(default_us=default_us, best_record_us=tuned.latency_us)
+    return scheduled, report
+
+
+# ---------------------------------------------------------------------------------------------
 # The entry point
 
 
-def _cache_key(model_name: str, onnx_bytes: bytes, target: Target, prefix: str) -> str:
+def _cache_key(model_name: str, onnx_bytes: bytes, target: Target, cache: Path | None, prefix: str = "") -> str:
     import tvm
 
-    parts = [model_name, onnx_bytes, target.name, target.tvm_target_key, tvm.__version__, PIPELINE_VERSION]
-    return content_hash(parts + ([f"prefix={prefix}"] if prefix else []))
+    from .tuning_db import TuningDatabase, tuning_disabled
+
+    # The tuning records for the target and the default schedule rules are part of the
+    # input: new records or new rules, new artifact.
+    tuning = "off" if tuning_disabled() else TuningDatabase.for_target(target, cache).digest()
+    rules = (Path(__file__).parent / "schedule.py").read_bytes()
+    return content_hash([model_name, onnx_bytes, target.name, target.tvm_target_key, tvm.__version__,
+                         PIPELINE_VERSION, tuning, rules] + ([f"prefix={prefix}"] if prefix else []))
 
 
 def compile_model(onnx_path: Path | str, target: Target | str, cache: Path | None = None,
@@ -653,7 +701,7 @@ def compile_model(onnx_path: Path | str, target: Target | str, cache: Path | Non
         target = load_target(target)
     model, data = load_onnx(onnx_path)
     model_name = onnx_path.stem
-    key = _cache_key(model_name, data, target, system_lib_prefix)
+    key = _cache_key(model_name, data, target, cache, system_lib_prefix)
     root = (Path(cache) if cache is not None else cache_dir()) / "artifacts"
     out_dir = root / key
     if out_dir.is_dir():
@@ -681,6 +729,15 @@ def compile_model(onnx_path: Path | str, target: Target | str, cache: Path | Non
 
     inputs = [value.name for value in graph_inputs(model)]
     graph = walk_main(lowered, inputs, str(onnx_path), op_types=[n.op_type for n in model.graph.node])
+    schedule_started = time.monotonic()
+    ktarget = kernel_target(target)
+    kernels, schedules = schedule_model_kernels(graph.kernels, ktarget, target, cache)
+    schedule_seconds = time.monotonic() - schedule_started
+    # In place is decided on the kernels as scheduled: a schedule that computes the output tile
+    # by tile while it still reads the input (an epilogue fused per tile) must not alias them.
+    for node in graph.nodes:
+        if node.op == "tvm_op" and node.func_name in kernels:
+            node.inplace = inplace_pairs(kernels[node.func_name], len(node.inputs))
     plan = plan_storage(graph)
     output_names = [value.name for value in model.graph.output]
     if len(output_names) != len(graph.heads):
@@ -694,7 +751,8 @@ def compile_model(onnx_path: Path | str, target: Target | str, cache: Path | Non
         raise cache_error(exc, f"cache directory {root}") from None
     try:
         log.info("compile %s: %d kernels for %s", model_name, len(graph.kernels), target.tvm_target.get("mtriple", "host"))
-        workspace = compile_kernels(graph.kernels, tvm_target, tmp / KERNELS_OBJ, system_lib_prefix)
+        workspace = compile_kernels(kernels, ktarget, tmp / KERNELS_OBJ, system_lib_prefix)
+        write_signatures(kernels, tmp / SIGNATURES_C)  # checked by minrt at load
         (tmp / GRAPH_JSON).write_text(json.dumps(graph_json(graph, plan), separators=(",", ":")))
         tensorfile.save(tmp / PARAMS_BIN, graph.params, aligned=True)
 
@@ -712,6 +770,9 @@ def compile_model(onnx_path: Path | str, target: Target | str, cache: Path | Non
             "system_lib_prefix": system_lib_prefix,
             "kernels": sorted(graph.kernels),
             "workspace_bytes": workspace,
+            "schedules": schedules,
+            "tuned_kernels": sorted(k for k, v in schedules.items() if v["source"] == "tuned"),
+            "schedule_seconds": round(schedule_seconds, 3),
             "inputs": [spec(name, nid, 0) for name, nid in zip(inputs, graph.input_nids)],
             "outputs": [spec(name, nid, i) for name, (nid, i) in zip(output_names, graph.heads)],
             "storage": storage_summary(graph, plan),

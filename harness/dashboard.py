@@ -22,11 +22,11 @@ from typing import Sequence
 
 from .errors import HarnessError
 from .results import ResultStore, RunRow, default_store_path
+from .size import BUDGETS
 
 log = logging.getLogger(__name__)
 
 #: minrt .text budgets per architecture (issue 2's acceptance).
-BUDGETS = {"armv7": 6144, "armv7m": 6144, "x86_64": 8192}
 DEFAULT_SIZE_GROWTH = 64  # bytes of minrt .text growth between batches that count as a regression
 DEFAULT_LATENCY_GROWTH = 0.5  # +50% mean latency: reported, not fatal (emulated devices are noisy)
 
@@ -380,8 +380,72 @@ def render_dashboard(store: ResultStore, *, title: str = "minrt nightly") -> str
                        + "".join(f"<td>{'-' if v is None else v}</td>" for v in vals)
                        + f"<td>{_esc(row.commit or '-')}</td></tr>")
         out.append("</table>")
+    if new_batch:
+        out.extend(profile_section(store, new_batch))
+    out.extend(bench_section(store))
     out.append("</body></html>")
     return "\n".join(out)
+
+
+def profile_section(store: ResultStore, batch: str, top: int = 5) -> list[str]:
+    """The slowest kernels of each profiled run of the batch (harness run --profile)."""
+    out = ['<h2 id="profiles">Slowest operators</h2>']
+    shown = 0
+    for (model, target), row in sorted(store.latest(batch).items()):
+        kernels = store.profile(row.id)
+        if not kernels:
+            continue
+        total = sum(k["us"] for k in kernels) or 1.0
+        unit = " (emulated)" if target.endswith("-qemu") and "cortex-m" in target else ""
+        out.append(f'<table class="profile" data-model="{_esc(model)}" data-target="{_esc(target)}">'
+                   f"<tr><th colspan=4>{_esc(model)} on {_esc(target)}: {total:.1f} us{unit} in "
+                   f"{len(kernels)} kernels</th></tr>")
+        for k in kernels[:top]:
+            out.append(f"<tr><td>{_esc(k['name'])}</td><td>{_esc(k['kernel'] or '-')}</td>"
+                       f"<td>{k['us']:.1f} us</td><td>{k['us'] / total:.0%}</td></tr>")
+        out.append("</table>")
+        shown += 1
+    if not shown:
+        out.append('<p class="empty">No profiled runs in this batch (harness run --profile).</p>')
+    return out
+
+
+def bench_section(store: ResultStore) -> list[str]:
+    """minrt vs onnxruntime (harness bench): per target, the latency ratio of every model and
+    their geometric mean over batches, as a percentage (100% = as fast as onnxruntime), and
+    the latest batch's figures as a table."""
+    from .results import bench_targets, bench_trend
+
+    out = ['<h2 id="bench">minrt vs onnxruntime: minrt latency as % of onnxruntime\'s (min of rounds)</h2>']
+    targets = bench_targets(store)
+    if not targets:
+        return out + ['<p class="empty">No benchmark runs yet (harness bench).</p>']
+    for target in targets:
+        trend = bench_trend(store, target)
+        batches: list[str] = []
+        for points in trend.values():
+            for p in points:
+                if p["batch"] not in batches:
+                    batches.append(p["batch"])
+        batches.sort()
+        series = []
+        for model, points in sorted(trend.items(), key=lambda kv: (kv[0] == "geomean", kv[0])):
+            by_batch = {p["batch"]: p["ratio_min"] * 100 for p in points}
+            series.append((model, [by_batch.get(b) for b in batches]))
+        out.append(line_chart(f"{target}: minrt / onnxruntime", batches, series, y_unit="%",
+                              hlines=[(100.0, "as fast as onnxruntime")]))
+        last = batches[-1]
+        out.append(f"<table><tr><th>model ({_esc(target)}, {_esc(last)})</th><th>ratio min</th>"
+                   "<th>ratio median</th><th>tuned kernels</th></tr>")
+        for model, points in sorted(trend.items(), key=lambda kv: (kv[0] == "geomean", kv[0])):
+            p = next((q for q in points if q["batch"] == last), None)
+            if p is None:
+                continue
+            med = f"{p['ratio_median']:.2f}" if p["ratio_median"] is not None else "-"
+            tuned = "-" if p["tuned_kernels"] is None else str(p["tuned_kernels"])
+            out.append(f"<tr><td>{_esc(model)}</td><td>{p['ratio_min']:.2f}</td><td>{med}</td><td>{tuned}</td></tr>")
+        out.append("</table>")
+    return out
 
 
 def build_dashboard(store: ResultStore, out_dir: Path | str, *, title: str = "minrt nightly") -> Path:

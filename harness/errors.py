@@ -53,3 +53,11 @@ def exit_code_of(error_kind: str | None) -> int:
     kinds = {cls.__name__: cls.exit_code for cls in
              (HarnessError, TargetError, CompileError, CacheError, BuildError, DeviceError, RunnerError)}
     return kinds.get(error_kind or "", EXIT_INFRASTRUCTURE)
+
+
+def exit_code_of_results(results: "list[dict] | tuple[dict, ...]") -> int:
+    """The exit code for a list of run results (RunResult dicts): 0 all passed, 1 an output
+    mismatched, 2/3 a recorded failure of that kind; the worst one wins."""
+    codes = [EXIT_OK if r.get("passed") else exit_code_of(r.get("error_kind")) if r.get("error") else EXIT_MISMATCH
+             for r in results]
+    return max(codes, default=EXIT_OK)

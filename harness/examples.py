@@ -179,21 +179,28 @@ EXAMPLES: dict[str, Callable[[], onnx.ModelProto]] = {
 }
 
 
-def write_examples(out_dir: Path, names: list[str] | None = None) -> dict[str, Path]:
-    """Write the example models (all, or `names`) as `<out_dir>/<name>.onnx`; return their paths.
-    A file whose bytes are already right is left untouched."""
+def write_models(builders: dict[str, Callable[[], onnx.ModelProto]], out_dir: Path,
+                 names: list[str] | None = None, what: str = "example") -> dict[str, Path]:
+    """Write the models of `builders` (all, or `names`) as `<out_dir>/<name>.onnx`; return
+    their paths. A file whose bytes are already right is left untouched."""
+    out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths: dict[str, Path] = {}
-    for name in names or list(EXAMPLES):
-        if name not in EXAMPLES:
-            raise KeyError(f"unknown example model '{name}' (known: {', '.join(EXAMPLES)})")
-        data = EXAMPLES[name]().SerializeToString(deterministic=True)
+    for name in names or list(builders):
+        if name not in builders:
+            raise KeyError(f"unknown {what} model '{name}' (known: {', '.join(builders)})")
+        data = builders[name]().SerializeToString(deterministic=True)
         path = out_dir / f"{name}.onnx"
         if not path.exists() or path.read_bytes() != data:
             path.write_bytes(data)
-            log.info("wrote example model %s (%d bytes)", path, len(data))
+            log.info("wrote %s model %s (%d bytes)", what, path, len(data))
         paths[name] = path
     return paths
+
+
+def write_examples(out_dir: Path, names: list[str] | None = None) -> dict[str, Path]:
+    """Write the example models (all, or `names`) as `<out_dir>/<name>.onnx`."""
+    return write_models(EXAMPLES, out_dir, names, "example")
 
 
 def main(argv: list[str] | None = None) -> None:

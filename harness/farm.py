@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from . import REPO_ROOT
-from .errors import DeviceError, HarnessError
+from .errors import DeviceError, HarnessError, exit_code_of_results
 from .toolchain import DEFAULT_TOOLCHAIN, TOOLCHAINS
 from .inventory import Device, Inventory, device_target, inventory_of_targets, load_inventory
 from .health import STEPS, StepResult, check_device, run_step, step_main
@@ -571,7 +571,10 @@ def run_farm(
 def configure_parser(p: argparse.ArgumentParser) -> None:
     """`harness farm run ...`; `p` is the `farm` sub-command's parser."""
     sub = p.add_subparsers(dest="farm_command", required=True)
-    r = sub.add_parser("run", help="run models x targets in parallel across the farm's devices")
+    r = sub.add_parser("run", help="run models x targets in parallel across the farm's devices",
+                       epilog="exit codes: 0 every job passed; 1 an output mismatched; 2 bad input (model, "
+                              "inventory); 3 infrastructure (a build failed, no healthy device, a transport "
+                              "error); the worst wins")
     r.add_argument("--inventory", help="farm inventory TOML (default: one device per --target)")
     r.add_argument("--target", action="append", help="target to run on (repeatable; default: all in the inventory)")
     r.add_argument("--tag", action="append", help="only devices with this tag (repeatable)")
@@ -665,4 +668,4 @@ def command(args: argparse.Namespace) -> int:
               + (f"  {err.splitlines()[0][:120]}" if err else ""))
     print(f"farm: {sum(j.passed for j in report.jobs)}/{len(report.jobs)} passed; batch {report.batch}; "
           f"results in {store.path}, {report.junit_path}, {report.json_path}")
-    return 0 if report.passed else 1
+    return exit_code_of_results([job.result or {} for job in report.jobs])

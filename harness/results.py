@@ -66,6 +66,14 @@ CREATE TABLE IF NOT EXISTS outputs (
     passed INTEGER
 );
 CREATE INDEX IF NOT EXISTS outputs_run ON outputs(run_id);
+CREATE TABLE IF NOT EXISTS profiles (
+    run_id INTEGER NOT NULL REFERENCES runs(id),
+    node INTEGER NOT NULL,
+    name TEXT NOT NULL,
+    kernel TEXT,
+    us REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS profiles_run ON profiles(run_id);
 CREATE TABLE IF NOT EXISTS device_health (
     device TEXT PRIMARY KEY,
     target TEXT,
@@ -238,6 +246,12 @@ class ResultStore:
                 _num(out.get("rtol"), float, f"outputs[{i}].rtol"),
                 None if out.get("passed") is None else int(bool(out.get("passed"))),
             ))
+        profile_rows = []
+        for i, p in enumerate(result.get("profile") or []):
+            if not isinstance(p, Mapping) or not isinstance(p.get("name"), str):
+                raise HarnessError(f"results: profile[{i}] must be an object with a name, got {p!r}")
+            profile_rows.append((_num(p.get("node"), int, f"profile[{i}].node"), p["name"], p.get("kernel"),
+                                 _num(p.get("us"), float, f"profile[{i}].us")))
         cols = ", ".join(f'"{c}"' for c in row)
         marks = ", ".join("?" for _ in row)
         with self._connect() as db:
@@ -250,6 +264,8 @@ class ResultStore:
                     " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     [(run_id, *o) for o in out_rows],
                 )
+                db.executemany("INSERT INTO profiles (run_id, node, name, kernel, us) VALUES (?, ?, ?, ?, ?)",
+                               [(run_id, *p) for p in profile_rows])
                 db.execute("COMMIT")
             except BaseException:
                 db.execute("ROLLBACK")
@@ -257,6 +273,13 @@ class ResultStore:
         log.info("results: recorded run %d (%s on %s, %s)", run_id, row["model"], row["target"],
                  "passed" if passed else "failed")
         return run_id
+
+    def profile(self, run_id: int) -> list[dict[str, Any]]:
+        """A run's kernel profile (harness run --profile), slowest first."""
+        with self._connect() as db:
+            rows = db.execute("SELECT node, name, kernel, us FROM profiles WHERE run_id = ? ORDER BY us DESC",
+                              (run_id,)).fetchall()
+        return [{"node": r[0], "name": r[1], "kernel": r[2], "us": r[3]} for r in rows]
 
     # -- device health ---------------------------------------------------------------------
 
@@ -448,3 +471,99 @@ def command(args: argparse.Namespace) -> int:
               f"{'PASS' if row.passed else 'FAIL'} {mean:>12} minrt {row.minrt_text or '-'} B"
               + (f"  {row.error.splitlines()[0][:80]}" if row.error else ""))
     return 0
+
+
+# -- benchmarks (harness bench) ---------------------------------------------------------------
+
+_BENCH_SCHEMA = """
+CREATE TABLE IF NOT EXISTS bench (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    batch TEXT NOT NULL,
+    "commit" TEXT,
+    date TEXT NOT NULL,
+    target TEXT NOT NULL,
+    model TEXT NOT NULL,
+    minrt_min_us REAL,
+    minrt_median_us REAL,
+    ort_min_us REAL,
+    ort_median_us REAL,
+    ratio_min REAL,
+    ratio_median REAL,
+    tuned_kernels INTEGER,
+    kernels INTEGER,
+    workspace_bytes INTEGER,
+    compile_seconds REAL,
+    error TEXT
+);
+CREATE INDEX IF NOT EXISTS bench_target_model ON bench(target, model);
+"""
+
+BENCH_COLUMNS = ("minrt_min_us", "minrt_median_us", "ort_min_us", "ort_median_us", "ratio_min",
+                 "ratio_median", "tuned_kernels", "kernels", "workspace_bytes", "compile_seconds", "error")
+
+
+def record_bench(store: ResultStore, rows: list[Mapping[str, Any]], *, commit: str | None = None,
+                 batch: str | None = None, date: str | None = None) -> int:
+    """Store one benchmark run (harness.bench.ModelBench.to_dict() per model); returns the
+    number of rows written. All rows of one run share the batch (default: the UTC day)."""
+    date = date or _now()
+    batch = batch or date[:10]
+    values = []
+    for i, r in enumerate(rows):
+        for key in ("model", "target"):
+            if not isinstance(r.get(key), str) or not r.get(key):
+                raise HarnessError(f"results: bench row {i} needs a non-empty string '{key}'")
+        kinds = {"tuned_kernels": int, "kernels": int, "workspace_bytes": int}
+        values.append((batch, commit, date, r["target"], r["model"],
+                       *(r.get(c) if c == "error" else _num(r.get(c), kinds.get(c, float), c)
+                         for c in BENCH_COLUMNS)))
+    cols = ", ".join(f'"{c}"' for c in ("batch", "commit", "date", "target", "model", *BENCH_COLUMNS))
+    marks = ", ".join("?" for _ in range(5 + len(BENCH_COLUMNS)))
+    with store._connect() as db:
+        db.executescript(_BENCH_SCHEMA)
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            db.executemany(f"INSERT INTO bench ({cols}) VALUES ({marks})", values)
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+    log.info("results: recorded %d benchmark row(s) in batch %s", len(values), batch)
+    return len(values)
+
+
+def bench_trend(store: ResultStore, target: str) -> dict[str, list[dict[str, Any]]]:
+    """Per model, the minrt/onnxruntime ratio per batch on one target (the latest row of each
+    batch), oldest batch first; with the geometric mean over the models of each batch under
+    the key "geomean"."""
+    import math
+
+    with store._connect() as db:
+        db.executescript(_BENCH_SCHEMA)
+        rows = db.execute(
+            'SELECT batch, "commit", model, ratio_min, ratio_median, tuned_kernels FROM bench '
+            "WHERE target = ? AND error IS NULL AND ratio_min IS NOT NULL ORDER BY id", (target,)).fetchall()
+    latest: dict[tuple[str, str], sqlite3.Row] = {}
+    order: list[str] = []
+    for row in rows:
+        if row["batch"] not in order:
+            order.append(row["batch"])
+        latest[(row["batch"], row["model"])] = row
+    trend: dict[str, list[dict[str, Any]]] = {}
+    for (batch, model), row in sorted(latest.items(), key=lambda kv: order.index(kv[0][0])):
+        trend.setdefault(model, []).append({"batch": batch, "commit": row["commit"], "ratio_min": row["ratio_min"],
+                                            "ratio_median": row["ratio_median"], "tuned_kernels": row["tuned_kernels"]})
+    geo = []
+    for batch in order:
+        ratios = [r["ratio_min"] for (b, _), r in latest.items() if b == batch]
+        geo.append({"batch": batch, "commit": None, "ratio_min": math.exp(sum(map(math.log, ratios)) / len(ratios)),
+                    "ratio_median": None, "tuned_kernels": None})
+    if geo:
+        trend["geomean"] = geo
+    return trend
+
+
+def bench_targets(store: ResultStore) -> list[str]:
+    with store._connect() as db:
+        db.executescript(_BENCH_SCHEMA)
+        return [r[0] for r in db.execute("SELECT DISTINCT target FROM bench ORDER BY target").fetchall()]

@@ -44,6 +44,8 @@ class RunResult:
     # under QEMU -icount, "cycles" on a board), never converted to time
     latency_counts: dict[str, float] = field(default_factory=dict)
     count_unit: str | None = None
+    #: with --profile: each kernel's mean time per run (node, name, kernel, us, share)
+    profile: list[dict[str, Any]] = field(default_factory=list)
     iters: int = 0
     arena_bytes: int | None = None
     # What the model costs on the device: the runner's arena by part (graph, activations,
@@ -113,14 +115,30 @@ def load_inputs(specs: Sequence[Mapping[str, Any]], files: Mapping[str, Path]) -
 
 
 def execute(transport: Any, runner: Path, artifact: Any, inputs_blob: bytes, iters: int,
-            timeout: float = RUN_TIMEOUT_S) -> tuple[bytes, dict[str, Any]]:
+            timeout: float = RUN_TIMEOUT_S, profile: bool = False) -> tuple[bytes, dict[str, Any]]:
     """Put the runner on the device and run the model there: (outputs blob, timing)."""
     workspace = int(artifact.metadata.get("workspace_bytes", 0))
     remote_runner = f"{transport.workdir}/minrt-run"
     log.info("deploying runner and model to %s", getattr(transport, "name", "device"))
     transport.put(runner, remote_runner)
     return transport.run_model(remote_runner, artifact.graph_json.read_bytes(),
-                               artifact.params_bin.read_bytes(), inputs_blob, iters, workspace, timeout)
+                               artifact.params_bin.read_bytes(), inputs_blob, iters, workspace, timeout,
+                               profile=profile)
+
+
+def kernel_profile(timing: Mapping[str, Any], artifact: Any) -> list[dict[str, Any]]:
+    """Each kernel's mean time per run, in node order, with its share of their sum and its
+    PrimFunc (graph node name -> func_name)."""
+    rows = timing.get("profile") or []
+    total = sum(float(r["us"]) for r in rows) or 1.0
+    funcs = {}
+    try:
+        funcs = {n["name"]: n.get("attrs", {}).get("func_name")
+                 for n in json.loads(artifact.graph_json.read_text())["nodes"]}
+    except (OSError, ValueError, KeyError):
+        pass
+    return [{"node": int(r["node"]), "name": str(r["name"]), "kernel": funcs.get(r["name"]),
+             "us": float(r["us"]), "share": float(r["us"]) / total} for r in rows]
 
 
 def footprint(timing: Mapping[str, Any], sizes: Mapping[str, int], artifact: Any) -> dict[str, Any]:
@@ -182,6 +200,7 @@ def run_on_target(
     device: Any = None,
     evidence_dir: Path | None = None,
     one_image: Mapping[str, Path] | None = None,
+    profile: bool = False,
 ) -> RunResult:
     """Compile, build, deploy, run and check one model on one target.
 
@@ -243,18 +262,19 @@ def run_on_target(
             evidence.write("inputs.bin", blob)
         if device is not None:
             log.info("[%s on %s] running on the device", model.name, target.name)
-            out_blob, timing = execute(device, runner, artifact, blob, iters, timeout)
+            out_blob, timing = execute(device, runner, artifact, blob, iters, timeout, profile)
         else:
             with open_transport(target, kind=transport, host=host,
                                 trust_on_first_use=trust_on_first_use) as opened:
                 log.info("[%s on %s] running on the device", model.name, target.name)
-                out_blob, timing = execute(opened, runner, artifact, blob, iters, timeout)
+                out_blob, timing = execute(opened, runner, artifact, blob, iters, timeout, profile)
         if evidence:
             evidence.write("outputs.bin", out_blob)
         result.iters = int(timing.get("iters", iters))
         result.arena_bytes = timing.get("arena_bytes")
         firmware_footprint = result.footprint  # set by the firmware build, else empty
         result.footprint = {**footprint(timing, result.sizes, artifact), **firmware_footprint}
+        result.profile = kernel_profile(timing, artifact)
         result.latency_us = {k: float(timing[f"{k}_us"]) for k in ("min", "mean", "max") if f"{k}_us" in timing}
         result.latency_counts = dict(timing.get("counts", {}))
         result.count_unit = timing.get("count_unit")

@@ -18,7 +18,7 @@ from typing import Callable
 import numpy as np
 import onnx
 
-from .examples import _GraphBuilder
+from .examples import _GraphBuilder, write_models
 
 log = logging.getLogger(__name__)
 
@@ -159,19 +159,7 @@ ZOO: dict[str, Callable[[], onnx.ModelProto]] = {
 def write_zoo(out_dir: Path, names: list[str] | None = None) -> dict[str, Path]:
     """Write the zoo models (all, or `names`) as `<out_dir>/<name>.onnx`; return their paths.
     A file whose bytes are already right is left untouched."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    paths: dict[str, Path] = {}
-    for name in names or list(ZOO):
-        if name not in ZOO:
-            raise KeyError(f"unknown zoo model '{name}' (known: {', '.join(ZOO)})")
-        data = ZOO[name]().SerializeToString(deterministic=True)
-        path = out_dir / f"{name}.onnx"
-        if not path.exists() or path.read_bytes() != data:
-            path.write_bytes(data)
-            log.info("wrote zoo model %s (%d bytes)", path, len(data))
-        paths[name] = path
-    return paths
+    return write_models(ZOO, out_dir, names, "zoo")
 
 
 def main(argv: list[str] | None = None) -> None:

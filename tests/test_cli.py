@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from harness.size import BUDGETS
+
 HARNESS = [sys.executable, "-m", "harness.cli"]
 
 
@@ -20,8 +22,8 @@ def test_size_json_reports_objects_budget_and_baseline(tmp_path):
                     "--baseline", str(baseline), "--save-baseline")
     assert saved.returncode == 0, saved.stderr
     report = json.loads(saved.stdout)
-    assert report["arch"] == "armv7" and report["budget"] == 6144
-    assert report["total"]["text"] == sum(o["text"] for o in report["objects"]) <= 6144
+    assert report["arch"] == "armv7" and report["budget"] == BUDGETS["armv7"]
+    assert report["total"]["text"] == sum(o["text"] for o in report["objects"]) <= BUDGETS["armv7"]
     assert {o["name"] for o in report["objects"]} == {p.stem + ".o" for p in Path("runtime_c/src").glob("*.c")}
     # a grown baseline entry shows up as a negative difference
     stored = json.loads(baseline.read_text())
@@ -36,7 +38,7 @@ def test_size_json_reports_objects_budget_and_baseline(tmp_path):
 def test_size_with_a_model_sizes_runner_and_kernels():
     proc = harness("size", "--target", "x86_64", "--toolchain", "host", "--model", "mlp")
     assert proc.returncode == 0, proc.stderr
-    assert "text budget 8192: within" in proc.stdout
+    assert f"text budget {BUDGETS['x86_64']}: within" in proc.stdout
     line = next(l for l in proc.stdout.splitlines() if l.startswith("model mlp:"))
     assert all(part in line for part in ("flash ", "runner ", "kernels ", "weights ", "RAM arena ",
                                          "activations ", "weight copies 0")), line

@@ -16,7 +16,7 @@ from harness.dashboard import build_dashboard, find_regressions
 from harness.results import ResultStore
 
 MODELS = ("mlp", "cnn", "dscnn")
-TARGETS = {"qemu-armv7": 5000, "x86_64": 7000}  # minrt .text of the first night
+TARGETS = {"qemu-armv7": 5500, "x86_64": 8000}  # minrt .text of the first night
 
 
 def result(model: str, target: str, *, minrt: int, mean: float, passed: bool = True,
@@ -47,7 +47,7 @@ def regressed_store(tmp_path: Path) -> ResultStore:
     store = ResultStore(tmp_path / "results.sqlite")
     night(store, 0, "aaaa000")
     night(store, 1, "bbbb111")
-    night(store, 2, "cccc222", growth=1200, broken=("cnn", "x86_64"))
+    night(store, 2, "cccc222", growth=1250, broken=("cnn", "x86_64"))
     return store
 
 
@@ -66,9 +66,9 @@ def test_find_regressions_flags_growth_budget_and_a_broken_model(regressed_store
                      ("size-budget", "qemu-armv7", None), ("size-budget", "x86_64", None),
                      ("broken", "x86_64", "cnn")}
     growth = next(r for r in regs if r.kind == "size-growth" and r.target == "qemu-armv7")
-    assert (growth.old, growth.new) == (5008, 6216)
+    assert (growth.old, growth.new) == (5508, 6766)
     budgets = {r.target: (r.old, r.new) for r in regs if r.kind == "size-budget"}
-    assert budgets == {"qemu-armv7": (6144, 6216), "x86_64": (8192, 8216)}
+    assert budgets == {"qemu-armv7": (6656, 6766), "x86_64": (9216, 9266)}
     # Between the first two nights minrt grew by 8 bytes: under the threshold.
     assert find_regressions(regressed_store, "night-1", "night-0") == []
     assert [r.kind for r in find_regressions(regressed_store, "night-1", "night-0", size_growth_bytes=4)] == \
@@ -116,8 +116,8 @@ def test_dashboard_renders_in_headless_chromium_with_the_stored_numbers(regresse
 
     # Regressions come first, before any plot.
     assert text.index('id="regressions"') < text.index("<svg")
-    assert "minrt .text grew by 1208 B (5008 -&gt; 6216 B" in text
-    assert "minrt .text is 6216 B, over its budget of 6144 B" in text
+    assert "minrt .text grew by 1258 B (5508 -&gt; 6766 B" in text
+    assert "minrt .text is 6766 B, over its budget of 6656 B" in text
     assert "cnn on x86_64: passed in night-1, fails in night-2" in text
     # Size trends: one plot per target with its budget line and the latest value.
     before_footprint, footprint = text.split('id="footprint"', 1)
@@ -125,9 +125,9 @@ def test_dashboard_renders_in_headless_chromium_with_the_stored_numbers(regresse
     # then RAM and flash of each (model, target) that recorded an arena
     with_arena = {(r.model, r.target) for r in regressed_store.runs() if r.arena_bytes is not None}
     assert len(re.findall(r'<svg[^>]*class="chart"', footprint.split('id="runs"')[0])) == 2 * len(with_arena)
-    assert "budget 6144 B" in text and "budget 8192 B" in text
-    assert "minrt: 6,216 B" in text and "minrt: 8,216 B" in text
-    assert "qemu-armv7 at cccc222 (night-2): minrt 6216 B, runner 31000 B, budget 6144 B" in text
+    assert "budget 6656 B" in text and "budget 9216 B" in text
+    assert "minrt: 6,766 B" in text and "minrt: 9,266 B" in text
+    assert "qemu-armv7 at cccc222 (night-2): minrt 6766 B, runner 31000 B, budget 6656 B" in text
     for commit in ("aaaa000", "bbbb111", "cccc222"):
         assert f">{commit}<" in text
     # The accuracy matrix: last night vs the night before, with the stored error.
@@ -172,7 +172,7 @@ def _nightly(store: ResultStore, tmp_path: Path) -> subprocess.CompletedProcess:
 def test_ci_nightly_fails_on_a_synthetic_regression(regressed_store: ResultStore, tmp_path: Path) -> None:
     proc = _nightly(regressed_store, tmp_path)
     assert proc.returncode == 1, proc.stdout + proc.stderr
-    assert "REGRESSION: [size-growth] qemu-armv7: minrt .text grew by 1208 B" in proc.stdout
+    assert "REGRESSION: [size-growth] qemu-armv7: minrt .text grew by 1258 B" in proc.stdout
     assert "REGRESSION: [broken] cnn on x86_64" in proc.stdout
     assert (tmp_path / "nightly" / "site" / "index.html").exists()
 

@@ -6,6 +6,7 @@ real SIGINT to a real `harness compile`, a real TVM frontend on an operator it c
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -214,3 +215,23 @@ def test_output_mismatch_exits_1(mlp):
     assert "Traceback" not in proc.stderr
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert "MISMATCH" in proc.stdout and "0 of 1 model(s) passed" in proc.stdout
+
+
+def test_a_model_that_does_not_compile_keeps_the_others_json(tmp_path, mlp):
+    bad = tmp_path / "broken.onnx"
+    bad.write_bytes(b"\x08\x07 this is no protobuf of a model")
+    proc = harness("run", "--model", str(mlp), "--model", str(bad), "--target", "x86_64",
+                   "--toolchain", "host", "--iters", "1", "--json")
+    assert "Traceback" not in proc.stderr
+    assert proc.returncode == 2, proc.stdout + proc.stderr  # the worst: bad input
+    first, second = json.loads(proc.stdout)
+    assert first["model"] == mlp.stem and first["passed"] and first["latency_us"]
+    assert second["model"] == "broken" and not second["passed"]
+    assert second["error_kind"] == "CompileError" and "broken.onnx" in second["error"]
+
+
+def test_run_help_documents_the_exit_codes():
+    out = harness("run", "--help").stdout
+    for line in ("0    every output", "1    an output did not match", "2    bad input",
+                 "3    infrastructure", "130  interrupted"):
+        assert line in out, out

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import random
+import stat
 import select
 import shutil
 import signal
@@ -524,6 +525,22 @@ def console(tmp_path: Path):
     yield str(link)
     proc.terminate()
     proc.wait(10)
+
+
+@needs_tools
+def test_default_workdir_is_private_per_connection_and_removed(console: str, tmp_path: Path) -> None:
+    """No workdir given: mktemp -d on the device (0700), never a fixed /tmp path another user
+    could prepare; removed when the connection closes."""
+    src = tmp_path / "f.bin"
+    src.write_bytes(b"payload")
+    with SerialTransport(console) as dev:
+        workdir = Path(dev.workdir)
+        assert workdir.parent == Path("/tmp") and workdir.name.startswith("minrt."), workdir
+        assert stat.S_IMODE(workdir.stat().st_mode) == 0o700
+        dev.put(src, "f.bin")
+        assert (workdir / "f.bin").read_bytes() == b"payload"
+        assert dev.run(["pwd"], timeout=10).stdout.strip() == str(workdir)
+    assert not workdir.exists()
 
 
 @needs_tools

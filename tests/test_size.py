@@ -28,6 +28,9 @@ def test_minrt_text_within_budget(target_name):
     for o in report["objects"]:
         assert sum(s["size"] for s in o["symbols"] if s["kind"] == "text") <= o["text"]
     assert report["total"]["text"] <= report["budget"], format_report(report)
+    stripped = report["no_messages"]  # -DMINRT_NO_MESSAGES: codes kept, text gone
+    assert stripped["total"]["text"] < report["total"]["text"] - 500, format_report(report)
+    assert stripped["total"]["text"] <= stripped["budget"], format_report(report)
     assert report["within_budget"]
 
 

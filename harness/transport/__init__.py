@@ -15,9 +15,9 @@ import pkgutil
 from typing import Any, Mapping
 
 from ..errors import TargetError
-from .base import BOARD_OPTIONS, DEFAULT_WORKDIR, CommandResult, Transport, TransportKind
+from .base import BOARD_OPTIONS, CommandResult, Transport, TransportKind
 
-__all__ = ["BOARD_OPTIONS", "CommandResult", "DEFAULT_WORKDIR", "Transport", "TransportKind", "open_kind",
+__all__ = ["BOARD_OPTIONS", "CommandResult", "Transport", "TransportKind", "open_kind",
            "transport_kind", "transport_kinds"]
 
 

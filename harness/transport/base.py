@@ -13,8 +13,6 @@ from ..errors import DeviceError, RunnerError
 
 log = logging.getLogger(__name__)
 
-#: Where a transport puts the runner and the model when its target says nothing else.
-DEFAULT_WORKDIR = "/tmp/minrt"
 
 
 @dataclass(frozen=True)
@@ -44,11 +42,12 @@ class Transport(Protocol):
     def close(self) -> None: ...
 
     def run_model(self, runner: str, graph: bytes, params: bytes, inputs: bytes, iters: int,
-                  workspace: int, timeout: float) -> tuple[bytes, dict[str, Any]]:
+                  workspace: int, timeout: float, profile: bool = False) -> tuple[bytes, dict[str, Any]]:
         """Run a model with the minrt-run already put at `runner` on the device: returns (the
-        outputs blob, the runner's timing line). A runner that refuses the model or its
-        inputs raises RunnerError; a device that fails, DeviceError. Transports that move
-        files use RunsModelWithFiles; the serial console speaks the framed protocol."""
+        outputs blob, the runner's timing line; with `profile`, its "profile" holds each
+        kernel's mean time where the transport can get it). A runner that refuses the model
+        or its inputs raises RunnerError; a device that fails, DeviceError. Transports that
+        move files use RunsModelWithFiles; the serial console speaks the framed protocol."""
         ...
 
 
@@ -57,15 +56,19 @@ RUNNER_EXIT = {1: "load or input error", 2: "usage error", 3: "run error"}
 
 
 def parse_timing(stdout: str) -> dict[str, Any]:
-    """The runner's last stdout line is a JSON object with its timing and arena size."""
-    for line in reversed(stdout.strip().splitlines()):
-        line = line.strip()
-        if line.startswith("{"):
-            try:
-                return json.loads(line)
-            except json.JSONDecodeError:
-                break
-    raise DeviceError(f"minrt-run printed no timing line; its output was:\n{stdout[-2000:]}")
+    """The runner's last stdout line is a JSON object with its timing and arena size; with
+    -p, the line before it is {"profile": [...]}, which goes into the result as "profile"."""
+    lines = [line.strip() for line in stdout.strip().splitlines() if line.strip().startswith("{")]
+    try:
+        timing = json.loads(lines[-1])
+    except (IndexError, json.JSONDecodeError):
+        raise DeviceError(f"minrt-run printed no timing line; its output was:\n{stdout[-2000:]}") from None
+    if len(lines) > 1 and lines[-2].startswith('{"profile"'):
+        try:
+            timing["profile"] = json.loads(lines[-2])["profile"]
+        except (json.JSONDecodeError, KeyError):
+            raise DeviceError(f"minrt-run printed a malformed profile line: {lines[-2][:200]}") from None
+    return timing
 
 
 class RunsModelWithFiles:
@@ -76,7 +79,7 @@ class RunsModelWithFiles:
     name: str = "device"
 
     def run_model(self, runner: str, graph: bytes, params: bytes, inputs: bytes, iters: int,
-                  workspace: int, timeout: float) -> tuple[bytes, dict[str, Any]]:
+                  workspace: int, timeout: float, profile: bool = False) -> tuple[bytes, dict[str, Any]]:
         wd = self.workdir
         with tempfile.TemporaryDirectory(prefix="minrt-io-") as tmp:
             for name, data in (("graph.json", graph), ("params.bin", params), ("inputs.bin", inputs)):
@@ -84,7 +87,7 @@ class RunsModelWithFiles:
                 local.write_bytes(data)
                 self.put(local, f"{wd}/{name}")  # type: ignore[attr-defined]
             argv = [runner, f"{wd}/graph.json", f"{wd}/params.bin", f"{wd}/inputs.bin",
-                    f"{wd}/outputs.bin", "-n", str(iters), "-w", str(workspace)]
+                    f"{wd}/outputs.bin", "-n", str(iters), "-w", str(workspace), *(["-p"] if profile else [])]
             log.info("running %d iteration(s)", iters)
             result = self.run(argv, timeout=timeout)  # type: ignore[attr-defined]
             if result.returncode != 0:

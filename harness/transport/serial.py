@@ -36,7 +36,7 @@ import serial
 
 from .. import frames
 from ..errors import DeviceError, RunnerError, TargetError
-from .base import DEFAULT_WORKDIR, CommandResult, TransportKind
+from .base import CommandResult, TransportKind
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +116,7 @@ class SerialTransport:
     def __init__(
         self,
         url: str,
-        workdir: str = "/tmp/minrt",
+        workdir: str | None = None,
         *,
         baudrate: int = 115200,
         ack_timeout: float = 1.0,
@@ -128,7 +128,10 @@ class SerialTransport:
     ) -> None:
         self.url = url
         self.name = f"serial {url}"
-        self.workdir = workdir
+        # No workdir given: a private one made by the first sync (mktemp -d, 0700), removed
+        # on close, so no other user of the device can prepare it or swap minrt-run in.
+        self._private_workdir = workdir is None
+        self._workdir = workdir or ""
         self.ack_timeout = ack_timeout
         self.retries = retries
         self.chunk = min(chunk, frames.MAX_PAYLOAD - frames.BLOB_CHUNK.size)
@@ -196,6 +199,12 @@ class SerialTransport:
             snippet = f"printf '\\n%s%s\\n' __MINRT_ {token}{tag}"
         return snippet, re.compile(rb"__MINRT_" + f"{token}{tag}".encode() + rb"( -?[0-9]+)?\r?\n")
 
+    @property
+    def workdir(self) -> str:
+        if not self._workdir:
+            self._sync()
+        return self._workdir
+
     def _sync(self) -> None:
         """Bring the console to a known state: a shell that answers, no echo, in workdir.
 
@@ -203,16 +212,27 @@ class SerialTransport:
         starting up would die of it), and keeps trying while a runner left over from a failed
         session still holds the line in raw mode (it exits after 15 s idle)."""
         deadline = time.monotonic() + self.sync_timeout
-        wd = shlex.quote(self.workdir)
+        if self._workdir:
+            wd = shlex.quote(self._workdir)
+            enter = f"mkdir -p {wd} && cd {wd}" if not self._private_workdir else f"cd {wd}"
+        else:
+            enter = ('__d=$(mktemp -d /tmp/minrt.XXXXXXXX) && chmod 700 "$__d" && cd "$__d" && '
+                     "printf '\\n__MINRT_WD %s\\n' \"$__d\"")
         for attempt in itertools.count():
             token = secrets.token_hex(6)
             snippet, pattern = self._marker(token, "Y")
             self._rx.clear()
             self._write(b"\x03\n" if attempt else b"\n", "sync")
             time.sleep(0.1)
-            self._write(f"stty -echo; mkdir -p {wd} && cd {wd}; {snippet}\n".encode(), "sync")
+            self._write(f"stty -echo; {enter}; {snippet}\n".encode(), "sync")
             try:
-                self._read_until(pattern, min(deadline, time.monotonic() + 3.0), "sync")
+                found = self._read_until(pattern, min(deadline, time.monotonic() + 3.0), "sync")
+                if not self._workdir:
+                    made = re.search(rb"__MINRT_WD (/tmp/minrt\.[A-Za-z0-9]+)\r?\n", self._rx[: found.start()])
+                    if made is None:
+                        raise DeviceError(f"serial {self.url}: cannot create a private work directory "
+                                          "with mktemp -d on the device")
+                    self._workdir = made.group(1).decode()
             except _Timeout:
                 if time.monotonic() >= deadline:
                     raise DeviceError(
@@ -235,7 +255,7 @@ class SerialTransport:
         start, start_re = self._marker(token, "S")
         mid, mid_re = self._marker(token, "E")
         end, end_re = self._marker(token, "X", status=True)
-        errfile = shlex.quote(f"{self.workdir}/.stderr")
+        errfile = shlex.quote(f"{self._workdir}/.stderr")
         # stdin from /dev/null: a command must not eat the console's next input (a here-doc
         # inside the command still feeds it)
         line = f"{start}; {{ {command} ; }} </dev/null 2>{errfile}; __rc=$?; {mid}; cat {errfile}; (exit $__rc); {end}\n"
@@ -347,6 +367,12 @@ class SerialTransport:
 
     def close(self) -> None:
         if self._port.is_open:
+            if self._private_workdir and self._workdir and self._synced:
+                workdir, self._workdir = self._workdir, ""
+                try:
+                    self._shell(f"cd / && rm -rf -- {shlex.quote(workdir)}", 30)
+                except DeviceError as exc:
+                    log.info("serial %s: could not remove %s: %s", self.url, workdir, exc)
             try:
                 if self._synced:
                     self._write(b"stty echo\n", "close")
@@ -376,11 +402,16 @@ class SerialTransport:
         iters: int,
         workspace: int,
         timeout: float,
+        profile: bool = False,
     ) -> tuple[bytes, dict[str, Any]]:
-        """Run a model through `<runner> --serial` started on the console's shell: returns
+        """Run a model through `<runner> --serial` started on the console's shell (the framed
+        protocol carries no per-kernel profile: `profile` only logs that it is not there): returns
         (outputs blob in NDArray-list format, timing dict). Raises DeviceError on a runner
         error, a line too noisy to get a frame through, or a device that stops answering;
         the whole call is bounded by `timeout` seconds."""
+        if profile:
+            log.warning("serial %s: no per-kernel profile over the framed protocol (use the SSH "
+                        "or file transports for --profile)", self.url)
         if not self._synced:
             self._sync()
         deadline = time.monotonic() + timeout
@@ -553,7 +584,7 @@ def _open_serial(options: Mapping[str, Any], address: str | None, trust_on_first
     url = address or options.get("url")
     if not url:
         raise TargetError("this target needs a serial port: pass --host /dev/ttyUSB0 or a pyserial URL")
-    return SerialTransport(url, workdir=options.get("workdir", DEFAULT_WORKDIR),
+    return SerialTransport(url, workdir=options.get("workdir"),
                            baudrate=int(options.get("baudrate", 115200)))
 
 

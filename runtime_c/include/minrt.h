@@ -2,7 +2,7 @@
  * kernels compiled by apache-tvm 0.27 with the tvm-ffi calling convention).
  *
  * Usage:
- *   minrt_artifact a = {json, json_len, params, params_len, workspace_bytes, NULL, NULL};
+ *   minrt_artifact a = {json, json_len, params, params_len, workspace_bytes, NULL, NULL, &sigs};
  *   size_t need = 0;
  *   minrt_load(&m, &a, NULL, 0, &need, &err);   -> MINRT_E_ARENA, need = bytes to try next
  *   minrt_load(&m, &a, arena, need, &need, &err) -> 0, or MINRT_E_ARENA with a larger need
@@ -25,7 +25,8 @@
  * Errors: every function returns 0 or a negative MINRT_E_* code; the minrt_err given at
  * load receives the code and a message naming what is wrong and where (node index, entry,
  * key, byte offset). Load checks everything it can (graph structure, dtypes, shapes,
- * storage ids, params against the graph, kernel names) so that run fails only when a
+ * storage ids, params against the graph, kernel names, every kernel's argument count,
+ * dtypes and shapes against its signature) so that run fails only when a
  * kernel itself reports an error.
  * Kernels take no context: one model runs at a time (minrt_run is not reentrant).
  * Host byte order must be little-endian (as are the artifact formats).
@@ -64,6 +65,8 @@ typedef struct {
 
 /* ---- tvm-ffi calling convention (layout of TVMFFIAny in tvm/ffi/c_api.h) ---- */
 #ifndef TVM_FFI_C_API_H_
+/* tvm-ffi's own header names the union's members directly (an anonymous union, C11); this
+ * one stays C99 with a named union, and MINRT_ANY_PTR reads the pointer under either. */
 typedef struct {
   int32_t type_index; /* 7 = DLTensor*, 0 = none */
   uint32_t zero_padding;
@@ -71,8 +74,11 @@ typedef struct {
     int64_t v_int64;
     double v_float64;
     void *v_ptr;
-  };
+  } value;
 } TVMFFIAny;
+#define MINRT_ANY_PTR(any) ((any).value.v_ptr)
+#else
+#define MINRT_ANY_PTR(any) ((any).v_ptr)
 #endif
 
 /* A kernel: the `__tvm_ffi_<name>` symbol tvm emits for each PrimFunc. */
@@ -80,12 +86,26 @@ typedef int (*minrt_kernel)(void *self, const TVMFFIAny *args, int32_t num_args,
 /* Finds a kernel by PrimFunc name (not NUL-terminated); NULL when unknown. */
 typedef minrt_kernel (*minrt_resolver)(void *ctx, const char *name, size_t len);
 
+/* What each kernel was compiled for, as `harness compile` emits it next to kernels.o
+ * (kernels_sig.c). graph.json is untrusted: load checks every tvm_op node against its
+ * kernel's signature, since kernels built with asserts off check nothing themselves.
+ * sig: the argument count, then per argument its DLDataType (as a little-endian u32)
+ * | ndim << 32, then its ndim dims. A firmware with several models gives each its table. */
+typedef struct {
+  const char *name; /* PrimFunc name */
+  const int64_t *sig;
+} minrt_signature;
+typedef struct {
+  uint32_t n;
+  const minrt_signature *sigs;
+} minrt_signatures;
+
 enum {
   MINRT_OK = 0,
   MINRT_E_JSON = -1,    /* graph.json is not the JSON we read */
   MINRT_E_GRAPH = -2,   /* graph.json is JSON but not a valid graph */
   MINRT_E_PARAMS = -3,  /* params.bin malformed or disagrees with the graph */
-  MINRT_E_KERNEL = -4,  /* a func_name no resolver knows */
+  MINRT_E_KERNEL = -4,  /* a func_name no resolver or signature table knows */
   MINRT_E_ARENA = -5,   /* arena too small (see *need) */
   MINRT_E_ALIGN = -6,   /* arena not 64-byte aligned */
   MINRT_E_ARG = -7,     /* bad argument: index, size, name */
@@ -109,6 +129,7 @@ typedef struct {
   size_t workspace_bytes; /* the most any kernel asks TVMBackendAllocWorkspace for */
   minrt_resolver resolve; /* NULL: kernels registered by system-lib constructors */
   void *resolve_ctx;
+  const minrt_signatures *signatures; /* every kernel's; a node without one does not load */
 } minrt_artifact;
 
 /* A loaded model. It lives at the start of the arena. The first fields are the public,
@@ -163,6 +184,15 @@ static inline size_t minrt_nbytes(const DLTensor *t) {
   for (i = 0; i < t->ndim; i++) n *= (size_t)t->shape[i];
   return n;
 }
+
+/* Built with MINRT_PROFILE (minrt-run is; the size-budgeted core is not), minrt_run calls
+ * minrt_profile_hook(m, node, 0) before and (m, node, 1) after each kernel, which the front
+ * end provides (runtime_c/runner: `minrt-run -p`); minrt_node_name names node i (its raw
+ * graph.json bytes, JSON escapes kept), or NULL past the last node. */
+#ifdef MINRT_PROFILE
+void minrt_profile_hook(const minrt *m, uint32_t node, int end);
+const char *minrt_node_name(const minrt *m, uint32_t i, size_t *len);
+#endif
 
 /* Kernels compiled with system_lib_prefix call this from static constructors, once per
  * `__tvm_ffi_<name>` (up to MINRT_MAX_KERNELS, 128 unless defined when building exec.c). */

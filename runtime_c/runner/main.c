@@ -1,6 +1,8 @@
 /* minrt-run: file mode.
  *   minrt-run GRAPH_JSON PARAMS_BIN INPUTS_BIN OUTPUTS_BIN [-n ITERS] [-w WORKSPACE_BYTES]
- *             [-l KERNELS.so]   (-l only when built with MINRT_RUN_DLOPEN, see dl.c)
+ *             [-l KERNELS.so] [-p]   (-l only when built with MINRT_RUN_DLOPEN, see dl.c;
+ *             -p, when built with MINRT_PROFILE: a {"profile": [...]} line of each kernel's
+ *             mean time before the timing line, see profile.c)
  * PARAMS_BIN is mapped read-only, never read into the heap: the kernels use the weights
  * where they lie (a write to them would fault).
  * Last stdout line: {"iters", "min_us", "mean_us", "max_us", "arena_bytes", "arena": {...},
@@ -22,6 +24,9 @@
 void *runner_dlopen(const char *path, char *msg, size_t cap);
 minrt_kernel runner_dlsym(void *handle, const char *name, size_t len);
 #endif
+
+/* kernels_sig.c defines it; without one, every kernel is refused at load */
+__attribute__((weak)) const minrt_signatures minrt_model_signatures = {0, NULL};
 
 static int die(int code, const char *step, const char *msg) {
   fprintf(stderr, "minrt-run: %s: %s\n", step, msg);
@@ -80,7 +85,7 @@ static long peak_rss_kb(void) {
 static int usage(void) {
   return die(2, "usage",
              "minrt-run GRAPH_JSON PARAMS_BIN INPUTS_BIN OUTPUTS_BIN [-n ITERS] "
-             "[-w WORKSPACE_BYTES] [-l KERNELS.so]");
+             "[-w WORKSPACE_BYTES] [-l KERNELS.so] [-p]");
 }
 
 #ifdef MINRT_RUN_SERIAL
@@ -92,7 +97,7 @@ int main(int argc, char **argv) {
   char *files[3] = {NULL, NULL, NULL}, *end, line[384];
   size_t lens[3] = {0, 0, 0}, out_len;
   long iters = 1, ws = 0;
-  int npos = 0, i, rc, mapped = 0;
+  int npos = 0, i, rc, mapped = 0, profile = 0;
   void *params = NULL;
   void *out = NULL, *ctx = NULL;
   minrt_resolver resolve = NULL;
@@ -114,6 +119,8 @@ int main(int argc, char **argv) {
       else if (argv[i][1] == 'w') ws = v;
       else lib = argv[i + 1];
       i++;
+    } else if (!strcmp(argv[i], "-p")) {
+      profile = 1;
     } else if (npos < 4 && argv[i][0] != '-') {
       pos[npos++] = argv[i];
     } else {
@@ -137,10 +144,21 @@ int main(int argc, char **argv) {
     return die(2, "usage", "-l needs a runner built with MINRT_RUN_DLOPEN");
 #endif
   }
-  if (runner_load(&r, files[0], lens[0], params, lens[1], (size_t)ws, resolve, ctx))
+  if (runner_load(&r, files[0], lens[0], params, lens[1], (size_t)ws, resolve, ctx,
+                  &minrt_model_signatures))
     return die(1, "load", r.err.msg);
   if (runner_set_inputs(&r, files[2], lens[2])) return die(1, "inputs", r.err.msg);
+  if (profile) {
+#ifdef MINRT_PROFILE
+    if (runner_profile_start(&r)) return die(1, "profile", "out of memory");
+#else
+    return die(2, "usage", "-p needs a runner built with MINRT_PROFILE");
+#endif
+  }
   if ((rc = runner_run(&r, (int)iters, &t)) != 0) return die(3, "run", r.err.msg);
+#ifdef MINRT_PROFILE
+  if (profile) runner_profile_print(&r, (int)iters, stdout);
+#endif
   out_len = runner_write_outputs(&r, NULL, 0);
   if (!(out = malloc(out_len)) || runner_write_outputs(&r, out, out_len) != out_len)
     return die(1, "outputs", "out of memory");

@@ -11,7 +11,8 @@ static const unsigned char list_magic[8] = {0xB7, 0x9C, 0x04, 0x05, 0x4F, 0x8D, 
 static const unsigned char tensor_magic[8] = {0x3F, 0xA1, 0xB4, 0x96, 0xF0, 0x40, 0x5E, 0xDD};
 
 int runner_load(runner *r, const char *graph, size_t graph_len, const void *params,
-                size_t params_len, size_t workspace_bytes, minrt_resolver resolve, void *ctx) {
+                size_t params_len, size_t workspace_bytes, minrt_resolver resolve, void *ctx,
+                const minrt_signatures *sigs) {
   minrt_artifact a;
   size_t need = 0;
   int rc, tries;
@@ -22,6 +23,7 @@ int runner_load(runner *r, const char *graph, size_t graph_len, const void *para
   a.workspace_bytes = workspace_bytes;
   a.resolve = resolve;
   a.resolve_ctx = ctx;
+  a.signatures = sigs;
   memset(r, 0, sizeof *r);
   /* at most three calls: graph size, then total size, then the load */
   for (tries = 0; tries < 4; tries++) {
@@ -51,8 +53,7 @@ static int bad_inputs(runner *r, const char *what, size_t at) {
   return -1;
 }
 
-int runner_set_inputs(runner *r, const void *blob, size_t len) {
-  const unsigned char *b = (const unsigned char *)blob;
+static int set_inputs(runner *r, const unsigned char *b, size_t len, unsigned char *seen) {
   size_t p = 24, q, i, n, k, set = 0;
   unsigned long long nl;
   if (len < 24 || memcmp(b, list_magic, 8)) return bad_inputs(r, "not an NDArray-list", 0);
@@ -73,6 +74,8 @@ int runner_set_inputs(runner *r, const void *blob, size_t len) {
     idx = minrt_input_index(r->m, (const char *)b + q + 8, (size_t)nl);
     q += 8 + (size_t)nl;
     if (idx < 0) return -1;
+    if (seen[idx]) return bad_inputs(r, "an input given twice", at);
+    seen[idx] = 1;
     t = minrt_input(r->m, idx);
     if (len - p < 32 || memcmp(b + p, tensor_magic, 8)) return bad_inputs(r, "bad tensor header", at);
     ndim = (long long)(int)(rd64(b + p + 24) & 0xffffffff);
@@ -91,15 +94,27 @@ int runner_set_inputs(runner *r, const void *blob, size_t len) {
     p += minrt_nbytes(t);
     set++;
   }
-  r->inputs = blob;
+  r->inputs = b;
   r->inputs_len = len;
-  if (set != (size_t)minrt_num_inputs(r->m)) {
-    snprintf(r->err.msg, sizeof r->err.msg, "%zu inputs given, the graph has %d", set,
-             minrt_num_inputs(r->m));
+  if (set != (size_t)minrt_num_inputs(r->m)) { /* none twice: so one is missing */
+    for (i = 0; seen[i]; i++) {
+    }
+    snprintf(r->err.msg, sizeof r->err.msg, "%zu inputs given, the graph has %d: input %zu missing",
+             set, minrt_num_inputs(r->m), i);
     r->err.code = MINRT_E_ARG;
     return -1;
   }
   return 0;
+}
+
+int runner_set_inputs(runner *r, const void *blob, size_t len) {
+  /* seen[i]: input i was set (every input exactly once) */
+  unsigned char *seen = (unsigned char *)calloc((size_t)minrt_num_inputs(r->m) + 1, 1);
+  int rc;
+  if (!seen) return bad_inputs(r, "out of memory", 0);
+  rc = set_inputs(r, (const unsigned char *)blob, len, seen);
+  free(seen);
+  return rc;
 }
 
 static double now_us(void) {

@@ -24,13 +24,19 @@ typedef struct {
 } runner_timing;
 
 /* Loads graph + params (buffers must outlive r) into a heap arena of exactly the size
- * minrt asks for. resolve NULL: system-lib kernels. 0 or a MINRT_E_* code (see r->err). */
+ * minrt asks for. resolve NULL: system-lib kernels; sigs: the kernels' signatures (see
+ * minrt.h). 0 or a MINRT_E_* code (see r->err). */
 int runner_load(runner *r, const char *graph, size_t graph_len, const void *params,
-                size_t params_len, size_t workspace_bytes, minrt_resolver resolve, void *ctx);
+                size_t params_len, size_t workspace_bytes, minrt_resolver resolve, void *ctx,
+                const minrt_signatures *sigs);
+
+/* The signature table linked into the runner: kernels_sig.c, which `harness compile`
+ * writes next to kernels.o (weak: without it, no kernel loads). */
+extern const minrt_signatures minrt_model_signatures;
 
 /* Sets every graph input from an NDArray-list blob (tensors named by graph input names,
- * dtype and shape as the graph says); the blob must outlive r. 0, or -1 with a message in
- * r->err.msg. */
+ * each exactly once, dtype and shape as the graph says); the blob must outlive r. 0, or -1
+ * with a message in r->err.msg. */
 int runner_set_inputs(runner *r, const void *blob, size_t len);
 
 /* Runs iters (>= 1) times; times each run. The inputs are set again (untimed) before each
@@ -47,5 +53,13 @@ size_t runner_write_outputs(const runner *r, void *buf, size_t cap);
 int runner_timing_json(const runner *r, const runner_timing *t, char *buf, size_t cap);
 
 void runner_free(runner *r);
+
+#ifdef MINRT_PROFILE
+#include <stdio.h>
+/* minrt-run -p (profile.c): start collecting kernel times (0, or -1 out of memory), then
+ * print them as one JSON line after runner_run. */
+int runner_profile_start(const runner *r);
+void runner_profile_print(const runner *r, int iters, FILE *out);
+#endif
 
 #endif

@@ -5,8 +5,9 @@
  *   hcheck: low 16 bits of CRC-32 of (type, seq, len): a damaged length is rejected at once.
  *   crc32: zlib's CRC-32 of everything after the magic up to the end of the payload.
  * The host is the master: one request, one response, same seq. A request repeated with the
- * seq last served gets the cached response again (its response was lost), never a second
- * execution. Anything that is not a valid frame (echo, kernel messages, noise) is skipped
+ * seq and content (its CRC, kind and length) last served gets the cached response again
+ * (its response was lost), never a second execution; the same seq with other content is a
+ * new request. Anything that is not a valid frame (echo, kernel messages, noise) is skipped
  * byte by byte; a frame whose header is valid but CRC is not is answered by NAK.
  * Kinds: 1 HELLO, 2 PUT, 3 RUN, 4 GET, 5 BYE (requests); 6 ACK, 7 NAK, 8 ERROR (responses);
  * 9 BUSY, sent when a RUN starts and every second until it ends, so the host can tell a
@@ -14,6 +15,7 @@
  * Whenever the line has been quiet for 500 ms the device announces itself with a HELLO
  * (seq 0): the host waits for one before its first byte, so it never sends binary to a
  * terminal that is not raw yet, and a new host session can join a runner still serving.
+ * Idle time is wall time since the last valid request: line noise does not keep it alive.
  */
 #define _POSIX_C_SOURCE 200809L
 
@@ -28,6 +30,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <termios.h>
+#include <time.h>
 #include <unistd.h>
 
 enum { K_HELLO = 1, K_PUT = 2, K_RUN = 3, K_GET = 4, K_BYE = 5,      /* requests */
@@ -78,8 +81,10 @@ struct link {
   size_t rx_len;
   uint8_t tx[MAX_PAYLOAD + OVERHEAD];   /* the last response, kept for repeated requests */
   size_t tx_len;
-  int served;                           /* tx holds the response to request `last_seq` */
-  unsigned last_seq;
+  int served;                           /* tx holds the response to the last request: */
+  unsigned last_seq, last_kind;         /* its seq, kind, length and CRC */
+  size_t last_len;
+  uint32_t last_crc;
   struct blob blobs[NBLOBS];
   serial_run_fn run;
 };
@@ -289,17 +294,30 @@ static int on_get(struct link *lk, unsigned seq, const uint8_t *p, size_t n)
   return respond(lk, K_ACK, seq, buf, len + 4);
 }
 
-/* One valid request. Returns 1 after BYE, -1 on a write error, 0 otherwise. */
-static int on_request(struct link *lk, unsigned kind, unsigned seq, const uint8_t *p, size_t n)
+/* Remember the request whose response is in tx. */
+static void served(struct link *lk, unsigned kind, unsigned seq, size_t n, uint32_t crc)
+{
+  lk->served = 1;
+  lk->last_seq = seq;
+  lk->last_kind = kind;
+  lk->last_len = n;
+  lk->last_crc = crc;
+}
+
+/* One valid request (crc: its frame's CRC). Returns 1 after BYE, -1 on a write error, 0
+ * otherwise. */
+static int on_request(struct link *lk, unsigned kind, unsigned seq, const uint8_t *p, size_t n,
+                      uint32_t crc)
 {
   int rc;
   if (kind == K_HELLO) {
     /* a (new) host session: forget the cached response */
-    lk->served = 1;
-    lk->last_seq = seq;
-    return hello(lk, seq, 0) ? -1 : 0;
+    rc = hello(lk, seq, 0);
+    served(lk, kind, seq, n, crc);
+    return rc ? -1 : 0;
   }
-  if (lk->served && seq == lk->last_seq)
+  if (lk->served && seq == lk->last_seq && kind == lk->last_kind && n == lk->last_len
+      && crc == lk->last_crc)
     return write_all(lk->out, lk->tx, lk->tx_len) ? -1 : (kind == K_BYE);
   switch (kind) {
   case K_PUT: rc = on_put(lk, seq, p, n); break;
@@ -308,8 +326,7 @@ static int on_request(struct link *lk, unsigned kind, unsigned seq, const uint8_
   case K_BYE: rc = respond(lk, K_ACK, seq, NULL, 0); break;
   default: rc = respond_error(lk, seq, "serial: not a request kind"); break;
   }
-  lk->served = 1;
-  lk->last_seq = seq;
+  served(lk, kind, seq, n, crc);
   if (rc)
     return -1;
   return kind == K_BYE;
@@ -345,12 +362,19 @@ static int drain(struct link *lk, int *got)
     pos += HDR + len + 4;
     if (f[2] & FROM_DEVICE)
       continue;                                /* our own frame echoed back */
-        *got = 1;
-    rc = on_request(lk, kind, f[3], f + HDR, len);
+    *got = 1;
+    rc = on_request(lk, kind, f[3], f + HDR, len, get_u32(f + HDR + len));
   }
   memmove(lk->rx, lk->rx + pos, lk->rx_len - pos);
   lk->rx_len -= pos;
   return rc;
+}
+
+static long long now_ms(void)
+{
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
 int serial_serve(int in_fd, int out_fd, serial_run_fn run)
@@ -358,7 +382,8 @@ int serial_serve(int in_fd, int out_fd, serial_run_fn run)
   static struct link lk;
   const char *env = getenv("MINRT_SERIAL_IDLE_S");
   long idle_limit = env ? atol(env) * 1000 : IDLE_MS;
-  int bye = 0, got, idle_ms = 0, rc = 0, i;
+  long long last_valid = now_ms();   /* wall time of the last valid request */
+  int bye = 0, got, quiet_ms = 0, rc = 0, i;
   crc_init();
   memset(&lk, 0, sizeof lk);
   lk.in = in_fd;
@@ -368,8 +393,9 @@ int serial_serve(int in_fd, int out_fd, serial_run_fn run)
     idle_limit = IDLE_MS;
   if (hello(&lk, 0, 1))
     return 1;
-  /* After BYE, linger until the line is quiet so a lost ACK can still be repeated. */
-  while (rc >= 0 && !(bye && idle_ms >= LINGER_MS)) {
+  /* After BYE, linger until the line is quiet so a lost ACK can still be repeated (and no
+   * longer than LINGER_MS after the last valid request, however noisy the line). */
+  while (rc >= 0 && !(bye && (quiet_ms >= LINGER_MS || now_ms() - last_valid >= LINGER_MS))) {
     struct pollfd pfd;
     ssize_t r;
     int ready;
@@ -381,14 +407,17 @@ int serial_serve(int in_fd, int out_fd, serial_run_fn run)
       continue;
     if (ready < 0)
       break;
+    if (now_ms() - last_valid >= idle_limit) {
+      rc = -1;                                 /* no valid request for too long */
+      break;
+    }
     if (ready == 0) {
-      idle_ms += TICK_MS;
-      if (idle_ms >= idle_limit)
-        rc = -1;
-      else if (!bye && hello(&lk, 0, 1))
+      quiet_ms += TICK_MS;
+      if (!bye && hello(&lk, 0, 1))
         rc = -1;
       continue;
     }
+    quiet_ms = 0;
     r = read(in_fd, lk.rx + lk.rx_len, sizeof lk.rx - lk.rx_len);
     if (r < 0 && (errno == EINTR || errno == EAGAIN))
       continue;
@@ -398,7 +427,7 @@ int serial_serve(int in_fd, int out_fd, serial_run_fn run)
     got = 0;
     rc = drain(&lk, &got);                       /* leaves less than one frame in rx */
     if (got)
-      idle_ms = 0;
+      last_valid = now_ms();
     if (rc > 0)
       bye = 1, rc = 0;
   }
@@ -490,7 +519,7 @@ static int run_job(const struct serial_job *job, struct serial_result *res)
     return 3;
   }
   if (runner_load(&r, job->graph_json, job->graph_len, job->params, job->params_len,
-          job->workspace, NULL, NULL)) {
+          job->workspace, NULL, NULL, &minrt_model_signatures)) {
     snprintf(res->error, sizeof res->error, "load: %s", r.err.msg);
     rc = 1;
   } else if (runner_set_inputs(&r, job->inputs, job->inputs_len)) {

@@ -24,51 +24,98 @@ static char *put(char *p, char *end, const char *s, uint32_t n) {
   return p;
 }
 
-#define MINRT_MSG_TEXT(id, text) text "\0"
-/* the words, then the messages (see internal.h) */
-static const char messages[] = MINRT_WORDS MINRT_MESSAGES(MINRT_MSG_TEXT);
+/* each message's code, as -code in a byte (see MINRT_MESSAGES in internal.h) */
+#define MINRT_MSG_CODE(id, code, what, detail) (char)-(code),
+static const char codes[] = {MINRT_MESSAGES(MINRT_MSG_CODE)};
 
-/* Appends message text s, words spelled out. */
-static char *say(char *p, char *end, const char *s) {
-  for (; *s; s++)
-    p = (unsigned char)*s < 0x80 ? put(p, end, s, 1) : say(p, end, mj_nth(messages, *s & 0x7f));
-  return p;
-}
+#ifdef MINRT_NO_MESSAGES
+/* the codes' names, by -code - 1 */
+static const char code_names[] = "E_JSON\0E_GRAPH\0E_PARAMS\0E_KERNEL\0E_ARENA\0E_ALIGN\0E_ARG\0E_RUN\0";
+#else
+/* "what\0detail\0" of each message, in id order */
+#define MINRT_MSG_TEXT(id, code, what, detail) what "\0" detail "\0"
+static const char messages[] = MINRT_MESSAGES(MINRT_MSG_TEXT);
+#endif
 
 int minrt_fail(minrt_err *e, int id, long num, const char *name, uint32_t len) {
   char *p = e->msg, *end = e->msg + sizeof e->msg - 1, b[16], *d = b + 12;
-  const char *msg = mj_nth(messages, MINRT_NWORDS + id);
+  int code = codes[id];
+#ifdef MINRT_NO_MESSAGES
+  d[0] = 0;
+#else
   memcpy(d, ": ", 3);
+#endif
   if (num >= 0) {
     do *--d = (char)('0' + num % 10); while (num /= 10);
     *--d = ' ';
   }
-  p = say(p, end, mj_nth(messages, msg[1] & 0x7f));
-  p = say(put(p, end, d, ALL), end, msg + 2);
+#ifdef MINRT_NO_MESSAGES
+  p = put(put(p, end, mj_nth(code_names, code - 1), ALL), end, d, ALL);
+#else
+  p = put(put(p, end, mj_nth(messages, 2 * id), ALL), end, d, ALL);
+  p = put(p, end, mj_nth(messages, 2 * id + 1), ALL);
+#endif
   if (name) p = put(put(put(p, end, " '", ALL), end, name, len), end, "'", ALL);
   *p = 0;
-  return e->code = -msg[0];
+  return e->code = -code;
 }
+
+#ifdef MINRT_GUARD
+minrt_guard_zones minrt_guards;
+
+/* 0, or 1 if a byte of a guard zone changed (g_kmsg says so) */
+static int guard_broken(void) {
+  static uint8_t fill[2 * MINRT_GUARD_BYTES]; /* a zone is under 2 * MINRT_GUARD_BYTES */
+  uint32_t k;
+  if (fill[0] != MINRT_GUARD_FILL) memset(fill, MINRT_GUARD_FILL, sizeof fill);
+  for (k = 0; k < minrt_guards.n; k++)
+    if (memcmp(minrt_guards.arena + minrt_guards.at[k], fill, minrt_guards.end[k] - minrt_guards.at[k])) {
+      TVMFFIErrorSetRaisedFromCStr("minrt", "guard zone overwritten");
+      return 1;
+    }
+  return 0;
+}
+#else
+#define guard_broken() 0
+#endif
+
+#ifdef MINRT_PROFILE
+#define PROFILE(m, i, end) minrt_profile_hook(m, i, end)
+#else
+#define PROFILE(m, i, end) ((void)0)
+#endif
 
 int minrt_run(minrt *m) {
   uint32_t i;
   TVMFFIAny ret;
+  int rc;
   g_run = m;
   g_kmsg[0] = 0;
   for (i = 0; i < m->n_nodes; i++) {
     mnode *n = &m->nodes[i];
     m->ws_top = m->ws;
-    if (n->fn && n->fn(0, n->args, n->nargs, &ret))
-      return minrt_fail(m->err, M_RUN, (long)i, g_kmsg, ALL);
+    if (!n->fn) continue;
+    PROFILE(m, i, 0);
+    rc = n->fn(0, n->args, n->nargs, &ret);
+    PROFILE(m, i, 1);
+    if (rc || guard_broken()) return minrt_fail(m->err, M_RUN, (long)i, g_kmsg, ALL);
   }
   return 0;
 }
+
+#ifdef MINRT_PROFILE
+const char *minrt_node_name(const minrt *m, uint32_t i, size_t *len) {
+  if (i >= m->n_nodes) return 0;
+  *len = m->nodes[i].name_len;
+  return m->nodes[i].name;
+}
+#endif
 
 int minrt_input_index(const minrt *m, const char *name, size_t len) {
   uint32_t i, k;
   for (k = 0; k < m->n_nodes; k++) {
     const mnode *n = &m->nodes[k];
-    if (n->name_len == len && !memcmp(n->name, name, len))
+    if (mj_eq(n->name, n->name_len, name, len))
       for (i = 0; i < m->n_inputs; i++)
         if (m->inputs[i] == &m->ent[n->row].t) return (int)i;
   }

@@ -3,6 +3,7 @@
 #ifndef MINRT_INTERNAL_H
 #define MINRT_INTERNAL_H
 
+#include <stddef.h>
 #include "minrt.h"
 
 /* minrt is C that nothing unwinds through. On x86-64 GCC and clang emit runtime unwind
@@ -28,6 +29,10 @@ int mj_str(mj *j);                                   /* a string: j->str, j->len
 int32_t mj_int(mj *j);
 int mj_ints(mj *j, int64_t *v, int max); /* [1, 2, ...]: how many (first max stored), -1 */
 int mj_skip(mj *j);                                  /* any one value */
+int mj_end(mj *j);                                   /* only spaces left (else sets bad) */
+/* The JSON string js[0..jn) (escapes as written: \" \\ \uXXXX incl. surrogate pairs...)
+ * equals the UTF-8 bytes s[0..n)? No copy: decodes as it compares. */
+int mj_eq(const char *js, uint32_t jn, const char *s, size_t n);
 /* Iterate a list/object: for (f = 1; mj_next(j, ']', &f);) ... ; sets bad on junk. */
 int mj_next(mj *j, int close, int *first);
 /* The i-th string of list ("a\0b\0"). */
@@ -50,10 +55,31 @@ enum { K_STORE, K_INPUT, K_PZERO, K_PCOPY, K_ALIAS };
 typedef struct minrt_entry {
   DLTensor t;
   uint32_t nbytes;
-  uint32_t sid;    /* storage id; K_ALIAS: the aliased entry; K_PCOPY: arena offset */
-  uint32_t store;  /* for storage id == this entry's index: its size, then its offset */
+  union {                /* where the data is, by kind: */
+    uint32_t sid;        /* K_STORE, K_INPUT: its storage id */
+    uint32_t alias;      /* K_ALIAS: the entry it aliases */
+    uint32_t copy_at;    /* K_PCOPY: arena offset of the param's copy */
+  } src;
+  union {                /* for the entry whose index is a storage id: that storage's */
+    uint32_t size;       /* size (the largest entry sharing it), while planning */
+    uint32_t offset;     /* arena offset, once placed */
+  } store;
   uint8_t kind;
 } mentry;
+
+/* Layout the arena relies on: kernels get &entry->t as a DLTensor* (so t comes first, in
+ * DLPack's field order), and the parsed graph's regions stay 8-byte aligned one after the
+ * other. (C99 has no _Static_assert: a negative array size stops the build instead.) */
+#define MINRT_ASSERT(name, cond) typedef char minrt_assert_##name[(cond) ? 1 : -1]
+MINRT_ASSERT(tensor_first, offsetof(mentry, t) == 0);
+MINRT_ASSERT(dltensor_data_first, offsetof(DLTensor, data) == 0);
+MINRT_ASSERT(dltensor_order, offsetof(DLTensor, device) < offsetof(DLTensor, ndim) &&
+                             offsetof(DLTensor, ndim) < offsetof(DLTensor, dtype) &&
+                             offsetof(DLTensor, dtype) < offsetof(DLTensor, shape) &&
+                             offsetof(DLTensor, shape) < offsetof(DLTensor, strides) &&
+                             offsetof(DLTensor, strides) < offsetof(DLTensor, byte_offset));
+MINRT_ASSERT(dtype_is_4_bytes, sizeof(DLDataType) == 4);
+MINRT_ASSERT(any_is_16_bytes, sizeof(TVMFFIAny) == 16);
 
 typedef struct minrt_node {
   const char *name;
@@ -66,78 +92,68 @@ typedef struct minrt_node {
   uint8_t op;        /* 0 null (input or param), 1 tvm_op */
 } mnode;
 
-/* Error messages. Each is: the code (as -code, one byte), the word naming what is wrong
- * (W_*), the detail. Call sites pass the message's id (M_*: one byte of code, where a string
- * address takes four plus a literal). Messages are spelled with words: a byte 0x80 + k
- * stands for word k of MINRT_WORDS (W_* name them; words may use words too).
- * minrt_fail records "<what>[ <num>]: <detail>[ '<name>']" (name[0..len), or up to a NUL
- * before that) and returns the code. num < 0 is left out. */
-#define EJSON "\001"
-#define EGRAPH "\002"
-#define EPARAMS "\003"
-#define EKERNEL "\004"
-#define EARENA "\005"
-#define EALIGN "\006"
-#define EARG "\007"
-#define ERUN "\010"
-#define W_GRAPH_BYTE "\200"  /* graph.json byte */
-#define W_GRAPH "\201"       /* graph.json */
-#define W_NODE "\202"        /* node */
-#define W_ENTRY "\203"       /* entry */
-#define W_ATTRS "\204"       /* attrs */
-#define W_ROWS "\205"        /* node_row_ptr */
-#define W_ARTIFACT "\206"    /* artifact */
-#define W_HEADS "\207"       /* heads */
-#define W_PARAMS_BYTE "\210" /* params.bin byte */
-#define W_ARENA_NEED "\211"  /* arena bytes needed */
-#define W_INPUT "\212"       /* input */
-#define W_ARENA "\213"       /* arena */
-#define W_BAD "\214"         /* "bad " */
-#define W_UNKNOWN "\215"     /* "unknown " */
-#define W_BYTE "\216"        /* " byte" */
-#define W_PARAM "\217"       /* param */
-#define MINRT_WORDS                                                                       \
-  W_GRAPH W_BYTE "\0graph.json\0node\0entry\0attrs\0" W_NODE "_row_ptr\0artifact\0heads\0" \
-  W_PARAM "s.bin" W_BYTE "\0" W_ARENA W_BYTE "s needed\0input\0arena\0bad \0unknown \0 byte\0param\0"
-#define MINRT_NWORDS 16
+/* Error messages, one per failure minrt reports: its id (M_*, what call sites pass: one byte,
+ * where a string's address would take four), its code, the thing that is wrong and the
+ * detail. minrt_fail records "<what>[ <num>]: <detail>[ '<name>']" (name[0..len), or up to a
+ * NUL before that) and returns the code; num < 0 is left out. Built with MINRT_NO_MESSAGES
+ * (production firmware), the text is left out: codes stay, and a message is the code's name
+ * and num ("E_GRAPH 12"). */
 #define MINRT_MESSAGES(X) \
-  X(M_RUN, ERUN W_NODE "kernel failed:") \
-  X(M_INPUT_NAME, EARG W_INPUT "unknown") \
-  X(M_INPUT_SIZE, EARG W_INPUT "no such " W_INPUT ", or not its" W_BYTE " size") \
-  X(M_JSON, EJSON W_GRAPH_BYTE W_BAD "JSON") \
-  X(M_KEY, EGRAPH W_GRAPH "missing key") \
-  X(M_ROWS, EGRAPH W_ROWS "must increase from 0") \
-  X(M_NO_NODES, EGRAPH W_ROWS "no " W_NODE "s") \
-  X(M_NODE_COUNT, EGRAPH W_NODE "not in " W_ROWS) \
-  X(M_NODE_KEYS, EGRAPH W_NODE "needs op, name, " W_INPUT "s, func_name") \
-  X(M_NODE_INPUT, EGRAPH W_NODE W_BAD W_INPUT) \
-  X(M_NODE_ARITY, EGRAPH W_NODE W_BAD W_INPUT "/output count or __nop resizes") \
-  X(M_NODE_ARGS, EGRAPH W_NODE "too many " W_INPUT "s") \
-  X(M_KERNEL, EKERNEL W_NODE W_UNKNOWN "kernel") \
-  X(M_TAG, EGRAPH W_ATTRS W_BAD "type tag") \
-  X(M_LIST_LEN, EGRAPH W_ATTRS "list length != entries") \
-  X(M_ATTRS, EGRAPH W_ATTRS "needs dltype, storage_id, shape") \
-  X(M_DTYPE, EGRAPH W_ENTRY W_BAD "dtype") \
-  X(M_SID, EGRAPH W_ENTRY W_BAD "storage id") \
-  X(M_NDIM, EGRAPH W_ENTRY "over 6 dims") \
-  X(M_DIM, EGRAPH W_ENTRY W_BAD "dim") \
-  X(M_TOO_LARGE, EGRAPH W_ENTRY "too large") \
-  X(M_HEAD, EGRAPH W_HEADS W_BAD "ref") \
-  X(M_TRUNCATED, EPARAMS W_PARAMS_BYTE "truncated") \
-  X(M_HEADER, EPARAMS W_PARAMS_BYTE W_BAD "header") \
-  X(M_COUNT, EPARAMS W_PARAMS_BYTE W_BAD "count") \
-  X(M_MAGIC, EPARAMS W_PARAMS_BYTE W_BAD "magic") \
-  X(M_VERSION, EPARAMS W_PARAMS_BYTE W_BAD "version (minrt reads 1)") \
-  X(M_PARAM_NAME, EPARAMS W_PARAMS_BYTE W_UNKNOWN W_PARAM) \
-  X(M_PARAM_DUP, EPARAMS W_PARAMS_BYTE "duplicate " W_PARAM) \
-  X(M_PARAM_META, EPARAMS W_PARAMS_BYTE "device/dtype/shape differ from the graph for") \
-  X(M_TRAILING, EPARAMS W_PARAMS_BYTE "trailing" W_BYTE "s") \
-  X(M_ALIGN, EALIGN W_ARENA "not 64-byte aligned") \
-  X(M_BUF_SIZE, EARG W_ARTIFACT "buffer over 2 GiB") \
-  X(M_ARENA, EARENA W_ARENA_NEED "too small") \
-  X(M_ARENA_2G, EARENA W_ARENA_NEED "over 2 GiB")
-#define MINRT_MSG_ID(id, text) id,
+  X(M_RUN, MINRT_E_RUN, "node", "kernel failed:") \
+  X(M_INPUT_NAME, MINRT_E_ARG, "input", "unknown") \
+  X(M_INPUT_SIZE, MINRT_E_ARG, "input", "no such input, or not its byte size") \
+  X(M_JSON, MINRT_E_JSON, "graph.json byte", "bad JSON") \
+  X(M_KEY, MINRT_E_GRAPH, "graph.json", "missing key") \
+  X(M_ROWS, MINRT_E_GRAPH, "node_row_ptr", "must increase from 0") \
+  X(M_NO_NODES, MINRT_E_GRAPH, "node_row_ptr", "no nodes") \
+  X(M_NODE_COUNT, MINRT_E_GRAPH, "node", "not in node_row_ptr") \
+  X(M_NODE_KEYS, MINRT_E_GRAPH, "node", "needs op, name, inputs, func_name") \
+  X(M_NODE_INPUT, MINRT_E_GRAPH, "node", "bad input") \
+  X(M_NODE_ARITY, MINRT_E_GRAPH, "node", "bad input/output count or __nop resizes") \
+  X(M_NODE_ARGS, MINRT_E_GRAPH, "node", "too many inputs") \
+  X(M_KERNEL, MINRT_E_KERNEL, "node", "unknown kernel") \
+  X(M_NO_SIG, MINRT_E_KERNEL, "node", "no signature for kernel") \
+  X(M_SIG, MINRT_E_GRAPH, "node", "argument count, dtype or shape differs from kernel") \
+  X(M_TAG, MINRT_E_GRAPH, "attrs", "bad type tag") \
+  X(M_LIST_LEN, MINRT_E_GRAPH, "attrs", "list length != entries") \
+  X(M_ATTRS, MINRT_E_GRAPH, "attrs", "needs dltype, storage_id, shape") \
+  X(M_DTYPE, MINRT_E_GRAPH, "entry", "bad dtype") \
+  X(M_SID, MINRT_E_GRAPH, "entry", "bad storage id") \
+  X(M_NDIM, MINRT_E_GRAPH, "entry", "over 6 dims") \
+  X(M_DIM, MINRT_E_GRAPH, "entry", "bad dim") \
+  X(M_TOO_LARGE, MINRT_E_GRAPH, "entry", "too large") \
+  X(M_HEAD, MINRT_E_GRAPH, "heads", "bad ref") \
+  X(M_TRUNCATED, MINRT_E_PARAMS, "params.bin byte", "truncated") \
+  X(M_HEADER, MINRT_E_PARAMS, "params.bin byte", "bad header") \
+  X(M_COUNT, MINRT_E_PARAMS, "params.bin byte", "bad count") \
+  X(M_MAGIC, MINRT_E_PARAMS, "params.bin byte", "bad magic") \
+  X(M_VERSION, MINRT_E_PARAMS, "params.bin byte", "bad version (minrt reads 1)") \
+  X(M_PARAM_NAME, MINRT_E_PARAMS, "params.bin byte", "unknown param") \
+  X(M_PARAM_DUP, MINRT_E_PARAMS, "params.bin byte", "duplicate param") \
+  X(M_PARAM_META, MINRT_E_PARAMS, "params.bin byte", "device/dtype/shape differ from the graph for") \
+  X(M_TRAILING, MINRT_E_PARAMS, "params.bin byte", "trailing bytes") \
+  X(M_ALIGN, MINRT_E_ALIGN, "arena", "not 64-byte aligned") \
+  X(M_BUF_SIZE, MINRT_E_ARG, "artifact", "buffer over 2 GiB") \
+  X(M_ARENA, MINRT_E_ARENA, "arena bytes needed", "too small") \
+  X(M_ARENA_2G, MINRT_E_ARENA, "arena bytes needed", "over 2 GiB")
+#define MINRT_MSG_ID(id, code, what, detail) id,
 enum { MINRT_MESSAGES(MINRT_MSG_ID) M_COUNT_ };
 int minrt_fail(minrt_err *e, int id, long num, const char *name, uint32_t len);
+
+/* The checking build (-DMINRT_GUARD, tests only): a guard zone of MINRT_GUARD_BYTES after
+ * every region of the arena (minrt's tables, each storage id, each param copy, the
+ * workspace), filled at load and verified by minrt_run after every kernel. */
+#ifdef MINRT_GUARD
+#define MINRT_GUARD_BYTES 64
+#define MINRT_GUARD_MAX (1 << 16)
+#define MINRT_GUARD_FILL 0xA5
+typedef struct {
+  uint8_t *arena;
+  uint32_t n, at[MINRT_GUARD_MAX], end[MINRT_GUARD_MAX]; /* [at, end) of each zone */
+} minrt_guard_zones;
+extern minrt_guard_zones minrt_guards;
+#else
+#define MINRT_GUARD_BYTES 0
+#endif
 
 #endif

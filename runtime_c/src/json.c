@@ -82,6 +82,51 @@ int mj_skip(mj *j) {
   return 1;
 }
 
+/* 4 hex digits at s[*p..n) (then *p moves past them), or -1 */
+static int32_t hex4(const char *s, uint32_t n, uint32_t *p) {
+  int32_t v = 0, k, c;
+  for (k = 0; k < 4; k++, ++*p) {
+    c = *p < n ? s[*p] | 0x20 : 0; /* lower case */
+    c = (uint32_t)(c - '0') < 10 ? c - '0' : (uint32_t)(c - 'a') < 6 ? c - 'a' + 10 : -1;
+    if (c < 0) return -1;
+    v = v << 4 | c;
+  }
+  return v;
+}
+
+int mj_eq(const char *js, uint32_t jn, const char *s, size_t n) {
+  uint32_t p = 0, k;
+  int32_t c, lo;
+  uint8_t u[4];
+  while (p < jn) {
+    c = (uint8_t)js[p++];
+    if (c == '\\' && p < jn) {
+      c = (uint8_t)js[p++];
+      if (c == 'u') {
+        if ((c = hex4(js, jn, &p)) < 0) return 0;
+        /* a surrogate pair: one code point */
+        if ((c >> 10) == 0x36 && p + 1 < jn && js[p] == '\\' && js[p + 1] == 'u') {
+          k = p + 2;
+          if (((lo = hex4(js, jn, &k)) >> 10) == 0x37)
+            c = 0x10000 + ((c - 0xD800) << 10) + (lo - 0xDC00), p = k;
+        }
+      } else {
+        const char *e = strchr("b\bf\fn\nr\rt\t", c);
+        if (e) c = e[1];
+      }
+    }
+    /* c as UTF-8 */
+    k = c < 0x80 ? 1 : c < 0x800 ? 2 : c < 0x10000 ? 3 : 4;
+    for (lo = (int32_t)k; --lo;) u[lo] = (uint8_t)(0x80 | (c & 63)), c >>= 6;
+    u[0] = (uint8_t)(k == 1 ? c : (0xF00 >> k) | c);
+    if (n < k || memcmp(s, u, k)) return 0;
+    s += k, n -= k;
+  }
+  return !n;
+}
+
+int mj_end(mj *j) { return peek(j) < 0 || bad(j); }
+
 int mj_next(mj *j, int close, int *first) {
   if (*first) {
     *first = 0;

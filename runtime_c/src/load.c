@@ -15,7 +15,7 @@
 
 #define MAX_ITEMS (1u << 20) /* entries per graph */
 #define AL8(x) (((x) + 7) & ~7u)
-#define AL64(x) (((x) + 63) & ~63u)
+#define AL64(x) (((x) + 63) & ~(uint64_t)63)
 
 enum { KEY_NODES, KEY_HEADS, KEY_ATTRS, KEY_ROWS, NKEYS };
 
@@ -50,7 +50,7 @@ static int scan_top(ld *L) {
     if (k >= 0) L->at[k] = j->p;
     mj_skip(j); /* on bad JSON, the loop ends */
   }
-  if (j->bad) return jfail(L);
+  if (j->bad || !mj_end(j)) return jfail(L); /* nothing but spaces after the object */
   for (k = 0; k < NKEYS; k++)
     if (!L->at[k]) {
       L->nm = mj_nth(keys, k), L->nl = 127; /* up to its NUL */
@@ -99,7 +99,31 @@ static int32_t ref(ld *L, uint32_t limit, int msg, long num) {
 /* kernel argument k of the node being read: entry eid's tensor */
 static NOINLINE void arg(ld *L, uint32_t k, uint32_t eid) {
   L->args[k].type_index = 7; /* kTVMFFIDLTensorPtr */
-  L->args[k].v_ptr = &L->ent[eid].t;
+  MINRT_ANY_PTR(L->args[k]) = &L->ent[eid].t;
+}
+
+static NOINLINE int sig_fail(ld *L, const char *fn, uint32_t len, int msg, uint32_t i) {
+  L->nm = fn, L->nl = len;
+  return fail(L, msg, i);
+}
+
+/* Checks node nd (arguments filled in) against kernel fn's signature; nonzero on error. */
+static int check_signature(ld *L, const char *fn, uint32_t len, const mnode *nd, uint32_t i) {
+  const minrt_signatures *t = L->a->signatures;
+  const int64_t *s = 0;
+  uint32_t k, dt;
+  for (k = 0; t && k < t->n && !s; k++)
+    if (!strncmp(t->sigs[k].name, fn, len) && !t->sigs[k].name[len]) s = t->sigs[k].sig;
+  if (!s) return sig_fail(L, fn, len, M_NO_SIG, i);
+  if (*s++ != nd->nargs) return sig_fail(L, fn, len, M_SIG, i);
+  for (k = 0; k < (uint32_t)nd->nargs; k++) {
+    const DLTensor *a = (const DLTensor *)MINRT_ANY_PTR(nd->args[k]);
+    memcpy(&dt, &a->dtype, 4);
+    if (*s++ != ((int64_t)a->ndim << 32 | dt) || memcmp(s, a->shape, 8 * (uint32_t)a->ndim))
+      return sig_fail(L, fn, len, M_SIG, i);
+    s += a->ndim;
+  }
+  return 0;
 }
 
 /* nodes: [{"op": "null"|"tvm_op", "name": s, "inputs": [[nid, index, version]...],
@@ -112,6 +136,7 @@ static int parse_nodes(ld *L) {
   uint32_t i;
   int f, g, h;
   j->p = L->at[KEY_NODES];
+  L->n_args = L->n_plain = 0; /* counted again in pass 2 */
   scratch.nout = 1; /* not known in pass 1 */
   for (f = 1, i = 0; mj_next(j, ']', &f); i++) {
     const char *fn = 0;
@@ -156,7 +181,7 @@ static int parse_nodes(ld *L) {
       if (m) {
         mentry *en = &L->ent[nd->row];
         en->kind = op ? K_ALIAS : K_INPUT; /* an input until a param binds it */
-        if (op) en->sid = (uint32_t)eid;
+        if (op) en->src.alias = (uint32_t)eid;
       }
       continue;
     }
@@ -169,6 +194,7 @@ static int parse_nodes(ld *L) {
       }
       for (q = 0; q < nd->nout; q++) arg(L, c + q, nd->row + q);
       nd->nargs = (int32_t)(c + nd->nout);
+      if (check_signature(L, fn, fn_len, nd, i)) return 1;
       L->args += c + nd->nout;
     }
   }
@@ -219,7 +245,7 @@ static int parse_attrs(ld *L) {
       } else if (w == 1) {
         if ((v = mj_int(j)) < -1) break;
         if ((uint32_t)v >= L->n_ent) return fail(L, M_SID, e);
-        en->sid = (uint32_t)v;
+        en->src.sid = (uint32_t)v;
       } else {
         /* pass 2 reads into the pool's top: no more dims than pass 1 counted */
         s = L->m ? L->shp : dims;
@@ -345,11 +371,19 @@ static int parse_heads(ld *L) {
   return j->bad ? jfail(L) : 0;
 }
 
-/* Reserves n bytes (64-aligned) at *off; past 2^31 *off sticks at 2^31. */
-static uint32_t place(uint32_t *off, uint32_t n) {
-  uint32_t at = *off;
-  if ((*off += AL64(n)) >> 31) *off = 1u << 31;
-  return at;
+/* Reserves n bytes (64-aligned) at *off, in 64 bits: at most 2^20 regions of under 2^31
+ * bytes never wrap; the caller refuses a total past 2^31. The checking build
+ * (MINRT_GUARD) puts a guard zone after each region. */
+static uint32_t place(uint64_t *off, uint32_t n) {
+  uint64_t at = *off;
+  *off += AL64((uint64_t)n) + MINRT_GUARD_BYTES;
+#ifdef MINRT_GUARD
+  if (minrt_guards.n < MINRT_GUARD_MAX) {
+    minrt_guards.at[minrt_guards.n] = (uint32_t)(at + n);
+    minrt_guards.end[minrt_guards.n++] = (uint32_t)*off;
+  }
+#endif
+  return (uint32_t)at;
 }
 
 /* pass 1 (L->m NULL) counts, pass 2 fills in (nodes need the entries' sizes from attrs);
@@ -364,7 +398,8 @@ int minrt_load(minrt **out, const minrt_artifact *a, void *arena, size_t arena_l
   ld L;
   minrt *m = (minrt *)arena;
   uint8_t *b = (uint8_t *)arena;
-  uint32_t off, top, g, o_ent, o_args, o_ptr, o_shp, act, cp = 0, k;
+  uint64_t off, act;
+  uint32_t top, g, o_ent, o_args, o_ptr, o_shp, cp = 0, k;
   mentry *en, *end, *ent;
   memset(&L, 0, sizeof L);
   L.e = e;
@@ -409,31 +444,43 @@ int minrt_load(minrt **out, const minrt_artifact *a, void *arena, size_t arena_l
   ent = m->ent;
   end = ent + L.n_ent;
   for (en = ent; en < end; en++)
-    if (en->kind <= K_INPUT && ent[en->sid].store < en->nbytes)
-      ent[en->sid].store = en->nbytes;
+    if (en->kind <= K_INPUT && ent[en->src.sid].store.size < en->nbytes)
+      ent[en->src.sid].store.size = en->nbytes;
   off = top = AL64((uint32_t)((uint8_t *)L.shp - b));
+#ifdef MINRT_GUARD
+  minrt_guards.n = 0;
+  place(&off, 0); /* a guard after minrt's own tables */
+#endif
   for (en = ent; en < end; en++) {
-    en->store = place(&off, en->store);
-    if (en->kind == K_PCOPY) en->sid = place(&off, en->nbytes), cp += AL64(en->nbytes);
+    en->store.offset = place(&off, en->store.size);
+    if (en->kind == K_PCOPY) en->src.copy_at = place(&off, en->nbytes), cp += AL64(en->nbytes);
   }
   act = off;
   k = place(&off, (uint32_t)a->workspace_bytes);
+  if (off >> 31) { /* no arena will do */
+    *need = 0;
+    return fail(&L, M_ARENA_2G, -1);
+  }
   /* never less than the first call's need g, so the size it reports always loads (the
    * pool's unshared part then counts as graph) */
-  *need = off > g ? off : g;
-  if (off >> 31) return fail(&L, M_ARENA_2G, -1);
+  *need = off > g ? (size_t)off : g;
   if (*need > arena_len) return fail(&L, M_ARENA, (long)*need);
-  m->arena_use[MINRT_USE_GRAPH] = (uint32_t)*need - (off - top);
-  m->arena_use[MINRT_USE_ACTIVATIONS] = act - top - cp;
-  m->arena_use[MINRT_USE_WORKSPACE] = off - act;
+  m->arena_use[MINRT_USE_GRAPH] = (uint32_t)(*need - (off - top));
+  m->arena_use[MINRT_USE_ACTIVATIONS] = (uint32_t)(act - top - cp);
+  m->arena_use[MINRT_USE_WORKSPACE] = (uint32_t)(off - act);
   m->arena_use[MINRT_USE_WEIGHT_COPIES] = cp;
   m->ws = m->ws_top = b + k;
-  m->ws_end = b + off;
+  m->ws_end = b + off - MINRT_GUARD_BYTES;
+#ifdef MINRT_GUARD
+  for (k = 0; k < minrt_guards.n; k++)
+    memset(b + minrt_guards.at[k], MINRT_GUARD_FILL, minrt_guards.end[k] - minrt_guards.at[k]);
+  minrt_guards.arena = b;
+#endif
   for (en = ent; en < end; en++) {
-    if (en->kind == K_ALIAS) en->t.data = ent[en->sid].t.data;
-    else if (en->kind == K_PCOPY) en->t.data = memcpy(b + en->sid, en->t.data, en->nbytes);
+    if (en->kind == K_ALIAS) en->t.data = ent[en->src.alias].t.data;
+    else if (en->kind == K_PCOPY) en->t.data = memcpy(b + en->src.copy_at, en->t.data, en->nbytes);
     else if (en->kind <= K_INPUT) {
-      en->t.data = b + ent[en->sid].store;
+      en->t.data = b + ent[en->src.sid].store.offset;
       if (en->kind) m->inputs[m->n_inputs++] = &en->t; /* in node order */
     }
   }

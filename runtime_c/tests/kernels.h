@@ -28,7 +28,7 @@ static int targs(const TVMFFIAny *a, int32_t n, int32_t want, DLTensor **t) {
   if (n != want) return kfail("argument count");
   for (i = 0; i < n; i++) {
     if (a[i].type_index != 7) return kfail("not a DLTensor");
-    t[i] = (DLTensor *)a[i].v_ptr;
+    t[i] = (DLTensor *)MINRT_ANY_PTR(a[i]);
     if (((uintptr_t)t[i]->data & 63) != 0) return kfail("data not 64-byte aligned");
     if (t[i]->device.device_type != 1 || t[i]->byte_offset || t[i]->strides)
       return kfail("device/offset/strides");
@@ -110,6 +110,18 @@ static int k_copy(void *self, const TVMFFIAny *a, int32_t n, TVMFFIAny *ret) {
   return 0;
 }
 
+/* B = A, then one byte more: a kernel that writes past its output (for the checking
+ * build's guard zones) */
+static int k_overrun(void *self, const TVMFFIAny *a, int32_t n, TVMFFIAny *ret) {
+  DLTensor *t[2];
+  (void)self;
+  if (targs(a, n, 2, t)) return -1;
+  memcpy(t[1]->data, t[0]->data, (size_t)numel(t[1]) * 4);
+  ((unsigned char *)t[1]->data)[numel(t[1]) * 4] = 0;
+  ret->type_index = 0;
+  return 0;
+}
+
 /* always fails, like a generated kernel whose argument check fails */
 static int k_fail(void *self, const TVMFFIAny *a, int32_t n, TVMFFIAny *ret) {
   const char *parts[3] = {"Argument ", "0", " mismatch"};
@@ -118,13 +130,24 @@ static int k_fail(void *self, const TVMFFIAny *a, int32_t n, TVMFFIAny *ret) {
   return -1;
 }
 
-/* what a system-lib static constructor does */
+/* what a system-lib static constructor does (a kernel under several names: one per
+ * signature, as TVM compiles one PrimFunc per shape; their signatures: sigs.c, written by
+ * tests/test_runtime_c.py; nosig has none) */
 static void register_test_kernels(void) {
+  static const char *const copies[] = {"__tvm_ffi_copy_float32", "__tvm_ffi_copy_float16",
+                                       "__tvm_ffi_copy_int8",    "__tvm_ffi_copy_uint8",
+                                       "__tvm_ffi_copy_int16",   "__tvm_ffi_copy_int32",
+                                       "__tvm_ffi_copy_int64",   "__tvm_ffi_copy_bool"};
+  size_t i;
+  for (i = 0; i < sizeof copies / sizeof copies[0]; i++)
+    TVMFFIEnvModRegisterSystemLibSymbol(copies[i], (void *)(uintptr_t)&k_copy);
+  TVMFFIEnvModRegisterSystemLibSymbol("__tvm_ffi_nosig", (void *)(uintptr_t)&k_copy);
+  TVMFFIEnvModRegisterSystemLibSymbol("__tvm_ffi_add16", (void *)(uintptr_t)&k_add);
   TVMFFIEnvModRegisterSystemLibSymbol("__tvm_ffi_add", (void *)(uintptr_t)&k_add);
   TVMFFIEnvModRegisterSystemLibSymbol("__tvm_ffi_relu_ws", (void *)(uintptr_t)&k_relu_ws);
   TVMFFIEnvModRegisterSystemLibSymbol("__tvm_ffi_double_par", (void *)(uintptr_t)&k_double_par);
-  TVMFFIEnvModRegisterSystemLibSymbol("__tvm_ffi_copy", (void *)(uintptr_t)&k_copy);
   TVMFFIEnvModRegisterSystemLibSymbol("__tvm_ffi_fail", (void *)(uintptr_t)&k_fail);
+  TVMFFIEnvModRegisterSystemLibSymbol("__tvm_ffi_overrun", (void *)(uintptr_t)&k_overrun);
   TVMFFIEnvModRegisterSystemLibSymbol("mylib___tvm_ffi__library_ctx", (void *)&numel);
 }
 

@@ -5,8 +5,11 @@
  *   good_aligned.bin         the same params in minrt's aligned container
  *   dtypes.json + dtypes.bin  every dtype as a param, copied by a kernel; heads: copies,
  *                            then the params themselves; outputs written to dtypes_out.bin
+ *   sigs.c                   (compiled in) the kernels' signatures, minrt_model_signatures
+ *   names.json + names.txt   an input whose name has JSON escapes; its raw UTF-8 name
  *   cases.txt                malformed inputs, one per line:
- *                            PHASE(L load|R run) WORKSPACE GRAPH PARAMS CODE MESSAGE...
+ *                            PHASE(L load|R run|G run, checked only in the
+ *                            -DMINRT_GUARD build) WORKSPACE GRAPH PARAMS CODE MESSAGE...
  * Prints one line per failure and a last line "N passed, N failed". */
 #define _POSIX_C_SOURCE 200809L
 #include <stdio.h>
@@ -75,6 +78,7 @@ static int load(const void *json, size_t jn, const void *params, size_t pn, size
   a.params = params;
   a.params_len = pn;
   a.workspace_bytes = ws;
+  a.signatures = &minrt_model_signatures;
   *arena = NULL;
   for (;;) {
     rc = minrt_load(m, &a, *arena, have, &need, err);
@@ -143,6 +147,7 @@ static void test_good(void) {
     a.params = p.p;
     a.params_len = p.n;
     a.workspace_bytes = 64;
+    a.signatures = &minrt_model_signatures;
     rc = minrt_load(&m2, &a, NULL, 0, &need, &err);
     CHECK(rc == MINRT_E_ARENA && need > 0 && strstr(err.msg, "too small"), "query: %s", err.msg);
     if (posix_memalign((void **)&small, 64, 1 << 16)) exit(2);
@@ -215,7 +220,7 @@ static void test_read_only_params(void) {
   CHECK(u[MINRT_USE_WEIGHT_COPIES] == 0, "aligned params: %u bytes copied", u[MINRT_USE_WEIGHT_COPIES]);
   CHECK(u[0] + u[1] + u[2] + u[3] == arena_len, "breakdown %u+%u+%u+%u != arena %zu", u[0], u[1],
         u[2], u[3], arena_len);
-  CHECK(u[MINRT_USE_WORKSPACE] == 64 && u[MINRT_USE_GRAPH] > 0, "workspace %u graph %u",
+  CHECK(u[MINRT_USE_WORKSPACE] == 64 + MINRT_GUARD_BYTES && u[MINRT_USE_GRAPH] > 0, "workspace %u graph %u",
         u[MINRT_USE_WORKSPACE], u[MINRT_USE_GRAPH]);
   CHECK(m2->arena_use[MINRT_USE_WEIGHT_COPIES] == 64, "TVM blob: b (64 B) copied, got %u",
         m2->arena_use[MINRT_USE_WEIGHT_COPIES]);
@@ -245,6 +250,7 @@ static void test_mutations(void) {
   int bit, rc;
   memset(&a, 0, sizeof a);
   a.workspace_bytes = 64;
+  a.signatures = &minrt_model_signatures;
   for (i = 0; i < g.n; i++) {
     copy = (unsigned char *)malloc(i + 1);
     memcpy(copy, g.p, i);
@@ -305,7 +311,7 @@ static void test_dtypes(void) {
   size_t len;
   char path[512];
   FILE *f;
-  rc = runner_load(&r, (const char *)g.p, g.n, p.p, p.n, 0, NULL, NULL);
+  rc = runner_load(&r, (const char *)g.p, g.n, p.p, p.n, 0, NULL, NULL, &minrt_model_signatures);
   CHECK(rc == 0, "dtypes load: %s", r.err.msg);
   if (rc) return;
   CHECK(runner_run(&r, 1, &t) == 0, "dtypes run: %s", r.err.msg);
@@ -331,6 +337,27 @@ static void test_dtypes(void) {
   free(p.p);
 }
 
+/* JSON escapes in names compare as the characters they stand for (the inputs blob carries
+ * raw UTF-8) */
+static void test_names(void) {
+  buf g = slurp("names.json"), raw = slurp("names.txt");
+  minrt *m;
+  minrt_err err;
+  void *arena;
+  int rc = load(g.p, g.n, NULL, 0, 0, &m, &arena, &err);
+  CHECK(rc == 0, "names load: %s", err.msg);
+  if (!rc) {
+    CHECK(minrt_input_index(m, (const char *)raw.p, raw.n) == 0, "raw UTF-8 name not found");
+    CHECK(minrt_input_index(m, (const char *)raw.p, raw.n - 1) < 0, "a prefix matched");
+    raw.p[0] ^= 1;
+    CHECK(minrt_input_index(m, (const char *)raw.p, raw.n) < 0, "a different name matched");
+    CHECK(minrt_input_index(m, "y", 1) == 1, "plain name y");
+  }
+  free(arena);
+  free(g.p);
+  free(raw.p);
+}
+
 static void test_cases(void) {
   char path[512], line[1024], phase, gname[128], pname[128], *msg;
   long ws;
@@ -351,10 +378,13 @@ static void test_cases(void) {
     if (sscanf(line, "%c %ld %127s %127s %d %n", &phase, &ws, gname, pname, &code, &n) != 5)
       continue;
     msg = line + n;
+#ifndef MINRT_GUARD
+    if (phase == 'G') continue;
+#endif
     g = slurp(gname);
     p = strcmp(pname, "-") ? slurp(pname) : (buf){NULL, 0};
     rc = load(g.p, g.n, p.p, p.n, (size_t)ws, &m, &arena, &err);
-    if (phase == 'R' && rc == 0) {
+    if (phase != 'L' && rc == 0) {
       float x[16] = {1};
       minrt_set_input(m, 0, x, sizeof x);
       rc = minrt_run(m);
@@ -379,6 +409,7 @@ int main(int argc, char **argv) {
   test_good();
   test_read_only_params();
   test_dtypes();
+  test_names();
   test_cases();
   test_mutations();
   printf("%d passed, %d failed\n", passed, failed);

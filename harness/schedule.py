@@ -1,0 +1,258 @@
+"""Default (rule-based) schedules for the legalized PrimFuncs of a model.
+
+TVM's legalized kernels are plain loop nests: a whole-tensor `pad_temp`, a reduction that
+writes a whole-tensor intermediate, then one loop nest per elementwise epilogue. Without a
+schedule LLVM sees scalar code and the intermediates become workspace. The rules here
+rewrite every kernel in a few milliseconds, with no measurement:
+
+- every spatial block that is not an output and not padding is inlined into its consumers
+  (bias adds, relus, residual adds become part of one loop);
+- the heaviest reduction block (conv2d, depthwise conv2d, matmul/dense, pooling) is
+  register-tiled: the innermost output axis is split into vector lanes (`lanes` floats per
+  SIMD register: 8 for AVX2, 4 for NEON) and a second output axis into rows, so each tile
+  keeps about eight vector accumulators live across the whole reduction; the epilogue is
+  computed per tile (its intermediate shrinks to one tile); padding is computed inside the
+  loop that consumes it (one padded row band or plane, not the whole tensor);
+- any remaining output loop nest without a reduction is fused and vectorized.
+
+All loops are serial: minrt runs `TVMBackendParallelLaunch` serially (one core).
+A kernel whose structure the rules do not recognise keeps the inlining (always safe) and
+is reported as such, so `harness compile` never hands the raw legalized nest to codegen
+without at least that step.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+#: Target accumulator registers per tile (x86_64 AVX2 has 16 ymm, NEON 16 q registers).
+_ACCUMULATORS = 8
+
+
+def simd_lanes(tvm_target: Any) -> int:
+    """float32 lanes of the target's vector registers, from its LLVM mcpu/mattr."""
+    attrs = dict(tvm_target.attrs) if hasattr(tvm_target, "attrs") else dict(tvm_target)
+    triple = str(attrs.get("mtriple", ""))
+    mcpu = str(attrs.get("mcpu", ""))
+    mattr = [str(a) for a in attrs.get("mattr", [])]
+    if triple.startswith("x86_64") or triple.startswith("i686") or not triple:
+        if "+avx512f" in mattr or mcpu in {"x86-64-v4", "skylake-avx512", "icelake-server"}:
+            return 16
+        if "+avx2" in mattr or "+avx" in mattr or mcpu in {"x86-64-v3", "haswell", "skylake", "znver2", "znver3"}:
+            return 8
+        return 4  # SSE2, the x86-64 baseline
+    return 4  # NEON on ARMv7/AArch64: 128-bit
+
+
+@dataclass
+class KernelSchedule:
+    """What the rules did to one kernel."""
+
+    rule: str  # "tiled", "vectorized", "inlined"
+    detail: str = ""
+
+
+def _largest_divisor(n: int, limit: int) -> int:
+    for d in range(max(1, min(n, limit)), 0, -1):
+        if n % d == 0:
+            return d
+    return 1
+
+
+def _vector_factor(n: int, lanes: int) -> int:
+    """A tile width for an axis of extent n: a multiple of `lanes` dividing n when there is
+    one (up to 4 registers), else n itself when small, else the largest divisor <= lanes."""
+    for regs in (4, 3, 2, 1):
+        if n % (lanes * regs) == 0:
+            return lanes * regs
+    if n <= 2 * lanes:
+        return n
+    return _largest_divisor(n, lanes)
+
+
+def _is_spatial(sch: Any, block: Any) -> bool:
+    return all(int(iv.iter_type) == 0 for iv in sch.get(block).iter_vars)
+
+
+def _has_select(sch: Any, block: Any) -> bool:
+    return "if_then_else" in str(sch.get(block).body)
+
+
+def _local_buffers(sch: Any) -> set:
+    """The buffers the kernel allocates itself (the rest are its parameters)."""
+    return set(sch.get(sch.get_sblock("root")).alloc_buffers)
+
+
+def _writes_output(sch: Any, block: Any, local: set) -> bool:
+    return any(region.source not in local for region in sch.get(block).writes)
+
+
+def _extent(sch: Any, loop: Any) -> int:
+    return int(sch.get(loop).extent)
+
+
+def _inline_spatial(sch: Any, func: Any) -> None:
+    """Inline every spatial block that writes a kernel-local buffer and has no select into
+    its consumers, until none is left (padding stays a block, so it can be computed where it
+    is consumed)."""
+    local = _local_buffers(sch)
+    changed = True
+    while changed:
+        changed = False
+        for block in _blocks(sch):
+            if not _is_spatial(sch, block) or _writes_output(sch, block, local) or _has_select(sch, block):
+                continue
+            try:
+                sch.compute_inline(block)
+                changed = True
+                break
+            except Exception:  # noqa: BLE001 - a block that cannot be inlined stays
+                continue
+
+
+def _blocks(sch: Any) -> list:
+    return list(sch.get_child_blocks(sch.get_sblock("root")))
+
+
+def _region_vars(region: Any) -> set[str]:
+    """Names of the variables a buffer region's index expressions use."""
+    from tvm.tirx.analysis import undefined_vars
+
+    names: set[str] = set()
+    for rng in region.region:
+        for expr in (rng.min, rng.extent):
+            names |= {v.name for v in undefined_vars(expr)}
+    return names
+
+
+def _tile_reduction(sch: Any, func: Any, block: Any, lanes: int) -> tuple[str, list[str]]:
+    """Register-tile one reduction block; returns a description of the tiling and the names
+    of the blocks it placed in the tile."""
+    local = _local_buffers(sch)
+    node = sch.get(block)
+    loops = sch.get_loops(block)
+    iter_vars = list(node.iter_vars)
+    if len(loops) != len(iter_vars):
+        raise ValueError("loops and block iterators differ")
+    spatial = [(lp, iv) for lp, iv in zip(loops, iter_vars) if int(iv.iter_type) == 0]
+    reduce = [lp for lp, iv in zip(loops, iter_vars) if int(iv.iter_type) != 0]
+    extents = [int(iv.dom.extent) for _, iv in spatial]
+    if not spatial or extents[-1] <= 1:
+        raise ValueError("no vectorizable output axis")
+
+    # Which spatial iterators each read buffer is indexed by (by name in its region text).
+    reads = [(r.source, _region_vars(r)) for r in node.reads]
+    names = [iv.var.name for _, iv in spatial]
+    producers = {sch.get(p).writes[0].source: p for p in sch.get_producers(block)}
+    padded = [buf for buf, _ in reads if buf in producers]
+
+    v = len(spatial) - 1
+    candidates = [i for i in range(v) if extents[i] > 1]
+    u = None
+    if candidates:
+        def reuse(i: int) -> tuple[int, int, int]:
+            free_of_pad = all(names[i] not in used for buf, used in reads if buf in padded)
+            shared = sum(1 for _, used in reads if names[i] not in used)
+            return (int(free_of_pad and bool(padded)), shared, extents[i])
+        u = max(candidates, key=reuse)
+
+    if u is None:  # one output row (dense with batch 1): all accumulators along the vector axis
+        v_factor = next((lanes * r for r in range(_ACCUMULATORS, 0, -1) if extents[v] % (lanes * r) == 0),
+                        _vector_factor(extents[v], lanes))
+    else:
+        v_factor = _vector_factor(extents[v], lanes)
+    vector_regs = max(1, v_factor // lanes)
+    u_factor = _largest_divisor(extents[u], max(1, _ACCUMULATORS // vector_regs)) if u is not None else 1
+
+    v_o, v_i = sch.split(spatial[v][0], [None, v_factor])
+    order_outer = [lp for i, (lp, _) in enumerate(spatial) if i not in (u, v)]
+    if u is not None:
+        u_o, u_i = sch.split(spatial[u][0], [None, u_factor])
+        tile_outer, tile_inner = [u_o, v_o], [u_i, v_i]
+    else:
+        tile_outer, tile_inner = [v_o], [v_i]
+    sch.reorder(*order_outer, *tile_outer, *reduce, *tile_inner)
+
+    # The accumulator tile: the epilogue (or a write cache) is computed per tile.
+    consumers = list(sch.get_consumers(block))
+    if _writes_output(sch, block, local) or not consumers:
+        cache = sch.cache_write(block, 0, "global")
+        consumers = [cache]
+    for consumer in consumers:
+        sch.reverse_compute_at(consumer, tile_outer[-1], preserve_unit_loops=True)
+        inner = sch.get_loops(consumer)[-1]
+        if not _has_select(sch, consumer):
+            sch.vectorize(inner)
+    if u is not None:
+        sch.unroll(u_i)
+    sch.vectorize(v_i)
+    if reduce:
+        init = sch.decompose_reduction(block, reduce[0])
+        init_inner = sch.get_loops(init)[-1]
+        if sch.get(init_inner).kind != sch.get(v_i).kind:
+            sch.vectorize(init_inner)
+
+    # Padding: computed inside the loop that consumes it, outside the tile loops.
+    for buf in padded:
+        pad = producers[buf]
+        anchor = order_outer[-1] if order_outer else tile_outer[0]
+        sch.compute_at(pad, anchor, preserve_unit_loops=True)
+
+    placed = [sch.get(c).name_hint for c in consumers]
+    return (f"tile {names[u] if u is not None else '-'}x{names[v]} = {u_factor}x{v_factor}"
+            f"{', pad computed in loop' if padded else ''}"), placed
+
+
+def _vectorize_elementwise(sch: Any, block: Any, lanes: int) -> str:
+    loops = sch.get_loops(block)
+    fused = sch.fuse(*loops) if len(loops) > 1 else loops[0]
+    n = _extent(sch, fused)
+    factor = _vector_factor(n, lanes)
+    if factor <= 1 or _has_select(sch, block):
+        return "fused"
+    _, inner = sch.split(fused, [None, factor])
+    sch.vectorize(inner)
+    return f"fused, vector {factor}"
+
+
+def schedule_kernel(func: Any, lanes: int) -> tuple[Any, KernelSchedule]:
+    """Apply the default rules to one PrimFunc; returns the scheduled PrimFunc and what was
+    done. Falls back to inlining only when the tiling rule does not apply."""
+    from tvm import s_tir
+
+    sch = s_tir.Schedule(func)
+    _inline_spatial(sch, func)
+    inlined = sch.mod["main"]
+
+    def work(block: Any) -> int:
+        total = 1
+        for iv in sch.get(block).iter_vars:
+            total *= int(iv.dom.extent)
+        return total
+
+    try:
+        blocks = _blocks(sch)
+        reductions = [b for b in blocks if not _is_spatial(sch, b)]
+        details = []
+        placed: list[str] = []
+        if reductions:
+            anchor = max(reductions, key=work)
+            detail, placed = _tile_reduction(sch, func, anchor, lanes)
+            details.append(detail)
+            rule = "tiled"
+        else:
+            rule = "vectorized"
+        # Whatever is left at the root that is still a full loop nest of spatial work.
+        local = _local_buffers(sch)
+        for block in _blocks(sch):
+            if (_is_spatial(sch, block) and _writes_output(sch, block, local)
+                    and sch.get(block).name_hint not in placed):
+                details.append(_vectorize_elementwise(sch, block, lanes))
+        return sch.mod["main"], KernelSchedule(rule=rule, detail="; ".join(details))
+    except Exception as exc:  # noqa: BLE001 - any primitive may refuse; keep the inlined form
+        log.debug("default schedule: tiling refused (%s); inlining only", exc)
+        return inlined, KernelSchedule(rule="inlined", detail=f"{type(exc).__name__}: {str(exc).splitlines()[0][:120] if str(exc) else ''}")

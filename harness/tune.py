@@ -1,0 +1,475 @@
+"""`harness tune`: meta_schedule search with every candidate measured by minrt on the device.
+
+The search is TVM's (tvm.s_tir.meta_schedule: its design space, evolutionary search and
+cost model); building and timing are ours. A candidate kernel is compiled by TVM into an
+object, linked with minrt-run by the target's toolchain into a one-kernel model (the kernel
+alone as graph.json, seeded inputs and weights), put on the device through the target's
+transport (local, qemu-user, SSH, serial) and timed there by minrt-run. So what is measured
+is exactly what `harness run` will run: same runtime, same compiler, same device.
+
+Records go to a JSON database per target in the cache
+(`<cache>/tuning/<target>-<hash of its TVM target>/`), keyed by meta_schedule's structural
+workload hash; `harness compile` looks each kernel up there (see
+harness.compile.schedule_model_kernels). `MINRT_NO_TUNING=1` makes compile ignore it.
+The database can be exported as one file and imported (merged) elsewhere.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .cache import cache_dir
+from .errors import HarnessError
+from .targets import Target
+
+log = logging.getLogger(__name__)
+
+from .tuning_db import TuningDatabase, workload
+
+
+# ---------------------------------------------------------------------------------------------
+# The search: meta_schedule with a builder and a runner that go through minrt
+
+
+class TuningError(HarnessError):
+    """Tuning cannot go on (the device is gone, the time is up before anything ran)."""
+
+
+@dataclass
+class TaskResult:
+    name: str
+    trials: int  # measured in this session
+    records: int  # in the database for this workload, after the session
+    best_us: float | None
+    default_us: float | None = None
+    skipped: str | None = None
+
+
+@dataclass
+class TuneReport:
+    model: str
+    target: str
+    database: Path
+    tasks: list[TaskResult]
+    seconds: float
+
+    def table(self) -> str:
+        lines = [f"{'kernel':<36} {'trials':>6} {'records':>7} {'default':>10} {'best':>10}"]
+        for t in self.tasks:
+            best = f"{t.best_us:.1f}us" if t.best_us is not None else "-"
+            default = f"{t.default_us:.1f}us" if t.default_us is not None else "-"
+            lines.append(f"{t.name:<36} {t.trials:>6} {t.records:>7} {default:>10} {best:>10}"
+                         + (f"  ({t.skipped})" if t.skipped else ""))
+        lines.append(f"{sum(t.trials for t in self.tasks)} trials in {self.seconds:.0f} s; records in {self.database}")
+        return "\n".join(lines)
+
+
+def kernel_graph(name: str, func: Any, n_outputs: int) -> tuple[dict[str, Any], list[dict[str, Any]], list[dict[str, Any]]]:
+    """A graph.json that runs one kernel: every input argument is a graph input, the last
+    `n_outputs` arguments are the graph's outputs. Returns (graph, input specs, output specs)."""
+    from tvm.s_tir.meta_schedule.arg_info import ArgInfo
+
+    from .compile import Graph, GraphNode, graph_json, plan_storage
+
+    infos = [(tuple(int(d) for d in a.shape), str(a.dtype)) for a in ArgInfo.from_prim_func(func)]
+    n_in = len(infos) - n_outputs
+    nodes = [GraphNode(op="null", name=f"arg{i}", outputs=[infos[i]]) for i in range(n_in)]
+    nodes.append(GraphNode(op="tvm_op", name=name, inputs=[(i, 0) for i in range(n_in)], func_name=name,
+                           outputs=infos[n_in:]))
+    graph = Graph(nodes=nodes, heads=[(n_in, i) for i in range(n_outputs)], input_nids=list(range(n_in)),
+                  params={}, kernels={name: func})
+    specs_in = [{"name": f"arg{i}", "shape": list(infos[i][0]), "dtype": infos[i][1]} for i in range(n_in)]
+    specs_out = [{"name": f"out{i}", "shape": list(s), "dtype": d} for i, (s, d) in enumerate(infos[n_in:])]
+    return graph_json(graph, plan_storage(graph)), specs_in, specs_out
+
+
+class _Session:
+    """What the builder and the runner of one tuning task share: the device, the toolchain,
+    the kernel's name and arity, the deadline, and a scratch directory."""
+
+    def __init__(self, target: Target, ktarget: Any, toolchain: Any, device: Any, work: Path,
+                 deadline: float, iters: int, run_timeout: float) -> None:
+        self.target, self.ktarget, self.toolchain, self.device = target, ktarget, toolchain, device
+        self.work, self.deadline, self.iters, self.run_timeout = work, deadline, iters, run_timeout
+        self.kernel_name = "kernel"
+        self.n_outputs = 1
+        self.counter = 0
+        self.device_failures = 0
+        self.trials = 0
+        self.best_us: float | None = None
+
+    def _cc_command(self) -> list[str]:
+        """The runner's compiler and flags (harness.build.runner_command's, without files)."""
+        from .build import BUILD_FLAGS, RUNTIME_DIR
+
+        defines = ["-DMINRT_PROFILE"] + (["-DMINRT_RUN_SERIAL"] if (RUNTIME_DIR / "runner" / "serial.c").exists() else [])
+        return [self.target.cc.tool("gcc"), *self.target.cc.cflags, *BUILD_FLAGS, *defines,
+                f"-I{RUNTIME_DIR / 'include'}", f"-I{RUNTIME_DIR / 'runner'}"]
+
+    def _runtime_objects(self) -> list[Path]:
+        """minrt and the runner compiled once per session; each candidate only links."""
+        from .build import runner_sources, runtime_sources
+
+        if getattr(self, "_objects", None) is None:
+            rt = (self.work / "runtime").resolve()
+            rt.mkdir(parents=True, exist_ok=True)
+            sources = runtime_sources() + runner_sources()
+            self.toolchain.run([*self._cc_command(), "-c", *(str(p) for p in sources)], cwd=rt)
+            self._objects = [rt / (p.stem + ".o") for p in sources]
+        return self._objects
+
+    def time_left(self) -> float:
+        return self.deadline - time.monotonic()
+
+    def build(self, mod: Any) -> Path:
+        """Compile one candidate and link it with minrt-run; returns the candidate's directory."""
+        import tvm
+
+        from .artifact import GRAPH_JSON, KERNELS_OBJ, METADATA_JSON, PARAMS_BIN, Artifact
+        from .compile import compile_kernels
+        from .signatures import SIGNATURES_C, write_signatures
+
+        self.counter += 1
+        out = self.work / f"c{self.counter:05d}"
+        out.mkdir(parents=True, exist_ok=True)
+        func = mod["main"]
+        t0 = time.monotonic()
+        workspace = compile_kernels({self.kernel_name: func}, self.ktarget, out / KERNELS_OBJ)
+        write_signatures({self.kernel_name: func}, out / SIGNATURES_C)  # minrt checks every node
+        graph, specs_in, specs_out = kernel_graph(self.kernel_name, func, self.n_outputs)
+        (out / GRAPH_JSON).write_text(json.dumps(graph, separators=(",", ":")))
+        from . import tensorfile
+
+        tensorfile.save(out / PARAMS_BIN, {})
+        metadata = {"model": self.kernel_name, "model_sha256": "", "target": self.target.name,
+                    "tvm_target": self.target.tvm_target, "tvm_version": tvm.__version__, "abi": "tvm-ffi",
+                    "system_lib_prefix": "", "kernels": [self.kernel_name], "workspace_bytes": workspace,
+                    "inputs": specs_in, "outputs": specs_out}
+        (out / METADATA_JSON).write_text(json.dumps(metadata))
+        Artifact.open(out)  # the same checks a compiled model gets
+        t1 = time.monotonic()
+        self.toolchain.run([*self._cc_command(), *(str(o) for o in self._runtime_objects()),
+                            str((out / KERNELS_OBJ).resolve()), str((out / SIGNATURES_C).resolve()),
+                            *self.target.cc.ldflags, "-lm",
+                            "-o", str((out / "minrt-run").resolve())], cwd=out)
+        log.debug("candidate %d: TVM %.2f s, link %.2f s", self.counter, t1 - t0, time.monotonic() - t1)
+        return out
+
+    def run(self, directory: Path) -> float:
+        """Time one candidate on the device: the fastest of `iters` runs, in seconds."""
+        from . import tensorfile
+        from .artifact import Artifact
+        from .run import execute, random_inputs
+
+        artifact = Artifact.open(directory)
+        inputs = random_inputs(artifact.inputs, seed=0)
+        blob = tensorfile.dumps({s["name"]: inputs[s["name"]] for s in artifact.inputs})
+        timeout = max(1.0, min(self.run_timeout, self.time_left()))
+        t0 = time.monotonic()
+        _, timing = execute(self.device, directory / "minrt-run", artifact, blob, self.iters, timeout=timeout)
+        log.debug("candidate %s: ran in %.2f s", directory.name, time.monotonic() - t0)
+        return float(timing["min_us"]) * 1e-6
+
+
+def _make_builder(session: _Session) -> Any:
+    from tvm.s_tir.meta_schedule.builder import BuilderResult, PyBuilder
+    from tvm.ir.utils import derived_object
+
+    @derived_object
+    class MinrtBuilder(PyBuilder):
+        """Builds each candidate in this process with TVM, links it with minrt-run."""
+
+        def build(self, build_inputs: list) -> list:
+            results = []
+            for item in build_inputs:
+                if session.time_left() <= 0:
+                    results.append(BuilderResult(None, "tuning time budget exhausted"))
+                    continue
+                try:
+                    results.append(BuilderResult(str(session.build(item.mod)), None))
+                except Exception as exc:  # noqa: BLE001 - a candidate that does not build is a failed trial
+                    first = (str(exc).strip().splitlines() or [""])[0]
+                    results.append(BuilderResult(None, f"{type(exc).__name__}: {first[:300]}"))
+            return results
+
+    return MinrtBuilder()
+
+
+def _make_runner(session: _Session, max_device_failures: int = 3) -> Any:
+    from tvm.s_tir.meta_schedule.runner import PyRunner, PyRunnerFuture, RunnerResult
+    from tvm.ir.utils import derived_object
+
+    from .errors import DeviceError, RunnerError
+
+    @derived_object
+    class DoneFuture(PyRunnerFuture):
+        def __init__(self, result: Any) -> None:
+            super().__init__()
+            self._result = result
+
+        def done(self) -> bool:
+            return True
+
+        def result(self) -> Any:
+            return self._result
+
+    @derived_object
+    class MinrtRunner(PyRunner):
+        """Times each candidate with minrt-run on the target's device (synchronously)."""
+
+        def run(self, runner_inputs: list) -> list:
+            futures = []
+            for item in runner_inputs:
+                if session.time_left() <= 0:
+                    futures.append(DoneFuture(RunnerResult(None, "tuning time budget exhausted")))
+                    continue
+                try:
+                    secs = session.run(Path(item.artifact_path))
+                    session.device_failures = 0
+                    session.trials += 1
+                    us = secs * 1e6
+                    if session.best_us is None or us < session.best_us:
+                        session.best_us = us
+                    futures.append(DoneFuture(RunnerResult([secs], None)))
+                except RunnerError as exc:  # the candidate itself failed on the device
+                    futures.append(DoneFuture(RunnerResult(None, str(exc)[:300])))
+                except DeviceError as exc:
+                    session.device_failures += 1
+                    if session.device_failures >= max_device_failures:
+                        raise TuningError(f"the device failed {session.device_failures} times in a row; "
+                                          f"stopping: {exc}") from None
+                    futures.append(DoneFuture(RunnerResult(None, str(exc)[:300])))
+                finally:
+                    shutil.rmtree(item.artifact_path, ignore_errors=True)
+            return futures
+
+    return MinrtRunner()
+
+
+def _make_progress(session: _Session, task_label: str) -> Any:
+    from tvm.s_tir.meta_schedule.measure_callback import PyMeasureCallback
+    from tvm.ir.utils import derived_object
+
+    @derived_object
+    class Progress(PyMeasureCallback):
+        def apply(self, task_scheduler: Any, task_id: int, measure_candidates: Any,
+                  builder_results: Any, runner_results: Any) -> None:
+            failed = sum(1 for r in runner_results if r.error_msg)
+            best = f"{session.best_us:.1f} us" if session.best_us is not None else "-"
+            log.info("tune %s: %d trials measured (%d failed in this batch), best %s, %.0f s left",
+                     task_label, session.trials, failed, best, max(0.0, session.time_left()))
+
+    return Progress()
+
+
+def _import_tensor_intrinsics() -> None:
+    """Import tvm.s_tir.tensor_intrin (TuneContext does) quickly.
+
+    It parses a few hundred TVMScript intrinsics at import, each calling inspect.stack(),
+    which looks up source files for every frame of the import machinery: 25 s of CPU here.
+    Those module-level functions need no frame context, so during this one import
+    inspect.stack returns frames without it (5 s)."""
+    import inspect
+    import sys
+
+    if "tvm.s_tir.tensor_intrin" in sys.modules:
+        return
+
+    def frames_without_context(context: int = 1) -> list:
+        out, frame = [], sys._getframe(1)
+        while frame is not None:
+            out.append(inspect.FrameInfo(frame, frame.f_code.co_filename, frame.f_lineno,
+                                         frame.f_code.co_name, None, None))
+            frame = frame.f_back
+        return out
+
+    original = inspect.stack
+    inspect.stack = frames_without_context
+    try:
+        import tvm.s_tir.tensor_intrin  # noqa: F401
+    finally:
+        inspect.stack = original
+
+
+def _flops(func: Any) -> float:
+    import tvm
+    from tvm.s_tir.analysis import estimate_tir_flops
+
+    try:
+        return max(1.0, float(estimate_tir_flops(tvm.IRModule({"main": func}))))
+    except Exception:  # noqa: BLE001
+        return 1.0
+
+
+def model_kernels(model: Path, target: Target) -> tuple[dict[str, Any], dict[str, int]]:
+    """The kernels `harness compile` would build for this model (raw legalized PrimFuncs, the
+    tuning inputs) and how many outputs each has."""
+    import tvm
+
+    from .compile import graph_inputs, import_onnx, load_onnx, lower_relax, walk_main
+
+    onnx_model, _ = load_onnx(model)
+    mod, _ = import_onnx(onnx_model, model)
+    lowered = lower_relax(mod, tvm.target.Target(dict(target.tvm_target)))
+    graph = walk_main(lowered, [v.name for v in graph_inputs(onnx_model)], str(model))
+    n_outputs = {n.func_name: len(n.outputs) for n in graph.nodes if n.op == "tvm_op"}
+    return graph.kernels, n_outputs
+
+
+def tune_model(
+    model: Path,
+    target: Target,
+    *,
+    trials: int = 64,
+    time_budget: float | None = None,
+    toolchain: str = "host",
+    transport: str | None = None,
+    host: str | None = None,
+    cache: Path | None = None,
+    iters: int = 10,
+    run_timeout: float = 30.0,
+    trials_per_iter: int = 16,
+    seed: int = 0,
+    kernels: list[str] | None = None,
+    population: int = 128,
+    cost_model: str | None = None,
+) -> TuneReport:
+    """Tune a model's kernels for a target; `trials` is the budget for the whole model, shared
+    among kernels by their FLOPs (at least one batch each), heaviest first. Resumable: a
+    kernel that already has `its share` of records is skipped, and the search of a kernel
+    starts from its best records."""
+    import tempfile
+    import time
+
+    from tvm.s_tir import meta_schedule as ms
+
+    from .compile import kernel_target
+    from .toolchain import get_toolchain
+    from .devices import open_transport
+
+    started = time.monotonic()
+    deadline = started + time_budget if time_budget else float("inf")
+    funcs, n_outputs = model_kernels(Path(model), target)
+    if kernels:
+        unknown = sorted(set(kernels) - set(funcs))
+        if unknown:
+            raise HarnessError(f"{model}: no kernel(s) {unknown} (kernels: {sorted(funcs)})")
+        funcs = {k: v for k, v in funcs.items() if k in kernels}
+    ktarget = kernel_target(target)
+    _import_tensor_intrinsics()
+    db_files = TuningDatabase.for_target(target, cache)
+    database = db_files.open()
+    flops = {name: _flops(f) for name, f in funcs.items()}
+    total = sum(flops.values())
+    order = sorted(funcs, key=lambda n: -flops[n])
+    share = {n: max(trials_per_iter, int(round(trials * flops[n] / total))) for n in order}
+    log.info("tune %s for %s: %d kernels, %d trials, database %s", Path(model).stem, target.name,
+             len(order), trials, db_files.path)
+    results: list[TaskResult] = []
+    tc = get_toolchain(toolchain, target)
+    # Scratch space under the cache: the Docker toolchain sees only the source tree and the cache.
+    scratch_root = (Path(cache) if cache is not None else cache_dir()) / "tuning" / "scratch"
+    scratch_root.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="tune-", dir=scratch_root) as tmp, \
+            open_transport(target, kind=transport, host=host) as device:
+        for i, name in enumerate(order, start=1):
+            label = f"[{i}/{len(order)}] {name}"
+            mod = workload(funcs[name])
+            have = len(database.get_top_k(database.commit_workload(mod), 10**6)) if database.has_workload(mod) else 0
+            session = _Session(target, ktarget, tc, device, Path(tmp) / f"t{i}", deadline, iters, run_timeout)
+            session.kernel_name, session.n_outputs = name, n_outputs.get(name, 1)
+            if have >= share[name]:
+                log.info("tune %s: %d records already (share %d), skipped", label, have, share[name])
+                # Records from elsewhere (or an older session) still need this device's baseline.
+                default_us = _default_known(funcs[name], ktarget, db_files)
+                if default_us is None and time.monotonic() < deadline:
+                    default_us = _measure_default(session, funcs[name], db_files)
+                results.append(TaskResult(name, 0, have, _best_us(database, mod), default_us, skipped="already tuned"))
+                continue
+            if time.monotonic() >= deadline:
+                results.append(TaskResult(name, 0, have, _best_us(database, mod), skipped="time budget"))
+                continue
+            default_us = _measure_default(session, funcs[name], db_files)
+            log.info("tune %s: %d trials (%.3f MFLOP), default schedule %.1f us", label, share[name] - have,
+                     flops[name] / 1e6, default_us)
+            context = ms.TuneContext(mod=mod, target=ktarget, space_generator="post-order-apply",
+                                     search_strategy=ms.search_strategy.EvolutionarySearch(
+                                         population_size=population, init_min_unmeasured=min(50, population),
+                                         genetic_num_iters=2),
+                                     task_name=name, rand_state=seed + i, num_threads=1,
+                                     logger=_search_logger())
+            ms.tune.tune_tasks(
+                tasks=[context], task_weights=[1.0], work_dir=str(Path(tmp) / f"log{i}"),
+                max_trials_global=share[name] - have, num_trials_per_iter=min(trials_per_iter, share[name] - have),
+                builder=_make_builder(session), runner=_make_runner(session), database=database,
+                cost_model=cost_model or default_cost_model(), measure_callbacks=[_make_progress(session, label), *_default_callbacks()],
+                task_scheduler="round-robin")
+            records = len(database.get_top_k(database.commit_workload(mod), 10**6))
+            results.append(TaskResult(name, session.trials, records, _best_us(database, mod), default_us))
+            log.info("tune %s: done, %d trials, best %s", label, session.trials,
+                     f"{results[-1].best_us:.1f} us" if results[-1].best_us is not None else "-")
+    return TuneReport(model=Path(model).stem, target=target.name, database=db_files.path, tasks=results,
+                      seconds=time.monotonic() - started)
+
+
+def _search_logger() -> logging.Logger:
+    """meta_schedule's own per-iteration chatter goes to debug level; the harness reports
+    tasks, trials and the best latency itself."""
+    search = logging.getLogger("harness.tune.search")
+    if not log.isEnabledFor(logging.DEBUG):
+        search.setLevel(logging.WARNING)
+    return search
+
+
+def default_cost_model() -> str:
+    """meta_schedule's XGBoost model when xgboost is installed, else random ranking (the
+    search then relies on mutating the measured best)."""
+    try:
+        import xgboost  # noqa: F401
+    except ImportError:
+        return "random"
+    return "xgb"
+
+
+def _default_known(func: Any, ktarget: Any, db_files: TuningDatabase) -> float | None:
+    from .schedule import schedule_kernel, simd_lanes
+
+    return db_files.default_latency(schedule_kernel(func, simd_lanes(ktarget))[0])
+
+
+def _measure_default(session: _Session, func: Any, db_files: TuningDatabase) -> float:
+    """Time the kernel with its default schedule on the device (the baseline tuning must beat)."""
+    import tvm
+
+    from .schedule import schedule_kernel, simd_lanes
+
+    scheduled, _ = schedule_kernel(func, simd_lanes(session.ktarget))
+    directory = session.build(tvm.IRModule({"main": scheduled}))
+    try:
+        us = session.run(directory) * 1e6
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+    db_files.set_default_latency(scheduled, us)
+    return us
+
+
+def _default_callbacks() -> list:
+    from tvm.s_tir.meta_schedule.measure_callback import AddToDatabase, UpdateCostModel
+
+    # No RemoveBuildArtifact: the runner deletes each candidate's directory itself.
+    return [AddToDatabase(), UpdateCostModel()]
+
+
+def _best_us(database: Any, mod: Any) -> float | None:
+    if not database.has_workload(mod):
+        return None
+    top = database.get_top_k(database.commit_workload(mod), 1)
+    if not top or not top[0].run_secs:
+        return None
+    return min(float(s) for s in top[0].run_secs) * 1e6

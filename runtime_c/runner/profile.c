@@ -1,0 +1,53 @@
+/* minrt-run -p: each kernel's time, summed over the timed runs (built with MINRT_PROFILE,
+ * which makes minrt_run call minrt_profile_hook around every kernel). */
+#ifdef MINRT_PROFILE
+#define _POSIX_C_SOURCE 200809L
+#include <stdio.h>
+#include <stdlib.h>
+#include <time.h>
+
+#include "runner.h"
+
+static double *g_node_us; /* per node; NULL: not profiling */
+static double g_started;
+
+static double now_us(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec * 1e6 + (double)ts.tv_nsec / 1e3;
+}
+
+void minrt_profile_hook(const minrt *m, uint32_t node, int end) {
+  (void)m;
+  if (!g_node_us) return;
+  if (end) g_node_us[node] += now_us() - g_started;
+  else g_started = now_us();
+}
+
+int runner_profile_start(const runner *r) {
+  g_node_us = (double *)calloc(r->m->n_nodes ? r->m->n_nodes : 1, sizeof *g_node_us);
+  return g_node_us ? 0 : -1;
+}
+
+/* One JSON line: {"profile": [{"node", "name", "us"}...]}, the kernels' mean time per run,
+ * in node order (nodes without a kernel are left out). */
+void runner_profile_print(const runner *r, int iters, FILE *out) {
+  uint32_t i;
+  size_t len;
+  const char *name;
+  int first = 1;
+  if (!g_node_us) return;
+  fputs("{\"profile\": [", out);
+  for (i = 0; (name = minrt_node_name(r->m, i, &len)) != NULL; i++) {
+    if (g_node_us[i] <= 0) continue;
+    fprintf(out, "%s{\"node\": %u, \"name\": \"%.*s\", \"us\": %.3f}", first ? "" : ", ",
+            (unsigned)i, (int)len, name, g_node_us[i] / iters);
+    first = 0;
+  }
+  fputs("]}\n", out);
+  free(g_node_us);
+  g_node_us = NULL;
+}
+#else
+typedef int minrt_profile_c_is_empty; /* ISO C: a file holds at least one declaration */
+#endif
