@@ -303,7 +303,8 @@ class _Farm:
         log.warning("farm: device %s failed its health check: %s", device.name, check.detail)
         cycled = self._step("power-cycle", device)
         log.info("farm: device %s: %s", device.name, cycled.detail)
-        if cycled.ok and (again := self._step("check", device)).ok:
+        again = self._step("check", device) if cycled.ok else None
+        if again is not None and again.ok:
             if self.store is not None:
                 with self.lock:
                     failures = self.failures.get(device.name, 0)
@@ -312,7 +313,8 @@ class _Farm:
                                              reason=f"recovered: {cycled.detail} after a failed health "
                                                     f"check ({check.detail})")
             return True
-        self._device_failed(device, f"health check: {check.detail}; {cycled.detail}")
+        after = f"; checked again: {again.detail}" if again is not None else ""
+        self._device_failed(device, f"health check: {check.detail}; {cycled.detail}{after}")
         return False
 
     def _recover(self, device: Device, why: str, evidence: str | None = None) -> None:
