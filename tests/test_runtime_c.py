@@ -219,7 +219,7 @@ def malformed_cases(d: Path) -> list[str]:
     case("bad_dtype", variant(lambda g: g["attrs"]["dltype"][1].__setitem__(3, "float8")),
          E_GRAPH, "entry 3: bad dtype 'float8'")
     case("short_list", variant(lambda g: g["attrs"]["storage_id"][1].pop()), E_GRAPH,
-         "list length != entries")
+         "list length != node_row_ptr's entries")
     case("type_tag", variant(lambda g: g["attrs"]["shape"].__setitem__(0, "list_int")), E_GRAPH,
          "bad type tag")
     case("seven_dims", variant(lambda g: g["attrs"]["shape"][1].__setitem__(2, [1] * 7)),
@@ -228,7 +228,8 @@ def malformed_cases(d: Path) -> list[str]:
          E_GRAPH, "node 2: bad input")
     case("input_index", variant(lambda g: g["nodes"][2].update(inputs=[[0, 1, 0], [1, 0, 0]])),
          E_GRAPH, "node 2: bad input")
-    case("row_ptr", variant(lambda g: g["node_row_ptr"].pop()), E_GRAPH, "node 7: not in node_row_ptr")
+    case("row_ptr", variant(lambda g: g["node_row_ptr"].pop()), E_GRAPH,
+         "attrs 7: list length != node_row_ptr's entries")
     case("row_ptr_order", variant(lambda g: g["node_row_ptr"].__setitem__(3, 2)), E_GRAPH,
          "node_row_ptr 3: must increase from 0")
     case("nop_resize", variant(lambda g: g["attrs"]["shape"][1].__setitem__(4, [15])), E_GRAPH,

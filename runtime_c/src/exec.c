@@ -24,22 +24,24 @@ static char *put(char *p, char *end, const char *s, uint32_t n) {
   return p;
 }
 
-/* each message's code, as -code in a byte (see MINRT_MESSAGES in internal.h) */
-#define MINRT_MSG_CODE(id, code, what, detail) (char)-(code),
-static const char codes[] = {MINRT_MESSAGES(MINRT_MSG_CODE)};
+/* each message's -code (low 4 bits) and what (high 4 bits), in id order */
+#define MINRT_MSG_INFO(id, code, what, detail) (unsigned char)(-(code) | (what) << 4),
+static const unsigned char info[] = {MINRT_MESSAGES(MINRT_MSG_INFO)};
+MINRT_ASSERT(whats_fit_4_bits, W_COUNT_ <= 16);
 
 #ifdef MINRT_NO_MESSAGES
 /* the codes' names, by -code - 1 */
 static const char code_names[] = "E_JSON\0E_GRAPH\0E_PARAMS\0E_KERNEL\0E_ARENA\0E_ALIGN\0E_ARG\0E_RUN\0";
 #else
-/* "what\0detail\0" of each message, in id order */
-#define MINRT_MSG_TEXT(id, code, what, detail) what "\0" detail "\0"
-static const char messages[] = MINRT_MESSAGES(MINRT_MSG_TEXT);
+/* "what\0" of each W_*, then "detail\0" of each message in id order */
+#define MINRT_WHAT_TEXT(id, text) text "\0"
+#define MINRT_MSG_TEXT(id, code, what, detail) detail "\0"
+static const char texts[] = MINRT_WHATS(MINRT_WHAT_TEXT) MINRT_MESSAGES(MINRT_MSG_TEXT);
 #endif
 
 int minrt_fail(minrt_err *e, int id, long num, const char *name, uint32_t len) {
   char *p = e->msg, *end = e->msg + sizeof e->msg - 1, b[16], *d = b + 12;
-  int code = codes[id];
+  int code = info[id] & 15;
 #ifdef MINRT_NO_MESSAGES
   d[0] = 0;
 #else
@@ -52,8 +54,8 @@ int minrt_fail(minrt_err *e, int id, long num, const char *name, uint32_t len) {
 #ifdef MINRT_NO_MESSAGES
   p = put(put(p, end, mj_nth(code_names, code - 1), ALL), end, d, ALL);
 #else
-  p = put(put(p, end, mj_nth(messages, 2 * id), ALL), end, d, ALL);
-  p = put(p, end, mj_nth(messages, 2 * id + 1), ALL);
+  p = put(put(p, end, mj_nth(texts, info[id] >> 4), ALL), end, d, ALL);
+  p = put(p, end, mj_nth(texts, W_COUNT_ + id), ALL);
 #endif
   if (name) p = put(put(put(p, end, " '", ALL), end, name, len), end, "'", ALL);
   *p = 0;

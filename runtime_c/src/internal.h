@@ -93,49 +93,65 @@ typedef struct minrt_node {
 } mnode;
 
 /* Error messages, one per failure minrt reports: its id (M_*, what call sites pass: one byte,
- * where a string's address would take four), its code, the thing that is wrong and the
+ * where a string's address would take four), its code, the thing that is wrong (W_*: the
+ * first words of the text, kept once in MINRT_WHATS since many messages share them) and the
  * detail. minrt_fail records "<what>[ <num>]: <detail>[ '<name>']" (name[0..len), or up to a
  * NUL before that) and returns the code; num < 0 is left out. Built with MINRT_NO_MESSAGES
  * (production firmware), the text is left out: codes stay, and a message is the code's name
  * and num ("E_GRAPH 12"). */
+#define MINRT_WHATS(W) \
+  W(W_NODE, "node") \
+  W(W_INPUT, "input") \
+  W(W_JSON_BYTE, "graph.json byte") \
+  W(W_JSON, "graph.json") \
+  W(W_ROWS, "node_row_ptr") \
+  W(W_ATTRS, "attrs") \
+  W(W_ENTRY, "entry") \
+  W(W_HEADS, "heads") \
+  W(W_PARAMS, "params.bin byte") \
+  W(W_ARENA, "arena") \
+  W(W_ARTIFACT, "artifact") \
+  W(W_NEED, "arena bytes needed")
+#define MINRT_WHAT_ID(id, text) id,
+enum { MINRT_WHATS(MINRT_WHAT_ID) W_COUNT_ };
 #define MINRT_MESSAGES(X) \
-  X(M_RUN, MINRT_E_RUN, "node", "kernel failed:") \
-  X(M_INPUT_NAME, MINRT_E_ARG, "input", "unknown") \
-  X(M_INPUT_SIZE, MINRT_E_ARG, "input", "no such input, or not its byte size") \
-  X(M_JSON, MINRT_E_JSON, "graph.json byte", "bad JSON") \
-  X(M_KEY, MINRT_E_GRAPH, "graph.json", "missing key") \
-  X(M_ROWS, MINRT_E_GRAPH, "node_row_ptr", "must increase from 0") \
-  X(M_NO_NODES, MINRT_E_GRAPH, "node_row_ptr", "no nodes") \
-  X(M_NODE_COUNT, MINRT_E_GRAPH, "node", "not in node_row_ptr") \
-  X(M_NODE_KEYS, MINRT_E_GRAPH, "node", "needs op, name, inputs, func_name") \
-  X(M_NODE_INPUT, MINRT_E_GRAPH, "node", "bad input") \
-  X(M_NODE_ARITY, MINRT_E_GRAPH, "node", "bad input/output count or __nop resizes") \
-  X(M_NODE_ARGS, MINRT_E_GRAPH, "node", "too many inputs") \
-  X(M_KERNEL, MINRT_E_KERNEL, "node", "unknown kernel") \
-  X(M_NO_SIG, MINRT_E_KERNEL, "node", "no signature for kernel") \
-  X(M_SIG, MINRT_E_GRAPH, "node", "argument count, dtype or shape differs from kernel") \
-  X(M_TAG, MINRT_E_GRAPH, "attrs", "bad type tag") \
-  X(M_LIST_LEN, MINRT_E_GRAPH, "attrs", "list length != entries") \
-  X(M_ATTRS, MINRT_E_GRAPH, "attrs", "needs dltype, storage_id, shape") \
-  X(M_DTYPE, MINRT_E_GRAPH, "entry", "bad dtype") \
-  X(M_SID, MINRT_E_GRAPH, "entry", "bad storage id") \
-  X(M_NDIM, MINRT_E_GRAPH, "entry", "over 6 dims") \
-  X(M_DIM, MINRT_E_GRAPH, "entry", "bad dim") \
-  X(M_TOO_LARGE, MINRT_E_GRAPH, "entry", "too large") \
-  X(M_HEAD, MINRT_E_GRAPH, "heads", "bad ref") \
-  X(M_TRUNCATED, MINRT_E_PARAMS, "params.bin byte", "truncated") \
-  X(M_HEADER, MINRT_E_PARAMS, "params.bin byte", "bad header") \
-  X(M_COUNT, MINRT_E_PARAMS, "params.bin byte", "bad count") \
-  X(M_MAGIC, MINRT_E_PARAMS, "params.bin byte", "bad magic") \
-  X(M_VERSION, MINRT_E_PARAMS, "params.bin byte", "bad version (minrt reads 1)") \
-  X(M_PARAM_NAME, MINRT_E_PARAMS, "params.bin byte", "unknown param") \
-  X(M_PARAM_DUP, MINRT_E_PARAMS, "params.bin byte", "duplicate param") \
-  X(M_PARAM_META, MINRT_E_PARAMS, "params.bin byte", "device/dtype/shape differ from the graph for") \
-  X(M_TRAILING, MINRT_E_PARAMS, "params.bin byte", "trailing bytes") \
-  X(M_ALIGN, MINRT_E_ALIGN, "arena", "not 64-byte aligned") \
-  X(M_BUF_SIZE, MINRT_E_ARG, "artifact", "buffer over 2 GiB") \
-  X(M_ARENA, MINRT_E_ARENA, "arena bytes needed", "too small") \
-  X(M_ARENA_2G, MINRT_E_ARENA, "arena bytes needed", "over 2 GiB")
+  X(M_RUN, MINRT_E_RUN, W_NODE, "kernel failed:") \
+  X(M_INPUT_NAME, MINRT_E_ARG, W_INPUT, "unknown") \
+  X(M_INPUT_SIZE, MINRT_E_ARG, W_INPUT, "no such input, or not its byte size") \
+  X(M_JSON, MINRT_E_JSON, W_JSON_BYTE, "bad JSON") \
+  X(M_KEY, MINRT_E_GRAPH, W_JSON, "missing key") \
+  X(M_ROWS, MINRT_E_GRAPH, W_ROWS, "must increase from 0") \
+  X(M_NO_NODES, MINRT_E_GRAPH, W_ROWS, "no nodes") \
+  X(M_NODE_COUNT, MINRT_E_GRAPH, W_NODE, "not in node_row_ptr") \
+  X(M_NODE_KEYS, MINRT_E_GRAPH, W_NODE, "needs op, name, inputs, func_name") \
+  X(M_NODE_INPUT, MINRT_E_GRAPH, W_NODE, "bad input") \
+  X(M_NODE_ARITY, MINRT_E_GRAPH, W_NODE, "bad input/output count or __nop resizes") \
+  X(M_NODE_ARGS, MINRT_E_GRAPH, W_NODE, "too many inputs") \
+  X(M_KERNEL, MINRT_E_KERNEL, W_NODE, "unknown kernel") \
+  X(M_NO_SIG, MINRT_E_KERNEL, W_NODE, "no signature for kernel") \
+  X(M_SIG, MINRT_E_GRAPH, W_NODE, "argument count, dtype or shape differs from kernel") \
+  X(M_TAG, MINRT_E_GRAPH, W_ATTRS, "bad type tag") \
+  X(M_LIST_LEN, MINRT_E_GRAPH, W_ATTRS, "list length != node_row_ptr's entries") \
+  X(M_ATTRS, MINRT_E_GRAPH, W_ATTRS, "needs dltype, storage_id, shape") \
+  X(M_DTYPE, MINRT_E_GRAPH, W_ENTRY, "bad dtype") \
+  X(M_SID, MINRT_E_GRAPH, W_ENTRY, "bad storage id") \
+  X(M_NDIM, MINRT_E_GRAPH, W_ENTRY, "over 6 dims") \
+  X(M_DIM, MINRT_E_GRAPH, W_ENTRY, "bad dim") \
+  X(M_TOO_LARGE, MINRT_E_GRAPH, W_ENTRY, "too large") \
+  X(M_HEAD, MINRT_E_GRAPH, W_HEADS, "bad ref") \
+  X(M_TRUNCATED, MINRT_E_PARAMS, W_PARAMS, "truncated") \
+  X(M_HEADER, MINRT_E_PARAMS, W_PARAMS, "bad header") \
+  X(M_COUNT, MINRT_E_PARAMS, W_PARAMS, "bad count") \
+  X(M_MAGIC, MINRT_E_PARAMS, W_PARAMS, "bad magic") \
+  X(M_VERSION, MINRT_E_PARAMS, W_PARAMS, "bad version (minrt reads 1)") \
+  X(M_PARAM_NAME, MINRT_E_PARAMS, W_PARAMS, "unknown param") \
+  X(M_PARAM_DUP, MINRT_E_PARAMS, W_PARAMS, "duplicate param") \
+  X(M_PARAM_META, MINRT_E_PARAMS, W_PARAMS, "device/dtype/shape differ from the graph for") \
+  X(M_TRAILING, MINRT_E_PARAMS, W_PARAMS, "trailing bytes") \
+  X(M_ALIGN, MINRT_E_ALIGN, W_ARENA, "not 64-byte aligned") \
+  X(M_BUF_SIZE, MINRT_E_ARG, W_ARTIFACT, "buffer over 2 GiB") \
+  X(M_ARENA, MINRT_E_ARENA, W_NEED, "too small") \
+  X(M_ARENA_2G, MINRT_E_ARENA, W_NEED, "over 2 GiB")
 #define MINRT_MSG_ID(id, code, what, detail) id,
 enum { MINRT_MESSAGES(MINRT_MSG_ID) M_COUNT_ };
 int minrt_fail(minrt_err *e, int id, long num, const char *name, uint32_t len);

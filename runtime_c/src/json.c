@@ -82,44 +82,43 @@ int mj_skip(mj *j) {
   return 1;
 }
 
-/* 4 hex digits at s[*p..n) (then *p moves past them), or -1 */
-static int32_t hex4(const char *s, uint32_t n, uint32_t *p) {
-  int32_t v = 0, k, c;
-  for (k = 0; k < 4; k++, ++*p) {
-    c = *p < n ? s[*p] | 0x20 : 0; /* lower case */
+/* The code unit of a \uXXXX at js[*p..jn) (then *p moves past it), or -1. */
+static int32_t uesc(const char *js, uint32_t jn, uint32_t *p) {
+  uint32_t q = *p + 2, e = q + 4;
+  int32_t v = 0, c;
+  if (e > jn || js[q - 2] != '\\' || js[q - 1] != 'u') return -1;
+  for (; q < e; q++) {
+    c = js[q] | 0x20; /* lower case */
     c = (uint32_t)(c - '0') < 10 ? c - '0' : (uint32_t)(c - 'a') < 6 ? c - 'a' + 10 : -1;
     if (c < 0) return -1;
     v = v << 4 | c;
   }
+  *p = e;
   return v;
 }
 
 int mj_eq(const char *js, uint32_t jn, const char *s, size_t n) {
   uint32_t p = 0, k;
   int32_t c, lo;
-  uint8_t u[4];
   while (p < jn) {
-    c = (uint8_t)js[p++];
-    if (c == '\\' && p < jn) {
+    if ((c = uesc(js, jn, &p)) >= 0) {
+      k = p; /* a surrogate pair is one code point */
+      if ((c >> 10) == 0x36 && (lo = uesc(js, jn, &k)) >> 10 == 0x37)
+        c = 0x10000 + ((c - 0xD800) << 10) + (lo - 0xDC00), p = k;
+    } else if ((c = (uint8_t)js[p++]) == '\\' && p < jn) {
+      const char *e;
       c = (uint8_t)js[p++];
-      if (c == 'u') {
-        if ((c = hex4(js, jn, &p)) < 0) return 0;
-        /* a surrogate pair: one code point */
-        if ((c >> 10) == 0x36 && p + 1 < jn && js[p] == '\\' && js[p + 1] == 'u') {
-          k = p + 2;
-          if (((lo = hex4(js, jn, &k)) >> 10) == 0x37)
-            c = 0x10000 + ((c - 0xD800) << 10) + (lo - 0xDC00), p = k;
-        }
-      } else {
-        const char *e = strchr("b\bf\fn\nr\rt\t", c);
-        if (e) c = e[1];
-      }
+      if (c == 'u') return 0; /* not 4 hex digits */
+      /* b f n r t stand for control characters; anything else for itself (only letters
+       * are looked up: a raw control byte or NUL after the backslash is itself) */
+      if (c > ' ' && (e = strchr("b\bf\fn\nr\rt\t", c))) c = e[1];
     }
-    /* c as UTF-8 */
+    /* c as UTF-8, compared from its last byte */
     k = c < 0x80 ? 1 : c < 0x800 ? 2 : c < 0x10000 ? 3 : 4;
-    for (lo = (int32_t)k; --lo;) u[lo] = (uint8_t)(0x80 | (c & 63)), c >>= 6;
-    u[0] = (uint8_t)(k == 1 ? c : (0xF00 >> k) | c);
-    if (n < k || memcmp(s, u, k)) return 0;
+    if (n < k) return 0;
+    for (lo = (int32_t)k; --lo; c >>= 6)
+      if ((uint8_t)s[lo] != (0x80 | (c & 63))) return 0;
+    if ((uint8_t)s[0] != (uint8_t)(k == 1 ? c : (0xF00 >> k) | c)) return 0;
     s += k, n -= k;
   }
   return !n;

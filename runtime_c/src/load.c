@@ -32,6 +32,8 @@ typedef struct {
   uint32_t pp;        /* params.bin: bytes read */
   uint32_t n_nodes, n_ent, n_args, n_heads, n_plain, n_dims;
   TVMFFIAny *args;
+  const int64_t *sig; /* the signature of the node being read: what arg() checks next */
+  uint32_t sig_n;
   int64_t *shp, *shp0; /* the shape pool: its top, its start */
 } ld;
 
@@ -96,33 +98,18 @@ static int32_t ref(ld *L, uint32_t limit, int msg, long num) {
   return L->m ? (int32_t)(L->nodes[nid].row + idx) : 0;
 }
 
-/* kernel argument k of the node being read: entry eid's tensor */
-static NOINLINE void arg(ld *L, uint32_t k, uint32_t eid) {
+/* Kernel argument k of the node being read: entry eid's tensor, checked against the
+ * kernel's signature (L->sig: what is left of it; L->sig_n: its argument count). Nonzero
+ * if it differs. */
+static NOINLINE int arg(ld *L, uint32_t k, uint32_t eid) {
+  DLTensor *t = &L->ent[eid].t;
+  uint32_t dt, nd = (uint32_t)t->ndim;
   L->args[k].type_index = 7; /* kTVMFFIDLTensorPtr */
-  MINRT_ANY_PTR(L->args[k]) = &L->ent[eid].t;
-}
-
-static NOINLINE int sig_fail(ld *L, const char *fn, uint32_t len, int msg, uint32_t i) {
-  L->nm = fn, L->nl = len;
-  return fail(L, msg, i);
-}
-
-/* Checks node nd (arguments filled in) against kernel fn's signature; nonzero on error. */
-static int check_signature(ld *L, const char *fn, uint32_t len, const mnode *nd, uint32_t i) {
-  const minrt_signatures *t = L->a->signatures;
-  const int64_t *s = 0;
-  uint32_t k, dt;
-  for (k = 0; t && k < t->n && !s; k++)
-    if (!strncmp(t->sigs[k].name, fn, len) && !t->sigs[k].name[len]) s = t->sigs[k].sig;
-  if (!s) return sig_fail(L, fn, len, M_NO_SIG, i);
-  if (*s++ != nd->nargs) return sig_fail(L, fn, len, M_SIG, i);
-  for (k = 0; k < (uint32_t)nd->nargs; k++) {
-    const DLTensor *a = (const DLTensor *)MINRT_ANY_PTR(nd->args[k]);
-    memcpy(&dt, &a->dtype, 4);
-    if (*s++ != ((int64_t)a->ndim << 32 | dt) || memcmp(s, a->shape, 8 * (uint32_t)a->ndim))
-      return sig_fail(L, fn, len, M_SIG, i);
-    s += a->ndim;
-  }
+  MINRT_ANY_PTR(L->args[k]) = t;
+  memcpy(&dt, &t->dtype, 4);
+  if (k >= L->sig_n || *L->sig != ((int64_t)nd << 32 | dt) || memcmp(L->sig + 1, t->shape, 8 * nd))
+    return 1;
+  L->sig += 1 + nd;
   return 0;
 }
 
@@ -143,6 +130,7 @@ static int parse_nodes(ld *L) {
     uint32_t fn_len = 0, in_at = 0, end, c, q;
     int32_t eid = 0;
     int op = -1;
+    L->nm = 0;
     if (i >= L->n_nodes) return fail(L, M_NODE_COUNT, i);
     nd = m ? &L->nodes[i] : &scratch;
     nd->name = 0;
@@ -166,10 +154,20 @@ static int parse_nodes(ld *L) {
     if (op && !mj_index(fn, fn_len, "__nop\0")) op = 2;
     nd->op = op == 1;
     nd->args = L->args;
+    if (m && op == 1) {
+      const minrt_signatures *t = a->signatures;
+      L->nm = fn, L->nl = fn_len; /* the node's errors from here name its kernel */
+      nd->fn = a->resolve ? a->resolve(a->resolve_ctx, fn, fn_len) : minrt_syslib_lookup(0, fn, fn_len);
+      if (!nd->fn) return fail(L, M_KERNEL, i);
+      for (L->sig = 0, q = 0; t && q < t->n && !L->sig; q++)
+        if (!strncmp(t->sigs[q].name, fn, fn_len) && !t->sigs[q].name[fn_len]) L->sig = t->sigs[q].sig;
+      if (!L->sig) return fail(L, M_NO_SIG, i);
+      L->sig_n = (uint32_t)*L->sig++;
+    }
     j->p = in_at;
     for (g = 1, c = 0; mj_next(j, ']', &g); c++) {
       if ((eid = ref(L, i, M_NODE_INPUT, i)) < 0) return 1;
-      if (m && op == 1) arg(L, c, (uint32_t)eid);
+      if (m && op == 1 && arg(L, c, (uint32_t)eid)) return fail(L, M_SIG, i);
     }
     if (j->bad) return jfail(L);
     j->p = end;
@@ -187,15 +185,10 @@ static int parse_nodes(ld *L) {
     }
     if ((L->n_args += c) > MAX_ITEMS * 4) return fail(L, M_NODE_ARGS, i);
     if (m) {
-      nd->fn = a->resolve ? a->resolve(a->resolve_ctx, fn, fn_len) : minrt_syslib_lookup(0, fn, fn_len);
-      if (!nd->fn) {
-        L->nm = fn, L->nl = fn_len;
-        return fail(L, M_KERNEL, i);
-      }
-      for (q = 0; q < nd->nout; q++) arg(L, c + q, nd->row + q);
-      nd->nargs = (int32_t)(c + nd->nout);
-      if (check_signature(L, fn, fn_len, nd, i)) return 1;
-      L->args += c + nd->nout;
+      for (q = 0; q < nd->nout; q++)
+        if (arg(L, c + q, nd->row + q)) return fail(L, M_SIG, i);
+      if ((nd->nargs = (int32_t)(c + q)) != (int32_t)L->sig_n) return fail(L, M_SIG, i);
+      L->args += c + q;
     }
   }
   if (j->bad) return jfail(L);
@@ -389,8 +382,7 @@ static uint32_t place(uint64_t *off, uint32_t n) {
 /* pass 1 (L->m NULL) counts, pass 2 fills in (nodes need the entries' sizes from attrs);
  * nonzero on error */
 static int walk(ld *L) {
-  return rows(L) || (L->m && parse_attrs(L)) || parse_nodes(L) || (!L->m && parse_attrs(L)) || (L->m && parse_params(L)) ||
-         parse_heads(L);
+  return rows(L) || parse_attrs(L) || parse_nodes(L) || (L->m && parse_params(L)) || parse_heads(L);
 }
 
 int minrt_load(minrt **out, const minrt_artifact *a, void *arena, size_t arena_len,

@@ -337,6 +337,35 @@ static void test_dtypes(void) {
   free(p.p);
 }
 
+/* a backslash before a raw control byte or a NUL (mj_str keeps escapes raw) is a character
+ * that compares as itself and reads nothing past the escape table (ASan build) */
+static void test_raw_escapes(void) {
+  static const char head[] = "{\"nodes\":[{\"op\":\"null\",\"name\":\"a\\";
+  static const char tail[] = "\",\"inputs\":[]}],\"heads\":[[0,0,0]],\"attrs\":{"
+      "\"dltype\":[\"list_str\",[\"float32\"]],\"storage_id\":[\"list_int\",[0]],"
+      "\"shape\":[\"list_shape\",[[1]]]},\"node_row_ptr\":[0,1]}";
+  static const char raw[] = {0, '\b', '\n', 'b', 'n'};
+  char json[sizeof head + sizeof tail], name[2] = {'a', 0};
+  size_t k, hn = sizeof head - 1, tn = sizeof tail - 1;
+  for (k = 0; k < sizeof raw; k++) {
+    minrt *m;
+    minrt_err err;
+    void *arena = NULL;
+    int rc;
+    memcpy(json, head, hn);
+    json[hn] = raw[k];
+    memcpy(json + hn + 1, tail, tn);
+    rc = load(json, hn + 1 + tn, NULL, 0, 0, &m, &arena, &err);
+    CHECK(rc == 0, "escaped byte %d: load: %s", raw[k], err.msg);
+    if (!rc) {
+      name[1] = raw[k] == 'b' ? '\b' : raw[k] == 'n' ? '\n' : raw[k];
+      CHECK(minrt_input_index(m, name, 2) == 0, "escaped byte %d: name not found", raw[k]);
+      CHECK(minrt_input_index(m, name, 1) < 0, "escaped byte %d: a prefix matched", raw[k]);
+    }
+    free(arena);
+  }
+}
+
 /* JSON escapes in names compare as the characters they stand for (the inputs blob carries
  * raw UTF-8) */
 static void test_names(void) {
@@ -356,6 +385,7 @@ static void test_names(void) {
   free(arena);
   free(g.p);
   free(raw.p);
+  test_raw_escapes();
 }
 
 static void test_cases(void) {
