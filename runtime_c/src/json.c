@@ -101,10 +101,12 @@ int mj_eq(const char *js, uint32_t jn, const char *s, size_t n) {
   uint32_t p = 0, k;
   int32_t c, lo;
   while (p < jn) {
+    k = 1; /* a raw byte (UTF-8 as written) or an escaped ASCII character: itself */
     if ((c = uesc(js, jn, &p)) >= 0) {
       k = p; /* a surrogate pair is one code point */
       if ((c >> 10) == 0x36 && (lo = uesc(js, jn, &k)) >> 10 == 0x37)
         c = 0x10000 + ((c - 0xD800) << 10) + (lo - 0xDC00), p = k;
+      k = c < 0x80 ? 1 : c < 0x800 ? 2 : c < 0x10000 ? 3 : 4; /* its UTF-8 length */
     } else if ((c = (uint8_t)js[p++]) == '\\' && p < jn) {
       const char *e;
       c = (uint8_t)js[p++];
@@ -114,7 +116,6 @@ int mj_eq(const char *js, uint32_t jn, const char *s, size_t n) {
       if (c > ' ' && (e = strchr("b\bf\fn\nr\rt\t", c))) c = e[1];
     }
     /* c as UTF-8, compared from its last byte */
-    k = c < 0x80 ? 1 : c < 0x800 ? 2 : c < 0x10000 ? 3 : 4;
     if (n < k) return 0;
     for (lo = (int32_t)k; --lo; c >>= 6)
       if ((uint8_t)s[lo] != (0x80 | (c & 63))) return 0;

@@ -337,30 +337,38 @@ static void test_dtypes(void) {
   free(p.p);
 }
 
-/* a backslash before a raw control byte or a NUL (mj_str keeps escapes raw) is a character
- * that compares as itself and reads nothing past the escape table (ASan build) */
-static void test_raw_escapes(void) {
-  static const char head[] = "{\"nodes\":[{\"op\":\"null\",\"name\":\"a\\";
+/* names as written in graph.json (raw bytes, escapes) and the UTF-8 name each stands for:
+ * a backslash before a raw control byte or a NUL (mj_str keeps escapes raw) is that byte,
+ * read without looking past the escape table (ASan build); raw UTF-8 is itself */
+static void test_name_bytes(void) {
+  static const char head[] = "{\"nodes\":[{\"op\":\"null\",\"name\":\"";
   static const char tail[] = "\",\"inputs\":[]}],\"heads\":[[0,0,0]],\"attrs\":{"
       "\"dltype\":[\"list_str\",[\"float32\"]],\"storage_id\":[\"list_int\",[0]],"
       "\"shape\":[\"list_shape\",[[1]]]},\"node_row_ptr\":[0,1]}";
-  static const char raw[] = {0, '\b', '\n', 'b', 'n'};
-  char json[sizeof head + sizeof tail], name[2] = {'a', 0};
+  static const struct {
+    const char *json, *utf8;
+    size_t jn, un;
+  } cases[] = {
+      {"a\\\0", "a\0", 3, 2},          {"a\\\b", "a\b", 3, 2}, {"a\\b", "a\b", 3, 2},
+      {"a\\n", "a\n", 3, 2},            {"a\\/", "a/", 3, 2},     {"a\xc3\xa9", "a\xc3\xa9", 3, 3},
+      {"a\\u00e9", "a\xc3\xa9", 7, 3}, {"a\\u00E9", "a\xc3\xa9", 7, 3},
+  };
+  char json[sizeof head + sizeof tail + 8];
   size_t k, hn = sizeof head - 1, tn = sizeof tail - 1;
-  for (k = 0; k < sizeof raw; k++) {
+  for (k = 0; k < sizeof cases / sizeof cases[0]; k++) {
     minrt *m;
     minrt_err err;
     void *arena = NULL;
+    size_t jn = cases[k].jn, un = cases[k].un;
     int rc;
     memcpy(json, head, hn);
-    json[hn] = raw[k];
-    memcpy(json + hn + 1, tail, tn);
-    rc = load(json, hn + 1 + tn, NULL, 0, 0, &m, &arena, &err);
-    CHECK(rc == 0, "escaped byte %d: load: %s", raw[k], err.msg);
+    memcpy(json + hn, cases[k].json, jn);
+    memcpy(json + hn + jn, tail, tn);
+    rc = load(json, hn + jn + tn, NULL, 0, 0, &m, &arena, &err);
+    CHECK(rc == 0, "name case %zu: load: %s", k, err.msg);
     if (!rc) {
-      name[1] = raw[k] == 'b' ? '\b' : raw[k] == 'n' ? '\n' : raw[k];
-      CHECK(minrt_input_index(m, name, 2) == 0, "escaped byte %d: name not found", raw[k]);
-      CHECK(minrt_input_index(m, name, 1) < 0, "escaped byte %d: a prefix matched", raw[k]);
+      CHECK(minrt_input_index(m, cases[k].utf8, un) == 0, "name case %zu: not found", k);
+      CHECK(minrt_input_index(m, cases[k].utf8, un - 1) < 0, "name case %zu: a prefix matched", k);
     }
     free(arena);
   }
@@ -385,7 +393,7 @@ static void test_names(void) {
   free(arena);
   free(g.p);
   free(raw.p);
-  test_raw_escapes();
+  test_name_bytes();
 }
 
 static void test_cases(void) {
