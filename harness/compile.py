@@ -33,7 +33,7 @@ from .targets import Target, load_target, tvm_target as tvm_target_of
 log = logging.getLogger(__name__)
 
 #: Bump when the artifact produced for the same inputs changes (invalidates the cache).
-PIPELINE_VERSION = "8"  # 3: aligned params; 4-6: in-place outputs; 7: scheduled kernels; 8: kernel signatures
+PIPELINE_VERSION = "9"  # 3: aligned params; 4-6: in-place outputs; 7: scheduled kernels; 8: kernel signatures; 9: kernels in the signature table
 #: Symbols register as `__tvm_ffi_<func_name>` with no prefix.
 SYSTEM_LIB_PREFIX = ""
 ABI = "tvm-ffi"
@@ -752,7 +752,7 @@ def compile_model(onnx_path: Path | str, target: Target | str, cache: Path | Non
     try:
         log.info("compile %s: %d kernels for %s", model_name, len(graph.kernels), target.tvm_target.get("mtriple", "host"))
         workspace = compile_kernels(kernels, ktarget, tmp / KERNELS_OBJ, system_lib_prefix)
-        write_signatures(kernels, tmp / SIGNATURES_C)  # checked by minrt at load
+        write_signatures(kernels, tmp / SIGNATURES_C, prefix=system_lib_prefix)  # minrt's kernel table
         (tmp / GRAPH_JSON).write_text(json.dumps(graph_json(graph, plan), separators=(",", ":")))
         tensorfile.save(tmp / PARAMS_BIN, graph.params, aligned=True)
 

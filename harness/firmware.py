@@ -357,8 +357,10 @@ def build_firmware(target: Target, models: Sequence[FirmwareModel], toolchain: T
             parts += [path.name, path.read_bytes()]
     for m in models:
         a = m.artifact
+        sigs = _signatures_c(m)
         parts += [m.name, m.prefix, a.graph_json.read_bytes(), a.params_bin.read_bytes(),
-                  a.kernels_obj.read_bytes(), json.dumps(a.metadata, sort_keys=True)]
+                  a.kernels_obj.read_bytes(), json.dumps(a.metadata, sort_keys=True),
+                  sigs.read_bytes() if sigs is not None else b""]
     out = cache_dir() / "firmware" / content_hash(parts)
     manifest = out / MANIFEST
     if manifest.is_file():
@@ -412,11 +414,13 @@ def image_models(target: Target, models: dict[str, Path]) -> list[FirmwareModel]
     return result
 
 
-def firmware_sizes(fw: Firmware, minrt_text: int) -> dict[str, int]:
-    """The figures a run records: minrt's budgeted .text, and the image's flash and RAM."""
+def firmware_sizes(fw: Firmware, minrt: dict[str, Any]) -> dict[str, int]:
+    """The figures a run records: minrt's budgeted .text (a harness.size.measure report:
+    with and without messages), and the image's flash and RAM."""
     f, r = fw.footprint["flash"], fw.footprint["ram"]
     # runner_text: the image is the runner of a firmware target (its code, without the models)
-    return {"minrt_text": minrt_text, "runner_text": f["total"] - f["weights"] - f["graphs"],
+    return {"minrt_text": minrt["total"]["text"],
+            "minrt_text_no_messages": minrt["no_messages"]["total"]["text"], "runner_text": f["total"] - f["weights"] - f["graphs"],
             "firmware_flash": f["total"], "firmware_ram": r["total"],
             "kernels_text": f["kernels"], "weights_bytes": f["weights"], "arena_bytes": r["arena"]}
 

@@ -156,6 +156,7 @@ def fixture_signatures() -> list[Signature]:
         sig("double_par", (f32, (16,)), (f32, (16,))),
         sig("fail", (f32, (16,)), (f32, (16,))),
         sig("overrun", (f32, (16,)), (f32, (16,))),
+        sig("unlinked", (f32, (2, 8)), (f32, (2, 8))),  # no such kernel in kernels.h
         *(sig(f"copy_{dt}", (dt, (2, 3)), (dt, (2, 3))) for dt in DTYPES),
     ]
 
@@ -203,7 +204,10 @@ def malformed_cases(d: Path) -> list[str]:
     case("no_dltype", variant(lambda g: g["attrs"].pop("dltype")), E_GRAPH,
          "needs dltype, storage_id, shape")
     case("unknown_kernel", variant(lambda g: g["nodes"][3]["attrs"].update(func_name="relu_xx")),
-         E_KERNEL, "node 3: unknown kernel 'relu_xx'")
+         E_KERNEL, "node 3: no signature for kernel 'relu_xx'")
+    # in the kernel table, but its function is not linked in (a weak reference left NULL)
+    case("unlinked_kernel", variant(lambda g: g["nodes"][3]["attrs"].update(func_name="unlinked")),
+         E_KERNEL, "node 3: no code for kernel 'unlinked'")
     case("no_func_name", variant(lambda g: g["nodes"][3]["attrs"].pop("func_name")), E_GRAPH,
          "node 3: needs op, name, inputs, func_name")
     case("bad_op", variant(lambda g: g["nodes"][2].update(op="python")), E_GRAPH, "node 2: needs")
@@ -631,9 +635,9 @@ def test_dlopen_shared_object(tmp_path):
     outputs = tensorfile.load(tmp_path / "outputs.bin")
     for name, want in expected.items():
         np.testing.assert_array_equal(outputs[name], want)
-    # without the shared object, no kernel is known: the error names the first one
+    # without the shared object, no kernel is linked in: the error names the first one
     proc = run(argv)
-    assert proc.returncode == 1 and "node 2: unknown kernel 'dense'" in proc.stderr, proc.stderr
+    assert proc.returncode == 1 and "node 2: no code for kernel 'dense'" in proc.stderr, proc.stderr
 
 
 @pytest.mark.parametrize("model", ["dscnn", "residual", "multi_io"])

@@ -311,30 +311,17 @@ static uint32_t write_outputs(const minrt *m) {
   return s.len;
 }
 
-/* The image's kernels for one model: the system-lib table under the model's prefix. */
-static minrt_kernel resolve(void *ctx, const char *name, size_t len) {
-  const char *prefix = (const char *)ctx;
-  char full[128];
-  size_t n = strlen(prefix);
-  if (n + len > sizeof full) return 0;
-  memcpy(full, prefix, n);
-  memcpy(full + n, name, len);
-  return minrt_syslib_lookup(0, full, n + len);
-}
-
 static int load(const struct fw_model *fm, minrt **m, minrt_err *err, size_t *need, size_t have) {
   minrt_artifact a;
   memset(&a, 0, sizeof a);
 #ifdef FW_SIGNATURES
-  a.signatures = (const minrt_signatures *)fm->signatures; /* each model its own table */
+  a.signatures = (const minrt_signatures *)fm->signatures; /* each model its own kernels */
 #endif
   a.graph_json = fm->graph;
   a.graph_len = fm->graph_len;
   a.params = fm->params;
   a.params_len = fm->params_len;
   a.workspace_bytes = fm->workspace;
-  a.resolve = resolve;
-  a.resolve_ctx = (void *)fm->prefix;
   return minrt_load(m, &a, fw_arena, have, need, err);
 }
 

@@ -86,14 +86,20 @@ typedef int (*minrt_kernel)(void *self, const TVMFFIAny *args, int32_t num_args,
 /* Finds a kernel by PrimFunc name (not NUL-terminated); NULL when unknown. */
 typedef minrt_kernel (*minrt_resolver)(void *ctx, const char *name, size_t len);
 
-/* What each kernel was compiled for, as `harness compile` emits it next to kernels.o
- * (kernels_sig.c). graph.json is untrusted: load checks every tvm_op node against its
- * kernel's signature, since kernels built with asserts off check nothing themselves.
+/* A model's kernels, as `harness compile` emits them next to kernels.o (kernels_sig.c):
+ * each kernel's name, what it was compiled for, and the kernel itself. graph.json is
+ * untrusted: load checks every tvm_op node against its kernel's signature, since kernels
+ * built with asserts off check nothing themselves. A node whose kernel is not in the table
+ * does not load.
  * sig: the argument count, then per argument its DLDataType (as a little-endian u32)
- * | ndim << 32, then its ndim dims. A firmware with several models gives each its table. */
+ * | ndim << 32, then its ndim dims.
+ * fn: the `__tvm_ffi_<prefix><name>` symbol, referenced weakly: NULL when the kernels are
+ * not linked in (a runner that dlopens them finds them through minrt_artifact.resolve).
+ * A firmware with several models gives each its table. */
 typedef struct {
   const char *name; /* PrimFunc name */
   const int64_t *sig;
+  minrt_kernel fn;
 } minrt_signature;
 typedef struct {
   uint32_t n;
@@ -105,7 +111,7 @@ enum {
   MINRT_E_JSON = -1,    /* graph.json is not the JSON we read */
   MINRT_E_GRAPH = -2,   /* graph.json is JSON but not a valid graph */
   MINRT_E_PARAMS = -3,  /* params.bin malformed or disagrees with the graph */
-  MINRT_E_KERNEL = -4,  /* a func_name no resolver or signature table knows */
+  MINRT_E_KERNEL = -4,  /* a func_name not in the signature table, or no kernel for it */
   MINRT_E_ARENA = -5,   /* arena too small (see *need) */
   MINRT_E_ALIGN = -6,   /* arena not 64-byte aligned */
   MINRT_E_ARG = -7,     /* bad argument: index, size, name */
@@ -127,9 +133,9 @@ typedef struct {
                          (tvm.runtime.save_param_dict); may be NULL/0; read only */
   size_t params_len;
   size_t workspace_bytes; /* the most any kernel asks TVMBackendAllocWorkspace for */
-  minrt_resolver resolve; /* NULL: kernels registered by system-lib constructors */
+  minrt_resolver resolve; /* NULL: each kernel is its signature table entry's fn */
   void *resolve_ctx;
-  const minrt_signatures *signatures; /* every kernel's; a node without one does not load */
+  const minrt_signatures *signatures; /* the model's kernels; a node without one does not load */
 } minrt_artifact;
 
 /* A loaded model. It lives at the start of the arena. The first fields are the public,
@@ -194,11 +200,9 @@ void minrt_profile_hook(const minrt *m, uint32_t node, int end);
 const char *minrt_node_name(const minrt *m, uint32_t i, size_t *len);
 #endif
 
-/* Kernels compiled with system_lib_prefix call this from static constructors, once per
- * `__tvm_ffi_<name>` (up to MINRT_MAX_KERNELS, 128 unless defined when building exec.c). */
+/* Kernels compiled with system-lib call this from static constructors, once per kernel;
+ * minrt keeps nothing (it finds kernels through the signature table). */
 int TVMFFIEnvModRegisterSystemLibSymbol(const char *name, void *symbol);
-/* The system-lib table as a resolver (the default when minrt_artifact.resolve is NULL). */
-minrt_kernel minrt_syslib_lookup(void *ctx, const char *name, size_t len);
 
 /* ---- what TVM-generated kernels call (tvm-ffi and TVM backend API names) ---- */
 typedef struct {

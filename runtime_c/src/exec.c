@@ -1,21 +1,12 @@
 /* Running a loaded model, its accessors, and what TVM-generated kernels call back into:
- * error setters, workspace (a stack in the arena), a serial parallel launch, and the
- * system-lib registration table. Kernels have no context argument, so the model being run
+ * error setters, workspace (a stack in the arena), a serial parallel launch, and system-lib
+ * registration (a no-op). Kernels have no context argument, so the model being run
  * is a file-scope pointer: one model runs at a time. */
 #include <string.h>
 #include "internal.h"
 
-#ifndef MINRT_MAX_KERNELS
-#define MINRT_MAX_KERNELS 128
-#endif
-
 static minrt *g_run;            /* the model inside minrt_run */
 static char g_kmsg[80];         /* the last kernel error message */
-static struct {
-  const char *name;             /* after the "__tvm_ffi_" prefix */
-  void *fn;
-} g_lib[MINRT_MAX_KERNELS];
-static int g_nlib;
 
 #define ALL 127 /* as n: any string fits (the buffers are shorter) */
 /* Appends s up to its NUL or n bytes, never past end. */
@@ -132,21 +123,11 @@ int minrt_set_input(minrt *m, int i, const void *data, size_t nbytes) {
   return 0;
 }
 
-/* ---- system-lib table ---- */
+/* Kernels compiled with system-lib register themselves from static constructors; minrt
+ * finds each through its model's signature table instead (minrt_signature.fn), so there is
+ * nothing to keep. */
 int TVMFFIEnvModRegisterSystemLibSymbol(const char *name, void *symbol) {
-  if (strncmp(name, "__tvm_ffi_", 10)) return 0; /* the library context: not a kernel */
-  if (g_nlib == MINRT_MAX_KERNELS) return -1;
-  g_lib[g_nlib].name = name + 10;
-  g_lib[g_nlib++].fn = symbol;
-  return 0;
-}
-
-minrt_kernel minrt_syslib_lookup(void *ctx, const char *name, size_t len) {
-  int i;
-  (void)ctx;
-  for (i = 0; i < g_nlib; i++)
-    if (!strncmp(g_lib[i].name, name, len) && !g_lib[i].name[len])
-      return (minrt_kernel)(uintptr_t)g_lib[i].fn;
+  (void)name, (void)symbol;
   return 0;
 }
 

@@ -127,7 +127,7 @@ enum { MINRT_WHATS(MINRT_WHAT_ID) W_COUNT_ };
   X(M_NODE_INPUT, MINRT_E_GRAPH, W_NODE, "bad input") \
   X(M_NODE_ARITY, MINRT_E_GRAPH, W_NODE, "bad input/output count or __nop resizes") \
   X(M_NODE_ARGS, MINRT_E_GRAPH, W_NODE, "too many inputs") \
-  X(M_KERNEL, MINRT_E_KERNEL, W_NODE, "unknown kernel") \
+  X(M_KERNEL, MINRT_E_KERNEL, W_NODE, "no code for kernel") \
   X(M_NO_SIG, MINRT_E_KERNEL, W_NODE, "no signature for kernel") \
   X(M_SIG, MINRT_E_GRAPH, W_NODE, "argument count, dtype or shape differs from kernel") \
   X(M_TAG, MINRT_E_GRAPH, W_ATTRS, "bad type tag") \

@@ -157,11 +157,12 @@ static int parse_nodes(ld *L) {
     if (m && op == 1) {
       const minrt_signatures *t = a->signatures;
       L->nm = fn, L->nl = fn_len; /* the node's errors from here name its kernel */
-      nd->fn = a->resolve ? a->resolve(a->resolve_ctx, fn, fn_len) : minrt_syslib_lookup(0, fn, fn_len);
-      if (!nd->fn) return fail(L, M_KERNEL, i);
       for (L->sig = 0, q = 0; t && q < t->n && !L->sig; q++)
-        if (!strncmp(t->sigs[q].name, fn, fn_len) && !t->sigs[q].name[fn_len]) L->sig = t->sigs[q].sig;
+        if (!strncmp(t->sigs[q].name, fn, fn_len) && !t->sigs[q].name[fn_len])
+          L->sig = t->sigs[q].sig, nd->fn = t->sigs[q].fn;
       if (!L->sig) return fail(L, M_NO_SIG, i);
+      if (a->resolve) nd->fn = a->resolve(a->resolve_ctx, fn, fn_len);
+      if (!nd->fn) return fail(L, M_KERNEL, i);
       L->sig_n = (uint32_t)*L->sig++;
     }
     j->p = in_at;

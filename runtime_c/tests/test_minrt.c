@@ -443,7 +443,6 @@ int main(int argc, char **argv) {
     return 2;
   }
   dir = argv[1];
-  register_test_kernels();
   test_good();
   test_read_only_params();
   test_dtypes();
