@@ -22,7 +22,7 @@ from typing import Sequence
 
 from .errors import HarnessError
 from .results import ResultStore, RunRow, default_store_path
-from .size import BUDGETS
+from .size import BUDGETS, NO_MESSAGES_BUDGETS
 
 log = logging.getLogger(__name__)
 
@@ -54,9 +54,10 @@ def memory_of(target: str) -> dict[str, int]:
         return {}
 
 
-def budget_for(target: str) -> int | None:
+def budget_for(target: str, *, no_messages: bool = False) -> int | None:
+    """minrt's .text budget on a target (built with MINRT_NO_MESSAGES: `no_messages`)."""
     arch = arch_of(target)
-    return BUDGETS.get(arch) if arch else None
+    return (NO_MESSAGES_BUDGETS if no_messages else BUDGETS).get(arch) if arch else None
 
 
 # -- regressions --------------------------------------------------------------------------
@@ -77,8 +78,8 @@ def _toolchains(runs: dict[tuple[str, str], RunRow], target: str) -> set[str]:
     return {r.toolchain for (_, t), r in runs.items() if t == target and r.minrt_text is not None and r.toolchain}
 
 
-def _minrt_text(runs: dict[tuple[str, str], RunRow], target: str) -> int | None:
-    sizes = [r.minrt_text for (_, t), r in runs.items() if t == target and r.minrt_text is not None]
+def _minrt_text(runs: dict[tuple[str, str], RunRow], target: str, column: str = "minrt_text") -> int | None:
+    sizes = [getattr(r, column) for (_, t), r in runs.items() if t == target and getattr(r, column) is not None]
     return max(sizes) if sizes else None
 
 
@@ -116,6 +117,12 @@ def find_regressions(
         if budget is not None and size_new > budget:
             found.append(Regression("size-budget", target, None, budget, size_new,
                                     f"{target}: minrt .text is {size_new} B, over its budget of {budget} B", True))
+        stripped, stripped_budget = _minrt_text(new, target, "minrt_text_no_messages"), \
+            budget_for(target, no_messages=True)
+        if stripped is not None and stripped_budget is not None and stripped > stripped_budget:
+            found.append(Regression("size-budget", target, None, stripped_budget, stripped,
+                                    f"{target}: minrt .text without messages is {stripped} B, over its "
+                                    f"budget of {stripped_budget} B", True))
         size_old = _minrt_text(old, target)
         tc_old, tc_new = _toolchains(old, target), _toolchains(new, target)
         if size_old is not None and tc_old and tc_new and tc_old != tc_new:
@@ -294,17 +301,23 @@ def render_dashboard(store: ResultStore, *, title: str = "minrt nightly") -> str
     out.append('<h2 id="sizes">minrt .text per target over commits</h2>')
     for target in targets:
         trend = store.size_trend(target)
-        budget = budget_for(target)
-        out.append(line_chart(
-            f"{target}: .text bytes", [p["label"] for p in trend],
-            [("minrt", [p["minrt_text"] for p in trend])],
-            y_unit=" B", hlines=[(budget, f"budget {budget} B")] if budget else ()))
+        budget, stripped_budget = budget_for(target), budget_for(target, no_messages=True)
+        series = [("minrt", [p["minrt_text"] for p in trend])]
+        if any(p["minrt_text_no_messages"] is not None for p in trend):
+            series.append(("stripped", [p["minrt_text_no_messages"] for p in trend]))
+        hlines = [(b, label) for b, label in ((budget, f"budget {budget} B"),
+                                              (stripped_budget, f"no-messages budget {stripped_budget} B")) if b]
+        out.append(line_chart(f"{target}: .text bytes", [p["label"] for p in trend], series,
+                              y_unit=" B", hlines=hlines))
         if trend:
             last = trend[-1]
+            stripped = last["minrt_text_no_messages"]
             out.append(f'<p class="size-now" data-target="{_esc(target)}">{_esc(target)} at '
-                       f'{_esc(last["commit"] or "no commit")} ({_esc(last["batch"])}): minrt {last["minrt_text"]} B, runner '
+                       f'{_esc(last["commit"] or "no commit")} ({_esc(last["batch"])}): minrt {last["minrt_text"]} B'
+                       f'{f", {stripped} B without messages" if stripped is not None else ""}, runner '
                        f'{last["runner_text"] if last["runner_text"] is not None else "?"} B'
-                       f'{f", budget {budget} B" if budget else ""}</p>')
+                       f'{f", budget {budget} B" if budget else ""}'
+                       f'{f" ({stripped_budget} B without messages)" if stripped_budget else ""}</p>')
 
     out.append('<h2 id="accuracy">Accuracy: model x target</h2>')
     if new_batch:

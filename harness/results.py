@@ -95,11 +95,14 @@ FOOTPRINT_COLUMNS = (
     "arena_graph", "arena_activations", "arena_workspace", "arena_weight_copies",
     "peak_rss_kb", "flash_weights",
 )
+#: Columns added after the first schema (ALTER TABLE on open): the footprint, and minrt's
+#: .text built with MINRT_NO_MESSAGES (RunResult.sizes).
+LATER_COLUMNS = (*FOOTPRINT_COLUMNS, "minrt_text_no_messages")
 
 RUN_COLUMNS = (
     "id", "batch", "commit", "date", "target", "model", "transport", "device", "passed", "error",
     "latency_min_us", "latency_mean_us", "latency_max_us", "iters", "arena_bytes",
-    "minrt_text", "runner_text", "kernels_text", "toolchain", "tvm_version", *FOOTPRINT_COLUMNS,
+    "minrt_text", "runner_text", "kernels_text", "toolchain", "tvm_version", *LATER_COLUMNS,
 )
 
 
@@ -134,6 +137,7 @@ class RunRow:
     arena_weight_copies: int | None = None
     peak_rss_kb: int | None = None
     flash_weights: int | None = None
+    minrt_text_no_messages: int | None = None
 
     @property
     def max_abs_err(self) -> float | None:
@@ -164,7 +168,7 @@ class ResultStore:
             db.execute("PRAGMA journal_mode=WAL")
             db.executescript(_SCHEMA)
             have = {r["name"] for r in db.execute("PRAGMA table_info(runs)")}
-            for col in FOOTPRINT_COLUMNS:
+            for col in LATER_COLUMNS:
                 if col not in have:
                     try:
                         db.execute(f"ALTER TABLE runs ADD COLUMN {col} INTEGER")
@@ -228,6 +232,8 @@ class ResultStore:
             "minrt_text": _num(sizes.get("minrt_text"), int, "sizes.minrt_text"),
             "runner_text": _num(sizes.get("runner_text"), int, "sizes.runner_text"),
             "kernels_text": _num(sizes.get("kernels_text"), int, "sizes.kernels_text"),
+            "minrt_text_no_messages": _num(sizes.get("minrt_text_no_messages"), int,
+                                           "sizes.minrt_text_no_messages"),
             "toolchain": result.get("toolchain"),
             "tvm_version": result.get("tvm_version"),
             **{c: _num(footprint.get(c), int, f"footprint.{c}") for c in FOOTPRINT_COLUMNS},
@@ -389,7 +395,8 @@ class ResultStore:
                 points.pop()  # a later run of the same batch replaces it
             points.append({"batch": row.batch, "commit": row.commit, "date": row.date,
                            "minrt_text": row.minrt_text, "runner_text": row.runner_text,
-                           "kernels_text": row.kernels_text})
+                           "kernels_text": row.kernels_text,
+                           "minrt_text_no_messages": row.minrt_text_no_messages})
         commits = [p["commit"] for p in points]
         seen: dict[str | None, int] = {}
         for p in points:

@@ -246,7 +246,7 @@ def run_on_target(
             else:
                 fw = build_firmware(target, [FirmwareModel(model.stem, artifact)], tc)
             runner = fw.elf
-            result.sizes = firmware_sizes(fw, size.measure(target, tc)["total"]["text"])
+            result.sizes = firmware_sizes(fw, size.measure(target, tc))
             result.footprint = flat_footprint(fw)
         else:
             log.info("[%s on %s] building minrt-run with the %s toolchain", model.name, target.name, tc.name)

@@ -23,13 +23,14 @@ from .targets import Target
 from .toolchain import Toolchain
 
 RUNTIME_DIR = REPO_ROOT / "runtime_c"
-#: .text budget of minrt (bytes) per architecture. The aim was 6 KiB on ARMv7 (4 KiB without
-#: messages); every load-time check since (kernel signatures, escape-aware names, 64-bit
-#: offsets, the shape pool, the aligned params container, the arena breakdown) is kept, and
-#: the budgets say where minrt is now, so that growth beyond it is a decision.
-BUDGETS = {"armv7": 6656, "armv7m": 6656, "x86_64": 9216}
+#: .text budget of minrt (bytes) per architecture: 6 KiB on ARMv7 (and ARMv7-M, which shares
+#: it); x86_64 where minrt is now, so that growth beyond it is a decision.
+BUDGETS = {"armv7": 6144, "armv7m": 6144, "x86_64": 8448}
 #: ... and built with -DMINRT_NO_MESSAGES (codes kept, message text stripped, for firmware).
-NO_MESSAGES_BUDGETS = {"armv7": 5632, "armv7m": 5632, "x86_64": 8192}
+#: The aim was 4 KiB on ARMv7; the load-time checks added since (kernel signatures,
+#: escape-aware names, 64-bit offsets, the shape pool, the aligned params container, the
+#: arena breakdown) are kept, and the budget says where minrt is now.
+NO_MESSAGES_BUDGETS = {"armv7": 5376, "armv7m": 5376, "x86_64": 7680}
 NO_MESSAGES = "-DMINRT_NO_MESSAGES"
 
 _NM_KIND = {"t": "text", "r": "text", "d": "data", "b": "bss"}
@@ -158,10 +159,13 @@ def diff(report: dict[str, Any], baseline: dict[str, Any]) -> dict[str, Any]:
 
 
 def run_sizes(target: Target, runner: Path, artifact: Any, toolchain: Toolchain) -> dict[str, int]:
-    """The three figures a run records, with the toolchain that built the runner: minrt's
-    .text (its objects, as budgeted), the whole runner binary's and the model kernels'."""
+    """The figures a run records, with the toolchain that built the runner: minrt's .text
+    (its objects, as budgeted; also built with MINRT_NO_MESSAGES), the whole runner binary's
+    and the model kernels'."""
+    report = measure(target, toolchain)
     return {
-        "minrt_text": measure(target, toolchain)["total"]["text"],
+        "minrt_text": report["total"]["text"],
+        "minrt_text_no_messages": report["no_messages"]["total"]["text"],
         "runner_text": size_elf(runner, target, toolchain)["text"],
         "kernels_text": size_elf(Path(artifact.kernels_obj), target, toolchain)["text"],
     }

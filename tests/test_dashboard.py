@@ -14,9 +14,11 @@ from harness import REPO_ROOT
 from harness.cli import main as harness_main
 from harness.dashboard import build_dashboard, find_regressions
 from harness.results import ResultStore
+from harness.size import BUDGETS, NO_MESSAGES_BUDGETS
 
 MODELS = ("mlp", "cnn", "dscnn")
 TARGETS = {"qemu-armv7": 5500, "x86_64": 8000}  # minrt .text of the first night
+STRIPPED = 800  # built with MINRT_NO_MESSAGES, minrt is this much smaller
 
 
 def result(model: str, target: str, *, minrt: int, mean: float, passed: bool = True,
@@ -25,7 +27,8 @@ def result(model: str, target: str, *, minrt: int, mean: float, passed: bool = T
             "outputs": [{"name": "output0", "shape": [1, 10], "dtype": "float32", "max_abs_err": err,
                          "max_rel_err": err, "atol": 1e-5, "rtol": 1e-5, "passed": passed}],
             "latency_us": {"min": mean - 5, "mean": mean, "max": mean + 9}, "iters": 10,
-            "arena_bytes": 2048, "sizes": {"minrt_text": minrt, "runner_text": 31000, "kernels_text": 1700},
+            "arena_bytes": 2048, "sizes": {"minrt_text": minrt, "minrt_text_no_messages": minrt - STRIPPED,
+                                             "runner_text": 31000, "kernels_text": 1700},
             "toolchain": "host", "tvm_version": "0.27.0"}
 
 
@@ -67,8 +70,11 @@ def test_find_regressions_flags_growth_budget_and_a_broken_model(regressed_store
                      ("broken", "x86_64", "cnn")}
     growth = next(r for r in regs if r.kind == "size-growth" and r.target == "qemu-armv7")
     assert (growth.old, growth.new) == (5508, 6766)
-    budgets = {r.target: (r.old, r.new) for r in regs if r.kind == "size-budget"}
-    assert budgets == {"qemu-armv7": (6656, 6766), "x86_64": (9216, 9266)}
+    budgets = sorted((r.target, r.old, r.new) for r in regs if r.kind == "size-budget")
+    # with messages and without: the stripped build has its own budget
+    assert budgets == sorted([("qemu-armv7", BUDGETS["armv7"], 6766), ("x86_64", BUDGETS["x86_64"], 9266),
+                              ("qemu-armv7", NO_MESSAGES_BUDGETS["armv7"], 6766 - STRIPPED),
+                              ("x86_64", NO_MESSAGES_BUDGETS["x86_64"], 9266 - STRIPPED)])
     # Between the first two nights minrt grew by 8 bytes: under the threshold.
     assert find_regressions(regressed_store, "night-1", "night-0") == []
     assert [r.kind for r in find_regressions(regressed_store, "night-1", "night-0", size_growth_bytes=4)] == \
@@ -117,7 +123,9 @@ def test_dashboard_renders_in_headless_chromium_with_the_stored_numbers(regresse
     # Regressions come first, before any plot.
     assert text.index('id="regressions"') < text.index("<svg")
     assert "minrt .text grew by 1258 B (5508 -&gt; 6766 B" in text
-    assert "minrt .text is 6766 B, over its budget of 6656 B" in text
+    assert f"minrt .text is 6766 B, over its budget of {BUDGETS['armv7']} B" in text
+    assert (f"minrt .text without messages is {6766 - STRIPPED} B, over its budget of "
+            f"{NO_MESSAGES_BUDGETS['armv7']} B") in text
     assert "cnn on x86_64: passed in night-1, fails in night-2" in text
     # Size trends: one plot per target with its budget line and the latest value.
     before_footprint, footprint = text.split('id="footprint"', 1)
@@ -125,9 +133,12 @@ def test_dashboard_renders_in_headless_chromium_with_the_stored_numbers(regresse
     # then RAM and flash of each (model, target) that recorded an arena
     with_arena = {(r.model, r.target) for r in regressed_store.runs() if r.arena_bytes is not None}
     assert len(re.findall(r'<svg[^>]*class="chart"', footprint.split('id="runs"')[0])) == 2 * len(with_arena)
-    assert "budget 6656 B" in text and "budget 9216 B" in text
+    assert f"budget {BUDGETS['armv7']} B" in text and f"budget {BUDGETS['x86_64']} B" in text
+    assert f"no-messages budget {NO_MESSAGES_BUDGETS['armv7']} B" in text
     assert "minrt: 6,766 B" in text and "minrt: 9,266 B" in text
-    assert "qemu-armv7 at cccc222 (night-2): minrt 6766 B, runner 31000 B, budget 6656 B" in text
+    assert f"stripped: {6766 - STRIPPED:,} B" in text  # the MINRT_NO_MESSAGES series
+    assert (f"qemu-armv7 at cccc222 (night-2): minrt 6766 B, {6766 - STRIPPED} B without messages, "
+            f"runner 31000 B, budget {BUDGETS['armv7']} B ({NO_MESSAGES_BUDGETS['armv7']} B without messages)") in text
     for commit in ("aaaa000", "bbbb111", "cccc222"):
         assert f">{commit}<" in text
     # The accuracy matrix: last night vs the night before, with the stored error.
@@ -155,7 +166,8 @@ def test_dashboard_command_check_exit_status(regressed_store: ResultStore, clean
                                              tmp_path: Path, capsys) -> None:
     assert harness_main(["dashboard", "--results", str(regressed_store.path), "--check"]) == 1
     out = capsys.readouterr().out
-    assert "REGRESSION: [broken] cnn on x86_64" in out and "5 regression(s)" in out
+    # 7: growth and budget on each target, with messages and stripped; the broken model
+    assert "REGRESSION: [broken] cnn on x86_64" in out and "7 regression(s)" in out
     assert harness_main(["dashboard", "--results", str(clean_store.path), "--check", "--out", str(tmp_path / "s")]) == 0
     assert (tmp_path / "s" / "index.html").exists()
     assert harness_main(["dashboard", "--results", str(tmp_path / "missing.sqlite"), "--check"]) == 2
