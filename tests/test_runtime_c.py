@@ -290,6 +290,10 @@ def malformed_cases(d: Path) -> list[str]:
     many = variant(lambda g: g["nodes"][2].update(inputs=[[0, 0, 0]] * 2_100_000))
     case("args_counted_once", many, E_GRAPH,
          "node 2: argument count, dtype or shape differs from kernel 'add'")
+    # a param's graph.json name compares escape-aware with its raw UTF-8 name in params.bin
+    odd_params = {ODD_NAME if k == W_NAME else k: v for k, v in good_params().items()}
+    case("param_name_escapes", variant(lambda g: g["nodes"][1].update(name=ODD_NAME)), 0, "",
+         blob_=save_params(odd_params), phase="R")
     case("kernel_fails", variant(lambda g: g["nodes"][7]["attrs"].update(func_name="fail")), E_RUN,
          "node 7: kernel failed: 'ValueError: Argument 0 mismatch'", phase="R")
     # the checking build's guard zones catch a kernel writing one byte past its output

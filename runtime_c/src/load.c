@@ -287,14 +287,14 @@ static uint32_t rd32(const uint8_t *q) {
   return v;
 }
 
-/* The next lo + 2^32 hi bytes of params.bin, or NULL (error recorded) if it ends first. */
-static const uint8_t *take(ld *L, uint32_t lo, uint32_t hi) {
+/* The next n bytes of params.bin, or NULL (error recorded) if it ends first. */
+static const uint8_t *take(ld *L, uint32_t n) {
   const uint8_t *r = (const uint8_t *)L->a->params + L->pp;
-  if (hi || lo > L->a->params_len - L->pp) {
+  if (n > L->a->params_len - L->pp) {
     fail(L, M_TRUNCATED, (long)L->pp);
     return 0;
   }
-  L->pp += lo;
+  L->pp += n;
   return r;
 }
 
@@ -311,15 +311,15 @@ static int parse_params(ld *L) {
   const uint8_t *h, *names;
   const mnode *nd;
   if (!L->a->params_len) return 0;
-  if (!(h = take(L, 24, 0))) return 1;
+  if (!(h = take(L, 24))) return 1;
   al = !memcmp(h, aligned_magic, 8);
   if ((!al && memcmp(h, list_magic, 8)) || rd32(h + 20)) return fail(L, M_HEADER, 0);
   if (al && (rd32(h + 8) != 1 || rd32(h + 12))) return fail(L, M_VERSION, 8);
   nn = rd32(h + 16);
   names = h + 24;
   for (i = 0; i < nn; i++)
-    if (!(h = take(L, 8, 0)) || !take(L, rd32(h), rd32(h + 4))) return 1;
-  if (!(h = take(L, 8, 0))) return 1;
+    if (!(h = take(L, 8)) || !take(L, rd32(h + 4) ? ~0u : rd32(h))) return 1; /* a u64 length */
+  if (!(h = take(L, 8))) return 1;
   if (rd32(h) != nn || rd32(h + 4)) return fail(L, M_COUNT, (long)(L->pp - 8));
   for (i = 0; i < nn; i++) {
     mentry *en;
@@ -328,20 +328,20 @@ static int parse_params(ld *L) {
     L->nl = nl;
     names += 8 + nl;
     at = L->pp;
-    if (!(h = take(L, 16, 0))) return 1;
+    if (!(h = take(L, 16))) return 1;
     if (memcmp(h, tensor_magic, 8)) return fail(L, M_MAGIC, (long)at);
-    for (nd = L->nodes; nd->op || nd->name_len != nl || memcmp(nd->name, L->nm, nl);)
+    for (nd = L->nodes; nd->op || !mj_eq(nd->name, nd->name_len, L->nm, nl);) /* escapes as in inputs */
       if (++nd == L->nodes + L->n_nodes) return fail(L, M_PARAM_NAME, (long)at);
     en = &L->ent[nd->row];
     if (en->kind != K_INPUT) return fail(L, M_PARAM_DUP, (long)at);
     /* device {CPU, 0}, ndim, dtype (laid out as in DLTensor), shape, nbytes: exactly what
      * the graph says */
     n = 8 * (uint32_t)en->t.ndim;
-    if (!(h = take(L, n + 24, 0))) return 1;
+    if (!(h = take(L, n + 24))) return 1;
     if (memcmp(h, &en->t.device, 16) || memcmp(h + 16, en->t.shape, n) ||
         rd32(h + 16 + n) != en->nbytes || rd32(h + 20 + n))
       return fail(L, M_PARAM_META, (long)at);
-    if ((al && !take(L, (0u - L->pp) & 63, 0)) || !(h = take(L, en->nbytes, 0))) return 1;
+    if ((al && !take(L, (0u - L->pp) & 63)) || !(h = take(L, en->nbytes))) return 1;
     en->t.data = (void *)(uintptr_t)h; /* used in place, or the copy's source */
     en->kind = ((uintptr_t)h & (MINRT_ALIGN - 1)) ? K_PCOPY : K_PZERO;
   }
