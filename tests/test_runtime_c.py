@@ -251,7 +251,7 @@ def malformed_cases(d: Path) -> list[str]:
          blob_=blob[:w_hdr] + b"\x00" + blob[w_hdr + 1:])
     case("params_truncated", good.dumps(), E_PARAMS, "truncated", blob_=blob[:-5])
     aligned = tensorfile.dumps(params, aligned=True)
-    case("aligned_version", good.dumps(), E_PARAMS, "params.bin byte 8: bad version (minrt reads 1)",
+    case("aligned_version", good.dumps(), E_PARAMS, "params.bin byte 8: version is not 1",
          blob_=aligned[:8] + struct.pack("<Q", 2) + aligned[16:])
     w_data = tensorfile.data_offsets(aligned)[W_NAME]
     case("aligned_in_padding", good.dumps(), E_PARAMS, f"truncated '{W_NAME}'",
