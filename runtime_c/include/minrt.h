@@ -192,11 +192,13 @@ static inline size_t minrt_nbytes(const DLTensor *t) {
 }
 
 /* Built with MINRT_PROFILE (minrt-run is; the size-budgeted core is not), minrt_run calls
- * minrt_profile_hook(m, node, 0) before and (m, node, 1) after each kernel, which the front
- * end provides (runtime_c/runner: `minrt-run -p`); minrt_node_name names node i (its raw
- * graph.json bytes, JSON escapes kept), or NULL past the last node. */
+ * the hook given to minrt_set_profile_hook, if any, as hook(m, node, 0) before and
+ * (m, node, 1) after each kernel (runtime_c/runner: `minrt-run -p`); with none set (the
+ * default) each kernel costs a test of one local more. minrt_node_name names node i (its
+ * raw graph.json bytes, JSON escapes kept), or NULL past the last node. */
 #ifdef MINRT_PROFILE
-void minrt_profile_hook(const minrt *m, uint32_t node, int end);
+typedef void (*minrt_profile_hook)(const minrt *m, uint32_t node, int end);
+void minrt_set_profile_hook(minrt_profile_hook hook); /* NULL: none */
 const char *minrt_node_name(const minrt *m, uint32_t i, size_t *len);
 #endif
 

@@ -1,5 +1,5 @@
 /* minrt-run -p: each kernel's time, summed over the timed runs (built with MINRT_PROFILE,
- * which makes minrt_run call minrt_profile_hook around every kernel). */
+ * under which minrt_run calls the hook set here around every kernel). */
 #ifdef MINRT_PROFILE
 #define _POSIX_C_SOURCE 200809L
 #include <stdio.h>
@@ -17,16 +17,17 @@ static double now_us(void) {
   return (double)ts.tv_sec * 1e6 + (double)ts.tv_nsec / 1e3;
 }
 
-void minrt_profile_hook(const minrt *m, uint32_t node, int end) {
+static void hook(const minrt *m, uint32_t node, int end) {
   (void)m;
-  if (!g_node_us) return;
   if (end) g_node_us[node] += now_us() - g_started;
   else g_started = now_us();
 }
 
 int runner_profile_start(const runner *r) {
   g_node_us = (double *)calloc(r->m->n_nodes ? r->m->n_nodes : 1, sizeof *g_node_us);
-  return g_node_us ? 0 : -1;
+  if (!g_node_us) return -1;
+  minrt_set_profile_hook(hook);
+  return 0;
 }
 
 /* One JSON line: {"profile": [{"node", "name", "us"}...]}, the kernels' mean time per run,
@@ -45,6 +46,7 @@ void runner_profile_print(const runner *r, int iters, FILE *out) {
     first = 0;
   }
   fputs("]}\n", out);
+  minrt_set_profile_hook(NULL);
   free(g_node_us);
   g_node_us = NULL;
 }

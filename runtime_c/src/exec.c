@@ -73,8 +73,13 @@ static int guard_broken(void) {
 #endif
 
 #ifdef MINRT_PROFILE
-#define PROFILE(m, i, end) minrt_profile_hook(m, i, end)
+static minrt_profile_hook g_profile;
+void minrt_set_profile_hook(minrt_profile_hook hook) { g_profile = hook; }
+/* read once per run: a kernel cannot set it mid-run */
+#define PROFILE_LOCAL minrt_profile_hook hook = g_profile;
+#define PROFILE(m, i, end) (hook ? hook(m, i, end) : (void)0)
 #else
+#define PROFILE_LOCAL
 #define PROFILE(m, i, end) ((void)0)
 #endif
 
@@ -82,6 +87,7 @@ int minrt_run(minrt *m) {
   uint32_t i;
   TVMFFIAny ret;
   int rc;
+  PROFILE_LOCAL
   g_run = m;
   g_kmsg[0] = 0;
   for (i = 0; i < m->n_nodes; i++) {
