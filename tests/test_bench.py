@@ -39,3 +39,22 @@ def test_unknown_bench_model_is_named(tmp_path):
 
     with pytest.raises(HarnessError, match="nosuch"):
         resolve_bench_models(["nosuch"], tmp_path)
+
+
+def test_overhead_benchmark_runs_on_a_small_chain():
+    """ci/bench_overhead end to end on a 4-op chain (real TVM kernels, the real runner under
+    callgrind, the straight-line C beside it): it runs and reports both counts. The figures
+    themselves are for reports, not asserted."""
+    import json
+    import subprocess
+    import sys
+
+    from harness import REPO_ROOT
+
+    proc = subprocess.run([sys.executable, str(REPO_ROOT / "ci" / "bench_overhead"), "--ops", "4",
+                           "--runs", "5", "--json"], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    counts = report["instructions_per_inference"]
+    assert report["operators"] == 4 and counts["minrt"] > 0 and counts["straight_line_c"] > 0
+    assert report["arena_bytes"] >= report["arena_graph_bytes"] > 0
