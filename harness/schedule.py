@@ -9,7 +9,8 @@ rewrite every kernel in a few milliseconds, with no measurement:
   (bias adds, relus, residual adds become part of one loop);
 - the heaviest reduction block (conv2d, depthwise conv2d, matmul/dense, pooling) is
   register-tiled: the innermost output axis is split into vector lanes (`lanes` floats per
-  SIMD register: 8 for AVX2, 4 for NEON) and a second output axis into rows, so each tile
+  SIMD register: 8 for AVX2, 4 for NEON, 1 on a Cortex-M's scalar FPU, where the "vector"
+  is an unrolled group of scalar accumulators) and a second output axis into rows, so each tile
   keeps about eight vector accumulators live across the whole reduction; the epilogue is
   computed per tile (its intermediate shrinks to one tile); padding is computed inside the
   loop that consumes it (one padded row band or plane, not the whole tensor);
@@ -45,6 +46,8 @@ def simd_lanes(tvm_target: Any) -> int:
         if "+avx2" in mattr or "+avx" in mattr or mcpu in {"x86-64-v3", "haswell", "skylake", "znver2", "znver3"}:
             return 8
         return 4  # SSE2, the x86-64 baseline
+    if triple.startswith("thumbv") and "+mve.fp" not in mattr:
+        return 1  # Cortex-M: a scalar FPU (only Helium, ARMv8.1-M's MVE, has float lanes)
     return 4  # NEON on ARMv7/AArch64: 128-bit
 
 

@@ -41,7 +41,8 @@ def test_zoo_models_are_deterministic_and_valid(tmp_path):
         onnx.checker.check_model(onnx.load(first[name]), full_check=True)
 
 
-@pytest.mark.parametrize("target_name, lanes", [("x86_64", 8), ("qemu-armv7", 4)])
+@pytest.mark.parametrize("target_name, lanes", [("x86_64", 8), ("qemu-armv7", 4), ("cortex-m4-qemu", 1),
+                                               ("cortex-m7-qemu", 1)])
 def test_simd_lanes_follow_the_target(target_name, lanes):
     assert simd_lanes(kernel_target(load_target(target_name))) == lanes
 
