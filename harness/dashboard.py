@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Sequence
 
 from .errors import HarnessError
-from .results import ResultStore, RunRow, default_store_path
+from .results import ResultStore, RunRow, default_store_path, latency_text
 from .size import BUDGETS, NO_MESSAGES_BUDGETS
 
 log = logging.getLogger(__name__)
@@ -154,6 +154,11 @@ def find_regressions(
             found.append(Regression("latency", target, model, before.latency_mean_us, after.latency_mean_us,
                                     f"{model} on {target}: mean latency {before.latency_mean_us:.1f} -> "
                                     f"{after.latency_mean_us:.1f} us", False))
+        elif (before.latency_mean_count and after.latency_mean_count and before.count_unit == after.count_unit
+                and after.latency_mean_count > before.latency_mean_count * (1 + latency_growth)):
+            found.append(Regression("latency", target, model, before.latency_mean_count, after.latency_mean_count,
+                                    f"{model} on {target}: mean latency {before.latency_mean_count:,.0f} -> "
+                                    f"{after.latency_mean_count:,.0f} {after.count_unit or 'counts'}", False))
     found.sort(key=lambda r: (not r.fatal, r.kind, r.target, r.model or ""))
     return found
 
@@ -340,13 +345,17 @@ def render_dashboard(store: ResultStore, *, title: str = "minrt nightly") -> str
 
     out.append('<h2 id="latency">Latency (mean per inference) over batches</h2>')
     for target in targets:
-        series = []
+        by_unit: dict[str, list[tuple[str, list[float | None]]]] = {}  # a chart per unit
         for model in store.models():
-            trend = {p["batch"]: p["mean"] for p in store.latency_trend(target, model)}
-            if trend:
-                series.append((model, [trend.get(b) for b in batches]))
-        if series:
-            out.append(line_chart(f"{target}: mean latency", batches, series, y_unit=" us"))
+            points = store.latency_trend(target, model)
+            for unit in sorted({p["unit"] for p in points}):
+                trend = {p["batch"]: p["mean"] for p in points if p["unit"] == unit}
+                by_unit.setdefault(unit, []).append((model, [trend.get(b) for b in batches]))
+        for unit, series in by_unit.items():
+            if unit == "us":
+                out.append(line_chart(f"{target}: mean latency", batches, series, y_unit=" us"))
+            else:  # a counting target (firmware): emulated instructions or cycles
+                out.append(line_chart(f"{target}: mean {unit} per inference", batches, series))
 
     out.append('<h2 id="footprint">Footprint per model: RAM (arena) and flash over batches</h2>')
     for target in targets:
@@ -378,13 +387,13 @@ def render_dashboard(store: ResultStore, *, title: str = "minrt nightly") -> str
 
     if new_batch:
         out.append(f'<h2 id="runs">Runs of {_esc(new_batch)}</h2><table class="runs"><tr><th>model</th>'
-                   "<th>target</th><th>device</th><th>result</th><th>mean us</th><th>arena B</th>"
+                   "<th>target</th><th>device</th><th>result</th><th>mean latency</th><th>arena B</th>"
                    "<th>minrt B</th><th>runner B</th><th>kernels B</th><th>graph B</th><th>activations B</th>"
                    "<th>workspace B</th><th>weight copies B</th><th>peak RSS KiB</th><th>weights B</th>"
                    "<th>commit</th></tr>")
         for row in store.runs(batch=new_batch):
             cls, text = _cell(row)
-            mean = f"{row.latency_mean_us:.1f}" if row.latency_mean_us is not None else "-"
+            mean = _esc(latency_text(row))
             vals = [row.arena_bytes, row.minrt_text, row.runner_text, row.kernels_text, row.arena_graph,
                     row.arena_activations, row.arena_workspace, row.arena_weight_copies, row.peak_rss_kb,
                     row.flash_weights]

@@ -95,9 +95,13 @@ FOOTPRINT_COLUMNS = (
     "arena_graph", "arena_activations", "arena_workspace", "arena_weight_copies",
     "peak_rss_kb", "flash_weights",
 )
-#: Columns added after the first schema (ALTER TABLE on open): the footprint, and minrt's
-#: .text built with MINRT_NO_MESSAGES (RunResult.sizes).
-LATER_COLUMNS = (*FOOTPRINT_COLUMNS, "minrt_text_no_messages")
+#: Latency of targets that count instead of timing (firmware: emulated instructions or
+#: cycles per inference, RunResult.latency_counts), in `count_unit`.
+COUNT_COLUMNS = ("latency_min_count", "latency_mean_count", "latency_max_count")
+#: Columns added after the first schema (ALTER TABLE on open), with their SQL types: the
+#: footprint, minrt's .text built with MINRT_NO_MESSAGES (RunResult.sizes), the counts.
+LATER_COLUMNS = {**{c: "INTEGER" for c in FOOTPRINT_COLUMNS}, "minrt_text_no_messages": "INTEGER",
+                 **{c: "REAL" for c in COUNT_COLUMNS}, "count_unit": "TEXT"}
 
 RUN_COLUMNS = (
     "id", "batch", "commit", "date", "target", "model", "transport", "device", "passed", "error",
@@ -138,11 +142,24 @@ class RunRow:
     peak_rss_kb: int | None = None
     flash_weights: int | None = None
     minrt_text_no_messages: int | None = None
+    latency_min_count: float | None = None
+    latency_mean_count: float | None = None
+    latency_max_count: float | None = None
+    count_unit: str | None = None
 
     @property
     def max_abs_err(self) -> float | None:
         errs = [o["max_abs_err"] for o in self.outputs if o.get("max_abs_err") is not None]
         return max(errs) if errs else None
+
+
+def latency_text(row: RunRow) -> str:
+    """A run's mean latency with its unit ("120.0 us", "1,141,720 emulated instructions"), "-"."""
+    if row.latency_mean_us is not None:
+        return f"{row.latency_mean_us:.1f} us"
+    if row.latency_mean_count is not None:
+        return f"{row.latency_mean_count:,.0f} {row.count_unit or 'counts'}"
+    return "-"
 
 
 def _now() -> str:
@@ -168,10 +185,10 @@ class ResultStore:
             db.execute("PRAGMA journal_mode=WAL")
             db.executescript(_SCHEMA)
             have = {r["name"] for r in db.execute("PRAGMA table_info(runs)")}
-            for col in LATER_COLUMNS:
+            for col, kind in LATER_COLUMNS.items():
                 if col not in have:
                     try:
-                        db.execute(f"ALTER TABLE runs ADD COLUMN {col} INTEGER")
+                        db.execute(f"ALTER TABLE runs ADD COLUMN {col} {kind}")
                     except sqlite3.OperationalError as exc:  # another process added it first
                         if "duplicate column" not in str(exc):
                             raise
@@ -209,6 +226,7 @@ class ResultStore:
         date = date or _now()
         batch = batch or date[:10]
         latency = result.get("latency_us") or {}
+        counts = result.get("latency_counts") or {}
         sizes = result.get("sizes") or {}
         footprint = result.get("footprint") or {}
         outputs = result.get("outputs") or []
@@ -234,6 +252,9 @@ class ResultStore:
             "kernels_text": _num(sizes.get("kernels_text"), int, "sizes.kernels_text"),
             "minrt_text_no_messages": _num(sizes.get("minrt_text_no_messages"), int,
                                            "sizes.minrt_text_no_messages"),
+            **{f"latency_{k}_count": _num(counts.get(k), float, f"latency_counts.{k}")
+               for k in ("min", "mean", "max")},
+            "count_unit": (result.get("count_unit") or None) if counts else None,
             "toolchain": result.get("toolchain"),
             "tvm_version": result.get("tvm_version"),
             **{c: _num(footprint.get(c), int, f"footprint.{c}") for c in FOOTPRINT_COLUMNS},
@@ -420,13 +441,20 @@ class ResultStore:
         return points
 
     def latency_trend(self, target: str, model: str) -> list[dict[str, Any]]:
-        """Mean/min/max latency per batch for one model on one target, oldest batch first."""
+        """Mean/min/max latency per batch for one model on one target, oldest batch first, with
+        its unit: "us", or a counting target's count_unit ("emulated instructions")."""
         points = []
         for batch in self.batches():
             row = self.latest(batch).get((model, target))
-            if row is not None and row.latency_mean_us is not None:
+            if row is None:
+                continue
+            if row.latency_mean_us is not None:
                 points.append({"batch": batch, "commit": row.commit, "min": row.latency_min_us,
-                               "mean": row.latency_mean_us, "max": row.latency_max_us})
+                               "mean": row.latency_mean_us, "max": row.latency_max_us, "unit": "us"})
+            elif row.latency_mean_count is not None:
+                points.append({"batch": batch, "commit": row.commit, "min": row.latency_min_count,
+                               "mean": row.latency_mean_count, "max": row.latency_max_count,
+                               "unit": row.count_unit or "counts"})
         return points
 
     def accuracy_matrix(self, batch: str) -> dict[tuple[str, str], RunRow]:
@@ -473,7 +501,7 @@ def command(args: argparse.Namespace) -> int:
         if args.json:
             print(json.dumps(dataclasses.asdict(row)))
             continue
-        mean = f"{row.latency_mean_us:.1f} us" if row.latency_mean_us is not None else "-"
+        mean = latency_text(row)
         print(f"{row.id:>5} {row.batch:<24} {row.model:<12} {row.target:<12} {row.device or '-':<10} "
               f"{'PASS' if row.passed else 'FAIL'} {mean:>12} minrt {row.minrt_text or '-'} B"
               + (f"  {row.error.splitlines()[0][:80]}" if row.error else ""))

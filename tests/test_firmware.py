@@ -186,8 +186,11 @@ def test_firmware_target_files(tmp_path) -> None:
         parse_target(bad)
 
 
-def test_harness_run_on_firmware_target(example_models) -> None:
-    """`harness run --target cortex-m4-qemu` for one model: its own image, no prefix."""
+def test_harness_run_on_firmware_target(example_models, tmp_path) -> None:
+    """`harness run --target cortex-m4-qemu` for one model: its own image, no prefix. The
+    results store keeps its counts (not times), and the dashboard charts them in their unit."""
+    from harness.dashboard import render_dashboard
+    from harness.results import ResultStore
     from harness.run import run_on_target
 
     result = run_on_target(example_models["multi_io"], load_target("cortex-m4-qemu"), iters=3)
@@ -196,6 +199,17 @@ def test_harness_run_on_firmware_target(example_models) -> None:
     assert result.latency_us == {}  # never reported as time
     assert result.sizes["firmware_flash"] == result.footprint["flash_total"] > result.footprint["flash_weights"] > 0
     assert result.footprint["arena_bytes"] == result.arena_bytes
+
+    store = ResultStore(tmp_path / "results.sqlite")
+    store.record(result.to_dict(), device="qemu", batch="night-1")
+    (row,) = store.runs()
+    assert row.latency_mean_us is None and row.count_unit == "emulated instructions"
+    assert row.latency_mean_count == result.latency_counts["mean"]
+    assert row.latency_min_count <= row.latency_mean_count <= row.latency_max_count
+    assert row.minrt_text_no_messages == result.sizes["minrt_text_no_messages"] < row.minrt_text
+    html = render_dashboard(store)
+    assert "cortex-m4-qemu: mean emulated instructions per inference" in html
+    assert f"{result.latency_counts['mean']:,.0f} emulated instructions" in html  # the runs table
 
 
 def test_cli_two_models_in_one_image(example_models, capsys) -> None:
