@@ -447,7 +447,9 @@ def test_fuzz_loader_bounded(fixtures, tmp_path):
         assert proc.returncode == 0, proc.stderr[-2000:]
         outcomes[seed.name] = [ln for ln in proc.stderr.splitlines() if ln.startswith("minrt: ")]
     ran = [name for name, lines in outcomes.items() if lines == ["minrt: ran"]]
-    assert len(ran) == len(seeds) - 2, outcomes  # all but missing_heads and row_ptr
+    not_ran = "; ".join(f"{name}: {' | '.join(lines) or '(no outcome line)'}"
+                        for name, lines in outcomes.items() if name not in ran)
+    assert len(ran) == len(seeds) - 2, f"seeds that did not run: {not_ran}"  # all but missing_heads, row_ptr
     proc = run([str(binary), "-max_total_time=30", "-rss_limit_mb=1024", "-timeout=10",
                 str(corpus)], cwd=tmp_path, timeout=300)
     assert proc.returncode == 0, proc.stderr[-4000:]
