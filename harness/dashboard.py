@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Sequence
 
 from .errors import HarnessError
-from .results import ResultStore, RunRow, default_store_path, latency_text
+from .results import ResultStore, RunRow, default_store_path, latency_number, latency_text
 from .size import BUDGETS, NO_MESSAGES_BUDGETS
 
 log = logging.getLogger(__name__)
@@ -113,16 +113,14 @@ def find_regressions(
         size_new = _minrt_text(new, target)
         if size_new is None:
             continue
-        budget = (budgets or {}).get(target, budget_for(target))
-        if budget is not None and size_new > budget:
-            found.append(Regression("size-budget", target, None, budget, size_new,
-                                    f"{target}: minrt .text is {size_new} B, over its budget of {budget} B", True))
-        stripped, stripped_budget = _minrt_text(new, target, "minrt_text_no_messages"), \
-            budget_for(target, no_messages=True)
-        if stripped is not None and stripped_budget is not None and stripped > stripped_budget:
-            found.append(Regression("size-budget", target, None, stripped_budget, stripped,
-                                    f"{target}: minrt .text without messages is {stripped} B, over its "
-                                    f"budget of {stripped_budget} B", True))
+        for column, budget, built in (("minrt_text", (budgets or {}).get(target, budget_for(target)), ""),
+                                      ("minrt_text_no_messages", budget_for(target, no_messages=True),
+                                       " without messages")):
+            size = _minrt_text(new, target, column)
+            if size is not None and budget is not None and size > budget:
+                found.append(Regression("size-budget", target, None, budget, size,
+                                        f"{target}: minrt .text{built} is {size} B, over its budget of {budget} B",
+                                        True))
         size_old = _minrt_text(old, target)
         tc_old, tc_new = _toolchains(old, target), _toolchains(new, target)
         if size_old is not None and tc_old and tc_new and tc_old != tc_new:
@@ -149,16 +147,12 @@ def find_regressions(
             found.append(Regression("broken", target, model, "passed", "failed",
                                     f"{model} on {target}: passed in {old_batch}, fails in {new_batch}: "
                                     f"{why.splitlines()[0][:200]}", True))
-        if (before.latency_mean_us and after.latency_mean_us
-                and after.latency_mean_us > before.latency_mean_us * (1 + latency_growth)):
-            found.append(Regression("latency", target, model, before.latency_mean_us, after.latency_mean_us,
-                                    f"{model} on {target}: mean latency {before.latency_mean_us:.1f} -> "
-                                    f"{after.latency_mean_us:.1f} us", False))
-        elif (before.latency_mean_count and after.latency_mean_count and before.count_unit == after.count_unit
-                and after.latency_mean_count > before.latency_mean_count * (1 + latency_growth)):
-            found.append(Regression("latency", target, model, before.latency_mean_count, after.latency_mean_count,
-                                    f"{model} on {target}: mean latency {before.latency_mean_count:,.0f} -> "
-                                    f"{after.latency_mean_count:,.0f} {after.count_unit or 'counts'}", False))
+        was, now = before.latency(), after.latency()
+        if was and now and was[3] == now[3] and was[1] and now[1] > was[1] * (1 + latency_growth):
+            unit = now[3]  # times or counts, compared only in the same unit
+            found.append(Regression("latency", target, model, was[1], now[1],
+                                    f"{model} on {target}: mean latency {latency_number(was[1], unit)} -> "
+                                    f"{latency_number(now[1], unit)} {unit}", False))
     found.sort(key=lambda r: (not r.fatal, r.kind, r.target, r.model or ""))
     return found
 

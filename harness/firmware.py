@@ -30,6 +30,7 @@ import numpy as np
 from . import REPO_ROOT, tensorfile
 from .cache import cache_dir, content_hash
 from .errors import BuildError
+from .size import minrt_texts
 from .targets import Target
 from .toolchain import Toolchain
 
@@ -415,12 +416,11 @@ def image_models(target: Target, models: dict[str, Path]) -> list[FirmwareModel]
 
 
 def firmware_sizes(fw: Firmware, minrt: dict[str, Any]) -> dict[str, int]:
-    """The figures a run records: minrt's budgeted .text (a harness.size.measure report:
-    with and without messages), and the image's flash and RAM."""
+    """The figures a run records: minrt's .text (from a harness.size.measure report, as
+    harness.size.minrt_texts gives them), and the image's flash and RAM."""
     f, r = fw.footprint["flash"], fw.footprint["ram"]
     # runner_text: the image is the runner of a firmware target (its code, without the models)
-    return {"minrt_text": minrt["total"]["text"],
-            "minrt_text_no_messages": minrt["no_messages"]["total"]["text"], "runner_text": f["total"] - f["weights"] - f["graphs"],
+    return {**minrt_texts(minrt), "runner_text": f["total"] - f["weights"] - f["graphs"],
             "firmware_flash": f["total"], "firmware_ram": r["total"],
             "kernels_text": f["kernels"], "weights_bytes": f["weights"], "arena_bytes": r["arena"]}
 

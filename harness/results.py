@@ -147,19 +147,34 @@ class RunRow:
     latency_max_count: float | None = None
     count_unit: str | None = None
 
+    def latency(self) -> tuple[float | None, float, float | None, str] | None:
+        """(min, mean, max, unit) per inference: in "us", or in a counting target's count_unit
+        ("emulated instructions"); None when the run measured neither."""
+        if self.latency_mean_us is not None:
+            return self.latency_min_us, self.latency_mean_us, self.latency_max_us, "us"
+        if self.latency_mean_count is not None:
+            return (self.latency_min_count, self.latency_mean_count, self.latency_max_count,
+                    self.count_unit or "counts")
+        return None
+
     @property
     def max_abs_err(self) -> float | None:
         errs = [o["max_abs_err"] for o in self.outputs if o.get("max_abs_err") is not None]
         return max(errs) if errs else None
 
 
+def latency_number(value: float, unit: str) -> str:
+    """A latency figure as written in its unit: "120.0" us, "1,141,720" counts."""
+    return f"{value:.1f}" if unit == "us" else f"{value:,.0f}"
+
+
 def latency_text(row: RunRow) -> str:
     """A run's mean latency with its unit ("120.0 us", "1,141,720 emulated instructions"), "-"."""
-    if row.latency_mean_us is not None:
-        return f"{row.latency_mean_us:.1f} us"
-    if row.latency_mean_count is not None:
-        return f"{row.latency_mean_count:,.0f} {row.count_unit or 'counts'}"
-    return "-"
+    latency = row.latency()
+    if latency is None:
+        return "-"
+    _, mean, _, unit = latency
+    return f"{latency_number(mean, unit)} {unit}"
 
 
 def _now() -> str:
@@ -446,15 +461,11 @@ class ResultStore:
         points = []
         for batch in self.batches():
             row = self.latest(batch).get((model, target))
-            if row is None:
-                continue
-            if row.latency_mean_us is not None:
-                points.append({"batch": batch, "commit": row.commit, "min": row.latency_min_us,
-                               "mean": row.latency_mean_us, "max": row.latency_max_us, "unit": "us"})
-            elif row.latency_mean_count is not None:
-                points.append({"batch": batch, "commit": row.commit, "min": row.latency_min_count,
-                               "mean": row.latency_mean_count, "max": row.latency_max_count,
-                               "unit": row.count_unit or "counts"})
+            latency = row.latency() if row is not None else None
+            if latency is not None:
+                low, mean, high, unit = latency
+                points.append({"batch": batch, "commit": row.commit, "min": low, "mean": mean,
+                               "max": high, "unit": unit})
         return points
 
     def accuracy_matrix(self, batch: str) -> dict[tuple[str, str], RunRow]:

@@ -158,14 +158,18 @@ def diff(report: dict[str, Any], baseline: dict[str, Any]) -> dict[str, Any]:
     return {"objects": objects, "total": total}
 
 
+def minrt_texts(report: dict[str, Any]) -> dict[str, int]:
+    """The two minrt figures a run records, from a measure() report: its budgeted .text, and
+    the same built with MINRT_NO_MESSAGES."""
+    return {"minrt_text": report["total"]["text"],
+            "minrt_text_no_messages": report["no_messages"]["total"]["text"]}
+
+
 def run_sizes(target: Target, runner: Path, artifact: Any, toolchain: Toolchain) -> dict[str, int]:
     """The figures a run records, with the toolchain that built the runner: minrt's .text
-    (its objects, as budgeted; also built with MINRT_NO_MESSAGES), the whole runner binary's
-    and the model kernels'."""
-    report = measure(target, toolchain)
+    (minrt_texts), the whole runner binary's and the model kernels'."""
     return {
-        "minrt_text": report["total"]["text"],
-        "minrt_text_no_messages": report["no_messages"]["total"]["text"],
+        **minrt_texts(measure(target, toolchain)),
         "runner_text": size_elf(runner, target, toolchain)["text"],
         "kernels_text": size_elf(Path(artifact.kernels_obj), target, toolchain)["text"],
     }
