@@ -22,8 +22,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from . import tensorfile
-from .targets import Target
+from harness.formats import tensorfile
+from harness.config.targets import Target
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +113,7 @@ def _largest_activation(artifact: Any) -> int:
 
     import numpy as np
 
-    from .compile import dtype_nbytes
+    from harness.formats.dtypes import dtype_nbytes
 
     graph = json.loads(artifact.graph_json.read_text())
     shapes = graph["attrs"]["shape"][1]
@@ -134,11 +134,11 @@ def _largest_activation(artifact: Any) -> int:
 def bench_model(model: Path, target: Target, *, toolchain: str = "host", rounds: int = 5,
                 iters: int = 20, seed: int = 0, transport: str | None = None) -> ModelBench:
     """Benchmark one model: interleaved rounds of minrt (on the target) and onnxruntime."""
-    from .build import build_runner
-    from .compile import compile_model
-    from .run import execute, random_inputs
-    from .toolchain import get_toolchain
-    from .devices import open_transport
+    from harness.build.runner import build_runner
+    from harness.compile.model import compile_model
+    from harness.run import execute, random_inputs
+    from harness.build.toolchain import get_toolchain
+    from harness.device.open import open_transport
 
     result = ModelBench(model=model.stem, target=target.name, rounds=rounds, iters=iters)
     started = time.monotonic()
@@ -188,9 +188,9 @@ def bench_models(models: Sequence[Path], target: Target, **kwargs: Any) -> Bench
 def resolve_bench_models(names: Sequence[str] | None, out_dir: Path) -> list[Path]:
     """.onnx paths, example names or zoo names; none means every example and zoo model
     (written under `out_dir`)."""
-    from .errors import HarnessError
-    from .examples import EXAMPLES, write_examples
-    from .zoo import ZOO, write_zoo
+    from harness.errors import HarnessError
+    from harness.models.examples import EXAMPLES, write_examples
+    from harness.models.zoo import ZOO, write_zoo
 
     if not names:
         return list(write_examples(out_dir / "examples").values()) + list(write_zoo(out_dir / "zoo").values())

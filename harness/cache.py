@@ -11,8 +11,8 @@ import tempfile
 from pathlib import Path
 from typing import Iterable
 
-from . import REPO_ROOT
-from .errors import CacheError
+from harness import REPO_ROOT
+from harness.errors import CacheError
 
 #: Less free space than this under the cache counts as full: an artifact with its kernels is
 #: up to a few MiB, a runner build about one.

@@ -12,12 +12,12 @@ import threading
 from pathlib import Path
 from typing import Any, Sequence
 
-from . import missing_source
-from .errors import EXIT_BAD_INPUT, EXIT_INFRASTRUCTURE, EXIT_INTERRUPTED, HarnessError, exit_code_of_results
-from .models import resolve_models
-from .targets import DEFAULT_TARGET
-from .toolchain import DEFAULT_TOOLCHAIN, TOOLCHAINS
-from .transport import transport_kinds
+from harness import missing_source
+from harness.errors import EXIT_BAD_INPUT, EXIT_INFRASTRUCTURE, EXIT_INTERRUPTED, HarnessError, exit_code_of_results
+from harness.models.resolve import resolve_models
+from harness.config.targets import DEFAULT_TARGET
+from harness.build.toolchain import DEFAULT_TOOLCHAIN, TOOLCHAINS
+from harness.transport import transport_kinds
 
 log = logging.getLogger("harness")
 
@@ -75,8 +75,8 @@ def format_profile(profile: Sequence[dict], mean_us: float | None, top: int = 10
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from .run import RunResult, run_on_target
-    from .targets import load_target
+    from harness.run import RunResult, run_on_target
+    from harness.config.targets import load_target
 
     target = load_target(args.target)
     inputs = _parse_inputs(args.input)
@@ -87,7 +87,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.results:
         import time
 
-        from .results import ResultStore
+        from harness.results.store import ResultStore
 
         store = ResultStore(args.results)
         batch = args.batch or time.strftime("run-%Y%m%dT%H%M%SZ", time.gmtime())
@@ -98,7 +98,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         if args.one_image:
             if not target.is_firmware:
                 raise HarnessError(f"--one-image is for firmware targets; {target.name} is not one")
-            from .devices import open_transport
+            from harness.device.open import open_transport
 
             one_image = {m.stem: m for m in models}
             device = stack.enter_context(open_transport(target, kind=args.transport, host=args.host))
@@ -151,8 +151,8 @@ def positive_int(text: str) -> int:
 
 
 def cmd_compile(args: argparse.Namespace) -> int:
-    from .compile import compile_model
-    from .targets import load_target
+    from harness.compile.model import compile_model
+    from harness.config.targets import load_target
 
     target = load_target(args.target)
     for model in resolve_models(args.model):
@@ -162,7 +162,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
 
 
 def cmd_examples(args: argparse.Namespace) -> int:
-    from .examples import write_examples
+    from harness.models.examples import write_examples
 
     for name, path in write_examples(Path(args.out)).items():
         print(f"{name}: {path}")
@@ -170,8 +170,8 @@ def cmd_examples(args: argparse.Namespace) -> int:
 
 
 def cmd_targets(args: argparse.Namespace) -> int:
-    from .targets import load_target, target_names
-    from .targets_check import check_target
+    from harness.config.targets import load_target, target_names
+    from harness.config.readiness import check_target
 
     for name in target_names():
         try:
@@ -187,10 +187,10 @@ def cmd_targets(args: argparse.Namespace) -> int:
 
 
 def cmd_build(args: argparse.Namespace) -> int:
-    from .build import build_runner
-    from .compile import compile_model
-    from .targets import load_target
-    from .toolchain import get_toolchain
+    from harness.build.runner import build_runner
+    from harness.compile.model import compile_model
+    from harness.config.targets import load_target
+    from harness.build.toolchain import get_toolchain
 
     target = load_target(args.target)
     toolchain = get_toolchain(args.toolchain, target)
@@ -202,7 +202,7 @@ def cmd_build(args: argparse.Namespace) -> int:
 
 
 def cmd_board(args: argparse.Namespace) -> int:
-    from . import board
+    from harness.device import board
 
     if args.action == "up":
         b = board.ensure_board(args.name, args.instance)
@@ -220,7 +220,7 @@ def cmd_board(args: argparse.Namespace) -> int:
 
 
 def cmd_toolchain(args: argparse.Namespace) -> int:
-    from .docker_toolchain import bootstrap_base_image, prepare_toolchains
+    from harness.build.docker import bootstrap_base_image, prepare_toolchains
 
     if args.action == "bootstrap":
         print(f"base image: {bootstrap_base_image()}")
@@ -233,11 +233,11 @@ SIZE_BASELINE = Path(__file__).resolve().parent.parent / "runtime_c" / "size-bas
 
 
 def cmd_size(args: argparse.Namespace) -> int:
-    from . import size
-    from .build import build_runner
-    from .compile import compile_model
-    from .targets import load_target
-    from .toolchain import get_toolchain
+    from harness.build import size
+    from harness.build.runner import build_runner
+    from harness.compile.model import compile_model
+    from harness.config.targets import load_target
+    from harness.build.toolchain import get_toolchain
 
     target = load_target(args.target)
     toolchain = get_toolchain(args.toolchain, target)
@@ -249,7 +249,7 @@ def cmd_size(args: argparse.Namespace) -> int:
     for model in resolve_models(args.model) if args.model else []:
         artifact = compile_model(model, target)
         if target.is_firmware:
-            from .firmware import FirmwareModel, build_firmware
+            from harness.build.firmware import FirmwareModel, build_firmware
 
             fw = build_firmware(target, [FirmwareModel(model.stem, artifact)], toolchain)
             report.setdefault("models", {})[model.stem] = {"firmware": str(fw.elf), "footprint": fw.footprint}
@@ -281,7 +281,7 @@ def cmd_size(args: argparse.Namespace) -> int:
                 print(f"  {obj['name']:<10} {sym['kind']:<5} {sym['size']:>6}  {sym['name']}")
     for name, m in report.get("models", {}).items():
         if "firmware" in m:
-            from .firmware import format_footprint
+            from harness.build.firmware import format_footprint
 
             print(format_footprint(f"model {name}", m["footprint"])
                   + f" of {target.layout.flash_bytes:,} / {target.layout.ram_bytes:,}")
@@ -300,11 +300,11 @@ class OneLineParser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # type: ignore[override]
         self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 def cmd_tune(args: argparse.Namespace) -> int:
-    from .bench import resolve_bench_models
-    from .cache import cache_dir
-    from .targets import load_target
-    from .tune import tune_model
-    from .tuning_db import TuningDatabase
+    from harness.bench import resolve_bench_models
+    from harness.cache import cache_dir
+    from harness.config.targets import load_target
+    from harness.tune import tune_model
+    from harness.compile.tuning_db import TuningDatabase
 
     target = load_target(args.target)
     database = TuningDatabase.for_target(target)
@@ -323,11 +323,11 @@ def cmd_tune(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from .bench import bench_models, resolve_bench_models
-    from .cache import cache_dir
-    from .results import ResultStore, default_store_path, record_bench
-    from .run import git_commit
-    from .targets import load_target
+    from harness.bench import bench_models, resolve_bench_models
+    from harness.cache import cache_dir
+    from harness.results.store import ResultStore, default_store_path, record_bench
+    from harness.run import git_commit
+    from harness.config.targets import load_target
 
     target = load_target(args.target)
     report = bench_models(resolve_bench_models(args.model, cache_dir()), target, toolchain=args.toolchain,
@@ -443,11 +443,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_bench)
 
-    from . import dashboard, farm, results
+    from harness.results import dashboard, store
+    from harness.farm import scheduler
 
-    farm.configure_parser(sub.add_parser("farm", help="run models x targets across a device farm"))
+    scheduler.configure_parser(sub.add_parser("farm", help="run models x targets across a device farm"))
     dashboard.configure_parser(sub.add_parser("dashboard", help="the static size/accuracy dashboard and regression check"))
-    results.configure_parser(sub.add_parser("results", help="query the results store"))
+    store.configure_parser(sub.add_parser("results", help="query the results store"))
     return parser
 
 

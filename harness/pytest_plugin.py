@@ -5,7 +5,7 @@
 
 Fixtures (all session-scoped, all prefixed so they do not collide with labgrid's `target` or
 pytest-embedded's `--target`):
-- `minrt_target`: the `harness.targets.Target` named by --minrt-target (default: the harness'
+- `minrt_target`: the `harness.config.targets.Target` named by --minrt-target (default: the harness'
   default target).
 - `minrt_device`: an open transport to that target for the whole session (for `rpi-qemu` the
   emulated board is booted if needed and left running; `harness board down` stops it).
@@ -28,11 +28,11 @@ from typing import Any, Callable, Iterator
 
 import pytest
 
-from .errors import HarnessError
-from .targets import DEFAULT_TARGET, Target, load_target
-from .toolchain import DEFAULT_TOOLCHAIN, TOOLCHAINS
-from .devices import open_transport
-from .transport import Transport
+from harness.errors import HarnessError
+from harness.config.targets import DEFAULT_TARGET, Target, load_target
+from harness.build.toolchain import DEFAULT_TOOLCHAIN, TOOLCHAINS
+from harness.device.open import open_transport
+from harness.transport import Transport
 
 MARKERS = {
     "board": "boots or uses the emulated ARMv7 board (qemu-system-arm)",
@@ -79,7 +79,7 @@ def minrt_device(request: pytest.FixtureRequest, minrt_target: Target) -> Iterat
 @pytest.fixture(scope="session")
 def minrt_run(request: pytest.FixtureRequest, minrt_target: Target,
               minrt_device: Transport) -> Callable[..., Any]:
-    from .run import RunResult, run_on_target
+    from harness.run import RunResult, run_on_target
 
     toolchain = request.config.getoption("--minrt-toolchain")
     transport = request.config.getoption("--minrt-transport")

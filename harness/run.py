@@ -16,12 +16,13 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from . import REPO_ROOT, tensorfile
-from .compare import DEFAULT_ATOL, DEFAULT_RTOL, OutputCheck, compare_output
-from .errors import HarnessError
-from .reference import Consensus
-from .targets import Target
-from .toolchain import DEFAULT_TOOLCHAIN
+from harness import REPO_ROOT
+from harness.formats import tensorfile
+from harness.check.compare import DEFAULT_ATOL, DEFAULT_RTOL, OutputCheck, compare_output
+from harness.errors import HarnessError
+from harness.check.reference import Consensus
+from harness.config.targets import Target
+from harness.build.toolchain import DEFAULT_TOOLCHAIN
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +50,7 @@ class RunResult:
     iters: int = 0
     arena_bytes: int | None = None
     # What the model costs on the device: the runner's arena by part (graph, activations,
-    # workspace, weight_copies: bytes), peak_rss_kb (Linux runners), and flash (harness.size).
+    # workspace, weight_copies: bytes), peak_rss_kb (Linux runners), and flash (harness.build.size).
     footprint: dict[str, Any] = field(default_factory=dict)
     sizes: dict[str, int] = field(default_factory=dict)
     tvm_version: str | None = None
@@ -144,7 +145,7 @@ def kernel_profile(timing: Mapping[str, Any], artifact: Any) -> list[dict[str, A
 def footprint(timing: Mapping[str, Any], sizes: Mapping[str, int], artifact: Any) -> dict[str, Any]:
     """A run's footprint: RAM as the runner measured it (its arena by part, its peak resident
     memory when the device reports it) and flash (runtime, runner, kernels, weights)."""
-    from .size import weights_bytes
+    from harness.build.size import weights_bytes
 
     arena = timing.get("arena") or {}
     result: dict[str, Any] = {f"arena_{k}": int(v) for k, v in arena.items()}
@@ -163,9 +164,9 @@ def check_outputs(model: Path, inputs: Mapping[str, np.ndarray], got: Sequence[n
                   output_specs: Sequence[Mapping[str, Any]], atol: float, rtol: float,
                   ) -> tuple[list[OutputCheck], Consensus]:
     """Compare every device output with the host references that agree with each other (see
-    harness.reference): TVM's Relax VM breaks a disagreement, a reference that cannot run the
+    harness.check.reference): TVM's Relax VM breaks a disagreement, a reference that cannot run the
     model is left out. Returns the checks and the references' standing."""
-    from .reference import RELAX_VM, consensus, reference_names, try_reference
+    from harness.check.reference import RELAX_VM, consensus, reference_names, try_reference
 
     runs = [try_reference(name, model, inputs, expected_outputs=len(output_specs))
             for name in reference_names()]
@@ -213,11 +214,11 @@ def run_on_target(
     `one_image` (firmware targets): the models (name -> ONNX) one image holds, `model` among
     them; with the same `device`, every one of them runs on one boot.
     """
-    from . import size
-    from .build import build_runner
-    from .compile import compile_model
-    from .toolchain import get_toolchain
-    from .devices import open_transport
+    from harness.build import size
+    from harness.build.runner import build_runner
+    from harness.compile.model import compile_model
+    from harness.build.toolchain import get_toolchain
+    from harness.device.open import open_transport
 
     result = RunResult(model=model.stem, target=target.name,
                        transport=transport or target.transport.kind, commit=git_commit())
@@ -232,11 +233,11 @@ def run_on_target(
         tc = get_toolchain(toolchain, target)
         result.toolchain = tc.describe()
         if target.is_firmware:
-            from .firmware import FirmwareModel, build_firmware, firmware_sizes, flat_footprint
+            from harness.build.firmware import FirmwareModel, build_firmware, firmware_sizes, flat_footprint
 
             log.info("[%s on %s] building the firmware image with the %s toolchain", model.name, target.name, tc.name)
             if one_image:
-                from .firmware import image_models
+                from harness.build.firmware import image_models
 
                 if model.stem not in one_image:
                     raise HarnessError(f"model {model.stem} is not one of the image's ({', '.join(one_image)})")

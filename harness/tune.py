@@ -10,7 +10,7 @@ is exactly what `harness run` will run: same runtime, same compiler, same device
 Records go to a JSON database per target in the cache
 (`<cache>/tuning/<target>-<hash of its TVM target>/`), keyed by meta_schedule's structural
 workload hash; `harness compile` looks each kernel up there (see
-harness.compile.schedule_model_kernels). `MINRT_NO_TUNING=1` makes compile ignore it.
+harness.compile.kernels.schedule_model_kernels). `MINRT_NO_TUNING=1` makes compile ignore it.
 The database can be exported as one file and imported (merged) elsewhere.
 """
 
@@ -24,13 +24,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .cache import cache_dir
-from .errors import HarnessError
-from .targets import Target
+from harness.cache import cache_dir
+from harness.errors import HarnessError
+from harness.config.targets import Target
 
 log = logging.getLogger(__name__)
 
-from .tuning_db import TuningDatabase, workload
+from harness.compile.tuning_db import TuningDatabase, workload
 
 
 # ---------------------------------------------------------------------------------------------
@@ -75,7 +75,8 @@ def kernel_graph(name: str, func: Any, n_outputs: int) -> tuple[dict[str, Any], 
     `n_outputs` arguments are the graph's outputs. Returns (graph, input specs, output specs)."""
     from tvm.s_tir.meta_schedule.arg_info import ArgInfo
 
-    from .compile import Graph, GraphNode, graph_json, plan_storage
+    from harness.compile.graph import Graph, GraphNode
+    from harness.compile.plan import graph_json, plan_storage
 
     infos = [(tuple(int(d) for d in a.shape), str(a.dtype)) for a in ArgInfo.from_prim_func(func)]
     n_in = len(infos) - n_outputs
@@ -105,8 +106,8 @@ class _Session:
         self.best_us: float | None = None
 
     def _cc_command(self) -> list[str]:
-        """The runner's compiler and flags (harness.build.runner_command's, without files)."""
-        from .build import BUILD_FLAGS, RUNTIME_DIR
+        """The runner's compiler and flags (harness.build.runner.runner_command's, without files)."""
+        from harness.build.runner import BUILD_FLAGS, RUNTIME_DIR
 
         defines = ["-DMINRT_PROFILE"] + (["-DMINRT_RUN_SERIAL"] if (RUNTIME_DIR / "runner" / "serial.c").exists() else [])
         return [self.target.cc.tool("gcc"), *self.target.cc.cflags, *BUILD_FLAGS, *defines,
@@ -114,7 +115,7 @@ class _Session:
 
     def _runtime_objects(self) -> list[Path]:
         """minrt and the runner compiled once per session; each candidate only links."""
-        from .build import runner_sources, runtime_sources
+        from harness.build.runner import runner_sources, runtime_sources
 
         if getattr(self, "_objects", None) is None:
             rt = (self.work / "runtime").resolve()
@@ -131,9 +132,9 @@ class _Session:
         """Compile one candidate and link it with minrt-run; returns the candidate's directory."""
         import tvm
 
-        from .artifact import GRAPH_JSON, KERNELS_OBJ, METADATA_JSON, PARAMS_BIN, Artifact
-        from .compile import compile_kernels
-        from .signatures import SIGNATURES_C, write_signatures
+        from harness.formats.artifact import GRAPH_JSON, KERNELS_OBJ, METADATA_JSON, PARAMS_BIN, Artifact
+        from harness.compile.kernels import compile_kernels
+        from harness.formats.signatures import SIGNATURES_C, write_signatures
 
         self.counter += 1
         out = self.work / f"c{self.counter:05d}"
@@ -144,7 +145,7 @@ class _Session:
         write_signatures({self.kernel_name: func}, out / SIGNATURES_C)  # minrt checks every node
         graph, specs_in, specs_out = kernel_graph(self.kernel_name, func, self.n_outputs)
         (out / GRAPH_JSON).write_text(json.dumps(graph, separators=(",", ":")))
-        from . import tensorfile
+        from harness.formats import tensorfile
 
         tensorfile.save(out / PARAMS_BIN, {})
         metadata = {"model": self.kernel_name, "model_sha256": "", "target": self.target.name,
@@ -163,9 +164,9 @@ class _Session:
 
     def run(self, directory: Path) -> float:
         """Time one candidate on the device: the fastest of `iters` runs, in seconds."""
-        from . import tensorfile
-        from .artifact import Artifact
-        from .run import execute, random_inputs
+        from harness.formats import tensorfile
+        from harness.formats.artifact import Artifact
+        from harness.run import execute, random_inputs
 
         artifact = Artifact.open(directory)
         inputs = random_inputs(artifact.inputs, seed=0)
@@ -205,7 +206,7 @@ def _make_runner(session: _Session, max_device_failures: int = 3) -> Any:
     from tvm.s_tir.meta_schedule.runner import PyRunner, PyRunnerFuture, RunnerResult
     from tvm.ir.utils import derived_object
 
-    from .errors import DeviceError, RunnerError
+    from harness.errors import DeviceError, RunnerError
 
     @derived_object
     class DoneFuture(PyRunnerFuture):
@@ -312,7 +313,8 @@ def model_kernels(model: Path, target: Target) -> tuple[dict[str, Any], dict[str
     tuning inputs) and how many outputs each has."""
     import tvm
 
-    from .compile import graph_inputs, import_onnx, load_onnx, lower_relax, walk_main
+    from harness.compile.onnx_import import graph_inputs, import_onnx, load_onnx, lower_relax
+    from harness.compile.graph import walk_main
 
     onnx_model, _ = load_onnx(model)
     mod, _ = import_onnx(onnx_model, model)
@@ -349,9 +351,9 @@ def tune_model(
 
     from tvm.s_tir import meta_schedule as ms
 
-    from .compile import kernel_target
-    from .toolchain import get_toolchain
-    from .devices import open_transport
+    from harness.compile.kernels import kernel_target
+    from harness.build.toolchain import get_toolchain
+    from harness.device.open import open_transport
 
     started = time.monotonic()
     deadline = started + time_budget if time_budget else float("inf")
@@ -438,7 +440,7 @@ def default_cost_model() -> str:
 
 
 def _default_known(func: Any, ktarget: Any, db_files: TuningDatabase) -> float | None:
-    from .schedule import schedule_kernel, simd_lanes
+    from harness.compile.schedule import schedule_kernel, simd_lanes
 
     return db_files.default_latency(schedule_kernel(func, simd_lanes(ktarget))[0])
 
@@ -447,7 +449,7 @@ def _measure_default(session: _Session, func: Any, db_files: TuningDatabase) -> 
     """Time the kernel with its default schedule on the device (the baseline tuning must beat)."""
     import tvm
 
-    from .schedule import schedule_kernel, simd_lanes
+    from harness.compile.schedule import schedule_kernel, simd_lanes
 
     scheduled, _ = schedule_kernel(func, simd_lanes(session.ktarget))
     directory = session.build(tvm.IRModule({"main": scheduled}))

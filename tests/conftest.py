@@ -21,7 +21,7 @@ class CompiledModels:
         self._artifacts: dict[tuple[str, str], object] = {}
 
     def get(self, model: str, target: str):
-        from harness.compile import compile_model
+        from harness.compile.model import compile_model
 
         key = (model, target)
         if key not in self._artifacts:
@@ -31,7 +31,7 @@ class CompiledModels:
 
 @pytest.fixture(scope="session")
 def example_models(tmp_path_factory) -> dict[str, Path]:
-    from harness.examples import write_examples
+    from harness.models.examples import write_examples
 
     return write_examples(tmp_path_factory.mktemp("example_models"))
 
@@ -51,7 +51,7 @@ SHARED_BOARD_INSTANCE = "0"
 
 @pytest.fixture(scope="session")
 def shared_board():
-    from harness.board import board_status, ensure_board, stop_board
+    from harness.device.board import board_status, ensure_board, stop_board
 
     was_up = board_status(instance=SHARED_BOARD_INSTANCE)["state"] == "up"
     board = ensure_board(instance=SHARED_BOARD_INSTANCE, boot_timeout=300)

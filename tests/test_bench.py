@@ -5,9 +5,9 @@ side, the ratio stored in the results store and shown on the dashboard. The real
 from __future__ import annotations
 
 from harness.bench import bench_models, resolve_bench_models
-from harness.dashboard import render_dashboard
-from harness.results import ResultStore, bench_trend, record_bench
-from harness.targets import load_target
+from harness.results.dashboard import render_dashboard
+from harness.results.store import ResultStore, bench_trend, record_bench
+from harness.config.targets import load_target
 
 
 def test_bench_measures_both_runtimes_and_the_dashboard_shows_the_ratio(tmp_path, monkeypatch):

@@ -18,9 +18,7 @@ import time
 import pytest
 
 from harness import REPO_ROOT
-from harness.board import (
-    READY_MARKER, Board, board_status, build_board_image, ensure_board, recipe_for, stop_board,
-)
+from harness.device.board import READY_MARKER, Board, board_status, build_board_image, ensure_board, recipe_for, stop_board
 from harness.errors import DeviceError
 
 INSTANCE = f"pytest-{os.getpid()}"  # a board of its own: these tests kill it

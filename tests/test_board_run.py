@@ -15,7 +15,7 @@ import time
 import pytest
 
 from harness.run import run_on_target
-from harness.targets import load_target
+from harness.config.targets import load_target
 
 EXAMPLES = ["mlp", "cnn", "dscnn", "residual", "concat", "batchnorm", "multi_io"]
 
@@ -45,7 +45,7 @@ def test_cli_main_job_on_the_default_target(shared_board, example_models):
 def test_killing_the_board_mid_run_fails_cleanly_and_the_board_comes_back(shared_board, example_models):
     """A board that dies during a run ends it with an error naming the device, not a hang;
     the next run boots a new board and passes."""
-    from harness.board import board_status, ensure_board
+    from harness.device.board import board_status, ensure_board
 
     target = load_target("rpi-qemu")
     pid = shared_board.pid

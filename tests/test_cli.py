@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from harness.size import BUDGETS
+from harness.build.size import BUDGETS
 
 HARNESS = [sys.executable, "-m", "harness.cli"]
 

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from harness.compare import compare_output
+from harness.check.compare import compare_output
 
 
 def test_float_within_tolerance_passes():

@@ -14,12 +14,14 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from harness import tensorfile
-from harness.artifact import METADATA_KEYS, Artifact
-from harness.compile import NOP, compile_model, dtype_nbytes
+from harness.formats import tensorfile
+from harness.formats.artifact import METADATA_KEYS, Artifact
+from harness.formats.artifact import NOP
+from harness.compile.model import compile_model
+from harness.formats.dtypes import dtype_nbytes
 from harness.errors import CompileError
-from harness.examples import EXAMPLES, write_examples
-from harness.targets import load_target
+from harness.models.examples import EXAMPLES, write_examples
+from harness.config.targets import load_target
 
 TARGETS = ["x86_64", "qemu-armv7"]
 MODELS = list(EXAMPLES)
@@ -276,7 +278,7 @@ def test_mixed_dtypes_are_planned_by_bytes(tmp_path):
     buffer is reused for the 1 KiB float32 output once the int8 data is dead."""
     from onnx.reference import ReferenceEvaluator
 
-    from harness.relax_ref import run_graph
+    from harness.check.relax_vm import run_graph
 
     nodes = [
         helper.make_node("Mul", ["x", "gain"], ["scaled"]),
@@ -323,7 +325,7 @@ def test_batchnorm_that_cannot_be_folded_still_compiles(tmp_path):
     """A BN on a graph input (no conv before it) stays a BN and is computed by a kernel."""
     from onnx.reference import ReferenceEvaluator
 
-    from harness.relax_ref import run_graph
+    from harness.check.relax_vm import run_graph
 
     c = 3
     consts = [numpy_helper.from_array(v.astype(np.float32), n) for n, v in (
@@ -363,7 +365,7 @@ def test_reshape_and_flatten_become_nops(compiled_models, model, expect):
 
 def test_model_that_is_only_a_reshape_has_no_kernels(tmp_path):
     """The output is a __nop alias of the input: same storage, no kernel, empty kernels.o."""
-    from harness.relax_ref import run_graph
+    from harness.check.relax_vm import run_graph
 
     graph = helper.make_graph(
         [helper.make_node("Reshape", ["x", "shape"], ["y"])], "reshape_only",
@@ -399,8 +401,8 @@ def test_workspace_is_recorded_and_no_larger_than_what_it_pads(compiled_models):
 
 
 def run_minrt_on_host(artifact: Artifact, inputs: dict[str, np.ndarray], work: Path) -> list[np.ndarray]:
-    from harness.build import build_runner
-    from harness.toolchain import HostToolchain
+    from harness.build.runner import build_runner
+    from harness.build.toolchain import HostToolchain
 
     runner = build_runner(load_target("x86_64"), artifact, HostToolchain())
     tensorfile.save(work / "inputs.bin", inputs)
@@ -420,7 +422,7 @@ def test_graph_runs_exactly_like_relax_vm(compiled_models, example_models, model
     TVM's kernels on views of the planned buffers, (2) minrt-run built with kernels.o."""
     from onnx.reference import ReferenceEvaluator
 
-    from harness.relax_ref import run_graph, run_relax_vm
+    from harness.check.relax_vm import run_graph, run_relax_vm
 
     artifact = compiled_models.get(model, "x86_64")
     rng = np.random.default_rng(42)
@@ -437,7 +439,7 @@ def test_graph_runs_exactly_like_relax_vm(compiled_models, example_models, model
 
 
 def test_plan_is_no_bigger_than_relax_static_plan(compiled_models, example_models):
-    from harness.relax_ref import relax_planned_bytes
+    from harness.check.relax_vm import relax_planned_bytes
 
     for model in ("cnn", "dscnn", "mlp"):
         meta = compiled_models.get(model, "x86_64").metadata

@@ -12,9 +12,9 @@ import pytest
 
 from harness import REPO_ROOT
 from harness.cli import main as harness_main
-from harness.dashboard import build_dashboard, find_regressions
-from harness.results import ResultStore
-from harness.size import BUDGETS, NO_MESSAGES_BUDGETS
+from harness.results.dashboard import build_dashboard, find_regressions
+from harness.results.store import ResultStore
+from harness.build.size import BUDGETS, NO_MESSAGES_BUDGETS
 
 MODELS = ("mlp", "cnn", "dscnn")
 TARGETS = {"qemu-armv7": 5500, "x86_64": 8000}  # minrt .text of the first night

@@ -58,7 +58,7 @@ def target_file(tmp_path: Path, name: str, tvm: str) -> Path:
 
 @pytest.fixture(scope="module")
 def mlp(tmp_path_factory) -> Path:
-    from harness.examples import write_examples
+    from harness.models.examples import write_examples
 
     return write_examples(tmp_path_factory.mktemp("models"))["mlp"]
 

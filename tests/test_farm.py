@@ -25,10 +25,10 @@ import pytest
 
 from harness import REPO_ROOT
 from harness.errors import HarnessError, TargetError
-from harness.farm import DeviceFailure, run_farm
-from harness.inventory import load_inventory, parse_inventory
-from harness.lease import LabgridLeases, LeaseTimeout, LocalLeases
-from harness.results import ResultStore
+from harness.farm.scheduler import DeviceFailure, run_farm
+from harness.farm.inventory import load_inventory, parse_inventory
+from harness.farm.lease import LabgridLeases, LeaseTimeout, LocalLeases
+from harness.results.store import ResultStore
 
 THREE_DEVICES = """
 [[devices]]
@@ -139,8 +139,8 @@ def test_local_lease_is_exclusive_and_picks_a_free_device(tmp_path: Path) -> Non
 HOLDER = textwrap.dedent("""
     import sys, time
     from pathlib import Path
-    from harness.inventory import parse_inventory
-    from harness.lease import LocalLeases
+    from harness.farm.inventory import parse_inventory
+    from harness.farm.lease import LocalLeases
     inv = parse_inventory(sys.argv[1])
     lease = LocalLeases(inv, Path(sys.argv[2])).acquire(sys.argv[3], timeout=10)
     print(lease.device, flush=True)
@@ -279,8 +279,8 @@ def test_farm_runs_example_models_on_real_targets(tmp_path: Path) -> None:
     through the whole harness path in parallel. The qemu-arm process of one ARMv7 job (the
     emulated CPU: the device) is killed mid-run: that job is retried on the other ARMv7
     device, and every other result lands in the store."""
-    from harness.dashboard import build_dashboard
-    from harness.examples import write_examples
+    from harness.results.dashboard import build_dashboard
+    from harness.models.examples import write_examples
 
     models = write_examples(tmp_path / "models", ["mlp", "residual", "multi_io"])
     inv = parse_inventory("""
@@ -355,7 +355,7 @@ target = "qemu-armv7"
 
 @pytest.fixture(scope="module")
 def labgrid_client() -> Path:
-    from harness.lease import ensure_labgrid_venv
+    from harness.farm.lease import ensure_labgrid_venv
 
     try:
         return ensure_labgrid_venv(timeout=600)
@@ -396,8 +396,8 @@ def coordinator(labgrid_client: Path, tmp_path: Path):
 
 LABGRID_HOLDER = textwrap.dedent("""
     import sys, time
-    from harness.inventory import parse_inventory
-    from harness.lease import LabgridLeases
+    from harness.farm.inventory import parse_inventory
+    from harness.farm.lease import LabgridLeases
     inv = parse_inventory(sys.argv[1])
     leases = LabgridLeases(inv, coordinator=sys.argv[2], client=sys.argv[3])
     lease = leases.acquire(sys.argv[4], timeout=30)

@@ -17,12 +17,12 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from harness.dashboard import render_dashboard
-from harness.examples import write_examples
-from harness.farm import run_farm
-from harness.inventory import parse_inventory
-from harness.lease import LocalLeases
-from harness.results import ResultStore
+from harness.results.dashboard import render_dashboard
+from harness.models.examples import write_examples
+from harness.farm.scheduler import run_farm
+from harness.farm.inventory import parse_inventory
+from harness.farm.lease import LocalLeases
+from harness.results.store import ResultStore
 
 HARNESS = [sys.executable, "-m", "harness.cli"]
 
@@ -52,7 +52,7 @@ address = "root@127.0.0.1:{port}"
 """)
     models = list(write_examples(tmp_path / "models", ["mlp", "multi_io", "residual"]).values())
     store = ResultStore(tmp_path / "results.sqlite")
-    report = run_farm(inventory, models, job_runner="harness.farm:run_model_on_device",
+    report = run_farm(inventory, models, job_runner="harness.farm.scheduler:run_model_on_device",
                       runner_options={"iters": 1, "toolchain": "host"}, store=store, batch="night-1",
                       out_dir=tmp_path / "out", leases=LocalLeases(inventory, tmp_path / "locks"))
     assert report.passed, [j.result.get("error") for j in report.jobs]
@@ -63,7 +63,7 @@ address = "root@127.0.0.1:{port}"
     assert "pi-dead" in render_dashboard(store) and "quarantined" in render_dashboard(store)
 
     # The next run skips the quarantined device without touching it.
-    again = run_farm(inventory, models[:1], job_runner="harness.farm:run_model_on_device",
+    again = run_farm(inventory, models[:1], job_runner="harness.farm.scheduler:run_model_on_device",
                      runner_options={"iters": 1, "toolchain": "host"}, store=store, batch="night-2",
                      out_dir=tmp_path / "out2", leases=LocalLeases(inventory, tmp_path / "locks"))
     assert again.passed
@@ -94,7 +94,7 @@ def test_inventory_health_settings_are_checked():
 @pytest.mark.board
 @pytest.mark.slow
 def test_frozen_board_is_power_cycled_and_a_failed_job_keeps_its_evidence(tmp_path):
-    from harness.board import ensure_board, stop_board
+    from harness.device.board import ensure_board, stop_board
 
     instance = "farm-health"
     inventory = parse_inventory(f"""
@@ -113,7 +113,7 @@ power_cycle = {json.dumps([sys.executable, "-m", "harness.cli", "board", "restar
     frozen_pid = board.pid
     os.kill(frozen_pid, signal.SIGSTOP)
     try:
-        report = run_farm(inventory, models, job_runner="harness.farm:run_model_on_device",
+        report = run_farm(inventory, models, job_runner="harness.farm.scheduler:run_model_on_device",
                           runner_options={"iters": 1, "toolchain": "host"}, store=store, batch="b1",
                           out_dir=tmp_path / "out", leases=LocalLeases(inventory, tmp_path / "locks"))
         assert report.passed, report.jobs[0].result
@@ -124,7 +124,7 @@ power_cycle = {json.dumps([sys.executable, "-m", "harness.cli", "board", "restar
         assert "recovered: power-cycled with" in health["reason"], health
 
         # A job that fails (tolerance 0: a mismatch, not a device failure) keeps its evidence.
-        failed = run_farm(inventory, models, job_runner="harness.farm:run_model_on_device",
+        failed = run_farm(inventory, models, job_runner="harness.farm.scheduler:run_model_on_device",
                           runner_options={"iters": 1, "toolchain": "host", "atol": 0.0, "rtol": 0.0},
                           store=store, batch="b2", out_dir=tmp_path / "out-failed",
                           leases=LocalLeases(inventory, tmp_path / "locks"))
@@ -165,7 +165,7 @@ def test_a_one_off_run_lands_in_the_nightly_store(tmp_path):
 
 
 def test_a_toolchain_change_is_not_reported_as_code_growth(tmp_path):
-    from harness.dashboard import find_regressions
+    from harness.results.dashboard import find_regressions
 
     store = ResultStore(tmp_path / "r.sqlite")
     base = {"model": "mlp", "target": "qemu-armv7", "passed": True, "error": None}

@@ -16,13 +16,13 @@ from pathlib import Path
 
 import pytest
 
-from harness import frames, tensorfile
+from harness.formats import frames, tensorfile
 from harness.errors import BuildError, DeviceError, RunnerError, TargetError
-from harness.firmware import build_firmware, image_models
+from harness.build.firmware import build_firmware, image_models
 from harness.run import check_outputs, random_inputs
-from harness.size import BUDGETS
-from harness.targets import load_target, parse_target
-from harness.toolchain import get_toolchain
+from harness.build.size import BUDGETS
+from harness.config.targets import load_target, parse_target
+from harness.build.toolchain import get_toolchain
 from harness.transport.firmware import QemuFirmware
 
 pytestmark = [
@@ -189,8 +189,8 @@ def test_firmware_target_files(tmp_path) -> None:
 def test_harness_run_on_firmware_target(example_models, tmp_path) -> None:
     """`harness run --target cortex-m4-qemu` for one model: its own image, no prefix. The
     results store keeps its counts (not times), and the dashboard charts them in their unit."""
-    from harness.dashboard import render_dashboard
-    from harness.results import ResultStore
+    from harness.results.dashboard import render_dashboard
+    from harness.results.store import ResultStore
     from harness.run import run_on_target
 
     result = run_on_target(example_models["multi_io"], load_target("cortex-m4-qemu"), iters=3)

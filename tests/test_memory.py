@@ -1,5 +1,5 @@
 """Lean memory (issue 11): weights used where they lie, the arena's parts measured, the plan
-computed by harness.size equal to what minrt lays out, footprint stored with each run, and
+computed by harness.build.size equal to what minrt lays out, footprint stored with each run, and
 the per-model arena budgets on x86_64."""
 
 from __future__ import annotations
@@ -12,15 +12,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from harness import size, tensorfile
-from harness.build import build_runner
-from harness.compile import compile_model, inplace_pairs
+from harness.build import size
+from harness.formats import tensorfile
+from harness.build.runner import build_runner
+from harness.compile.model import compile_model
+from harness.compile.graph import inplace_pairs
 from harness.errors import TargetError
-from harness.results import ResultStore
+from harness.results.store import ResultStore
 from harness.run import run_on_target
-from harness.targets import load_target, parse_target
-from harness.toolchain import HostToolchain
-from harness.zoo import write_zoo
+from harness.config.targets import load_target, parse_target
+from harness.build.toolchain import HostToolchain
+from harness.models.zoo import write_zoo
 
 #: The issue's acceptance budgets (x86_64 arena, bytes).
 LENET5_ARENA = 64 * 1024
@@ -65,7 +67,7 @@ def test_resnet8_arena_within_300_kib(zoo_runs):
 
 @pytest.mark.parametrize("model", ["lenet5", "resnet8"])
 def test_arena_plan_equals_what_minrt_lays_out(zoo_models, zoo_runs, model):
-    """harness.size computes the arena without running anything; minrt-run measured it."""
+    """harness.build.size computes the arena without running anything; minrt-run measured it."""
     target = load_target("x86_64")
     artifact = compile_model(zoo_models[model], target)
     runner = build_runner(target, artifact, HostToolchain())
@@ -190,7 +192,7 @@ def test_target_memory_key_is_validated(tmp_path):
 
 
 def test_dashboard_shows_footprint_with_budget_lines(tmp_path, monkeypatch):
-    from harness import dashboard
+    from harness.results import dashboard
 
     store = ResultStore(tmp_path / "r.sqlite")
     for batch, arena in (("b1", 60000), ("b2", 50000)):

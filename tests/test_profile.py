@@ -7,9 +7,9 @@ import json
 import subprocess
 import sys
 
-from harness.dashboard import render_dashboard
-from harness.examples import write_examples
-from harness.results import ResultStore
+from harness.results.dashboard import render_dashboard
+from harness.models.examples import write_examples
+from harness.results.store import ResultStore
 
 HARNESS = [sys.executable, "-m", "harness.cli"]
 
@@ -22,7 +22,7 @@ def test_run_profile_lists_every_kernel_and_adds_up_to_the_run(tmp_path):
                           capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     (result,) = json.loads(proc.stdout)
-    from harness.compile import compile_model
+    from harness.compile.model import compile_model
 
     graph = json.loads(compile_model(model, "x86_64").graph_json.read_text())
     kernels = {i for i, n in enumerate(graph["nodes"])

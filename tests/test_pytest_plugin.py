@@ -6,7 +6,7 @@ import importlib.metadata
 import subprocess
 import sys
 
-from harness.examples import write_examples
+from harness.models.examples import write_examples
 
 
 def _plugin_args() -> list[str]:

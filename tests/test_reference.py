@@ -15,7 +15,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from harness.errors import HarnessError
-from harness.reference import RELAX_VM, ReferenceRun, consensus, try_reference
+from harness.check.reference import RELAX_VM, ReferenceRun, consensus, try_reference
 
 ort = pytest.importorskip("onnxruntime", reason="onnxruntime (a project dependency) is not installed")
 

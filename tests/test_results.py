@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from harness.errors import HarnessError
-from harness.results import ResultStore
+from harness.results.store import ResultStore
 
 
 def make_result(model="mlp", target="x86_64", *, passed=True, minrt=5000, mean=100.0, err=2e-7,

@@ -13,11 +13,11 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from harness import tensorfile
+from harness.formats import tensorfile
 from harness.errors import HarnessError, RunnerError
-from harness.examples import write_examples
+from harness.models.examples import write_examples
 from harness.run import load_inputs, run_on_target
-from harness.targets import load_target
+from harness.config.targets import load_target
 
 EXAMPLES = ["mlp", "cnn", "dscnn", "residual", "concat", "batchnorm", "multi_io"]
 HARNESS = [sys.executable, "-m", "harness.cli"]
@@ -113,10 +113,10 @@ def test_unknown_target_lists_known_ones():
 
 def test_runner_rejects_inputs_of_the_wrong_shape(examples, tmp_path):
     """A wrong-shaped input blob reaching the device is refused by minrt-run, not run."""
-    from harness.build import build_runner
-    from harness.compile import compile_model
+    from harness.build.runner import build_runner
+    from harness.compile.model import compile_model
     from harness.run import execute
-    from harness.toolchain import HostToolchain
+    from harness.build.toolchain import HostToolchain
     from harness.transport.local import LocalTransport
 
     target = load_target("x86_64")

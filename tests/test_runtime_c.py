@@ -17,11 +17,12 @@ from typing import Any
 import numpy as np
 import pytest
 
-from harness import REPO_ROOT, tensorfile
-from harness.build import build_runner
-from harness.signatures import SIGNATURES_C, Argument, Signature, signatures_c, write_signatures
-from harness.targets import load_target
-from harness.toolchain import HostToolchain
+from harness import REPO_ROOT
+from harness.formats import tensorfile
+from harness.build.runner import build_runner
+from harness.formats.signatures import SIGNATURES_C, Argument, Signature, signatures_c, write_signatures
+from harness.config.targets import load_target
+from harness.build.toolchain import HostToolchain
 
 RT = REPO_ROOT / "runtime_c"
 SAN = ["-fsanitize=address,undefined", "-fno-sanitize-recover=all", "-fno-omit-frame-pointer"]
@@ -409,8 +410,8 @@ def fuzz_seeds(fixtures: Path, models: list[str], tmp: Path) -> tuple[list[Path]
     """Signature tables and seeds: the C fixtures (table 0) and real artifacts of the example
     models compiled for x86_64 (one table each)."""
     from fuzzer import Seed
-    from harness.compile import compile_model
-    from harness.examples import write_examples
+    from harness.compile.model import compile_model
+    from harness.models.examples import write_examples
 
     tables = [fixtures / "sigs.c"]
     blob = (fixtures / "good.bin").read_bytes()
@@ -492,7 +493,7 @@ def tvm_prims() -> dict:
 
 
 def tvm_kernels(target_dict: dict, prefix: str | None = "e2e_"):
-    """tvm_prims() compiled by apache-tvm the way harness/compile.py does (with a
+    """tvm_prims() compiled by apache-tvm the way harness/compile/kernels.py does (with a
     system_lib_prefix, asserts off); prefix None: a plain module for a shared object."""
     import tvm
 
@@ -505,7 +506,7 @@ def tvm_kernels(target_dict: dict, prefix: str | None = "e2e_"):
 
 @dataclass
 class LocalArtifact:
-    """Stands in for harness.artifact.Artifact until the compile engineer's lands."""
+    """Stands in for harness.formats.artifact.Artifact until the compile engineer's lands."""
 
     dir: Path
 
@@ -654,9 +655,9 @@ def test_compiled_example_models_on_armv7_match_relax_vm(model, tmp_path):
     if shutil.which("arm-linux-gnueabihf-gcc") is None or shutil.which("qemu-arm") is None:
         pytest.skip("arm-linux-gnueabihf-gcc or qemu-arm is not installed")
     from harness.cache import cache_dir
-    from harness.compile import compile_model
-    from harness.examples import write_examples
-    from harness.relax_ref import run_relax_vm
+    from harness.compile.model import compile_model
+    from harness.models.examples import write_examples
+    from harness.check.relax_vm import run_relax_vm
 
     onnx_path = write_examples(tmp_path / "models", [model])[model]
     target = load_target("qemu-armv7")
@@ -761,8 +762,8 @@ def sweep_edits(models: list[str], edits_per_model: int, seed: int, tmp: Path) -
     runner; returns counts per outcome and the failures (anything not a clean outcome)."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from harness.compile import compile_model
-    from harness.examples import write_examples
+    from harness.compile.model import compile_model
+    from harness.models.examples import write_examples
 
     paths = write_examples(tmp / "models", models)
     rng = np.random.default_rng(seed)
@@ -876,7 +877,7 @@ def test_input_names_with_json_escapes_run_end_to_end(tmp_path):
 def test_every_input_exactly_once(tmp_path):
     """An inputs blob naming one input twice (and so omitting the other) is refused, as is
     one that omits an input; each with a one-line error naming the problem."""
-    from harness.compile import compile_model
+    from harness.compile.model import compile_model
 
     art = compile_model(odd_names_model(tmp_path / "odd.onnx"), load_target("x86_64"))
     binary = build_runner(load_target("x86_64"), art, HostToolchain())
@@ -898,10 +899,10 @@ def test_every_input_exactly_once(tmp_path):
 
 
 def test_signature_table_from_primfuncs():
-    """harness.signatures reads a PrimFunc's buffers (in call order) and encodes them as minrt
+    """harness.formats.signatures reads a PrimFunc's buffers (in call order) and encodes them as minrt
     compares them: count, then DLDataType | ndim << 32 and the dims per argument."""
     from harness.errors import CompileError
-    from harness.signatures import dltype_word, prim_signature
+    from harness.formats.signatures import dltype_word, prim_signature
 
     sig = prim_signature("dense", tvm_prims()["dense"])
     assert sig.args == (Argument("float32", (1, 8)), Argument("float32", (8, 1024)),

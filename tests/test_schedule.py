@@ -1,4 +1,4 @@
-"""Default schedules (harness.schedule): every kernel of the examples and the MLPerf-Tiny-like
+"""Default schedules (harness.compile.schedule): every kernel of the examples and the MLPerf-Tiny-like
 zoo is rewritten (tiled and vectorized, padding and epilogues inside the consuming loop), the
 workspace stays within the largest activation, and the zoo still matches onnxruntime and the
 onnx reference on this host with those kernels. (The examples are checked on x86_64 and
@@ -12,12 +12,13 @@ import re
 import numpy as np
 import pytest
 
-from harness.compile import kernel_target, relax_module
-from harness.examples import write_examples
+from harness.compile.kernels import kernel_target
+from harness.compile.onnx_import import relax_module
+from harness.models.examples import write_examples
 from harness.run import run_on_target
-from harness.schedule import schedule_kernel, simd_lanes
-from harness.targets import load_target
-from harness.zoo import ZOO, write_zoo
+from harness.compile.schedule import schedule_kernel, simd_lanes
+from harness.config.targets import load_target
+from harness.models.zoo import ZOO, write_zoo
 
 # Kernels the rules leave scalar: a row reduction with one output row (softmax, a global
 # mean over a 1x1 output, layer norm's statistics). They are a few hundred flops each.
@@ -87,7 +88,7 @@ def test_zoo_model_matches_the_references_on_this_host(models, model, monkeypatc
 @pytest.mark.parametrize("model", list(ZOO))
 def test_zoo_workspace_is_no_larger_than_the_largest_activation(models, model, monkeypatch):
     from harness.bench import _largest_activation
-    from harness.compile import compile_model
+    from harness.compile.model import compile_model
 
     monkeypatch.setenv("MINRT_NO_TUNING", "1")
     artifact = compile_model(models[model], "x86_64")

@@ -21,9 +21,9 @@ from typing import Callable
 import numpy as np
 import pytest
 
-from harness import frames
+from harness.formats import frames
 from harness.errors import DeviceError, RunnerError
-from harness.frames import Frame, Kind
+from harness.formats.frames import Frame, Kind
 from harness.transport.base import CommandResult
 from harness.transport.serial import SerialTransport
 
@@ -169,13 +169,13 @@ def model(tmp_path_factory: pytest.TempPathFactory) -> Model:
 def _build_model(tmp: Path) -> Model:
     """The real runner (minrt + runner + the mlp example's kernels compiled by apache-tvm)
     for x86_64, the mlp's blobs, and a check against onnx's reference executor."""
-    from harness import tensorfile
-    from harness.build import build_runner
-    from harness.compile import compile_model
-    from harness.examples import write_examples
-    from harness.reference import run_reference
-    from harness.targets import load_target
-    from harness.toolchain import HostToolchain
+    from harness.formats import tensorfile
+    from harness.build.runner import build_runner
+    from harness.compile.model import compile_model
+    from harness.models.examples import write_examples
+    from harness.check.reference import run_reference
+    from harness.config.targets import load_target
+    from harness.build.toolchain import HostToolchain
 
     onnx_path = write_examples(tmp, ["mlp"])["mlp"]
     artifact = compile_model(onnx_path, "x86_64")
@@ -701,14 +701,14 @@ class ProtocolNoise:
 def board_model(tmp_path_factory: pytest.TempPathFactory):
     """The board (the shared instance unless MINRT_TEST_BOARD_INSTANCE says otherwise), and
     the ARM runner for the mlp example with its blobs and reference outputs."""
-    from harness import tensorfile
-    from harness.board import ensure_board
-    from harness.build import build_runner
-    from harness.compile import compile_model
-    from harness.examples import write_examples
-    from harness.reference import run_reference
-    from harness.targets import load_target
-    from harness.toolchain import HostToolchain
+    from harness.formats import tensorfile
+    from harness.device.board import ensure_board
+    from harness.build.runner import build_runner
+    from harness.compile.model import compile_model
+    from harness.models.examples import write_examples
+    from harness.check.reference import run_reference
+    from harness.config.targets import load_target
+    from harness.build.toolchain import HostToolchain
 
     tmp = tmp_path_factory.mktemp("serial-board")
     board = ensure_board(instance=os.environ.get("MINRT_TEST_BOARD_INSTANCE", "0"))

@@ -12,8 +12,8 @@ import time
 
 import pytest
 
-from harness import frames
-from harness.frames import Frame, Kind
+from harness.formats import frames
+from harness.formats.frames import Frame, Kind
 from test_serial import Model, Relay, _build_model, finish_device, needs_tools, raw_exchange, start_device
 
 

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from harness.size import BUDGETS, format_report, measure, size_elf
-from harness.targets import load_target
-from harness.toolchain import HostToolchain
+from harness.build.size import BUDGETS, format_report, measure, size_elf
+from harness.config.targets import load_target
+from harness.build.toolchain import HostToolchain
 
 
 @pytest.mark.parametrize("target_name", ["qemu-armv7", "x86_64"])
@@ -47,7 +47,7 @@ def test_size_elf_reads_the_objects_measure_built():
 def test_diff_against_a_baseline():
     """The nightly dashboard's delta: a baseline with one object 100 bytes smaller and one
     object that no longer exists."""
-    from harness.size import diff
+    from harness.build.size import diff
 
     target = load_target("x86_64")
     report = measure(target, HostToolchain())

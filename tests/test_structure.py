@@ -1,5 +1,5 @@
-"""The harness' module structure: no import cycles (lazy and TYPE_CHECKING imports included),
-and one registry of transport kinds."""
+"""The harness' module structure: rooms by role with imports pointing one way only (lazy and
+TYPE_CHECKING imports included), no import cycles, and one registry of transport kinds."""
 
 from __future__ import annotations
 
@@ -74,9 +74,68 @@ def test_the_checker_finds_a_cycle():
 
 def test_no_import_cycle_among_harness_modules():
     graph = import_graph()
-    assert "harness.farm" in graph and "harness.inventory" in graph["harness.farm"]
+    assert "harness.farm.scheduler" in graph and "harness.farm.inventory" in graph["harness.farm.scheduler"]
     cycle = find_cycle(graph)
     assert cycle is None, " -> ".join(cycle)
+
+
+#: The rooms of harness/, lowest first. A module may import its own room and rooms of a lower
+#: rank, never a higher one: the pipeline reads downwards (resolve target -> compile -> build ->
+#: deploy -> check -> record), and a room can be understood without the ones above it.
+#: "top" is the top-level pipelines (run, tune, bench); "entry" the CLI and the pytest plugin.
+RANKS = {
+    "base": 0,  # harness/__init__, errors, cache
+    "formats": 1, "models": 1,
+    "transport": 2,
+    "config": 3,
+    "compile": 4, "device": 4,
+    "build": 5, "check": 5,
+    "results": 6,
+    "top": 7,
+    "farm": 8,
+    "entry": 9,
+}
+TOP_LEVEL = {"harness": "base", "harness.errors": "base", "harness.cache": "base",
+             "harness.run": "top", "harness.tune": "top", "harness.bench": "top",
+             "harness.cli": "entry", "harness.pytest_plugin": "entry"}
+
+
+def room_of(module: str) -> str:
+    if module in TOP_LEVEL:
+        return TOP_LEVEL[module]
+    parts = module.split(".")
+    assert len(parts) >= 2 and parts[1] in RANKS, f"{module} is in no room: add it to one (or to TOP_LEVEL)"
+    return parts[1]
+
+
+def wrong_way_imports(graph: dict[str, set[str]]) -> list[str]:
+    bad = []
+    for module, deps in graph.items():
+        own = room_of(module)
+        for dep in deps:
+            other = room_of(dep)
+            if other != own and RANKS[other] >= RANKS[own]:
+                bad.append(f"{module} ({own}) imports {dep} ({other})")
+    return sorted(bad)
+
+
+def test_the_direction_checker_finds_an_upward_import():
+    graph = {"harness.device.board": {"harness.compile.model"}, "harness.compile.model": {"harness.formats.artifact"},
+             "harness.formats.artifact": set()}
+    assert wrong_way_imports(graph) == ["harness.device.board (device) imports harness.compile.model (compile)"]
+
+
+def test_rooms_import_downwards_only():
+    graph = import_graph()
+    assert wrong_way_imports(graph) == []
+
+
+def test_the_top_level_is_a_few_modules_and_the_rooms():
+    """harness/ holds the entry points and pipelines; everything else lives in a room."""
+    top = sorted(p.stem for p in PACKAGE.glob("*.py") if p.stem != "__init__")
+    assert top == sorted(m.rpartition(".")[2] for m in TOP_LEVEL if m != "harness")
+    rooms = sorted(p.name for p in PACKAGE.iterdir() if (p / "__init__.py").is_file())
+    assert set(rooms) == set(RANKS) - {"base", "top", "entry"}
 
 
 def test_every_transport_kind_is_registered_once_with_a_factory():

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from harness.errors import TargetError
-from harness.targets import TARGETS_DIR, load_target, parse_target, target_names
+from harness.config.targets import TARGETS_DIR, load_target, parse_target, target_names
 
 VALID = """\
 name = "{name}"

@@ -1,4 +1,4 @@
-"""harness.tensorfile: the NDArray-list format, checked against TVM's own writer."""
+"""harness.formats.tensorfile: the NDArray-list format, checked against TVM's own writer."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import struct
 import numpy as np
 import pytest
 
-from harness import tensorfile
-from harness.tensorfile import TensorFileError
+from harness.formats import tensorfile
+from harness.formats.tensorfile import TensorFileError
 
 DTYPES = ["float32", "float16", "float64", "int8", "int16", "int32", "int64",
           "uint8", "uint16", "uint32", "bool"]

@@ -21,17 +21,10 @@ import pytest
 
 from harness import REPO_ROOT
 from harness.cache import cache_dir
-from harness.docker_toolchain import (
-    BOOTSTRAP_BASE,
-    LABEL,
-    DockerToolchain,
-    bootstrap_base_image,
-    docker_client,
-    resolve_base,
-)
+from harness.build.docker import BOOTSTRAP_BASE, LABEL, DockerToolchain, bootstrap_base_image, docker_client, resolve_base
 from harness.errors import BuildError
-from harness.targets import Target, load_target
-from harness.toolchain import HostToolchain, get_toolchain
+from harness.config.targets import Target, load_target
+from harness.build.toolchain import HostToolchain, get_toolchain
 
 TARGETS = ("x86_64", "qemu-armv7")
 ELF_MACHINE = {"x86_64": 62, "armv7": 40}  # e_machine: EM_X86_64, EM_ARM
@@ -201,7 +194,7 @@ def test_dockerfile_change_rebuilds_and_nothing_else(engine, tmp_path, caplog):
             )
             tc = DockerToolchain("probe", base=base, toolchains_dir=tmp_path)
             caplog.clear()
-            with caplog.at_level(logging.INFO, logger="harness.docker_toolchain"):
+            with caplog.at_level(logging.INFO, logger="harness.build.docker"):
                 tag = tc.image_tag()
             rebuilt = any("built" in r.getMessage() for r in caplog.records)
             tags.append((tag, rebuilt, engine.images.get(tag).id))
@@ -225,7 +218,7 @@ def test_parallel_first_use_builds_once(engine, tmp_path, caplog):
     )
     tag = DockerToolchain("probe", base=base, toolchains_dir=tmp_path).tag_for(base)
     try:
-        with caplog.at_level(logging.INFO, logger="harness.docker_toolchain"):
+        with caplog.at_level(logging.INFO, logger="harness.build.docker"):
             with ThreadPoolExecutor(3) as pool:
                 tags = list(pool.map(
                     lambda _: DockerToolchain("probe", base=base, toolchains_dir=tmp_path).image_tag(),
@@ -321,7 +314,7 @@ def test_bootstrap_base_image_offline(engine):
 # --- the runner for a real model: Docker-built vs host-built ------------------------------
 
 HAVE_PIPELINE = all(importlib.util.find_spec(m) is not None
-                    for m in ("harness.build", "harness.compile", "harness.examples"))
+                    for m in ("harness.build", "harness.compile", "harness.models.examples"))
 
 
 @pytest.mark.parametrize("name", TARGETS)
@@ -329,12 +322,12 @@ def test_docker_runner_matches_host_runner(toolchains, work_dir, name):
     """minrt-run for a real example model (the CNN), built in Docker and on the host: the
     same outputs, bit for bit, and both match onnx's reference evaluator."""
     if not HAVE_PIPELINE:
-        pytest.skip("harness.build / harness.compile / harness.examples are not in the tree yet")
-    from harness import tensorfile
-    from harness.build import build_runner
-    from harness.compile import compile_model
-    from harness.examples import write_examples
-    from harness.reference import run_reference
+        pytest.skip("harness.build / harness.compile / harness.models.examples are not in the tree yet")
+    from harness.formats import tensorfile
+    from harness.build.runner import build_runner
+    from harness.compile.model import compile_model
+    from harness.models.examples import write_examples
+    from harness.check.reference import run_reference
     from harness.run import random_inputs
 
     target, docker_tc = toolchains[name]
@@ -385,7 +378,7 @@ def test_hung_command_times_out_and_leaves_no_container(engine, toolchains, work
 
 
 def test_prepare_toolchains_gives_every_targets_image(toolchains):
-    from harness.docker_toolchain import prepare_toolchains, toolchain_names
+    from harness.build.docker import prepare_toolchains, toolchain_names
 
     assert {"armv7", "x86_64"} <= set(toolchain_names())
     tags = prepare_toolchains()

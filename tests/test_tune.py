@@ -12,13 +12,13 @@ import time
 
 import pytest
 
-from harness.compile import compile_model
+from harness.compile.model import compile_model
 from harness.errors import HarnessError
-from harness.examples import write_examples
+from harness.models.examples import write_examples
 from harness.run import run_on_target
-from harness.targets import load_target
+from harness.config.targets import load_target
 from harness.tune import model_kernels, tune_model
-from harness.tuning_db import TuningDatabase
+from harness.compile.tuning_db import TuningDatabase
 
 KERNEL = "fused_matmul_add_relu"  # mlp's first dense layer: 64x32, a few hundred candidates a second
 

@@ -4,7 +4,7 @@ see base.Transport) and one registry of the kinds there are.
 Each module of this package that defines `TRANSPORT_KINDS` (a tuple of base.TransportKind)
 contributes them: adding a transport is one new module (and its tests). Target files name a
 kind (`[transport] kind = "ssh"`) and its options, validated against the kind's schema.
-Opening a target's transport, the emulated board included, is harness.devices.open_transport.
+Opening a target's transport, the emulated board included, is harness.device.open.open_transport.
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ import importlib
 import pkgutil
 from typing import Any, Mapping
 
-from ..errors import TargetError
-from .base import BOARD_OPTIONS, CommandResult, Transport, TransportKind
+from harness.errors import TargetError
+from harness.transport.base import BOARD_OPTIONS, CommandResult, Transport, TransportKind
 
 __all__ = ["BOARD_OPTIONS", "CommandResult", "Transport", "TransportKind", "open_kind",
            "transport_kind", "transport_kinds"]
@@ -46,5 +46,5 @@ def transport_kind(name: str) -> TransportKind:
 def open_kind(name: str, options: Mapping[str, Any], address: str | None = None,
               trust_on_first_use: bool = False) -> Transport:
     """Open a transport of kind `name` with a target's [transport] options (not the board's:
-    see harness.devices)."""
+    see harness.device.open)."""
     return transport_kind(name).open(options, address, trust_on_first_use)

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Protocol, Sequence
 
-from ..errors import DeviceError, RunnerError
+from harness.errors import DeviceError, RunnerError
 
 log = logging.getLogger(__name__)
 
@@ -102,8 +102,8 @@ class RunsModelWithFiles:
             return out_path.read_bytes(), timing
 
 
-#: Options of a [transport] table that put the device on an emulated board (harness.board),
-#: for kinds with `board=True`; harness.devices boots the board and asks it for the address.
+#: Options of a [transport] table that put the device on an emulated board (harness.device.board),
+#: for kinds with `board=True`; harness.device.open boots the board and asks it for the address.
 BOARD_OPTIONS: Mapping[str, type | tuple[type, ...]] = {"board": str, "board_instance": (str, int)}
 
 #: A transport factory: (the target's [transport] options, the --host address or None,

@@ -1,5 +1,5 @@
 """Firmware transports: a microcontroller running minrt's firmware image, reached over its UART
-with the framed protocol of harness/frames.py (the same as `minrt-run --serial`).
+with the framed protocol of harness/formats/frames.py (the same as `minrt-run --serial`).
 
 - `qemu-firmware`: the image boots under `qemu-system-arm -M <machine> -icount shift=0` on this
   host; the UART is a Unix socket in a private directory (0700, the socket 0600), so only this
@@ -26,9 +26,9 @@ import time
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from ..errors import DeviceError, RunnerError, TargetError
-from .base import CommandResult, TransportKind
-from .serial import SerialTransport
+from harness.errors import DeviceError, RunnerError, TargetError
+from harness.transport.base import CommandResult, TransportKind
+from harness.transport.serial import SerialTransport
 
 log = logging.getLogger(__name__)
 
@@ -36,12 +36,12 @@ BOOT_TIMEOUT_S = 10.0
 
 
 def load_manifest(elf: Path) -> dict[str, Any]:
-    """The manifest harness.firmware writes beside an image (models, sha256s, footprint)."""
+    """The manifest harness.build.firmware writes beside an image (models, sha256s, footprint)."""
     path = Path(elf).with_name("manifest.json")
     try:
         return json.loads(path.read_text())
     except (OSError, ValueError) as exc:
-        raise DeviceError(f"{elf}: not a firmware image built by harness.firmware (no readable {path.name}: {exc})") from None
+        raise DeviceError(f"{elf}: not a firmware image built by harness.build.firmware (no readable {path.name}: {exc})") from None
 
 
 class FirmwareTransport:

@@ -9,8 +9,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from ..errors import DeviceError
-from .base import CommandResult, RunsModelWithFiles, TransportKind
+from harness.errors import DeviceError
+from harness.transport.base import CommandResult, RunsModelWithFiles, TransportKind
 
 log = logging.getLogger(__name__)
 

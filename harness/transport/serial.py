@@ -5,7 +5,7 @@ Two layers share the one line:
   `run` types a command wrapped in unique start/end markers and reads back stdout, stderr and
   the exit status; `put`/`get` move files as base64 text through the shell and verify them
   with sha256sum.
-- the framed binary protocol of `minrt-run --serial` (harness/frames.py): `run_model` starts
+- the framed binary protocol of `minrt-run --serial` (harness/formats/frames.py): `run_model` starts
   the runner on the console and sends the model and inputs, runs it, and reads the outputs
   and timing back, with CRC-checked frames, retransmission and bounded timeouts.
 
@@ -34,9 +34,9 @@ from typing import Any, Mapping, Sequence
 
 import serial
 
-from .. import frames
-from ..errors import DeviceError, RunnerError, TargetError
-from .base import CommandResult, TransportKind
+from harness.formats import frames
+from harness.errors import DeviceError, RunnerError, TargetError
+from harness.transport.base import CommandResult, TransportKind
 
 log = logging.getLogger(__name__)
 

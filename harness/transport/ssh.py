@@ -29,8 +29,8 @@ from typing import Any, Iterator, Mapping, Sequence
 import fabric
 import paramiko
 
-from ..errors import DeviceError, TargetError
-from .base import CommandResult, RunsModelWithFiles, TransportKind
+from harness.errors import DeviceError, TargetError
+from harness.transport.base import CommandResult, RunsModelWithFiles, TransportKind
 
 log = logging.getLogger(__name__)
 

@@ -1,5 +1,5 @@
 /* board.h: what the firmware front end needs from a board: a UART and a tick counter.
- * One UART driver (uart_*.c) and systick.c are linked per target (harness/firmware.py). */
+ * One UART driver (uart_*.c) and systick.c are linked per target (harness/build/firmware.py). */
 #ifndef MINRT_FW_BOARD_H
 #define MINRT_FW_BOARD_H
 

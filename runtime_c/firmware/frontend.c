@@ -1,5 +1,5 @@
 /* frontend.c: the firmware's side of the framed protocol of `minrt-run --serial`
- * (harness/frames.py is the specification; this is a second implementation of it for a
+ * (harness/formats/frames.py is the specification; this is a second implementation of it for a
  * UART with no OS, no heap and no stdio).
  *
  * Differences from the runner, all inside the protocol:

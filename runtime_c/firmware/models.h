@@ -1,4 +1,4 @@
-/* models.h: the models an image holds, written by harness/firmware.py into models.c.
+/* models.h: the models an image holds, written by harness/build/firmware.py into models.c.
  * Graph and params live in flash (section .minrt_model, 64-byte aligned, used in place);
  * the arena, input and output buffers are static, sized at build time for the largest model. */
 #ifndef MINRT_FW_MODELS_H

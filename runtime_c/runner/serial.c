@@ -1,4 +1,4 @@
-/* serial.c: the device side of the framed protocol (see harness/frames.py, the same text).
+/* serial.c: the device side of the framed protocol (see harness/formats/frames.py, the same text).
  *
  * Frame, little-endian:  A5 5A | type u8 | seq u8 | len u16 | hcheck u16 | payload | crc32 u32
  *   type: kind in bits 0-6, bit 7 set on frames the device sends.

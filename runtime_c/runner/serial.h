@@ -2,7 +2,7 @@
  *
  * The host sends a model (graph.json, params.bin, inputs) in checksummed frames, asks for a
  * run, and reads the outputs back; the protocol is described at the top of serial.c and in
- * harness/frames.py. The protocol knows nothing about minrt itself: serial_main takes a
+ * harness/formats/frames.py. The protocol knows nothing about minrt itself: serial_main takes a
  * function that runs one job from memory buffers; runner_serial_main passes the runner's.
  */
 #ifndef MINRT_RUNNER_SERIAL_H

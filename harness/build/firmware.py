@@ -1,0 +1,444 @@
+"""Firmware images for bare-metal Cortex-M targets (arch "armv7m"): minrt, the UART front
+end (runtime_c/firmware), the kernels of one or more models and their graphs and weights in
+flash, one static arena in RAM.
+
+The arena is sized by minrt's own size query run on the target's core: a probe image (the
+same sources, -DFW_PROBE, a large arena) boots under QEMU on the target's `probe_machine` and
+prints what minrt_load asks for, then the real image is linked with exactly that. Every
+region is then checked against the target's [memory]: an image that does not fit is refused
+here, naming the region, the excess and what fills it, before anything is flashed.
+Images are cached under `cache_dir()/firmware/<hash>` (sources, artifacts, target, toolchain).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import select
+import shutil
+import subprocess
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from harness import REPO_ROOT
+from harness.formats import tensorfile
+from harness.cache import cache_dir, content_hash
+from harness.errors import BuildError
+from harness.build.size import minrt_texts
+from harness.config.targets import Target
+from harness.build.toolchain import Toolchain
+
+log = logging.getLogger(__name__)
+
+RUNTIME_DIR = REPO_ROOT / "runtime_c"
+FIRMWARE_DIR = RUNTIME_DIR / "firmware"
+FIRMWARE_ELF = "firmware.elf"
+MANIFEST = "manifest.json"
+#: The front end's largest frame payload (frontend.c FW_MAX_PAYLOAD).
+MAX_PAYLOAD = 1024
+CFLAGS = ("-std=c99", "-Os", "-ffunction-sections", "-fdata-sections", "-Wall")
+LDFLAGS = ("-nostartfiles", "--specs=nano.specs", "-Wl,--gc-sections")
+#: The probe image runs on an MPS2 board under QEMU whatever the target: code at 0, 4 MiB RAM
+#: at 0x20000000, the CMSDK UART0; its arena takes most of that RAM.
+PROBE_MEMORY = {"flash_origin": 0x0, "ram_origin": 0x20000000}
+PROBE_ARENA = 3 << 20
+PROBE_TIMEOUT_S = 60.0
+_UART_SOURCE = {"cmsdk": "uart_cmsdk.c", "stm32-usart": "uart_stm32.c"}
+_UART_IRQ = {"cmsdk": 0, "stm32-usart": 38}  # UART0 RX on MPS2, USART2 on STM32F4
+_BIG = 0x10000000  # region lengths the linker sees: the fit is checked here, with names
+
+
+@dataclass(frozen=True)
+class FirmwareModel:
+    """A model inside an image: its artifact and the kernel symbol prefix it was compiled with."""
+
+    name: str
+    artifact: Any  # harness.formats.artifact.Artifact
+    prefix: str = ""
+
+
+@dataclass
+class Firmware:
+    """A built image and what it holds."""
+
+    elf: Path
+    target: str
+    models: list[dict[str, Any]]  # name, prefix, graph_sha256, params_sha256
+    arena_bytes: int
+    footprint: dict[str, Any] = field(default_factory=dict)
+
+    def model_for_graph(self, graph: bytes) -> dict[str, Any] | None:
+        digest = hashlib.sha256(graph).hexdigest()
+        return next((m for m in self.models if m["graph_sha256"] == digest), None)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["elf"] = str(self.elf)
+        return d
+
+
+def _io_bytes(specs: Sequence[dict[str, Any]], names: Sequence[str]) -> int:
+    """Size of the NDArray-list blob holding these tensors."""
+    tensors = {n: np.zeros(s["shape"], dtype=s["dtype"]) for n, s in zip(names, specs)}
+    return len(tensorfile.dumps(tensors))
+
+
+def _outputs_bytes(specs: Sequence[dict[str, Any]]) -> int:
+    """Size of the outputs blob frontend.c writes (NDArray-list, tensors output0, output1...)."""
+    names = sum(8 + len(f"output{k}") for k in range(len(specs)))
+    tensors = sum(40 + 8 * len(s["shape"]) + int(np.prod(s["shape"], dtype=np.int64)) * np.dtype(s["dtype"]).itemsize
+                  for s in specs)
+    return 32 + names + tensors
+
+
+def _c_string(s: str) -> str:
+    return json.dumps(s)  # a JSON string of ASCII identifiers is a valid C string literal
+
+
+def models_c(models: Sequence[FirmwareModel], arena_bytes: int) -> str:
+    """models.c: the graphs and weights (incbin-ed into flash, 64-byte aligned), the model
+    table and the static buffers, sized for the largest model."""
+    lines = ['/* written by harness/build/firmware.py */', '#include "minrt.h"', '#include "models.h"', ""]
+    for i, m in enumerate(models):
+        if _signatures_c(m) is not None:
+            lines.append(f"extern const minrt_signatures fw_signatures{i};")
+    for i, m in enumerate(models):
+        a = m.artifact
+        for what, path in (("graph", a.graph_json), ("params", a.params_bin)):
+            path = Path(path).resolve()
+            if re.search(r'["\\\n]', str(path)):
+                raise BuildError(f"cannot embed {path}: its path has a quote, backslash or newline")
+            lines += [
+                f'__asm__(".section .minrt_model.{what}{i}, \\"a\\"\\n.balign 64\\n"',
+                f'        "fw_{what}{i}:\\n.incbin \\"{path}\\"\\n"',
+                f'        "fw_{what}{i}_end:\\n.byte 0\\n.text\\n");',
+                f"extern const char fw_{what}{i}[], fw_{what}{i}_end[];",
+            ]
+    lines.append("const struct fw_model fw_models[] = {")
+    for i, m in enumerate(models):
+        a = m.artifact
+        lines.append(
+            f"  {{{_c_string(m.name)}, {_c_string(m.prefix)}, fw_graph{i}, "
+            f"{Path(a.graph_json).stat().st_size}u, (const uint8_t *)fw_params{i}, "
+            f"{Path(a.params_bin).stat().st_size}u, {int(a.metadata.get('workspace_bytes', 0))}u, "
+            f"{f'&fw_signatures{i}' if _signatures_c(m) is not None else '0'}}},"
+        )
+    lines.append("};")
+    inputs = max(_io_bytes(m.artifact.inputs, [s["name"] for s in m.artifact.inputs]) for m in models)
+    outputs = max(_outputs_bytes(m.artifact.outputs) for m in models)
+    arena = -(-max(arena_bytes, 64) // 64) * 64
+    lines += [
+        f"const uint32_t fw_n_models = {len(models)}u;",
+        f'uint8_t fw_arena[{arena}] __attribute__((section(".minrt_arena"), aligned(64)));',
+        f"const uint32_t fw_arena_bytes = {arena}u;",
+        f"uint8_t fw_inputs[{inputs}] __attribute__((aligned(64)));",
+        f"const uint32_t fw_inputs_bytes = {inputs}u;",
+        f"uint8_t fw_outputs[{outputs}] __attribute__((aligned(64)));",
+        f"const uint32_t fw_outputs_bytes = {outputs}u;",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _signatures_c(model: FirmwareModel) -> Path | None:
+    """The kernels' signature table harness compile writes beside kernels.o, if it does."""
+    path = Path(model.artifact.dir) / "kernels_sig.c"
+    return path if path.is_file() else None
+
+
+def memory_ld(flash_origin: int, ram_origin: int, stack: int) -> str:
+    return (
+        "/* written by harness/build/firmware.py */\n"
+        "MEMORY\n{\n"
+        f"  FLASH (rx) : ORIGIN = {flash_origin:#x}, LENGTH = {_BIG:#x}\n"
+        f"  RAM (rwx) : ORIGIN = {ram_origin:#x}, LENGTH = {_BIG:#x}\n"
+        "}\n"
+        f"_stack_bytes = {stack:#x};\n"
+    )
+
+
+def _link(target: Target, toolchain: Toolchain, models: Sequence[FirmwareModel], out: Path,
+          arena_bytes: int, probe: bool) -> Path:
+    """Write models.c and memory.ld into `out` and build firmware.elf (+ firmware.map) there."""
+    assert target.layout is not None and target.firmware is not None
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "models.c").write_text(models_c(models, arena_bytes))
+    mem = target.layout
+    origins = PROBE_MEMORY if probe else {"flash_origin": mem.flash_origin, "ram_origin": mem.ram_origin}
+    (out / "memory.ld").write_text(memory_ld(origins["flash_origin"], origins["ram_origin"], mem.stack_bytes))
+    fw = target.firmware
+    uart, base, clock = (("cmsdk", 0x40004000, 25_000_000) if probe
+                         else (fw.uart, fw.uart_base, fw.clock_hz))
+    counter = "systick.c" if probe or fw.counter == "systick" else "dwt.c"
+    sources = [FIRMWARE_DIR / n for n in ("startup.c", counter, "frontend.c", "uart_ring.c", _UART_SOURCE[uart])]
+    minrt_sources = sorted((RUNTIME_DIR / "src").glob("*.c"))
+    all_sources = [*minrt_sources, *sources, out / "models.c"]
+    # each model's signature table under its own name (the file names one symbol for all)
+    signed = [i for i, m in enumerate(models) if _signatures_c(m) is not None]
+    for i in signed:
+        table = out / f"kernels_sig{i}.c"
+        table.write_text(f"#define minrt_model_signatures fw_signatures{i}\n" + _signatures_c(models[i]).read_text())
+        all_sources.append(table)
+    if signed and len(signed) != len(models):
+        raise BuildError("some models of the image have a kernel signature table and some not: recompile them")
+    # compiled in `out` first (gcc -c names each object after its source), so the linker map
+    # attributes every byte to minrt, the front end or the model table
+    toolchain.run([
+        target.cc.tool("gcc"), *target.cc.cflags, *CFLAGS,
+        f"-DFW_UART_BASE={base:#x}u", f"-DFW_CLOCK_HZ={clock}u", f"-DFW_MAX_PAYLOAD={MAX_PAYLOAD}",
+        f"-DFW_UART_IRQ={_UART_IRQ[uart]}", *(["-DFW_PROBE"] if probe else []),
+        *(["-DFW_SIGNATURES"] if signed else []),
+        f"-I{RUNTIME_DIR / 'include'}", f"-I{FIRMWARE_DIR}", "-c", *(str(p) for p in all_sources),
+    ], cwd=out)
+    toolchain.run([
+        target.cc.tool("gcc"), *target.cc.cflags,
+        *(str(out / (p.stem + ".o")) for p in all_sources),
+        *(str(Path(m.artifact.kernels_obj).resolve()) for m in models),
+        *LDFLAGS, f"-L{out}", f"-T{FIRMWARE_DIR / 'firmware.ld'}", f"-Wl,-Map={out / 'firmware.map'}",
+        "-lm", "-o", str(out / FIRMWARE_ELF),
+    ], cwd=out)
+    return out / FIRMWARE_ELF
+
+
+def probe_arena(machine: str, elf: Path, n_models: int, timeout: float = PROBE_TIMEOUT_S) -> list[int]:
+    """Boot the probe image under QEMU and read minrt's arena size for each model."""
+    if shutil.which("qemu-system-arm") is None:
+        raise BuildError("sizing the arena runs minrt under qemu-system-arm, which is not installed "
+                         "(apt-get install qemu-system-arm, or run ci/setup)")
+    argv = ["qemu-system-arm", "-M", machine, "-nographic", "-monitor", "none", "-serial", "stdio",
+            "-kernel", str(elf)]
+    log.info("measuring the arena: %s", " ".join(argv))
+    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    text = b""
+    deadline = time.monotonic() + timeout
+    try:
+        assert proc.stdout is not None
+        while b"minrt-probe-done" not in text:
+            left = deadline - time.monotonic()
+            if left <= 0 or proc.poll() is not None:
+                err = proc.stderr.read().decode(errors="replace") if proc.poll() is not None and proc.stderr else ""
+                raise BuildError(f"the arena probe on QEMU {machine} did not finish "
+                                 f"(output {text[-300:]!r}) {err.strip()[:300]}")
+            ready, _, _ = select.select([proc.stdout], [], [], min(left, 0.5))
+            if ready:
+                text += os.read(proc.stdout.fileno(), 4096)
+    finally:
+        proc.kill()
+        proc.wait()
+    sizes: dict[int, int] = {}
+    for line in text.decode(errors="replace").splitlines():
+        m = re.match(r"minrt-arena (\d+) (\d+)", line.strip())
+        if m:
+            sizes[int(m.group(1))] = int(m.group(2))
+        m = re.match(r"minrt-error (\d+) (.*)", line.strip())
+        if m:
+            raise BuildError(f"minrt cannot load model #{m.group(1)} on the target: {m.group(2)}")
+    if sorted(sizes) != list(range(n_models)):
+        raise BuildError(f"the arena probe printed no size for every model: {text[-300:]!r}")
+    return [sizes[i] for i in range(n_models)]
+
+
+# ---- footprint -------------------------------------------------------------------------------
+
+_MAP_INPUT = re.compile(r"^\s*(\S+)?\s+0x([0-9a-fA-F]+)\s+0x([0-9a-fA-F]+)\s+(\S+)\s*$")
+_MAP_OUTPUT = re.compile(r"^(\.\S+)\s+0x([0-9a-fA-F]+)\s+0x([0-9a-fA-F]+)")
+
+
+def _part_of(path: str, kernels: set[str]) -> str:
+    p = Path(path.split("(")[0])
+    if str(p) in kernels:
+        return "kernels"
+    if p.suffix == ".o" and (RUNTIME_DIR / "src" / (p.stem + ".c")).exists():
+        return "minrt"
+    if p.suffix == ".o" and (FIRMWARE_DIR / (p.stem + ".c")).exists():
+        return "front_end"
+    if p.name == "models.o":
+        return "model_table"
+    return "libc"
+
+
+def footprint_from_map(map_text: str, kernel_objs: Sequence[str], graph_bytes: int) -> dict[str, int]:
+    """Bytes per part, from the linker map: flash (minrt, front end + startup, kernels,
+    libc/libgcc, weights, graphs) and RAM (arena, stack, data, bss)."""
+    kernels = {str(Path(k).resolve()) for k in kernel_objs}
+    parts: dict[str, int] = {}
+    section = None
+    pending: str | None = None
+    for line in map_text.splitlines():
+        out = _MAP_OUTPUT.match(line)
+        if out:
+            section = out.group(1)
+            parts[f"section{section}"] = int(out.group(3), 16)
+            continue
+        if section not in (".text", ".data", ".bss"):
+            continue
+        stripped = line.strip()
+        if stripped and " " not in stripped and stripped.startswith(".") and not line.startswith(" *"):
+            pending = stripped  # the input section's name alone; its figures follow
+            continue
+        m = _MAP_INPUT.match(line)
+        if not m or (m.group(1) is None and pending is None) or line.lstrip().startswith("*"):
+            pending = None
+            continue
+        name = m.group(1) or pending
+        pending = None
+        if name and name.startswith("*"):
+            continue
+        size = int(m.group(3), 16)
+        if size == 0 or int(m.group(2), 16) == 0 and section != ".text":
+            continue
+        key = f"{section.strip('.')}_{_part_of(m.group(4), kernels)}"
+        parts[key] = parts.get(key, 0) + size
+    model_flash = parts.get("section.minrt_model", 0)
+    text = {k[5:]: v for k, v in parts.items() if k.startswith("text_")}
+    flash = {
+        "minrt": text.get("minrt", 0),
+        "front_end": text.get("front_end", 0),
+        "kernels": text.get("kernels", 0),
+        "libc": text.get("libc", 0) + text.get("model_table", 0),
+        "weights": model_flash - graph_bytes,
+        "graphs": graph_bytes,
+        "data_init": parts.get("section.data", 0),
+    }
+    flash["total"] = parts.get("section.text", 0) + model_flash + parts.get("section.data", 0)
+    io_buffers = parts.get("bss_model_table", 0)  # models.c: the inputs and outputs blobs
+    ram = {
+        "arena": parts.get("section.minrt_arena", 0),
+        "stack": parts.get("section.stack", 0),
+        "io_buffers": io_buffers,
+        "data": parts.get("section.data", 0),
+        "bss": parts.get("section.bss", 0) - io_buffers,
+    }
+    ram["total"] = sum(ram.values())
+    return {"flash": flash, "ram": ram}
+
+
+def check_fit(target: Target, footprint: dict[str, Any], names: Sequence[str]) -> None:
+    """Refuse an image larger than the board's flash or RAM, naming the region and the excess."""
+    assert target.layout is not None
+    what = ", ".join(names)
+    for region, limit in (("flash", target.layout.flash_bytes), ("RAM", target.layout.ram_bytes)):
+        used = footprint[region.lower()]
+        if used["total"] > limit:
+            parts = ", ".join(f"{k} {v:,}" for k, v in used.items() if k != "total" and v)
+            raise BuildError(
+                f"firmware for {what} does not fit {target.name}: {region} needs {used['total']:,} bytes, "
+                f"the board has {limit:,} ({used['total'] - limit:,} bytes over; {parts})"
+            )
+
+
+def build_firmware(target: Target, models: Sequence[FirmwareModel], toolchain: Toolchain) -> Firmware:
+    """Build (or reuse) the image holding `models` for a firmware target."""
+    if target.layout is None or target.firmware is None:
+        raise BuildError(f"target '{target.name}' is not a firmware target (arch 'armv7m' with [memory])")
+    if not models:
+        raise BuildError("a firmware image needs at least one model")
+    names = [m.name for m in models]
+    if len(set(names)) != len(names):
+        raise BuildError(f"model names in one image must differ: {names}")
+    prefixes = [m.prefix for m in models]
+    if len(models) > 1 and len(set(prefixes)) != len(prefixes):
+        raise BuildError("models in one image need different kernel symbol prefixes (compile with system_lib_prefix)")
+    for m in models:
+        got = m.artifact.metadata.get("system_lib_prefix", "")
+        if got != m.prefix:
+            raise BuildError(f"model {m.name}: compiled with prefix {got!r}, the image expects {m.prefix!r}")
+    parts: list[bytes | str] = ["firmware/1", Path(__file__).read_bytes(), toolchain.describe(), target.name, target.cc.tool("gcc"),
+                                *target.cc.cflags, json.dumps(asdict(target.layout)),
+                                json.dumps(asdict(target.firmware)), *CFLAGS, *LDFLAGS]
+    for path in sorted(FIRMWARE_DIR.iterdir()) + sorted((RUNTIME_DIR / "src").iterdir()) + \
+            sorted((RUNTIME_DIR / "include").iterdir()):
+        if path.is_file():
+            parts += [path.name, path.read_bytes()]
+    for m in models:
+        a = m.artifact
+        sigs = _signatures_c(m)
+        parts += [m.name, m.prefix, a.graph_json.read_bytes(), a.params_bin.read_bytes(),
+                  a.kernels_obj.read_bytes(), json.dumps(a.metadata, sort_keys=True),
+                  sigs.read_bytes() if sigs is not None else b""]
+    out = cache_dir() / "firmware" / content_hash(parts)
+    manifest = out / MANIFEST
+    if manifest.is_file():
+        data = json.loads(manifest.read_text())
+        log.info("firmware for %s on %s: cached %s", ", ".join(names), target.name, out)
+        return Firmware(elf=out / FIRMWARE_ELF, target=data["target"], models=data["models"],
+                        arena_bytes=data["arena_bytes"], footprint=data["footprint"])
+    tmp = out.with_name(out.name + f".tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        log.info("firmware for %s on %s: arena probe image", ", ".join(names), target.name)
+        probe = _link(target, toolchain, models, tmp / "probe", PROBE_ARENA, probe=True)
+        needs = probe_arena(target.firmware.probe_machine, probe, len(models))
+        arena = max(needs)
+        log.info("firmware: minrt asks for %s arena bytes (%s)", f"{arena:,}",
+                 ", ".join(f"{n} {b:,}" for n, b in zip(names, needs)))
+        elf = _link(target, toolchain, models, tmp, arena, probe=False)
+        graph_bytes = sum(m.artifact.graph_json.stat().st_size for m in models)
+        footprint = footprint_from_map((tmp / "firmware.map").read_text(),
+                                       [str(m.artifact.kernels_obj) for m in models], graph_bytes)
+        footprint["arena_by_model"] = dict(zip(names, needs))
+        check_fit(target, footprint, names)
+        shutil.rmtree(tmp / "probe", ignore_errors=True)
+        info = [{"name": m.name, "prefix": m.prefix,
+                 "graph_sha256": hashlib.sha256(m.artifact.graph_json.read_bytes()).hexdigest(),
+                 "params_sha256": hashlib.sha256(m.artifact.params_bin.read_bytes()).hexdigest()}
+                for m in models]
+        fw = Firmware(elf=elf, target=target.name, models=info, arena_bytes=arena, footprint=footprint)
+        (tmp / MANIFEST).write_text(json.dumps(fw.to_dict(), indent=2) + "\n")
+        try:
+            tmp.rename(out)
+        except OSError:
+            shutil.rmtree(tmp, ignore_errors=True)  # built by another process meanwhile
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    log.info("firmware: %s (flash %s B, RAM %s B)", out / FIRMWARE_ELF, f"{footprint['flash']['total']:,}",
+             f"{footprint['ram']['total']:,}")
+    return Firmware(elf=out / FIRMWARE_ELF, target=fw.target, models=fw.models, arena_bytes=arena,
+                    footprint=footprint)
+
+
+def image_models(target: Target, models: dict[str, Path]) -> list[FirmwareModel]:
+    """Compile several models for one image: each with its name as kernel symbol prefix."""
+    from harness.compile.model import compile_model
+
+    result = []
+    for name, path in models.items():
+        prefix = re.sub(r"\W", "_", name) + "_"
+        result.append(FirmwareModel(name, compile_model(path, target, system_lib_prefix=prefix), prefix))
+    return result
+
+
+def firmware_sizes(fw: Firmware, minrt: dict[str, Any]) -> dict[str, int]:
+    """The figures a run records: minrt's .text (from a harness.build.size.measure report, as
+    harness.build.size.minrt_texts gives them), and the image's flash and RAM."""
+    f, r = fw.footprint["flash"], fw.footprint["ram"]
+    # runner_text: the image is the runner of a firmware target (its code, without the models)
+    return {**minrt_texts(minrt), "runner_text": f["total"] - f["weights"] - f["graphs"],
+            "firmware_flash": f["total"], "firmware_ram": r["total"],
+            "kernels_text": f["kernels"], "weights_bytes": f["weights"], "arena_bytes": r["arena"]}
+
+
+def flat_footprint(fw: Firmware) -> dict[str, int]:
+    """RunResult.footprint for a firmware run: flat keys (flash_<part>, ram_<part>,
+    arena_bytes), the names the results store and dashboard use for every target."""
+    f, r = fw.footprint["flash"], fw.footprint["ram"]
+    flat = {f"flash_{k}": int(v) for k, v in f.items()}
+    flat.update({f"ram_{k}": int(v) for k, v in r.items() if k != "arena"})
+    flat["arena_bytes"] = int(r["arena"])
+    return flat
+
+
+def format_footprint(name: str, fp: dict[str, Any]) -> str:
+    f, r = fp["flash"], fp["ram"]
+    return (f"{name}: flash {f['total']:,} B (minrt {f['minrt']:,}, front end+startup {f['front_end']:,}, "
+            f"kernels {f['kernels']:,}, libc {f['libc']:,}, weights {f['weights']:,}, graph {f['graphs']:,}); "
+            f"RAM {r['total']:,} B (arena {r['arena']:,}, stack {r['stack']:,}, inputs+outputs {r['io_buffers']:,}, "
+            f"data {r['data']:,}, bss {r['bss']:,})")

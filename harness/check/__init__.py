@@ -1,0 +1,1 @@
+"""Is the answer right: reference executors and the output comparison."""

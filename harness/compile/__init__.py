@@ -1,0 +1,1 @@
+"""ONNX -> Relax -> graph.json + params.bin + kernels: import, graph walk, storage plan, kernels, schedules, the tuning database."""

@@ -1,0 +1,103 @@
+"""Kernels: each PrimFunc scheduled (tuning record or default rule) and compiled for the target into one object."""
+
+from __future__ import annotations
+
+import logging
+import re
+from pathlib import Path
+from typing import Any
+
+
+from harness.errors import CompileError
+from harness.config.targets import Target
+
+log = logging.getLogger(__name__)
+
+#: Symbols register as `__tvm_ffi_<func_name>` with no prefix.
+SYSTEM_LIB_PREFIX = ""
+
+
+# ---------------------------------------------------------------------------------------------
+# Kernels
+
+_WORKSPACE_CALL = re.compile(r"TVMBackendAllocWorkspace\(\s*[^,]+,\s*[^,]+,\s*(?:T\.uint64\()?(\d+)")
+_WORKSPACE_ALIGN = 64
+
+
+def kernel_target(target: Target) -> Any:
+    """The TVM target kernels are scheduled and compiled for: the target's own, on one core
+    (minrt runs TVMBackendParallelLaunch serially, so a parallel loop would only cost)."""
+    import tvm
+
+    return tvm.target.Target({**dict(target.tvm_target), "num-cores": 1})
+
+
+def compile_kernels(kernels: dict[str, Any], tvm_target: Any, out_path: Path,
+                    prefix: str = SYSTEM_LIB_PREFIX) -> int:
+    """Compile the (scheduled) PrimFuncs into one object (a system library) and return the
+    most workspace any one kernel allocates (the sum of its TVMBackendAllocWorkspace sizes,
+    each rounded up to 64 bytes), read from the TIR after LowerTVMBuiltin."""
+    import tvm
+
+    # TVM's system_lib_prefix renames the library context and the names kernels register
+    # under, not the `__tvm_ffi_<symbol>` functions: the prefix goes into each symbol too.
+    funcs = {name: prim.with_attr("global_symbol", prefix + name) for name, prim in kernels.items()}
+    kmod = tvm.IRModule(funcs).with_attr("system_lib_prefix", prefix)
+    lowered: list[Any] = []
+
+    @tvm.ir.instrument.pass_instrument
+    class KeepLoweredTIR:
+        def run_after_pass(self, mod: Any, info: Any) -> None:
+            if info.name.endswith("LowerTVMBuiltin"):
+                lowered.append(mod)
+
+    with tvm.transform.PassContext(config={"tirx.disable_assert": True}, instruments=[KeepLoweredTIR()]):
+        executable = tvm.compile(kmod, target=tvm_target)
+    executable.mod.write_to_file(str(out_path))
+
+    workspace = 0
+    for mod in lowered:
+        for gvar, func in mod.functions.items():
+            text = func.script()
+            calls = text.count("TVMBackendAllocWorkspace(")
+            sizes = [int(m) for m in _WORKSPACE_CALL.findall(text)]
+            if len(sizes) != calls:
+                raise CompileError(f"kernel '{gvar.name_hint}' allocates a workspace of non-constant size")
+            need = sum(-(-s // _WORKSPACE_ALIGN) * _WORKSPACE_ALIGN for s in sizes)
+            workspace = max(workspace, need)
+    return workspace
+
+
+# ---------------------------------------------------------------------------------------------
+# Schedules
+
+
+def schedule_model_kernels(kernels: dict[str, Any], ktarget: Any, target: Target,
+                           cache: Path | None) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    """Every kernel gets a schedule: the best tuning record for its workload on this target
+    when the tuning database has one that ran faster on the device than the default schedule
+    (and MINRT_NO_TUNING is not set), else the default rules of harness.compile.schedule. Returns the
+    scheduled kernels and, per kernel, what was used."""
+    from harness.compile.schedule import schedule_kernel, simd_lanes
+    from harness.compile.tuning_db import TuningDatabase, tuning_disabled
+
+    database = None if tuning_disabled() else TuningDatabase.for_target(target, cache)
+    lanes = simd_lanes(ktarget)
+    scheduled: dict[str, Any] = {}
+    report: dict[str, dict[str, Any]] = {}
+    for name, func in kernels.items():
+        default, rule = schedule_kernel(func, lanes)
+        tuned = database.best(func, ktarget) if database is not None else None
+        default_us = database.default_latency(default) if tuned is not None else None
+        if tuned is not None and (default_us is None or tuned.latency_us < default_us):
+            scheduled[name] = tuned.func
+            report[name] = {"source": "tuned", "rule": "meta_schedule", "latency_us": tuned.latency_us,
+                            "default_us": default_us, "record": tuned.record_id, "database": str(database.path)}
+            continue
+        scheduled[name] = default
+        report[name] = {"source": "default", "rule": rule.rule, "detail": rule.detail}
+        if tuned is not None:  # measured on the device: no record beat the default schedule
+            report[name].update(default_us=default_us, best_record_us=tuned.latency_us)
+    return scheduled, report
+
+

@@ -1,0 +1,165 @@
+"""Compile an ONNX model with apache-tvm into a minrt artifact (see harness.formats.artifact).
+
+The path: onnx (batch-norms after convs folded into their weights) -> Relax (TVM's ONNX
+frontend, weights as constants) -> the pass sequence in
+`lower_relax` (legalize + fuse) -> `main` is a straight line of `R.call_tir` calls over inputs
+and constants -> walked into TVM's graph-executor graph.json with a storage plan, params.bin,
+and kernels.o (the PrimFuncs compiled for the target as a system library).
+Artifacts are cached by content hash, so a second compile of the same model is a lookup."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+
+from harness.formats import tensorfile
+from harness.formats.artifact import GRAPH_JSON, KERNELS_OBJ, METADATA_JSON, NOP, PARAMS_BIN, Artifact
+from harness.cache import cache_dir, cache_error, content_hash
+from harness.errors import CompileError
+from harness.formats.signatures import SIGNATURES_C, write_signatures
+from harness.config.targets import Target, load_target, tvm_target as tvm_target_of
+from harness.compile.onnx_import import graph_inputs, import_onnx, load_onnx, lower_relax, reraise_interrupt
+from harness.compile.graph import inplace_pairs, walk_main
+from harness.compile.plan import graph_json, plan_storage, storage_summary
+from harness.compile.kernels import SYSTEM_LIB_PREFIX, compile_kernels, kernel_target, schedule_model_kernels
+
+log = logging.getLogger(__name__)
+
+#: Bump when the artifact produced for the same inputs changes (invalidates the cache).
+PIPELINE_VERSION = "9"  # 3: aligned params; 4-6: in-place outputs; 7: scheduled kernels; 8: kernel signatures; 9: kernels in the signature table
+ABI = "tvm-ffi"
+
+
+# ---------------------------------------------------------------------------------------------
+# The entry point
+
+
+def _cache_key(model_name: str, onnx_bytes: bytes, target: Target, cache: Path | None, prefix: str = "") -> str:
+    import tvm
+
+    from harness.compile.tuning_db import TuningDatabase, tuning_disabled
+
+    # The tuning records for the target and the default schedule rules are part of the
+    # input: new records or new rules, new artifact.
+    tuning = "off" if tuning_disabled() else TuningDatabase.for_target(target, cache).digest()
+    rules = (Path(__file__).parent / "schedule.py").read_bytes()
+    return content_hash([model_name, onnx_bytes, target.name, target.tvm_target_key, tvm.__version__,
+                         PIPELINE_VERSION, tuning, rules] + ([f"prefix={prefix}"] if prefix else []))
+
+
+def compile_model(onnx_path: Path | str, target: Target | str, cache: Path | None = None,
+                  system_lib_prefix: str = SYSTEM_LIB_PREFIX) -> Artifact:
+    """Compile an ONNX model for a target into an artifact directory under
+    `<cache>/artifacts/<hash>` (cache defaults to harness.cache.cache_dir()); reuse it if there.
+
+    `system_lib_prefix` (a C identifier prefix, e.g. "kws_") goes before every kernel symbol,
+    so the kernels of several models link into one firmware image without colliding."""
+    if system_lib_prefix and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", system_lib_prefix):
+        raise CompileError(f"system_lib_prefix {system_lib_prefix!r} is not a C identifier prefix")
+    onnx_path = Path(onnx_path)
+    if isinstance(target, str):
+        target = load_target(target)
+    model, data = load_onnx(onnx_path)
+    model_name = onnx_path.stem
+    key = _cache_key(model_name, data, target, cache, system_lib_prefix)
+    root = (Path(cache) if cache is not None else cache_dir()) / "artifacts"
+    out_dir = root / key
+    if out_dir.is_dir():
+        try:
+            artifact = Artifact.open(out_dir)
+            log.info("compile %s for %s: cached artifact %s", model_name, target.name, out_dir)
+            return artifact
+        except CompileError as exc:
+            log.warning("recompiling: cached artifact is unusable (%s)", exc)
+            shutil.rmtree(out_dir, ignore_errors=True)
+
+    import tvm
+
+    tvm_target = tvm_target_of(target)  # a bad [tvm] table fails here, before any import work
+    started = time.monotonic()
+    log.info("compile %s for %s: importing ONNX with TVM %s", model_name, target.name, tvm.__version__)
+    mod, folded = import_onnx(model, onnx_path)
+    log.info("compile %s: legalize and fuse", model_name)
+    try:
+        lowered = lower_relax(mod, tvm_target)
+    except Exception as exc:
+        reraise_interrupt(exc)
+        first = (str(exc).strip().splitlines() or [""])[0]
+        raise CompileError(f"{onnx_path}: TVM's Relax passes failed: {type(exc).__name__}: {first}") from None
+
+    inputs = [value.name for value in graph_inputs(model)]
+    graph = walk_main(lowered, inputs, str(onnx_path), op_types=[n.op_type for n in model.graph.node])
+    schedule_started = time.monotonic()
+    ktarget = kernel_target(target)
+    kernels, schedules = schedule_model_kernels(graph.kernels, ktarget, target, cache)
+    schedule_seconds = time.monotonic() - schedule_started
+    # In place is decided on the kernels as scheduled: a schedule that computes the output tile
+    # by tile while it still reads the input (an epilogue fused per tile) must not alias them.
+    for node in graph.nodes:
+        if node.op == "tvm_op" and node.func_name in kernels:
+            node.inplace = inplace_pairs(kernels[node.func_name], len(node.inputs))
+    plan = plan_storage(graph)
+    output_names = [value.name for value in model.graph.output]
+    if len(output_names) != len(graph.heads):
+        raise CompileError(f"{onnx_path}: the model has {len(output_names)} outputs but TVM produced {len(graph.heads)}")
+
+    tmp = root / f".{key}.tmp{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        tmp.mkdir(parents=True)
+    except OSError as exc:
+        raise cache_error(exc, f"cache directory {root}") from None
+    try:
+        log.info("compile %s: %d kernels for %s", model_name, len(graph.kernels), target.tvm_target.get("mtriple", "host"))
+        workspace = compile_kernels(kernels, ktarget, tmp / KERNELS_OBJ, system_lib_prefix)
+        write_signatures(kernels, tmp / SIGNATURES_C, prefix=system_lib_prefix)  # minrt's kernel table
+        (tmp / GRAPH_JSON).write_text(json.dumps(graph_json(graph, plan), separators=(",", ":")))
+        tensorfile.save(tmp / PARAMS_BIN, graph.params, aligned=True)
+
+        def spec(name: str, nid: int, index: int) -> dict[str, Any]:
+            shape, dtype = graph.nodes[nid].outputs[index]
+            return {"name": name, "shape": list(shape), "dtype": dtype}
+
+        metadata = {
+            "model": model_name,
+            "model_sha256": hashlib.sha256(data).hexdigest(),
+            "target": target.name,
+            "tvm_target": target.tvm_target,
+            "tvm_version": tvm.__version__,
+            "abi": ABI,
+            "system_lib_prefix": system_lib_prefix,
+            "kernels": sorted(graph.kernels),
+            "workspace_bytes": workspace,
+            "schedules": schedules,
+            "tuned_kernels": sorted(k for k, v in schedules.items() if v["source"] == "tuned"),
+            "schedule_seconds": round(schedule_seconds, 3),
+            "inputs": [spec(name, nid, 0) for name, nid in zip(inputs, graph.input_nids)],
+            "outputs": [spec(name, nid, i) for name, (nid, i) in zip(output_names, graph.heads)],
+            "storage": storage_summary(graph, plan),
+            "inplace": [list(t) for t in plan.inplace],
+            "nops": sum(1 for n in graph.nodes if n.func_name == NOP),
+            "folded_batchnorms": folded,
+            "pipeline_version": PIPELINE_VERSION,
+            "compile_seconds": round(time.monotonic() - started, 3),
+        }
+        (tmp / METADATA_JSON).write_text(json.dumps(metadata, indent=2) + "\n")
+        try:
+            tmp.rename(out_dir)
+        except OSError:  # another process finished the same artifact first
+            shutil.rmtree(tmp, ignore_errors=True)
+    except OSError as exc:  # a full or read-only cache: say so, not where in the writing it broke
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise cache_error(exc, f"cache directory {root}") from None
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    log.info("compile %s for %s: done in %.1f s -> %s", model_name, target.name, time.monotonic() - started, out_dir)
+    return Artifact.open(out_dir)

@@ -1,0 +1,179 @@
+"""ONNX -> Relax: read and check an ONNX file, fold batch-norms, import with TVM's frontend and lower (legalize + fuse)."""
+
+from __future__ import annotations
+
+import logging
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from harness.errors import CompileError
+
+log = logging.getLogger(__name__)
+
+# ---------------------------------------------------------------------------------------------
+# ONNX -> Relax
+
+
+def load_onnx(path: Path) -> tuple[Any, bytes]:
+    """Read and check an ONNX file; errors name the file and what is wrong with it."""
+    import onnx
+    from google.protobuf.message import DecodeError
+
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise CompileError(f"{path}: cannot read model: {exc.strerror}") from None
+    try:
+        model = onnx.load_model_from_string(data)
+    except (DecodeError, ValueError, RuntimeError) as exc:
+        raise CompileError(f"{path}: not an ONNX model (protobuf does not parse: {exc})") from None
+    # Protobuf accepts many byte strings (even empty ones) as a message with no fields.
+    if model.ir_version == 0 or not model.HasField("graph") or not model.graph.node:
+        raise CompileError(
+            f"{path}: not an ONNX model (no ir_version or no graph nodes in {len(data)} bytes)"
+        )
+    try:
+        onnx.checker.check_model(model)
+    except onnx.checker.ValidationError as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise CompileError(f"{path}: invalid ONNX model: {first}") from None
+    return model, data
+
+
+def graph_inputs(model: Any) -> list[Any]:
+    """The graph's real inputs (ONNX may list initializers as inputs too)."""
+    initializers = {t.name for t in model.graph.initializer}
+    return [i for i in model.graph.input if i.name not in initializers]
+
+
+def _check_static_shapes(model: Any, path: Path) -> None:
+    for value in graph_inputs(model):
+        dims = value.type.tensor_type.shape.dim
+        for axis, dim in enumerate(dims):
+            if not dim.HasField("dim_value") or dim.dim_value <= 0:
+                what = dim.dim_param or "unknown"
+                raise CompileError(
+                    f"{path}: input '{value.name}' has a non-static dimension {axis} ({what}); "
+                    "minrt needs every input shape fixed"
+                )
+
+
+def fold_batchnorm(model: Any) -> tuple[Any, int]:
+    """Fold each inference-mode BatchNormalization that directly follows a Conv with constant
+    weights into that Conv's weights and bias (a copy of the model is changed, not `model`).
+
+    TVM has no such pass: without it the BN becomes a per-element subtract/divide/multiply/add
+    in the conv kernel. With it the BN costs nothing at run time.
+    """
+    import onnx
+    from onnx import numpy_helper
+
+    folded = onnx.ModelProto()
+    folded.CopyFrom(model)
+    graph = folded.graph
+    consts = {t.name: t for t in graph.initializer}
+    outputs = {o.name for o in graph.output}
+    readers: dict[str, int] = {}
+    for node in graph.node:
+        for name in node.input:
+            readers[name] = readers.get(name, 0) + 1
+    producer = {out: node for node in graph.node for out in node.output}
+    count = 0
+    for bn in list(graph.node):
+        if bn.op_type != "BatchNormalization" or len(bn.output) != 1 or len(bn.input) != 5:
+            continue
+        if any(a.name == "training_mode" and a.i for a in bn.attribute):
+            continue
+        conv = producer.get(bn.input[0])
+        if conv is None or conv.op_type != "Conv" or len(conv.output) != 1:
+            continue
+        if readers.get(conv.output[0], 0) != 1 or conv.output[0] in outputs:
+            continue
+        if not all(name in consts for name in list(conv.input[1:]) + list(bn.input[1:])):
+            continue
+        weight = numpy_helper.to_array(consts[conv.input[1]]).astype(np.float64)
+        bias = (numpy_helper.to_array(consts[conv.input[2]]).astype(np.float64)
+                if len(conv.input) > 2 and conv.input[2] else np.zeros(weight.shape[0]))
+        scale, shift, mean, var = (numpy_helper.to_array(consts[n]).astype(np.float64) for n in bn.input[1:])
+        eps = next((a.f for a in bn.attribute if a.name == "epsilon"), 1e-5)
+        factor = scale / np.sqrt(var + eps)
+        dtype = numpy_helper.to_array(consts[conv.input[1]]).dtype
+        new_w = (weight * factor.reshape(-1, *([1] * (weight.ndim - 1)))).astype(dtype)
+        new_b = ((bias - mean) * factor + shift).astype(dtype)
+        w_name, b_name = f"{bn.output[0]}.folded_weight", f"{bn.output[0]}.folded_bias"
+        graph.initializer.extend([numpy_helper.from_array(new_w, w_name), numpy_helper.from_array(new_b, b_name)])
+        del conv.input[1:]
+        conv.input.extend([w_name, b_name])
+        conv.output[0] = bn.output[0]
+        graph.node.remove(bn)
+        count += 1
+    return folded, count
+
+
+def import_onnx(model: Any, path: Path) -> tuple[Any, int]:
+    """ONNX -> Relax IRModule with weights as constants, and how many batch-norms were folded
+    into convolutions on the way."""
+    import tvm
+    from tvm.relax.frontend.onnx import from_onnx
+
+    _check_static_shapes(model, path)
+    model, folded = fold_batchnorm(model)
+    if folded:
+        log.info("%s: folded %d batch-norm(s) into convolutions", path.name, folded)
+    try:
+        return from_onnx(model, keep_params_in_input=False), folded
+    except tvm.error.OpNotImplemented as exc:
+        message = str(exc)
+        ops = sorted({n.op_type for n in model.graph.node if re.search(rf"\b{re.escape(n.op_type)}\b", message.split(":", 1)[-1])})
+        nodes = [f"{n.op_type} (node '{n.name or n.output[0]}')" for n in model.graph.node if n.op_type in ops]
+        raise CompileError(
+            f"{path}: TVM's ONNX frontend cannot import operator(s) {', '.join(ops) or message}: "
+            + "; ".join(nodes)
+        ) from None
+    except Exception as exc:  # the frontend raises many kinds; name it and keep the first line
+        reraise_interrupt(exc)
+        first = (str(exc).strip().splitlines() or [""])[0]
+        raise CompileError(f"{path}: TVM's ONNX frontend failed: {type(exc).__name__}: {first}") from None
+
+
+def lower_relax(mod: Any, tvm_target: Any) -> Any:
+    """Legalize and fuse: `main` becomes a linear sequence of call_tir over inputs and constants."""
+    import tvm
+    from tvm import relax
+
+    passes = tvm.transform.Sequential([
+        relax.transform.DecomposeOpsForInference(),
+        relax.transform.LegalizeOps(),
+        relax.transform.AnnotateTIROpPattern(),
+        relax.transform.FoldConstant(),
+        relax.transform.FuseOps(),
+        relax.transform.FuseTIR(),
+        relax.transform.DeadCodeElimination(),
+    ])
+    with tvm_target:
+        return passes(mod)
+
+
+def relax_module(onnx_path: Path, tvm_target_dict: dict[str, Any]) -> Any:
+    """The lowered Relax module for a model file (shared with harness.check.relax_vm)."""
+    import tvm
+
+    model, _ = load_onnx(Path(onnx_path))
+    mod, _ = import_onnx(model, Path(onnx_path))
+    return lower_relax(mod, tvm.target.Target(dict(tvm_target_dict)))
+
+
+def reraise_interrupt(exc: BaseException) -> None:
+    """A Ctrl-C inside a TVM pass reaches Python as the pass's RuntimeError, with the
+    KeyboardInterrupt as its cause or context: report it as the interrupt it is."""
+    seen = exc
+    while seen is not None:
+        if isinstance(seen, KeyboardInterrupt):
+            raise KeyboardInterrupt from None
+        seen = seen.__cause__ or seen.__context__
+
+

@@ -1,0 +1,1 @@
+"""Devices: the emulated board and its image, opening a target's transport."""

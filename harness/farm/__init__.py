@@ -1,0 +1,1 @@
+"""Many devices: the job scheduler, inventories, leases, health checks, JUnit."""

@@ -1,0 +1,1 @@
+"""Which model: the generated example and zoo models, and resolving a model argument."""

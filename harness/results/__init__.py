@@ -1,0 +1,1 @@
+"""What happened: the results store and the dashboard."""
