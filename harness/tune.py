@@ -442,11 +442,7 @@ def tune_model(
             have = len(database.get_top_k(database.commit_workload(mod), 10**6)) if database.has_workload(mod) else 0
             session = _Session(target, ktarget, tc, device, Path(tmp) / f"t{i}", deadline, iters, run_timeout)
             session.kernel_name, session.n_outputs = name, n_outputs.get(name, 1)
-            if share[name] == 0:
-                log.info("tune %s: no trials left in the budget of %d (a light kernel)", label, trials)
-                results.append(TaskResult(name, 0, have, _best_us(database, mod), skipped="no trials in the budget"))
-                continue
-            if have >= share[name]:
+            if have >= share[name] > 0:
                 log.info("tune %s: %d records already (share %d), skipped", label, have, share[name])
                 # Records from elsewhere (or an older session) still need this device's baseline.
                 default_us = _default_known(funcs[name], ktarget, db_files)
@@ -456,6 +452,10 @@ def tune_model(
                 continue
             if time.monotonic() >= deadline:
                 results.append(TaskResult(name, 0, have, _best_us(database, mod), skipped="time budget"))
+                continue
+            if share[name] == 0:
+                log.info("tune %s: no trials left in the budget of %d (a light kernel)", label, trials)
+                results.append(TaskResult(name, 0, have, _best_us(database, mod), skipped="no trials in the budget"))
                 continue
             with _quiet_steps():
                 default_us = _measure_default(session, funcs[name], db_files)
