@@ -38,6 +38,7 @@ from typing import Any, Callable, Mapping, Sequence
 from harness import REPO_ROOT
 from harness.errors import DeviceError, HarnessError, exit_code_of_results
 from harness.build.toolchain import DEFAULT_TOOLCHAIN
+from harness.formats.text import table
 from harness.farm.inventory import Device, Inventory, device_target, inventory_of_targets, load_inventory
 from harness.farm.health import STEPS, StepResult, check_device, run_step, step_main
 from harness.farm.junit import write_junit
@@ -648,8 +649,9 @@ def health_command(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
-    for r in rows:
-        print(f"{r['device']:<16} {r['state']:<12} failures {r['failures']:<3} since {r['since']}  {r['reason'] or ''}")
+    if rows:
+        print(table(["device", "state", "failures", "since", "reason"],
+                    [[r["device"], r["state"], r["failures"], r["since"], r["reason"] or ""] for r in rows], right=(2,)))
     if not rows:
         print("farm: no device health recorded yet")
     return 0
@@ -672,11 +674,14 @@ def command(args: argparse.Namespace) -> int:
                       store=store, batch=args.batch, out_dir=Path(args.out),
                       lease_timeout=args.lease_timeout, job_timeout=args.job_timeout,
                       keep=args.keep, check_health=not args.no_health_check)
+    rows = []
     for job in report.jobs:
         tries = " -> ".join(f"{a.device}:{a.status}" for a in job.attempts) or "not run"
         err = (job.result or {}).get("error")
-        print(f"{'PASS' if job.passed else 'FAIL'}  {job.model.stem:<12} {job.target:<12} {tries}"
-              + (f"  {err.splitlines()[0][:120]}" if err else ""))
+        rows.append(["PASS" if job.passed else "FAIL", job.model.stem, job.target, tries,
+                     err.splitlines()[0][:120] if err else ""])
+    if rows:
+        print(table(["result", "model", "target", "attempts (device:status)", "error"], rows))
     print(f"farm: {sum(j.passed for j in report.jobs)}/{len(report.jobs)} passed; batch {report.batch}; "
           f"results in {store.path}, {report.junit_path}, {report.json_path}")
     return exit_code_of_results([job.result or {} for job in report.jobs])
