@@ -102,3 +102,28 @@ def test_comma_separated_targets_parametrize_every_test(tmp_path):
                     str(tmp_path / "test_option.py")], tmp_path)
     assert "test_mlp[x86_64] PASSED" in proc.stdout and "test_mlp[qemu-armv7] PASSED" in proc.stdout, \
         proc.stdout[-3000:] + proc.stderr[-3000:]
+
+
+def test_input_shapes_fix_a_dynamic_batch(tmp_path):
+    (tmp_path / "test_dynamic.py").write_text(
+        "import numpy as np, onnx\n"
+        "from onnx import TensorProto, helper, numpy_helper\n"
+        "def _model(path):\n"
+        "    w = numpy_helper.from_array(np.ones((16, 4), np.float32), 'W')\n"
+        "    g = helper.make_graph([helper.make_node('MatMul', ['x', 'W'], ['y'])], 'dyn',\n"
+        "        [helper.make_tensor_value_info('x', TensorProto.FLOAT, ['N', 16])],\n"
+        "        [helper.make_tensor_value_info('y', TensorProto.FLOAT, ['N', 4])], [w])\n"
+        "    m = helper.make_model(g, opset_imports=[helper.make_opsetid('', 17)])\n"
+        "    m.ir_version = 8\n"
+        "    onnx.save(m, path)\n"
+        "    return path\n"
+        "def test_dynamic(minrt_run, tmp_path):\n"
+        "    model = _model(tmp_path / 'dyn.onnx')\n"
+        "    refused = minrt_run(model)\n"
+        "    assert not refused.passed and '--input-shape x=1,16' in refused.error\n"
+        "    result = minrt_run(model, input_shapes={'x': [3, 16]}, iters=1)\n"
+        "    assert result.passed, result.error\n"
+        "    assert result.outputs[0]['shape'] == [3, 4]\n")
+    proc = _pytest(["-q", "--minrt-target", "x86_64", "--minrt-toolchain", "host",
+                    str(tmp_path / "test_dynamic.py")], tmp_path)
+    assert "1 passed" in proc.stdout, proc.stdout[-3000:] + proc.stderr[-3000:]
