@@ -434,6 +434,9 @@ def tune_model(
     # Scratch space under the cache: the Docker toolchain sees only the source tree and the cache.
     scratch_root = (Path(cache) if cache is not None else cache_dir()) / "tuning" / "scratch"
     scratch_root.mkdir(parents=True, exist_ok=True)
+    # meta_schedule's own log (task tables, per-iteration statistics), one file per kernel; -v
+    # also shows it on the terminal, a failure names the file.
+    search_logs = (Path(cache) if cache is not None else cache_dir()) / "logs" / "tune" / f"{target.name}-{Path(model).stem}"
     with tempfile.TemporaryDirectory(prefix="tune-", dir=scratch_root) as tmp, \
             open_transport(target, kind=transport, host=host) as device:
         for i, name in enumerate(order, start=1):
@@ -470,14 +473,18 @@ def tune_model(
                                      task_name=name, rand_state=seed + i, num_threads=1,
                                      logger=_search_logger())
             task_started = time.monotonic()
-            with _quiet_steps(), _quiet_task_scheduler():
-                ms.tune.tune_tasks(
-                    tasks=[context], task_weights=[1.0], work_dir=str(Path(tmp) / f"log{i}"),
-                    max_trials_global=budget, num_trials_per_iter=min(trials_per_iter, budget),
-                    builder=_make_builder(session), runner=_make_runner(session), database=database,
-                    cost_model=cost_model or default_cost_model(),
-                    measure_callbacks=[_make_progress(session, label, budget, task_started), *_default_callbacks()],
-                    task_scheduler="round-robin")
+            try:
+                with _quiet_steps(), _search_log(search_logs / f"{name}.log"):
+                    ms.tune.tune_tasks(
+                        tasks=[context], task_weights=[1.0], work_dir=str(Path(tmp) / f"log{i}"),
+                        max_trials_global=budget, num_trials_per_iter=min(trials_per_iter, budget),
+                        builder=_make_builder(session), runner=_make_runner(session), database=database,
+                        cost_model=cost_model or default_cost_model(),
+                        measure_callbacks=[_make_progress(session, label, budget, task_started), *_default_callbacks()],
+                        task_scheduler="round-robin")
+            except Exception:
+                log.warning("tune %s: meta_schedule's log is %s", label, search_logs / f"{name}.log")
+                raise
             records = len(database.get_top_k(database.commit_workload(mod), 10**6))
             results.append(TaskResult(name, session.trials, records, _best_us(database, mod), default_us))
             log.info("tune %s: done, %d trials, best %s", label, session.trials, duration(results[-1].best_us))
@@ -486,14 +493,25 @@ def tune_model(
 
 
 @contextlib.contextmanager
-def _quiet_task_scheduler() -> Iterator[None]:
-    """meta_schedule's task scheduler prints its task table to stdout at INFO after every
-    batch; its console handler takes the level of the "tvm.s_tir.meta_schedule" logger at the
-    start of tune_tasks (which then resets that logger to DEBUG), so a WARNING level set here
-    keeps the tables in its log files only (shown with -v)."""
-    if not log.isEnabledFor(logging.DEBUG):
-        logging.getLogger("tvm.s_tir.meta_schedule").setLevel(logging.WARNING)
-    yield
+def _search_log(path: Path) -> Iterator[None]:
+    """meta_schedule's task scheduler logs its task table and statistics after every batch
+    (logger "tvm.s_tir.meta_schedule", which otherwise reaches the terminal through the root
+    logger): they go to `path`, and to the terminal only with -v."""
+    logger = logging.getLogger("tvm.s_tir.meta_schedule")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    saved = (logger.level, logger.propagate)
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = log.isEnabledFor(logging.DEBUG)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        handler.close()
+        logger.setLevel(saved[0])
+        logger.propagate = saved[1]
 
 
 def _search_logger() -> logging.Logger:

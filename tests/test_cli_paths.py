@@ -226,6 +226,9 @@ def test_tune_trials_is_the_total_and_progress_is_one_line_per_batch(tmp_path):
     assert progress and all("left" in line or "budget done" in line for line in progress), proc.stderr
     for noise in ("deploying runner", "iteration(s)", "inf s", "ID |", "Logging directory"):
         assert noise not in proc.stderr + proc.stdout, noise
+    # meta_schedule's own tables are kept in the cache's logs
+    kept = list((tmp_path / "cache" / "logs" / "tune" / "x86_64-mlp").rglob("*.log"))
+    assert any("Logging directory" in p.read_text() or "ID |" in p.read_text() for p in kept), kept
 
 
 # -- noise, units, "emulated" -----------------------------------------------------------------
