@@ -311,3 +311,13 @@ def test_firmware_size_labels_the_boards_memories():
     assert proc.returncode == 0, proc.stderr[-3000:]
     line = next(l for l in proc.stdout.splitlines() if l.startswith("model mlp"))
     assert "(the board has flash 4,194,304 B, RAM 4,194,304 B)" in line, line
+
+
+def test_bench_on_an_emulated_target_says_so():
+    proc = harness("bench", "mlp", "--target", "qemu-armv7", "--toolchain", "host", "--rounds", "1",
+                   "--iters", "2", "--no-store", "-q")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    header = proc.stdout.splitlines()[0].split()
+    assert header[:3] == ["model", "minrt", "min"]
+    assert "minrt times on qemu-armv7 are emulated" in proc.stdout
+    assert re.search(r"\d (us|ms|s) ", proc.stdout.splitlines()[1]), proc.stdout
