@@ -97,7 +97,7 @@ RANKS = {
 }
 TOP_LEVEL = {"harness": "base", "harness.errors": "base", "harness.cache": "base",
              "harness.run": "top", "harness.tune": "top", "harness.bench": "top",
-             "harness.cli": "entry", "harness.pytest_plugin": "entry"}
+             "harness.cli": "entry", "harness.cli_options": "entry", "harness.pytest_plugin": "entry"}
 
 
 def room_of(module: str) -> str:

@@ -247,7 +247,8 @@ def _open_serial(options: Mapping[str, Any], address: str | None, trust_on_first
 
 TRANSPORT_KINDS = (
     TransportKind("qemu-firmware", "firmware under qemu-system-arm on this host, over its UART", _open_qemu,
-                  options={"machine": str, "icount_shift": int}, needs=("qemu-system-arm",)),
+                  options={"machine": str, "icount_shift": int}, needs=("qemu-system-arm",),
+                  emulator=True),
     TransportKind("firmware-serial", "firmware on a board flashed by a command, over a serial port",
                   _open_serial, address="SERIAL-PORT-OR-URL",
                   options={"url": str, "baudrate": int, "flash_command": list}),

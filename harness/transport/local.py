@@ -91,5 +91,5 @@ def _open_qemu_user(options: Mapping[str, Any], address: str | None,
 TRANSPORT_KINDS = (
     TransportKind("local", "runs on this host", _open_local, on_host=True),
     TransportKind("qemu-user", "runs under qemu-arm on this host", _open_qemu_user,
-                  options={"cpu": str}, needs=("qemu-arm",), on_host=True),
+                  options={"cpu": str}, needs=("qemu-arm",), on_host=True, emulator=True),
 )
