@@ -295,6 +295,9 @@ def malformed_cases(d: Path) -> list[str]:
     odd_params = {ODD_NAME if k == W_NAME else k: v for k, v in good_params().items()}
     case("param_name_escapes", variant(lambda g: g["nodes"][1].update(name=ODD_NAME)), 0, "",
          blob_=save_params(odd_params), phase="R")
+    # a param binds to the null node of its name, never to a __nop node named the same
+    case("nop_named_like_param", variant(lambda g: g["nodes"][4].update(name="b")), 0, "",
+         phase="R")
     case("kernel_fails", variant(lambda g: g["nodes"][7]["attrs"].update(func_name="fail")), E_RUN,
          "node 7: kernel failed: 'ValueError: Argument 0 mismatch'", phase="R")
     # the checking build's guard zones catch a kernel writing one byte past its output

@@ -89,7 +89,7 @@ typedef struct minrt_node {
   minrt_kernel fn;   /* NULL: an input, a param or a __nop */
   TVMFFIAny *args;   /* inputs then outputs */
   int32_t nargs;
-  uint8_t op;        /* 0 null (input or param), 1 tvm_op */
+  uint8_t op;        /* 0 null (input or param), 1 tvm_op, 2 tvm_op __nop */
 } mnode;
 
 /* Error messages, one per failure minrt reports: its id (M_*, what call sites pass: one byte,

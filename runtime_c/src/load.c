@@ -152,7 +152,7 @@ static int parse_nodes(ld *L) {
     if (op < 0 || !nd->name || !in_at || (op && !fn))
       return fail(L, M_NODE_KEYS, i);
     if (op && !mj_index(fn, fn_len, "__nop\0")) op = 2;
-    nd->op = op == 1;
+    nd->op = (uint8_t)op; /* a __nop is not a null node: no param binds it */
     nd->args = L->args;
     if (m && op == 1) {
       const minrt_signatures *t = a->signatures;
