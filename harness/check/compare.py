@@ -59,9 +59,8 @@ def compare_output(
         return OutputCheck(**base, max_abs_err=float("inf"), max_rel_err=float("inf"), atol=atol,
                            rtol=rtol, passed=False,
                            problem=f"dtype {got.dtype} != reference {want.dtype}")
-    exact = not np.issubdtype(want.dtype, np.floating)
-    if exact:
-        atol = rtol = 0.0
+    if not np.issubdtype(want.dtype, np.floating):
+        return _compare_exact(base, got, want)
     g = got.astype(np.float64)
     w = want.astype(np.float64)
     if g.size == 0:
@@ -93,3 +92,13 @@ def compare_output(
         mismatched=int(np.count_nonzero(bad)), total=int(want.size), worst_index=where,
         expected=float(w.flat[flat]), got=float(g.flat[flat]),
     )
+
+
+def _compare_exact(base: dict, got: np.ndarray, want: np.ndarray) -> OutputCheck:
+    """Integers and bools: equal in their own dtype (as float64, distinct int64 or uint64
+    values above 2**53 would round to one), the error figures in exact integers."""
+    wrong = got != want
+    abs_err = [abs(int(g) - int(w)) for g, w in zip(got[wrong].tolist(), want[wrong].tolist())]
+    rel_err = [d / max(abs(int(w)), 1) for d, w in zip(abs_err, want[wrong].tolist())]
+    return OutputCheck(**base, max_abs_err=float(max(abs_err, default=0)), max_rel_err=max(rel_err, default=0.0),
+                       atol=0.0, rtol=0.0, passed=not abs_err)
