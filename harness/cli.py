@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from harness import cli_options as opts
-from harness import missing_source
+from harness import REPO_ROOT, missing_source
 from harness.config.targets import DEFAULT_TARGET
 from harness.errors import EXIT_BAD_INPUT, EXIT_INFRASTRUCTURE, EXIT_INTERRUPTED, HarnessError, exit_code_of_results
 from harness.models.resolve import resolve_models
@@ -186,7 +186,7 @@ def cmd_toolchain(args: argparse.Namespace) -> int:
     return 0
 
 
-SIZE_BASELINE = Path(__file__).resolve().parent.parent / "runtime_c" / "size-baseline.json"
+SIZE_BASELINE = REPO_ROOT / "runtime_c" / "size-baseline.json"  # of the source tree in use (MINRT_SOURCE)
 
 
 def cmd_size(args: argparse.Namespace) -> int:
