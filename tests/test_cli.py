@@ -83,5 +83,6 @@ def test_build_with_host_toolchain_says_so(tmp_path):
 
 def test_rpi_without_host_is_a_clear_error():
     proc = harness("run", "--target", "rpi", "--model", "mlp", "--toolchain", "host")
-    assert proc.returncode != 0
-    assert "--host user@ADDRESS" in proc.stdout + proc.stderr
+    assert proc.returncode == 2, proc.stdout + proc.stderr  # bad input
+    assert "Traceback" not in proc.stderr
+    assert "  error: this target needs a device address: pass --host user@ADDRESS\n" in proc.stdout, proc.stdout
