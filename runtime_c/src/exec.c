@@ -5,8 +5,11 @@
 #include <string.h>
 #include "internal.h"
 
-static minrt *running;     /* the model inside minrt_run */
-static char kernel_msg[80]; /* the last kernel error message */
+/* One place for both (one address to load): */
+static struct {
+  minrt *model;        /* the model inside minrt_run, else NULL */
+  char kernel_msg[80]; /* the last kernel error message */
+} run;
 
 #define ALL 127 /* as n: any string fits (the buffers are shorter) */
 /* Appends s up to its NUL or n bytes, never past end. */
@@ -56,7 +59,7 @@ int minrt_fail(minrt_err *e, int id, long num, const char *name, uint32_t len) {
 #ifdef MINRT_GUARD
 minrt_guard_zones minrt_guards;
 
-/* 0, or 1 if a byte of a guard zone changed (kernel_msg says so) */
+/* 0, or 1 if a byte of a guard zone changed (run.kernel_msg says so) */
 static int guard_broken(void) {
   static uint8_t fill[2 * MINRT_GUARD_BYTES]; /* a zone is under 2 * MINRT_GUARD_BYTES */
   uint32_t k;
@@ -88,8 +91,8 @@ int minrt_run(minrt *m) {
   TVMFFIAny ret;
   int rc;
   PROFILE_LOCAL
-  running = m;
-  kernel_msg[0] = 0;
+  run.model = m;
+  run.kernel_msg[0] = 0;
   for (i = 0; i < m->n_nodes; i++) {
     minrt_node *n = &m->nodes[i];
     m->ws_top = m->ws;
@@ -97,9 +100,10 @@ int minrt_run(minrt *m) {
     PROFILE(m, i, 0);
     rc = n->fn(0, n->args, n->nargs, &ret);
     PROFILE(m, i, 1);
-    if (rc || guard_broken()) return minrt_fail(m->err, M_RUN, (long)i, kernel_msg, ALL);
+    if (rc || guard_broken()) break;
   }
-  return 0;
+  run.model = 0; /* outside a run, workspace calls fail: no stale arena */
+  return i < m->n_nodes ? minrt_fail(m->err, M_RUN, (long)i, run.kernel_msg, ALL) : 0;
 }
 
 #ifdef MINRT_PROFILE
@@ -139,7 +143,7 @@ int TVMFFIEnvModRegisterSystemLibSymbol(const char *name, void *symbol) {
 
 /* ---- called by generated kernels ---- */
 void TVMFFIErrorSetRaisedFromCStrParts(const char *kind, const char **parts, int32_t n) {
-  char *p = kernel_msg, *end = kernel_msg + sizeof kernel_msg - 1;
+  char *p = run.kernel_msg, *end = run.kernel_msg + sizeof run.kernel_msg - 1;
   int32_t i;
   p = put(put(p, end, kind, ALL), end, ": ", ALL);
   for (i = 0; i < n; i++)
@@ -153,7 +157,7 @@ void TVMFFIErrorSetRaisedFromCStr(const char *kind, const char *msg) {
 
 void *TVMBackendAllocWorkspace(int device_type, int device_id, uint64_t nbytes, int code_hint,
                                int bits_hint) {
-  minrt *m = running;
+  minrt *m = run.model;
   uint8_t *r;
   (void)device_type, (void)device_id, (void)code_hint, (void)bits_hint;
   if (!m || nbytes > (uint64_t)(m->ws_end - m->ws_top)) {
@@ -166,7 +170,7 @@ void *TVMBackendAllocWorkspace(int device_type, int device_id, uint64_t nbytes, 
 }
 
 int TVMBackendFreeWorkspace(int device_type, int device_id, void *ptr) {
-  minrt *m = running;
+  minrt *m = run.model;
   (void)device_type, (void)device_id;
   if (!m || (uint8_t *)ptr < m->ws || (uint8_t *)ptr > m->ws_top) return -1;
   m->ws_top = (uint8_t *)ptr;

@@ -116,6 +116,8 @@ static void test_good(void) {
   CHECK(minrt_set_input(m, 0, x, sizeof x) == 0, "set_input: %s", err.msg);
   CHECK(minrt_run(m) == 0, "run: %s", err.msg);
   CHECK(minrt_run(m) == 0, "second run: %s", err.msg);
+  /* outside a run there is no workspace: the arena of the last run is not handed out */
+  CHECK(TVMBackendAllocWorkspace(1, 0, 16, 2, 32) == NULL, "workspace given outside a run");
   out = minrt_output(m, 0);
   nop = minrt_output(m, 1);
   wt = minrt_output(m, 2);
