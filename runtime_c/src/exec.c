@@ -128,7 +128,8 @@ int minrt_input_index(const minrt *m, const char *name, size_t len) {
 int minrt_set_input(minrt *m, int i, const void *data, size_t nbytes) {
   const DLTensor *t = minrt_input(m, i);
   if (!t || nbytes != ((const minrt_entry *)(const void *)t)->nbytes)
-    return minrt_fail(m->err, M_INPUT_SIZE, i, 0, 0);
+    /* i may be minrt_input_index's error: returned as is, its message kept */
+    return i == MINRT_E_ARG ? i : minrt_fail(m->err, M_INPUT_SIZE, i, 0, 0);
   memcpy(t->data, data, nbytes);
   return 0;
 }

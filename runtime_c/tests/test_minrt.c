@@ -118,6 +118,10 @@ static void test_good(void) {
   CHECK(minrt_run(m) == 0, "second run: %s", err.msg);
   /* outside a run there is no workspace: the arena of the last run is not handed out */
   CHECK(TVMBackendAllocWorkspace(1, 0, 16, 2, 32) == NULL, "workspace given outside a run");
+  /* the documented idiom keeps minrt_input_index's message */
+  CHECK(minrt_set_input(m, minrt_input_index(m, "nope", 4), x, sizeof x) == MINRT_E_ARG &&
+            strstr(err.msg, "unknown 'nope'"),
+        "set_input(input_index) message: %s", err.msg);
   out = minrt_output(m, 0);
   nop = minrt_output(m, 1);
   wt = minrt_output(m, 2);
