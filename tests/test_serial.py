@@ -442,6 +442,14 @@ def test_runner_error_comes_back_as_runner_error(model: Model) -> None:
         relay.close()
 
 
+def test_run_model_documents_the_errors_it_raises() -> None:
+    """The farm retries a DeviceError on another device, never a RunnerError: run_model's
+    contract names the class the code raises for a runner's refusal (the test above)."""
+    doc = " ".join(SerialTransport.run_model.__doc__.split())
+    assert "Raises RunnerError when the runner answers with an error" in doc, doc
+    assert "DeviceError on a runner error" not in doc, doc
+
+
 def raw_exchange(port, dec: frames.Decoder, frame: Frame, timeout: float = 5.0) -> Frame:
     """Send one request on a pyserial port and return the device's answer to it."""
     port.write(frames.encode(frame))
