@@ -180,7 +180,7 @@ class QemuFirmware(FirmwareTransport):
 
     def shutdown(self) -> None:
         if self._line is not None:
-            self._line._port.close()  # not close(): that would type `stty echo` at a firmware
+            self._line.close_line()  # not close(): that would type `stty echo` at a firmware
             self._line = None
         if self.proc is not None:
             if self.proc.poll() is None:
@@ -228,7 +228,7 @@ class SerialFirmware(FirmwareTransport):
 
     def close(self) -> None:
         if self._serial is not None:
-            self._serial._port.close()
+            self._serial.close_line()
             self._serial = None
 
 

@@ -365,6 +365,11 @@ class SerialTransport:
             raise DeviceError(f"serial {self.url}: get {remote}: checksum mismatch after transfer")
         Path(local).write_bytes(data)
 
+    def close_line(self) -> None:
+        """Close the serial line and nothing else: no shell's goodbye (work directory removal,
+        `stty echo`), for a line with no shell behind it (a firmware's UART)."""
+        self._port.close()
+
     def close(self) -> None:
         if self._port.is_open:
             if self._private_workdir and self._workdir and self._synced:
