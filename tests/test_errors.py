@@ -208,13 +208,15 @@ def test_ssh_port_out_of_range_and_unreachable_device(tmp_path, mlp):
     assert "cannot connect over SSH" in proc.stdout
 
 
-def test_output_mismatch_exits_1(mlp):
-    # zero tolerance: the device's float sums differ from the references' in the last bits
-    proc = harness("run", "--model", str(mlp), "--target", "x86_64", "--toolchain", "host",
-                   "--iters", "1", "--atol", "0", "--rtol", "0")
+def test_output_mismatch_exits_1(mlp_with_wrong_weights):
+    # the device runs a weight shifted by 1.0: a real mismatch at the default tolerances
+    proc = harness("run", "--model", str(mlp_with_wrong_weights), "--target", "x86_64", "--toolchain", "host",
+                   "--iters", "1", "--json")
     assert "Traceback" not in proc.stderr
     assert proc.returncode == 1, proc.stdout + proc.stderr
-    assert "MISMATCH" in proc.stdout and "0 of 1 model(s) passed" in proc.stdout
+    (result,) = json.loads(proc.stdout)
+    assert not result["passed"] and not result["error"]
+    assert all(c["max_abs_err"] > 0.01 and not c["passed"] for c in result["outputs"]), result["outputs"]
 
 
 def test_a_model_that_does_not_compile_keeps_the_others_json(tmp_path, mlp):
