@@ -538,3 +538,35 @@ def test_symbolic_input_shape_is_named(tmp_path):
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
     with pytest.raises(CompileError, match=r"input 'x' has a non-static dimension 0 \(batch\)"):
         compile_model(path, "x86_64", cache=tmp_path)
+
+
+def _doubling_model(path: Path, elem_type: int) -> Path:
+    """y = x + x on 4 elements of one ONNX element type."""
+    graph = helper.make_graph([helper.make_node("Add", ["x", "x"], ["y"])], "double",
+                              [helper.make_tensor_value_info("x", elem_type, [4])],
+                              [helper.make_tensor_value_info("y", elem_type, [4])])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    return path
+
+
+def test_a_dtype_minrt_does_not_load_is_refused_at_compile(tmp_path):
+    """bfloat16 used to compile, and minrt refused the graph at load (bad dtype)."""
+    path = _doubling_model(tmp_path / "bf16.onnx", TensorProto.BFLOAT16)
+    with pytest.raises(CompileError, match=r"bf16\.onnx: input 'x': dtype 'bfloat16' is not one minrt loads"):
+        compile_model(path, "x86_64", cache=tmp_path)
+    assert not (tmp_path / "artifacts").exists() or not any((tmp_path / "artifacts").iterdir())
+
+
+def test_uint64_runs_end_to_end(tmp_path, monkeypatch):
+    """minrt loads uint64, and so does every file on the way (the inputs and outputs files
+    used to refuse it after compile and build); values above 2**53 come back exact."""
+    from harness.run import run_on_target
+
+    monkeypatch.setenv("MINRT_CACHE", str(tmp_path / "cache"))
+    path = _doubling_model(tmp_path / "u64.onnx", TensorProto.UINT64)
+    x = np.array([2**60 + 1, 2**53 + 1, 3, 0], dtype=np.uint64)
+    np.save(tmp_path / "x.npy", x)
+    result = run_on_target(path, load_target("x86_64"), toolchain="host", iters=1,
+                           input_files={"x": tmp_path / "x.npy"})
+    assert result.passed, result.error
+    assert {o["dtype"] for o in result.outputs} == {"uint64"} and all(o["max_abs_err"] == 0 for o in result.outputs)

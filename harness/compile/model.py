@@ -28,7 +28,7 @@ from harness.formats.signatures import SIGNATURES_C, write_signatures
 from harness.config.targets import Target, load_target, tvm_target as tvm_target_of
 from harness.compile.onnx_import import (apply_input_shapes, graph_inputs, import_onnx, load_onnx, lower_relax,
                                         reraise_interrupt)
-from harness.compile.graph import inplace_pairs, walk_main
+from harness.compile.graph import check_dtypes, inplace_pairs, walk_main
 from harness.compile.native_log import native_stderr_to_log
 from harness.compile.plan import graph_json, plan_storage, storage_summary
 from harness.compile.kernels import SYSTEM_LIB_PREFIX, compile_kernels, kernel_target, schedule_model_kernels
@@ -112,6 +112,7 @@ def _compile_model(onnx_path: Path, target: Target, cache: Path | None, system_l
 
     inputs = [value.name for value in graph_inputs(model)]
     graph = walk_main(lowered, inputs, str(onnx_path), op_types=[n.op_type for n in model.graph.node])
+    check_dtypes(graph, str(onnx_path))  # before the kernels: minrt would refuse the graph at load
     schedule_started = time.monotonic()
     ktarget = kernel_target(target)
     kernels, schedules = schedule_model_kernels(graph.kernels, ktarget, target, cache)

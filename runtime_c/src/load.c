@@ -202,7 +202,8 @@ static int parse_nodes(loader *ldr) {
 
 /* dtype names, in the order of their DLPack {code, bits}: code = index / 4 (0 int, 1 uint,
  * 2 float, 3 bool written as TVM 0.27 does: code 6), bits = 8 << index % 4. "\1" (a control
- * character, never in a JSON string) holds float8's place. */
+ * character, never in a JSON string) holds float8's place. The harness's table is
+ * harness/formats/dtypes.py; tests/test_runtime_c.py holds it against this one. */
 static const char dtype_names[] = "int8\0int16\0int32\0int64\0uint8\0uint16\0uint32\0uint64\0"
                                   "\1\0float16\0float32\0float64\0bool\0";
 
