@@ -237,3 +237,22 @@ def test_run_help_documents_the_exit_codes():
     for line in ("0    every output", "1    an output did not match", "2    bad input",
                  "3    infrastructure", "130  interrupted"):
         assert line in out, out
+
+
+@pytest.mark.parametrize("action", ["status", "down"])
+@pytest.mark.parametrize("name, instance, needle", [
+    ("../../x", "0", "unknown board '../../x'"),
+    ("qemu-virt-armv7", "../../y", "board instance name '../../y'"),
+    ("qemu-virt-armv7", "..", "board instance name '..'"),
+])
+def test_board_names_that_would_leave_the_cache_are_refused(tmp_path, action, name, instance, needle):
+    """`harness board ... --name/--instance` become a path under the cache: anything that is not
+    a known board or a plain instance name is bad input (exit 2), and nothing is written
+    anywhere, inside the cache or beside it."""
+    root = tmp_path / "root"
+    cache = root / "a" / "b" / "cache"
+    cache.mkdir(parents=True)
+    proc = harness("board", action, "--name", name, "--instance", instance, env={"MINRT_CACHE": str(cache)})
+    assert_one_line_error(proc, 2, needle)
+    written = sorted(str(p.relative_to(root)) for p in root.rglob("*") if not p.name.startswith(".probe"))
+    assert written == ["a", "a/b", "a/b/cache"], written
