@@ -570,3 +570,36 @@ def test_uint64_runs_end_to_end(tmp_path, monkeypatch):
                            input_files={"x": tmp_path / "x.npy"})
     assert result.passed, result.error
     assert {o["dtype"] for o in result.outputs} == {"uint64"} and all(o["max_abs_err"] == 0 for o in result.outputs)
+
+
+def test_a_damaged_cached_artifact_and_runner_are_rebuilt(example_models, tmp_path, caplog):
+    """A cache entry whose file was truncated (a full disk, a crash) or edited is noticed by its
+    checksums on the next use and rebuilt, instead of failing every later run until someone
+    deletes the cache by hand."""
+    from harness.build.runner import build_runner
+    from harness.build.toolchain import HostToolchain
+    from harness.cache import SEAL, seal_broken
+
+    cache = tmp_path / "cache"
+    target = load_target("x86_64")
+    artifact = compile_model(example_models["mlp"], target, cache=cache)
+    assert seal_broken(artifact.dir) is None and (artifact.dir / SEAL).is_file()
+    good_params = artifact.params_bin.read_bytes()
+    artifact.params_bin.write_bytes(good_params[: len(good_params) // 2])  # truncated
+    assert seal_broken(artifact.dir) == "params.bin does not match its checksum"
+    with caplog.at_level(logging.WARNING):
+        again = compile_model(example_models["mlp"], target, cache=cache)
+    assert again.dir == artifact.dir and again.params_bin.read_bytes() == good_params
+    assert "params.bin does not match its checksum" in caplog.text
+
+    runner = build_runner(target, again, HostToolchain())
+    good_runner = runner.read_bytes()
+    runner.write_bytes(good_runner[:100])
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        rebuilt = build_runner(target, again, HostToolchain())
+    assert rebuilt == runner and rebuilt.read_bytes() == good_runner
+    assert "minrt-run does not match its checksum" in caplog.text
+    (runner.parent / SEAL).unlink()  # an entry from before seals: rebuilt too
+    assert seal_broken(runner.parent) == f"no readable {SEAL}"
+    assert build_runner(target, again, HostToolchain()).read_bytes() == good_runner

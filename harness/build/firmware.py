@@ -29,7 +29,7 @@ import numpy as np
 
 from harness import REPO_ROOT
 from harness.formats import tensorfile
-from harness.cache import cache_dir, content_hash
+from harness.cache import cache_dir, content_hash, seal, seal_broken
 from harness.errors import BuildError
 from harness.build.size import minrt_texts
 from harness.config.targets import Target
@@ -365,7 +365,11 @@ def build_firmware(target: Target, models: Sequence[FirmwareModel], toolchain: T
                   sigs.read_bytes() if sigs is not None else b""]
     out = cache_dir() / "firmware" / content_hash(parts)
     manifest = out / MANIFEST
-    if manifest.is_file():
+    broken = seal_broken(out) if manifest.is_file() else "not built"
+    if broken is not None and manifest.is_file():
+        log.warning("relinking: cached firmware %s is unusable (%s)", out, broken)
+        shutil.rmtree(out, ignore_errors=True)
+    if broken is None:
         data = json.loads(manifest.read_text())
         log.info("firmware for %s on %s: cached %s", ", ".join(names), target.name, out)
         return Firmware(elf=out / FIRMWARE_ELF, target=data["target"], models=data["models"],
@@ -390,8 +394,9 @@ def build_firmware(target: Target, models: Sequence[FirmwareModel], toolchain: T
                  "graph_sha256": hashlib.sha256(m.artifact.graph_json.read_bytes()).hexdigest(),
                  "params_sha256": hashlib.sha256(m.artifact.params_bin.read_bytes()).hexdigest()}
                 for m in models]
-        fw = Firmware(elf=elf, target=target.name, models=info, arena_bytes=arena, footprint=footprint)
+        fw = Firmware(elf=out / FIRMWARE_ELF, target=target.name, models=info, arena_bytes=arena, footprint=footprint)
         (tmp / MANIFEST).write_text(json.dumps(fw.to_dict(), indent=2) + "\n")
+        seal(tmp, [MANIFEST, FIRMWARE_ELF])
         try:
             tmp.rename(out)
         except OSError:

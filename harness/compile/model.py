@@ -22,7 +22,7 @@ from typing import Any, Mapping, Sequence
 
 from harness.formats import tensorfile
 from harness.formats.artifact import GRAPH_JSON, KERNELS_OBJ, METADATA_JSON, NOP, PARAMS_BIN, Artifact
-from harness.cache import cache_dir, cache_error, content_hash
+from harness.cache import cache_dir, cache_error, content_hash, seal, seal_broken
 from harness.errors import CompileError
 from harness.formats.signatures import SIGNATURES_C, write_signatures
 from harness.config.targets import Target, load_target, tvm_target as tvm_target_of
@@ -89,11 +89,14 @@ def _compile_model(onnx_path: Path, target: Target, cache: Path | None, system_l
     out_dir = root / key
     if out_dir.is_dir():
         try:
+            broken = seal_broken(out_dir)
+            if broken:
+                raise CompileError(broken)
             artifact = Artifact.open(out_dir)
             log.info("compile %s for %s: cached artifact %s", model_name, target.name, out_dir)
             return artifact
         except CompileError as exc:
-            log.warning("recompiling: cached artifact is unusable (%s)", exc)
+            log.warning("recompiling: cached artifact %s is unusable (%s)", out_dir, exc)
             shutil.rmtree(out_dir, ignore_errors=True)
 
     import tvm
@@ -168,6 +171,7 @@ def _compile_model(onnx_path: Path, target: Target, cache: Path | None, system_l
             "compile_seconds": round(time.monotonic() - started, 3),
         }
         (tmp / METADATA_JSON).write_text(json.dumps(metadata, indent=2) + "\n")
+        seal(tmp, [p.name for p in tmp.iterdir()])
         try:
             tmp.rename(out_dir)
         except OSError:  # another process finished the same artifact first
