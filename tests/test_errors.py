@@ -256,3 +256,24 @@ def test_board_names_that_would_leave_the_cache_are_refused(tmp_path, action, na
     assert_one_line_error(proc, 2, needle)
     written = sorted(str(p.relative_to(root)) for p in root.rglob("*") if not p.name.startswith(".probe"))
     assert written == ["a", "a/b", "a/b/cache"], written
+
+
+def _one_input_model(path: Path, dims: list, nodes: bool = True) -> Path:
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, dims)
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, dims)
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])] if nodes else [], "g", [x], [y])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    return path
+
+
+@pytest.mark.parametrize("dims, nodes, needle", [
+    ([1, 4], False, "the ONNX graph has no nodes: there is nothing to compile"),
+    ([1, 0], True, "input 'x' has dimension 1 of size 0 in shape [1,0]: an empty tensor"),
+    ([1, 1 << 31], True, "input 'x' has dimension 1 of size 2147483648, more than minrt's largest (2,147,483,647)"),
+])
+def test_models_minrt_cannot_run_are_named_for_what_they_are(tmp_path, dims, nodes, needle):
+    """An empty graph is a valid ONNX model (not 'not an ONNX model'), a 0 dimension is static
+    but empty (not 'non-static'), a 2^31 dimension is too large (not an internal error)."""
+    model = _one_input_model(tmp_path / "m.onnx", dims, nodes)
+    proc = harness("compile", str(model), "--target", "x86_64", env={"MINRT_CACHE": str(tmp_path / "cache")})
+    assert_one_line_error(proc, 2, needle)

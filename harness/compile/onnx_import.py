@@ -32,10 +32,10 @@ def load_onnx(path: Path) -> tuple[Any, bytes]:
     except (DecodeError, ValueError, RuntimeError) as exc:
         raise CompileError(f"{path}: not an ONNX model (protobuf does not parse: {exc})") from None
     # Protobuf accepts many byte strings (even empty ones) as a message with no fields.
-    if model.ir_version == 0 or not model.HasField("graph") or not model.graph.node:
-        raise CompileError(
-            f"{path}: not an ONNX model (no ir_version or no graph nodes in {len(data)} bytes)"
-        )
+    if model.ir_version == 0 or not model.HasField("graph"):
+        raise CompileError(f"{path}: not an ONNX model (no ir_version or no graph in {len(data)} bytes)")
+    if not model.graph.node:
+        raise CompileError(f"{path}: the ONNX graph has no nodes: there is nothing to compile")
     try:
         onnx.checker.check_model(model)
     except onnx.checker.ValidationError as exc:
@@ -50,8 +50,12 @@ def graph_inputs(model: Any) -> list[Any]:
     return [i for i in model.graph.input if i.name not in initializers]
 
 
+#: The largest dimension minrt takes: it keeps dimensions and element counts below 2^31.
+MAX_DIM = (1 << 31) - 1
+
+
 def _shape_text(value: Any) -> str:
-    return "[" + ",".join(str(d.dim_value) if d.HasField("dim_value") and d.dim_value > 0
+    return "[" + ",".join(str(d.dim_value) if d.HasField("dim_value") and d.dim_value >= 0
                           else (d.dim_param or "?") for d in value.type.tensor_type.shape.dim) + "]"
 
 
@@ -59,7 +63,13 @@ def _check_static_shapes(model: Any, path: Path) -> None:
     for value in graph_inputs(model):
         dims = value.type.tensor_type.shape.dim
         for axis, dim in enumerate(dims):
-            if not dim.HasField("dim_value") or dim.dim_value <= 0:
+            if dim.HasField("dim_value") and dim.dim_value == 0:
+                raise CompileError(f"{path}: input '{value.name}' has dimension {axis} of size 0 in shape "
+                                   f"{_shape_text(value)}: an empty tensor, which minrt does not run")
+            if dim.HasField("dim_value") and dim.dim_value > MAX_DIM:
+                raise CompileError(f"{path}: input '{value.name}' has dimension {axis} of size {dim.dim_value}, "
+                                   f"more than minrt's largest ({MAX_DIM:,})")
+            if not dim.HasField("dim_value") or dim.dim_value < 0:
                 what = dim.dim_param or "unknown"
                 example = ",".join(str(d.dim_value) if d.HasField("dim_value") and d.dim_value > 0 else "1"
                                    for d in dims)
