@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass
 from urllib.parse import urlparse
 
 from harness.config.targets import Target
+from harness.errors import TargetError
 from harness.transport import transport_kind
 
 #: seconds a TCP probe of a device address may take
@@ -54,14 +55,13 @@ def _device_problem(target: Target, address: str | None) -> str | None:
     opts = target.transport.options
     kind = target.transport.kind
     if kind == "ssh":
-        host = address or opts.get("host")
-        port = int(opts.get("port", 22))
-        if address and ":" in address.rpartition("@")[2]:
-            host, _, text = address.rpartition("@")[2].rpartition(":")
-            port = int(text) if text.isdigit() else port
-        elif address:
-            host = address.rpartition("@")[2]
-        return _tcp_answers(str(host), port)
+        from harness.transport.ssh import split_address
+
+        try:
+            _, host, port = split_address(str(address or opts.get("host")), "root")
+        except TargetError as exc:
+            return str(exc)
+        return _tcp_answers(host, port or int(opts.get("port", 22)))
     url = address or opts.get("url")
     if url is None:
         return None
