@@ -84,6 +84,17 @@ def test_unknown_mcpu_is_refused_before_compiling(tmp_path, mlp):
     assert not (cache / "artifacts").exists()
 
 
+def test_unknown_mattr_feature_is_refused_before_compiling(tmp_path, mlp):
+    # LLVM prints "'+avx9' is not a recognized feature" once per kernel and compiles without it.
+    path = target_file(tmp_path, "badattr", 'kind = "llvm"\nmtriple = "x86_64-linux-gnu"\nmcpu = "haswell"\n'
+                                             'mattr = ["+avx2", "+avx9"]')
+    cache = tmp_path / "cache"
+    proc = harness("compile", str(mlp), "--target", str(path), env={"MINRT_CACHE": str(cache)})
+    last = assert_one_line_error(proc, 2, "tvm.mattr", "'+avx9'")
+    assert "'+avx2'" not in last  # a feature LLVM knows is not named
+    assert not (cache / "artifacts").exists()
+
+
 def test_unknown_mtriple_architecture_is_refused(tmp_path, mlp):
     path = target_file(tmp_path, "badarch", 'kind = "llvm"\nmtriple = "vax-dec-ultrix"')
     proc = harness("compile", str(mlp), "--target", str(path))

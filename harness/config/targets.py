@@ -180,6 +180,17 @@ def tvm_target(target: Target) -> Any:
     if cpu is not None and not codegen.llvm_is_valid_cpu(cpu, triple or codegen.llvm_get_system_triple()):
         raise TargetError(f"{target.path}: key 'tvm.mcpu' = '{cpu}' is not a cpu LLVM knows for "
                           f"{triple or 'this host'}")
+    # LLVM only warns about an unknown feature (once per kernel) and compiles without it. A
+    # feature it knows and enables shows in the cpu's feature set; '-feature' cannot be checked
+    # that way, so only '+feature' is.
+    wanted = [f[1:] for f in target.tvm_target.get("mattr", []) if isinstance(f, str) and f.startswith("+")]
+    if wanted:
+        enabled = codegen.llvm_get_cpu_features(result)
+        unknown = [f for f in wanted if f not in enabled]
+        if unknown:
+            raise TargetError(f"{target.path}: key 'tvm.mattr' has " + ", ".join(f"'+{f}'" for f in unknown)
+                              + f", not a feature LLVM knows for {triple or 'this host'}"
+                              + (f" (cpu {cpu})" if cpu else ""))
     return result
 
 
