@@ -285,6 +285,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     models = resolve_models(args.model, default="all")
     if shapes and len(models) != 1:
         raise HarnessError("--input-shape needs exactly one model")
+    # the store is opened first: a path that is no store is said before minutes of benchmarking
+    store = None if args.no_store else ResultStore(Path(args.results) if args.results else default_store_path())
     report = bench_models(models, target, toolchain=args.toolchain, rounds=args.rounds, iters=args.iters,
                           transport=args.transport, input_shapes=shapes or None)
     if args.json:
@@ -293,8 +295,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
                           "models": [m.to_dict() for m in report.models]}, indent=2))
     else:
         print(report.table())
-    if not args.no_store:
-        store = ResultStore(Path(args.results) if args.results else default_store_path())
+    if store is not None:
         record_bench(store, [m.to_dict() for m in report.models], commit=git_commit(), batch=args.batch)
     return 0 if all(m.error is None for m in report.models) else 1
 
@@ -322,7 +323,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trust-on-first-use", action="store_true",
                    help="SSH: record an unknown host key instead of refusing it (a changed key is always refused)")
     opts.add_iters(p)
-    p.add_argument("--seed", type=int, default=0, help="seed of the random inputs (default 0)")
+    p.add_argument("--seed", type=opts.seed, default=0, help="seed of the random inputs (default 0)")
     p.add_argument("--input", action="append", default=[], metavar="NAME=FILE.npy",
                    help="an input from a .npy file (repeatable; default: seeded random inputs)")
     opts.add_input_shapes(p)
@@ -406,7 +407,7 @@ def build_parser() -> argparse.ArgumentParser:
     opts.add_target(p)
     p.add_argument("--rounds", type=opts.positive_int, default=5,
                    help="alternating rounds of minrt and onnxruntime per model (default 5)")
-    p.add_argument("--iters", type=opts.positive_int, default=20, help="inferences per round and runtime (default 20)")
+    p.add_argument("--iters", type=opts.iterations, default=20, help="inferences per round and runtime (default 20)")
     opts.add_toolchain(p)
     opts.add_transport(p, host=False)
     opts.add_input_shapes(p)

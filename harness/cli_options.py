@@ -49,6 +49,30 @@ def positive_int(text: str) -> int:
     return value
 
 
+#: The most inferences one request asks of a device: the firmware refuses more, and a count
+#: beyond it would run for hours on a microcontroller anyway.
+MAX_ITERS = 1_000_000
+
+
+def iterations(text: str) -> int:
+    """An argparse type: inferences per run, 1 to MAX_ITERS."""
+    value = positive_int(text)
+    if value > MAX_ITERS:
+        raise argparse.ArgumentTypeError(f"must be at most {MAX_ITERS:,}, got {value:,}")
+    return value
+
+
+def seed(text: str) -> int:
+    """An argparse type: a random seed numpy takes, 0 to 2**32 - 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not an integer") from None
+    if not 0 <= value < 1 << 32:
+        raise argparse.ArgumentTypeError(f"must be 0 to {(1 << 32) - 1}, got {value}")
+    return value
+
+
 def nonnegative_float(text: str) -> float:
     """An argparse type: a finite number >= 0 (a tolerance)."""
     try:
@@ -122,7 +146,7 @@ def add_input_shapes(p: argparse.ArgumentParser) -> None:
 
 
 def add_iters(p: argparse.ArgumentParser, default: int = 10) -> None:
-    p.add_argument("--iters", type=positive_int, default=default,
+    p.add_argument("--iters", type=iterations, default=default,
                    help=f"inferences per run on the device, timed by the runner (default {default})")
 
 

@@ -288,3 +288,57 @@ def test_models_minrt_cannot_run_are_named_for_what_they_are(tmp_path, dims, nod
     model = _one_input_model(tmp_path / "m.onnx", dims, nodes)
     proc = harness("compile", str(model), "--target", "x86_64", env={"MINRT_CACHE": str(tmp_path / "cache")})
     assert_one_line_error(proc, 2, needle)
+
+
+@pytest.mark.parametrize("content, needle", [
+    (b'name = "t"\n\xff\xfe = 1\n', "not UTF-8 text (byte 11 is 0xff)"),
+    (b"a = " + b"[" * 100_000 + b"]" * 100_000 + b"\n", "nested too deeply"),
+])
+def test_a_target_or_inventory_that_is_no_toml_is_bad_input(tmp_path, mlp, content, needle):
+    """Invalid UTF-8 and 100,000-deep nesting were internal errors (exit 3)."""
+    bad = tmp_path / "t.toml"
+    bad.write_bytes(content)
+    proc = harness("compile", str(mlp), "--target", str(bad))
+    assert_one_line_error(proc, 2, str(bad), needle)
+    proc = harness("farm", "run", "--inventory", str(bad), "--model", str(mlp), "--out", str(tmp_path / "farm"))
+    assert_one_line_error(proc, 2, str(bad), needle)
+
+
+def test_an_inventory_device_that_is_not_a_table_is_bad_input(tmp_path, mlp):
+    inventory = tmp_path / "inv.toml"
+    inventory.write_text("devices = [1, 2]\n")
+    proc = harness("farm", "run", "--inventory", str(inventory), "--model", str(mlp), "--out", str(tmp_path / "farm"))
+    assert_one_line_error(proc, 2, f"{inventory}: devices[0]: must be a [[devices]] table, got int 1")
+
+
+@pytest.mark.parametrize("option, value, needle", [
+    ("--seed", "-1", "argument --seed: must be 0 to 4294967295, got -1"),
+    ("--iters", "3000000000", "argument --iters: must be at most 1,000,000, got 3,000,000,000"),
+])
+def test_counts_out_of_range_are_refused_by_the_parser(mlp, option, value, needle):
+    proc = harness("run", "--model", str(mlp), "--target", "x86_64", "--toolchain", "host", option, value)
+    assert "Traceback" not in proc.stderr and proc.returncode == 2, proc.stderr
+    assert needle in proc.stderr
+
+
+@pytest.mark.parametrize("kind", ["garbage", "truncated", "directory"])
+def test_a_results_path_that_is_no_store_is_bad_input_before_any_work(tmp_path, mlp, kind):
+    from harness.results.store import ResultStore
+
+    store = tmp_path / "store.sqlite"
+    if kind == "garbage":
+        store.write_bytes(b"this is not a database\n" * 100)
+    elif kind == "truncated":
+        ResultStore(store).record({"model": "m", "target": "x86_64", "passed": True}, batch="b")
+        store.write_bytes(store.read_bytes()[:700])
+        for side in ("-wal", "-shm"):
+            Path(f"{store}{side}").unlink(missing_ok=True)
+    else:
+        store.mkdir()
+    cache = tmp_path / "cache"
+    for args in (["run", "--model", str(mlp), "--target", "x86_64", "--toolchain", "host", "--results", str(store)],
+                 ["results", "list", "--results", str(store)],
+                 ["dashboard", "--results", str(store), "--out", str(tmp_path / "site")]):
+        proc = harness(*args, env={"MINRT_CACHE": str(cache)})
+        assert_one_line_error(proc, 2, f"results store {store}")
+    assert not (cache / "artifacts").exists()  # the run stopped before compiling

@@ -223,14 +223,29 @@ def _transport_options(table: dict[str, Any], path: Path) -> dict[str, Any]:
     return table
 
 
+def parse_toml(data: bytes, src: str) -> dict[str, Any]:
+    """A TOML document (a target file, an inventory) as a dict; anything that is not one is a
+    TargetError naming the file: bytes that are not UTF-8, bad syntax, nesting too deep for the
+    parser (tomllib recurses once per level)."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise TargetError(f"{src}: not UTF-8 text (byte {exc.start} is 0x{data[exc.start]:02x})") from None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise TargetError(f"{src}: not valid TOML: {exc}") from None
+    except RecursionError:
+        raise TargetError(f"{src}: not valid TOML here: arrays or tables nested too deeply") from None
+
+
 def parse_target(path: Path) -> Target:
     """Read and validate one target file; errors name the file, the key and the problem."""
     try:
-        data = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as exc:
-        raise TargetError(f"{path}: not valid TOML: {exc}") from None
+        raw = path.read_bytes()
     except OSError as exc:
         raise TargetError(f"{path}: cannot read: {exc.strerror}") from None
+    data = parse_toml(raw, str(path))
 
     _no_unknown_keys(data, TOP_LEVEL_KEYS, path)
     name = _require(data, "name", str, path)

@@ -9,7 +9,6 @@ the transports (harness.transport) talk to them. Inventories are TOML files
 from __future__ import annotations
 
 import dataclasses
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -95,14 +94,12 @@ def _str_list(table: dict, key: str, where: str) -> tuple[str, ...]:
     return tuple(value)
 
 
-def parse_inventory(text: str, path: Path | None = None) -> Inventory:
+def parse_inventory(text: str | bytes, path: Path | None = None) -> Inventory:
     """Validate an inventory; errors name the file, the device and the key."""
+    from harness.config.targets import parse_toml, target_names
+
     src = str(path or "<inventory>")
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise TargetError(f"{src}: not valid TOML: {exc}") from None
-    from harness.config.targets import target_names
+    data = parse_toml(text.encode() if isinstance(text, str) else text, src)
 
     known_targets = set(target_names())
     tables = data.get("devices")
@@ -111,6 +108,8 @@ def parse_inventory(text: str, path: Path | None = None) -> Inventory:
     devices, seen = [], set()
     for i, table in enumerate(tables):
         where = f"{src}: devices[{i}]"
+        if not isinstance(table, dict):
+            raise TargetError(f"{where}: must be a [[devices]] table, got {type(table).__name__} {table!r:.40}")
         name = _field(table, "name", str, where, required=True)
         where = f"{src}: device '{name}'"
         if name in seen:
@@ -165,7 +164,7 @@ def parse_inventory(text: str, path: Path | None = None) -> Inventory:
 def load_inventory(path: Path | str) -> Inventory:
     path = Path(path)
     try:
-        text = path.read_text()
+        text = path.read_bytes()
     except OSError as exc:
         raise TargetError(f"{path}: cannot read the inventory: {exc.strerror}") from None
     return parse_inventory(text, path)

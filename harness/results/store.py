@@ -213,19 +213,28 @@ class ResultStore:
     """The SQLite file at `path` (created with its schema on first use)."""
 
     def __init__(self, path: Path | str):
+        """Open (or create) the store; a path that is not one (a directory, another file, a
+        truncated database) is a HarnessError naming it, before any work is done."""
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self._connect() as db:
-            db.execute("PRAGMA journal_mode=WAL")
-            db.executescript(_SCHEMA)
-            have = {r["name"] for r in db.execute("PRAGMA table_info(runs)")}
-            for col, kind in LATER_COLUMNS.items():
-                if col not in have:
-                    try:
-                        db.execute(f"ALTER TABLE runs ADD COLUMN {col} {kind}")
-                    except sqlite3.OperationalError as exc:  # another process added it first
-                        if "duplicate column" not in str(exc):
-                            raise
+        if self.path.is_dir():
+            raise HarnessError(f"results store {self.path}: is a directory; give a file path (e.g. {self.path / 'results.sqlite'})")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with self._connect() as db:
+                db.execute("PRAGMA journal_mode=WAL")
+                db.executescript(_SCHEMA)
+                have = {r["name"] for r in db.execute("PRAGMA table_info(runs)")}
+                for col, kind in LATER_COLUMNS.items():
+                    if col not in have:
+                        try:
+                            db.execute(f"ALTER TABLE runs ADD COLUMN {col} {kind}")
+                        except sqlite3.OperationalError as exc:  # another process added it first
+                            if "duplicate column" not in str(exc):
+                                raise
+        except sqlite3.DatabaseError as exc:
+            raise HarnessError(f"results store {self.path}: not a results store (SQLite: {exc})") from None
+        except OSError as exc:
+            raise HarnessError(f"results store {self.path}: cannot create it: {exc.strerror or exc}") from None
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
