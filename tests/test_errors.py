@@ -342,3 +342,24 @@ def test_a_results_path_that_is_no_store_is_bad_input_before_any_work(tmp_path, 
         proc = harness(*args, env={"MINRT_CACHE": str(cache)})
         assert_one_line_error(proc, 2, f"results store {store}")
     assert not (cache / "artifacts").exists()  # the run stopped before compiling
+
+
+@pytest.mark.parametrize("device, health, needle", [
+    ('name = "h"\ntarget = "x86_64"\n', "[health]\ntimeout = nan\n", "key 'health.timeout' must be a number of seconds > 0, got nan"),
+    ('name = "h"\ntarget = "x86_64"\noptions = { bogus = 1 }\n', "",
+     "device 'h': unknown key 'options.bogus' for transport 'local'"),
+    ('name = "h"\ntarget = "rpi"\noptions = { port = "22" }\n', "", "device 'h': key 'options.port' must be an integer, got str"),
+    ('name = "h"\ntarget = "x86_64"\ntransport = "telnet"\n', "", "device 'h': transport 'telnet' is not supported"),
+    ('name = "' + "d" * 300 + '"\ntarget = "x86_64"\n', "", "devices[0]: key 'name' is 300 characters, more than 64"),
+    ('name = "h"\ntarget = "/nonexistent/x.toml"\n', "", "device 'h': unknown target '/nonexistent/x.toml'"),
+])
+def test_inventory_mistakes_are_bad_input_not_device_failures(tmp_path, mlp, device, health, needle):
+    """Each of these ran into the farm, failed the device's health checks (a traceback from a
+    worker thread for some) and could quarantine the device's name; they are read errors now."""
+    inventory = tmp_path / "inv.toml"
+    inventory.write_text(health + "[[devices]]\n" + device)
+    cache = tmp_path / "cache"
+    proc = harness("farm", "run", "--inventory", str(inventory), "--model", str(mlp), "--out", str(tmp_path / "farm"),
+                   env={"MINRT_CACHE": str(cache)})
+    assert_one_line_error(proc, 2, str(inventory), needle)
+    assert not (cache / "results.sqlite").exists()  # no job, no health record, no quarantine

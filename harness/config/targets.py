@@ -10,7 +10,7 @@ from __future__ import annotations
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 from harness import REPO_ROOT, missing_source
 from harness.errors import TargetError
@@ -199,27 +199,35 @@ def _type_names(kind: type | tuple[type, ...]) -> str:
     return " or ".join({str: "a string", int: "an integer", bool: "true/false"}.get(k, k.__name__) for k in kinds)
 
 
-def _transport_options(table: dict[str, Any], path: Path) -> dict[str, Any]:
-    """[transport]: `kind` names a registered transport; every other key must be one of its
-    options (or the board's, for kinds that reach the emulated board), of the right type."""
+def check_transport_options(kind: str, options: Mapping[str, Any], where: str, section: str) -> None:
+    """Every option must be one of transport `kind`'s (or the board's, for kinds that reach the
+    emulated board), of the right type; errors name `where` and the key as `section.key`. Used
+    for a target's [transport] table and an inventory device's options."""
     from harness.transport import BOARD_OPTIONS, transport_kinds
 
-    kind = _require(table, "kind", str, path, "transport")
     kinds = transport_kinds()
     if kind not in kinds:
-        raise TargetError(f"{path}: key 'transport.kind' must be one of {', '.join(sorted(kinds))}, got '{kind}'")
+        raise TargetError(f"{where}: transport '{kind}' is not supported (known: {', '.join(sorted(kinds))})")
     allowed = dict(kinds[kind].options)
     if kinds[kind].board:
         allowed.update(BOARD_OPTIONS)
-    for key, value in table.items():
-        if key == "kind":
-            continue
+    for key, value in options.items():
         if key not in allowed:
-            raise TargetError(f"{path}: unknown key 'transport.{key}' for transport '{kind}' "
+            raise TargetError(f"{where}: unknown key '{section}.{key}' for transport '{kind}' "
                               f"(allowed: {', '.join(sorted(allowed)) or 'none'})")
         want = allowed[key]
         if not isinstance(value, want) or (isinstance(value, bool) and bool not in (want if isinstance(want, tuple) else (want,))):
-            raise TargetError(f"{path}: key 'transport.{key}' must be {_type_names(want)}, got {type(value).__name__}")
+            raise TargetError(f"{where}: key '{section}.{key}' must be {_type_names(want)}, got {type(value).__name__}")
+
+
+def _transport_options(table: dict[str, Any], path: Path) -> dict[str, Any]:
+    """[transport]: `kind` names a registered transport and the other keys are its options."""
+    from harness.transport import transport_kinds
+
+    kind = _require(table, "kind", str, path, "transport")
+    if kind not in transport_kinds():
+        raise TargetError(f"{path}: key 'transport.kind' must be one of {', '.join(sorted(transport_kinds()))}, got '{kind}'")
+    check_transport_options(kind, {k: v for k, v in table.items() if k != "kind"}, str(path), "transport")
     return table
 
 
