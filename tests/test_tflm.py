@@ -227,3 +227,14 @@ def test_tflm_end_to_end_when_sources_are_given(tmp_path: Path):
     assert row.tflm.flash["framework"] > 0 and row.tflm.flash["kernels"] > 0 and row.tflm.flash["rest"] >= 0
     assert row.tflm.ram["arena"] > 0
     assert row.minrt.instructions or row.minrt.note
+
+
+def test_the_dashboard_charts_minrt_over_tflm(tmp_path: Path):
+    from harness.results.dashboard import render_dashboard
+
+    store = ResultStore(tmp_path / "results.sqlite")
+    record_versus(store, _report().store_rows(), commit="abc", batch="b1")
+    page = render_dashboard(store)
+    assert 'id="versus"' in page and "cortex-m4-qemu: minrt / TFLM, emulated instructions per inference" in page
+    assert "mlperf-kws @ b1: 75.0%" in page  # the point: minrt at 75% of TFLM's instructions
+    assert "minrt cannot run this model yet" in page
