@@ -91,7 +91,9 @@ class Side:
     """One runtime's figures for one model on one target; `note` says why a figure is missing."""
 
     instructions: int | None = None  # per inference (device targets)
-    flash: dict[str, int] = field(default_factory=dict)  # by part, with "total" and "no_weights"
+    #: by part, with "total" and "no_weights": the image without the weights (and, for TFLM, without
+    #: the benchmark's sample input, which minrt's firmware receives over the UART instead)
+    flash: dict[str, int] = field(default_factory=dict)
     ram: dict[str, int] = field(default_factory=dict)  # "arena", "static", "total"
     output_check: str | None = None  # agreement with TFLM's host interpreter
     note: str | None = None
@@ -179,6 +181,9 @@ def _n(v: int | float | None, fmt: str = ",") -> str:
 def format_report(report: VersusReport) -> str:
     short = ", ".join(f"{k} {v[:12]}" for k, v in report.sources.items())
     lines = [f"TFLite Micro side by side (sources: {short})", "",
+             "instr/inf: emulated instructions per inference (QEMU -icount on Cortex-M, exact count under "
+             "qemu-user on ARMv7); flash-w: image without weights (nor TFLM's sample input); "
+             "RAM: arena used + static data", "",
              f"{'model':<17} {'target':<15} {'TFLM instr/inf':>15} {'minrt instr/inf':>15} {'ratio':>6}  "
              f"{'TFLM flash-w':>12} {'minrt flash-w':>13} {'ratio':>6}  {'TFLM RAM':>9} {'minrt RAM':>9} {'ratio':>6}  "
              "TFLM vs host"]
@@ -203,12 +208,13 @@ def format_report(report: VersusReport) -> str:
     flash_rows = [r for r in report.rows if r.tflm.flash]
     if flash_rows:
         lines += ["", f"{'TFLM flash by part':<33} {'framework':>9} {'kernels':>8} {'weights':>8} {'graph':>7} "
-                      f"{'rest':>7} {'total':>8}   {'arena used':>10} {'static':>7}"]
+                      f"{'rest':>7} {'sample':>7} {'total':>9}   {'arena used':>10} {'static':>7}"]
         for r in flash_rows:
             f = r.tflm.flash
             lines.append(f"{r.model + ' ' + r.target:<33} {_n(f.get('framework')):>9} {_n(f.get('kernels')):>8} "
                          f"{_n(f.get('weights')):>8} {_n(f.get('graph')):>7} {_n(f.get('rest')):>7} "
-                         f"{_n(f.get('total')):>8}   {_n(r.tflm.ram.get('arena')):>10} {_n(r.tflm.ram.get('static')):>7}")
+                         f"{_n(f.get('sample_input')):>7} {_n(f.get('total')):>9}   {_n(r.tflm.ram.get('arena')):>10} "
+                         f"{_n(r.tflm.ram.get('static')):>7}")
     if report.latency:
         lines += ["", f"x86_64 latency, min us per inference ({report.latency[0].rounds} interleaved rounds "
                       f"of {report.latency[0].iters})",
@@ -306,7 +312,7 @@ def _tflm_firmware(lib: Any, target: Any, model: BenchModel, out_root: Path, ite
     side.instructions = int(counts["min"])
     fp = image.footprint
     side.flash = {k[6:]: v for k, v in fp.items() if k.startswith("flash_")}
-    side.flash["no_weights"] = side.flash["total"] - side.flash["weights"]
+    side.flash["no_weights"] = side.flash["total"] - side.flash["weights"] - side.flash["sample_input"]
     side.ram = {"arena": rep["arena_used"], "static": fp["ram_static"], "total": rep["arena_used"] + fp["ram_static"]}
     side.output_check = compare_outputs(rep["outputs"], host_tflm_outputs(model.tflite, sample))
     log.info("TFLM %s on %s: %s instructions/inference, flash %s B (%s without weights), RAM %s B; vs host: %s",

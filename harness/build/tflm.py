@@ -276,7 +276,8 @@ def build_library(sources: TflmSources, kind_name: str, ops: Sequence[str], jobs
     prepare_downloads(sources, root)
     tflm = sources.dirs["tflite-micro"]
     argv = make_argv(sources, kind, root)
-    done = subprocess.run([*argv[:3], "-n", *argv[3:]], cwd=tflm, capture_output=True, text=True)
+    # -n -B: every compile line, up to date or not (this module decides what to recompile)
+    done = subprocess.run([*argv[:3], "-n", "-B", *argv[3:]], cwd=tflm, capture_output=True, text=True)
     if done.returncode:
         raise BuildError(f"TFLM's Makefile refused the {kind.name} configuration (exit {done.returncode}):\n"
                          f"{done.stderr.strip()[-1500:]}")

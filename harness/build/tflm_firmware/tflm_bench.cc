@@ -42,6 +42,12 @@ static uint64_t now_ticks() { return ticks_now(); }
 #endif
 static const uint32_t kTickHz = FW_CLOCK_HZ;
 
+// The static interpreter's destructor is registered with __cxa_atexit, which names the image
+// by this handle; crtbegin (not linked: minrt's startup.c boots the image) would define it.
+extern "C" {
+void* __dso_handle = nullptr;
+}
+
 // TFLM's time functions (the Cortex-M one needs a device header): the same SysTick counter
 namespace tflite {
 uint32_t ticks_per_second() { return kTickHz; }
