@@ -238,3 +238,25 @@ def test_the_dashboard_charts_minrt_over_tflm(tmp_path: Path):
     assert 'id="versus"' in page and "cortex-m4-qemu: minrt / TFLM, emulated instructions per inference" in page
     assert "mlperf-kws @ b1: 75.0%" in page  # the point: minrt at 75% of TFLM's instructions
     assert "minrt cannot run this model yet" in page
+
+
+def test_the_makefile_dry_run_gives_compile_lines_and_only_needed_kernels_are_kept():
+    from harness.build.tflm import compile_lines, needed
+
+    dry = "\n".join([
+        "mkdir -p /g/obj/core/tensorflow/lite/micro",
+        '/usr/bin/arm-none-eabi-g++ -Os -DCMSIS_DEVICE_ARM_CORTEX_M_XX_HEADER_FILE=\\""ARMCM4".h\\" '
+        "-c tensorflow/lite/micro/micro_interpreter.cc -o /g/obj/core/tensorflow/lite/micro/micro_interpreter.o",
+        "/usr/bin/arm-none-eabi-g++ -O2 -c tensorflow/lite/micro/kernels/cmsis_nn/conv.cc -o /g/obj/k/conv.o",
+        "/usr/bin/arm-none-eabi-g++ -O2 -c tensorflow/lite/micro/kernels/svdf.cc -o /g/obj/k/svdf.o",
+        "/usr/bin/arm-none-eabi-gcc -O2 -c /src/cmsis-nn/Source/arm_convolve_s8.c -o /g/obj/t/arm_convolve_s8.o",
+        "/usr/bin/arm-none-eabi-g++ -Os -c signal/src/rfft.cc -o /g/obj/core/signal/src/rfft.o",
+        "/usr/bin/arm-none-eabi-g++ -Os -c tensorflow/lite/micro/cortex_m_generic/micro_time.cc -o /g/t.o",
+        "/usr/bin/arm-none-eabi-ar rcs /g/lib/libtensorflow-microlite.a /g/obj/k/conv.o",
+    ])
+    lines = compile_lines(dry)
+    assert [c.source for c in lines][:2] == ["tensorflow/lite/micro/micro_interpreter.cc",
+                                             "tensorflow/lite/micro/kernels/cmsis_nn/conv.cc"]
+    assert '-DCMSIS_DEVICE_ARM_CORTEX_M_XX_HEADER_FILE="ARMCM4.h"' in lines[0].argv  # the shell's unquoting
+    kept = [Path(c.source).name for c in lines if needed(c, {"conv", "conv_common"})]
+    assert kept == ["micro_interpreter.cc", "conv.cc", "arm_convolve_s8.c"]

@@ -247,15 +247,16 @@ def needed(line: CompileLine, stems: set[str]) -> bool:
     return True
 
 
-def _compile(line: CompileLine, cwd: Path) -> str | None:
+def _compile(line: CompileLine, cwd: Path) -> tuple[bool, str | None]:
+    """(whether it was compiled now, the compiler's complaint if it failed)."""
     src = cwd / line.source
     if line.obj.is_file() and src.is_file() and line.obj.stat().st_mtime >= src.stat().st_mtime:
-        return None  # sources are pinned by commit (the build directory's key); headers too
+        return False, None  # sources are pinned by commit (the build directory's key); headers too
     line.obj.parent.mkdir(parents=True, exist_ok=True)
     done = subprocess.run(line.argv, cwd=cwd, capture_output=True, text=True)
     if done.returncode:
-        return f"{line.source}: {done.stderr.strip()[-800:]}"
-    return line.source
+        return False, f"{line.source}: {done.stderr.strip()[-800:]}"
+    return True, None
 
 
 def build_library(sources: TflmSources, kind_name: str, ops: Sequence[str], jobs: int | None = None) -> TflmLibrary:
@@ -289,12 +290,10 @@ def build_library(sources: TflmSources, kind_name: str, ops: Sequence[str], jobs
              sources.commits["tflite-micro"][:12], sources.commits["cmsis-nn"][:12], root / "gen")
     errors, built = [], 0
     with ThreadPoolExecutor(max_workers=jobs or max(1, min(2, os.cpu_count() or 1))) as pool:
-        for result in pool.map(lambda c: _compile(c, tflm), lines):
-            if result is None:
-                continue
-            if ": " in result:
-                errors.append(result)
-            else:
+        for compiled, error in pool.map(lambda c: _compile(c, tflm), lines):
+            if error:
+                errors.append(error)
+            elif compiled:
                 built += 1
                 if built % 20 == 0:
                     log.info("TFLM: %s: %d compiled", kind.name, built)
