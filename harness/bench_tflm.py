@@ -7,7 +7,8 @@ onnxruntime on MLPerf Tiny's models, measured the same way in one run (issue 23)
   counter for both. Flash by part and RAM (arena used + static data) from the images.
 - qemu-armv7: TFLM (reference kernels) and minrt-run as static ARMv7 Linux executables under
   qemu-user; instructions per inference counted exactly (QemuUserTransport.count_instructions)
-  for 1 and 2 inferences, the difference being one inference.
+  for n and n + 1 inferences, the difference being one inference (n = 0 for TFLM's image, 1
+  for minrt-run, which refuses 0).
 - x86_64: wall-clock latency of minrt, LiteRT (XNNPACK, 1 thread), onnxruntime (1 thread; where
   an ONNX form of the model exists) and TFLM's host interpreter (PyPI tflite-micro), min over
   interleaved rounds.
@@ -352,15 +353,27 @@ def _minrt_firmware(target: Any, model: BenchModel, toolchain: str, iters: int) 
     return side
 
 
-def _count_per_inference(transport: Any, argv_for: Any, timeout: float = 3600.0) -> tuple[int, str]:
-    """Instructions of one inference: the whole process with 2 inferences minus with 1."""
+def _count_per_inference(transport: Any, program: Path, argv_for: Any, low: int, prefix: str,
+                         timeout: float = 7200.0) -> tuple[int, str]:
+    """Instructions of one inference, exactly: the whole process run for `low` + 1 inferences
+    minus the same for `low` (TFLM's image takes 0; minrt-run needs at least 1). The count
+    includes each runner's per-iteration work around the inference (TFLM's image copies the
+    sample into the input tensor; minrt-run reads its clock). A stripped copy of the program
+    runs: with symbols QEMU names the function on every logged instruction (3x the log)."""
+    import subprocess
+
+    stripped = program.with_name(program.name + ".stripped")
+    done = subprocess.run([f"{prefix}strip", "-o", str(stripped), str(program)], capture_output=True, text=True)
+    if done.returncode:
+        raise HarnessError(f"{prefix}strip failed on {program}: {done.stderr.strip()[:300]}")
     counts, stdout = [], ""
-    for n in (1, 2):
-        result, count = transport.count_instructions(argv_for(n), timeout)
+    for n in (low, low + 1):
+        argv = argv_for(stripped, n)
+        result, count = transport.count_instructions(argv, timeout)
         if result.returncode != 0:
-            raise HarnessError(f"{argv_for(n)[0]} exited {result.returncode}: {(result.stderr or result.stdout)[-300:]}")
+            raise HarnessError(f"{program.name} exited {result.returncode}: {(result.stderr or result.stdout)[-300:]}")
         counts.append(count)
-        stdout = stdout or result.stdout
+        stdout = result.stdout  # the run with low + 1 inferences: its outputs are checked
     return counts[1] - counts[0], stdout
 
 
@@ -372,7 +385,8 @@ def _tflm_linux(lib: Any, target: Any, model: BenchModel, out_root: Path) -> Sid
     sample = np.load(model.sample)
     image = build_image(lib, model.tflite, sample, out_root, target=None)
     with QemuUserTransport(cpu=str(target.transport.options.get("cpu", "cortex-a7"))) as qemu:
-        side.instructions, stdout = _count_per_inference(qemu, lambda n: [str(image.elf), str(n)])
+        side.instructions, stdout = _count_per_inference(qemu, image.elf, lambda exe, n: [str(exe), str(n)], 0,
+                                                         lib.kind.prefix)
     rep = parse_report(stdout)
     side.ram = {"arena": rep["arena_used"]}
     side.output_check = compare_outputs(rep["outputs"], host_tflm_outputs(model.tflite, sample))
@@ -401,11 +415,11 @@ def _minrt_linux(target: Any, model: BenchModel, toolchain: str) -> Side:
         (wd / "inputs.bin").write_bytes(tensorfile.dumps({artifact.inputs[0]["name"]: sample}))
         workspace = str(int(artifact.metadata.get("workspace_bytes", 0)))
 
-        def argv(n: int) -> list[str]:
-            return [str(runner), str(artifact.graph_json), str(artifact.params_bin), str(wd / "inputs.bin"),
+        def argv(exe: Path, n: int) -> list[str]:
+            return [str(exe), str(artifact.graph_json), str(artifact.params_bin), str(wd / "inputs.bin"),
                     str(wd / "outputs.bin"), "-n", str(n), "-w", workspace]
 
-        side.instructions, _ = _count_per_inference(qemu, argv)
+        side.instructions, _ = _count_per_inference(qemu, Path(runner), argv, 1, target.cc.prefix)
     return side
 
 
