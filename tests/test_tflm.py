@@ -260,3 +260,16 @@ def test_the_makefile_dry_run_gives_compile_lines_and_only_needed_kernels_are_ke
     assert '-DCMSIS_DEVICE_ARM_CORTEX_M_XX_HEADER_FILE="ARMCM4.h"' in lines[0].argv  # the shell's unquoting
     kept = [Path(c.source).name for c in lines if needed(c, {"conv", "conv_common"})]
     assert kept == ["micro_interpreter.cc", "conv.cc", "arm_convolve_s8.c"]
+
+
+def test_cli_bench_against_tflm_names_a_missing_source(tmp_path: Path):
+    import sys
+
+    (tmp_path / "tflite-micro").mkdir()
+    proc = subprocess.run([sys.executable, "-m", "harness.cli", "bench", "--against", "tflm", "--sources",
+                           str(tmp_path), "--no-store"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr
+    assert f"TFLM source 'cmsis-nn': {tmp_path / 'cmsis-nn'} is not a directory" in proc.stderr
+    proc = subprocess.run([sys.executable, "-m", "harness.cli", "bench", "--against", "tflm", "--source", "nope"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and "--source 'nope': expected NAME=DIR" in proc.stderr
