@@ -1,4 +1,4 @@
-"""`harness bench --against tflm`: minrt side by side with TFLite Micro (+ CMSIS-NN), LiteRT and
+"""`ci/bench_tflm`: minrt side by side with TFLite Micro (+ CMSIS-NN), LiteRT and
 onnxruntime on MLPerf Tiny's models, measured the same way in one run (issue 23).
 
 - cortex-m4-qemu / cortex-m7-qemu: a TFLM firmware per model (harness.build.tflm_image) and

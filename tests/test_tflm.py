@@ -1,4 +1,4 @@
-"""The TFLite Micro side-by-side benchmark (harness bench --against tflm): the parts that need no
+"""The TFLite Micro side-by-side benchmark (ci/bench_tflm): the parts that need no
 TFLM sources (the report line, the output comparison, the flash-by-part classifier on a real
 ELF of minrt's own firmware code, the exact instruction count under qemu-user, the results
 store and the table), and one end-to-end run when MINRT_TFLM_SOURCES names the sources."""
@@ -262,14 +262,14 @@ def test_the_makefile_dry_run_gives_compile_lines_and_only_needed_kernels_are_ke
     assert kept == ["micro_interpreter.cc", "conv.cc", "arm_convolve_s8.c"]
 
 
-def test_cli_bench_against_tflm_names_a_missing_source(tmp_path: Path):
+def test_ci_bench_tflm_names_a_missing_source(tmp_path: Path):
     import sys
 
+    script = [sys.executable, str(REPO_ROOT / "ci" / "bench_tflm")]
     (tmp_path / "tflite-micro").mkdir()
-    proc = subprocess.run([sys.executable, "-m", "harness.cli", "bench", "--against", "tflm", "--sources",
-                           str(tmp_path), "--no-store"], capture_output=True, text=True, timeout=300)
+    proc = subprocess.run([*script, "--sources", str(tmp_path), "--no-store"], capture_output=True, text=True,
+                          timeout=300)
     assert proc.returncode == 2, proc.stderr
     assert f"TFLM source 'cmsis-nn': {tmp_path / 'cmsis-nn'} is not a directory" in proc.stderr
-    proc = subprocess.run([sys.executable, "-m", "harness.cli", "bench", "--against", "tflm", "--source", "nope"],
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run([*script, "--source", "nope"], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2 and "--source 'nope': expected NAME=DIR" in proc.stderr

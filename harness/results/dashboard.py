@@ -466,7 +466,7 @@ def bench_section(store: ResultStore) -> list[str]:
 
 
 def versus_section(store: ResultStore) -> list[str]:
-    """minrt side by side with TFLite Micro (harness bench --against tflm): per target and
+    """minrt side by side with TFLite Micro (ci/bench_tflm): per target and
     metric, minrt's figure as % of TFLM's per model over batches, and the latest batch's
     figures of both with what could not be measured and why."""
     from harness.results.versus import versus_ratios, versus_rows
@@ -475,7 +475,7 @@ def versus_section(store: ResultStore) -> list[str]:
            "flash without weights, RAM)</h2>"]
     rows = versus_rows(store)
     if not rows:
-        return out + ['<p class="empty">No side-by-side runs yet (harness bench --against tflm).</p>']
+        return out + ['<p class="empty">No side-by-side runs yet (ci/bench_tflm).</p>']
     labels = {"instructions": "emulated instructions per inference", "flash_no_weights": "flash without weights",
               "ram": "RAM (arena + static data)"}
     for metric, label in labels.items():

@@ -1,5 +1,5 @@
 """Side-by-side figures of minrt and other runtimes (TFLite Micro, LiteRT, onnxruntime) on the
-same model and target, in the results store (`harness bench --against tflm`).
+same model and target, in the results store (`ci/bench_tflm`).
 
 One row per (model, target, runtime, metric): a value with its unit, or a note saying why
 there is none ("minrt cannot run this model yet: ..."), and the other runtime's source
