@@ -96,7 +96,7 @@ RANKS = {
     "entry": 9,
 }
 TOP_LEVEL = {"harness": "base", "harness.errors": "base", "harness.cache": "base",
-             "harness.run": "top", "harness.tune": "top", "harness.bench": "top",
+             "harness.run": "top", "harness.tune": "top", "harness.bench": "top", "harness.bench_tflm": "top",
              "harness.cli": "entry", "harness.cli_options": "entry", "harness.pytest_plugin": "entry"}
 
 
