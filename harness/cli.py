@@ -478,8 +478,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     # itself is sent to a log file (harness.compile.native_log), and progress must still show.
     log_stream = os.fdopen(os.dup(sys.stderr.fileno()), "w", buffering=1) if _has_fd(sys.stderr) else sys.stderr
     logging.basicConfig(level=level, format="harness: %(message)s", stream=log_stream)
-    # paramiko announces every connection at INFO; the harness reports its own steps
-    logging.getLogger("paramiko").setLevel(logging.WARNING)
+    # paramiko announces every connection at INFO, and its transport thread logs a failed
+    # handshake (a port that is not SSH) as a traceback at ERROR before SSHTransport raises the
+    # same failure as one DeviceError line: the harness reports its own steps, paramiko only
+    # with -v.
+    logging.getLogger("paramiko").setLevel(logging.DEBUG if args.verbose else logging.CRITICAL)
     if (problem := missing_source()) is not None:
         print(f"harness: error: {problem}", file=sys.stderr)
         return EXIT_BAD_INPUT

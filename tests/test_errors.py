@@ -363,3 +363,34 @@ def test_inventory_mistakes_are_bad_input_not_device_failures(tmp_path, mlp, dev
                    env={"MINRT_CACHE": str(cache)})
     assert_one_line_error(proc, 2, str(inventory), needle)
     assert not (cache / "results.sqlite").exists()  # no job, no health record, no quarantine
+
+
+def test_ssh_to_a_port_that_is_not_ssh_is_one_line(tmp_path, mlp):
+    """A real server on loopback that answers like HTTP, not SSH: paramiko's transport thread
+    logged two tracebacks before the one-line error; now only the line (exit 3: the device
+    address is right in form, the device is not an SSH server)."""
+    import socket
+    import threading
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(8)
+    server.settimeout(60)
+
+    def answer() -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                conn, _ = server.accept()
+                with conn:
+                    conn.sendall(b"HTTP/1.0 200 OK\r\n\r\nnot ssh\n")
+
+    threading.Thread(target=answer, daemon=True).start()
+    try:
+        proc = harness("run", "--model", str(mlp), "--target", "rpi", "--toolchain", "host", "--iters", "1",
+                       "--host", f"root@127.0.0.1:{server.getsockname()[1]}", timeout=300)
+    finally:
+        server.close()
+    assert "Traceback" not in proc.stdout + proc.stderr, proc.stderr
+    assert proc.returncode == 3, proc.stdout + proc.stderr
+    assert "SSH connect failed: Error reading SSH protocol banner" in proc.stdout
+    assert "paramiko" not in proc.stderr
