@@ -46,6 +46,7 @@ from harness.farm.lease import LabgridLeases, LeaseBackend, LeaseTimeout, LocalL
 from harness.models.resolve import resolve_models
 from harness.results.store import HEALTHY, QUARANTINED
 from harness.transport import transport_kind
+from harness.formats.text import json_text
 
 log = logging.getLogger(__name__)
 
@@ -563,7 +564,7 @@ def run_farm(
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         report.json_path = out_dir / "farm-results.json"
-        report.json_path.write_text(json.dumps(report.to_dict(), indent=2))
+        report.json_path.write_text(json_text(report.to_dict(), indent=2))
         report.junit_path = out_dir / "farm-results.xml"
         write_junit(report, report.junit_path)
     passed = sum(j.passed for j in jobs)
@@ -647,7 +648,7 @@ def health_command(args: argparse.Namespace) -> int:
     rows = ResultStore(args.results or default_store_path()).device_health()
     rows.sort(key=lambda r: (r["state"] != QUARANTINED, r["device"]))
     if args.json:
-        print(json.dumps(rows, indent=2))
+        print(json_text(rows, indent=2))
         return 0
     if rows:
         print(table(["device", "state", "failures", "since", "reason"],
