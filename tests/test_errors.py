@@ -352,6 +352,8 @@ def test_a_results_path_that_is_no_store_is_bad_input_before_any_work(tmp_path, 
     ('name = "h"\ntarget = "x86_64"\ntransport = "telnet"\n', "", "device 'h': transport 'telnet' is not supported"),
     ('name = "' + "d" * 300 + '"\ntarget = "x86_64"\n', "", "devices[0]: key 'name' is 300 characters, more than 64"),
     ('name = "h"\ntarget = "/nonexistent/x.toml"\n', "", "device 'h': unknown target '/nonexistent/x.toml'"),
+    ('name = "h"\ntarget = "rpi"\naddress = "pi@127.0.0.1:1;touch x"\n', "",
+     "device 'h': key 'address': 'pi@127.0.0.1:1;touch x': port '1;touch x' is not a TCP port"),
 ])
 def test_inventory_mistakes_are_bad_input_not_device_failures(tmp_path, mlp, device, health, needle):
     """Each of these ran into the farm, failed the device's health checks (a traceback from a
