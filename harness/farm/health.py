@@ -15,7 +15,9 @@ import os
 import signal
 import subprocess
 import sys
-from dataclasses import dataclass
+import threading
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +27,61 @@ log = logging.getLogger(__name__)
 
 #: Lines of console output and of `dmesg` kept as evidence of a failure.
 EVIDENCE_LINES = 80
+
+
+@dataclass
+class ProcessGroups:
+    """The worker processes a farm started (each leads its own process group), so that an
+    interrupted farm can stop every one of them before it lets go of their devices."""
+
+    _procs: dict[int, subprocess.Popen] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    stopping: threading.Event = field(default_factory=threading.Event)
+
+    def add(self, proc: subprocess.Popen) -> None:
+        with self._lock:
+            self._procs[proc.pid] = proc
+        if self.stopping.is_set():  # started while the farm was being stopped
+            _stop_group(proc, grace=0)
+
+    def remove(self, proc: subprocess.Popen) -> None:
+        with self._lock:
+            self._procs.pop(proc.pid, None)
+
+    def stop_all(self, grace: float = 5.0) -> list[int]:
+        """SIGTERM every group, SIGKILL what is left after `grace` s; the pids stopped."""
+        self.stopping.set()
+        with self._lock:
+            procs = list(self._procs.values())
+        for proc in procs:
+            _signal_group(proc.pid, signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        for proc in procs:
+            try:
+                proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                pass
+            _stop_group(proc, grace=0)
+        return [p.pid for p in procs]
+
+
+def _signal_group(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _stop_group(proc: subprocess.Popen, grace: float) -> None:
+    """The process group led by `proc` is gone when this returns (its leader reaped)."""
+    if proc.poll() is None and grace > 0:
+        _signal_group(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            pass
+    _signal_group(proc.pid, signal.SIGKILL)  # the leader's children too, even if it is gone
+    proc.wait()
 
 
 @dataclass(frozen=True)
@@ -134,20 +191,28 @@ def collect_evidence(device: Device, out_dir: Path) -> dict[str, str]:
 STEPS = ("check", "power-cycle", "evidence")
 
 
-def run_step(step: str, device: Device, timeout: float, evidence_dir: Path | None = None) -> StepResult:
-    """Run `step` for `device` in a worker process bounded by `timeout` seconds."""
+def run_step(step: str, device: Device, timeout: float, evidence_dir: Path | None = None,
+             groups: ProcessGroups | None = None) -> StepResult:
+    """Run `step` for `device` in a worker process bounded by `timeout` seconds (tracked in
+    `groups`, when given, so that an interrupted farm stops it)."""
     argv = [sys.executable, "-m", "harness.cli", "farm", "_device", step, "--device",
             json.dumps(device.to_dict()), "--timeout", str(timeout)]
     if evidence_dir is not None:
         argv += ["--evidence", str(evidence_dir)]
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
+    if groups is not None:
+        groups.add(proc)
     try:
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
+        _signal_group(proc.pid, signal.SIGKILL)
         proc.communicate()
         return StepResult(False, f"{step} did not finish within {timeout:g} s")
+    finally:
+        _signal_group(proc.pid, signal.SIGKILL)  # nothing the step started outlives it
+        if groups is not None:
+            groups.remove(proc)
     try:
         answer: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
         return StepResult(bool(answer["ok"]), str(answer["detail"]))

@@ -42,7 +42,7 @@ from harness.errors import DeviceError, HarnessError, exit_code_of_results
 from harness.build.toolchain import DEFAULT_TOOLCHAIN
 from harness.formats.text import table
 from harness.farm.inventory import Device, Inventory, device_target, inventory_of_targets, load_inventory
-from harness.farm.health import STEPS, StepResult, check_device, run_step, step_main
+from harness.farm.health import STEPS, ProcessGroups, StepResult, check_device, run_step, step_main
 from harness.farm.junit import write_junit
 from harness.farm.lease import LabgridLeases, LeaseBackend, LeaseTimeout, LocalLeases
 from harness.models.resolve import resolve_models
@@ -55,6 +55,8 @@ log = logging.getLogger(__name__)
 DEFAULT_RUNNER = "harness.farm.scheduler:run_model_on_device"
 #: --keep: whose evidence files stay under <out>/jobs/ after the run
 KEEP_CHOICES = ("failed", "all", "none")
+#: Attempt.status of a job stopped because the farm was interrupted (Ctrl-C, SIGTERM).
+INTERRUPTED = "interrupted"
 #: Exit status of a worker whose device failed (EX_TEMPFAIL): the job may be retried elsewhere.
 EXIT_DEVICE_FAILED = 75
 
@@ -160,7 +162,7 @@ def _worker_main(args: argparse.Namespace) -> int:
 @dataclass
 class Attempt:
     device: str
-    status: str  # "ok", "device-failed", "error"
+    status: str  # "ok", "device-failed", "error", "interrupted"
     error: str | None
     started: float
     ended: float
@@ -203,6 +205,7 @@ class FarmReport:
     jobs: list[Job]
     junit_path: Path | None = None
     json_path: Path | None = None
+    interrupted: bool = False
 
     @property
     def passed(self) -> bool:
@@ -210,7 +213,7 @@ class FarmReport:
 
     def to_dict(self) -> dict[str, Any]:
         return {"batch": self.batch, "commit": self.commit, "passed": self.passed,
-                "jobs": [j.to_dict() for j in self.jobs]}
+                "interrupted": self.interrupted, "jobs": [j.to_dict() for j in self.jobs]}
 
 
 def _failure_result(job: Job, error: str) -> dict[str, Any]:
@@ -251,10 +254,18 @@ class _Farm:
         self.lock = threading.Lock()
         self.running = 0
         self.seq = 0
+        # Every worker process started; set `groups.stopping` and they are stopped (Ctrl-C).
+        self.groups = ProcessGroups()
+
+    @property
+    def stopping(self) -> bool:
+        return self.groups.stopping.is_set()
 
     def _next(self):
         """A pending job and a lease on a device for it, or None; fails jobs that waited too long."""
         with self.lock:
+            if self.stopping:
+                return None
             tried: set[tuple[str, frozenset[str]]] = set()
             for job in list(self.pending):
                 excluded = job.failed_devices | self.quarantined
@@ -298,15 +309,15 @@ class _Farm:
         if step == "check" and not device.health_check and transport_kind(
                 device_target(device).transport.kind).on_host:
             return check_device(device)  # this host: nothing that can hang, no process to spend
-        return run_step(step, device, self.inventory.health_timeout, evidence_dir)
+        return run_step(step, device, self.inventory.health_timeout, evidence_dir, self.groups)
 
     def _healthy(self, device: Device) -> bool:
         """Check the device before it takes a job; power-cycle it once if the check fails."""
         if not self.check_health:
             return True
         check = self._step("check", device)
-        if check.ok:
-            return True
+        if check.ok or self.stopping:  # a check cut short by Ctrl-C says nothing of the device
+            return check.ok
         log.warning("farm: device %s failed its health check: %s", device.name, check.detail)
         cycled = self._step("power-cycle", device)
         log.info("farm: device %s: %s", device.name, cycled.detail)
@@ -326,6 +337,8 @@ class _Farm:
 
     def _recover(self, device: Device, why: str, evidence: str | None = None) -> None:
         """After a job failed for a device reason: power-cycle and check before it runs again."""
+        if self.stopping:
+            return
         failures = self._device_failed(device, why, evidence)
         if not self.check_health or device.name in self.quarantined:
             return
@@ -374,7 +387,7 @@ class _Farm:
             picked = self._next()
             if picked is None:
                 with self.lock:
-                    if not self.pending and self.running == 0:
+                    if self.stopping or (not self.pending and self.running == 0):
                         return
                     idle = not self.pending
                 if idle:
@@ -399,6 +412,7 @@ class _Farm:
                 attempt = Attempt(lease.device, "error", f"farm: {type(exc).__name__}: {exc}", now, now, None)
                 result = _failure_result(job, attempt.error or "")
             finally:
+                # The lease is released only here, after its worker process is gone.
                 with self.lock:
                     self.running -= 1
                     if not healthy:  # not an attempt: the job waits for a healthy device
@@ -408,7 +422,7 @@ class _Farm:
             attempt.run_id = self._record(job, result, attempt.device)
             job.attempts.append(attempt)
             job.result = result
-            if attempt.status == "device-failed":
+            if attempt.status == "device-failed" and not self.stopping:
                 with self.lock:
                     left = [d for d in self.inventory.for_target(job.target) if d.name not in job.failed_devices]
                     if left:
@@ -456,16 +470,28 @@ class _Farm:
         with open(log_path, "wb") as log_file:
             proc = subprocess.Popen(argv, stdout=log_file, stderr=subprocess.STDOUT, env=env,
                                     start_new_session=True)
-            if self.on_start:
-                self.on_start(job, device.name, proc.pid)
+            self.groups.add(proc)
             try:
-                code = proc.wait(timeout=self.job_timeout)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
+                if self.on_start:
+                    self.on_start(job, device.name, proc.pid)
+                try:
+                    code = proc.wait(timeout=self.job_timeout)
+                except subprocess.TimeoutExpired:
+                    code = None
+            finally:
+                # The worker's whole group goes (what the runner started too) before the lease does.
+                try:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
                 proc.wait()
-                code = None
+                self.groups.remove(proc)
         ended = time.time()
         payload = json.loads(out.read_text()) if out.exists() else None
+        if payload is None and self.stopping:
+            why = f"farm interrupted: the job was stopped on device {device.name}"
+            attempt = Attempt(device.name, INTERRUPTED, why, started, ended, proc.pid, log=str(log_path))
+            return attempt, {**_failure_result(job, why), "error_kind": "Interrupted"}
         if payload is not None:
             status, error = payload["status"], payload["error"]
             result = payload["result"] or _failure_result(job, error or "no result")
@@ -589,14 +615,23 @@ def _run_jobs(inventory: Inventory, models: Sequence[Path | str], targets: list[
                    for i in range(len(devices))]
         # A thread leaves once nothing is pending; a retry is queued by the thread that ran
         # the failed attempt, which then goes on looping, so no retry is left behind.
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        interrupted = False
+        try:
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+        except KeyboardInterrupt:
+            interrupted = True
+            _stop_farm(farm, threads)
     for job in jobs:
-        if job.result is None:  # only if a scheduler thread died: say so rather than lose the job
+        if job.result is None and interrupted:
+            job.result = {**_failure_result(job, "farm interrupted before the job started"),
+                          "error_kind": "Interrupted"}
+            farm._record(job, job.result, device=None)
+        elif job.result is None:  # only if a scheduler thread died: say so rather than lose the job
             job.result = _failure_result(job, "farm: the job was never run")
-    report = FarmReport(batch=batch, commit=commit, jobs=jobs)
+    report = FarmReport(batch=batch, commit=commit, jobs=jobs, interrupted=interrupted)
     if out_dir is not None:
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -606,7 +641,35 @@ def _run_jobs(inventory: Inventory, models: Sequence[Path | str], targets: list[
         write_junit(report, report.junit_path)
     passed = sum(j.passed for j in jobs)
     log.info("farm: %d/%d job(s) passed", passed, len(jobs))
+    if interrupted:
+        raise FarmInterrupted(report)
     return report
+
+
+class FarmInterrupted(KeyboardInterrupt):
+    """The farm was interrupted; every worker it started is stopped and `report` says what
+    each job did (stopped ones have status "interrupted")."""
+
+    def __init__(self, report: FarmReport):
+        super().__init__("farm interrupted")
+        self.report = report
+
+
+def _stop_farm(farm: _Farm, threads: Sequence[threading.Thread]) -> None:
+    """Stop every worker (SIGTERM, then SIGKILL), then let each scheduler thread record its
+    attempt and release its lease. A second Ctrl-C meanwhile is ignored: it would leave
+    workers running on devices whose leases are then gone."""
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if main else None
+    try:
+        log.warning("farm: interrupted; stopping the running jobs")
+        stopped = farm.groups.stop_all()
+        for t in threads:
+            t.join()
+        log.warning("farm: stopped %d worker process(es); every lease released", len(stopped))
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
 
 
 # -- command line -------------------------------------------------------------------------
@@ -706,12 +769,21 @@ def command(args: argparse.Namespace) -> int:
         raise HarnessError("farm run: give --inventory FILE or at least one --target")
     inventory = inventory.select(args.target, args.tag)
     store = ResultStore(args.results or default_store_path())
-    report = run_farm(inventory, resolve_models(args.model), args.target, job_runner=args.runner,
-                      runner_options={"iters": args.iters, "toolchain": args.toolchain,
-                                      **({"input_shapes": args.input_shapes} if args.input_shapes else {})},
-                      store=store, batch=args.batch, out_dir=Path(args.out),
-                      lease_timeout=args.lease_timeout, job_timeout=args.job_timeout,
-                      keep=args.keep, check_health=not args.no_health_check)
+    try:
+        report = run_farm(inventory, resolve_models(args.model), args.target, job_runner=args.runner,
+                          runner_options={"iters": args.iters, "toolchain": args.toolchain,
+                                          **({"input_shapes": args.input_shapes} if args.input_shapes else {})},
+                          store=store, batch=args.batch, out_dir=Path(args.out),
+                          lease_timeout=args.lease_timeout, job_timeout=args.job_timeout,
+                          keep=args.keep, check_health=not args.no_health_check)
+    except FarmInterrupted as stopped:
+        _print_report(stopped.report, store)
+        raise
+    _print_report(report, store)
+    return exit_code_of_results([job.result or {} for job in report.jobs])
+
+
+def _print_report(report: FarmReport, store: Any) -> None:
     rows = []
     for job in report.jobs:
         tries = " -> ".join(f"{a.device}:{a.status}" for a in job.attempts) or "not run"
@@ -722,4 +794,3 @@ def command(args: argparse.Namespace) -> int:
         print(table(["result", "model", "target", "attempts (device:status)", "error"], rows))
     print(f"farm: {sum(j.passed for j in report.jobs)}/{len(report.jobs)} passed; batch {report.batch}; "
           f"results in {store.path}, {report.junit_path}, {report.json_path}")
-    return exit_code_of_results([job.result or {} for job in report.jobs])
