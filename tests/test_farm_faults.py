@@ -12,7 +12,6 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
 
 from harness import REPO_ROOT
 from harness.results.store import ResultStore

@@ -256,6 +256,10 @@ class _Farm:
         self.seq = 0
         # Every worker process started; set `groups.stopping` and they are stopped (Ctrl-C).
         self.groups = ProcessGroups()
+        # Threads still looping. Thread.join() cut short by KeyboardInterrupt may return early
+        # when called again (CPython), so the stop waits on this instead.
+        self.threads_left = 0
+        self.all_done = threading.Event()
 
     @property
     def stopping(self) -> bool:
@@ -383,6 +387,15 @@ class _Farm:
         return self.store.record(result, device=device, commit=self.commit, batch=self.batch)
 
     def loop(self) -> None:
+        try:
+            self._loop()
+        finally:
+            with self.lock:
+                self.threads_left -= 1
+                if self.threads_left == 0:
+                    self.all_done.set()
+
+    def _loop(self) -> None:
         while True:
             picked = self._next()
             if picked is None:
@@ -616,6 +629,7 @@ def _run_jobs(inventory: Inventory, models: Sequence[Path | str], targets: list[
         # A thread leaves once nothing is pending; a retry is queued by the thread that ran
         # the failed attempt, which then goes on looping, so no retry is left behind.
         interrupted = False
+        farm.threads_left = len(threads)
         try:
             for t in threads:
                 t.start()
@@ -664,8 +678,11 @@ def _stop_farm(farm: _Farm, threads: Sequence[threading.Thread]) -> None:
     try:
         log.warning("farm: interrupted; stopping the running jobs")
         stopped = farm.groups.stop_all()
-        for t in threads:
-            t.join()
+        with farm.lock:  # threads the interrupt kept from starting will never count down
+            farm.threads_left -= sum(1 for t in threads if t.ident is None)
+            if farm.threads_left <= 0:
+                farm.all_done.set()
+        farm.all_done.wait()
         log.warning("farm: stopped %d worker process(es); every lease released", len(stopped))
     finally:
         if previous is not None:
