@@ -12,15 +12,10 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 
 from harness import REPO_ROOT
 from harness.results.store import ResultStore
-
-
-def _harness(*args: str, cache: Path, **kw) -> subprocess.Popen:
-    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), MINRT_CACHE=str(cache))
-    return subprocess.Popen([sys.executable, "-m", "harness.cli", *args], cwd=REPO_ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
 
 
 def _alive(pid: int) -> bool:
@@ -79,3 +74,64 @@ def test_ctrl_c_on_farm_run_stops_every_job_and_records_it(tmp_path: Path) -> No
     assert all(r["failures"] == 0 for r in ResultStore(tmp_path / "r.sqlite").device_health())
     # The leases are free again: a second farm gets both devices at once.
     assert "interrupted" in out
+
+
+def _run_cli(*args: str, cache: Path, timeout: float = 120) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), MINRT_CACHE=str(cache))
+    return subprocess.run([sys.executable, "-m", "harness.cli", *args], cwd=REPO_ROOT, env=env,
+                          capture_output=True, text=True, timeout=timeout, check=False)
+
+
+@pytest.mark.parametrize("entry, message", [
+    ('target = "rpi"\naddress = "pi@127.0.0.1:1;touch x"', "port '1;touch x' is not a TCP port"),
+    ('target = "/nonexistent/x.toml"', "unknown target '/nonexistent/x.toml'"),
+])
+def test_a_configuration_error_is_bad_input_and_quarantines_nothing(tmp_path: Path, entry: str,
+                                                                    message: str) -> None:
+    """A bad inventory entry is refused (exit 2, one line) before any job or health check, and
+    records nothing; a healthy x86_64 device of the same name in another inventory then runs
+    its job. Today's main health-checked the bad entry 3 times, quarantined "h" by name and
+    then skipped the other inventory's healthy "h" (exit 3)."""
+    model = tmp_path / "m.onnx"
+    model.write_bytes(b"")
+    bad = tmp_path / "bad.toml"
+    bad.write_text(f'[health]\nquarantine_after = 1\ntimeout = 5\n[[devices]]\nname = "h"\n{entry}\n')
+    good = tmp_path / "good.toml"
+    good.write_text('[[devices]]\nname = "h"\ntarget = "x86_64"\n')
+    store = tmp_path / "r.sqlite"
+    common = ["--runner", "tests.test_farm:standin_job", "--results", str(store), str(model)]
+    for _ in range(3):
+        refused = _run_cli("farm", "run", "--inventory", str(bad), "--out", str(tmp_path / "o1"), *common,
+                           cache=tmp_path / "cache")
+        assert refused.returncode == 2, refused.stderr
+        assert message in refused.stderr and "Traceback" not in refused.stderr, refused.stderr
+        assert len(refused.stderr.strip().splitlines()) == 1, refused.stderr
+    ok = _run_cli("farm", "run", "--inventory", str(good), "--out", str(tmp_path / "o2"), *common,
+                  cache=tmp_path / "cache")
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert "1/1 passed" in ok.stdout
+
+
+def test_quarantine_is_keyed_by_what_the_device_is(tmp_path: Path) -> None:
+    """A device quarantined in one inventory does not sideline another inventory's device of the
+    same name that is a different device (other target or address); `farm clear NAME` still
+    clears it by name."""
+    from harness.farm.inventory import parse_inventory
+    from harness.farm.lease import LocalLeases
+    from harness.farm.scheduler import run_farm
+
+    store = ResultStore(tmp_path / "r.sqlite")
+    board = parse_inventory('[[devices]]\nname = "h"\ntarget = "rpi"\naddress = "pi@127.0.0.1:2222"\n')
+    host = parse_inventory('[[devices]]\nname = "h"\ntarget = "x86_64"\n')
+    store.set_device_health(board.devices[0].health_key, target="rpi", state="quarantined",
+                            failures=3, reason="device failed 3 times")
+    report = run_farm(host, [tmp_path / "m.onnx"], job_runner="tests.test_farm:standin_job",
+                      store=store, commit="c", leases=LocalLeases(host, tmp_path / "locks"), check_health=False)
+    assert report.passed, report.jobs[0].result
+    # The board's own record still stands, and its name clears it.
+    (row,) = [r for r in store.device_health("h") if r["state"] == "quarantined"]
+    assert row["key"] == board.devices[0].health_key and row["device"] == "h"
+    assert store.clear_device("h")
+    assert all(r["state"] == "healthy" for r in store.device_health("h"))
+
+

@@ -9,6 +9,8 @@ the transports (harness.transport) talk to them. Inventories are TOML files
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +36,15 @@ class Device:
     #: argv run on THIS host to power-cycle the device (e.g. a smart PDU or uhubctl command);
     #: empty: the emulated board is restarted, other devices cannot be power-cycled
     power_cycle: tuple[str, ...] = ()
+
+    @property
+    def health_key(self) -> str:
+        """The device's key in the store's health records: its name and a digest of what it
+        is and how it is reached, so that a device of the same name in another inventory
+        (another target or address) keeps its own record and quarantine."""
+        what = json.dumps([self.target, self.transport, self.address, dict(self.options)], sort_keys=True,
+                          default=str)
+        return f"{self.name}@{hashlib.sha256(what.encode()).hexdigest()[:8]}"
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)

@@ -234,12 +234,18 @@ class _Farm:
         self.failures: dict[str, int] = {}  # device -> consecutive device failures
         self.quarantined: set[str] = set()
         if store is not None:
+            # Health is recorded per device *key* (name and what the device is): a device of the
+            # same name in another inventory has its own record.
+            keys = {d.health_key: d.name for d in inventory.devices}
             for row in store.device_health():
-                self.failures[row["device"]] = int(row["failures"])
-                if row["state"] == QUARANTINED and row["device"] in inventory.by_name:
-                    self.quarantined.add(row["device"])
+                name = keys.get(row["key"])
+                if name is None:
+                    continue
+                self.failures[name] = int(row["failures"])
+                if row["state"] == QUARANTINED:
+                    self.quarantined.add(name)
                     log.warning("farm: device %s is quarantined since %s (%s); `harness farm clear %s` "
-                                "returns it", row["device"], row["since"], row["reason"], row["device"])
+                                "returns it", name, row["since"], row["reason"], name)
         self.pending = list(jobs)
         self.leases = leases
         self.runner = runner
@@ -330,7 +336,7 @@ class _Farm:
             if self.store is not None:
                 with self.lock:
                     failures = self.failures.get(device.name, 0)
-                self.store.set_device_health(device.name, target=device.target, state=HEALTHY,
+                self.store.set_device_health(device.health_key, target=device.target, state=HEALTHY,
                                              failures=failures,
                                              reason=f"recovered: {cycled.detail} after a failed health "
                                                     f"check ({check.detail})")
@@ -362,7 +368,7 @@ class _Farm:
                 log.error("farm: device %s QUARANTINED after %d consecutive device failures (last: %s)",
                           device.name, failures, why)
         if self.store is not None:
-            self.store.set_device_health(device.name, target=device.target,
+            self.store.set_device_health(device.health_key, target=device.target,
                                          state=QUARANTINED if quarantine else HEALTHY,
                                          failures=failures, reason=why, evidence=evidence)
         return failures
@@ -372,7 +378,7 @@ class _Farm:
             was = self.failures.get(device.name, 0)
             self.failures[device.name] = 0
         if self.store is not None and was:
-            self.store.set_device_health(device.name, target=device.target, state=HEALTHY, failures=0,
+            self.store.set_device_health(device.health_key, target=device.target, state=HEALTHY, failures=0,
                                          reason=f"passed a job after {was} device failure(s)")
 
     def _give_up(self, job: Job, why: str) -> None:

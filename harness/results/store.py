@@ -355,13 +355,21 @@ class ResultStore:
     # -- device health ---------------------------------------------------------------------
 
     def device_health(self, device: str | None = None) -> list[dict[str, Any]]:
-        """The recorded health of `device` (or of every device), as dicts of the columns."""
+        """The recorded health of `device` (a name: every record of that name; or a health key
+        "name@digest", see harness.farm.inventory.Device.health_key), or of every device, as
+        dicts of the columns; "device" is the name, "key" the record's key."""
         cols = ("device", "target", "state", "failures", "reason", "since", "updated", "evidence")
-        where, params = ("WHERE device = ?", (device,)) if device else ("", ())
+        escaped = (device or "").replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        where, params = ("WHERE device = ? OR device LIKE ? ESCAPE '\\'", (device, escaped + "@%")) \
+            if device else ("", ())
         with self._connect() as db:
             rows = db.execute(f"SELECT {', '.join(cols)} FROM device_health {where} ORDER BY device",
                               params).fetchall()
-        return [dict(zip(cols, r)) for r in rows]
+        found = [dict(zip(cols, r)) for r in rows]
+        for row in found:
+            row["key"] = row["device"]
+            row["device"] = row["key"].partition("@")[0]
+        return found
 
     def set_device_health(self, device: str, *, target: str | None, state: str, failures: int,
                           reason: str | None, evidence: str | None = None) -> None:
@@ -383,13 +391,13 @@ class ResultStore:
                 raise
 
     def clear_device(self, device: str) -> bool:
-        """Return a quarantined device to service (failures reset); False if it was not quarantined."""
-        rows = self.device_health(device)
-        if not rows or rows[0]["state"] != QUARANTINED:
-            return False
-        self.set_device_health(device, target=rows[0]["target"], state=HEALTHY, failures=0,
-                               reason=f"cleared by hand (was: {rows[0]['reason']})")
-        return True
+        """Return quarantined device(s) of this name or health key to service (failures reset);
+        False if none was quarantined."""
+        rows = [r for r in self.device_health(device) if r["state"] == QUARANTINED]
+        for row in rows:
+            self.set_device_health(row["key"], target=row["target"], state=HEALTHY, failures=0,
+                                   reason=f"cleared by hand (was: {row['reason']})")
+        return bool(rows)
 
     # -- reading ---------------------------------------------------------------------------
 
