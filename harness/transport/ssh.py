@@ -99,18 +99,31 @@ class SSHTransport(RunsModelWithFiles):
 
     # -- connection ---------------------------------------------------------------------------
 
+    def _load_host_keys(self, client: paramiko.SSHClient) -> None:
+        """known_hosts into `client`; a line paramiko cannot read is the file's fault (bad input)."""
+        try:
+            client.load_host_keys(str(self.known_hosts))
+        except OSError as exc:
+            raise TargetError(f"{exc.filename or self.known_hosts}: cannot read known_hosts: {exc.strerror}") from None
+        # paramiko raises InvalidHostKey (a bare Exception), ValueError, binascii/struct errors...
+        # for a line it cannot decode: each says the file is bad, none is a harness bug.
+        except Exception as exc:  # noqa: BLE001
+            first = (str(exc).splitlines() or [""])[0]
+            raise TargetError(f"{self.known_hosts}: not a valid known_hosts file ({type(exc).__name__}: "
+                              f"{first}); fix or remove the line") from None
+
     def _connect(self) -> None:
         client: paramiko.SSHClient = self._conn.client
         # fabric trusts every key by default: replace that with verification against one file.
         if self.known_hosts.exists():
-            client.load_host_keys(str(self.known_hosts))
+            self._load_host_keys(client)
         elif self.trust_on_first_use:
             if not self.known_hosts.parent.exists():
                 # like ssh(1): the directory of known_hosts (~/.ssh) is private
                 self.known_hosts.parent.mkdir(parents=True, mode=0o700)
                 os.chmod(self.known_hosts.parent, 0o700)
             self.known_hosts.touch(mode=0o600)
-            client.load_host_keys(str(self.known_hosts))
+            self._load_host_keys(client)
         policy = paramiko.AutoAddPolicy() if self.trust_on_first_use else paramiko.RejectPolicy()
         client.set_missing_host_key_policy(policy)
 

@@ -1,0 +1,46 @@
+"""A corrupt known_hosts line is bad input (issue 22 #5): paramiko raises InvalidHostKey (a bare
+Exception) or ValueError for a key it cannot decode, which reached the CLI as 'internal error',
+exit 3. Real paramiko, real files; the connection is never attempted."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from harness import REPO_ROOT
+from harness.errors import TargetError
+from harness.transport.ssh import SSHTransport
+
+BAD_LINES = [
+    "127.0.0.1 ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIB",  # bad base64 padding: InvalidHostKey
+    "127.0.0.1 ssh-ed25519 AAAA!!notbase64",  # InvalidHostKey
+    "127.0.0.1 ssh-rsa AAAAB3NzaC1yc2E=",  # a key too short: ValueError
+]
+
+
+@pytest.mark.parametrize("line", BAD_LINES)
+def test_a_corrupt_known_hosts_line_is_a_target_error(tmp_path: Path, line: str) -> None:
+    known = tmp_path / "known_hosts"
+    known.write_text(line + "\n")
+    with pytest.raises(TargetError, match="not a valid known_hosts file"):
+        SSHTransport(host="127.0.0.1", port=1, user="root", known_hosts=known)  # connects
+
+
+def test_a_corrupt_known_hosts_line_through_the_cli_is_exit_2(tmp_path: Path) -> None:
+    known = tmp_path / "known_hosts"
+    known.write_text(BAD_LINES[0] + "\n")
+    target = tmp_path / "pi.toml"
+    text = (REPO_ROOT / "targets" / "rpi.toml").read_text()
+    target.write_text(text.replace("[transport]", f'[transport]\nknown_hosts = "{known}"', 1)
+                      .replace('name = "rpi"', 'name = "pi"', 1))
+    proc = subprocess.run([sys.executable, "-m", "harness.cli", "run", "mlp", "--target", str(target),
+                           "--toolchain", "host", "--host", "root@127.0.0.1:1"], cwd=tmp_path,
+                          env=dict(os.environ, PYTHONPATH=str(REPO_ROOT)), capture_output=True, text=True,
+                          timeout=600, check=False)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "not a valid known_hosts file" in proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr and "internal error" not in proc.stderr
