@@ -135,3 +135,14 @@ def test_quarantine_is_keyed_by_what_the_device_is(tmp_path: Path) -> None:
     assert all(r["state"] == "healthy" for r in store.device_health("h"))
 
 
+
+
+@pytest.mark.parametrize("runner, message", [("nope", "must be 'module:function'"),
+                                             ("no_such_module:f", "cannot be imported")])
+def test_a_bad_job_runner_is_bad_input_before_any_job(tmp_path: Path, runner: str, message: str) -> None:
+    """Was found by each worker: every job failed and the farm exited 3."""
+    (tmp_path / "m.onnx").write_bytes(b"")
+    proc = _run_cli("farm", "run", "--target", "x86_64", "--runner", runner, "--out", str(tmp_path / "out"),
+                    "--results", str(tmp_path / "r.sqlite"), str(tmp_path / "m.onnx"), cache=tmp_path / "cache")
+    assert proc.returncode == 2, proc.stderr
+    assert message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr

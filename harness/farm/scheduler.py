@@ -577,6 +577,7 @@ def run_farm(
                                f"({inventory.path or 'built from targets'})")
     if not models:
         raise HarnessError("farm: no models to run")
+    resolve_runner(runner_spec(job_runner))  # a bad --runner is bad input, found before any job
     leases = leases or make_leases(inventory)
     if commit is None:
         from harness.run import git_commit
