@@ -177,3 +177,66 @@ def test_a_toolchain_change_is_not_reported_as_code_growth(tmp_path):
     store.record({**base, "sizes": {"minrt_text": 5600}, "toolchain": "docker gcc 13.1"}, batch="n3")
     kinds = {r.kind: r for r in find_regressions(store)}
     assert kinds["size-growth"].fatal and "toolchain-changed" not in kinds
+
+
+@pytest.mark.docker
+def test_firmware_and_host_devices_run_jobs_with_default_health_checks(tmp_path):
+    """`harness farm run --target cortex-m4-qemu --target x86_64`: the firmware device used to be
+    quarantined before its first job (its default health check ran `true` in a shell the
+    firmware does not have: 0 of 1 jobs). Its check is now a boot of its machine (each job
+    boots its own image); the host's opens its transport. Both devices run their job."""
+    import shutil
+
+    if shutil.which("qemu-system-arm") is None:
+        pytest.skip("qemu-system-arm is not installed (ci/setup installs it)")
+    results = tmp_path / "results.sqlite"
+    proc = subprocess.run([*HARNESS, "farm", "run", "--target", "cortex-m4-qemu", "--target", "x86_64",
+                           "--model", "mlp", "--model", "multi_io", "--iters", "1", "--toolchain", "host",
+                           "--results", str(results), "--out", str(tmp_path / "out")],
+                          capture_output=True, text=True, timeout=1200)
+    assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
+    assert "health check" not in proc.stderr and "QUARANTINED" not in proc.stderr, proc.stderr[-3000:]
+    assert "farm: 4/4 passed" in proc.stdout, proc.stdout
+    store = ResultStore(results)
+    ran = {(r.model, r.device) for r in store.runs() if r.passed}
+    assert ran == {(m, d) for m in ("mlp", "multi_io") for d in ("cortex-m4-qemu", "x86_64")}, ran
+    assert all(r["state"] == "healthy" for r in store.device_health())
+
+
+def test_firmware_health_check_pings_the_front_end_or_boots_the_machine(tmp_path, example_models):
+    """The check step of a firmware device (`harness farm _device check`): without an image, a
+    boot of the emulated machine; a machine QEMU cannot build fails it with QEMU's reason. With
+    an image put, a framed HELLO answered by the front end. A shell health_check on a firmware
+    device is refused in the inventory, naming the device and the key."""
+    import shutil
+
+    from harness.build.firmware import build_firmware, image_models
+    from harness.build.toolchain import get_toolchain
+    from harness.config.targets import load_target
+    from harness.errors import TargetError
+    from harness.farm.health import check_device
+    from harness.farm.inventory import Device
+    from harness.transport.firmware import QemuFirmware
+
+    if shutil.which("qemu-system-arm") is None:
+        pytest.skip("qemu-system-arm is not installed (ci/setup installs it)")
+    ok = check_device(Device(name="m4", target="cortex-m4-qemu"))
+    assert ok.ok and "QEMU started mps2-an386" in ok.detail, ok
+    bad = check_device(Device(name="m4", target="cortex-m4-qemu", options={"machine": "no-such-board"}))
+    assert not bad.ok and "QEMU did not start" in bad.detail and "machine" in bad.detail, bad
+
+    target = load_target("cortex-m4-qemu")
+    image = build_firmware(target, image_models(target, {"mlp": example_models["mlp"]}),
+                           get_toolchain("host", target))
+    board = QemuFirmware(target.transport.options["machine"])
+    try:
+        board.put(image.elf)
+        answer = board.health()
+        assert answer.startswith("front end answered HELLO: ") and "protocol" in answer, answer
+        board.shutdown()  # QEMU gone: the check boots the image again and pings it
+        assert board.health().startswith("front end answered HELLO: ")
+    finally:
+        board.close()
+
+    with pytest.raises(TargetError, match=r"device 'm4': key 'health_check' runs a command in a shell"):
+        parse_inventory('[[devices]]\nname = "m4"\ntarget = "cortex-m4-qemu"\nhealth_check = ["true"]\n')

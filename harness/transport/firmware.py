@@ -9,7 +9,9 @@ with the framed protocol of harness/formats/frames.py (the same as `minrt-run --
 - `firmware-serial`: a real board. `put` runs the target's `flash_command` (an argv; `{elf}` is
   replaced by the image's path, never through a shell), then the protocol runs on `url`.
 
-There is no shell: `run` and `get` are refused with the reason. `run_model` sends graph.json
+There is no shell: `run` and `get` are refused with the reason, and a health check is
+`health()`: a framed HELLO to the front end, or for an emulated board with no image yet, a
+boot of its machine. `run_model` sends graph.json
 (which selects the model inside the image), an empty params.bin (the weights are in flash;
 the host checks they are the artifact's by the image's manifest), the inputs, RUN, GET.
 """
@@ -76,6 +78,16 @@ class FirmwareTransport:
     def line(self) -> SerialTransport:
         """The framed-protocol client (SerialTransport.exchange) on the board's UART."""
         raise NotImplementedError
+
+    def ping(self, timeout: float = BOOT_TIMEOUT_S) -> str:
+        """A framed HELLO to the front end: what it answered, as one line."""
+        version, max_payload, ident = self.line().hello(timeout)
+        return f"front end answered HELLO: {ident.strip()} (protocol {version}, payloads up to {max_payload} B)"
+
+    def health(self, timeout: float = BOOT_TIMEOUT_S) -> str:
+        """A device's health check (harness.farm.health): the board is flashed already and its
+        front end answers on the line. Raises DeviceError when it does not."""
+        return self.ping(timeout)
 
     def run_model(self, runner: str, graph: bytes, params: bytes, inputs: bytes, iters: int,
                   workspace: int, timeout: float, profile: bool = False) -> tuple[bytes, dict[str, Any]]:
@@ -169,15 +181,17 @@ class QemuFirmware(FirmwareTransport):
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
-    def boot(self, elf: Path) -> None:
+    def _start(self, elf: Path | None) -> str:
+        """Start QEMU with its UART on a private socket: running `elf`, or with no image, paused
+        (-S: the machine is built, its UART listens, no instruction runs). Returns the socket."""
         self.shutdown()
         self._dir = tempfile.mkdtemp(prefix="minrt-uart-")  # mode 0700
         path = os.path.join(self._dir, "uart")
         argv = ["qemu-system-arm", "-M", self.machine, "-icount", f"shift={self.icount_shift}",
                 "-nographic", "-monitor", "none", "-nodefaults",
                 "-chardev", f"socket,id=uart,path={path},server=on,wait=off", "-serial", "chardev:uart",
-                "-kernel", str(elf)]
-        log.info("%s: booting %s", self.name, elf)
+                *(["-kernel", str(elf)] if elf is not None else ["-S"])]
+        log.info("%s: booting %s", self.name, elf if elf is not None else "the machine, no image")
         log.debug("%s", " ".join(argv))
         self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                      stderr=subprocess.PIPE)
@@ -189,9 +203,29 @@ class QemuFirmware(FirmwareTransport):
                 raise DeviceError(f"{self.name}: QEMU did not start: {err.strip()[:300]}")
             time.sleep(0.02)
         os.chmod(path, 0o600)
+        return path
+
+    def boot(self, elf: Path) -> None:
+        path = self._start(elf)
         # the shell layer of SerialTransport is never used (workdir given: no sync)
         self._line = SerialTransport(f"unix://{path}", workdir="/", startup_timeout=BOOT_TIMEOUT_S)
         self._booted = elf
+
+    def health(self, timeout: float = BOOT_TIMEOUT_S) -> str:
+        """With an image put: booted if it is not running, then pinged (HELLO). Without one (a
+        farm's check before a job: the job builds and puts its own image) the check is a boot:
+        QEMU builds the machine and its UART listens, then it is stopped."""
+        if self.elf is not None:
+            self.flash(self.elf)
+            return self.ping(timeout)
+        self._start(None)
+        time.sleep(0.2)  # a machine that cannot be built makes QEMU exit at once
+        alive = self.alive()
+        code = self.proc.poll() if self.proc is not None else None
+        self.shutdown()
+        if not alive:
+            raise DeviceError(f"{self.name}: QEMU exited (status {code}) right after starting the machine")
+        return f"QEMU started {self.machine} (paused, no image: each job boots its own)"
 
     def line(self) -> SerialTransport:
         if not self.alive() or self._line is None:
