@@ -23,6 +23,7 @@ import logging
 import os
 import select
 import shutil
+import socket
 import subprocess
 import tempfile
 import time
@@ -161,6 +162,16 @@ def boot_and_read(machine: str, elf: Path, until: bytes, timeout: float, icount_
     return text.decode(errors="replace")
 
 
+def _listening(path: str) -> bool:
+    """Whether something accepts connections on the Unix socket at `path`."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        try:
+            probe.connect(path)
+        except OSError:  # refused: bound, not yet listening
+            return False
+    return True
+
+
 class QemuFirmware(FirmwareTransport):
     def __init__(self, machine: str, icount_shift: int = 0) -> None:
         super().__init__()
@@ -196,7 +207,8 @@ class QemuFirmware(FirmwareTransport):
         self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                      stderr=subprocess.PIPE)
         deadline = time.monotonic() + BOOT_TIMEOUT_S
-        while not os.path.exists(path):
+        # the socket file appears at bind(), a moment before QEMU listens on it: wait for both
+        while not (os.path.exists(path) and _listening(path)):
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 err = self.proc.stderr.read().decode(errors="replace") if self.proc.poll() is not None and self.proc.stderr else ""
                 self.shutdown()
