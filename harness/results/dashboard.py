@@ -556,7 +556,8 @@ def _pct(used: int | None, budget: int | None) -> str:
     if used is None or not budget:
         return '<td class="num">-</td>'
     share = used / budget
-    return f'<td class="num{" over" if share > 1 else ""}">{share:.0%}</td>'
+    text = f"{share:.0%}" if share >= 0.01 or not used else "&lt;1%"
+    return f'<td class="num{" over" if share > 1 else ""}">{text}</td>'
 
 
 def _num(value: float | int | None) -> str:
@@ -626,7 +627,7 @@ def _latency_section(site: _Site, batches: list[str]) -> list[str]:
                 out.append(line_chart(f"{target}: mean latency", xs, series, fmt=time_us, log=True))
             else:  # a counting target (firmware): emulated instructions or cycles
                 out.append(line_chart(f"{target}: mean {unit} per inference", xs, series,
-                                      fmt=lambda v: f"{v:,.3g}" if v < 1e4 else f"{v:,.0f}", log=True))
+                                      fmt=lambda v: f"{v:,.0f}" if v >= 100 else f"{v:.3g}", log=True))
             charts += 1
     if not charts:
         out.append('<p class="empty">No run measured a latency yet.</p>')
