@@ -180,7 +180,7 @@ def test_image_too_large_is_refused_naming_the_region(tmp_path, example_models) 
         small_text = "\n".join(f"{key} = {small}" if line.startswith(f"{key} =") else line
                                for line in text.splitlines())
         path = tmp_path / "cortex-m4-qemu.toml"
-        path.write_text(small_text.replace(f"stack_bytes = 0x2000", "stack_bytes = 0x1000"))
+        path.write_text(small_text.replace("stack_bytes = 0x2000", "stack_bytes = 0x1000"))
         target = parse_target(path)
         models = image_models(base, {"cnn": example_models["cnn"]})  # artifacts of the same core
         with pytest.raises(FitError, match=rf"does not fit cortex-m4-qemu: {region} needs {before}[\d,]+ bytes, "
