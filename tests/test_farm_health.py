@@ -13,6 +13,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 import xml.etree.ElementTree as ET
 
 import pytest
@@ -206,8 +207,9 @@ def test_firmware_and_host_devices_run_jobs_with_default_health_checks(tmp_path)
 def test_firmware_health_check_pings_the_front_end_or_boots_the_machine(tmp_path, example_models):
     """The check step of a firmware device (`harness farm _device check`): without an image, a
     boot of the emulated machine; a machine QEMU cannot build fails it with QEMU's reason. With
-    an image put, a framed HELLO answered by the front end. A shell health_check on a firmware
-    device is refused in the inventory, naming the device and the key."""
+    an image put, a framed HELLO answered by the front end; a real board's (firmware-serial) is
+    that HELLO on its line. A shell health_check on a firmware device is refused in the
+    inventory, naming the device and the key."""
     import shutil
 
     from harness.build.firmware import build_firmware, image_models
@@ -237,6 +239,27 @@ def test_firmware_health_check_pings_the_front_end_or_boots_the_machine(tmp_path
         assert board.health().startswith("front end answered HELLO: ")
     finally:
         board.close()
+
+    # A real board (firmware-serial: stm32f4-disco at a serial URL) is pinged on its line as it
+    # is, never flashed: here the line is a QEMU board running the image, started by hand.
+    uart = tmp_path / "uart"
+    qemu = subprocess.Popen(["qemu-system-arm", "-M", "mps2-an386", "-nographic", "-monitor", "none",
+                             "-nodefaults", "-chardev", f"socket,id=uart,path={uart},server=on,wait=off",
+                             "-serial", "chardev:uart", "-kernel", str(image.elf)],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(500):
+            if uart.exists():
+                break
+            time.sleep(0.02)
+        time.sleep(0.3)  # bound, then listening
+        board_ok = check_device(Device(name="disco", target="stm32f4-disco", address=f"unix://{uart}"))
+        assert board_ok.ok and board_ok.detail.startswith("healthy: front end answered HELLO"), board_ok
+    finally:
+        qemu.kill()
+        qemu.wait()
+    silent = check_device(Device(name="disco", target="stm32f4-disco", address=f"unix://{uart}"))
+    assert not silent.ok and "cannot open the console" in silent.detail, silent
 
     with pytest.raises(TargetError, match=r"device 'm4': key 'health_check' runs a command in a shell"):
         parse_inventory('[[devices]]\nname = "m4"\ntarget = "cortex-m4-qemu"\nhealth_check = ["true"]\n')
