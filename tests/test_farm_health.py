@@ -9,16 +9,18 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
 import time
 import xml.etree.ElementTree as ET
+from urllib.parse import unquote
 
 import pytest
 
-from harness.results.dashboard import render_dashboard
+from harness.results.dashboard import build_dashboard, render_dashboard
 from harness.models.examples import write_examples
 from harness.farm.scheduler import run_farm
 from harness.farm.inventory import parse_inventory
@@ -146,6 +148,14 @@ power_cycle = {json.dumps([sys.executable, "-m", "harness.cli", "board", "restar
         assert "dmesg" in err
         # A passing job's files are pruned by default.
         assert not (tmp_path / "out" / "jobs").exists() or not any((tmp_path / "out" / "jobs").iterdir())
+        # The dashboard's FAIL links to the run's page, which links to the board's console.
+        site = build_dashboard(store, tmp_path / "site", farm_out=[tmp_path / "out-failed"]).parent
+        (run,) = [r for r in store.runs(batch="b2") if not r.passed]
+        assert f'data-run="{run.id}"><a href="runs/{run.id}.html"' in (site / "index.html").read_text()
+        page = (site / "runs" / f"{run.id}.html").read_text()
+        links = dict(re.findall(r'<li>([a-zA-Z ]+): <a href="([^"]+)">', page))
+        assert {"job directory", "console log", "dmesg", "job log", "JUnit report"} <= set(links), links
+        assert (site / "runs" / unquote(links["console log"])).resolve() == job_dir / "console.txt"
     finally:
         try:
             os.kill(frozen_pid, signal.SIGCONT)
