@@ -37,9 +37,11 @@ class BuildError(HarnessError):
     exit_code = EXIT_INFRASTRUCTURE
 
 
-class FitError(HarnessError):
+class FitError(BuildError):
     """A firmware image does not fit the board's declared memory: the model is too big for
-    the board (bad input, not a build failure)."""
+    the board. A build refused, but for bad input (exit 2), not a failing toolchain."""
+
+    exit_code = EXIT_BAD_INPUT
 
 
 class DeviceError(HarnessError):
