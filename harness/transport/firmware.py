@@ -9,9 +9,7 @@ with the framed protocol of harness/formats/frames.py (the same as `minrt-run --
 - `firmware-serial`: a real board. `put` runs the target's `flash_command` (an argv; `{elf}` is
   replaced by the image's path, never through a shell), then the protocol runs on `url`.
 
-There is no shell: `run` and `get` are refused with the reason, and a health check is
-`health()`: a framed HELLO to the front end, or for an emulated board with no image yet, a
-boot of its machine. `run_model` sends graph.json
+There is no shell: `run` and `get` are refused with the reason. `run_model` sends graph.json
 (which selects the model inside the image), an empty params.bin (the weights are in flash;
 the host checks they are the artifact's by the image's manifest), the inputs, RUN, GET.
 """
@@ -49,7 +47,9 @@ def load_manifest(elf: Path) -> dict[str, Any]:
 
 
 class FirmwareTransport:
-    """A board running a firmware image (the common part of both kinds)."""
+    """A board running a firmware image (the common part of both kinds). Its health check is
+    `health()`: a framed HELLO to the front end, or for an emulated board with no image yet, a
+    boot of its machine; never a shell command."""
 
     workdir = "/"
     name = "firmware"
@@ -192,9 +192,9 @@ class QemuFirmware(FirmwareTransport):
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
-    def _start(self, elf: Path | None) -> str:
-        """Start QEMU with its UART on a private socket: running `elf`, or with no image, paused
-        (-S: the machine is built, its UART listens, no instruction runs). Returns the socket."""
+    def boot(self, elf: Path | None) -> None:
+        """Start QEMU with the image `elf`, or with none paused (-S: the machine is built and
+        its UART listens, no instruction runs: the health check of a board with no image)."""
         self.shutdown()
         self._dir = tempfile.mkdtemp(prefix="minrt-uart-")  # mode 0700
         path = os.path.join(self._dir, "uart")
@@ -215,10 +215,6 @@ class QemuFirmware(FirmwareTransport):
                 raise DeviceError(f"{self.name}: QEMU did not start: {err.strip()[:300]}")
             time.sleep(0.02)
         os.chmod(path, 0o600)
-        return path
-
-    def boot(self, elf: Path) -> None:
-        path = self._start(elf)
         # the shell layer of SerialTransport is never used (workdir given: no sync)
         self._line = SerialTransport(f"unix://{path}", workdir="/", startup_timeout=BOOT_TIMEOUT_S)
         self._booted = elf
@@ -230,7 +226,7 @@ class QemuFirmware(FirmwareTransport):
         if self.elf is not None:
             self.flash(self.elf)
             return self.ping(timeout)
-        self._start(None)
+        self.boot(None)
         time.sleep(0.2)  # a machine that cannot be built makes QEMU exit at once
         alive = self.alive()
         code = self.proc.poll() if self.proc is not None else None
