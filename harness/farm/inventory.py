@@ -159,14 +159,6 @@ def parse_inventory(text: str | bytes, path: Path | None = None) -> Inventory:
             health_check=_str_list(table, "health_check", where),
             power_cycle=_str_list(table, "power_cycle", where),
         ))
-    from harness.transport.firmware import TRANSPORT_KINDS as FIRMWARE_KINDS
-
-    firmware_kinds = {k.name for k in FIRMWARE_KINDS}
-    for device in devices:
-        if device.health_check and device_target(device).transport.kind in firmware_kinds:
-            raise TargetError(f"{src}: device '{device.name}': key 'health_check' runs a command in a shell, "
-                              "which a firmware board does not have (its health check is a framed HELLO "
-                              "to the front end): remove the key")
     lease = data.get("lease", {})
     if not isinstance(lease, dict):
         raise TargetError(f"{src}: key 'lease' must be a table")
@@ -189,6 +181,14 @@ def parse_inventory(text: str | bytes, path: Path | None = None) -> Inventory:
     timeout = health.get("timeout", 120.0)
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout < math.inf:
         raise TargetError(f"{src}: key 'health.timeout' must be a number of seconds > 0, got {timeout!r}")
+    from harness.transport.firmware import TRANSPORT_KINDS as FIRMWARE_KINDS
+
+    firmware_kinds = {k.name for k in FIRMWARE_KINDS}
+    for device in devices:
+        if device.health_check and device_target(device).transport.kind in firmware_kinds:
+            raise TargetError(f"{src}: device '{device.name}': key 'health_check' runs a command in a shell, "
+                              "which a firmware board does not have (its health check is a framed HELLO "
+                              "to the front end): remove the key")
     return Inventory(devices=tuple(devices), path=path, lease_backend=backend,
                      labgrid_coordinator=coordinator, quarantine_after=after, health_timeout=float(timeout))
 
