@@ -39,6 +39,7 @@ from harness.results.store import (
     RunRow,
     batch_kind,
     default_store_path,
+    emulated_run,
     latency_number,
     latency_text,
 )
@@ -624,7 +625,9 @@ def _latency_section(site: _Site, batches: list[str]) -> list[str]:
             xs = [b for b in batches if any(b in trend for _, trend in models)][-site.history * 3:]
             series = [(m, [trend.get(b) for b in xs]) for m, trend in models]
             if unit == "us":
-                out.append(line_chart(f"{target}: mean latency", xs, series, fmt=time_us, log=True))
+                # qemu-user's wall time says how the emulator ran, not how fast a device is
+                word = " (emulated)" if emulated_run(target, None) else ""
+                out.append(line_chart(f"{target}: mean latency{word}", xs, series, fmt=time_us, log=True))
             else:  # a counting target (firmware): emulated instructions or cycles
                 out.append(line_chart(f"{target}: mean {unit} per inference", xs, series,
                                       fmt=lambda v: f"{v:,.0f}" if v >= 100 else f"{v:.3g}", log=True))

@@ -187,11 +187,11 @@ def latency_text(row: RunRow) -> str:
     _, mean, _, unit = latency
     if unit != "us":
         return count(mean, unit)
-    return duration(mean) + (f" {EMULATED}" if _emulated(row.target, row.transport) else "")
+    return duration(mean) + (f" {EMULATED}" if emulated_run(row.target, row.transport) else "")
 
 
 @functools.lru_cache(maxsize=64)
-def _emulated(target: str, transport: str | None) -> bool:
+def emulated_run(target: str, transport: str | None) -> bool:
     """Whether a stored run's target and transport are an emulator (False for a target whose
     file is gone: nothing to tell)."""
     from harness.config.readiness import is_emulated
