@@ -244,6 +244,8 @@ def line_chart(
     and the last value of each series). `fmt` writes a value (default: a number and y_unit);
     `log` puts the y axis on a log scale (a 6 s model and a 2 ms one on one chart). `hlines`
     are dashed reference lines (a budget). Each point carries a <title> with its value."""
+    # without `fmt`: whole numbers on the axis and in the legend, a decimal in a point's title
+    point = fmt or (lambda v: f"{v:,.1f}{y_unit}")
     fmt = fmt or (lambda v: plain_number(v, y_unit))
     x_short = x_short or short_batch
     left, right, top, bottom = 78, 16, 30, 70
@@ -296,7 +298,7 @@ def line_chart(
             parts.append(f'<polyline points="{path}" fill="none" stroke="{color}" stroke-width="2"/>')
         for px, py, v, i in pts:
             parts.append(f'<circle cx="{px:.1f}" cy="{py:.1f}" r="3.5" fill="{color}">'
-                         f'<title>{_esc(name)} @ {_esc(x_labels[i])}: {_esc(fmt(v))}</title></circle>')
+                         f'<title>{_esc(name)} @ {_esc(x_labels[i])}: {_esc(point(v))}</title></circle>')
         if pts:
             legend.append(f'<li><span class="swatch" style="background:{color}"></span>{_esc(name)}: '
                           f'{_esc(fmt(pts[-1][2]))}</li>')
