@@ -413,7 +413,7 @@ def build_parser() -> argparse.ArgumentParser:
     opts.add_transport(p, host=False)
     opts.add_input_shapes(p)
     p.add_argument("--results", help="results store (default: <cache>/results.sqlite)")
-    p.add_argument("--batch", help="results batch (default: the UTC day)")
+    p.add_argument("--batch", help="results batch (default: bench-<UTC time>, each run its own)")
     p.add_argument("--no-store", action="store_true", help="do not record in the results store")
     p.add_argument("--json", action="store_true", help="print machine-readable results")
     p.set_defaults(func=cmd_bench)

@@ -21,6 +21,7 @@ import logging
 import os
 import select
 import shutil
+import socket
 import subprocess
 import tempfile
 import time
@@ -46,7 +47,9 @@ def load_manifest(elf: Path) -> dict[str, Any]:
 
 
 class FirmwareTransport:
-    """A board running a firmware image (the common part of both kinds)."""
+    """A board running a firmware image (the common part of both kinds). Its health check is
+    `health()`: a framed HELLO to the front end, or for an emulated board with no image yet, a
+    boot of its machine; never a shell command."""
 
     workdir = "/"
     name = "firmware"
@@ -76,6 +79,16 @@ class FirmwareTransport:
     def line(self) -> SerialTransport:
         """The framed-protocol client (SerialTransport.exchange) on the board's UART."""
         raise NotImplementedError
+
+    def ping(self, timeout: float = BOOT_TIMEOUT_S) -> str:
+        """A framed HELLO to the front end: what it answered, as one line."""
+        version, max_payload, ident = self.line().hello(timeout)
+        return f"front end answered HELLO: {ident.strip()} (protocol {version}, payloads up to {max_payload} B)"
+
+    def health(self, timeout: float = BOOT_TIMEOUT_S) -> str:
+        """A device's health check (harness.farm.health): the board is flashed already and its
+        front end answers on the line. Raises DeviceError when it does not."""
+        return self.ping(timeout)
 
     def run_model(self, runner: str, graph: bytes, params: bytes, inputs: bytes, iters: int,
                   workspace: int, timeout: float, profile: bool = False) -> tuple[bytes, dict[str, Any]]:
@@ -149,6 +162,16 @@ def boot_and_read(machine: str, elf: Path, until: bytes, timeout: float, icount_
     return text.decode(errors="replace")
 
 
+def _listening(path: str) -> bool:
+    """Whether something accepts connections on the Unix socket at `path`."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        try:
+            probe.connect(path)
+        except OSError:  # refused: bound, not yet listening
+            return False
+    return True
+
+
 class QemuFirmware(FirmwareTransport):
     def __init__(self, machine: str, icount_shift: int = 0) -> None:
         super().__init__()
@@ -169,20 +192,23 @@ class QemuFirmware(FirmwareTransport):
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
-    def boot(self, elf: Path) -> None:
+    def boot(self, elf: Path | None) -> None:
+        """Start QEMU with the image `elf`, or with none paused (-S: the machine is built and
+        its UART listens, no instruction runs: the health check of a board with no image)."""
         self.shutdown()
         self._dir = tempfile.mkdtemp(prefix="minrt-uart-")  # mode 0700
         path = os.path.join(self._dir, "uart")
         argv = ["qemu-system-arm", "-M", self.machine, "-icount", f"shift={self.icount_shift}",
                 "-nographic", "-monitor", "none", "-nodefaults",
                 "-chardev", f"socket,id=uart,path={path},server=on,wait=off", "-serial", "chardev:uart",
-                "-kernel", str(elf)]
-        log.info("%s: booting %s", self.name, elf)
+                *(["-kernel", str(elf)] if elf is not None else ["-S"])]
+        log.info("%s: booting %s", self.name, elf if elf is not None else "the machine, no image")
         log.debug("%s", " ".join(argv))
         self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                      stderr=subprocess.PIPE)
         deadline = time.monotonic() + BOOT_TIMEOUT_S
-        while not os.path.exists(path):
+        # the socket file appears at bind(), a moment before QEMU listens on it: wait for both
+        while not (os.path.exists(path) and _listening(path)):
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 err = self.proc.stderr.read().decode(errors="replace") if self.proc.poll() is not None and self.proc.stderr else ""
                 self.shutdown()
@@ -192,6 +218,22 @@ class QemuFirmware(FirmwareTransport):
         # the shell layer of SerialTransport is never used (workdir given: no sync)
         self._line = SerialTransport(f"unix://{path}", workdir="/", startup_timeout=BOOT_TIMEOUT_S)
         self._booted = elf
+
+    def health(self, timeout: float = BOOT_TIMEOUT_S) -> str:
+        """With an image put: booted if it is not running, then pinged (HELLO). Without one (a
+        farm's check before a job: the job builds and puts its own image) the check is a boot:
+        QEMU builds the machine and its UART listens, then it is stopped."""
+        if self.elf is not None:
+            self.flash(self.elf)
+            return self.ping(timeout)
+        self.boot(None)
+        time.sleep(0.2)  # a machine that cannot be built makes QEMU exit at once
+        alive = self.alive()
+        code = self.proc.poll() if self.proc is not None else None
+        self.shutdown()
+        if not alive:
+            raise DeviceError(f"{self.name}: QEMU exited (status {code}) right after starting the machine")
+        return f"QEMU started {self.machine} (paused, no image: each job boots its own)"
 
     def line(self) -> SerialTransport:
         if not self.alive() or self._line is None:

@@ -398,6 +398,16 @@ class SerialTransport:
 
     # -- the framed protocol -----------------------------------------------------------------
 
+    def hello(self, timeout: float) -> tuple[int, int, str]:
+        """A framed HELLO to a front end already serving this line (a firmware board): its
+        (protocol version, largest payload, identification). The ping of a health check."""
+        link = _Link(self, time.monotonic() + timeout)
+        try:
+            return frames.parse_hello(link.request(frames.Kind.HELLO, bytes([frames.VERSION])).payload)
+        except frames.FrameError as exc:
+            raise DeviceError(f"serial {self.url}: malformed HELLO answer: {exc}") from None
+
+
     def run_model(
         self,
         runner: str,
