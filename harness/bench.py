@@ -2,9 +2,9 @@
 
 For each model: compile it for the target (tuning records used unless MINRT_NO_TUNING=1),
 build minrt-run, make one set of seeded inputs, then alternate rounds: minrt-run on the
-target's device (`iters` inferences, timed by the runner itself) and onnxruntime on this host
-(one intra-op and one inter-op thread, the same inputs, `iters` inferences timed around
-`session.run`). Interleaving means a slow phase of the machine hits both. Per runtime:
+target's device (`iters` inferences, timed by the runner itself, its kernels' parallel loops
+on `threads` threads) and onnxruntime on this host (`threads` intra-op threads, one inter-op
+thread, the same inputs, `iters` inferences timed around `session.run`): like with like. Interleaving means a slow phase of the machine hits both. Per runtime:
 min = the fastest single inference over all rounds, median = the median of the per-round
 means. The ratio is minrt / onnxruntime (below 1 means minrt is faster); across models the
 geometric mean of the ratios. onnxruntime runs on the host, so the ratio is meaningful when
@@ -38,6 +38,8 @@ class ModelBench:
     ort_median_us: float = 0.0
     rounds: int = 0
     iters: int = 0
+    threads: int = 1
+    threads_used: int = 0  # threads minrt-run reports its kernels ran on
     tuned_kernels: int = 0
     kernels: int = 0
     workspace_bytes: int = 0
@@ -71,14 +73,14 @@ class BenchReport:
         return math.exp(sum(math.log(r) for r in ratios) / len(ratios)) if ratios else None
 
     def table(self) -> str:
-        lines = [f"{'model':<18} {'minrt min':>10} {'ort min':>10} {'ratio':>6}  {'minrt med':>10} {'ort med':>10} "
+        lines = [f"{'model':<18} {'thr':>3} {'minrt min':>10} {'ort min':>10} {'ratio':>6}  {'minrt med':>10} {'ort med':>10} "
                  f"{'ratio':>6}  {'tuned':>5} {'workspace':>9} {'largest act':>11} {'compile':>7}"]
         for m in self.models:
             if m.error:
                 lines.append(f"{m.model:<18} ERROR {m.error}")
                 continue
             lines.append(
-                f"{m.model:<18} {m.minrt_min_us:>8.1f}us {m.ort_min_us:>8.1f}us {m.ratio_min:>6.2f}  "
+                f"{m.model:<18} {m.threads:>3} {m.minrt_min_us:>8.1f}us {m.ort_min_us:>8.1f}us {m.ratio_min:>6.2f}  "
                 f"{m.minrt_median_us:>8.1f}us {m.ort_median_us:>8.1f}us {m.ratio_median:>6.2f}  "
                 f"{m.tuned_kernels:>2}/{m.kernels:<2} {m.workspace_bytes:>8}B {m.largest_activation_bytes:>10}B "
                 f"{m.compile_seconds:>6.1f}s")
@@ -88,11 +90,11 @@ class BenchReport:
         return "\n".join(lines)
 
 
-def _ort_session(model: Path) -> Any:
+def _ort_session(model: Path, threads: int = 1) -> Any:
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 1
+    opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     return ort.InferenceSession(str(model), sess_options=opts, providers=["CPUExecutionProvider"])
@@ -132,15 +134,16 @@ def _largest_activation(artifact: Any) -> int:
 
 
 def bench_model(model: Path, target: Target, *, toolchain: str = "host", rounds: int = 5,
-                iters: int = 20, seed: int = 0, transport: str | None = None) -> ModelBench:
-    """Benchmark one model: interleaved rounds of minrt (on the target) and onnxruntime."""
+                iters: int = 20, seed: int = 0, transport: str | None = None, threads: int = 1) -> ModelBench:
+    """Benchmark one model: interleaved rounds of minrt (on the target) and onnxruntime, both
+    on `threads` threads."""
     from harness.build.runner import build_runner
     from harness.compile.model import compile_model
     from harness.run import execute, random_inputs
     from harness.build.toolchain import get_toolchain
     from harness.device.open import open_transport
 
-    result = ModelBench(model=model.stem, target=target.name, rounds=rounds, iters=iters)
+    result = ModelBench(model=model.stem, target=target.name, rounds=rounds, iters=iters, threads=threads)
     started = time.monotonic()
     artifact = compile_model(model, target)
     meta = artifact.metadata
@@ -153,13 +156,14 @@ def bench_model(model: Path, target: Target, *, toolchain: str = "host", rounds:
     runner = build_runner(target, artifact, get_toolchain(toolchain, target))
     inputs = random_inputs(artifact.inputs, seed)
     blob = tensorfile.dumps({s["name"]: inputs[s["name"]] for s in artifact.inputs})
-    session = _ort_session(model)
+    session = _ort_session(model, threads)
     feeds = dict(inputs)
     _ort_round(session, feeds, 2)  # warm-up: first run allocates
     m_min, m_mean, o_min, o_mean = [], [], [], []
     with open_transport(target, kind=transport) as device:
         for r in range(rounds):
-            _, timing = execute(device, runner, artifact, blob, iters)
+            _, timing = execute(device, runner, artifact, blob, iters, threads=threads)
+            result.threads_used = int(timing.get("threads_used", 1))
             m_min.append(float(timing["min_us"]))
             m_mean.append(float(timing["mean_us"]))
             lo, mean = _ort_round(session, feeds, iters)
@@ -186,11 +190,12 @@ def bench_models(models: Sequence[Path], target: Target, **kwargs: Any) -> Bench
 
 
 def resolve_bench_models(names: Sequence[str] | None, out_dir: Path) -> list[Path]:
-    """.onnx paths, example names or zoo names; none means every example and zoo model
-    (written under `out_dir`)."""
+    """.onnx paths, example names, zoo names or light zoo names (real-sized CNNs from the onnx
+    wheel, see harness.models.zoo.LIGHT_ZOO); none means every example and (MLPerf-Tiny-like)
+    zoo model (written under `out_dir`)."""
     from harness.errors import HarnessError
     from harness.models.examples import EXAMPLES, write_examples
-    from harness.models.zoo import ZOO, write_zoo
+    from harness.models.zoo import LIGHT_ZOO, ZOO, light_zoo_path, write_zoo
 
     if not names:
         return list(write_examples(out_dir / "examples").values()) + list(write_zoo(out_dir / "zoo").values())
@@ -200,9 +205,11 @@ def resolve_bench_models(names: Sequence[str] | None, out_dir: Path) -> list[Pat
             paths.append(write_zoo(out_dir / "zoo", [name])[name])
         elif name in EXAMPLES:
             paths.append(write_examples(out_dir / "examples", [name])[name])
+        elif name in LIGHT_ZOO:
+            paths.append(light_zoo_path(name))
         elif Path(name).is_file():
             paths.append(Path(name))
         else:
             raise HarnessError(f"model '{name}' is not a file, an example ({', '.join(EXAMPLES)}) "
-                               f"or a zoo model ({', '.join(ZOO)})")
+                               f"or a zoo model ({', '.join((*ZOO, *LIGHT_ZOO))})")
     return paths

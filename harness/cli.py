@@ -108,7 +108,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                                        iters=args.iters, seed=args.seed, host=args.host,
                                        input_files=inputs or None, atol=args.atol, rtol=args.rtol,
                                        trust_on_first_use=args.trust_on_first_use, profile=args.profile,
-                                       device=device, one_image=one_image)
+                                       device=device, one_image=one_image, threads=args.threads)
             except HarnessError as exc:
                 if len(models) == 1:
                     raise
@@ -331,7 +331,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     target = load_target(args.target)
     report = bench_models(resolve_bench_models(args.model, cache_dir()), target, toolchain=args.toolchain,
-                          rounds=args.rounds, iters=args.iters, transport=args.transport)
+                          rounds=args.rounds, iters=args.iters, transport=args.transport, threads=args.threads)
     if args.json:
         print(json.dumps({"target": target.name, "geomean_min": report.geomean("min"),
                           "geomean_median": report.geomean("median"),
@@ -361,6 +361,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trust-on-first-use", action="store_true",
                    help="SSH: record an unknown host key instead of refusing it (a changed key is always refused)")
     p.add_argument("--iters", type=positive_int, default=10, help="inference runs on the device (default 10)")
+    p.add_argument("--threads", type=positive_int, default=None,
+                   help="threads for the kernels' parallel loops (default: the device's cores; firmware: 1)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random inputs")
     p.add_argument("--input", action="append", default=[], metavar="NAME=FILE.npy", help="an input from a .npy file")
     p.add_argument("--atol", type=float, default=1e-5)
@@ -431,10 +433,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_tune)
 
     p = sub.add_parser("bench", help="minrt vs onnxruntime, interleaved, on the examples and the zoo")
-    p.add_argument("model", nargs="*", help="ONNX file, example or zoo model name (default: all)")
+    p.add_argument("model", nargs="*", help="ONNX file, example, zoo or light zoo (light_resnet50...) model name "
+                                             "(default: every example and zoo model)")
     p.add_argument("--target", default="x86_64", help="target (default x86_64: the host onnxruntime runs on)")
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--iters", type=int, default=20, help="inferences per round and runtime")
+    p.add_argument("--threads", type=positive_int, default=1,
+                   help="threads for minrt's parallel loops and onnxruntime's intra-op pool (default 1)")
     p.add_argument("--toolchain", choices=["host", "docker"], default="host")
     p.add_argument("--transport", choices=["local", "qemu-user", "ssh", "serial"])
     p.add_argument("--results", help="results store (default: <cache>/results.sqlite)")
