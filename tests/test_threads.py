@@ -1,7 +1,7 @@
 """Every core: the runner runs kernels' parallel loops on N threads (runtime_c/runner/pool.c,
 `minrt-run -t N`), with minrt's core unchanged. On x86_64 and qemu-armv7 a model whose heavy
 kernels have parallel loops (the default schedules on Linux targets) gives the same bytes at 1
-and 2 threads, and the runner reports that two threads did run kernel work."""
+and 2 threads, and on a real-sized CNN the runner reports that two threads did run kernel work."""
 
 from __future__ import annotations
 
@@ -42,10 +42,15 @@ def test_outputs_are_identical_at_one_and_two_threads(tmp_path, monkeypatch, tar
     inputs = random_inputs(artifact.inputs, 5)
     blob = tensorfile.dumps({s["name"]: inputs[s["name"]] for s in artifact.inputs})
     with open_transport(target) as device:
-        one, timing1 = execute(device, runner, artifact, blob, 2, threads=1)
-        two, timing2 = execute(device, runner, artifact, blob, 2, threads=2)
+        one, timing1 = execute(device, runner, artifact, blob, 3, threads=1)
+        two, timing2 = execute(device, runner, artifact, blob, 3, threads=2)
     assert (timing1["threads"], timing1["threads_used"]) == (1, 1)
-    assert (timing2["threads"], timing2["threads_used"]) == (2, 2)  # the second thread ran tasks
+    assert timing2["threads"] == 2
+    if model in LIGHT_ZOO:
+        # Tasks of milliseconds: the second thread takes some. (A small model's tasks may all
+        # be taken by the launching thread before the other wakes on a busy machine: the pool
+        # hands out tasks to whichever thread is running.)
+        assert timing2["threads_used"] == 2
     assert one == two  # each output element is computed the same way by whichever thread
 
 
