@@ -19,6 +19,7 @@ from harness.config.targets import DEFAULT_TARGET
 from harness.errors import EXIT_BAD_INPUT, EXIT_INFRASTRUCTURE, EXIT_INTERRUPTED, HarnessError, exit_code_of_results
 from harness.models.resolve import resolve_models
 from harness.results.report import format_result
+from harness.formats.text import json_text
 
 log = logging.getLogger("harness")
 
@@ -87,7 +88,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             if not args.json:
                 print(format_result(result.to_dict()), flush=True)
     if args.json:
-        print(json.dumps(results, indent=2))
+        print(json_text(results, indent=2))
     else:
         passed = sum(r["passed"] for r in results)
         print(f"{passed} of {len(results)} model(s) passed on {target.name}")
@@ -133,7 +134,7 @@ def cmd_targets(args: argparse.Namespace) -> int:
         r = check_readiness(target, probe=not args.no_probe)
         rows.append({**r.to_dict(), "description": target.description, "default": name == DEFAULT_TARGET})
     if args.json:
-        print(json.dumps(rows, indent=2))
+        print(json_text(rows, indent=2))
         return 0
     print(table(["target", "status", "transport", "description"],
                 [[r["target"], r["status"], r["transport"] or "-",
@@ -225,7 +226,7 @@ def cmd_size(args: argparse.Namespace) -> int:
         baseline_path.write_text(json.dumps(baselines, indent=2, sort_keys=True) + "\n")
         log.info("saved the %s baseline in %s", target.arch, baseline_path)
     if args.json:
-        print(json.dumps(report, indent=2))
+        print(json_text(report, indent=2))
         return 0 if report["within_budget"] else 1
     print(size.format_report(report))
     if "baseline_diff" in report:
@@ -292,7 +293,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
                           transport=args.transport, input_shapes=shapes or None,
                           threads=args.threads)
     if args.json:
-        print(json.dumps({"target": target.name, "geomean_min": report.geomean("min"),
+        print(json_text({"target": target.name, "geomean_min": report.geomean("min"),
                           "geomean_median": report.geomean("median"),
                           "models": [m.to_dict() for m in report.models]}, indent=2))
     else:
@@ -484,8 +485,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     # itself is sent to a log file (harness.compile.native_log), and progress must still show.
     log_stream = os.fdopen(os.dup(sys.stderr.fileno()), "w", buffering=1) if _has_fd(sys.stderr) else sys.stderr
     logging.basicConfig(level=level, format="harness: %(message)s", stream=log_stream)
-    # paramiko announces every connection at INFO; the harness reports its own steps
-    logging.getLogger("paramiko").setLevel(logging.WARNING)
+    # paramiko announces every connection at INFO, and its transport thread logs a failed
+    # handshake (a port that is not SSH) as a traceback at ERROR before SSHTransport raises the
+    # same failure as one DeviceError line: the harness reports its own steps, paramiko only
+    # with -v.
+    logging.getLogger("paramiko").setLevel(logging.DEBUG if args.verbose else logging.CRITICAL)
     if (problem := missing_source()) is not None:
         print(f"harness: error: {problem}", file=sys.stderr)
         return EXIT_BAD_INPUT

@@ -352,6 +352,8 @@ def test_a_results_path_that_is_no_store_is_bad_input_before_any_work(tmp_path, 
     ('name = "h"\ntarget = "x86_64"\ntransport = "telnet"\n', "", "device 'h': transport 'telnet' is not supported"),
     ('name = "' + "d" * 300 + '"\ntarget = "x86_64"\n', "", "devices[0]: key 'name' is 300 characters, more than 64"),
     ('name = "h"\ntarget = "/nonexistent/x.toml"\n', "", "device 'h': unknown target '/nonexistent/x.toml'"),
+    ('name = "h"\ntarget = "rpi"\naddress = "pi@127.0.0.1:1;touch x"\n', "",
+     "device 'h': key 'address': 'pi@127.0.0.1:1;touch x': port '1;touch x' is not a TCP port"),
 ])
 def test_inventory_mistakes_are_bad_input_not_device_failures(tmp_path, mlp, device, health, needle):
     """Each of these ran into the farm, failed the device's health checks (a traceback from a
@@ -363,3 +365,67 @@ def test_inventory_mistakes_are_bad_input_not_device_failures(tmp_path, mlp, dev
                    env={"MINRT_CACHE": str(cache)})
     assert_one_line_error(proc, 2, str(inventory), needle)
     assert not (cache / "results.sqlite").exists()  # no job, no health record, no quarantine
+
+
+def test_ssh_to_a_port_that_is_not_ssh_is_one_line(tmp_path, mlp):
+    """A real server on loopback that answers like HTTP, not SSH: paramiko's transport thread
+    logged two tracebacks before the one-line error; now only the line (exit 3: the device
+    address is right in form, the device is not an SSH server)."""
+    import socket
+    import threading
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(8)
+    server.settimeout(60)
+
+    def answer() -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                conn, _ = server.accept()
+                with conn:
+                    conn.sendall(b"HTTP/1.0 200 OK\r\n\r\nnot ssh\n")
+
+    threading.Thread(target=answer, daemon=True).start()
+    try:
+        proc = harness("run", "--model", str(mlp), "--target", "rpi", "--toolchain", "host", "--iters", "1",
+                       "--host", f"root@127.0.0.1:{server.getsockname()[1]}", timeout=300)
+    finally:
+        server.close()
+    assert "Traceback" not in proc.stdout + proc.stderr, proc.stderr
+    assert proc.returncode == 3, proc.stdout + proc.stderr
+    assert "SSH connect failed: Error reading SSH protocol banner" in proc.stdout
+    assert "paramiko" not in proc.stderr
+
+
+def test_nan_from_the_device_is_reported_the_right_way_round_in_strict_json(tmp_path, monkeypatch):
+    """The device computes with a NaN weight (written into the compiled params.bin), the
+    references with the model's own: minrt's outputs are NaN where the references have
+    numbers. The report says so that way round, --json stays strict JSON (no bare NaN), and
+    numpy prints no RuntimeWarning."""
+    from harness.cache import SEAL, seal
+    from harness.compile.model import compile_model
+    from harness.formats import tensorfile
+    from harness.models.examples import write_examples
+
+    monkeypatch.setenv("MINRT_CACHE", str(tmp_path / "cache"))
+    model = write_examples(tmp_path / "models", ["mlp"])["mlp"]
+    artifact = compile_model(model, "x86_64")
+    params = tensorfile.load(artifact.params_bin)
+    # the last weight feeds the output directly (an earlier one would pass a ReLU, which may
+    # turn NaN into 0)
+    name = [n for n, a in params.items() if a.dtype == np.float32][-1]
+    params[name] = np.full_like(params[name], np.nan)
+    tensorfile.save(artifact.params_bin, params, aligned=True)
+    seal(artifact.dir, [p.name for p in artifact.dir.iterdir() if p.name != SEAL])
+    proc = harness("run", "--model", str(model), "--target", "x86_64", "--toolchain", "host", "--iters", "1", "--json")
+    assert "Traceback" not in proc.stderr and "RuntimeWarning" not in proc.stderr, proc.stderr
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+
+    def no_constants(text: str):
+        raise AssertionError(f"bare {text} in --json output")
+
+    (result,) = json.loads(proc.stdout, parse_constant=no_constants)
+    checks = result["outputs"]
+    assert checks and all(c["problem"] == "NaN where the reference has a number" for c in checks), [(c["problem"], c["got"], c["expected"]) for c in checks]
+    assert all(c["max_abs_err"] == "inf" and c["got"] == "nan" and isinstance(c["expected"], float) for c in checks)

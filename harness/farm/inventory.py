@@ -99,7 +99,8 @@ def _str_list(table: dict, key: str, where: str) -> tuple[str, ...]:
 MAX_NAME = 64
 
 
-def _check_transport(target: str, transport: str | None, options: Mapping[str, Any], where: str) -> None:
+def _check_transport(target: str, transport: str | None, options: Mapping[str, Any], address: str | None,
+                     where: str) -> None:
     """A device's transport kind and its options, checked when the inventory is read: a
     configuration mistake is bad input, never a device failure that would count towards
     quarantining the device."""
@@ -110,6 +111,13 @@ def _check_transport(target: str, transport: str | None, options: Mapping[str, A
     except TargetError as exc:
         raise TargetError(f"{where}: {exc}") from None
     check_transport_options(kind, options, where, "options")
+    if kind == "ssh" and address is not None:  # the one kind whose address has a form to check
+        from harness.transport.ssh import split_address
+
+        try:
+            split_address(address, "root")
+        except TargetError as exc:
+            raise TargetError(f"{where}: key 'address': {exc}".replace("--host ", "")) from None
 
 
 def parse_inventory(text: str | bytes, path: Path | None = None) -> Inventory:
@@ -147,11 +155,12 @@ def parse_inventory(text: str | bytes, path: Path | None = None) -> Inventory:
             raise TargetError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}")
         transport = _field(table, "transport", str, where)
         options = _field(table, "options", dict, where) or {}
-        _check_transport(target, transport, options, where)
+        address = _field(table, "address", str, where)
+        _check_transport(target, transport, options, address, where)
         devices.append(Device(
             name=name, target=target,
             transport=transport,
-            address=_field(table, "address", str, where),
+            address=address,
             options=options,
             tags=_str_list(table, "tags", where),
             labgrid_matches=_str_list(table, "labgrid_matches", where),

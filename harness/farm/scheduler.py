@@ -17,7 +17,9 @@ is named by "module:function" so the worker process can import it. The default,
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import fcntl
 import importlib
 import inspect
 import json
@@ -33,7 +35,7 @@ import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 from harness import REPO_ROOT
 from harness.errors import DeviceError, HarnessError, exit_code_of_results
@@ -46,6 +48,7 @@ from harness.farm.lease import LabgridLeases, LeaseBackend, LeaseTimeout, LocalL
 from harness.models.resolve import resolve_models
 from harness.results.store import HEALTHY, QUARANTINED
 from harness.transport import transport_kind
+from harness.formats.text import json_text
 
 log = logging.getLogger(__name__)
 
@@ -535,6 +538,41 @@ def run_farm(
 
         commit = git_commit()
     batch = batch or time.strftime("farm-%Y%m%dT%H%M%SZ", time.gmtime())
+    with contextlib.ExitStack() as stack:
+        if out_dir is not None:
+            stack.enter_context(_own_out_dir(Path(out_dir)))
+        return _run_jobs(inventory, models, targets, job_runner, runner_options, leases, store, batch, commit,
+                         out_dir, lease_timeout, job_timeout, on_start, keep, check_health)
+
+
+@contextlib.contextmanager
+def _own_out_dir(out_dir: Path) -> Iterator[None]:
+    """Hold `out_dir` for one farm: a second farm given the same directory stops at once with
+    the first one's pid, instead of both overwriting each other's results and job logs."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    lock = out_dir / ".farm.lock"
+    with open(lock, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "unknown"
+            raise HarnessError(f"farm: --out {out_dir} is in use by another farm (pid {holder}); "
+                               "give each farm its own --out directory") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"{os.getpid()}\n")
+        handle.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _run_jobs(inventory: Inventory, models: Sequence[Path | str], targets: list[str], job_runner: str | Callable[..., dict[str, Any]],
+              runner_options: Mapping[str, Any] | None, leases: LeaseBackend, store: Any, batch: str, commit: str,
+              out_dir: Path | None, lease_timeout: float, job_timeout: float,
+              on_start: Callable[[Job, str, int], None] | None, keep: str, check_health: bool) -> FarmReport:
     jobs = [Job(Path(m), t) for m in models for t in targets]
     devices = [d for d in inventory.devices if d.target in targets]
     log.info("farm: %d job(s) (%d model(s) x %d target(s)) on %d device(s), batch %s",
@@ -563,7 +601,7 @@ def run_farm(
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         report.json_path = out_dir / "farm-results.json"
-        report.json_path.write_text(json.dumps(report.to_dict(), indent=2))
+        report.json_path.write_text(json_text(report.to_dict(), indent=2))
         report.junit_path = out_dir / "farm-results.xml"
         write_junit(report, report.junit_path)
     passed = sum(j.passed for j in jobs)
@@ -647,7 +685,7 @@ def health_command(args: argparse.Namespace) -> int:
     rows = ResultStore(args.results or default_store_path()).device_health()
     rows.sort(key=lambda r: (r["state"] != QUARANTINED, r["device"]))
     if args.json:
-        print(json.dumps(rows, indent=2))
+        print(json_text(rows, indent=2))
         return 0
     if rows:
         print(table(["device", "state", "failures", "since", "reason"],

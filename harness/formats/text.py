@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import json
+import math
 from typing import Sequence
 
 #: The word for a figure measured on an emulator (qemu-user wall time, QEMU -icount counts):
@@ -46,3 +48,21 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[object]], *, right: Se
                 parts.append(cell if last else cell.ljust(widths[i]))
         lines.append((indent + "  ".join(parts)).rstrip())
     return "\n".join(lines)
+
+
+def json_safe(value: object) -> object:
+    """`value` with every non-finite float written as the string "nan", "inf" or "-inf": JSON
+    has no such numbers, and Python's json module would emit bare NaN/Infinity that strict
+    parsers (jq, browsers, other languages) refuse."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return "nan" if math.isnan(value) else "inf" if value > 0 else "-inf"
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
+
+
+def json_text(value: object, **kwargs: object) -> str:
+    """json.dumps of json_safe(value), refusing anything else that is not JSON."""
+    return json.dumps(json_safe(value), allow_nan=False, **kwargs)  # type: ignore[arg-type]

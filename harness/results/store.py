@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping
 
 from harness.errors import HarnessError
+from harness.formats.text import json_text
 
 log = logging.getLogger(__name__)
 
@@ -539,7 +540,7 @@ def command(args: argparse.Namespace) -> int:
     rows = store.runs(batch=batch, target=args.target, model=args.model)
     if args.json:
         for row in rows:
-            print(json.dumps(dataclasses.asdict(row)))
+            print(json_text(dataclasses.asdict(row)))
         return 0
     print(runs_table(rows))
     return 0
