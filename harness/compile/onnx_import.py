@@ -198,7 +198,7 @@ def import_onnx(model: Any, path: Path) -> tuple[Any, int]:
 
 
 def conv_weights_channels_last(mod: Any) -> Any:
-    """Every dense (groups 1) NCHW/OIHW conv2d of `main` takes its weight as HWIO instead:
+    """Every dense (groups 1) float32 NCHW/OIHW conv2d of `main` takes its weight as HWIO instead:
     the output channel innermost, so the default schedule loads a vector of output channels
     per input value (harness.compile.schedule, channels-last tile) whatever the image width.
     The weights are constants, so FoldConstant applies the transpose once at compile time;
@@ -213,8 +213,9 @@ def conv_weights_channels_last(mod: Any) -> Any:
             attrs = call.attrs
             if (not isinstance(call.op, tvm.ir.Op) or call.op.name != "relax.nn.conv2d"
                     or int(attrs.groups) != 1 or str(attrs.data_layout) != "NCHW"
-                    or str(attrs.kernel_layout) != "OIHW" or str(attrs.out_layout) != "NCHW"):
-                return call
+                    or str(attrs.kernel_layout) != "OIHW" or str(attrs.out_layout) != "NCHW"
+                    or any(str(getattr(arg.ty, "dtype", "")) != "float32" for arg in call.args[:2])):
+                return call  # float32 only: integer kernels have rules of their own
             weight = relax.op.permute_dims(call.args[1], [2, 3, 1, 0])
             return relax.op.nn.conv2d(call.args[0], weight, strides=attrs.strides, padding=attrs.padding,
                                       dilation=attrs.dilation, groups=1, data_layout="NCHW",

@@ -227,7 +227,7 @@ def _channel_axis(sch: Any, block: Any, lanes: int) -> tuple[int, Any] | None:
     if len(spatial) != 4 or len(node.reads) != 2:
         return None
     for weight in node.reads:
-        if weight.source in local or len(weight.region) != 4:
+        if weight.source in local or len(weight.region) != 4 or str(weight.source.dtype) != "float32":
             continue
         last = _vars_of(weight.region[-1].min)
         others = [r for r in node.reads if not r.same_as(weight)]
