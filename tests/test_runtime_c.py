@@ -19,7 +19,7 @@ import pytest
 
 from harness import REPO_ROOT
 from harness.formats import tensorfile
-from harness.build.runner import build_runner
+from harness.build.runner import THREAD_FLAGS, build_runner
 from harness.formats import dtypes as dtype_table
 from harness.formats.signatures import SIGNATURES_C, Argument, Signature, signatures_c, write_signatures
 from harness.config.targets import load_target
@@ -635,7 +635,7 @@ def test_dlopen_shared_object(tmp_path):
     so = tmp_path / "kernels.so"
     tvm_kernels(dict(x86.tvm_target), prefix=None).export_library(str(so))  # the same cpu: bit for bit
     binary = tmp_path / "minrt-run-dl"
-    cc(["gcc", "-std=c99", "-O1", *WARN, "-DMINRT_RUN_DLOPEN", "-rdynamic", *INC, *CORE,
+    cc(["gcc", "-std=c99", "-O1", *WARN, *THREAD_FLAGS, "-DMINRT_RUN_DLOPEN", "-rdynamic", *INC, *CORE,
         *(str(p) for p in sorted((RT / "runner").glob("*.c")) if p.name != "serial.c"),
         str(art.dir / SIGNATURES_C), "-o", str(binary), "-ldl", "-lm"])
     tensorfile.save(tmp_path / "inputs.bin", inputs)
@@ -752,8 +752,8 @@ def graph_edit(g: dict, rng: np.random.Generator) -> tuple[str, dict] | None:
 def build_checking_runner(artifact, out: Path) -> Path:
     """minrt-run with guard zones around every arena region (-DMINRT_GUARD) under ASan and
     UBSan, with the artifact's real kernels and signatures."""
-    cc(["gcc", "-std=c99", "-g", "-O1", "-DMINRT_GUARD", *SAN, *INC, *CORE,
-        str(RT / "runner" / "runner.c"), str(RT / "runner" / "main.c"),
+    cc(["gcc", "-std=c99", "-g", "-O1", "-DMINRT_GUARD", *SAN, *THREAD_FLAGS, *INC, *CORE,
+        str(RT / "runner" / "runner.c"), str(RT / "runner" / "main.c"), str(RT / "runner" / "pool.c"),
         str(artifact.dir / SIGNATURES_C), str(artifact.kernels_obj), "-o", str(out), "-lm"])
     return out
 

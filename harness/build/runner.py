@@ -26,6 +26,10 @@ RUNNER_NAME = "minrt-run"
 # Optional runner sources that need more than a static C library (dlopen) stay out.
 _RUNNER_EXCLUDE = {"dl.c"}
 BUILD_FLAGS = ("-std=c99", "-Os", "-ffunction-sections", "-fdata-sections", "-Wl,--gc-sections")
+#: The kernels' parallel launches and workspace calls go to the runner's thread pool
+#: (runtime_c/runner/pool.c) instead of minrt's serial ones, which stay in the core unchanged.
+THREAD_FLAGS = ("-pthread", *(f"-Wl,--wrap=TVMBackend{name}" for name in
+                              ("ParallelLaunch", "ParallelBarrier", "AllocWorkspace", "FreeWorkspace")))
 
 
 class ArtifactLike(Protocol):
@@ -63,6 +67,7 @@ def runner_command(
         target.cc.tool("gcc"),
         *target.cc.cflags,
         *BUILD_FLAGS,
+        *THREAD_FLAGS,
         *defines,
         f"-I{RUNTIME_DIR / 'include'}",
         f"-I{RUNTIME_DIR / 'runner'}",

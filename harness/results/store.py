@@ -621,7 +621,20 @@ CREATE INDEX IF NOT EXISTS bench_target_model ON bench(target, model);
 """
 
 BENCH_COLUMNS = ("minrt_min_us", "minrt_median_us", "ort_min_us", "ort_median_us", "ratio_min",
-                 "ratio_median", "tuned_kernels", "kernels", "workspace_bytes", "compile_seconds", "error")
+                 "ratio_median", "tuned_kernels", "kernels", "workspace_bytes", "compile_seconds", "error",
+                 "threads")
+
+
+def _bench_schema(db: sqlite3.Connection) -> None:
+    """The bench table, with the columns added after its first schema (threads: the threads
+    both runtimes ran on; rows from before it ran on one)."""
+    db.executescript(_BENCH_SCHEMA)
+    if "threads" not in {r["name"] for r in db.execute("PRAGMA table_info(bench)")}:
+        try:
+            db.execute("ALTER TABLE bench ADD COLUMN threads INTEGER")
+        except sqlite3.OperationalError as exc:  # another process added it first
+            if "duplicate column" not in str(exc):
+                raise
 
 
 def record_bench(store: ResultStore, rows: list[Mapping[str, Any]], *, commit: str | None = None,
@@ -641,14 +654,14 @@ def record_bench(store: ResultStore, rows: list[Mapping[str, Any]], *, commit: s
         for key in ("model", "target"):
             if not isinstance(r.get(key), str) or not r.get(key):
                 raise HarnessError(f"results: bench row {i} needs a non-empty string '{key}'")
-        kinds = {"tuned_kernels": int, "kernels": int, "workspace_bytes": int}
+        kinds = {"tuned_kernels": int, "kernels": int, "workspace_bytes": int, "threads": int}
         values.append((batch, commit, date, r["target"], r["model"],
                        *(r.get(c) if c == "error" else _num(r.get(c), kinds.get(c, float), c)
                          for c in BENCH_COLUMNS)))
     cols = ", ".join(f'"{c}"' for c in ("batch", "commit", "date", "target", "model", *BENCH_COLUMNS))
     marks = ", ".join("?" for _ in range(5 + len(BENCH_COLUMNS)))
     with store._connect() as db:
-        db.executescript(_BENCH_SCHEMA)
+        _bench_schema(db)
         db.execute("BEGIN IMMEDIATE")
         try:
             db.executemany(f"INSERT INTO bench ({cols}) VALUES ({marks})", values)
@@ -660,17 +673,18 @@ def record_bench(store: ResultStore, rows: list[Mapping[str, Any]], *, commit: s
     return len(values)
 
 
-def bench_trend(store: ResultStore, target: str) -> dict[str, list[dict[str, Any]]]:
-    """Per model, the minrt/onnxruntime ratio per batch on one target (the latest row of each
-    batch), oldest batch first; with the geometric mean over the models of each batch under
-    the key "geomean"."""
+def bench_trend(store: ResultStore, target: str, threads: int = 1) -> dict[str, list[dict[str, Any]]]:
+    """Per model, the minrt/onnxruntime ratio per batch on one target at one thread count (the
+    latest row of each batch), oldest batch first; with the geometric mean over the models of
+    each batch under the key "geomean"."""
     import math
 
     with store._connect() as db:
-        db.executescript(_BENCH_SCHEMA)
+        _bench_schema(db)
         rows = db.execute(
             'SELECT batch, "commit", model, ratio_min, ratio_median, tuned_kernels FROM bench '
-            "WHERE target = ? AND error IS NULL AND ratio_min IS NOT NULL ORDER BY id", (target,)).fetchall()
+            "WHERE target = ? AND COALESCE(threads, 1) = ? AND error IS NULL AND ratio_min IS NOT NULL "
+            "ORDER BY id", (target, threads)).fetchall()
     latest: dict[tuple[str, str], sqlite3.Row] = {}
     order: list[str] = []
     for row in rows:
@@ -700,5 +714,5 @@ def bench_batches(store: ResultStore) -> list[str]:
 
 def bench_targets(store: ResultStore) -> list[str]:
     with store._connect() as db:
-        db.executescript(_BENCH_SCHEMA)
+        _bench_schema(db)
         return [r[0] for r in db.execute("SELECT DISTINCT target FROM bench ORDER BY target").fetchall()]

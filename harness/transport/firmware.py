@@ -91,8 +91,11 @@ class FirmwareTransport:
         return self.ping(timeout)
 
     def run_model(self, runner: str, graph: bytes, params: bytes, inputs: bytes, iters: int,
-                  workspace: int, timeout: float, profile: bool = False) -> tuple[bytes, dict[str, Any]]:
+                  workspace: int, timeout: float, profile: bool = False,
+                  threads: int | None = None) -> tuple[bytes, dict[str, Any]]:
         import hashlib
+
+        del threads  # firmware is single-threaded
 
         if profile:
             log.warning("%s: the firmware front end has no per-kernel profile; timing the whole run only", self.name)

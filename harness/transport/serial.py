@@ -418,6 +418,7 @@ class SerialTransport:
         workspace: int,
         timeout: float,
         profile: bool = False,
+        threads: int | None = None,
     ) -> tuple[bytes, dict[str, Any]]:
         """Run a model through `<runner> --serial` started on the console's shell (the framed
         protocol carries no per-kernel profile: `profile` only logs that it is not there): returns

@@ -129,6 +129,7 @@ int runner_run(runner *r, int iters, runner_timing *t) {
   t->iters = iters;
   t->min_us = t->max_us = t->mean_us = 0;
   t->peak_rss_kb = -1;
+  t->threads = t->threads_used = 1; /* a front end with a pool (main.c) says more */
   for (i = 0; i < iters; i++) {
     double t0, dt;
     if (i && r->inputs && runner_set_inputs(r, r->inputs, r->inputs_len)) return r->err.code;
@@ -193,11 +194,12 @@ int runner_timing_json(const runner *r, const runner_timing *t, char *buf, size_
   return snprintf(buf, cap,
                   "{\"iters\": %d, \"min_us\": %.3f, \"mean_us\": %.3f, \"max_us\": %.3f, "
                   "\"arena_bytes\": %zu, \"arena\": {\"graph\": %lu, \"activations\": %lu, "
-                  "\"workspace\": %lu, \"weight_copies\": %lu}, \"peak_rss_kb\": %s}",
+                  "\"workspace\": %lu, \"weight_copies\": %lu}, \"peak_rss_kb\": %s, "
+                  "\"threads\": %d, \"threads_used\": %d}",
                   t->iters, t->min_us, t->mean_us, t->max_us, r->arena_bytes,
                   (unsigned long)u[MINRT_USE_GRAPH], (unsigned long)u[MINRT_USE_ACTIVATIONS],
                   (unsigned long)u[MINRT_USE_WORKSPACE], (unsigned long)u[MINRT_USE_WEIGHT_COPIES],
-                  rss);
+                  rss, t->threads, t->threads_used);
 }
 
 void runner_free(runner *r) {

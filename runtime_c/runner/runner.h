@@ -21,6 +21,8 @@ typedef struct {
   int iters;
   double min_us, mean_us, max_us;
   long peak_rss_kb; /* the process's peak resident memory; < 0: not known (runner_run sets -1) */
+  int threads;      /* threads kernels' parallel loops may use (runner_run: 1) */
+  int threads_used; /* of those, the threads that ran kernel work (runner_run: 1) */
 } runner_timing;
 
 /* Loads graph + params (buffers must outlive r) into a heap arena of exactly the size
@@ -49,10 +51,21 @@ size_t runner_write_outputs(const runner *r, void *buf, size_t cap);
 
 /* The last stdout line of minrt-run, into buf: {"iters", "min_us", "mean_us", "max_us",
  * "arena_bytes", "arena": {"graph", "activations", "workspace", "weight_copies"} (bytes, see
- * MINRT_USE_*), "peak_rss_kb" (null when not known)}. */
+ * MINRT_USE_*), "peak_rss_kb" (null when not known), "threads", "threads_used"}. */
 int runner_timing_json(const runner *r, const runner_timing *t, char *buf, size_t cap);
 
 void runner_free(runner *r);
+
+/* pool.c: the threads that run kernels' parallel loops (Linux runners, linked with
+ * ld --wrap of the TVMBackend* calls; see pool.c). Start once: threads in 1..RUNNER_MAX_THREADS
+ * including the caller, each extra thread with a workspace stack of workspace_bytes. 0, or
+ * -1 (bad count, out of memory or no thread; nothing is left running). */
+#define RUNNER_MAX_THREADS 64
+int runner_pool_start(int threads, size_t workspace_bytes);
+void runner_pool_stop(void);
+int runner_pool_threads(void);      /* 1 without a pool */
+void runner_pool_reset_stats(void);
+int runner_pool_threads_used(void); /* the caller + the threads that ran a task since the reset */
 
 #ifdef MINRT_PROFILE
 #include <stdio.h>

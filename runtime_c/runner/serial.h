@@ -27,7 +27,7 @@ struct serial_job {
 struct serial_result {
   uint8_t *outputs;             /* NDArray-list, tensors named output0, output1, ... */
   size_t outputs_len;
-  char timing[256];             /* the JSON line the runner prints in file mode */
+  char timing[384];             /* the JSON line the runner prints in file mode */
   char error[256];              /* "<step>: <message>" when the run fails */
 };
 
