@@ -20,4 +20,8 @@ uint64_t ticks_now(void);
  * BUSY keep-alive while a run executes). */
 void ticks_hook(void);
 
+/* Bytes of stack used since boot: startup.c paints the stack at reset, this finds the
+ * deepest word written (the high-water mark, interrupts included). */
+uint32_t stack_used(void);
+
 #endif

@@ -7,8 +7,7 @@
 #include <stdint.h>
 
 struct fw_model {
-  const char *name;
-  const char *prefix;     /* kernel symbol prefix (harness compile's system_lib_prefix) */
+  uint8_t sha256[32];     /* of graph.json: the host selects the model by it */
   const char *graph;      /* graph.json, NUL-terminated */
   uint32_t graph_len;
   const uint8_t *params;  /* params.bin as harness compile wrote it */

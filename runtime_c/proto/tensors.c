@@ -1,0 +1,142 @@
+/* tensors.c: the NDArray-list codec (tensors.h). */
+#include "tensors.h"
+
+#include <string.h>
+
+static const uint8_t list_magic[8] = {0xB7, 0x9C, 0x04, 0x05, 0x4F, 0x8D, 0xE5, 0xF7};
+static const uint8_t tensor_magic[8] = {0x3F, 0xA1, 0xB4, 0x96, 0xF0, 0x40, 0x5E, 0xDD};
+
+static uint64_t rd64(const uint8_t *p) {
+  uint64_t v = 0;
+  int k;
+  for (k = 7; k >= 0; k--) v = v << 8 | p[k];
+  return v;
+}
+
+/* The name table: returns the offset of the tensor count, or 0 when a name is truncated
+ * (*at: where). */
+static size_t skip_names(const uint8_t *b, size_t len, uint64_t n, size_t *at) {
+  size_t p = 24;
+  uint64_t nl;
+  while (n--) {
+    *at = p;
+    if (len - p < 8 || (nl = rd64(b + p)) > len - p - 8) return 0;
+    p += 8 + (size_t)nl;
+  }
+  return p;
+}
+
+int tensors_set_inputs(minrt *m, const uint8_t *b, size_t len, size_t *at) {
+  size_t p, q = 24, q2, k, nbytes;
+  uint64_t n, i, j;
+  *at = 0;
+  if (len < 24 || memcmp(b, list_magic, 8)) return TENSORS_E_LIST;
+  n = rd64(b + 16);
+  *at = 16;
+  if (n != (uint64_t)minrt_num_inputs(m)) return TENSORS_E_COUNT;
+  if (!(p = skip_names(b, len, n, at))) return TENSORS_E_NAME;
+  *at = p;
+  if (len - p < 8 || rd64(b + p) != n) return TENSORS_E_COUNT;
+  p += 8;
+  for (i = 0; i < n; i++) {
+    const DLTensor *t;
+    int idx, ndim;
+    *at = q;
+    idx = minrt_input_index(m, (const char *)b + q + 8, (size_t)rd64(b + q));
+    if (idx < 0) return TENSORS_E_UNKNOWN;
+    for (q2 = 24, j = 0; j < i; j++, q2 += 8 + (size_t)rd64(b + q2)) /* names before it */
+      if (minrt_input_index(m, (const char *)b + q2 + 8, (size_t)rd64(b + q2)) == idx) return TENSORS_E_TWICE;
+    q += 8 + (size_t)rd64(b + q);
+    t = minrt_input(m, idx);
+    *at = p;
+    if (len - p < 32 || memcmp(b + p, tensor_magic, 8)) return TENSORS_E_HEADER;
+    ndim = (int)(uint32_t)rd64(b + p + 24); /* the low half: ndim, then dtype */
+    if (ndim != t->ndim || memcmp(b + p + 28, &t->dtype, 4)) return TENSORS_E_DTYPE;
+    p += 32;
+    if ((len - p) / 8 < (size_t)ndim + 1) return TENSORS_E_SHAPE;
+    for (k = 0; k < (size_t)ndim; k++)
+      if (rd64(b + p + 8 * k) != (uint64_t)t->shape[k]) return TENSORS_E_SHAPE;
+    p += 8 * (size_t)ndim;
+    nbytes = minrt_nbytes(t);
+    *at = p;
+    if (rd64(b + p) != nbytes || len - p - 8 < nbytes) return TENSORS_E_DATA;
+    p += 8;
+    if (minrt_set_input(m, idx, b + p, nbytes)) return TENSORS_E_SET;
+    p += nbytes;
+  }
+  *at = p;
+  return p != len ? TENSORS_E_TRAILING : 0;
+}
+
+size_t tensors_output_name(char *buf, unsigned i) {
+  char digits[10];
+  size_t n = 0, len = 6;
+  memcpy(buf, "output", 6);
+  do digits[n++] = (char)('0' + i % 10); while (i /= 10);
+  while (n) buf[len++] = digits[--n];
+  buf[len] = 0;
+  return len;
+}
+
+typedef struct {
+  uint8_t *buf;
+  size_t cap, len; /* len counts past cap: the size needed */
+} sink;
+
+static void wr(sink *s, const void *src, size_t n) {
+  if (s->buf && n && s->len + n <= s->cap) memcpy(s->buf + s->len, src, n);
+  s->len += n;
+}
+
+static void wr64(sink *s, uint64_t v) {
+  uint8_t b[8];
+  int k;
+  for (k = 0; k < 8; k++, v >>= 8) b[k] = (uint8_t)v;
+  wr(s, b, 8);
+}
+
+size_t tensors_write_outputs(const minrt *m, uint8_t *buf, size_t cap) {
+  sink s;
+  unsigned i, n = (unsigned)minrt_num_outputs(m);
+  int k;
+  char name[16];
+  s.buf = buf;
+  s.cap = cap;
+  s.len = 0;
+  wr(&s, list_magic, 8);
+  wr64(&s, 0);
+  wr64(&s, n);
+  for (i = 0; i < n; i++) {
+    size_t len = tensors_output_name(name, i);
+    wr64(&s, len);
+    wr(&s, name, len);
+  }
+  wr64(&s, n);
+  for (i = 0; i < n; i++) {
+    const DLTensor *t = minrt_output(m, (int)i);
+    uint8_t hdr[16] = {1}; /* DLDevice {kDLCPU, 0}, ndim, dtype */
+    memcpy(hdr + 8, &t->ndim, 4);
+    memcpy(hdr + 12, &t->dtype, 4);
+    wr(&s, tensor_magic, 8);
+    wr64(&s, 0);
+    wr(&s, hdr, 16);
+    for (k = 0; k < t->ndim; k++) wr64(&s, (uint64_t)t->shape[k]);
+    wr64(&s, minrt_nbytes(t));
+    wr(&s, t->data, minrt_nbytes(t));
+  }
+  return s.len;
+}
+
+const char *tensors_error_text(int code) {
+#ifdef MINRT_NO_MESSAGES
+  (void)code;
+  return "";
+#else
+  static const char *const text[] = {
+      "", "not an NDArray-list", "not one tensor per graph input", "truncated name",
+      "a name that is no graph input", "an input given twice", "bad tensor header",
+      "dtype/ndim differ from the graph input", "shape differs from the graph input or is truncated",
+      "bad nbytes or truncated data", "bytes after the last tensor", "minrt refused the data"};
+  return code > 0 && code <= TENSORS_E_SET ? text[code] : "";
+#endif
+}
