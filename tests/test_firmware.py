@@ -18,7 +18,7 @@ import pytest
 
 from harness.formats import frames, tensorfile
 from harness.errors import BuildError, DeviceError, RunnerError, TargetError
-from harness.build.firmware import MAX_PAYLOAD, build_firmware, image_models
+from harness.build.firmware import FRONT_END_BUDGET, MAX_PAYLOAD, STACK_MARGIN, build_firmware, image_models
 from harness.run import check_outputs, random_inputs
 from harness.build.size import BUDGETS
 from harness.config.targets import load_target, parse_target
@@ -90,6 +90,11 @@ def test_footprint_adds_up(image) -> None:
     mlp = next(m for m in image.models if m.name == "mlp").artifact
     assert fp["arena_by_model"]["mlp"] < mlp.params_bin.stat().st_size
     assert 0 < flash["minrt"] <= BUDGETS["armv7m"]  # minrt's ARMv7-M Thumb-2 share, the budget of ARMv7
+    # the front end's code budget (deterministic: gated here), and its RAM: the stack reserved
+    # is the probe's measured peak plus the stated margin, and nothing else hides in RAM
+    assert 0 < flash["front_end"] <= FRONT_END_BUDGET, flash
+    assert ram["stack"] == -(-(ram["stack_peak"] + STACK_MARGIN) // 8) * 8, ram
+    assert ram["beyond_arena_io"] == ram["stack"] + ram["data"] + ram["bss"], ram
     assert ram["arena"] == image.firmware.arena_bytes == -(-max(fp["arena_by_model"].values()) // 64) * 64
     assert flash["total"] <= image.target.layout.flash_bytes and ram["total"] <= image.target.layout.ram_bytes
 

@@ -24,7 +24,7 @@
 #include "tensors.h"
 
 #ifndef FW_MAX_PAYLOAD
-#define FW_MAX_PAYLOAD 128
+#define FW_MAX_PAYLOAD 64
 #endif
 #ifndef FW_CLOCK_HZ
 #define FW_CLOCK_HZ 25000000u

@@ -2,7 +2,7 @@
 #include "board.h"
 
 #ifndef FW_RX_RING
-#define FW_RX_RING 256u /* a power of two above one frame (FW_MAX_PAYLOAD + 12): the host
+#define FW_RX_RING 128u /* a power of two above one frame (FW_MAX_PAYLOAD + 12): the host
                           sends one, then waits */
 #endif
 #define NVIC_ISER0 ((volatile uint32_t *)0xE000E100u)

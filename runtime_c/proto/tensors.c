@@ -13,40 +13,35 @@ static uint64_t rd64(const uint8_t *p) {
   return v;
 }
 
-/* The name table: returns the offset of the tensor count, or 0 when a name is truncated
- * (*at: where). */
-static size_t skip_names(const uint8_t *b, size_t len, uint64_t n, size_t *at) {
-  size_t p = 24;
-  uint64_t nl;
-  while (n--) {
-    *at = p;
-    if (len - p < 8 || (nl = rd64(b + p)) > len - p - 8) return 0;
-    p += 8 + (size_t)nl;
-  }
-  return p;
+static int input_at(minrt *m, const uint8_t *b, size_t q) {
+  return minrt_input_index(m, (const char *)b + q + 8, (size_t)rd64(b + q));
 }
 
 int tensors_set_inputs(minrt *m, const uint8_t *b, size_t len, size_t *at) {
-  size_t p, q = 24, q2, k, nbytes;
-  uint64_t n, i, j;
+  size_t p, q, q2, k, nbytes;
+  uint64_t n, i, j, nl;
+  int idx, ndim;
   *at = 0;
   if (len < 24 || memcmp(b, list_magic, 8)) return TENSORS_E_LIST;
   n = rd64(b + 16);
   *at = 16;
   if (n != (uint64_t)minrt_num_inputs(m)) return TENSORS_E_COUNT;
-  if (!(p = skip_names(b, len, n, at))) return TENSORS_E_NAME;
+  /* the names first: each a graph input, none twice, whatever the tensors hold */
+  for (q = 24, i = 0; i < n; i++) {
+    *at = q;
+    if (len - q < 8 || (nl = rd64(b + q)) > len - q - 8) return TENSORS_E_NAME;
+    if ((idx = input_at(m, b, q)) < 0) return TENSORS_E_UNKNOWN;
+    for (q2 = 24, j = 0; j < i; j++, q2 += 8 + (size_t)rd64(b + q2))
+      if (input_at(m, b, q2) == idx) return TENSORS_E_TWICE;
+    q += 8 + (size_t)nl;
+  }
+  p = q;
   *at = p;
   if (len - p < 8 || rd64(b + p) != n) return TENSORS_E_COUNT;
   p += 8;
-  for (i = 0; i < n; i++) {
+  for (q = 24, i = 0; i < n; i++, q += 8 + (size_t)rd64(b + q)) {
     const DLTensor *t;
-    int idx, ndim;
-    *at = q;
-    idx = minrt_input_index(m, (const char *)b + q + 8, (size_t)rd64(b + q));
-    if (idx < 0) return TENSORS_E_UNKNOWN;
-    for (q2 = 24, j = 0; j < i; j++, q2 += 8 + (size_t)rd64(b + q2)) /* names before it */
-      if (minrt_input_index(m, (const char *)b + q2 + 8, (size_t)rd64(b + q2)) == idx) return TENSORS_E_TWICE;
-    q += 8 + (size_t)rd64(b + q);
+    idx = input_at(m, b, q);
     t = minrt_input(m, idx);
     *at = p;
     if (len - p < 32 || memcmp(b + p, tensor_magic, 8)) return TENSORS_E_HEADER;
