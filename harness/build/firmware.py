@@ -55,9 +55,9 @@ STACK_MARGIN = 320
 PROTO_DIR = RUNTIME_DIR / "proto"
 #: Flash budget of the front end with startup, tick counter and UART (runtime_c/firmware and
 #: runtime_c/proto objects linked into an image; Cortex-M4, -Os), gated by tests/test_firmware.py.
-#: Issue 18 asks for 2,560 B; the image is at 2,960 B today (it was 5,358 B): the budget holds
-#: the gain and says where the front end is.
-FRONT_END_BUDGET = 3072
+#: Issue 18 asks for 2,560 B; the image is at 2,758 B today on cortex-m4-qemu (it was 5,358 B):
+#: the budget holds the gain and says where the front end is.
+FRONT_END_BUDGET = 2816
 CFLAGS = ("-std=c99", "-Os", "-ffunction-sections", "-fdata-sections", "-Wall")
 LDFLAGS = ("-nostartfiles", "--specs=nano.specs", "-Wl,--gc-sections")
 #: The probe image runs on an MPS2 board under QEMU whatever the target: code at 0, 4 MiB RAM
@@ -134,10 +134,9 @@ def models_c(models: Sequence[FirmwareModel], arena_bytes: int) -> str:
         a = m.artifact
         digest = ", ".join(str(b) for b in hashlib.sha256(Path(a.graph_json).read_bytes()).digest())
         lines.append(
-            f"  {{{{{digest}}}, fw_graph{i}, "
-            f"{Path(a.graph_json).stat().st_size}u, (const uint8_t *)fw_params{i}, "
-            f"{Path(a.params_bin).stat().st_size}u, {int(a.metadata.get('workspace_bytes', 0))}u, "
-            f"{f'&fw_signatures{i}' if _signatures_c(m) is not None else '0'}}},"
+            f"  {{{{{digest}}}, {{fw_graph{i}, {Path(a.graph_json).stat().st_size}u, fw_params{i}, "
+            f"{Path(a.params_bin).stat().st_size}u, {int(a.metadata.get('workspace_bytes', 0))}u, 0, 0, "
+            f"{f'&fw_signatures{i}' if _signatures_c(m) is not None else '0'}}}}},"
         )
     lines.append("};")
     inputs = max(_io_bytes(m.artifact.inputs, [s["name"] for s in m.artifact.inputs]) for m in models)
@@ -205,7 +204,6 @@ def _link(target: Target, toolchain: Toolchain, models: Sequence[FirmwareModel],
         f"-DFW_UART_BASE={base:#x}u", f"-DFW_CLOCK_HZ={clock}u", f"-DFW_MAX_PAYLOAD={MAX_PAYLOAD}",
         # the image sends error codes (frames.py has their texts); the probe prints minrt's messages
         f"-DFW_UART_IRQ={_UART_IRQ[uart]}", *(["-DFW_PROBE"] if probe else [NO_MESSAGES]),
-        *(["-DFW_SIGNATURES"] if signed else []),
         f"-I{RUNTIME_DIR / 'include'}", f"-I{FIRMWARE_DIR}", f"-I{PROTO_DIR}", "-c", *(str(p) for p in all_sources),
     ], cwd=out)
     toolchain.run([

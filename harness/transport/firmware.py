@@ -166,8 +166,17 @@ class QemuFirmware(FirmwareTransport):
                 raise DeviceError(f"{self.name}: QEMU did not start: {err.strip()[:300]}")
             time.sleep(0.02)
         os.chmod(path, 0o600)
-        # the shell layer of SerialTransport is never used (workdir given: no sync)
-        self._line = SerialTransport(f"unix://{path}", workdir="/", startup_timeout=BOOT_TIMEOUT_S)
+        # the shell layer of SerialTransport is never used (workdir given: no sync). QEMU binds
+        # the socket a moment before it listens: a refused connection is tried again.
+        while True:
+            try:
+                self._line = SerialTransport(f"unix://{path}", workdir="/", startup_timeout=BOOT_TIMEOUT_S)
+                break
+            except DeviceError:
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    self.shutdown()
+                    raise
+                time.sleep(0.05)
         self._booted = elf
 
     def line(self) -> SerialTransport:

@@ -63,9 +63,10 @@ static void respond(unsigned kind, unsigned seq, uint32_t n) {
 
 static void ack(unsigned seq) { respond(FRAME_ACK, seq, 0); }
 
-/* ERROR: the code, then minrt's message when there is one. */
+/* ERROR: the code, then minrt's message when there is one (a RUN that fails ends its BUSY). */
 static void error(unsigned seq, unsigned code, const char *msg) {
   uint32_t n = 1;
+  busy_seq = -1;
   tx[FRAME_HDR] = (uint8_t)code;
 #ifndef MINRT_NO_MESSAGES
   while (msg && *msg && n < FW_MAX_PAYLOAD) tx[FRAME_HDR + n++] = (uint8_t)*msg++;
@@ -98,20 +99,6 @@ static void on_put(unsigned seq, const uint8_t *p, uint32_t n) {
   ack(seq);
 }
 
-static int load(const struct fw_model *fm, minrt **m, minrt_err *err, size_t *need, size_t have) {
-  minrt_artifact a;
-  memset(&a, 0, sizeof a);
-#ifdef FW_SIGNATURES
-  a.signatures = (const minrt_signatures *)fm->signatures; /* each model its own kernels */
-#endif
-  a.graph_json = fm->graph;
-  a.graph_len = fm->graph_len;
-  a.params = fm->params;
-  a.params_len = fm->params_len;
-  a.workspace_bytes = fm->workspace;
-  return minrt_load(m, &a, fw_arena, have, need, err);
-}
-
 /* RUN's answer (frames.py TIMING_RECORD) */
 struct timing_record {
   uint32_t iters, tick_hz, arena, stack;
@@ -121,35 +108,32 @@ struct timing_record {
 /* RUN: u32 iters, u32 workspace (the image's own is used) -> ACK with the timing record. */
 static void on_run(unsigned seq, const uint8_t *p, uint32_t n) {
   static minrt_err err;
-  struct timing_record rec;
+  static struct timing_record rec;
   minrt *m;
   size_t need = 0, at;
   uint32_t iters, i;
   int bad;
-  uint64_t t0, dt, lo = 0, hi = 0, sum = 0;
+  uint64_t t0, dt;
   if (n != 8) return error(seq, FRAME_E_RUN, 0);
   iters = frame_u32(p);
   if (iters - 1u >= FRAME_MAX_ITERS) return error(seq, FRAME_E_ITERS, 0);
   if (!st.model || st.in_filled != st.in_total) return error(seq, FRAME_E_INCOMPLETE, 0);
   st.out_len = 0;
-  if (load(st.model, &m, &err, &need, fw_arena_bytes)) return error(seq, FRAME_E_LOAD, err.msg);
+  if (minrt_load(&m, &st.model->artifact, fw_arena, fw_arena_bytes, &need, &err))
+    return error(seq, FRAME_E_LOAD, err.msg);
+  rec.hi = rec.sum = 0;
   notice(FRAME_BUSY, seq, 0, 0); /* at once: the host stops resending RUN */
   busy_seq = (int)seq;           /* then from the tick interrupt (never while main writes) */
   for (i = 0; i < iters; i++) {
     /* inputs again before every run (the storage plan may reuse an input's buffer) */
-    if ((bad = tensors_set_inputs(m, fw_inputs, st.in_filled, &at)) != 0) {
-      busy_seq = -1;
+    if ((bad = tensors_set_inputs(m, fw_inputs, st.in_filled, &at)) != 0)
       return error(seq, FRAME_E_INPUTS + (unsigned)bad, 0);
-    }
     t0 = ticks_now();
-    if (minrt_run(m)) {
-      busy_seq = -1;
-      return error(seq, FRAME_E_EXEC, err.msg);
-    }
+    if (minrt_run(m)) return error(seq, FRAME_E_EXEC, err.msg);
     dt = ticks_now() - t0;
-    if (!i || dt < lo) lo = dt;
-    if (dt > hi) hi = dt;
-    sum += dt;
+    if (!i || dt < rec.lo) rec.lo = dt;
+    if (dt > rec.hi) rec.hi = dt;
+    rec.sum += dt;
   }
   busy_seq = -1;
   /* the outputs raw, in order: the host names them and knows their shapes (frames.py) */
@@ -167,9 +151,6 @@ static void on_run(unsigned seq, const uint8_t *p, uint32_t n) {
   rec.tick_hz = FW_CLOCK_HZ;
   rec.arena = fw_arena_bytes;
   rec.stack = stack_used();
-  rec.lo = lo;
-  rec.sum = sum;
-  rec.hi = hi;
   memcpy(tx + FRAME_HDR, &rec, sizeof rec); /* Cortex-M is little-endian, as the record */
   respond(FRAME_ACK, seq, sizeof rec);
 }
@@ -229,7 +210,10 @@ static int feed(uint8_t c) {
 
 void ticks_hook(void) {
   static unsigned n;
-  if (busy_seq >= 0 && ++n % 5 == 0) notice(FRAME_BUSY, (unsigned)busy_seq, 0, 0); /* every 0.5 s */
+  if (busy_seq >= 0 && !n--) { /* every 0.5 s */
+    n = 4;
+    notice(FRAME_BUSY, (unsigned)busy_seq, 0, 0);
+  }
 }
 
 #ifdef FW_PROBE
@@ -267,7 +251,7 @@ int main(void) {
   for (i = 0; i < fw_n_models; i++) {
     /* as documented in minrt.h: at most three calls find the exact size */
     for (need = have = 0, rc = MINRT_E_ARENA, tries = 0; tries < 4; tries++) {
-      rc = load(&fw_models[i], &m, &err, &need, have);
+      rc = minrt_load(&m, &fw_models[i].artifact, fw_arena, have, &need, &err);
       if (rc != MINRT_E_ARENA || need <= have || need > fw_arena_bytes) break;
       have = need;
     }

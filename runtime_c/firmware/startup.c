@@ -6,6 +6,8 @@
  * Symbols come from firmware.ld. A fault prints one line on the UART and stops there: the
  * host sees a device that stopped answering. */
 #include <stdint.h>
+#include <string.h>
+
 #include "board.h"
 
 extern uint32_t _sidata[], _sdata[], _edata[], _sbss[], _ebss[], _sstack[], _estack[];
@@ -24,12 +26,13 @@ static void say(const char *s) {
 #define STACK_PAINT 0x5AC4A5C3u
 
 void Reset_Handler(void) {
-  uint32_t *src = _sidata, *dst, *sp;
+  uint32_t *dst, *sp;
   void (**init)(void);
   __asm volatile("mov %0, sp" : "=r"(sp));
   for (dst = _sstack; dst < sp;) *dst++ = STACK_PAINT; /* below the live frame only */
-  for (dst = _sdata; dst < _edata;) *dst++ = *src++;
-  for (dst = _sbss; dst < _ebss;) *dst++ = 0;
+  /* the linker script orders these symbols: sizes are never negative */
+  memcpy(_sdata, _sidata, (size_t)((uint8_t *)_edata - (uint8_t *)_sdata));
+  memset(_sbss, 0, (size_t)((uint8_t *)_ebss - (uint8_t *)_sbss));
 #if defined(__ARM_FP)
   *(volatile uint32_t *)0xE000ED88u |= 0xFu << 20; /* CPACR: CP10, CP11 full access */
   __asm volatile("dsb\n\tisb");

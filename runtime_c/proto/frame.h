@@ -78,6 +78,15 @@ int frame_scan(const uint8_t *buf, size_t len, size_t max_payload, struct frame_
 int frame_is_repeat(const struct frame_served *s, const struct frame_view *f);
 void frame_remember(struct frame_served *s, const struct frame_view *f);
 
+/* Little-endian fields. On a little-endian machine a field is one (unaligned) load or store:
+ * Cortex-M3/M4/M7, ARMv7-A and x86 all allow them, and memcpy says so to the compiler. */
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+#include <string.h>
+static inline uint32_t frame_u32(const uint8_t *p) { uint32_t v; memcpy(&v, p, 4); return v; }
+static inline unsigned frame_u16(const uint8_t *p) { uint16_t v; memcpy(&v, p, 2); return v; }
+static inline void frame_put16(uint8_t *p, unsigned v) { uint16_t w = (uint16_t)v; memcpy(p, &w, 2); }
+static inline void frame_put32(uint8_t *p, uint32_t v) { memcpy(p, &v, 4); }
+#else
 static inline uint32_t frame_u32(const uint8_t *p) {
   return p[0] | p[1] << 8 | p[2] << 16 | (uint32_t)p[3] << 24;
 }
@@ -87,5 +96,6 @@ static inline void frame_put32(uint8_t *p, uint32_t v) {
   frame_put16(p, v & 0xFFFF);
   frame_put16(p + 2, v >> 16);
 }
+#endif
 
 #endif

@@ -7,54 +7,64 @@ static const uint8_t list_magic[8] = {0xB7, 0x9C, 0x04, 0x05, 0x4F, 0x8D, 0xE5, 
 static const uint8_t tensor_magic[8] = {0x3F, 0xA1, 0xB4, 0x96, 0xF0, 0x40, 0x5E, 0xDD};
 
 static uint64_t rd64(const uint8_t *p) {
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+  uint64_t v; /* one unaligned load where the machine allows it (see frame.h) */
+  memcpy(&v, p, 8);
+  return v;
+#else
   uint64_t v = 0;
   int k;
   for (k = 7; k >= 0; k--) v = v << 8 | p[k];
   return v;
+#endif
+}
+
+/* A u64 length or count as a size_t: one too large for this machine is SIZE_MAX, which no
+ * blob can hold (so every later length check fails on it). */
+static size_t rd_size(const uint8_t *p) {
+  uint64_t v = rd64(p);
+  return v > (size_t)-1 ? (size_t)-1 : (size_t)v;
 }
 
 static int input_at(minrt *m, const uint8_t *b, size_t q) {
-  return minrt_input_index(m, (const char *)b + q + 8, (size_t)rd64(b + q));
+  return minrt_input_index(m, (const char *)b + q + 8, rd_size(b + q));
 }
 
 int tensors_set_inputs(minrt *m, const uint8_t *b, size_t len, size_t *at) {
-  size_t p, q, q2, k, nbytes;
-  uint64_t n, i, j, nl;
+  size_t p, q, q2, k, n, i, j, nl, nbytes;
   int idx, ndim;
   *at = 0;
   if (len < 24 || memcmp(b, list_magic, 8)) return TENSORS_E_LIST;
-  n = rd64(b + 16);
+  n = rd_size(b + 16);
   *at = 16;
-  if (n != (uint64_t)minrt_num_inputs(m)) return TENSORS_E_COUNT;
+  if (n != (size_t)minrt_num_inputs(m)) return TENSORS_E_COUNT;
   /* the names first: each a graph input, none twice, whatever the tensors hold */
-  for (q = 24, i = 0; i < n; i++) {
+  for (q = 24, i = 0; i < n; i++, q += 8 + nl) {
     *at = q;
-    if (len - q < 8 || (nl = rd64(b + q)) > len - q - 8) return TENSORS_E_NAME;
+    if (len - q < 8 || (nl = rd_size(b + q)) > len - q - 8) return TENSORS_E_NAME;
     if ((idx = input_at(m, b, q)) < 0) return TENSORS_E_UNKNOWN;
-    for (q2 = 24, j = 0; j < i; j++, q2 += 8 + (size_t)rd64(b + q2))
+    for (q2 = 24, j = 0; j < i; j++, q2 += 8 + rd_size(b + q2))
       if (input_at(m, b, q2) == idx) return TENSORS_E_TWICE;
-    q += 8 + (size_t)nl;
   }
   p = q;
   *at = p;
-  if (len - p < 8 || rd64(b + p) != n) return TENSORS_E_COUNT;
+  if (len - p < 8 || rd_size(b + p) != n) return TENSORS_E_COUNT;
   p += 8;
-  for (q = 24, i = 0; i < n; i++, q += 8 + (size_t)rd64(b + q)) {
+  for (q = 24, i = 0; i < n; i++, q += 8 + rd_size(b + q)) {
     const DLTensor *t;
     idx = input_at(m, b, q);
     t = minrt_input(m, idx);
     *at = p;
     if (len - p < 32 || memcmp(b + p, tensor_magic, 8)) return TENSORS_E_HEADER;
-    ndim = (int)(uint32_t)rd64(b + p + 24); /* the low half: ndim, then dtype */
+    ndim = (int)(uint32_t)rd64(b + p + 24);   /* the low half: ndim, then dtype */
     if (ndim != t->ndim || memcmp(b + p + 28, &t->dtype, 4)) return TENSORS_E_DTYPE;
     p += 32;
     if ((len - p) / 8 < (size_t)ndim + 1) return TENSORS_E_SHAPE;
-    for (k = 0; k < (size_t)ndim; k++)
-      if (rd64(b + p + 8 * k) != (uint64_t)t->shape[k]) return TENSORS_E_SHAPE;
-    p += 8 * (size_t)ndim;
+    for (k = 0; k < (size_t)ndim; k++, p += 8)
+      if (rd64(b + p) != (uint64_t)t->shape[k]) return TENSORS_E_SHAPE;
     nbytes = minrt_nbytes(t);
     *at = p;
-    if (rd64(b + p) != nbytes || len - p - 8 < nbytes) return TENSORS_E_DATA;
+    if (rd_size(b + p) != nbytes || len - p - 8 < nbytes) return TENSORS_E_DATA;
     p += 8;
     if (minrt_set_input(m, idx, b + p, nbytes)) return TENSORS_E_SET;
     p += nbytes;
