@@ -14,9 +14,9 @@ import shutil
 import struct
 import time
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pytest
@@ -130,11 +130,11 @@ def inputs(artifacts) -> dict[str, np.ndarray]:
 def side(request, artifacts, tmp_path_factory):
     if request.param == "runner":
         import serial
+        from test_serial import Relay, start_device
 
         from harness.build.runner import build_runner
         from harness.build.toolchain import HostToolchain
         from harness.config.targets import load_target
-        from test_serial import Relay, start_device
 
         art = artifacts[1]
         runner = build_runner(load_target("x86_64"), art, HostToolchain(),
