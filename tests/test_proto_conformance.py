@@ -9,6 +9,7 @@ runtime_c/proto; this holds them (and frames.py, the specification) to one behav
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import shutil
 import struct
@@ -352,3 +353,103 @@ def test_error_codes_are_one_table() -> None:
     header = (proto / "frame.h").read_text()
     assert f"FRAME_VERSION = {frames.VERSION}" in header and f"FRAME_QUIET_MS {frames.QUIET_MS}" in header
     assert f"FRAME_MAX_ITERS {frames.MAX_ITERS:#x}u" in header
+
+
+SAN = ["-fsanitize=address,undefined", "-fno-sanitize-recover=all", "-fno-omit-frame-pointer", "-g", "-O1"]
+
+FRAME_DRIVER = r"""
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include "frame.h"
+/* every frame sealed here is found again, alone or after noise; damaged, truncated and
+ * random buffers never make frame_scan read past its length (ASan watches) */
+static uint32_t rng = 12345;
+static uint8_t next(void) { rng = rng * 1103515245u + 12345u; return (uint8_t)(rng >> 16); }
+int main(void) {
+  static uint8_t f[FRAME_OVERHEAD + 300];
+  uint8_t *buf;
+  struct frame_view v;
+  size_t n, len, used, cut, found = 0, damaged = 0;
+  int iter, r;
+  for (iter = 0; iter < 20000; iter++) {
+    n = next() % 200;
+    for (cut = 0; cut < n; cut++) f[FRAME_HDR + cut] = next();
+    len = frame_seal(f, 1 + next() % 9, next(), n);
+    f[2] &= 0x7F;                                  /* a host's frame: checks again */
+    frame_put16(f + 6, frame_crc32(f + 2, 4) & 0xFFFF);
+    frame_put32(f + FRAME_HDR + n, frame_crc32(f + 2, FRAME_HDR - 2 + n));
+    buf = (uint8_t *)malloc(len);                  /* exact size: ASan sees any overread */
+    memcpy(buf, f, len);
+    r = frame_scan(buf, len, 256, &v, &used);
+    if (r != FRAME_OK || used != len || v.len != n) { printf("sealed frame not found\n"); return 1; }
+    found++;
+    for (cut = 0; cut < len; cut++) {              /* every truncation: never a frame */
+      r = frame_scan(buf, cut, 256, &v, &used);
+      if (r != FRAME_NEED || used > cut) { printf("truncated frame accepted\n"); return 1; }
+    }
+    buf[next() % len] ^= (uint8_t)(1u << (next() % 8));   /* one bit flipped: never OK */
+    r = frame_scan(buf, len, 256, &v, &used);
+    if (r == FRAME_OK && used == len) { printf("damaged frame accepted\n"); return 1; }
+    damaged += r == FRAME_DAMAGED;
+    for (cut = 0; cut < len; cut++) buf[cut] = next();   /* noise */
+    r = frame_scan(buf, len, 256, &v, &used);
+    if (used > len) return 1;
+    free(buf);
+  }
+  printf("%zu %zu\n", found, damaged);
+  return 0;
+}
+"""
+
+
+def test_frame_scanner_under_sanitizers(tmp_path: Path) -> None:
+    """frame.c under ASan and UBSan: 20,000 sealed frames found, every truncation waited for,
+    every single bit flip refused, random buffers skipped, nothing read past a buffer."""
+    import subprocess
+
+    proto = REPO_ROOT / "runtime_c" / "proto"
+    src = tmp_path / "frame_driver.c"
+    src.write_text(FRAME_DRIVER)
+    exe = tmp_path / "frame_driver"
+    subprocess.run(["gcc", "-std=c99", "-Wall", "-Werror", *SAN, f"-I{proto}", str(src), str(proto / "frame.c"),
+                    "-o", str(exe)], check=True)
+    done = subprocess.run([str(exe)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr[-3000:]
+    found, damaged = (int(x) for x in done.stdout.split())
+    assert found == 20000 and damaged > 10000, done.stdout
+
+
+def test_inputs_reader_under_sanitizers(artifacts, inputs, tmp_path: Path) -> None:
+    """tensors.c through minrt-run built with ASan and UBSan (and minrt's guard zones): every
+    prefix of a right inputs blob and 300 random bit flips of it give exit 0 or one line
+    `minrt-run: inputs: ...` with exit 1, never a sanitizer report."""
+    import random
+    import subprocess
+
+    from test_runtime_c import build_checking_runner
+
+    art = artifacts[1]
+    exe = build_checking_runner(art, tmp_path / "minrt-run-san")
+    good = tensorfile.dumps(inputs)
+    rng = random.Random(7)
+    flips = []
+    for _ in range(300):
+        b = bytearray(good)
+        b[rng.randrange(len(b))] ^= 1 << rng.randrange(8)
+        flips.append(bytes(b))
+    outcomes: dict[str, int] = {}
+    for i, blob in enumerate([good[:k] for k in range(len(good))] + flips):
+        path = tmp_path / "in.bin"
+        path.write_bytes(blob)
+        done = subprocess.run([str(exe), str(art.graph_json), str(art.params_bin), str(path),
+                               str(tmp_path / "out.bin")], capture_output=True, text=True, errors="replace", timeout=60,
+                              env={**os.environ, "ASAN_OPTIONS": "detect_leaks=0"})  # exits on error unfreed
+        assert "Sanitizer" not in done.stderr and "runtime error" not in done.stderr, (i, done.stderr[-2000:])
+        assert done.returncode in (0, 1), (i, done.returncode, done.stderr)
+        if done.returncode == 1:
+            assert done.stderr.startswith("minrt-run: inputs: ") and done.stderr.count("\n") == 1, done.stderr
+        key = done.stderr.split(":")[-1].strip() if done.returncode else "ok"
+        outcomes[key] = outcomes.get(key, 0) + 1
+    print(outcomes)
+    assert outcomes.get("ok", 0) < 301 and len(outcomes) >= 4, outcomes

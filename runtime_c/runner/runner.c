@@ -45,8 +45,14 @@ int runner_set_inputs(runner *r, const void *blob, size_t len) {
   r->input_error = code;
   if (code) {
     /* a name minrt does not know, or data it refused: minrt's own message says which */
-    if (code != TENSORS_E_UNKNOWN && code != TENSORS_E_SET)
+    unsigned long long given = 0;
+    if (code == TENSORS_E_COUNT && at == 16) {   /* the list's own count: say both */
+      memcpy(&given, (const unsigned char *)blob + 16, 8);
+      snprintf(r->err.msg, sizeof r->err.msg, "inputs byte 16: %llu inputs given, the graph has %d", given,
+               minrt_num_inputs(r->m));
+    } else if (code != TENSORS_E_UNKNOWN && code != TENSORS_E_SET) {
       snprintf(r->err.msg, sizeof r->err.msg, "inputs byte %zu: %s", at, tensors_error_text(code));
+    }
     r->err.code = MINRT_E_ARG;
     return -1;
   }
