@@ -137,8 +137,8 @@ static void on_run(unsigned seq, const uint8_t *p, uint32_t n) {
   }
   busy_seq = -1;
   /* the outputs raw, in order: the host names them and knows their shapes (frames.py) */
-  for (i = 0; i < (uint32_t)minrt_num_outputs(m); i++) {
-    const DLTensor *t = minrt_output(m, (int)i);
+  for (i = 0; i < m->n_outputs; i++) {
+    const DLTensor *t = m->outputs[i];
     size_t nbytes = minrt_nbytes(t);
     if (nbytes > fw_outputs_bytes - st.out_len) {
       st.out_len = 0;

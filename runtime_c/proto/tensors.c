@@ -3,8 +3,8 @@
 
 #include <string.h>
 
-static const uint8_t list_magic[8] = {0xB7, 0x9C, 0x04, 0x05, 0x4F, 0x8D, 0xE5, 0xF7};
-static const uint8_t tensor_magic[8] = {0x3F, 0xA1, 0xB4, 0x96, 0xF0, 0x40, 0x5E, 0xDD};
+#define LIST_MAGIC 0xF7E58D4F05049CB7ull   /* tensorfile.py LIST_MAGIC, TENSOR_MAGIC */
+#define TENSOR_MAGIC 0xDD5E40F096B4A13Full
 
 static uint64_t rd64(const uint8_t *p) {
 #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
@@ -34,7 +34,7 @@ int tensors_set_inputs(minrt *m, const uint8_t *b, size_t len, size_t *at) {
   size_t p, q, q2, k, n, i, j, nl, nbytes;
   int idx, ndim;
   *at = 0;
-  if (len < 24 || memcmp(b, list_magic, 8)) return TENSORS_E_LIST;
+  if (len < 24 || rd64(b) != LIST_MAGIC) return TENSORS_E_LIST;
   n = rd_size(b + 16);
   *at = 16;
   if (n != (size_t)minrt_num_inputs(m)) return TENSORS_E_COUNT;
@@ -52,10 +52,10 @@ int tensors_set_inputs(minrt *m, const uint8_t *b, size_t len, size_t *at) {
   p += 8;
   for (q = 24, i = 0; i < n; i++, q += 8 + rd_size(b + q)) {
     const DLTensor *t;
-    idx = input_at(m, b, q);
-    t = minrt_input(m, idx);
+    idx = input_at(m, b, q);                  /* known: the names passed */
+    t = m->inputs[idx];
     *at = p;
-    if (len - p < 32 || memcmp(b + p, tensor_magic, 8)) return TENSORS_E_HEADER;
+    if (len - p < 32 || rd64(b + p) != TENSOR_MAGIC) return TENSORS_E_HEADER;
     ndim = (int)(uint32_t)rd64(b + p + 24);   /* the low half: ndim, then dtype */
     if (ndim != t->ndim || memcmp(b + p + 28, &t->dtype, 4)) return TENSORS_E_DTYPE;
     p += 32;
@@ -108,7 +108,7 @@ size_t tensors_write_outputs(const minrt *m, uint8_t *buf, size_t cap) {
   s.buf = buf;
   s.cap = cap;
   s.len = 0;
-  wr(&s, list_magic, 8);
+  wr64(&s, LIST_MAGIC);
   wr64(&s, 0);
   wr64(&s, n);
   for (i = 0; i < n; i++) {
@@ -122,7 +122,7 @@ size_t tensors_write_outputs(const minrt *m, uint8_t *buf, size_t cap) {
     uint8_t hdr[16] = {1}; /* DLDevice {kDLCPU, 0}, ndim, dtype */
     memcpy(hdr + 8, &t->ndim, 4);
     memcpy(hdr + 12, &t->dtype, 4);
-    wr(&s, tensor_magic, 8);
+    wr64(&s, TENSOR_MAGIC);
     wr64(&s, 0);
     wr(&s, hdr, 16);
     for (k = 0; k < t->ndim; k++) wr64(&s, (uint64_t)t->shape[k]);
