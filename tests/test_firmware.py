@@ -80,6 +80,20 @@ def test_every_example_from_one_image(image) -> None:
     assert len(multi.inputs) >= 2 and len(multi.outputs) >= 2
 
 
+def test_the_cached_image_is_sealed_and_its_manifest_names_where_it_lies(image) -> None:
+    """The manifest records the image's own path (not the temporary directory it was linked
+    in), and the entry's checksums cover the ELF and the manifest."""
+    import json
+
+    from harness.build.firmware import MANIFEST
+    from harness.cache import seal_broken
+
+    out = image.firmware.elf.parent
+    manifest = json.loads((out / MANIFEST).read_text())
+    assert manifest["elf"] == str(image.firmware.elf) and ".tmp" not in manifest["elf"]
+    assert seal_broken(out) is None
+
+
 def test_footprint_adds_up(image) -> None:
     fp = image.firmware.footprint
     flash, ram = fp["flash"], fp["ram"]

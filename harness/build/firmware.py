@@ -20,10 +20,7 @@ import json
 import logging
 import os
 import re
-import select
 import shutil
-import subprocess
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -31,12 +28,13 @@ from typing import Any, Sequence
 import numpy as np
 
 from harness import REPO_ROOT
-from harness.formats import tensorfile
-from harness.cache import cache_dir, content_hash
-from harness.errors import BuildError
 from harness.build.size import NO_MESSAGES, minrt_texts
-from harness.config.targets import Target
 from harness.build.toolchain import Toolchain
+from harness.cache import cache_dir, content_hash, seal, seal_broken
+from harness.config.targets import Target
+from harness.errors import BuildError, DeviceError
+from harness.formats import tensorfile
+from harness.transport.firmware import boot_and_read
 
 log = logging.getLogger(__name__)
 
@@ -220,32 +218,13 @@ def probe_arena(machine: str, elf: Path, n_models: int,
                 timeout: float = PROBE_TIMEOUT_S) -> tuple[list[int], list[int]]:
     """Boot the probe image under QEMU and read minrt's arena size for each model and the
     stack's high-water mark after loading and running each (bytes used since boot)."""
-    if shutil.which("qemu-system-arm") is None:
-        raise BuildError("sizing the arena runs minrt under qemu-system-arm, which is not installed "
-                         "(apt-get install qemu-system-arm, or run ci/setup)")
-    argv = ["qemu-system-arm", "-M", machine, "-nographic", "-monitor", "none", "-serial", "stdio",
-            "-kernel", str(elf)]
-    log.info("measuring the arena: %s", " ".join(argv))
-    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    text = b""
-    deadline = time.monotonic() + timeout
     try:
-        assert proc.stdout is not None
-        while b"minrt-probe-done" not in text:
-            left = deadline - time.monotonic()
-            if left <= 0 or proc.poll() is not None:
-                err = proc.stderr.read().decode(errors="replace") if proc.poll() is not None and proc.stderr else ""
-                raise BuildError(f"the arena probe on QEMU {machine} did not finish "
-                                 f"(output {text[-300:]!r}) {err.strip()[:300]}")
-            ready, _, _ = select.select([proc.stdout], [], [], min(left, 0.5))
-            if ready:
-                text += os.read(proc.stdout.fileno(), 4096)
-    finally:
-        proc.kill()
-        proc.wait()
+        text = boot_and_read(machine, elf, b"minrt-probe-done", timeout)
+    except DeviceError as exc:
+        raise BuildError(f"the arena probe: {exc}") from None
     sizes: dict[int, int] = {}
     stacks: dict[int, int] = {}
-    for line in text.decode(errors="replace").splitlines():
+    for line in text.splitlines():
         m = re.match(r"minrt-(arena|stack) (\d+) (\d+)", line.strip())
         if m:
             (sizes if m.group(1) == "arena" else stacks)[int(m.group(2))] = int(m.group(3))
@@ -385,7 +364,11 @@ def build_firmware(target: Target, models: Sequence[FirmwareModel], toolchain: T
                   sigs.read_bytes() if sigs is not None else b""]
     out = cache_dir() / "firmware" / content_hash(parts)
     manifest = out / MANIFEST
-    if manifest.is_file():
+    broken = seal_broken(out) if manifest.is_file() else "not built"
+    if broken is not None and manifest.is_file():
+        log.warning("relinking: cached firmware %s is unusable (%s)", out, broken)
+        shutil.rmtree(out, ignore_errors=True)
+    if broken is None:
         data = json.loads(manifest.read_text())
         log.info("firmware for %s on %s: cached %s", ", ".join(names), target.name, out)
         return Firmware(elf=out / FIRMWARE_ELF, target=data["target"], models=data["models"],
@@ -416,8 +399,9 @@ def build_firmware(target: Target, models: Sequence[FirmwareModel], toolchain: T
                  "graph_sha256": hashlib.sha256(m.artifact.graph_json.read_bytes()).hexdigest(),
                  "params_sha256": hashlib.sha256(m.artifact.params_bin.read_bytes()).hexdigest()}
                 for m in models]
-        fw = Firmware(elf=elf, target=target.name, models=info, arena_bytes=arena, footprint=footprint)
+        fw = Firmware(elf=out / FIRMWARE_ELF, target=target.name, models=info, arena_bytes=arena, footprint=footprint)
         (tmp / MANIFEST).write_text(json.dumps(fw.to_dict(), indent=2) + "\n")
+        seal(tmp, [MANIFEST, FIRMWARE_ELF])
         try:
             tmp.rename(out)
         except OSError:

@@ -24,6 +24,7 @@ from harness.formats import tensorfile
 from harness.formats.artifact import Artifact
 from harness.formats.artifact import NOP
 from harness.formats.dtypes import dtype_nbytes
+from harness.compile.native_log import native_stderr_to_log
 from harness.compile.onnx_import import graph_inputs, load_onnx, relax_module
 from harness.errors import CompileError
 from harness.config.targets import Target, load_target
@@ -56,6 +57,7 @@ def _kernel_context() -> Any:
     return tvm.transform.PassContext(config={"tirx.disable_assert": True})
 
 
+@native_stderr_to_log("relax vm reference")
 def run_relax_vm(onnx_path: Path | str, inputs: Mapping[str, np.ndarray],
                  target: Target | str | None = None) -> list[np.ndarray]:
     """Run the model through TVM's Relax VM on this host; outputs in graph order."""
@@ -65,7 +67,8 @@ def run_relax_vm(onnx_path: Path | str, inputs: Mapping[str, np.ndarray],
     onnx_path = Path(onnx_path)
     target = _host_target(target)
     tvm_target = tvm.target.Target(dict(target.tvm_target))
-    mod = relax_module(onnx_path, target.tvm_target)
+    # the inputs' own shapes fix a model's dynamic dimensions (--input-shape)
+    mod = relax_module(onnx_path, target.tvm_target, {k: list(np.shape(v)) for k, v in inputs.items()})
     args = [tvm.runtime.tensor(x) for x in _ordered_inputs(onnx_path, inputs)]
     log.info("relax vm: building %s for %s", onnx_path.name, target.name)
     with _kernel_context():

@@ -17,17 +17,19 @@ import re
 import shutil
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping, Sequence
 
 
 from harness.formats import tensorfile
 from harness.formats.artifact import GRAPH_JSON, KERNELS_OBJ, METADATA_JSON, NOP, PARAMS_BIN, Artifact
-from harness.cache import cache_dir, cache_error, content_hash
+from harness.cache import cache_dir, cache_error, content_hash, seal, seal_broken
 from harness.errors import CompileError
 from harness.formats.signatures import SIGNATURES_C, write_signatures
 from harness.config.targets import Target, load_target, tvm_target as tvm_target_of
-from harness.compile.onnx_import import graph_inputs, import_onnx, load_onnx, lower_relax, reraise_interrupt
-from harness.compile.graph import inplace_pairs, walk_main
+from harness.compile.onnx_import import (apply_input_shapes, graph_inputs, import_onnx, load_onnx, lower_relax,
+                                        reraise_interrupt)
+from harness.compile.graph import check_dtypes, inplace_pairs, walk_main
+from harness.compile.native_log import native_stderr_to_log
 from harness.compile.plan import graph_json, plan_storage, storage_summary
 from harness.compile.kernels import SYSTEM_LIB_PREFIX, compile_kernels, kernel_target, schedule_model_kernels
 
@@ -42,7 +44,8 @@ ABI = "tvm-ffi"
 # The entry point
 
 
-def _cache_key(model_name: str, onnx_bytes: bytes, target: Target, cache: Path | None, prefix: str = "") -> str:
+def _cache_key(model_name: str, onnx_bytes: bytes, target: Target, cache: Path | None, prefix: str = "",
+               input_shapes: Mapping[str, Sequence[int]] | None = None) -> str:
     import tvm
 
     from harness.compile.tuning_db import TuningDatabase, tuning_disabled
@@ -52,33 +55,48 @@ def _cache_key(model_name: str, onnx_bytes: bytes, target: Target, cache: Path |
     tuning = "off" if tuning_disabled() else TuningDatabase.for_target(target, cache).digest()
     rules = (Path(__file__).parent / "schedule.py").read_bytes()
     return content_hash([model_name, onnx_bytes, target.name, target.tvm_target_key, tvm.__version__,
-                         PIPELINE_VERSION, tuning, rules] + ([f"prefix={prefix}"] if prefix else []))
+                         PIPELINE_VERSION, tuning, rules] + ([f"prefix={prefix}"] if prefix else [])
+                        + ([f"input_shapes={json.dumps({k: list(v) for k, v in input_shapes.items()}, sort_keys=True)}"]
+                           if input_shapes else []))
 
 
 def compile_model(onnx_path: Path | str, target: Target | str, cache: Path | None = None,
-                  system_lib_prefix: str = SYSTEM_LIB_PREFIX) -> Artifact:
+                  system_lib_prefix: str = SYSTEM_LIB_PREFIX,
+                  input_shapes: Mapping[str, Sequence[int]] | None = None) -> Artifact:
     """Compile an ONNX model for a target into an artifact directory under
     `<cache>/artifacts/<hash>` (cache defaults to harness.cache.cache_dir()); reuse it if there.
 
     `system_lib_prefix` (a C identifier prefix, e.g. "kws_") goes before every kernel symbol,
-    so the kernels of several models link into one firmware image without colliding."""
+    so the kernels of several models link into one firmware image without colliding.
+    `input_shapes` (input name -> shape, `--input-shape`) fixes dynamic input dimensions; it is
+    part of the cache key."""
     if system_lib_prefix and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", system_lib_prefix):
         raise CompileError(f"system_lib_prefix {system_lib_prefix!r} is not a C identifier prefix")
     onnx_path = Path(onnx_path)
     if isinstance(target, str):
         target = load_target(target)
+    with native_stderr_to_log(f"compile {onnx_path.name} for {target.name}"):
+        return _compile_model(onnx_path, target, cache, system_lib_prefix, input_shapes)
+
+
+def _compile_model(onnx_path: Path, target: Target, cache: Path | None, system_lib_prefix: str,
+                   input_shapes: Mapping[str, Sequence[int]] | None) -> Artifact:
     model, data = load_onnx(onnx_path)
+    model = apply_input_shapes(model, input_shapes or {}, onnx_path)
     model_name = onnx_path.stem
-    key = _cache_key(model_name, data, target, cache, system_lib_prefix)
+    key = _cache_key(model_name, data, target, cache, system_lib_prefix, input_shapes)
     root = (Path(cache) if cache is not None else cache_dir()) / "artifacts"
     out_dir = root / key
     if out_dir.is_dir():
         try:
+            broken = seal_broken(out_dir)
+            if broken:
+                raise CompileError(broken)
             artifact = Artifact.open(out_dir)
             log.info("compile %s for %s: cached artifact %s", model_name, target.name, out_dir)
             return artifact
         except CompileError as exc:
-            log.warning("recompiling: cached artifact is unusable (%s)", exc)
+            log.warning("recompiling: cached artifact %s is unusable (%s)", out_dir, exc)
             shutil.rmtree(out_dir, ignore_errors=True)
 
     import tvm
@@ -97,6 +115,7 @@ def compile_model(onnx_path: Path | str, target: Target | str, cache: Path | Non
 
     inputs = [value.name for value in graph_inputs(model)]
     graph = walk_main(lowered, inputs, str(onnx_path), op_types=[n.op_type for n in model.graph.node])
+    check_dtypes(graph, str(onnx_path))  # before the kernels: minrt would refuse the graph at load
     schedule_started = time.monotonic()
     ktarget = kernel_target(target)
     kernels, schedules = schedule_model_kernels(graph.kernels, ktarget, target, cache)
@@ -147,10 +166,12 @@ def compile_model(onnx_path: Path | str, target: Target | str, cache: Path | Non
             "inplace": [list(t) for t in plan.inplace],
             "nops": sum(1 for n in graph.nodes if n.func_name == NOP),
             "folded_batchnorms": folded,
+            "input_shapes": {k: list(v) for k, v in (input_shapes or {}).items()},
             "pipeline_version": PIPELINE_VERSION,
             "compile_seconds": round(time.monotonic() - started, 3),
         }
         (tmp / METADATA_JSON).write_text(json.dumps(metadata, indent=2) + "\n")
+        seal(tmp, [p.name for p in tmp.iterdir()])
         try:
             tmp.rename(out_dir)
         except OSError:  # another process finished the same artifact first

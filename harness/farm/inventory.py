@@ -9,7 +9,7 @@ the transports (harness.transport) talk to them. Inventories are TOML files
 from __future__ import annotations
 
 import dataclasses
-import tomllib
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -95,14 +95,29 @@ def _str_list(table: dict, key: str, where: str) -> tuple[str, ...]:
     return tuple(value)
 
 
-def parse_inventory(text: str, path: Path | None = None) -> Inventory:
-    """Validate an inventory; errors name the file, the device and the key."""
-    src = str(path or "<inventory>")
+#: The longest device name: it becomes part of lock file names and thread names.
+MAX_NAME = 64
+
+
+def _check_transport(target: str, transport: str | None, options: Mapping[str, Any], where: str) -> None:
+    """A device's transport kind and its options, checked when the inventory is read: a
+    configuration mistake is bad input, never a device failure that would count towards
+    quarantining the device."""
+    from harness.config.targets import check_transport_options, load_target
+
     try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise TargetError(f"{src}: not valid TOML: {exc}") from None
-    from harness.config.targets import target_names
+        kind = transport or load_target(target).transport.kind
+    except TargetError as exc:
+        raise TargetError(f"{where}: {exc}") from None
+    check_transport_options(kind, options, where, "options")
+
+
+def parse_inventory(text: str | bytes, path: Path | None = None) -> Inventory:
+    """Validate an inventory; errors name the file, the device and the key."""
+    from harness.config.targets import parse_toml, target_names
+
+    src = str(path or "<inventory>")
+    data = parse_toml(text.encode() if isinstance(text, str) else text, src)
 
     known_targets = set(target_names())
     tables = data.get("devices")
@@ -111,12 +126,16 @@ def parse_inventory(text: str, path: Path | None = None) -> Inventory:
     devices, seen = [], set()
     for i, table in enumerate(tables):
         where = f"{src}: devices[{i}]"
+        if not isinstance(table, dict):
+            raise TargetError(f"{where}: must be a [[devices]] table, got {type(table).__name__} {table!r:.40}")
         name = _field(table, "name", str, where, required=True)
         where = f"{src}: device '{name}'"
         if name in seen:
             raise TargetError(f"{where}: the name is used twice")
         if not name.replace("-", "").replace("_", "").replace(".", "").isalnum():
             raise TargetError(f"{where}: key 'name' may hold only letters, digits, '-', '_' and '.'")
+        if len(name) > MAX_NAME:  # it names lock files, thread names and result rows
+            raise TargetError(f"{src}: devices[{i}]: key 'name' is {len(name)} characters, more than {MAX_NAME}")
         seen.add(name)
         target = _field(table, "target", str, where, required=True)
         if target not in known_targets and not target.endswith(".toml"):
@@ -126,11 +145,14 @@ def parse_inventory(text: str, path: Path | None = None) -> Inventory:
                                 "health_check", "power_cycle"}
         if unknown:
             raise TargetError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}")
+        transport = _field(table, "transport", str, where)
+        options = _field(table, "options", dict, where) or {}
+        _check_transport(target, transport, options, where)
         devices.append(Device(
             name=name, target=target,
-            transport=_field(table, "transport", str, where),
+            transport=transport,
             address=_field(table, "address", str, where),
-            options=_field(table, "options", dict, where) or {},
+            options=options,
             tags=_str_list(table, "tags", where),
             labgrid_matches=_str_list(table, "labgrid_matches", where),
             health_check=_str_list(table, "health_check", where),
@@ -156,7 +178,7 @@ def parse_inventory(text: str, path: Path | None = None) -> Inventory:
     if isinstance(after, bool) or not isinstance(after, int) or after < 1:
         raise TargetError(f"{src}: key 'health.quarantine_after' must be a whole number >= 1, got {after!r}")
     timeout = health.get("timeout", 120.0)
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout < math.inf:
         raise TargetError(f"{src}: key 'health.timeout' must be a number of seconds > 0, got {timeout!r}")
     return Inventory(devices=tuple(devices), path=path, lease_backend=backend,
                      labgrid_coordinator=coordinator, quarantine_after=after, health_timeout=float(timeout))
@@ -165,7 +187,7 @@ def parse_inventory(text: str, path: Path | None = None) -> Inventory:
 def load_inventory(path: Path | str) -> Inventory:
     path = Path(path)
     try:
-        text = path.read_text()
+        text = path.read_bytes()
     except OSError as exc:
         raise TargetError(f"{path}: cannot read the inventory: {exc.strerror}") from None
     return parse_inventory(text, path)

@@ -1,4 +1,8 @@
-"""Which models a command means: .onnx paths, or names of the shipped examples."""
+"""Which models a command means: model files, or names of the shipped examples and zoo models.
+
+One resolver for every command (run, size, farm, compile, build, tune, bench), so a name that
+works in one works in all of them.
+"""
 
 from __future__ import annotations
 
@@ -7,24 +11,38 @@ from typing import Sequence
 
 from harness.errors import HarnessError
 
+#: What no model argument means: every example ("examples"), or every example and zoo model ("all").
+DEFAULTS = ("examples", "all")
 
-def resolve_models(names: Sequence[str] | None) -> list[Path]:
-    """Model arguments are .onnx paths or names of the shipped examples; none means all examples."""
+
+def resolve_models(names: Sequence[str] | None, *, default: str = "examples",
+                   out_dir: Path | None = None) -> list[Path]:
+    """Model arguments are existing files (or paths ending in .onnx), example names or zoo
+    names; none means every example (`default="examples"`) or every example and zoo model
+    (`default="all"`). Named models are written under `out_dir` (default: the cache)."""
     from harness.cache import cache_dir
-    from harness.models.examples import write_examples
+    from harness.models.examples import EXAMPLES, write_examples
+    from harness.models.zoo import ZOO, write_zoo
 
+    if default not in DEFAULTS:
+        raise ValueError(f"default must be one of {DEFAULTS}, not {default!r}")
+    root = Path(out_dir) if out_dir is not None else cache_dir()
     wanted = list(names or [])
-    paths = [Path(n) for n in wanted if n.endswith(".onnx") or Path(n).exists()]
-    example_names = [n for n in wanted if not (n.endswith(".onnx") or Path(n).exists())]
-    if not wanted or example_names:
-        examples = write_examples(cache_dir() / "examples")
-        if not wanted:
-            return list(examples.values())
-        for name in example_names:
-            if name not in examples:
-                raise HarnessError(f"model '{name}' is neither a file nor an example (examples: {', '.join(examples)})")
-            paths.append(examples[name])
-    for path in paths:
-        if not path.exists():
-            raise HarnessError(f"model file '{path}' does not exist")
+    if not wanted:
+        paths = list(write_examples(root / "examples").values())
+        return paths + list(write_zoo(root / "zoo").values()) if default == "all" else paths
+    paths = []
+    for name in wanted:
+        path = Path(name)
+        if path.is_file():
+            paths.append(path)
+        elif name in EXAMPLES:
+            paths.append(write_examples(root / "examples", [name])[name])
+        elif name in ZOO:
+            paths.append(write_zoo(root / "zoo", [name])[name])
+        elif path.suffix or "/" in name:
+            raise HarnessError(f"model file '{name}' does not exist")
+        else:
+            raise HarnessError(f"model '{name}' is not a file, an example ({', '.join(EXAMPLES)}) "
+                               f"or a zoo model ({', '.join(ZOO)})")
     return paths

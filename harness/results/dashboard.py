@@ -399,6 +399,7 @@ def render_dashboard(store: ResultStore, *, title: str = "minrt nightly") -> str
     if new_batch:
         out.extend(profile_section(store, new_batch))
     out.extend(bench_section(store))
+    out.extend(versus_section(store))
     out.append("</body></html>")
     return "\n".join(out)
 
@@ -461,6 +462,51 @@ def bench_section(store: ResultStore) -> list[str]:
             tuned = "-" if p["tuned_kernels"] is None else str(p["tuned_kernels"])
             out.append(f"<tr><td>{_esc(model)}</td><td>{p['ratio_min']:.2f}</td><td>{med}</td><td>{tuned}</td></tr>")
         out.append("</table>")
+    return out
+
+
+def versus_section(store: ResultStore) -> list[str]:
+    """minrt side by side with TFLite Micro (ci/bench_tflm): per target and
+    metric, minrt's figure as % of TFLM's per model over batches, and the latest batch's
+    figures of both with what could not be measured and why."""
+    from harness.results.versus import versus_ratios, versus_rows
+
+    out = ['<h2 id="versus">minrt vs TFLite Micro: minrt as % of TFLM (instructions per inference, '
+           "flash without weights, RAM)</h2>"]
+    rows = versus_rows(store)
+    if not rows:
+        return out + ['<p class="empty">No side-by-side runs yet (ci/bench_tflm).</p>']
+    labels = {"instructions": "emulated instructions per inference", "flash_no_weights": "flash without weights",
+              "ram": "RAM (arena + static data)"}
+    for metric, label in labels.items():
+        trend = versus_ratios(store, "tflm", metric)
+        for target in sorted({t for t, _ in trend}):
+            batches = sorted({p["batch"] for (t, _), ps in trend.items() if t == target for p in ps})
+            series = []
+            for (t, model), points in sorted(trend.items()):
+                if t == target:
+                    by_batch = {p["batch"]: p["ratio"] * 100 for p in points}
+                    series.append((model, [by_batch.get(b) for b in batches]))
+            out.append(line_chart(f"{target}: minrt / TFLM, {label}", batches, series, y_unit="%",
+                                  hlines=[(100.0, "as TFLM")]))
+    last = rows[-1]["batch"]
+    latest = [r for r in rows if r["batch"] == last]
+    out.append(f"<table class=\"versus\"><tr><th>model</th><th>target</th><th>metric ({_esc(last)})</th>"
+               "<th>TFLM</th><th>minrt</th><th>minrt / TFLM</th></tr>")
+    pairs: dict[tuple[str, str, str], dict[str, dict]] = {}
+    for r in latest:
+        pairs.setdefault((r["model"], r["target"], r["metric"]), {})[r["runtime"]] = r
+    for (model, target, metric), pair in sorted(pairs.items()):
+        def cell(runtime: str) -> str:
+            r = pair.get(runtime)
+            if r is None:
+                return "-"
+            return f"{r['value']:,.0f} {r['unit'] or ''}" if r["value"] is not None else (r["note"] or "-")
+        mine, theirs = (pair.get(k, {}).get("value") for k in ("minrt", "tflm"))
+        ratio = f"{mine / theirs:.2f}" if mine and theirs else "-"
+        out.append(f"<tr><td>{_esc(model)}</td><td>{_esc(target)}</td><td>{_esc(metric)}</td>"
+                   f"<td>{_esc(cell('tflm'))}</td><td>{_esc(cell('minrt'))}</td><td>{ratio}</td></tr>")
+    out.append("</table>")
     return out
 
 

@@ -13,6 +13,7 @@ failed attempt stays on record.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import sqlite3
@@ -169,12 +170,30 @@ def latency_number(value: float, unit: str) -> str:
 
 
 def latency_text(row: RunRow) -> str:
-    """A run's mean latency with its unit ("120.0 us", "1,141,720 emulated instructions"), "-"."""
+    """A run's mean latency in a unit chosen by its size ("120.0 us", "2.59 s", "2.59 s
+    emulated" when an emulator measured it, "1,141,720 emulated instructions"), "-"."""
+    from harness.formats.text import EMULATED, count, duration
+
     latency = row.latency()
     if latency is None:
         return "-"
     _, mean, _, unit = latency
-    return f"{latency_number(mean, unit)} {unit}"
+    if unit != "us":
+        return count(mean, unit)
+    return duration(mean) + (f" {EMULATED}" if _emulated(row.target, row.transport) else "")
+
+
+@functools.lru_cache(maxsize=64)
+def _emulated(target: str, transport: str | None) -> bool:
+    """Whether a stored run's target and transport are an emulator (False for a target whose
+    file is gone: nothing to tell)."""
+    from harness.config.readiness import is_emulated
+    from harness.config.targets import load_target
+
+    try:
+        return is_emulated(load_target(target), transport)
+    except HarnessError:
+        return False
 
 
 def _now() -> str:
@@ -194,19 +213,28 @@ class ResultStore:
     """The SQLite file at `path` (created with its schema on first use)."""
 
     def __init__(self, path: Path | str):
+        """Open (or create) the store; a path that is not one (a directory, another file, a
+        truncated database) is a HarnessError naming it, before any work is done."""
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self._connect() as db:
-            db.execute("PRAGMA journal_mode=WAL")
-            db.executescript(_SCHEMA)
-            have = {r["name"] for r in db.execute("PRAGMA table_info(runs)")}
-            for col, kind in LATER_COLUMNS.items():
-                if col not in have:
-                    try:
-                        db.execute(f"ALTER TABLE runs ADD COLUMN {col} {kind}")
-                    except sqlite3.OperationalError as exc:  # another process added it first
-                        if "duplicate column" not in str(exc):
-                            raise
+        if self.path.is_dir():
+            raise HarnessError(f"results store {self.path}: is a directory; give a file path (e.g. {self.path / 'results.sqlite'})")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with self._connect() as db:
+                db.execute("PRAGMA journal_mode=WAL")
+                db.executescript(_SCHEMA)
+                have = {r["name"] for r in db.execute("PRAGMA table_info(runs)")}
+                for col, kind in LATER_COLUMNS.items():
+                    if col not in have:
+                        try:
+                            db.execute(f"ALTER TABLE runs ADD COLUMN {col} {kind}")
+                        except sqlite3.OperationalError as exc:  # another process added it first
+                            if "duplicate column" not in str(exc):
+                                raise
+        except sqlite3.DatabaseError as exc:
+            raise HarnessError(f"results store {self.path}: not a results store (SQLite: {exc})") from None
+        except OSError as exc:
+            raise HarnessError(f"results store {self.path}: cannot create it: {exc.strerror or exc}") from None
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
@@ -489,8 +517,8 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     sub.add_parser("batches", help="list the batches (nights, farm runs), oldest first")
     ls = sub.add_parser("list", help="list stored runs")
     ls.add_argument("--batch", help="only this batch (default: the latest)")
-    ls.add_argument("--target")
-    ls.add_argument("--model")
+    ls.add_argument("--target", help="only runs on this target")
+    ls.add_argument("--model", help="only runs of this model")
     ls.add_argument("--json", action="store_true", help="one JSON object per run")
     p.set_defaults(func=command)
 
@@ -508,15 +536,27 @@ def command(args: argparse.Namespace) -> int:
         return 0
     batches = store.batches()
     batch = args.batch or (batches[-1] if batches else None)
-    for row in store.runs(batch=batch, target=args.target, model=args.model):
-        if args.json:
+    rows = store.runs(batch=batch, target=args.target, model=args.model)
+    if args.json:
+        for row in rows:
             print(json.dumps(dataclasses.asdict(row)))
-            continue
-        mean = latency_text(row)
-        print(f"{row.id:>5} {row.batch:<24} {row.model:<12} {row.target:<12} {row.device or '-':<10} "
-              f"{'PASS' if row.passed else 'FAIL'} {mean:>12} minrt {row.minrt_text or '-'} B"
-              + (f"  {row.error.splitlines()[0][:80]}" if row.error else ""))
+        return 0
+    print(runs_table(rows))
     return 0
+
+
+def runs_table(rows: list[RunRow]) -> str:
+    """Stored runs under a header, columns as wide as their content; latencies in a unit
+    chosen by their size, "emulated" on those an emulator measured."""
+    from harness.formats.text import table
+
+    body = [[row.id, row.batch, row.model, row.target, row.device or "-", "PASS" if row.passed else "FAIL",
+             latency_text(row), f"{row.minrt_text:,} B" if row.minrt_text else "-",
+             row.error.splitlines()[0][:80] if row.error else ""] for row in rows]
+    if not body:
+        return "results: no runs match"
+    return table(["id", "batch", "model", "target", "device", "result", "mean latency", "minrt .text", "error"],
+                 body, right=(0, 6, 7))
 
 
 # -- benchmarks (harness bench) ---------------------------------------------------------------

@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import select
 import shutil
 import subprocess
 import tempfile
@@ -113,17 +114,55 @@ class FirmwareTransport:
 
     def counts(self, timing: dict[str, Any]) -> dict[str, Any]:
         """Ticks -> emulated instructions (QEMU -icount) or cycles (a board's processor clock)."""
-        hz = int(timing.get("tick_hz", 0)) or 1
-        if self.icount_shift is not None:
-            # 2**shift ns of virtual time per instruction; SysTick ticks at hz
-            per_tick = 1e9 / hz / (1 << self.icount_shift)
-            unit = "emulated instructions"
-        else:
-            per_tick, unit = 1.0, "cycles"
-        timing["counts"] = {k: round(float(timing[f"{k}_ticks"]) * per_tick)
-                            for k in ("min", "mean", "max") if f"{k}_ticks" in timing}
-        timing["count_unit"] = unit
-        return timing
+        return ticks_to_counts(timing, self.icount_shift)
+
+
+def ticks_to_counts(timing: dict[str, Any], icount_shift: int | None) -> dict[str, Any]:
+    """Add `counts` (min/mean/max) and `count_unit` to a timing with `<k>_ticks` and `tick_hz`:
+    emulated instructions under QEMU -icount (`icount_shift` given), else processor cycles."""
+    hz = int(timing.get("tick_hz", 0)) or 1
+    if icount_shift is not None:
+        # 2**shift ns of virtual time per instruction; SysTick ticks at hz
+        per_tick = 1e9 / hz / (1 << icount_shift)
+        unit = "emulated instructions"
+    else:
+        per_tick, unit = 1.0, "cycles"
+    timing["counts"] = {k: round(float(timing[f"{k}_ticks"]) * per_tick)
+                        for k in ("min", "mean", "max") if f"{k}_ticks" in timing}
+    timing["count_unit"] = unit
+    return timing
+
+
+def boot_and_read(machine: str, elf: Path, until: bytes, timeout: float, icount_shift: int | None = None) -> str:
+    """Boot an image that reports on its UART by itself (no framed protocol) under
+    qemu-system-arm on `machine`, read that UART (stdio) until `until` appears, stop QEMU and
+    return the text. With `icount_shift`, QEMU runs with -icount (SysTick counts instructions)."""
+    if shutil.which("qemu-system-arm") is None:
+        raise DeviceError("qemu-system-arm is not installed (apt-get install qemu-system-arm, or run ci/setup)")
+    argv = ["qemu-system-arm", "-M", machine, *(["-icount", f"shift={icount_shift}"] if icount_shift is not None else []),
+            "-nographic", "-monitor", "none", "-serial", "stdio", "-kernel", str(elf)]
+    log.info("booting %s", " ".join(argv))
+    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    text = b""
+    deadline = time.monotonic() + timeout
+    try:
+        assert proc.stdout is not None
+        while until not in text:
+            left = deadline - time.monotonic()
+            if left <= 0 or proc.poll() is not None:
+                err = proc.stderr.read().decode(errors="replace") if proc.poll() is not None and proc.stderr else ""
+                raise DeviceError(f"{elf.name} on QEMU {machine} did not print {until.decode(errors='replace')!r} "
+                                  f"within {timeout:.0f} s (output {text[-300:]!r}) {err.strip()[:300]}")
+            ready, _, _ = select.select([proc.stdout], [], [], min(left, 0.5))
+            if ready:
+                text += os.read(proc.stdout.fileno(), 65536)
+    finally:
+        proc.kill()
+        proc.wait()
+        for stream in (proc.stdout, proc.stderr):
+            if stream:
+                stream.close()
+    return text.decode(errors="replace")
 
 
 class QemuFirmware(FirmwareTransport):
@@ -205,7 +244,7 @@ class QemuFirmware(FirmwareTransport):
 
     def shutdown(self) -> None:
         if self._line is not None:
-            self._line._port.close()  # not close(): that would type `stty echo` at a firmware
+            self._line.close_line()  # not close(): that would type `stty echo` at a firmware
             self._line = None
         if self.proc is not None:
             if self.proc.poll() is None:
@@ -253,7 +292,7 @@ class SerialFirmware(FirmwareTransport):
 
     def close(self) -> None:
         if self._serial is not None:
-            self._serial._port.close()
+            self._serial.close_line()
             self._serial = None
 
 
@@ -272,7 +311,8 @@ def _open_serial(options: Mapping[str, Any], address: str | None, trust_on_first
 
 TRANSPORT_KINDS = (
     TransportKind("qemu-firmware", "firmware under qemu-system-arm on this host, over its UART", _open_qemu,
-                  options={"machine": str, "icount_shift": int}, needs=("qemu-system-arm",)),
+                  options={"machine": str, "icount_shift": int}, needs=("qemu-system-arm",),
+                  emulator=True),
     TransportKind("firmware-serial", "firmware on a board flashed by a command, over a serial port",
                   _open_serial, address="SERIAL-PORT-OR-URL",
                   options={"url": str, "baudrate": int, "flash_command": list}),
