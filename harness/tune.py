@@ -112,7 +112,7 @@ class _Session:
 
         defines = ["-DMINRT_PROFILE"] + (["-DMINRT_RUN_SERIAL"] if (RUNTIME_DIR / "runner" / "serial.c").exists() else [])
         return [self.target.cc.tool("gcc"), *self.target.cc.cflags, *BUILD_FLAGS, *THREAD_FLAGS, *defines,
-                f"-I{RUNTIME_DIR / 'include'}", f"-I{RUNTIME_DIR / 'runner'}"]
+                f"-I{RUNTIME_DIR / 'include'}", f"-I{RUNTIME_DIR / 'runner'}", f"-I{RUNTIME_DIR / 'proto'}"]
 
     def _runtime_objects(self) -> list[Path]:
         """minrt and the runner compiled once per session; each candidate only links."""

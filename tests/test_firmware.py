@@ -18,7 +18,7 @@ import pytest
 
 from harness.formats import frames, tensorfile
 from harness.errors import DeviceError, FitError, RunnerError, TargetError
-from harness.build.firmware import build_firmware, image_models
+from harness.build.firmware import FRONT_END_BUDGET, MAX_PAYLOAD, STACK_MARGIN, build_firmware, image_models
 from harness.run import check_outputs, random_inputs
 from harness.build.size import BUDGETS
 from harness.config.targets import load_target, parse_target
@@ -104,26 +104,39 @@ def test_footprint_adds_up(image) -> None:
     mlp = next(m for m in image.models if m.name == "mlp").artifact
     assert fp["arena_by_model"]["mlp"] < mlp.params_bin.stat().st_size
     assert 0 < flash["minrt"] <= BUDGETS["armv7m"]  # minrt's ARMv7-M Thumb-2 share, the budget of ARMv7
+    # the front end's code budget (deterministic: gated here), and its RAM: the stack reserved
+    # is the probe's measured peak plus the stated margin, and nothing else hides in RAM
+    assert 0 < flash["front_end"] <= FRONT_END_BUDGET, flash
+    assert ram["stack"] == -(-(ram["stack_peak"] + STACK_MARGIN) // 8) * 8, ram
+    assert ram["beyond_arena_io"] == ram["stack"] + ram["data"] + ram["bss"], ram
     assert ram["arena"] == image.firmware.arena_bytes == -(-max(fp["arena_by_model"].values()) // 64) * 64
     assert flash["total"] <= image.target.layout.flash_bytes and ram["total"] <= image.target.layout.ram_bytes
 
 
 def test_wrong_model_or_weights_is_a_clear_error(image) -> None:
+    """The host matches graph.json and params.bin against the image's manifest; the firmware
+    itself refuses a graph hash none of its models has, and inputs that are not an NDArray-list."""
+    import hashlib
+
     a = image.models[0].artifact
-    line = image.board.line()
     inputs = tensorfile.dumps(random_inputs(a.inputs, 0))
-    graph = a.graph_json.read_bytes()
+    graph, params = a.graph_json.read_bytes(), a.params_bin.read_bytes()
+    with pytest.raises(RunnerError, match="the image holds no model with this graph.json"):
+        image.board.run_model("", graph.replace(b'"nodes"', b'"NODES"'), params, inputs, 1, 0, 30)
+    bad = bytearray(params)
+    bad[-1] ^= 0xFF
+    with pytest.raises(RunnerError, match="weights for .* are not this params.bin"):
+        image.board.run_model("", graph, bytes(bad), inputs, 1, 0, 30)
+    line = image.board.line()
+    digest = hashlib.sha256(graph).digest()
     with pytest.raises(RunnerError, match="graph.json is none of this image's models"):
-        line.exchange(graph.replace(b'"nodes"', b'"NODES"'), b"", inputs, 1, 0, 30)
-    params = bytearray(a.params_bin.read_bytes())
-    params[-1] ^= 0xFF
-    with pytest.raises(RunnerError, match="params.bin differs from the weights in flash"):
-        line.exchange(graph, bytes(params), inputs, 1, 0, 30)
-    with pytest.raises(RunnerError, match="inputs: "):
-        line.exchange(graph, b"", inputs[:40], 1, 0, 30)
-    # the image's own weights sent in full are accepted (compared in flash, not stored)
-    outputs, timing = line.exchange(graph, a.params_bin.read_bytes(), inputs, 1, 0, 30)
+        line.session([(frames.Blob.GRAPH, bytes(32)), (frames.Blob.INPUTS, inputs)], 1, 0, 30)
+    with pytest.raises(RunnerError, match="inputs: not an NDArray-list|inputs: not one tensor per graph input"):
+        line.session([(frames.Blob.GRAPH, digest), (frames.Blob.INPUTS, inputs[:40])], 1, 0, 30)
+    # the right hash and inputs: a run, whose record carries the stack's measured peak
+    outputs, timing = image.board.run_model("", graph, params, inputs, 1, 0, 30)
     assert timing["model"] == image.models[0].name and outputs
+    assert 0 < timing["stack_peak_bytes"] < image.firmware.footprint["ram"]["stack"]
 
 
 def test_corrupted_frames_then_a_good_run(image) -> None:
@@ -299,6 +312,7 @@ def test_random_requests_never_stop_the_firmware(image) -> None:
                                   frames.run_payload(rng.randrange(3), rng.randrange(1 << 32))])
         else:
             payload = rng.randbytes(rng.choice([0, 1, 7, 8, 9, 13, rng.randrange(0, 1000)]))
+        payload = payload[:MAX_PAYLOAD]  # longer frames are refused by their header, unanswered
         line._write(frames.encode(frames.Frame(kind, seq, payload)), "fuzz")
         deadline = time.monotonic() + 10
         answered = False

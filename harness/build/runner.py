@@ -49,8 +49,15 @@ def runtime_sources() -> list[Path]:
     return sorted((RUNTIME_DIR / "src").glob("*.c"))
 
 
+def proto_sources() -> list[Path]:
+    """The frame and NDArray-list codecs the runner shares with the firmware (runtime_c/proto)."""
+    return sorted((RUNTIME_DIR / "proto").glob("*.c"))
+
+
 def runner_sources() -> list[Path]:
-    return sorted(p for p in (RUNTIME_DIR / "runner").glob("*.c") if p.name not in _RUNNER_EXCLUDE)
+    """The runner's own sources and the shared codecs it uses."""
+    own = sorted(p for p in (RUNTIME_DIR / "runner").glob("*.c") if p.name not in _RUNNER_EXCLUDE)
+    return own + proto_sources()
 
 
 def runner_command(
@@ -71,6 +78,7 @@ def runner_command(
         *defines,
         f"-I{RUNTIME_DIR / 'include'}",
         f"-I{RUNTIME_DIR / 'runner'}",
+        f"-I{RUNTIME_DIR / 'proto'}",
         *(str(p) for p in runtime_sources() + runner_sources()),
         *([str(Path(signatures).resolve())] if signatures is not None else []),
         str(Path(kernels_obj).resolve()),
@@ -100,7 +108,7 @@ def build_runner(
     argv_key = runner_command(target, kernels, placeholder, signatures)
     headers = sorted((RUNTIME_DIR / "include").glob("*.h")) + sorted(
         (RUNTIME_DIR / "runner").glob("*.h")
-    ) + sorted((RUNTIME_DIR / "src").glob("*.h"))
+    ) + sorted((RUNTIME_DIR / "src").glob("*.h")) + sorted((RUNTIME_DIR / "proto").glob("*.h"))
     parts: list[bytes | str] = ["minrt-run/1", toolchain.describe(), *argv_key]
     for path in runtime_sources() + runner_sources() + headers:
         parts += [str(path.relative_to(REPO_ROOT)), path.read_bytes()]

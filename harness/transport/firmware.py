@@ -9,9 +9,10 @@ with the framed protocol of harness/formats/frames.py (the same as `minrt-run --
 - `firmware-serial`: a real board. `put` runs the target's `flash_command` (an argv; `{elf}` is
   replaced by the image's path, never through a shell), then the protocol runs on `url`.
 
-There is no shell: `run` and `get` are refused with the reason. `run_model` sends graph.json
-(which selects the model inside the image), an empty params.bin (the weights are in flash;
-the host checks they are the artifact's by the image's manifest), the inputs, RUN, GET.
+There is no shell: `run` and `get` are refused with the reason. `run_model` checks graph.json
+and params.bin against the image's manifest (the weights are in flash), then sends the graph's
+sha256 (which selects the model inside the image), the inputs, RUN, GET; RUN's answer is the
+binary timing record of harness/formats/frames.py, with the stack's measured peak.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from harness.errors import DeviceError, RunnerError, TargetError
+from harness.formats import frames, tensorfile
 from harness.transport.base import CommandResult, TransportKind
 from harness.transport.serial import SerialTransport
 
@@ -109,7 +111,21 @@ class FirmwareTransport:
         if hashlib.sha256(params).hexdigest() != model["params_sha256"]:
             raise RunnerError(f"{self.name}: the image's weights for {model['name']} are not this params.bin")
         link = self.line()
-        outputs, timing = link.exchange(graph, b"", inputs, iters, workspace, timeout)
+        blobs = ((frames.Blob.GRAPH, bytes.fromhex(digest)), (frames.Blob.INPUTS, inputs))
+        outputs, answer = link.session(blobs, iters, workspace, timeout)
+        try:
+            timing: dict[str, Any] = frames.parse_timing_record(answer)
+        except frames.FrameError as exc:
+            raise DeviceError(f"{self.name}: malformed RUN answer: {exc}") from None
+        timing["model"] = model["name"]
+        try:  # the outputs come raw, in the graph's order: named and shaped here
+            outputs = tensorfile.dumps(tensorfile.from_raw(outputs, model["outputs"], f"{self.name} outputs"))
+        except tensorfile.TensorFileError as exc:
+            raise DeviceError(str(exc)) from None
+        reserved = self.manifest.get("footprint", {}).get("ram", {}).get("stack")
+        if reserved is not None and timing["stack_peak_bytes"] >= reserved:
+            raise DeviceError(f"{self.name}: the stack overflowed its {reserved:,} bytes during the run "
+                              "(rebuild the image: the probe's measurement was too low)")
         return outputs, self.counts(timing)
 
     def counts(self, timing: dict[str, Any]) -> dict[str, Any]:
@@ -218,8 +234,17 @@ class QemuFirmware(FirmwareTransport):
                 raise DeviceError(f"{self.name}: QEMU did not start: {err.strip()[:300]}")
             time.sleep(0.02)
         os.chmod(path, 0o600)
-        # the shell layer of SerialTransport is never used (workdir given: no sync)
-        self._line = SerialTransport(f"unix://{path}", workdir="/", startup_timeout=BOOT_TIMEOUT_S)
+        # the shell layer of SerialTransport is never used (workdir given: no sync). QEMU binds
+        # the socket a moment before it listens: a refused connection is tried again.
+        while True:
+            try:
+                self._line = SerialTransport(f"unix://{path}", workdir="/", startup_timeout=BOOT_TIMEOUT_S)
+                break
+            except DeviceError:
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    self.shutdown()
+                    raise
+                time.sleep(0.05)
         self._booted = elf
 
     def health(self, timeout: float = BOOT_TIMEOUT_S) -> str:

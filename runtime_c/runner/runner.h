@@ -15,6 +15,7 @@ typedef struct {
   minrt_err err; /* minrt's last error (load, inputs, run) */
   const void *inputs; /* the blob given to runner_set_inputs, set again before each run */
   size_t inputs_len;
+  int input_error; /* the last runner_set_inputs's TENSORS_E_* code (tensors.h), 0 if none */
 } runner;
 
 typedef struct {
@@ -37,8 +38,8 @@ int runner_load(runner *r, const char *graph, size_t graph_len, const void *para
 extern const minrt_signatures minrt_model_signatures;
 
 /* Sets every graph input from an NDArray-list blob (tensors named by graph input names,
- * each exactly once, dtype and shape as the graph says); the blob must outlive r. 0, or -1
- * with a message in r->err.msg. */
+ * each exactly once, dtype and shape as the graph says; proto/tensors.c reads it); the blob
+ * must outlive r. 0, or -1 with a message in r->err.msg and the code in r->input_error. */
 int runner_set_inputs(runner *r, const void *blob, size_t len);
 
 /* Runs iters (>= 1) times; times each run. The inputs are set again (untimed) before each
