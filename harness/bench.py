@@ -2,9 +2,9 @@
 
 For each model: compile it for the target (tuning records used unless MINRT_NO_TUNING=1),
 build minrt-run, make one set of seeded inputs, then alternate rounds: minrt-run on the
-target's device (`iters` inferences, timed by the runner itself) and onnxruntime on this host
-(one intra-op and one inter-op thread, the same inputs, `iters` inferences timed around
-`session.run`). Interleaving means a slow phase of the machine hits both. Per runtime:
+target's device (`iters` inferences, timed by the runner itself, its kernels' parallel loops
+on `threads` threads) and onnxruntime on this host (`threads` intra-op threads, one inter-op
+thread, the same inputs, `iters` inferences timed around `session.run`): like with like. Interleaving means a slow phase of the machine hits both. Per runtime:
 min = the fastest single inference over all rounds, median = the median of the per-round
 means. The ratio is minrt / onnxruntime (below 1 means minrt is faster); across models the
 geometric mean of the ratios. onnxruntime runs on the host, so the ratio is meaningful when
@@ -40,6 +40,8 @@ class ModelBench:
     ort_median_us: float = 0.0
     rounds: int = 0
     iters: int = 0
+    threads: int = 1
+    threads_used: int = 0  # threads minrt-run reports its kernels ran on
     tuned_kernels: int = 0
     kernels: int = 0
     workspace_bytes: int = 0
@@ -75,18 +77,18 @@ class BenchReport:
         return math.exp(sum(math.log(r) for r in ratios) / len(ratios)) if ratios else None
 
     def table(self) -> str:
-        headers = ["model", "minrt min", "ort min", "ratio", "minrt median", "ort median", "ratio", "tuned",
+        headers = ["model", "threads", "minrt min", "ort min", "ratio", "minrt median", "ort median", "ratio", "tuned",
                    "workspace", "largest act", "compile"]
         rows, errors = [], []
         for m in self.models:
             if m.error:
                 errors.append(f"{m.model}: ERROR {m.error}")
                 continue
-            rows.append([m.model, duration(m.minrt_min_us), duration(m.ort_min_us), f"{m.ratio_min:.2f}",
+            rows.append([m.model, str(m.threads), duration(m.minrt_min_us), duration(m.ort_min_us), f"{m.ratio_min:.2f}",
                          duration(m.minrt_median_us), duration(m.ort_median_us), f"{m.ratio_median:.2f}",
                          f"{m.tuned_kernels}/{m.kernels}", f"{m.workspace_bytes:,} B",
                          f"{m.largest_activation_bytes:,} B", f"{m.compile_seconds:.1f} s"])
-        lines = [table(headers, rows, right=range(1, 11))] if rows else []
+        lines = [table(headers, rows, right=range(1, 12))] if rows else []
         lines += errors
         if self.emulated:
             lines.append(f"minrt times on {self.target} are {EMULATED} (wall time of an emulator, not a device's "
@@ -97,11 +99,11 @@ class BenchReport:
         return "\n".join(lines)
 
 
-def _ort_session(model: Path) -> Any:
+def _ort_session(model: Path, threads: int = 1) -> Any:
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 1
+    opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     return ort.InferenceSession(str(model), sess_options=opts, providers=["CPUExecutionProvider"])
@@ -149,8 +151,9 @@ def _check_counts(rounds: int, iters: int) -> None:
 
 def bench_model(model: Path, target: Target, *, toolchain: str = "host", rounds: int = 5,
                 iters: int = 20, seed: int = 0, transport: str | None = None,
-                input_shapes: Mapping[str, Sequence[int]] | None = None) -> ModelBench:
-    """Benchmark one model: interleaved rounds of minrt (on the target) and onnxruntime."""
+                input_shapes: Mapping[str, Sequence[int]] | None = None, threads: int = 1) -> ModelBench:
+    """Benchmark one model: interleaved rounds of minrt (on the target) and onnxruntime, both
+    on `threads` threads."""
     from harness.build.runner import build_runner
     from harness.compile.model import compile_model
     from harness.run import execute, random_inputs
@@ -158,7 +161,7 @@ def bench_model(model: Path, target: Target, *, toolchain: str = "host", rounds:
     from harness.device.open import open_transport
 
     _check_counts(rounds, iters)
-    result = ModelBench(model=model.stem, target=target.name, rounds=rounds, iters=iters)
+    result = ModelBench(model=model.stem, target=target.name, rounds=rounds, iters=iters, threads=threads)
     started = time.monotonic()
     artifact = compile_model(model, target, input_shapes=input_shapes)
     meta = artifact.metadata
@@ -171,13 +174,14 @@ def bench_model(model: Path, target: Target, *, toolchain: str = "host", rounds:
     runner = build_runner(target, artifact, get_toolchain(toolchain, target))
     inputs = random_inputs(artifact.inputs, seed)
     blob = tensorfile.dumps({s["name"]: inputs[s["name"]] for s in artifact.inputs})
-    session = _ort_session(model)
+    session = _ort_session(model, threads)
     feeds = dict(inputs)
     _ort_round(session, feeds, 2)  # warm-up: first run allocates
     m_min, m_mean, o_min, o_mean = [], [], [], []
     with open_transport(target, kind=transport) as device:
         for r in range(rounds):
-            _, timing = execute(device, runner, artifact, blob, iters)
+            _, timing = execute(device, runner, artifact, blob, iters, threads=threads)
+            result.threads_used = int(timing.get("threads_used", 1))
             m_min.append(float(timing["min_us"]))
             m_mean.append(float(timing["mean_us"]))
             lo, mean = _ort_round(session, feeds, iters)

@@ -72,7 +72,8 @@ def cmd_run(args: argparse.Namespace) -> int:
                                        input_files=inputs or None, atol=args.atol, rtol=args.rtol,
                                        trust_on_first_use=args.trust_on_first_use, profile=args.profile,
                                        device=device, one_image=one_image, input_shapes=shapes or None,
-                                       outputs_dir=Path(args.outputs) if args.outputs else None)
+                                       outputs_dir=Path(args.outputs) if args.outputs else None,
+                                       threads=args.threads)
             except HarnessError as exc:
                 if len(models) == 1:
                     raise
@@ -289,7 +290,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     # the store is opened first: a path that is no store is said before minutes of benchmarking
     store = None if args.no_store else ResultStore(Path(args.results) if args.results else default_store_path())
     report = bench_models(models, target, toolchain=args.toolchain, rounds=args.rounds, iters=args.iters,
-                          transport=args.transport, input_shapes=shapes or None)
+                          transport=args.transport, input_shapes=shapes or None,
+                          threads=args.threads)
     if args.json:
         print(json_text({"target": target.name, "geomean_min": report.geomean("min"),
                           "geomean_median": report.geomean("median"),
@@ -324,6 +326,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trust-on-first-use", action="store_true",
                    help="SSH: record an unknown host key instead of refusing it (a changed key is always refused)")
     opts.add_iters(p)
+    p.add_argument("--threads", type=opts.positive_int, default=None,
+                   help="threads for the kernels' parallel loops (default: the device's cores; firmware: 1)")
     p.add_argument("--seed", type=opts.seed, default=0, help="seed of the random inputs (default 0)")
     p.add_argument("--input", action="append", default=[], metavar="NAME=FILE.npy",
                    help="an input from a .npy file (repeatable; default: seeded random inputs)")
@@ -412,8 +416,10 @@ def build_parser() -> argparse.ArgumentParser:
     opts.add_toolchain(p)
     opts.add_transport(p, host=False)
     opts.add_input_shapes(p)
+    p.add_argument("--threads", type=opts.positive_int, default=1,
+                   help="threads for minrt's parallel loops and onnxruntime's intra-op pool (default 1)")
     p.add_argument("--results", help="results store (default: <cache>/results.sqlite)")
-    p.add_argument("--batch", help="results batch (default: the UTC day)")
+    p.add_argument("--batch", help="results batch (default: bench-<UTC time>, each run its own)")
     p.add_argument("--no-store", action="store_true", help="do not record in the results store")
     p.add_argument("--json", action="store_true", help="print machine-readable results")
     p.set_defaults(func=cmd_bench)

@@ -49,8 +49,8 @@ def positive_int(text: str) -> int:
     return value
 
 
-#: The most inferences one request asks of a device: the firmware refuses more, and a count
-#: beyond it would run for hours on a microcontroller anyway.
+#: The most inferences the CLI asks of a device in one request: a count beyond it would run for
+#: hours on a microcontroller (the devices themselves take 1..frames.MAX_ITERS, 2^31 - 1).
 MAX_ITERS = 1_000_000
 
 

@@ -56,6 +56,8 @@ class RunResult:
     profile: list[dict[str, Any]] = field(default_factory=list)
     iters: int = 0
     arena_bytes: int | None = None
+    #: the threads the runner ran the kernels' parallel loops on (None: not reported)
+    threads: int | None = None
     # What the model costs on the device: the runner's arena by part (graph, activations,
     # workspace, weight_copies: bytes), peak_rss_kb (Linux runners), and flash (harness.build.size).
     footprint: dict[str, Any] = field(default_factory=dict)
@@ -123,15 +125,17 @@ def load_inputs(specs: Sequence[Mapping[str, Any]], files: Mapping[str, Path]) -
 
 
 def execute(transport: Any, runner: Path, artifact: Any, inputs_blob: bytes, iters: int,
-            timeout: float = RUN_TIMEOUT_S, profile: bool = False) -> tuple[bytes, dict[str, Any]]:
-    """Put the runner on the device and run the model there: (outputs blob, timing)."""
+            timeout: float = RUN_TIMEOUT_S, profile: bool = False,
+            threads: int | None = None) -> tuple[bytes, dict[str, Any]]:
+    """Put the runner on the device and run the model there: (outputs blob, timing).
+    `threads`: for the kernels' parallel loops (None: the device's cores; see run_model)."""
     workspace = int(artifact.metadata.get("workspace_bytes", 0))
     remote_runner = f"{transport.workdir}/minrt-run"
     log.info("deploying runner and model to %s", getattr(transport, "name", "device"))
     transport.put(runner, remote_runner)
     return transport.run_model(remote_runner, artifact.graph_json.read_bytes(),
                                artifact.params_bin.read_bytes(), inputs_blob, iters, workspace, timeout,
-                               profile=profile)
+                               profile=profile, threads=threads)
 
 
 def kernel_profile(timing: Mapping[str, Any], artifact: Any) -> list[dict[str, Any]]:
@@ -211,6 +215,7 @@ def run_on_target(
     profile: bool = False,
     input_shapes: Mapping[str, Sequence[int]] | None = None,
     outputs_dir: Path | None = None,
+    threads: int | None = None,
 ) -> RunResult:
     """Compile, build, deploy, run and check one model on one target.
 
@@ -221,7 +226,8 @@ def run_on_target(
     With `evidence_dir`, the run keeps there what reproduces it: the artifact (graph.json,
     params.bin, kernels.o, metadata.json), inputs.bin, outputs.bin and result.json.
     `one_image` (firmware targets): the models (name -> ONNX) one image holds, `model` among
-    them; with the same `device`, every one of them runs on one boot.
+    them; with the same `device`, every one of them runs on one boot. `threads`: the threads
+    the kernels' parallel loops run on (None: the device's cores; firmware runs one).
     """
     from harness.build import size
     from harness.build.runner import build_runner
@@ -275,16 +281,17 @@ def run_on_target(
             evidence.write("inputs.bin", blob)
         if device is not None:
             log.info("[%s on %s] running on the device", model.name, target.name)
-            out_blob, timing = execute(device, runner, artifact, blob, iters, timeout, profile)
+            out_blob, timing = execute(device, runner, artifact, blob, iters, timeout, profile, threads)
         else:
             with open_transport(target, kind=transport, host=host,
                                 trust_on_first_use=trust_on_first_use) as opened:
                 log.info("[%s on %s] running on the device", model.name, target.name)
-                out_blob, timing = execute(opened, runner, artifact, blob, iters, timeout, profile)
+                out_blob, timing = execute(opened, runner, artifact, blob, iters, timeout, profile, threads)
         if evidence:
             evidence.write("outputs.bin", out_blob)
         result.iters = int(timing.get("iters", iters))
         result.arena_bytes = timing.get("arena_bytes")
+        result.threads = timing.get("threads")
         firmware_footprint = result.footprint  # set by the firmware build, else empty
         result.footprint = {**footprint(timing, result.sizes, artifact), **firmware_footprint}
         result.profile = kernel_profile(timing, artifact)

@@ -108,11 +108,11 @@ class _Session:
 
     def _cc_command(self) -> list[str]:
         """The runner's compiler and flags (harness.build.runner.runner_command's, without files)."""
-        from harness.build.runner import BUILD_FLAGS, RUNTIME_DIR
+        from harness.build.runner import BUILD_FLAGS, RUNTIME_DIR, THREAD_FLAGS
 
         defines = ["-DMINRT_PROFILE"] + (["-DMINRT_RUN_SERIAL"] if (RUNTIME_DIR / "runner" / "serial.c").exists() else [])
-        return [self.target.cc.tool("gcc"), *self.target.cc.cflags, *BUILD_FLAGS, *defines,
-                f"-I{RUNTIME_DIR / 'include'}", f"-I{RUNTIME_DIR / 'runner'}"]
+        return [self.target.cc.tool("gcc"), *self.target.cc.cflags, *BUILD_FLAGS, *THREAD_FLAGS, *defines,
+                f"-I{RUNTIME_DIR / 'include'}", f"-I{RUNTIME_DIR / 'runner'}", f"-I{RUNTIME_DIR / 'proto'}"]
 
     def _runtime_objects(self) -> list[Path]:
         """minrt and the runner compiled once per session; each candidate only links."""
@@ -536,7 +536,13 @@ def default_cost_model() -> str:
 def _default_known(func: Any, ktarget: Any, db_files: TuningDatabase) -> float | None:
     from harness.compile.schedule import schedule_kernel, simd_lanes
 
-    return db_files.default_latency(schedule_kernel(func, simd_lanes(ktarget))[0])
+    return db_files.default_latency(schedule_kernel(func, simd_lanes(ktarget), _parallel(ktarget))[0])
+
+
+def _parallel(ktarget: Any) -> bool:
+    """Whether the default schedules for this kernel target have parallel loops (see
+    harness.compile.kernels.kernel_target: more than one core)."""
+    return int(dict(ktarget.attrs).get("num-cores", 1)) > 1
 
 
 def _measure_default(session: _Session, func: Any, db_files: TuningDatabase) -> float:
@@ -545,7 +551,7 @@ def _measure_default(session: _Session, func: Any, db_files: TuningDatabase) -> 
 
     from harness.compile.schedule import schedule_kernel, simd_lanes
 
-    scheduled, _ = schedule_kernel(func, simd_lanes(session.ktarget))
+    scheduled, _ = schedule_kernel(func, simd_lanes(session.ktarget), _parallel(session.ktarget))
     directory = session.build(tvm.IRModule({"main": scheduled}))
     try:
         us = session.run(directory) * 1e6

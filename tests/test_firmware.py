@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 
 from harness.formats import frames, tensorfile
-from harness.errors import BuildError, DeviceError, RunnerError, TargetError
-from harness.build.firmware import build_firmware, image_models
+from harness.errors import DeviceError, FitError, RunnerError, TargetError
+from harness.build.firmware import FRONT_END_BUDGET, MAX_PAYLOAD, STACK_MARGIN, build_firmware, image_models
 from harness.run import check_outputs, random_inputs
 from harness.build.size import BUDGETS
 from harness.config.targets import load_target, parse_target
@@ -104,26 +104,39 @@ def test_footprint_adds_up(image) -> None:
     mlp = next(m for m in image.models if m.name == "mlp").artifact
     assert fp["arena_by_model"]["mlp"] < mlp.params_bin.stat().st_size
     assert 0 < flash["minrt"] <= BUDGETS["armv7m"]  # minrt's ARMv7-M Thumb-2 share, the budget of ARMv7
+    # the front end's code budget (deterministic: gated here), and its RAM: the stack reserved
+    # is the probe's measured peak plus the stated margin, and nothing else hides in RAM
+    assert 0 < flash["front_end"] <= FRONT_END_BUDGET, flash
+    assert ram["stack"] == -(-(ram["stack_peak"] + STACK_MARGIN) // 8) * 8, ram
+    assert ram["beyond_arena_io"] == ram["stack"] + ram["data"] + ram["bss"], ram
     assert ram["arena"] == image.firmware.arena_bytes == -(-max(fp["arena_by_model"].values()) // 64) * 64
     assert flash["total"] <= image.target.layout.flash_bytes and ram["total"] <= image.target.layout.ram_bytes
 
 
 def test_wrong_model_or_weights_is_a_clear_error(image) -> None:
+    """The host matches graph.json and params.bin against the image's manifest; the firmware
+    itself refuses a graph hash none of its models has, and inputs that are not an NDArray-list."""
+    import hashlib
+
     a = image.models[0].artifact
-    line = image.board.line()
     inputs = tensorfile.dumps(random_inputs(a.inputs, 0))
-    graph = a.graph_json.read_bytes()
+    graph, params = a.graph_json.read_bytes(), a.params_bin.read_bytes()
+    with pytest.raises(RunnerError, match="the image holds no model with this graph.json"):
+        image.board.run_model("", graph.replace(b'"nodes"', b'"NODES"'), params, inputs, 1, 0, 30)
+    bad = bytearray(params)
+    bad[-1] ^= 0xFF
+    with pytest.raises(RunnerError, match="weights for .* are not this params.bin"):
+        image.board.run_model("", graph, bytes(bad), inputs, 1, 0, 30)
+    line = image.board.line()
+    digest = hashlib.sha256(graph).digest()
     with pytest.raises(RunnerError, match="graph.json is none of this image's models"):
-        line.exchange(graph.replace(b'"nodes"', b'"NODES"'), b"", inputs, 1, 0, 30)
-    params = bytearray(a.params_bin.read_bytes())
-    params[-1] ^= 0xFF
-    with pytest.raises(RunnerError, match="params.bin differs from the weights in flash"):
-        line.exchange(graph, bytes(params), inputs, 1, 0, 30)
-    with pytest.raises(RunnerError, match="inputs: "):
-        line.exchange(graph, b"", inputs[:40], 1, 0, 30)
-    # the image's own weights sent in full are accepted (compared in flash, not stored)
-    outputs, timing = line.exchange(graph, a.params_bin.read_bytes(), inputs, 1, 0, 30)
+        line.session([(frames.Blob.GRAPH, bytes(32)), (frames.Blob.INPUTS, inputs)], 1, 0, 30)
+    with pytest.raises(RunnerError, match="inputs: not an NDArray-list|inputs: not one tensor per graph input"):
+        line.session([(frames.Blob.GRAPH, digest), (frames.Blob.INPUTS, inputs[:40])], 1, 0, 30)
+    # the right hash and inputs: a run, whose record carries the stack's measured peak
+    outputs, timing = image.board.run_model("", graph, params, inputs, 1, 0, 30)
     assert timing["model"] == image.models[0].name and outputs
+    assert 0 < timing["stack_peak_bytes"] < image.firmware.footprint["ram"]["stack"]
 
 
 def test_corrupted_frames_then_a_good_run(image) -> None:
@@ -174,16 +187,39 @@ def test_qemu_killed_mid_run_then_next_run_works(image) -> None:
 def test_image_too_large_is_refused_naming_the_region(tmp_path, example_models) -> None:
     base = load_target("cortex-m4-qemu")
     text = base.path.read_text()
-    for region, key, small in (("RAM", "ram_bytes", "0x4000"), ("flash", "flash_bytes", "0x4000")):
+    # RAM: known only once the probe measured the arena; flash: refused before the probe boots
+    for region, key, small, before in (("RAM", "ram_bytes", "0x4000", ""),
+                                       ("flash", "flash_bytes", "0x4000", "at least ")):
         small_text = "\n".join(f"{key} = {small}" if line.startswith(f"{key} =") else line
                                for line in text.splitlines())
         path = tmp_path / "cortex-m4-qemu.toml"
-        path.write_text(small_text.replace(f"stack_bytes = 0x2000", "stack_bytes = 0x1000"))
+        path.write_text(small_text.replace("stack_bytes = 0x2000", "stack_bytes = 0x1000"))
         target = parse_target(path)
         models = image_models(base, {"cnn": example_models["cnn"]})  # artifacts of the same core
-        with pytest.raises(BuildError, match=rf"does not fit cortex-m4-qemu: {region} needs [\d,]+ bytes, "
+        with pytest.raises(FitError, match=rf"does not fit cortex-m4-qemu: {region} needs {before}[\d,]+ bytes, "
                                              rf"the board has 16,384 \([\d,]+ bytes over"):
             build_firmware(target, models, get_toolchain("docker", target))
+
+
+def test_model_too_big_for_the_board_exits_2_before_any_boot(capfd) -> None:
+    """`harness run --target cortex-m4-qemu` with light_squeezenet (onnx's light model zoo:
+    4.9 MB of weights for a 4 MiB flash) is refused with the region and the excess before the
+    arena probe boots: it used to crash QEMU ("Lockup: can't escalate 3 to HardFault", exit 3)."""
+    import onnx
+
+    from harness.cli import main
+
+    model = Path(onnx.__file__).parent / "backend" / "test" / "data" / "light" / "light_squeezenet.onnx"
+    if not model.is_file():
+        pytest.skip(f"{model} is not in the installed onnx package")
+    code = main(["run", "--target", "cortex-m4-qemu", "--model", str(model)])
+    out, err = capfd.readouterr()
+    text = out + err
+    assert code == 2, text
+    assert "firmware for light_squeezenet does not fit cortex-m4-qemu: flash needs at least" in text
+    assert "the board has 4,194,304 (" in text and "bytes over; weights 4,9" in text
+    # nothing booted: neither the arena probe nor the board
+    assert "measuring the arena" not in text and "booting" not in text and "qemu: fatal" not in text
 
 
 def test_firmware_target_files(tmp_path) -> None:
@@ -276,6 +312,7 @@ def test_random_requests_never_stop_the_firmware(image) -> None:
                                   frames.run_payload(rng.randrange(3), rng.randrange(1 << 32))])
         else:
             payload = rng.randbytes(rng.choice([0, 1, 7, 8, 9, 13, rng.randrange(0, 1000)]))
+        payload = payload[:MAX_PAYLOAD]  # longer frames are refused by their header, unanswered
         line._write(frames.encode(frames.Frame(kind, seq, payload)), "fuzz")
         deadline = time.monotonic() + 10
         answered = False

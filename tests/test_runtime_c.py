@@ -19,7 +19,7 @@ import pytest
 
 from harness import REPO_ROOT
 from harness.formats import tensorfile
-from harness.build.runner import build_runner
+from harness.build.runner import THREAD_FLAGS, build_runner
 from harness.formats import dtypes as dtype_table
 from harness.formats.signatures import SIGNATURES_C, Argument, Signature, signatures_c, write_signatures
 from harness.config.targets import load_target
@@ -28,7 +28,8 @@ from harness.build.toolchain import HostToolchain
 RT = REPO_ROOT / "runtime_c"
 SAN = ["-fsanitize=address,undefined", "-fno-sanitize-recover=all", "-fno-omit-frame-pointer"]
 WARN = ["-Wall", "-Wextra", "-Werror"]
-INC = [f"-I{RT / 'include'}", f"-I{RT / 'runner'}", f"-I{RT / 'tests'}"]
+INC = [f"-I{RT / 'include'}", f"-I{RT / 'runner'}", f"-I{RT / 'proto'}", f"-I{RT / 'tests'}"]
+PROTO = sorted(str(p) for p in (RT / "proto").glob("*.c"))  # the codecs runner.c uses
 CORE = sorted(str(p) for p in (RT / "src").glob("*.c"))
 
 
@@ -338,7 +339,7 @@ def fixtures(tmp_path_factory) -> Path:
 def build_test_program(out: Path, fixtures: Path, compiler: str = "gcc",
                        extra: list[str] | None = None) -> Path:
     cc([compiler, "-std=c99", "-g", "-O1", *WARN, *(extra or []), *INC, *CORE,
-        str(RT / "runner" / "runner.c"), str(RT / "tests" / "test_minrt.c"), str(fixtures / "sigs.c"),
+        str(RT / "runner" / "runner.c"), *PROTO, str(RT / "tests" / "test_minrt.c"), str(fixtures / "sigs.c"),
         "-o", str(out), "-lm"])
     return out
 
@@ -373,7 +374,7 @@ def test_c_unit_and_malformed_suite_under_sanitizers(fixtures, tmp_path):
 def test_c_unit_tests_optimized(fixtures, tmp_path):
     """The same tests at -Os without sanitizers (the way minrt ships)."""
     binary = tmp_path / "test_minrt_os"
-    cc(["gcc", "-std=c99", "-Os", *WARN, *INC, *CORE, str(RT / "runner" / "runner.c"),
+    cc(["gcc", "-std=c99", "-Os", *WARN, *INC, *CORE, str(RT / "runner" / "runner.c"), *PROTO,
         str(RT / "tests" / "test_minrt.c"), str(fixtures / "sigs.c"), "-o", str(binary), "-lm"])
     check_c_tests(binary, fixtures)
 
@@ -635,8 +636,8 @@ def test_dlopen_shared_object(tmp_path):
     so = tmp_path / "kernels.so"
     tvm_kernels(dict(x86.tvm_target), prefix=None).export_library(str(so))  # the same cpu: bit for bit
     binary = tmp_path / "minrt-run-dl"
-    cc(["gcc", "-std=c99", "-O1", *WARN, "-DMINRT_RUN_DLOPEN", "-rdynamic", *INC, *CORE,
-        *(str(p) for p in sorted((RT / "runner").glob("*.c")) if p.name != "serial.c"),
+    cc(["gcc", "-std=c99", "-O1", *WARN, *THREAD_FLAGS, "-DMINRT_RUN_DLOPEN", "-rdynamic", *INC, *CORE,
+        *(str(p) for p in sorted((RT / "runner").glob("*.c")) if p.name != "serial.c"), *PROTO,
         str(art.dir / SIGNATURES_C), "-o", str(binary), "-ldl", "-lm"])
     tensorfile.save(tmp_path / "inputs.bin", inputs)
     argv = [str(binary), str(art.dir / "graph.json"), str(art.dir / "params.bin"),
@@ -752,8 +753,8 @@ def graph_edit(g: dict, rng: np.random.Generator) -> tuple[str, dict] | None:
 def build_checking_runner(artifact, out: Path) -> Path:
     """minrt-run with guard zones around every arena region (-DMINRT_GUARD) under ASan and
     UBSan, with the artifact's real kernels and signatures."""
-    cc(["gcc", "-std=c99", "-g", "-O1", "-DMINRT_GUARD", *SAN, *INC, *CORE,
-        str(RT / "runner" / "runner.c"), str(RT / "runner" / "main.c"),
+    cc(["gcc", "-std=c99", "-g", "-O1", "-DMINRT_GUARD", *SAN, *THREAD_FLAGS, *INC, *CORE,
+        str(RT / "runner" / "runner.c"), *PROTO, str(RT / "runner" / "main.c"), str(RT / "runner" / "pool.c"),
         str(artifact.dir / SIGNATURES_C), str(artifact.kernels_obj), "-o", str(out), "-lm"])
     return out
 
@@ -899,7 +900,7 @@ def test_every_input_exactly_once(tmp_path):
     assert twice.returncode == 1 and twice.stderr.startswith("minrt-run: inputs: inputs byte "), twice.stderr
     assert "an input given twice" in twice.stderr and twice.stderr.count("\n") == 1
     missing = attempt([(b, x)])
-    assert missing.returncode == 1 and "1 inputs given, the graph has 2: input 0 missing" in missing.stderr
+    assert missing.returncode == 1 and "inputs byte 16: 1 inputs given, the graph has 2\n" in missing.stderr
 
 
 def test_dtype_table_is_what_minrt_loads(tmp_path):

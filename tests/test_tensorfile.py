@@ -158,3 +158,27 @@ def test_aligned_container_errors_name_version_and_padding():
     blob[at - 1] = 7
     with pytest.raises(TensorFileError, match="'w': padding at byte"):
         tensorfile.loads(bytes(blob), "p.bin")
+
+
+def test_a_name_given_twice_is_refused_not_overwritten():
+    """Two tensors under one name: loads used to keep the last, so the first vanished without
+    a word. Now it is an error naming the name, its two positions and the offset."""
+    blob = tensorfile.dumps({"output0": np.zeros(2, np.float32), "outputX": np.ones(3, np.int32)})
+    twice = blob.replace(b"outputX", b"output0")
+    with pytest.raises(tensorfile.TensorFileError, match=r"tensor name 'output0' appears twice \(names 0 and 1, at byte \d+\)"):
+        tensorfile.loads(twice)
+
+
+def test_raw_tensors_are_named_and_shaped_from_their_specs():
+    """The firmware's outputs come raw, in order: from_raw names them as minrt-run does
+    (output0, output1, ...) and refuses a blob that does not hold exactly them."""
+    specs = [{"dtype": "float32", "shape": [2, 3]}, {"dtype": "int8", "shape": [4]}]
+    a, b = np.arange(6, dtype=np.float32).reshape(2, 3), np.arange(4, dtype=np.int8)
+    got = tensorfile.from_raw(a.tobytes() + b.tobytes(), specs)
+    assert list(got) == ["output0", "output1"]
+    np.testing.assert_array_equal(got["output0"], a)
+    np.testing.assert_array_equal(got["output1"], b)
+    with pytest.raises(tensorfile.TensorFileError, match="end inside tensor 1"):
+        tensorfile.from_raw(a.tobytes() + b.tobytes()[:3], specs)
+    with pytest.raises(tensorfile.TensorFileError, match="1 bytes after the last of 2 tensors"):
+        tensorfile.from_raw(a.tobytes() + b.tobytes() + b"\0", specs)

@@ -26,6 +26,10 @@ RUNNER_NAME = "minrt-run"
 # Optional runner sources that need more than a static C library (dlopen) stay out.
 _RUNNER_EXCLUDE = {"dl.c"}
 BUILD_FLAGS = ("-std=c99", "-Os", "-ffunction-sections", "-fdata-sections", "-Wl,--gc-sections")
+#: The kernels' parallel launches and workspace calls go to the runner's thread pool
+#: (runtime_c/runner/pool.c) instead of minrt's serial ones, which stay in the core unchanged.
+THREAD_FLAGS = ("-pthread", *(f"-Wl,--wrap=TVMBackend{name}" for name in
+                              ("ParallelLaunch", "ParallelBarrier", "AllocWorkspace", "FreeWorkspace")))
 
 
 class ArtifactLike(Protocol):
@@ -45,8 +49,15 @@ def runtime_sources() -> list[Path]:
     return sorted((RUNTIME_DIR / "src").glob("*.c"))
 
 
+def proto_sources() -> list[Path]:
+    """The frame and NDArray-list codecs the runner shares with the firmware (runtime_c/proto)."""
+    return sorted((RUNTIME_DIR / "proto").glob("*.c"))
+
+
 def runner_sources() -> list[Path]:
-    return sorted(p for p in (RUNTIME_DIR / "runner").glob("*.c") if p.name not in _RUNNER_EXCLUDE)
+    """The runner's own sources and the shared codecs it uses."""
+    own = sorted(p for p in (RUNTIME_DIR / "runner").glob("*.c") if p.name not in _RUNNER_EXCLUDE)
+    return own + proto_sources()
 
 
 def runner_command(
@@ -63,9 +74,11 @@ def runner_command(
         target.cc.tool("gcc"),
         *target.cc.cflags,
         *BUILD_FLAGS,
+        *THREAD_FLAGS,
         *defines,
         f"-I{RUNTIME_DIR / 'include'}",
         f"-I{RUNTIME_DIR / 'runner'}",
+        f"-I{RUNTIME_DIR / 'proto'}",
         *(str(p) for p in runtime_sources() + runner_sources()),
         *([str(Path(signatures).resolve())] if signatures is not None else []),
         str(Path(kernels_obj).resolve()),
@@ -95,7 +108,7 @@ def build_runner(
     argv_key = runner_command(target, kernels, placeholder, signatures)
     headers = sorted((RUNTIME_DIR / "include").glob("*.h")) + sorted(
         (RUNTIME_DIR / "runner").glob("*.h")
-    ) + sorted((RUNTIME_DIR / "src").glob("*.h"))
+    ) + sorted((RUNTIME_DIR / "src").glob("*.h")) + sorted((RUNTIME_DIR / "proto").glob("*.h"))
     parts: list[bytes | str] = ["minrt-run/1", toolchain.describe(), *argv_key]
     for path in runtime_sources() + runner_sources() + headers:
         parts += [str(path.relative_to(REPO_ROOT)), path.read_bytes()]

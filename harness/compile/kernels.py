@@ -24,12 +24,25 @@ _WORKSPACE_CALL = re.compile(r"TVMBackendAllocWorkspace\(\s*[^,]+,\s*[^,]+,\s*(?
 _WORKSPACE_ALIGN = 64
 
 
+#: What the kernel target tells meta_schedule of a Linux device's cores: its parallel loops
+#: are split into tasks at run time, by the runner's thread count, so this only guides the
+#: search (firmware: 1, no parallel loops at all).
+LINUX_NUM_CORES = 4
+
+
+def parallel_kernels(target: Target) -> bool:
+    """Whether the target's kernels get parallel loops: Linux targets, whose runner runs them
+    on its threads (minrt-run -t); firmware runs one thread."""
+    return not target.is_firmware
+
+
 def kernel_target(target: Target) -> Any:
-    """The TVM target kernels are scheduled and compiled for: the target's own, on one core
-    (minrt runs TVMBackendParallelLaunch serially, so a parallel loop would only cost)."""
+    """The TVM target kernels are scheduled and compiled for: the target's own, with its
+    cores for meta_schedule (one on firmware, which has no threads)."""
     import tvm
 
-    return tvm.target.Target({**dict(target.tvm_target), "num-cores": 1})
+    cores = LINUX_NUM_CORES if parallel_kernels(target) else 1
+    return tvm.target.Target({**dict(target.tvm_target), "num-cores": cores})
 
 
 def compile_kernels(kernels: dict[str, Any], tvm_target: Any, out_path: Path,
@@ -85,8 +98,9 @@ def schedule_model_kernels(kernels: dict[str, Any], ktarget: Any, target: Target
     lanes = simd_lanes(ktarget)
     scheduled: dict[str, Any] = {}
     report: dict[str, dict[str, Any]] = {}
+    parallel = parallel_kernels(target)
     for name, func in kernels.items():
-        default, rule = schedule_kernel(func, lanes)
+        default, rule = schedule_kernel(func, lanes, parallel)
         tuned = database.best(func, ktarget) if database is not None else None
         default_us = database.default_latency(default) if tuned is not None else None
         if tuned is not None and (default_us is None or tuned.latency_us < default_us):

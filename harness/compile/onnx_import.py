@@ -197,11 +197,49 @@ def import_onnx(model: Any, path: Path) -> tuple[Any, int]:
         raise CompileError(f"{path}: TVM's ONNX frontend failed: {type(exc).__name__}: {first}") from None
 
 
-def lower_relax(mod: Any, tvm_target: Any) -> Any:
-    """Legalize and fuse: `main` becomes a linear sequence of call_tir over inputs and constants."""
+def conv_weights_channels_last(mod: Any) -> Any:
+    """Every dense (groups 1) float32 NCHW/OIHW conv2d of `main` takes its weight as HWIO instead:
+    the output channel innermost, so the default schedule loads a vector of output channels
+    per input value (harness.compile.schedule, channels-last tile) whatever the image width.
+    The weights are constants, so FoldConstant applies the transpose once at compile time;
+    the activations keep their NCHW layout (no layout transform at run time)."""
     import tvm
     from tvm import relax
 
+    @relax.expr_functor.mutator
+    class ChannelsLast(relax.PyExprMutator):
+        def visit_call_(self, call: Any) -> Any:
+            call = super().visit_call_(call)
+            attrs = call.attrs
+            if (not isinstance(call.op, tvm.ir.Op) or call.op.name != "relax.nn.conv2d"
+                    or int(attrs.groups) != 1 or str(attrs.data_layout) != "NCHW"
+                    or str(attrs.kernel_layout) != "OIHW" or str(attrs.out_layout) != "NCHW"
+                    or any(str(getattr(arg.ty, "dtype", "")) != "float32" for arg in call.args[:2])):
+                return call  # float32 only: integer kernels have rules of their own
+            weight = relax.op.permute_dims(call.args[1], [2, 3, 1, 0])
+            return relax.op.nn.conv2d(call.args[0], weight, strides=attrs.strides, padding=attrs.padding,
+                                      dilation=attrs.dilation, groups=1, data_layout="NCHW",
+                                      kernel_layout="HWIO", out_layout="NCHW",
+                                      out_dtype=attrs.out_dtype if str(attrs.out_dtype) else None)
+
+    rewriter = ChannelsLast(mod)
+    for gvar, func in mod.functions.items():
+        if isinstance(func, relax.Function):
+            rewriter.builder_.update_func(gvar, rewriter.visit_expr(func))
+    return rewriter.builder_.get()
+
+
+def lower_relax(mod: Any, tvm_target: Any) -> Any:
+    """Legalize and fuse: `main` becomes a linear sequence of call_tir over inputs and constants.
+    On targets with SIMD (harness.compile.schedule.simd_lanes > 1) dense convolutions take
+    channels-last weights first (conv_weights_channels_last)."""
+    import tvm
+    from tvm import relax
+
+    from harness.compile.schedule import simd_lanes
+
+    if simd_lanes(tvm_target) > 1:
+        mod = conv_weights_channels_last(mod)
     passes = tvm.transform.Sequential([
         relax.transform.DecomposeOpsForInference(),
         relax.transform.LegalizeOps(),

@@ -16,7 +16,8 @@ rewrite every kernel in a few milliseconds, with no measurement:
   loop that consumes it (one padded row band or plane, not the whole tensor);
 - any remaining output loop nest without a reduction is fused and vectorized.
 
-All loops are serial: minrt runs `TVMBackendParallelLaunch` serially (one core).
+- on Linux targets, heavy kernels get their outermost loop parallel: the runner runs it on
+  its threads (runtime_c/runner/pool.c); minrt's core and firmware run it as one task.
 A kernel whose structure the rules do not recognise keeps the inlining (always safe) and
 is reported as such, so `harness compile` never hands the raw legalized nest to codegen
 without at least that step.
@@ -25,6 +26,7 @@ without at least that step.
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -132,9 +134,11 @@ def _region_vars(region: Any) -> set[str]:
     return names
 
 
-def _tile_reduction(sch: Any, func: Any, block: Any, lanes: int) -> tuple[str, list[str]]:
+def _tile_reduction(sch: Any, func: Any, block: Any, lanes: int, parallel: bool = False) -> tuple[str, list[str]]:
     """Register-tile one reduction block; returns a description of the tiling and the names
-    of the blocks it placed in the tile."""
+    of the blocks it placed in the tile. With `parallel`, the outermost loop with more than one
+    iteration is parallel (before the reduction is split into init and update, which
+    `parallel` requires)."""
     local = _local_buffers(sch)
     node = sch.get(block)
     loops = sch.get_loops(block)
@@ -193,6 +197,7 @@ def _tile_reduction(sch: Any, func: Any, block: Any, lanes: int) -> tuple[str, l
     if u is not None:
         sch.unroll(u_i)
     sch.vectorize(v_i)
+    threads = _parallelize_outer(sch, block) if parallel else ""
     if reduce:
         init = sch.decompose_reduction(block, reduce[0])
         init_inner = sch.get_loops(init)[-1]
@@ -207,7 +212,137 @@ def _tile_reduction(sch: Any, func: Any, block: Any, lanes: int) -> tuple[str, l
 
     placed = [sch.get(c).name_hint for c in consumers]
     return (f"tile {names[u] if u is not None else '-'}x{names[v]} = {u_factor}x{v_factor}"
-            f"{', pad computed in loop' if padded else ''}"), placed
+            f"{', pad computed in loop' if padded else ''}{', ' + threads if threads else ''}"), placed
+
+
+def _channel_axis(sch: Any, block: Any, lanes: int) -> tuple[int, Any] | None:
+    """For a conv2d/matmul whose weight (a kernel parameter) is laid out with the output
+    channel last (HWIO, see harness.compile.onnx_import.conv_weights_channels_last): the index
+    of the spatial iterator that is the weight's innermost index and that the data read does
+    not use, when its extent is a whole number of vectors; with the weight's read region."""
+    local = _local_buffers(sch)
+    node = sch.get(block)
+    iter_vars = list(node.iter_vars)
+    spatial = [iv for iv in iter_vars if int(iv.iter_type) == 0]
+    if len(spatial) != 4 or len(node.reads) != 2:
+        return None
+    for weight in node.reads:
+        if weight.source in local or len(weight.region) != 4 or str(weight.source.dtype) != "float32":
+            continue
+        last = _vars_of(weight.region[-1].min)
+        others = [r for r in node.reads if not r.same_as(weight)]
+        for i, iv in enumerate(spatial):
+            if (last == {iv.var.name} and int(iv.dom.extent) % lanes == 0
+                    and all(iv.var.name not in _region_vars(o) for o in others)):
+                return i, weight
+    return None
+
+
+def _vars_of(expr: Any) -> set[str]:
+    from tvm.tirx.analysis import undefined_vars
+
+    return {v.name for v in undefined_vars(expr)}
+
+
+#: SIMD registers of AVX2 and NEON (ARMv7: q0-q15).
+_VECTOR_REGISTERS = 16
+
+
+def _conv_register_tile(channel_vectors: int, pixels: int) -> tuple[int, int]:
+    """(vectors of output channels, output pixels) per register tile: each reduction step
+    loads `vectors` weight vectors and broadcasts `pixels` inputs for vectors x pixels FMAs,
+    all accumulators and operands in registers (no spill); the tile with the most FMAs per
+    load wins. Both counts divide their axis, so no tile has a tail."""
+    best = (1, 1)
+    for vectors in (1, 2, 3, 4):
+        if channel_vectors % vectors:
+            continue
+        for count in range(1, pixels + 1):
+            if pixels % count or vectors * count + vectors + 1 > _VECTOR_REGISTERS:
+                continue
+            score = (vectors * count / (vectors + count), vectors * count)
+            if score > (best[0] * best[1] / (best[0] + best[1]), best[0] * best[1]):
+                best = (vectors, count)
+    return best
+
+
+#: Weights up to this size are swept once per output row (a typical per-core L2).
+_L2_BYTES = 512 * 1024
+
+
+def _tile_conv_channels(sch: Any, block: Any, lanes: int, channel: int, weight: Any,
+                        parallel: bool = False) -> tuple[str, list[str]]:
+    """Register-tile a convolution with channels-last weights: a vector of output channels
+    times a row of output pixels, the input values broadcast, the weights loaded as vectors
+    (no dependence on the image width being a multiple of the vector width). Loop order
+    n, channel block, output row, pixel block | reduction | pixels (unrolled), channels
+    (vector); padding is computed per output row; the epilogue per tile."""
+    local = _local_buffers(sch)
+    node = sch.get(block)
+    loops = sch.get_loops(block)
+    iter_vars = list(node.iter_vars)
+    if len(loops) != len(iter_vars):
+        raise ValueError("loops and block iterators differ")
+    spatial = [lp for lp, iv in zip(loops, iter_vars) if int(iv.iter_type) == 0]
+    reduce = [lp for lp, iv in zip(loops, iter_vars) if int(iv.iter_type) != 0]
+    extents = [_extent(sch, lp) for lp in spatial]
+    producers = {sch.get(p).writes[0].source: p for p in sch.get_producers(block)}
+    padded = [r.source for r in node.reads if r.source in producers]
+
+    others = [i for i in range(4) if i != channel]
+    batch, row, col = others  # n, oh, ow of NCHW
+    vectors, u_factor = _conv_register_tile(extents[channel] // lanes, extents[col])
+    v_factor = vectors * lanes
+
+    # The accumulator tile is channel-innermost, so a vector of channels is contiguous.
+    def channels_last(*idx: Any) -> list:
+        return [*(idx[i] for i in others), idx[channel]]
+
+    consumers = list(sch.get_consumers(block))
+    if _writes_output(sch, block, local) or not consumers:
+        consumers = [sch.cache_write(block, 0, "global")]
+    sch.transform_layout(block, ("write", 0), channels_last)
+
+    # The reduction walks the weight in its memory order (for HWIO: kh, kw, then input
+    # channels, one vector of output channels apart), not kh/kw innermost, whose steps are a
+    # whole weight plane apart (the same L1 set every step when a plane is 4 KiB aligned).
+    reduce_names = [iv.var.name for iv in iter_vars if int(iv.iter_type) != 0]
+    order = [str(r.min) for r in weight.region]
+    def weight_position(i: int) -> int:
+        return next((k for k, text in enumerate(order) if reduce_names[i] in _vars_of(weight.region[k].min)), len(order))
+    reduce = [reduce[i] for i in sorted(range(len(reduce)), key=weight_position)]
+
+    c_o, c_i = sch.split(spatial[channel], [None, v_factor])
+    x_o, x_i = sch.split(spatial[col], [None, u_factor])
+    # Weights that fit the L2 cache are swept once per output row, so the row's input (and
+    # its padding, computed once) stays in cache. Larger ones are taken one channel block at a
+    # time, copied once into a contiguous buffer (its vectors one after the other instead of a
+    # weight row apart) that every output row of the image then reads from cache.
+    weight_bytes = 4 * math.prod(int(d) for d in weight.source.shape)
+    packed = weight_bytes > _L2_BYTES
+    if not packed:
+        sch.reorder(spatial[batch], spatial[row], c_o, x_o, *reduce, x_i, c_i)
+    else:
+        sch.reorder(spatial[batch], c_o, spatial[row], x_o, *reduce, x_i, c_i)
+        index = next(i for i, r in enumerate(node.reads) if r.same_as(weight))
+        block_copy = sch.cache_read(block, index, "global")
+        sch.compute_at(block_copy, c_o, preserve_unit_loops=True)
+        sch.vectorize(sch.get_loops(block_copy)[-1])
+    pad_anchor = spatial[row]
+    for consumer in consumers:
+        sch.reverse_compute_at(consumer, x_o, preserve_unit_loops=True)
+    sch.unroll(x_i)
+    sch.vectorize(c_i)
+    threads = _parallelize_outer(sch, block) if parallel else ""
+    if reduce:
+        init = sch.decompose_reduction(block, reduce[0])
+        sch.vectorize(sch.get_loops(init)[-1])
+    for buf in padded:
+        sch.compute_at(producers[buf], pad_anchor, preserve_unit_loops=True)
+    placed = [sch.get(c).name_hint for c in consumers]
+    return (f"channels-last tile {u_factor}x{v_factor}{', weights packed per block' if packed else ''}"
+            f"{', pad computed in loop' if padded else ''}"
+            f"{', ' + threads if threads else ''}"), placed
 
 
 def _vectorize_elementwise(sch: Any, block: Any, lanes: int) -> str:
@@ -222,9 +357,28 @@ def _vectorize_elementwise(sch: Any, block: Any, lanes: int) -> str:
     return f"fused, vector {factor}"
 
 
-def schedule_kernel(func: Any, lanes: int) -> tuple[Any, KernelSchedule]:
+#: Multiply-adds below which a kernel stays serial even where threads are available: a
+#: parallel launch costs a few microseconds, this much work tens.
+PARALLEL_MIN_WORK = 1 << 21
+
+
+def _parallelize_outer(sch: Any, block: Any) -> str:
+    """Mark the outermost loop of the block's nest that has more than one iteration (all loops
+    around it having one) parallel; returns its extent as text, or "" when there is none."""
+    for loop in sch.get_loops(block):
+        extent = _extent(sch, loop)
+        if extent > 1:
+            sch.parallel(loop)
+            return f"parallel {extent}"
+    return ""
+
+
+def schedule_kernel(func: Any, lanes: int, parallel: bool = False) -> tuple[Any, KernelSchedule]:
     """Apply the default rules to one PrimFunc; returns the scheduled PrimFunc and what was
-    done. Falls back to inlining only when the tiling rule does not apply."""
+    done. Falls back to inlining only when the tiling rule does not apply. With `parallel`
+    (Linux targets, whose runner runs parallel loops on threads), a tiled kernel of at least
+    PARALLEL_MIN_WORK multiply-adds gets its outermost loop with more than one iteration
+    parallel (output rows or channel blocks: each task writes its own outputs)."""
     from tvm import s_tir
 
     sch = s_tir.Schedule(func)
@@ -244,7 +398,12 @@ def schedule_kernel(func: Any, lanes: int) -> tuple[Any, KernelSchedule]:
         placed: list[str] = []
         if reductions:
             anchor = max(reductions, key=work)
-            detail, placed = _tile_reduction(sch, func, anchor, lanes)
+            channel = _channel_axis(sch, anchor, lanes) if lanes > 1 else None
+            threads = parallel and work(anchor) >= PARALLEL_MIN_WORK
+            if channel is not None:
+                detail, placed = _tile_conv_channels(sch, anchor, lanes, *channel, parallel=threads)
+            else:
+                detail, placed = _tile_reduction(sch, func, anchor, lanes, parallel=threads)
             details.append(detail)
             rule = "tiled"
         else:

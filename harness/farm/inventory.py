@@ -31,7 +31,8 @@ class Device:
     tags: tuple[str, ...] = ()
     labgrid_matches: tuple[str, ...] = ()
     #: argv run ON the device to tell it is healthy (empty: `true`; over serial the console
-    #: sync that precedes every command is the real check)
+    #: sync that precedes every command is the real check). Firmware boards have no shell:
+    #: their check is a framed HELLO to the front end, and this must stay empty.
     health_check: tuple[str, ...] = ()
     #: argv run on THIS host to power-cycle the device (e.g. a smart PDU or uhubctl command);
     #: empty: the emulated board is restarted, other devices cannot be power-cycled
@@ -200,6 +201,14 @@ def parse_inventory(text: str | bytes, path: Path | None = None) -> Inventory:
     timeout = health.get("timeout", 120.0)
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout < math.inf:
         raise TargetError(f"{src}: key 'health.timeout' must be a number of seconds > 0, got {timeout!r}")
+    from harness.transport.firmware import TRANSPORT_KINDS as FIRMWARE_KINDS
+
+    firmware_kinds = {k.name for k in FIRMWARE_KINDS}
+    for device in devices:
+        if device.health_check and device_target(device).transport.kind in firmware_kinds:
+            raise TargetError(f"{src}: device '{device.name}': key 'health_check' runs a command in a shell, "
+                              "which a firmware board does not have (its health check is a framed HELLO "
+                              "to the front end): remove the key")
     return Inventory(devices=tuple(devices), path=path, lease_backend=backend,
                      labgrid_coordinator=coordinator, quarantine_after=after, health_timeout=float(timeout))
 

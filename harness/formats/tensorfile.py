@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import struct
 from pathlib import Path
-from typing import Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -96,15 +96,20 @@ def _parse(blob: bytes, where: str) -> dict[str, tuple[np.ndarray, int]]:
     if aligned and version != ALIGNED_VERSION:
         raise TensorFileError(f"{where}: aligned container version {version} at byte 8 "
                               f"(this reader knows {ALIGNED_VERSION})")
-    names = []
+    names: list[str] = []
     for i in range(nnames):
         (length,) = take("<Q", f"name {i} length")
         if pos + length > len(blob):
             raise TensorFileError(f"{where}: truncated at byte {pos} in name {i} ({length} bytes)")
         try:
-            names.append(blob[pos : pos + length].decode())
+            name = blob[pos : pos + length].decode()
         except UnicodeDecodeError:
             raise TensorFileError(f"{where}: name {i} at byte {pos} is not UTF-8") from None
+        if name in names:
+            # a mapping keeps one of them: the other tensor would vanish without a word
+            raise TensorFileError(f"{where}: tensor name '{name}' appears twice (names "
+                                  f"{names.index(name)} and {i}, at byte {pos})")
+        names.append(name)
         pos += length
     (count,) = take("<Q", "tensor count")
     if count != nnames:
@@ -138,6 +143,28 @@ def _parse(blob: bytes, where: str) -> dict[str, tuple[np.ndarray, int]]:
         pos += nbytes
     if pos != len(blob):
         raise TensorFileError(f"{where}: {len(blob) - pos} unexpected bytes after the last tensor at byte {pos}")
+    return result
+
+
+def output_name(index: int) -> str:
+    """The name minrt-run gives output `index` (runtime_c/proto/tensors.c tensors_output_name)."""
+    return f"output{index}"
+
+
+def from_raw(blob: bytes, specs: Sequence[Mapping[str, Any]], where: str = "<bytes>") -> dict[str, np.ndarray]:
+    """Tensors sent raw (each one's data in order, as the firmware sends its outputs), named
+    by output_name and shaped by `specs` (dtype, shape)."""
+    result: dict[str, np.ndarray] = {}
+    pos = 0
+    for i, spec in enumerate(specs):
+        dtype = np.dtype(spec["dtype"]).newbyteorder("<")
+        count = int(np.prod(spec["shape"], dtype=np.int64))
+        if pos + count * dtype.itemsize > len(blob):
+            raise TensorFileError(f"{where}: {len(blob)} bytes end inside tensor {i} ({spec['dtype']} {list(spec['shape'])} at byte {pos})")
+        result[output_name(i)] = np.frombuffer(blob, dtype=dtype, count=count, offset=pos).reshape(spec["shape"]).copy()
+        pos += count * dtype.itemsize
+    if pos != len(blob):
+        raise TensorFileError(f"{where}: {len(blob) - pos} bytes after the last of {len(specs)} tensors")
     return result
 
 

@@ -17,12 +17,12 @@ DEFAULTS = ("examples", "all")
 
 def resolve_models(names: Sequence[str] | None, *, default: str = "examples",
                    out_dir: Path | None = None) -> list[Path]:
-    """Model arguments are existing files (or paths ending in .onnx), example names or zoo
-    names; none means every example (`default="examples"`) or every example and zoo model
+    """Model arguments are existing files (or paths ending in .onnx), example names, zoo names
+    or light zoo names (real-sized CNNs in the onnx wheel, harness.models.zoo.LIGHT_ZOO); none means every example (`default="examples"`) or every example and zoo model
     (`default="all"`). Named models are written under `out_dir` (default: the cache)."""
     from harness.cache import cache_dir
     from harness.models.examples import EXAMPLES, write_examples
-    from harness.models.zoo import ZOO, write_zoo
+    from harness.models.zoo import LIGHT_ZOO, ZOO, light_zoo_path, write_zoo
 
     if default not in DEFAULTS:
         raise ValueError(f"default must be one of {DEFAULTS}, not {default!r}")
@@ -40,9 +40,11 @@ def resolve_models(names: Sequence[str] | None, *, default: str = "examples",
             paths.append(write_examples(root / "examples", [name])[name])
         elif name in ZOO:
             paths.append(write_zoo(root / "zoo", [name])[name])
+        elif name in LIGHT_ZOO:
+            paths.append(light_zoo_path(name))
         elif path.suffix or "/" in name:
             raise HarnessError(f"model file '{name}' does not exist")
         else:
             raise HarnessError(f"model '{name}' is not a file, an example ({', '.join(EXAMPLES)}) "
-                               f"or a zoo model ({', '.join(ZOO)})")
+                               f"or a zoo model ({', '.join((*ZOO, *LIGHT_ZOO))})")
     return paths

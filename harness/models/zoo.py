@@ -156,6 +156,25 @@ ZOO: dict[str, Callable[[], onnx.ModelProto]] = {
 }
 
 
+#: Real-sized CNNs from ONNX's own light model zoo, shipped in the onnx wheel
+#: (`onnx/backend/test/data/light`): the networks' real shapes and operators, with weights
+#: generated in the graph (constant fills) so the files stay small. Named by their file stem.
+LIGHT_ZOO = ("light_squeezenet", "light_shufflenet", "light_resnet50", "light_inception_v1",
+             "light_densenet121")
+
+
+def light_zoo_path(name: str) -> Path:
+    """The .onnx file of a LIGHT_ZOO model inside the installed onnx package."""
+    from harness.errors import HarnessError
+
+    if name not in LIGHT_ZOO:
+        raise HarnessError(f"'{name}' is not a light zoo model ({', '.join(LIGHT_ZOO)})")
+    path = Path(onnx.__file__).parent / "backend" / "test" / "data" / "light" / f"{name}.onnx"
+    if not path.is_file():
+        raise HarnessError(f"light zoo model {name}: {path} is missing from the installed onnx package")
+    return path
+
+
 def write_zoo(out_dir: Path, names: list[str] | None = None) -> dict[str, Path]:
     """Write the zoo models (all, or `names`) as `<out_dir>/<name>.onnx`; return their paths.
     A file whose bytes are already right is left untouched."""

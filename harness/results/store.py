@@ -4,8 +4,11 @@ One file, WAL mode and a busy timeout, so several processes (farm workers, a nig
 developer's `harness run`) can write at once without losing a row. Each write is one short
 `BEGIN IMMEDIATE` transaction on its own connection: no connection is shared between threads.
 
-A run belongs to a *batch*: one farm run or one night. The dashboard compares the latest batch
-with the one before it ("last night vs the night before"). Within a batch the latest row per
+A run belongs to a *batch*: one farm run, one night, one `harness run --results`. A batch's
+*kind* is its name without the trailing time stamp or number ("nightly-20261204T0100Z" is a
+nightly, "run-..." a one-off run, "farm-..." a farm run): the dashboard and its check compare a
+batch with the last batch of the same kind that ran on a target it ran on ("last night vs the
+night before"), never with a one-off run in between. Within a batch the latest row per
 (model, target) counts, so a job retried on another device is judged by its retry while the
 failed attempt stays on record.
 """
@@ -16,6 +19,7 @@ import argparse
 import functools
 import json
 import logging
+import re
 import sqlite3
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -105,6 +109,9 @@ COUNT_COLUMNS = ("latency_min_count", "latency_mean_count", "latency_max_count")
 LATER_COLUMNS = {**{c: "INTEGER" for c in FOOTPRINT_COLUMNS}, "minrt_text_no_messages": "INTEGER",
                  **{c: "REAL" for c in COUNT_COLUMNS}, "count_unit": "TEXT"}
 
+#: Columns of `outputs` added later: which reference executor the output was compared with.
+LATER_OUTPUT_COLUMNS = {"reference": "TEXT"}
+
 RUN_COLUMNS = (
     "id", "batch", "commit", "date", "target", "model", "transport", "device", "passed", "error",
     "latency_min_us", "latency_mean_us", "latency_max_us", "iters", "arena_bytes",
@@ -181,11 +188,11 @@ def latency_text(row: RunRow) -> str:
     _, mean, _, unit = latency
     if unit != "us":
         return count(mean, unit)
-    return duration(mean) + (f" {EMULATED}" if _emulated(row.target, row.transport) else "")
+    return duration(mean) + (f" {EMULATED}" if emulated_run(row.target, row.transport) else "")
 
 
 @functools.lru_cache(maxsize=64)
-def _emulated(target: str, transport: str | None) -> bool:
+def emulated_run(target: str, transport: str | None) -> bool:
     """Whether a stored run's target and transport are an emulator (False for a target whose
     file is gone: nothing to tell)."""
     from harness.config.readiness import is_emulated
@@ -195,6 +202,15 @@ def _emulated(target: str, transport: str | None) -> bool:
         return is_emulated(load_target(target), transport)
     except HarnessError:
         return False
+
+
+_BATCH_STAMP = re.compile(r"[-_.]?(\d{4}-?\d{2}-?\d{2}([T_-]?\d{2}:?\d{2}(:?\d{2}(\.\d+)?)?Z?)?|\d+)(-\d+)?$")
+
+
+def batch_kind(batch: str) -> str:
+    """What kind of batch a name says: "nightly" for nightly-20261204T010203Z, "run" for
+    run-..., "night" for night-2; a bare date (the old per-day default) is "day"."""
+    return _BATCH_STAMP.sub("", batch) or "day"
 
 
 def _now() -> str:
@@ -225,13 +241,15 @@ class ResultStore:
                 db.execute("PRAGMA journal_mode=WAL")
                 db.executescript(_SCHEMA)
                 have = {r["name"] for r in db.execute("PRAGMA table_info(runs)")}
-                for col, kind in LATER_COLUMNS.items():
-                    if col not in have:
-                        try:
-                            db.execute(f"ALTER TABLE runs ADD COLUMN {col} {kind}")
-                        except sqlite3.OperationalError as exc:  # another process added it first
-                            if "duplicate column" not in str(exc):
-                                raise
+                have_out = {r["name"] for r in db.execute("PRAGMA table_info(outputs)")}
+                for table, col, kind in [*(("runs", c, k) for c, k in LATER_COLUMNS.items() if c not in have),
+                                         *(("outputs", c, k) for c, k in LATER_OUTPUT_COLUMNS.items()
+                                           if c not in have_out)]:
+                    try:
+                        db.execute(f"ALTER TABLE {table} ADD COLUMN {col} {kind}")
+                    except sqlite3.OperationalError as exc:  # another process added it first
+                        if "duplicate column" not in str(exc):
+                            raise
         except sqlite3.DatabaseError as exc:
             raise HarnessError(f"results store {self.path}: not a results store (SQLite: {exc})") from None
         except OSError as exc:
@@ -316,6 +334,7 @@ class ResultStore:
                 _num(out.get("atol"), float, f"outputs[{i}].atol"),
                 _num(out.get("rtol"), float, f"outputs[{i}].rtol"),
                 None if out.get("passed") is None else int(bool(out.get("passed"))),
+                None if out.get("reference") is None else str(out["reference"]),
             ))
         profile_rows = []
         for i, p in enumerate(result.get("profile") or []):
@@ -331,8 +350,8 @@ class ResultStore:
                 cur = db.execute(f"INSERT INTO runs ({cols}) VALUES ({marks})", tuple(row.values()))
                 run_id = int(cur.lastrowid)
                 db.executemany(
-                    "INSERT INTO outputs (run_id, name, shape, dtype, max_abs_err, max_rel_err, atol, rtol, passed)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    "INSERT INTO outputs (run_id, name, shape, dtype, max_abs_err, max_rel_err, atol, rtol, passed,"
+                    " reference) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     [(run_id, *o) for o in out_rows],
                 )
                 db.executemany("INSERT INTO profiles (run_id, node, name, kernel, us) VALUES (?, ?, ?, ?, ?)",
@@ -440,6 +459,22 @@ class ResultStore:
         with self._connect() as db:
             rows = db.execute("SELECT batch FROM runs GROUP BY batch ORDER BY MIN(id)").fetchall()
         return [r[0] for r in rows]
+
+    def batch_targets(self, batch: str) -> set[str]:
+        with self._connect() as db:
+            return {r[0] for r in db.execute("SELECT DISTINCT target FROM runs WHERE batch = ?", (batch,))}
+
+    def previous_batch(self, batch: str) -> str | None:
+        """The batch `batch` is compared with: the last one before it of the same kind
+        (batch_kind) that ran on at least one of its targets; None if there is none."""
+        batches = self.batches()
+        if batch not in batches:
+            return None
+        kind, targets = batch_kind(batch), self.batch_targets(batch)
+        for earlier in reversed(batches[:batches.index(batch)]):
+            if batch_kind(earlier) == kind and self.batch_targets(earlier) & targets:
+                return earlier
+        return None
 
     def latest(self, batch: str) -> dict[tuple[str, str], RunRow]:
         """The run that counts for each (model, target) of a batch: its latest attempt."""
@@ -594,28 +629,47 @@ CREATE INDEX IF NOT EXISTS bench_target_model ON bench(target, model);
 """
 
 BENCH_COLUMNS = ("minrt_min_us", "minrt_median_us", "ort_min_us", "ort_median_us", "ratio_min",
-                 "ratio_median", "tuned_kernels", "kernels", "workspace_bytes", "compile_seconds", "error")
+                 "ratio_median", "tuned_kernels", "kernels", "workspace_bytes", "compile_seconds", "error",
+                 "threads")
+
+
+def _bench_schema(db: sqlite3.Connection) -> None:
+    """The bench table, with the columns added after its first schema (threads: the threads
+    both runtimes ran on; rows from before it ran on one)."""
+    db.executescript(_BENCH_SCHEMA)
+    if "threads" not in {r["name"] for r in db.execute("PRAGMA table_info(bench)")}:
+        try:
+            db.execute("ALTER TABLE bench ADD COLUMN threads INTEGER")
+        except sqlite3.OperationalError as exc:  # another process added it first
+            if "duplicate column" not in str(exc):
+                raise
 
 
 def record_bench(store: ResultStore, rows: list[Mapping[str, Any]], *, commit: str | None = None,
                  batch: str | None = None, date: str | None = None) -> int:
     """Store one benchmark run (harness.bench.ModelBench.to_dict() per model); returns the
-    number of rows written. All rows of one run share the batch (default: the UTC day)."""
+    number of rows written. All rows of one run share the batch (default: bench-<UTC time>,
+    each run its own, so a run before tuning and one after both stay)."""
     date = date or _now()
-    batch = batch or date[:10]
+    if batch is None:
+        batch = base = "bench-" + re.sub(r"[-:]", "", date[:19]) + "Z"
+        taken, n = set(bench_batches(store)), 1
+        while batch in taken:  # two runs within one second
+            n += 1
+            batch = f"{base}-{n}"
     values = []
     for i, r in enumerate(rows):
         for key in ("model", "target"):
             if not isinstance(r.get(key), str) or not r.get(key):
                 raise HarnessError(f"results: bench row {i} needs a non-empty string '{key}'")
-        kinds = {"tuned_kernels": int, "kernels": int, "workspace_bytes": int}
+        kinds = {"tuned_kernels": int, "kernels": int, "workspace_bytes": int, "threads": int}
         values.append((batch, commit, date, r["target"], r["model"],
                        *(r.get(c) if c == "error" else _num(r.get(c), kinds.get(c, float), c)
                          for c in BENCH_COLUMNS)))
     cols = ", ".join(f'"{c}"' for c in ("batch", "commit", "date", "target", "model", *BENCH_COLUMNS))
     marks = ", ".join("?" for _ in range(5 + len(BENCH_COLUMNS)))
     with store._connect() as db:
-        db.executescript(_BENCH_SCHEMA)
+        _bench_schema(db)
         db.execute("BEGIN IMMEDIATE")
         try:
             db.executemany(f"INSERT INTO bench ({cols}) VALUES ({marks})", values)
@@ -627,17 +681,18 @@ def record_bench(store: ResultStore, rows: list[Mapping[str, Any]], *, commit: s
     return len(values)
 
 
-def bench_trend(store: ResultStore, target: str) -> dict[str, list[dict[str, Any]]]:
-    """Per model, the minrt/onnxruntime ratio per batch on one target (the latest row of each
-    batch), oldest batch first; with the geometric mean over the models of each batch under
-    the key "geomean"."""
+def bench_trend(store: ResultStore, target: str, threads: int = 1) -> dict[str, list[dict[str, Any]]]:
+    """Per model, the minrt/onnxruntime ratio per batch on one target at one thread count (the
+    latest row of each batch), oldest batch first; with the geometric mean over the models of
+    each batch under the key "geomean"."""
     import math
 
     with store._connect() as db:
-        db.executescript(_BENCH_SCHEMA)
+        _bench_schema(db)
         rows = db.execute(
             'SELECT batch, "commit", model, ratio_min, ratio_median, tuned_kernels FROM bench '
-            "WHERE target = ? AND error IS NULL AND ratio_min IS NOT NULL ORDER BY id", (target,)).fetchall()
+            "WHERE target = ? AND COALESCE(threads, 1) = ? AND error IS NULL AND ratio_min IS NOT NULL "
+            "ORDER BY id", (target, threads)).fetchall()
     latest: dict[tuple[str, str], sqlite3.Row] = {}
     order: list[str] = []
     for row in rows:
@@ -658,7 +713,14 @@ def bench_trend(store: ResultStore, target: str) -> dict[str, list[dict[str, Any
     return trend
 
 
-def bench_targets(store: ResultStore) -> list[str]:
+def bench_batches(store: ResultStore) -> list[str]:
+    """Benchmark batches, oldest first."""
     with store._connect() as db:
         db.executescript(_BENCH_SCHEMA)
+        return [r[0] for r in db.execute("SELECT batch FROM bench GROUP BY batch ORDER BY MIN(id)").fetchall()]
+
+
+def bench_targets(store: ResultStore) -> list[str]:
+    with store._connect() as db:
+        _bench_schema(db)
         return [r[0] for r in db.execute("SELECT DISTINCT target FROM bench ORDER BY target").fetchall()]

@@ -42,10 +42,13 @@ class Transport(Protocol):
     def close(self) -> None: ...
 
     def run_model(self, runner: str, graph: bytes, params: bytes, inputs: bytes, iters: int,
-                  workspace: int, timeout: float, profile: bool = False) -> tuple[bytes, dict[str, Any]]:
+                  workspace: int, timeout: float, profile: bool = False,
+                  threads: int | None = None) -> tuple[bytes, dict[str, Any]]:
         """Run a model with the minrt-run already put at `runner` on the device: returns (the
         outputs blob, the runner's timing line; with `profile`, its "profile" holds each
-        kernel's mean time where the transport can get it). A runner that refuses the model
+        kernel's mean time where the transport can get it). `threads`: the threads the
+        kernels' parallel loops run on (minrt-run -t; 0 or None: the device's cores) where the
+        runner has threads (Linux file mode; firmware and the serial protocol run one). A runner that refuses the model
         or its inputs raises RunnerError; a device that fails, DeviceError. Transports that
         move files use RunsModelWithFiles; the serial console speaks the framed protocol."""
         ...
@@ -79,7 +82,8 @@ class RunsModelWithFiles:
     name: str = "device"
 
     def run_model(self, runner: str, graph: bytes, params: bytes, inputs: bytes, iters: int,
-                  workspace: int, timeout: float, profile: bool = False) -> tuple[bytes, dict[str, Any]]:
+                  workspace: int, timeout: float, profile: bool = False,
+                  threads: int | None = None) -> tuple[bytes, dict[str, Any]]:
         wd = self.workdir
         with tempfile.TemporaryDirectory(prefix="minrt-io-") as tmp:
             for name, data in (("graph.json", graph), ("params.bin", params), ("inputs.bin", inputs)):
@@ -87,7 +91,8 @@ class RunsModelWithFiles:
                 local.write_bytes(data)
                 self.put(local, f"{wd}/{name}")  # type: ignore[attr-defined]
             argv = [runner, f"{wd}/graph.json", f"{wd}/params.bin", f"{wd}/inputs.bin",
-                    f"{wd}/outputs.bin", "-n", str(iters), "-w", str(workspace), *(["-p"] if profile else [])]
+                    f"{wd}/outputs.bin", "-n", str(iters), "-w", str(workspace), "-t", str(threads or 0),
+                    *(["-p"] if profile else [])]
             log.info("running %d iteration(s)", iters)
             result = self.run(argv, timeout=timeout)  # type: ignore[attr-defined]
             if result.returncode != 0:

@@ -9,9 +9,10 @@ with the framed protocol of harness/formats/frames.py (the same as `minrt-run --
 - `firmware-serial`: a real board. `put` runs the target's `flash_command` (an argv; `{elf}` is
   replaced by the image's path, never through a shell), then the protocol runs on `url`.
 
-There is no shell: `run` and `get` are refused with the reason. `run_model` sends graph.json
-(which selects the model inside the image), an empty params.bin (the weights are in flash;
-the host checks they are the artifact's by the image's manifest), the inputs, RUN, GET.
+There is no shell: `run` and `get` are refused with the reason. `run_model` checks graph.json
+and params.bin against the image's manifest (the weights are in flash), then sends the graph's
+sha256 (which selects the model inside the image), the inputs, RUN, GET; RUN's answer is the
+binary timing record of harness/formats/frames.py, with the stack's measured peak.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import logging
 import os
 import select
 import shutil
+import socket
 import subprocess
 import tempfile
 import time
@@ -28,6 +30,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from harness.errors import DeviceError, RunnerError, TargetError
+from harness.formats import frames, tensorfile
 from harness.transport.base import CommandResult, TransportKind
 from harness.transport.serial import SerialTransport
 
@@ -46,7 +49,9 @@ def load_manifest(elf: Path) -> dict[str, Any]:
 
 
 class FirmwareTransport:
-    """A board running a firmware image (the common part of both kinds)."""
+    """A board running a firmware image (the common part of both kinds). Its health check is
+    `health()`: a framed HELLO to the front end, or for an emulated board with no image yet, a
+    boot of its machine; never a shell command."""
 
     workdir = "/"
     name = "firmware"
@@ -77,9 +82,22 @@ class FirmwareTransport:
         """The framed-protocol client (SerialTransport.exchange) on the board's UART."""
         raise NotImplementedError
 
+    def ping(self, timeout: float = BOOT_TIMEOUT_S) -> str:
+        """A framed HELLO to the front end: what it answered, as one line."""
+        version, max_payload, ident = self.line().hello(timeout)
+        return f"front end answered HELLO: {ident.strip()} (protocol {version}, payloads up to {max_payload} B)"
+
+    def health(self, timeout: float = BOOT_TIMEOUT_S) -> str:
+        """A device's health check (harness.farm.health): the board is flashed already and its
+        front end answers on the line. Raises DeviceError when it does not."""
+        return self.ping(timeout)
+
     def run_model(self, runner: str, graph: bytes, params: bytes, inputs: bytes, iters: int,
-                  workspace: int, timeout: float, profile: bool = False) -> tuple[bytes, dict[str, Any]]:
+                  workspace: int, timeout: float, profile: bool = False,
+                  threads: int | None = None) -> tuple[bytes, dict[str, Any]]:
         import hashlib
+
+        del threads  # firmware is single-threaded
 
         if profile:
             log.warning("%s: the firmware front end has no per-kernel profile; timing the whole run only", self.name)
@@ -93,7 +111,21 @@ class FirmwareTransport:
         if hashlib.sha256(params).hexdigest() != model["params_sha256"]:
             raise RunnerError(f"{self.name}: the image's weights for {model['name']} are not this params.bin")
         link = self.line()
-        outputs, timing = link.exchange(graph, b"", inputs, iters, workspace, timeout)
+        blobs = ((frames.Blob.GRAPH, bytes.fromhex(digest)), (frames.Blob.INPUTS, inputs))
+        outputs, answer = link.session(blobs, iters, workspace, timeout)
+        try:
+            timing: dict[str, Any] = frames.parse_timing_record(answer)
+        except frames.FrameError as exc:
+            raise DeviceError(f"{self.name}: malformed RUN answer: {exc}") from None
+        timing["model"] = model["name"]
+        try:  # the outputs come raw, in the graph's order: named and shaped here
+            outputs = tensorfile.dumps(tensorfile.from_raw(outputs, model["outputs"], f"{self.name} outputs"))
+        except tensorfile.TensorFileError as exc:
+            raise DeviceError(str(exc)) from None
+        reserved = self.manifest.get("footprint", {}).get("ram", {}).get("stack")
+        if reserved is not None and timing["stack_peak_bytes"] >= reserved:
+            raise DeviceError(f"{self.name}: the stack overflowed its {reserved:,} bytes during the run "
+                              "(rebuild the image: the probe's measurement was too low)")
         return outputs, self.counts(timing)
 
     def counts(self, timing: dict[str, Any]) -> dict[str, Any]:
@@ -149,6 +181,16 @@ def boot_and_read(machine: str, elf: Path, until: bytes, timeout: float, icount_
     return text.decode(errors="replace")
 
 
+def _listening(path: str) -> bool:
+    """Whether something accepts connections on the Unix socket at `path`."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        try:
+            probe.connect(path)
+        except OSError:  # refused: bound, not yet listening
+            return False
+    return True
+
+
 class QemuFirmware(FirmwareTransport):
     def __init__(self, machine: str, icount_shift: int = 0) -> None:
         super().__init__()
@@ -169,29 +211,57 @@ class QemuFirmware(FirmwareTransport):
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
-    def boot(self, elf: Path) -> None:
+    def boot(self, elf: Path | None) -> None:
+        """Start QEMU with the image `elf`, or with none paused (-S: the machine is built and
+        its UART listens, no instruction runs: the health check of a board with no image)."""
         self.shutdown()
         self._dir = tempfile.mkdtemp(prefix="minrt-uart-")  # mode 0700
         path = os.path.join(self._dir, "uart")
         argv = ["qemu-system-arm", "-M", self.machine, "-icount", f"shift={self.icount_shift}",
                 "-nographic", "-monitor", "none", "-nodefaults",
                 "-chardev", f"socket,id=uart,path={path},server=on,wait=off", "-serial", "chardev:uart",
-                "-kernel", str(elf)]
-        log.info("%s: booting %s", self.name, elf)
+                *(["-kernel", str(elf)] if elf is not None else ["-S"])]
+        log.info("%s: booting %s", self.name, elf if elf is not None else "the machine, no image")
         log.debug("%s", " ".join(argv))
         self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                      stderr=subprocess.PIPE)
         deadline = time.monotonic() + BOOT_TIMEOUT_S
-        while not os.path.exists(path):
+        # the socket file appears at bind(), a moment before QEMU listens on it: wait for both
+        while not (os.path.exists(path) and _listening(path)):
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 err = self.proc.stderr.read().decode(errors="replace") if self.proc.poll() is not None and self.proc.stderr else ""
                 self.shutdown()
                 raise DeviceError(f"{self.name}: QEMU did not start: {err.strip()[:300]}")
             time.sleep(0.02)
         os.chmod(path, 0o600)
-        # the shell layer of SerialTransport is never used (workdir given: no sync)
-        self._line = SerialTransport(f"unix://{path}", workdir="/", startup_timeout=BOOT_TIMEOUT_S)
+        # the shell layer of SerialTransport is never used (workdir given: no sync). QEMU binds
+        # the socket a moment before it listens: a refused connection is tried again.
+        while True:
+            try:
+                self._line = SerialTransport(f"unix://{path}", workdir="/", startup_timeout=BOOT_TIMEOUT_S)
+                break
+            except DeviceError:
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    self.shutdown()
+                    raise
+                time.sleep(0.05)
         self._booted = elf
+
+    def health(self, timeout: float = BOOT_TIMEOUT_S) -> str:
+        """With an image put: booted if it is not running, then pinged (HELLO). Without one (a
+        farm's check before a job: the job builds and puts its own image) the check is a boot:
+        QEMU builds the machine and its UART listens, then it is stopped."""
+        if self.elf is not None:
+            self.flash(self.elf)
+            return self.ping(timeout)
+        self.boot(None)
+        time.sleep(0.2)  # a machine that cannot be built makes QEMU exit at once
+        alive = self.alive()
+        code = self.proc.poll() if self.proc is not None else None
+        self.shutdown()
+        if not alive:
+            raise DeviceError(f"{self.name}: QEMU exited (status {code}) right after starting the machine")
+        return f"QEMU started {self.machine} (paused, no image: each job boots its own)"
 
     def line(self) -> SerialTransport:
         if not self.alive() or self._line is None:

@@ -398,6 +398,16 @@ class SerialTransport:
 
     # -- the framed protocol -----------------------------------------------------------------
 
+    def hello(self, timeout: float) -> tuple[int, int, str]:
+        """A framed HELLO to a front end already serving this line (a firmware board): its
+        (protocol version, largest payload, identification). The ping of a health check."""
+        link = _Link(self, time.monotonic() + timeout)
+        try:
+            return frames.parse_hello(link.request(frames.Kind.HELLO, bytes([frames.VERSION])).payload)
+        except frames.FrameError as exc:
+            raise DeviceError(f"serial {self.url}: malformed HELLO answer: {exc}") from None
+
+
     def run_model(
         self,
         runner: str,
@@ -408,6 +418,7 @@ class SerialTransport:
         workspace: int,
         timeout: float,
         profile: bool = False,
+        threads: int | None = None,
     ) -> tuple[bytes, dict[str, Any]]:
         """Run a model through `<runner> --serial` started on the console's shell (the framed
         protocol carries no per-kernel profile: `profile` only logs that it is not there): returns
@@ -465,7 +476,26 @@ class SerialTransport:
         """The framed session with a runner already serving this line (`run_model` starts
         one on the shell; a device may also run `minrt-run --serial /dev/ttyX` by itself).
         `early` holds bytes read from the line before the call."""
-        if not (1 <= iters < 2**31 and 0 <= workspace < 2**32):
+        blobs = ((frames.Blob.GRAPH, graph), (frames.Blob.PARAMS, params), (frames.Blob.INPUTS, inputs))
+        outputs, answer = self.session(blobs, iters, workspace, timeout, early)
+        try:
+            timing = json.loads(answer.decode())
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            raise DeviceError(f"serial {self.url}: runner's timing is not JSON: {answer[:100]!r}") from None
+        return outputs, timing
+
+    def session(
+        self,
+        blobs: Sequence[tuple[frames.Blob, bytes]],
+        iters: int,
+        workspace: int,
+        timeout: float,
+        early: bytes = b"",
+    ) -> tuple[bytes, bytes]:
+        """One framed session: HELLO, PUT each blob, RUN, GET the outputs, BYE. Returns the
+        outputs blob and RUN's answer as the device sent it (minrt-run: a JSON line; the
+        firmware: frames.TIMING_RECORD)."""
+        if not (1 <= iters <= frames.MAX_ITERS and 0 <= workspace < 2**32):
             raise ValueError(f"iters {iters} / workspace {workspace} out of range for the serial protocol")
         link = _Link(self, time.monotonic() + timeout)
         link.pending = link.decoder.feed(early)
@@ -477,20 +507,14 @@ class SerialTransport:
             if version != frames.VERSION:
                 raise DeviceError(f"serial {self.url}: runner speaks protocol {version}, the harness {frames.VERSION}")
             chunk = min(self.chunk, max_payload - frames.BLOB_CHUNK.size)
-            log.info("serial %s: %s: sending model (%d + %d + %d bytes)", self.url, ident,
-                     len(graph), len(params), len(inputs))
-            for blob, data in ((frames.Blob.GRAPH, graph), (frames.Blob.PARAMS, params), (frames.Blob.INPUTS, inputs)):
+            log.info("serial %s: %s: sending %s", self.url, ident or "device",
+                     " + ".join(f"{len(data)} bytes of {blob.name.lower()}" for blob, data in blobs))
+            for blob, data in blobs:
                 for offset in range(0, max(len(data), 1), chunk):
                     piece = data[offset : offset + chunk]
                     link.request(frames.Kind.PUT, frames.put_payload(blob, offset, len(data), piece))
             log.info("serial %s: running %d iteration(s)", self.url, iters)
-            timing_frame = link.request(frames.Kind.RUN, frames.run_payload(iters, workspace))
-            try:
-                timing = json.loads(timing_frame.payload.decode())
-            except (UnicodeDecodeError, json.JSONDecodeError):
-                raise DeviceError(
-                    f"serial {self.url}: runner's timing is not JSON: {timing_frame.payload[:100]!r}"
-                ) from None
+            answer = link.request(frames.Kind.RUN, frames.run_payload(iters, workspace)).payload
             outputs = bytearray()
             total = None
             while total is None or len(outputs) < total:
@@ -511,7 +535,7 @@ class SerialTransport:
             self.stats["naks"] += link.naks
         log.info("serial %s: run done (%d retransmissions, %d NAKs, %d bytes of noise skipped)", self.url,
                  link.retransmissions, link.naks, link.decoder.stats.skipped_bytes)
-        return bytes(outputs), timing
+        return bytes(outputs), answer
 
 
 class _Link:
@@ -568,7 +592,7 @@ class _Link:
                         until = min(self.deadline, time.monotonic() + BUSY_GRACE_S)
                     elif f.kind == frames.Kind.ERROR:
                         # the runner answered and refused the model or a request: not the device's fault
-                        raise RunnerError(f"serial {t.url}: runner: {f.payload.decode('utf-8', 'replace')}")
+                        raise RunnerError(f"serial {t.url}: runner: {frames.parse_error(f.payload)[1]}")
                     elif f.kind in (frames.Kind.ACK, frames.Kind.HELLO):
                         return f
                 if self.decoder.take_damaged():

@@ -6,15 +6,12 @@
 
 #include <stdint.h>
 
+#include "minrt.h"
+
 struct fw_model {
-  const char *name;
-  const char *prefix;     /* kernel symbol prefix (harness compile's system_lib_prefix) */
-  const char *graph;      /* graph.json, NUL-terminated */
-  uint32_t graph_len;
-  const uint8_t *params;  /* params.bin as harness compile wrote it */
-  uint32_t params_len;
-  uint32_t workspace;     /* metadata's workspace_bytes */
-  const void *signatures; /* its kernels_sig.c table (minrt_signatures), when harness compile wrote one */
+  uint8_t sha256[32];        /* of graph.json: the host selects the model by it */
+  minrt_artifact artifact;   /* graph.json (NUL-terminated) and params.bin in flash, the
+                                metadata's workspace_bytes, its kernels_sig.c table */
 };
 
 extern const struct fw_model fw_models[];

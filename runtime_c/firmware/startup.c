@@ -1,13 +1,16 @@
 /* startup.c: vector table and reset handler for ARMv7-M (Cortex-M3/M4/M7).
  *
- * Reset copies .data from flash, zeroes .bss, enables the FPU (CPACR, before any float
+ * Reset paints the stack (stack_used finds the high-water mark), copies .data from flash,
+ * zeroes .bss, enables the FPU (CPACR, before any float
  * code), runs .init_array (the kernels' registration constructor) and calls main.
  * Symbols come from firmware.ld. A fault prints one line on the UART and stops there: the
  * host sees a device that stopped answering. */
 #include <stdint.h>
+#include <string.h>
+
 #include "board.h"
 
-extern uint32_t _sidata[], _sdata[], _edata[], _sbss[], _ebss[], _estack[];
+extern uint32_t _sidata[], _sdata[], _edata[], _sbss[], _ebss[], _sstack[], _estack[];
 extern void (*__init_array_start[])(void), (*__init_array_end[])(void);
 int main(void);
 void SysTick_Handler(void);
@@ -20,11 +23,16 @@ static void say(const char *s) {
   while (*s) uart_put((uint8_t)*s++);
 }
 
+#define STACK_PAINT 0x5AC4A5C3u
+
 void Reset_Handler(void) {
-  uint32_t *src = _sidata, *dst;
+  uint32_t *dst, *sp;
   void (**init)(void);
-  for (dst = _sdata; dst < _edata;) *dst++ = *src++;
-  for (dst = _sbss; dst < _ebss;) *dst++ = 0;
+  __asm volatile("mov %0, sp" : "=r"(sp));
+  for (dst = _sstack; dst < sp;) *dst++ = STACK_PAINT; /* below the live frame only */
+  /* the linker script orders these symbols: sizes are never negative */
+  memcpy(_sdata, _sidata, (size_t)((uint8_t *)_edata - (uint8_t *)_sdata));
+  memset(_sbss, 0, (size_t)((uint8_t *)_ebss - (uint8_t *)_sbss));
 #if defined(__ARM_FP)
   *(volatile uint32_t *)0xE000ED88u |= 0xFu << 20; /* CPACR: CP10, CP11 full access */
   __asm volatile("dsb\n\tisb");
@@ -35,8 +43,22 @@ void Reset_Handler(void) {
   }
 }
 
+uint32_t stack_used(void) {
+  const uint32_t *p = _sstack;
+  while (p < _estack && *p == STACK_PAINT) p++;
+  return (uint32_t)((const uint8_t *)_estack - (const uint8_t *)p);
+}
+
+/* libm's expf sets errno through newlib's reentrancy struct (96 bytes of RAM): one int here */
+int *__errno(void) {
+  static int e;
+  return &e;
+}
+
 static void Fault_Handler(void) {
+#ifndef MINRT_NO_MESSAGES
   say("\r\nminrt firmware: fault, stopped\r\n");
+#endif
   for (;;) {
   }
 }

@@ -13,7 +13,6 @@
 #define FW_UART_IRQ 0 /* UART0 RX on MPS2 */
 #endif
 
-void uart_irq_enable(unsigned irq);
 
 void uart_init(void) {
   UART_BAUDDIV = 16; /* the smallest divisor; QEMU ignores it, a board runs at clock/16 */

@@ -2,9 +2,9 @@
 #include "board.h"
 
 #ifndef FW_RX_RING
-#define FW_RX_RING 2048u /* a power of two above one frame: the host sends one, then waits */
+#define FW_RX_RING 128u /* a power of two above one frame (FW_MAX_PAYLOAD + 12): the host
+                          sends one, then waits */
 #endif
-#define NVIC_ISER0 ((volatile uint32_t *)0xE000E100u)
 
 static uint8_t ring[FW_RX_RING];
 static volatile uint32_t head, tail; /* head: written by the interrupt, tail: by uart_get */
@@ -21,4 +21,3 @@ int uart_get(void) {
   return c;
 }
 
-void uart_irq_enable(unsigned irq) { NVIC_ISER0[irq / 32] = 1u << (irq % 32); }

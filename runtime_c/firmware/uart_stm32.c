@@ -11,7 +11,6 @@
 #ifndef FW_UART_IRQ
 #define FW_UART_IRQ 38 /* USART2 */
 #endif
-void uart_irq_enable(unsigned irq);
 #define REG(a) (*(volatile uint32_t *)(a))
 #define RCC_AHB1ENR REG(0x40023830u)
 #define RCC_APB1ENR REG(0x40023840u)

@@ -1,12 +1,14 @@
 /* minrt-run: file mode.
  *   minrt-run GRAPH_JSON PARAMS_BIN INPUTS_BIN OUTPUTS_BIN [-n ITERS] [-w WORKSPACE_BYTES]
- *             [-l KERNELS.so] [-p]   (-l only when built with MINRT_RUN_DLOPEN, see dl.c;
+ *             [-t THREADS] [-l KERNELS.so] [-p]
+ *             (-t: threads for the kernels' parallel loops, see pool.c; 0 = this machine's
+ *             online cores; default 1. -l only when built with MINRT_RUN_DLOPEN, see dl.c;
  *             -p, when built with MINRT_PROFILE: a {"profile": [...]} line of each kernel's
  *             mean time before the timing line, see profile.c)
  * PARAMS_BIN is mapped read-only, never read into the heap: the kernels use the weights
  * where they lie (a write to them would fault).
  * Last stdout line: {"iters", "min_us", "mean_us", "max_us", "arena_bytes", "arena": {...},
- * "peak_rss_kb"} (see runner_timing_json).
+ * "peak_rss_kb", "threads", "threads_used"} (see runner_timing_json).
  * Errors: one line "minrt-run: <step>: <message>" on stderr; exit 1 load/input error,
  * 2 usage, 3 run error. */
 #define _POSIX_C_SOURCE 200809L
@@ -85,7 +87,7 @@ static long peak_rss_kb(void) {
 static int usage(void) {
   return die(2, "usage",
              "minrt-run GRAPH_JSON PARAMS_BIN INPUTS_BIN OUTPUTS_BIN [-n ITERS] "
-             "[-w WORKSPACE_BYTES] [-l KERNELS.so] [-p]");
+             "[-w WORKSPACE_BYTES] [-t THREADS] [-l KERNELS.so] [-p]");
 }
 
 #ifdef MINRT_RUN_SERIAL
@@ -96,7 +98,7 @@ int main(int argc, char **argv) {
   const char *pos[4], *lib = NULL;
   char *files[3] = {NULL, NULL, NULL}, *end, line[384];
   size_t lens[3] = {0, 0, 0}, out_len;
-  long iters = 1, ws = 0;
+  long iters = 1, ws = 0, threads = 1;
   int npos = 0, i, rc, mapped = 0, profile = 0;
   void *params = NULL;
   void *out = NULL, *ctx = NULL;
@@ -108,14 +110,15 @@ int main(int argc, char **argv) {
   if (argc > 1 && !strcmp(argv[1], "--serial")) return runner_serial_main(argc, argv);
 #endif
   for (i = 1; i < argc; i++) {
-    if ((!strcmp(argv[i], "-n") || !strcmp(argv[i], "-w") || !strcmp(argv[i], "-l")) &&
-        i + 1 < argc) {
+    if ((!strcmp(argv[i], "-n") || !strcmp(argv[i], "-w") || !strcmp(argv[i], "-l") ||
+         !strcmp(argv[i], "-t")) && i + 1 < argc) {
       long v = 0;
       if (argv[i][1] != 'l') {
         v = strtol(argv[i + 1], &end, 10);
-        if (*end || v < (argv[i][1] == 'n') || v > 0x7fffffff) return usage();
+        if (!*argv[i + 1] || *end || v < (argv[i][1] == 'n') || v > 0x7fffffff) return usage();
       }
       if (argv[i][1] == 'n') iters = v;
+      else if (argv[i][1] == 't') threads = v;
       else if (argv[i][1] == 'w') ws = v;
       else lib = argv[i + 1];
       i++;
@@ -128,6 +131,13 @@ int main(int argc, char **argv) {
     }
   }
   if (npos != 4) return usage();
+  if (threads == 0) threads = sysconf(_SC_NPROCESSORS_ONLN);
+  if (threads < 1) threads = 1;
+  if (threads > RUNNER_MAX_THREADS) {
+    snprintf(line, sizeof line, "-t %ld: at most %d threads", threads, RUNNER_MAX_THREADS);
+    return die(2, "usage", line);
+  }
+  if (runner_pool_start((int)threads, (size_t)ws)) return die(1, "threads", "cannot start the threads");
   for (i = 0; i < 3; i++) {
     if (i == 1) params = map_file(pos[1], &lens[1], &mapped);
     else files[i] = (char *)read_file(pos[i], &lens[i]);
@@ -155,7 +165,10 @@ int main(int argc, char **argv) {
     return die(2, "usage", "-p needs a runner built with MINRT_PROFILE");
 #endif
   }
+  runner_pool_reset_stats();
   if ((rc = runner_run(&r, (int)iters, &t)) != 0) return die(3, "run", r.err.msg);
+  t.threads = runner_pool_threads();
+  t.threads_used = runner_pool_threads_used();
 #ifdef MINRT_PROFILE
   if (profile) runner_profile_print(&r, (int)iters, stdout);
 #endif
@@ -170,6 +183,7 @@ int main(int argc, char **argv) {
   runner_timing_json(&r, &t, line, sizeof line);
   printf("%s\n", line);
   runner_free(&r);
+  runner_pool_stop();
   free(out);
   for (i = 0; i < 3; i++) free(files[i]);
   if (params) munmap(params, lens[1]);

@@ -2,7 +2,7 @@
  *
  * The host sends a model (graph.json, params.bin, inputs) in checksummed frames, asks for a
  * run, and reads the outputs back; the protocol is described at the top of serial.c and in
- * harness/formats/frames.py. The protocol knows nothing about minrt itself: serial_main takes a
+ * harness/formats/frames.py; proto/frame.h holds the frame codec. The protocol knows nothing about minrt itself: serial_main takes a
  * function that runs one job from memory buffers; runner_serial_main passes the runner's.
  */
 #ifndef MINRT_RUNNER_SERIAL_H
@@ -27,8 +27,9 @@ struct serial_job {
 struct serial_result {
   uint8_t *outputs;             /* NDArray-list, tensors named output0, output1, ... */
   size_t outputs_len;
-  char timing[256];             /* the JSON line the runner prints in file mode */
+  char timing[384];             /* the JSON line the runner prints in file mode */
   char error[256];              /* "<step>: <message>" when the run fails */
+  int code;                     /* and its FRAME_E_* code (proto/frame.h) */
 };
 
 /* Returns 0 on success, the runner's exit code (1 load/input, 3 run) with res->error set
