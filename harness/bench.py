@@ -186,10 +186,11 @@ def bench_models(models: Sequence[Path], target: Target, **kwargs: Any) -> Bench
 
 
 def resolve_bench_models(names: Sequence[str] | None, out_dir: Path) -> list[Path]:
-    """.onnx paths, example names or zoo names; none means every example and zoo model
-    (written under `out_dir`)."""
+    """.onnx/.tflite paths, example names, zoo names or MLPerf Tiny names; none means every
+    example and zoo model (written under `out_dir`)."""
     from harness.errors import HarnessError
     from harness.models.examples import EXAMPLES, write_examples
+    from harness.models.mlperf_tiny import MLPERF_TINY, write_mlperf_tiny
     from harness.models.zoo import ZOO, write_zoo
 
     if not names:
@@ -200,9 +201,11 @@ def resolve_bench_models(names: Sequence[str] | None, out_dir: Path) -> list[Pat
             paths.append(write_zoo(out_dir / "zoo", [name])[name])
         elif name in EXAMPLES:
             paths.append(write_examples(out_dir / "examples", [name])[name])
+        elif name in MLPERF_TINY:
+            paths.append(write_mlperf_tiny(out_dir / "mlperf_tiny", [name])[name])
         elif Path(name).is_file():
             paths.append(Path(name))
         else:
-            raise HarnessError(f"model '{name}' is not a file, an example ({', '.join(EXAMPLES)}) "
-                               f"or a zoo model ({', '.join(ZOO)})")
+            raise HarnessError(f"model '{name}' is not a file, an example ({', '.join(EXAMPLES)}), "
+                               f"a zoo model ({', '.join(ZOO)}) or an MLPerf Tiny model ({', '.join(MLPERF_TINY)})")
     return paths

@@ -47,7 +47,9 @@ def format_result(r: dict) -> str:
     lines = [head]
     for o in r.get("outputs", []):
         verdict = "ok" if o["passed"] else "MISMATCH"
-        detail = o.get("problem") or (f"max abs {o['max_abs_err']:.3g}  max rel {o['max_rel_err']:.3g}"
+        detail = o.get("problem") or (f"{o['differing']} value(s) differ, by up to {o['max_units']} unit(s) "
+                                      f"(pass: within {o['tolerance_units']})" if "max_units" in o else
+                                      f"max abs {o['max_abs_err']:.3g}  max rel {o['max_rel_err']:.3g}"
                                       f"  (atol {o['atol']:g}, rtol {o['rtol']:g})")
         lines.append(f"  {o['name']:<16} {str(o['shape']):<16} {o['dtype']:<8} vs {o['reference']:<15} {detail}  {verdict}")
     for ref in r.get("references", []):

@@ -1,7 +1,7 @@
-"""Compile an ONNX model with apache-tvm into a minrt artifact (see harness.formats.artifact).
+"""Compile an ONNX or TFLite model with apache-tvm into a minrt artifact (see harness.formats.artifact).
 
-The path: onnx (batch-norms after convs folded into their weights) -> Relax (TVM's ONNX
-frontend, weights as constants) -> the pass sequence in
+The path: onnx (batch-norms after convs folded into their weights) or .tflite -> Relax (TVM's
+ONNX or TFLite frontend, weights as constants; harness.compile.source) -> the pass sequence in
 `lower_relax` (legalize + fuse) -> `main` is a straight line of `R.call_tir` calls over inputs
 and constants -> walked into TVM's graph-executor graph.json with a storage plan, params.bin,
 and kernels.o (the PrimFuncs compiled for the target as a system library).
@@ -26,15 +26,16 @@ from harness.cache import cache_dir, cache_error, content_hash
 from harness.errors import CompileError
 from harness.formats.signatures import SIGNATURES_C, write_signatures
 from harness.config.targets import Target, load_target, tvm_target as tvm_target_of
-from harness.compile.onnx_import import graph_inputs, import_onnx, load_onnx, lower_relax, reraise_interrupt
+from harness.compile.source import load_model, lowered_module
 from harness.compile.graph import inplace_pairs, walk_main
+from harness.compile.tflite_import import TensorInfo
 from harness.compile.plan import graph_json, plan_storage, storage_summary
 from harness.compile.kernels import SYSTEM_LIB_PREFIX, compile_kernels, kernel_target, schedule_model_kernels
 
 log = logging.getLogger(__name__)
 
 #: Bump when the artifact produced for the same inputs changes (invalidates the cache).
-PIPELINE_VERSION = "9"  # 3: aligned params; 4-6: in-place outputs; 7: scheduled kernels; 8: kernel signatures; 9: kernels in the signature table
+PIPELINE_VERSION = "10"  # 3: aligned params; 4-6: in-place outputs; 7: scheduled kernels; 8: kernel signatures; 9: kernels in the signature table; 10: .tflite
 ABI = "tvm-ffi"
 
 
@@ -55,20 +56,21 @@ def _cache_key(model_name: str, onnx_bytes: bytes, target: Target, cache: Path |
                          PIPELINE_VERSION, tuning, rules] + ([f"prefix={prefix}"] if prefix else []))
 
 
-def compile_model(onnx_path: Path | str, target: Target | str, cache: Path | None = None,
+def compile_model(model_path: Path | str, target: Target | str, cache: Path | None = None,
                   system_lib_prefix: str = SYSTEM_LIB_PREFIX) -> Artifact:
-    """Compile an ONNX model for a target into an artifact directory under
+    """Compile an ONNX or TFLite model for a target into an artifact directory under
     `<cache>/artifacts/<hash>` (cache defaults to harness.cache.cache_dir()); reuse it if there.
 
     `system_lib_prefix` (a C identifier prefix, e.g. "kws_") goes before every kernel symbol,
     so the kernels of several models link into one firmware image without colliding."""
     if system_lib_prefix and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", system_lib_prefix):
         raise CompileError(f"system_lib_prefix {system_lib_prefix!r} is not a C identifier prefix")
-    onnx_path = Path(onnx_path)
+    model_path = Path(model_path)
     if isinstance(target, str):
         target = load_target(target)
-    model, data = load_onnx(onnx_path)
-    model_name = onnx_path.stem
+    source = load_model(model_path)
+    data = source.data
+    model_name = model_path.stem
     key = _cache_key(model_name, data, target, cache, system_lib_prefix)
     root = (Path(cache) if cache is not None else cache_dir()) / "artifacts"
     out_dir = root / key
@@ -85,18 +87,11 @@ def compile_model(onnx_path: Path | str, target: Target | str, cache: Path | Non
 
     tvm_target = tvm_target_of(target)  # a bad [tvm] table fails here, before any import work
     started = time.monotonic()
-    log.info("compile %s for %s: importing ONNX with TVM %s", model_name, target.name, tvm.__version__)
-    mod, folded = import_onnx(model, onnx_path)
-    log.info("compile %s: legalize and fuse", model_name)
-    try:
-        lowered = lower_relax(mod, tvm_target)
-    except Exception as exc:
-        reraise_interrupt(exc)
-        first = (str(exc).strip().splitlines() or [""])[0]
-        raise CompileError(f"{onnx_path}: TVM's Relax passes failed: {type(exc).__name__}: {first}") from None
-
-    inputs = [value.name for value in graph_inputs(model)]
-    graph = walk_main(lowered, inputs, str(onnx_path), op_types=[n.op_type for n in model.graph.node])
+    log.info("compile %s for %s: importing %s with TVM %s, legalize and fuse", model_name, target.name,
+             source.kind, tvm.__version__)
+    lowered = lowered_module(source, tvm_target)
+    inputs = source.input_names
+    graph = walk_main(lowered, inputs, str(model_path), op_types=source.op_types)
     schedule_started = time.monotonic()
     ktarget = kernel_target(target)
     kernels, schedules = schedule_model_kernels(graph.kernels, ktarget, target, cache)
@@ -107,9 +102,9 @@ def compile_model(onnx_path: Path | str, target: Target | str, cache: Path | Non
         if node.op == "tvm_op" and node.func_name in kernels:
             node.inplace = inplace_pairs(kernels[node.func_name], len(node.inputs))
     plan = plan_storage(graph)
-    output_names = [value.name for value in model.graph.output]
+    output_names = [value.name for value in source.outputs]
     if len(output_names) != len(graph.heads):
-        raise CompileError(f"{onnx_path}: the model has {len(output_names)} outputs but TVM produced {len(graph.heads)}")
+        raise CompileError(f"{model_path}: the model has {len(output_names)} outputs but TVM produced {len(graph.heads)}")
 
     tmp = root / f".{key}.tmp{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -124,12 +119,16 @@ def compile_model(onnx_path: Path | str, target: Target | str, cache: Path | Non
         (tmp / GRAPH_JSON).write_text(json.dumps(graph_json(graph, plan), separators=(",", ":")))
         tensorfile.save(tmp / PARAMS_BIN, graph.params, aligned=True)
 
-        def spec(name: str, nid: int, index: int) -> dict[str, Any]:
+        def spec(info: TensorInfo, nid: int, index: int) -> dict[str, Any]:
             shape, dtype = graph.nodes[nid].outputs[index]
-            return {"name": name, "shape": list(shape), "dtype": dtype}
+            item: dict[str, Any] = {"name": info.name, "shape": list(shape), "dtype": dtype}
+            if info.quantization() is not None:  # scale and zero point of a quantized tensor
+                item["quantization"] = info.quantization()
+            return item
 
         metadata = {
             "model": model_name,
+            "format": source.kind,
             "model_sha256": hashlib.sha256(data).hexdigest(),
             "target": target.name,
             "tvm_target": target.tvm_target,
@@ -141,12 +140,12 @@ def compile_model(onnx_path: Path | str, target: Target | str, cache: Path | Non
             "schedules": schedules,
             "tuned_kernels": sorted(k for k, v in schedules.items() if v["source"] == "tuned"),
             "schedule_seconds": round(schedule_seconds, 3),
-            "inputs": [spec(name, nid, 0) for name, nid in zip(inputs, graph.input_nids)],
-            "outputs": [spec(name, nid, i) for name, (nid, i) in zip(output_names, graph.heads)],
+            "inputs": [spec(info, nid, 0) for info, nid in zip(source.inputs, graph.input_nids)],
+            "outputs": [spec(info, nid, i) for info, (nid, i) in zip(source.outputs, graph.heads)],
             "storage": storage_summary(graph, plan),
             "inplace": [list(t) for t in plan.inplace],
             "nops": sum(1 for n in graph.nodes if n.func_name == NOP),
-            "folded_batchnorms": folded,
+            "folded_batchnorms": source.notes.get("folded_batchnorms", 0),
             "pipeline_version": PIPELINE_VERSION,
             "compile_seconds": round(time.monotonic() - started, 3),
         }
