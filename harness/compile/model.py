@@ -35,7 +35,7 @@ from harness.compile.kernels import SYSTEM_LIB_PREFIX, compile_kernels, kernel_t
 log = logging.getLogger(__name__)
 
 #: Bump when the artifact produced for the same inputs changes (invalidates the cache).
-PIPELINE_VERSION = "10"  # 3: aligned params; 4-6: in-place outputs; 7: scheduled kernels; 8: kernel signatures; 9: kernels in the signature table; 10: .tflite
+PIPELINE_VERSION = "10"  # 3: aligned params; 4-6: in-place outputs; 7: scheduled kernels; 8: kernel signatures; 9: kernels in the signature table; 10: .tflite, int8 kernels
 ABI = "tvm-ffi"
 
 
@@ -51,7 +51,8 @@ def _cache_key(model_name: str, onnx_bytes: bytes, target: Target, cache: Path |
     # The tuning records for the target and the default schedule rules are part of the
     # input: new records or new rules, new artifact.
     tuning = "off" if tuning_disabled() else TuningDatabase.for_target(target, cache).digest()
-    rules = (Path(__file__).parent / "schedule.py").read_bytes()
+    # the default schedule rules and the integer kernels' definitions are inputs too
+    rules = b"".join((Path(__file__).parent / name).read_bytes() for name in ("schedule.py", "int8.py"))
     return content_hash([model_name, onnx_bytes, target.name, target.tvm_target_key, tvm.__version__,
                          PIPELINE_VERSION, tuning, rules] + ([f"prefix={prefix}"] if prefix else []))
 

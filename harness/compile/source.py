@@ -120,6 +120,8 @@ def lowered_module(source: ModelSource, tvm_target: Any) -> Any:
     from harness.compile.onnx_import import lower_relax, reraise_interrupt
 
     mod = import_model(source)
+    if source.quantized:
+        mod = integer_kernels(mod, source)
     try:
         return lower_relax(mod, tvm_target)
     except CompileError:
@@ -128,6 +130,22 @@ def lowered_module(source: ModelSource, tvm_target: Any) -> Any:
         reraise_interrupt(exc)
         first = (str(exc).strip().splitlines() or [""])[0]
         raise CompileError(f"{source.path}: TVM's Relax passes failed: {type(exc).__name__}: {first}") from None
+
+
+def integer_kernels(mod: Any, source: ModelSource) -> Any:
+    """A quantized model's dequantize -> op -> quantize chains as integer kernels
+    (harness.compile.int8), with TFLM's arithmetic for .tflite and onnxruntime's for ONNX."""
+    from harness.compile.int8 import ONNXRUNTIME, TFLM, float_ops_left, rewrite_int8
+
+    mod, done = rewrite_int8(mod, TFLM if source.kind == "tflite" else ONNXRUNTIME)
+    made = ", ".join(f"{n} {k}" for k, n in done.counts.items()) or "none"
+    log.info("%s: integer kernels (%s arithmetic): %s", source.name, done.arithmetic, made)
+    for op, why in done.skipped.items():
+        log.info("%s: %s stays on the float path where it is %s", source.name, op, why)
+    for op in float_ops_left(mod):
+        log.info("%s: %s stays on the float path (no integer kernel for it)", source.name, op)
+    source.notes["int8_kernels"] = dict(done.counts)
+    return mod
 
 
 def relax_module(model_path: Path | str, tvm_target_dict: dict[str, Any]) -> Any:
