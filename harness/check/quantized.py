@@ -168,6 +168,8 @@ def check_quantized(model: Path, inputs: Mapping[str, np.ndarray], got: Sequence
     for run in runs:
         if run.outputs is None:
             statuses.append(ReferenceStatus(run.name, "unavailable", run.unavailable))
+            if run is not primary:  # the primary's absence has its own note above
+                notes.append(f"{run.name} cannot run this model: judged without it")
         elif run is judge:
             statuses.append(ReferenceStatus(run.name, "agrees", "the primary reference: the device is judged against it"))
         else:

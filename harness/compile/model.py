@@ -89,7 +89,7 @@ def compile_model(model_path: Path | str, target: Target | str, cache: Path | No
     tvm_target = tvm_target_of(target)  # a bad [tvm] table fails here, before any import work
     started = time.monotonic()
     log.info("compile %s for %s: importing %s with TVM %s, legalize and fuse", model_name, target.name,
-             source.kind, tvm.__version__)
+             {"onnx": "ONNX", "tflite": "TFLite"}[source.kind], tvm.__version__)
     lowered = lowered_module(source, tvm_target)
     inputs = source.input_names
     graph = walk_main(lowered, inputs, str(model_path), op_types=source.op_types)
