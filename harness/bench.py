@@ -20,10 +20,12 @@ import statistics
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
-from harness.formats import tensorfile
 from harness.config.targets import Target
+from harness.errors import HarnessError
+from harness.formats import tensorfile
+from harness.formats.text import EMULATED, duration, table
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +66,8 @@ class ModelBench:
 class BenchReport:
     target: str
     models: list[ModelBench] = field(default_factory=list)
+    #: minrt ran on an emulator (harness.config.readiness.is_emulated)
+    emulated: bool = False
 
     def geomean(self, which: str = "min") -> float | None:
         ratios = [getattr(m, f"ratio_{which}") for m in self.models]
@@ -71,17 +75,22 @@ class BenchReport:
         return math.exp(sum(math.log(r) for r in ratios) / len(ratios)) if ratios else None
 
     def table(self) -> str:
-        lines = [f"{'model':<18} {'minrt min':>10} {'ort min':>10} {'ratio':>6}  {'minrt med':>10} {'ort med':>10} "
-                 f"{'ratio':>6}  {'tuned':>5} {'workspace':>9} {'largest act':>11} {'compile':>7}"]
+        headers = ["model", "minrt min", "ort min", "ratio", "minrt median", "ort median", "ratio", "tuned",
+                   "workspace", "largest act", "compile"]
+        rows, errors = [], []
         for m in self.models:
             if m.error:
-                lines.append(f"{m.model:<18} ERROR {m.error}")
+                errors.append(f"{m.model}: ERROR {m.error}")
                 continue
-            lines.append(
-                f"{m.model:<18} {m.minrt_min_us:>8.1f}us {m.ort_min_us:>8.1f}us {m.ratio_min:>6.2f}  "
-                f"{m.minrt_median_us:>8.1f}us {m.ort_median_us:>8.1f}us {m.ratio_median:>6.2f}  "
-                f"{m.tuned_kernels:>2}/{m.kernels:<2} {m.workspace_bytes:>8}B {m.largest_activation_bytes:>10}B "
-                f"{m.compile_seconds:>6.1f}s")
+            rows.append([m.model, duration(m.minrt_min_us), duration(m.ort_min_us), f"{m.ratio_min:.2f}",
+                         duration(m.minrt_median_us), duration(m.ort_median_us), f"{m.ratio_median:.2f}",
+                         f"{m.tuned_kernels}/{m.kernels}", f"{m.workspace_bytes:,} B",
+                         f"{m.largest_activation_bytes:,} B", f"{m.compile_seconds:.1f} s"])
+        lines = [table(headers, rows, right=range(1, 11))] if rows else []
+        lines += errors
+        if self.emulated:
+            lines.append(f"minrt times on {self.target} are {EMULATED} (wall time of an emulator, not a device's "
+                         "latency); onnxruntime runs on this host")
         gmin, gmed = self.geomean("min"), self.geomean("median")
         if gmin:
             lines.append(f"geometric mean minrt/onnxruntime ({self.target}): min {gmin:.2f}x, median {gmed:.2f}x")
@@ -131,8 +140,16 @@ def _largest_activation(artifact: Any) -> int:
     return best
 
 
+def _check_counts(rounds: int, iters: int) -> None:
+    """0 rounds or iterations measure nothing (min() of no times)."""
+    for what, value in (("rounds", rounds), ("iters", iters)):
+        if int(value) < 1:
+            raise HarnessError(f"bench: --{what} must be at least 1, got {value}")
+
+
 def bench_model(model: Path, target: Target, *, toolchain: str = "host", rounds: int = 5,
-                iters: int = 20, seed: int = 0, transport: str | None = None) -> ModelBench:
+                iters: int = 20, seed: int = 0, transport: str | None = None,
+                input_shapes: Mapping[str, Sequence[int]] | None = None) -> ModelBench:
     """Benchmark one model: interleaved rounds of minrt (on the target) and onnxruntime."""
     from harness.build.runner import build_runner
     from harness.compile.model import compile_model
@@ -140,9 +157,10 @@ def bench_model(model: Path, target: Target, *, toolchain: str = "host", rounds:
     from harness.build.toolchain import get_toolchain
     from harness.device.open import open_transport
 
+    _check_counts(rounds, iters)
     result = ModelBench(model=model.stem, target=target.name, rounds=rounds, iters=iters)
     started = time.monotonic()
-    artifact = compile_model(model, target)
+    artifact = compile_model(model, target, input_shapes=input_shapes)
     meta = artifact.metadata
     result.compile_seconds = float(meta.get("compile_seconds", time.monotonic() - started))
     result.schedule_seconds = float(meta.get("schedule_seconds", 0.0))
@@ -165,15 +183,20 @@ def bench_model(model: Path, target: Target, *, toolchain: str = "host", rounds:
             lo, mean = _ort_round(session, feeds, iters)
             o_min.append(lo)
             o_mean.append(mean)
-            log.info("bench %s round %d/%d: minrt min %.1f us, onnxruntime min %.1f us",
-                     model.stem, r + 1, rounds, m_min[-1], lo)
+            log.info("bench %s round %d/%d: minrt min %s, onnxruntime min %s",
+                     model.stem, r + 1, rounds, duration(m_min[-1]), duration(lo))
     result.minrt_min_us, result.minrt_median_us = min(m_min), statistics.median(m_mean)
     result.ort_min_us, result.ort_median_us = min(o_min), statistics.median(o_mean)
     return result
 
 
 def bench_models(models: Sequence[Path], target: Target, **kwargs: Any) -> BenchReport:
-    report = BenchReport(target=target.name)
+    """Benchmark each model (bench_model's options); a model that fails is recorded with its
+    error and the others still run."""
+    from harness.config.readiness import is_emulated
+
+    _check_counts(kwargs.get("rounds", 1), kwargs.get("iters", 1))
+    report = BenchReport(target=target.name, emulated=is_emulated(target, kwargs.get("transport")))
     for model in models:
         log.info("bench %s on %s", model.stem, target.name)
         try:
@@ -183,29 +206,3 @@ def bench_models(models: Sequence[Path], target: Target, **kwargs: Any) -> Bench
             log.error("bench %s: %s: %s", model.stem, type(exc).__name__, first)
             report.models.append(ModelBench(model=model.stem, target=target.name, error=f"{type(exc).__name__}: {first}"))
     return report
-
-
-def resolve_bench_models(names: Sequence[str] | None, out_dir: Path) -> list[Path]:
-    """.onnx/.tflite paths, example names, zoo names or MLPerf Tiny names; none means every
-    example and zoo model (written under `out_dir`)."""
-    from harness.errors import HarnessError
-    from harness.models.examples import EXAMPLES, write_examples
-    from harness.models.mlperf_tiny import MLPERF_TINY, write_mlperf_tiny
-    from harness.models.zoo import ZOO, write_zoo
-
-    if not names:
-        return list(write_examples(out_dir / "examples").values()) + list(write_zoo(out_dir / "zoo").values())
-    paths = []
-    for name in names:
-        if name in ZOO:
-            paths.append(write_zoo(out_dir / "zoo", [name])[name])
-        elif name in EXAMPLES:
-            paths.append(write_examples(out_dir / "examples", [name])[name])
-        elif name in MLPERF_TINY:
-            paths.append(write_mlperf_tiny(out_dir / "mlperf_tiny", [name])[name])
-        elif Path(name).is_file():
-            paths.append(Path(name))
-        else:
-            raise HarnessError(f"model '{name}' is not a file, an example ({', '.join(EXAMPLES)}), "
-                               f"a zoo model ({', '.join(ZOO)}) or an MLPerf Tiny model ({', '.join(MLPERF_TINY)})")
-    return paths

@@ -69,3 +69,43 @@ def content_hash(parts: Iterable[bytes | str], length: int = 16) -> str:
         h.update(len(data).to_bytes(8, "little"))
         h.update(data)
     return h.hexdigest()[:length]
+
+
+#: The checksum file of a sealed cache entry, in `sha256sum` format (`sha256sum -c` reads it).
+SEAL = "SHA256SUMS"
+
+
+def _file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def seal(directory: Path, names: Iterable[str]) -> None:
+    """Record the sha256 of each named file of a finished cache entry, so a later use can tell
+    a truncated or altered file (a full disk, a crash, a hand edit) from a good one."""
+    lines = [f"{_file_sha256(directory / name)}  {name}\n" for name in sorted(names)]
+    (directory / SEAL).write_text("".join(lines))
+
+
+def seal_broken(directory: Path) -> str | None:
+    """Why a sealed cache entry cannot be trusted (no seal, a file missing or changed), or None."""
+    try:
+        lines = (directory / SEAL).read_text().splitlines()
+    except (OSError, UnicodeDecodeError):
+        return f"no readable {SEAL}"
+    if not lines:
+        return f"{SEAL} is empty"
+    for line in lines:
+        digest, sep, name = line.partition("  ")
+        if not sep or "/" in name or name in ("", ".", ".."):
+            return f"{SEAL} has a malformed line"
+        try:
+            actual = _file_sha256(directory / name)
+        except OSError:
+            return f"{name} is missing"
+        if actual != digest:
+            return f"{name} does not match its checksum"
+    return None

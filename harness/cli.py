@@ -6,18 +6,20 @@ import argparse
 import contextlib
 import json
 import logging
+import os
 import signal
 import sys
 import threading
 from pathlib import Path
 from typing import Any, Sequence
 
-from harness import missing_source
+from harness import cli_options as opts
+from harness import REPO_ROOT, missing_source
+from harness.config.targets import DEFAULT_TARGET
 from harness.errors import EXIT_BAD_INPUT, EXIT_INFRASTRUCTURE, EXIT_INTERRUPTED, HarnessError, exit_code_of_results
 from harness.models.resolve import resolve_models
-from harness.config.targets import DEFAULT_TARGET
-from harness.build.toolchain import DEFAULT_TOOLCHAIN, TOOLCHAINS
-from harness.transport import transport_kinds
+from harness.results.report import format_result
+from harness.formats.text import json_text
 
 log = logging.getLogger("harness")
 
@@ -32,59 +34,18 @@ def _parse_inputs(items: Sequence[str]) -> dict[str, Path]:
     return result
 
 
-def format_result(r: dict) -> str:
-    head = f"{r['model']} on {r['target']} ({r['transport']}): {'PASS' if r['passed'] else 'FAIL'}"
-    lat = r.get("latency_us") or {}
-    if lat:
-        head += (f"  latency mean {lat.get('mean', 0):.1f} us (min {lat.get('min', 0):.1f}, "
-                 f"max {lat.get('max', 0):.1f}) over {r['iters']} run(s)")
-    counts = r.get("latency_counts") or {}
-    if counts:
-        head += (f"  {counts.get('mean', 0):,.0f} {r.get('count_unit') or 'counts'} per inference "
-                 f"(min {counts.get('min', 0):,.0f}, max {counts.get('max', 0):,.0f}) over {r['iters']} run(s)")
-    if r.get("arena_bytes") is not None:
-        head += f", arena {r['arena_bytes']:,} B"
-    lines = [head]
-    for o in r.get("outputs", []):
-        verdict = "ok" if o["passed"] else "MISMATCH"
-        detail = o.get("problem") or (f"{o['differing']} value(s) differ, by up to {o['max_units']} unit(s) "
-                                      f"(pass: within {o['tolerance_units']})" if "max_units" in o else
-                                      f"max abs {o['max_abs_err']:.3g}  max rel {o['max_rel_err']:.3g}"
-                                      f"  (atol {o['atol']:g}, rtol {o['rtol']:g})")
-        lines.append(f"  {o['name']:<16} {str(o['shape']):<16} {o['dtype']:<8} vs {o['reference']:<15} {detail}  {verdict}")
-    for ref in r.get("references", []):
-        if ref["status"] in ("odd one out", "unavailable"):  # "no majority" is the note's
-            lines.append(f"  reference {ref['name']}: {ref['status']}" + (f" ({ref['detail']})" if ref.get("detail") else ""))
-    if r.get("reference_note"):
-        lines.append(f"  note: {r['reference_note']}")
-    if r.get("profile"):
-        lines.extend(format_profile(r["profile"], (r.get("latency_us") or {}).get("mean")))
-    if r.get("error"):
-        lines.append(f"  error: {r['error']}")
-    return "\n".join(lines)
-
-
-def format_profile(profile: Sequence[dict], mean_us: float | None, top: int = 10) -> list[str]:
-    """The slowest kernels first, with their share of the kernels' total."""
-    total = sum(p["us"] for p in profile)
-    lines = [f"  profile: {len(profile)} kernel(s), {total:.1f} us per run"
-             + (f" ({total / mean_us:.0%} of the mean latency)" if mean_us else "")]
-    for p in sorted(profile, key=lambda p: -p["us"])[:top]:
-        lines.append(f"    {p['share']:6.1%} {p['us']:10.1f} us  node {p['node']:<4} {p['name']}")
-    if len(profile) > top:
-        lines.append(f"    ... {len(profile) - top} more (--json has every one)")
-    return lines
-
-
 def cmd_run(args: argparse.Namespace) -> int:
     from harness.run import RunResult, run_on_target
     from harness.config.targets import load_target
 
     target = load_target(args.target)
     inputs = _parse_inputs(args.input)
+    shapes = args.input_shapes
     models = resolve_models(args.model)
     if inputs and len(models) != 1:
-        raise HarnessError("--input needs exactly one --model")
+        raise HarnessError("--input needs exactly one model")
+    if shapes and len(models) != 1:
+        raise HarnessError("--input-shape needs exactly one model")
     store = batch = None
     if args.results:
         import time
@@ -110,7 +71,8 @@ def cmd_run(args: argparse.Namespace) -> int:
                                        iters=args.iters, seed=args.seed, host=args.host,
                                        input_files=inputs or None, atol=args.atol, rtol=args.rtol,
                                        trust_on_first_use=args.trust_on_first_use, profile=args.profile,
-                                       device=device, one_image=one_image)
+                                       device=device, one_image=one_image, input_shapes=shapes or None,
+                                       outputs_dir=Path(args.outputs) if args.outputs else None)
             except HarnessError as exc:
                 if len(models) == 1:
                     raise
@@ -125,31 +87,11 @@ def cmd_run(args: argparse.Namespace) -> int:
             if not args.json:
                 print(format_result(result.to_dict()), flush=True)
     if args.json:
-        print(json.dumps(results, indent=2))
+        print(json_text(results, indent=2))
     else:
         passed = sum(r["passed"] for r in results)
         print(f"{passed} of {len(results)} model(s) passed on {target.name}")
     return exit_code_of_results(results)
-
-
-EXIT_CODES_HELP = """exit codes:
-  0    every output of every model matched the references
-  1    an output did not match
-  2    bad input: not an ONNX model, unknown target, a malformed file or argument
-  3    infrastructure: a build failed, the device is unreachable, a transport error
-  130  interrupted (Ctrl-C)
-with several models, the worst code wins; --json keeps every model's result."""
-
-
-def positive_int(text: str) -> int:
-    """An argparse type: an integer >= 1 (a run of 0 iterations measures nothing)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
 
 
 def cmd_compile(args: argparse.Namespace) -> int:
@@ -157,8 +99,12 @@ def cmd_compile(args: argparse.Namespace) -> int:
     from harness.config.targets import load_target
 
     target = load_target(args.target)
-    for model in resolve_models(args.model):
-        artifact = compile_model(model, target)
+    shapes = args.input_shapes
+    models = resolve_models(args.model)
+    if shapes and len(models) != 1:
+        raise HarnessError("--input-shape needs exactly one model")
+    for model in models:
+        artifact = compile_model(model, target, input_shapes=shapes or None)
         print(f"{model.stem}: {artifact.dir}")
     return 0
 
@@ -172,19 +118,28 @@ def cmd_examples(args: argparse.Namespace) -> int:
 
 
 def cmd_targets(args: argparse.Namespace) -> int:
+    from harness.config.readiness import check_readiness
     from harness.config.targets import load_target, target_names
-    from harness.config.readiness import check_target
+    from harness.formats.text import table
 
+    rows = []
     for name in target_names():
         try:
             target = load_target(name)
         except HarnessError as exc:
-            print(f"{name:<12} INVALID  {exc}")
+            rows.append({"target": name, "status": "invalid", "ready": False, "transport": None,
+                         "emulated": None, "description": None, "note": str(exc), "default": False})
             continue
-        ok, note = check_target(target)
-        default = " (default)" if name == DEFAULT_TARGET else ""
-        print(f"{name:<12} {'ready' if ok else 'needs':<6} {target.transport.kind:<9} {target.description}{default}")
-        print(f"{'':<12} {note}")
+        r = check_readiness(target, probe=not args.no_probe)
+        rows.append({**r.to_dict(), "description": target.description, "default": name == DEFAULT_TARGET})
+    if args.json:
+        print(json_text(rows, indent=2))
+        return 0
+    print(table(["target", "status", "transport", "description"],
+                [[r["target"], r["status"], r["transport"] or "-",
+                  (r["description"] or "") + (" (default)" if r["default"] else "")] for r in rows]))
+    print()
+    print(table(["target", "what it has or needs"], [[r["target"], r["note"]] for r in rows]))
     return 0
 
 
@@ -196,8 +151,9 @@ def cmd_build(args: argparse.Namespace) -> int:
 
     target = load_target(args.target)
     toolchain = get_toolchain(args.toolchain, target)
+    shapes = args.input_shapes
     for model in resolve_models(args.model):
-        runner = build_runner(target, compile_model(model, target), toolchain,
+        runner = build_runner(target, compile_model(model, target, input_shapes=shapes or None), toolchain,
                               Path(args.out) / model.stem if args.out else None)
         print(f"{model.stem}: {runner}")
     return 0
@@ -231,7 +187,7 @@ def cmd_toolchain(args: argparse.Namespace) -> int:
     return 0
 
 
-SIZE_BASELINE = Path(__file__).resolve().parent.parent / "runtime_c" / "size-baseline.json"
+SIZE_BASELINE = REPO_ROOT / "runtime_c" / "size-baseline.json"  # of the source tree in use (MINRT_SOURCE)
 
 
 def cmd_size(args: argparse.Namespace) -> int:
@@ -269,7 +225,7 @@ def cmd_size(args: argparse.Namespace) -> int:
         baseline_path.write_text(json.dumps(baselines, indent=2, sort_keys=True) + "\n")
         log.info("saved the %s baseline in %s", target.arch, baseline_path)
     if args.json:
-        print(json.dumps(report, indent=2))
+        print(json_text(report, indent=2))
         return 0 if report["within_budget"] else 1
     print(size.format_report(report))
     if "baseline_diff" in report:
@@ -286,7 +242,7 @@ def cmd_size(args: argparse.Namespace) -> int:
             from harness.build.firmware import format_footprint
 
             print(format_footprint(f"model {name}", m["footprint"])
-                  + f" of {target.layout.flash_bytes:,} / {target.layout.ram_bytes:,}")
+                  + f" (the board has flash {target.layout.flash_bytes:,} B, RAM {target.layout.ram_bytes:,} B)")
             continue
         fl, ram = m["footprint"]["flash"], m["footprint"]["ram"]
         print(f"model {name}: flash {fl['runner'] + fl['weights']:,} B (runner {fl['runner']:,} with minrt "
@@ -296,14 +252,7 @@ def cmd_size(args: argparse.Namespace) -> int:
     return 0 if report["within_budget"] else 1
 
 
-class OneLineParser(argparse.ArgumentParser):
-    """argparse, but a bad argument is one line (the usage block buries it), exit 2."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 def cmd_tune(args: argparse.Namespace) -> int:
-    from harness.bench import resolve_bench_models
-    from harness.cache import cache_dir
     from harness.config.targets import load_target
     from harness.tune import tune_model
     from harness.compile.tuning_db import TuningDatabase
@@ -312,10 +261,12 @@ def cmd_tune(args: argparse.Namespace) -> int:
     database = TuningDatabase.for_target(target)
     if args.import_file:
         print(f"imported {database.import_file(Path(args.import_file))} new record(s) into {database.path}")
+    shapes = args.input_shapes
     if args.model:
-        for model in resolve_bench_models(args.model, cache_dir()):
+        for model in resolve_models(args.model):
             report = tune_model(model, target, trials=args.trials, time_budget=args.time, toolchain=args.toolchain,
-                                transport=args.transport, host=args.host, run_timeout=args.run_timeout)
+                                transport=args.transport, host=args.host, run_timeout=args.run_timeout,
+                                input_shapes=shapes or None)
             print(report.table(), flush=True)
     elif not (args.import_file or args.export):
         raise HarnessError("tune: give a MODEL to tune, or --import/--export a records file")
@@ -325,51 +276,63 @@ def cmd_tune(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from harness.bench import bench_models, resolve_bench_models
-    from harness.cache import cache_dir
+    from harness.bench import bench_models
     from harness.results.store import ResultStore, default_store_path, record_bench
     from harness.run import git_commit
     from harness.config.targets import load_target
 
     target = load_target(args.target)
-    report = bench_models(resolve_bench_models(args.model, cache_dir()), target, toolchain=args.toolchain,
-                          rounds=args.rounds, iters=args.iters, transport=args.transport)
+    shapes = args.input_shapes
+    models = resolve_models(args.model, default="all")
+    if shapes and len(models) != 1:
+        raise HarnessError("--input-shape needs exactly one model")
+    # the store is opened first: a path that is no store is said before minutes of benchmarking
+    store = None if args.no_store else ResultStore(Path(args.results) if args.results else default_store_path())
+    report = bench_models(models, target, toolchain=args.toolchain, rounds=args.rounds, iters=args.iters,
+                          transport=args.transport, input_shapes=shapes or None)
     if args.json:
-        print(json.dumps({"target": target.name, "geomean_min": report.geomean("min"),
+        print(json_text({"target": target.name, "geomean_min": report.geomean("min"),
                           "geomean_median": report.geomean("median"),
                           "models": [m.to_dict() for m in report.models]}, indent=2))
     else:
         print(report.table())
-    if not args.no_store:
-        store = ResultStore(Path(args.results) if args.results else default_store_path())
+    if store is not None:
         record_bench(store, [m.to_dict() for m in report.models], commit=git_commit(), batch=args.batch)
     return 0 if all(m.error is None for m in report.models) else 1
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = OneLineParser(prog="harness", description=__doc__)
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    parser.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
-    sub = parser.add_subparsers(dest="command", required=True)
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a bad argument is one line (the usage block buries it), exit 2."""
 
-    p = sub.add_parser("run", help="compile, build, deploy, run and compare with the reference",
-                       epilog=EXIT_CODES_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--target", default=DEFAULT_TARGET, help=f"target name or .toml file (default {DEFAULT_TARGET})")
-    p.add_argument("--model", action="append", help="ONNX file or example name (repeatable; default: all examples)")
-    p.add_argument("--transport", choices=sorted(transport_kinds()), help="override the target's transport")
-    p.add_argument("--host", help="device address: user@host[:port] for SSH, a port or URL for serial")
-    p.add_argument("--toolchain", choices=TOOLCHAINS, default=DEFAULT_TOOLCHAIN,
-                   help="the target's Docker toolchain image (default) or this host's compilers")
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+RUN_EXIT_NOTE = "with several models, the worst code wins; --json keeps every model's result."
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = OneLineParser(prog="harness", description=__doc__ + "\n\n" + opts.__doc__.split("\n\n", 1)[1],
+                           epilog=opts.exit_codes(), formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = opts.command_parser(sub, "run", "compile, build, deploy, run and compare with the references",
+                            one="an output did not match", zero="every output of every model matched",
+                            note=RUN_EXIT_NOTE)
+    opts.add_models(p)
+    opts.add_target(p)
+    opts.add_transport(p)
+    opts.add_toolchain(p)
     p.add_argument("--trust-on-first-use", action="store_true",
                    help="SSH: record an unknown host key instead of refusing it (a changed key is always refused)")
-    p.add_argument("--iters", type=positive_int, default=10, help="inference runs on the device (default 10)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random inputs")
-    p.add_argument("--input", action="append", default=[], metavar="NAME=FILE.npy", help="an input from a .npy file")
-    p.add_argument("--atol", type=float, default=1e-5)
-    p.add_argument("--rtol", type=float, default=1e-5)
+    opts.add_iters(p)
+    p.add_argument("--seed", type=opts.seed, default=0, help="seed of the random inputs (default 0)")
+    p.add_argument("--input", action="append", default=[], metavar="NAME=FILE.npy",
+                   help="an input from a .npy file (repeatable; default: seeded random inputs)")
+    opts.add_input_shapes(p)
+    opts.add_tolerances(p)
+    p.add_argument("--outputs", metavar="DIR", help="keep each device output as DIR/<model>/<output name>.npy")
     p.add_argument("--json", action="store_true", help="print machine-readable results")
     p.add_argument("--one-image", action="store_true",
-                   help="firmware targets: one image holding every --model, all run on one boot")
+                   help="firmware targets: one image holding every model, all run on one boot")
     p.add_argument("--profile", action="store_true",
                    help="time every kernel on the device (minrt-run -p) and list the slowest")
     p.add_argument("--results", metavar="STORE",
@@ -377,80 +340,98 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", help="batch name for --results (default: run-<UTC time>)")
     p.set_defaults(func=cmd_run)
 
-    p = sub.add_parser("compile", help="compile a model into a minrt artifact (cached)")
-    p.add_argument("model", nargs="*", help="ONNX file or example name (default: all examples)")
-    p.add_argument("--target", default=DEFAULT_TARGET)
+    p = opts.command_parser(sub, "compile", "compile a model into a minrt artifact (cached by content hash)")
+    opts.add_models(p)
+    opts.add_target(p)
+    opts.add_input_shapes(p)
     p.set_defaults(func=cmd_compile)
 
-    p = sub.add_parser("examples", help="write the example ONNX models")
-    p.add_argument("--out", default="examples")
+    p = opts.command_parser(sub, "examples", "write the example ONNX models")
+    p.add_argument("--out", default="examples", help="directory to write them in (default examples)")
     p.set_defaults(func=cmd_examples)
 
-    p = sub.add_parser("targets", help="list targets and what each needs")
+    p = opts.command_parser(sub, "targets", "list targets, whether each is ready (its device reachable) and what it needs")
+    p.add_argument("--json", action="store_true", help="one JSON object per target")
+    p.add_argument("--no-probe", action="store_true",
+                   help="do not try to reach devices (SSH addresses, serial ports); only check what is installed")
     p.set_defaults(func=cmd_targets)
 
-    p = sub.add_parser("build", help="build minrt-run with a model's kernels for a target")
-    p.add_argument("model", nargs="*", help="ONNX file or example name (default: all examples)")
-    p.add_argument("--target", default=DEFAULT_TARGET)
-    p.add_argument("--toolchain", choices=TOOLCHAINS, default=DEFAULT_TOOLCHAIN,
-                   help="the target's Docker toolchain image (default) or this host's compilers")
+    p = opts.command_parser(sub, "build", "build minrt-run with a model's kernels for a target")
+    opts.add_models(p)
+    opts.add_target(p)
+    opts.add_toolchain(p)
+    opts.add_input_shapes(p)
     p.add_argument("--out", help="copy each runner to OUT/<model>/minrt-run")
     p.set_defaults(func=cmd_build)
 
-    p = sub.add_parser("size", help="code size of minrt (per object and symbol), the runner and kernels")
-    p.add_argument("--target", default=DEFAULT_TARGET)
-    p.add_argument("--model", action="append", help="also size this model's runner and kernels (repeatable)")
-    p.add_argument("--toolchain", choices=TOOLCHAINS, default=DEFAULT_TOOLCHAIN)
+    p = opts.command_parser(sub, "size", "code size of minrt (per object and symbol), the runner and kernels",
+                            one="over the size budget")
+    opts.add_models(p, default="minrt alone")
+    opts.add_target(p)
+    opts.add_toolchain(p)
     p.add_argument("--baseline", help=f"baseline file (default {SIZE_BASELINE.relative_to(SIZE_BASELINE.parent.parent)})")
     p.add_argument("--save-baseline", action="store_true", help="store this measurement as the baseline")
     p.add_argument("--symbols", type=int, default=0, metavar="N", help="list the N largest symbols per object")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print the whole report as JSON (objects, symbols, budget, models)")
     p.set_defaults(func=cmd_size)
 
-    p = sub.add_parser("board", help="the emulated ARMv7 board: up, down, restart (power cycle), status")
-    p.add_argument("action", choices=["up", "down", "restart", "status"])
-    p.add_argument("--name", default="qemu-virt-armv7")
-    p.add_argument("--instance", default="0", help="which of several boards (default 0)")
+    p = opts.command_parser(sub, "board", "the emulated ARMv7 board: up, down, restart (power cycle), status")
+    p.add_argument("action", choices=["up", "down", "restart", "status"], help="what to do with the board")
+    p.add_argument("--name", default="qemu-virt-armv7",
+                   help="which board image (default qemu-virt-armv7, the one targets/rpi-qemu.toml names)")
+    p.add_argument("--instance", default="0", help="which of several boards of that image (default 0)")
     p.set_defaults(func=cmd_board)
 
-    p = sub.add_parser("toolchain", help="build the Docker toolchain images (bootstrap: the base image too)")
-    p.add_argument("action", choices=["build", "bootstrap"])
+    p = opts.command_parser(sub, "toolchain", "build the Docker toolchain images (bootstrap: the base image too)")
+    p.add_argument("action", choices=["build", "bootstrap"], help="build the images, or bootstrap the base image first")
     p.add_argument("name", nargs="*", help="toolchain images (default: all in targets/toolchains)")
     p.set_defaults(func=cmd_toolchain)
 
-    p = sub.add_parser("tune", help="tune a model's kernels on the target's device (meta_schedule + minrt)")
-    p.add_argument("model", nargs="*", help="ONNX file, example or zoo model name")
-    p.add_argument("--target", default=DEFAULT_TARGET)
-    p.add_argument("--trials", type=int, default=200, help="measured candidates for the whole model (default 200)")
-    p.add_argument("--time", type=float, help="stop after this many seconds (per model)")
-    p.add_argument("--toolchain", choices=["host", "docker"], default="host",
-                   help="links each candidate: this host's compilers (default, fast) or the Docker image")
-    p.add_argument("--transport", choices=["local", "qemu-user", "ssh", "serial"], help="override the target's transport")
-    p.add_argument("--host", help="device address: user@host[:port] for SSH, a port or URL for serial")
-    p.add_argument("--run-timeout", type=float, default=30.0, help="seconds one candidate may run on the device")
+    p = opts.command_parser(sub, "tune", "tune a model's kernels on the target's device (meta_schedule + minrt)")
+    opts.add_models(p, default="none: give a model, or --import/--export")
+    opts.add_target(p)
+    p.add_argument("--trials", type=opts.positive_int, default=200,
+                   help="measured candidates in total for the whole model, shared among its kernels by FLOPs (default 200)")
+    p.add_argument("--time", type=opts.positive_float, help="stop after this many seconds (per model)")
+    opts.add_toolchain(p)
+    opts.add_transport(p)
+    opts.add_input_shapes(p)
+    p.add_argument("--run-timeout", type=opts.positive_float, default=30.0,
+                   help="seconds one candidate may run on the device (default 30)")
     p.add_argument("--export", metavar="FILE", help="write the target's tuning records to FILE")
     p.add_argument("--import", dest="import_file", metavar="FILE", help="merge the records of FILE first")
     p.set_defaults(func=cmd_tune)
 
-    p = sub.add_parser("bench", help="minrt vs onnxruntime, interleaved, on the examples and the zoo")
-    p.add_argument("model", nargs="*", help="ONNX file, example or zoo model name (default: all)")
-    p.add_argument("--target", default="x86_64", help="target (default x86_64: the host onnxruntime runs on)")
-    p.add_argument("--rounds", type=int, default=5)
-    p.add_argument("--iters", type=int, default=20, help="inferences per round and runtime")
-    p.add_argument("--toolchain", choices=["host", "docker"], default="host")
-    p.add_argument("--transport", choices=["local", "qemu-user", "ssh", "serial"])
+    p = opts.command_parser(sub, "bench", "minrt vs onnxruntime, interleaved, on the examples and the zoo",
+                            one="a model failed to build or run")
+    opts.add_models(p, default="every example and zoo model")
+    opts.add_target(p)
+    p.add_argument("--rounds", type=opts.positive_int, default=5,
+                   help="alternating rounds of minrt and onnxruntime per model (default 5)")
+    p.add_argument("--iters", type=opts.iterations, default=20, help="inferences per round and runtime (default 20)")
+    opts.add_toolchain(p)
+    opts.add_transport(p, host=False)
+    opts.add_input_shapes(p)
     p.add_argument("--results", help="results store (default: <cache>/results.sqlite)")
-    p.add_argument("--batch", help="results batch (default: the UTC day)")
+    p.add_argument("--batch", help="results batch (default: bench-<UTC time>, each run its own)")
     p.add_argument("--no-store", action="store_true", help="do not record in the results store")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print machine-readable results")
     p.set_defaults(func=cmd_bench)
 
-    from harness.results import dashboard, store
     from harness.farm import scheduler
+    from harness.results import dashboard, store
 
-    scheduler.configure_parser(sub.add_parser("farm", help="run models x targets across a device farm"))
-    dashboard.configure_parser(sub.add_parser("dashboard", help="the static size/accuracy dashboard and regression check"))
-    store.configure_parser(sub.add_parser("results", help="query the results store"))
+    scheduler.configure_parser(opts.command_parser(sub, "farm", "run models x targets across a device farm"), opts)
+    dashboard.configure_parser(opts.command_parser(sub, "dashboard", "the static size/accuracy dashboard and regression check",
+                                                   one="--check found a regression"))
+    results = opts.command_parser(sub, "results", "query the results store")
+    store.configure_parser(results)
+    opts.share_existing(results, "--results")
+    opts.hide_internal(parser)
+    opts.ensure_exit_codes(parser)
+    # global options, before or after the subcommand
+    opts.share(parser, "-v", "--verbose", action="store_true", help="debug logging, and TVM's and Docker's own logs")
+    opts.share(parser, "-q", "--quiet", action="store_true", help="warnings and errors only")
     return parser
 
 
@@ -477,6 +458,14 @@ class InterruptWatch:
             signal.signal(signal.SIGINT, self._previous)
 
 
+def _has_fd(stream: Any) -> bool:
+    try:
+        stream.fileno()
+    except (AttributeError, OSError, ValueError):
+        return False
+    return True
+
+
 def _first_line(exc: BaseException) -> str:
     return (str(exc).strip().splitlines() or [""])[0]
 
@@ -486,15 +475,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     (build, device, transport), 130 interrupted; every failure is one line on stderr."""
     args = build_parser().parse_args(argv)  # bad arguments: argparse's one line, exit 2
     level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
-    logging.basicConfig(level=level, format="harness: %(message)s", stream=sys.stderr)
-    # paramiko announces every connection at INFO; the harness reports its own steps
-    logging.getLogger("paramiko").setLevel(logging.WARNING)
+    # The log goes to a duplicate of the terminal's stderr: while TVM works, file descriptor 2
+    # itself is sent to a log file (harness.compile.native_log), and progress must still show.
+    log_stream = os.fdopen(os.dup(sys.stderr.fileno()), "w", buffering=1) if _has_fd(sys.stderr) else sys.stderr
+    logging.basicConfig(level=level, format="harness: %(message)s", stream=log_stream)
+    # paramiko announces every connection at INFO, and its transport thread logs a failed
+    # handshake (a port that is not SSH) as a traceback at ERROR before SSHTransport raises the
+    # same failure as one DeviceError line: the harness reports its own steps, paramiko only
+    # with -v.
+    logging.getLogger("paramiko").setLevel(logging.DEBUG if args.verbose else logging.CRITICAL)
     if (problem := missing_source()) is not None:
         print(f"harness: error: {problem}", file=sys.stderr)
         return EXIT_BAD_INPUT
     with InterruptWatch() as watch:
         try:
-            return args.func(args)
+            return args.func(opts.finish(args))
         except KeyboardInterrupt:
             print("harness: interrupted", file=sys.stderr)
             return EXIT_INTERRUPTED

@@ -37,6 +37,13 @@ class BuildError(HarnessError):
     exit_code = EXIT_INFRASTRUCTURE
 
 
+class FitError(BuildError):
+    """A firmware image does not fit the board's declared memory: the model is too big for
+    the board. A build refused, but for bad input (exit 2), not a failing toolchain."""
+
+    exit_code = EXIT_BAD_INPUT
+
+
 class DeviceError(HarnessError):
     """A device could not be reached, did not answer in time, or failed a command."""
 
@@ -51,7 +58,8 @@ class RunnerError(HarnessError):
 def exit_code_of(error_kind: str | None) -> int:
     """The exit code for a recorded failure class name (RunResult.error_kind)."""
     kinds = {cls.__name__: cls.exit_code for cls in
-             (HarnessError, TargetError, CompileError, CacheError, BuildError, DeviceError, RunnerError)}
+             (HarnessError, TargetError, CompileError, CacheError, BuildError, FitError, DeviceError,
+              RunnerError)}
     return kinds.get(error_kind or "", EXIT_INFRASTRUCTURE)
 
 

@@ -45,6 +45,13 @@ class RunResult:
     # under QEMU -icount, "cycles" on a board), never converted to time
     latency_counts: dict[str, float] = field(default_factory=dict)
     count_unit: str | None = None
+    #: the latency or counts come from an emulator (qemu-user wall time, QEMU -icount), not
+    #: a device (harness.config.readiness.is_emulated)
+    emulated: bool = False
+    #: --input-shape: the shapes given to the model's dynamic inputs
+    input_shapes: dict[str, list[int]] = field(default_factory=dict)
+    #: --outputs: where the device's outputs were kept as .npy, by output name
+    output_files: dict[str, str] = field(default_factory=dict)
     #: with --profile: each kernel's mean time per run (node, name, kernel, us, share)
     profile: list[dict[str, Any]] = field(default_factory=list)
     iters: int = 0
@@ -205,6 +212,8 @@ def run_on_target(
     evidence_dir: Path | None = None,
     one_image: Mapping[str, Path] | None = None,
     profile: bool = False,
+    input_shapes: Mapping[str, Sequence[int]] | None = None,
+    outputs_dir: Path | None = None,
 ) -> RunResult:
     """Compile, build, deploy, run and check one model on one target.
 
@@ -221,13 +230,16 @@ def run_on_target(
     from harness.build.runner import build_runner
     from harness.compile.model import compile_model
     from harness.build.toolchain import get_toolchain
+    from harness.config.readiness import is_emulated
     from harness.device.open import open_transport
 
-    result = RunResult(model=model.stem, target=target.name,
-                       transport=transport or target.transport.kind, commit=git_commit())
+    kind = transport or target.transport.kind
+    result = RunResult(model=model.stem, target=target.name, transport=kind, commit=git_commit(),
+                       emulated=is_emulated(target, kind),
+                       input_shapes={k: list(v) for k, v in (input_shapes or {}).items()})
     started = time.monotonic()
     log.info("[%s on %s] compiling", model.name, target.name)
-    artifact = compile_model(model, target)
+    artifact = compile_model(model, target, input_shapes=input_shapes)
     result.tvm_version = artifact.metadata.get("tvm_version")
     evidence = Evidence(Path(evidence_dir)) if evidence_dir is not None else None
     if evidence:
@@ -287,6 +299,10 @@ def run_on_target(
         result.latency_counts = dict(timing.get("counts", {}))
         result.count_unit = timing.get("count_unit")
         got = list(tensorfile.loads(out_blob, where="outputs.bin").values())
+        if outputs_dir is not None:
+            names = [s["name"] for s in artifact.outputs]
+            kept = keep_outputs(dict(zip(names, got)), Path(outputs_dir) / model.stem)
+            result.output_files = {name: str(path) for name, path in kept.items()}
         log.info("[%s on %s] comparing with the host reference", model.name, target.name)
         checks, agreed = check_outputs(model, inputs, got, artifact.outputs, atol, rtol)
         result.outputs = [c.to_dict() for c in checks]
@@ -303,6 +319,38 @@ def run_on_target(
     if evidence:
         evidence.write("result.json", result.to_json().encode())
     return result
+
+
+def file_safe(name: str) -> str:
+    """A tensor name as a file name: characters other than letters, digits, '.', '_' and '-'
+    become '_' (`serving_default/x:0` -> `serving_default_x_0`); never empty, never hidden."""
+    import re
+
+    safe = re.sub(r"[^A-Za-z0-9._-]", "_", name).lstrip(".")
+    return safe or "_"
+
+
+def keep_outputs(outputs: Mapping[str, np.ndarray], directory: Path) -> dict[str, Path]:
+    """Write each output as `directory/<file-safe name>.npy` (two names that become the same
+    file get `-1`, `-2`... suffixes); returns name -> path."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise HarnessError(f"--outputs: cannot create {directory}: {exc.strerror}") from None
+    kept: dict[str, Path] = {}
+    used: set[str] = set()
+    for name, value in outputs.items():
+        stem = file_safe(name)
+        candidate, n = stem, 0
+        while candidate in used:
+            n += 1
+            candidate = f"{stem}-{n}"
+        used.add(candidate)
+        path = directory / f"{candidate}.npy"
+        np.save(path, value, allow_pickle=False)
+        kept[name] = path
+    log.info("kept %d output(s) in %s", len(kept), directory)
+    return kept
 
 
 @dataclass

@@ -16,20 +16,23 @@ The database can be exported as one file and imported (merged) elsewhere.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator, Mapping, Sequence
 
 from harness.cache import cache_dir
 from harness.errors import HarnessError
 from harness.config.targets import Target
+from harness.formats.text import duration, table
 
 log = logging.getLogger(__name__)
 
+from harness.compile.native_log import native_stderr_to_log
 from harness.compile.tuning_db import TuningDatabase, workload
 
 
@@ -60,13 +63,10 @@ class TuneReport:
     seconds: float
 
     def table(self) -> str:
-        lines = [f"{'kernel':<36} {'trials':>6} {'records':>7} {'default':>10} {'best':>10}"]
-        for t in self.tasks:
-            best = f"{t.best_us:.1f}us" if t.best_us is not None else "-"
-            default = f"{t.default_us:.1f}us" if t.default_us is not None else "-"
-            lines.append(f"{t.name:<36} {t.trials:>6} {t.records:>7} {default:>10} {best:>10}"
-                         + (f"  ({t.skipped})" if t.skipped else ""))
-        lines.append(f"{sum(t.trials for t in self.tasks)} trials in {self.seconds:.0f} s; records in {self.database}")
+        rows = [[t.name, t.trials, t.records, duration(t.default_us), duration(t.best_us), t.skipped or ""]
+                for t in self.tasks]
+        lines = [table(["kernel", "trials", "records", "default", "best", "note"], rows, right=(1, 2, 3, 4)),
+                 f"{sum(t.trials for t in self.tasks)} trials in {self.seconds:.0f} s; records in {self.database}"]
         return "\n".join(lines)
 
 
@@ -104,6 +104,7 @@ class _Session:
         self.device_failures = 0
         self.trials = 0
         self.best_us: float | None = None
+        self.default_us: float | None = None
 
     def _cc_command(self) -> list[str]:
         """The runner's compiler and flags (harness.build.runner.runner_command's, without files)."""
@@ -253,7 +254,10 @@ def _make_runner(session: _Session, max_device_failures: int = 3) -> Any:
     return MinrtRunner()
 
 
-def _make_progress(session: _Session, task_label: str) -> Any:
+def _make_progress(session: _Session, task_label: str, budget: int, started: float) -> Any:
+    """One log line per measured batch of candidates: trials so far of the kernel's budget,
+    the best so far against the default schedule, and the time left (the budget's deadline,
+    else an estimate from the pace so far)."""
     from tvm.s_tir.meta_schedule.measure_callback import PyMeasureCallback
     from tvm.ir.utils import derived_object
 
@@ -262,11 +266,58 @@ def _make_progress(session: _Session, task_label: str) -> Any:
         def apply(self, task_scheduler: Any, task_id: int, measure_candidates: Any,
                   builder_results: Any, runner_results: Any) -> None:
             failed = sum(1 for r in runner_results if r.error_msg)
-            best = f"{session.best_us:.1f} us" if session.best_us is not None else "-"
-            log.info("tune %s: %d trials measured (%d failed in this batch), best %s, %.0f s left",
-                     task_label, session.trials, failed, best, max(0.0, session.time_left()))
+            log.info("tune %s: %s", task_label, progress_line(session, budget, started, failed))
 
     return Progress()
+
+
+def progress_line(session: "_Session", budget: int, started: float, failed: int = 0) -> str:
+    """"12/32 trials, best 9.8 us (default 14.2 us), about 40 s left"."""
+    best = duration(session.best_us)
+    default = f" (default {duration(session.default_us)})" if session.default_us is not None else ""
+    left = session.time_left()
+    if session.trials >= budget:
+        left_text = "this kernel's budget done"
+    elif left == float("inf"):
+        done = max(session.trials, 1)
+        left = (time.monotonic() - started) / done * max(budget - session.trials, 0)
+        left_text = f"about {duration(left * 1e6)} left for this kernel"
+    else:
+        left_text = f"{duration(max(left, 0.0) * 1e6)} left of the time budget"
+    return (f"{session.trials}/{budget} trials, best {best}{default}, {left_text}"
+            + (f"; {failed} candidate(s) of this batch failed" if failed else ""))
+
+
+def split_trials(total: int, weights: dict[str, float]) -> dict[str, int]:
+    """`total` trials shared among kernels in proportion to their weights (FLOPs), exactly
+    (largest remainders, heaviest first on ties); a kernel whose share rounds to 0 gets none."""
+    if total <= 0 or not weights:
+        return {name: 0 for name in weights}
+    whole = sum(weights.values()) or 1.0
+    exact = {name: total * w / whole for name, w in weights.items()}
+    shares = {name: int(v) for name, v in exact.items()}
+    order = sorted(weights, key=lambda n: (-(exact[n] - shares[n]), -weights[n]))
+    for name in order[: total - sum(shares.values())]:
+        shares[name] += 1
+    return shares
+
+
+@contextlib.contextmanager
+def _quiet_steps() -> Iterator[None]:
+    """Each candidate is built, deployed and run through the harness' own steps, which log
+    at INFO for `harness run`; during a search only the progress lines are wanted (-v shows all)."""
+    if log.isEnabledFor(logging.DEBUG):
+        yield
+        return
+    loggers = [logging.getLogger(n) for n in ("harness.run", "harness.transport", "harness.build", "harness.device")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
 
 
 def _import_tensor_intrinsics() -> None:
@@ -308,7 +359,8 @@ def _flops(func: Any) -> float:
         return 1.0
 
 
-def model_kernels(model: Path, target: Target) -> tuple[dict[str, Any], dict[str, int]]:
+def model_kernels(model: Path, target: Target, input_shapes: Mapping[str, Sequence[int]] | None = None,
+                  ) -> tuple[dict[str, Any], dict[str, int]]:
     """The kernels `harness compile` would build for this model (raw legalized PrimFuncs, the
     tuning inputs) and how many outputs each has."""
     import tvm
@@ -316,13 +368,14 @@ def model_kernels(model: Path, target: Target) -> tuple[dict[str, Any], dict[str
     from harness.compile.graph import walk_main
     from harness.compile.source import load_model, lowered_module
 
-    source = load_model(model)
+    source = load_model(model, input_shapes)
     lowered = lowered_module(source, tvm.target.Target(dict(target.tvm_target)))
     graph = walk_main(lowered, source.input_names, str(model), op_types=source.op_types)
     n_outputs = {n.func_name: len(n.outputs) for n in graph.nodes if n.op == "tvm_op"}
     return graph.kernels, n_outputs
 
 
+@native_stderr_to_log("tune")
 def tune_model(
     model: Path,
     target: Target,
@@ -340,11 +393,12 @@ def tune_model(
     kernels: list[str] | None = None,
     population: int = 128,
     cost_model: str | None = None,
+    input_shapes: Mapping[str, Sequence[int]] | None = None,
 ) -> TuneReport:
-    """Tune a model's kernels for a target; `trials` is the budget for the whole model, shared
-    among kernels by their FLOPs (at least one batch each), heaviest first. Resumable: a
-    kernel that already has `its share` of records is skipped, and the search of a kernel
-    starts from its best records."""
+    """Tune a model's kernels for a target; `trials` is the total for the whole model (never
+    exceeded), shared among kernels by their FLOPs, heaviest first (a kernel whose share
+    rounds to 0 is not tuned). Resumable: a kernel that already has its share of records is
+    skipped, and the search of a kernel starts from its best records."""
     import tempfile
     import time
 
@@ -356,7 +410,9 @@ def tune_model(
 
     started = time.monotonic()
     deadline = started + time_budget if time_budget else float("inf")
-    funcs, n_outputs = model_kernels(Path(model), target)
+    if trials < 1:
+        raise HarnessError(f"tune: --trials must be at least 1, got {trials}")
+    funcs, n_outputs = model_kernels(Path(model), target, input_shapes)
     if kernels:
         unknown = sorted(set(kernels) - set(funcs))
         if unknown:
@@ -367,9 +423,8 @@ def tune_model(
     db_files = TuningDatabase.for_target(target, cache)
     database = db_files.open()
     flops = {name: _flops(f) for name, f in funcs.items()}
-    total = sum(flops.values())
     order = sorted(funcs, key=lambda n: -flops[n])
-    share = {n: max(trials_per_iter, int(round(trials * flops[n] / total))) for n in order}
+    share = split_trials(trials, flops)
     log.info("tune %s for %s: %d kernels, %d trials, database %s", Path(model).stem, target.name,
              len(order), trials, db_files.path)
     results: list[TaskResult] = []
@@ -377,6 +432,9 @@ def tune_model(
     # Scratch space under the cache: the Docker toolchain sees only the source tree and the cache.
     scratch_root = (Path(cache) if cache is not None else cache_dir()) / "tuning" / "scratch"
     scratch_root.mkdir(parents=True, exist_ok=True)
+    # meta_schedule's own log (task tables, per-iteration statistics), one file per kernel; -v
+    # also shows it on the terminal, a failure names the file.
+    search_logs = (Path(cache) if cache is not None else cache_dir()) / "logs" / "tune" / f"{target.name}-{Path(model).stem}"
     with tempfile.TemporaryDirectory(prefix="tune-", dir=scratch_root) as tmp, \
             open_transport(target, kind=transport, host=host) as device:
         for i, name in enumerate(order, start=1):
@@ -385,7 +443,7 @@ def tune_model(
             have = len(database.get_top_k(database.commit_workload(mod), 10**6)) if database.has_workload(mod) else 0
             session = _Session(target, ktarget, tc, device, Path(tmp) / f"t{i}", deadline, iters, run_timeout)
             session.kernel_name, session.n_outputs = name, n_outputs.get(name, 1)
-            if have >= share[name]:
+            if have >= share[name] > 0:
                 log.info("tune %s: %d records already (share %d), skipped", label, have, share[name])
                 # Records from elsewhere (or an older session) still need this device's baseline.
                 default_us = _default_known(funcs[name], ktarget, db_files)
@@ -396,27 +454,62 @@ def tune_model(
             if time.monotonic() >= deadline:
                 results.append(TaskResult(name, 0, have, _best_us(database, mod), skipped="time budget"))
                 continue
-            default_us = _measure_default(session, funcs[name], db_files)
-            log.info("tune %s: %d trials (%.3f MFLOP), default schedule %.1f us", label, share[name] - have,
-                     flops[name] / 1e6, default_us)
+            if share[name] == 0:
+                log.info("tune %s: no trials left in the budget of %d (a light kernel)", label, trials)
+                results.append(TaskResult(name, 0, have, _best_us(database, mod), skipped="no trials in the budget"))
+                continue
+            with _quiet_steps():
+                default_us = _measure_default(session, funcs[name], db_files)
+            session.default_us = default_us
+            budget = share[name] - have
+            log.info("tune %s: %d trials (%.3f MFLOP), default schedule %s", label, budget,
+                     flops[name] / 1e6, duration(default_us))
             context = ms.TuneContext(mod=mod, target=ktarget, space_generator="post-order-apply",
                                      search_strategy=ms.search_strategy.EvolutionarySearch(
                                          population_size=population, init_min_unmeasured=min(50, population),
                                          genetic_num_iters=2),
                                      task_name=name, rand_state=seed + i, num_threads=1,
                                      logger=_search_logger())
-            ms.tune.tune_tasks(
-                tasks=[context], task_weights=[1.0], work_dir=str(Path(tmp) / f"log{i}"),
-                max_trials_global=share[name] - have, num_trials_per_iter=min(trials_per_iter, share[name] - have),
-                builder=_make_builder(session), runner=_make_runner(session), database=database,
-                cost_model=cost_model or default_cost_model(), measure_callbacks=[_make_progress(session, label), *_default_callbacks()],
-                task_scheduler="round-robin")
+            task_started = time.monotonic()
+            try:
+                with _quiet_steps(), _search_log(search_logs / f"{name}.log"):
+                    ms.tune.tune_tasks(
+                        tasks=[context], task_weights=[1.0], work_dir=str(Path(tmp) / f"log{i}"),
+                        max_trials_global=budget, num_trials_per_iter=min(trials_per_iter, budget),
+                        builder=_make_builder(session), runner=_make_runner(session), database=database,
+                        cost_model=cost_model or default_cost_model(),
+                        measure_callbacks=[_make_progress(session, label, budget, task_started), *_default_callbacks()],
+                        task_scheduler="round-robin")
+            except Exception:
+                log.warning("tune %s: meta_schedule's log is %s", label, search_logs / f"{name}.log")
+                raise
             records = len(database.get_top_k(database.commit_workload(mod), 10**6))
             results.append(TaskResult(name, session.trials, records, _best_us(database, mod), default_us))
-            log.info("tune %s: done, %d trials, best %s", label, session.trials,
-                     f"{results[-1].best_us:.1f} us" if results[-1].best_us is not None else "-")
+            log.info("tune %s: done, %d trials, best %s", label, session.trials, duration(results[-1].best_us))
     return TuneReport(model=Path(model).stem, target=target.name, database=db_files.path, tasks=results,
                       seconds=time.monotonic() - started)
+
+
+@contextlib.contextmanager
+def _search_log(path: Path) -> Iterator[None]:
+    """meta_schedule's task scheduler logs its task table and statistics after every batch
+    (logger "tvm.s_tir.meta_schedule", which otherwise reaches the terminal through the root
+    logger): they go to `path`, and to the terminal only with -v."""
+    logger = logging.getLogger("tvm.s_tir.meta_schedule")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    saved = (logger.level, logger.propagate)
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = log.isEnabledFor(logging.DEBUG)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        handler.close()
+        logger.setLevel(saved[0])
+        logger.propagate = saved[1]
 
 
 def _search_logger() -> logging.Logger:

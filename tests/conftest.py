@@ -41,6 +41,32 @@ def compiled_models(example_models) -> CompiledModels:
     return CompiledModels(example_models)
 
 
+@pytest.fixture
+def mlp_with_wrong_weights(tmp_path, monkeypatch) -> Path:
+    """The mlp example, compiled for x86_64 into a cache of its own (MINRT_CACHE, set for the
+    test and the processes it starts) whose params.bin has 1.0 added to every element of one
+    weight: whatever runs that artifact disagrees with the references by far more than any
+    tolerance. A deliberate mismatch, where tolerance 0 would only catch float noise."""
+    import numpy as np
+
+    from harness.compile.model import compile_model
+    from harness.formats import tensorfile
+    from harness.models.examples import write_examples
+
+    monkeypatch.setenv("MINRT_CACHE", str(tmp_path / "cache"))
+    model = write_examples(tmp_path / "models", ["mlp"])["mlp"]
+    artifact = compile_model(model, "x86_64")
+    params = tensorfile.load(artifact.params_bin)
+    name = next(n for n, a in params.items() if a.dtype == np.float32 and a.size > 1)
+    params[name] = params[name] + np.float32(1.0)
+    tensorfile.save(artifact.params_bin, params, aligned=True)
+    # sealed again, as if compiled so: the cache would otherwise notice the edit and recompile
+    from harness.cache import SEAL, seal
+
+    seal(artifact.dir, [p.name for p in artifact.dir.iterdir() if p.name != SEAL])
+    return model
+
+
 # ---------------------------------------------------------------------------------------------
 # The shared emulated board (instance "0", the one `harness run --target rpi-qemu` uses).
 # Tests that need it call `shared_board`; a board this session booted is powered off at the

@@ -4,7 +4,8 @@ side, the ratio stored in the results store and shown on the dashboard. The real
 
 from __future__ import annotations
 
-from harness.bench import bench_models, resolve_bench_models
+from harness.bench import bench_models
+from harness.models.resolve import resolve_models
 from harness.results.dashboard import render_dashboard
 from harness.results.store import ResultStore, bench_trend, record_bench
 from harness.config.targets import load_target
@@ -12,7 +13,7 @@ from harness.config.targets import load_target
 
 def test_bench_measures_both_runtimes_and_the_dashboard_shows_the_ratio(tmp_path, monkeypatch):
     monkeypatch.setenv("MINRT_NO_TUNING", "1")
-    models = resolve_bench_models(["mlp", "lenet5"], tmp_path / "models")
+    models = resolve_models(["mlp", "lenet5"], out_dir=tmp_path / "models")
     report = bench_models(models, load_target("x86_64"), rounds=2, iters=3)
     assert [m.model for m in report.models] == ["mlp", "lenet5"]
     for m in report.models:
@@ -38,7 +39,7 @@ def test_unknown_bench_model_is_named(tmp_path):
     from harness.errors import HarnessError
 
     with pytest.raises(HarnessError, match="nosuch"):
-        resolve_bench_models(["nosuch"], tmp_path)
+        resolve_models(["nosuch"], out_dir=tmp_path)
 
 
 def test_overhead_benchmark_runs_on_a_small_chain():

@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+from harness import REPO_ROOT
 from harness.build.size import BUDGETS
 
 HARNESS = [sys.executable, "-m", "harness.cli"]
 
 
-def harness(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
-    return subprocess.run([*HARNESS, *args], capture_output=True, text=True, timeout=timeout)
+def harness(*args: str, timeout: float = 600, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([*HARNESS, *args], capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {})})
 
 
 def test_size_json_reports_objects_budget_and_baseline(tmp_path):
@@ -33,6 +37,22 @@ def test_size_json_reports_objects_budget_and_baseline(tmp_path):
     again = json.loads(harness("size", "--target", "qemu-armv7", "--toolchain", "host", "--json",
                                "--baseline", str(baseline)).stdout)
     assert again["baseline_diff"]["total"]["text"] == -100
+
+
+def test_size_baseline_is_the_source_trees(tmp_path):
+    """The default baseline is runtime_c/size-baseline.json of the source tree the harness
+    uses ($MINRT_SOURCE), not of the directory the harness was imported from."""
+    source = tmp_path / "src"
+    for d in ("runtime_c", "targets"):
+        shutil.copytree(REPO_ROOT / d, source / d)
+    measured = json.loads(harness("size", "--target", "x86_64", "--toolchain", "host", "--json",
+                                  env={"MINRT_SOURCE": str(source)}).stdout)
+    total = measured["total"]
+    baseline = {"x86_64": {"objects": [], "total": {**total, "text": total["text"] - 123}}}
+    (source / "runtime_c" / "size-baseline.json").write_text(json.dumps(baseline))
+    again = json.loads(harness("size", "--target", "x86_64", "--toolchain", "host", "--json",
+                               env={"MINRT_SOURCE": str(source)}).stdout)
+    assert again["baseline_diff"]["total"]["text"] == 123
 
 
 def test_size_with_a_model_sizes_runner_and_kernels():
@@ -63,5 +83,6 @@ def test_build_with_host_toolchain_says_so(tmp_path):
 
 def test_rpi_without_host_is_a_clear_error():
     proc = harness("run", "--target", "rpi", "--model", "mlp", "--toolchain", "host")
-    assert proc.returncode != 0
-    assert "--host user@ADDRESS" in proc.stdout + proc.stderr
+    assert proc.returncode == 2, proc.stdout + proc.stderr  # bad input
+    assert "Traceback" not in proc.stderr
+    assert "  error: this target needs a device address: pass --host user@ADDRESS\n" in proc.stdout, proc.stdout

@@ -1,6 +1,7 @@
 """The comparison rules that decide pass/fail of a device's outputs."""
 
 import numpy as np
+import pytest
 
 from harness.check.compare import compare_output
 
@@ -34,6 +35,18 @@ def test_integers_must_match_exactly():
     assert compare_output("y", "ref", want.copy(), want).passed
     check = compare_output("y", "ref", np.array([1, 2, 4], dtype=np.int32), want, atol=10, rtol=10)
     assert not check.passed and check.atol == 0
+
+
+@pytest.mark.parametrize("dtype", [np.int64, np.uint64])
+def test_integers_above_2_53_are_compared_exactly(dtype):
+    """2**53 and 2**53 + 1 are one float64: the comparison is in the integers themselves."""
+    want = np.array([2**53 + 1, 7], dtype=dtype)
+    got = np.array([2**53, 7], dtype=dtype)
+    check = compare_output("y", "ref", got, want)
+    assert not check.passed and check.max_abs_err == 1.0
+    assert compare_output("y", "ref", want.copy(), want).passed
+    big = np.array([2**63 - 1 if dtype == np.int64 else 2**64 - 1], dtype=dtype)
+    assert compare_output("y", "ref", big - 1, big).max_abs_err == 1.0
 
 
 def test_shape_and_dtype_mismatches_are_named():

@@ -538,3 +538,68 @@ def test_symbolic_input_shape_is_named(tmp_path):
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
     with pytest.raises(CompileError, match=r"input 'x' has a non-static dimension 0 \(batch\)"):
         compile_model(path, "x86_64", cache=tmp_path)
+
+
+def _doubling_model(path: Path, elem_type: int) -> Path:
+    """y = x + x on 4 elements of one ONNX element type."""
+    graph = helper.make_graph([helper.make_node("Add", ["x", "x"], ["y"])], "double",
+                              [helper.make_tensor_value_info("x", elem_type, [4])],
+                              [helper.make_tensor_value_info("y", elem_type, [4])])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    return path
+
+
+def test_a_dtype_minrt_does_not_load_is_refused_at_compile(tmp_path):
+    """bfloat16 used to compile, and minrt refused the graph at load (bad dtype)."""
+    path = _doubling_model(tmp_path / "bf16.onnx", TensorProto.BFLOAT16)
+    with pytest.raises(CompileError, match=r"bf16\.onnx: input 'x': dtype 'bfloat16' is not one minrt loads"):
+        compile_model(path, "x86_64", cache=tmp_path)
+    assert not (tmp_path / "artifacts").exists() or not any((tmp_path / "artifacts").iterdir())
+
+
+def test_uint64_runs_end_to_end(tmp_path, monkeypatch):
+    """minrt loads uint64, and so does every file on the way (the inputs and outputs files
+    used to refuse it after compile and build); values above 2**53 come back exact."""
+    from harness.run import run_on_target
+
+    monkeypatch.setenv("MINRT_CACHE", str(tmp_path / "cache"))
+    path = _doubling_model(tmp_path / "u64.onnx", TensorProto.UINT64)
+    x = np.array([2**60 + 1, 2**53 + 1, 3, 0], dtype=np.uint64)
+    np.save(tmp_path / "x.npy", x)
+    result = run_on_target(path, load_target("x86_64"), toolchain="host", iters=1,
+                           input_files={"x": tmp_path / "x.npy"})
+    assert result.passed, result.error
+    assert {o["dtype"] for o in result.outputs} == {"uint64"} and all(o["max_abs_err"] == 0 for o in result.outputs)
+
+
+def test_a_damaged_cached_artifact_and_runner_are_rebuilt(example_models, tmp_path, caplog):
+    """A cache entry whose file was truncated (a full disk, a crash) or edited is noticed by its
+    checksums on the next use and rebuilt, instead of failing every later run until someone
+    deletes the cache by hand."""
+    from harness.build.runner import build_runner
+    from harness.build.toolchain import HostToolchain
+    from harness.cache import SEAL, seal_broken
+
+    cache = tmp_path / "cache"
+    target = load_target("x86_64")
+    artifact = compile_model(example_models["mlp"], target, cache=cache)
+    assert seal_broken(artifact.dir) is None and (artifact.dir / SEAL).is_file()
+    good_params = artifact.params_bin.read_bytes()
+    artifact.params_bin.write_bytes(good_params[: len(good_params) // 2])  # truncated
+    assert seal_broken(artifact.dir) == "params.bin does not match its checksum"
+    with caplog.at_level(logging.WARNING):
+        again = compile_model(example_models["mlp"], target, cache=cache)
+    assert again.dir == artifact.dir and again.params_bin.read_bytes() == good_params
+    assert "params.bin does not match its checksum" in caplog.text
+
+    runner = build_runner(target, again, HostToolchain())
+    good_runner = runner.read_bytes()
+    runner.write_bytes(good_runner[:100])
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        rebuilt = build_runner(target, again, HostToolchain())
+    assert rebuilt == runner and rebuilt.read_bytes() == good_runner
+    assert "minrt-run does not match its checksum" in caplog.text
+    (runner.parent / SEAL).unlink()  # an entry from before seals: rebuilt too
+    assert seal_broken(runner.parent) == f"no readable {SEAL}"
+    assert build_runner(target, again, HostToolchain()).read_bytes() == good_runner

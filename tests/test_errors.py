@@ -84,6 +84,17 @@ def test_unknown_mcpu_is_refused_before_compiling(tmp_path, mlp):
     assert not (cache / "artifacts").exists()
 
 
+def test_unknown_mattr_feature_is_refused_before_compiling(tmp_path, mlp):
+    # LLVM prints "'+avx9' is not a recognized feature" once per kernel and compiles without it.
+    path = target_file(tmp_path, "badattr", 'kind = "llvm"\nmtriple = "x86_64-linux-gnu"\nmcpu = "haswell"\n'
+                                             'mattr = ["+avx2", "+avx9"]')
+    cache = tmp_path / "cache"
+    proc = harness("compile", str(mlp), "--target", str(path), env={"MINRT_CACHE": str(cache)})
+    last = assert_one_line_error(proc, 2, "tvm.mattr", "'+avx9'")
+    assert "'+avx2'" not in last  # a feature LLVM knows is not named
+    assert not (cache / "artifacts").exists()
+
+
 def test_unknown_mtriple_architecture_is_refused(tmp_path, mlp):
     path = target_file(tmp_path, "badarch", 'kind = "llvm"\nmtriple = "vax-dec-ultrix"')
     proc = harness("compile", str(mlp), "--target", str(path))
@@ -208,13 +219,15 @@ def test_ssh_port_out_of_range_and_unreachable_device(tmp_path, mlp):
     assert "cannot connect over SSH" in proc.stdout
 
 
-def test_output_mismatch_exits_1(mlp):
-    # zero tolerance: the device's float sums differ from the references' in the last bits
-    proc = harness("run", "--model", str(mlp), "--target", "x86_64", "--toolchain", "host",
-                   "--iters", "1", "--atol", "0", "--rtol", "0")
+def test_output_mismatch_exits_1(mlp_with_wrong_weights):
+    # the device runs a weight shifted by 1.0: a real mismatch at the default tolerances
+    proc = harness("run", "--model", str(mlp_with_wrong_weights), "--target", "x86_64", "--toolchain", "host",
+                   "--iters", "1", "--json")
     assert "Traceback" not in proc.stderr
     assert proc.returncode == 1, proc.stdout + proc.stderr
-    assert "MISMATCH" in proc.stdout and "0 of 1 model(s) passed" in proc.stdout
+    (result,) = json.loads(proc.stdout)
+    assert not result["passed"] and not result["error"]
+    assert all(c["max_abs_err"] > 0.01 and not c["passed"] for c in result["outputs"]), result["outputs"]
 
 
 def test_a_model_that_does_not_compile_keeps_the_others_json(tmp_path, mlp):
@@ -235,3 +248,184 @@ def test_run_help_documents_the_exit_codes():
     for line in ("0    every output", "1    an output did not match", "2    bad input",
                  "3    infrastructure", "130  interrupted"):
         assert line in out, out
+
+
+@pytest.mark.parametrize("action", ["status", "down"])
+@pytest.mark.parametrize("name, instance, needle", [
+    ("../../x", "0", "unknown board '../../x'"),
+    ("qemu-virt-armv7", "../../y", "board instance name '../../y'"),
+    ("qemu-virt-armv7", "..", "board instance name '..'"),
+])
+def test_board_names_that_would_leave_the_cache_are_refused(tmp_path, action, name, instance, needle):
+    """`harness board ... --name/--instance` become a path under the cache: anything that is not
+    a known board or a plain instance name is bad input (exit 2), and nothing is written
+    anywhere, inside the cache or beside it."""
+    root = tmp_path / "root"
+    cache = root / "a" / "b" / "cache"
+    cache.mkdir(parents=True)
+    proc = harness("board", action, "--name", name, "--instance", instance, env={"MINRT_CACHE": str(cache)})
+    assert_one_line_error(proc, 2, needle)
+    written = sorted(str(p.relative_to(root)) for p in root.rglob("*") if not p.name.startswith(".probe"))
+    assert written == ["a", "a/b", "a/b/cache"], written
+
+
+def _one_input_model(path: Path, dims: list, nodes: bool = True) -> Path:
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, dims)
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, dims)
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])] if nodes else [], "g", [x], [y])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    return path
+
+
+@pytest.mark.parametrize("dims, nodes, needle", [
+    ([1, 4], False, "the ONNX graph has no nodes: there is nothing to compile"),
+    ([1, 0], True, "input 'x' has dimension 1 of size 0 in shape [1,0]: an empty tensor"),
+    ([1, 1 << 31], True, "input 'x' has dimension 1 of size 2147483648, more than minrt's largest (2,147,483,647)"),
+])
+def test_models_minrt_cannot_run_are_named_for_what_they_are(tmp_path, dims, nodes, needle):
+    """An empty graph is a valid ONNX model (not 'not an ONNX model'), a 0 dimension is static
+    but empty (not 'non-static'), a 2^31 dimension is too large (not an internal error)."""
+    model = _one_input_model(tmp_path / "m.onnx", dims, nodes)
+    proc = harness("compile", str(model), "--target", "x86_64", env={"MINRT_CACHE": str(tmp_path / "cache")})
+    assert_one_line_error(proc, 2, needle)
+
+
+@pytest.mark.parametrize("content, needle", [
+    (b'name = "t"\n\xff\xfe = 1\n', "not UTF-8 text (byte 11 is 0xff)"),
+    (b"a = " + b"[" * 100_000 + b"]" * 100_000 + b"\n", "nested too deeply"),
+])
+def test_a_target_or_inventory_that_is_no_toml_is_bad_input(tmp_path, mlp, content, needle):
+    """Invalid UTF-8 and 100,000-deep nesting were internal errors (exit 3)."""
+    bad = tmp_path / "t.toml"
+    bad.write_bytes(content)
+    proc = harness("compile", str(mlp), "--target", str(bad))
+    assert_one_line_error(proc, 2, str(bad), needle)
+    proc = harness("farm", "run", "--inventory", str(bad), "--model", str(mlp), "--out", str(tmp_path / "farm"))
+    assert_one_line_error(proc, 2, str(bad), needle)
+
+
+def test_an_inventory_device_that_is_not_a_table_is_bad_input(tmp_path, mlp):
+    inventory = tmp_path / "inv.toml"
+    inventory.write_text("devices = [1, 2]\n")
+    proc = harness("farm", "run", "--inventory", str(inventory), "--model", str(mlp), "--out", str(tmp_path / "farm"))
+    assert_one_line_error(proc, 2, f"{inventory}: devices[0]: must be a [[devices]] table, got int 1")
+
+
+@pytest.mark.parametrize("option, value, needle", [
+    ("--seed", "-1", "argument --seed: must be 0 to 4294967295, got -1"),
+    ("--iters", "3000000000", "argument --iters: must be at most 1,000,000, got 3,000,000,000"),
+])
+def test_counts_out_of_range_are_refused_by_the_parser(mlp, option, value, needle):
+    proc = harness("run", "--model", str(mlp), "--target", "x86_64", "--toolchain", "host", option, value)
+    assert "Traceback" not in proc.stderr and proc.returncode == 2, proc.stderr
+    assert needle in proc.stderr
+
+
+@pytest.mark.parametrize("kind", ["garbage", "truncated", "directory"])
+def test_a_results_path_that_is_no_store_is_bad_input_before_any_work(tmp_path, mlp, kind):
+    from harness.results.store import ResultStore
+
+    store = tmp_path / "store.sqlite"
+    if kind == "garbage":
+        store.write_bytes(b"this is not a database\n" * 100)
+    elif kind == "truncated":
+        ResultStore(store).record({"model": "m", "target": "x86_64", "passed": True}, batch="b")
+        store.write_bytes(store.read_bytes()[:700])
+        for side in ("-wal", "-shm"):
+            Path(f"{store}{side}").unlink(missing_ok=True)
+    else:
+        store.mkdir()
+    cache = tmp_path / "cache"
+    for args in (["run", "--model", str(mlp), "--target", "x86_64", "--toolchain", "host", "--results", str(store)],
+                 ["results", "list", "--results", str(store)],
+                 ["dashboard", "--results", str(store), "--out", str(tmp_path / "site")]):
+        proc = harness(*args, env={"MINRT_CACHE": str(cache)})
+        assert_one_line_error(proc, 2, f"results store {store}")
+    assert not (cache / "artifacts").exists()  # the run stopped before compiling
+
+
+@pytest.mark.parametrize("device, health, needle", [
+    ('name = "h"\ntarget = "x86_64"\n', "[health]\ntimeout = nan\n", "key 'health.timeout' must be a number of seconds > 0, got nan"),
+    ('name = "h"\ntarget = "x86_64"\noptions = { bogus = 1 }\n', "",
+     "device 'h': unknown key 'options.bogus' for transport 'local'"),
+    ('name = "h"\ntarget = "rpi"\noptions = { port = "22" }\n', "", "device 'h': key 'options.port' must be an integer, got str"),
+    ('name = "h"\ntarget = "x86_64"\ntransport = "telnet"\n', "", "device 'h': transport 'telnet' is not supported"),
+    ('name = "' + "d" * 300 + '"\ntarget = "x86_64"\n', "", "devices[0]: key 'name' is 300 characters, more than 64"),
+    ('name = "h"\ntarget = "/nonexistent/x.toml"\n', "", "device 'h': unknown target '/nonexistent/x.toml'"),
+    ('name = "h"\ntarget = "rpi"\naddress = "pi@127.0.0.1:1;touch x"\n', "",
+     "device 'h': key 'address': 'pi@127.0.0.1:1;touch x': port '1;touch x' is not a TCP port"),
+])
+def test_inventory_mistakes_are_bad_input_not_device_failures(tmp_path, mlp, device, health, needle):
+    """Each of these ran into the farm, failed the device's health checks (a traceback from a
+    worker thread for some) and could quarantine the device's name; they are read errors now."""
+    inventory = tmp_path / "inv.toml"
+    inventory.write_text(health + "[[devices]]\n" + device)
+    cache = tmp_path / "cache"
+    proc = harness("farm", "run", "--inventory", str(inventory), "--model", str(mlp), "--out", str(tmp_path / "farm"),
+                   env={"MINRT_CACHE": str(cache)})
+    assert_one_line_error(proc, 2, str(inventory), needle)
+    assert not (cache / "results.sqlite").exists()  # no job, no health record, no quarantine
+
+
+def test_ssh_to_a_port_that_is_not_ssh_is_one_line(tmp_path, mlp):
+    """A real server on loopback that answers like HTTP, not SSH: paramiko's transport thread
+    logged two tracebacks before the one-line error; now only the line (exit 3: the device
+    address is right in form, the device is not an SSH server)."""
+    import socket
+    import threading
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(8)
+    server.settimeout(60)
+
+    def answer() -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                conn, _ = server.accept()
+                with conn:
+                    conn.sendall(b"HTTP/1.0 200 OK\r\n\r\nnot ssh\n")
+
+    threading.Thread(target=answer, daemon=True).start()
+    try:
+        proc = harness("run", "--model", str(mlp), "--target", "rpi", "--toolchain", "host", "--iters", "1",
+                       "--host", f"root@127.0.0.1:{server.getsockname()[1]}", timeout=300)
+    finally:
+        server.close()
+    assert "Traceback" not in proc.stdout + proc.stderr, proc.stderr
+    assert proc.returncode == 3, proc.stdout + proc.stderr
+    assert "SSH connect failed: Error reading SSH protocol banner" in proc.stdout
+    assert "paramiko" not in proc.stderr
+
+
+def test_nan_from_the_device_is_reported_the_right_way_round_in_strict_json(tmp_path, monkeypatch):
+    """The device computes with a NaN weight (written into the compiled params.bin), the
+    references with the model's own: minrt's outputs are NaN where the references have
+    numbers. The report says so that way round, --json stays strict JSON (no bare NaN), and
+    numpy prints no RuntimeWarning."""
+    from harness.cache import SEAL, seal
+    from harness.compile.model import compile_model
+    from harness.formats import tensorfile
+    from harness.models.examples import write_examples
+
+    monkeypatch.setenv("MINRT_CACHE", str(tmp_path / "cache"))
+    model = write_examples(tmp_path / "models", ["mlp"])["mlp"]
+    artifact = compile_model(model, "x86_64")
+    params = tensorfile.load(artifact.params_bin)
+    # the last weight feeds the output directly (an earlier one would pass a ReLU, which may
+    # turn NaN into 0)
+    name = [n for n, a in params.items() if a.dtype == np.float32][-1]
+    params[name] = np.full_like(params[name], np.nan)
+    tensorfile.save(artifact.params_bin, params, aligned=True)
+    seal(artifact.dir, [p.name for p in artifact.dir.iterdir() if p.name != SEAL])
+    proc = harness("run", "--model", str(model), "--target", "x86_64", "--toolchain", "host", "--iters", "1", "--json")
+    assert "Traceback" not in proc.stderr and "RuntimeWarning" not in proc.stderr, proc.stderr
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+
+    def no_constants(text: str):
+        raise AssertionError(f"bare {text} in --json output")
+
+    (result,) = json.loads(proc.stdout, parse_constant=no_constants)
+    checks = result["outputs"]
+    assert checks and all(c["problem"] == "NaN where the reference has a number" for c in checks), [(c["problem"], c["got"], c["expected"]) for c in checks]
+    assert all(c["max_abs_err"] == "inf" and c["got"] == "nan" and isinstance(c["expected"], float) for c in checks)

@@ -527,3 +527,25 @@ def test_labgrid_place_locks_the_resource_a_real_exporter_offers(coordinator: st
         except subprocess.TimeoutExpired:
             exporter.kill()
             exporter.wait()
+
+
+def test_two_farms_cannot_share_an_out_directory(tmp_path, example_models):
+    """A farm holds its --out directory for its whole run (the same lock `harness farm run`
+    takes, held here by this process): a second farm given the same directory stops at once,
+    naming the holder, instead of overwriting the first one's results and job logs. Once it
+    is free, a farm runs there."""
+    from harness.farm.scheduler import _own_out_dir
+
+    out = tmp_path / "farm-out"
+    env = {**os.environ, "MINRT_CACHE": str(tmp_path / "cache")}
+    argv = [sys.executable, "-m", "harness.cli", "farm", "run", "--target", "x86_64", "--toolchain", "host",
+            "--model", str(example_models["mlp"]), "--iters", "1", "--out", str(out),
+            "--results", str(tmp_path / "r.sqlite")]
+    with _own_out_dir(out):
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=300, env=env)
+        assert proc.returncode == 2, proc.stdout + proc.stderr
+        assert f"--out {out} is in use by another farm (pid {os.getpid()})" in proc.stderr
+        assert not (out / "farm-results.json").exists() and not (out / "logs").exists()
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert json.loads((out / "farm-results.json").read_text())["jobs"]

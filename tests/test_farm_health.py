@@ -9,15 +9,18 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
+import time
 import xml.etree.ElementTree as ET
+from urllib.parse import unquote
 
 import pytest
 
-from harness.results.dashboard import render_dashboard
+from harness.results.dashboard import build_dashboard, render_dashboard
 from harness.models.examples import write_examples
 from harness.farm.scheduler import run_farm
 from harness.farm.inventory import parse_inventory
@@ -145,6 +148,14 @@ power_cycle = {json.dumps([sys.executable, "-m", "harness.cli", "board", "restar
         assert "dmesg" in err
         # A passing job's files are pruned by default.
         assert not (tmp_path / "out" / "jobs").exists() or not any((tmp_path / "out" / "jobs").iterdir())
+        # The dashboard's FAIL links to the run's page, which links to the board's console.
+        site = build_dashboard(store, tmp_path / "site", farm_out=[tmp_path / "out-failed"]).parent
+        (run,) = [r for r in store.runs(batch="b2") if not r.passed]
+        assert f'data-run="{run.id}"><a href="runs/{run.id}.html"' in (site / "index.html").read_text()
+        page = (site / "runs" / f"{run.id}.html").read_text()
+        links = dict(re.findall(r'<li>([a-zA-Z ]+): <a href="([^"]+)">', page))
+        assert {"job directory", "console log", "dmesg", "job log", "JUnit report"} <= set(links), links
+        assert (site / "runs" / unquote(links["console log"])).resolve() == job_dir / "console.txt"
     finally:
         try:
             os.kill(frozen_pid, signal.SIGCONT)
@@ -177,3 +188,88 @@ def test_a_toolchain_change_is_not_reported_as_code_growth(tmp_path):
     store.record({**base, "sizes": {"minrt_text": 5600}, "toolchain": "docker gcc 13.1"}, batch="n3")
     kinds = {r.kind: r for r in find_regressions(store)}
     assert kinds["size-growth"].fatal and "toolchain-changed" not in kinds
+
+
+@pytest.mark.docker
+def test_firmware_and_host_devices_run_jobs_with_default_health_checks(tmp_path):
+    """`harness farm run --target cortex-m4-qemu --target x86_64`: the firmware device used to be
+    quarantined before its first job (its default health check ran `true` in a shell the
+    firmware does not have: 0 of 1 jobs). Its check is now a boot of its machine (each job
+    boots its own image); the host's opens its transport. Both devices run their job."""
+    import shutil
+
+    if shutil.which("qemu-system-arm") is None:
+        pytest.skip("qemu-system-arm is not installed (ci/setup installs it)")
+    results = tmp_path / "results.sqlite"
+    proc = subprocess.run([*HARNESS, "farm", "run", "--target", "cortex-m4-qemu", "--target", "x86_64",
+                           "--model", "mlp", "--model", "multi_io", "--iters", "1", "--toolchain", "host",
+                           "--results", str(results), "--out", str(tmp_path / "out")],
+                          capture_output=True, text=True, timeout=1200)
+    assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
+    assert "health check" not in proc.stderr and "QUARANTINED" not in proc.stderr, proc.stderr[-3000:]
+    assert "farm: 4/4 passed" in proc.stdout, proc.stdout
+    store = ResultStore(results)
+    ran = {(r.model, r.device) for r in store.runs() if r.passed}
+    assert ran == {(m, d) for m in ("mlp", "multi_io") for d in ("cortex-m4-qemu", "x86_64")}, ran
+    assert all(r["state"] == "healthy" for r in store.device_health())
+
+
+def test_firmware_health_check_pings_the_front_end_or_boots_the_machine(tmp_path, example_models):
+    """The check step of a firmware device (`harness farm _device check`): without an image, a
+    boot of the emulated machine; a machine QEMU cannot build fails it with QEMU's reason. With
+    an image put, a framed HELLO answered by the front end; a real board's (firmware-serial) is
+    that HELLO on its line. A shell health_check on a firmware device is refused in the
+    inventory, naming the device and the key."""
+    import shutil
+
+    from harness.build.firmware import build_firmware, image_models
+    from harness.build.toolchain import get_toolchain
+    from harness.config.targets import load_target
+    from harness.errors import TargetError
+    from harness.farm.health import check_device
+    from harness.farm.inventory import Device
+    from harness.transport.firmware import QemuFirmware
+
+    if shutil.which("qemu-system-arm") is None:
+        pytest.skip("qemu-system-arm is not installed (ci/setup installs it)")
+    ok = check_device(Device(name="m4", target="cortex-m4-qemu"))
+    assert ok.ok and "QEMU started mps2-an386" in ok.detail, ok
+    bad = check_device(Device(name="m4", target="cortex-m4-qemu", options={"machine": "no-such-board"}))
+    assert not bad.ok and "QEMU did not start" in bad.detail and "machine" in bad.detail, bad
+
+    target = load_target("cortex-m4-qemu")
+    image = build_firmware(target, image_models(target, {"mlp": example_models["mlp"]}),
+                           get_toolchain("host", target))
+    board = QemuFirmware(target.transport.options["machine"])
+    try:
+        board.put(image.elf)
+        answer = board.health()
+        assert answer.startswith("front end answered HELLO: ") and "protocol" in answer, answer
+        board.shutdown()  # QEMU gone: the check boots the image again and pings it
+        assert board.health().startswith("front end answered HELLO: ")
+    finally:
+        board.close()
+
+    # A real board (firmware-serial: stm32f4-disco at a serial URL) is pinged on its line as it
+    # is, never flashed: here the line is a QEMU board running the image, started by hand.
+    uart = tmp_path / "uart"
+    qemu = subprocess.Popen(["qemu-system-arm", "-M", "mps2-an386", "-nographic", "-monitor", "none",
+                             "-nodefaults", "-chardev", f"socket,id=uart,path={uart},server=on,wait=off",
+                             "-serial", "chardev:uart", "-kernel", str(image.elf)],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(500):
+            if uart.exists():
+                break
+            time.sleep(0.02)
+        time.sleep(0.3)  # bound, then listening
+        board_ok = check_device(Device(name="disco", target="stm32f4-disco", address=f"unix://{uart}"))
+        assert board_ok.ok and board_ok.detail.startswith("healthy: front end answered HELLO"), board_ok
+    finally:
+        qemu.kill()
+        qemu.wait()
+    silent = check_device(Device(name="disco", target="stm32f4-disco", address=f"unix://{uart}"))
+    assert not silent.ok and "cannot open the console" in silent.detail, silent
+
+    with pytest.raises(TargetError, match=r"device 'm4': key 'health_check' runs a command in a shell"):
+        parse_inventory('[[devices]]\nname = "m4"\ntarget = "cortex-m4-qemu"\nhealth_check = ["true"]\n')

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from harness.formats import frames, tensorfile
-from harness.errors import BuildError, DeviceError, RunnerError, TargetError
+from harness.errors import DeviceError, FitError, RunnerError, TargetError
 from harness.build.firmware import build_firmware, image_models
 from harness.run import check_outputs, random_inputs
 from harness.build.size import BUDGETS
@@ -78,6 +78,20 @@ def test_every_example_from_one_image(image) -> None:
         assert abs(again["counts"]["min"] - timing["counts"]["min"]) <= 40, "-icount counts must be deterministic"
     multi = next(m for m in image.models if m.name == "multi_io").artifact
     assert len(multi.inputs) >= 2 and len(multi.outputs) >= 2
+
+
+def test_the_cached_image_is_sealed_and_its_manifest_names_where_it_lies(image) -> None:
+    """The manifest records the image's own path (not the temporary directory it was linked
+    in), and the entry's checksums cover the ELF and the manifest."""
+    import json
+
+    from harness.build.firmware import MANIFEST
+    from harness.cache import seal_broken
+
+    out = image.firmware.elf.parent
+    manifest = json.loads((out / MANIFEST).read_text())
+    assert manifest["elf"] == str(image.firmware.elf) and ".tmp" not in manifest["elf"]
+    assert seal_broken(out) is None
 
 
 def test_footprint_adds_up(image) -> None:
@@ -160,16 +174,39 @@ def test_qemu_killed_mid_run_then_next_run_works(image) -> None:
 def test_image_too_large_is_refused_naming_the_region(tmp_path, example_models) -> None:
     base = load_target("cortex-m4-qemu")
     text = base.path.read_text()
-    for region, key, small in (("RAM", "ram_bytes", "0x4000"), ("flash", "flash_bytes", "0x4000")):
+    # RAM: known only once the probe measured the arena; flash: refused before the probe boots
+    for region, key, small, before in (("RAM", "ram_bytes", "0x4000", ""),
+                                       ("flash", "flash_bytes", "0x4000", "at least ")):
         small_text = "\n".join(f"{key} = {small}" if line.startswith(f"{key} =") else line
                                for line in text.splitlines())
         path = tmp_path / "cortex-m4-qemu.toml"
-        path.write_text(small_text.replace(f"stack_bytes = 0x2000", "stack_bytes = 0x1000"))
+        path.write_text(small_text.replace("stack_bytes = 0x2000", "stack_bytes = 0x1000"))
         target = parse_target(path)
         models = image_models(base, {"cnn": example_models["cnn"]})  # artifacts of the same core
-        with pytest.raises(BuildError, match=rf"does not fit cortex-m4-qemu: {region} needs [\d,]+ bytes, "
+        with pytest.raises(FitError, match=rf"does not fit cortex-m4-qemu: {region} needs {before}[\d,]+ bytes, "
                                              rf"the board has 16,384 \([\d,]+ bytes over"):
             build_firmware(target, models, get_toolchain("docker", target))
+
+
+def test_model_too_big_for_the_board_exits_2_before_any_boot(capfd) -> None:
+    """`harness run --target cortex-m4-qemu` with light_squeezenet (onnx's light model zoo:
+    4.9 MB of weights for a 4 MiB flash) is refused with the region and the excess before the
+    arena probe boots: it used to crash QEMU ("Lockup: can't escalate 3 to HardFault", exit 3)."""
+    import onnx
+
+    from harness.cli import main
+
+    model = Path(onnx.__file__).parent / "backend" / "test" / "data" / "light" / "light_squeezenet.onnx"
+    if not model.is_file():
+        pytest.skip(f"{model} is not in the installed onnx package")
+    code = main(["run", "--target", "cortex-m4-qemu", "--model", str(model)])
+    out, err = capfd.readouterr()
+    text = out + err
+    assert code == 2, text
+    assert "firmware for light_squeezenet does not fit cortex-m4-qemu: flash needs at least" in text
+    assert "the board has 4,194,304 (" in text and "bytes over; weights 4,9" in text
+    # nothing booted: neither the arena probe nor the board
+    assert "measuring the arena" not in text and "booting" not in text and "qemu: fatal" not in text
 
 
 def test_firmware_target_files(tmp_path) -> None:

@@ -5,6 +5,7 @@ the per-model arena budgets on x86_64."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -203,6 +204,12 @@ def test_dashboard_shows_footprint_with_budget_lines(tmp_path, monkeypatch):
                                     "peak_rss_kb": 900, "flash_weights": 250000}}, batch=batch)
     monkeypatch.setattr(dashboard, "memory_of", lambda t: {"ram_bytes": 65536, "flash_bytes": 1 << 20})
     page = dashboard.render_dashboard(store)
-    assert 'id="footprint"' in page and "lenet5 on x86_64: RAM" in page and "lenet5 on x86_64: flash" in page
-    assert "RAM 65536 B" in page and "flash 1048576 B" in page
-    assert "<td>250000</td>" in page and "<td>900</td>" in page
+    footprint = page[page.index('id="footprint"'):page.index('id="latency"')]
+    # one row for the pair: flash = runner + weights, RAM = the arena, each against its budget
+    row = re.search(r'<tr data-model="lenet5" data-target="x86_64">(.*?)</tr>', footprint, re.S).group(1)
+    cells = re.findall(r'<td class="num[^"]*">([^<]*)</td>', row)
+    assert cells == ["850,000", "81%", "50,000", "76%", "7,000", "12,000", "250,000", "900"], cells
+    # its trend on demand: flash and RAM over both batches, with the budget lines
+    assert "<details><summary>2 batch(es)</summary>" in row and 'aria-label="lenet5 on x86_64"' in row
+    assert "RAM 65,536 B" in row and "flash 1,048,576 B" in row
+    assert "<td>250000</td>" in page and "<td>900</td>" in page  # the runs table

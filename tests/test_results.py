@@ -111,7 +111,7 @@ def test_queries_for_the_dashboard(tmp_path: Path) -> None:
 
 WRITER = textwrap.dedent("""
     import sys, time
-    from harness.results import ResultStore
+    from harness.results.store import ResultStore
     db, writer, count, start_at = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
     store = ResultStore(db)
     while time.time() < start_at:

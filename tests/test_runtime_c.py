@@ -20,6 +20,7 @@ import pytest
 from harness import REPO_ROOT
 from harness.formats import tensorfile
 from harness.build.runner import build_runner
+from harness.formats import dtypes as dtype_table
 from harness.formats.signatures import SIGNATURES_C, Argument, Signature, signatures_c, write_signatures
 from harness.config.targets import load_target
 from harness.build.toolchain import HostToolchain
@@ -295,6 +296,9 @@ def malformed_cases(d: Path) -> list[str]:
     odd_params = {ODD_NAME if k == W_NAME else k: v for k, v in good_params().items()}
     case("param_name_escapes", variant(lambda g: g["nodes"][1].update(name=ODD_NAME)), 0, "",
          blob_=save_params(odd_params), phase="R")
+    # a param binds to the null node of its name, never to a __nop node named the same
+    case("nop_named_like_param", variant(lambda g: g["nodes"][4].update(name="b")), 0, "",
+         phase="R")
     case("kernel_fails", variant(lambda g: g["nodes"][7]["attrs"].update(func_name="fail")), E_RUN,
          "node 7: kernel failed: 'ValueError: Argument 0 mismatch'", phase="R")
     # the checking build's guard zones catch a kernel writing one byte past its output
@@ -896,6 +900,28 @@ def test_every_input_exactly_once(tmp_path):
     assert "an input given twice" in twice.stderr and twice.stderr.count("\n") == 1
     missing = attempt([(b, x)])
     assert missing.returncode == 1 and "1 inputs given, the graph has 2: input 0 missing" in missing.stderr
+
+
+def test_dtype_table_is_what_minrt_loads(tmp_path):
+    """harness.formats.dtypes is minrt's table: a program built with minrt loads a graph input
+    of every dtype in it, with the same DLPack {code, bits, lanes}, and refuses every other
+    name TVM could write (bfloat16 among them)."""
+    binary = tmp_path / "accepted_dtypes"
+    cc(["gcc", "-std=c11", *WARN, f"-I{RT / 'include'}", *CORE, str(RT / "tests" / "accepted_dtypes.c"),
+        "-o", str(binary)])
+    others = [f"{kind}{bits}" for kind in ("int", "uint", "float", "bfloat") for bits in (1, 2, 4, 8, 16, 32, 64, 128)]
+    others += ["bool8", "float8_e4m3fn", "float8_e5m2", "float4_e2m1fn", "handle", "void", "float32x4", ""]
+    names = sorted(set(dtype_table.DTYPES) | set(others))
+    proc = run([str(binary), *names], timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    accepted = {}
+    for line in proc.stdout.splitlines():
+        name, rest = line.split(" ", 1) if line[0] != " " else ("", line[1:])
+        if rest.startswith("refused: "):
+            assert "bad dtype" in rest, line  # refused for its dtype, not for anything else
+        else:
+            accepted[name] = tuple(int(v) for v in rest.split())
+    assert accepted == {d.name: (d.code, d.bits, d.lanes) for d in dtype_table.DTYPES.values()}
 
 
 def test_signature_table_from_primfuncs():

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import stat
 import select
 import shutil
@@ -440,6 +441,34 @@ def test_runner_error_comes_back_as_runner_error(model: Model) -> None:
         print(f"runner error: {info.value}")
     finally:
         relay.close()
+
+
+def test_run_model_documents_the_errors_it_raises() -> None:
+    """The farm retries a DeviceError on another device, never a RunnerError: run_model's
+    contract names the class the code raises for a runner's refusal (the test above)."""
+    doc = " ".join(SerialTransport.run_model.__doc__.split())
+    assert "Raises RunnerError when the runner answers with an error" in doc, doc
+    assert "DeviceError on a runner error" not in doc, doc
+
+
+def test_close_line_closes_the_port_and_writes_nothing() -> None:
+    """Firmware transports end a UART session with close_line() (SerialTransport's own, where
+    they used to reach into its port): the line is closed and no shell command is typed."""
+    master, slave = os.openpty()
+    try:
+        tty.setraw(slave)
+        line = SerialTransport(os.ttyname(slave))
+        line.close_line()
+        line.close()  # closed already: nothing more to do either
+        assert not select.select([master], [], [], 0.2)[0]  # nothing was written to the line
+    finally:
+        os.close(master)
+        os.close(slave)
+    harness_dir = Path(__file__).resolve().parent.parent / "harness"
+    reaching_in = [f"{p.relative_to(harness_dir)}:{n}" for p in harness_dir.rglob("*.py")
+                   for n, text in enumerate(p.read_text().splitlines(), 1)
+                   if re.search(r"(?<!self)\._port\b", text)]
+    assert not reaching_in, reaching_in
 
 
 def raw_exchange(port, dec: frames.Decoder, frame: Frame, timeout: float = 5.0) -> Frame:

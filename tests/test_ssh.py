@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import socket
@@ -37,8 +38,9 @@ def keygen(path: Path) -> None:
 class SSHServer:
     """One sshd on 127.0.0.1 with its own host key, config and authorized_keys."""
 
-    def __init__(self, root: Path, sftp: bool = True) -> None:
+    def __init__(self, root: Path, sftp: bool = True, listen: tuple[str, ...] = ("127.0.0.1",)) -> None:
         self.root = root
+        self.listen = listen
         self.port = free_port()
         self.sftp = sftp
         self.client_key = root / "client_ed25519"
@@ -57,7 +59,7 @@ class SSHServer:
         Path("/run/sshd").mkdir(exist_ok=True)  # sshd's privilege separation directory
         config = self.root / "sshd_config"
         lines = [
-            f"Port {self.port}", "ListenAddress 127.0.0.1", f"HostKey {self.host_key}",
+            f"Port {self.port}", *(f"ListenAddress {a}" for a in self.listen), f"HostKey {self.host_key}",
             f"PidFile {self.root / 'sshd.pid'}", f"AuthorizedKeysFile {self.root / 'authorized_keys'}",
             "PasswordAuthentication no", "KbdInteractiveAuthentication no",
             "PubkeyAuthentication yes", "PermitRootLogin prohibit-password", "UsePAM no",
@@ -70,8 +72,9 @@ class SSHServer:
                                      stderr=open(self.root / "sshd.log", "ab"))
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
-            with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", self.port)) == 0:
+            family = socket.AF_INET6 if ":" in self.listen[0] else socket.AF_INET
+            with socket.socket(family) as s:
+                if s.connect_ex((self.listen[0], self.port)) == 0:
                     return
             if self.proc.poll() is not None:
                 break
@@ -354,3 +357,29 @@ def test_default_workdir_is_private_per_connection_and_removed(server, known, tm
         assert first.run(["./where.sh"], timeout=10).stdout.strip() == first.workdir
     assert not any(w.exists() for w in workdirs), "the private workdirs were not removed"
     assert planted.exists() == existed
+
+
+def test_an_ipv6_address_with_a_port_is_written_in_brackets(tmp_path):
+    """`--host root@[::1]:PORT` reaches a real sshd listening on IPv6 loopback (the brackets
+    were taken for part of the host name); malformed brackets and ports are one clear error."""
+    from harness.errors import TargetError
+    from harness.transport import transport_kind
+    from harness.transport.ssh import split_address
+
+    assert split_address("pi@[::1]:2222", "root") == ("pi", "::1", 2222)
+    assert split_address("[fe80::1]", "root") == ("root", "fe80::1", None)
+    assert split_address("::1", "root") == ("root", "::1", None)
+    for bad, needle in [("[::1", "written [ADDRESS]"), ("[::1]2222", "written [ADDRESS]"),
+                        ("[::1]:0", "port '0'"), ("[]:22", "no host")]:
+        with pytest.raises(TargetError, match=re.escape(needle)):
+            split_address(bad, "root")
+    server = SSHServer(tmp_path, listen=("::1",))
+    server.start()
+    try:
+        known = tmp_path / "known_hosts"
+        known.write_text(f"[::1]:{server.port} " + " ".join(Path(f"{server.host_key}.pub").read_text().split()[:2]) + "\n")
+        options = {"key_file": str(server.client_key), "known_hosts": str(known), "workdir": str(tmp_path / "work")}
+        with transport_kind("ssh").open(options, f"root@[::1]:{server.port}", False) as dev:
+            assert dev.run(["echo", "over", "ipv6"], timeout=10).stdout.strip() == "over ipv6"
+    finally:
+        server.stop()

@@ -96,8 +96,8 @@ RANKS = {
     "entry": 9,
 }
 TOP_LEVEL = {"harness": "base", "harness.errors": "base", "harness.cache": "base",
-             "harness.run": "top", "harness.tune": "top", "harness.bench": "top",
-             "harness.cli": "entry", "harness.pytest_plugin": "entry"}
+             "harness.run": "top", "harness.tune": "top", "harness.bench": "top", "harness.bench_tflm": "top",
+             "harness.cli": "entry", "harness.cli_options": "entry", "harness.pytest_plugin": "entry"}
 
 
 def room_of(module: str) -> str:

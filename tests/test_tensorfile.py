@@ -7,11 +7,10 @@ import struct
 import numpy as np
 import pytest
 
-from harness.formats import tensorfile
+from harness.formats import dtypes, tensorfile
 from harness.formats.tensorfile import TensorFileError
 
-DTYPES = ["float32", "float16", "float64", "int8", "int16", "int32", "int64",
-          "uint8", "uint16", "uint32", "bool"]
+DTYPES = list(dtypes.DTYPES)  # every dtype minrt loads (uint64 was missing here)
 
 
 def sample(dtype: str, shape: tuple[int, ...], seed: int = 0) -> np.ndarray:

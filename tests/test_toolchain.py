@@ -412,3 +412,22 @@ def test_bootstrap_with_unreachable_mirror_fails_clearly(engine):
     assert "debootstrap --variant=minbase bookworm" in message
     assert "http://127.0.0.1:9/debian" in message
     assert not engine.images.list(name="minrt-base-unreachable")
+
+
+def test_a_new_images_build_log_goes_to_a_file_not_the_terminal(engine, tmp_path, caplog):
+    """The whole `docker build` log (with the engine's ANSI codes) is kept in
+    <cache>/logs/docker-build-<image>.log; at INFO only the start and the end are logged."""
+    base = resolve_base(engine)
+    (tmp_path / "probe.Dockerfile").write_text(
+        f"ARG BASE\nFROM ${{BASE}}\nRUN echo build-step-output-{tmp_path.name}\n")
+    tc = DockerToolchain("probe", base=base, toolchains_dir=tmp_path)
+    try:
+        with caplog.at_level(logging.INFO, logger="harness.build.docker"):
+            tc.image_tag()
+        info = [r.getMessage() for r in caplog.records if r.levelno >= logging.INFO]
+        log_file = cache_dir() / "logs" / "docker-build-probe.log"
+        assert f"build-step-output-{tmp_path.name}" in log_file.read_text()
+        assert not any("build-step-output" in m for m in info), info
+        assert any(str(log_file) in m for m in info) and len(info) == 2, info
+    finally:
+        engine.images.remove(tc.tag_for(base), force=True)

@@ -112,3 +112,23 @@ def test_time_budget_stops_before_the_next_kernel(mlp, tmp_path, monkeypatch):
     monkeypatch.setenv("MINRT_CACHE", str(tmp_path))
     report = tune_model(mlp, load_target("x86_64"), trials=8, time_budget=1e-6)
     assert report.tasks and all(t.trials == 0 and t.skipped == "time budget" for t in report.tasks)
+
+
+def test_a_corrupt_defaults_file_is_ignored_when_writing_too(tmp_path, caplog):
+    """defaults.json (measured latencies of default schedules) is a cache: a torn or edited
+    file is ignored and rewritten, when recording as when reading (recording used to crash)."""
+    import tvm
+    from tvm import te
+
+    a = te.placeholder((4,), name="a")
+    b = te.compute((4,), lambda i: a[i] + 1.0, name="b")
+    kernel = tvm.IRModule({"main": te.create_prim_func([a, b])})
+    database = TuningDatabase(tmp_path / "db")
+    database.path.mkdir(parents=True)
+    for torn in ('{"abc": 1.', "[1, 2]"):
+        (database.path / "defaults.json").write_text(torn)
+        assert database.default_latency(kernel) is None
+        database.set_default_latency(kernel, 12.5)
+        assert database.default_latency(kernel) == 12.5
+        assert "defaults.json" in caplog.text
+        caplog.clear()

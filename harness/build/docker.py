@@ -69,6 +69,13 @@ def docker_client() -> Any:
     return client
 
 
+def _plain(text: str) -> str:
+    """Text without ANSI escape sequences (colours, cursor moves) the engine puts in build logs."""
+    import re
+
+    return re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", text)
+
+
 def _short(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return text[-1] if text else type(exc).__name__
@@ -256,37 +263,45 @@ class DockerToolchain:
     def _build(self, client: Any, tag: str, base: str) -> None:
         import docker
 
-        log.info("building toolchain image %s from %s (base %s)", tag, self.dockerfile.name, base)
+        # The build's own log (hundreds of lines, with the engine's ANSI codes) goes to a file;
+        # -v also shows it line by line. A failure names the file and quotes its last lines.
+        log_path = cache_dir() / "logs" / f"docker-build-{self.image_name}.log"
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        log.info("building toolchain image %s from %s (base %s); its log: %s", tag, self.dockerfile.name, base, log_path)
         last: list[str] = []
         try:
-            # The low-level API streams the build log; the classic builder is what the
-            # engine runs for this endpoint (no BuildKit on these machines).
-            for chunk in client.api.build(
-                path=str(self.toolchains_dir),
-                dockerfile=self.dockerfile.name,
-                tag=tag,
-                buildargs={"BASE": base},
-                pull=False,
-                network_mode="host",
-                rm=True,
-                forcerm=True,
-                labels={LABEL: self.image_name},
-                decode=True,
-            ):
-                if "error" in chunk:
-                    raise BuildError(
-                        f"building toolchain image {tag} failed: {chunk['error'].strip()}\n"
-                        + "\n".join(last)
-                    )
-                text = chunk.get("stream") or chunk.get("status") or ""
-                for line in text.splitlines():
-                    if line.strip():
-                        log.info("image %s: %s", self.image_name, line.rstrip())
-                        last = (last + [line.rstrip()])[-15:]
+            with open(log_path, "w", encoding="utf-8") as build_log:
+                # The low-level API streams the build log; the classic builder is what the
+                # engine runs for this endpoint (no BuildKit on these machines).
+                for chunk in client.api.build(
+                    path=str(self.toolchains_dir),
+                    dockerfile=self.dockerfile.name,
+                    tag=tag,
+                    buildargs={"BASE": base},
+                    pull=False,
+                    network_mode="host",
+                    rm=True,
+                    forcerm=True,
+                    labels={LABEL: self.image_name},
+                    decode=True,
+                ):
+                    if "error" in chunk:
+                        build_log.write(chunk["error"])
+                        raise BuildError(
+                            f"building toolchain image {tag} failed: {_plain(chunk['error']).strip()} "
+                            f"(whole log: {log_path})\n" + "\n".join(last)
+                        )
+                    text = chunk.get("stream") or chunk.get("status") or ""
+                    build_log.write(text if text.endswith("\n") else text + "\n")
+                    for line in _plain(text).splitlines():
+                        if line.strip():
+                            log.debug("image %s: %s", self.image_name, line.rstrip())
+                            last = (last + [line.rstrip()])[-15:]
         except docker.errors.APIError as exc:
-            raise BuildError(f"building toolchain image {tag} failed: {_short(exc)}") from None
+            raise BuildError(f"building toolchain image {tag} failed: {_short(exc)} (log: {log_path})") from None
         if not _image_exists(client, tag):
-            raise BuildError(f"building toolchain image {tag} ended without an image:\n" + "\n".join(last))
+            raise BuildError(f"building toolchain image {tag} ended without an image (log: {log_path}):\n"
+                             + "\n".join(last))
         log.info("toolchain image %s built", tag)
 
     def run(self, argv: Sequence[str], cwd: Path) -> str:

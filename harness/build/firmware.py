@@ -6,7 +6,10 @@ The arena is sized by minrt's own size query run on the target's core: a probe i
 same sources, -DFW_PROBE, a large arena) boots under QEMU on the target's `probe_machine` and
 prints what minrt_load asks for, then the real image is linked with exactly that. Every
 region is then checked against the target's [memory]: an image that does not fit is refused
-here, naming the region, the excess and what fills it, before anything is flashed.
+here, naming the region, the excess and what fills it, before anything is flashed. What is
+known before the probe boots (flash for the kernels, weights and graphs; RAM for the I/O
+buffers and the planned storages) is checked first: a probe image too big for its board
+would crash QEMU instead of measuring. Both refusals are FitError (exit 2).
 Images are cached under `cache_dir()/firmware/<hash>` (sources, artifacts, target, toolchain).
 """
 
@@ -17,10 +20,7 @@ import json
 import logging
 import os
 import re
-import select
 import shutil
-import subprocess
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -28,12 +28,13 @@ from typing import Any, Sequence
 import numpy as np
 
 from harness import REPO_ROOT
-from harness.formats import tensorfile
-from harness.cache import cache_dir, content_hash
-from harness.errors import BuildError
 from harness.build.size import minrt_texts
-from harness.config.targets import Target
 from harness.build.toolchain import Toolchain
+from harness.cache import cache_dir, content_hash, seal, seal_broken
+from harness.config.targets import Target
+from harness.errors import BuildError, DeviceError, FitError
+from harness.formats import tensorfile
+from harness.transport.firmware import boot_and_read
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +50,7 @@ LDFLAGS = ("-nostartfiles", "--specs=nano.specs", "-Wl,--gc-sections")
 #: at 0x20000000, the CMSDK UART0; its arena takes most of that RAM.
 PROBE_MEMORY = {"flash_origin": 0x0, "ram_origin": 0x20000000}
 PROBE_ARENA = 3 << 20
+PROBE_FLASH_BYTES = PROBE_RAM_BYTES = 4 << 20  # the MPS2 boards' code SSRAM and data SSRAM
 PROBE_TIMEOUT_S = 60.0
 _UART_SOURCE = {"cmsdk": "uart_cmsdk.c", "stm32-usart": "uart_stm32.c"}
 _UART_IRQ = {"cmsdk": 0, "stm32-usart": 38}  # UART0 RX on MPS2, USART2 on STM32F4
@@ -209,31 +211,12 @@ def _link(target: Target, toolchain: Toolchain, models: Sequence[FirmwareModel],
 
 def probe_arena(machine: str, elf: Path, n_models: int, timeout: float = PROBE_TIMEOUT_S) -> list[int]:
     """Boot the probe image under QEMU and read minrt's arena size for each model."""
-    if shutil.which("qemu-system-arm") is None:
-        raise BuildError("sizing the arena runs minrt under qemu-system-arm, which is not installed "
-                         "(apt-get install qemu-system-arm, or run ci/setup)")
-    argv = ["qemu-system-arm", "-M", machine, "-nographic", "-monitor", "none", "-serial", "stdio",
-            "-kernel", str(elf)]
-    log.info("measuring the arena: %s", " ".join(argv))
-    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    text = b""
-    deadline = time.monotonic() + timeout
     try:
-        assert proc.stdout is not None
-        while b"minrt-probe-done" not in text:
-            left = deadline - time.monotonic()
-            if left <= 0 or proc.poll() is not None:
-                err = proc.stderr.read().decode(errors="replace") if proc.poll() is not None and proc.stderr else ""
-                raise BuildError(f"the arena probe on QEMU {machine} did not finish "
-                                 f"(output {text[-300:]!r}) {err.strip()[:300]}")
-            ready, _, _ = select.select([proc.stdout], [], [], min(left, 0.5))
-            if ready:
-                text += os.read(proc.stdout.fileno(), 4096)
-    finally:
-        proc.kill()
-        proc.wait()
+        text = boot_and_read(machine, elf, b"minrt-probe-done", timeout)
+    except DeviceError as exc:
+        raise BuildError(f"the arena probe: {exc}") from None
     sizes: dict[int, int] = {}
-    for line in text.decode(errors="replace").splitlines():
+    for line in text.splitlines():
         m = re.match(r"minrt-arena (\d+) (\d+)", line.strip())
         if m:
             sizes[int(m.group(1))] = int(m.group(2))
@@ -320,18 +303,62 @@ def footprint_from_map(map_text: str, kernel_objs: Sequence[str], graph_bytes: i
     return {"flash": flash, "ram": ram}
 
 
+def _refuse(target: Target, names: Sequence[str], region: str, needs: int, limit: int,
+            parts: dict[str, int], at_least: bool) -> None:
+    what = ", ".join(names)
+    listed = ", ".join(f"{k} {v:,}" for k, v in parts.items() if v)
+    raise FitError(
+        f"firmware for {what} does not fit {target.name}: {region} needs {'at least ' if at_least else ''}"
+        f"{needs:,} bytes, the board has {limit:,} ({needs - limit:,} bytes over; {listed})"
+    )
+
+
 def check_fit(target: Target, footprint: dict[str, Any], names: Sequence[str]) -> None:
     """Refuse an image larger than the board's flash or RAM, naming the region and the excess."""
     assert target.layout is not None
-    what = ", ".join(names)
     for region, limit in (("flash", target.layout.flash_bytes), ("RAM", target.layout.ram_bytes)):
         used = footprint[region.lower()]
         if used["total"] > limit:
-            parts = ", ".join(f"{k} {v:,}" for k, v in used.items() if k != "total" and v)
-            raise BuildError(
-                f"firmware for {what} does not fit {target.name}: {region} needs {used['total']:,} bytes, "
-                f"the board has {limit:,} ({used['total'] - limit:,} bytes over; {parts})"
-            )
+            _refuse(target, names, region, used["total"], limit,
+                    {k: v for k, v in used.items() if k != "total"}, at_least=False)
+
+
+def check_fit_before_boot(target: Target, models: Sequence[FirmwareModel], probe_footprint: dict[str, Any]) -> None:
+    """Refuse, before the probe boots, an image that cannot fit whatever minrt's arena turns out
+    to be: flash holds at least the models' kernels, weights and graphs (the same bytes in the
+    probe image as in the real one), RAM at least the input/output buffers and, for the largest
+    model, its planned storages (inputs, intermediates, outputs) and kernel workspace, which
+    minrt's arena holds. A probe of a model too big for the probe board's memory crashes QEMU
+    instead of measuring anything, so this check comes first."""
+    assert target.layout is not None
+    names = [m.name for m in models]
+    flash = probe_footprint["flash"]
+    flash_parts = {k: int(flash.get(k, 0)) for k in ("weights", "kernels", "graphs")}
+    ram_parts = {"io_buffers": int(probe_footprint["ram"].get("io_buffers", 0)),
+                 "planned arena": max(_planned_arena(m) for m in models)}
+    probe_limits = {"flash": target.layout.flash_bytes, "RAM": target.layout.ram_bytes}
+    for region, parts in (("flash", flash_parts), ("RAM", ram_parts)):
+        needs = sum(parts.values())
+        if needs > probe_limits[region]:
+            _refuse(target, names, region, needs, probe_limits[region], parts, at_least=True)
+    # the probe runs on an MPS2 board whatever the target (code at 0, 4 MiB of RAM): a target
+    # declaring more memory could hold an image that board cannot boot
+    probe_ram = ram_parts["io_buffers"] + PROBE_ARENA + target.layout.stack_bytes
+    for region, needs, limit in (("flash", sum(flash_parts.values()), PROBE_FLASH_BYTES),
+                                 ("RAM", probe_ram, PROBE_RAM_BYTES)):
+        if needs > limit:
+            raise FitError(f"firmware for {', '.join(names)}: the arena probe board ({target.firmware.probe_machine}) "
+                           f"cannot hold the image's {region} of at least {needs:,} bytes (it has {limit:,}), "
+                           "so minrt's arena cannot be measured")
+
+
+def _planned_arena(model: FirmwareModel) -> int:
+    """The least arena minrt can ask for a model: its planned storages and kernel workspace
+    (harness compile's storage summary), which minrt's arena holds besides the parsed graph."""
+    meta = model.artifact.metadata
+    storage = meta.get("storage") or {}
+    return int(sum(int(storage.get(k, 0)) for k in ("input_bytes", "intermediate_bytes", "output_bytes"))
+               + int(meta.get("workspace_bytes", 0)))
 
 
 def build_firmware(target: Target, models: Sequence[FirmwareModel], toolchain: Toolchain) -> Firmware:
@@ -365,7 +392,11 @@ def build_firmware(target: Target, models: Sequence[FirmwareModel], toolchain: T
                   sigs.read_bytes() if sigs is not None else b""]
     out = cache_dir() / "firmware" / content_hash(parts)
     manifest = out / MANIFEST
-    if manifest.is_file():
+    broken = seal_broken(out) if manifest.is_file() else "not built"
+    if broken is not None and manifest.is_file():
+        log.warning("relinking: cached firmware %s is unusable (%s)", out, broken)
+        shutil.rmtree(out, ignore_errors=True)
+    if broken is None:
         data = json.loads(manifest.read_text())
         log.info("firmware for %s on %s: cached %s", ", ".join(names), target.name, out)
         return Firmware(elf=out / FIRMWARE_ELF, target=data["target"], models=data["models"],
@@ -375,12 +406,15 @@ def build_firmware(target: Target, models: Sequence[FirmwareModel], toolchain: T
     try:
         log.info("firmware for %s on %s: arena probe image", ", ".join(names), target.name)
         probe = _link(target, toolchain, models, tmp / "probe", PROBE_ARENA, probe=True)
+        graph_bytes = sum(m.artifact.graph_json.stat().st_size for m in models)
+        check_fit_before_boot(target, models, footprint_from_map(
+            (tmp / "probe" / "firmware.map").read_text(), [str(m.artifact.kernels_obj) for m in models],
+            graph_bytes))
         needs = probe_arena(target.firmware.probe_machine, probe, len(models))
         arena = max(needs)
         log.info("firmware: minrt asks for %s arena bytes (%s)", f"{arena:,}",
                  ", ".join(f"{n} {b:,}" for n, b in zip(names, needs)))
         elf = _link(target, toolchain, models, tmp, arena, probe=False)
-        graph_bytes = sum(m.artifact.graph_json.stat().st_size for m in models)
         footprint = footprint_from_map((tmp / "firmware.map").read_text(),
                                        [str(m.artifact.kernels_obj) for m in models], graph_bytes)
         footprint["arena_by_model"] = dict(zip(names, needs))
@@ -390,8 +424,9 @@ def build_firmware(target: Target, models: Sequence[FirmwareModel], toolchain: T
                  "graph_sha256": hashlib.sha256(m.artifact.graph_json.read_bytes()).hexdigest(),
                  "params_sha256": hashlib.sha256(m.artifact.params_bin.read_bytes()).hexdigest()}
                 for m in models]
-        fw = Firmware(elf=elf, target=target.name, models=info, arena_bytes=arena, footprint=footprint)
+        fw = Firmware(elf=out / FIRMWARE_ELF, target=target.name, models=info, arena_bytes=arena, footprint=footprint)
         (tmp / MANIFEST).write_text(json.dumps(fw.to_dict(), indent=2) + "\n")
+        seal(tmp, [MANIFEST, FIRMWARE_ELF])
         try:
             tmp.rename(out)
         except OSError:

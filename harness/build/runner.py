@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from harness import REPO_ROOT
-from harness.cache import cache_dir, content_hash
+from harness.cache import cache_dir, content_hash, seal, seal_broken
 from harness.errors import BuildError
 from harness.formats.signatures import SIGNATURES_C
 from harness.config.targets import Target
@@ -105,9 +105,12 @@ def build_runner(
     key = content_hash(parts)
     build_dir = cache_dir() / "builds" / key
     binary = build_dir / RUNNER_NAME
-    if binary.is_file():
+    broken = seal_broken(build_dir) if binary.is_file() else "not built"
+    if broken is None:
         log.info("runner for %s: cached %s", target.name, binary)
     else:
+        if binary.is_file():
+            log.warning("rebuilding: cached runner %s is unusable (%s)", binary, broken)
         build_dir.mkdir(parents=True, exist_ok=True)
         tmp = build_dir / f".{RUNNER_NAME}.{os.getpid()}.tmp"
         log.info("building %s for %s with %s", RUNNER_NAME, target.name, toolchain.describe())
@@ -115,6 +118,7 @@ def build_runner(
         if not tmp.is_file():
             raise BuildError(f"the compiler reported success but wrote no {tmp}")
         os.replace(tmp, binary)
+        seal(build_dir, [RUNNER_NAME])
         log.info("built %s", binary)
     if out_dir is None:
         return binary

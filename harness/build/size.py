@@ -186,15 +186,15 @@ def weights_bytes(artifact: Any) -> int:
 #: Read from an object compiled with the target's compiler, so the struct sizes are the
 #: target's own: sizeof minrt, a node, an entry, a kernel argument, a pointer.
 _SIZES_C = """#include "../src/internal.h"
-const unsigned minrt_struct_sizes[5] = {sizeof(minrt), sizeof(mnode), sizeof(mentry),
+const unsigned minrt_struct_sizes[5] = {sizeof(minrt), sizeof(minrt_node), sizeof(minrt_entry),
                                         sizeof(TVMFFIAny), sizeof(void *)};
 """
 _SHAPE_SHARE_WINDOW = 32  # dims back in the shape pool that an equal shape may share (load.c)
 
 
 def struct_sizes(target: Target, toolchain: Toolchain) -> dict[str, int]:
-    """sizeof(minrt), sizeof(mnode), sizeof(mentry), sizeof(TVMFFIAny), sizeof(void *) on the
-    target, read from the .rodata of a compiled object (nothing runs on the target)."""
+    """sizeof(minrt), sizeof(minrt_node), sizeof(minrt_entry), sizeof(TVMFFIAny), sizeof(void *)
+    on the target, read from the .rodata of a compiled object (nothing runs on the target)."""
     parts: list[bytes | str] = ["sizes/1", target.cc.tool("gcc"), *target.cc.cflags, toolchain.describe(),
                                 _SIZES_C, (RUNTIME_DIR / "src" / "internal.h").read_bytes(),
                                 (RUNTIME_DIR / "include" / "minrt.h").read_bytes()]

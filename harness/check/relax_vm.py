@@ -24,6 +24,7 @@ from harness.formats import tensorfile
 from harness.formats.artifact import Artifact
 from harness.formats.artifact import NOP
 from harness.formats.dtypes import dtype_nbytes
+from harness.compile.native_log import native_stderr_to_log
 from harness.compile.source import load_model, relax_module
 from harness.errors import CompileError
 from harness.config.targets import Target, load_target
@@ -55,6 +56,7 @@ def _kernel_context() -> Any:
     return tvm.transform.PassContext(config={"tirx.disable_assert": True})
 
 
+@native_stderr_to_log("relax vm reference")
 def run_relax_vm(model_path: Path | str, inputs: Mapping[str, np.ndarray],
                  target: Target | str | None = None) -> list[np.ndarray]:
     """Run the model through TVM's Relax VM on this host; outputs in graph order."""
@@ -64,7 +66,8 @@ def run_relax_vm(model_path: Path | str, inputs: Mapping[str, np.ndarray],
     model_path = Path(model_path)
     target = _host_target(target)
     tvm_target = tvm.target.Target(dict(target.tvm_target))
-    mod = relax_module(model_path, target.tvm_target)
+    # the inputs' own shapes fix a model's dynamic dimensions (--input-shape)
+    mod = relax_module(model_path, target.tvm_target, {k: list(np.shape(v)) for k, v in inputs.items()})
     args = [tvm.runtime.tensor(x) for x in _ordered_inputs(model_path, inputs)]
     log.info("relax vm: building %s for %s", model_path.name, target.name)
     with _kernel_context():

@@ -10,6 +10,7 @@ import numpy as np
 
 from harness.formats.artifact import NOP
 from harness.errors import CompileError
+from harness.formats.dtypes import minrt_dtype
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +42,15 @@ class Graph:
         for node in self.nodes:
             ptr.append(ptr[-1] + len(node.outputs))
         return ptr
+
+
+def check_dtypes(graph: Graph, where: str) -> None:
+    """CompileError for a tensor whose dtype minrt does not load (it would refuse the graph)."""
+    inputs = set(graph.input_nids)
+    for nid, node in enumerate(graph.nodes):
+        what = ("input" if nid in inputs else "weight") if node.op == "null" else f"output of kernel {node.func_name}"
+        for _, dtype in node.outputs:
+            minrt_dtype(dtype, f"{where}: {what} '{node.name}'")
 
 
 def _tensor_sinfo(sinfo: Any, where: str) -> tuple[tuple[int, ...], str]:

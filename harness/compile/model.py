@@ -17,17 +17,18 @@ import re
 import shutil
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping, Sequence
 
 
 from harness.formats import tensorfile
 from harness.formats.artifact import GRAPH_JSON, KERNELS_OBJ, METADATA_JSON, NOP, PARAMS_BIN, Artifact
-from harness.cache import cache_dir, cache_error, content_hash
+from harness.cache import cache_dir, cache_error, content_hash, seal, seal_broken
 from harness.errors import CompileError
 from harness.formats.signatures import SIGNATURES_C, write_signatures
 from harness.config.targets import Target, load_target, tvm_target as tvm_target_of
 from harness.compile.source import load_model, lowered_module
-from harness.compile.graph import inplace_pairs, walk_main
+from harness.compile.graph import check_dtypes, inplace_pairs, walk_main
+from harness.compile.native_log import native_stderr_to_log
 from harness.compile.tflite_import import TensorInfo
 from harness.compile.plan import graph_json, plan_storage, storage_summary
 from harness.compile.kernels import SYSTEM_LIB_PREFIX, compile_kernels, kernel_target, schedule_model_kernels
@@ -43,7 +44,8 @@ ABI = "tvm-ffi"
 # The entry point
 
 
-def _cache_key(model_name: str, onnx_bytes: bytes, target: Target, cache: Path | None, prefix: str = "") -> str:
+def _cache_key(model_name: str, onnx_bytes: bytes, target: Target, cache: Path | None, prefix: str = "",
+               input_shapes: Mapping[str, Sequence[int]] | None = None) -> str:
     import tvm
 
     from harness.compile.tuning_db import TuningDatabase, tuning_disabled
@@ -54,45 +56,60 @@ def _cache_key(model_name: str, onnx_bytes: bytes, target: Target, cache: Path |
     # the default schedule rules and the integer kernels' definitions are inputs too
     rules = b"".join((Path(__file__).parent / name).read_bytes() for name in ("schedule.py", "int8.py"))
     return content_hash([model_name, onnx_bytes, target.name, target.tvm_target_key, tvm.__version__,
-                         PIPELINE_VERSION, tuning, rules] + ([f"prefix={prefix}"] if prefix else []))
+                         PIPELINE_VERSION, tuning, rules] + ([f"prefix={prefix}"] if prefix else [])
+                        + ([f"input_shapes={json.dumps({k: list(v) for k, v in input_shapes.items()}, sort_keys=True)}"]
+                           if input_shapes else []))
 
 
 def compile_model(model_path: Path | str, target: Target | str, cache: Path | None = None,
-                  system_lib_prefix: str = SYSTEM_LIB_PREFIX) -> Artifact:
+                  system_lib_prefix: str = SYSTEM_LIB_PREFIX,
+                  input_shapes: Mapping[str, Sequence[int]] | None = None) -> Artifact:
     """Compile an ONNX or TFLite model for a target into an artifact directory under
     `<cache>/artifacts/<hash>` (cache defaults to harness.cache.cache_dir()); reuse it if there.
 
     `system_lib_prefix` (a C identifier prefix, e.g. "kws_") goes before every kernel symbol,
-    so the kernels of several models link into one firmware image without colliding."""
+    so the kernels of several models link into one firmware image without colliding.
+    `input_shapes` (input name -> shape, `--input-shape`) fixes dynamic input dimensions; it is
+    part of the cache key."""
     if system_lib_prefix and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", system_lib_prefix):
         raise CompileError(f"system_lib_prefix {system_lib_prefix!r} is not a C identifier prefix")
     model_path = Path(model_path)
     if isinstance(target, str):
         target = load_target(target)
-    source = load_model(model_path)
+    with native_stderr_to_log(f"compile {model_path.name} for {target.name}"):
+        return _compile_model(model_path, target, cache, system_lib_prefix, input_shapes)
+
+
+def _compile_model(model_path: Path, target: Target, cache: Path | None, system_lib_prefix: str,
+                   input_shapes: Mapping[str, Sequence[int]] | None) -> Artifact:
+    source = load_model(model_path, input_shapes)
     data = source.data
     model_name = model_path.stem
-    key = _cache_key(model_name, data, target, cache, system_lib_prefix)
+    key = _cache_key(model_name, data, target, cache, system_lib_prefix, input_shapes)
     root = (Path(cache) if cache is not None else cache_dir()) / "artifacts"
     out_dir = root / key
     if out_dir.is_dir():
         try:
+            broken = seal_broken(out_dir)
+            if broken:
+                raise CompileError(broken)
             artifact = Artifact.open(out_dir)
             log.info("compile %s for %s: cached artifact %s", model_name, target.name, out_dir)
             return artifact
         except CompileError as exc:
-            log.warning("recompiling: cached artifact is unusable (%s)", exc)
+            log.warning("recompiling: cached artifact %s is unusable (%s)", out_dir, exc)
             shutil.rmtree(out_dir, ignore_errors=True)
 
     import tvm
 
     tvm_target = tvm_target_of(target)  # a bad [tvm] table fails here, before any import work
     started = time.monotonic()
-    log.info("compile %s for %s: importing %s with TVM %s, legalize and fuse", model_name, target.name,
+    log.info("compile %s for %s: importing %s with TVM %s", model_name, target.name,
              {"onnx": "ONNX", "tflite": "TFLite"}[source.kind], tvm.__version__)
-    lowered = lowered_module(source, tvm_target)
+    lowered = lowered_module(source, tvm_target)  # logs "legalize and fuse" when the import is done
     inputs = source.input_names
     graph = walk_main(lowered, inputs, str(model_path), op_types=source.op_types)
+    check_dtypes(graph, str(model_path))  # before the kernels: minrt would refuse the graph at load
     schedule_started = time.monotonic()
     ktarget = kernel_target(target)
     kernels, schedules = schedule_model_kernels(graph.kernels, ktarget, target, cache)
@@ -147,10 +164,12 @@ def compile_model(model_path: Path | str, target: Target | str, cache: Path | No
             "inplace": [list(t) for t in plan.inplace],
             "nops": sum(1 for n in graph.nodes if n.func_name == NOP),
             "folded_batchnorms": source.notes.get("folded_batchnorms", 0),
+            "input_shapes": {k: list(v) for k, v in (input_shapes or {}).items()},
             "pipeline_version": PIPELINE_VERSION,
             "compile_seconds": round(time.monotonic() - started, 3),
         }
         (tmp / METADATA_JSON).write_text(json.dumps(metadata, indent=2) + "\n")
+        seal(tmp, [p.name for p in tmp.iterdir()])
         try:
             tmp.rename(out_dir)
         except OSError:  # another process finished the same artifact first

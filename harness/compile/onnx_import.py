@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -32,10 +32,10 @@ def load_onnx(path: Path) -> tuple[Any, bytes]:
     except (DecodeError, ValueError, RuntimeError) as exc:
         raise CompileError(f"{path}: not an ONNX model (protobuf does not parse: {exc})") from None
     # Protobuf accepts many byte strings (even empty ones) as a message with no fields.
-    if model.ir_version == 0 or not model.HasField("graph") or not model.graph.node:
-        raise CompileError(
-            f"{path}: not an ONNX model (no ir_version or no graph nodes in {len(data)} bytes)"
-        )
+    if model.ir_version == 0 or not model.HasField("graph"):
+        raise CompileError(f"{path}: not an ONNX model (no ir_version or no graph in {len(data)} bytes)")
+    if not model.graph.node:
+        raise CompileError(f"{path}: the ONNX graph has no nodes: there is nothing to compile")
     try:
         onnx.checker.check_model(model)
     except onnx.checker.ValidationError as exc:
@@ -50,16 +50,73 @@ def graph_inputs(model: Any) -> list[Any]:
     return [i for i in model.graph.input if i.name not in initializers]
 
 
+#: The largest dimension minrt takes: it keeps dimensions and element counts below 2^31.
+MAX_DIM = (1 << 31) - 1
+
+
+def _shape_text(value: Any) -> str:
+    return "[" + ",".join(str(d.dim_value) if d.HasField("dim_value") and d.dim_value >= 0
+                          else (d.dim_param or "?") for d in value.type.tensor_type.shape.dim) + "]"
+
+
 def _check_static_shapes(model: Any, path: Path) -> None:
     for value in graph_inputs(model):
         dims = value.type.tensor_type.shape.dim
         for axis, dim in enumerate(dims):
-            if not dim.HasField("dim_value") or dim.dim_value <= 0:
+            if dim.HasField("dim_value") and dim.dim_value == 0:
+                raise CompileError(f"{path}: input '{value.name}' has dimension {axis} of size 0 in shape "
+                                   f"{_shape_text(value)}: an empty tensor, which minrt does not run")
+            if dim.HasField("dim_value") and dim.dim_value > MAX_DIM:
+                raise CompileError(f"{path}: input '{value.name}' has dimension {axis} of size {dim.dim_value}, "
+                                   f"more than minrt's largest ({MAX_DIM:,})")
+            if not dim.HasField("dim_value") or dim.dim_value < 0:
                 what = dim.dim_param or "unknown"
+                example = ",".join(str(d.dim_value) if d.HasField("dim_value") and d.dim_value > 0 else "1"
+                                   for d in dims)
                 raise CompileError(
-                    f"{path}: input '{value.name}' has a non-static dimension {axis} ({what}); "
-                    "minrt needs every input shape fixed"
+                    f"{path}: input '{value.name}' has a non-static dimension {axis} ({what}) in shape "
+                    f"{_shape_text(value)}; minrt needs every input shape fixed: give it with "
+                    f"--input-shape {value.name}={example}"
                 )
+
+
+def apply_input_shapes(model: Any, shapes: Mapping[str, Sequence[int]], path: Path) -> Any:
+    """A copy of the model with the given inputs' shapes fixed (tvmc's --input-shapes): each
+    shape must have the input's rank and keep its static dimensions; a named dimension fixed on
+    an input (a batch `N`) takes the same value wherever else the graph uses that name."""
+    import onnx
+
+    if not shapes:
+        return model
+    inputs = {v.name: v for v in graph_inputs(model)}
+    unknown = sorted(set(shapes) - set(inputs))
+    if unknown:
+        raise CompileError(f"{path}: --input-shape names {unknown}, not inputs of the model "
+                           f"(inputs: {', '.join(f'{n} {_shape_text(v)}' for n, v in inputs.items())})")
+    fixed = onnx.ModelProto()
+    fixed.CopyFrom(model)
+    params: dict[str, int] = {}
+    by_name = {v.name: v for v in fixed.graph.input}
+    for name, shape in shapes.items():
+        value = by_name[name]
+        dims = value.type.tensor_type.shape.dim
+        if len(dims) != len(shape):
+            raise CompileError(f"{path}: --input-shape {name}={','.join(map(str, shape))} has {len(shape)} "
+                               f"dimension(s); input '{name}' has {len(dims)}: {_shape_text(value)}")
+        for axis, (dim, size) in enumerate(zip(dims, shape)):
+            if dim.HasField("dim_value") and dim.dim_value > 0 and dim.dim_value != size:
+                raise CompileError(f"{path}: --input-shape {name}: dimension {axis} is fixed at "
+                                   f"{dim.dim_value} in the model, not {size} ({_shape_text(value)})")
+            if dim.dim_param:
+                if params.setdefault(dim.dim_param, int(size)) != size:
+                    raise CompileError(f"{path}: --input-shape gives dimension '{dim.dim_param}' two "
+                                       f"values ({params[dim.dim_param]} and {size})")
+            dim.dim_value = int(size)
+    for value in [*fixed.graph.input, *fixed.graph.output, *fixed.graph.value_info]:
+        for dim in value.type.tensor_type.shape.dim:
+            if dim.dim_param in params:
+                dim.dim_value = params[dim.dim_param]
+    return fixed
 
 
 def fold_batchnorm(model: Any) -> tuple[Any, int]:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping, Sequence
 
 from harness.compile.tflite_import import TensorInfo
 from harness.errors import CompileError
@@ -84,21 +84,39 @@ def _onnx_tensor_infos(model: Any) -> tuple[list[TensorInfo], list[TensorInfo]]:
     return [info(v) for v in graph_inputs(model)], outputs
 
 
-def load_model(path: Path | str) -> ModelSource:
-    """Read and check a model file (.onnx or .tflite)."""
+def load_model(path: Path | str, input_shapes: Mapping[str, Sequence[int]] | None = None) -> ModelSource:
+    """Read and check a model file (.onnx or .tflite). `input_shapes` (input name -> shape,
+    `--input-shape`) fixes an ONNX model's dynamic input dimensions; a .tflite model's inputs
+    are static, so there it may only repeat an input's own shape."""
     path = Path(path)
+    shapes = dict(input_shapes or {})
     if model_kind(path) == "tflite":
         from harness.compile.tflite_import import load_tflite
 
         tfl, data = load_tflite(path)
+        _check_tflite_shapes(tfl.inputs, shapes, path)
         return ModelSource(path=path, kind="tflite", data=data, model=tfl, inputs=tfl.inputs,
                            outputs=tfl.outputs, op_types=tfl.op_types)
-    from harness.compile.onnx_import import load_onnx
+    from harness.compile.onnx_import import apply_input_shapes, load_onnx
 
     model, data = load_onnx(path)
+    model = apply_input_shapes(model, shapes, path)
     inputs, outputs = _onnx_tensor_infos(model)
     return ModelSource(path=path, kind="onnx", data=data, model=model, inputs=inputs, outputs=outputs,
                        op_types=[n.op_type for n in model.graph.node])
+
+
+def _check_tflite_shapes(inputs: Sequence[TensorInfo], shapes: Mapping[str, Sequence[int]], path: Path) -> None:
+    """A .tflite model's input shapes are fixed in the file: `--input-shape` may name them
+    (the Relax VM reference passes its inputs' shapes) but not change them."""
+    by_name = {i.name: i for i in inputs}
+    for name, shape in shapes.items():
+        if name not in by_name:
+            raise CompileError(f"{path}: --input-shape names '{name}', not an input of the model "
+                               f"(inputs: {', '.join(f'{i.name} {list(i.shape)}' for i in inputs)})")
+        if tuple(int(d) for d in shape) != tuple(by_name[name].shape):
+            raise CompileError(f"{path}: --input-shape {name}={','.join(map(str, shape))}: a .tflite model's "
+                               f"input shapes are static; '{name}' is {list(by_name[name].shape)}")
 
 
 def import_model(source: ModelSource) -> Any:
@@ -120,6 +138,7 @@ def lowered_module(source: ModelSource, tvm_target: Any) -> Any:
     from harness.compile.onnx_import import lower_relax, reraise_interrupt
 
     mod = import_model(source)
+    log.info("%s: legalize and fuse", source.name)
     if source.quantized:
         mod = integer_kernels(mod, source)
     try:
@@ -148,8 +167,9 @@ def integer_kernels(mod: Any, source: ModelSource) -> Any:
     return mod
 
 
-def relax_module(model_path: Path | str, tvm_target_dict: dict[str, Any]) -> Any:
+def relax_module(model_path: Path | str, tvm_target_dict: dict[str, Any],
+                 input_shapes: Mapping[str, Sequence[int]] | None = None) -> Any:
     """The lowered Relax module for a model file (shared with harness.check.relax_vm)."""
     import tvm
 
-    return lowered_module(load_model(model_path), tvm.target.Target(dict(tvm_target_dict)))
+    return lowered_module(load_model(model_path, input_shapes), tvm.target.Target(dict(tvm_target_dict)))

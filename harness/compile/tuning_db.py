@@ -114,20 +114,31 @@ class TuningDatabase:
     def _default_key(scheduled: Any) -> str:
         return hashlib.sha256(scheduled.script().encode()).hexdigest()[:24]
 
-    def default_latency(self, scheduled: Any) -> float | None:
-        """The measured latency of this default-scheduled kernel, if a session measured it."""
+    def _defaults(self) -> dict[str, float]:
+        """defaults.json: kernel key -> measured latency (us); empty when there is none, or
+        when it is not such an object (a torn write, an edit): a cache, remeasured on demand."""
         path = self.path / DEFAULTS
         if not path.is_file():
-            return None
+            return {}
         try:
-            return json.loads(path.read_text()).get(self._default_key(scheduled))
-        except json.JSONDecodeError:
-            return None
+            data = json.loads(path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            log.warning("tuning database %s: ignoring an unreadable %s (%s)", self.path, DEFAULTS, exc)
+            return {}
+        if not isinstance(data, dict):
+            log.warning("tuning database %s: ignoring %s, a JSON %s, not an object", self.path, DEFAULTS,
+                        type(data).__name__)
+            return {}
+        return data
+
+    def default_latency(self, scheduled: Any) -> float | None:
+        """The measured latency of this default-scheduled kernel, if a session measured it."""
+        return self._defaults().get(self._default_key(scheduled))
 
     def set_default_latency(self, scheduled: Any, latency_us: float) -> None:
         path = self.path / DEFAULTS
         self.path.mkdir(parents=True, exist_ok=True)
-        data = json.loads(path.read_text()) if path.is_file() else {}
+        data = self._defaults()
         data[self._default_key(scheduled)] = latency_us
         tmp = path.with_suffix(f".tmp{os.getpid()}")
         tmp.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
@@ -139,8 +150,7 @@ class TuningDatabase:
             raise HarnessError(f"no tuning records in {self.path}")
         workloads = [json.loads(line) for line in self.workloads_file.read_text().splitlines() if line.strip()]
         records = [json.loads(line) for line in self.records_file.read_text().splitlines() if line.strip()]
-        defaults_file = self.path / DEFAULTS
-        defaults = json.loads(defaults_file.read_text()) if defaults_file.is_file() else {}
+        defaults = self._defaults()
         Path(out).write_text(json.dumps({"format": EXPORT_FORMAT, "workloads": workloads, "records": records,
                                          "defaults": defaults}) + "\n")
         return len(records)
@@ -183,7 +193,7 @@ class TuningDatabase:
         if not isinstance(defaults, dict):
             raise HarnessError(f"{src}: 'defaults' must be an object")
         defaults_file = self.path / DEFAULTS
-        mine_d = json.loads(defaults_file.read_text()) if defaults_file.is_file() else {}
+        mine_d = self._defaults()
         merged = {**{k: float(v) for k, v in defaults.items()}, **mine_d}  # this machine's own measurement wins
         if merged != mine_d:
             defaults_file.write_text(json.dumps(merged, indent=1, sort_keys=True) + "\n")

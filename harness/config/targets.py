@@ -10,7 +10,7 @@ from __future__ import annotations
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 from harness import REPO_ROOT, missing_source
 from harness.errors import TargetError
@@ -180,6 +180,17 @@ def tvm_target(target: Target) -> Any:
     if cpu is not None and not codegen.llvm_is_valid_cpu(cpu, triple or codegen.llvm_get_system_triple()):
         raise TargetError(f"{target.path}: key 'tvm.mcpu' = '{cpu}' is not a cpu LLVM knows for "
                           f"{triple or 'this host'}")
+    # LLVM only warns about an unknown feature (once per kernel) and compiles without it. A
+    # feature it knows and enables shows in the cpu's feature set; '-feature' cannot be checked
+    # that way, so only '+feature' is.
+    wanted = [f[1:] for f in target.tvm_target.get("mattr", []) if isinstance(f, str) and f.startswith("+")]
+    if wanted:
+        enabled = codegen.llvm_get_cpu_features(result)
+        unknown = [f for f in wanted if f not in enabled]
+        if unknown:
+            raise TargetError(f"{target.path}: key 'tvm.mattr' has " + ", ".join(f"'+{f}'" for f in unknown)
+                              + f", not a feature LLVM knows for {triple or 'this host'}"
+                              + (f" (cpu {cpu})" if cpu else ""))
     return result
 
 
@@ -188,38 +199,61 @@ def _type_names(kind: type | tuple[type, ...]) -> str:
     return " or ".join({str: "a string", int: "an integer", bool: "true/false"}.get(k, k.__name__) for k in kinds)
 
 
-def _transport_options(table: dict[str, Any], path: Path) -> dict[str, Any]:
-    """[transport]: `kind` names a registered transport; every other key must be one of its
-    options (or the board's, for kinds that reach the emulated board), of the right type."""
+def check_transport_options(kind: str, options: Mapping[str, Any], where: str, section: str) -> None:
+    """Every option must be one of transport `kind`'s (or the board's, for kinds that reach the
+    emulated board), of the right type; errors name `where` and the key as `section.key`. Used
+    for a target's [transport] table and an inventory device's options."""
     from harness.transport import BOARD_OPTIONS, transport_kinds
 
-    kind = _require(table, "kind", str, path, "transport")
     kinds = transport_kinds()
     if kind not in kinds:
-        raise TargetError(f"{path}: key 'transport.kind' must be one of {', '.join(sorted(kinds))}, got '{kind}'")
+        raise TargetError(f"{where}: transport '{kind}' is not supported (known: {', '.join(sorted(kinds))})")
     allowed = dict(kinds[kind].options)
     if kinds[kind].board:
         allowed.update(BOARD_OPTIONS)
-    for key, value in table.items():
-        if key == "kind":
-            continue
+    for key, value in options.items():
         if key not in allowed:
-            raise TargetError(f"{path}: unknown key 'transport.{key}' for transport '{kind}' "
+            raise TargetError(f"{where}: unknown key '{section}.{key}' for transport '{kind}' "
                               f"(allowed: {', '.join(sorted(allowed)) or 'none'})")
         want = allowed[key]
         if not isinstance(value, want) or (isinstance(value, bool) and bool not in (want if isinstance(want, tuple) else (want,))):
-            raise TargetError(f"{path}: key 'transport.{key}' must be {_type_names(want)}, got {type(value).__name__}")
+            raise TargetError(f"{where}: key '{section}.{key}' must be {_type_names(want)}, got {type(value).__name__}")
+
+
+def _transport_options(table: dict[str, Any], path: Path) -> dict[str, Any]:
+    """[transport]: `kind` names a registered transport and the other keys are its options."""
+    from harness.transport import transport_kinds
+
+    kind = _require(table, "kind", str, path, "transport")
+    if kind not in transport_kinds():
+        raise TargetError(f"{path}: key 'transport.kind' must be one of {', '.join(sorted(transport_kinds()))}, got '{kind}'")
+    check_transport_options(kind, {k: v for k, v in table.items() if k != "kind"}, str(path), "transport")
     return table
+
+
+def parse_toml(data: bytes, src: str) -> dict[str, Any]:
+    """A TOML document (a target file, an inventory) as a dict; anything that is not one is a
+    TargetError naming the file: bytes that are not UTF-8, bad syntax, nesting too deep for the
+    parser (tomllib recurses once per level)."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise TargetError(f"{src}: not UTF-8 text (byte {exc.start} is 0x{data[exc.start]:02x})") from None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise TargetError(f"{src}: not valid TOML: {exc}") from None
+    except RecursionError:
+        raise TargetError(f"{src}: not valid TOML here: arrays or tables nested too deeply") from None
 
 
 def parse_target(path: Path) -> Target:
     """Read and validate one target file; errors name the file, the key and the problem."""
     try:
-        data = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as exc:
-        raise TargetError(f"{path}: not valid TOML: {exc}") from None
+        raw = path.read_bytes()
     except OSError as exc:
         raise TargetError(f"{path}: cannot read: {exc.strerror}") from None
+    data = parse_toml(raw, str(path))
 
     _no_unknown_keys(data, TOP_LEVEL_KEYS, path)
     name = _require(data, "name", str, path)

@@ -28,10 +28,10 @@ from pathlib import Path
 from typing import NamedTuple
 
 from harness.cache import cache_dir, private_dir
-from harness.errors import DeviceError
+from harness.errors import DeviceError, TargetError
 
 log = logging.getLogger(__name__)
-from harness.device.board_image import READY_MARKER, BoardImage, BoardRecipe, build_board_image, locked, recipe_for
+from harness.device.board_image import READY_MARKER, RECIPES, BoardImage, BoardRecipe, build_board_image, locked, recipe_for
 
 # -- running the board ------------------------------------------------------------------------
 
@@ -323,8 +323,13 @@ def _ssh_answers(port: int, timeout: float = 5.0) -> bool:
 
 
 def _run_dir(name: str, instance: str, cache: Path | None) -> Path:
-    if not re.fullmatch(r"[A-Za-z0-9_.-]+", instance):
-        raise DeviceError(f"board instance name '{instance}' may use only letters, digits, . _ -")
+    """The board's state directory. Both names become part of a path, so both are checked
+    first: a name must be a known image, an instance plain characters (no '/' or '..')."""
+    if name not in RECIPES:
+        raise TargetError(f"unknown board '{name}' (known: {', '.join(RECIPES)})")
+    if not re.fullmatch(r"[A-Za-z0-9_-][A-Za-z0-9_.-]*", instance) or ".." in instance:
+        raise TargetError(f"board instance name '{instance}' may use only letters, digits, . _ - "
+                          "(and may not start with '.')")
     return (cache or cache_dir()) / "boards" / "run" / f"{name}-{instance}"
 
 

@@ -42,11 +42,13 @@ def _board_of(device: Device) -> tuple[str, str] | None:
 
 
 def check_device(device: Device) -> StepResult:
-    """Open the device's transport and run its health check (default `true`) on it."""
+    """Open the device's transport and run its health check on it: the device's health_check
+    argv (default `true`) in its shell, or on a firmware board, which has no shell, a framed
+    HELLO to its front end (an emulated one with no image: a boot of its machine)."""
     from harness.device.open import open_transport
     from harness.errors import HarnessError
-
     from harness.transport import transport_kind
+    from harness.transport.firmware import FirmwareTransport
 
     target = device_target(device)
     argv = list(device.health_check or ("true",))
@@ -59,6 +61,8 @@ def check_device(device: Device) -> StepResult:
             return StepResult(False, f"emulated board {board[0]}-{board[1]} is {state}")
     try:
         with open_transport(target, host=device.address) as transport:
+            if isinstance(transport, FirmwareTransport):
+                return StepResult(True, f"healthy: {transport.health()}")
             if not device.health_check and transport_kind(target.transport.kind).on_host:
                 return StepResult(True, "healthy (this host)")  # opening it checked what it needs
             result = transport.run(argv, timeout=60)

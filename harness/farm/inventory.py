@@ -9,7 +9,7 @@ the transports (harness.transport) talk to them. Inventories are TOML files
 from __future__ import annotations
 
 import dataclasses
-import tomllib
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -29,7 +29,8 @@ class Device:
     tags: tuple[str, ...] = ()
     labgrid_matches: tuple[str, ...] = ()
     #: argv run ON the device to tell it is healthy (empty: `true`; over serial the console
-    #: sync that precedes every command is the real check)
+    #: sync that precedes every command is the real check). Firmware boards have no shell:
+    #: their check is a framed HELLO to the front end, and this must stay empty.
     health_check: tuple[str, ...] = ()
     #: argv run on THIS host to power-cycle the device (e.g. a smart PDU or uhubctl command);
     #: empty: the emulated board is restarted, other devices cannot be power-cycled
@@ -95,14 +96,37 @@ def _str_list(table: dict, key: str, where: str) -> tuple[str, ...]:
     return tuple(value)
 
 
-def parse_inventory(text: str, path: Path | None = None) -> Inventory:
-    """Validate an inventory; errors name the file, the device and the key."""
-    src = str(path or "<inventory>")
+#: The longest device name: it becomes part of lock file names and thread names.
+MAX_NAME = 64
+
+
+def _check_transport(target: str, transport: str | None, options: Mapping[str, Any], address: str | None,
+                     where: str) -> None:
+    """A device's transport kind and its options, checked when the inventory is read: a
+    configuration mistake is bad input, never a device failure that would count towards
+    quarantining the device."""
+    from harness.config.targets import check_transport_options, load_target
+
     try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise TargetError(f"{src}: not valid TOML: {exc}") from None
-    from harness.config.targets import target_names
+        kind = transport or load_target(target).transport.kind
+    except TargetError as exc:
+        raise TargetError(f"{where}: {exc}") from None
+    check_transport_options(kind, options, where, "options")
+    if kind == "ssh" and address is not None:  # the one kind whose address has a form to check
+        from harness.transport.ssh import split_address
+
+        try:
+            split_address(address, "root")
+        except TargetError as exc:
+            raise TargetError(f"{where}: key 'address': {exc}".replace("--host ", "")) from None
+
+
+def parse_inventory(text: str | bytes, path: Path | None = None) -> Inventory:
+    """Validate an inventory; errors name the file, the device and the key."""
+    from harness.config.targets import parse_toml, target_names
+
+    src = str(path or "<inventory>")
+    data = parse_toml(text.encode() if isinstance(text, str) else text, src)
 
     known_targets = set(target_names())
     tables = data.get("devices")
@@ -111,12 +135,16 @@ def parse_inventory(text: str, path: Path | None = None) -> Inventory:
     devices, seen = [], set()
     for i, table in enumerate(tables):
         where = f"{src}: devices[{i}]"
+        if not isinstance(table, dict):
+            raise TargetError(f"{where}: must be a [[devices]] table, got {type(table).__name__} {table!r:.40}")
         name = _field(table, "name", str, where, required=True)
         where = f"{src}: device '{name}'"
         if name in seen:
             raise TargetError(f"{where}: the name is used twice")
         if not name.replace("-", "").replace("_", "").replace(".", "").isalnum():
             raise TargetError(f"{where}: key 'name' may hold only letters, digits, '-', '_' and '.'")
+        if len(name) > MAX_NAME:  # it names lock files, thread names and result rows
+            raise TargetError(f"{src}: devices[{i}]: key 'name' is {len(name)} characters, more than {MAX_NAME}")
         seen.add(name)
         target = _field(table, "target", str, where, required=True)
         if target not in known_targets and not target.endswith(".toml"):
@@ -126,11 +154,15 @@ def parse_inventory(text: str, path: Path | None = None) -> Inventory:
                                 "health_check", "power_cycle"}
         if unknown:
             raise TargetError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}")
+        transport = _field(table, "transport", str, where)
+        options = _field(table, "options", dict, where) or {}
+        address = _field(table, "address", str, where)
+        _check_transport(target, transport, options, address, where)
         devices.append(Device(
             name=name, target=target,
-            transport=_field(table, "transport", str, where),
-            address=_field(table, "address", str, where),
-            options=_field(table, "options", dict, where) or {},
+            transport=transport,
+            address=address,
+            options=options,
             tags=_str_list(table, "tags", where),
             labgrid_matches=_str_list(table, "labgrid_matches", where),
             health_check=_str_list(table, "health_check", where),
@@ -156,8 +188,16 @@ def parse_inventory(text: str, path: Path | None = None) -> Inventory:
     if isinstance(after, bool) or not isinstance(after, int) or after < 1:
         raise TargetError(f"{src}: key 'health.quarantine_after' must be a whole number >= 1, got {after!r}")
     timeout = health.get("timeout", 120.0)
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout < math.inf:
         raise TargetError(f"{src}: key 'health.timeout' must be a number of seconds > 0, got {timeout!r}")
+    from harness.transport.firmware import TRANSPORT_KINDS as FIRMWARE_KINDS
+
+    firmware_kinds = {k.name for k in FIRMWARE_KINDS}
+    for device in devices:
+        if device.health_check and device_target(device).transport.kind in firmware_kinds:
+            raise TargetError(f"{src}: device '{device.name}': key 'health_check' runs a command in a shell, "
+                              "which a firmware board does not have (its health check is a framed HELLO "
+                              "to the front end): remove the key")
     return Inventory(devices=tuple(devices), path=path, lease_backend=backend,
                      labgrid_coordinator=coordinator, quarantine_after=after, health_timeout=float(timeout))
 
@@ -165,7 +205,7 @@ def parse_inventory(text: str, path: Path | None = None) -> Inventory:
 def load_inventory(path: Path | str) -> Inventory:
     path = Path(path)
     try:
-        text = path.read_text()
+        text = path.read_bytes()
     except OSError as exc:
         raise TargetError(f"{path}: cannot read the inventory: {exc.strerror}") from None
     return parse_inventory(text, path)

@@ -17,7 +17,9 @@ is named by "module:function" so the worker process can import it. The default,
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import fcntl
 import importlib
 import inspect
 import json
@@ -33,11 +35,12 @@ import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 from harness import REPO_ROOT
 from harness.errors import DeviceError, HarnessError, exit_code_of_results
-from harness.build.toolchain import DEFAULT_TOOLCHAIN, TOOLCHAINS
+from harness.build.toolchain import DEFAULT_TOOLCHAIN
+from harness.formats.text import table
 from harness.farm.inventory import Device, Inventory, device_target, inventory_of_targets, load_inventory
 from harness.farm.health import STEPS, StepResult, check_device, run_step, step_main
 from harness.farm.junit import write_junit
@@ -45,6 +48,7 @@ from harness.farm.lease import LabgridLeases, LeaseBackend, LeaseTimeout, LocalL
 from harness.models.resolve import resolve_models
 from harness.results.store import HEALTHY, QUARANTINED
 from harness.transport import transport_kind
+from harness.formats.text import json_text
 
 log = logging.getLogger(__name__)
 
@@ -76,16 +80,19 @@ class DeviceFailure(DeviceError):
 
 def run_model_on_device(model: Path, device: Device, *, iters: int = 10, seed: int = 0,
                         toolchain: str = DEFAULT_TOOLCHAIN, evidence_dir: Path | None = None,
+                        input_shapes: Mapping[str, Sequence[int]] | None = None,
                         **checks: float) -> dict[str, Any]:
     """The default job: `harness.run.run_on_target` on the device (keeping the artifact, inputs
-    and outputs in `evidence_dir`). `checks`: atol/rtol of the comparison."""
+    and outputs in `evidence_dir`). `checks`: atol/rtol of the comparison; `input_shapes`
+    fixes the model's dynamic inputs (--input-shape)."""
     from harness.run import run_on_target
 
     unknown = set(checks) - {"atol", "rtol"}
     if unknown:
         raise HarnessError(f"farm: unknown job option(s) {', '.join(sorted(unknown))}")
     result = run_on_target(model, device_target(device), toolchain=toolchain, iters=iters,
-                           seed=seed, host=device.address, evidence_dir=evidence_dir, **checks).to_dict()
+                           seed=seed, host=device.address, evidence_dir=evidence_dir,
+                           input_shapes=input_shapes, **checks).to_dict()
     if result.get("error_kind") in _device_error_names():
         raise DeviceFailure(f"device {device.name}: {result['error']}", result)
     return result
@@ -531,6 +538,41 @@ def run_farm(
 
         commit = git_commit()
     batch = batch or time.strftime("farm-%Y%m%dT%H%M%SZ", time.gmtime())
+    with contextlib.ExitStack() as stack:
+        if out_dir is not None:
+            stack.enter_context(_own_out_dir(Path(out_dir)))
+        return _run_jobs(inventory, models, targets, job_runner, runner_options, leases, store, batch, commit,
+                         out_dir, lease_timeout, job_timeout, on_start, keep, check_health)
+
+
+@contextlib.contextmanager
+def _own_out_dir(out_dir: Path) -> Iterator[None]:
+    """Hold `out_dir` for one farm: a second farm given the same directory stops at once with
+    the first one's pid, instead of both overwriting each other's results and job logs."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    lock = out_dir / ".farm.lock"
+    with open(lock, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "unknown"
+            raise HarnessError(f"farm: --out {out_dir} is in use by another farm (pid {holder}); "
+                               "give each farm its own --out directory") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"{os.getpid()}\n")
+        handle.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _run_jobs(inventory: Inventory, models: Sequence[Path | str], targets: list[str], job_runner: str | Callable[..., dict[str, Any]],
+              runner_options: Mapping[str, Any] | None, leases: LeaseBackend, store: Any, batch: str, commit: str,
+              out_dir: Path | None, lease_timeout: float, job_timeout: float,
+              on_start: Callable[[Job, str, int], None] | None, keep: str, check_health: bool) -> FarmReport:
     jobs = [Job(Path(m), t) for m in models for t in targets]
     devices = [d for d in inventory.devices if d.target in targets]
     log.info("farm: %d job(s) (%d model(s) x %d target(s)) on %d device(s), batch %s",
@@ -559,7 +601,7 @@ def run_farm(
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         report.json_path = out_dir / "farm-results.json"
-        report.json_path.write_text(json.dumps(report.to_dict(), indent=2))
+        report.json_path.write_text(json_text(report.to_dict(), indent=2))
         report.junit_path = out_dir / "farm-results.xml"
         write_junit(report, report.junit_path)
     passed = sum(j.passed for j in jobs)
@@ -570,26 +612,31 @@ def run_farm(
 # -- command line -------------------------------------------------------------------------
 
 
-def configure_parser(p: argparse.ArgumentParser) -> None:
-    """`harness farm run ...`; `p` is the `farm` sub-command's parser."""
-    sub = p.add_subparsers(dest="farm_command", required=True)
-    r = sub.add_parser("run", help="run models x targets in parallel across the farm's devices",
-                       epilog="exit codes: 0 every job passed; 1 an output mismatched; 2 bad input (model, "
-                              "inventory); 3 infrastructure (a build failed, no healthy device, a transport "
-                              "error); the worst wins")
+def configure_parser(p: argparse.ArgumentParser, options: Any) -> None:
+    """`harness farm run ...`; `p` is the `farm` sub-command's parser, `options` the CLI's
+    shared option definitions (harness.cli_options: models, targets, toolchain, input shapes,
+    exit codes), so the farm names things as every other command does."""
+    sub = p.add_subparsers(dest="farm_command", required=True, metavar="COMMAND")
+    r = options.command_parser(sub, "run", "run models x targets in parallel across the farm's devices",
+                               one="an output did not match",
+                               zero="every job passed",
+                               note="the worst code of all jobs wins; 3 also when no healthy device was left")
+    options.add_models(r)
     r.add_argument("--inventory", help="farm inventory TOML (default: one device per --target)")
-    r.add_argument("--target", action="append", help="target to run on (repeatable; default: all in the inventory)")
+    options.add_target(r, repeatable=True)
     r.add_argument("--tag", action="append", help="only devices with this tag (repeatable)")
-    r.add_argument("--model", action="append", help="ONNX file or example name (repeatable; default: all examples)")
     r.add_argument("--results", help="results store (default: <cache>/results.sqlite)")
     r.add_argument("--out", default="farm-out", help="directory for farm-results.xml/.json (default farm-out)")
     r.add_argument("--batch", help="batch name in the store (default: farm-<UTC time>)")
-    r.add_argument("--iters", type=int, default=10)
-    r.add_argument("--toolchain", choices=TOOLCHAINS, default=DEFAULT_TOOLCHAIN,
-                   help=f"where runners are compiled (default {DEFAULT_TOOLCHAIN}, as for harness run)")
-    r.add_argument("--runner", default=DEFAULT_RUNNER, help="job runner 'module:function'")
-    r.add_argument("--lease-timeout", type=float, default=3600.0)
-    r.add_argument("--job-timeout", type=float, default=1800.0)
+    options.add_iters(r)
+    options.add_toolchain(r)
+    options.add_input_shapes(r)
+    r.add_argument("--runner", default=DEFAULT_RUNNER,
+                   help=f"job runner 'module:function' (default {DEFAULT_RUNNER})")
+    r.add_argument("--lease-timeout", type=options.positive_float, default=3600.0,
+                   help="seconds to wait for a free device before a job gives up (default 3600)")
+    r.add_argument("--job-timeout", type=options.positive_float, default=1800.0,
+                   help="seconds one job may take on a device before it is stopped (default 1800)")
     r.add_argument("--keep", choices=KEEP_CHOICES, default="failed",
                    help="whose evidence (artifact, inputs, outputs, console, dmesg) stays under OUT/jobs "
                         "(default: failed jobs')")
@@ -607,13 +654,13 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     d.add_argument("--timeout", type=float, required=True)
     d.add_argument("--evidence")
     d.set_defaults(func=step_main)
-    c = sub.add_parser("clear", help="return quarantined device(s) to service")
-    c.add_argument("device", nargs="+")
+    c = options.command_parser(sub, "clear", "return quarantined device(s) to service", one="a device was not quarantined")
+    c.add_argument("device", nargs="+", help="device name(s) from the inventory")
     c.add_argument("--results", help="results store (default: <cache>/results.sqlite)")
     c.set_defaults(func=clear_command)
-    h = sub.add_parser("health", help="each device's recorded health (quarantined ones first)")
+    h = options.command_parser(sub, "health", "each device's recorded health (quarantined ones first)")
     h.add_argument("--results", help="results store (default: <cache>/results.sqlite)")
-    h.add_argument("--json", action="store_true")
+    h.add_argument("--json", action="store_true", help="print the health records as JSON")
     h.set_defaults(func=health_command)
 
 
@@ -638,10 +685,11 @@ def health_command(args: argparse.Namespace) -> int:
     rows = ResultStore(args.results or default_store_path()).device_health()
     rows.sort(key=lambda r: (r["state"] != QUARANTINED, r["device"]))
     if args.json:
-        print(json.dumps(rows, indent=2))
+        print(json_text(rows, indent=2))
         return 0
-    for r in rows:
-        print(f"{r['device']:<16} {r['state']:<12} failures {r['failures']:<3} since {r['since']}  {r['reason'] or ''}")
+    if rows:
+        print(table(["device", "state", "failures", "since", "reason"],
+                    [[r["device"], r["state"], r["failures"], r["since"], r["reason"] or ""] for r in rows], right=(2,)))
     if not rows:
         print("farm: no device health recorded yet")
     return 0
@@ -659,15 +707,19 @@ def command(args: argparse.Namespace) -> int:
     inventory = inventory.select(args.target, args.tag)
     store = ResultStore(args.results or default_store_path())
     report = run_farm(inventory, resolve_models(args.model), args.target, job_runner=args.runner,
-                      runner_options={"iters": args.iters, "toolchain": args.toolchain},
+                      runner_options={"iters": args.iters, "toolchain": args.toolchain,
+                                      **({"input_shapes": args.input_shapes} if args.input_shapes else {})},
                       store=store, batch=args.batch, out_dir=Path(args.out),
                       lease_timeout=args.lease_timeout, job_timeout=args.job_timeout,
                       keep=args.keep, check_health=not args.no_health_check)
+    rows = []
     for job in report.jobs:
         tries = " -> ".join(f"{a.device}:{a.status}" for a in job.attempts) or "not run"
         err = (job.result or {}).get("error")
-        print(f"{'PASS' if job.passed else 'FAIL'}  {job.model.stem:<12} {job.target:<12} {tries}"
-              + (f"  {err.splitlines()[0][:120]}" if err else ""))
+        rows.append(["PASS" if job.passed else "FAIL", job.model.stem, job.target, tries,
+                     err.splitlines()[0][:120] if err else ""])
+    if rows:
+        print(table(["result", "model", "target", "attempts (device:status)", "error"], rows))
     print(f"farm: {sum(j.passed for j in report.jobs)}/{len(report.jobs)} passed; batch {report.batch}; "
           f"results in {store.path}, {report.junit_path}, {report.json_path}")
     return exit_code_of_results([job.result or {} for job in report.jobs])

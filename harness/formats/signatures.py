@@ -22,14 +22,12 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from harness.errors import CompileError
+from harness.formats.dtypes import minrt_dtype
 
 SIGNATURES_C = "kernels_sig.c"
 #: the table's symbol in the runner (runtime_c/runner/runner.h)
 RUNNER_SYMBOL = "minrt_model_signatures"
 
-# DLPack type codes as TVM 0.27 writes them (bool: code 6, 8 bits)
-_DTYPE = re.compile(r"^(int|uint|float|bfloat)(\d+)$")
-_CODES = {"int": 0, "uint": 1, "float": 2, "bfloat": 4}
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
@@ -55,14 +53,7 @@ class Signature:
 
 def dltype_word(dtype: str) -> int:
     """DLDataType {code, bits, lanes 1} as minrt reads it (a little-endian u32)."""
-    if dtype == "bool":
-        code, bits = 6, 8
-    else:
-        m = _DTYPE.match(dtype)
-        if not m:
-            raise CompileError(f"kernel signature: dtype '{dtype}' has no DLPack code minrt knows")
-        code, bits = _CODES[m.group(1)], int(m.group(2))
-    return code | bits << 8 | 1 << 16
+    return minrt_dtype(dtype, "kernel signature").word
 
 
 def prim_signature(name: str, prim: Any) -> Signature:

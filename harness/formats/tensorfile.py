@@ -21,6 +21,7 @@ from typing import Mapping
 import numpy as np
 
 from harness.errors import HarnessError
+from harness.formats.dtypes import DTYPES, DType, dtype_of_dlpack
 
 LIST_MAGIC = 0xF7E58D4F05049CB7
 TENSOR_MAGIC = 0xDD5E40F096B4A13F
@@ -29,32 +30,15 @@ ALIGNED_VERSION = 1
 DATA_ALIGN = 64
 KDL_CPU = 1
 
-# DLPack type codes: 0 int, 1 uint, 2 float, 6 bool.
-_DTYPE_TO_DL: dict[str, tuple[int, int]] = {
-    "float32": (2, 32),
-    "float16": (2, 16),
-    "float64": (2, 64),
-    "int8": (0, 8),
-    "int16": (0, 16),
-    "int32": (0, 32),
-    "int64": (0, 64),
-    "uint8": (1, 8),
-    "uint16": (1, 16),
-    "uint32": (1, 32),
-    "bool": (6, 8),
-}
-_DL_TO_DTYPE = {v: k for k, v in _DTYPE_TO_DL.items()}
-
-
 class TensorFileError(HarnessError):
     pass
 
 
-def dl_dtype(dtype: str) -> tuple[int, int]:
-    try:
-        return _DTYPE_TO_DL[dtype]
-    except KeyError:
-        raise TensorFileError(f"dtype '{dtype}' has no DLPack code known to minrt") from None
+def dl_dtype(dtype: str) -> DType:
+    """The table's entry (harness.formats.dtypes) for a numpy dtype name."""
+    if dtype not in DTYPES:
+        raise TensorFileError(f"dtype '{dtype}' is not one minrt loads ({', '.join(DTYPES)})")
+    return DTYPES[dtype]
 
 
 def dumps(tensors: Mapping[str, np.ndarray], aligned: bool = False) -> bytes:
@@ -71,9 +55,9 @@ def dumps(tensors: Mapping[str, np.ndarray], aligned: bool = False) -> bytes:
     size += 8
     for arr in tensors.values():
         arr = np.asarray(arr, order="C")  # not ascontiguousarray: it turns 0-d into 1-d
-        code, bits = dl_dtype(arr.dtype.name)
-        data = arr.astype(arr.dtype.newbyteorder("<"), copy=False).tobytes()
-        header = (struct.pack("<QQiiiBBH", TENSOR_MAGIC, 0, KDL_CPU, 0, arr.ndim, code, bits, 1)
+        dt = dl_dtype(arr.dtype.name)
+        data = arr.astype(dt.numpy, copy=False).tobytes()
+        header = (struct.pack("<QQiiiBBH", TENSOR_MAGIC, 0, KDL_CPU, 0, arr.ndim, dt.code, dt.bits, dt.lanes)
                   + struct.pack(f"<{arr.ndim}q", *arr.shape) + struct.pack("<q", len(data)))
         size += len(header)
         pad = -size % DATA_ALIGN if aligned else 0
@@ -131,7 +115,8 @@ def _parse(blob: bytes, where: str) -> dict[str, tuple[np.ndarray, int]]:
         tmagic, _, _dev, _dev_id, ndim, code, bits, lanes = take("<QQiiiBBH", f"tensor '{name}' header")
         if tmagic != TENSOR_MAGIC:
             raise TensorFileError(f"{where}: tensor '{name}' has bad magic {tmagic:#x} at byte {start}")
-        if (code, bits) not in _DL_TO_DTYPE or lanes != 1:
+        dt = dtype_of_dlpack(code, bits, lanes)
+        if dt is None:
             raise TensorFileError(f"{where}: tensor '{name}' has unsupported dtype code={code} bits={bits} lanes={lanes} (header at byte {start})")
         if not 0 <= ndim <= 32:
             raise TensorFileError(f"{where}: tensor '{name}' has ndim {ndim} (header at byte {start})")
@@ -139,7 +124,7 @@ def _parse(blob: bytes, where: str) -> dict[str, tuple[np.ndarray, int]]:
         if any(d < 0 for d in shape):
             raise TensorFileError(f"{where}: tensor '{name}' has a negative dimension in shape {shape} (header at byte {start})")
         (nbytes,) = take("<q", f"tensor '{name}' nbytes")
-        dtype = np.dtype(_DL_TO_DTYPE[(code, bits)]).newbyteorder("<")
+        dtype = dt.numpy
         if nbytes != int(np.prod(shape, dtype=np.int64)) * dtype.itemsize:
             raise TensorFileError(f"{where}: tensor '{name}' nbytes {nbytes} at byte {pos - 8} does not match shape {shape}")
         if aligned:

@@ -1,5 +1,9 @@
-"""Which models a command means: .onnx/.tflite paths, names of the shipped examples, or
-MLPerf Tiny model names (harness.models.mlperf_tiny)."""
+"""Which models a command means: model files (.onnx, .tflite), or names of the shipped examples,
+zoo models, MLPerf Tiny models (harness.models.mlperf_tiny) and QDQ examples (harness.models.qdq).
+
+One resolver for every command (run, size, farm, compile, build, tune, bench), so a name that
+works in one works in all of them.
+"""
 
 from __future__ import annotations
 
@@ -8,35 +12,46 @@ from typing import Sequence
 
 from harness.errors import HarnessError
 
+#: What no model argument means: every example ("examples"), or every example and zoo model ("all").
+DEFAULTS = ("examples", "all")
 
-def resolve_models(names: Sequence[str] | None) -> list[Path]:
-    """Model arguments are .onnx/.tflite paths, names of the shipped examples or MLPerf Tiny
-    names (mlperf-kws...); none means all examples."""
+
+def resolve_models(names: Sequence[str] | None, *, default: str = "examples",
+                   out_dir: Path | None = None) -> list[Path]:
+    """Model arguments are existing files (or paths ending in .onnx/.tflite), example names, zoo
+    names, MLPerf Tiny names (mlperf-kws...) or QDQ example names; none means every example
+    (`default="examples"`) or every example and zoo model (`default="all"`). Named models are
+    written under `out_dir` (default: the cache)."""
     from harness.cache import cache_dir
-    from harness.models.examples import write_examples
+    from harness.models.examples import EXAMPLES, write_examples
     from harness.models.mlperf_tiny import MLPERF_TINY, write_mlperf_tiny
     from harness.models.qdq import QDQ_EXAMPLES, write_qdq_examples
+    from harness.models.zoo import ZOO, write_zoo
 
+    if default not in DEFAULTS:
+        raise ValueError(f"default must be one of {DEFAULTS}, not {default!r}")
+    root = Path(out_dir) if out_dir is not None else cache_dir()
     wanted = list(names or [])
-    is_file = [n.endswith((".onnx", ".tflite")) or Path(n).exists() for n in wanted]
-    paths = [Path(n) for n, f in zip(wanted, is_file) if f]
-    mlperf = [n for n, f in zip(wanted, is_file) if not f and n in MLPERF_TINY]
-    if mlperf:
-        paths += list(write_mlperf_tiny(cache_dir() / "mlperf_tiny", mlperf).values())
-    qdq = [n for n, f in zip(wanted, is_file) if not f and n in QDQ_EXAMPLES]
-    if qdq:
-        paths += list(write_qdq_examples(cache_dir() / "qdq", qdq).values())
-    example_names = [n for n, f in zip(wanted, is_file) if not f and n not in MLPERF_TINY and n not in QDQ_EXAMPLES]
-    if not wanted or example_names:
-        examples = write_examples(cache_dir() / "examples")
-        if not wanted:
-            return list(examples.values())
-        for name in example_names:
-            if name not in examples:
-                raise HarnessError(f"model '{name}' is neither a file nor an example (examples: {', '.join(examples)}; "
-                                   f"MLPerf Tiny: {', '.join(MLPERF_TINY)}; QDQ: {', '.join(QDQ_EXAMPLES)})")
-            paths.append(examples[name])
-    for path in paths:
-        if not path.exists():
-            raise HarnessError(f"model file '{path}' does not exist")
+    if not wanted:
+        paths = list(write_examples(root / "examples").values())
+        return paths + list(write_zoo(root / "zoo").values()) if default == "all" else paths
+    paths = []
+    for name in wanted:
+        path = Path(name)
+        if path.is_file():
+            paths.append(path)
+        elif name in EXAMPLES:
+            paths.append(write_examples(root / "examples", [name])[name])
+        elif name in ZOO:
+            paths.append(write_zoo(root / "zoo", [name])[name])
+        elif name in MLPERF_TINY:
+            paths.append(write_mlperf_tiny(root / "mlperf_tiny", [name])[name])
+        elif name in QDQ_EXAMPLES:
+            paths.append(write_qdq_examples(root / "qdq", [name])[name])
+        elif path.suffix or "/" in name:
+            raise HarnessError(f"model file '{name}' does not exist")
+        else:
+            raise HarnessError(f"model '{name}' is not a file, an example ({', '.join(EXAMPLES)}), "
+                               f"a zoo model ({', '.join(ZOO)}), an MLPerf Tiny model ({', '.join(MLPERF_TINY)}) "
+                               f"or a QDQ example ({', '.join(QDQ_EXAMPLES)})")
     return paths

@@ -4,8 +4,11 @@ One file, WAL mode and a busy timeout, so several processes (farm workers, a nig
 developer's `harness run`) can write at once without losing a row. Each write is one short
 `BEGIN IMMEDIATE` transaction on its own connection: no connection is shared between threads.
 
-A run belongs to a *batch*: one farm run or one night. The dashboard compares the latest batch
-with the one before it ("last night vs the night before"). Within a batch the latest row per
+A run belongs to a *batch*: one farm run, one night, one `harness run --results`. A batch's
+*kind* is its name without the trailing time stamp or number ("nightly-20261204T0100Z" is a
+nightly, "run-..." a one-off run, "farm-..." a farm run): the dashboard and its check compare a
+batch with the last batch of the same kind that ran on a target it ran on ("last night vs the
+night before"), never with a one-off run in between. Within a batch the latest row per
 (model, target) counts, so a job retried on another device is judged by its retry while the
 failed attempt stays on record.
 """
@@ -13,8 +16,10 @@ failed attempt stays on record.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
+import re
 import sqlite3
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -23,6 +28,7 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping
 
 from harness.errors import HarnessError
+from harness.formats.text import json_text
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +109,9 @@ COUNT_COLUMNS = ("latency_min_count", "latency_mean_count", "latency_max_count")
 LATER_COLUMNS = {**{c: "INTEGER" for c in FOOTPRINT_COLUMNS}, "minrt_text_no_messages": "INTEGER",
                  **{c: "REAL" for c in COUNT_COLUMNS}, "count_unit": "TEXT"}
 
+#: Columns of `outputs` added later: which reference executor the output was compared with.
+LATER_OUTPUT_COLUMNS = {"reference": "TEXT"}
+
 RUN_COLUMNS = (
     "id", "batch", "commit", "date", "target", "model", "transport", "device", "passed", "error",
     "latency_min_us", "latency_mean_us", "latency_max_us", "iters", "arena_bytes",
@@ -169,12 +178,39 @@ def latency_number(value: float, unit: str) -> str:
 
 
 def latency_text(row: RunRow) -> str:
-    """A run's mean latency with its unit ("120.0 us", "1,141,720 emulated instructions"), "-"."""
+    """A run's mean latency in a unit chosen by its size ("120.0 us", "2.59 s", "2.59 s
+    emulated" when an emulator measured it, "1,141,720 emulated instructions"), "-"."""
+    from harness.formats.text import EMULATED, count, duration
+
     latency = row.latency()
     if latency is None:
         return "-"
     _, mean, _, unit = latency
-    return f"{latency_number(mean, unit)} {unit}"
+    if unit != "us":
+        return count(mean, unit)
+    return duration(mean) + (f" {EMULATED}" if emulated_run(row.target, row.transport) else "")
+
+
+@functools.lru_cache(maxsize=64)
+def emulated_run(target: str, transport: str | None) -> bool:
+    """Whether a stored run's target and transport are an emulator (False for a target whose
+    file is gone: nothing to tell)."""
+    from harness.config.readiness import is_emulated
+    from harness.config.targets import load_target
+
+    try:
+        return is_emulated(load_target(target), transport)
+    except HarnessError:
+        return False
+
+
+_BATCH_STAMP = re.compile(r"[-_.]?(\d{4}-?\d{2}-?\d{2}([T_-]?\d{2}:?\d{2}(:?\d{2}(\.\d+)?)?Z?)?|\d+)(-\d+)?$")
+
+
+def batch_kind(batch: str) -> str:
+    """What kind of batch a name says: "nightly" for nightly-20261204T010203Z, "run" for
+    run-..., "night" for night-2; a bare date (the old per-day default) is "day"."""
+    return _BATCH_STAMP.sub("", batch) or "day"
 
 
 def _now() -> str:
@@ -194,19 +230,30 @@ class ResultStore:
     """The SQLite file at `path` (created with its schema on first use)."""
 
     def __init__(self, path: Path | str):
+        """Open (or create) the store; a path that is not one (a directory, another file, a
+        truncated database) is a HarnessError naming it, before any work is done."""
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self._connect() as db:
-            db.execute("PRAGMA journal_mode=WAL")
-            db.executescript(_SCHEMA)
-            have = {r["name"] for r in db.execute("PRAGMA table_info(runs)")}
-            for col, kind in LATER_COLUMNS.items():
-                if col not in have:
+        if self.path.is_dir():
+            raise HarnessError(f"results store {self.path}: is a directory; give a file path (e.g. {self.path / 'results.sqlite'})")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with self._connect() as db:
+                db.execute("PRAGMA journal_mode=WAL")
+                db.executescript(_SCHEMA)
+                have = {r["name"] for r in db.execute("PRAGMA table_info(runs)")}
+                have_out = {r["name"] for r in db.execute("PRAGMA table_info(outputs)")}
+                for table, col, kind in [*(("runs", c, k) for c, k in LATER_COLUMNS.items() if c not in have),
+                                         *(("outputs", c, k) for c, k in LATER_OUTPUT_COLUMNS.items()
+                                           if c not in have_out)]:
                     try:
-                        db.execute(f"ALTER TABLE runs ADD COLUMN {col} {kind}")
+                        db.execute(f"ALTER TABLE {table} ADD COLUMN {col} {kind}")
                     except sqlite3.OperationalError as exc:  # another process added it first
                         if "duplicate column" not in str(exc):
                             raise
+        except sqlite3.DatabaseError as exc:
+            raise HarnessError(f"results store {self.path}: not a results store (SQLite: {exc})") from None
+        except OSError as exc:
+            raise HarnessError(f"results store {self.path}: cannot create it: {exc.strerror or exc}") from None
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
@@ -287,6 +334,7 @@ class ResultStore:
                 _num(out.get("atol"), float, f"outputs[{i}].atol"),
                 _num(out.get("rtol"), float, f"outputs[{i}].rtol"),
                 None if out.get("passed") is None else int(bool(out.get("passed"))),
+                None if out.get("reference") is None else str(out["reference"]),
             ))
         profile_rows = []
         for i, p in enumerate(result.get("profile") or []):
@@ -302,8 +350,8 @@ class ResultStore:
                 cur = db.execute(f"INSERT INTO runs ({cols}) VALUES ({marks})", tuple(row.values()))
                 run_id = int(cur.lastrowid)
                 db.executemany(
-                    "INSERT INTO outputs (run_id, name, shape, dtype, max_abs_err, max_rel_err, atol, rtol, passed)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    "INSERT INTO outputs (run_id, name, shape, dtype, max_abs_err, max_rel_err, atol, rtol, passed,"
+                    " reference) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     [(run_id, *o) for o in out_rows],
                 )
                 db.executemany("INSERT INTO profiles (run_id, node, name, kernel, us) VALUES (?, ?, ?, ?, ?)",
@@ -404,6 +452,22 @@ class ResultStore:
             rows = db.execute("SELECT batch FROM runs GROUP BY batch ORDER BY MIN(id)").fetchall()
         return [r[0] for r in rows]
 
+    def batch_targets(self, batch: str) -> set[str]:
+        with self._connect() as db:
+            return {r[0] for r in db.execute("SELECT DISTINCT target FROM runs WHERE batch = ?", (batch,))}
+
+    def previous_batch(self, batch: str) -> str | None:
+        """The batch `batch` is compared with: the last one before it of the same kind
+        (batch_kind) that ran on at least one of its targets; None if there is none."""
+        batches = self.batches()
+        if batch not in batches:
+            return None
+        kind, targets = batch_kind(batch), self.batch_targets(batch)
+        for earlier in reversed(batches[:batches.index(batch)]):
+            if batch_kind(earlier) == kind and self.batch_targets(earlier) & targets:
+                return earlier
+        return None
+
     def latest(self, batch: str) -> dict[tuple[str, str], RunRow]:
         """The run that counts for each (model, target) of a batch: its latest attempt."""
         latest: dict[tuple[str, str], RunRow] = {}
@@ -489,8 +553,8 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     sub.add_parser("batches", help="list the batches (nights, farm runs), oldest first")
     ls = sub.add_parser("list", help="list stored runs")
     ls.add_argument("--batch", help="only this batch (default: the latest)")
-    ls.add_argument("--target")
-    ls.add_argument("--model")
+    ls.add_argument("--target", help="only runs on this target")
+    ls.add_argument("--model", help="only runs of this model")
     ls.add_argument("--json", action="store_true", help="one JSON object per run")
     p.set_defaults(func=command)
 
@@ -508,15 +572,27 @@ def command(args: argparse.Namespace) -> int:
         return 0
     batches = store.batches()
     batch = args.batch or (batches[-1] if batches else None)
-    for row in store.runs(batch=batch, target=args.target, model=args.model):
-        if args.json:
-            print(json.dumps(dataclasses.asdict(row)))
-            continue
-        mean = latency_text(row)
-        print(f"{row.id:>5} {row.batch:<24} {row.model:<12} {row.target:<12} {row.device or '-':<10} "
-              f"{'PASS' if row.passed else 'FAIL'} {mean:>12} minrt {row.minrt_text or '-'} B"
-              + (f"  {row.error.splitlines()[0][:80]}" if row.error else ""))
+    rows = store.runs(batch=batch, target=args.target, model=args.model)
+    if args.json:
+        for row in rows:
+            print(json_text(dataclasses.asdict(row)))
+        return 0
+    print(runs_table(rows))
     return 0
+
+
+def runs_table(rows: list[RunRow]) -> str:
+    """Stored runs under a header, columns as wide as their content; latencies in a unit
+    chosen by their size, "emulated" on those an emulator measured."""
+    from harness.formats.text import table
+
+    body = [[row.id, row.batch, row.model, row.target, row.device or "-", "PASS" if row.passed else "FAIL",
+             latency_text(row), f"{row.minrt_text:,} B" if row.minrt_text else "-",
+             row.error.splitlines()[0][:80] if row.error else ""] for row in rows]
+    if not body:
+        return "results: no runs match"
+    return table(["id", "batch", "model", "target", "device", "result", "mean latency", "minrt .text", "error"],
+                 body, right=(0, 6, 7))
 
 
 # -- benchmarks (harness bench) ---------------------------------------------------------------
@@ -551,9 +627,15 @@ BENCH_COLUMNS = ("minrt_min_us", "minrt_median_us", "ort_min_us", "ort_median_us
 def record_bench(store: ResultStore, rows: list[Mapping[str, Any]], *, commit: str | None = None,
                  batch: str | None = None, date: str | None = None) -> int:
     """Store one benchmark run (harness.bench.ModelBench.to_dict() per model); returns the
-    number of rows written. All rows of one run share the batch (default: the UTC day)."""
+    number of rows written. All rows of one run share the batch (default: bench-<UTC time>,
+    each run its own, so a run before tuning and one after both stay)."""
     date = date or _now()
-    batch = batch or date[:10]
+    if batch is None:
+        batch = base = "bench-" + re.sub(r"[-:]", "", date[:19]) + "Z"
+        taken, n = set(bench_batches(store)), 1
+        while batch in taken:  # two runs within one second
+            n += 1
+            batch = f"{base}-{n}"
     values = []
     for i, r in enumerate(rows):
         for key in ("model", "target"):
@@ -607,6 +689,13 @@ def bench_trend(store: ResultStore, target: str) -> dict[str, list[dict[str, Any
     if geo:
         trend["geomean"] = geo
     return trend
+
+
+def bench_batches(store: ResultStore) -> list[str]:
+    """Benchmark batches, oldest first."""
+    with store._connect() as db:
+        db.executescript(_BENCH_SCHEMA)
+        return [r[0] for r in db.execute("SELECT batch FROM bench GROUP BY batch ORDER BY MIN(id)").fetchall()]
 
 
 def bench_targets(store: ResultStore) -> list[str]:

@@ -129,3 +129,6 @@ class TransportKind:
     needs: tuple[str, ...] = ()
     #: the device is this host (no network, nothing to hang): a health check runs in-process
     on_host: bool = False
+    #: the device is an emulator on this host (qemu-user, QEMU firmware): its times and counts
+    #: say how the emulator ran, not how fast a device is, and are labelled "emulated"
+    emulator: bool = False

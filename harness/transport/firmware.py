@@ -19,7 +19,9 @@ from __future__ import annotations
 import json
 import logging
 import os
+import select
 import shutil
+import socket
 import subprocess
 import tempfile
 import time
@@ -45,7 +47,9 @@ def load_manifest(elf: Path) -> dict[str, Any]:
 
 
 class FirmwareTransport:
-    """A board running a firmware image (the common part of both kinds)."""
+    """A board running a firmware image (the common part of both kinds). Its health check is
+    `health()`: a framed HELLO to the front end, or for an emulated board with no image yet, a
+    boot of its machine; never a shell command."""
 
     workdir = "/"
     name = "firmware"
@@ -76,6 +80,16 @@ class FirmwareTransport:
         """The framed-protocol client (SerialTransport.exchange) on the board's UART."""
         raise NotImplementedError
 
+    def ping(self, timeout: float = BOOT_TIMEOUT_S) -> str:
+        """A framed HELLO to the front end: what it answered, as one line."""
+        version, max_payload, ident = self.line().hello(timeout)
+        return f"front end answered HELLO: {ident.strip()} (protocol {version}, payloads up to {max_payload} B)"
+
+    def health(self, timeout: float = BOOT_TIMEOUT_S) -> str:
+        """A device's health check (harness.farm.health): the board is flashed already and its
+        front end answers on the line. Raises DeviceError when it does not."""
+        return self.ping(timeout)
+
     def run_model(self, runner: str, graph: bytes, params: bytes, inputs: bytes, iters: int,
                   workspace: int, timeout: float, profile: bool = False) -> tuple[bytes, dict[str, Any]]:
         import hashlib
@@ -97,17 +111,65 @@ class FirmwareTransport:
 
     def counts(self, timing: dict[str, Any]) -> dict[str, Any]:
         """Ticks -> emulated instructions (QEMU -icount) or cycles (a board's processor clock)."""
-        hz = int(timing.get("tick_hz", 0)) or 1
-        if self.icount_shift is not None:
-            # 2**shift ns of virtual time per instruction; SysTick ticks at hz
-            per_tick = 1e9 / hz / (1 << self.icount_shift)
-            unit = "emulated instructions"
-        else:
-            per_tick, unit = 1.0, "cycles"
-        timing["counts"] = {k: round(float(timing[f"{k}_ticks"]) * per_tick)
-                            for k in ("min", "mean", "max") if f"{k}_ticks" in timing}
-        timing["count_unit"] = unit
-        return timing
+        return ticks_to_counts(timing, self.icount_shift)
+
+
+def ticks_to_counts(timing: dict[str, Any], icount_shift: int | None) -> dict[str, Any]:
+    """Add `counts` (min/mean/max) and `count_unit` to a timing with `<k>_ticks` and `tick_hz`:
+    emulated instructions under QEMU -icount (`icount_shift` given), else processor cycles."""
+    hz = int(timing.get("tick_hz", 0)) or 1
+    if icount_shift is not None:
+        # 2**shift ns of virtual time per instruction; SysTick ticks at hz
+        per_tick = 1e9 / hz / (1 << icount_shift)
+        unit = "emulated instructions"
+    else:
+        per_tick, unit = 1.0, "cycles"
+    timing["counts"] = {k: round(float(timing[f"{k}_ticks"]) * per_tick)
+                        for k in ("min", "mean", "max") if f"{k}_ticks" in timing}
+    timing["count_unit"] = unit
+    return timing
+
+
+def boot_and_read(machine: str, elf: Path, until: bytes, timeout: float, icount_shift: int | None = None) -> str:
+    """Boot an image that reports on its UART by itself (no framed protocol) under
+    qemu-system-arm on `machine`, read that UART (stdio) until `until` appears, stop QEMU and
+    return the text. With `icount_shift`, QEMU runs with -icount (SysTick counts instructions)."""
+    if shutil.which("qemu-system-arm") is None:
+        raise DeviceError("qemu-system-arm is not installed (apt-get install qemu-system-arm, or run ci/setup)")
+    argv = ["qemu-system-arm", "-M", machine, *(["-icount", f"shift={icount_shift}"] if icount_shift is not None else []),
+            "-nographic", "-monitor", "none", "-serial", "stdio", "-kernel", str(elf)]
+    log.info("booting %s", " ".join(argv))
+    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    text = b""
+    deadline = time.monotonic() + timeout
+    try:
+        assert proc.stdout is not None
+        while until not in text:
+            left = deadline - time.monotonic()
+            if left <= 0 or proc.poll() is not None:
+                err = proc.stderr.read().decode(errors="replace") if proc.poll() is not None and proc.stderr else ""
+                raise DeviceError(f"{elf.name} on QEMU {machine} did not print {until.decode(errors='replace')!r} "
+                                  f"within {timeout:.0f} s (output {text[-300:]!r}) {err.strip()[:300]}")
+            ready, _, _ = select.select([proc.stdout], [], [], min(left, 0.5))
+            if ready:
+                text += os.read(proc.stdout.fileno(), 65536)
+    finally:
+        proc.kill()
+        proc.wait()
+        for stream in (proc.stdout, proc.stderr):
+            if stream:
+                stream.close()
+    return text.decode(errors="replace")
+
+
+def _listening(path: str) -> bool:
+    """Whether something accepts connections on the Unix socket at `path`."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        try:
+            probe.connect(path)
+        except OSError:  # refused: bound, not yet listening
+            return False
+    return True
 
 
 class QemuFirmware(FirmwareTransport):
@@ -130,20 +192,23 @@ class QemuFirmware(FirmwareTransport):
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
-    def boot(self, elf: Path) -> None:
+    def boot(self, elf: Path | None) -> None:
+        """Start QEMU with the image `elf`, or with none paused (-S: the machine is built and
+        its UART listens, no instruction runs: the health check of a board with no image)."""
         self.shutdown()
         self._dir = tempfile.mkdtemp(prefix="minrt-uart-")  # mode 0700
         path = os.path.join(self._dir, "uart")
         argv = ["qemu-system-arm", "-M", self.machine, "-icount", f"shift={self.icount_shift}",
                 "-nographic", "-monitor", "none", "-nodefaults",
                 "-chardev", f"socket,id=uart,path={path},server=on,wait=off", "-serial", "chardev:uart",
-                "-kernel", str(elf)]
-        log.info("%s: booting %s", self.name, elf)
+                *(["-kernel", str(elf)] if elf is not None else ["-S"])]
+        log.info("%s: booting %s", self.name, elf if elf is not None else "the machine, no image")
         log.debug("%s", " ".join(argv))
         self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                      stderr=subprocess.PIPE)
         deadline = time.monotonic() + BOOT_TIMEOUT_S
-        while not os.path.exists(path):
+        # the socket file appears at bind(), a moment before QEMU listens on it: wait for both
+        while not (os.path.exists(path) and _listening(path)):
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 err = self.proc.stderr.read().decode(errors="replace") if self.proc.poll() is not None and self.proc.stderr else ""
                 self.shutdown()
@@ -153,6 +218,22 @@ class QemuFirmware(FirmwareTransport):
         # the shell layer of SerialTransport is never used (workdir given: no sync)
         self._line = SerialTransport(f"unix://{path}", workdir="/", startup_timeout=BOOT_TIMEOUT_S)
         self._booted = elf
+
+    def health(self, timeout: float = BOOT_TIMEOUT_S) -> str:
+        """With an image put: booted if it is not running, then pinged (HELLO). Without one (a
+        farm's check before a job: the job builds and puts its own image) the check is a boot:
+        QEMU builds the machine and its UART listens, then it is stopped."""
+        if self.elf is not None:
+            self.flash(self.elf)
+            return self.ping(timeout)
+        self.boot(None)
+        time.sleep(0.2)  # a machine that cannot be built makes QEMU exit at once
+        alive = self.alive()
+        code = self.proc.poll() if self.proc is not None else None
+        self.shutdown()
+        if not alive:
+            raise DeviceError(f"{self.name}: QEMU exited (status {code}) right after starting the machine")
+        return f"QEMU started {self.machine} (paused, no image: each job boots its own)"
 
     def line(self) -> SerialTransport:
         if not self.alive() or self._line is None:
@@ -180,7 +261,7 @@ class QemuFirmware(FirmwareTransport):
 
     def shutdown(self) -> None:
         if self._line is not None:
-            self._line._port.close()  # not close(): that would type `stty echo` at a firmware
+            self._line.close_line()  # not close(): that would type `stty echo` at a firmware
             self._line = None
         if self.proc is not None:
             if self.proc.poll() is None:
@@ -228,7 +309,7 @@ class SerialFirmware(FirmwareTransport):
 
     def close(self) -> None:
         if self._serial is not None:
-            self._serial._port.close()
+            self._serial.close_line()
             self._serial = None
 
 
@@ -247,7 +328,8 @@ def _open_serial(options: Mapping[str, Any], address: str | None, trust_on_first
 
 TRANSPORT_KINDS = (
     TransportKind("qemu-firmware", "firmware under qemu-system-arm on this host, over its UART", _open_qemu,
-                  options={"machine": str, "icount_shift": int}, needs=("qemu-system-arm",)),
+                  options={"machine": str, "icount_shift": int}, needs=("qemu-system-arm",),
+                  emulator=True),
     TransportKind("firmware-serial", "firmware on a board flashed by a command, over a serial port",
                   _open_serial, address="SERIAL-PORT-OR-URL",
                   options={"url": str, "baudrate": int, "flash_command": list}),

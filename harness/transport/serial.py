@@ -365,6 +365,11 @@ class SerialTransport:
             raise DeviceError(f"serial {self.url}: get {remote}: checksum mismatch after transfer")
         Path(local).write_bytes(data)
 
+    def close_line(self) -> None:
+        """Close the serial line and nothing else: no shell's goodbye (work directory removal,
+        `stty echo`), for a line with no shell behind it (a firmware's UART)."""
+        self._port.close()
+
     def close(self) -> None:
         if self._port.is_open:
             if self._private_workdir and self._workdir and self._synced:
@@ -393,6 +398,16 @@ class SerialTransport:
 
     # -- the framed protocol -----------------------------------------------------------------
 
+    def hello(self, timeout: float) -> tuple[int, int, str]:
+        """A framed HELLO to a front end already serving this line (a firmware board): its
+        (protocol version, largest payload, identification). The ping of a health check."""
+        link = _Link(self, time.monotonic() + timeout)
+        try:
+            return frames.parse_hello(link.request(frames.Kind.HELLO, bytes([frames.VERSION])).payload)
+        except frames.FrameError as exc:
+            raise DeviceError(f"serial {self.url}: malformed HELLO answer: {exc}") from None
+
+
     def run_model(
         self,
         runner: str,
@@ -406,9 +421,11 @@ class SerialTransport:
     ) -> tuple[bytes, dict[str, Any]]:
         """Run a model through `<runner> --serial` started on the console's shell (the framed
         protocol carries no per-kernel profile: `profile` only logs that it is not there): returns
-        (outputs blob in NDArray-list format, timing dict). Raises DeviceError on a runner
-        error, a line too noisy to get a frame through, or a device that stops answering;
-        the whole call is bounded by `timeout` seconds."""
+        (outputs blob in NDArray-list format, timing dict). Raises RunnerError when the runner
+        answers with an error (it refused the model or its inputs, or a kernel failed: the
+        model's problem, which a farm does not retry on another device), DeviceError when the
+        runner cannot start or exits badly, the line is too noisy to get a frame through, or
+        the device stops answering; the whole call is bounded by `timeout` seconds."""
         if profile:
             log.warning("serial %s: no per-kernel profile over the framed protocol (use the SSH "
                         "or file transports for --profile)", self.url)

@@ -464,11 +464,19 @@ __all__ = ["SSHTransport", "DEFAULT_KNOWN_HOSTS"]
 
 
 def split_address(address: str, default_user: str) -> tuple[str, str, int | None]:
-    """'user@address[:port]' -> (user, address, port); a bad port is a TargetError."""
+    """'user@address[:port]' -> (user, address, port); an IPv6 address with a port is written
+    in brackets, 'user@[::1]:2222' (a bare '::1' has no port). A bad port is a TargetError."""
     user, _, host = address.rpartition("@")
-    port = None
-    if host.count(":") == 1:  # not an IPv6 literal
+    port_text = None
+    if host.startswith("["):
+        inside, bracket, rest = host[1:].partition("]")
+        if not bracket or (rest and not rest.startswith(":")):
+            raise TargetError(f"--host '{address}': an IPv6 address is written [ADDRESS] or [ADDRESS]:PORT")
+        host, port_text = inside, (rest[1:] if rest else None)
+    elif host.count(":") == 1:  # not an IPv6 literal
         host, _, port_text = host.partition(":")
+    port = None
+    if port_text is not None:
         if not port_text.isdigit() or not 0 < int(port_text) < 65536:
             raise TargetError(f"--host '{address}': port '{port_text}' is not a TCP port (1-65535)")
         port = int(port_text)

@@ -170,7 +170,8 @@ int minrt_load(minrt **out, const minrt_artifact *a, void *arena, size_t arena_l
                size_t *need, minrt_err *err);
 /* Index of the graph input called name[0..len), or MINRT_E_ARG. */
 int minrt_input_index(const minrt *m, const char *name, size_t len);
-/* Copies nbytes (must equal the input's size) into input i. */
+/* Copies nbytes (must equal the input's size) into input i. i may come straight from
+ * minrt_input_index: its error (MINRT_E_ARG) is returned as is, with its message. */
 int minrt_set_input(minrt *m, int i, const void *data, size_t nbytes);
 int minrt_run(minrt *m);
 

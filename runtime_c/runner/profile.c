@@ -8,7 +8,12 @@
 
 #include "runner.h"
 
-static double *g_node_us; /* per node; NULL: not profiling */
+typedef struct {
+  double us;      /* summed over the runs */
+  unsigned calls; /* kernel calls timed: a kernel shorter than the clock's tick sums to 0 us */
+} node_time;
+
+static node_time *g_nodes; /* per node; NULL: not profiling */
 static double g_started;
 
 static double now_us(void) {
@@ -19,36 +24,41 @@ static double now_us(void) {
 
 static void hook(const minrt *m, uint32_t node, int end) {
   (void)m;
-  if (end) g_node_us[node] += now_us() - g_started;
-  else g_started = now_us();
+  if (end) {
+    g_nodes[node].us += now_us() - g_started;
+    g_nodes[node].calls++;
+  } else {
+    g_started = now_us();
+  }
 }
 
 int runner_profile_start(const runner *r) {
-  g_node_us = (double *)calloc(r->m->n_nodes ? r->m->n_nodes : 1, sizeof *g_node_us);
-  if (!g_node_us) return -1;
+  g_nodes = (node_time *)calloc(r->m->n_nodes ? r->m->n_nodes : 1, sizeof *g_nodes);
+  if (!g_nodes) return -1;
   minrt_set_profile_hook(hook);
   return 0;
 }
 
 /* One JSON line: {"profile": [{"node", "name", "us"}...]}, the kernels' mean time per run,
- * in node order (nodes without a kernel are left out). */
+ * in node order (nodes without a kernel are left out; a kernel is listed even when it took
+ * less than the clock's resolution, at 0 us). */
 void runner_profile_print(const runner *r, int iters, FILE *out) {
   uint32_t i;
   size_t len;
   const char *name;
   int first = 1;
-  if (!g_node_us) return;
+  if (!g_nodes) return;
   fputs("{\"profile\": [", out);
   for (i = 0; (name = minrt_node_name(r->m, i, &len)) != NULL; i++) {
-    if (g_node_us[i] <= 0) continue;
+    if (!g_nodes[i].calls) continue;
     fprintf(out, "%s{\"node\": %u, \"name\": \"%.*s\", \"us\": %.3f}", first ? "" : ", ",
-            (unsigned)i, (int)len, name, g_node_us[i] / iters);
+            (unsigned)i, (int)len, name, g_nodes[i].us / iters);
     first = 0;
   }
   fputs("]}\n", out);
   minrt_set_profile_hook(NULL);
-  free(g_node_us);
-  g_node_us = NULL;
+  free(g_nodes);
+  g_nodes = NULL;
 }
 #else
 typedef int minrt_profile_c_is_empty; /* ISO C: a file holds at least one declaration */

@@ -5,8 +5,11 @@
 #include <string.h>
 #include "internal.h"
 
-static minrt *g_run;            /* the model inside minrt_run */
-static char g_kmsg[80];         /* the last kernel error message */
+/* One place for both (one address to load): */
+static struct {
+  minrt *model;        /* the model inside minrt_run, else NULL */
+  char kernel_msg[80]; /* the last kernel error message */
+} run;
 
 #define ALL 127 /* as n: any string fits (the buffers are shorter) */
 /* Appends s up to its NUL or n bytes, never past end. */
@@ -17,7 +20,7 @@ static char *put(char *p, char *end, const char *s, uint32_t n) {
 
 /* each message's -code (low 4 bits) and what (high 4 bits), in id order */
 #define MINRT_MSG_INFO(id, code, what, detail) (unsigned char)(-(code) | (what) << 4),
-static const unsigned char info[] = {MINRT_MESSAGES(MINRT_MSG_INFO)};
+static const unsigned char msg_info[] = {MINRT_MESSAGES(MINRT_MSG_INFO)};
 MINRT_ASSERT(whats_fit_4_bits, W_COUNT_ <= 16);
 
 #ifdef MINRT_NO_MESSAGES
@@ -32,7 +35,7 @@ static const char texts[] = MINRT_WHATS(MINRT_WHAT_TEXT) MINRT_MESSAGES(MINRT_MS
 
 int minrt_fail(minrt_err *e, int id, long num, const char *name, uint32_t len) {
   char *p = e->msg, *end = e->msg + sizeof e->msg - 1, b[16], *d = b + 12;
-  int code = info[id] & 15;
+  int code = msg_info[id] & 15;
 #ifdef MINRT_NO_MESSAGES
   d[0] = 0;
 #else
@@ -43,10 +46,10 @@ int minrt_fail(minrt_err *e, int id, long num, const char *name, uint32_t len) {
     *--d = ' ';
   }
 #ifdef MINRT_NO_MESSAGES
-  p = put(put(p, end, mj_nth(code_names, code - 1), ALL), end, d, ALL);
+  p = put(put(p, end, list_nth(code_names, code - 1), ALL), end, d, ALL);
 #else
-  p = put(put(p, end, mj_nth(texts, info[id] >> 4), ALL), end, d, ALL);
-  p = put(p, end, mj_nth(texts, W_COUNT_ + id), ALL);
+  p = put(put(p, end, list_nth(texts, msg_info[id] >> 4), ALL), end, d, ALL);
+  p = put(p, end, list_nth(texts, W_COUNT_ + id), ALL);
 #endif
   if (name) p = put(put(put(p, end, " '", ALL), end, name, len), end, "'", ALL);
   *p = 0;
@@ -56,7 +59,7 @@ int minrt_fail(minrt_err *e, int id, long num, const char *name, uint32_t len) {
 #ifdef MINRT_GUARD
 minrt_guard_zones minrt_guards;
 
-/* 0, or 1 if a byte of a guard zone changed (g_kmsg says so) */
+/* 0, or 1 if a byte of a guard zone changed (run.kernel_msg says so) */
 static int guard_broken(void) {
   static uint8_t fill[2 * MINRT_GUARD_BYTES]; /* a zone is under 2 * MINRT_GUARD_BYTES */
   uint32_t k;
@@ -73,10 +76,10 @@ static int guard_broken(void) {
 #endif
 
 #ifdef MINRT_PROFILE
-static minrt_profile_hook g_profile;
-void minrt_set_profile_hook(minrt_profile_hook hook) { g_profile = hook; }
+static minrt_profile_hook profile_hook;
+void minrt_set_profile_hook(minrt_profile_hook hook) { profile_hook = hook; }
 /* read once per run: a kernel cannot set it mid-run */
-#define PROFILE_LOCAL minrt_profile_hook hook = g_profile;
+#define PROFILE_LOCAL minrt_profile_hook hook = profile_hook;
 #define PROFILE(m, i, end) (hook ? hook(m, i, end) : (void)0)
 #else
 #define PROFILE_LOCAL
@@ -88,18 +91,19 @@ int minrt_run(minrt *m) {
   TVMFFIAny ret;
   int rc;
   PROFILE_LOCAL
-  g_run = m;
-  g_kmsg[0] = 0;
+  run.model = m;
+  run.kernel_msg[0] = 0;
   for (i = 0; i < m->n_nodes; i++) {
-    mnode *n = &m->nodes[i];
+    minrt_node *n = &m->nodes[i];
     m->ws_top = m->ws;
     if (!n->fn) continue;
     PROFILE(m, i, 0);
     rc = n->fn(0, n->args, n->nargs, &ret);
     PROFILE(m, i, 1);
-    if (rc || guard_broken()) return minrt_fail(m->err, M_RUN, (long)i, g_kmsg, ALL);
+    if (rc || guard_broken()) break;
   }
-  return 0;
+  run.model = 0; /* outside a run, workspace calls fail: no stale arena */
+  return i < m->n_nodes ? minrt_fail(m->err, M_RUN, (long)i, run.kernel_msg, ALL) : 0;
 }
 
 #ifdef MINRT_PROFILE
@@ -113,8 +117,8 @@ const char *minrt_node_name(const minrt *m, uint32_t i, size_t *len) {
 int minrt_input_index(const minrt *m, const char *name, size_t len) {
   uint32_t i, k;
   for (k = 0; k < m->n_nodes; k++) {
-    const mnode *n = &m->nodes[k];
-    if (mj_eq(n->name, n->name_len, name, len))
+    const minrt_node *n = &m->nodes[k];
+    if (json_string_equals(n->name, n->name_len, name, len))
       for (i = 0; i < m->n_inputs; i++)
         if (m->inputs[i] == &m->ent[n->row].t) return (int)i;
   }
@@ -123,8 +127,9 @@ int minrt_input_index(const minrt *m, const char *name, size_t len) {
 
 int minrt_set_input(minrt *m, int i, const void *data, size_t nbytes) {
   const DLTensor *t = minrt_input(m, i);
-  if (!t || nbytes != ((const mentry *)(const void *)t)->nbytes)
-    return minrt_fail(m->err, M_INPUT_SIZE, i, 0, 0);
+  if (!t || nbytes != ((const minrt_entry *)(const void *)t)->nbytes)
+    /* i may be minrt_input_index's error: returned as is, its message kept */
+    return i == MINRT_E_ARG ? i : minrt_fail(m->err, M_INPUT_SIZE, i, 0, 0);
   memcpy(t->data, data, nbytes);
   return 0;
 }
@@ -139,7 +144,7 @@ int TVMFFIEnvModRegisterSystemLibSymbol(const char *name, void *symbol) {
 
 /* ---- called by generated kernels ---- */
 void TVMFFIErrorSetRaisedFromCStrParts(const char *kind, const char **parts, int32_t n) {
-  char *p = g_kmsg, *end = g_kmsg + sizeof g_kmsg - 1;
+  char *p = run.kernel_msg, *end = run.kernel_msg + sizeof run.kernel_msg - 1;
   int32_t i;
   p = put(put(p, end, kind, ALL), end, ": ", ALL);
   for (i = 0; i < n; i++)
@@ -153,7 +158,7 @@ void TVMFFIErrorSetRaisedFromCStr(const char *kind, const char *msg) {
 
 void *TVMBackendAllocWorkspace(int device_type, int device_id, uint64_t nbytes, int code_hint,
                                int bits_hint) {
-  minrt *m = g_run;
+  minrt *m = run.model;
   uint8_t *r;
   (void)device_type, (void)device_id, (void)code_hint, (void)bits_hint;
   if (!m || nbytes > (uint64_t)(m->ws_end - m->ws_top)) {
@@ -166,7 +171,7 @@ void *TVMBackendAllocWorkspace(int device_type, int device_id, uint64_t nbytes, 
 }
 
 int TVMBackendFreeWorkspace(int device_type, int device_id, void *ptr) {
-  minrt *m = g_run;
+  minrt *m = run.model;
   (void)device_type, (void)device_id;
   if (!m || (uint8_t *)ptr < m->ws || (uint8_t *)ptr > m->ws_top) return -1;
   m->ws_top = (uint8_t *)ptr;

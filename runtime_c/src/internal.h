@@ -16,39 +16,44 @@ __asm__(".cfi_sections .debug_frame");
 
 /* ---- json.c: a cursor over JSON text; the caller owns everything ---- */
 typedef struct {
-  const char *s;
-  uint32_t n, p;   /* length, position */
-  int bad;         /* sticky: set at the first error, p is where */
-  const char *str; /* the last string read: its raw bytes */
-  uint32_t len;
-} mj;
+  const char *text;
+  uint32_t text_len, pos;
+  int bad;             /* sticky: set at the first error, pos is where */
+  const char *str;     /* the last string read: its raw bytes, escapes kept */
+  uint32_t str_len;
+} json_cursor;
 
-int mj_eat(mj *j, int c);                            /* consume c (after spaces) if next */
-int mj_str(mj *j);                                   /* a string: j->str, j->len */
+int json_eat(json_cursor *j, int c); /* consume c (after spaces) if next */
+int json_string(json_cursor *j);     /* a string: j->str, j->str_len */
 /* A whole number: -1 if negative or 2^31 or more, -2 if none (bad JSON). */
-int32_t mj_int(mj *j);
-int mj_ints(mj *j, int64_t *v, int max); /* [1, 2, ...]: how many (first max stored), -1 */
-int mj_skip(mj *j);                                  /* any one value */
-int mj_end(mj *j);                                   /* only spaces left (else sets bad) */
+int32_t json_int(json_cursor *j);
+int json_ints(json_cursor *j, int64_t *v, int max); /* [1, 2, ...]: how many (first max stored), -1 */
+int json_skip(json_cursor *j);                      /* any one value */
+int json_end(json_cursor *j);                       /* only spaces left (else sets bad) */
 /* The JSON string js[0..jn) (escapes as written: \" \\ \uXXXX incl. surrogate pairs...)
  * equals the UTF-8 bytes s[0..n)? No copy: decodes as it compares. */
-int mj_eq(const char *js, uint32_t jn, const char *s, size_t n);
-/* Iterate a list/object: for (f = 1; mj_next(j, ']', &f);) ... ; sets bad on junk. */
-int mj_next(mj *j, int close, int *first);
+int json_string_equals(const char *js, uint32_t jn, const char *s, size_t n);
+/* Iterate a list/object: for (first = 1; json_next(j, ']', &first);) ... ; sets bad on junk. */
+int json_next(json_cursor *j, int close, int *first);
 /* The i-th string of list ("a\0b\0"). */
-const char *mj_nth(const char *list, int i);
+const char *list_nth(const char *list, int i);
 /* Index of s[0..len) (no NUL in it) in list ("a\0b\0"), or -1. */
-int mj_index(const char *s, uint32_t len, const char *list);
+int list_index(const char *s, uint32_t len, const char *list);
 /* Reads a string then sep if not 0 (`"key":` with sep ':'); returns the string's index in list
  * ("a\0b\0"), -1 if not there, -2 on bad JSON (bad set). */
-int mj_pick(mj *j, const char *list, int sep);
-#define mj_key(j, list) mj_pick(j, list, ':')
+int json_pick(json_cursor *j, const char *list, int sep);
+/* Reads `"key":`; which of list ("a\0b\0") it is, as json_pick. */
+#define json_key(j, list) json_pick(j, list, ':')
+/* Reads `"key":`; nonzero if it is `key` (a string literal). */
+#define json_key_is(j, key) (json_pick(j, key "\0", ':') == 0)
+/* s[0..len) is the string literal `name`? */
+#define name_is(s, len, name) (list_index(s, len, name "\0") == 0)
 
 /* ---- the model ---- */
 /* where an entry's data comes from: its storage id (a kernel's output, or a graph input),
  * a param used in place (t.data points into the blob), a param copied into the arena,
  * another entry (__nop) */
-enum { K_STORE, K_INPUT, K_PZERO, K_PCOPY, K_ALIAS };
+enum { ENTRY_STORAGE, ENTRY_INPUT, ENTRY_PARAM_IN_PLACE, ENTRY_PARAM_COPY, ENTRY_ALIAS };
 
 /* t first: kernels get &entry->t. t.shape points into the shape pool (after the kernel
  * arguments in the arena); equal shapes close together share it. */
@@ -56,22 +61,22 @@ typedef struct minrt_entry {
   DLTensor t;
   uint32_t nbytes;
   union {                /* where the data is, by kind: */
-    uint32_t sid;        /* K_STORE, K_INPUT: its storage id */
-    uint32_t alias;      /* K_ALIAS: the entry it aliases */
-    uint32_t copy_at;    /* K_PCOPY: arena offset of the param's copy */
+    uint32_t sid;        /* ENTRY_STORAGE, ENTRY_INPUT: its storage id */
+    uint32_t alias;      /* ENTRY_ALIAS: the entry it aliases */
+    uint32_t copy_at;    /* ENTRY_PARAM_COPY: arena offset of the param's copy */
   } src;
   union {                /* for the entry whose index is a storage id: that storage's */
     uint32_t size;       /* size (the largest entry sharing it), while planning */
     uint32_t offset;     /* arena offset, once placed */
   } store;
   uint8_t kind;
-} mentry;
+} minrt_entry;
 
 /* Layout the arena relies on: kernels get &entry->t as a DLTensor* (so t comes first, in
  * DLPack's field order), and the parsed graph's regions stay 8-byte aligned one after the
  * other. (C99 has no _Static_assert: a negative array size stops the build instead.) */
 #define MINRT_ASSERT(name, cond) typedef char minrt_assert_##name[(cond) ? 1 : -1]
-MINRT_ASSERT(tensor_first, offsetof(mentry, t) == 0);
+MINRT_ASSERT(tensor_first, offsetof(minrt_entry, t) == 0);
 MINRT_ASSERT(dltensor_data_first, offsetof(DLTensor, data) == 0);
 MINRT_ASSERT(dltensor_order, offsetof(DLTensor, device) < offsetof(DLTensor, ndim) &&
                              offsetof(DLTensor, ndim) < offsetof(DLTensor, dtype) &&
@@ -89,8 +94,8 @@ typedef struct minrt_node {
   minrt_kernel fn;   /* NULL: an input, a param or a __nop */
   TVMFFIAny *args;   /* inputs then outputs */
   int32_t nargs;
-  uint8_t op;        /* 0 null (input or param), 1 tvm_op */
-} mnode;
+  uint8_t op;        /* 0 null (input or param), 1 tvm_op, 2 tvm_op __nop */
+} minrt_node;
 
 /* Error messages, one per failure minrt reports: its id (M_*, what call sites pass: one byte,
  * where a string's address would take four), its code, the thing that is wrong (W_*: the

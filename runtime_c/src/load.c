@@ -3,7 +3,8 @@
  * arguments, heads, dims) so the parsed graph's size is known before anything is written; the
  * second fills it in. Then params are bound, storage ids sized (the largest entry sharing
  * an id) and placed 64-byte aligned in entry order (with a copy of each param that is not
- * aligned in the blob), then the kernels' workspace. `arg_nodes` is not read: the inputs are the null nodes no param is bound to. */
+ * aligned in the blob), then the kernels' workspace. `arg_nodes` is not read: the inputs are
+ * the null nodes no param is bound to. The first pass is ldr->filling 0, the second 1. */
 #include <string.h>
 #include "internal.h"
 
@@ -14,267 +15,270 @@
 #endif
 
 #define MAX_ITEMS (1u << 20) /* entries per graph */
-#define AL8(x) (((x) + 7) & ~7u)
-#define AL64(x) (((x) + 63) & ~(uint64_t)63)
+#define ALIGN8(x) (((x) + 7) & ~7u)
+#define ALIGN64(x) (((x) + 63) & ~(uint64_t)63)
 
 enum { KEY_NODES, KEY_HEADS, KEY_ATTRS, KEY_ROWS, NKEYS };
 
 typedef struct {
-  mj j;
-  minrt *m; /* NULL while counting */
-  mentry *ent; /* m->ent */
-  mnode *nodes; /* m->nodes */
+  json_cursor j;
+  minrt_entry *ent;      /* the model's entries, nodes and outputs (second pass) */
+  minrt_node *nodes;
   minrt_err *e;
   const minrt_artifact *a;
-  const char *nm; /* a name for the next error message */
-  uint32_t nl;
-  uint32_t at[NKEYS]; /* where each top-level value starts */
-  uint32_t pp;        /* params.bin: bytes read */
+  const char *err_name;  /* a name for the next error message */
+  uint32_t err_name_len;
+  int filling;           /* 0: the first pass, which only counts; 1: the second, which fills in */
+  uint32_t key_at[NKEYS]; /* where each top-level value starts */
+  uint32_t params_pos;   /* params.bin: bytes read */
   uint32_t n_nodes, n_ent, n_args, n_heads, n_plain, n_dims;
+  DLTensor **outputs;    /* the model's outputs (second pass) */
   TVMFFIAny *args;
   const int64_t *sig; /* the signature of the node being read: what arg() checks next */
   uint32_t sig_n;
-  int64_t *shp, *shp0; /* the shape pool: its top, its start */
-} ld;
+  int64_t *shape_top, *shape_pool; /* the shape pool: its top, its start */
+} loader;
 
-static int fail(ld *L, int msg, long num) {
-  return minrt_fail(L->e, msg, num, L->nm, L->nl);
+static int fail(loader *ldr, int msg, long num) {
+  return minrt_fail(ldr->e, msg, num, ldr->err_name, ldr->err_name_len);
 }
 
-static int jfail(ld *L) { return fail(L, M_JSON, L->j.p); }
+static int jfail(loader *ldr) { return fail(ldr, M_JSON, ldr->j.pos); }
 
-static int scan_top(ld *L) {
-  mj *j = &L->j;
+static int scan_top(loader *ldr) {
+  json_cursor *j = &ldr->j;
   const char *keys = "nodes\0heads\0attrs\0node_row_ptr\0";
-  int f, k;
-  for (f = 1; mj_next(j, '}', &f);) {
-    k = mj_key(j, keys);
-    if (k >= 0) L->at[k] = j->p;
-    mj_skip(j); /* on bad JSON, the loop ends */
+  int first, k;
+  for (first = 1; json_next(j, '}', &first);) {
+    k = json_key(j, keys);
+    if (k >= 0) ldr->key_at[k] = j->pos;
+    json_skip(j); /* on bad JSON, the loop ends */
   }
-  if (j->bad || !mj_end(j)) return jfail(L); /* nothing but spaces after the object */
+  if (j->bad || !json_end(j)) return jfail(ldr); /* nothing but spaces after the object */
   for (k = 0; k < NKEYS; k++)
-    if (!L->at[k]) {
-      L->nm = mj_nth(keys, k), L->nl = 127; /* up to its NUL */
-      return fail(L, M_KEY, -1);
+    if (!ldr->key_at[k]) {
+      ldr->err_name = list_nth(keys, k), ldr->err_name_len = 127; /* up to its NUL */
+      return fail(ldr, M_KEY, -1);
     }
   return 0;
 }
 
 /* node_row_ptr: [0, ...increasing..., n_entries]; stores each node's entries */
-static int rows(ld *L) {
-  mj *j = &L->j;
+static int rows(loader *ldr) {
+  json_cursor *j = &ldr->j;
   int32_t v, prev = 0;
   uint32_t i;
-  int f;
-  j->p = L->at[KEY_ROWS];
-  for (f = 1, i = 0; mj_next(j, ']', &f); i++) {
-    if ((v = mj_int(j)) < -1) break;
+  int first;
+  j->pos = ldr->key_at[KEY_ROWS];
+  for (first = 1, i = 0; json_next(j, ']', &first); i++) {
+    if ((v = json_int(j)) < -1) break;
     if (i ? v <= prev || v > (int32_t)MAX_ITEMS : v != 0)
-      return fail(L, M_ROWS, i);
-    if (L->m && i) {
-      L->nodes[i - 1].row = (uint32_t)prev;
-      L->nodes[i - 1].nout = (uint32_t)(v - prev);
+      return fail(ldr, M_ROWS, i);
+    if (ldr->filling && i) {
+      ldr->nodes[i - 1].row = (uint32_t)prev;
+      ldr->nodes[i - 1].nout = (uint32_t)(v - prev);
     }
     prev = v;
   }
-  if (j->bad) return jfail(L);
-  if (i < 2) return fail(L, M_NO_NODES, -1);
-  L->n_nodes = i - 1;
-  L->n_ent = (uint32_t)prev;
+  if (j->bad) return jfail(ldr);
+  if (i < 2) return fail(ldr, M_NO_NODES, -1);
+  ldr->n_nodes = i - 1;
+  ldr->n_ent = (uint32_t)prev;
   return 0;
 }
 
 /* [nid, index(, version)] -> its entry id (0 while counting), for a node id below `limit`;
  * -1 on error */
-static int32_t ref(ld *L, uint32_t limit, int msg, long num) {
+static int32_t ref(loader *ldr, uint32_t limit, int msg, long num) {
   int64_t v[3];
-  int n = mj_ints(&L->j, v, 3);
+  int n = json_ints(&ldr->j, v, 3);
   uint32_t nid, idx; /* 0..2^31-1, or -1 */
-  if (n < 0) return jfail(L), -1;
+  if (n < 0) return jfail(ldr), -1;
   if (n < 2 || n > 3 || (nid = (uint32_t)v[0]) >= limit ||
-      (idx = (uint32_t)v[1], L->m && idx >= L->nodes[nid].nout))
-    return fail(L, msg, num), -1;
-  return L->m ? (int32_t)(L->nodes[nid].row + idx) : 0;
+      (idx = (uint32_t)v[1], ldr->filling && idx >= ldr->nodes[nid].nout))
+    return fail(ldr, msg, num), -1;
+  return ldr->filling ? (int32_t)(ldr->nodes[nid].row + idx) : 0;
 }
 
 /* Kernel argument k of the node being read: entry eid's tensor, checked against the
- * kernel's signature (L->sig: what is left of it; L->sig_n: its argument count). Nonzero
+ * kernel's signature (ldr->sig: what is left of it; ldr->sig_n: its argument count). Nonzero
  * if it differs. */
-static NOINLINE int arg(ld *L, uint32_t k, uint32_t eid) {
-  DLTensor *t = &L->ent[eid].t;
+static NOINLINE int arg(loader *ldr, uint32_t k, uint32_t eid) {
+  DLTensor *t = &ldr->ent[eid].t;
   uint32_t dt, nd = (uint32_t)t->ndim;
-  L->args[k].type_index = 7; /* kTVMFFIDLTensorPtr */
-  MINRT_ANY_PTR(L->args[k]) = t;
+  ldr->args[k].type_index = 7; /* kTVMFFIDLTensorPtr */
+  MINRT_ANY_PTR(ldr->args[k]) = t;
   memcpy(&dt, &t->dtype, 4);
-  if (k >= L->sig_n || *L->sig != ((int64_t)nd << 32 | dt) || memcmp(L->sig + 1, t->shape, 8 * nd))
+  if (k >= ldr->sig_n || *ldr->sig != ((int64_t)nd << 32 | dt) || memcmp(ldr->sig + 1, t->shape, 8 * nd))
     return 1;
-  L->sig += 1 + nd;
+  ldr->sig += 1 + nd;
   return 0;
 }
 
 /* nodes: [{"op": "null"|"tvm_op", "name": s, "inputs": [[nid, index, version]...],
  *          "attrs": {"func_name": s, ...}}, ...] */
-static int parse_nodes(ld *L) {
-  mj *j = &L->j;
-  minrt *m = L->m;
-  const minrt_artifact *a = L->a;
-  mnode scratch, *nd; /* pass 1 reads into scratch */
+static int parse_nodes(loader *ldr) {
+  json_cursor *j = &ldr->j;
+  int filling = ldr->filling;
+  const minrt_artifact *a = ldr->a;
+  minrt_node scratch, *nd; /* pass 1 reads into scratch */
   uint32_t i;
-  int f, g, h;
-  j->p = L->at[KEY_NODES];
-  L->n_args = L->n_plain = 0; /* counted again in pass 2 */
+  int first, first_key, first_attr;
+  j->pos = ldr->key_at[KEY_NODES];
+  ldr->n_args = ldr->n_plain = 0; /* counted again in pass 2 */
   scratch.nout = 1; /* not known in pass 1 */
-  for (f = 1, i = 0; mj_next(j, ']', &f); i++) {
+  for (first = 1, i = 0; json_next(j, ']', &first); i++) {
     const char *fn = 0;
     uint32_t fn_len = 0, in_at = 0, end, c, q;
     int32_t eid = 0;
     int op = -1;
-    L->nm = 0;
-    if (i >= L->n_nodes) return fail(L, M_NODE_COUNT, i);
-    nd = m ? &L->nodes[i] : &scratch;
+    ldr->err_name = 0;
+    if (i >= ldr->n_nodes) return fail(ldr, M_NODE_COUNT, i);
+    nd = filling ? &ldr->nodes[i] : &scratch;
     nd->name = 0;
-    for (g = 1; mj_next(j, '}', &g);) {
-      switch (mj_key(j, "op\0name\0inputs\0attrs\0")) {
-        case 0: op = mj_pick(j, "null\0tvm_op\0", 0); break;
-        case 1: if (mj_str(j)) nd->name = j->str, nd->name_len = j->len; break;
-        case 2: in_at = j->p; mj_skip(j); break;
+    for (first_key = 1; json_next(j, '}', &first_key);) {
+      switch (json_key(j, "op\0name\0inputs\0attrs\0")) {
+        case 0: op = json_pick(j, "null\0tvm_op\0", 0); break;
+        case 1: if (json_string(j)) nd->name = j->str, nd->name_len = j->str_len; break;
+        case 2: in_at = j->pos; json_skip(j); break;
         case 3:
-          for (h = 1; mj_next(j, '}', &h);)
-            if (mj_key(j, "func_name\0")) mj_skip(j); /* bad JSON: does nothing */
-            else if (mj_str(j)) fn = j->str, fn_len = j->len;
+          for (first_attr = 1; json_next(j, '}', &first_attr);)
+            if (!json_key_is(j, "func_name")) json_skip(j); /* (bad JSON: does nothing) */
+            else if (json_string(j)) fn = j->str, fn_len = j->str_len;
           break;
-        default: mj_skip(j); /* another key, or bad JSON (then it does nothing) */
+        default: json_skip(j); /* another key, or bad JSON (then it does nothing) */
       }
     }
-    if (j->bad) return jfail(L);
-    end = j->p;
+    if (j->bad) return jfail(ldr);
+    end = j->pos;
     if (op < 0 || !nd->name || !in_at || (op && !fn))
-      return fail(L, M_NODE_KEYS, i);
-    if (op && !mj_index(fn, fn_len, "__nop\0")) op = 2;
-    nd->op = op == 1;
-    nd->args = L->args;
-    if (m && op == 1) {
+      return fail(ldr, M_NODE_KEYS, i);
+    if (op && name_is(fn, fn_len, "__nop")) op = 2;
+    nd->op = (uint8_t)op; /* a __nop is not a null node: no param binds it */
+    nd->args = ldr->args;
+    if (filling && op == 1) {
       const minrt_signatures *t = a->signatures;
-      L->nm = fn, L->nl = fn_len; /* the node's errors from here name its kernel */
-      for (L->sig = 0, q = 0; t && q < t->n && !L->sig; q++)
+      ldr->err_name = fn, ldr->err_name_len = fn_len; /* the node's errors from here name its kernel */
+      for (ldr->sig = 0, q = 0; t && q < t->n && !ldr->sig; q++)
         if (!strncmp(t->sigs[q].name, fn, fn_len) && !t->sigs[q].name[fn_len])
-          L->sig = t->sigs[q].sig, nd->fn = t->sigs[q].fn;
-      if (!L->sig) return fail(L, M_NO_SIG, i);
+          ldr->sig = t->sigs[q].sig, nd->fn = t->sigs[q].fn;
+      if (!ldr->sig) return fail(ldr, M_NO_SIG, i);
       if (a->resolve) nd->fn = a->resolve(a->resolve_ctx, fn, fn_len);
-      if (!nd->fn) return fail(L, M_KERNEL, i);
-      L->sig_n = (uint32_t)*L->sig++;
+      if (!nd->fn) return fail(ldr, M_KERNEL, i);
+      ldr->sig_n = (uint32_t)*ldr->sig++;
     }
-    j->p = in_at;
-    for (g = 1, c = 0; mj_next(j, ']', &g); c++) {
-      if ((eid = ref(L, i, M_NODE_INPUT, i)) < 0) return 1;
-      if (m && op == 1 && arg(L, c, (uint32_t)eid)) return fail(L, M_SIG, i);
+    j->pos = in_at;
+    for (first_key = 1, c = 0; json_next(j, ']', &first_key); c++) {
+      if ((eid = ref(ldr, i, M_NODE_INPUT, i)) < 0) return 1;
+      if (filling && op == 1 && arg(ldr, c, (uint32_t)eid)) return fail(ldr, M_SIG, i);
     }
-    if (j->bad) return jfail(L);
-    j->p = end;
+    if (j->bad) return jfail(ldr);
+    j->pos = end;
     if (op != 1) {
       /* an input has one output and no inputs; a __nop one of each, of the same size */
-      if (c != (op == 2) || nd->nout != 1 || (m && op && L->ent[nd->row].nbytes != L->ent[eid].nbytes))
-        return fail(L, M_NODE_ARITY, i);
-      L->n_plain++;
-      if (m) {
-        mentry *en = &L->ent[nd->row];
-        en->kind = op ? K_ALIAS : K_INPUT; /* an input until a param binds it */
+      if (c != (op == 2) || nd->nout != 1 ||
+          (filling && op && ldr->ent[nd->row].nbytes != ldr->ent[eid].nbytes))
+        return fail(ldr, M_NODE_ARITY, i);
+      ldr->n_plain++;
+      if (filling) {
+        minrt_entry *en = &ldr->ent[nd->row];
+        en->kind = op ? ENTRY_ALIAS : ENTRY_INPUT; /* an input until a param binds it */
         if (op) en->src.alias = (uint32_t)eid;
       }
       continue;
     }
-    if ((L->n_args += c) > MAX_ITEMS * 4) return fail(L, M_NODE_ARGS, i);
-    if (m) {
+    if ((ldr->n_args += c) > MAX_ITEMS * 4) return fail(ldr, M_NODE_ARGS, i);
+    if (filling) {
       for (q = 0; q < nd->nout; q++)
-        if (arg(L, c + q, nd->row + q)) return fail(L, M_SIG, i);
-      if ((nd->nargs = (int32_t)(c + q)) != (int32_t)L->sig_n) return fail(L, M_SIG, i);
-      L->args += c + q;
+        if (arg(ldr, c + q, nd->row + q)) return fail(ldr, M_SIG, i);
+      if ((nd->nargs = (int32_t)(c + q)) != (int32_t)ldr->sig_n) return fail(ldr, M_SIG, i);
+      ldr->args += c + q;
     }
   }
-  if (j->bad) return jfail(L);
-  if (i != L->n_nodes) return fail(L, M_NODE_COUNT, i);
+  if (j->bad) return jfail(ldr);
+  if (i != ldr->n_nodes) return fail(ldr, M_NODE_COUNT, i);
   return 0;
 }
 
 /* dtype names, in the order of their DLPack {code, bits}: code = index / 4 (0 int, 1 uint,
  * 2 float, 3 bool written as TVM 0.27 does: code 6), bits = 8 << index % 4. "\1" (a control
- * character, never in a JSON string) holds float8's place. */
+ * character, never in a JSON string) holds float8's place. The harness's table is
+ * harness/formats/dtypes.py; tests/test_runtime_c.py holds it against this one. */
 static const char dtype_names[] = "int8\0int16\0int32\0int64\0uint8\0uint16\0uint32\0uint64\0"
                                   "\1\0float16\0float32\0float64\0bool\0";
 
 /* attrs: {"dltype": ["list_str", [...]], "storage_id": ["list_int", [...]],
  *         "shape": ["list_shape", [[...], ...]], ...} */
-static int parse_attrs(ld *L) {
-  mj *j = &L->j;
-  mentry scratch; /* pass 1 reads into scratch */
+static int parse_attrs(loader *ldr) {
+  json_cursor *j = &ldr->j;
+  minrt_entry scratch; /* pass 1 reads into scratch */
   int64_t dims[MINRT_MAX_NDIM], *s;
   uint32_t e, i, k, got = 0;
-  int f, g, h, d, w, t;
+  int first, first_entry, first_item, d, key, tag;
   int32_t v;
-  j->p = L->at[KEY_ATTRS];
-  for (f = 1; mj_next(j, '}', &f);) {
-    w = mj_key(j, "dltype\0storage_id\0shape\0");
-    if (w < 0) { /* another attribute, or bad JSON (then mj_skip does nothing) */
-      mj_skip(j);
+  j->pos = ldr->key_at[KEY_ATTRS];
+  for (first = 1; json_next(j, '}', &first);) {
+    key = json_key(j, "dltype\0storage_id\0shape\0");
+    if (key < 0) { /* another attribute, or bad JSON (then json_skip does nothing) */
+      json_skip(j);
       continue;
     }
-    h = 1;
-    if (!mj_next(j, ']', &h)) break;
-    t = mj_pick(j, "list_str\0list_int\0list_shape\0", ',');
+    first_item = 1;
+    if (!json_next(j, ']', &first_item)) break;
+    tag = json_pick(j, "list_str\0list_int\0list_shape\0", ',');
     if (j->bad) break;
-    if (t != w) return fail(L, M_TAG, -1);
-    for (g = 1, e = 0; mj_next(j, ']', &g); e++) {
-      mentry *en;
-      if (e >= L->n_ent) return fail(L, M_LIST_LEN, e);
-      en = L->m ? &L->ent[e] : &scratch;
-      if (w == 0) {
-        if ((d = mj_pick(j, dtype_names, 0)) < -1) break;
+    if (tag != key) return fail(ldr, M_TAG, -1);
+    for (first_entry = 1, e = 0; json_next(j, ']', &first_entry); e++) {
+      minrt_entry *en;
+      if (e >= ldr->n_ent) return fail(ldr, M_LIST_LEN, e);
+      en = ldr->filling ? &ldr->ent[e] : &scratch;
+      if (key == 0) {
+        if ((d = json_pick(j, dtype_names, 0)) < -1) break;
         if (d < 0) {
-          L->nm = j->str, L->nl = j->len;
-          return fail(L, M_DTYPE, e);
+          ldr->err_name = j->str, ldr->err_name_len = j->str_len;
+          return fail(ldr, M_DTYPE, e);
         }
         v = (d == 12 ? 6 : d >> 2) | 8 << (d & 3) << 8 | 1 << 16; /* {code, bits, lanes 1} */
         memcpy(&en->t.dtype, &v, 4);
-      } else if (w == 1) {
-        if ((v = mj_int(j)) < -1) break;
-        if ((uint32_t)v >= L->n_ent) return fail(L, M_SID, e);
+      } else if (key == 1) {
+        if ((v = json_int(j)) < -1) break;
+        if ((uint32_t)v >= ldr->n_ent) return fail(ldr, M_SID, e);
         en->src.sid = (uint32_t)v;
       } else {
         /* pass 2 reads into the pool's top: no more dims than pass 1 counted */
-        s = L->m ? L->shp : dims;
-        if ((d = mj_ints(j, s, MINRT_MAX_NDIM)) < 0) break;
-        if (d > MINRT_MAX_NDIM) return fail(L, M_NDIM, e);
+        s = ldr->filling ? ldr->shape_top : dims;
+        if ((d = json_ints(j, s, MINRT_MAX_NDIM)) < 0) break;
+        if (d > MINRT_MAX_NDIM) return fail(ldr, M_NDIM, e);
         en->t.shape = s;
         for (en->t.ndim = d; d--;)
-          if (s[d] < 0) return fail(L, M_DIM, e);
-        if (!L->m) {
-          L->n_dims += (uint32_t)en->t.ndim;
+          if (s[d] < 0) return fail(ldr, M_DIM, e);
+        if (!ldr->filling) {
+          ldr->n_dims += (uint32_t)en->t.ndim;
           continue;
         }
         /* the same dims among the pool's last 32 (at any offset): shared */
-        k = (uint32_t)(s - L->shp0);
+        k = (uint32_t)(s - ldr->shape_pool);
         for (i = k > 32 ? k - 32 : 0; i + (uint32_t)en->t.ndim <= k; i++)
-          if (!memcmp(L->shp0 + i, s, 8 * (uint32_t)en->t.ndim)) break;
-        if (i + (uint32_t)en->t.ndim > k) L->shp += en->t.ndim;
-        else en->t.shape = L->shp0 + i;
+          if (!memcmp(ldr->shape_pool + i, s, 8 * (uint32_t)en->t.ndim)) break;
+        if (i + (uint32_t)en->t.ndim > k) ldr->shape_top += en->t.ndim;
+        else en->t.shape = ldr->shape_pool + i;
       }
     }
-    if (!mj_eat(j, ']')) { /* (also when bad already) */
+    if (!json_eat(j, ']')) { /* (also when bad already) */
       j->bad = 1;
       break;
     }
-    if (e != L->n_ent) return fail(L, M_LIST_LEN, e);
-    got |= 1u << w;
+    if (e != ldr->n_ent) return fail(ldr, M_LIST_LEN, e);
+    got |= 1u << key;
   }
-  if (j->bad) return jfail(L);
-  if (got != 7) return fail(L, M_ATTRS, -1);
-  for (e = 0; L->m && e < L->n_ent; e++) {
-    mentry *en = &L->ent[e];
+  if (j->bad) return jfail(ldr);
+  if (got != 7) return fail(ldr, M_ATTRS, -1);
+  for (e = 0; ldr->filling && e < ldr->n_ent; e++) {
+    minrt_entry *en = &ldr->ent[e];
     uint64_t n = en->t.dtype.bits / 8; /* dims and n below 2^31: 32 x 32 bit products */
     for (d = 0; d < en->t.ndim; d++)
       if ((n = (uint32_t)n * (uint64_t)(uint32_t)en->t.shape[d]) > 0x7fffffff)
-        return fail(L, M_TOO_LARGE, e);
+        return fail(ldr, M_TOO_LARGE, e);
     en->nbytes = (uint32_t)n;
     en->t.device.device_type = 1;
   }
@@ -288,13 +292,13 @@ static uint32_t rd32(const uint8_t *q) {
 }
 
 /* The next n bytes of params.bin, or NULL (error recorded) if it ends first. */
-static const uint8_t *take(ld *L, uint32_t n) {
-  const uint8_t *r = (const uint8_t *)L->a->params + L->pp;
-  if (n > L->a->params_len - L->pp) {
-    fail(L, M_TRUNCATED, (long)L->pp);
+static const uint8_t *take(loader *ldr, uint32_t n) {
+  const uint8_t *r = (const uint8_t *)ldr->a->params + ldr->params_pos;
+  if (n > ldr->a->params_len - ldr->params_pos) {
+    fail(ldr, M_TRUNCATED, (long)ldr->params_pos);
     return 0;
   }
-  L->pp += n;
+  ldr->params_pos += n;
   return r;
 }
 
@@ -306,63 +310,64 @@ static const uint8_t aligned_magic[8] = {'m', 'i', 'n', 'r', 't', 'p', 'r', 'm'}
  * TVM's NDArray-list or minrt's aligned container (runtime_c/README.md): the same but for
  * its magic, a version (1) in the reserved word, and zero padding before each tensor's data
  * up to a multiple of 64 bytes from the start. */
-static int parse_params(ld *L) {
-  uint32_t nn, i, nl, n, at, al;
-  const uint8_t *h, *names;
-  const mnode *nd;
-  if (!L->a->params_len) return 0;
-  if (!(h = take(L, 24))) return 1;
-  al = !memcmp(h, aligned_magic, 8);
-  if ((!al && memcmp(h, list_magic, 8)) || rd32(h + 20)) return fail(L, M_HEADER, 0);
-  if (al && (rd32(h + 8) != 1 || rd32(h + 12))) return fail(L, M_VERSION, 8);
-  nn = rd32(h + 16);
-  names = h + 24;
-  for (i = 0; i < nn; i++)
-    if (!(h = take(L, 8)) || !take(L, rd32(h + 4) ? ~0u : rd32(h))) return 1; /* a u64 length */
-  if (!(h = take(L, 8))) return 1;
-  if (rd32(h) != nn || rd32(h + 4)) return fail(L, M_COUNT, (long)(L->pp - 8));
-  for (i = 0; i < nn; i++) {
-    mentry *en;
-    nl = rd32(names); /* the names, checked above */
-    L->nm = (const char *)names + 8;
-    L->nl = nl;
-    names += 8 + nl;
-    at = L->pp;
-    if (!(h = take(L, 16))) return 1;
-    if (memcmp(h, tensor_magic, 8)) return fail(L, M_MAGIC, (long)at);
-    for (nd = L->nodes; nd->op || !mj_eq(nd->name, nd->name_len, L->nm, nl);) /* escapes as in inputs */
-      if (++nd == L->nodes + L->n_nodes) return fail(L, M_PARAM_NAME, (long)at);
-    en = &L->ent[nd->row];
-    if (en->kind != K_INPUT) return fail(L, M_PARAM_DUP, (long)at);
+static int parse_params(loader *ldr) {
+  uint32_t n_names, i, name_len, n, at, aligned;
+  const uint8_t *bytes, *names;
+  const minrt_node *nd;
+  if (!ldr->a->params_len) return 0;
+  if (!(bytes = take(ldr, 24))) return 1;
+  aligned = !memcmp(bytes, aligned_magic, 8);
+  if ((!aligned && memcmp(bytes, list_magic, 8)) || rd32(bytes + 20)) return fail(ldr, M_HEADER, 0);
+  if (aligned && (rd32(bytes + 8) != 1 || rd32(bytes + 12))) return fail(ldr, M_VERSION, 8);
+  n_names = rd32(bytes + 16);
+  names = bytes + 24;
+  for (i = 0; i < n_names; i++)
+    if (!(bytes = take(ldr, 8)) || !take(ldr, rd32(bytes + 4) ? ~0u : rd32(bytes))) return 1; /* a u64 length */
+  if (!(bytes = take(ldr, 8))) return 1;
+  if (rd32(bytes) != n_names || rd32(bytes + 4)) return fail(ldr, M_COUNT, (long)(ldr->params_pos - 8));
+  for (i = 0; i < n_names; i++) {
+    minrt_entry *en;
+    name_len = rd32(names); /* the names, checked above */
+    ldr->err_name = (const char *)names + 8;
+    ldr->err_name_len = name_len;
+    names += 8 + name_len;
+    at = ldr->params_pos;
+    if (!(bytes = take(ldr, 16))) return 1;
+    if (memcmp(bytes, tensor_magic, 8)) return fail(ldr, M_MAGIC, (long)at);
+    /* names compare escape-aware, as for inputs */
+    for (nd = ldr->nodes; nd->op || !json_string_equals(nd->name, nd->name_len, ldr->err_name, name_len);)
+      if (++nd == ldr->nodes + ldr->n_nodes) return fail(ldr, M_PARAM_NAME, (long)at);
+    en = &ldr->ent[nd->row];
+    if (en->kind != ENTRY_INPUT) return fail(ldr, M_PARAM_DUP, (long)at);
     /* device {CPU, 0}, ndim, dtype (laid out as in DLTensor), shape, nbytes: exactly what
      * the graph says */
     n = 8 * (uint32_t)en->t.ndim;
-    if (!(h = take(L, n + 24))) return 1;
-    if (memcmp(h, &en->t.device, 16) || memcmp(h + 16, en->t.shape, n) ||
-        rd32(h + 16 + n) != en->nbytes || rd32(h + 20 + n))
-      return fail(L, M_PARAM_META, (long)at);
-    if ((al && !take(L, (0u - L->pp) & 63)) || !(h = take(L, en->nbytes))) return 1;
-    en->t.data = (void *)(uintptr_t)h; /* used in place, or the copy's source */
-    en->kind = ((uintptr_t)h & (MINRT_ALIGN - 1)) ? K_PCOPY : K_PZERO;
+    if (!(bytes = take(ldr, n + 24))) return 1;
+    if (memcmp(bytes, &en->t.device, 16) || memcmp(bytes + 16, en->t.shape, n) ||
+        rd32(bytes + 16 + n) != en->nbytes || rd32(bytes + 20 + n))
+      return fail(ldr, M_PARAM_META, (long)at);
+    if ((aligned && !take(ldr, (0u - ldr->params_pos) & 63)) || !(bytes = take(ldr, en->nbytes))) return 1;
+    en->t.data = (void *)(uintptr_t)bytes; /* used in place, or the copy's source */
+    en->kind = ((uintptr_t)bytes & (MINRT_ALIGN - 1)) ? ENTRY_PARAM_COPY : ENTRY_PARAM_IN_PLACE;
   }
-  L->nm = 0, L->nl = 0;
-  if (L->pp != L->a->params_len) return fail(L, M_TRAILING, (long)L->pp);
+  ldr->err_name = 0, ldr->err_name_len = 0;
+  if (ldr->params_pos != ldr->a->params_len) return fail(ldr, M_TRAILING, (long)ldr->params_pos);
   return 0;
 }
 
 /* heads: [[nid, index, version], ...], the outputs (counted in the first pass) */
-static int parse_heads(ld *L) {
-  mj *j = &L->j;
+static int parse_heads(loader *ldr) {
+  json_cursor *j = &ldr->j;
   uint32_t i;
   int32_t eid;
-  int f;
-  j->p = L->at[KEY_HEADS];
-  for (f = 1, i = 0; mj_next(j, ']', &f); i++) {
-    if ((eid = ref(L, L->n_nodes, M_HEAD, i)) < 0) return 1;
-    if (L->m) L->m->outputs[i] = &L->ent[eid].t;
+  int first;
+  j->pos = ldr->key_at[KEY_HEADS];
+  for (first = 1, i = 0; json_next(j, ']', &first); i++) {
+    if ((eid = ref(ldr, ldr->n_nodes, M_HEAD, i)) < 0) return 1;
+    if (ldr->filling) ldr->outputs[i] = &ldr->ent[eid].t;
   }
-  L->n_heads = i;
-  return j->bad ? jfail(L) : 0;
+  ldr->n_heads = i;
+  return j->bad ? jfail(ldr) : 0;
 }
 
 /* Reserves n bytes (64-aligned) at *off, in 64 bits: at most 2^20 regions of under 2^31
@@ -370,7 +375,7 @@ static int parse_heads(ld *L) {
  * (MINRT_GUARD) puts a guard zone after each region. */
 static uint32_t place(uint64_t *off, uint32_t n) {
   uint64_t at = *off;
-  *off += AL64((uint64_t)n) + MINRT_GUARD_BYTES;
+  *off += ALIGN64((uint64_t)n) + MINRT_GUARD_BYTES;
 #ifdef MINRT_GUARD
   if (minrt_guards.n < MINRT_GUARD_MAX) {
     minrt_guards.at[minrt_guards.n] = (uint32_t)(at + n);
@@ -380,101 +385,105 @@ static uint32_t place(uint64_t *off, uint32_t n) {
   return (uint32_t)at;
 }
 
-/* pass 1 (L->m NULL) counts, pass 2 fills in (nodes need the entries' sizes from attrs);
- * nonzero on error */
-static int walk(ld *L) {
-  return rows(L) || parse_attrs(L) || parse_nodes(L) || (L->m && parse_params(L)) || parse_heads(L);
+/* The first pass counts, the second (ldr->filling) fills in (nodes need the entries' sizes
+ * from attrs); nonzero on error. */
+static int walk(loader *ldr) {
+  return rows(ldr) || parse_attrs(ldr) || parse_nodes(ldr) || (ldr->filling && parse_params(ldr)) ||
+         parse_heads(ldr);
 }
 
 int minrt_load(minrt **out, const minrt_artifact *a, void *arena, size_t arena_len,
                size_t *need, minrt_err *e) {
-  ld L;
+  loader ldr;
   minrt *m = (minrt *)arena;
-  uint8_t *b = (uint8_t *)arena;
+  uint8_t *base = (uint8_t *)arena;
   uint64_t off, act;
-  uint32_t top, g, o_ent, o_args, o_ptr, o_shp, cp = 0, k;
-  mentry *en, *end, *ent;
-  memset(&L, 0, sizeof L);
-  L.e = e;
-  L.a = a;
-  L.j.s = a->graph_json;
-  L.j.n = (uint32_t)a->graph_len;
+  uint32_t top, graph_bytes, o_ent, o_args, o_ptr, o_shp, copied = 0, ws_at;
+  minrt_entry *en, *end, *ent;
+  memset(&ldr, 0, sizeof ldr);
+  ldr.e = e;
+  ldr.a = a;
+  ldr.j.text = a->graph_json;
+  ldr.j.text_len = (uint32_t)a->graph_len;
   if (!arena) arena_len = 0;
   *out = 0;
   *need = 0;
-  if ((uintptr_t)arena & (MINRT_ALIGN - 1)) return fail(&L, M_ALIGN, -1);
+  if ((uintptr_t)arena & (MINRT_ALIGN - 1)) return fail(&ldr, M_ALIGN, -1);
   if ((a->graph_len | a->params_len | a->workspace_bytes) >> 31)
-    return fail(&L, M_BUF_SIZE, -1);
-  if (scan_top(&L) || walk(&L)) return e->code;
+    return fail(&ldr, M_BUF_SIZE, -1);
+  if (scan_top(&ldr) || walk(&ldr)) return e->code;
   /* the parsed graph: struct, nodes, entries, kernel arguments, outputs then inputs, the
    * shape pool (as large as every dim; the part sharing saves is left to the storage) */
-  o_ent = (uint32_t)sizeof(minrt) + L.n_nodes * (uint32_t)sizeof(mnode);
-  o_args = o_ent + L.n_ent * (uint32_t)sizeof(mentry);
-  o_ptr = o_args + (L.n_args + L.n_ent - L.n_plain) * (uint32_t)sizeof(TVMFFIAny);
-  o_shp = o_ptr + AL8((L.n_heads + L.n_nodes) * (uint32_t)sizeof(void *));
+  o_ent = (uint32_t)sizeof(minrt) + ldr.n_nodes * (uint32_t)sizeof(minrt_node);
+  o_args = o_ent + ldr.n_ent * (uint32_t)sizeof(minrt_entry);
+  o_ptr = o_args + (ldr.n_args + ldr.n_ent - ldr.n_plain) * (uint32_t)sizeof(TVMFFIAny);
+  o_shp = o_ptr + ALIGN8((ldr.n_heads + ldr.n_nodes) * (uint32_t)sizeof(void *));
   /* dims may repeat (a key given twice): up to 2^30 in a 2 GiB JSON, so 64-bit here */
-  if (((uint64_t)o_shp + 8 * (uint64_t)L.n_dims) >> 31) return fail(&L, M_ARENA_2G, -1);
-  g = o_shp + 8 * L.n_dims;
-  *need = g;
-  if (g > arena_len) return fail(&L, M_ARENA, g);
-  memset(b, 0, g);
-  m->nodes = (mnode *)(m + 1);
-  m->ent = (mentry *)(b + o_ent);
-  L.args = (TVMFFIAny *)(b + o_args);
-  m->outputs = (DLTensor **)(b + o_ptr);
-  m->inputs = m->outputs + L.n_heads;
+  if (((uint64_t)o_shp + 8 * (uint64_t)ldr.n_dims) >> 31) return fail(&ldr, M_ARENA_2G, -1);
+  graph_bytes = o_shp + 8 * ldr.n_dims;
+  *need = graph_bytes;
+  if (graph_bytes > arena_len) return fail(&ldr, M_ARENA, graph_bytes);
+  memset(base, 0, graph_bytes);
+  m->nodes = (minrt_node *)(m + 1);
+  m->ent = (minrt_entry *)(base + o_ent);
+  ldr.args = (TVMFFIAny *)(base + o_args);
+  m->outputs = (DLTensor **)(base + o_ptr);
+  m->inputs = m->outputs + ldr.n_heads;
   m->err = e;
-  m->n_nodes = L.n_nodes;
-  m->n_ent = L.n_ent;
-  m->n_outputs = L.n_heads;
-  L.m = m;
-  L.ent = m->ent;
-  L.nodes = m->nodes;
-  L.shp = L.shp0 = (int64_t *)(void *)(b + o_shp);
-  if (walk(&L)) return e->code;
+  m->n_nodes = ldr.n_nodes;
+  m->n_ent = ldr.n_ent;
+  m->n_outputs = ldr.n_heads;
+  ldr.filling = 1;
+  ldr.outputs = m->outputs;
+  ldr.ent = m->ent;
+  ldr.nodes = m->nodes;
+  ldr.shape_top = ldr.shape_pool = (int64_t *)(void *)(base + o_shp);
+  if (walk(&ldr)) return e->code;
   /* storage: each id as large as its largest entry; params use none of it (used in
    * place, or copied to a region of their own) */
   ent = m->ent;
-  end = ent + L.n_ent;
+  end = ent + ldr.n_ent;
   for (en = ent; en < end; en++)
-    if (en->kind <= K_INPUT && ent[en->src.sid].store.size < en->nbytes)
+    if (en->kind <= ENTRY_INPUT && ent[en->src.sid].store.size < en->nbytes)
       ent[en->src.sid].store.size = en->nbytes;
-  off = top = AL64((uint32_t)((uint8_t *)L.shp - b));
+  off = top = ALIGN64((uint32_t)((uint8_t *)ldr.shape_top - base));
 #ifdef MINRT_GUARD
   minrt_guards.n = 0;
   place(&off, 0); /* a guard after minrt's own tables */
 #endif
   for (en = ent; en < end; en++) {
     en->store.offset = place(&off, en->store.size);
-    if (en->kind == K_PCOPY) en->src.copy_at = place(&off, en->nbytes), cp += AL64(en->nbytes);
+    if (en->kind == ENTRY_PARAM_COPY)
+      en->src.copy_at = place(&off, en->nbytes), copied += ALIGN64(en->nbytes);
   }
   act = off;
-  k = place(&off, (uint32_t)a->workspace_bytes);
+  ws_at = place(&off, (uint32_t)a->workspace_bytes);
   if (off >> 31) { /* no arena will do */
     *need = 0;
-    return fail(&L, M_ARENA_2G, -1);
+    return fail(&ldr, M_ARENA_2G, -1);
   }
-  /* never less than the first call's need g, so the size it reports always loads (the
-   * pool's unshared part then counts as graph) */
-  *need = off > g ? (size_t)off : g;
-  if (*need > arena_len) return fail(&L, M_ARENA, (long)*need);
+  /* never less than the first call's need (graph_bytes), so the size it reports always
+   * loads (the pool's unshared part then counts as graph) */
+  *need = off > graph_bytes ? (size_t)off : graph_bytes;
+  if (*need > arena_len) return fail(&ldr, M_ARENA, (long)*need);
   m->arena_use[MINRT_USE_GRAPH] = (uint32_t)(*need - (off - top));
-  m->arena_use[MINRT_USE_ACTIVATIONS] = (uint32_t)(act - top - cp);
+  m->arena_use[MINRT_USE_ACTIVATIONS] = (uint32_t)(act - top - copied);
   m->arena_use[MINRT_USE_WORKSPACE] = (uint32_t)(off - act);
-  m->arena_use[MINRT_USE_WEIGHT_COPIES] = cp;
-  m->ws = m->ws_top = b + k;
-  m->ws_end = b + off - MINRT_GUARD_BYTES;
+  m->arena_use[MINRT_USE_WEIGHT_COPIES] = copied;
+  m->ws = m->ws_top = base + ws_at;
+  m->ws_end = base + off - MINRT_GUARD_BYTES;
 #ifdef MINRT_GUARD
-  for (k = 0; k < minrt_guards.n; k++)
-    memset(b + minrt_guards.at[k], MINRT_GUARD_FILL, minrt_guards.end[k] - minrt_guards.at[k]);
-  minrt_guards.arena = b;
+  for (uint32_t z = 0; z < minrt_guards.n; z++)
+    memset(base + minrt_guards.at[z], MINRT_GUARD_FILL, minrt_guards.end[z] - minrt_guards.at[z]);
+  minrt_guards.arena = base;
 #endif
   for (en = ent; en < end; en++) {
-    if (en->kind == K_ALIAS) en->t.data = ent[en->src.alias].t.data;
-    else if (en->kind == K_PCOPY) en->t.data = memcpy(b + en->src.copy_at, en->t.data, en->nbytes);
-    else if (en->kind <= K_INPUT) {
-      en->t.data = b + ent[en->src.sid].store.offset;
-      if (en->kind) m->inputs[m->n_inputs++] = &en->t; /* in node order */
+    if (en->kind == ENTRY_ALIAS) en->t.data = ent[en->src.alias].t.data;
+    else if (en->kind == ENTRY_PARAM_COPY)
+      en->t.data = memcpy(base + en->src.copy_at, en->t.data, en->nbytes);
+    else if (en->kind <= ENTRY_INPUT) {
+      en->t.data = base + ent[en->src.sid].store.offset;
+      if (en->kind == ENTRY_INPUT) m->inputs[m->n_inputs++] = &en->t; /* in node order */
     }
   }
   *out = m;

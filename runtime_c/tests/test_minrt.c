@@ -116,6 +116,12 @@ static void test_good(void) {
   CHECK(minrt_set_input(m, 0, x, sizeof x) == 0, "set_input: %s", err.msg);
   CHECK(minrt_run(m) == 0, "run: %s", err.msg);
   CHECK(minrt_run(m) == 0, "second run: %s", err.msg);
+  /* outside a run there is no workspace: the arena of the last run is not handed out */
+  CHECK(TVMBackendAllocWorkspace(1, 0, 16, 2, 32) == NULL, "workspace given outside a run");
+  /* the documented idiom keeps minrt_input_index's message */
+  CHECK(minrt_set_input(m, minrt_input_index(m, "nope", 4), x, sizeof x) == MINRT_E_ARG &&
+            strstr(err.msg, "unknown 'nope'"),
+        "set_input(input_index) message: %s", err.msg);
   out = minrt_output(m, 0);
   nop = minrt_output(m, 1);
   wt = minrt_output(m, 2);
@@ -206,13 +212,13 @@ static void test_read_only_params(void) {
   CHECK(rc == 0, "TVM blob: %d %s", rc, err.msg);
   if (rc) return;
   for (i = 0; i < m->n_ent; i++) {
-    const mentry *en = &m->ent[i];
-    if (en->kind == K_PZERO) {
+    const minrt_entry *en = &m->ent[i];
+    if (en->kind == ENTRY_PARAM_IN_PLACE) {
       in_place++;
       outside += (const unsigned char *)en->t.data < ro ||
                  (const unsigned char *)en->t.data + en->nbytes > ro + size;
     }
-    copied += en->kind == K_PCOPY;
+    copied += en->kind == ENTRY_PARAM_COPY;
   }
   CHECK(in_place == 2 && copied == 0 && outside == 0,
         "aligned params: %d in place, %d copied, %d outside the mapping", in_place, copied, outside);
@@ -338,7 +344,7 @@ static void test_dtypes(void) {
 }
 
 /* names as written in graph.json (raw bytes, escapes) and the UTF-8 name each stands for:
- * a backslash before a raw control byte or a NUL (mj_str keeps escapes raw) is that byte,
+ * a backslash before a raw control byte or a NUL (json_string keeps escapes raw) is that byte,
  * read without looking past the escape table (ASan build); raw UTF-8 is itself */
 static void test_name_bytes(void) {
   static const char head[] = "{\"nodes\":[{\"op\":\"null\",\"name\":\"";
