@@ -108,6 +108,35 @@ def test_mlperf_names_resolve_with_their_sample_inputs(monkeypatch, tmp_path):
         resolve_models(["mlperf-vww"])
 
 
+def test_bench_and_qdq_names_resolve_through_the_one_resolver(monkeypatch, tmp_path):
+    _need_mlperf()
+    from harness import bench_tflm
+    from harness.models.resolve import resolve_models
+
+    monkeypatch.setenv("MINRT_CACHE", str(tmp_path / "cache"))
+    # `harness bench` resolves with default="all": the same names as `harness run`
+    kws, qdq = resolve_models(["mlperf-kws", "cnn-qdq"], default="all")
+    assert kws.name == "mlperf-kws.tflite" and qdq.name == "cnn-qdq.onnx" and qdq.is_file()
+    with pytest.raises(HarnessError, match="an MLPerf Tiny model .*mlperf-kws.* or a QDQ example .*cnn-qdq"):
+        resolve_models(["mlperf-nope"])
+    # ci/bench_tflm reads the same table of MLPerf Tiny names
+    assert bench_tflm.resolve_models(["mlperf-kws"])[0].tflite.name == f"{mlperf_tiny.MLPERF_TINY['mlperf-kws']}.tflite"
+
+
+def test_input_shape_on_a_tflite_model_may_only_repeat_its_shape(mlperf):
+    model = mlperf["mlperf-ad"]
+    (given,) = load_model(model).inputs
+    assert load_model(model, {given.name: list(given.shape)}).input_names == [given.name]
+    with pytest.raises(CompileError, match=r"input shapes are static; 'input_1' is \[1, 640\]"):
+        load_model(model, {given.name: [2, 640]})
+    with pytest.raises(CompileError, match="--input-shape names 'x', not an input"):
+        load_model(model, {"x": [1, 640]})
+    proc = subprocess.run([*HARNESS, "compile", "--target", "x86_64", str(model), "--input-shape", "input_1=2,640"],
+                          capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 2, proc.stderr
+    assert "mlperf-ad.tflite: --input-shape input_1=2,640: a .tflite model's input shapes are static" in proc.stderr
+
+
 # --- comparison in quantized units -------------------------------------------------------------
 
 def test_int8_outputs_are_compared_in_units():
