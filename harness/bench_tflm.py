@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import re
 import time
 from collections.abc import Sequence
@@ -32,31 +31,19 @@ from typing import Any
 
 import numpy as np
 
-from harness import REPO_ROOT
 from harness.errors import HarnessError
+# MLPerf Tiny's models by harness name (the names `harness run --model` takes), where they lie
+# (MINRT_MLPERF_TINY_DIR) and which are int8: the one table, in harness.models.mlperf_tiny
+from harness.models.mlperf_tiny import ENV_DIR as MLPERF_DIR_ENV
+from harness.models.mlperf_tiny import INT8_MODELS, MLPERF_TINY, mlperf_tiny_dir
 
 log = logging.getLogger(__name__)
 
-#: MLPerf Tiny's models by harness name (the names `harness run --model` takes) -> file stem
-#: as MLCommons publishes it, in MINRT_MLPERF_TINY_DIR (default: ../shared/models/mlperf_tiny
-#: beside the clone), each with sample inputs `<stem>.input<k>.npy`.
-MLPERF_TINY = {
-    "mlperf-kws": "kws_ref_model", "mlperf-vww": "vww_96_int8", "mlperf-ic": "pretrainedResnet_quant",
-    "mlperf-ad": "ad01_int8", "mlperf-vww-float": "vww_96_float", "mlperf-ic-float": "pretrainedResnet",
-    "mlperf-ad-float": "ad01_fp32",
-}
-INT8_MODELS = ("mlperf-kws", "mlperf-vww", "mlperf-ic", "mlperf-ad")
-MLPERF_DIR_ENV = "MINRT_MLPERF_TINY_DIR"
 FIRMWARE_TARGETS = {"cortex-m4-qemu": "cortex-m4", "cortex-m7-qemu": "cortex-m7"}
 LINUX_TARGETS = {"qemu-armv7": "armv7-linux"}
 ALL_TARGETS = (*FIRMWARE_TARGETS, *LINUX_TARGETS, "x86_64")
 UNIT = "emulated instructions"
 BOOT_TIMEOUT_S = 600.0
-
-
-def mlperf_tiny_dir() -> Path:
-    override = os.environ.get(MLPERF_DIR_ENV)
-    return Path(override) if override else REPO_ROOT.parent / "shared" / "models" / "mlperf_tiny"
 
 
 @dataclass(frozen=True)

@@ -116,7 +116,8 @@ def parse_input_shapes(items: Sequence[str] | None) -> dict[str, list[int]]:
 
 def add_models(p: argparse.ArgumentParser, default: str = "every example") -> None:
     """MODEL... positionally and --model MODEL (repeatable): both mean the same; see `models_of`."""
-    what = "a model file (.onnx), an example or a zoo model name"
+    what = ("a model file (.onnx, .tflite), an example, zoo, MLPerf Tiny (mlperf-kws...) "
+            "or QDQ example name")
     p.add_argument("models", nargs="*", metavar="MODEL", help=f"{what} (default: {default})")
     p.add_argument("--model", action="append", dest="model_options", metavar="MODEL",
                    help="the same as a positional MODEL (repeatable)")

@@ -173,12 +173,15 @@ def footprint(timing: Mapping[str, Any], sizes: Mapping[str, int], artifact: Any
 
 def check_outputs(model: Path, inputs: Mapping[str, np.ndarray], got: Sequence[np.ndarray],
                   output_specs: Sequence[Mapping[str, Any]], atol: float, rtol: float,
-                  ) -> tuple[list[OutputCheck], Consensus]:
+                  ) -> tuple[list[Any], Consensus]:
     """Compare every device output with the host references that agree with each other (see
     harness.check.reference): TVM's Relax VM breaks a disagreement, a reference that cannot run the
     model is left out. Returns the checks and the references' standing."""
+    from harness.check.quantized import check_quantized, judged_in_units
     from harness.check.reference import RELAX_VM, consensus, reference_names, try_reference
 
+    if judged_in_units(model, output_specs):  # .tflite and quantized models: in quantized units
+        return check_quantized(model, inputs, got, output_specs, atol, rtol)
     runs = [try_reference(name, model, inputs, expected_outputs=len(output_specs))
             for name in reference_names()]
     agreed = consensus(runs, atol, rtol,
@@ -271,6 +274,10 @@ def run_on_target(
             log.info("[%s on %s] building minrt-run with the %s toolchain", model.name, target.name, tc.name)
             runner = build_runner(target, artifact, tc)
             result.sizes = size.run_sizes(target, runner, artifact, tc)
+        if not input_files:  # a model's own sample inputs (MLPerf Tiny's) beside it
+            from harness.models.mlperf_tiny import sample_input_files
+
+            input_files = sample_input_files(model, [s["name"] for s in artifact.inputs])
         inputs = (load_inputs(artifact.inputs, input_files) if input_files
                   else random_inputs(artifact.inputs, seed))
         missing = [s["name"] for s in artifact.inputs if s["name"] not in inputs]

@@ -365,14 +365,12 @@ def model_kernels(model: Path, target: Target, input_shapes: Mapping[str, Sequen
     tuning inputs) and how many outputs each has."""
     import tvm
 
-    from harness.compile.onnx_import import apply_input_shapes, graph_inputs, import_onnx, load_onnx, lower_relax
     from harness.compile.graph import walk_main
+    from harness.compile.source import load_model, lowered_module
 
-    onnx_model, _ = load_onnx(model)
-    onnx_model = apply_input_shapes(onnx_model, input_shapes or {}, Path(model))
-    mod, _ = import_onnx(onnx_model, model)
-    lowered = lower_relax(mod, tvm.target.Target(dict(target.tvm_target)))
-    graph = walk_main(lowered, [v.name for v in graph_inputs(onnx_model)], str(model))
+    source = load_model(model, input_shapes)
+    lowered = lowered_module(source, tvm.target.Target(dict(target.tvm_target)))
+    graph = walk_main(lowered, source.input_names, str(model), op_types=source.op_types)
     n_outputs = {n.func_name: len(n.outputs) for n in graph.nodes if n.op == "tvm_op"}
     return graph.kernels, n_outputs
 

@@ -12,7 +12,7 @@ import re
 import pytest
 
 from harness.compile.kernels import kernel_target
-from harness.compile.onnx_import import relax_module
+from harness.compile.source import relax_module
 from harness.models.examples import write_examples
 from harness.run import run_on_target
 from harness.compile.schedule import schedule_kernel, simd_lanes

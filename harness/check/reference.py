@@ -1,7 +1,9 @@
 """Host reference executors, and the consensus of them that a device is judged against.
 
-The references are onnx's ReferenceEvaluator and onnxruntime (when installed); each runs
-the original ONNX model on the host. They are not infallible: ReferenceEvaluator applies
+The references are onnx's ReferenceEvaluator and onnxruntime (when installed) for an ONNX
+model, TFLite Micro's host interpreter and LiteRT for a .tflite model; each runs the original
+model on the host. (Quantized models are judged in quantized units against one primary
+reference: harness.check.quantized.) They are not infallible: ReferenceEvaluator applies
 opset-13 defaults to some older operators (Softmax's axis before opset 13) and has no
 DequantizeLinear below opset 19. So the references are first compared with each other; when
 they disagree, TVM's Relax VM on the host (harness.check.relax_vm) runs the model as a third
@@ -24,9 +26,18 @@ from harness.errors import HarnessError
 log = logging.getLogger(__name__)
 
 RELAX_VM = "tvm-relax-vm"
+TFLM = "tflite-micro"
+LITERT = "litert"
+#: ONNX operators that make a model quantized (QDQ): onnxruntime then runs it with its graph
+#: optimizations off, so it computes what the graph says instead of fusing Q/DQ into its own
+#: integer kernels.
+QDQ_OPS = frozenset({"QuantizeLinear", "DequantizeLinear"})
 
 
-def reference_names() -> list[str]:
+def reference_names(model: Path | None = None) -> list[str]:
+    """The host executors for a model, the primary one first (TFLM for .tflite)."""
+    if model is not None and Path(model).suffix.lower() == ".tflite":
+        return [TFLM, LITERT]
     names = ["onnx-reference"]
     try:
         import onnxruntime  # noqa: F401
@@ -44,15 +55,48 @@ def run_reference(name: str, model: Path, inputs: Mapping[str, np.ndarray]) -> l
 
         return [np.asarray(o) for o in ReferenceEvaluator(str(model)).run(None, dict(inputs))]
     if name == "onnxruntime":
+        import onnx
         import onnxruntime
 
-        session = onnxruntime.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+        options = onnxruntime.SessionOptions()
+        if any(n.op_type in QDQ_OPS for n in onnx.load(str(model), load_external_data=False).graph.node):
+            options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_DISABLE_ALL
+        session = onnxruntime.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
         return [np.asarray(o) for o in session.run(None, dict(inputs))]
+    if name in (TFLM, LITERT):
+        return _run_tflite(name, Path(model), inputs)
     if name == RELAX_VM:
         from harness.check.relax_vm import run_relax_vm
 
         return run_relax_vm(model, inputs)
     raise ValueError(f"unknown reference executor '{name}'")
+
+
+def _run_tflite(name: str, model: Path, inputs: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+    """TFLite Micro's own interpreter (PyPI tflite-micro) or LiteRT (ai-edge-litert) on a .tflite."""
+    from harness.compile.source import load_model
+
+    source = load_model(model)
+    missing = [n for n in source.input_names if n not in inputs]
+    if missing:
+        raise HarnessError(f"{model}: no value given for input(s) {', '.join(missing)}")
+    ordered = [np.ascontiguousarray(inputs[n]) for n in source.input_names]
+    if name == TFLM:
+        from tflite_micro.python.tflite_micro import runtime
+
+        interpreter = runtime.Interpreter.from_file(str(model))
+        for k, value in enumerate(ordered):
+            interpreter.set_input(value, k)
+        interpreter.invoke()
+        return [np.array(interpreter.get_output(k)) for k in range(len(source.outputs))]
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_path=str(model))
+    interpreter.allocate_tensors()
+    for detail, value in zip(interpreter.get_input_details(), ordered):
+        interpreter.set_tensor(detail["index"], value)
+    interpreter.invoke()
+    return [np.array(interpreter.get_tensor(d["index"])) for d in interpreter.get_output_details()]
 
 
 @dataclass

@@ -25,7 +25,7 @@ from harness.formats.artifact import Artifact
 from harness.formats.artifact import NOP
 from harness.formats.dtypes import dtype_nbytes
 from harness.compile.native_log import native_stderr_to_log
-from harness.compile.onnx_import import graph_inputs, load_onnx, relax_module
+from harness.compile.source import load_model, relax_module
 from harness.errors import CompileError
 from harness.config.targets import Target, load_target
 
@@ -41,12 +41,11 @@ def _host_target(target: Target | str | None) -> Target:
     return load_target(target) if isinstance(target, str) else target
 
 
-def _ordered_inputs(onnx_path: Path, inputs: Mapping[str, np.ndarray]) -> list[np.ndarray]:
-    model, _ = load_onnx(onnx_path)
-    names = [value.name for value in graph_inputs(model)]
+def _ordered_inputs(model_path: Path, inputs: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+    names = load_model(model_path).input_names
     missing = [n for n in names if n not in inputs]
     if missing:
-        raise CompileError(f"{onnx_path}: no value given for input(s) {', '.join(missing)}")
+        raise CompileError(f"{model_path}: no value given for input(s) {', '.join(missing)}")
     return [np.ascontiguousarray(inputs[n]) for n in names]
 
 
@@ -58,19 +57,19 @@ def _kernel_context() -> Any:
 
 
 @native_stderr_to_log("relax vm reference")
-def run_relax_vm(onnx_path: Path | str, inputs: Mapping[str, np.ndarray],
+def run_relax_vm(model_path: Path | str, inputs: Mapping[str, np.ndarray],
                  target: Target | str | None = None) -> list[np.ndarray]:
     """Run the model through TVM's Relax VM on this host; outputs in graph order."""
     import tvm
     from tvm import relax
 
-    onnx_path = Path(onnx_path)
+    model_path = Path(model_path)
     target = _host_target(target)
     tvm_target = tvm.target.Target(dict(target.tvm_target))
     # the inputs' own shapes fix a model's dynamic dimensions (--input-shape)
-    mod = relax_module(onnx_path, target.tvm_target, {k: list(np.shape(v)) for k, v in inputs.items()})
-    args = [tvm.runtime.tensor(x) for x in _ordered_inputs(onnx_path, inputs)]
-    log.info("relax vm: building %s for %s", onnx_path.name, target.name)
+    mod = relax_module(model_path, target.tvm_target, {k: list(np.shape(v)) for k, v in inputs.items()})
+    args = [tvm.runtime.tensor(x) for x in _ordered_inputs(model_path, inputs)]
+    log.info("relax vm: building %s for %s", model_path.name, target.name)
     with _kernel_context():
         executable = tvm.compile(mod, target=tvm_target)
     vm = relax.VirtualMachine(executable, tvm.cpu())
@@ -80,15 +79,15 @@ def run_relax_vm(onnx_path: Path | str, inputs: Mapping[str, np.ndarray],
     return [r.numpy() for r in result]
 
 
-def relax_planned_bytes(onnx_path: Path | str, target: Target | str) -> int:
+def relax_planned_bytes(model_path: Path | str, target: Target | str) -> int:
     """Total bytes of the storages Relax's StaticPlanBlockMemory plans for the model's
     intermediates (model inputs, params and outputs are not planned by it)."""
     import tvm
     from tvm import relax
 
-    onnx_path = Path(onnx_path)
+    model_path = Path(model_path)
     target = load_target(target) if isinstance(target, str) else target
-    mod = relax_module(onnx_path, target.tvm_target)
+    mod = relax_module(model_path, target.tvm_target)
     passes = tvm.transform.Sequential([
         relax.transform.RewriteDataflowReshape(),
         relax.transform.ToNonDataflow(),
@@ -101,7 +100,7 @@ def relax_planned_bytes(onnx_path: Path | str, target: Target | str) -> int:
     text = planned["main"].script()
     sizes = [int(m) for m in re.findall(r"R\.memory\.alloc_storage\(R\.shape\(\[(\d+)\]\)", text)]
     if text.count("R.memory.alloc_storage(") != len(sizes):
-        raise CompileError(f"{onnx_path}: Relax planned a storage of non-constant size")
+        raise CompileError(f"{model_path}: Relax planned a storage of non-constant size")
     return sum(sizes)
 
 
@@ -111,7 +110,7 @@ def _aligned_buffer(nbytes: int) -> np.ndarray:
     return raw[offset:offset + nbytes]
 
 
-def run_graph(artifact: Artifact, onnx_path: Path | str,
+def run_graph(artifact: Artifact, model_path: Path | str,
               inputs: Mapping[str, np.ndarray]) -> list[np.ndarray]:
     """Execute the artifact's graph.json with its storage plan and params.bin on this host.
 
@@ -121,11 +120,11 @@ def run_graph(artifact: Artifact, onnx_path: Path | str,
     """
     import tvm
 
-    onnx_path = Path(onnx_path)
+    model_path = Path(model_path)
     target = load_target(artifact.metadata["target"])
     graph = json.loads(artifact.graph_json.read_text())
     params = tensorfile.load(artifact.params_bin)
-    mod = relax_module(onnx_path, target.tvm_target)
+    mod = relax_module(model_path, target.tvm_target)
     kernels = {name: mod[name].with_attr("global_symbol", name) for name in artifact.metadata["kernels"]}
     with _kernel_context():
         lib = tvm.compile(tvm.IRModule(kernels), target=tvm.target.Target(dict(target.tvm_target)))
@@ -144,7 +143,7 @@ def run_graph(artifact: Artifact, onnx_path: Path | str,
         dtype = np.dtype(dtypes[eid])
         return storage[sids[eid]][: count * dtype.itemsize].view(dtype).reshape(shapes[eid])
 
-    given = dict(zip([spec["name"] for spec in artifact.inputs], _ordered_inputs(onnx_path, inputs)))
+    given = dict(zip([spec["name"] for spec in artifact.inputs], _ordered_inputs(model_path, inputs)))
     for nid, node in enumerate(graph["nodes"]):
         if node["op"] == "null":
             source = params[node["name"]] if node["name"] in params else given[node["name"]]

@@ -15,6 +15,9 @@ log = logging.getLogger(__name__)
 
 #: Symbols register as `__tvm_ffi_<func_name>` with no prefix.
 SYSTEM_LIB_PREFIX = ""
+#: A PrimFunc attribute (its value says why): compile the kernel as it is written, without the
+#: default rules, whose inlining would repeat a chain of small stages into every element.
+AS_WRITTEN = "minrt.as_written"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -100,6 +103,10 @@ def schedule_model_kernels(kernels: dict[str, Any], ktarget: Any, target: Target
     report: dict[str, dict[str, Any]] = {}
     parallel = parallel_kernels(target)
     for name, func in kernels.items():
+        if func.attrs is not None and AS_WRITTEN in func.attrs:  # e.g. a chain of tiny stages
+            scheduled[name] = func
+            report[name] = {"source": "default", "rule": "as written", "detail": str(func.attrs[AS_WRITTEN])}
+            continue
         default, rule = schedule_kernel(func, lanes, parallel)
         tuned = database.best(func, ktarget) if database is not None else None
         default_us = database.default_latency(default) if tuned is not None else None

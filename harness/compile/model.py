@@ -1,7 +1,7 @@
-"""Compile an ONNX model with apache-tvm into a minrt artifact (see harness.formats.artifact).
+"""Compile an ONNX or TFLite model with apache-tvm into a minrt artifact (see harness.formats.artifact).
 
-The path: onnx (batch-norms after convs folded into their weights) -> Relax (TVM's ONNX
-frontend, weights as constants) -> the pass sequence in
+The path: onnx (batch-norms after convs folded into their weights) or .tflite -> Relax (TVM's
+ONNX or TFLite frontend, weights as constants; harness.compile.source) -> the pass sequence in
 `lower_relax` (legalize + fuse) -> `main` is a straight line of `R.call_tir` calls over inputs
 and constants -> walked into TVM's graph-executor graph.json with a storage plan, params.bin,
 and kernels.o (the PrimFuncs compiled for the target as a system library).
@@ -26,17 +26,17 @@ from harness.cache import cache_dir, cache_error, content_hash, seal, seal_broke
 from harness.errors import CompileError
 from harness.formats.signatures import SIGNATURES_C, write_signatures
 from harness.config.targets import Target, load_target, tvm_target as tvm_target_of
-from harness.compile.onnx_import import (apply_input_shapes, graph_inputs, import_onnx, load_onnx, lower_relax,
-                                        reraise_interrupt)
+from harness.compile.source import load_model, lowered_module
 from harness.compile.graph import check_dtypes, inplace_pairs, walk_main
 from harness.compile.native_log import native_stderr_to_log
+from harness.compile.tflite_import import TensorInfo
 from harness.compile.plan import graph_json, plan_storage, storage_summary
 from harness.compile.kernels import SYSTEM_LIB_PREFIX, compile_kernels, kernel_target, schedule_model_kernels
 
 log = logging.getLogger(__name__)
 
 #: Bump when the artifact produced for the same inputs changes (invalidates the cache).
-PIPELINE_VERSION = "10"  # 3: aligned params; 4-6: in-place outputs; 7: scheduled kernels; 8: kernel signatures; 9: kernels in the signature table; 10: channels-last conv weights
+PIPELINE_VERSION = "11"  # 3: aligned params; 4-6: in-place outputs; 7: scheduled kernels; 8: kernel signatures; 9: kernels in the signature table; 10: channels-last conv weights; 11: .tflite, int8 kernels
 ABI = "tvm-ffi"
 
 
@@ -53,17 +53,18 @@ def _cache_key(model_name: str, onnx_bytes: bytes, target: Target, cache: Path |
     # The tuning records for the target and the default schedule rules are part of the
     # input: new records or new rules, new artifact.
     tuning = "off" if tuning_disabled() else TuningDatabase.for_target(target, cache).digest()
-    rules = (Path(__file__).parent / "schedule.py").read_bytes()
+    # the default schedule rules and the integer kernels' definitions are inputs too
+    rules = b"".join((Path(__file__).parent / name).read_bytes() for name in ("schedule.py", "int8.py"))
     return content_hash([model_name, onnx_bytes, target.name, target.tvm_target_key, tvm.__version__,
                          PIPELINE_VERSION, tuning, rules] + ([f"prefix={prefix}"] if prefix else [])
                         + ([f"input_shapes={json.dumps({k: list(v) for k, v in input_shapes.items()}, sort_keys=True)}"]
                            if input_shapes else []))
 
 
-def compile_model(onnx_path: Path | str, target: Target | str, cache: Path | None = None,
+def compile_model(model_path: Path | str, target: Target | str, cache: Path | None = None,
                   system_lib_prefix: str = SYSTEM_LIB_PREFIX,
                   input_shapes: Mapping[str, Sequence[int]] | None = None) -> Artifact:
-    """Compile an ONNX model for a target into an artifact directory under
+    """Compile an ONNX or TFLite model for a target into an artifact directory under
     `<cache>/artifacts/<hash>` (cache defaults to harness.cache.cache_dir()); reuse it if there.
 
     `system_lib_prefix` (a C identifier prefix, e.g. "kws_") goes before every kernel symbol,
@@ -72,18 +73,18 @@ def compile_model(onnx_path: Path | str, target: Target | str, cache: Path | Non
     part of the cache key."""
     if system_lib_prefix and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", system_lib_prefix):
         raise CompileError(f"system_lib_prefix {system_lib_prefix!r} is not a C identifier prefix")
-    onnx_path = Path(onnx_path)
+    model_path = Path(model_path)
     if isinstance(target, str):
         target = load_target(target)
-    with native_stderr_to_log(f"compile {onnx_path.name} for {target.name}"):
-        return _compile_model(onnx_path, target, cache, system_lib_prefix, input_shapes)
+    with native_stderr_to_log(f"compile {model_path.name} for {target.name}"):
+        return _compile_model(model_path, target, cache, system_lib_prefix, input_shapes)
 
 
-def _compile_model(onnx_path: Path, target: Target, cache: Path | None, system_lib_prefix: str,
+def _compile_model(model_path: Path, target: Target, cache: Path | None, system_lib_prefix: str,
                    input_shapes: Mapping[str, Sequence[int]] | None) -> Artifact:
-    model, data = load_onnx(onnx_path)
-    model = apply_input_shapes(model, input_shapes or {}, onnx_path)
-    model_name = onnx_path.stem
+    source = load_model(model_path, input_shapes)
+    data = source.data
+    model_name = model_path.stem
     key = _cache_key(model_name, data, target, cache, system_lib_prefix, input_shapes)
     root = (Path(cache) if cache is not None else cache_dir()) / "artifacts"
     out_dir = root / key
@@ -103,19 +104,12 @@ def _compile_model(onnx_path: Path, target: Target, cache: Path | None, system_l
 
     tvm_target = tvm_target_of(target)  # a bad [tvm] table fails here, before any import work
     started = time.monotonic()
-    log.info("compile %s for %s: importing ONNX with TVM %s", model_name, target.name, tvm.__version__)
-    mod, folded = import_onnx(model, onnx_path)
-    log.info("compile %s: legalize and fuse", model_name)
-    try:
-        lowered = lower_relax(mod, tvm_target)
-    except Exception as exc:
-        reraise_interrupt(exc)
-        first = (str(exc).strip().splitlines() or [""])[0]
-        raise CompileError(f"{onnx_path}: TVM's Relax passes failed: {type(exc).__name__}: {first}") from None
-
-    inputs = [value.name for value in graph_inputs(model)]
-    graph = walk_main(lowered, inputs, str(onnx_path), op_types=[n.op_type for n in model.graph.node])
-    check_dtypes(graph, str(onnx_path))  # before the kernels: minrt would refuse the graph at load
+    log.info("compile %s for %s: importing %s with TVM %s", model_name, target.name,
+             {"onnx": "ONNX", "tflite": "TFLite"}[source.kind], tvm.__version__)
+    lowered = lowered_module(source, tvm_target)  # logs "legalize and fuse" when the import is done
+    inputs = source.input_names
+    graph = walk_main(lowered, inputs, str(model_path), op_types=source.op_types)
+    check_dtypes(graph, str(model_path))  # before the kernels: minrt would refuse the graph at load
     schedule_started = time.monotonic()
     ktarget = kernel_target(target)
     kernels, schedules = schedule_model_kernels(graph.kernels, ktarget, target, cache)
@@ -126,9 +120,9 @@ def _compile_model(onnx_path: Path, target: Target, cache: Path | None, system_l
         if node.op == "tvm_op" and node.func_name in kernels:
             node.inplace = inplace_pairs(kernels[node.func_name], len(node.inputs))
     plan = plan_storage(graph)
-    output_names = [value.name for value in model.graph.output]
+    output_names = [value.name for value in source.outputs]
     if len(output_names) != len(graph.heads):
-        raise CompileError(f"{onnx_path}: the model has {len(output_names)} outputs but TVM produced {len(graph.heads)}")
+        raise CompileError(f"{model_path}: the model has {len(output_names)} outputs but TVM produced {len(graph.heads)}")
 
     tmp = root / f".{key}.tmp{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -143,12 +137,16 @@ def _compile_model(onnx_path: Path, target: Target, cache: Path | None, system_l
         (tmp / GRAPH_JSON).write_text(json.dumps(graph_json(graph, plan), separators=(",", ":")))
         tensorfile.save(tmp / PARAMS_BIN, graph.params, aligned=True)
 
-        def spec(name: str, nid: int, index: int) -> dict[str, Any]:
+        def spec(info: TensorInfo, nid: int, index: int) -> dict[str, Any]:
             shape, dtype = graph.nodes[nid].outputs[index]
-            return {"name": name, "shape": list(shape), "dtype": dtype}
+            item: dict[str, Any] = {"name": info.name, "shape": list(shape), "dtype": dtype}
+            if info.quantization() is not None:  # scale and zero point of a quantized tensor
+                item["quantization"] = info.quantization()
+            return item
 
         metadata = {
             "model": model_name,
+            "format": source.kind,
             "model_sha256": hashlib.sha256(data).hexdigest(),
             "target": target.name,
             "tvm_target": target.tvm_target,
@@ -160,12 +158,12 @@ def _compile_model(onnx_path: Path, target: Target, cache: Path | None, system_l
             "schedules": schedules,
             "tuned_kernels": sorted(k for k, v in schedules.items() if v["source"] == "tuned"),
             "schedule_seconds": round(schedule_seconds, 3),
-            "inputs": [spec(name, nid, 0) for name, nid in zip(inputs, graph.input_nids)],
-            "outputs": [spec(name, nid, i) for name, (nid, i) in zip(output_names, graph.heads)],
+            "inputs": [spec(info, nid, 0) for info, nid in zip(source.inputs, graph.input_nids)],
+            "outputs": [spec(info, nid, i) for info, (nid, i) in zip(source.outputs, graph.heads)],
             "storage": storage_summary(graph, plan),
             "inplace": [list(t) for t in plan.inplace],
             "nops": sum(1 for n in graph.nodes if n.func_name == NOP),
-            "folded_batchnorms": folded,
+            "folded_batchnorms": source.notes.get("folded_batchnorms", 0),
             "input_shapes": {k: list(v) for k, v in (input_shapes or {}).items()},
             "pipeline_version": PIPELINE_VERSION,
             "compile_seconds": round(time.monotonic() - started, 3),

@@ -253,17 +253,6 @@ def lower_relax(mod: Any, tvm_target: Any) -> Any:
         return passes(mod)
 
 
-def relax_module(onnx_path: Path, tvm_target_dict: dict[str, Any],
-                 input_shapes: Mapping[str, Sequence[int]] | None = None) -> Any:
-    """The lowered Relax module for a model file (shared with harness.check.relax_vm)."""
-    import tvm
-
-    model, _ = load_onnx(Path(onnx_path))
-    model = apply_input_shapes(model, input_shapes or {}, Path(onnx_path))
-    mod, _ = import_onnx(model, Path(onnx_path))
-    return lower_relax(mod, tvm.target.Target(dict(tvm_target_dict)))
-
-
 def reraise_interrupt(exc: BaseException) -> None:
     """A Ctrl-C inside a TVM pass reaches Python as the pass's RuntimeError, with the
     KeyboardInterrupt as its cause or context: report it as the interrupt it is."""

@@ -1,0 +1,726 @@
+"""Integer kernels for quantized models: a Relax dataflow-pattern rewrite before legalization.
+
+TVM's frontends import a quantized operator as dequantize -> float operator -> quantize, and
+legalization then computes it in float with the int8 weights folded back into float32. This
+pass matches those chains (tvm.relax.dpl) and replaces each with one integer kernel (a TE
+compute, called through call_tir): int8 inputs and int8 weights, products accumulated in
+int32, then requantized to int8 with the source format's arithmetic:
+
+- "tflm" (.tflite): TFLite Micro's reference kernels. The real multiplier of each output
+  channel (input scale x weight scale / output scale, in double) becomes a Q31 multiplier and
+  a power-of-two shift on the host (TFLite's QuantizeMultiplier); on the device the int32
+  accumulator goes through gemmlowp's saturating rounding doubling high multiply and a
+  rounding right shift, in 32/64-bit integers inside the kernel. Add, average pooling and
+  softmax follow TFLM's integer definitions too, so the outputs match TFLM bit for bit.
+- "onnxruntime" (QDQ ONNX): onnxruntime computes a QDQ graph as written, in float32, and
+  rounds half to even when it quantizes; the kernels requantize the exact int32 accumulator
+  the same way (within a unit of it: onnxruntime's float sum rounds on the way).
+
+Weights stay int8 in params.bin; per output channel the kernels read one int32 table
+[bias, multiplier, shift]. An operator with no integer kernel here stays on the float path,
+logged once per operator.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+TFLM = "tflm"
+ONNXRUNTIME = "onnxruntime"
+INT32_MIN = -(2 ** 31)
+INT32_MAX = 2 ** 31 - 1
+
+
+# ---------------------------------------------------------------------------------------------
+# Host side: real multipliers -> Q31 multiplier and shift (compile time)
+
+
+def quantize_multiplier(real: float) -> tuple[int, int]:
+    """A positive real multiplier as (Q31 significand, power-of-two exponent) with
+    real ~= significand * 2**(exponent - 31): TFLite's QuantizeMultiplier (frexp, then the
+    significand rounded half away from zero to 31 bits)."""
+    if real == 0.0:
+        return 0, 0
+    significand, exponent = math.frexp(real)
+    q = math.floor(abs(significand) * (1 << 31) + 0.5) * (1 if significand >= 0 else -1)
+    if q == 1 << 31:
+        q //= 2
+        exponent += 1
+    if exponent < -31:
+        return 0, 0
+    if exponent > 30:
+        return INT32_MAX, 30
+    return q, exponent
+
+
+def requant_table(bias: np.ndarray, real_multipliers: np.ndarray) -> np.ndarray:
+    """The int32 [3, channels] table a kernel reads per output channel: bias, multiplier, shift."""
+    pairs = [quantize_multiplier(float(m)) for m in real_multipliers]
+    return np.stack([bias.astype(np.int64), np.array([p[0] for p in pairs], dtype=np.int64),
+                     np.array([p[1] for p in pairs], dtype=np.int64)]).astype(np.int32)
+
+
+# ---------------------------------------------------------------------------------------------
+# The fixed-point arithmetic, twice: in Python integers (host: tables computed at compile
+# time, and the yardstick the tests hold the kernels to) and as TIR expressions (device).
+# Each operand is read several times; the expressions stay small because operands are
+# buffer reads (bound with a Let they would be duplicated by vectorization and TVM's bound
+# analysis rejects that).
+
+
+def srdhm_ref(a: int, b: int) -> int:
+    """gemmlowp's SaturatingRoundingDoublingHighMul: the high 32 bits of 2*a*b, rounded to
+    nearest (ties away from zero), saturating the one overflow (INT32_MIN * INT32_MIN)."""
+    if a == b == INT32_MIN:
+        return INT32_MAX
+    ab = a * b
+    nudged = ab + ((1 << 30) if ab >= 0 else 1 - (1 << 30))
+    return (abs(nudged) >> 31) * (1 if nudged >= 0 else -1)  # divided by 2**31, toward zero
+
+
+def rounding_divide_by_pot_ref(x: int, exponent: int) -> int:
+    """gemmlowp's RoundingDivideByPOT: x / 2**exponent rounded to nearest, ties away from zero."""
+    mask = (1 << exponent) - 1
+    remainder = x & mask
+    threshold = (mask >> 1) + (1 if x < 0 else 0)
+    return (x >> exponent) + (1 if remainder > threshold else 0)
+
+
+def multiply_by_quantized_multiplier_ref(x: int, multiplier: int, shift: int) -> int:
+    """TFLite's MultiplyByQuantizedMultiplier: x * multiplier * 2**(shift - 31), rounded
+    (x shifted left in int32, wrapping as the C code does)."""
+    shifted = _wrap32(x * (1 << max(shift, 0)))
+    return rounding_divide_by_pot_ref(srdhm_ref(shifted, multiplier), max(-shift, 0))
+
+
+def _wrap32(v: int) -> int:
+    return (v + (1 << 31)) % (1 << 32) - (1 << 31)
+
+
+def _c(value: int, dtype: str = "int32") -> Any:
+    import tvm
+
+    return tvm.tirx.const(value, dtype)
+
+
+def _select(cond: Any, a: Any, b: Any) -> Any:
+    import tvm
+
+    return tvm.tirx.Select(cond, a, b)
+
+
+def srdhm(a: Any, b: Any) -> Any:
+    """srdhm_ref in TIR, in one 64-bit expression: for every product, adding the nudge and
+    truncating toward zero equals (a*b + 2**30) >> 31 with an arithmetic shift. The
+    saturation (a == b == INT32_MIN) is left out: every multiplier in these kernels is
+    positive or a constant other than INT32_MIN. (Each operand read once: TVM's simplifier
+    is slow on expressions that repeat theirs.)"""
+    return ((a.astype("int64") * b.astype("int64") + _c(1 << 30, "int64")) >> _c(31, "int64")).astype("int32")
+
+
+def rounding_divide_by_pot(x: Any, exponent: Any) -> Any:
+    """rounding_divide_by_pot_ref in TIR: (x + 2**(e-1) - [x < 0]) >> e, in 64 bits (no
+    overflow near INT32_MAX), x unchanged for e = 0."""
+    import tvm
+
+    wide = x.astype("int64")
+    if isinstance(exponent, int):
+        if exponent == 0:
+            return x
+        nudge = _c(1 << (exponent - 1), "int64") - _select(wide < _c(0, "int64"), _c(1, "int64"), _c(0, "int64"))
+        return ((wide + nudge) >> _c(exponent, "int64")).astype("int32")
+    e = exponent.astype("int64")
+    half = (_c(1, "int64") << tvm.tirx.max(e - _c(1, "int64"), _c(0, "int64")))
+    nudge = _select(e > _c(0, "int64"), half - _select(wide < _c(0, "int64"), _c(1, "int64"), _c(0, "int64")),
+                    _c(0, "int64"))
+    return ((wide + nudge) >> e).astype("int32")
+
+
+def multiply_by_quantized_multiplier(x: Any, multiplier: Any, shift: Any) -> Any:
+    """multiply_by_quantized_multiplier_ref in TIR."""
+    import tvm
+
+    left = tvm.tirx.max(shift, _c(0))
+    right = tvm.tirx.max(-shift, _c(0))
+    return rounding_divide_by_pot(srdhm(x * (_c(1) << left), multiplier), right)
+
+
+def _to_int8(value: Any, lo: int = -128, hi: int = 127) -> Any:
+    import tvm
+
+    return tvm.tirx.max(tvm.tirx.min(value, _c(hi)), _c(lo)).astype("int8")
+
+
+def _requantize(acc: Any, table: Any, channel: Any, zero_out: int, arithmetic: str, real: Any = None) -> Any:
+    """int32 accumulator (bias not yet added) of output `channel` -> int8."""
+    import tvm
+
+    total = acc + table[0, channel]
+    if arithmetic == TFLM:
+        return _to_int8(multiply_by_quantized_multiplier(total, table[1, channel], table[2, channel]) + _c(zero_out))
+    # onnxruntime: float32 product, rounded half to even, then the zero point
+    scaled = total.astype("float32") * real[channel]
+    return _to_int8(tvm.tirx.nearbyint(scaled).astype("int32") + _c(zero_out))
+
+
+# ---------------------------------------------------------------------------------------------
+# The kernels (TE)
+
+
+@dataclass
+class ConvSpec:
+    strides: tuple[int, int]
+    padding: tuple[int, int, int, int]  # top, left, bottom, right
+    dilation: tuple[int, int]
+    groups: int
+    layout: str  # "NHWC" | "NCHW"
+    zero_in: int
+    zero_out: int
+
+
+def conv2d_te(x: Any, w: Any, table: Any, spec: ConvSpec, arithmetic: str, real: Any = None) -> Any:
+    """Grouped 2-D convolution of int8 `x` (NHWC or NCHW) with int8 `w` [O, C/groups, KH, KW]:
+    sum((x - zero_in) * w) in int32 (outside the image x counts as zero_in, i.e. adds 0),
+    then requantized per output channel."""
+    import tvm
+    from tvm import te
+
+    nhwc = spec.layout == "NHWC"
+    n, h, wd = ([int(d) for d in x.shape[:3]] if nhwc else
+                [int(x.shape[0]), int(x.shape[2]), int(x.shape[3])])
+    o, cg, kh, kw = (int(d) for d in w.shape)
+    sh, sw = spec.strides
+    dh, dw = spec.dilation
+    pt, pl, pb, pr = spec.padding
+    oh = (h + pt + pb - dh * (kh - 1) - 1) // sh + 1
+    ow = (wd + pl + pr - dw * (kw - 1) - 1) // sw + 1
+    og = o // spec.groups
+    rc = te.reduce_axis((0, cg), "rc")
+    rh = te.reduce_axis((0, kh), "rh")
+    rw = te.reduce_axis((0, kw), "rw")
+
+    def read(b: Any, y: Any, xx: Any, ch: Any) -> Any:
+        return x[b, y, xx, ch] if nhwc else x[b, ch, y, xx]
+
+    def acc(b: Any, y: Any, xx: Any, oc: Any) -> Any:
+        iy = y * sh + rh * dh - pt
+        ix = xx * sw + rw * dw - pl
+        ch = (oc // og) * cg + rc if spec.groups > 1 else rc
+        inside = tvm.tirx.all(iy >= 0, iy < h, ix >= 0, ix < wd)
+        value = tvm.tirx.if_then_else(inside, read(b, iy, ix, ch).astype("int32") - _c(spec.zero_in), _c(0))
+        return te.sum(value * w[oc, rc, rh, rw].astype("int32"), axis=[rh, rw, rc])
+
+    if nhwc:
+        accum = te.compute((n, oh, ow, o), acc, name="acc")
+        return te.compute((n, oh, ow, o), lambda b, y, xx, oc: _requantize(
+            accum[b, y, xx, oc], table, oc, spec.zero_out, arithmetic, real), name="requant")
+    accum = te.compute((n, o, oh, ow), lambda b, oc, y, xx: acc(b, y, xx, oc), name="acc")
+    return te.compute((n, o, oh, ow), lambda b, oc, y, xx: _requantize(
+        accum[b, oc, y, xx], table, oc, spec.zero_out, arithmetic, real), name="requant")
+
+
+def dense_te(x: Any, w: Any, table: Any, zero_in: int, zero_out: int, arithmetic: str, real: Any = None) -> Any:
+    """int8 x [N, K] times int8 w [K, M]: sum((x - zero_in) * w) in int32, requantized per column."""
+    from tvm import te
+
+    n, k = (int(d) for d in x.shape)
+    m = int(w.shape[1])
+    rk = te.reduce_axis((0, k), "rk")
+    accum = te.compute((n, m), lambda i, j: te.sum(
+        (x[i, rk].astype("int32") - _c(zero_in)) * w[rk, j].astype("int32"), axis=rk), name="acc")
+    return te.compute((n, m), lambda i, j: _requantize(accum[i, j], table, j, zero_out, arithmetic, real),
+                      name="requant")
+
+
+@dataclass
+class AddSpec:
+    zero_a: int
+    zero_b: int
+    zero_out: int
+    lo: int  # the fused activation's range
+    hi: int
+    # tflm: (multiplier, shift) of each input and the output, with inputs shifted left by 20
+    mult_a: tuple[int, int] = (0, 0)
+    mult_b: tuple[int, int] = (0, 0)
+    mult_out: tuple[int, int] = (0, 0)
+    # onnxruntime: the real scales
+    scales: tuple[float, float, float] = (1.0, 1.0, 1.0)
+
+
+ADD_LEFT_SHIFT = 20  # TFLM's int8 Add: inputs widened by 2**20 before rescaling
+
+
+def add_table(spec: AddSpec) -> np.ndarray:
+    """The int32 [6] table TFLM's add reads: (multiplier, shift) of input a, input b, output.
+    A kernel argument rather than literals: TVM's simplifier overflows int32 folding them."""
+    return np.array([*spec.mult_a, *spec.mult_b, *spec.mult_out], dtype=np.int32)
+
+
+def add_te(a: Any, b: Any, spec: AddSpec, arithmetic: str, table: Any = None) -> Any:
+    """Elementwise sum of two int8 tensors of one shape with their own quantization."""
+    import tvm
+    from tvm import te
+
+    def tflm(*idx: Any) -> Any:
+        xa = (a[idx].astype("int32") - _c(spec.zero_a)) * _c(1 << ADD_LEFT_SHIFT)
+        xb = (b[idx].astype("int32") - _c(spec.zero_b)) * _c(1 << ADD_LEFT_SHIFT)
+        sa = multiply_by_quantized_multiplier(xa, table[0], table[1])
+        sb = multiply_by_quantized_multiplier(xb, table[2], table[3])
+        out = multiply_by_quantized_multiplier(sa + sb, table[4], table[5])
+        return _to_int8(out + _c(spec.zero_out), spec.lo, spec.hi)
+
+    def ort(*idx: Any) -> Any:
+        s_a, s_b, s_y = (tvm.tirx.const(s, "float32") for s in spec.scales)
+        fa = (a[idx].astype("int32") - _c(spec.zero_a)).astype("float32") * s_a
+        fb = (b[idx].astype("int32") - _c(spec.zero_b)).astype("float32") * s_b
+        value = tvm.tirx.max(fa + fb, tvm.tirx.const(0.0, "float32")) if spec.lo > -128 else fa + fb
+        q = tvm.tirx.nearbyint(value / s_y).astype("int32") + _c(spec.zero_out)
+        return _to_int8(q, spec.lo, spec.hi)
+
+    return te.compute(tuple(int(d) for d in a.shape), tflm if arithmetic == TFLM else ort, name="add")
+
+
+def avg_pool_te(x: Any, pool: tuple[int, int], strides: tuple[int, int],
+                padding: tuple[int, int, int, int], layout: str) -> Any:
+    """TFLM's int8 average pool: the sum of the window's values inside the image, divided by
+    their count rounding half away from zero (count_include_pad off)."""
+    import tvm
+    from tvm import te
+
+    nhwc = layout == "NHWC"
+    n, h, wd, c = ([int(d) for d in x.shape] if nhwc else
+                   [int(x.shape[0]), int(x.shape[2]), int(x.shape[3]), int(x.shape[1])])
+    ph, pw = pool
+    sh, sw = strides
+    pt, pl, pb, pr = padding
+    oh = (h + pt + pb - ph) // sh + 1
+    ow = (wd + pl + pr - pw) // sw + 1
+    rh = te.reduce_axis((0, ph), "rh")
+    rw = te.reduce_axis((0, pw), "rw")
+
+    def window(y: Any, xx: Any) -> tuple[Any, Any, Any, Any]:
+        y0 = tvm.tirx.max(y * sh - pt, 0)
+        x0 = tvm.tirx.max(xx * sw - pl, 0)
+        y1 = tvm.tirx.min(y * sh - pt + ph, h)
+        x1 = tvm.tirx.min(xx * sw - pl + pw, wd)
+        return y0, x0, y1, x1
+
+    def total(b: Any, y: Any, xx: Any, ch: Any) -> Any:
+        iy = y * sh - pt + rh
+        ix = xx * sw - pl + rw
+        inside = tvm.tirx.all(iy >= 0, iy < h, ix >= 0, ix < wd)
+        value = x[b, iy, ix, ch] if nhwc else x[b, ch, iy, ix]
+        return te.sum(tvm.tirx.if_then_else(inside, value.astype("int32"), _c(0)), axis=[rh, rw])
+
+    def average(acc: Any, y: Any, xx: Any) -> Any:
+        y0, x0, y1, x1 = window(y, xx)
+        count = (y1 - y0) * (x1 - x0)
+        half = tvm.tirx.truncdiv(count, _c(2))
+        rounded = tvm.tirx.truncdiv(_select(acc > _c(0), acc + half, acc - half), count)
+        return _to_int8(rounded)
+
+    if nhwc:
+        sums = te.compute((n, oh, ow, c), total, name="sum")
+        return te.compute((n, oh, ow, c), lambda b, y, xx, ch: average(sums[b, y, xx, ch], y, xx), name="avg")
+    sums = te.compute((n, c, oh, ow), lambda b, ch, y, xx: total(b, y, xx, ch), name="sum")
+    return te.compute((n, c, oh, ow), lambda b, ch, y, xx: average(sums[b, ch, y, xx], y, xx), name="avg")
+
+
+# --- softmax: TFLM's int8 softmax, gemmlowp fixed point ---------------------------------------
+
+SOFTMAX_DIFF_BITS = 5  # integer bits of the scaled input differences (Q5.26)
+SOFTMAX_ACCUM_BITS = 12  # integer bits of the sum of exponentials (Q12.19)
+# exp(-2**k) in Q0.31 for k = -2 .. 4: the barrel shifter of gemmlowp's exp_on_negative_values
+_EXP_BARREL = ((-2, 1672461947), (-1, 1302514674), (0, 790015084), (1, 290630308),
+               (2, 39332535), (3, 720401), (4, 242))
+
+
+@dataclass
+class SoftmaxSpec:
+    multiplier: int  # the input scale (times beta) as a Q31 multiplier ...
+    left_shift: int  # ... and a left shift, for differences in Q5.26
+    diff_min: int  # differences below this give an exponential of 0
+
+
+def softmax_spec(input_scale: float, beta: float = 1.0) -> SoftmaxSpec:
+    """TFLM's softmax parameters (PreprocessSoftmaxScaling and CalculateInputRadius)."""
+    real = min(beta * float(np.float32(input_scale)) * (1 << (31 - SOFTMAX_DIFF_BITS)), float((1 << 31) - 1))
+    multiplier, shift = quantize_multiplier(real)
+    radius = ((1 << SOFTMAX_DIFF_BITS) - 1) * (1 << (31 - SOFTMAX_DIFF_BITS)) / (1 << shift)
+    return SoftmaxSpec(multiplier=multiplier, left_shift=shift, diff_min=-math.floor(radius))
+
+
+def _sat_shift_left_ref(x: int, exponent: int) -> int:
+    """gemmlowp's SaturatingRoundingMultiplyByPOT for a positive exponent."""
+    threshold = (1 << (31 - exponent)) - 1
+    return INT32_MAX if x > threshold else INT32_MIN if x < -threshold else x << exponent
+
+
+def exp_on_negative_values_ref(a: int) -> int:
+    """gemmlowp's exp_on_negative_values: exp(a) for a <= 0 given in Q5.26, in Q0.31."""
+    frac = 31 - SOFTMAX_DIFF_BITS
+    quarter = 1 << (frac - 2)
+    a_mod = (a & (quarter - 1)) - quarter  # in [-1/4, 0)
+    # exp on [-1/4, 0): Taylor expansion around -1/8, all in Q0.31
+    x = (a_mod << SOFTMAX_DIFF_BITS) + (1 << 28)
+    x2 = srdhm_ref(x, x)
+    x3 = srdhm_ref(x2, x)
+    x4 = srdhm_ref(x2, x2)
+    poly = rounding_divide_by_pot_ref(srdhm_ref(rounding_divide_by_pot_ref(x4, 2) + x3, 715827883) + x2, 1)
+    result = _wrap32(1895147668 + srdhm_ref(1895147668, _wrap32(x + poly)))
+    remainder = a_mod - a
+    for exponent, multiplier in _EXP_BARREL:
+        if remainder & (1 << (frac + exponent)):
+            result = srdhm_ref(result, multiplier)
+    return INT32_MAX if a == 0 else result
+
+
+def softmax_exp_table(spec: SoftmaxSpec) -> np.ndarray:
+    """exp of every int8 difference from the row's maximum (index d is the difference -d),
+    as TFLM computes it; 0 below diff_min. 256 int32 entries: the kernel reads it instead of
+    evaluating the fixed-point exponential."""
+    table = np.zeros(256, dtype=np.int32)
+    for d in range(256):
+        diff = -d
+        if diff >= spec.diff_min:
+            scaled = srdhm_ref(_wrap32(diff * (1 << spec.left_shift)), spec.multiplier)
+            table[d] = exp_on_negative_values_ref(scaled)
+    return table
+
+
+def _sat_shift_left(x: Any, exponent: int) -> Any:
+    threshold = (1 << (31 - exponent)) - 1
+    return _select(x > _c(threshold), _c(INT32_MAX), _select(x < _c(-threshold), _c(INT32_MIN), x << _c(exponent)))
+
+
+def softmax_te(x: Any, exp_table: Any) -> Any:
+    """TFLM's int8 softmax over the last axis of a 2-D int8 tensor, int8 out (scale 1/256,
+    zero point -128). Each step of the reciprocal (gemmlowp's one_over_one_plus_x_for_x_in_0_1,
+    Newton-Raphson in Q2.29) is its own small stage per row."""
+    import tvm
+    from tvm import te
+
+    rows, depth = (int(d) for d in x.shape)
+    rc = te.reduce_axis((0, depth), "rc")
+    row_max = te.compute((rows,), lambda i: te.max(x[i, rc].astype("int32"), axis=rc), name="row_max")
+    exps = te.compute((rows, depth), lambda i, c: exp_table[row_max[i] - x[i, c].astype("int32")], name="exps")
+    rk = te.reduce_axis((0, depth), "rk")
+    sums = te.compute((rows,), lambda i: te.sum(
+        rounding_divide_by_pot(exps[i, rk], SOFTMAX_ACCUM_BITS), axis=rk), name="sum_exps")  # Q12.19
+    headroom = te.compute((rows,), lambda i: tvm.tirx.clz(sums[i]).astype("int32"), name="headroom")
+    # the sum scaled into [1, 2), minus 1, in Q0.31; then RoundingHalfSum with 1.0
+    shifted = te.compute((rows,), lambda i: ((sums[i].astype("uint32") << headroom[i].astype("uint32"))
+                                             - _c(1 << 31, "uint32")).astype("int32"), name="shifted")
+    half_den = te.compute((rows,), lambda i: ((shifted[i].astype("int64") + _c(INT32_MAX, "int64") + _c(1, "int64"))
+                                              >> _c(1, "int64")).astype("int32"), name="half_den")
+    guess = te.compute((rows,), lambda i: _c(1515870810) + srdhm(half_den[i], _c(-1010580540)), name="nr0")
+    def newton_step(prev: Any) -> Callable[[Any], Any]:
+        return lambda i: prev[i] + _sat_shift_left(srdhm(prev[i], _c(1 << 29) - srdhm(half_den[i], prev[i])), 2)
+
+    for k in range(3):
+        guess = te.compute((rows,), newton_step(guess), name=f"nr{k + 1}")
+    # ExactMulByPot<-1> (the same raw read as Q1.30), then Rescale<0>
+    scale = te.compute((rows,), lambda i: _sat_shift_left(guess[i], 1), name="reciprocal")
+
+    def out(i: Any, c: Any) -> Any:
+        exponent = _c(SOFTMAX_ACCUM_BITS + 31 - 8) - headroom[i]
+        value = rounding_divide_by_pot(srdhm(scale[i], exps[i, c]), exponent) - _c(128)
+        return _to_int8(_select(exps[i, c] == _c(0), _c(-128), value))
+
+    return te.compute((rows, depth), out, name="softmax")
+
+
+# ---------------------------------------------------------------------------------------------
+# The rewrite
+
+
+def _scalar(expr: Any) -> float:
+    values = expr.value.numpy().reshape(-1)
+    if values.size != 1:
+        raise _Skip("a per-channel scale or zero point where one value is expected")
+    return values[0].item()
+
+
+def _array(expr: Any) -> np.ndarray:
+    return expr.value.numpy()
+
+
+class _Skip(Exception):
+    """This match is not something the integer kernels cover (it stays on the float path)."""
+
+
+@dataclass
+class Int8Rewrite:
+    """One rewrite of a module: the kernels made so far and what was left in float."""
+
+    arithmetic: str
+    builder: Any  # relax.BlockBuilder over the module: adds the kernels (identical ones once)
+    kernels: dict[str, Any] = field(default_factory=dict)  # kernel name -> PrimFunc
+    counts: dict[str, int] = field(default_factory=dict)  # operator -> integer kernels made
+    skipped: dict[str, str] = field(default_factory=dict)  # operator -> why (first reason)
+
+    def call(self, name: str, te_func: Callable[..., Any], args: list[Any], arg_specs: list[tuple[tuple[int, ...], str]],
+             as_written: str | None = None) -> Any:
+        """call_tir of a new PrimFunc built from `te_func` over placeholders for `args`."""
+        from tvm import relax, te
+
+        holders = [te.placeholder(shape, dtype, name=f"arg{k}") for k, (shape, dtype) in enumerate(arg_specs)]
+        out = te_func(*holders)
+        # int64 shapes, as legalized Relax ops have: FuseTIR merges buffers of one type only
+        prim = te.create_prim_func([*holders, out], index_dtype_override="int64").without_attr("global_symbol")
+        if as_written:
+            from harness.compile.kernels import AS_WRITTEN
+
+            prim = prim.with_attr(AS_WRITTEN, as_written)
+        gvar = self.builder.add_func(prim, f"int8_{name}")
+        self.kernels[gvar.name_hint] = prim
+        self.counts[name] = self.counts.get(name, 0) + 1
+        out_ty = relax.TensorType([int(d) for d in out.shape], out.dtype)
+        return relax.call_tir(gvar, relax.Tuple(args), out_ty)
+
+
+def _shape_dtype(expr: Any) -> tuple[tuple[int, ...], str]:
+    ty = expr.ty
+    return tuple(int(d) for d in ty.shape.values), str(ty.dtype)
+
+
+def _dtype_of(expr: Any) -> str:
+    return str(getattr(getattr(expr, "ty", None), "dtype", ""))
+
+
+def rewrite_int8(mod: Any, arithmetic: str) -> tuple[Any, Int8Rewrite]:
+    """Replace every covered dequantize -> op -> quantize chain of `main` with an integer
+    kernel; return the new module and what was done."""
+    from tvm import relax
+    from tvm.ir.expr import Constant
+    from tvm.relax.dpl import is_const, is_op, rewrite_call, wildcard
+
+    state = Int8Rewrite(arithmetic, relax.BlockBuilder(mod))
+
+    def dq(x: Any) -> Any:
+        return is_op("relax.dequantize")(x, is_const(), is_const())
+
+    def q_of(x: Any) -> Any:
+        return is_op("relax.quantize")(x, is_const(), is_const())
+
+    def guarded(kind: str, build: Callable[[Any, dict], Any]) -> Callable[[Any, dict], Any]:
+        def rewriter(orig: Any, m: dict) -> Any:
+            try:
+                return build(orig, m)
+            except _Skip as why:
+                state.skipped.setdefault(kind, str(why))
+                return orig
+        return rewriter
+
+    # --- conv2d (+ bias) ------------------------------------------------------------------
+    x_in = wildcard()
+    dq_x = dq(x_in)
+    w_const = is_const()
+    dq_w = dq(w_const)
+    w_pat = dq_w | is_op("relax.reshape")(dq_w, wildcard())
+    conv = is_op("relax.nn.conv2d")(dq_x, w_pat)
+    b_const = is_const()
+    dq_b = dq(b_const)
+    biased = is_op("relax.add")(conv, dq_b | is_op("relax.reshape")(dq_b, wildcard()))
+    conv_root = q_of(biased | conv)
+
+    def build_conv(orig: Any, m: dict) -> Any:
+        qcall = orig
+        conv_call = m[conv]
+        a = conv_call.attrs
+        x_dq, w_expr = m[dq_x], conv_call.args[1]
+        x = m[x_in]
+        x_shape, x_dtype = _shape_dtype(x)
+        if x_dtype != "int8" or str(qcall.attrs.out_dtype) != "int8":
+            raise _Skip(f"{x_dtype} -> {qcall.attrs.out_dtype} (int8 only)")
+        if str(a.out_layout) != str(a.data_layout) or str(a.data_layout) not in ("NHWC", "NCHW"):
+            raise _Skip(f"layout {a.data_layout} -> {a.out_layout}")
+        w_dq = m[dq_w]
+        wq = _array(m[w_const])
+        if wq.dtype != np.int8 or np.any(_array(w_dq.args[2]) != 0):
+            raise _Skip("weights are not symmetric int8")
+        # the weight as the conv sees it (after the depthwise reshape), then [O, I, KH, KW]
+        w_shape, _ = _shape_dtype(w_expr)
+        layout = str(a.kernel_layout)
+        w = np.transpose(wq.reshape(w_shape), [layout.index(ch) for ch in "OIHW"])
+        o = w.shape[0]
+        s_x, z_x = _scalar(x_dq.args[1]), int(_scalar(x_dq.args[2]))
+        s_y, z_y = _scalar(qcall.args[1]), int(_scalar(qcall.args[2]))
+        s_w = np.broadcast_to(_array(w_dq.args[1]).astype(np.float64).reshape(-1), (o,))
+        if b_const in m:
+            bq = _array(m[b_const]).reshape(-1)
+            if bq.dtype != np.int32 or bq.size != o:
+                raise _Skip("bias is not int32 per output channel")
+        else:
+            bq = np.zeros(o, dtype=np.int32)
+        real = np.float64(np.float32(s_x)) * s_w / np.float64(np.float32(s_y))
+        table = requant_table(bq, real)
+        spec = ConvSpec(strides=tuple(int(v) for v in a.strides), padding=tuple(int(v) for v in a.padding),
+                        dilation=tuple(int(v) for v in a.dilation), groups=int(a.groups),
+                        layout=str(a.data_layout), zero_in=z_x, zero_out=z_y)
+        w_relax = relax.const(np.ascontiguousarray(w), "int8")
+        args = [x, w_relax, relax.const(table, "int32")]
+        specs = [(x_shape, "int8"), (tuple(w.shape), "int8"), (tuple(table.shape), "int32")]
+        if arithmetic == TFLM:
+            return state.call("conv2d", lambda xx, ww, tt: conv2d_te(xx, ww, tt, spec, arithmetic), args, specs)
+        real32 = (np.float32(s_x) * s_w.astype(np.float32) / np.float32(s_y)).astype(np.float32)
+        args.append(relax.const(real32, "float32"))
+        specs.append(((o,), "float32"))
+        return state.call("conv2d", lambda xx, ww, tt, rr: conv2d_te(xx, ww, tt, spec, arithmetic, rr), args, specs)
+
+    # --- fully connected / matmul with constant weights -----------------------------------
+    fx_in = wildcard()
+    fdq_x = dq(fx_in)
+    fw_const = is_const()
+    fperm = is_op("relax.permute_dims")(fw_const)
+    fdq_w = is_op("relax.dequantize")(fperm | fw_const, is_const(), is_const())
+    mm = is_op("relax.matmul")(fdq_x, fdq_w)
+    fb_const = is_const()
+    fbiased = is_op("relax.add")(mm, dq(fb_const))
+    fc_root = q_of(fbiased | mm)
+
+    def build_dense(orig: Any, m: dict) -> Any:
+        qcall = orig
+        x = m[fx_in]
+        x_shape, x_dtype = _shape_dtype(x)
+        if x_dtype != "int8" or len(x_shape) != 2 or str(qcall.attrs.out_dtype) != "int8":
+            raise _Skip(f"{x_dtype} input of rank {len(x_shape)} (int8 2-D only)")
+        w_dq = m[fdq_w]
+        w_shape, _ = _shape_dtype(w_dq)
+        wq = _array(m[fw_const])
+        if wq.dtype != np.int8 or np.any(_array(w_dq.args[2]) != 0):
+            raise _Skip("weights are not symmetric int8")
+        if fperm in m:  # TFLite keeps FC weights [M, K]; the frontend transposes them
+            axes = m[fperm].attrs.axes
+            wq = np.transpose(wq, [int(v) for v in axes] if axes is not None else None)
+        w = wq  # [K, M]
+        if tuple(w.shape) != tuple(w_shape):
+            raise _Skip(f"weight shape {wq.shape} does not give {w_shape}")
+        cols = w.shape[1]
+        x_dq = m[fdq_x]
+        s_x, z_x = _scalar(x_dq.args[1]), int(_scalar(x_dq.args[2]))
+        s_y, z_y = _scalar(qcall.args[1]), int(_scalar(qcall.args[2]))
+        s_w = np.broadcast_to(_array(w_dq.args[1]).astype(np.float64).reshape(-1), (cols,))
+        bq = _array(m[fb_const]).reshape(-1) if fb_const in m else np.zeros(cols, dtype=np.int32)
+        if bq.dtype != np.int32 or bq.size != cols:
+            raise _Skip("bias is not int32 per output")
+        real = np.float64(np.float32(s_x)) * s_w / np.float64(np.float32(s_y))
+        table = requant_table(bq, real)
+        args = [x, relax.const(np.ascontiguousarray(w), "int8"), relax.const(table, "int32")]
+        specs = [(x_shape, "int8"), (tuple(w.shape), "int8"), (tuple(table.shape), "int32")]
+        if arithmetic == TFLM:
+            return state.call("dense", lambda xx, ww, tt: dense_te(xx, ww, tt, z_x, z_y, arithmetic), args, specs)
+        real32 = (np.float32(s_x) * s_w.astype(np.float32) / np.float32(s_y)).astype(np.float32)
+        args.append(relax.const(real32, "float32"))
+        specs.append(((cols,), "float32"))
+        return state.call("dense", lambda xx, ww, tt, rr: dense_te(xx, ww, tt, z_x, z_y, arithmetic, rr), args, specs)
+
+    # --- add of two quantized tensors (+ relu) --------------------------------------------
+    a_in, b_in = wildcard(), wildcard()
+    dq_a, dq_b2 = dq(a_in), dq(b_in)
+    summed = is_op("relax.add")(dq_a, dq_b2)
+    relu = is_op("relax.nn.relu")(summed)
+    add_root = q_of(relu | summed)
+
+    def build_add(orig: Any, m: dict) -> Any:
+        qcall = orig
+        a, b = m[a_in], m[b_in]
+        if isinstance(a, Constant) or isinstance(b, Constant):
+            raise _Skip("an add of a constant")
+        (sa_shape, ta), (sb_shape, tb) = _shape_dtype(a), _shape_dtype(b)
+        if ta != "int8" or tb != "int8" or sa_shape != sb_shape or str(qcall.attrs.out_dtype) != "int8":
+            raise _Skip("inputs are not int8 of one shape")
+        da, db = m[dq_a], m[dq_b2]
+        s_a, z_a = _scalar(da.args[1]), int(_scalar(da.args[2]))
+        s_b, z_b = _scalar(db.args[1]), int(_scalar(db.args[2]))
+        s_y, z_y = _scalar(qcall.args[1]), int(_scalar(qcall.args[2]))
+        lo = max(-128, z_y) if relu in m else -128
+        spec = AddSpec(zero_a=z_a, zero_b=z_b, zero_out=z_y, lo=lo, hi=127, scales=(s_a, s_b, s_y))
+        if arithmetic == TFLM:
+            twice_max = 2.0 * max(float(np.float32(s_a)), float(np.float32(s_b)))
+            spec.mult_a = quantize_multiplier(float(np.float32(s_a)) / twice_max)
+            spec.mult_b = quantize_multiplier(float(np.float32(s_b)) / twice_max)
+            spec.mult_out = quantize_multiplier(twice_max / ((1 << ADD_LEFT_SHIFT) * float(np.float32(s_y))))
+            table = add_table(spec)
+            return state.call("add", lambda xa, xb, tt: add_te(xa, xb, spec, arithmetic, tt),
+                              [a, b, relax.const(table, "int32")],
+                              [(sa_shape, "int8"), (sb_shape, "int8"), ((6,), "int32")])
+        return state.call("add", lambda xa, xb: add_te(xa, xb, spec, arithmetic), [a, b],
+                          [(sa_shape, "int8"), (sb_shape, "int8")])
+
+    # --- average pool done on int32 by the TFLite frontend ---------------------------------
+    p_in = wildcard()
+    pool = is_op("relax.nn.avg_pool2d")(is_op("relax.astype")(p_in))
+    pool_root = is_op("relax.astype")(pool)
+
+    def build_pool(orig: Any, m: dict) -> Any:
+        x = m[p_in]
+        x_shape, x_dtype = _shape_dtype(x)
+        if x_dtype != "int8" or str(orig.attrs.dtype) != "int8":
+            raise _Skip("not an int8 pool")
+        a = m[pool].attrs
+        if bool(a.ceil_mode) or bool(a.count_include_pad) or any(int(d) != 1 for d in a.dilation):
+            raise _Skip("ceil mode, count_include_pad or dilation")
+        if arithmetic != TFLM:
+            raise _Skip("only TFLM's rounding is implemented")
+        layout = str(a.layout)
+        return state.call("avg_pool", lambda xx: avg_pool_te(
+            xx, tuple(int(v) for v in a.pool_size), tuple(int(v) for v in a.strides),
+            tuple(int(v) for v in a.padding), layout), [x], [(x_shape, "int8")])
+
+    # --- softmax to int8 (TFLM's output quantization: scale 1/256, zero point -128) ---------
+    s_in = wildcard()
+    s_dq = dq(s_in)
+    smax = is_op("relax.nn.softmax")(s_dq)
+    softmax_root = q_of(smax)
+
+    def build_softmax(orig: Any, m: dict) -> Any:
+        x = m[s_in]
+        x_shape, x_dtype = _shape_dtype(x)
+        if arithmetic != TFLM:
+            raise _Skip("only TFLM's integer softmax is implemented")
+        if x_dtype != "int8" or len(x_shape) != 2 or int(m[smax].attrs.axis) not in (-1, 1):
+            raise _Skip("not an int8 2-D softmax over the last axis")
+        s_y, z_y = _scalar(orig.args[1]), int(_scalar(orig.args[2]))
+        if str(orig.attrs.out_dtype) != "int8" or s_y != 1.0 / 256 or z_y != -128:
+            raise _Skip(f"output quantization ({s_y}, {z_y}) is not TFLM's (1/256, -128)")
+        table = softmax_exp_table(softmax_spec(_scalar(m[s_dq].args[1])))
+        return state.call("softmax", softmax_te, [x, relax.const(table, "int32")],
+                          [(x_shape, "int8"), ((256,), "int32")],
+                          as_written="per-row reciprocal steps: inlined, each would repeat its input 3x")
+
+    func = mod["main"]
+    for kind, pattern, build in (("conv2d", conv_root, build_conv), ("dense", fc_root, build_dense),
+                                 ("add", add_root, build_add), ("avg_pool", pool_root, build_pool),
+                                 ("softmax", softmax_root, build_softmax)):
+        func = rewrite_call(pattern, guarded(kind, build), func)
+    out = state.builder.get()
+    out["main"] = func
+    out = relax.transform.DeadCodeElimination(["main"])(out)
+    return out, state
+
+
+def float_ops_left(mod: Any) -> list[str]:
+    """The Relax operators of `main` that still compute on dequantized floats."""
+    from tvm import relax
+
+    names: list[str] = []
+
+    @relax.expr_functor.visitor
+    class Visitor(relax.PyExprVisitor):
+        def visit_call_(self, call: Any) -> None:  # TVM's visitor protocol
+            name = getattr(call.op, "name", "")
+            if (name.startswith("relax.") and name not in ("relax.quantize", "relax.dequantize", "relax.call_tir")
+                    and any(_dtype_of(arg) == "float32" for arg in call.args) and name not in names):
+                names.append(name)
+            super().visit_call_(call)
+
+    Visitor().visit_expr(mod["main"])
+    return names

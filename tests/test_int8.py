@@ -1,0 +1,139 @@
+"""Integer kernels for quantized models (harness.compile.int8): TFLite's fixed-point
+arithmetic checked against its definition, the integer kernels the MLPerf Tiny int8 models
+compile to (int8 weights in params.bin, no float instruction on Cortex-M), and the QDQ ONNX
+examples with integer convolutions."""
+
+from __future__ import annotations
+
+import math
+import re
+import subprocess
+
+import numpy as np
+import pytest
+
+from harness.compile import int8
+from harness.compile.model import compile_model
+from harness.formats import tensorfile
+from harness.models import mlperf_tiny
+
+
+def test_quantize_multiplier_is_tflites():
+    # frexp significand rounded to 31 bits; 1.0 is 0.5 * 2**1
+    assert int8.quantize_multiplier(0.5) == (1 << 30, 0)
+    assert int8.quantize_multiplier(1.0) == (1 << 30, 1)
+    assert int8.quantize_multiplier(0.75) == (1610612736, 0)
+    assert int8.quantize_multiplier(0.0) == (0, 0)
+    # a significand that rounds up to 2**31 becomes 2**30 with the exponent one higher
+    assert int8.quantize_multiplier(1.0 - 2.0 ** -40) == (1 << 30, 1)
+    q, shift = int8.quantize_multiplier(0.0012345)
+    assert abs(q * 2.0 ** (shift - 31) - 0.0012345) < 1e-12
+
+
+def test_fixed_point_reference_definitions():
+    srdhm = int8.srdhm_ref
+    assert srdhm(int8.INT32_MIN, int8.INT32_MIN) == int8.INT32_MAX  # the one saturation
+    assert srdhm(1 << 30, 1 << 30) == 1 << 29  # 0.5 * 0.5 in Q0.31
+    assert srdhm(-3, 1 << 30) == -1 and srdhm(3, 1 << 30) == 2  # ties away from zero
+    rdbpot = int8.rounding_divide_by_pot_ref
+    assert [rdbpot(v, 1) for v in (5, -5, 6, -6, 7, -7)] == [3, -3, 3, -3, 4, -4]
+    # exp in Q0.31 of Q5.26 inputs, against math.exp
+    for value in (0.0, -0.1, -0.25, -1.0, -3.5, -10.0):
+        got = int8.exp_on_negative_values_ref(int(value * (1 << 26))) / 2 ** 31
+        assert got == pytest.approx(math.exp(value), abs=5e-7), value  # a 4th-order Taylor step
+
+
+def test_tir_arithmetic_matches_the_definition():
+    import tvm
+    from tvm import te
+
+    n = 1024
+    x, m, s = (te.placeholder((n,), "int32", name=name) for name in "xms")
+    out = te.compute((n,), lambda i: int8.multiply_by_quantized_multiplier(x[i], m[i], s[i]), name="out")
+    func = te.create_prim_func([x, m, s, out]).with_attr("global_symbol", "mbqm")
+    with tvm.transform.PassContext(config={"tirx.disable_assert": True}):
+        lib = tvm.compile(tvm.IRModule({"mbqm": func}), target=tvm.target.Target({"kind": "llvm"}))
+    rng = np.random.default_rng(0)
+    xs = rng.integers(-2 ** 31, 2 ** 31, n).astype(np.int32)
+    ms = rng.integers(1 << 30, 2 ** 31, n).astype(np.int32)
+    ss = rng.integers(-31, 8, n).astype(np.int32)
+    # edges: the extreme accumulators, a zero shift, the largest multiplier (multipliers are
+    # positive: QuantizeMultiplier's significand is in [2**30, 2**31))
+    xs[:4], ms[:2], ss[:2] = [int8.INT32_MIN, int8.INT32_MAX, 0, -1], int8.INT32_MAX, 0
+    got = tvm.runtime.tensor(np.zeros(n, np.int32))
+    lib["mbqm"](*[tvm.runtime.tensor(a) for a in (xs, ms, ss)], got)
+    want = [int8.multiply_by_quantized_multiplier_ref(int(a), int(b), int(c)) for a, b, c in zip(xs, ms, ss)]
+    assert got.numpy().tolist() == want
+
+
+def test_softmax_exp_table_is_monotonic_and_exact_at_zero():
+    spec = int8.softmax_spec(0.1447)
+    table = int8.softmax_exp_table(spec)
+    assert table[0] == int8.INT32_MAX and np.all(np.diff(table.astype(np.int64)) <= 0)
+    assert table[10] / 2 ** 31 == pytest.approx(math.exp(-10 * 0.1447), abs=1e-6)
+
+
+# --- the MLPerf Tiny int8 models -----------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def mlperf(tmp_path_factory):
+    why = mlperf_tiny.available()
+    if why:
+        pytest.skip(why)
+    return mlperf_tiny.write_mlperf_tiny(tmp_path_factory.mktemp("mlperf_tiny"), mlperf_tiny.INT8_MODELS)
+
+
+def _weights_and_biases(path) -> tuple[int, int]:
+    """Bytes of the model's int8 weights and int32 biases, and the number of biases (output
+    channels), from the flatbuffer itself."""
+    import tflite
+
+    model = tflite.Model.GetRootAsModel(path.read_bytes(), 0)
+    graph = model.Subgraphs(0)
+    total = channels = 0
+    seen = set()
+    for k in range(graph.OperatorsLength()):
+        for t in graph.Operators(k).InputsAsNumpy()[1:]:
+            tensor = graph.Tensors(int(t)) if t >= 0 else None
+            if tensor is None or t in seen or model.Buffers(tensor.Buffer()).DataLength() == 0:
+                continue
+            seen.add(t)
+            size = int(np.prod(tensor.ShapeAsNumpy()))
+            total += size * {9: 1, 2: 4}.get(tensor.Type(), 0)  # INT8, INT32
+            channels += size if tensor.Type() == 2 else 0
+    return total, channels
+
+
+@pytest.mark.parametrize("model", mlperf_tiny.INT8_MODELS)
+def test_int8_model_keeps_int8_weights(mlperf, model):
+    artifact = compile_model(mlperf[model], "x86_64")
+    params = tensorfile.load(artifact.params_bin)
+    assert not any(a.dtype == np.float32 for a in params.values()), "a float weight in a full-integer model"
+    int8_bytes = sum(a.nbytes for a in params.values() if a.dtype == np.int8)
+    weights, channels = _weights_and_biases(mlperf[model])
+    size = artifact.params_bin.stat().st_size
+    print(f"{model}: params.bin {size} B, int8 weights + int32 biases {weights} B ({size / weights:.3f}x), "
+          f"int8 {int8_bytes} B, {channels} output channels")
+    # every int8 weight is there once, as int8; besides, per output channel an int32 bias, Q31
+    # multiplier and shift (8 B more than the bias; TFLM's flatbuffer keeps 12 B per channel
+    # for the same: a float scale and an int64 zero point); per tensor a header (name, dtype,
+    # shape: ~80 B) and 64-byte alignment
+    assert int8_bytes <= weights
+    assert size <= weights + 8 * channels + 160 * len(params)
+
+
+def test_fully_quantized_cortex_m_kernels_have_no_float_instruction(mlperf):
+    artifact = compile_model(mlperf["mlperf-kws"], "cortex-m4-qemu")
+    assert set(artifact.metadata["kernels"]), "no kernels"
+    dump = subprocess.run(["arm-none-eabi-objdump", "-d", "-r", str(artifact.dir / "kernels.o")],
+                          capture_output=True, text=True, check=True).stdout
+    assert "int8_conv2d" in dump and "int8_softmax" in dump
+    # per function; TVM emits its fp16 conversion helpers into every object (weak, unused here)
+    functions = re.split(r"^[0-9a-f]+ <([^>]+)>:$", dump, flags=re.MULTILINE)
+    kernels = {name: body for name, body in zip(functions[1::2], functions[2::2])
+               if name not in ("__truncsfhf2", "__extendhfsf2")}
+    assert any(name.startswith("__tvm_ffi_") for name in kernels), sorted(kernels)
+    code = "\n".join(kernels.values())
+    floats = re.findall(r"^\s*[0-9a-f]+:.*\b(v[a-z]+\.f(?:32|64)|vcvt\S*|vmov\s+s\d+.*)$", code, re.MULTILINE)
+    calls = re.findall(r"\b(__aeabi_[fd]\w+|expf?|logf?|__(?:add|sub|mul|div)[sd]f3)\b", code)
+    assert not floats and not calls, (floats[:5], sorted(set(calls)))
