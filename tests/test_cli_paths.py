@@ -318,6 +318,6 @@ def test_bench_on_an_emulated_target_says_so():
                    "--iters", "2", "--no-store", "-q")
     assert proc.returncode == 0, proc.stderr[-3000:]
     header = proc.stdout.splitlines()[0].split()
-    assert header[:3] == ["model", "minrt", "min"]
+    assert header[:4] == ["model", "threads", "minrt", "min"]  # the threads column: minrt and onnxruntime alike
     assert "minrt times on qemu-armv7 are emulated" in proc.stdout
     assert re.search(r"\d (us|ms|s) ", proc.stdout.splitlines()[1]), proc.stdout
