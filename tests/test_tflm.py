@@ -1,7 +1,9 @@
 """The TFLite Micro side-by-side benchmark (ci/bench_tflm): the parts that need no
 TFLM sources (the report line, the output comparison, the flash-by-part classifier on a real
 ELF of minrt's own firmware code, the exact instruction count under qemu-user, the results
-store and the table), and one end-to-end run when MINRT_TFLM_SOURCES names the sources."""
+store and the table). The end-to-end build of TFLM needs its sources, which CI cannot fetch
+(only apt, PyPI and npm are reachable), so it is `ci/bench_tflm --sources DIR`, run nightly
+where the sources are given, not a test here: CI runs every test and never skips one."""
 
 from __future__ import annotations
 
@@ -205,28 +207,6 @@ def test_side_by_side_rows_go_to_the_store_and_give_ratios_over_batches(tmp_path
 def test_an_unknown_model_name_is_refused():
     with pytest.raises(HarnessError, match="neither an MLPerf Tiny name"):
         resolve_models(["mlperf-nope"])
-
-
-def test_tflm_end_to_end_when_sources_are_given(tmp_path: Path):
-    """With MINRT_TFLM_SOURCES (the layout of harness.build.tflm.SOURCE_NAMES): TFLM + CMSIS-NN
-    for Cortex-M4, the anomaly-detection model (one operator: the quickest build) on QEMU."""
-    root = os.environ.get("MINRT_TFLM_SOURCES")
-    if not root:
-        pytest.skip("MINRT_TFLM_SOURCES is not set (a directory with tflite-micro, cmsis-nn, cmsis, flatbuffers, "
-                    "gemmlowp, ruy, kissfft checkouts): the TFLM benchmark needs sources CI does not have")
-    if not (mlperf_tiny_dir() / "ad01_int8.tflite").is_file():
-        pytest.skip(f"the MLPerf Tiny models are not in {mlperf_tiny_dir()} (set MINRT_MLPERF_TINY_DIR)")
-    from harness.bench_tflm import bench_against_tflm
-    from harness.build.tflm import TflmSources
-
-    report = bench_against_tflm(TflmSources.find(Path(root)), resolve_models(["mlperf-ad"]), ["cortex-m4-qemu"])
-    row = report.rows[0]
-    assert row.tflm.note is None, row.tflm.note
-    assert row.tflm.output_check == "exact"
-    assert row.tflm.instructions and row.tflm.instructions > 10_000
-    assert row.tflm.flash["framework"] > 0 and row.tflm.flash["kernels"] > 0 and row.tflm.flash["rest"] >= 0
-    assert row.tflm.ram["arena"] > 0
-    assert row.minrt.instructions or row.minrt.note
 
 
 def test_the_dashboard_charts_minrt_over_tflm(tmp_path: Path):
