@@ -647,7 +647,7 @@ def _bench_schema(db: sqlite3.Connection) -> None:
 
 def record_bench(store: ResultStore, rows: list[Mapping[str, Any]], *, commit: str | None = None,
                  batch: str | None = None, date: str | None = None) -> int:
-    """Store one benchmark run (harness.bench.ModelBench.to_dict() per model); returns the
+    """Store one benchmark run (harness.bench.vs_onnxruntime.ModelBench.to_dict() per model); returns the
     number of rows written. All rows of one run share the batch (default: bench-<UTC time>,
     each run its own, so a run before tuning and one after both stay)."""
     date = date or _now()
