@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -508,9 +509,10 @@ def test_truncated_onnx_is_a_clear_error(tmp_path, example_models):
         compile_model(path, "x86_64", cache=tmp_path)
 
 
-def test_missing_file_is_a_clear_error(tmp_path):
-    with pytest.raises(CompileError, match=r"nope\.onnx: cannot read model"):
-        compile_model(tmp_path / "nope.onnx", "x86_64", cache=tmp_path)
+@pytest.mark.parametrize("name", ["nope.onnx", "nope.tflite"])
+def test_missing_file_is_a_clear_error(tmp_path, name):
+    with pytest.raises(CompileError, match=rf"{re.escape(name)}: cannot read model"):
+        compile_model(tmp_path / name, "x86_64", cache=tmp_path)
 
 
 def test_unsupported_operator_is_named(tmp_path):
