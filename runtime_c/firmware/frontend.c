@@ -199,7 +199,7 @@ static void on_request(const struct frame_view *f) {
 /* One received byte; returns 1 when it completed a request. */
 static int feed(uint8_t c) {
   struct frame_view f;
-  size_t used;
+  size_t used, i;
   int found, got = 0;
   if (st.rx_len == sizeof st.rx) st.rx_len = 0; /* cannot happen: a longer frame's header is refused */
   st.rx[st.rx_len++] = c;
@@ -210,7 +210,7 @@ static int feed(uint8_t c) {
       else on_request(&f), got = 1;
     }
     st.rx_len -= used;
-    memmove(st.rx, st.rx + used, st.rx_len);
+    for (i = 0; i < st.rx_len; i++) st.rx[i] = st.rx[i + used]; /* forward: libc's memmove is 256 B */
   } while (found != FRAME_NEED);
   return got;
 }
