@@ -277,7 +277,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from harness.bench import bench_models
+    from harness.bench.vs_onnxruntime import bench_models
     from harness.results.store import ResultStore, default_store_path, record_bench
     from harness.run import git_commit
     from harness.config.targets import load_target

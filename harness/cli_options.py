@@ -38,12 +38,17 @@ INPUT_SHAPE_HELP = ("fix a dynamic input's shape, e.g. --input-shape x=1,16 for 
 # -- argument types ---------------------------------------------------------------------------
 
 
-def positive_int(text: str) -> int:
-    """An argparse type: an integer >= 1 (0 rounds, iterations or trials measure nothing)."""
+def _integer(text: str) -> int:
+    """`text` as an integer, or an argparse error saying it is none."""
     try:
-        value = int(text)
+        return int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"'{text}' is not an integer") from None
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: an integer >= 1 (0 rounds, iterations or trials measure nothing)."""
+    value = _integer(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
     return value
@@ -64,10 +69,7 @@ def iterations(text: str) -> int:
 
 def seed(text: str) -> int:
     """An argparse type: a random seed numpy takes, 0 to 2**32 - 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not an integer") from None
+    value = _integer(text)
     if not 0 <= value < 1 << 32:
         raise argparse.ArgumentTypeError(f"must be 0 to {(1 << 32) - 1}, got {value}")
     return value

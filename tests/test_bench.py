@@ -4,7 +4,7 @@ side, the ratio stored in the results store and shown on the dashboard. The real
 
 from __future__ import annotations
 
-from harness.bench import bench_models
+from harness.bench.vs_onnxruntime import bench_models
 from harness.models.resolve import resolve_models
 from harness.results.dashboard import render_dashboard
 from harness.results.store import ResultStore, bench_trend, record_bench

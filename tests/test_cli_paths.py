@@ -142,7 +142,7 @@ def test_bench_rounds_zero_is_one_line_exit_2():
 
 
 def test_bench_library_refuses_zero_rounds():
-    from harness.bench import bench_models
+    from harness.bench.vs_onnxruntime import bench_models
     from harness.config.targets import load_target
     from harness.errors import HarnessError
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -508,9 +509,20 @@ def test_truncated_onnx_is_a_clear_error(tmp_path, example_models):
         compile_model(path, "x86_64", cache=tmp_path)
 
 
-def test_missing_file_is_a_clear_error(tmp_path):
-    with pytest.raises(CompileError, match=r"nope\.onnx: cannot read model"):
-        compile_model(tmp_path / "nope.onnx", "x86_64", cache=tmp_path)
+def test_unknown_example_names_are_refused_before_anything_is_written(tmp_path):
+    from harness.models.qdq import write_qdq_examples
+
+    with pytest.raises(KeyError, match="unknown example model 'nope' .known: mlp, cnn, "):
+        write_examples(tmp_path, ["mlp", "nope"])
+    with pytest.raises(KeyError, match="unknown QDQ example 'nope' .known: cnn-qdq, "):
+        write_qdq_examples(tmp_path, ["cnn-qdq", "nope"])
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("name", ["nope.onnx", "nope.tflite"])
+def test_missing_file_is_a_clear_error(tmp_path, name):
+    with pytest.raises(CompileError, match=rf"{re.escape(name)}: cannot read model"):
+        compile_model(tmp_path / name, "x86_64", cache=tmp_path)
 
 
 def test_unsupported_operator_is_named(tmp_path):

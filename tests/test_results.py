@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from harness.errors import HarnessError
-from harness.results.store import ResultStore
+from harness.results.store import ResultStore, transaction
 
 
 def make_result(model="mlp", target="x86_64", *, passed=True, minrt=5000, mean=100.0, err=2e-7,
@@ -75,6 +75,20 @@ def test_half_way_failure_keeps_what_was_measured(tmp_path: Path) -> None:
     # A result that claims to pass but carries an error is stored as a failure.
     store.record({**make_result(), "error": "lost the connection"})
     assert store.runs()[-1].passed is False
+
+
+def test_a_write_that_fails_half_way_leaves_nothing(tmp_path: Path) -> None:
+    """Every write is one transaction (results.store.transaction): a statement that fails after
+    another has run rolls both back; a block that ends commits."""
+    store = ResultStore(tmp_path / "r.sqlite")
+    row = "INSERT INTO device_health (device, state, failures, updated) VALUES (?, ?, 0, 'now')"
+    with pytest.raises(sqlite3.IntegrityError), store._connect() as db, transaction(db):
+        db.execute(row, ("board-1", "healthy"))
+        db.execute(row, ("board-2", None))  # state is NOT NULL
+    assert store.device_health() == []
+    with store._connect() as db, transaction(db):
+        db.execute(row, ("board-1", "healthy"))
+    assert [r["device"] for r in store.device_health()] == ["board-1"]
 
 
 def test_bad_results_are_refused_with_the_key_named(tmp_path: Path) -> None:

@@ -86,7 +86,7 @@ def test_zoo_model_matches_the_references_on_this_host(models, model, monkeypatc
 
 @pytest.mark.parametrize("model", list(ZOO))
 def test_zoo_workspace_is_no_larger_than_the_largest_activation(models, model, monkeypatch):
-    from harness.bench import _largest_activation
+    from harness.bench.vs_onnxruntime import _largest_activation
     from harness.compile.model import compile_model
 
     monkeypatch.setenv("MINRT_NO_TUNING", "1")

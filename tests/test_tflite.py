@@ -110,7 +110,7 @@ def test_mlperf_names_resolve_with_their_sample_inputs(monkeypatch, tmp_path):
 
 def test_bench_and_qdq_names_resolve_through_the_one_resolver(monkeypatch, tmp_path):
     _need_mlperf()
-    from harness import bench_tflm
+    from harness.bench import vs_tflm
     from harness.models.resolve import resolve_models
 
     monkeypatch.setenv("MINRT_CACHE", str(tmp_path / "cache"))
@@ -120,7 +120,7 @@ def test_bench_and_qdq_names_resolve_through_the_one_resolver(monkeypatch, tmp_p
     with pytest.raises(HarnessError, match="an MLPerf Tiny model .*mlperf-kws.* or a QDQ example .*cnn-qdq"):
         resolve_models(["mlperf-nope"])
     # ci/bench_tflm reads the same table of MLPerf Tiny names
-    assert bench_tflm.resolve_models(["mlperf-kws"])[0].tflite.name == f"{mlperf_tiny.MLPERF_TINY['mlperf-kws']}.tflite"
+    assert vs_tflm.resolve_models(["mlperf-kws"])[0].tflite.name == f"{mlperf_tiny.MLPERF_TINY['mlperf-kws']}.tflite"
 
 
 def test_input_shape_on_a_tflite_model_may_only_repeat_its_shape(mlperf):

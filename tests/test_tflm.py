@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from harness import REPO_ROOT
-from harness.bench_tflm import (
+from harness.bench.vs_tflm import (
     Latency,
     Row,
     Side,

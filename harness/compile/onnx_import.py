@@ -17,16 +17,12 @@ log = logging.getLogger(__name__)
 # ONNX -> Relax
 
 
-def load_onnx(path: Path) -> tuple[Any, bytes]:
-    """Read and check an ONNX file; errors name the file and what is wrong with it."""
+def load_onnx(path: Path, data: bytes) -> Any:
+    """Check an ONNX file's bytes (harness.compile.source.load_model reads them); errors name
+    the file and what is wrong with it."""
     import onnx
     from google.protobuf.message import DecodeError
 
-    path = Path(path)
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise CompileError(f"{path}: cannot read model: {exc.strerror}") from None
     try:
         model = onnx.load_model_from_string(data)
     except (DecodeError, ValueError, RuntimeError) as exc:
@@ -41,7 +37,7 @@ def load_onnx(path: Path) -> tuple[Any, bytes]:
     except onnx.checker.ValidationError as exc:
         first = str(exc).strip().splitlines()[0]
         raise CompileError(f"{path}: invalid ONNX model: {first}") from None
-    return model, data
+    return model
 
 
 def graph_inputs(model: Any) -> list[Any]:

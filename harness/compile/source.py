@@ -90,16 +90,20 @@ def load_model(path: Path | str, input_shapes: Mapping[str, Sequence[int]] | Non
     are static, so there it may only repeat an input's own shape."""
     path = Path(path)
     shapes = dict(input_shapes or {})
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise CompileError(f"{path}: cannot read model: {exc.strerror}") from None
     if model_kind(path) == "tflite":
         from harness.compile.tflite_import import load_tflite
 
-        tfl, data = load_tflite(path)
+        tfl = load_tflite(path, data)
         _check_tflite_shapes(tfl.inputs, shapes, path)
         return ModelSource(path=path, kind="tflite", data=data, model=tfl, inputs=tfl.inputs,
                            outputs=tfl.outputs, op_types=tfl.op_types)
     from harness.compile.onnx_import import apply_input_shapes, load_onnx
 
-    model, data = load_onnx(path)
+    model = load_onnx(path, data)
     model = apply_input_shapes(model, shapes, path)
     inputs, outputs = _onnx_tensor_infos(model)
     return ModelSource(path=path, kind="onnx", data=data, model=model, inputs=inputs, outputs=outputs,

@@ -95,15 +95,11 @@ def _tensor_info(subgraph: Any, index: int, dtypes: dict[int, str], where: str) 
     return TensorInfo(name=name, shape=shape, dtype=dtype, scale=scale, zero_point=zero_point, axis=axis)
 
 
-def load_tflite(path: Path) -> tuple[TfliteModel, bytes]:
-    """Read and check a .tflite file; errors name the file and what is wrong with it."""
+def load_tflite(path: Path, data: bytes) -> TfliteModel:
+    """Check a .tflite file's bytes (harness.compile.source.load_model reads them); errors name
+    the file and what is wrong with it."""
     import tflite
 
-    path = Path(path)
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise CompileError(f"{path}: cannot read model: {exc.strerror}") from None
     if len(data) < 8 or data[4:8] != TFLITE_IDENTIFIER:
         raise CompileError(f"{path}: not a TFLite model (no '{TFLITE_IDENTIFIER.decode()}' "
                            f"flatbuffer identifier at bytes 4..8 of {len(data)} bytes)")
@@ -134,7 +130,7 @@ def load_tflite(path: Path) -> tuple[TfliteModel, bytes]:
     for info in inputs:
         if not info.shape or any(d <= 0 for d in info.shape):
             raise CompileError(f"{path}: input '{info.name}' has no static shape ({list(info.shape)})")
-    return TfliteModel(model=model, inputs=inputs, outputs=outputs, op_types=op_types), data
+    return TfliteModel(model=model, inputs=inputs, outputs=outputs, op_types=op_types)
 
 
 def _one_line(message: str) -> str:

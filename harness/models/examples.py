@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Callable
 
@@ -179,6 +180,15 @@ EXAMPLES: dict[str, Callable[[], onnx.ModelProto]] = {
 }
 
 
+def chosen(known: Mapping[str, object], names: Sequence[str] | None, what: str) -> list[str]:
+    """`names` (all of `known` when none are given), each a key of `known`: an unknown one is a
+    KeyError naming it and the known ones."""
+    for name in names or ():
+        if name not in known:
+            raise KeyError(f"unknown {what} '{name}' (known: {', '.join(known)})")
+    return list(names or known)
+
+
 def write_models(builders: dict[str, Callable[[], onnx.ModelProto]], out_dir: Path,
                  names: list[str] | None = None, what: str = "example") -> dict[str, Path]:
     """Write the models of `builders` (all, or `names`) as `<out_dir>/<name>.onnx`; return
@@ -186,9 +196,7 @@ def write_models(builders: dict[str, Callable[[], onnx.ModelProto]], out_dir: Pa
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths: dict[str, Path] = {}
-    for name in names or list(builders):
-        if name not in builders:
-            raise KeyError(f"unknown {what} model '{name}' (known: {', '.join(builders)})")
+    for name in chosen(builders, names, f"{what} model"):
         data = builders[name]().SerializeToString(deterministic=True)
         path = out_dir / f"{name}.onnx"
         if not path.exists() or path.read_bytes() != data:

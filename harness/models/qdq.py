@@ -11,7 +11,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from harness.models.examples import write_examples
+from harness.models.examples import chosen, write_examples
 
 log = logging.getLogger(__name__)
 
@@ -59,9 +59,7 @@ def write_qdq_examples(out_dir: Path, names: list[str] | None = None) -> dict[st
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths: dict[str, Path] = {}
-    for name in names or list(QDQ_EXAMPLES):
-        if name not in QDQ_EXAMPLES:
-            raise KeyError(f"unknown QDQ example '{name}' (known: {', '.join(QDQ_EXAMPLES)})")
+    for name in chosen(QDQ_EXAMPLES, names, "QDQ example"):
         base, per_channel = QDQ_EXAMPLES[name]
         path = out_dir / f"{name}.onnx"
         if not path.exists():

@@ -226,6 +226,19 @@ def _num(value: Any, kind: type, what: str) -> Any:
     return kind(value)
 
 
+@contextmanager
+def transaction(db: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """One write on `db` (a ResultStore._connect connection): `BEGIN IMMEDIATE`, committed when
+    the block ends, rolled back when it raises."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        yield db
+        db.execute("COMMIT")
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+
+
 class ResultStore:
     """The SQLite file at `path` (created with its schema on first use)."""
 
@@ -344,22 +357,16 @@ class ResultStore:
                                  _num(p.get("us"), float, f"profile[{i}].us")))
         cols = ", ".join(f'"{c}"' for c in row)
         marks = ", ".join("?" for _ in row)
-        with self._connect() as db:
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                cur = db.execute(f"INSERT INTO runs ({cols}) VALUES ({marks})", tuple(row.values()))
-                run_id = int(cur.lastrowid)
-                db.executemany(
-                    "INSERT INTO outputs (run_id, name, shape, dtype, max_abs_err, max_rel_err, atol, rtol, passed,"
-                    " reference) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    [(run_id, *o) for o in out_rows],
-                )
-                db.executemany("INSERT INTO profiles (run_id, node, name, kernel, us) VALUES (?, ?, ?, ?, ?)",
-                               [(run_id, *p) for p in profile_rows])
-                db.execute("COMMIT")
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
+        with self._connect() as db, transaction(db):
+            cur = db.execute(f"INSERT INTO runs ({cols}) VALUES ({marks})", tuple(row.values()))
+            run_id = int(cur.lastrowid)
+            db.executemany(
+                "INSERT INTO outputs (run_id, name, shape, dtype, max_abs_err, max_rel_err, atol, rtol, passed,"
+                " reference) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [(run_id, *o) for o in out_rows],
+            )
+            db.executemany("INSERT INTO profiles (run_id, node, name, kernel, us) VALUES (?, ?, ?, ?, ?)",
+                           [(run_id, *p) for p in profile_rows])
         log.info("results: recorded run %d (%s on %s, %s)", run_id, row["model"], row["target"],
                  "passed" if passed else "failed")
         return run_id
@@ -396,18 +403,12 @@ class ResultStore:
         if state not in (HEALTHY, QUARANTINED):
             raise HarnessError(f"results: device state must be {HEALTHY} or {QUARANTINED}, got {state!r}")
         now = _now()
-        with self._connect() as db:
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                old = db.execute("SELECT state, since FROM device_health WHERE device = ?", (device,)).fetchone()
-                since = old[1] if old and old[0] == state else now
-                db.execute("INSERT OR REPLACE INTO device_health (device, target, state, failures, reason, "
-                           "since, updated, evidence) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                           (device, target, state, failures, reason, since, now, evidence))
-                db.execute("COMMIT")
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
+        with self._connect() as db, transaction(db):
+            old = db.execute("SELECT state, since FROM device_health WHERE device = ?", (device,)).fetchone()
+            since = old[1] if old and old[0] == state else now
+            db.execute("INSERT OR REPLACE INTO device_health (device, target, state, failures, reason, "
+                       "since, updated, evidence) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                       (device, target, state, failures, reason, since, now, evidence))
 
     def clear_device(self, device: str) -> bool:
         """Return quarantined device(s) of this name or health key to service (failures reset);
@@ -647,7 +648,7 @@ def _bench_schema(db: sqlite3.Connection) -> None:
 
 def record_bench(store: ResultStore, rows: list[Mapping[str, Any]], *, commit: str | None = None,
                  batch: str | None = None, date: str | None = None) -> int:
-    """Store one benchmark run (harness.bench.ModelBench.to_dict() per model); returns the
+    """Store one benchmark run (harness.bench.vs_onnxruntime.ModelBench.to_dict() per model); returns the
     number of rows written. All rows of one run share the batch (default: bench-<UTC time>,
     each run its own, so a run before tuning and one after both stay)."""
     date = date or _now()
@@ -670,13 +671,8 @@ def record_bench(store: ResultStore, rows: list[Mapping[str, Any]], *, commit: s
     marks = ", ".join("?" for _ in range(5 + len(BENCH_COLUMNS)))
     with store._connect() as db:
         _bench_schema(db)
-        db.execute("BEGIN IMMEDIATE")
-        try:
+        with transaction(db):
             db.executemany(f"INSERT INTO bench ({cols}) VALUES ({marks})", values)
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
     log.info("results: recorded %d benchmark row(s) in batch %s", len(values), batch)
     return len(values)
 

@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from harness.errors import HarnessError
-from harness.results.store import ResultStore, _now
+from harness.results.store import ResultStore, _now, transaction
 
 log = logging.getLogger(__name__)
 
@@ -64,13 +64,8 @@ def record_versus(store: ResultStore, rows: list[Mapping[str, Any]], *, commit: 
     cols = ", ".join(f'"{c}"' for c in ("batch", "commit", "date", *COLUMNS))
     with store._connect() as db:
         db.executescript(_SCHEMA)
-        db.execute("BEGIN IMMEDIATE")
-        try:
+        with transaction(db):
             db.executemany(f"INSERT INTO versus ({cols}) VALUES ({', '.join('?' * (3 + len(COLUMNS)))})", values)
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
     log.info("results: recorded %d side-by-side row(s) in batch %s", len(values), batch)
     return len(values)
 

@@ -30,19 +30,32 @@
 #define FW_CLOCK_HZ 25000000u
 #endif
 
-static uint8_t rx[FRAME_OVERHEAD + FW_MAX_PAYLOAD];
-static uint32_t rx_len;
-static uint8_t tx[FRAME_OVERHEAD + FW_MAX_PAYLOAD]; /* the last response, for a repeated request */
-static uint32_t tx_len;
-static struct frame_served served;
+/* RUN's answer (frames.py TIMING_RECORD), built in place in the response buffer */
+struct timing_record {
+  uint32_t iters, tick_hz, arena, stack;
+  uint64_t lo, sum, hi;
+};
 
+/* All of the front end's state in one place (one base address for the code to load), the
+ * scalars first (short offsets). */
 static struct {
+  uint32_t rx_len, tx_len;
   const struct fw_model *model; /* selected by the graph's sha256 */
   uint32_t in_total, in_filled; /* of the inputs blob; total ~0 before its first chunk */
   uint32_t out_len;             /* bytes of fw_outputs valid, 0 before a RUN */
-} st = {0, ~0u, 0, 0};
-
-static volatile int busy_seq = -1; /* >= 0 while a RUN executes */
+  volatile uint32_t busy;       /* while a RUN executes: its seq + 1, else 0 */
+  uint32_t busy_ticks;          /* tick interrupts until the next BUSY */
+  struct frame_served served;
+  union { /* the last response, for a repeated request */
+    uint8_t frame[FRAME_OVERHEAD + FW_MAX_PAYLOAD];
+    struct {
+      uint8_t hdr[FRAME_HDR];
+      struct timing_record rec;
+    } timing;
+  } tx;
+  uint8_t rx[FRAME_OVERHEAD + FW_MAX_PAYLOAD];
+  minrt_err err; /* the RUN's load and run errors */
+} st;
 
 static void send(const uint8_t *f, uint32_t n) {
   while (n--) uart_put(*f++);
@@ -55,10 +68,10 @@ static void notice(unsigned kind, unsigned seq, uint32_t n, const uint8_t *p) {
   send(f, frame_seal(f, kind, seq, n));
 }
 
-/* The response to the current request, its payload at tx + FRAME_HDR. */
+/* The response to the current request, its payload at st.tx.frame + FRAME_HDR. */
 static void respond(unsigned kind, unsigned seq, uint32_t n) {
-  tx_len = frame_seal(tx, kind, seq, n);
-  send(tx, tx_len);
+  st.tx_len = frame_seal(st.tx.frame, kind, seq, n);
+  send(st.tx.frame, st.tx_len);
 }
 
 static void ack(unsigned seq) { respond(FRAME_ACK, seq, 0); }
@@ -66,10 +79,10 @@ static void ack(unsigned seq) { respond(FRAME_ACK, seq, 0); }
 /* ERROR: the code, then minrt's message when there is one (a RUN that fails ends its BUSY). */
 static void error(unsigned seq, unsigned code, const char *msg) {
   uint32_t n = 1;
-  busy_seq = -1;
-  tx[FRAME_HDR] = (uint8_t)code;
+  st.busy = 0;
+  st.tx.frame[FRAME_HDR] = (uint8_t)code;
 #ifndef MINRT_NO_MESSAGES
-  while (msg && *msg && n < FW_MAX_PAYLOAD) tx[FRAME_HDR + n++] = (uint8_t)*msg++;
+  while (msg && *msg && n < FW_MAX_PAYLOAD) st.tx.frame[FRAME_HDR + n++] = (uint8_t)*msg++;
 #else
   (void)msg;
 #endif
@@ -80,16 +93,17 @@ static const uint8_t hello_payload[3] = {FRAME_VERSION, FW_MAX_PAYLOAD & 0xFF, F
 
 /* PUT: the graph's sha256 selects a model; the inputs are kept for RUN. */
 static void on_put(unsigned seq, const uint8_t *p, uint32_t n) {
-  uint32_t off, total, i;
+  uint32_t off, total;
   if (n < 9 || (p[0] != FRAME_BLOB_GRAPH && p[0] != FRAME_BLOB_INPUTS)) return error(seq, FRAME_E_PUT, 0);
   off = frame_u32(p + 1);
   total = frame_u32(p + 5);
   n -= 9;
   if (p[0] == FRAME_BLOB_GRAPH) {
+    if (!off && total == 32 && n == 32)
+      for (st.model = fw_models; st.model < fw_models + fw_n_models; st.model++)
+        if (!memcmp(st.model->sha256, p + 9, 32)) return ack(seq);
     st.model = 0;
-    for (i = 0; i < fw_n_models; i++)
-      if (!off && total == 32 && n == 32 && !memcmp(fw_models[i].sha256, p + 9, 32)) st.model = &fw_models[i];
-    return st.model ? ack(seq) : error(seq, FRAME_E_MODEL, 0);
+    return error(seq, FRAME_E_MODEL, 0);
   }
   if (total > fw_inputs_bytes) return error(seq, FRAME_E_PUT_SIZE, 0);
   if (!off) st.in_total = total, st.in_filled = 0;
@@ -99,16 +113,9 @@ static void on_put(unsigned seq, const uint8_t *p, uint32_t n) {
   ack(seq);
 }
 
-/* RUN's answer (frames.py TIMING_RECORD) */
-struct timing_record {
-  uint32_t iters, tick_hz, arena, stack;
-  uint64_t lo, sum, hi;
-};
-
 /* RUN: u32 iters, u32 workspace (the image's own is used) -> ACK with the timing record. */
 static void on_run(unsigned seq, const uint8_t *p, uint32_t n) {
-  static minrt_err err;
-  static struct timing_record rec;
+  struct timing_record *rec = &st.tx.timing.rec; /* Cortex-M is little-endian, as the record */
   minrt *m;
   size_t need = 0, at;
   uint32_t iters, i;
@@ -119,23 +126,24 @@ static void on_run(unsigned seq, const uint8_t *p, uint32_t n) {
   if (iters - 1u >= FRAME_MAX_ITERS) return error(seq, FRAME_E_ITERS, 0);
   if (!st.model || st.in_filled != st.in_total) return error(seq, FRAME_E_INCOMPLETE, 0);
   st.out_len = 0;
-  if (minrt_load(&m, &st.model->artifact, fw_arena, fw_arena_bytes, &need, &err))
-    return error(seq, FRAME_E_LOAD, err.msg);
-  rec.hi = rec.sum = 0;
+  if (minrt_load(&m, &st.model->artifact, fw_arena, fw_arena_bytes, &need, &st.err))
+    return error(seq, FRAME_E_LOAD, st.err.msg);
+  rec->lo = ~(uint64_t)0;
+  rec->hi = rec->sum = 0;
   notice(FRAME_BUSY, seq, 0, 0); /* at once: the host stops resending RUN */
-  busy_seq = (int)seq;           /* then from the tick interrupt (never while main writes) */
+  st.busy = seq + 1;             /* then from the tick interrupt (never while main writes) */
   for (i = 0; i < iters; i++) {
     /* inputs again before every run (the storage plan may reuse an input's buffer) */
     if ((bad = tensors_set_inputs(m, fw_inputs, st.in_filled, &at)) != 0)
       return error(seq, FRAME_E_INPUTS + (unsigned)bad, 0);
     t0 = ticks_now();
-    if (minrt_run(m)) return error(seq, FRAME_E_EXEC, err.msg);
+    if (minrt_run(m)) return error(seq, FRAME_E_EXEC, st.err.msg);
     dt = ticks_now() - t0;
-    if (!i || dt < rec.lo) rec.lo = dt;
-    if (dt > rec.hi) rec.hi = dt;
-    rec.sum += dt;
+    if (dt < rec->lo) rec->lo = dt;
+    if (dt > rec->hi) rec->hi = dt;
+    rec->sum += dt;
   }
-  busy_seq = -1;
+  st.busy = 0;
   /* the outputs raw, in order: the host names them and knows their shapes (frames.py) */
   for (i = 0; i < m->n_outputs; i++) {
     const DLTensor *t = m->outputs[i];
@@ -147,12 +155,11 @@ static void on_run(unsigned seq, const uint8_t *p, uint32_t n) {
     memcpy(fw_outputs + st.out_len, t->data, nbytes);
     st.out_len += (uint32_t)nbytes;
   }
-  rec.iters = iters;
-  rec.tick_hz = FW_CLOCK_HZ;
-  rec.arena = fw_arena_bytes;
-  rec.stack = stack_used();
-  memcpy(tx + FRAME_HDR, &rec, sizeof rec); /* Cortex-M is little-endian, as the record */
-  respond(FRAME_ACK, seq, sizeof rec);
+  rec->iters = iters;
+  rec->tick_hz = FW_CLOCK_HZ;
+  rec->arena = fw_arena_bytes;
+  rec->stack = stack_used();
+  respond(FRAME_ACK, seq, sizeof *rec);
 }
 
 /* GET: u8 blob (the outputs only), u32 offset, u16 max -> ACK: u32 total, data. */
@@ -165,20 +172,20 @@ static void on_get(unsigned seq, const uint8_t *p, uint32_t n) {
   if (off > st.out_len) return error(seq, FRAME_E_GET_OFFSET, 0);
   if (len > FW_MAX_PAYLOAD - 4) len = FW_MAX_PAYLOAD - 4;
   if (len > st.out_len - off) len = st.out_len - off;
-  frame_put32(tx + FRAME_HDR, st.out_len);
-  memcpy(tx + FRAME_HDR + 4, fw_outputs + off, len);
+  frame_put32(st.tx.frame + FRAME_HDR, st.out_len);
+  memcpy(st.tx.frame + FRAME_HDR + 4, fw_outputs + off, len);
   respond(FRAME_ACK, seq, len + 4);
 }
 
 static void on_request(const struct frame_view *f) {
-  if (frame_is_repeat(&served, f)) {
-    send(tx, tx_len);
+  if (frame_is_repeat(&st.served, f)) {
+    send(st.tx.frame, st.tx_len);
     return;
   }
   switch (f->kind) {
   case FRAME_HELLO: /* a (new) host session */
-    memcpy(tx + FRAME_HDR, hello_payload, 3);
-    respond(FRAME_HELLO, f->seq, 3);
+    memcpy(st.tx.frame + FRAME_HDR, hello_payload, sizeof hello_payload);
+    respond(FRAME_HELLO, f->seq, sizeof hello_payload);
     break;
   case FRAME_PUT: on_put(f->seq, f->payload, f->len); break;
   case FRAME_RUN: on_run(f->seq, f->payload, f->len); break;
@@ -186,33 +193,32 @@ static void on_request(const struct frame_view *f) {
   case FRAME_BYE: ack(f->seq); break;
   default: error(f->seq, FRAME_E_KIND, 0); break;
   }
-  frame_remember(&served, f);
+  frame_remember(&st.served, f);
 }
 
 /* One received byte; returns 1 when it completed a request. */
 static int feed(uint8_t c) {
   struct frame_view f;
-  size_t used;
+  size_t used, i;
   int found, got = 0;
-  if (rx_len == sizeof rx) rx_len = 0; /* cannot happen: a longer frame's header is refused */
-  rx[rx_len++] = c;
+  if (st.rx_len == sizeof st.rx) st.rx_len = 0; /* cannot happen: a longer frame's header is refused */
+  st.rx[st.rx_len++] = c;
   do {
-    found = frame_scan(rx, rx_len, FW_MAX_PAYLOAD, &f, &used);
+    found = frame_scan(st.rx, st.rx_len, FW_MAX_PAYLOAD, &f, &used);
     if (found != FRAME_NEED && !f.from_device) {
       if (found == FRAME_DAMAGED) notice(FRAME_NAK, f.seq, 0, 0);
       else on_request(&f), got = 1;
     }
-    rx_len -= used;
-    memmove(rx, rx + used, rx_len);
+    st.rx_len -= used;
+    for (i = 0; i < st.rx_len; i++) st.rx[i] = st.rx[i + used]; /* forward: libc's memmove is 256 B */
   } while (found != FRAME_NEED);
   return got;
 }
 
 void ticks_hook(void) {
-  static unsigned n;
-  if (busy_seq >= 0 && !n--) { /* every 0.5 s */
-    n = 4;
-    notice(FRAME_BUSY, (unsigned)busy_seq, 0, 0);
+  if (st.busy && !st.busy_ticks--) { /* every 0.5 s */
+    st.busy_ticks = 4;
+    notice(FRAME_BUSY, st.busy - 1, 0, 0);
   }
 }
 
@@ -241,7 +247,6 @@ static void say_num(const char *what, uint32_t i, uint32_t v) {
 }
 
 int main(void) {
-  static minrt_err err;
   minrt *m;
   size_t need, have;
   uint32_t i;
@@ -251,7 +256,7 @@ int main(void) {
   for (i = 0; i < fw_n_models; i++) {
     /* as documented in minrt.h: at most three calls find the exact size */
     for (need = have = 0, rc = MINRT_E_ARENA, tries = 0; tries < 4; tries++) {
-      rc = minrt_load(&m, &fw_models[i].artifact, fw_arena, have, &need, &err);
+      rc = minrt_load(&m, &fw_models[i].artifact, fw_arena, have, &need, &st.err);
       if (rc != MINRT_E_ARENA || need <= have || need > fw_arena_bytes) break;
       have = need;
     }
@@ -265,7 +270,7 @@ int main(void) {
       say("minrt-error ");
       say_u32(i);
       say(" ");
-      say(err.msg);
+      say(st.err.msg);
       say("\n");
     }
   }
@@ -275,21 +280,22 @@ int main(void) {
 }
 #else
 int main(void) {
-  uint64_t quiet_since;
+  uint32_t quiet_since; /* low 32 bits of the ticks: the loop looks far more often than they wrap */
   int c;
+  st.in_total = ~0u;
   uart_init();
   ticks_init();
-  notice(FRAME_HELLO, 0, 3, hello_payload);
-  quiet_since = ticks_now();
+  notice(FRAME_HELLO, 0, sizeof hello_payload, hello_payload);
+  quiet_since = (uint32_t)ticks_now();
   for (;;) {
     c = uart_get();
     if (c >= 0) {
       feed((uint8_t)c);
-      quiet_since = ticks_now();
-    } else if (ticks_now() - quiet_since > FW_CLOCK_HZ / 1000u * FRAME_QUIET_MS) {
-      rx_len = 0; /* a partial frame whose sender is gone: a new session starts clean */
-      notice(FRAME_HELLO, 0, 3, hello_payload);
-      quiet_since = ticks_now();
+      quiet_since = (uint32_t)ticks_now();
+    } else if ((uint32_t)ticks_now() - quiet_since > FW_CLOCK_HZ / 1000u * FRAME_QUIET_MS) {
+      st.rx_len = 0; /* a partial frame whose sender is gone: a new session starts clean */
+      notice(FRAME_HELLO, 0, sizeof hello_payload, hello_payload);
+      quiet_since = (uint32_t)ticks_now();
     } else {
       /* sleep until a byte or a tick (under QEMU -icount, virtual time then follows real time) */
       __asm__ volatile("wfi");

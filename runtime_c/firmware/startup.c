@@ -19,10 +19,6 @@ void SysTick_Handler(void);
  * ever unwinds through them. This stub keeps libgcc's unwinder (and its tables) out. */
 void __aeabi_unwind_cpp_pr0(void) {}
 
-static void say(const char *s) {
-  while (*s) uart_put((uint8_t)*s++);
-}
-
 #define STACK_PAINT 0x5AC4A5C3u
 
 void Reset_Handler(void) {
@@ -57,7 +53,8 @@ int *__errno(void) {
 
 static void Fault_Handler(void) {
 #ifndef MINRT_NO_MESSAGES
-  say("\r\nminrt firmware: fault, stopped\r\n");
+  const char *s = "\r\nminrt firmware: fault, stopped\r\n";
+  while (*s) uart_put((uint8_t)*s++);
 #endif
   for (;;) {
   }

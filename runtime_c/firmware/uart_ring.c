@@ -6,18 +6,19 @@
                           sends one, then waits */
 #endif
 
-static uint8_t ring[FW_RX_RING];
-static volatile uint32_t head, tail; /* head: written by the interrupt, tail: by uart_get */
+static struct {
+  volatile uint32_t head, tail; /* head: written by the interrupt, tail: by uart_get */
+  uint8_t buf[FW_RX_RING];
+} ring;
 
 void uart_rx_push(uint8_t c) {
-  if (head - tail < FW_RX_RING) ring[head++ % FW_RX_RING] = c; /* full: drop (host resends) */
+  if (ring.head - ring.tail < FW_RX_RING) ring.buf[ring.head++ % FW_RX_RING] = c; /* full: drop (host resends) */
 }
 
 int uart_get(void) {
   int c;
-  if (head == tail) return -1;
-  c = ring[tail % FW_RX_RING];
-  tail++;
+  if (ring.head == ring.tail) return -1;
+  c = ring.buf[ring.tail % FW_RX_RING];
+  ring.tail++;
   return c;
 }
-
