@@ -66,6 +66,59 @@ def test_tir_arithmetic_matches_the_definition():
     assert got.numpy().tolist() == want
 
 
+@pytest.mark.parametrize(("channels", "bias_bound", "octaves", "layout"), [
+    (64, 1000, 1, (True, True)),  # KWS-like: small biases, shifts within 4 values: 6 B per channel
+    (7, 2 ** 24, 1, (False, True)),  # an odd count, int32 biases
+    (9, 1000, 12, (True, False)),  # shifts spread over 12 values: int8 shifts
+    (3, 2 ** 30, 30, (False, False)),
+])
+def test_requant_table_layouts_read_back_in_the_kernel(channels, bias_bound, octaves, layout):
+    """Every layout of the per-channel table gives each channel's bias, multiplier and shift
+    back exactly, on the host (read_requant_table) and in a compiled kernel (RequantReader)."""
+    import tvm
+    from tvm import te
+
+    rng = np.random.default_rng(channels)
+    bias = rng.integers(-bias_bound, bias_bound, channels)
+    bias[0] = -bias_bound  # the extremes of the range
+    real = 2.0 ** rng.uniform(-20, -20 + octaves, channels)
+    table, how = int8.requant_table(bias, real)
+    assert (how.bias16, how.packed) == layout and table.shape == (how.words,)
+    pairs = [int8.quantize_multiplier(float(r)) for r in real]
+    want = np.array([bias, [p[0] for p in pairs], [p[1] for p in pairs]], dtype=np.int64)
+    host = int8.read_requant_table(table, how)
+    assert np.array_equal(np.array([host["bias"], host["multiplier"], host["shift"]]), want)
+    # bytes per channel (12 laid out plainly): bias 2 or 4, multiplier 4, shift 0 or 1; then
+    # at most a word of padding and one for the lowest shift
+    assert table.nbytes <= channels * ((2 if how.bias16 else 4) + 4 + (0 if how.packed else 1)) + 8
+    t = te.placeholder(table.shape, "int32", name="t")
+    reader = how.reader(t)
+    out = te.compute((3, channels), lambda r, c: tvm.tirx.Select(
+        r == 0, reader.bias(c), tvm.tirx.Select(r == 1, reader.multiplier(c), reader.shift(c))), name="out")
+    func = te.create_prim_func([t, out], index_dtype_override="int64").with_attr("global_symbol", "read")
+    with tvm.transform.PassContext(config={"tirx.disable_assert": True}):
+        lib = tvm.compile(tvm.IRModule({"read": func}), target=tvm.target.Target({"kind": "llvm"}))
+    got = tvm.runtime.tensor(np.zeros((3, channels), np.int32))
+    lib["read"](tvm.runtime.tensor(table), got)
+    assert np.array_equal(got.numpy(), want)
+
+
+def test_requant_table_for_onnxruntime_holds_biases_only():
+    table, how = int8.requant_table(np.array([5, -7, 40000]), None)
+    assert not how.multipliers and not how.bias16 and table.tolist() == [5, -7, 40000]
+    table, how = int8.requant_table(np.array([5, -7, 3]), None)
+    assert how.bias16 and table.shape == (2,) and int8.read_requant_table(table, how)["bias"].tolist() == [5, -7, 3]
+
+
+def test_softmax_exp_table_is_trimmed_to_its_last_nonzero_and_one_zero():
+    table = int8.softmax_exp_table(int8.softmax_spec(0.5))  # exp(-0.5 d) underflows Q0.31 early
+    trimmed = int8.trim_exp_table(table)
+    assert trimmed.size < 100 and trimmed[-1] == 0 and trimmed[-2] != 0
+    assert np.array_equal(trimmed, table[: trimmed.size]) and not table[trimmed.size:].any()
+    full = int8.softmax_exp_table(int8.softmax_spec(0.01))
+    assert int8.trim_exp_table(full).size == 256
+
+
 def test_softmax_exp_table_is_monotonic_and_exact_at_zero():
     spec = int8.softmax_spec(0.1447)
     table = int8.softmax_exp_table(spec)

@@ -16,8 +16,8 @@ int32, then requantized to int8 with the source format's arithmetic:
   rounds half to even when it quantizes; the kernels requantize the exact int32 accumulator
   the same way (within a unit of it: onnxruntime's float sum rounds on the way).
 
-Weights stay int8 in params.bin; per output channel the kernels read one int32 table
-[bias, multiplier, shift]. An operator with no integer kernel here stays on the float path,
+Weights stay int8 in params.bin; per output channel the kernels read bias, multiplier and
+shift from one int32 table per layer, laid out to take the fewest bytes (RequantLayout). An operator with no integer kernel here stays on the float path,
 logged once per operator.
 """
 
@@ -60,11 +60,122 @@ def quantize_multiplier(real: float) -> tuple[int, int]:
     return q, exponent
 
 
-def requant_table(bias: np.ndarray, real_multipliers: np.ndarray) -> np.ndarray:
-    """The int32 [3, channels] table a kernel reads per output channel: bias, multiplier, shift."""
+INT16_MIN, INT16_MAX = -(2 ** 15), 2 ** 15 - 1
+SHIFT_SPAN_PACKED = 4  # shifts a packed multiplier word can hold: the layer's lowest + 0..3
+
+
+@dataclass(frozen=True)
+class RequantLayout:
+    """Where a kernel finds each output channel's bias, Q31 multiplier and shift in its flat
+    int32 table, chosen per layer at compile time to take the fewest bytes (the table is most
+    of what params.bin holds beyond the weights: 12 B per channel laid out plainly):
+
+    - biases: int32 words, or two int16 per word (channel 2k in the low half) when every bias
+      fits in 16 bits;
+    - multipliers (absent for onnxruntime's arithmetic, which takes float scales): "packed" when
+      every multiplier is a nonzero Q31 significand (bit 30 set, bit 31 clear) and the layer's
+      shifts span at most SHIFT_SPAN_PACKED values: one word per channel, the significand's
+      low 30 bits with shift - lowest shift in bits 30-31, and one word for the lowest shift
+      after them; otherwise an int32 multiplier per channel and four int8 shifts per word.
+    """
+
+    channels: int
+    bias16: bool
+    multipliers: bool
+    packed: bool = False
+
+    @property
+    def bias_words(self) -> int:
+        return (self.channels + 1) // 2 if self.bias16 else self.channels
+
+    @property
+    def words(self) -> int:
+        if not self.multipliers:
+            return self.bias_words
+        return self.bias_words + self.channels + (1 if self.packed else (self.channels + 3) // 4)
+
+    def reader(self, table: Any) -> RequantReader:
+        return RequantReader(self, table)
+
+
+@dataclass(frozen=True)
+class RequantReader:
+    """A kernel's view of its table (a TE placeholder): TIR expressions for a channel's values."""
+
+    layout: RequantLayout
+    table: Any
+
+    def bias(self, channel: Any) -> Any:
+        if not self.layout.bias16:
+            return self.table[channel]
+        # the channel's half down, then sign-extended (no shift of a negative value)
+        down = (channel % 2).astype("int32") * _c(16)
+        return (self.table[channel // 2] >> down).astype("int16").astype("int32")
+
+    def multiplier(self, channel: Any) -> Any:
+        word = self.table[self.layout.bias_words + channel]
+        if not self.layout.packed:
+            return word
+        return (word & _c((1 << 30) - 1)) | _c(1 << 30)
+
+    def shift(self, channel: Any) -> Any:
+        at = self.layout.bias_words + self.layout.channels
+        if self.layout.packed:
+            return self.table[at] + ((self.table[self.layout.bias_words + channel] >> _c(30)) & _c(3))
+        down = (channel % 4).astype("int32") * _c(8)
+        return (self.table[at + channel // 4] >> down).astype("int8").astype("int32")
+
+
+def requant_table(bias: np.ndarray, real_multipliers: np.ndarray | None) -> tuple[np.ndarray, RequantLayout]:
+    """The int32 table a kernel reads per output channel (see RequantLayout) and its layout:
+    the bias with, for TFLM's arithmetic, the Q31 multiplier and shift of each real multiplier
+    (None: onnxruntime's arithmetic, bias only)."""
+    bias = np.asarray(bias).astype(np.int64).reshape(-1)
+    channels = bias.size
+    bias16 = bool(channels) and int(bias.min()) >= INT16_MIN and int(bias.max()) <= INT16_MAX
+    if bias16:
+        halves = np.zeros(2 * ((channels + 1) // 2), dtype=np.int16)
+        halves[:channels] = bias
+        words = [halves.view("<u4").astype(np.int64)]
+    else:
+        words = [bias]
+    if real_multipliers is None:
+        return _int32_words(words), RequantLayout(channels, bias16, multipliers=False)
     pairs = [quantize_multiplier(float(m)) for m in real_multipliers]
-    return np.stack([bias.astype(np.int64), np.array([p[0] for p in pairs], dtype=np.int64),
-                     np.array([p[1] for p in pairs], dtype=np.int64)]).astype(np.int32)
+    mults = np.array([p[0] for p in pairs], dtype=np.int64)
+    shifts = np.array([p[1] for p in pairs], dtype=np.int64)
+    lowest = int(shifts.min()) if channels else 0
+    packed = bool(channels) and bool(np.all(mults >= 1 << 30)) and int(shifts.max()) - lowest < SHIFT_SPAN_PACKED
+    if packed:
+        words += [(mults & ((1 << 30) - 1)) | ((shifts - lowest) << 30), np.array([lowest])]
+    else:
+        shift_bytes = np.zeros(4 * ((channels + 3) // 4), dtype=np.int8)
+        shift_bytes[:channels] = shifts
+        words += [mults, shift_bytes.view("<u4").astype(np.int64)]
+    return _int32_words(words), RequantLayout(channels, bias16, multipliers=True, packed=packed)
+
+
+def _int32_words(parts: list[np.ndarray]) -> np.ndarray:
+    """Words given as integers (signed or unsigned 32-bit values) -> one int32 array."""
+    return (np.concatenate(parts).astype(np.int64) & 0xFFFFFFFF).astype(np.uint32).view(np.int32)
+
+
+def read_requant_table(table: np.ndarray, layout: RequantLayout) -> dict[str, np.ndarray]:
+    """The table's values per channel (bias, and multiplier and shift when it has them), as
+    the kernels decode them: the host's mirror of RequantReader, for tests and reports."""
+    words = np.asarray(table, dtype=np.int32)
+    c, at = layout.channels, layout.bias_words
+    bias = words[:at].view(np.int16)[:c].astype(np.int32) if layout.bias16 else words[:c]
+    out = {"bias": bias}
+    if layout.multipliers:
+        mult = words[at : at + c]
+        if layout.packed:
+            out["multiplier"] = (mult & ((1 << 30) - 1)) | (1 << 30)
+            out["shift"] = words[at + c] + (mult.view(np.uint32) >> 30).astype(np.int32)
+        else:
+            out["multiplier"] = mult
+            out["shift"] = words[at + c :].view(np.int8)[:c].astype(np.int32)
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -158,13 +269,16 @@ def _to_int8(value: Any, lo: int = -128, hi: int = 127) -> Any:
     return tvm.tirx.max(tvm.tirx.min(value, _c(hi)), _c(lo)).astype("int8")
 
 
-def _requantize(acc: Any, table: Any, channel: Any, zero_out: int, arithmetic: str, real: Any = None) -> Any:
-    """int32 accumulator (bias not yet added) of output `channel` -> int8."""
+def _requantize(acc: Any, table: RequantReader, channel: Any, zero_out: int, arithmetic: str,
+                real: Any = None) -> Any:
+    """int32 accumulator (bias not yet added) of output `channel` -> int8; `table` reads the
+    channel's bias, multiplier and shift (RequantReader)."""
     import tvm
 
-    total = acc + table[0, channel]
+    total = acc + table.bias(channel)
     if arithmetic == TFLM:
-        return _to_int8(multiply_by_quantized_multiplier(total, table[1, channel], table[2, channel]) + _c(zero_out))
+        return _to_int8(multiply_by_quantized_multiplier(total, table.multiplier(channel), table.shift(channel))
+                        + _c(zero_out))
     # onnxruntime: float32 product, rounded half to even, then the zero point
     scaled = total.astype("float32") * real[channel]
     return _to_int8(tvm.tirx.nearbyint(scaled).astype("int32") + _c(zero_out))
@@ -395,6 +509,13 @@ def softmax_exp_table(spec: SoftmaxSpec) -> np.ndarray:
     return table
 
 
+def trim_exp_table(table: np.ndarray) -> np.ndarray:
+    """The exp table without its tail of zeros but one (a large input scale makes most of the
+    256 differences underflow): the kernel reads index min(difference, last)."""
+    nonzero = np.flatnonzero(table)
+    return table[: min(int(nonzero[-1]) + 2 if nonzero.size else 1, table.size)]
+
+
 def _sat_shift_left(x: Any, exponent: int) -> Any:
     threshold = (1 << (31 - exponent)) - 1
     return _select(x > _c(threshold), _c(INT32_MAX), _select(x < _c(-threshold), _c(INT32_MIN), x << _c(exponent)))
@@ -410,7 +531,10 @@ def softmax_te(x: Any, exp_table: Any) -> Any:
     rows, depth = (int(d) for d in x.shape)
     rc = te.reduce_axis((0, depth), "rc")
     row_max = te.compute((rows,), lambda i: te.max(x[i, rc].astype("int32"), axis=rc), name="row_max")
-    exps = te.compute((rows, depth), lambda i, c: exp_table[row_max[i] - x[i, c].astype("int32")], name="exps")
+    last = int(exp_table.shape[0]) - 1  # a trimmed table ends with its one zero (trim_exp_table)
+    exps = te.compute((rows, depth), lambda i, c: exp_table[
+        tvm.tirx.min(row_max[i] - x[i, c].astype("int32"), _c(last)) if last < 255 else
+        row_max[i] - x[i, c].astype("int32")], name="exps")
     rk = te.reduce_axis((0, depth), "rk")
     sums = te.compute((rows,), lambda i: te.sum(
         rounding_divide_by_pot(exps[i, rk], SOFTMAX_ACCUM_BITS), axis=rk), name="sum_exps")  # Q12.19
@@ -561,7 +685,7 @@ def rewrite_int8(mod: Any, arithmetic: str) -> tuple[Any, Int8Rewrite]:
         else:
             bq = np.zeros(o, dtype=np.int32)
         real = np.float64(np.float32(s_x)) * s_w / np.float64(np.float32(s_y))
-        table = requant_table(bq, real)
+        table, table_layout = requant_table(bq, real if arithmetic == TFLM else None)
         spec = ConvSpec(strides=tuple(int(v) for v in a.strides), padding=tuple(int(v) for v in a.padding),
                         dilation=tuple(int(v) for v in a.dilation), groups=int(a.groups),
                         layout=str(a.data_layout), zero_in=z_x, zero_out=z_y)
@@ -569,11 +693,11 @@ def rewrite_int8(mod: Any, arithmetic: str) -> tuple[Any, Int8Rewrite]:
         args = [x, w_relax, relax.const(table, "int32")]
         specs = [(x_shape, "int8"), (tuple(w.shape), "int8"), (tuple(table.shape), "int32")]
         if arithmetic == TFLM:
-            return state.call("conv2d", lambda xx, ww, tt: conv2d_te(xx, ww, tt, spec, arithmetic), args, specs)
+            return state.call("conv2d", lambda xx, ww, tt: conv2d_te(xx, ww, table_layout.reader(tt), spec, arithmetic), args, specs)
         real32 = (np.float32(s_x) * s_w.astype(np.float32) / np.float32(s_y)).astype(np.float32)
         args.append(relax.const(real32, "float32"))
         specs.append(((o,), "float32"))
-        return state.call("conv2d", lambda xx, ww, tt, rr: conv2d_te(xx, ww, tt, spec, arithmetic, rr), args, specs)
+        return state.call("conv2d", lambda xx, ww, tt, rr: conv2d_te(xx, ww, table_layout.reader(tt), spec, arithmetic, rr), args, specs)
 
     # --- fully connected / matmul with constant weights -----------------------------------
     fx_in = wildcard()
@@ -612,15 +736,15 @@ def rewrite_int8(mod: Any, arithmetic: str) -> tuple[Any, Int8Rewrite]:
         if bq.dtype != np.int32 or bq.size != cols:
             raise _Skip("bias is not int32 per output")
         real = np.float64(np.float32(s_x)) * s_w / np.float64(np.float32(s_y))
-        table = requant_table(bq, real)
+        table, table_layout = requant_table(bq, real if arithmetic == TFLM else None)
         args = [x, relax.const(np.ascontiguousarray(w), "int8"), relax.const(table, "int32")]
         specs = [(x_shape, "int8"), (tuple(w.shape), "int8"), (tuple(table.shape), "int32")]
         if arithmetic == TFLM:
-            return state.call("dense", lambda xx, ww, tt: dense_te(xx, ww, tt, z_x, z_y, arithmetic), args, specs)
+            return state.call("dense", lambda xx, ww, tt: dense_te(xx, ww, table_layout.reader(tt), z_x, z_y, arithmetic), args, specs)
         real32 = (np.float32(s_x) * s_w.astype(np.float32) / np.float32(s_y)).astype(np.float32)
         args.append(relax.const(real32, "float32"))
         specs.append(((cols,), "float32"))
-        return state.call("dense", lambda xx, ww, tt, rr: dense_te(xx, ww, tt, z_x, z_y, arithmetic, rr), args, specs)
+        return state.call("dense", lambda xx, ww, tt, rr: dense_te(xx, ww, table_layout.reader(tt), z_x, z_y, arithmetic, rr), args, specs)
 
     # --- add of two quantized tensors (+ relu) --------------------------------------------
     a_in, b_in = wildcard(), wildcard()
@@ -691,9 +815,9 @@ def rewrite_int8(mod: Any, arithmetic: str) -> tuple[Any, Int8Rewrite]:
         s_y, z_y = _scalar(orig.args[1]), int(_scalar(orig.args[2]))
         if str(orig.attrs.out_dtype) != "int8" or s_y != 1.0 / 256 or z_y != -128:
             raise _Skip(f"output quantization ({s_y}, {z_y}) is not TFLM's (1/256, -128)")
-        table = softmax_exp_table(softmax_spec(_scalar(m[s_dq].args[1])))
+        table = trim_exp_table(softmax_exp_table(softmax_spec(_scalar(m[s_dq].args[1]))))
         return state.call("softmax", softmax_te, [x, relax.const(table, "int32")],
-                          [(x_shape, "int8"), ((256,), "int32")],
+                          [(x_shape, "int8"), (table.shape, "int32")],
                           as_written="per-row reciprocal steps: inlined, each would repeat its input 3x")
 
     func = mod["main"]
