@@ -459,13 +459,14 @@ def _sat_shift_left_ref(x: int, exponent: int) -> int:
     return INT32_MAX if x > threshold else INT32_MIN if x < -threshold else x << exponent
 
 
-def exp_on_negative_values_ref(a: int) -> int:
-    """gemmlowp's exp_on_negative_values: exp(a) for a <= 0 given in Q5.26, in Q0.31."""
-    frac = 31 - SOFTMAX_DIFF_BITS
+def exp_on_negative_values_ref(a: int, integer_bits: int = SOFTMAX_DIFF_BITS) -> int:
+    """gemmlowp's exp_on_negative_values: exp(a) for a <= 0 given with `integer_bits` integer
+    bits (softmax: Q5.26), in Q0.31."""
+    frac = 31 - integer_bits
     quarter = 1 << (frac - 2)
     a_mod = (a & (quarter - 1)) - quarter  # in [-1/4, 0)
     # exp on [-1/4, 0): Taylor expansion around -1/8, all in Q0.31
-    x = (a_mod << SOFTMAX_DIFF_BITS) + (1 << 28)
+    x = (a_mod << integer_bits) + (1 << 28)
     x2 = srdhm_ref(x, x)
     x3 = srdhm_ref(x2, x)
     x4 = srdhm_ref(x2, x2)
@@ -473,9 +474,56 @@ def exp_on_negative_values_ref(a: int) -> int:
     result = _wrap32(1895147668 + srdhm_ref(1895147668, _wrap32(x + poly)))
     remainder = a_mod - a
     for exponent, multiplier in _EXP_BARREL:
-        if remainder & (1 << (frac + exponent)):
+        if exponent < integer_bits and remainder & (1 << (frac + exponent)):
             result = srdhm_ref(result, multiplier)
     return INT32_MAX if a == 0 else result
+
+
+def one_over_one_plus_x_ref(a: int) -> int:
+    """gemmlowp's one_over_one_plus_x_for_x_in_0_1: 1 / (1 + a) for a in [0, 1) in Q0.31, in
+    Q0.31: Newton-Raphson in Q2.29 from 48/17 - 32/17 d (softmax_te has it in TIR)."""
+    half_den = (a + INT32_MAX + 1) >> 1  # RoundingHalfSum(a, 1.0); a >= 0
+    x = 1515870810 + srdhm_ref(half_den, -1010580540)
+    for _ in range(3):
+        x = x + _sat_shift_left_ref(srdhm_ref(x, (1 << 29) - srdhm_ref(half_den, x)), 2)
+    return _sat_shift_left_ref(x, 1)
+
+
+LOGISTIC_INPUT_BITS = 4  # TFLM's int8 logistic takes its input in Q4.27
+
+
+def logistic_table(input_scale: float, input_zero: int) -> np.ndarray:
+    """TFLM's int8 logistic (output scale 1/256, zero point -128) of every int8 input, index
+    x + 128: the input rescaled to Q4.27 by a Q31 multiplier, gemmlowp's fixed-point logistic,
+    then rounded to 8 bits; inputs beyond the radius saturate. 256 bytes, read by the kernel."""
+    real = float(np.float32(input_scale)) * (1 << (31 - LOGISTIC_INPUT_BITS))
+    multiplier, shift = quantize_multiplier(real)
+    radius = math.floor(((1 << LOGISTIC_INPUT_BITS) - 1) * (1 << (31 - LOGISTIC_INPUT_BITS)) / (1 << shift))
+    table = np.zeros(256, dtype=np.int8)
+    for q in range(-128, 128):
+        x = q - input_zero
+        if x <= -radius:
+            table[q + 128] = -128
+            continue
+        if x >= radius:
+            table[q + 128] = 127
+            continue
+        a = multiply_by_quantized_multiplier_ref(x, multiplier, shift)  # Q4.27
+        if a == 0:
+            value = 1 << 30  # one half
+        else:
+            positive = one_over_one_plus_x_ref(exp_on_negative_values_ref(-abs(a), LOGISTIC_INPUT_BITS))
+            value = positive if a > 0 else INT32_MAX - positive
+        table[q + 128] = min(max(rounding_divide_by_pot_ref(value, 31 - 8) - 128, -128), 127)
+    return table
+
+
+def lookup_te(x: Any, table: Any) -> Any:
+    """Each int8 value through a 256-entry int8 table (index value + 128)."""
+    from tvm import te
+
+    return te.compute(tuple(int(d) for d in x.shape), lambda *i: table[x[i].astype("int32") + _c(128)],
+                      name="lookup")
 
 
 def softmax_exp_table(spec: SoftmaxSpec) -> np.ndarray:
@@ -802,10 +850,28 @@ def rewrite_int8(mod: Any, arithmetic: str) -> tuple[Any, Int8Rewrite]:
                           [(x_shape, "int8"), (table.shape, "int32")],
                           as_written="per-row reciprocal steps: inlined, each would repeat its input 3x")
 
+    # --- logistic to int8 (TFLM's output quantization: scale 1/256, zero point -128) --------
+    l_in = wildcard()
+    l_dq = dq(l_in)
+    logistic_root = q_of(is_op("relax.sigmoid")(l_dq))
+
+    def build_logistic(orig: Any, m: dict) -> Any:
+        x = m[l_in]
+        x_shape, x_dtype = _shape_dtype(x)
+        if arithmetic != TFLM:
+            raise _Skip("only TFLM's integer logistic is implemented")
+        s_y, z_y = _scalar(orig.args[1]), int(_scalar(orig.args[2]))
+        if x_dtype != "int8" or str(orig.attrs.out_dtype) != "int8" or s_y != 1.0 / 256 or z_y != -128:
+            raise _Skip(f"not int8 in and out at TFLM's output quantization (1/256, -128): ({s_y}, {z_y})")
+        table = logistic_table(_scalar(m[l_dq].args[1]), int(_scalar(m[l_dq].args[2])))
+        return state.call("logistic", lookup_te, [x, relax.const(table, "int8")],
+                          [(x_shape, "int8"), ((256,), "int8")])
+
     func = mod["main"]
     for kind, pattern, build in (("conv2d", conv_root, build_conv), ("dense", fc_root, build_dense),
                                  ("add", add_root, build_add), ("avg_pool", pool_root, build_pool),
-                                 ("softmax", softmax_root, build_softmax)):
+                                 ("softmax", softmax_root, build_softmax),
+                                 ("logistic", logistic_root, build_logistic)):
         func = rewrite_call(pattern, guarded(kind, build), func)
     out = state.builder.get()
     out["main"] = func
