@@ -178,6 +178,10 @@ def test_qdq_onnx_matches_onnxruntime_in_units(qdq, target_name, model):
     # convolutions and the dense layer run as integer kernels, their weights int8
     kernels = compile_model(qdq[model], target_name).metadata["kernels"]
     assert any("int8_conv2d" in k for k in kernels) and any("int8_dense" in k for k in kernels), kernels
+    # max pooling and the reshape share their input's quantization: on int8 as they are, no
+    # dequantize / quantize around them
+    assert "max_pool2d" in kernels and not any(("max_pool" in k or "reshape" in k) and "quantize" in k
+                                               for k in kernels), kernels
 
 
 # every target class: the host, ARMv7 Linux under qemu-user, Cortex-M4 firmware under QEMU,

@@ -594,6 +594,12 @@ def softmax_te(x: Any, exp_table: Any) -> Any:
 # ---------------------------------------------------------------------------------------------
 # The rewrite
 
+#: Relax operators that only move or select values (one tensor argument; then those with a
+#: second, non-tensor argument such as a shape): on int8 as they are when the quantization
+#: in and out is one.
+MOVE_OPS_UNARY = ("nn.max_pool2d", "permute_dims", "squeeze", "expand_dims", "flatten")
+MOVE_OPS_WITH_ARG = ("reshape",)
+
 
 def _scalar(expr: Any) -> float:
     values = expr.value.numpy().reshape(-1)
@@ -850,6 +856,30 @@ def rewrite_int8(mod: Any, arithmetic: str) -> tuple[Any, Int8Rewrite]:
                           [(x_shape, "int8"), (table.shape, "int32")],
                           as_written="per-row reciprocal steps: inlined, each would repeat its input 3x")
 
+    # --- ops that only move or select values, where input and output share quantization ------
+    # q(op(dq(x))) is op(x) then: dequantizing and quantizing with one (scale, zero point) gives
+    # each int8 back, and max and data movement commute with that monotonic map.
+    mv_in = wildcard()
+    mv_dq = dq(mv_in)
+    moves = [is_op(f"relax.{name}")(mv_dq) for name in MOVE_OPS_UNARY]
+    moves += [is_op(f"relax.{name}")(mv_dq, wildcard()) for name in MOVE_OPS_WITH_ARG]
+    move_op = moves[0]
+    for alt in moves[1:]:
+        move_op = move_op | alt
+    move_root = q_of(move_op)
+
+    def build_move(orig: Any, m: dict) -> Any:
+        x = m[mv_in]
+        inner, deq = next(m[p] for p in moves if p in m), m[mv_dq]
+        name = str(inner.op.name).removeprefix("relax.")
+        if _dtype_of(x) not in ("int8", "uint8") or str(orig.attrs.out_dtype) != _dtype_of(x):
+            raise _Skip(f"{name} of {_dtype_of(x)} to {orig.attrs.out_dtype}")
+        # one scale and zero point for the tensor (per channel, a reshape would move the axis)
+        if (_scalar(deq.args[1]), _scalar(deq.args[2])) != (_scalar(orig.args[1]), _scalar(orig.args[2])):
+            raise _Skip(f"{name} with another quantization out than in")
+        state.counts[name] = state.counts.get(name, 0) + 1
+        return relax.Call(inner.op, [x, *inner.args[1:]], inner.attrs)
+
     # --- logistic to int8 (TFLM's output quantization: scale 1/256, zero point -128) --------
     l_in = wildcard()
     l_dq = dq(l_in)
@@ -871,7 +901,8 @@ def rewrite_int8(mod: Any, arithmetic: str) -> tuple[Any, Int8Rewrite]:
     for kind, pattern, build in (("conv2d", conv_root, build_conv), ("dense", fc_root, build_dense),
                                  ("add", add_root, build_add), ("avg_pool", pool_root, build_pool),
                                  ("softmax", softmax_root, build_softmax),
-                                 ("logistic", logistic_root, build_logistic)):
+                                 ("logistic", logistic_root, build_logistic),
+                                 ("data movement", move_root, build_move)):
         func = rewrite_call(pattern, guarded(kind, build), func)
     out = state.builder.get()
     out["main"] = func
