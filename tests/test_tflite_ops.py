@@ -16,7 +16,8 @@ from harness.models.tflite_builder import INT8_EXAMPLES, int8_examples, logistic
 from harness.run import run_on_target
 
 # the integer kernel each model must compile to (none: data movement only)
-KERNELS = {"tfl-fc4d": "int8_dense", "tfl-pad": None, "tfl-transpose": None, "tfl-logistic": "int8_logistic"}
+KERNELS = {"tfl-fc4d": "int8_dense", "tfl-pad": None, "tfl-transpose": None, "tfl-concat": None,
+           "tfl-logistic": "int8_logistic"}
 
 
 @pytest.fixture(scope="module")
@@ -32,13 +33,14 @@ def test_builder_writes_models_tflm_and_litert_agree_on(models):
     assert set(models) == set(INT8_EXAMPLES) == set(KERNELS)
     for name, path in models.items():
         micro = runtime.Interpreter.from_file(str(path))
-        shape = micro.get_input_details(0)["shape"]
-        x = np.random.default_rng(3).integers(-128, 128, shape).astype(np.int8)
-        micro.set_input(x, 0)
-        micro.invoke()
         lite = Interpreter(model_path=str(path))
         lite.allocate_tensors()
-        lite.set_tensor(lite.get_input_details()[0]["index"], x)
+        rng = np.random.default_rng(3)
+        for k, detail in enumerate(lite.get_input_details()):
+            x = rng.integers(-128, 128, detail["shape"]).astype(np.int8)
+            micro.set_input(x, k)
+            lite.set_tensor(detail["index"], x)
+        micro.invoke()
         lite.invoke()
         got = lite.get_tensor(lite.get_output_details()[0]["index"])
         assert np.array_equal(micro.get_output(0), got), name
@@ -75,6 +77,6 @@ def test_operator_is_integer_and_bit_exact_with_tflm(models, model, target_name)
     (out,) = result.outputs
     assert (out["reference"], out["dtype"], out["differing"]) == ("tflite-micro", "int8", 0), out
     kernels = compile_model(models[model], target_name).metadata["kernels"]
-    assert not any("dequantize" in k or "sigmoid" in k for k in kernels), kernels  # no float path
+    assert not any("quantize" in k or "sigmoid" in k for k in kernels), kernels  # no float path
     if KERNELS[model]:
         assert any(KERNELS[model] in k for k in kernels), kernels

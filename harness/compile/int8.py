@@ -599,6 +599,7 @@ def softmax_te(x: Any, exp_table: Any) -> Any:
 #: in and out is one.
 MOVE_OPS_UNARY = ("nn.max_pool2d", "permute_dims", "squeeze", "expand_dims", "flatten")
 MOVE_OPS_WITH_ARG = ("reshape",)
+MAX_CONCAT_INPUTS = 6  # concatenations of 2..6 quantized tensors are matched
 
 
 def _scalar(expr: Any) -> float:
@@ -660,7 +661,7 @@ def rewrite_int8(mod: Any, arithmetic: str) -> tuple[Any, Int8Rewrite]:
     kernel; return the new module and what was done."""
     from tvm import relax
     from tvm.ir.expr import Constant
-    from tvm.relax.dpl import is_const, is_op, rewrite_call, wildcard
+    from tvm.relax.dpl import is_const, is_op, is_tuple, rewrite_call, wildcard
 
     state = Int8Rewrite(arithmetic, relax.BlockBuilder(mod))
 
@@ -880,6 +881,27 @@ def rewrite_int8(mod: Any, arithmetic: str) -> tuple[Any, Int8Rewrite]:
         state.counts[name] = state.counts.get(name, 0) + 1
         return relax.Call(inner.op, [x, *inner.args[1:]], inner.attrs)
 
+    # --- concatenation of tensors that all share the output's quantization: a copy ---------
+    # (TFLM and LiteRT refuse an int8 concatenation whose input scales differ from the output's)
+    cat_ins = [[wildcard() for _ in range(k)] for k in range(2, MAX_CONCAT_INPUTS + 1)]
+    cat_dqs = [[dq(x) for x in ins] for ins in cat_ins]
+    cats = [is_op("relax.concat")(is_tuple(d)) for d in cat_dqs]
+    cat_op = cats[0]
+    for alt in cats[1:]:
+        cat_op = cat_op | alt
+    concat_root = q_of(cat_op)
+
+    def build_concat(orig: Any, m: dict) -> Any:
+        k = next(i for i, c in enumerate(cats) if c in m)
+        xs, deqs = [m[x] for x in cat_ins[k]], [m[d] for d in cat_dqs[k]]
+        out_q = (_scalar(orig.args[1]), _scalar(orig.args[2]))
+        if any(_dtype_of(x) != str(orig.attrs.out_dtype) or _dtype_of(x) not in ("int8", "uint8") for x in xs):
+            raise _Skip("inputs of another dtype than the output")
+        if any((_scalar(d.args[1]), _scalar(d.args[2])) != out_q for d in deqs):
+            raise _Skip("an input quantized otherwise than the output")
+        state.counts["concat"] = state.counts.get("concat", 0) + 1
+        return relax.op.concat(xs, axis=m[cats[k]].attrs.axis)
+
     # --- logistic to int8 (TFLM's output quantization: scale 1/256, zero point -128) --------
     l_in = wildcard()
     l_dq = dq(l_in)
@@ -902,7 +924,8 @@ def rewrite_int8(mod: Any, arithmetic: str) -> tuple[Any, Int8Rewrite]:
                                  ("add", add_root, build_add), ("avg_pool", pool_root, build_pool),
                                  ("softmax", softmax_root, build_softmax),
                                  ("logistic", logistic_root, build_logistic),
-                                 ("data movement", move_root, build_move)):
+                                 ("data movement", move_root, build_move),
+                                 ("concat", concat_root, build_concat)):
         func = rewrite_call(pattern, guarded(kind, build), func)
     out = state.builder.get()
     out["main"] = func

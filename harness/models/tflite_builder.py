@@ -205,6 +205,17 @@ def _transpose(rng: np.random.Generator) -> TfliteGraph:
     return g
 
 
+def _concat(rng: np.random.Generator) -> TfliteGraph:
+    """CONCATENATION of three int8 tensors on the last axis, all at the output's quantization
+    (TFLM and LiteRT refuse int8 inputs whose scale differs from the output's)."""
+    g = TfliteGraph()
+    ins = [g.tensor(f"input{k}", (1, 4, depth), "int8", 0.08, 2) for k, depth in enumerate((3, 2, 4))]
+    y = g.tensor("output", (1, 4, 9), "int8", 0.08, 2)
+    g.op("CONCATENATION", ins, [y], ("ConcatenationOptions", {"Axis": 2, "FusedActivationFunction": 0}))
+    g.inputs, g.outputs = ins, [y]
+    return g
+
+
 def _logistic(rng: np.random.Generator) -> TfliteGraph:
     return logistic_model(0.0625, 5)
 
@@ -221,7 +232,8 @@ def logistic_model(input_scale: float, input_zero: int) -> TfliteGraph:
 
 
 INT8_EXAMPLES: dict[str, Callable[[np.random.Generator], TfliteGraph]] = {
-    "tfl-fc4d": _fc_on_4d, "tfl-pad": _pad, "tfl-transpose": _transpose, "tfl-logistic": _logistic,
+    "tfl-fc4d": _fc_on_4d, "tfl-pad": _pad, "tfl-transpose": _transpose, "tfl-concat": _concat,
+    "tfl-logistic": _logistic,
 }
 
 
