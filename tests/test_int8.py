@@ -71,6 +71,7 @@ def test_tir_arithmetic_matches_the_definition():
     (7, 2 ** 24, 1, False),  # an odd count, int32 biases
     (9, 1000, 12, True),
     (3, 2 ** 30, 30, False),  # a bias near INT32_MIN, shifts from -20 to 10
+    (5, 1000, 0, True),  # one multiplier for all (per-tensor weights): 2 B per channel + 8
 ])
 def test_requant_table_layouts_read_back_in_the_kernel(channels, bias_bound, octaves, bias16):
     """Every layout of the per-channel table gives each channel's bias, multiplier and shift
@@ -83,13 +84,15 @@ def test_requant_table_layouts_read_back_in_the_kernel(channels, bias_bound, oct
     bias[0] = -bias_bound  # the extremes of the range
     real = 2.0 ** rng.uniform(-20, -20 + octaves, channels)
     table, how = int8.requant_table(bias, real)
-    assert how.bias16 == bias16 and table.shape == (how.words,)
+    assert how.bias16 == bias16 and table.shape == (how.words,) and how.per_tensor == (octaves == 0)
     pairs = [int8.quantize_multiplier(float(r)) for r in real]
     want = np.array([bias, [p[0] for p in pairs], [p[1] for p in pairs]], dtype=np.int64)
     host = int8.read_requant_table(table, how)
     assert np.array_equal(np.array([host["bias"], host["multiplier"], host["shift"]]), want)
-    # bytes per channel (12 laid out plainly): bias 2 or 4, multiplier 4, shift 1; then padding
-    assert table.nbytes <= channels * ((2 if bias16 else 4) + 4 + 1) + 6
+    # bytes per channel (12 laid out plainly): bias 2 or 4, multiplier 4, shift 1 (or one
+    # multiplier and shift for all)
+    per_channel = 0 if how.per_tensor else 4 + 1
+    assert table.nbytes <= channels * ((2 if bias16 else 4) + per_channel) + 2 + 8  # padding, 2 words
     t = te.placeholder(table.shape, "int32", name="t")
     reader = how.reader(t)
     out = te.compute((3, channels), lambda r, c: tvm.tirx.Select(
@@ -167,9 +170,10 @@ def test_int8_model_keeps_int8_weights(mlperf, model):
     print(f"{model}: params.bin {size} B, int8 weights + int32 biases {weights} B ({size / weights:.3f}x), "
           f"int8 {int8_bytes} B, {channels} output channels")
     # every int8 weight is there once, as int8; besides, per output channel a bias, Q31
-    # multiplier and shift (harness.compile.int8.RequantLayout: 7 or 9 B; TFLM's flatbuffer
-    # keeps 12 B per channel besides the bias: a float scale and an int64 zero point); per
-    # tensor a header (name, dtype, shape: ~60-80 B) and 64-byte alignment.
+    # multiplier and shift (harness.compile.int8.RequantLayout: 7 or 9 B, or 2 or 4 when one
+    # multiplier serves all; TFLM's flatbuffer keeps 12 B per channel besides the bias: a
+    # float scale and an int64 zero point); per tensor a header (name, dtype, shape: ~60-80 B)
+    # and 64-byte alignment.
     assert int8_bytes <= weights
     # The issue's bound, 10% over the weights and biases. KWS (24 KB of weights in 21
     # tensors) misses it: names, headers and padding are 2,128 B (8.7%), multipliers and
