@@ -16,6 +16,7 @@ import pytest
 
 from harness.run import run_on_target
 from harness.config.targets import load_target
+from harness.models import mlperf_tiny
 
 EXAMPLES = ["mlp", "cnn", "dscnn", "residual", "concat", "batchnorm", "multi_io"]
 
@@ -31,6 +32,20 @@ def test_example_on_the_board(shared_board, example_models, model, transport):
     assert all(o["max_abs_err"] <= 1e-5 for o in result.outputs)
     # the on-device latency is reported
     assert result.iters == 3 and result.latency_us["mean"] > 0
+
+
+def test_int8_mlperf_model_on_the_board_matches_tflite_micro(shared_board, tmp_path):
+    """A full-integer .tflite model (MLPerf Tiny's autoencoder, the quickest) over SSH, judged
+    against TFLM's interpreter: bit exact."""
+    why = mlperf_tiny.available()
+    if why:
+        pytest.skip(why)
+    model = mlperf_tiny.write_mlperf_tiny(tmp_path, ["mlperf-ad"])["mlperf-ad"]
+    result = run_on_target(model, load_target("rpi-qemu"), toolchain="host", iters=1)
+    assert result.error is None, result.error
+    assert result.passed, json.dumps(result.outputs, indent=1)
+    (out,) = result.outputs
+    assert (out["reference"], out["dtype"], out["differing"]) == ("tflite-micro", "int8", 0), out
 
 
 def test_cli_main_job_on_the_default_target(shared_board, example_models):

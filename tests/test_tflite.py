@@ -178,12 +178,18 @@ def test_qdq_onnx_matches_onnxruntime_in_units(qdq, target_name, model):
     # convolutions and the dense layer run as integer kernels, their weights int8
     kernels = compile_model(qdq[model], target_name).metadata["kernels"]
     assert any("int8_conv2d" in k for k in kernels) and any("int8_dense" in k for k in kernels), kernels
+    # max pooling and the reshape share their input's quantization: on int8 as they are, no
+    # dequantize / quantize around them
+    assert "max_pool2d" in kernels and not any(("max_pool" in k or "reshape" in k) and "quantize" in k
+                                               for k in kernels), kernels
 
 
 # every target class: the host, ARMv7 Linux under qemu-user, Cortex-M4 firmware under QEMU,
-# and KWS on a Cortex-M3 with no FPU (soft-float build: the int8 kernels need no float)
+# KWS on a Cortex-M3 with no FPU (soft-float build: the int8 kernels need no float) and on a
+# Cortex-M7 (FPv5, mps2-an500). The emulated board runs one in tests/test_board_run.py.
 MLPERF_CASES = ([(m, t) for t in ("x86_64", "qemu-armv7") for m in mlperf_tiny.INT8_MODELS + mlperf_tiny.FLOAT_MODELS]
-                + [(m, "cortex-m4-qemu") for m in mlperf_tiny.INT8_MODELS] + [("mlperf-kws", "cortex-m3-qemu")])
+                + [(m, "cortex-m4-qemu") for m in mlperf_tiny.INT8_MODELS]
+                + [("mlperf-kws", "cortex-m3-qemu"), ("mlperf-kws", "cortex-m7-qemu")])
 
 
 @pytest.mark.parametrize(("model", "target_name"), MLPERF_CASES)

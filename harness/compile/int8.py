@@ -16,8 +16,8 @@ int32, then requantized to int8 with the source format's arithmetic:
   rounds half to even when it quantizes; the kernels requantize the exact int32 accumulator
   the same way (within a unit of it: onnxruntime's float sum rounds on the way).
 
-Weights stay int8 in params.bin; per output channel the kernels read one int32 table
-[bias, multiplier, shift]. An operator with no integer kernel here stays on the float path,
+Weights stay int8 in params.bin; per output channel the kernels read bias, multiplier and
+shift from one int32 table per layer, laid out to take the fewest bytes (RequantLayout). An operator with no integer kernel here stays on the float path,
 logged once per operator.
 """
 
@@ -60,11 +60,118 @@ def quantize_multiplier(real: float) -> tuple[int, int]:
     return q, exponent
 
 
-def requant_table(bias: np.ndarray, real_multipliers: np.ndarray) -> np.ndarray:
-    """The int32 [3, channels] table a kernel reads per output channel: bias, multiplier, shift."""
+INT16_MIN, INT16_MAX = -(2 ** 15), 2 ** 15 - 1
+
+
+@dataclass(frozen=True)
+class RequantLayout:
+    """Where a kernel finds each output channel's bias, Q31 multiplier and shift in its flat
+    int32 table, chosen per layer at compile time to take the fewest bytes (the table is most
+    of what params.bin holds beyond the weights: 12 B per channel laid out plainly):
+
+    - biases: int32 words, or two int16 per word (channel 2k in the low half) when every bias
+      fits in 16 bits;
+    - then (absent for onnxruntime's arithmetic, which takes float scales) an int32 Q31
+      multiplier per channel, then the shifts, four int8 per word (channel 4k in the low byte);
+      or, when every channel has the same multiplier and shift (per-tensor weights, as in most
+      fully connected layers), the one multiplier and the one shift (2 words).
+
+    2 to 9 B per channel instead of 12. Packing the shift into the multiplier word's two
+    spare bits as well (the significand has bit 30 set) saved 576 B more on KWS but cost 12%
+    more instructions on Cortex-M4 (16.9 M -> 18.9 M): not done.
+    """
+
+    channels: int
+    bias16: bool
+    multipliers: bool
+    per_tensor: bool = False
+
+    @property
+    def bias_words(self) -> int:
+        return (self.channels + 1) // 2 if self.bias16 else self.channels
+
+    @property
+    def words(self) -> int:
+        if not self.multipliers:
+            return self.bias_words
+        if self.per_tensor:
+            return self.bias_words + 2
+        return self.bias_words + self.channels + (self.channels + 3) // 4
+
+    def reader(self, table: Any) -> RequantReader:
+        return RequantReader(self, table)
+
+
+@dataclass(frozen=True)
+class RequantReader:
+    """A kernel's view of its table (a TE placeholder): TIR expressions for a channel's values."""
+
+    layout: RequantLayout
+    table: Any
+
+    def bias(self, channel: Any) -> Any:
+        if not self.layout.bias16:
+            return self.table[channel]
+        # the channel's half down, then sign-extended (no shift of a negative value)
+        down = (channel % 2).astype("int32") * _c(16)
+        return (self.table[channel // 2] >> down).astype("int16").astype("int32")
+
+    def multiplier(self, channel: Any) -> Any:
+        return self.table[self.layout.bias_words + (0 if self.layout.per_tensor else channel)]
+
+    def shift(self, channel: Any) -> Any:
+        if self.layout.per_tensor:
+            return self.table[self.layout.bias_words + 1]
+        at = self.layout.bias_words + self.layout.channels
+        down = (channel % 4).astype("int32") * _c(8)
+        return (self.table[at + channel // 4] >> down).astype("int8").astype("int32")
+
+
+def requant_table(bias: np.ndarray, real_multipliers: np.ndarray | None) -> tuple[np.ndarray, RequantLayout]:
+    """The int32 table a kernel reads per output channel (see RequantLayout) and its layout:
+    the bias with, for TFLM's arithmetic, the Q31 multiplier and shift of each real multiplier
+    (None: onnxruntime's arithmetic, bias only)."""
+    bias = np.asarray(bias).astype(np.int64).reshape(-1)
+    channels = bias.size
+    bias16 = bool(channels) and int(bias.min()) >= INT16_MIN and int(bias.max()) <= INT16_MAX
+    if bias16:
+        halves = np.zeros(2 * ((channels + 1) // 2), dtype=np.int16)
+        halves[:channels] = bias
+        words = [halves.view("<u4").astype(np.int64)]
+    else:
+        words = [bias]
+    if real_multipliers is None:
+        return _int32_words(words), RequantLayout(channels, bias16, multipliers=False)
     pairs = [quantize_multiplier(float(m)) for m in real_multipliers]
-    return np.stack([bias.astype(np.int64), np.array([p[0] for p in pairs], dtype=np.int64),
-                     np.array([p[1] for p in pairs], dtype=np.int64)]).astype(np.int32)
+    if channels and len(set(pairs)) == 1:
+        words.append(np.array(pairs[0], dtype=np.int64))
+        return _int32_words(words), RequantLayout(channels, bias16, multipliers=True, per_tensor=True)
+    shift_bytes = np.zeros(4 * ((channels + 3) // 4), dtype=np.int8)
+    shift_bytes[:channels] = [p[1] for p in pairs]
+    words += [np.array([p[0] for p in pairs], dtype=np.int64), shift_bytes.view("<u4").astype(np.int64)]
+    return _int32_words(words), RequantLayout(channels, bias16, multipliers=True)
+
+
+def _int32_words(parts: list[np.ndarray]) -> np.ndarray:
+    """Words given as integers (signed or unsigned 32-bit values) -> one int32 array."""
+    return (np.concatenate(parts).astype(np.int64) & 0xFFFFFFFF).astype(np.uint32).view(np.int32)
+
+
+def read_requant_table(table: np.ndarray, layout: RequantLayout) -> dict[str, np.ndarray]:
+    """The table's values per channel (bias, and multiplier and shift when it has them), as
+    the kernels decode them: the host's mirror of RequantReader, for tests and reports."""
+    words = np.asarray(table, dtype=np.int32)
+    c, at = layout.channels, layout.bias_words
+    bias = words[:at].view(np.int16)[:c].astype(np.int32) if layout.bias16 else words[:c]
+    out = {"bias": bias}
+    if layout.multipliers:
+        if layout.per_tensor:
+            out["multiplier"] = np.full(c, words[at], dtype=np.int32)
+            out["shift"] = np.full(c, words[at + 1], dtype=np.int32)
+        else:
+            out["multiplier"] = words[at : at + c]
+            out["shift"] = words[at + c :].view(np.int8)[:c].astype(np.int32)
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -158,13 +265,16 @@ def _to_int8(value: Any, lo: int = -128, hi: int = 127) -> Any:
     return tvm.tirx.max(tvm.tirx.min(value, _c(hi)), _c(lo)).astype("int8")
 
 
-def _requantize(acc: Any, table: Any, channel: Any, zero_out: int, arithmetic: str, real: Any = None) -> Any:
-    """int32 accumulator (bias not yet added) of output `channel` -> int8."""
+def _requantize(acc: Any, table: RequantReader, channel: Any, zero_out: int, arithmetic: str,
+                real: Any = None) -> Any:
+    """int32 accumulator (bias not yet added) of output `channel` -> int8; `table` reads the
+    channel's bias, multiplier and shift (RequantReader)."""
     import tvm
 
-    total = acc + table[0, channel]
+    total = acc + table.bias(channel)
     if arithmetic == TFLM:
-        return _to_int8(multiply_by_quantized_multiplier(total, table[1, channel], table[2, channel]) + _c(zero_out))
+        return _to_int8(multiply_by_quantized_multiplier(total, table.multiplier(channel), table.shift(channel))
+                        + _c(zero_out))
     # onnxruntime: float32 product, rounded half to even, then the zero point
     scaled = total.astype("float32") * real[channel]
     return _to_int8(tvm.tirx.nearbyint(scaled).astype("int32") + _c(zero_out))
@@ -363,13 +473,14 @@ def _sat_shift_left_ref(x: int, exponent: int) -> int:
     return INT32_MAX if x > threshold else INT32_MIN if x < -threshold else x << exponent
 
 
-def exp_on_negative_values_ref(a: int) -> int:
-    """gemmlowp's exp_on_negative_values: exp(a) for a <= 0 given in Q5.26, in Q0.31."""
-    frac = 31 - SOFTMAX_DIFF_BITS
+def exp_on_negative_values_ref(a: int, integer_bits: int = SOFTMAX_DIFF_BITS) -> int:
+    """gemmlowp's exp_on_negative_values: exp(a) for a <= 0 given with `integer_bits` integer
+    bits (softmax: Q5.26), in Q0.31."""
+    frac = 31 - integer_bits
     quarter = 1 << (frac - 2)
     a_mod = (a & (quarter - 1)) - quarter  # in [-1/4, 0)
     # exp on [-1/4, 0): Taylor expansion around -1/8, all in Q0.31
-    x = (a_mod << SOFTMAX_DIFF_BITS) + (1 << 28)
+    x = (a_mod << integer_bits) + (1 << 28)
     x2 = srdhm_ref(x, x)
     x3 = srdhm_ref(x2, x)
     x4 = srdhm_ref(x2, x2)
@@ -377,9 +488,56 @@ def exp_on_negative_values_ref(a: int) -> int:
     result = _wrap32(1895147668 + srdhm_ref(1895147668, _wrap32(x + poly)))
     remainder = a_mod - a
     for exponent, multiplier in _EXP_BARREL:
-        if remainder & (1 << (frac + exponent)):
+        if exponent < integer_bits and remainder & (1 << (frac + exponent)):
             result = srdhm_ref(result, multiplier)
     return INT32_MAX if a == 0 else result
+
+
+def one_over_one_plus_x_ref(a: int) -> int:
+    """gemmlowp's one_over_one_plus_x_for_x_in_0_1: 1 / (1 + a) for a in [0, 1) in Q0.31, in
+    Q0.31: Newton-Raphson in Q2.29 from 48/17 - 32/17 d (softmax_te has it in TIR)."""
+    half_den = (a + INT32_MAX + 1) >> 1  # RoundingHalfSum(a, 1.0); a >= 0
+    x = 1515870810 + srdhm_ref(half_den, -1010580540)
+    for _ in range(3):
+        x = x + _sat_shift_left_ref(srdhm_ref(x, (1 << 29) - srdhm_ref(half_den, x)), 2)
+    return _sat_shift_left_ref(x, 1)
+
+
+LOGISTIC_INPUT_BITS = 4  # TFLM's int8 logistic takes its input in Q4.27
+
+
+def logistic_table(input_scale: float, input_zero: int) -> np.ndarray:
+    """TFLM's int8 logistic (output scale 1/256, zero point -128) of every int8 input, index
+    x + 128: the input rescaled to Q4.27 by a Q31 multiplier, gemmlowp's fixed-point logistic,
+    then rounded to 8 bits; inputs beyond the radius saturate. 256 bytes, read by the kernel."""
+    real = float(np.float32(input_scale)) * (1 << (31 - LOGISTIC_INPUT_BITS))
+    multiplier, shift = quantize_multiplier(real)
+    radius = math.floor(((1 << LOGISTIC_INPUT_BITS) - 1) * (1 << (31 - LOGISTIC_INPUT_BITS)) / (1 << shift))
+    table = np.zeros(256, dtype=np.int8)
+    for q in range(-128, 128):
+        x = q - input_zero
+        if x <= -radius:
+            table[q + 128] = -128
+            continue
+        if x >= radius:
+            table[q + 128] = 127
+            continue
+        a = multiply_by_quantized_multiplier_ref(x, multiplier, shift)  # Q4.27
+        if a == 0:
+            value = 1 << 30  # one half
+        else:
+            positive = one_over_one_plus_x_ref(exp_on_negative_values_ref(-abs(a), LOGISTIC_INPUT_BITS))
+            value = positive if a > 0 else INT32_MAX - positive
+        table[q + 128] = min(max(rounding_divide_by_pot_ref(value, 31 - 8) - 128, -128), 127)
+    return table
+
+
+def lookup_te(x: Any, table: Any) -> Any:
+    """Each int8 value through a 256-entry int8 table (index value + 128)."""
+    from tvm import te
+
+    return te.compute(tuple(int(d) for d in x.shape), lambda *i: table[x[i].astype("int32") + _c(128)],
+                      name="lookup")
 
 
 def softmax_exp_table(spec: SoftmaxSpec) -> np.ndarray:
@@ -393,6 +551,13 @@ def softmax_exp_table(spec: SoftmaxSpec) -> np.ndarray:
             scaled = srdhm_ref(_wrap32(diff * (1 << spec.left_shift)), spec.multiplier)
             table[d] = exp_on_negative_values_ref(scaled)
     return table
+
+
+def trim_exp_table(table: np.ndarray) -> np.ndarray:
+    """The exp table without its tail of zeros but one (a large input scale makes most of the
+    256 differences underflow): the kernel reads index min(difference, last)."""
+    nonzero = np.flatnonzero(table)
+    return table[: min(int(nonzero[-1]) + 2 if nonzero.size else 1, table.size)]
 
 
 def _sat_shift_left(x: Any, exponent: int) -> Any:
@@ -410,7 +575,10 @@ def softmax_te(x: Any, exp_table: Any) -> Any:
     rows, depth = (int(d) for d in x.shape)
     rc = te.reduce_axis((0, depth), "rc")
     row_max = te.compute((rows,), lambda i: te.max(x[i, rc].astype("int32"), axis=rc), name="row_max")
-    exps = te.compute((rows, depth), lambda i, c: exp_table[row_max[i] - x[i, c].astype("int32")], name="exps")
+    last = int(exp_table.shape[0]) - 1  # a trimmed table ends with its one zero (trim_exp_table)
+    exps = te.compute((rows, depth), lambda i, c: exp_table[
+        tvm.tirx.min(row_max[i] - x[i, c].astype("int32"), _c(last)) if last < 255 else
+        row_max[i] - x[i, c].astype("int32")], name="exps")
     rk = te.reduce_axis((0, depth), "rk")
     sums = te.compute((rows,), lambda i: te.sum(
         rounding_divide_by_pot(exps[i, rk], SOFTMAX_ACCUM_BITS), axis=rk), name="sum_exps")  # Q12.19
@@ -439,6 +607,13 @@ def softmax_te(x: Any, exp_table: Any) -> Any:
 
 # ---------------------------------------------------------------------------------------------
 # The rewrite
+
+#: Relax operators that only move or select values (one tensor argument; then those with a
+#: second, non-tensor argument such as a shape): on int8 as they are when the quantization
+#: in and out is one.
+MOVE_OPS_UNARY = ("nn.max_pool2d", "permute_dims", "squeeze", "expand_dims", "flatten")
+MOVE_OPS_WITH_ARG = ("reshape",)
+MAX_CONCAT_INPUTS = 6  # concatenations of 2..6 quantized tensors are matched
 
 
 def _scalar(expr: Any) -> float:
@@ -500,7 +675,7 @@ def rewrite_int8(mod: Any, arithmetic: str) -> tuple[Any, Int8Rewrite]:
     kernel; return the new module and what was done."""
     from tvm import relax
     from tvm.ir.expr import Constant
-    from tvm.relax.dpl import is_const, is_op, rewrite_call, wildcard
+    from tvm.relax.dpl import is_const, is_op, is_tuple, rewrite_call, wildcard
 
     state = Int8Rewrite(arithmetic, relax.BlockBuilder(mod))
 
@@ -561,7 +736,7 @@ def rewrite_int8(mod: Any, arithmetic: str) -> tuple[Any, Int8Rewrite]:
         else:
             bq = np.zeros(o, dtype=np.int32)
         real = np.float64(np.float32(s_x)) * s_w / np.float64(np.float32(s_y))
-        table = requant_table(bq, real)
+        table, table_layout = requant_table(bq, real if arithmetic == TFLM else None)
         spec = ConvSpec(strides=tuple(int(v) for v in a.strides), padding=tuple(int(v) for v in a.padding),
                         dilation=tuple(int(v) for v in a.dilation), groups=int(a.groups),
                         layout=str(a.data_layout), zero_in=z_x, zero_out=z_y)
@@ -569,11 +744,11 @@ def rewrite_int8(mod: Any, arithmetic: str) -> tuple[Any, Int8Rewrite]:
         args = [x, w_relax, relax.const(table, "int32")]
         specs = [(x_shape, "int8"), (tuple(w.shape), "int8"), (tuple(table.shape), "int32")]
         if arithmetic == TFLM:
-            return state.call("conv2d", lambda xx, ww, tt: conv2d_te(xx, ww, tt, spec, arithmetic), args, specs)
+            return state.call("conv2d", lambda xx, ww, tt: conv2d_te(xx, ww, table_layout.reader(tt), spec, arithmetic), args, specs)
         real32 = (np.float32(s_x) * s_w.astype(np.float32) / np.float32(s_y)).astype(np.float32)
         args.append(relax.const(real32, "float32"))
         specs.append(((o,), "float32"))
-        return state.call("conv2d", lambda xx, ww, tt, rr: conv2d_te(xx, ww, tt, spec, arithmetic, rr), args, specs)
+        return state.call("conv2d", lambda xx, ww, tt, rr: conv2d_te(xx, ww, table_layout.reader(tt), spec, arithmetic, rr), args, specs)
 
     # --- fully connected / matmul with constant weights -----------------------------------
     fx_in = wildcard()
@@ -612,15 +787,15 @@ def rewrite_int8(mod: Any, arithmetic: str) -> tuple[Any, Int8Rewrite]:
         if bq.dtype != np.int32 or bq.size != cols:
             raise _Skip("bias is not int32 per output")
         real = np.float64(np.float32(s_x)) * s_w / np.float64(np.float32(s_y))
-        table = requant_table(bq, real)
+        table, table_layout = requant_table(bq, real if arithmetic == TFLM else None)
         args = [x, relax.const(np.ascontiguousarray(w), "int8"), relax.const(table, "int32")]
         specs = [(x_shape, "int8"), (tuple(w.shape), "int8"), (tuple(table.shape), "int32")]
         if arithmetic == TFLM:
-            return state.call("dense", lambda xx, ww, tt: dense_te(xx, ww, tt, z_x, z_y, arithmetic), args, specs)
+            return state.call("dense", lambda xx, ww, tt: dense_te(xx, ww, table_layout.reader(tt), z_x, z_y, arithmetic), args, specs)
         real32 = (np.float32(s_x) * s_w.astype(np.float32) / np.float32(s_y)).astype(np.float32)
         args.append(relax.const(real32, "float32"))
         specs.append(((cols,), "float32"))
-        return state.call("dense", lambda xx, ww, tt, rr: dense_te(xx, ww, tt, z_x, z_y, arithmetic, rr), args, specs)
+        return state.call("dense", lambda xx, ww, tt, rr: dense_te(xx, ww, table_layout.reader(tt), z_x, z_y, arithmetic, rr), args, specs)
 
     # --- add of two quantized tensors (+ relu) --------------------------------------------
     a_in, b_in = wildcard(), wildcard()
@@ -691,15 +866,80 @@ def rewrite_int8(mod: Any, arithmetic: str) -> tuple[Any, Int8Rewrite]:
         s_y, z_y = _scalar(orig.args[1]), int(_scalar(orig.args[2]))
         if str(orig.attrs.out_dtype) != "int8" or s_y != 1.0 / 256 or z_y != -128:
             raise _Skip(f"output quantization ({s_y}, {z_y}) is not TFLM's (1/256, -128)")
-        table = softmax_exp_table(softmax_spec(_scalar(m[s_dq].args[1])))
+        table = trim_exp_table(softmax_exp_table(softmax_spec(_scalar(m[s_dq].args[1]))))
         return state.call("softmax", softmax_te, [x, relax.const(table, "int32")],
-                          [(x_shape, "int8"), ((256,), "int32")],
+                          [(x_shape, "int8"), (table.shape, "int32")],
                           as_written="per-row reciprocal steps: inlined, each would repeat its input 3x")
+
+    # --- ops that only move or select values, where input and output share quantization ------
+    # q(op(dq(x))) is op(x) then: dequantizing and quantizing with one (scale, zero point) gives
+    # each int8 back, and max and data movement commute with that monotonic map.
+    mv_in = wildcard()
+    mv_dq = dq(mv_in)
+    moves = [is_op(f"relax.{name}")(mv_dq) for name in MOVE_OPS_UNARY]
+    moves += [is_op(f"relax.{name}")(mv_dq, wildcard()) for name in MOVE_OPS_WITH_ARG]
+    move_op = moves[0]
+    for alt in moves[1:]:
+        move_op = move_op | alt
+    move_root = q_of(move_op)
+
+    def build_move(orig: Any, m: dict) -> Any:
+        x = m[mv_in]
+        inner, deq = next(m[p] for p in moves if p in m), m[mv_dq]
+        name = str(inner.op.name).removeprefix("relax.")
+        if _dtype_of(x) not in ("int8", "uint8") or str(orig.attrs.out_dtype) != _dtype_of(x):
+            raise _Skip(f"{name} of {_dtype_of(x)} to {orig.attrs.out_dtype}")
+        # one scale and zero point for the tensor (per channel, a reshape would move the axis)
+        if (_scalar(deq.args[1]), _scalar(deq.args[2])) != (_scalar(orig.args[1]), _scalar(orig.args[2])):
+            raise _Skip(f"{name} with another quantization out than in")
+        state.counts[name] = state.counts.get(name, 0) + 1
+        return relax.Call(inner.op, [x, *inner.args[1:]], inner.attrs)
+
+    # --- concatenation of tensors that all share the output's quantization: a copy ---------
+    # (TFLM and LiteRT refuse an int8 concatenation whose input scales differ from the output's)
+    cat_ins = [[wildcard() for _ in range(k)] for k in range(2, MAX_CONCAT_INPUTS + 1)]
+    cat_dqs = [[dq(x) for x in ins] for ins in cat_ins]
+    cats = [is_op("relax.concat")(is_tuple(d)) for d in cat_dqs]
+    cat_op = cats[0]
+    for alt in cats[1:]:
+        cat_op = cat_op | alt
+    concat_root = q_of(cat_op)
+
+    def build_concat(orig: Any, m: dict) -> Any:
+        k = next(i for i, c in enumerate(cats) if c in m)
+        xs, deqs = [m[x] for x in cat_ins[k]], [m[d] for d in cat_dqs[k]]
+        out_q = (_scalar(orig.args[1]), _scalar(orig.args[2]))
+        if any(_dtype_of(x) != str(orig.attrs.out_dtype) or _dtype_of(x) not in ("int8", "uint8") for x in xs):
+            raise _Skip("inputs of another dtype than the output")
+        if any((_scalar(d.args[1]), _scalar(d.args[2])) != out_q for d in deqs):
+            raise _Skip("an input quantized otherwise than the output")
+        state.counts["concat"] = state.counts.get("concat", 0) + 1
+        return relax.op.concat(xs, axis=m[cats[k]].attrs.axis)
+
+    # --- logistic to int8 (TFLM's output quantization: scale 1/256, zero point -128) --------
+    l_in = wildcard()
+    l_dq = dq(l_in)
+    logistic_root = q_of(is_op("relax.sigmoid")(l_dq))
+
+    def build_logistic(orig: Any, m: dict) -> Any:
+        x = m[l_in]
+        x_shape, x_dtype = _shape_dtype(x)
+        if arithmetic != TFLM:
+            raise _Skip("only TFLM's integer logistic is implemented")
+        s_y, z_y = _scalar(orig.args[1]), int(_scalar(orig.args[2]))
+        if x_dtype != "int8" or str(orig.attrs.out_dtype) != "int8" or s_y != 1.0 / 256 or z_y != -128:
+            raise _Skip(f"not int8 in and out at TFLM's output quantization (1/256, -128): ({s_y}, {z_y})")
+        table = logistic_table(_scalar(m[l_dq].args[1]), int(_scalar(m[l_dq].args[2])))
+        return state.call("logistic", lookup_te, [x, relax.const(table, "int8")],
+                          [(x_shape, "int8"), ((256,), "int8")])
 
     func = mod["main"]
     for kind, pattern, build in (("conv2d", conv_root, build_conv), ("dense", fc_root, build_dense),
                                  ("add", add_root, build_add), ("avg_pool", pool_root, build_pool),
-                                 ("softmax", softmax_root, build_softmax)):
+                                 ("softmax", softmax_root, build_softmax),
+                                 ("logistic", logistic_root, build_logistic),
+                                 ("data movement", move_root, build_move),
+                                 ("concat", concat_root, build_concat)):
         func = rewrite_call(pattern, guarded(kind, build), func)
     out = state.builder.get()
     out["main"] = func

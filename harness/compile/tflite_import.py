@@ -141,17 +141,64 @@ def _one_line(message: str) -> str:
     return re.sub(r"\s+", " ", text)
 
 
+#: Quantized operators that only move int8 values (the frontend refuses them quantized, but
+#: as written they are exact: PAD fills with the zero point, input and output share it).
+DATA_MOVEMENT_OPS = frozenset({"PAD", "PADV2", "TRANSPOSE"})
+
+
+def operator_converter() -> type:
+    """TVM's TFLite OperatorConverter, extended where real models need it: quantized PAD and
+    TRANSPOSE, and FULLY_CONNECTED on an input of any rank (TFLite flattens it to [-1, K]
+    unless keep_num_dims; the frontend multiplies it as it is)."""
+    from tflite.FullyConnectedOptions import FullyConnectedOptions
+    from tvm import relax
+    from tvm.relax.frontend.tflite.tflite_frontend import OperatorConverter
+
+    class Converter(OperatorConverter):
+        _SUPPORTED_QUANTIZED_OPS = OperatorConverter._SUPPORTED_QUANTIZED_OPS | DATA_MOVEMENT_OPS
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self._flattened: tuple[int, Any] | None = None  # (tensor index, its [-1, K] form)
+
+        def convert_fully_connected(self, op: Any) -> Any:
+            data, weight = self.get_input_tensors(op)[:2]
+            shape = [int(d) for d in self.get_tensor_shape(data)]
+            depth = int(self.get_tensor_shape(weight)[1])
+            options = FullyConnectedOptions()
+            table = op.BuiltinOptions()
+            options.Init(table.Bytes, table.Pos)
+            if len(shape) != 2 and not options.KeepNumDims():
+                if int(np.prod(shape)) % depth:
+                    raise CompileError(f"FULLY_CONNECTED: input shape {shape} does not flatten to rows of {depth}")
+                flat = relax.op.reshape(self.get_tensor_expr(data), [int(np.prod(shape)) // depth, depth])
+                self._flattened = (data.tensor_idx, flat)
+            try:
+                return super().convert_fully_connected(op)
+            finally:
+                self._flattened = None
+
+        def get_tensor_expr(self, tensor: Any, is_sparse: bool = False) -> Any:
+            if self._flattened is not None and tensor.tensor_idx == self._flattened[0]:
+                return self._flattened[1]
+            return super().get_tensor_expr(tensor, is_sparse)
+
+    return Converter
+
+
 def import_tflite(model: TfliteModel, path: Path, op_converter: Any = None) -> Any:
     """TFLite -> Relax IRModule with weights as constants. `op_converter` (a subclass of the
-    frontend's OperatorConverter) replaces how some operators are imported."""
+    frontend's OperatorConverter; operator_converter() by default) says how operators import."""
     import tvm
     from tvm.relax.frontend.tflite import from_tflite
 
-    kwargs = {"op_converter": op_converter} if op_converter is not None else {}
+    kwargs = {"op_converter": op_converter or operator_converter()}
     shapes = {i.name: i.shape for i in model.inputs}
     dtypes = {i.name: i.dtype for i in model.inputs}
     try:
         return from_tflite(model.model, shape_dict=shapes, dtype_dict=dtypes, **kwargs)
+    except CompileError as exc:
+        raise CompileError(f"{path}: {exc}") from None
     except tvm.error.OpNotImplemented as exc:
         text = str(exc)
         named = sorted({op for op in model.op_types if re.search(rf"'{re.escape(op)}'", text)})
