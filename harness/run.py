@@ -18,6 +18,7 @@ import numpy as np
 
 from harness import REPO_ROOT
 from harness.formats import tensorfile
+from harness.formats.frames import MAX_ITERS
 from harness.check.compare import DEFAULT_ATOL, DEFAULT_RTOL, OutputCheck, compare_output
 from harness.errors import HarnessError
 from harness.check.reference import Consensus
@@ -239,6 +240,8 @@ def run_on_target(
     from harness.config.readiness import is_emulated
     from harness.device.open import open_transport
 
+    if not 1 <= iters <= MAX_ITERS:
+        raise HarnessError(f"iters {iters:,}: must be 1 to {MAX_ITERS:,} (inferences per request on every device)")
     kind = transport or target.transport.kind
     result = RunResult(model=model.stem, target=target.name, transport=kind, commit=git_commit(),
                        emulated=is_emulated(target, kind),
