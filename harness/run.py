@@ -132,7 +132,7 @@ def execute(transport: Any, runner: Path, artifact: Any, inputs_blob: bytes, ite
     `threads`: for the kernels' parallel loops (None: the device's cores; see run_model)."""
     workspace = int(artifact.metadata.get("workspace_bytes", 0))
     remote_runner = f"{transport.workdir}/minrt-run"
-    log.info("deploying runner and model to %s", getattr(transport, "name", "device"))
+    log.debug("deploying runner and model to %s", getattr(transport, "name", "device"))
     transport.put(runner, remote_runner)
     return transport.run_model(remote_runner, artifact.graph_json.read_bytes(),
                                artifact.params_bin.read_bytes(), inputs_blob, iters, workspace, timeout,

@@ -321,3 +321,17 @@ def test_bench_on_an_emulated_target_says_so():
     assert header[:4] == ["model", "threads", "minrt", "min"]  # the threads column: minrt and onnxruntime alike
     assert "minrt times on qemu-armv7 are emulated" in proc.stdout
     assert re.search(r"\d (us|ms|s) ", proc.stdout.splitlines()[1]), proc.stdout
+
+
+def test_bench_progress_is_one_line_per_round_without_transport_steps():
+    """Each round is one progress line; deploying, 'running N iteration(s)' and per-file copies
+    are -v detail (they were printed for every round of every model)."""
+    proc = harness("bench", "mlp", "--target", "x86_64", "--toolchain", "host", "--rounds", "2",
+                   "--iters", "2", "--no-store")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert [l for l in proc.stderr.splitlines() if "bench mlp round" in l][-1].startswith("harness: bench mlp round 2/2")
+    for noise in ("deploying runner", "iteration(s)", "put minrt-run"):
+        assert noise not in proc.stderr, (noise, proc.stderr)
+    verbose = harness("bench", "mlp", "--target", "x86_64", "--toolchain", "host", "--rounds", "1",
+                      "--iters", "2", "--no-store", "-v")
+    assert verbose.returncode == 0 and "deploying runner and model to local" in verbose.stderr, verbose.stderr[-3000:]
