@@ -246,7 +246,10 @@ def test_tvm_warnings_go_to_a_log_file_unless_verbose(tmp_path):
 
 
 @pytest.mark.parametrize("us, text", [(9.8, "9.8 us"), (254.0, "254 us"), (2587.1, "2.59 ms"),
-                                      (2587102.2, "2.59 s"), (125e6, "125 s"), (None, "-")])
+                                      (2587102.2, "2.59 s"), (125e6, "125 s"), (None, "-"),
+                                      # under 10 us too: 3 figures (a 0.271 us kernel was "0.3 us")
+                                      (0.271, "0.271 us"), (5.678, "5.68 us"), (999.7, "1 ms"),
+                                      (1.5e9, "1500 s")])
 def test_durations_are_written_in_a_unit_chosen_by_size(us, text):
     from harness.formats.text import duration
 
