@@ -660,6 +660,8 @@ def _run_jobs(inventory: Inventory, models: Sequence[Path | str], targets: list[
         report.json_path.write_text(json_text(report.to_dict(), indent=2))
         report.junit_path = out_dir / "farm-results.xml"
         write_junit(report, report.junit_path)
+        if store is not None:
+            store.record_farm_report(batch, report.json_path)
     passed = sum(j.passed for j in jobs)
     log.info("farm: %d/%d job(s) passed", passed, len(jobs))
     if interrupted:

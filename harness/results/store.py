@@ -90,6 +90,10 @@ CREATE TABLE IF NOT EXISTS device_health (
     updated TEXT NOT NULL,
     evidence TEXT
 );
+CREATE TABLE IF NOT EXISTS farm_reports (
+    batch TEXT PRIMARY KEY,
+    path TEXT NOT NULL
+);
 """
 
 #: device_health.state values: a healthy device takes jobs, a quarantined one does not until
@@ -408,6 +412,18 @@ class ResultStore:
             except BaseException:
                 db.execute("ROLLBACK")
                 raise
+
+    def record_farm_report(self, batch: str, path: Path | str) -> None:
+        """Remember where a farm wrote its report (farm-results.json), so the dashboard finds
+        the batch's evidence without being told `--farm-out`."""
+        with self._connect() as db:
+            db.execute("INSERT OR REPLACE INTO farm_reports (batch, path) VALUES (?, ?)",
+                       (batch, str(Path(path).resolve())))
+
+    def farm_reports(self) -> list[Path]:
+        """The farm reports recorded by record_farm_report, oldest batch first."""
+        with self._connect() as db:
+            return [Path(r[0]) for r in db.execute("SELECT path FROM farm_reports ORDER BY batch")]
 
     def clear_device(self, device: str) -> bool:
         """Return quarantined device(s) of this name or health key to service (failures reset);
