@@ -256,6 +256,14 @@ def test_durations_are_written_in_a_unit_chosen_by_size(us, text):
     assert duration(us) == text
 
 
+@pytest.mark.parametrize("value, text", [(1.4512, "1.45"), (13.62, "13.6"), (0.0237, "0.0237"), (0.0161, "0.0161"),
+                                         (None, "-")])
+def test_ratios_keep_three_figures(value, text):
+    from harness.formats.text import ratio
+
+    assert ratio(value) == text
+
+
 def test_qemu_user_latency_is_labelled_emulated_and_outputs_kept(tmp_path):
     proc = harness("run", "mlp", "--target", "qemu-armv7", "--toolchain", "host", "--iters", "2",
                    "--outputs", str(tmp_path))

@@ -24,6 +24,12 @@ def duration(us: float | None) -> str:
     return f"{value:.3g} {unit}" if abs(value) < 1000 else f"{value:.0f} {unit}"
 
 
+def ratio(value: float | None) -> str:
+    """A ratio with three significant figures, like durations: 1.45, 13.6, 0.0237 (two decimals
+    wrote a 40x speedup as 0.02 and a 60x one as 0.02 too)."""
+    return "-" if value is None else f"{value:.3g}"
+
+
 def count(value: float | None, unit: str = "") -> str:
     """A count with thousands separators: "1,141,720 emulated instructions"."""
     if value is None:
