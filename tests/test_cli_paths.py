@@ -213,6 +213,16 @@ def test_farm_runs_a_dynamic_model_named_positionally(dynamic_model, tmp_path):
     assert "1/1 passed" in proc.stdout
 
 
+def test_farm_run_takes_the_tolerances_of_run(tmp_path):
+    """`harness farm run --atol/--rtol` as `harness run` has them (farm refused them): tolerances
+    of 0 fail mlp, whose outputs differ from the references by ~6e-8."""
+    proc = harness("farm", "run", "mlp", "--target", "x86_64", "--toolchain", "host", "--iters", "1",
+                   "--atol", "0", "--rtol", "0", "--out", str(tmp_path / "farm"), "--results", str(tmp_path / "r.sqlite"))
+    assert proc.returncode == 1, proc.stdout + proc.stderr[-3000:]
+    assert "0/1 passed" in proc.stdout
+    assert re.search(r"\"atol\": 0(\.0)?,", (tmp_path / "farm" / "farm-results.json").read_text())
+
+
 # -- tuning: the budget is the total, progress is a line per batch -----------------------------
 
 

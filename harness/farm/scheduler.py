@@ -591,6 +591,15 @@ def run_farm(
                          out_dir, lease_timeout, job_timeout, on_start, keep, check_health)
 
 
+def _tolerances_given(args: argparse.Namespace) -> dict[str, float]:
+    """--atol/--rtol as `harness run` takes them, passed to the job runner only when given, so a
+    custom --runner that compares otherwise is not handed options it does not know."""
+    from harness.check.compare import DEFAULT_ATOL, DEFAULT_RTOL
+
+    given = {"atol": args.atol, "rtol": args.rtol}
+    return {k: v for k, v in given.items() if v != {"atol": DEFAULT_ATOL, "rtol": DEFAULT_RTOL}[k]}
+
+
 @contextlib.contextmanager
 def _own_out_dir(out_dir: Path) -> Iterator[None]:
     """Hold `out_dir` for one farm: a second farm given the same directory stops at once with
@@ -720,6 +729,7 @@ def configure_parser(p: argparse.ArgumentParser, options: Any) -> None:
     options.add_iters(r)
     options.add_toolchain(r)
     options.add_input_shapes(r)
+    options.add_tolerances(r)
     r.add_argument("--runner", default=DEFAULT_RUNNER,
                    help=f"job runner 'module:function' (default {DEFAULT_RUNNER})")
     r.add_argument("--lease-timeout", type=options.positive_float, default=3600.0,
@@ -798,7 +808,8 @@ def command(args: argparse.Namespace) -> int:
     try:
         report = run_farm(inventory, resolve_models(args.model), args.target, job_runner=args.runner,
                           runner_options={"iters": args.iters, "toolchain": args.toolchain,
-                                          **({"input_shapes": args.input_shapes} if args.input_shapes else {})},
+                                          **({"input_shapes": args.input_shapes} if args.input_shapes else {}),
+                                          **_tolerances_given(args)},
                           store=store, batch=args.batch, out_dir=Path(args.out),
                           lease_timeout=args.lease_timeout, job_timeout=args.job_timeout,
                           keep=args.keep, check_health=not args.no_health_check)
