@@ -94,6 +94,9 @@ def test_a_clean_night_has_no_fatal_regression(clean_store: ResultStore, tmp_pat
     regs = find_regressions(clean_store)
     assert regs and not any(r.fatal for r in regs)
     assert {r.kind for r in regs} == {"latency", "missing"}
+    # in the unit of its size, like every latency the harness prints
+    slower = next(r for r in regs if r.kind == "latency" and (r.model, r.target) == ("cnn", "x86_64"))
+    assert slower.message == "cnn on x86_64: mean latency 130 us -> 260 us", slower.message
 
 
 def _chromium() -> str:

@@ -173,7 +173,7 @@ def find_regressions(
             unit = now[3]  # times or counts, compared only in the same unit
             found.append(Regression("latency", target, model, was[1], now[1],
                                     f"{model} on {target}: mean latency {latency_number(was[1], unit)} -> "
-                                    f"{latency_number(now[1], unit)} {unit}", False))
+                                    f"{latency_number(now[1], unit)}", False))
     found.sort(key=lambda r: (not r.fatal, r.kind, r.target, r.model or ""))
     return found
 

@@ -177,8 +177,11 @@ class RunRow:
 
 
 def latency_number(value: float, unit: str) -> str:
-    """A latency figure as written in its unit: "120.0" us, "1,141,720" counts."""
-    return f"{value:.1f}" if unit == "us" else f"{value:,.0f}"
+    """A latency figure with its unit: "120 us", "2.59 ms", "0.271 us", "1,141,720 emulated
+    instructions" (one decimal of us wrote 0.27 -> 0.36 us as "0.3 -> 0.4")."""
+    from harness.formats.text import duration
+
+    return duration(value) if unit == "us" else f"{value:,.0f} {unit}"
 
 
 def latency_text(row: RunRow) -> str:
