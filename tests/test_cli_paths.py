@@ -220,6 +220,11 @@ def test_farm_run_takes_the_tolerances_of_run(tmp_path):
                    "--atol", "0", "--rtol", "0", "--out", str(tmp_path / "farm"), "--results", str(tmp_path / "r.sqlite"))
     assert proc.returncode == 1, proc.stdout + proc.stderr[-3000:]
     assert "0/1 passed" in proc.stdout
+    # the FAIL row says why (its error column was empty for a mismatch)
+    fail = next(line for line in proc.stdout.splitlines() if line.startswith("FAIL"))
+    assert re.search(r"output \S+ vs \S+: \d+ of \d+ values differ \(max abs \S+, atol 0, rtol 0\)", fail), fail
+    junit = (tmp_path / "farm" / "farm-results.xml").read_text()
+    assert re.search(r'<failure message="output \S+ vs \S+: \d+ of \d+ values differ', junit), junit[:2000]
     assert re.search(r"\"atol\": 0(\.0)?,", (tmp_path / "farm" / "farm-results.json").read_text())
 
 

@@ -40,6 +40,7 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 from harness import REPO_ROOT
 from harness.errors import DeviceError, HarnessError, exit_code_of_results
 from harness.build.toolchain import DEFAULT_TOOLCHAIN
+from harness.check.compare import mismatch_summary
 from harness.formats.text import table
 from harness.farm.inventory import Device, Inventory, device_target, inventory_of_targets, load_inventory
 from harness.farm.health import STEPS, ProcessGroups, StepResult, check_device, run_step, step_main
@@ -824,7 +825,7 @@ def _print_report(report: FarmReport, store: Any) -> None:
     rows = []
     for job in report.jobs:
         tries = " -> ".join(f"{a.device}:{a.status}" for a in job.attempts) or "not run"
-        err = (job.result or {}).get("error")
+        err = (job.result or {}).get("error") or mismatch_summary((job.result or {}).get("outputs") or [])
         rows.append(["PASS" if job.passed else "FAIL", job.model.stem, job.target, tries,
                      err.splitlines()[0][:120] if err else ""])
     if rows:
