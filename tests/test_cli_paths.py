@@ -29,9 +29,10 @@ HARNESS = [sys.executable, "-m", "harness.cli"]
 X = "serving_default/x:0"  # a TensorFlow-style input name: '/' and ':' are not file-safe
 
 
-def harness(*args: str, timeout: float = 900, env: dict | None = None) -> subprocess.CompletedProcess:
+def harness(*args: str, timeout: float = 900, env: dict | None = None,
+            cwd: Path | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([*HARNESS, *args], capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, **(env or {})})
+                          env={**os.environ, **(env or {})}, cwd=cwd)
 
 
 @pytest.fixture(scope="module")
@@ -215,14 +216,18 @@ def test_farm_runs_a_dynamic_model_named_positionally(dynamic_model, tmp_path):
 
 def test_farm_run_takes_the_tolerances_of_run(tmp_path):
     """`harness farm run --atol/--rtol` as `harness run` has them (farm refused them): tolerances
-    of 0 fail mlp, whose outputs differ from the references by ~6e-8."""
+    of 0 fail mlp, whose outputs differ from the references by ~6e-8. `--out` relative, as in
+    the README: the report's evidence paths are absolute, so a dashboard built elsewhere finds them."""
     proc = harness("farm", "run", "mlp", "--target", "x86_64", "--toolchain", "host", "--iters", "1",
-                   "--atol", "0", "--rtol", "0", "--out", str(tmp_path / "farm"), "--results", str(tmp_path / "r.sqlite"))
+                   "--atol", "0", "--rtol", "0", "--out", "farm", "--results", str(tmp_path / "r.sqlite"), cwd=tmp_path)
     assert proc.returncode == 1, proc.stdout + proc.stderr[-3000:]
     assert "0/1 passed" in proc.stdout
     # the FAIL row says why (its error column was empty for a mismatch)
     fail = next(line for line in proc.stdout.splitlines() if line.startswith("FAIL"))
     assert re.search(r"output \S+ vs \S+: \d+ of \d+ values differ \(max abs \S+, atol 0, rtol 0\)", fail), fail
+    [job] = json.loads((tmp_path / "farm" / "farm-results.json").read_text())["jobs"]
+    kept = Path(job["attempts"][0]["evidence"]["dir"])
+    assert kept.is_absolute() and (kept / "outputs.bin").is_file(), kept
     junit = (tmp_path / "farm" / "farm-results.xml").read_text()
     assert re.search(r'<failure message="output \S+ vs \S+: \d+ of \d+ values differ', junit), junit[:2000]
     assert re.search(r"\"atol\": 0(\.0)?,", (tmp_path / "farm" / "farm-results.json").read_text())

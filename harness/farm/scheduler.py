@@ -585,9 +585,11 @@ def run_farm(
 
         commit = git_commit()
     batch = batch or time.strftime("farm-%Y%m%dT%H%M%SZ", time.gmtime())
+    # absolute: the report's evidence paths are read later from another directory (the dashboard)
+    out_dir = Path(out_dir).resolve() if out_dir is not None else None
     with contextlib.ExitStack() as stack:
         if out_dir is not None:
-            stack.enter_context(_own_out_dir(Path(out_dir)))
+            stack.enter_context(_own_out_dir(out_dir))
         return _run_jobs(inventory, models, targets, job_runner, runner_options, leases, store, batch, commit,
                          out_dir, lease_timeout, job_timeout, on_start, keep, check_health)
 
