@@ -185,7 +185,9 @@ def check_outputs(model: Path, inputs: Mapping[str, np.ndarray], got: Sequence[n
         return check_quantized(model, inputs, got, output_specs, atol, rtol)
     runs = [try_reference(name, model, inputs, expected_outputs=len(output_specs))
             for name in reference_names()]
-    agreed = consensus(runs, atol, rtol,
+    # The references are float implementations of their own (~1e-7 apart): they are held to each
+    # other at the default tolerance at least, so a strict --atol 0 judges the device, not them.
+    agreed = consensus(runs, max(atol, DEFAULT_ATOL), max(rtol, DEFAULT_RTOL),
                        tiebreak=lambda: try_reference(RELAX_VM, model, inputs, expected_outputs=len(output_specs)))
     if agreed.note:
         log.warning("%s: %s", model.name, agreed.note)
