@@ -22,6 +22,7 @@ from typing import Any, Iterator, Sequence
 from harness.build.toolchain import DEFAULT_TOOLCHAIN, TOOLCHAINS
 from harness.config.targets import DEFAULT_TARGET
 from harness.errors import HarnessError
+from harness.formats.frames import MAX_ITERS
 from harness.transport import transport_kinds
 
 TARGET_HELP = (f"target name in targets/ or a .toml file (default {DEFAULT_TARGET} in every command; "
@@ -54,13 +55,8 @@ def positive_int(text: str) -> int:
     return value
 
 
-#: The most inferences the CLI asks of a device in one request: a count beyond it would run for
-#: hours on a microcontroller (the devices themselves take 1..frames.MAX_ITERS, 2^31 - 1).
-MAX_ITERS = 1_000_000
-
-
 def iterations(text: str) -> int:
-    """An argparse type: inferences per run, 1 to MAX_ITERS."""
+    """An argparse type: inferences per run, 1 to frames.MAX_ITERS (the devices' own limit)."""
     value = positive_int(text)
     if value > MAX_ITERS:
         raise argparse.ArgumentTypeError(f"must be at most {MAX_ITERS:,}, got {value:,}")

@@ -63,11 +63,21 @@ class TuneReport:
     seconds: float
 
     def table(self) -> str:
-        rows = [[t.name, t.trials, t.records, duration(t.default_us), duration(t.best_us), t.skipped or ""]
+        rows = [[t.name, t.trials, t.records, duration(t.default_us), duration(t.best_us), _note(t)]
                 for t in self.tasks]
         lines = [table(["kernel", "trials", "records", "default", "best", "note"], rows, right=(1, 2, 3, 4)),
                  f"{sum(t.trials for t in self.tasks)} trials in {self.seconds:.0f} s; records in {self.database}"]
         return "\n".join(lines)
+
+
+def _note(task: TaskResult) -> str:
+    """Why a kernel's row reads as it does: compile uses a record only when it beat the default
+    schedule on the device (harness.compile.kernels), which the bare figures do not say."""
+    if task.skipped:
+        return task.skipped
+    if task.best_us is not None and task.default_us is not None and task.best_us >= task.default_us:
+        return "default schedule kept: no record beat it"
+    return ""
 
 
 def kernel_graph(name: str, func: Any, n_outputs: int) -> tuple[dict[str, Any], list[dict[str, Any]], list[dict[str, Any]]]:

@@ -29,9 +29,10 @@ HARNESS = [sys.executable, "-m", "harness.cli"]
 X = "serving_default/x:0"  # a TensorFlow-style input name: '/' and ':' are not file-safe
 
 
-def harness(*args: str, timeout: float = 900, env: dict | None = None) -> subprocess.CompletedProcess:
+def harness(*args: str, timeout: float = 900, env: dict | None = None,
+            cwd: Path | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([*HARNESS, *args], capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, **(env or {})})
+                          env={**os.environ, **(env or {})}, cwd=cwd)
 
 
 @pytest.fixture(scope="module")
@@ -213,6 +214,25 @@ def test_farm_runs_a_dynamic_model_named_positionally(dynamic_model, tmp_path):
     assert "1/1 passed" in proc.stdout
 
 
+def test_farm_run_takes_the_tolerances_of_run(tmp_path):
+    """`harness farm run --atol/--rtol` as `harness run` has them (farm refused them): tolerances
+    of 0 fail mlp, whose outputs differ from the references by ~6e-8. `--out` relative, as in
+    the README: the report's evidence paths are absolute, so a dashboard built elsewhere finds them."""
+    proc = harness("farm", "run", "mlp", "--target", "x86_64", "--toolchain", "host", "--iters", "1",
+                   "--atol", "0", "--rtol", "0", "--out", "farm", "--results", str(tmp_path / "r.sqlite"), cwd=tmp_path)
+    assert proc.returncode == 1, proc.stdout + proc.stderr[-3000:]
+    assert "0/1 passed" in proc.stdout
+    # the FAIL row says why (its error column was empty for a mismatch)
+    fail = next(line for line in proc.stdout.splitlines() if line.startswith("FAIL"))
+    assert re.search(r"output \S+ vs \S+: \d+ of \d+ values differ \(max abs \S+, atol 0, rtol 0\)", fail), fail
+    [job] = json.loads((tmp_path / "farm" / "farm-results.json").read_text())["jobs"]
+    kept = Path(job["attempts"][0]["evidence"]["dir"])
+    assert kept.is_absolute() and (kept / "outputs.bin").is_file(), kept
+    junit = (tmp_path / "farm" / "farm-results.xml").read_text()
+    assert re.search(r'<failure message="output \S+ vs \S+: \d+ of \d+ values differ', junit), junit[:2000]
+    assert re.search(r"\"atol\": 0(\.0)?,", (tmp_path / "farm" / "farm-results.json").read_text())
+
+
 # -- tuning: the budget is the total, progress is a line per batch -----------------------------
 
 
@@ -246,11 +266,22 @@ def test_tvm_warnings_go_to_a_log_file_unless_verbose(tmp_path):
 
 
 @pytest.mark.parametrize("us, text", [(9.8, "9.8 us"), (254.0, "254 us"), (2587.1, "2.59 ms"),
-                                      (2587102.2, "2.59 s"), (125e6, "125 s"), (None, "-")])
+                                      (2587102.2, "2.59 s"), (125e6, "125 s"), (None, "-"),
+                                      # under 10 us too: 3 figures (a 0.271 us kernel was "0.3 us")
+                                      (0.271, "0.271 us"), (5.678, "5.68 us"), (999.7, "1 ms"),
+                                      (1.5e9, "1500 s")])
 def test_durations_are_written_in_a_unit_chosen_by_size(us, text):
     from harness.formats.text import duration
 
     assert duration(us) == text
+
+
+@pytest.mark.parametrize("value, text", [(1.4512, "1.45"), (13.62, "13.6"), (0.0237, "0.0237"), (0.0161, "0.0161"),
+                                         (None, "-")])
+def test_ratios_keep_three_figures(value, text):
+    from harness.formats.text import ratio
+
+    assert ratio(value) == text
 
 
 def test_qemu_user_latency_is_labelled_emulated_and_outputs_kept(tmp_path):
@@ -272,6 +303,9 @@ def test_a_mismatch_names_how_many_values_differ_and_the_worst(tmp_path):
     for line in lines:
         assert " of 10 values differ, worst at [0, " in line and "expected " in line and ", got " in line
     assert (tmp_path / "mlp" / "probs.npy").is_file()  # kept on a mismatch too
+    # the references are held to each other at the default tolerance, not at --atol 0: onnx and
+    # onnxruntime (~1e-7 apart) agree, so no "disagree" warning and no Relax VM tiebreak
+    assert "disagree" not in proc.stderr and "tvm-relax-vm" not in proc.stdout, proc.stderr + proc.stdout
 
 
 # -- targets, sizes -----------------------------------------------------------------------------
@@ -321,3 +355,17 @@ def test_bench_on_an_emulated_target_says_so():
     assert header[:4] == ["model", "threads", "minrt", "min"]  # the threads column: minrt and onnxruntime alike
     assert "minrt times on qemu-armv7 are emulated" in proc.stdout
     assert re.search(r"\d (us|ms|s) ", proc.stdout.splitlines()[1]), proc.stdout
+
+
+def test_bench_progress_is_one_line_per_round_without_transport_steps():
+    """Each round is one progress line; deploying, 'running N iteration(s)' and per-file copies
+    are -v detail (they were printed for every round of every model)."""
+    proc = harness("bench", "mlp", "--target", "x86_64", "--toolchain", "host", "--rounds", "2",
+                   "--iters", "2", "--no-store")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert [l for l in proc.stderr.splitlines() if "bench mlp round" in l][-1].startswith("harness: bench mlp round 2/2")
+    for noise in ("deploying runner", "iteration(s)", "put minrt-run"):
+        assert noise not in proc.stderr, (noise, proc.stderr)
+    verbose = harness("bench", "mlp", "--target", "x86_64", "--toolchain", "host", "--rounds", "1",
+                      "--iters", "2", "--no-store", "-v")
+    assert verbose.returncode == 0 and "deploying runner and model to local" in verbose.stderr, verbose.stderr[-3000:]

@@ -72,3 +72,19 @@ def test_identical_infinities_pass_and_other_infinities_fail():
         assert not compare_output("y", "ref", np.array(got, dtype=np.float32), want).passed, got
     # a device infinity where the reference is finite fails too, even with a large rtol
     assert not compare_output("y", "ref", np.array([np.inf], np.float32), np.array([5.0], np.float32), rtol=10).passed
+
+
+def test_mismatch_summary_names_the_first_failing_output():
+    """The one line a farm's FAIL row and JUnit message carry for a mismatch."""
+    from harness.check.compare import mismatch_summary
+
+    want = np.zeros((2, 3), dtype=np.float32)
+    got = want.copy()
+    got[1, 2] = 1e-3
+    ok = compare_output("a", "onnxruntime", want, want).to_dict()
+    bad = compare_output("b", "onnxruntime", got, want, atol=1e-5, rtol=0).to_dict()
+    assert mismatch_summary([ok, bad]) == \
+        "output b vs onnxruntime: 1 of 6 values differ (max abs 0.001, atol 1e-05, rtol 0)"
+    shape = compare_output("c", "onnx-reference", np.zeros(4, np.float32), want).to_dict()
+    assert mismatch_summary([shape]).startswith("output c vs onnx-reference: ") and "shape [4]" in mismatch_summary([shape])
+    assert mismatch_summary([ok]) == ""

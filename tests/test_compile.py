@@ -343,6 +343,32 @@ def test_batchnorm_that_cannot_be_folded_still_compiles(tmp_path):
     np.testing.assert_allclose(run_graph(artifact, path, inputs)[0], ReferenceEvaluator(model).run(None, inputs)[0], atol=1e-6)
 
 
+def test_graph_walk_and_relax_plan_take_the_input_shape_of_a_dynamic_batch(tmp_path):
+    """A model with a batch `N` compiled with --input-shape: run_graph runs the artifact at the
+    shape it was compiled for and relax_planned_bytes plans it at the given shape (both used to
+    reload the model without the shape and stop at its dynamic dimension)."""
+    from onnx.reference import ReferenceEvaluator
+
+    from harness.check.relax_vm import relax_planned_bytes, run_graph
+
+    weight = numpy_helper.from_array(np.random.default_rng(1).standard_normal((16, 8)).astype(np.float32), "w")
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["h"]), helper.make_node("Relu", ["h"], ["r"]),
+             helper.make_node("Softmax", ["r"], ["y"], axis=-1)]
+    graph = helper.make_graph(nodes, "batched", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 16])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 8])], initializer=[weight])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    path = tmp_path / "batched.onnx"
+    onnx.save(model, path)
+    with pytest.raises(CompileError, match="--input-shape"):
+        relax_planned_bytes(path, "x86_64")
+    artifact = compile_model(path, "x86_64", cache=tmp_path, input_shapes={"x": [3, 16]})
+    inputs = {"x": np.random.default_rng(2).standard_normal((3, 16)).astype(np.float32)}
+    (got,) = run_graph(artifact, path, inputs)
+    np.testing.assert_allclose(got, ReferenceEvaluator(model).run(None, inputs)[0], atol=1e-6, rtol=0)
+    # the intermediate h (3 x 8 float32) is planned; a larger batch plans more
+    assert 0 < relax_planned_bytes(path, "x86_64", {"x": [3, 16]}) < relax_planned_bytes(path, "x86_64", {"x": [64, 16]})
+
+
 def test_liveness_checker_catches_a_bad_plan(compiled_models):
     """The checker above is not vacuous: forcing two live intermediates together is caught."""
     graph = json.loads(compiled_models.get("cnn", "x86_64").graph_json.read_text())

@@ -94,6 +94,9 @@ def test_a_clean_night_has_no_fatal_regression(clean_store: ResultStore, tmp_pat
     regs = find_regressions(clean_store)
     assert regs and not any(r.fatal for r in regs)
     assert {r.kind for r in regs} == {"latency", "missing"}
+    # in the unit of its size, like every latency the harness prints
+    slower = next(r for r in regs if r.kind == "latency" and (r.model, r.target) == ("cnn", "x86_64"))
+    assert slower.message == "cnn on x86_64: mean latency 130 us -> 260 us", slower.message
 
 
 def _chromium() -> str:
@@ -196,7 +199,9 @@ def test_every_fail_links_to_its_farm_evidence(tmp_path: Path) -> None:
     """A real farm run on the host: one night that passes, one with tolerances of 0 (mlp's
     outputs differ from the references by ~6e-8, residual's do not). Each FAIL cell links to its
     run's page, which links to the job directory, the job log and the JUnit report, quotes the
-    JUnit testcase, and every link on both pages resolves in a headless Chromium."""
+    JUnit testcase, and every link on both pages resolves in a headless Chromium. The farm's
+    output lies apart from the store and the dashboard is not told where (the README's two
+    commands): the store remembers each farm's report."""
     from harness.farm.inventory import parse_inventory
     from harness.farm.lease import LocalLeases
     from harness.farm.scheduler import run_farm
@@ -205,7 +210,7 @@ def test_every_fail_links_to_its_farm_evidence(tmp_path: Path) -> None:
     chromium = _chromium()
     models = list(write_examples(tmp_path / "models", ["mlp", "residual"]).values())
     inventory = parse_inventory('[[devices]]\nname = "host-1"\ntarget = "x86_64"\n')
-    store = ResultStore(tmp_path / "results.sqlite")
+    store = ResultStore(tmp_path / "store" / "results.sqlite")
     for batch, tolerance in (("farm-20261201T010000Z", {}), ("farm-20261202T010000Z", {"atol": 0.0, "rtol": 0.0})):
         run_farm(inventory, models, job_runner="harness.farm.scheduler:run_model_on_device",
                  runner_options={"iters": 1, "toolchain": "host", **tolerance}, store=store, batch=batch,
@@ -213,7 +218,8 @@ def test_every_fail_links_to_its_farm_evidence(tmp_path: Path) -> None:
     failed = [r for r in store.runs(batch="farm-20261202T010000Z") if not r.passed]
     assert failed, "no job failed with tolerances of 0: the test needs one FAIL"
 
-    page = build_dashboard(store, tmp_path / "site", farm_out=[tmp_path / "farm"])
+    assert [p.parent.name for p in store.farm_reports()] == ["farm-20261201T010000Z", "farm-20261202T010000Z"]
+    page = build_dashboard(store, tmp_path / "site")
     text = _browse(chromium, tmp_path, page)
     assert "<title>minrt farm results: farm-20261202T010000Z on x86_64</title>" in text
     _links_resolve(page, text)

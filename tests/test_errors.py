@@ -313,12 +313,27 @@ def test_an_inventory_device_that_is_not_a_table_is_bad_input(tmp_path, mlp):
 
 @pytest.mark.parametrize("option, value, needle", [
     ("--seed", "-1", "argument --seed: must be 0 to 4294967295, got -1"),
-    ("--iters", "3000000000", "argument --iters: must be at most 1,000,000, got 3,000,000,000"),
+    ("--iters", "3000000000", "argument --iters: must be at most 2,147,483,647, got 3,000,000,000"),
 ])
 def test_counts_out_of_range_are_refused_by_the_parser(mlp, option, value, needle):
     proc = harness("run", "--model", str(mlp), "--target", "x86_64", "--toolchain", "host", option, value)
     assert "Traceback" not in proc.stderr and proc.returncode == 2, proc.stderr
     assert needle in proc.stderr
+
+
+def test_iters_has_one_limit_in_the_cli_the_library_and_the_devices(mlp):
+    """frames.MAX_ITERS is the one rule: the parser's --iters, run_on_target (the pytest
+    plugin's path) and the devices (minrt-run -n, RUN frames) all stop at it."""
+    from harness.config.targets import load_target
+    from harness.errors import EXIT_BAD_INPUT, HarnessError
+    from harness.formats.frames import MAX_ITERS
+    from harness.run import run_on_target
+
+    proc = harness("run", "--model", str(mlp), "--target", "x86_64", "--toolchain", "host", "--iters", str(MAX_ITERS + 1))
+    assert proc.returncode == 2 and f"must be at most {MAX_ITERS:,}" in proc.stderr, proc.stderr
+    with pytest.raises(HarnessError, match=f"must be 1 to {MAX_ITERS:,}") as raised:
+        run_on_target(mlp, load_target("x86_64"), toolchain="host", iters=MAX_ITERS + 1)
+    assert raised.value.exit_code == EXIT_BAD_INPUT
 
 
 @pytest.mark.parametrize("kind", ["garbage", "truncated", "directory"])

@@ -605,6 +605,12 @@ def test_runner_errors_and_exit_codes(tmp_path):
     binary = build_runner(target, art, HostToolchain())
     proc = run([str(binary)])
     assert proc.returncode == 2 and proc.stderr.startswith("minrt-run: usage:")
+    # -n has the one iterations limit of every device (frames.MAX_ITERS)
+    from harness.formats.frames import MAX_ITERS
+
+    files = [str(art.dir / "graph.json"), str(art.dir / "params.bin"), str(tmp_path / "in.bin"), str(tmp_path / "out.bin")]
+    proc = run([str(binary), *files, "-n", str(MAX_ITERS + 1)])
+    assert proc.returncode == 2 and proc.stderr.startswith("minrt-run: usage:"), proc.stderr
     tensorfile.save(tmp_path / "in.bin", {"x": np.zeros((1, 7), "float32")})
     proc = run([str(binary), str(art.dir / "graph.json"), str(art.dir / "params.bin"),
                 str(tmp_path / "in.bin"), str(tmp_path / "out.bin"), "-w", "4096"])

@@ -48,6 +48,9 @@ def test_tune_then_compile_and_run_use_the_best_record(mlp, tmp_path, monkeypatc
         assert chosen["source"] == "tuned" and chosen["default_us"] == pytest.approx(task.default_us)
     else:
         assert chosen["source"] == "default" and chosen["best_record_us"] == pytest.approx(best.latency_us)
+    # the report's table says which one compile uses
+    row = next(line for line in report.table().splitlines() if line.startswith(KERNEL))
+    assert ("default schedule kept: no record beat it" in row) == (chosen["source"] == "default"), row
 
     # Without a default measurement the best record is used, and says which it is.
     (database.path / "defaults.json").unlink()

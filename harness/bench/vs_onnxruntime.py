@@ -25,7 +25,7 @@ from typing import Any, Mapping, Sequence
 from harness.config.targets import Target
 from harness.errors import HarnessError
 from harness.formats import tensorfile
-from harness.formats.text import EMULATED, duration, table
+from harness.formats.text import EMULATED, duration, ratio, table
 
 log = logging.getLogger(__name__)
 
@@ -84,8 +84,8 @@ class BenchReport:
             if m.error:
                 errors.append(f"{m.model}: ERROR {m.error}")
                 continue
-            rows.append([m.model, str(m.threads), duration(m.minrt_min_us), duration(m.ort_min_us), f"{m.ratio_min:.2f}",
-                         duration(m.minrt_median_us), duration(m.ort_median_us), f"{m.ratio_median:.2f}",
+            rows.append([m.model, str(m.threads), duration(m.minrt_min_us), duration(m.ort_min_us), ratio(m.ratio_min),
+                         duration(m.minrt_median_us), duration(m.ort_median_us), ratio(m.ratio_median),
                          f"{m.tuned_kernels}/{m.kernels}", f"{m.workspace_bytes:,} B",
                          f"{m.largest_activation_bytes:,} B", f"{m.compile_seconds:.1f} s"])
         lines = [table(headers, rows, right=range(1, 12))] if rows else []
@@ -95,7 +95,7 @@ class BenchReport:
                          "latency); onnxruntime runs on this host")
         gmin, gmed = self.geomean("min"), self.geomean("median")
         if gmin:
-            lines.append(f"geometric mean minrt/onnxruntime ({self.target}): min {gmin:.2f}x, median {gmed:.2f}x")
+            lines.append(f"geometric mean minrt/onnxruntime ({self.target}): min {ratio(gmin)}x, median {ratio(gmed)}x")
         return "\n".join(lines)
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 
@@ -43,6 +45,19 @@ class OutputCheck:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def mismatch_summary(outputs: Sequence[Mapping[str, Any]]) -> str:
+    """One line for a run whose outputs did not match (a RunResult's `outputs`, as dicts): the
+    first failing output against its reference, with how many values differ, or "" if none did."""
+    for o in outputs:
+        if o.get("passed") is False:
+            if o.get("problem") and not o.get("total"):
+                return f"output {o.get('name')} vs {o.get('reference')}: {o['problem']}"
+            return (f"output {o.get('name')} vs {o.get('reference')}: {o.get('mismatched', 0):,} of "
+                    f"{o.get('total', 0):,} values differ (max abs {o.get('max_abs_err', 0):.3g}, "
+                    f"atol {o.get('atol', 0):g}, rtol {o.get('rtol', 0):g})")
+    return ""
 
 
 def compare_output(

@@ -16,7 +16,7 @@ import json
 import logging
 import re
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -42,11 +42,16 @@ def _host_target(target: Target | str | None) -> Target:
 
 
 def _ordered_inputs(model_path: Path, inputs: Mapping[str, np.ndarray]) -> list[np.ndarray]:
-    names = load_model(model_path).input_names
+    names = load_model(model_path, _shapes_of(inputs)).input_names
     missing = [n for n in names if n not in inputs]
     if missing:
         raise CompileError(f"{model_path}: no value given for input(s) {', '.join(missing)}")
     return [np.ascontiguousarray(inputs[n]) for n in names]
+
+
+def _shapes_of(inputs: Mapping[str, np.ndarray]) -> dict[str, list[int]]:
+    """The inputs' own shapes, which fix a model's dynamic dimensions (--input-shape)."""
+    return {name: list(np.shape(value)) for name, value in inputs.items()}
 
 
 def _kernel_context() -> Any:
@@ -66,8 +71,7 @@ def run_relax_vm(model_path: Path | str, inputs: Mapping[str, np.ndarray],
     model_path = Path(model_path)
     target = _host_target(target)
     tvm_target = tvm.target.Target(dict(target.tvm_target))
-    # the inputs' own shapes fix a model's dynamic dimensions (--input-shape)
-    mod = relax_module(model_path, target.tvm_target, {k: list(np.shape(v)) for k, v in inputs.items()})
+    mod = relax_module(model_path, target.tvm_target, _shapes_of(inputs))
     args = [tvm.runtime.tensor(x) for x in _ordered_inputs(model_path, inputs)]
     log.info("relax vm: building %s for %s", model_path.name, target.name)
     with _kernel_context():
@@ -79,15 +83,17 @@ def run_relax_vm(model_path: Path | str, inputs: Mapping[str, np.ndarray],
     return [r.numpy() for r in result]
 
 
-def relax_planned_bytes(model_path: Path | str, target: Target | str) -> int:
+def relax_planned_bytes(model_path: Path | str, target: Target | str,
+                        input_shapes: Mapping[str, Sequence[int]] | None = None) -> int:
     """Total bytes of the storages Relax's StaticPlanBlockMemory plans for the model's
-    intermediates (model inputs, params and outputs are not planned by it)."""
+    intermediates (model inputs, params and outputs are not planned by it). `input_shapes`
+    (`--input-shape`) fixes a dynamic dimension, as for compile_model."""
     import tvm
     from tvm import relax
 
     model_path = Path(model_path)
     target = load_target(target) if isinstance(target, str) else target
-    mod = relax_module(model_path, target.tvm_target)
+    mod = relax_module(model_path, target.tvm_target, input_shapes)
     passes = tvm.transform.Sequential([
         relax.transform.RewriteDataflowReshape(),
         relax.transform.ToNonDataflow(),
@@ -124,7 +130,8 @@ def run_graph(artifact: Artifact, model_path: Path | str,
     target = load_target(artifact.metadata["target"])
     graph = json.loads(artifact.graph_json.read_text())
     params = tensorfile.load(artifact.params_bin)
-    mod = relax_module(model_path, target.tvm_target)
+    # the artifact's input shapes are the ones it was compiled with (--input-shape included)
+    mod = relax_module(model_path, target.tvm_target, {spec["name"]: spec["shape"] for spec in artifact.inputs})
     kernels = {name: mod[name].with_attr("global_symbol", name) for name in artifact.metadata["kernels"]}
     with _kernel_context():
         lib = tvm.compile(tvm.IRModule(kernels), target=tvm.target.Target(dict(target.tvm_target)))

@@ -8,6 +8,8 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
 
+from harness.check.compare import mismatch_summary
+
 #: Lines of each console, dmesg and job log quoted in a failed testcase's system-err.
 EXCERPT_LINES = 40
 
@@ -37,7 +39,9 @@ def write_junit(report: Any, path: Path) -> None:
         for a in job.attempts:
             ET.SubElement(cprops, "property", name="attempt", value=f"{a.device}: {a.status}")
         if not job.passed:
-            error = (job.result or {}).get("error") or "outputs do not match the reference"
+            result = job.result or {}
+            error = (result.get("error") or mismatch_summary(result.get("outputs") or [])
+                     or "outputs do not match the reference")
             fail = ET.SubElement(case, "failure", message=error.splitlines()[0][:500])
             fail.text = _xml_text(error)
         out = [json.dumps(job.result, indent=1)]

@@ -40,6 +40,7 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 from harness import REPO_ROOT
 from harness.errors import DeviceError, HarnessError, exit_code_of_results
 from harness.build.toolchain import DEFAULT_TOOLCHAIN
+from harness.check.compare import mismatch_summary
 from harness.formats.text import table
 from harness.farm.inventory import Device, Inventory, device_target, inventory_of_targets, load_inventory
 from harness.farm.health import STEPS, ProcessGroups, StepResult, check_device, run_step, step_main
@@ -584,11 +585,22 @@ def run_farm(
 
         commit = git_commit()
     batch = batch or time.strftime("farm-%Y%m%dT%H%M%SZ", time.gmtime())
+    # absolute: the report's evidence paths are read later from another directory (the dashboard)
+    out_dir = Path(out_dir).resolve() if out_dir is not None else None
     with contextlib.ExitStack() as stack:
         if out_dir is not None:
-            stack.enter_context(_own_out_dir(Path(out_dir)))
+            stack.enter_context(_own_out_dir(out_dir))
         return _run_jobs(inventory, models, targets, job_runner, runner_options, leases, store, batch, commit,
                          out_dir, lease_timeout, job_timeout, on_start, keep, check_health)
+
+
+def _tolerances_given(args: argparse.Namespace) -> dict[str, float]:
+    """--atol/--rtol as `harness run` takes them, passed to the job runner only when given, so a
+    custom --runner that compares otherwise is not handed options it does not know."""
+    from harness.check.compare import DEFAULT_ATOL, DEFAULT_RTOL
+
+    given = {"atol": args.atol, "rtol": args.rtol}
+    return {k: v for k, v in given.items() if v != {"atol": DEFAULT_ATOL, "rtol": DEFAULT_RTOL}[k]}
 
 
 @contextlib.contextmanager
@@ -660,6 +672,8 @@ def _run_jobs(inventory: Inventory, models: Sequence[Path | str], targets: list[
         report.json_path.write_text(json_text(report.to_dict(), indent=2))
         report.junit_path = out_dir / "farm-results.xml"
         write_junit(report, report.junit_path)
+        if store is not None:
+            store.record_farm_report(batch, report.json_path)
     passed = sum(j.passed for j in jobs)
     log.info("farm: %d/%d job(s) passed", passed, len(jobs))
     if interrupted:
@@ -718,6 +732,7 @@ def configure_parser(p: argparse.ArgumentParser, options: Any) -> None:
     options.add_iters(r)
     options.add_toolchain(r)
     options.add_input_shapes(r)
+    options.add_tolerances(r)
     r.add_argument("--runner", default=DEFAULT_RUNNER,
                    help=f"job runner 'module:function' (default {DEFAULT_RUNNER})")
     r.add_argument("--lease-timeout", type=options.positive_float, default=3600.0,
@@ -796,7 +811,8 @@ def command(args: argparse.Namespace) -> int:
     try:
         report = run_farm(inventory, resolve_models(args.model), args.target, job_runner=args.runner,
                           runner_options={"iters": args.iters, "toolchain": args.toolchain,
-                                          **({"input_shapes": args.input_shapes} if args.input_shapes else {})},
+                                          **({"input_shapes": args.input_shapes} if args.input_shapes else {}),
+                                          **_tolerances_given(args)},
                           store=store, batch=args.batch, out_dir=Path(args.out),
                           lease_timeout=args.lease_timeout, job_timeout=args.job_timeout,
                           keep=args.keep, check_health=not args.no_health_check)
@@ -811,7 +827,7 @@ def _print_report(report: FarmReport, store: Any) -> None:
     rows = []
     for job in report.jobs:
         tries = " -> ".join(f"{a.device}:{a.status}" for a in job.attempts) or "not run"
-        err = (job.result or {}).get("error")
+        err = (job.result or {}).get("error") or mismatch_summary((job.result or {}).get("outputs") or [])
         rows.append(["PASS" if job.passed else "FAIL", job.model.stem, job.target, tries,
                      err.splitlines()[0][:120] if err else ""])
     if rows:

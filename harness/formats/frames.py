@@ -65,6 +65,9 @@ from enum import IntEnum
 MAGIC = b"\xa5\x5a"
 VERSION = 2
 MAX_PAYLOAD = 4096  # minrt-run's; the firmware's is smaller (HELLO says)
+#: The one limit on inferences per request, for every device, transport and command (the CLI's
+#: --iters, run_on_target and the pytest plugin, minrt-run -n, RUN frames): what the devices'
+#: 32-bit signed count holds. runtime_c/proto/frame.h's FRAME_MAX_ITERS mirrors it (a test checks).
 MAX_ITERS = 0x7FFFFFFF
 QUIET_MS = 500
 FROM_DEVICE = 0x80

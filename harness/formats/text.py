@@ -14,14 +14,20 @@ EMULATED = "emulated"
 
 def duration(us: float | None) -> str:
     """A duration given in microseconds, in us below 1 ms, ms below 1 s, else s, with three
-    significant figures or more: 9.8 us, 254 us, 2.59 ms, 2.59 s, 125 s."""
+    significant figures: 0.271 us, 9.8 us, 254 us, 2.59 ms, 2.59 s, 125 s, 1000 s."""
     if us is None:
         return "-"
-    value, unit = (us, "us") if abs(us) < 1e3 else (us / 1e3, "ms") if abs(us) < 1e6 else (us / 1e6, "s")
-    digits = 2 if abs(value) < 10 else 1 if abs(value) < 100 else 0
-    if unit == "us" and abs(value) < 10:
-        digits = 1
-    return f"{value:.{digits}f} {unit}"
+    for scale, unit in ((1.0, "us"), (1e3, "ms"), (1e6, "s")):
+        value = float(f"{us / scale:.3g}")  # rounded first: 999.7 us is 1 ms, not 1e+03 us
+        if abs(value) < 1000 or unit == "s":
+            break
+    return f"{value:.3g} {unit}" if abs(value) < 1000 else f"{value:.0f} {unit}"
+
+
+def ratio(value: float | None) -> str:
+    """A ratio with three significant figures, like durations: 1.45, 13.6, 0.0237 (two decimals
+    wrote a 40x speedup as 0.02 and a 60x one as 0.02 too)."""
+    return "-" if value is None else f"{value:.3g}"
 
 
 def count(value: float | None, unit: str = "") -> str:

@@ -173,7 +173,7 @@ def find_regressions(
             unit = now[3]  # times or counts, compared only in the same unit
             found.append(Regression("latency", target, model, was[1], now[1],
                                     f"{model} on {target}: mean latency {latency_number(was[1], unit)} -> "
-                                    f"{latency_number(now[1], unit)} {unit}", False))
+                                    f"{latency_number(now[1], unit)}", False))
     found.sort(key=lambda r: (not r.fatal, r.kind, r.target, r.model or ""))
     return found
 
@@ -767,8 +767,9 @@ def render_run_page(site: _Site, row: RunRow) -> str:
     out.append('</section><section><h2 id="evidence">Evidence</h2>')
     ev = site.evidence.get((row.batch, row.id))
     if ev is None:
-        out.append('<p class="empty">No farm evidence for this run (a run outside a farm, or its farm report '
-                   "was not given: <code>harness dashboard --farm-out DIR</code>).</p>")
+        out.append('<p class="empty">No farm evidence for this run (a run outside a farm, its farm report '
+                   "moved or deleted since: <code>harness dashboard --farm-out DIR</code>)."
+                   "</p>")
     else:
         if ev.files:
             out.append('<ul class="evidence">' + "".join(
@@ -902,11 +903,13 @@ def versus_section(store: ResultStore) -> list[str]:
 def build_dashboard(store: ResultStore, out_dir: Path | str, *, title: str | None = None,
                     farm_out: Sequence[Path | str] = (), history: int = DEFAULT_HISTORY) -> Path:
     """Write `<out_dir>/index.html` and `<out_dir>/runs/<id>.html` for every run it links to;
-    return the index's path. Farm evidence comes from the farm reports under `farm_out` and
-    beside the store (at most 3 directories down)."""
+    return the index's path. Farm evidence comes from the farm reports the store recorded
+    (`harness farm run --out`), under `farm_out` and beside the store (at most 3 directories
+    down)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    evidence = load_farm_evidence([*farm_out, store.path.parent])
+    recorded = [p.parent for p in store.farm_reports() if p.is_file()]
+    evidence = load_farm_evidence([*farm_out, store.path.parent]) | load_farm_evidence(recorded, depth=0)
     site = _Site(store, out_dir, evidence, history)
     index = _render(site, title)
     runs = out_dir / "runs"

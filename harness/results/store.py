@@ -90,6 +90,10 @@ CREATE TABLE IF NOT EXISTS device_health (
     updated TEXT NOT NULL,
     evidence TEXT
 );
+CREATE TABLE IF NOT EXISTS farm_reports (
+    batch TEXT PRIMARY KEY,
+    path TEXT NOT NULL
+);
 """
 
 #: device_health.state values: a healthy device takes jobs, a quarantined one does not until
@@ -173,8 +177,11 @@ class RunRow:
 
 
 def latency_number(value: float, unit: str) -> str:
-    """A latency figure as written in its unit: "120.0" us, "1,141,720" counts."""
-    return f"{value:.1f}" if unit == "us" else f"{value:,.0f}"
+    """A latency figure with its unit: "120 us", "2.59 ms", "0.271 us", "1,141,720 emulated
+    instructions" (one decimal of us wrote 0.27 -> 0.36 us as "0.3 -> 0.4")."""
+    from harness.formats.text import duration
+
+    return duration(value) if unit == "us" else f"{value:,.0f} {unit}"
 
 
 def latency_text(row: RunRow) -> str:
@@ -409,6 +416,18 @@ class ResultStore:
             db.execute("INSERT OR REPLACE INTO device_health (device, target, state, failures, reason, "
                        "since, updated, evidence) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                        (device, target, state, failures, reason, since, now, evidence))
+
+    def record_farm_report(self, batch: str, path: Path | str) -> None:
+        """Remember where a farm wrote its report (farm-results.json), so the dashboard finds
+        the batch's evidence without being told `--farm-out`."""
+        with self._connect() as db:
+            db.execute("INSERT OR REPLACE INTO farm_reports (batch, path) VALUES (?, ?)",
+                       (batch, str(Path(path).resolve())))
+
+    def farm_reports(self) -> list[Path]:
+        """The farm reports recorded by record_farm_report, oldest batch first."""
+        with self._connect() as db:
+            return [Path(r[0]) for r in db.execute("SELECT path FROM farm_reports ORDER BY batch")]
 
     def clear_device(self, device: str) -> bool:
         """Return quarantined device(s) of this name or health key to service (failures reset);

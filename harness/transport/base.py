@@ -93,7 +93,7 @@ class RunsModelWithFiles:
             argv = [runner, f"{wd}/graph.json", f"{wd}/params.bin", f"{wd}/inputs.bin",
                     f"{wd}/outputs.bin", "-n", str(iters), "-w", str(workspace), "-t", str(threads or 0),
                     *(["-p"] if profile else [])]
-            log.info("running %d iteration(s)", iters)
+            log.debug("running %d iteration(s)", iters)
             result = self.run(argv, timeout=timeout)  # type: ignore[attr-defined]
             if result.returncode != 0:
                 what = RUNNER_EXIT.get(result.returncode, f"exit status {result.returncode}")

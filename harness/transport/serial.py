@@ -513,7 +513,7 @@ class SerialTransport:
                 for offset in range(0, max(len(data), 1), chunk):
                     piece = data[offset : offset + chunk]
                     link.request(frames.Kind.PUT, frames.put_payload(blob, offset, len(data), piece))
-            log.info("serial %s: running %d iteration(s)", self.url, iters)
+            log.debug("serial %s: running %d iteration(s)", self.url, iters)
             answer = link.request(frames.Kind.RUN, frames.run_payload(iters, workspace)).payload
             outputs = bytearray()
             total = None

@@ -383,7 +383,7 @@ class SSHTransport(RunsModelWithFiles):
             except (paramiko.SSHException, EOFError, OSError) as exc:
                 if not self._transport_active():
                     raise DeviceError(f"{self.name}: open SFTP: connection lost: {exc}") from None
-                log.info("%s has no SFTP (%s): copying files with cat", self.name, exc)
+                log.debug("%s has no SFTP (%s): copying files with cat", self.name, exc)
                 self._sftp_missing = True
                 if channel is not None:
                     channel.close()
@@ -405,7 +405,7 @@ class SSHTransport(RunsModelWithFiles):
         path = self._remote_path(remote)
         mode = stat.S_IMODE(local.stat().st_mode)
         step = f"put {local.name} -> {path}"
-        log.info("%s: %s (%d bytes)", self.name, step, local.stat().st_size)
+        log.debug("%s: %s (%d bytes)", self.name, step, local.stat().st_size)
         self._exec(f"mkdir -p {shlex.quote(str(PurePosixPath(path).parent))}",
                    self.connect_timeout, step)
         sftp = self._sftp_client()
@@ -427,7 +427,7 @@ class SSHTransport(RunsModelWithFiles):
         local = Path(local)
         path = self._remote_path(remote)
         step = f"get {path}"
-        log.info("%s: %s -> %s", self.name, step, local)
+        log.debug("%s: %s -> %s", self.name, step, local)
         sftp = self._sftp_client()
         if sftp is not None:
             try:

@@ -17,7 +17,8 @@ enum { FRAME_HELLO = 1, FRAME_PUT = 2, FRAME_RUN = 3, FRAME_GET = 4, FRAME_BYE =
        FRAME_ACK = 6, FRAME_NAK = 7, FRAME_ERROR = 8, FRAME_BUSY = 9 };             /* device */
 enum { FRAME_VERSION = 2, FRAME_FROM_DEVICE = 0x80, FRAME_HDR = 8, FRAME_OVERHEAD = 12 };
 enum { FRAME_BLOB_GRAPH = 0, FRAME_BLOB_PARAMS = 1, FRAME_BLOB_INPUTS = 2, FRAME_BLOB_OUTPUTS = 3 };
-/* A RUN's iteration count is 1..FRAME_MAX_ITERS on every device. */
+/* A RUN's iteration count (and minrt-run -n) is 1..FRAME_MAX_ITERS on every device: the one
+ * rule, harness/formats/frames.py MAX_ITERS. */
 #define FRAME_MAX_ITERS 0x7fffffffu
 /* A partial frame left this long without a byte is dropped, and the device announces itself
  * (HELLO, seq 0) after every such quiet period. */

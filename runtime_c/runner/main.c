@@ -1,7 +1,8 @@
 /* minrt-run: file mode.
  *   minrt-run GRAPH_JSON PARAMS_BIN INPUTS_BIN OUTPUTS_BIN [-n ITERS] [-w WORKSPACE_BYTES]
  *             [-t THREADS] [-l KERNELS.so] [-p]
- *             (-t: threads for the kernels' parallel loops, see pool.c; 0 = this machine's
+ *             (-n: 1..FRAME_MAX_ITERS, the limit of every device, proto/frame.h;
+ *             -t: threads for the kernels' parallel loops, see pool.c; 0 = this machine's
  *             online cores; default 1. -l only when built with MINRT_RUN_DLOPEN, see dl.c;
  *             -p, when built with MINRT_PROFILE: a {"profile": [...]} line of each kernel's
  *             mean time before the timing line, see profile.c)
@@ -20,6 +21,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "frame.h"
 #include "runner.h"
 
 #ifdef MINRT_RUN_DLOPEN
@@ -116,6 +118,7 @@ int main(int argc, char **argv) {
       if (argv[i][1] != 'l') {
         v = strtol(argv[i + 1], &end, 10);
         if (!*argv[i + 1] || *end || v < (argv[i][1] == 'n') || v > 0x7fffffff) return usage();
+        if (argv[i][1] == 'n' && (unsigned long)v > FRAME_MAX_ITERS) return usage();
       }
       if (argv[i][1] == 'n') iters = v;
       else if (argv[i][1] == 't') threads = v;
