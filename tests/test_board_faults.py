@@ -75,7 +75,7 @@ def test_a_frozen_board_is_noticed_by_the_heartbeat_and_cleaned_up_by_the_next_r
     # ...until the next session to the board stops it and removes the directory.
     again = subprocess.run([sys.executable, "-m", "harness.cli", "run", "--model", "mlp", "--toolchain", "host",
                             "--iters", "2"], cwd=REPO_ROOT, env=dict(os.environ, PYTHONPATH=str(REPO_ROOT)),
-                           capture_output=True, text=True, timeout=600)
+                           capture_output=True, text=True, timeout=600, check=False)
     assert again.returncode == 0, again.stderr
     assert f"removed {workdir}, left by an earlier session" in again.stderr
     assert _left_on_board(shared_board, workdir) == ""
