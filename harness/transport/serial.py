@@ -60,6 +60,19 @@ ABANDON_S = 5.0
 CLOSE_SYNC_S = 5.0
 
 
+def _line_safe_bye() -> bytes:
+    """A BYE frame with no byte a shell's line editor acts on (newline, ^C, ^D, ^U, ESC...):
+    typed into a shell it is one line of garbage that a following ^C discards."""
+    for seq in range(1, 256):
+        wire = frames.encode(frames.Frame(frames.Kind.BYE, seq, b""))
+        if all(0x20 <= b < 0x7F or b >= 0x80 or b in (0x00, frames.Kind.BYE) for b in wire):
+            return wire
+    raise AssertionError("no BYE frame without control characters")
+
+
+_LINE_SAFE_BYE = _line_safe_bye()
+
+
 class _Timeout(DeviceError):
     """Nothing expected arrived in time (as opposed to a line that failed)."""
 
@@ -232,7 +245,10 @@ class SerialTransport:
             token = secrets.token_hex(6)
             snippet, pattern = self._marker(token, "Y")
             self._rx.clear()
-            self._write(b"\x03\n" if attempt else b"\n", "sync")
+            # From the second try on: a BYE for a runner a failed session left holding the
+            # line (it obeys even in the middle of a RUN), then ^C for a shell, which throws
+            # the BYE's bytes away with the rest of its line.
+            self._write(_LINE_SAFE_BYE + b"\x03\n" if attempt else b"\n", "sync")
             time.sleep(0.1)
             self._write(f"stty -echo; {enter}; {snippet}\n".encode(), "sync")
             try:
