@@ -16,10 +16,10 @@ import hashlib
 import logging
 import os
 import shlex
-from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from harness.cache import cache_dir
+from harness.errors import CacheError
 
 log = logging.getLogger(__name__)
 
@@ -48,19 +48,23 @@ def _process_tag(pid: int) -> str | None:
     return f"{pid}-{fields[19]}"  # field 22 of stat: the start time in clock ticks
 
 
-@dataclass(frozen=True)
 class WorkdirRecords:
-    """The work directories this host made on one device (named as errors name it)."""
+    """The work directories this host made on one device (named as errors name it). With no
+    usable cache directory nothing is recorded: a session then cleans up only after itself."""
 
-    device: str
-
-    @property
-    def directory(self) -> Path:
-        digest = hashlib.sha256(self.device.encode()).hexdigest()[:16]
-        return cache_dir() / "workdirs" / digest
+    def __init__(self, device: str) -> None:
+        self.device = device
+        digest = hashlib.sha256(device.encode()).hexdigest()[:16]
+        try:
+            self.directory: Path | None = cache_dir() / "workdirs" / digest
+        except CacheError as exc:
+            log.info("%s: work directories are not recorded: %s", device, exc)
+            self.directory = None
 
     def record(self, workdir: str) -> None:
         """Remember that this process made `workdir` on the device."""
+        if self.directory is None:
+            return
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
             tag = _process_tag(os.getpid())
@@ -94,6 +98,8 @@ class WorkdirRecords:
         return found
 
     def _entries(self) -> list[Path]:
+        if self.directory is None:
+            return []
         try:
             return sorted(p for p in self.directory.iterdir() if p.is_file())
         except OSError:
