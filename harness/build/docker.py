@@ -275,7 +275,7 @@ class DockerToolchain:
         log.info("building toolchain image %s from %s (base %s); its log: %s", tag, self.dockerfile.name, base, log_path)
         last: list[str] = []
         try:
-            with open(log_path, "w", encoding="utf-8") as build_log:
+            with open(log_path, "w", encoding="utf-8", buffering=1) as build_log:  # line by line: can be followed
                 # The low-level API streams the build log; the classic builder is what the
                 # engine runs for this endpoint (no BuildKit on these machines).
                 for chunk in client.api.build(
