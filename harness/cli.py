@@ -16,7 +16,7 @@ from typing import Any, Sequence
 from harness import cli_options as opts
 from harness import REPO_ROOT, missing_source
 from harness.config.targets import DEFAULT_TARGET
-from harness.errors import EXIT_BAD_INPUT, EXIT_INFRASTRUCTURE, EXIT_INTERRUPTED, HarnessError, exit_code_of_results
+from harness.errors import EXIT_BAD_INPUT, EXIT_INFRASTRUCTURE, EXIT_INTERRUPTED, EXIT_SIGNAL_BASE, HarnessError, exit_code_of_results
 from harness.models.resolve import resolve_models
 from harness.results.report import format_result
 from harness.formats.text import json_text
@@ -442,26 +442,45 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 class InterruptWatch:
-    """Remembers that SIGINT arrived. TVM turns a KeyboardInterrupt raised inside one of its
-    passes into a RuntimeError (or a CompileError wrapping it), so the exception alone cannot
-    tell an interrupted compile from a failed one."""
+    """Remembers that SIGINT or SIGTERM arrived, and turns SIGTERM into the same
+    KeyboardInterrupt as Ctrl-C, so `kill PID` (a CI runner cancelling a job, systemd stopping
+    a service) gets the same cleanup: farm workers stopped and their jobs recorded, device
+    work directories removed. TVM turns a KeyboardInterrupt raised inside one of its passes
+    into a RuntimeError (or a CompileError wrapping it), so the exception alone cannot tell
+    an interrupted compile from a failed one."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self) -> None:
-        self.interrupted = False
-        self._previous: Any = None
+        self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    @property
+    def interrupted(self) -> bool:
+        return self.signum is not None
+
+    @property
+    def exit_code(self) -> int:
+        """130 for SIGINT (and a KeyboardInterrupt raised otherwise), 143 for SIGTERM: 128 + the signal."""
+        return EXIT_SIGNAL_BASE + self.signum if self.signum is not None else EXIT_INTERRUPTED
 
     def __enter__(self) -> "InterruptWatch":
         if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGINT, self._handle)
+            for sig in self.SIGNALS:
+                self._previous[sig] = signal.signal(sig, self._handle)
         return self
 
     def _handle(self, signum: int, frame: Any) -> None:
-        self.interrupted = True
+        self.signum = signum
         raise KeyboardInterrupt
 
     def __exit__(self, *exc: object) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
+        for sig, previous in self._previous.items():
+            signal.signal(sig, previous)
+
+
+def _by(watch: InterruptWatch) -> str:
+    return " (SIGTERM)" if watch.signum == signal.SIGTERM else ""
 
 
 def _has_fd(stream: Any) -> bool:
@@ -478,7 +497,7 @@ def _first_line(exc: BaseException) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Exit codes: 0 all outputs matched, 1 an output mismatched, 2 bad input, 3 infrastructure
-    (build, device, transport), 130 interrupted; every failure is one line on stderr."""
+    (build, device, transport), 130 interrupted (Ctrl-C), 143 terminated (SIGTERM); every failure is one line on stderr."""
     args = build_parser().parse_args(argv)  # bad arguments: argparse's one line, exit 2
     level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
     # The log goes to a duplicate of the terminal's stderr: while TVM works, file descriptor 2
@@ -497,12 +516,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             return args.func(opts.finish(args))
         except KeyboardInterrupt:
-            print("harness: interrupted", file=sys.stderr)
-            return EXIT_INTERRUPTED
+            print(f"harness: interrupted{_by(watch)}", file=sys.stderr)
+            return watch.exit_code
         except BaseException as exc:  # noqa: BLE001 - the CLI's last line of defence
             if watch.interrupted:
-                print("harness: interrupted", file=sys.stderr)
-                return EXIT_INTERRUPTED
+                print(f"harness: interrupted{_by(watch)}", file=sys.stderr)
+                return watch.exit_code
             if isinstance(exc, HarnessError):
                 print(f"harness: error: {exc}", file=sys.stderr)
                 return exc.exit_code

@@ -184,7 +184,7 @@ def exit_codes(one: str | None = "an output did not match", zero: str = "success
         lines.append(f"  1    {one}")
     lines += ["  2    bad input: unknown target or model, a malformed file or argument (one line on stderr)",
               "  3    infrastructure: a build failed, the device is unreachable, a transport error",
-              "  130  interrupted (Ctrl-C)"]
+              "  130  interrupted (Ctrl-C); 143 terminated (SIGTERM), with the same cleanup"]
     if note:
         lines.append(note)
     return "\n".join(lines)

@@ -3,7 +3,7 @@
 Every error carries the exit code the CLI ends with (the convention of `harness run`):
 0 every output matched, 1 an output mismatched, 2 bad input (target file, model, arguments,
 cache directory), 3 infrastructure (build failed, device unreachable, transport error),
-130 interrupted.
+130 interrupted (Ctrl-C), 143 terminated (SIGTERM), which the harness handles like Ctrl-C.
 """
 
 EXIT_OK = 0
@@ -11,6 +11,8 @@ EXIT_MISMATCH = 1
 EXIT_BAD_INPUT = 2
 EXIT_INFRASTRUCTURE = 3
 EXIT_INTERRUPTED = 130
+#: a run stopped by signal N exits 128 + N (the shell's convention): 130 SIGINT, 143 SIGTERM
+EXIT_SIGNAL_BASE = 128
 
 
 class HarnessError(Exception):

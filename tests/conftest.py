@@ -93,6 +93,7 @@ def shared_board():
 _MODULE_MARKS = {
     "test_board.py": ("board", "network", "slow"),
     "test_board_run.py": ("board", "network", "slow"),
+    "test_board_faults.py": ("board", "network", "slow"),
     "test_toolchain.py": ("docker",),
     "test_ssh.py": ("network",),
     "test_serial.py": ("network",),

@@ -26,11 +26,14 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def test_ctrl_c_on_farm_run_stops_every_job_and_records_it(tmp_path: Path) -> None:
-    """SIGINT to a real `harness farm run` while its two jobs run: exit 130, both workers and
-    the device processes they started are gone before the farm exits (no orphan holds a
-    device whose lease was released), and the store and farm-results.json say the jobs were
-    interrupted. Today's main exited 130 and left both workers running."""
+@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_ctrl_c_on_farm_run_stops_every_job_and_records_it(tmp_path: Path, sig: int, code: int) -> None:
+    """SIGINT (Ctrl-C) or SIGTERM (`kill`, a CI runner cancelling) to a real `harness farm run`
+    while its two jobs run: exit 130/143, both workers and the device processes they started
+    are gone before the farm exits (no orphan holds a device whose lease was released), and
+    the store and farm-results.json say the jobs were interrupted. The old main exited 130 on
+    SIGINT and left both workers running; SIGTERM killed the farm at once (status -15), its
+    workers and their leases left behind and nothing recorded."""
     inv = tmp_path / "inv.toml"
     inv.write_text('[[devices]]\nname = "host-a"\ntarget = "x86_64"\n'
                    '[[devices]]\nname = "host-b"\ntarget = "x86_64"\n')
@@ -56,9 +59,9 @@ def test_ctrl_c_on_farm_run_stops_every_job_and_records_it(tmp_path: Path) -> No
         time.sleep(0.1)
     device_pids = [int(p.read_text()) for p in pid_dir.glob("*.pid") if p.read_text()]
     assert len(device_pids) == 2, "the two jobs never started"
-    farm.send_signal(signal.SIGINT)
+    farm.send_signal(sig)
     out, err = farm.communicate(timeout=60)
-    assert farm.returncode == 130, err
+    assert farm.returncode == code, err
     assert "Traceback" not in err, err
     assert [p for p in device_pids if _alive(p)] == [], "a job's device process outlived the farm"
     report = json.loads((tmp_path / "out" / "farm-results.json").read_text())

@@ -44,3 +44,29 @@ def test_a_corrupt_known_hosts_line_through_the_cli_is_exit_2(tmp_path: Path) ->
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert "not a valid known_hosts file" in proc.stdout + proc.stderr
     assert "Traceback" not in proc.stderr and "internal error" not in proc.stderr
+
+
+def test_work_directories_of_dead_sessions_are_stale_and_live_ones_are_not(tmp_path, monkeypatch):
+    """The host's record of device work directories (harness.transport.workdirs): a directory
+    recorded by a process that has ended is stale (the next session removes it), one of a
+    live process is not (another harness may be using it right now), and a record that does
+    not name a minrt.* directory is dropped, never handed to `rm -rf`."""
+    from harness.transport.workdirs import WorkdirRecords
+
+    monkeypatch.setenv("MINRT_CACHE", str(tmp_path / "cache"))
+    mine = WorkdirRecords("root@127.0.0.1:2222")
+    mine.record("/tmp/minrt.LIVE1234")
+    # a real process that records a directory and exits
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); from harness.transport.workdirs import WorkdirRecords; "
+            "WorkdirRecords('root@127.0.0.1:2222').record('/tmp/minrt.DEAD5678')")
+    subprocess.run([sys.executable, "-c", code, str(REPO_ROOT)], env=dict(os.environ, MINRT_CACHE=str(tmp_path / "cache")),
+                   check=True)
+    assert mine.directory is not None
+    (mine.directory / "1-1.evil").write_text("/etc")
+    assert [workdir for _, workdir in mine.stale()] == ["/tmp/minrt.DEAD5678"]
+    assert not (mine.directory / "1-1.evil").exists()
+    # another device's records are its own
+    assert WorkdirRecords("serial /dev/ttyUSB0").stale() == []
+    mine.forget("/tmp/minrt.LIVE1234")
+    assert [workdir for _, workdir in mine.stale()] == ["/tmp/minrt.DEAD5678"]
+    assert len(list(mine.directory.iterdir())) == 1

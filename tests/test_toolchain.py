@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -431,3 +432,92 @@ def test_a_new_images_build_log_goes_to_a_file_not_the_terminal(engine, tmp_path
         assert any(str(log_file) in m for m in info) and len(info) == 2, info
     finally:
         engine.images.remove(tc.tag_for(base), force=True)
+
+
+_LOOP = r"""
+import sys
+from harness import REPO_ROOT
+from harness.config.targets import load_target
+from harness.build.toolchain import get_toolchain
+tc = get_toolchain("docker", load_target("x86_64"))
+tc.run(["true"], cwd=REPO_ROOT)
+print("ready", flush=True)
+while True:
+    tc.run(["sh", "-c", "sleep 0.2; : " + sys.argv[1]], cwd=REPO_ROOT)
+"""
+
+
+def _containers_running(token: str) -> list[str]:
+    out = subprocess.run(["docker", "ps", "-a", "--no-trunc", "--format", "{{.ID}} {{.Status}} {{.Command}}"],
+                         capture_output=True, text=True, check=True).stdout
+    return [line for line in out.splitlines() if token in line]
+
+
+def test_ctrl_c_leaves_no_container_behind(toolchains):
+    """A real SIGINT to a process that runs commands in the x86_64 toolchain image, at 8
+    moments spread over a container's life (create, start, wait, remove): afterwards none of
+    its containers is left, running or "Created". The attack on the old main found "Created"
+    containers after 2 of 8 interrupts: a Ctrl-C while the engine created one, whose id the
+    harness never got. A chance hit, so a run of the old code does not always show it."""
+    import secrets
+    import signal
+    import sys
+    import time
+
+    token = f"minrt-interrupt-test-{secrets.token_hex(6)}"
+    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
+    for trial in range(8):
+        proc = subprocess.Popen([sys.executable, "-c", _LOOP, token], cwd=REPO_ROOT, env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "ready", proc.stderr
+        time.sleep(0.3 + 0.07 * trial)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+        assert "KeyboardInterrupt" in err, err
+    time.sleep(1.0)  # the engine finishing a create that was cut short
+    assert _containers_running(token) == []
+
+
+_BUILD = r"""
+import logging, sys
+from pathlib import Path
+from harness.build.docker import DockerToolchain
+logging.basicConfig(level=logging.INFO, stream=sys.stdout, format="%(message)s", force=True)
+DockerToolchain("interrupted", base=sys.argv[1], toolchains_dir=Path(sys.argv[2])).image_tag()
+"""
+
+
+def test_ctrl_c_during_an_image_build_leaves_no_container_behind(engine, tmp_path):
+    """A real SIGINT while the engine builds a toolchain image (its RUN step sleeping in an
+    intermediate container): the build stops, and no container it ran is left, running or
+    "Created" (`docker ps -a` after: none of the containers the build log names)."""
+    import secrets
+    import signal
+    import sys
+    import time
+
+    base = resolve_base(engine)
+    # a step of its own, so the engine's build cache cannot skip it
+    (tmp_path / "interrupted.Dockerfile").write_text(
+        f"ARG BASE\nFROM ${{BASE}}\nRUN echo {secrets.token_hex(8)}\nRUN sleep 60\n")
+    log_path = cache_dir() / "logs" / "docker-build-interrupted.log"
+    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
+    proc = subprocess.Popen([sys.executable, "-c", _BUILD, base, str(tmp_path)], cwd=REPO_ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        if log_path.exists() and "RUN sleep 60" in log_path.read_text(errors="replace") \
+                and log_path.read_text(errors="replace").count("Running in") >= 2:
+            break
+        time.sleep(0.2)
+    assert proc.poll() is None, proc.communicate()
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert "KeyboardInterrupt" in err, err
+    ran = re.findall(r"Running in ([0-9a-f]{12})", log_path.read_text(errors="replace"))
+    assert len(ran) >= 2, log_path.read_text()
+    time.sleep(2.0)  # the engine notices the client is gone and cleans up
+    out = subprocess.run(["docker", "ps", "-a", "--format", "{{.ID}} {{.Status}}"], capture_output=True, text=True,
+                         check=True).stdout
+    assert [line for line in out.splitlines() if line.split()[0] in ran] == []

@@ -20,9 +20,11 @@ import contextlib
 import fcntl
 import logging
 import os
+import secrets
 import shutil
 import subprocess
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -41,6 +43,9 @@ BOOTSTRAP_BASE = "minrt-base:bookworm"
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
 #: Label on every image and container this module creates, so they can be told apart.
 LABEL = "org.minrt.toolchain"
+#: Label with a token of its own on each container `DockerToolchain.run` creates: a container
+#: whose creation was cut short (Ctrl-C while the engine made it) is found by it and removed.
+RUN_LABEL = "org.minrt.run"
 
 _NO_ENGINE_HELP = (
     "start one with `ci/services` (as root), or by hand with "
@@ -270,7 +275,7 @@ class DockerToolchain:
         log.info("building toolchain image %s from %s (base %s); its log: %s", tag, self.dockerfile.name, base, log_path)
         last: list[str] = []
         try:
-            with open(log_path, "w", encoding="utf-8") as build_log:
+            with open(log_path, "w", encoding="utf-8", buffering=1) as build_log:  # line by line: can be followed
                 # The low-level API streams the build log; the classic builder is what the
                 # engine runs for this endpoint (no BuildKit on these machines).
                 for chunk in client.api.build(
@@ -320,6 +325,7 @@ class DockerToolchain:
         tag = self.image_tag()
         client = self.client()
         log.debug("docker[%s]$ %s", tag, " ".join(argv))
+        token = secrets.token_hex(8)
         try:
             container = client.containers.create(
                 tag,
@@ -329,10 +335,15 @@ class DockerToolchain:
                 environment={"HOME": "/tmp", "LC_ALL": "C", "SOURCE_DATE_EPOCH": "0"},
                 volumes={str(r): {"bind": str(r), "mode": "rw"} for r in roots},
                 network_mode="none",
-                labels={LABEL: self.image_name},
+                labels={LABEL: self.image_name, RUN_LABEL: token},
             )
         except docker.errors.APIError as exc:
             raise BuildError(f"cannot create a container from {tag}: {_short(exc)}") from None
+        except BaseException:
+            # Interrupted (Ctrl-C, SIGTERM) while the engine created it: the container may
+            # exist, "Created", without its id ever reaching us.
+            _remove_labelled(client, token)
+            raise
         try:
             container.start()
             try:
@@ -366,6 +377,27 @@ class DockerToolchain:
             version = self.run([self.compiler, "--version"], cwd=REPO_ROOT).splitlines()
             self._description = f"{self.image_tag()} ({version[0] if version else self.compiler})"
         return self._description
+
+
+def _remove_labelled(client: Any, token: str, tries: int = 4) -> None:
+    """Remove the container labelled RUN_LABEL=token. The engine may still be creating it when
+    the request that asked for it was cut short, so a container not found yet is looked for
+    again a few times."""
+    import docker
+
+    for attempt in range(tries):
+        try:
+            found = client.containers.list(all=True, filters={"label": f"{RUN_LABEL}={token}"})
+            for container in found:
+                container.remove(force=True)
+                log.info("removed container %s, whose creation was interrupted", container.short_id)
+        except docker.errors.APIError as exc:
+            log.info("could not remove the container labelled %s=%s: %s", RUN_LABEL, token, _short(exc))
+            return
+        if found:
+            return
+        if attempt + 1 < tries:
+            time.sleep(0.25)
 
 
 def toolchain_names(directory: Path = TOOLCHAINS_DIR) -> list[str]:

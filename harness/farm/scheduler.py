@@ -693,9 +693,9 @@ class FarmInterrupted(KeyboardInterrupt):
 def _stop_farm(farm: _Farm, threads: Sequence[threading.Thread]) -> None:
     """Stop every worker (SIGTERM, then SIGKILL), then let each scheduler thread record its
     attempt and release its lease. A second Ctrl-C meanwhile is ignored: it would leave
-    workers running on devices whose leases are then gone."""
+    workers running on devices whose leases are then gone; so is a SIGTERM."""
     main = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if main else None
+    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)} if main else {}
     try:
         log.warning("farm: interrupted; stopping the running jobs")
         stopped = farm.groups.stop_all()
@@ -706,8 +706,8 @@ def _stop_farm(farm: _Farm, threads: Sequence[threading.Thread]) -> None:
         farm.all_done.wait()
         log.warning("farm: stopped %d worker process(es); every lease released", len(stopped))
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGINT, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 # -- command line -------------------------------------------------------------------------

@@ -34,7 +34,9 @@ Kinds and payloads (H = host request, D = device response):
     GET    H: u8 blob, u32 offset, u16 max              D: ACK with u32 total + data
     BYE    H: empty (minrt-run answers ACK, answers repeats for 1 s, restores its tty
            and exits 0; one that hears no valid request for 15 s exits 1 the same way;
-           the firmware answers ACK and keeps serving)
+           the firmware answers ACK and keeps serving; a BYE sent while minrt-run
+           executes a RUN stops it within a second, unanswered, tty restored, exit 130:
+           the host gave up on the run)
     ACK    D: the request's result (see above)
     NAK    D: a frame arrived damaged; the host resends its request at once
     ERROR  D: u8 code (ErrorCode), then UTF-8 detail (may be empty); the request failed and

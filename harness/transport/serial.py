@@ -37,6 +37,7 @@ import serial
 from harness.formats import frames
 from harness.errors import DeviceError, RunnerError, TargetError
 from harness.transport.base import CommandResult, TransportKind
+from harness.transport.workdirs import WorkdirRecords, remove_command
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +53,24 @@ _PUT_BLOCK = 24 * 1024
 _RUNNER_IDLE_S = 15
 #: the runner sends BUSY every second while it runs; this long without one means it is gone
 BUSY_GRACE_S = 3.5
+#: a runner told BYE because the host gives up (Ctrl-C) exits within about a second (at its
+#: next BUSY during a RUN, else after its 1 s linger): the host waits this long for its shell
+ABANDON_S = 5.0
+#: how long close() tries to get a shell back after a session cut short, to remove the workdir
+CLOSE_SYNC_S = 5.0
+
+
+def _line_safe_bye() -> bytes:
+    """A BYE frame with no byte a shell's line editor acts on (newline, ^C, ^D, ^U, ESC...):
+    typed into a shell it is one line of garbage that a following ^C discards."""
+    for seq in range(1, 256):
+        wire = frames.encode(frames.Frame(frames.Kind.BYE, seq, b""))
+        if all(0x20 <= b < 0x7F or b >= 0x80 or b in (0x00, frames.Kind.BYE) for b in wire):
+            return wire
+    raise AssertionError("no BYE frame without control characters")
+
+
+_LINE_SAFE_BYE = _line_safe_bye()
 
 
 class _Timeout(DeviceError):
@@ -143,6 +162,7 @@ class SerialTransport:
         self._synced = False
         self._seq = 0
         self._unxz: bool | None = None
+        self._records = WorkdirRecords(self.name)
         try:
             self._port = open_console(url, baudrate)
         except (serial.SerialException, ValueError, OSError) as exc:
@@ -205,24 +225,30 @@ class SerialTransport:
             self._sync()
         return self._workdir
 
-    def _sync(self) -> None:
+    def _sync(self, timeout: float | None = None) -> None:
         """Bring the console to a known state: a shell that answers, no echo, in workdir.
 
         When the shell does not answer, interrupts what runs (^C: only then, a shell still
         starting up would die of it), and keeps trying while a runner left over from a failed
-        session still holds the line in raw mode (it exits after 15 s idle)."""
-        deadline = time.monotonic() + self.sync_timeout
+        session still holds the line in raw mode (it exits after 15 s idle), for `timeout`
+        seconds (default: sync_timeout)."""
+        timeout = self.sync_timeout if timeout is None else timeout
+        deadline = time.monotonic() + timeout
         if self._workdir:
             wd = shlex.quote(self._workdir)
             enter = f"mkdir -p {wd} && cd {wd}" if not self._private_workdir else f"cd {wd}"
         else:
             enter = ('__d=$(mktemp -d /tmp/minrt.XXXXXXXX) && chmod 700 "$__d" && cd "$__d" && '
                      "printf '\\n__MINRT_WD %s\\n' \"$__d\"")
+        made_now = False
         for attempt in itertools.count():
             token = secrets.token_hex(6)
             snippet, pattern = self._marker(token, "Y")
             self._rx.clear()
-            self._write(b"\x03\n" if attempt else b"\n", "sync")
+            # From the second try on: a BYE for a runner a failed session left holding the
+            # line (it obeys even in the middle of a RUN), then ^C for a shell, which throws
+            # the BYE's bytes away with the rest of its line.
+            self._write(_LINE_SAFE_BYE + b"\x03\n" if attempt else b"\n", "sync")
             time.sleep(0.1)
             self._write(f"stty -echo; {enter}; {snippet}\n".encode(), "sync")
             try:
@@ -233,11 +259,13 @@ class SerialTransport:
                         raise DeviceError(f"serial {self.url}: cannot create a private work directory "
                                           "with mktemp -d on the device")
                     self._workdir = made.group(1).decode()
+                    self._records.record(self._workdir)
+                    made_now = True
             except _Timeout:
                 if time.monotonic() >= deadline:
                     raise DeviceError(
                         f"serial {self.url}: no shell answers on the console after "
-                        f"{self.sync_timeout:g} s (is the device booted and at a shell prompt?)"
+                        f"{timeout:g} s (is the device booted and at a shell prompt?)"
                     ) from None
                 continue
             # let the prompt that follows arrive, then forget it
@@ -246,7 +274,20 @@ class SerialTransport:
             self._rx.clear()
             self._synced = True
             log.debug("serial %s: shell ready", self.url)
+            if made_now:
+                self._remove_leftovers()
             return
+
+    def _remove_leftovers(self) -> None:
+        """Remove the work directories earlier sessions left on this device (it froze, or
+        the harness was killed), and stop what still runs in them."""
+        for entry, workdir in self._records.stale():
+            result = self._shell(remove_command(workdir), 30)
+            if result.returncode == 0:
+                entry.unlink(missing_ok=True)
+                log.info("serial %s: removed %s, left by an earlier session", self.url, workdir)
+            else:
+                log.info("serial %s: could not remove %s: %s", self.url, workdir, result.stderr.strip())
 
     def _shell(self, command: str, timeout: float, heredoc: str | None = None) -> CommandResult:
         if not self._synced:
@@ -273,6 +314,9 @@ class SerialTransport:
             s = self._read_until(start_re, deadline, f"'{command[:60]}'")
             e = self._read_until(mid_re, deadline, f"'{command[:60]}'")
             x = self._read_until(end_re, deadline, f"'{command[:60]}'")
+        except KeyboardInterrupt:
+            self._synced = False  # a command (a here-document) may still run: close() interrupts it
+            raise
         except _Timeout:
             self._write(b"\x03", "interrupt")  # stop the command; the next call re-syncs
             raise DeviceError(
@@ -371,13 +415,21 @@ class SerialTransport:
         self._port.close()
 
     def close(self) -> None:
+        """Remove the private workdir (stopping what still runs in it) and give the console
+        its echo back. After a session cut short the shell is first got back, for at most
+        CLOSE_SYNC_S; a device that does not answer keeps the workdir until the next session."""
         if self._port.is_open:
-            if self._private_workdir and self._workdir and self._synced:
-                workdir, self._workdir = self._workdir, ""
+            if self._private_workdir and self._workdir:
+                workdir = self._workdir
                 try:
-                    self._shell(f"cd / && rm -rf -- {shlex.quote(workdir)}", 30)
+                    if not self._synced:
+                        self._sync(CLOSE_SYNC_S)
+                    self._workdir = ""
+                    if self._shell(remove_command(workdir), 30).returncode == 0:
+                        self._records.forget(workdir)
                 except DeviceError as exc:
                     log.info("serial %s: could not remove %s: %s", self.url, workdir, exc)
+                self._workdir = ""
             try:
                 if self._synced:
                     self._write(b"stty echo\n", "close")
@@ -438,6 +490,7 @@ class SerialTransport:
         end, end_re = self._marker(token, "X", status=True)
         self._rx.clear()
         self._write(f"{start}; {shlex.quote(self._path(runner))} --serial; {end}\n".encode(), "run_model")
+        serving = False  # the runner's first frame came: it holds the line in raw mode
         try:
             started = min(deadline, time.monotonic() + self.startup_timeout)
             s = self._read_until(start_re, started, "start the runner")
@@ -449,6 +502,7 @@ class SerialTransport:
                 said = self._clean(self._rx[: first.start()]).strip()
                 raise DeviceError(f"serial {self.url}: runner exited with status {int(first.group(1))} "
                                   f"before its serial session: {said[-300:]}")
+            serving = True
             early = bytes(self._rx)
             self._rx.clear()
             result = self.exchange(graph, params, inputs, iters, workspace, deadline - time.monotonic(), early)
@@ -461,7 +515,27 @@ class SerialTransport:
         except (DeviceError, RunnerError):
             self._synced = False  # the next call re-syncs the shell (waits out a stuck runner)
             raise
+        except KeyboardInterrupt:
+            self._synced = False
+            if serving:
+                self._abandon(end_re)
+            raise
         return result
+
+    def _abandon(self, end_re: re.Pattern[bytes]) -> None:
+        """The host gives up on a runner's session (Ctrl-C): BYE, which the runner obeys
+        even in the middle of a RUN, then its shell back, so close() can remove the workdir
+        at once instead of waiting for the run and the runner's idle timeout (~30 s)."""
+        log.info("serial %s: stopping the runner", self.url)
+        self._seq = self._seq % 255 + 1
+        try:
+            self._write(frames.encode(frames.Frame(frames.Kind.BYE, self._seq, b"")), "BYE")
+            self._read_until(end_re, time.monotonic() + ABANDON_S, "runner exit")
+        except DeviceError as exc:
+            log.info("serial %s: the runner did not stop: %s", self.url, exc)
+            return
+        self._rx.clear()
+        self._synced = True
 
     def exchange(
         self,

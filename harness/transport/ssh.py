@@ -31,12 +31,18 @@ import paramiko
 
 from harness.errors import DeviceError, TargetError
 from harness.transport.base import CommandResult, RunsModelWithFiles, TransportKind
+from harness.transport.workdirs import WorkdirRecords, remove_command
 
 log = logging.getLogger(__name__)
 
 DEFAULT_KNOWN_HOSTS = Path("~/.ssh/known_hosts")
 _POLL_S = 0.05
 _CHANNEL_TRIES = 4  # a refused channel open is asked again this many times in all
+#: while a command runs, the server is asked for an answer this often...
+HEARTBEAT_INTERVAL_S = 5.0
+#: ...and a device that answers nothing for this long has frozen (a run may take minutes:
+#: without this, a frozen board was noticed only at the run's timeout, 300 s)
+HEARTBEAT_TIMEOUT_S = 20.0
 
 
 class SSHTransport(RunsModelWithFiles):
@@ -55,9 +61,11 @@ class SSHTransport(RunsModelWithFiles):
         workdir: str | None = None,
         connect_timeout: float = 15.0,
         transfer_timeout: float = 120.0,
+        heartbeat_timeout: float = HEARTBEAT_TIMEOUT_S,
     ) -> None:
         """`connect_timeout` bounds connecting and each short step; `transfer_timeout` bounds a
-        file copy (over SFTP: each request; through cat: the whole copy)."""
+        file copy (over SFTP: each request; through cat: the whole copy); `heartbeat_timeout`
+        is how long a command may go with the device answering nothing (see _Heartbeat)."""
         if not isinstance(port, int) or not 1 <= port <= 65535:
             raise TargetError(f"SSH port {port} of {host} is out of range (1-65535)")
         self.host = host
@@ -71,6 +79,8 @@ class SSHTransport(RunsModelWithFiles):
         self.transfer_timeout = transfer_timeout
         self._sftp: paramiko.SFTPClient | None = None
         self._sftp_missing = False
+        self.heartbeat_timeout = heartbeat_timeout
+        self._records = WorkdirRecords(self.name)
 
         connect_kwargs: dict[str, Any] = {
             "allow_agent": allow_agent,
@@ -173,6 +183,8 @@ class SSHTransport(RunsModelWithFiles):
         transport.set_keepalive(5)
         if self._private_workdir:
             self.workdir = self._make_private_workdir()
+            self._records.record(self.workdir)
+            self._remove_leftovers()
         else:
             self._exec(f"mkdir -p {shlex.quote(self.workdir)}", self.connect_timeout, "create workdir")
 
@@ -188,14 +200,29 @@ class SSHTransport(RunsModelWithFiles):
         log.debug("%s: private work directory %s", self.name, path)
         return path
 
+    def _remove_leftovers(self) -> None:
+        """Remove the work directories earlier sessions left on this device (the device froze
+        or died, or the harness was killed), and stop what still runs in them."""
+        for entry, workdir in self._records.stale():
+            status, _, err = self._exec(remove_command(workdir), self.connect_timeout, f"remove {workdir}")
+            if status == 0:
+                entry.unlink(missing_ok=True)
+                log.info("%s: removed %s, left by an earlier session", self.name, workdir)
+            else:
+                log.info("%s: could not remove %s: %s", self.name, workdir, err.decode(errors="replace").strip())
+
     def close(self) -> None:
+        """Stop what still runs in the private workdir (a run cut short by Ctrl-C) and remove
+        it; a device that does not answer keeps it until the next session to it."""
         if self._private_workdir and self.workdir:
             workdir, self.workdir = self.workdir, ""
             try:
                 transport = self._conn.client.get_transport()
                 if transport is not None and transport.is_active():
-                    self._exec(f"rm -rf -- {shlex.quote(workdir)}", self.connect_timeout, "remove workdir")
-            except DeviceError as exc:  # the device is gone: nothing to clean up there any more
+                    status, _, _ = self._exec(remove_command(workdir), self.connect_timeout, "remove workdir")
+                    if status == 0:
+                        self._records.forget(workdir)
+            except DeviceError as exc:  # the device is gone: the next session removes it
                 log.info("%s: could not remove %s: %s", self.name, workdir, exc)
         self._close_quietly()
 
@@ -306,6 +333,7 @@ class SSHTransport(RunsModelWithFiles):
         transport = self._transport(step)
         channel = self._open_channel(transport, min(timeout, self.connect_timeout), step)
         out, err = bytearray(), bytearray()
+        heartbeat = _Heartbeat(transport, HEARTBEAT_INTERVAL_S)
         try:
             channel.settimeout(_POLL_S)
             with self._watchdog(max(0.1, min(self.connect_timeout, deadline - time.monotonic())),
@@ -332,6 +360,17 @@ class SSHTransport(RunsModelWithFiles):
                     raise _CommandTimeout(
                         f"{self.name}: {step}: no exit after {timeout:g} s (timeout)", bytes(err)
                     )
+                if got:
+                    heartbeat.heard()
+                elif heartbeat.silent_for() > self.heartbeat_timeout:
+                    # The connection is up but nothing answers: a frozen device. Closing the
+                    # connection ends the heartbeat's wait; the next session cleans up.
+                    silent = heartbeat.silent_for()
+                    transport.close()
+                    raise DeviceError(
+                        f"{self.name}: {step}: the device stopped answering (no reply to the SSH "
+                        f"heartbeat for {silent:.0f} s; frozen?); connection closed"
+                    )
                 if not got:
                     channel.status_event.wait(_POLL_S)
             # paramiko leaves exit_status at -1 when no exit-status message came: either the
@@ -345,6 +384,7 @@ class SSHTransport(RunsModelWithFiles):
         except (paramiko.SSHException, OSError, EOFError) as exc:
             raise DeviceError(f"{self.name}: {step}: connection lost: {exc}") from None
         finally:
+            heartbeat.stop()
             channel.close()
 
     def _send_all(self, channel: paramiko.Channel, data: bytes, deadline: float, step: str) -> None:
@@ -440,6 +480,42 @@ class SSHTransport(RunsModelWithFiles):
         if status != 0:
             raise DeviceError(f"{self.name}: {step}: {err.decode(errors='replace').strip()}")
         local.write_bytes(out)
+
+
+class _Heartbeat:
+    """While a command runs: a keepalive@openssh.com request with want-reply every `interval`
+    seconds, in a thread of its own (paramiko waits for the reply without a timeout). Any
+    answer (OpenSSH replies, dropbear refuses the request: both are answers) or output says
+    the device is alive; `silent_for` is how long it has said nothing. paramiko's own
+    keepalive wants no reply, so it notices nothing."""
+
+    def __init__(self, transport: paramiko.Transport, interval: float) -> None:
+        self._transport = transport
+        self._interval = interval
+        self._last = time.monotonic()
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="ssh-heartbeat", daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while not self._done.wait(self._interval):
+            asked = time.monotonic()
+            try:
+                self._transport.global_request("keepalive@openssh.com", wait=True)
+            except (paramiko.SSHException, OSError, EOFError):
+                return
+            if not self._transport.is_active():
+                return
+            self._last = max(self._last, asked)
+
+    def heard(self) -> None:
+        self._last = time.monotonic()
+
+    def silent_for(self) -> float:
+        return time.monotonic() - self._last
+
+    def stop(self) -> None:
+        self._done.set()
 
 
 _PID_TAG = "minrt-pid:"

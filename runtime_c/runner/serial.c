@@ -153,12 +153,53 @@ static int on_put(struct link *lk, unsigned seq, const uint8_t *p, size_t n)
 
 /* BUSY keepalive: SIGALRM writes a prebuilt frame every second while the model runs. */
 static uint8_t busy_frame[FRAME_OVERHEAD];
-static int busy_fd = -1;
+static int busy_fd = -1, busy_in = -1;
+static uint8_t abort_rx[64];
+static size_t abort_len;
+
+static void tty_restore(void);
+
+/* While a RUN executes the main loop reads nothing: the alarm also looks at what the host
+ * sent, and a BYE there (the host gave up: Ctrl-C, SIGTERM) ends the runner at once with the
+ * terminal restored, so the shell is back within a second, not after the run and the idle
+ * timeout. Other bytes read here are dropped: the host repeats RUN only when it hears no
+ * BUSY, and RUN's answer comes at its end anyway. Only async-signal-safe calls. */
+static void check_abort(void)
+{
+  struct pollfd pfd;
+  struct frame_view f;
+  size_t used, pos = 0;
+  ssize_t r;
+  pfd.fd = busy_in;
+  pfd.events = POLLIN;
+  pfd.revents = 0;
+  if (busy_in < 0 || poll(&pfd, 1, 0) <= 0)
+    return;
+  r = read(busy_in, abort_rx + abort_len, sizeof abort_rx - abort_len);
+  if (r <= 0)
+    return;
+  abort_len += (size_t)r;
+  while (pos < abort_len) {
+    int found = frame_scan(abort_rx + pos, abort_len - pos, sizeof abort_rx - FRAME_OVERHEAD, &f, &used);
+    if (found == FRAME_OK && !f.from_device && f.kind == FRAME_BYE) {
+      tty_restore();
+      _exit(SERIAL_EXIT_ABORTED);
+    }
+    pos += used;
+    if (found == FRAME_NEED || used == 0)
+      break;
+  }
+  memmove(abort_rx, abort_rx + pos, abort_len - pos);
+  abort_len -= pos;
+  if (abort_len == sizeof abort_rx)
+    abort_len = 0;                 /* no frame of ours is this long: noise */
+}
 
 static void on_alarm(int sig)
 {
   int saved = errno;
   (void)sig;
+  check_abort();
   if (write(busy_fd, busy_frame, sizeof busy_frame) < 0) {
     /* nothing to do: the host retransmits RUN if it hears nothing */
   }
@@ -175,6 +216,8 @@ static void busy(struct link *lk, unsigned seq, int on)
   if (on) {
     frame_seal(busy_frame, FRAME_BUSY, seq, 0);
     busy_fd = lk->out;
+    busy_in = lk->in;
+    abort_len = 0;
     sa.sa_handler = on_alarm;
     sigaction(SIGALRM, &sa, NULL);
     on_alarm(SIGALRM);           /* one at once: the host stops resending RUN */

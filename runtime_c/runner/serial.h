@@ -36,6 +36,10 @@ struct serial_result {
  * otherwise. */
 typedef int (*serial_run_fn)(const struct serial_job *job, struct serial_result *res);
 
+/* The runner's exit status when the host sent BYE while a RUN executed (it gave up on the
+ * run: Ctrl-C on the host): 128 + SIGINT, as if interrupted. */
+#define SERIAL_EXIT_ABORTED 130
+
 /* Serve requests on in_fd/out_fd until the host says BYE (returns 0) or the link fails or
  * stays silent for the idle timeout (returns 1). Does not touch terminal settings. */
 int serial_serve(int in_fd, int out_fd, serial_run_fn run);
