@@ -17,8 +17,9 @@ from pathlib import Path
 import pytest
 
 from harness.formats import frames, tensorfile
-from harness.errors import DeviceError, FitError, RunnerError, TargetError
-from harness.build.firmware import FRONT_END_BUDGET, MAX_PAYLOAD, STACK_MARGIN, build_firmware, image_models
+from harness.errors import BuildError, DeviceError, FitError, RunnerError, TargetError
+from harness.build.firmware import (FRONT_END_BUDGET, MAX_PAYLOAD, STACK_MARGIN, FirmwareModel, arena_with_tail,
+                                     build_firmware, check_inputs_kept, image_models)
 from harness.run import check_outputs, random_inputs
 from harness.build.size import BUDGETS
 from harness.config.targets import load_target, parse_target
@@ -109,8 +110,39 @@ def test_footprint_adds_up(image) -> None:
     assert 0 < flash["front_end"] <= FRONT_END_BUDGET, flash
     assert ram["stack"] == -(-(ram["stack_peak"] + STACK_MARGIN) // 8) * 8, ram
     assert ram["beyond_arena_io"] == ram["stack"] + ram["data"] + ram["bss"], ram
-    assert ram["arena"] == image.firmware.arena_bytes == -(-max(fp["arena_by_model"].values()) // 64) * 64
+    # the inputs blob and the outputs pass through the arena's tail, past what each model keeps
+    assert ram["io_buffers"] == 0 and ram["io_tail"] > 0, ram
+    assert ram["arena"] == image.firmware.arena_bytes == arena_with_tail(
+        list(fp["arena_by_model"].values()), list(fp["arena_kept_by_model"].values()), ram["io_tail"])
+    assert all(ram["arena"] - ram["io_tail"] >= kept for kept in fp["arena_kept_by_model"].values()), fp
     assert flash["total"] <= image.target.layout.flash_bytes and ram["total"] <= image.target.layout.ram_bytes
+
+
+def test_arena_tail_sizing() -> None:
+    """The arena holds every model's own need, and the tail past what each keeps, 64-rounded."""
+    assert arena_with_tail([1000], [900], 200) == 1152  # the tail would overlap: the arena grows
+    assert arena_with_tail([5000], [900], 200) == 5056  # the tail fits past what is kept
+    assert arena_with_tail([1000, 3000], [990, 100], 64) == 3008
+
+
+def test_a_plan_that_writes_an_input_is_refused(example_models, tmp_path) -> None:
+    """The front end sets inputs once per RUN: a graph whose kernel writes an input's storage
+    is refused at build, naming the node."""
+    from harness.formats.artifact import Artifact
+
+    target = load_target("cortex-m4-qemu")
+    model = image_models(target, {"mlp": example_models["mlp"]})[0]
+    check_inputs_kept(model)  # the project's own plan keeps inputs
+    copy = tmp_path / "art"
+    shutil.copytree(model.artifact.dir, copy)
+    graph = json.loads((copy / "graph.json").read_text())
+    rows, sids = graph["node_row_ptr"], graph["attrs"]["storage_id"][1]
+    first_op = next(i for i, n in enumerate(graph["nodes"]) if n["op"] == "tvm_op" and n["attrs"]["func_name"] != "__nop")
+    input_nid = next(i for i, n in enumerate(graph["nodes"]) if n["name"] == model.artifact.inputs[0]["name"])
+    sids[rows[first_op]] = sids[rows[input_nid]]
+    (copy / "graph.json").write_text(json.dumps(graph))
+    with pytest.raises(BuildError, match=f"node {first_op} .*writes the storage of a graph input"):
+        check_inputs_kept(FirmwareModel("mlp", Artifact.open(copy), model.prefix))
 
 
 def test_wrong_model_or_weights_is_a_clear_error(image) -> None:
@@ -188,7 +220,8 @@ def test_image_too_large_is_refused_naming_the_region(tmp_path, example_models) 
     base = load_target("cortex-m4-qemu")
     text = base.path.read_text()
     # RAM: known only once the probe measured the arena; flash: refused before the probe boots
-    for region, key, small, before in (("RAM", "ram_bytes", "0x4000", ""),
+    # (cnn: planned arena 11,264 B, the image 15,360 B: 12 KiB is refused after the probe)
+    for region, key, small, before in (("RAM", "ram_bytes", "0x3000", ""),
                                        ("flash", "flash_bytes", "0x4000", "at least ")):
         small_text = "\n".join(f"{key} = {small}" if line.startswith(f"{key} =") else line
                                for line in text.splitlines())
@@ -197,7 +230,7 @@ def test_image_too_large_is_refused_naming_the_region(tmp_path, example_models) 
         target = parse_target(path)
         models = image_models(base, {"cnn": example_models["cnn"]})  # artifacts of the same core
         with pytest.raises(FitError, match=rf"does not fit cortex-m4-qemu: {region} needs {before}[\d,]+ bytes, "
-                                             rf"the board has 16,384 \([\d,]+ bytes over"):
+                                             rf"the board has {int(small, 16):,} \([\d,]+ bytes over"):
             build_firmware(target, models, get_toolchain("docker", target))
 
 

@@ -257,6 +257,32 @@ def test_requests_get_the_same_answer(side: Side, inputs) -> None:
     assert side.request(Kind.BYE).kind == Kind.ACK
 
 
+def outputs_blob(side: Side) -> bytes:
+    """The whole outputs blob, GET by GET."""
+    got, total = b"", None
+    while total is None or len(got) < total:
+        reply = side.request(Kind.GET, frames.get_payload(Blob.OUTPUTS, len(got), side.max_payload - 4))
+        assert reply.kind == Kind.ACK, (side.name, error_code(reply))
+        total, data = frames.parse_get(reply.payload)
+        got += data
+    return got
+
+
+def test_a_run_without_new_inputs_runs_on_the_same_inputs(side: Side, inputs) -> None:
+    """One inputs blob, then RUN, RUN: the same outputs (the firmware copies the blob into the
+    model's inputs at the first RUN, and its arena tail then holds the outputs, not the blob)."""
+    ready(side).load_model()
+    assert error_code(side.put(Blob.INPUTS, tensorfile.dumps(inputs))) == "ACK"
+    assert side.request(Kind.RUN, frames.run_payload(2, 0)).kind == Kind.ACK
+    first = outputs_blob(side)
+    assert side.request(Kind.RUN, frames.run_payload(1, 0)).kind == Kind.ACK
+    assert outputs_blob(side) == first, side.name
+    other = {k: (v + 1).astype(v.dtype) for k, v in inputs.items()}
+    assert error_code(side.put(Blob.INPUTS, tensorfile.dumps(other))) == "ACK"
+    assert side.request(Kind.RUN, frames.run_payload(1, 0)).kind == Kind.ACK
+    assert outputs_blob(side) != first, side.name
+
+
 def test_repeats_are_answered_from_the_held_response(side: Side, inputs) -> None:
     """The repeated-request rule of frames.py: the same kind, seq, length and CRC get the held
     response, never a second execution; the same seq with other content is executed."""
