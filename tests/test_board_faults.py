@@ -43,7 +43,8 @@ def _frozen(board):
 
 def _start_run(model: str, transport: str, iters: int) -> subprocess.Popen:
     env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
-    return subprocess.Popen([sys.executable, "-m", "harness.cli", "run", "--model", model, "--transport", transport,
+    # -v: the device's "running N iteration(s)" line is a debug line; the test waits for it
+    return subprocess.Popen([sys.executable, "-m", "harness.cli", "-v", "run", "--model", model, "--transport", transport,
                              "--toolchain", "host", "--iters", str(iters)],
                             cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
@@ -131,7 +132,7 @@ def test_a_board_that_freezes_during_a_farm_job_is_a_device_fault(shared_board, 
     inv.write_text('[[devices]]\nname = "board"\ntarget = "rpi-qemu"\n')
     out = tmp_path / "out"
     env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
-    farm = subprocess.Popen([sys.executable, "-m", "harness.cli", "farm", "run", "--inventory", str(inv),
+    farm = subprocess.Popen([sys.executable, "-m", "harness.cli", "-v", "farm", "run", "--inventory", str(inv),
                              "--no-health-check", "--toolchain", "host", "--iters", "20000",
                              "--results", str(tmp_path / "r.sqlite"), "--out", str(out), "dscnn"],
                             cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

@@ -326,25 +326,21 @@ class DockerToolchain:
         client = self.client()
         log.debug("docker[%s]$ %s", tag, " ".join(argv))
         token = secrets.token_hex(8)
+        container = None
         try:
-            container = client.containers.create(
-                tag,
-                command=argv,
-                working_dir=str(cwd),
-                user=f"{os.getuid()}:{os.getgid()}",
-                environment={"HOME": "/tmp", "LC_ALL": "C", "SOURCE_DATE_EPOCH": "0"},
-                volumes={str(r): {"bind": str(r), "mode": "rw"} for r in roots},
-                network_mode="none",
-                labels={LABEL: self.image_name, RUN_LABEL: token},
-            )
-        except docker.errors.APIError as exc:
-            raise BuildError(f"cannot create a container from {tag}: {_short(exc)}") from None
-        except BaseException:
-            # Interrupted (Ctrl-C, SIGTERM) while the engine created it: the container may
-            # exist, "Created", without its id ever reaching us.
-            _remove_labelled(client, token)
-            raise
-        try:
+            try:
+                container = client.containers.create(
+                    tag,
+                    command=argv,
+                    working_dir=str(cwd),
+                    user=f"{os.getuid()}:{os.getgid()}",
+                    environment={"HOME": "/tmp", "LC_ALL": "C", "SOURCE_DATE_EPOCH": "0"},
+                    volumes={str(r): {"bind": str(r), "mode": "rw"} for r in roots},
+                    network_mode="none",
+                    labels={LABEL: self.image_name, RUN_LABEL: token},
+                )
+            except docker.errors.APIError as exc:
+                raise BuildError(f"cannot create a container from {tag}: {_short(exc)}") from None
             container.start()
             try:
                 status = container.wait(timeout=self.timeout)
@@ -360,10 +356,7 @@ class DockerToolchain:
         except docker.errors.APIError as exc:
             raise BuildError(f"running {argv[0]} in {tag} failed: {_short(exc)}") from None
         finally:
-            try:
-                container.remove(force=True)
-            except docker.errors.APIError:
-                pass
+            _discard(client, container, token)
         code = status.get("StatusCode", -1)
         if code != 0:
             raise BuildError(
@@ -377,6 +370,23 @@ class DockerToolchain:
             version = self.run([self.compiler, "--version"], cwd=REPO_ROOT).splitlines()
             self._description = f"{self.image_tag()} ({version[0] if version else self.compiler})"
         return self._description
+
+
+def _discard(client: Any, container: Any, token: str) -> None:
+    """Remove a run's container. Without its id (a Ctrl-C or SIGTERM while the engine created
+    it), or when the removal itself is cut short, it is found by its RUN_LABEL token."""
+    import docker
+
+    if container is None:
+        _remove_labelled(client, token)
+        return
+    try:
+        container.remove(force=True)
+    except docker.errors.APIError:
+        pass
+    except BaseException:
+        _remove_labelled(client, token)
+        raise
 
 
 def _remove_labelled(client: Any, token: str, tries: int = 4) -> None:

@@ -481,6 +481,8 @@ class _Farm:
         evidence_dir = self.evidence_dir / stem if self.evidence_dir is not None else None
         if evidence_dir is not None:
             argv += ["--evidence", str(evidence_dir)]
+        if logging.getLogger().isEnabledFor(logging.DEBUG):
+            argv.append("-v")  # `farm run -v`: the job logs get the workers' debug lines too
         env = dict(os.environ)
         # The worker imports the job runner from wherever this process could (a test module too).
         env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT)] + [p for p in sys.path if p])
