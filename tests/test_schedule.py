@@ -101,8 +101,8 @@ def test_zoo_workspace_is_no_larger_than_the_largest_activation(models, model, m
 def _shuffle_unit(path) -> None:
     """A ShuffleNet unit as ONNX's light zoo writes it: 1x1 convs in groups of 68 and 34 output
     channels, a channel shuffle (reshape, transpose, reshape), a depthwise 3x3, a 1x1 conv in
-    groups of 136; two batch-norms whose parameters and one conv weight are ConstantOfShape
-    nodes (not initializers), one BN on initializers."""
+    groups of 136, a residual Sum and Relu; two batch-norms, one whose parameters and a conv
+    weight are ConstantOfShape nodes (not initializers), one on initializers."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
@@ -134,7 +134,9 @@ def _shuffle_unit(path) -> None:
     conv("shuffled", "dw", filled("wdw", [c, 1, 3, 3], 0.1), c, pads=(1, 1, 1, 1))
     batchnorm("dw", "b2", [const(n, rng.uniform(0.5, 1.5, c).astype(np.float32)) for n in ("s2", "t2", "m2", "v2")])
     conv("b2", "g2", const("w2", rng.standard_normal((c, 34, 1, 1)).astype(np.float32) * 0.1), 8)
-    conv("g2", "y", const("w3", rng.standard_normal((c, 136, 1, 1)).astype(np.float32) * 0.1), 2)
+    conv("g2", "g3", const("w3", rng.standard_normal((c, 136, 1, 1)).astype(np.float32) * 0.1), 2)
+    nodes.append(helper.make_node("Sum", ["g3", "shuffled"], ["residual"]))
+    nodes.append(helper.make_node("Relu", ["residual"], ["y"]))
     graph = helper.make_graph(nodes, "shuffle_unit", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, c, hw, hw])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, c, hw, hw])], initializer=inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
@@ -162,6 +164,9 @@ def test_shufflenet_unit_grouped_convs_and_shuffle_are_scheduled_and_match(tmp_p
     expected = {"groups of 68", "groups of 136"} | ({"groups of 34"} if lanes == 4 else set())
     assert {g for g in expected if any(g in d for d in grouped)} == expected, details
     assert any(d.startswith("rows of") for name, d in details.items() if "transpose" in name), details
+    # the Sum is an Add, fused with the relu into the last conv's kernel (not a stack + sum)
+    assert not any("stack" in name or "sum" in name for name in details), sorted(details)
+    assert any(re.search(r"conv2d\d*_add\d*_relu", name) for name in details), sorted(details)
     result = run_on_target(path, target, iters=2, seed=5, atol=1e-4, rtol=1e-4)
     assert result.error is None, result.error
     assert result.passed, json.dumps(result.outputs, indent=1)

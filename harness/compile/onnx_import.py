@@ -190,6 +190,32 @@ def fold_batchnorm(model: Any) -> tuple[Any, int]:
     return folded, count
 
 
+def sums_as_adds(model: Any) -> Any:
+    """Each Sum of two or more inputs as a chain of Adds (a copy of the model when one is
+    changed). TVM's frontend imports Sum as a stack and a reduction, which FuseOps cannot fuse
+    with the conv before it or the relu after it: ResNet's residual `Sum, Relu` cost two extra
+    kernels and two passes over the activation; as an Add, both join the conv's kernel."""
+    from onnx import ModelProto, helper
+
+    if not any(n.op_type == "Sum" and len(n.input) >= 2 for n in model.graph.node):
+        return model
+    changed = ModelProto()
+    changed.CopyFrom(model)
+    nodes = []
+    for node in changed.graph.node:
+        if node.op_type != "Sum" or len(node.input) < 2:
+            nodes.append(node)
+            continue
+        acc = node.input[0]
+        for i, term in enumerate(node.input[1:], 1):
+            out = node.output[0] if i == len(node.input) - 1 else f"{node.output[0]}.sum{i}"
+            nodes.append(helper.make_node("Add", [acc, term], [out], name=f"{node.name or node.output[0]}.add{i}"))
+            acc = out
+    del changed.graph.node[:]
+    changed.graph.node.extend(nodes)
+    return changed
+
+
 def import_onnx(model: Any, path: Path) -> tuple[Any, int]:
     """ONNX -> Relax IRModule with weights as constants, and how many batch-norms were folded
     into convolutions on the way."""
@@ -200,6 +226,7 @@ def import_onnx(model: Any, path: Path) -> tuple[Any, int]:
     model, folded = fold_batchnorm(model)
     if folded:
         log.info("%s: folded %d batch-norm(s) into convolutions", path.name, folded)
+    model = sums_as_adds(model)
     try:
         return from_onnx(model, keep_params_in_input=False), folded
     except tvm.error.OpNotImplemented as exc:
