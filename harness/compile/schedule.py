@@ -14,7 +14,11 @@ rewrite every kernel in a few milliseconds, with no measurement:
   keeps about eight vector accumulators live across the whole reduction; the epilogue is
   computed per tile (its intermediate shrinks to one tile); padding is computed inside the
   loop that consumes it (one padded row band or plane, not the whole tensor);
-- any remaining output loop nest without a reduction is fused and vectorized.
+- a conv whose weight has the output channel innermost (HWIO: dense convs, and grouped ones
+  with whole or half vectors of output channels per group) gets a channels-last tile instead:
+  a vector of output channels times a row of pixels, per group;
+- any remaining output loop nest without a reduction is fused and vectorized (a reshape or
+  transpose along its innermost axis, so its reads stay contiguous).
 
 - on Linux targets, heavy kernels get their outermost loop parallel: the runner runs it on
   its threads (runtime_c/runner/pool.c); minrt's core and firmware run it as one task.
