@@ -499,6 +499,8 @@ def _tile_int8(sch: Any, block: Any, dsp: bool, parallel: bool = False) -> tuple
     consumers = list(sch.get_consumers(block))
     for consumer in consumers:
         sch.reverse_compute_at(consumer, oc_o, preserve_unit_loops=True)
+    for buf in padded:  # before tensorize, which replaces the loops it blockizes
+        sch.compute_at(producers[buf], pad_anchor, preserve_unit_loops=True)
     threads = _parallelize_outer(sch, block) if parallel else ""
     init = sch.decompose_reduction(block, sch.get_loops(block)[len(outer)])
     sch.unroll(sch.get_loops(init)[-1])
@@ -506,8 +508,6 @@ def _tile_int8(sch: Any, block: Any, dsp: bool, parallel: bool = False) -> tuple
         _register_smlad_dot4()
         sch.tensorize(rc_i, SMLAD_DOT4)
     sch.unroll(oc_i)
-    for buf in padded:
-        sch.compute_at(producers[buf], pad_anchor, preserve_unit_loops=True)
     placed = [sch.get(c).name_hint for c in consumers]
     return (f"int8 {'SMLAD dot4, ' if dot4 else ''}{oc_factor} output channels in registers"
             f"{', pad computed per row' if padded else ''}{', ' + threads if threads else ''}"), placed
