@@ -184,3 +184,15 @@ def test_cortex_m4_int8_kernels_use_smlad_and_cortex_m3_kernels_do_not(mlperf):
     m3 = compile_model(mlperf["mlperf-kws"], "cortex-m3-qemu")
     assert not any("SMLAD" in v.get("detail", "") for v in m3.metadata["schedules"].values())
     assert not re.search(r"\b(smlad|sxtb16)\b", "\n".join(_functions(m3.dir / "kernels.o").values()))
+
+
+@pytest.mark.parametrize("model", mlperf_tiny.INT8_MODELS)
+def test_every_cortex_m4_int8_conv_and_dense_kernel_gets_the_int8_schedule(mlperf, model):
+    # a kernel the int8 rule refuses falls back to inlining: scalar loops and whole-tensor
+    # int32 accumulators as workspace (ResNet-8's padded 3x3 convolutions did: 84 KB)
+    artifact = compile_model(mlperf[model], "cortex-m4-qemu")
+    schedules = artifact.metadata["schedules"]
+    macs = {k: v for k, v in schedules.items() if "conv2d" in k or "dense" in k}
+    assert macs and all(v["detail"].startswith("int8 ") for v in macs.values()), schedules
+    assert any("SMLAD" in v["detail"] for v in macs.values()), schedules
+    assert artifact.metadata["workspace_bytes"] <= 4096, artifact.metadata["workspace_bytes"]
