@@ -399,11 +399,8 @@ def _register_smlad_dot4() -> None:
     from tvm import s_tir
     from tvm.script import tirx as T
 
-    try:
-        s_tir.TensorIntrin.get(SMLAD_DOT4)
+    if s_tir.TensorIntrin.get(SMLAD_DOT4, allow_missing=True) is not None:
         return
-    except Exception:  # noqa: BLE001 - not registered yet
-        pass
 
     @T.prim_func(s_tir=True)
     def desc(a: T.handle, b: T.handle, c: T.handle) -> None:
