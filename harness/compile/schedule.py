@@ -537,6 +537,11 @@ def schedule_kernel(func: Any, lanes: int, parallel: bool = False, dsp: bool = F
             anchor = max(reductions, key=work)
             channel = _channel_axis(sch, anchor, lanes) if lanes > 1 else None
             threads = parallel and work(anchor) >= PARALLEL_MIN_WORK
+            if _is_int8_mac(sch, anchor) and not dsp:
+                # the float rules would keep the padding stage as a row-band workspace; read
+                # through a select instead, as the int8 kernels did before they had one
+                for producer in sch.get_producers(anchor):
+                    sch.compute_inline(producer)
             if dsp and _is_int8_mac(sch, anchor):
                 detail, placed = _tile_int8(sch, anchor, dsp, parallel=threads)
             elif channel is not None:
