@@ -487,9 +487,19 @@ def _tile_int8(sch: Any, block: Any, dsp: bool, parallel: bool = False) -> tuple
         b, y, xx = (loops[i] for i in spatial if i != oc)
         outer = [b, y, oc_o, xx]
         pad_anchor = oc_o
+    pixel = [i for i in spatial if i != oc][-1] if len(spatial) > 1 else None
+    pairs = (dot4 and not depthwise and pixel is not None and extents[pixel] % 2 == 0 and extents[oc] % 2 == 0
+             and extents[rc] >= 16)  # a shorter reduction does not pay for the pair tile's set-up
+    if pairs:
+        # 2 pixels x 2 output channels: each weight word and each data word, once extended,
+        # feeds two SMLADs (10 registers; 4 channels x 2 pixels would spill)
+        oc_o, oc_i = sch.split(sch.fuse(oc_o, oc_i), [None, 2])
+        px_o, px_i = sch.split(loops[pixel], [None, 2])
+        outer = [loops[i] for i in spatial if i not in (oc, pixel)] + [px_o, oc_o]
+        oc_factor = 2
     if dot4:
         rc_o, rc_i = sch.split(loops[rc], [None, 4])
-        sch.reorder(*outer, *[loops[i] for i in reduce if i != rc], rc_o, oc_i, rc_i)
+        sch.reorder(*outer, *[loops[i] for i in reduce if i != rc], rc_o, *([px_i] if pairs else []), oc_i, rc_i)
     else:
         sch.reorder(*outer, *[loops[i] for i in reduce], oc_i)
     sch.set_scope(block, 0, "local")
@@ -505,8 +515,10 @@ def _tile_int8(sch: Any, block: Any, dsp: bool, parallel: bool = False) -> tuple
         _register_smlad_dot4()
         sch.tensorize(rc_i, SMLAD_DOT4)
     sch.unroll(oc_i)
+    if pairs:
+        sch.unroll(px_i)
     placed = [sch.get(c).name_hint for c in consumers]
-    return (f"int8 {'SMLAD dot4, ' if dot4 else ''}{oc_factor} output channels in registers"
+    return (f"int8 {'SMLAD dot4, ' if dot4 else ''}{'2 pixels x ' if pairs else ''}{oc_factor} output channels in registers"
             f"{', pad computed per row' if padded else ''}{', ' + threads if threads else ''}"), placed
 
 
