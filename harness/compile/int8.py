@@ -318,9 +318,15 @@ def add_te(a: Any, b: Any, spec: AddSpec, arithmetic: str, table: Any = None) ->
     def tflm(*idx: Any) -> Any:
         xa = (a[idx].astype("int32") - _c(spec.zero_a)) * _c(1 << ADD_LEFT_SHIFT)
         xb = (b[idx].astype("int32") - _c(spec.zero_b)) * _c(1 << ADD_LEFT_SHIFT)
-        sa = multiply_by_quantized_multiplier(xa, table[0], table[1])
-        sb = multiply_by_quantized_multiplier(xb, table[2], table[3])
-        out = multiply_by_quantized_multiplier(sa + sb, table[4], table[5])
+        # the shifts are known here: without a left shift each product is one 32x32->64
+        # multiply instead of a 64-bit shift and a 64x64-bit multiply
+        def rescale(x: Any, k: int, shift: int) -> Any:
+            return multiply_by_quantized_multiplier(x, table[k], table[k + 1] if shift > 0 else
+                                                    tvm.tirx.min(table[k + 1], _c(0)))
+
+        sa = rescale(xa, 0, spec.mult_a[1])
+        sb = rescale(xb, 2, spec.mult_b[1])
+        out = rescale(sa + sb, 4, spec.mult_out[1])
         return _to_int8(out + _c(spec.zero_out), spec.lo, spec.hi)
 
     def ort(*idx: Any) -> Any:
