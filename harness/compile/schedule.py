@@ -473,7 +473,156 @@ def _parallelize_outer(sch: Any, block: Any) -> str:
     return ""
 
 
-def schedule_kernel(func: Any, lanes: int, parallel: bool = False) -> tuple[Any, KernelSchedule]:
+# ---------------------------------------------------------------------------------------------
+# int8 kernels (harness.compile.int8): sum(int8 x * int8 w) in int32, then requantization
+
+
+def has_dsp(tvm_target: Any) -> bool:
+    """Whether the target is an ARMv7E-M core (Cortex-M4/M7: the DSP extension's SIMD
+    multiply-accumulates), from its LLVM triple. A Cortex-M3 (thumbv7m) has none."""
+    attrs = dict(tvm_target.attrs) if hasattr(tvm_target, "attrs") else dict(tvm_target)
+    mattr = [str(a) for a in attrs.get("mattr", [])]
+    return str(attrs.get("mtriple", "")).startswith("thumbv7em") and "-dsp" not in mattr
+
+
+#: The tensor intrinsic: acc += 4 int8 products, two SMLADs on the sign-extended halves.
+SMLAD_DOT4 = "minrt_smlad_dot4_i8i8i32"
+
+
+def _register_smlad_dot4() -> None:
+    """Register SMLAD_DOT4 once per process: a dot product of 4 int8 pairs into an int32
+    accumulator as the ARMv7E-M DSP extension computes it. Each operand's 4 bytes are one
+    32-bit load; SXTB16 sign-extends bytes 0 and 2 into two 16-bit lanes (and, with its
+    operand rotated by 8, bytes 1 and 3), and SMLAD adds both lanes' products to the accumulator: 4 multiply-
+    accumulates in 2 loads, 4 extensions and 2 SMLADs (operands 4-byte aligned: the reduction
+    starts on a multiple of 4 in contiguous int8 data)."""
+    from tvm import s_tir
+    from tvm.script import tirx as T
+
+    if s_tir.TensorIntrin.get(SMLAD_DOT4, allow_missing=True) is not None:
+        return
+
+    @T.prim_func(s_tir=True)
+    def desc(a: T.handle, b: T.handle, c: T.handle) -> None:
+        A = T.match_buffer(a, (4,), "int8", offset_factor=1)
+        B = T.match_buffer(b, (4,), "int8", offset_factor=1)
+        C = T.match_buffer(c, (1,), "int32", offset_factor=1, scope="local")
+        with T.sblock("root"):
+            T.reads(C[0], A[0:4], B[0:4])
+            T.writes(C[0])
+            for k in range(4):
+                with T.sblock("update"):
+                    vk = T.axis.remap("R", [k])
+                    C[0] = C[0] + T.Cast("int32", A[vk]) * T.Cast("int32", B[vk])
+
+    @T.prim_func(s_tir=True)
+    def impl(a: T.handle, b: T.handle, c: T.handle) -> None:
+        A = T.match_buffer(a, (4,), "int8", offset_factor=1)
+        B = T.match_buffer(b, (4,), "int8", offset_factor=1)
+        C = T.match_buffer(c, (1,), "int32", offset_factor=1, scope="local")
+        with T.sblock("root"):
+            T.reads(C[0], A[0:4], B[0:4])
+            T.writes(C[0])
+            # written as one expression: a name bound here would become a local buffer (a
+            # workspace allocation per call); LLVM loads each operand once
+            C[0] = T.call_llvm_pure_intrin(
+                "int32", "llvm.arm.smlad",
+                T.call_llvm_pure_intrin("int32", "llvm.arm.sxtb16", T.call_llvm_pure_intrin(
+                    "int32", "llvm.fshr.i32", T.reinterpret("int32", A.vload([0], "int8x4")),
+                    T.reinterpret("int32", A.vload([0], "int8x4")), 8)),
+                T.call_llvm_pure_intrin("int32", "llvm.arm.sxtb16", T.call_llvm_pure_intrin(
+                    "int32", "llvm.fshr.i32", T.reinterpret("int32", B.vload([0], "int8x4")),
+                    T.reinterpret("int32", B.vload([0], "int8x4")), 8)),
+                T.call_llvm_pure_intrin(
+                    "int32", "llvm.arm.smlad",
+                    T.call_llvm_pure_intrin("int32", "llvm.arm.sxtb16", T.reinterpret("int32", A.vload([0], "int8x4"))),
+                    T.call_llvm_pure_intrin("int32", "llvm.arm.sxtb16", T.reinterpret("int32", B.vload([0], "int8x4"))),
+                    C[0]))
+
+    s_tir.TensorIntrin.register(SMLAD_DOT4, desc, impl)
+
+
+def _is_int8_mac(sch: Any, block: Any) -> bool:
+    """An int8 kernel's accumulation: int8 data times int8 weights into int32."""
+    node = sch.get(block)
+    return (len(node.reads) == 2 and all(str(r.source.dtype) == "int8" for r in node.reads)
+            and len(node.writes) == 1 and str(node.writes[0].source.dtype) == "int32")
+
+
+def _tile_int8(sch: Any, block: Any, dsp: bool, parallel: bool = False) -> tuple[str, list[str]]:
+    """Tile an int8 accumulation (conv2d_te/dense_te of harness.compile.int8: data read first,
+    weights [O, ..., C] second, the reduction innermost over input channels): a block of output
+    channels keeps its accumulators in registers across the whole reduction, the requantization
+    is computed per block, padding per output row. With the DSP extension and a reduction over
+    a multiple of 4 contiguous channels, its 4 innermost steps become one SMLAD_DOT4."""
+    node = sch.get(block)
+    loops = sch.get_loops(block)
+    iter_vars = list(node.iter_vars)
+    if len(loops) != len(iter_vars):
+        raise ValueError("loops and block iterators differ")
+    data, weight = node.reads
+    oc_vars = _vars_of(weight.region[0].min)
+    rc_vars = _vars_of(weight.region[-1].min)
+    names = [iv.var.name for iv in iter_vars]
+    spatial = [i for i, iv in enumerate(iter_vars) if int(iv.iter_type) == 0]
+    reduce = [i for i, iv in enumerate(iter_vars) if int(iv.iter_type) != 0]
+    oc = next(i for i in spatial if names[i] in oc_vars)
+    rc = next(i for i in reduce if names[i] in rc_vars)
+    extents = [int(iv.dom.extent) for iv in iter_vars]
+    contiguous = (names[rc] in _vars_of(data.region[-1].min) and reduce[-1] == rc
+                  and int(data.region[-1].extent) == 1)
+    dot4 = dsp and contiguous and extents[rc] % 4 == 0
+    depthwise = extents[rc] == 1 and bool(_vars_of(data.region[-1].min) & oc_vars)
+    width = 8 if depthwise else 4
+    oc_factor = next(f for f in (width, 4, 2, 1) if extents[oc] % f == 0)
+
+    producers = {sch.get(p).writes[0].source: p for p in sch.get_producers(block)}
+    padded = [r.source for r in node.reads if r.source in producers]
+    oc_o, oc_i = sch.split(loops[oc], [None, oc_factor])
+    outer = [loops[i] for i in spatial if i != oc] + [oc_o]
+    pad_anchor = next((loops[i] for i in spatial if extents[i] > 1 and i != oc), oc_o)
+    if depthwise and len(spatial) == 4:
+        # a block of channels across the whole output row: the padded rows it reads are
+        # one block wide (a small workspace), copied once per row and block
+        b, y, xx = (loops[i] for i in spatial if i != oc)
+        outer = [b, y, oc_o, xx]
+        pad_anchor = oc_o
+    pixel = [i for i in spatial if i != oc][-1] if len(spatial) > 1 else None
+    pairs = (dot4 and not depthwise and pixel is not None and extents[pixel] % 2 == 0 and extents[oc] % 2 == 0
+             and extents[rc] >= 16)  # a shorter reduction does not pay for the pair tile's set-up
+    if pairs:
+        # 2 pixels x 2 output channels: each weight word and each data word, once extended,
+        # feeds two SMLADs (10 registers; 4 channels x 2 pixels would spill)
+        oc_o, oc_i = sch.split(sch.fuse(oc_o, oc_i), [None, 2])
+        px_o, px_i = sch.split(loops[pixel], [None, 2])
+        outer = [loops[i] for i in spatial if i not in (oc, pixel)] + [px_o, oc_o]
+        oc_factor = 2
+    if dot4:
+        rc_o, rc_i = sch.split(loops[rc], [None, 4])
+        sch.reorder(*outer, *[loops[i] for i in reduce if i != rc], rc_o, *([px_i] if pairs else []), oc_i, rc_i)
+    else:
+        sch.reorder(*outer, *[loops[i] for i in reduce], oc_i)
+    sch.set_scope(block, 0, "local")
+    consumers = list(sch.get_consumers(block))
+    for consumer in consumers:
+        sch.reverse_compute_at(consumer, oc_o, preserve_unit_loops=True)
+    for buf in padded:  # before tensorize, which replaces the loops it blockizes
+        sch.compute_at(producers[buf], pad_anchor, preserve_unit_loops=True)
+    threads = _parallelize_outer(sch, block) if parallel else ""
+    init = sch.decompose_reduction(block, sch.get_loops(block)[len(outer)])
+    sch.unroll(sch.get_loops(init)[-1])
+    if dot4:
+        _register_smlad_dot4()
+        sch.tensorize(rc_i, SMLAD_DOT4)
+    sch.unroll(oc_i)
+    if pairs:
+        sch.unroll(px_i)
+    placed = [sch.get(c).name_hint for c in consumers]
+    return (f"int8 {'SMLAD dot4, ' if dot4 else ''}{'2 pixels x ' if pairs else ''}{oc_factor} output channels in registers"
+            f"{', pad computed per row' if padded else ''}{', ' + threads if threads else ''}"), placed
+
+
+def schedule_kernel(func: Any, lanes: int, parallel: bool = False, dsp: bool = False) -> tuple[Any, KernelSchedule]:
     """Apply the default rules to one PrimFunc; returns the scheduled PrimFunc and what was
     done. Falls back to inlining only when the tiling rule does not apply. With `parallel`
     (Linux targets, whose runner runs parallel loops on threads), a tiled kernel of at least
@@ -500,7 +649,14 @@ def schedule_kernel(func: Any, lanes: int, parallel: bool = False) -> tuple[Any,
             anchor = max(reductions, key=work)
             channel = _channel_axis(sch, anchor, lanes) if lanes > 1 else None
             threads = parallel and work(anchor) >= PARALLEL_MIN_WORK
-            if channel is not None:
+            if _is_int8_mac(sch, anchor) and not dsp:
+                # the float rules would keep the padding stage as a row-band workspace; read
+                # through a select instead, as the int8 kernels did before they had one
+                for producer in sch.get_producers(anchor):
+                    sch.compute_inline(producer)
+            if dsp and _is_int8_mac(sch, anchor):
+                detail, placed = _tile_int8(sch, anchor, dsp, parallel=threads)
+            elif channel is not None:
                 detail, placed = _tile_conv_channels(sch, anchor, lanes, *channel, parallel=threads)
             else:
                 detail, placed = _tile_reduction(sch, func, anchor, lanes, parallel=threads)
