@@ -67,11 +67,13 @@ def test_tir_arithmetic_matches_the_definition():
 
 
 @pytest.mark.parametrize(("channels", "bias_bound", "octaves", "bias16"), [
-    (64, 1000, 1, True),  # KWS-like: small biases: 7 B per channel
+    # with TFLM's multipliers the biases are int32 (requant_table: TVM's vectorizer and the
+    # half-word read); int16 biases are for onnxruntime's tables (the test below)
+    (64, 1000, 1, False),  # KWS-like: 9 B per channel
     (7, 2 ** 24, 1, False),  # an odd count, int32 biases
-    (9, 1000, 12, True),
+    (9, 1000, 12, False),
     (3, 2 ** 30, 30, False),  # a bias near INT32_MIN, shifts from -20 to 10
-    (5, 1000, 0, True),  # one multiplier for all (per-tensor weights): 2 B per channel + 8
+    (5, 1000, 0, False),  # one multiplier for all (per-tensor weights): 4 B per channel + 8
 ])
 def test_requant_table_layouts_read_back_in_the_kernel(channels, bias_bound, octaves, bias16):
     """Every layout of the per-channel table gives each channel's bias, multiplier and shift
@@ -177,8 +179,10 @@ def test_int8_model_keeps_int8_weights(mlperf, model):
     assert int8_bytes <= weights
     # The issue's bound, 10% over the weights and biases. KWS (24 KB of weights in 21
     # tensors) misses it: names, headers and padding are 2,128 B (8.7%), multipliers and
-    # shifts 5 B x 590 channels (12%).
-    assert size <= weights * (1.19 if model == "mlperf-kws" else 1.10)
+    # shifts 5 B x 590 channels (12%), and its biases, with the input zero point folded in
+    # (fold_input_zero_point: what lets the inner loop multiply raw int8, SMLAD on Cortex-M),
+    # no longer fit int16: +1,152 B, for half the Cortex-M4 instructions.
+    assert size <= weights * (1.23 if model == "mlperf-kws" else 1.10)
 
 
 def test_fully_quantized_cortex_m_kernels_have_no_float_instruction(mlperf):
