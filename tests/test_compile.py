@@ -369,6 +369,28 @@ def test_graph_walk_and_relax_plan_take_the_input_shape_of_a_dynamic_batch(tmp_p
     assert 0 < relax_planned_bytes(path, "x86_64", {"x": [3, 16]}) < relax_planned_bytes(path, "x86_64", {"x": [64, 16]})
 
 
+def test_sum_of_three_is_a_chain_of_adds_and_matches(tmp_path):
+    """ONNX Sum (3 inputs) is imported as Adds (no stack + reduction kernel) and computes the
+    same values as the ONNX reference."""
+    from onnx.reference import ReferenceEvaluator
+
+    from harness.check.relax_vm import run_graph
+
+    shape = [1, 4, 6, 6]
+    graph = helper.make_graph([helper.make_node("Sum", ["a", "b", "c"], ["s"]), helper.make_node("Relu", ["s"], ["y"])],
+                              "sum3", [helper.make_tensor_value_info(n, TensorProto.FLOAT, shape) for n in "abc"],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, shape)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    path = tmp_path / "sum3.onnx"
+    onnx.save(model, path)
+    artifact = compile_model(path, "x86_64", cache=tmp_path)
+    assert not any("stack" in k or "sum" in k for k in artifact.metadata["kernels"]), artifact.metadata["kernels"]
+    rng = np.random.default_rng(1)
+    inputs = {n: rng.standard_normal(shape).astype(np.float32) for n in "abc"}
+    np.testing.assert_allclose(run_graph(artifact, path, inputs)[0], ReferenceEvaluator(model).run(None, inputs)[0],
+                               atol=1e-6)
+
+
 def test_liveness_checker_catches_a_bad_plan(compiled_models):
     """The checker above is not vacuous: forcing two live intermediates together is caught."""
     graph = json.loads(compiled_models.get("cnn", "x86_64").graph_json.read_text())

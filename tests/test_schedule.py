@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import re
 
+import numpy as np
 import pytest
 
 from harness.compile.kernels import kernel_target
@@ -95,3 +96,77 @@ def test_zoo_workspace_is_no_larger_than_the_largest_activation(models, model, m
     assert meta["workspace_bytes"] <= _largest_activation(artifact), (model, meta["workspace_bytes"])
     assert all(v["source"] == "default" for v in meta["schedules"].values())
     assert set(meta["schedules"]) == set(meta["kernels"])
+
+
+def _shuffle_unit(path) -> None:
+    """A ShuffleNet unit as ONNX's light zoo writes it: 1x1 convs in groups of 68 and 34 output
+    channels, a channel shuffle (reshape, transpose, reshape), a depthwise 3x3, a 1x1 conv in
+    groups of 136, a residual Sum and Relu; two batch-norms, one whose parameters and a conv
+    weight are ConstantOfShape nodes (not initializers), one on initializers."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(7)
+    c, hw = 272, 14
+    inits, nodes = [], []
+
+    def const(name, value):
+        inits.append(numpy_helper.from_array(np.asarray(value), name))
+        return name
+
+    def filled(name, shape, value):  # ConstantOfShape of an initializer shape
+        nodes.append(helper.make_node("ConstantOfShape", [const(name + "_shape", np.array(shape, np.int64))], [name],
+                                      value=helper.make_tensor("v", TensorProto.FLOAT, [1], [value])))
+        return name
+
+    def conv(x, y, weight, group, pads=(0, 0, 0, 0)):
+        nodes.append(helper.make_node("Conv", [x, weight], [y], group=group, pads=list(pads)))
+
+    def batchnorm(x, y, params):
+        nodes.append(helper.make_node("BatchNormalization", [x, *params], [y], epsilon=1e-5))
+
+    conv("x", "g1", const("w1", rng.standard_normal((c, 68, 1, 1)).astype(np.float32) * 0.1), 4)
+    batchnorm("g1", "b1", [filled("s1", [c], 1.5), filled("t1", [c], 0.2), filled("m1", [c], 0.1), filled("v1", [c], 0.8)])
+    nodes.append(helper.make_node("Relu", ["b1"], ["r1"]))
+    nodes.append(helper.make_node("Reshape", ["r1", const("split", np.array([1, 4, 68, hw, hw], np.int64))], ["s5"]))
+    nodes.append(helper.make_node("Transpose", ["s5"], ["t5"], perm=[0, 2, 1, 3, 4]))
+    nodes.append(helper.make_node("Reshape", ["t5", const("merge", np.array([1, c, hw, hw], np.int64))], ["shuffled"]))
+    conv("shuffled", "dw", filled("wdw", [c, 1, 3, 3], 0.1), c, pads=(1, 1, 1, 1))
+    batchnorm("dw", "b2", [const(n, rng.uniform(0.5, 1.5, c).astype(np.float32)) for n in ("s2", "t2", "m2", "v2")])
+    conv("b2", "g2", const("w2", rng.standard_normal((c, 34, 1, 1)).astype(np.float32) * 0.1), 8)
+    conv("g2", "g3", const("w3", rng.standard_normal((c, 136, 1, 1)).astype(np.float32) * 0.1), 2)
+    nodes.append(helper.make_node("Sum", ["g3", "shuffled"], ["residual"]))
+    nodes.append(helper.make_node("Relu", ["residual"], ["y"]))
+    graph = helper.make_graph(nodes, "shuffle_unit", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, c, hw, hw])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, c, hw, hw])], initializer=inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.checker.check_model(model, full_check=True)
+    onnx.save(model, path)
+
+
+@pytest.mark.parametrize("target_name", ["x86_64", "qemu-armv7"])
+def test_shufflenet_unit_grouped_convs_and_shuffle_are_scheduled_and_match(tmp_path, monkeypatch, target_name):
+    """Grouped 1x1 convs take the channels-last tile per group (full vectors, or half vectors
+    for groups of 68 on AVX2 and of 34 on NEON), the channel shuffle keeps its innermost axis
+    contiguous, batch-norms on ConstantOfShape parameters are folded, and the outputs match
+    onnxruntime and the ONNX reference."""
+    from harness.compile.model import compile_model
+
+    monkeypatch.setenv("MINRT_NO_TUNING", "1")
+    path = tmp_path / "shuffle_unit.onnx"
+    _shuffle_unit(path)
+    target = load_target(target_name)
+    meta = compile_model(path, target, cache=tmp_path).metadata
+    assert meta["folded_batchnorms"] == 2
+    details = {name: s.get("detail", "") for name, s in meta["schedules"].items()}
+    grouped = sorted(d for d in details.values() if "groups of" in d)
+    lanes = simd_lanes(kernel_target(target))
+    expected = {"groups of 68", "groups of 136"} | ({"groups of 34"} if lanes == 4 else set())
+    assert {g for g in expected if any(g in d for d in grouped)} == expected, details
+    assert any(d.startswith("rows of") for name, d in details.items() if "transpose" in name), details
+    # the Sum is an Add, fused with the relu into the last conv's kernel (not a stack + sum)
+    assert not any("stack" in name or "sum" in name for name in details), sorted(details)
+    assert any(re.search(r"conv2d\d*_add\d*_relu", name) for name in details), sorted(details)
+    result = run_on_target(path, target, iters=2, seed=5, atol=1e-4, rtol=1e-4)
+    assert result.error is None, result.error
+    assert result.passed, json.dumps(result.outputs, indent=1)

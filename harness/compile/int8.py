@@ -133,7 +133,11 @@ def requant_table(bias: np.ndarray, real_multipliers: np.ndarray | None) -> tupl
     (None: onnxruntime's arithmetic, bias only)."""
     bias = np.asarray(bias).astype(np.int64).reshape(-1)
     channels = bias.size
-    bias16 = bool(channels) and int(bias.min()) >= INT16_MIN and int(bias.max()) <= INT16_MAX
+    # int16 biases only beside onnxruntime's float scales: with TFLM's requantization TVM
+    # 0.27's vectorizer fails on the half-word read (lanes of two widths), and the biases,
+    # with the input zero point folded in, seldom fit 16 bits anyway
+    bias16 = (real_multipliers is None and bool(channels)
+              and int(bias.min()) >= INT16_MIN and int(bias.max()) <= INT16_MAX)
     if bias16:
         halves = np.zeros(2 * ((channels + 1) // 2), dtype=np.int16)
         halves[:channels] = bias
@@ -172,6 +176,12 @@ def read_requant_table(table: np.ndarray, layout: RequantLayout) -> dict[str, np
             out["multiplier"] = words[at : at + c]
             out["shift"] = words[at + c :].view(np.int8)[:c].astype(np.int32)
     return out
+
+
+def _any_left_shift(table: np.ndarray, layout: RequantLayout) -> bool:
+    """Whether some channel's requantization shifts left (shift > 0): without one, the kernels
+    leave the left shift out."""
+    return layout.multipliers and bool(np.any(read_requant_table(table, layout)["shift"] > 0))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -251,12 +261,21 @@ def rounding_divide_by_pot(x: Any, exponent: Any) -> Any:
 
 
 def multiply_by_quantized_multiplier(x: Any, multiplier: Any, shift: Any) -> Any:
-    """multiply_by_quantized_multiplier_ref in TIR."""
+    """multiply_by_quantized_multiplier_ref in TIR, both roundings in one 64-bit shift: with
+    P = x * multiplier + 2**30 (srdhm = P >> 31, and srdhm < 0 exactly when P < 0), the
+    rounding division by 2**e of srdhm is (P + c * 2**31) >> (31 + e), c = 2**(e-1) - [P < 0]
+    (0 for e = 0): nested floor divisions by powers of two are one floor division. Written so
+    because TVM's simplifier assumes a narrowing cast never overflows and, given srdhm's
+    32-bit result, carries the rest on in 64 bits anyway, or wrongly; here nothing is narrowed
+    before the end. On a Cortex-M: a 32x32->64 multiply, 64-bit adds and one 64-bit shift."""
     import tvm
 
     left = tvm.tirx.max(shift, _c(0))
     right = tvm.tirx.max(-shift, _c(0))
-    return rounding_divide_by_pot(srdhm(x * (_c(1) << left), multiplier), right)
+    product = (x * (_c(1) << left)).astype("int64") * multiplier.astype("int64") + _c(1 << 30, "int64")
+    half = _c(1) << tvm.tirx.max(right - _c(1), _c(0))
+    nudge = _select(right > _c(0), half - _select(product < _c(0, "int64"), _c(1), _c(0)), _c(0))
+    return ((product + (nudge.astype("int64") << _c(31, "int64"))) >> (right.astype("int64") + _c(31, "int64"))).astype("int32")
 
 
 def _to_int8(value: Any, lo: int = -128, hi: int = 127) -> Any:
@@ -266,15 +285,21 @@ def _to_int8(value: Any, lo: int = -128, hi: int = 127) -> Any:
 
 
 def _requantize(acc: Any, table: RequantReader, channel: Any, zero_out: int, arithmetic: str,
-                real: Any = None) -> Any:
+                real: Any = None, left_shift: bool = True) -> Any:
     """int32 accumulator (bias not yet added) of output `channel` -> int8; `table` reads the
-    channel's bias, multiplier and shift (RequantReader)."""
+    channel's bias, multiplier and shift (RequantReader). Without `left_shift` (no channel's
+    shift is positive, as the host knows from the table) the multiplier's left shift is left
+    out: the product is then one 32x32->64 multiply."""
     import tvm
 
     total = acc + table.bias(channel)
     if arithmetic == TFLM:
-        return _to_int8(multiply_by_quantized_multiplier(total, table.multiplier(channel), table.shift(channel))
-                        + _c(zero_out))
+        shift = table.shift(channel) if left_shift else tvm.tirx.min(table.shift(channel), _c(0))
+        # TVM's simplifier assumes int32 sums never overflow and would widen `acc + bias` into
+        # a 64-bit sum and a 64x64-bit product; through a reinterpretation it stays one int32
+        # (wrapping, as TFLM's does) and the product one 32x32->64 multiply (SMULL)
+        total = tvm.tirx.reinterpret("int32", tvm.tirx.reinterpret("uint32", total))
+        return _to_int8(multiply_by_quantized_multiplier(total, table.multiplier(channel), shift) + _c(zero_out))
     # onnxruntime: float32 product, rounded half to even, then the zero point
     scaled = total.astype("float32") * real[channel]
     return _to_int8(tvm.tirx.nearbyint(scaled).astype("int32") + _c(zero_out))
@@ -293,19 +318,31 @@ class ConvSpec:
     layout: str  # "NHWC" | "NCHW"
     zero_in: int
     zero_out: int
+    left_shift: bool = True  # some channel's requantization shift is positive
+
+
+def fold_input_zero_point(bias: np.ndarray, w: np.ndarray, zero_in: int, reduce_axes: tuple[int, ...]) -> np.ndarray:
+    """bias - zero_in * sum(w) per output channel, wrapped to int32: sum((x - zero_in) * w) +
+    bias equals sum(x * w) + this, exactly in int32's wrapping arithmetic, so the kernels'
+    inner loop multiplies raw int8 values (and padding holds zero_in, which adds nothing)."""
+    total = bias.astype(np.int64) - int(zero_in) * w.astype(np.int64).sum(axis=reduce_axes)
+    return ((total + (1 << 31)) % (1 << 32) - (1 << 31)).astype(np.int32)
 
 
 def conv2d_te(x: Any, w: Any, table: Any, spec: ConvSpec, arithmetic: str, real: Any = None) -> Any:
-    """Grouped 2-D convolution of int8 `x` (NHWC or NCHW) with int8 `w` [O, C/groups, KH, KW]:
-    sum((x - zero_in) * w) in int32 (outside the image x counts as zero_in, i.e. adds 0),
-    then requantized per output channel."""
+    """Grouped 2-D convolution of int8 `x` (NHWC or NCHW) with int8 `w` [O, KH, KW, C/groups]:
+    sum(x * w) in int32 over the image padded with zero_in (a stage of its own, which the
+    schedule computes row by row), then requantized per output channel. The table's bias has
+    the input zero point folded in (fold_input_zero_point). The reduction is innermost over
+    input channels, contiguous in NHWC data and in the weights: 4 of them are one word (the
+    Cortex-M DSP schedule's dual multiply-accumulate)."""
     import tvm
     from tvm import te
 
     nhwc = spec.layout == "NHWC"
     n, h, wd = ([int(d) for d in x.shape[:3]] if nhwc else
                 [int(x.shape[0]), int(x.shape[2]), int(x.shape[3])])
-    o, cg, kh, kw = (int(d) for d in w.shape)
+    o, kh, kw, cg = (int(d) for d in w.shape)
     sh, sw = spec.strides
     dh, dw = spec.dilation
     pt, pl, pb, pr = spec.padding
@@ -316,37 +353,55 @@ def conv2d_te(x: Any, w: Any, table: Any, spec: ConvSpec, arithmetic: str, real:
     rh = te.reduce_axis((0, kh), "rh")
     rw = te.reduce_axis((0, kw), "rw")
 
+    if any(spec.padding):
+        c = int(x.shape[3]) if nhwc else int(x.shape[1])
+        ph, pw = h + pt + pb, wd + pl + pr
+
+        def padded(b: Any, y: Any, xx: Any, ch: Any) -> Any:
+            iy, ix = y - pt, xx - pl
+            inside = tvm.tirx.all(iy >= 0, iy < h, ix >= 0, ix < wd)
+            value = x[b, iy, ix, ch] if nhwc else x[b, ch, iy, ix]
+            return tvm.tirx.if_then_else(inside, value, tvm.tirx.const(spec.zero_in, "int8"))
+
+        if nhwc:
+            xp = te.compute((n, ph, pw, c), padded, name="pad")
+        else:
+            xp = te.compute((n, c, ph, pw), lambda b, ch, y, xx: padded(b, y, xx, ch), name="pad")
+    else:
+        xp = x
+
     def read(b: Any, y: Any, xx: Any, ch: Any) -> Any:
-        return x[b, y, xx, ch] if nhwc else x[b, ch, y, xx]
+        return xp[b, y, xx, ch] if nhwc else xp[b, ch, y, xx]
 
     def acc(b: Any, y: Any, xx: Any, oc: Any) -> Any:
-        iy = y * sh + rh * dh - pt
-        ix = xx * sw + rw * dw - pl
+        iy = y * sh + rh * dh
+        ix = xx * sw + rw * dw
         ch = (oc // og) * cg + rc if spec.groups > 1 else rc
-        inside = tvm.tirx.all(iy >= 0, iy < h, ix >= 0, ix < wd)
-        value = tvm.tirx.if_then_else(inside, read(b, iy, ix, ch).astype("int32") - _c(spec.zero_in), _c(0))
-        return te.sum(value * w[oc, rc, rh, rw].astype("int32"), axis=[rh, rw, rc])
+        return te.sum(read(b, iy, ix, ch).astype("int32") * w[oc, rh, rw, rc].astype("int32"), axis=[rh, rw, rc])
 
     if nhwc:
         accum = te.compute((n, oh, ow, o), acc, name="acc")
         return te.compute((n, oh, ow, o), lambda b, y, xx, oc: _requantize(
-            accum[b, y, xx, oc], table, oc, spec.zero_out, arithmetic, real), name="requant")
+            accum[b, y, xx, oc], table, oc, spec.zero_out, arithmetic, real, spec.left_shift), name="requant")
     accum = te.compute((n, o, oh, ow), lambda b, oc, y, xx: acc(b, y, xx, oc), name="acc")
     return te.compute((n, o, oh, ow), lambda b, oc, y, xx: _requantize(
-        accum[b, oc, y, xx], table, oc, spec.zero_out, arithmetic, real), name="requant")
+        accum[b, oc, y, xx], table, oc, spec.zero_out, arithmetic, real, spec.left_shift), name="requant")
 
 
-def dense_te(x: Any, w: Any, table: Any, zero_in: int, zero_out: int, arithmetic: str, real: Any = None) -> Any:
-    """int8 x [N, K] times int8 w [K, M]: sum((x - zero_in) * w) in int32, requantized per column."""
+def dense_te(x: Any, w: Any, table: Any, zero_in: int, zero_out: int, arithmetic: str, real: Any = None,
+             left_shift: bool = True) -> Any:
+    """int8 x [N, K] times int8 w, given transposed as [M, K] (the reduction contiguous, as in
+    conv2d_te): sum(x * w) in int32, requantized per column; the table's bias has the input
+    zero point folded in (fold_input_zero_point)."""
     from tvm import te
 
     n, k = (int(d) for d in x.shape)
-    m = int(w.shape[1])
+    m = int(w.shape[0])
     rk = te.reduce_axis((0, k), "rk")
     accum = te.compute((n, m), lambda i, j: te.sum(
-        (x[i, rk].astype("int32") - _c(zero_in)) * w[rk, j].astype("int32"), axis=rk), name="acc")
-    return te.compute((n, m), lambda i, j: _requantize(accum[i, j], table, j, zero_out, arithmetic, real),
-                      name="requant")
+        x[i, rk].astype("int32") * w[j, rk].astype("int32"), axis=rk), name="acc")
+    return te.compute((n, m), lambda i, j: _requantize(accum[i, j], table, j, zero_out, arithmetic, real,
+                                                       left_shift), name="requant")
 
 
 @dataclass
@@ -381,9 +436,15 @@ def add_te(a: Any, b: Any, spec: AddSpec, arithmetic: str, table: Any = None) ->
     def tflm(*idx: Any) -> Any:
         xa = (a[idx].astype("int32") - _c(spec.zero_a)) * _c(1 << ADD_LEFT_SHIFT)
         xb = (b[idx].astype("int32") - _c(spec.zero_b)) * _c(1 << ADD_LEFT_SHIFT)
-        sa = multiply_by_quantized_multiplier(xa, table[0], table[1])
-        sb = multiply_by_quantized_multiplier(xb, table[2], table[3])
-        out = multiply_by_quantized_multiplier(sa + sb, table[4], table[5])
+        # the shifts are known here: without a left shift each product is one 32x32->64
+        # multiply instead of a 64-bit shift and a 64x64-bit multiply
+        def rescale(x: Any, k: int, shift: int) -> Any:
+            return multiply_by_quantized_multiplier(x, table[k], table[k + 1] if shift > 0 else
+                                                    tvm.tirx.min(table[k + 1], _c(0)))
+
+        sa = rescale(xa, 0, spec.mult_a[1])
+        sb = rescale(xb, 2, spec.mult_b[1])
+        out = rescale(sa + sb, 4, spec.mult_out[1])
         return _to_int8(out + _c(spec.zero_out), spec.lo, spec.hi)
 
     def ort(*idx: Any) -> Any:
@@ -721,10 +782,10 @@ def rewrite_int8(mod: Any, arithmetic: str) -> tuple[Any, Int8Rewrite]:
         wq = _array(m[w_const])
         if wq.dtype != np.int8 or np.any(_array(w_dq.args[2]) != 0):
             raise _Skip("weights are not symmetric int8")
-        # the weight as the conv sees it (after the depthwise reshape), then [O, I, KH, KW]
+        # the weight as the conv sees it (after the depthwise reshape), then [O, KH, KW, I]
         w_shape, _ = _shape_dtype(w_expr)
         layout = str(a.kernel_layout)
-        w = np.transpose(wq.reshape(w_shape), [layout.index(ch) for ch in "OIHW"])
+        w = np.transpose(wq.reshape(w_shape), [layout.index(ch) for ch in "OHWI"])
         o = w.shape[0]
         s_x, z_x = _scalar(x_dq.args[1]), int(_scalar(x_dq.args[2]))
         s_y, z_y = _scalar(qcall.args[1]), int(_scalar(qcall.args[2]))
@@ -736,10 +797,12 @@ def rewrite_int8(mod: Any, arithmetic: str) -> tuple[Any, Int8Rewrite]:
         else:
             bq = np.zeros(o, dtype=np.int32)
         real = np.float64(np.float32(s_x)) * s_w / np.float64(np.float32(s_y))
-        table, table_layout = requant_table(bq, real if arithmetic == TFLM else None)
+        table, table_layout = requant_table(fold_input_zero_point(bq, w, z_x, (1, 2, 3)),
+                                            real if arithmetic == TFLM else None)
         spec = ConvSpec(strides=tuple(int(v) for v in a.strides), padding=tuple(int(v) for v in a.padding),
                         dilation=tuple(int(v) for v in a.dilation), groups=int(a.groups),
-                        layout=str(a.data_layout), zero_in=z_x, zero_out=z_y)
+                        layout=str(a.data_layout), zero_in=z_x, zero_out=z_y,
+                        left_shift=_any_left_shift(table, table_layout))
         w_relax = relax.const(np.ascontiguousarray(w), "int8")
         args = [x, w_relax, relax.const(table, "int32")]
         specs = [(x_shape, "int8"), (tuple(w.shape), "int8"), (tuple(table.shape), "int32")]
@@ -787,11 +850,15 @@ def rewrite_int8(mod: Any, arithmetic: str) -> tuple[Any, Int8Rewrite]:
         if bq.dtype != np.int32 or bq.size != cols:
             raise _Skip("bias is not int32 per output")
         real = np.float64(np.float32(s_x)) * s_w / np.float64(np.float32(s_y))
-        table, table_layout = requant_table(bq, real if arithmetic == TFLM else None)
-        args = [x, relax.const(np.ascontiguousarray(w), "int8"), relax.const(table, "int32")]
+        table, table_layout = requant_table(fold_input_zero_point(bq, w, z_x, (0,)),
+                                            real if arithmetic == TFLM else None)
+        w = np.ascontiguousarray(w.T)  # [M, K]: the reduction contiguous
+        args = [x, relax.const(w, "int8"), relax.const(table, "int32")]
         specs = [(x_shape, "int8"), (tuple(w.shape), "int8"), (tuple(table.shape), "int32")]
         if arithmetic == TFLM:
-            return state.call("dense", lambda xx, ww, tt: dense_te(xx, ww, table_layout.reader(tt), z_x, z_y, arithmetic), args, specs)
+            left = _any_left_shift(table, table_layout)
+            return state.call("dense", lambda xx, ww, tt: dense_te(xx, ww, table_layout.reader(tt), z_x, z_y, arithmetic,
+                                                                    left_shift=left), args, specs)
         real32 = (np.float32(s_x) * s_w.astype(np.float32) / np.float32(s_y)).astype(np.float32)
         args.append(relax.const(real32, "float32"))
         specs.append(((cols,), "float32"))

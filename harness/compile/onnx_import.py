@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import re
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -120,7 +121,8 @@ def fold_batchnorm(model: Any) -> tuple[Any, int]:
     weights into that Conv's weights and bias (a copy of the model is changed, not `model`).
 
     TVM has no such pass: without it the BN becomes a per-element subtract/divide/multiply/add
-    in the conv kernel. With it the BN costs nothing at run time.
+    in the conv kernel. With it the BN costs nothing at run time. A constant is an initializer
+    or a ConstantOfShape of an initializer shape (how ONNX's light zoo models hold their weights).
     """
     import onnx
     from onnx import numpy_helper
@@ -128,7 +130,23 @@ def fold_batchnorm(model: Any) -> tuple[Any, int]:
     folded = onnx.ModelProto()
     folded.CopyFrom(model)
     graph = folded.graph
-    consts = {t.name: t for t in graph.initializer}
+    initializers = {t.name: t for t in graph.initializer}
+    filled = {n.output[0]: n for n in graph.node
+              if n.op_type == "ConstantOfShape" and len(n.input) == 1 and n.input[0] in initializers}
+
+    def constant(name: str) -> Any:
+        """The value of a constant input, or None (computed only for the convs and BNs folded)."""
+        if name in initializers:
+            return numpy_helper.to_array(initializers[name])
+        if name not in filled:
+            return None
+        node = filled[name]
+        shape = numpy_helper.to_array(initializers[node.input[0]]).astype(np.int64).reshape(-1)
+        value = next((numpy_helper.to_array(a.t) for a in node.attribute if a.name == "value"), np.zeros(1, np.float32))
+        if (shape < 0).any() or math.prod(int(d) for d in shape) > 1 << 28:
+            return None  # not a weight: let the frontend say what is wrong with it
+        return np.full(tuple(int(d) for d in shape), value.reshape(-1)[0], dtype=value.dtype)
+
     outputs = {o.name for o in graph.output}
     readers: dict[str, int] = {}
     for node in graph.node:
@@ -146,15 +164,16 @@ def fold_batchnorm(model: Any) -> tuple[Any, int]:
             continue
         if readers.get(conv.output[0], 0) != 1 or conv.output[0] in outputs:
             continue
-        if not all(name in consts for name in list(conv.input[1:]) + list(bn.input[1:])):
+        values = {name: constant(name) for name in list(conv.input[1:]) + list(bn.input[1:]) if name}
+        if any(v is None for v in values.values()):
             continue
-        weight = numpy_helper.to_array(consts[conv.input[1]]).astype(np.float64)
-        bias = (numpy_helper.to_array(consts[conv.input[2]]).astype(np.float64)
+        weight = values[conv.input[1]].astype(np.float64)
+        bias = (values[conv.input[2]].astype(np.float64)
                 if len(conv.input) > 2 and conv.input[2] else np.zeros(weight.shape[0]))
-        scale, shift, mean, var = (numpy_helper.to_array(consts[n]).astype(np.float64) for n in bn.input[1:])
+        scale, shift, mean, var = (values[n].astype(np.float64) for n in bn.input[1:])
         eps = next((a.f for a in bn.attribute if a.name == "epsilon"), 1e-5)
         factor = scale / np.sqrt(var + eps)
-        dtype = numpy_helper.to_array(consts[conv.input[1]]).dtype
+        dtype = values[conv.input[1]].dtype
         new_w = (weight * factor.reshape(-1, *([1] * (weight.ndim - 1)))).astype(dtype)
         new_b = ((bias - mean) * factor + shift).astype(dtype)
         w_name, b_name = f"{bn.output[0]}.folded_weight", f"{bn.output[0]}.folded_bias"
@@ -167,6 +186,32 @@ def fold_batchnorm(model: Any) -> tuple[Any, int]:
     return folded, count
 
 
+def sums_as_adds(model: Any) -> Any:
+    """Each Sum of two or more inputs as a chain of Adds (a copy of the model when one is
+    changed). TVM's frontend imports Sum as a stack and a reduction, which FuseOps cannot fuse
+    with the conv before it or the relu after it: ResNet's residual `Sum, Relu` cost two extra
+    kernels and two passes over the activation; as an Add, both join the conv's kernel."""
+    from onnx import ModelProto, helper
+
+    if not any(n.op_type == "Sum" and len(n.input) >= 2 for n in model.graph.node):
+        return model
+    changed = ModelProto()
+    changed.CopyFrom(model)
+    nodes = []
+    for node in changed.graph.node:
+        if node.op_type != "Sum" or len(node.input) < 2:
+            nodes.append(node)
+            continue
+        acc = node.input[0]
+        for i, term in enumerate(node.input[1:], 1):
+            out = node.output[0] if i == len(node.input) - 1 else f"{node.output[0]}.sum{i}"
+            nodes.append(helper.make_node("Add", [acc, term], [out], name=f"{node.name or node.output[0]}.add{i}"))
+            acc = out
+    del changed.graph.node[:]
+    changed.graph.node.extend(nodes)
+    return changed
+
+
 def import_onnx(model: Any, path: Path) -> tuple[Any, int]:
     """ONNX -> Relax IRModule with weights as constants, and how many batch-norms were folded
     into convolutions on the way."""
@@ -177,6 +222,7 @@ def import_onnx(model: Any, path: Path) -> tuple[Any, int]:
     model, folded = fold_batchnorm(model)
     if folded:
         log.info("%s: folded %d batch-norm(s) into convolutions", path.name, folded)
+    model = sums_as_adds(model)
     try:
         return from_onnx(model, keep_params_in_input=False), folded
     except tvm.error.OpNotImplemented as exc:
@@ -193,10 +239,12 @@ def import_onnx(model: Any, path: Path) -> tuple[Any, int]:
         raise CompileError(f"{path}: TVM's ONNX frontend failed: {type(exc).__name__}: {first}") from None
 
 
-def conv_weights_channels_last(mod: Any) -> Any:
-    """Every dense (groups 1) float32 NCHW/OIHW conv2d of `main` takes its weight as HWIO instead:
-    the output channel innermost, so the default schedule loads a vector of output channels
-    per input value (harness.compile.schedule, channels-last tile) whatever the image width.
+def conv_weights_channels_last(mod: Any, lanes: int) -> Any:
+    """Every float32 NCHW/OIHW conv2d of `main` that is dense (groups 1) or grouped with whole
+    vectors of `lanes` output channels per group takes its weight as HWIO instead: the output
+    channel innermost, so the default schedule loads a vector of output channels per input
+    value (harness.compile.schedule, channels-last tile) whatever the image width. Depthwise
+    convs (one output channel per group) keep OIHW: their vectors run along the image row.
     The weights are constants, so FoldConstant applies the transpose once at compile time;
     the activations keep their NCHW layout (no layout transform at run time)."""
     import tvm
@@ -208,13 +256,13 @@ def conv_weights_channels_last(mod: Any) -> Any:
             call = super().visit_call_(call)
             attrs = call.attrs
             if (not isinstance(call.op, tvm.ir.Op) or call.op.name != "relax.nn.conv2d"
-                    or int(attrs.groups) != 1 or str(attrs.data_layout) != "NCHW"
+                    or not _whole_vector_groups(call, lanes) or str(attrs.data_layout) != "NCHW"
                     or str(attrs.kernel_layout) != "OIHW" or str(attrs.out_layout) != "NCHW"
                     or any(str(getattr(arg.ty, "dtype", "")) != "float32" for arg in call.args[:2])):
                 return call  # float32 only: integer kernels have rules of their own
             weight = relax.op.permute_dims(call.args[1], [2, 3, 1, 0])
             return relax.op.nn.conv2d(call.args[0], weight, strides=attrs.strides, padding=attrs.padding,
-                                      dilation=attrs.dilation, groups=1, data_layout="NCHW",
+                                      dilation=attrs.dilation, groups=attrs.groups, data_layout="NCHW",
                                       kernel_layout="HWIO", out_layout="NCHW",
                                       out_dtype=attrs.out_dtype if str(attrs.out_dtype) else None)
 
@@ -223,6 +271,21 @@ def conv_weights_channels_last(mod: Any) -> Any:
         if isinstance(func, relax.Function):
             rewriter.builder_.update_func(gvar, rewriter.visit_expr(func))
     return rewriter.builder_.get()
+
+
+def _whole_vector_groups(call: Any, lanes: int) -> bool:
+    """A conv2d with one group, or whose groups each have whole vectors of output channels
+    and more than one input channel (OIHW weight of static shape)."""
+    from harness.compile.schedule import group_lanes
+
+    groups = int(call.attrs.groups)
+    if groups == 1:
+        return True
+    shape = getattr(call.args[1].ty, "shape", None)
+    if shape is None or len(shape) != 4 or not all(hasattr(d, "value") for d in shape):
+        return False
+    out_channels, in_per_group = int(shape[0]), int(shape[1])
+    return in_per_group > 1 and out_channels % groups == 0 and group_lanes(out_channels // groups, lanes) > 0
 
 
 def lower_relax(mod: Any, tvm_target: Any) -> Any:
@@ -234,8 +297,9 @@ def lower_relax(mod: Any, tvm_target: Any) -> Any:
 
     from harness.compile.schedule import simd_lanes
 
-    if simd_lanes(tvm_target) > 1:
-        mod = conv_weights_channels_last(mod)
+    lanes = simd_lanes(tvm_target)
+    if lanes > 1:
+        mod = conv_weights_channels_last(mod, lanes)
     passes = tvm.transform.Sequential([
         relax.transform.DecomposeOpsForInference(),
         relax.transform.LegalizeOps(),

@@ -14,7 +14,11 @@ rewrite every kernel in a few milliseconds, with no measurement:
   keeps about eight vector accumulators live across the whole reduction; the epilogue is
   computed per tile (its intermediate shrinks to one tile); padding is computed inside the
   loop that consumes it (one padded row band or plane, not the whole tensor);
-- any remaining output loop nest without a reduction is fused and vectorized.
+- a conv whose weight has the output channel innermost (HWIO: dense convs, and grouped ones
+  with whole or half vectors of output channels per group) gets a channels-last tile instead:
+  a vector of output channels times a row of pixels, per group;
+- any remaining output loop nest without a reduction is fused and vectorized (a reshape or
+  transpose along its innermost axis, so its reads stay contiguous).
 
 - on Linux targets, heavy kernels get their outermost loop parallel: the runner runs it on
   its threads (runtime_c/runner/pool.c); minrt's core and firmware run it as one task.
@@ -70,10 +74,19 @@ def _largest_divisor(n: int, limit: int) -> int:
 
 def _vector_factor(n: int, lanes: int) -> int:
     """A tile width for an axis of extent n: a multiple of `lanes` dividing n when there is
-    one (up to 4 registers), else n itself when small, else the largest divisor <= lanes."""
+    one (up to 4 registers), else n itself when it fits one register, else the largest power
+    of two below `lanes` dividing n, else n itself when small, else the largest divisor <=
+    lanes. A vector wider than a register but not a multiple of it (14 floats on AVX2) is
+    assembled element by element (vinsertps): 14 -> 2 took shufflenet's depthwise 3x3 on
+    14x14 from 477 to 106 us and its 14x14 pools from 129 to 52 us."""
     for regs in (4, 3, 2, 1):
         if n % (lanes * regs) == 0:
             return lanes * regs
+    if n <= lanes:
+        return n
+    power = next((p for p in (8, 4, 2) if p < lanes and n % p == 0), 0)
+    if power:
+        return power
     if n <= 2 * lanes:
         return n
     return _largest_divisor(n, lanes)
@@ -196,7 +209,7 @@ def _tile_reduction(sch: Any, func: Any, block: Any, lanes: int, parallel: bool 
             sch.vectorize(inner)
     if u is not None:
         sch.unroll(u_i)
-    sch.vectorize(v_i)
+    v_i = _register_vectors(sch, v_i, v_factor, lanes)
     threads = _parallelize_outer(sch, block) if parallel else ""
     if reduce:
         init = sch.decompose_reduction(block, reduce[0])
@@ -215,11 +228,36 @@ def _tile_reduction(sch: Any, func: Any, block: Any, lanes: int, parallel: bool 
             f"{', pad computed in loop' if padded else ''}{', ' + threads if threads else ''}"), placed
 
 
-def _channel_axis(sch: Any, block: Any, lanes: int) -> tuple[int, Any] | None:
+def group_lanes(group: int, lanes: int) -> int:
+    """The vector width for a grouped conv's `group` output channels per group: the full
+    `lanes` when they divide it, else half vectors (68 channels: 17 of 4 on AVX2), else 0
+    (no channels-last tile)."""
+    for width in (lanes, lanes // 2):
+        if width > 1 and group % width == 0:
+            return width
+    return 0
+
+
+def _register_vectors(sch: Any, loop: Any, factor: int, lanes: int) -> Any:
+    """Vectorize a tile's innermost loop of `factor` floats, as factor/lanes unrolled register
+    vectors when that count is not a power of two: one vector of 3 registers (<24 x float>)
+    kept as the accumulator across a reduction is torn into scalars by LLVM (vinsertps per
+    element; an inception 5x5 conv took 32 ms, as 3 vectors 1.8 ms). Returns the vectorized loop."""
+    vectors = factor // lanes
+    if lanes > 1 and factor % lanes == 0 and vectors & (vectors - 1):
+        outer, loop = sch.split(loop, [None, lanes])
+        sch.unroll(outer)
+    sch.vectorize(loop)
+    return loop
+
+
+def _channel_axis(sch: Any, block: Any, lanes: int) -> tuple[int, Any, int] | None:
     """For a conv2d/matmul whose weight (a kernel parameter) is laid out with the output
     channel last (HWIO, see harness.compile.onnx_import.conv_weights_channels_last): the index
-    of the spatial iterator that is the weight's innermost index and that the data read does
-    not use, when its extent is a whole number of vectors; with the weight's read region."""
+    of the spatial iterator that is the weight's innermost index, when its extent is a whole
+    number of vectors; with the weight's read region and the output channels per group (0:
+    the data read does not use the iterator; G: a grouped conv, whose data read uses it only
+    as `channel // G`, with G a whole number of vectors)."""
     local = _local_buffers(sch)
     node = sch.get(block)
     iter_vars = list(node.iter_vars)
@@ -232,10 +270,41 @@ def _channel_axis(sch: Any, block: Any, lanes: int) -> tuple[int, Any] | None:
         last = _vars_of(weight.region[-1].min)
         others = [r for r in node.reads if not r.same_as(weight)]
         for i, iv in enumerate(spatial):
-            if (last == {iv.var.name} and int(iv.dom.extent) % lanes == 0
-                    and all(iv.var.name not in _region_vars(o) for o in others)):
-                return i, weight
+            if last != {iv.var.name} or int(iv.dom.extent) % max(2, lanes // 2):
+                continue
+            if all(iv.var.name not in _region_vars(o) for o in others):
+                if int(iv.dom.extent) % lanes == 0:
+                    return i, weight, 0
+                continue
+            group = _group_size(others, iv.var)
+            if group and group_lanes(group, lanes) and int(iv.dom.extent) % group == 0:
+                return i, weight, group
     return None
+
+
+def _group_size(reads: list, var: Any) -> int:
+    """G when every use of `var` in the reads' indices is `var // G` (a grouped conv's data
+    channel, `channel // G * G + rc`); else 0."""
+    from tvm import tirx
+    from tvm.ir.expr import Expr
+
+    divisors: set[int] = set()
+    bare = 0
+
+    def visit(expr: Any) -> None:
+        nonlocal bare
+        if expr.same_as(var):
+            bare += 1
+        elif isinstance(expr, tirx.FloorDiv) and expr.a.same_as(var) and isinstance(expr.b, tirx.IntImm):
+            divisors.add(int(expr.b.value))
+        else:
+            for child in ("a", "b", "value"):
+                if isinstance(getattr(expr, child, None), Expr):
+                    visit(getattr(expr, child))
+    for region in reads:
+        for rng in region.region:
+            visit(rng.min)
+    return divisors.pop() if len(divisors) == 1 and not bare else 0
 
 
 def _vars_of(expr: Any) -> set[str]:
@@ -270,13 +339,14 @@ def _conv_register_tile(channel_vectors: int, pixels: int) -> tuple[int, int]:
 _L2_BYTES = 512 * 1024
 
 
-def _tile_conv_channels(sch: Any, block: Any, lanes: int, channel: int, weight: Any,
+def _tile_conv_channels(sch: Any, block: Any, lanes: int, channel: int, weight: Any, group: int = 0,
                         parallel: bool = False) -> tuple[str, list[str]]:
     """Register-tile a convolution with channels-last weights: a vector of output channels
     times a row of output pixels, the input values broadcast, the weights loaded as vectors
     (no dependence on the image width being a multiple of the vector width). Loop order
     n, channel block, output row, pixel block | reduction | pixels (unrolled), channels
-    (vector); padding is computed per output row; the epilogue per tile."""
+    (vector); padding is computed per output row; the epilogue per tile. A grouped conv
+    (`group` output channels per group) has its channel blocks within one group."""
     local = _local_buffers(sch)
     node = sch.get(block)
     loops = sch.get_loops(block)
@@ -291,7 +361,9 @@ def _tile_conv_channels(sch: Any, block: Any, lanes: int, channel: int, weight: 
 
     others = [i for i in range(4) if i != channel]
     batch, row, col = others  # n, oh, ow of NCHW
-    vectors, u_factor = _conv_register_tile(extents[channel] // lanes, extents[col])
+    if group:
+        lanes = group_lanes(group, lanes)
+    vectors, u_factor = _conv_register_tile((group or extents[channel]) // lanes, extents[col])
     v_factor = vectors * lanes
 
     # The accumulator tile is channel-innermost, so a vector of channels is contiguous.
@@ -312,7 +384,12 @@ def _tile_conv_channels(sch: Any, block: Any, lanes: int, channel: int, weight: 
         return next((k for k, text in enumerate(order) if reduce_names[i] in _vars_of(weight.region[k].min)), len(order))
     reduce = [reduce[i] for i in sorted(range(len(reduce)), key=weight_position)]
 
-    c_o, c_i = sch.split(spatial[channel], [None, v_factor])
+    if group:  # channel -> group, block in group, vector: the data channel depends on the group only
+        g, in_group = sch.split(spatial[channel], [None, group])
+        g_c, c_i = sch.split(in_group, [None, v_factor])
+        c_o = sch.fuse(g, g_c)
+    else:
+        c_o, c_i = sch.split(spatial[channel], [None, v_factor])
     x_o, x_i = sch.split(spatial[col], [None, u_factor])
     # Weights that fit the L2 cache are swept once per output row, so the row's input (and
     # its padding, computed once) stays in cache. Larger ones are taken one channel block at a
@@ -332,7 +409,7 @@ def _tile_conv_channels(sch: Any, block: Any, lanes: int, channel: int, weight: 
     for consumer in consumers:
         sch.reverse_compute_at(consumer, x_o, preserve_unit_loops=True)
     sch.unroll(x_i)
-    sch.vectorize(c_i)
+    c_i = _register_vectors(sch, c_i, v_factor, lanes)
     threads = _parallelize_outer(sch, block) if parallel else ""
     if reduce:
         init = sch.decompose_reduction(block, reduce[0])
@@ -340,13 +417,36 @@ def _tile_conv_channels(sch: Any, block: Any, lanes: int, channel: int, weight: 
     for buf in padded:
         sch.compute_at(producers[buf], pad_anchor, preserve_unit_loops=True)
     placed = [sch.get(c).name_hint for c in consumers]
-    return (f"channels-last tile {u_factor}x{v_factor}{', weights packed per block' if packed else ''}"
+    return (f"channels-last tile {u_factor}x{v_factor}{f', groups of {group}' if group else ''}"
+            f"{', weights packed per block' if packed else ''}"
             f"{', pad computed in loop' if padded else ''}"
             f"{', ' + threads if threads else ''}"), placed
 
 
+def _divides(expr: Any) -> bool:
+    """Whether an index expression has a division or remainder in it."""
+    from tvm import tirx
+    from tvm.ir.expr import Expr
+
+    if isinstance(expr, (tirx.FloorDiv, tirx.FloorMod, tirx.Div, tirx.Mod)):
+        return True
+    return any(isinstance(getattr(expr, child, None), Expr) and _divides(getattr(expr, child))
+               for child in ("a", "b", "value"))
+
+
 def _vectorize_elementwise(sch: Any, block: Any, lanes: int) -> str:
+    """Fuse the block's loops into one and vectorize it, or, for a block whose reads index by
+    division or remainder (a reshape/transpose, a channel shuffle), fuse all but the innermost
+    and vectorize that: its reads stay contiguous (a fused index would be divided back per
+    element: a gather). Shufflenet's channel shuffles: 2.6 -> 0.36 ms."""
     loops = sch.get_loops(block)
+    divides = any(_divides(rng.min) for r in sch.get(block).reads for rng in r.region)
+    if len(loops) > 1 and divides and _extent(sch, loops[-1]) > 1:
+        outer = sch.fuse(*loops[:-1]) if len(loops) > 2 else loops[0]
+        factor = _vector_factor(_extent(sch, loops[-1]), lanes)
+        _, inner = sch.split(loops[-1], [None, factor])
+        sch.vectorize(inner)
+        return f"rows of {_extent(sch, outer)}, vector {factor}"
     fused = sch.fuse(*loops) if len(loops) > 1 else loops[0]
     n = _extent(sch, fused)
     factor = _vector_factor(n, lanes)
@@ -373,7 +473,156 @@ def _parallelize_outer(sch: Any, block: Any) -> str:
     return ""
 
 
-def schedule_kernel(func: Any, lanes: int, parallel: bool = False) -> tuple[Any, KernelSchedule]:
+# ---------------------------------------------------------------------------------------------
+# int8 kernels (harness.compile.int8): sum(int8 x * int8 w) in int32, then requantization
+
+
+def has_dsp(tvm_target: Any) -> bool:
+    """Whether the target is an ARMv7E-M core (Cortex-M4/M7: the DSP extension's SIMD
+    multiply-accumulates), from its LLVM triple. A Cortex-M3 (thumbv7m) has none."""
+    attrs = dict(tvm_target.attrs) if hasattr(tvm_target, "attrs") else dict(tvm_target)
+    mattr = [str(a) for a in attrs.get("mattr", [])]
+    return str(attrs.get("mtriple", "")).startswith("thumbv7em") and "-dsp" not in mattr
+
+
+#: The tensor intrinsic: acc += 4 int8 products, two SMLADs on the sign-extended halves.
+SMLAD_DOT4 = "minrt_smlad_dot4_i8i8i32"
+
+
+def _register_smlad_dot4() -> None:
+    """Register SMLAD_DOT4 once per process: a dot product of 4 int8 pairs into an int32
+    accumulator as the ARMv7E-M DSP extension computes it. Each operand's 4 bytes are one
+    32-bit load; SXTB16 sign-extends bytes 0 and 2 into two 16-bit lanes (and, with its
+    operand rotated by 8, bytes 1 and 3), and SMLAD adds both lanes' products to the accumulator: 4 multiply-
+    accumulates in 2 loads, 4 extensions and 2 SMLADs (operands 4-byte aligned: the reduction
+    starts on a multiple of 4 in contiguous int8 data)."""
+    from tvm import s_tir
+    from tvm.script import tirx as T
+
+    if s_tir.TensorIntrin.get(SMLAD_DOT4, allow_missing=True) is not None:
+        return
+
+    @T.prim_func(s_tir=True)
+    def desc(a: T.handle, b: T.handle, c: T.handle) -> None:
+        A = T.match_buffer(a, (4,), "int8", offset_factor=1)
+        B = T.match_buffer(b, (4,), "int8", offset_factor=1)
+        C = T.match_buffer(c, (1,), "int32", offset_factor=1, scope="local")
+        with T.sblock("root"):
+            T.reads(C[0], A[0:4], B[0:4])
+            T.writes(C[0])
+            for k in range(4):
+                with T.sblock("update"):
+                    vk = T.axis.remap("R", [k])
+                    C[0] = C[0] + T.Cast("int32", A[vk]) * T.Cast("int32", B[vk])
+
+    @T.prim_func(s_tir=True)
+    def impl(a: T.handle, b: T.handle, c: T.handle) -> None:
+        A = T.match_buffer(a, (4,), "int8", offset_factor=1)
+        B = T.match_buffer(b, (4,), "int8", offset_factor=1)
+        C = T.match_buffer(c, (1,), "int32", offset_factor=1, scope="local")
+        with T.sblock("root"):
+            T.reads(C[0], A[0:4], B[0:4])
+            T.writes(C[0])
+            # written as one expression: a name bound here would become a local buffer (a
+            # workspace allocation per call); LLVM loads each operand once
+            C[0] = T.call_llvm_pure_intrin(
+                "int32", "llvm.arm.smlad",
+                T.call_llvm_pure_intrin("int32", "llvm.arm.sxtb16", T.call_llvm_pure_intrin(
+                    "int32", "llvm.fshr.i32", T.reinterpret("int32", A.vload([0], "int8x4")),
+                    T.reinterpret("int32", A.vload([0], "int8x4")), 8)),
+                T.call_llvm_pure_intrin("int32", "llvm.arm.sxtb16", T.call_llvm_pure_intrin(
+                    "int32", "llvm.fshr.i32", T.reinterpret("int32", B.vload([0], "int8x4")),
+                    T.reinterpret("int32", B.vload([0], "int8x4")), 8)),
+                T.call_llvm_pure_intrin(
+                    "int32", "llvm.arm.smlad",
+                    T.call_llvm_pure_intrin("int32", "llvm.arm.sxtb16", T.reinterpret("int32", A.vload([0], "int8x4"))),
+                    T.call_llvm_pure_intrin("int32", "llvm.arm.sxtb16", T.reinterpret("int32", B.vload([0], "int8x4"))),
+                    C[0]))
+
+    s_tir.TensorIntrin.register(SMLAD_DOT4, desc, impl)
+
+
+def _is_int8_mac(sch: Any, block: Any) -> bool:
+    """An int8 kernel's accumulation: int8 data times int8 weights into int32."""
+    node = sch.get(block)
+    return (len(node.reads) == 2 and all(str(r.source.dtype) == "int8" for r in node.reads)
+            and len(node.writes) == 1 and str(node.writes[0].source.dtype) == "int32")
+
+
+def _tile_int8(sch: Any, block: Any, dsp: bool, parallel: bool = False) -> tuple[str, list[str]]:
+    """Tile an int8 accumulation (conv2d_te/dense_te of harness.compile.int8: data read first,
+    weights [O, ..., C] second, the reduction innermost over input channels): a block of output
+    channels keeps its accumulators in registers across the whole reduction, the requantization
+    is computed per block, padding per output row. With the DSP extension and a reduction over
+    a multiple of 4 contiguous channels, its 4 innermost steps become one SMLAD_DOT4."""
+    node = sch.get(block)
+    loops = sch.get_loops(block)
+    iter_vars = list(node.iter_vars)
+    if len(loops) != len(iter_vars):
+        raise ValueError("loops and block iterators differ")
+    data, weight = node.reads
+    oc_vars = _vars_of(weight.region[0].min)
+    rc_vars = _vars_of(weight.region[-1].min)
+    names = [iv.var.name for iv in iter_vars]
+    spatial = [i for i, iv in enumerate(iter_vars) if int(iv.iter_type) == 0]
+    reduce = [i for i, iv in enumerate(iter_vars) if int(iv.iter_type) != 0]
+    oc = next(i for i in spatial if names[i] in oc_vars)
+    rc = next(i for i in reduce if names[i] in rc_vars)
+    extents = [int(iv.dom.extent) for iv in iter_vars]
+    contiguous = (names[rc] in _vars_of(data.region[-1].min) and reduce[-1] == rc
+                  and int(data.region[-1].extent) == 1)
+    dot4 = dsp and contiguous and extents[rc] % 4 == 0
+    depthwise = extents[rc] == 1 and bool(_vars_of(data.region[-1].min) & oc_vars)
+    width = 8 if depthwise else 4
+    oc_factor = next(f for f in (width, 4, 2, 1) if extents[oc] % f == 0)
+
+    producers = {sch.get(p).writes[0].source: p for p in sch.get_producers(block)}
+    padded = [r.source for r in node.reads if r.source in producers]
+    oc_o, oc_i = sch.split(loops[oc], [None, oc_factor])
+    outer = [loops[i] for i in spatial if i != oc] + [oc_o]
+    pad_anchor = next((loops[i] for i in spatial if extents[i] > 1 and i != oc), oc_o)
+    if depthwise and len(spatial) == 4:
+        # a block of channels across the whole output row: the padded rows it reads are
+        # one block wide (a small workspace), copied once per row and block
+        b, y, xx = (loops[i] for i in spatial if i != oc)
+        outer = [b, y, oc_o, xx]
+        pad_anchor = oc_o
+    pixel = [i for i in spatial if i != oc][-1] if len(spatial) > 1 else None
+    pairs = (dot4 and not depthwise and pixel is not None and extents[pixel] % 2 == 0 and extents[oc] % 2 == 0
+             and extents[rc] >= 16)  # a shorter reduction does not pay for the pair tile's set-up
+    if pairs:
+        # 2 pixels x 2 output channels: each weight word and each data word, once extended,
+        # feeds two SMLADs (10 registers; 4 channels x 2 pixels would spill)
+        oc_o, oc_i = sch.split(sch.fuse(oc_o, oc_i), [None, 2])
+        px_o, px_i = sch.split(loops[pixel], [None, 2])
+        outer = [loops[i] for i in spatial if i not in (oc, pixel)] + [px_o, oc_o]
+        oc_factor = 2
+    if dot4:
+        rc_o, rc_i = sch.split(loops[rc], [None, 4])
+        sch.reorder(*outer, *[loops[i] for i in reduce if i != rc], rc_o, *([px_i] if pairs else []), oc_i, rc_i)
+    else:
+        sch.reorder(*outer, *[loops[i] for i in reduce], oc_i)
+    sch.set_scope(block, 0, "local")
+    consumers = list(sch.get_consumers(block))
+    for consumer in consumers:
+        sch.reverse_compute_at(consumer, oc_o, preserve_unit_loops=True)
+    for buf in padded:  # before tensorize, which replaces the loops it blockizes
+        sch.compute_at(producers[buf], pad_anchor, preserve_unit_loops=True)
+    threads = _parallelize_outer(sch, block) if parallel else ""
+    init = sch.decompose_reduction(block, sch.get_loops(block)[len(outer)])
+    sch.unroll(sch.get_loops(init)[-1])
+    if dot4:
+        _register_smlad_dot4()
+        sch.tensorize(rc_i, SMLAD_DOT4)
+    sch.unroll(oc_i)
+    if pairs:
+        sch.unroll(px_i)
+    placed = [sch.get(c).name_hint for c in consumers]
+    return (f"int8 {'SMLAD dot4, ' if dot4 else ''}{'2 pixels x ' if pairs else ''}{oc_factor} output channels in registers"
+            f"{', pad computed per row' if padded else ''}{', ' + threads if threads else ''}"), placed
+
+
+def schedule_kernel(func: Any, lanes: int, parallel: bool = False, dsp: bool = False) -> tuple[Any, KernelSchedule]:
     """Apply the default rules to one PrimFunc; returns the scheduled PrimFunc and what was
     done. Falls back to inlining only when the tiling rule does not apply. With `parallel`
     (Linux targets, whose runner runs parallel loops on threads), a tiled kernel of at least
@@ -400,7 +649,14 @@ def schedule_kernel(func: Any, lanes: int, parallel: bool = False) -> tuple[Any,
             anchor = max(reductions, key=work)
             channel = _channel_axis(sch, anchor, lanes) if lanes > 1 else None
             threads = parallel and work(anchor) >= PARALLEL_MIN_WORK
-            if channel is not None:
+            if _is_int8_mac(sch, anchor) and not dsp:
+                # the float rules would keep the padding stage as a row-band workspace; read
+                # through a select instead, as the int8 kernels did before they had one
+                for producer in sch.get_producers(anchor):
+                    sch.compute_inline(producer)
+            if dsp and _is_int8_mac(sch, anchor):
+                detail, placed = _tile_int8(sch, anchor, dsp, parallel=threads)
+            elif channel is not None:
                 detail, placed = _tile_conv_channels(sch, anchor, lanes, *channel, parallel=threads)
             else:
                 detail, placed = _tile_reduction(sch, func, anchor, lanes, parallel=threads)
