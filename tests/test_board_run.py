@@ -63,7 +63,9 @@ def test_killing_the_board_mid_run_fails_cleanly_and_the_board_comes_back(shared
     from harness.device.board import board_status, ensure_board
 
     target = load_target("rpi-qemu")
-    pid = shared_board.pid
+    # the board as it is now: a test before may have power-cycled it (test_board_faults' frozen
+    # farm job does), leaving the fixture's pid that of a qemu already gone
+    pid = ensure_board(instance="0").pid
 
     def kill_soon() -> None:
         time.sleep(1.5)
