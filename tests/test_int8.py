@@ -69,7 +69,7 @@ def test_tir_arithmetic_matches_the_definition():
 @pytest.mark.parametrize(("channels", "bias_bound", "octaves", "bias16"), [
     # with TFLM's multipliers the biases are int32 (requant_table: TVM's vectorizer and the
     # half-word read); int16 biases are for onnxruntime's tables (the test below)
-    (64, 1000, 1, False),  # KWS-like: 9 B per channel
+    (64, 1000, 1, False),  # KWS-like: 12 B per channel
     (7, 2 ** 24, 1, False),  # an odd count, int32 biases
     (9, 1000, 12, False),
     (3, 2 ** 30, 30, False),  # a bias near INT32_MIN, shifts from -20 to 10
@@ -91,9 +91,8 @@ def test_requant_table_layouts_read_back_in_the_kernel(channels, bias_bound, oct
     want = np.array([bias, [p[0] for p in pairs], [p[1] for p in pairs]], dtype=np.int64)
     host = int8.read_requant_table(table, how)
     assert np.array_equal(np.array([host["bias"], host["multiplier"], host["shift"]]), want)
-    # bytes per channel (12 laid out plainly): bias 2 or 4, multiplier 4, shift 1 (or one
-    # multiplier and shift for all)
-    per_channel = 0 if how.per_tensor else 4 + 1
+    # bytes per channel: bias 2 or 4, multiplier 4, shift 4 (or one multiplier and shift for all)
+    per_channel = 0 if how.per_tensor else 4 + 4
     assert table.nbytes <= channels * ((2 if bias16 else 4) + per_channel) + 2 + 8  # padding, 2 words
     t = te.placeholder(table.shape, "int32", name="t")
     reader = how.reader(t)
@@ -179,10 +178,12 @@ def test_int8_model_keeps_int8_weights(mlperf, model):
     assert int8_bytes <= weights
     # The bound, 10% over the weights and biases. KWS (24 KB of weights in 21
     # tensors) misses it: names, headers and padding are 2,128 B (8.7%), multipliers and
-    # shifts 5 B x 590 channels (12%), and its biases, with the input zero point folded in
+    # shifts 8 B x 590 channels (19%), and its biases, with the input zero point folded in
     # (fold_input_zero_point: what lets the inner loop multiply raw int8, SMLAD on Cortex-M),
     # no longer fit int16: +1,152 B, for half the Cortex-M4 instructions.
-    assert size <= weights * (1.23 if model == "mlperf-kws" else 1.10)
+    # VWW (2,740 channels) misses it too since the shifts are int32 words (RequantLayout:
+    # unpacking int8 shifts cost more Cortex-M4 instructions than TFLM + CMSIS-NN spends).
+    assert size <= weights * {"mlperf-kws": 1.30, "mlperf-vww": 1.14}.get(model, 1.10)
 
 
 def test_fully_quantized_cortex_m_kernels_have_no_float_instruction(mlperf):
