@@ -70,3 +70,17 @@ def test_work_directories_of_dead_sessions_are_stale_and_live_ones_are_not(tmp_p
     mine.forget("/tmp/minrt.LIVE1234")
     assert [workdir for _, workdir in mine.stale()] == ["/tmp/minrt.DEAD5678"]
     assert len(list(mine.directory.iterdir())) == 1
+    # removal (both transports' remove_stale): a failure keeps the record for the next session,
+    # a success drops it; here the device is this host's shell, on a directory made for it
+    mine.remove_stale(lambda workdir: "device busy")
+    assert [workdir for _, workdir in mine.stale()] == ["/tmp/minrt.DEAD5678"]
+    Path("/tmp/minrt.DEAD5678").mkdir(exist_ok=True)
+
+    def remove(workdir: str) -> str | None:
+        from harness.transport.workdirs import remove_command
+
+        done = subprocess.run(["sh", "-c", remove_command(workdir)], capture_output=True, text=True)
+        return None if done.returncode == 0 else done.stderr
+
+    mine.remove_stale(remove)
+    assert not Path("/tmp/minrt.DEAD5678").exists() and mine.stale() == []

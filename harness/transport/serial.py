@@ -281,13 +281,11 @@ class SerialTransport:
     def _remove_leftovers(self) -> None:
         """Remove the work directories earlier sessions left on this device (it froze, or
         the harness was killed), and stop what still runs in them."""
-        for entry, workdir in self._records.stale():
+        def remove(workdir: str) -> str | None:
             result = self._shell(remove_command(workdir), 30)
-            if result.returncode == 0:
-                entry.unlink(missing_ok=True)
-                log.info("serial %s: removed %s, left by an earlier session", self.url, workdir)
-            else:
-                log.info("serial %s: could not remove %s: %s", self.url, workdir, result.stderr.strip())
+            return None if result.returncode == 0 else result.stderr.strip()
+
+        self._records.remove_stale(remove)
 
     def _shell(self, command: str, timeout: float, heredoc: str | None = None) -> CommandResult:
         if not self._synced:

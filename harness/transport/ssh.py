@@ -203,13 +203,11 @@ class SSHTransport(RunsModelWithFiles):
     def _remove_leftovers(self) -> None:
         """Remove the work directories earlier sessions left on this device (the device froze
         or died, or the harness was killed), and stop what still runs in them."""
-        for entry, workdir in self._records.stale():
+        def remove(workdir: str) -> str | None:
             status, _, err = self._exec(remove_command(workdir), self.connect_timeout, f"remove {workdir}")
-            if status == 0:
-                entry.unlink(missing_ok=True)
-                log.info("%s: removed %s, left by an earlier session", self.name, workdir)
-            else:
-                log.info("%s: could not remove %s: %s", self.name, workdir, err.decode(errors="replace").strip())
+            return None if status == 0 else err.decode(errors="replace").strip()
+
+        self._records.remove_stale(remove)
 
     def close(self) -> None:
         """Stop what still runs in the private workdir (a run cut short by Ctrl-C) and remove

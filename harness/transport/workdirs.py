@@ -16,6 +16,7 @@ import hashlib
 import logging
 import os
 import shlex
+from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 
 from harness.cache import cache_dir
@@ -96,6 +97,17 @@ class WorkdirRecords:
             else:
                 entry.unlink(missing_ok=True)
         return found
+
+    def remove_stale(self, remove: Callable[[str], str | None]) -> None:
+        """Remove every stale directory with `remove`, which runs remove_command(directory)
+        on the device and returns None, or why it failed."""
+        for entry, workdir in self.stale():
+            error = remove(workdir)
+            if error is None:
+                entry.unlink(missing_ok=True)
+                log.info("%s: removed %s, left by an earlier session", self.device, workdir)
+            else:
+                log.info("%s: could not remove %s: %s", self.device, workdir, error)
 
     def _entries(self) -> list[Path]:
         if self.directory is None:
