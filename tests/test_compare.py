@@ -88,3 +88,11 @@ def test_mismatch_summary_names_the_first_failing_output():
     shape = compare_output("c", "onnx-reference", np.zeros(4, np.float32), want).to_dict()
     assert mismatch_summary([shape]).startswith("output c vs onnx-reference: ") and "shape [4]" in mismatch_summary([shape])
     assert mismatch_summary([ok]) == ""
+    # an int8 output is judged in units and has no float tolerances (they are None): it used to
+    # raise TypeError here, in the farm's summary and JUnit report
+    from harness.check.quantized import QuantizedCheck
+
+    units = QuantizedCheck(name="y", reference="tflite-micro", shape=[1, 10], dtype="int8", passed=False,
+                           differing=2, max_units=3, tolerance_units=1).to_dict()
+    assert mismatch_summary([ok, units]) == \
+        "output y vs tflite-micro: 2 value(s) differ, by up to 3 unit(s) (pass: within 1)"

@@ -47,11 +47,20 @@ class OutputCheck:
         return asdict(self)
 
 
+def units_detail(o: Mapping[str, Any]) -> str:
+    """One line for people about an output judged in quantized units (a
+    harness.check.quantized.QuantizedCheck, as a dict)."""
+    return o.get("problem") or (f"{o['differing']} value(s) differ, by up to {o['max_units']} unit(s) "
+                                f"(pass: within {o['tolerance_units']})")
+
+
 def mismatch_summary(outputs: Sequence[Mapping[str, Any]]) -> str:
     """One line for a run whose outputs did not match (a RunResult's `outputs`, as dicts): the
     first failing output against its reference, with how many values differ, or "" if none did."""
     for o in outputs:
         if o.get("passed") is False:
+            if "max_units" in o:  # judged in quantized units: no float tolerances to quote
+                return f"output {o.get('name')} vs {o.get('reference')}: {units_detail(o)}"
             if o.get("problem") and not o.get("total"):
                 return f"output {o.get('name')} vs {o.get('reference')}: {o['problem']}"
             return (f"output {o.get('name')} vs {o.get('reference')}: {o.get('mismatched', 0):,} of "

@@ -30,11 +30,10 @@ def latency_summary(r: Mapping[str, Any]) -> str:
 def output_detail(o: Mapping[str, Any]) -> str:
     """The comparison of one output with one reference (harness.check.compare.OutputCheck.detail,
     or the quantized units of harness.check.quantized)."""
-    from harness.check.compare import OutputCheck
+    from harness.check.compare import OutputCheck, units_detail
 
     if "max_units" in o:  # judged in quantized units (harness.check.quantized.QuantizedCheck)
-        return o.get("problem") or (f"{o['differing']} value(s) differ, by up to {o['max_units']} unit(s) "
-                                    f"(pass: within {o['tolerance_units']})")
+        return units_detail(o)
     known = {k: o[k] for k in OutputCheck.__dataclass_fields__ if k in o}
     try:
         return OutputCheck(**known).detail()
