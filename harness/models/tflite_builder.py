@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-_TYPES = {"float32": 0, "int32": 2, "uint8": 3, "int64": 4, "int8": 9}
+_TYPES = {"float32": 0, "int32": 2, "uint8": 3, "int64": 4, "int16": 7, "int8": 9}
 
 
 @dataclass
@@ -25,6 +25,7 @@ class _Tensor:
     buffer: int
     scale: tuple[float, ...] = ()
     zero_point: tuple[int, ...] = ()
+    variable: bool = False  # state an operator keeps across invokes (SVDF's activation state)
 
 
 @dataclass
@@ -47,14 +48,15 @@ class TfliteGraph:
     outputs: list[int] = field(default_factory=list)
 
     def tensor(self, name: str, shape: tuple[int, ...], dtype: str, scale: float | None = None,
-               zero_point: int = 0, data: np.ndarray | None = None) -> int:
-        """A new tensor (a constant when `data` is given, quantized when `scale` is); its index."""
+               zero_point: int = 0, data: np.ndarray | None = None, variable: bool = False) -> int:
+        """A new tensor (a constant when `data` is given, quantized when `scale` is, a variable
+        tensor the interpreter keeps between invokes when `variable`); its index."""
         buffer = 0
         if data is not None:
             self.buffers.append(np.ascontiguousarray(data, dtype=dtype).reshape(shape).tobytes())
             buffer = len(self.buffers) - 1
         quant = ((scale,), (zero_point,)) if scale is not None else ((), ())
-        self.tensors.append(_Tensor(name, tuple(shape), dtype, buffer, *quant))
+        self.tensors.append(_Tensor(name, tuple(shape), dtype, buffer, *quant, variable=variable))
         return len(self.tensors) - 1
 
     def op(self, code: str, inputs: list[int], outputs: list[int],
@@ -111,6 +113,8 @@ class TfliteGraph:
             schema("Tensor").TensorAddName(b, name)
             if quant is not None:
                 schema("Tensor").TensorAddQuantization(b, quant)
+            if t.variable:
+                schema("Tensor").TensorAddIsVariable(b, True)
             tensors.append(schema("Tensor").TensorEnd(b))
         codes = list(dict.fromkeys(op.code for op in self.ops))
         ops = []
@@ -231,9 +235,48 @@ def logistic_model(input_scale: float, input_zero: int) -> TfliteGraph:
     return g
 
 
+def svdf_model(rng: np.random.Generator, state_dtype: str = "int16", *, batch: int = 2, features: int = 6,
+               units: int = 4, rank: int = 2, memory: int = 5, activation: int = 0) -> TfliteGraph:
+    """SVDF (a rank-`rank` filter over the last `memory` steps of each of `units` outputs), as
+    TFLite's converter writes it for keyword spotting: int8 input and feature weights, the
+    time weights and the activation state (a variable tensor) int16, or int8 as in TFLM's
+    8-bit variant, or all float32 (`state_dtype` "float32")."""
+    g = TfliteGraph()
+    filters = units * rank
+    if state_dtype == "float32":
+        x = g.tensor("input", (batch, features), "float32")
+        wf = g.tensor("weights_feature", (filters, features), "float32", data=rng.normal(0, 0.5, (filters, features)))
+        wt = g.tensor("weights_time", (filters, memory), "float32", data=rng.normal(0, 0.5, (filters, memory)))
+        bias = g.tensor("bias", (units,), "float32", data=rng.normal(0, 0.5, units))
+        state = g.tensor("activation_state", (batch, filters * memory), "float32", variable=True)
+        y = g.tensor("output", (batch, units), "float32")
+    else:
+        # scales as the converter picks them: the state's from the range of x @ wf (int8 state
+        # narrower, so some values saturate), the time weights' from their range (+-1), the
+        # bias's = state scale x time weights scale
+        s_state, z_state = (0.004, 0) if state_dtype == "int16" else (0.12, 9)
+        t_max = 2 ** 15 - 1 if state_dtype == "int16" else 127
+        s_time = 1.0 / t_max
+        x = g.tensor("input", (batch, features), "int8", 0.05, -3)
+        wf = g.tensor("weights_feature", (filters, features), "int8", 0.02, 0,
+                      rng.integers(-127, 128, (filters, features)))
+        wt = g.tensor("weights_time", (filters, memory), state_dtype, s_time, 0,
+                      rng.integers(-t_max, t_max + 1, (filters, memory)))
+        s_bias = float(np.float32(s_state) * np.float32(s_time))
+        bias = g.tensor("bias", (units,), "int32", s_bias, 0, rng.integers(-int(2 / s_bias), int(2 / s_bias), units))
+        state = g.tensor("activation_state", (batch, filters * memory), state_dtype, s_state, z_state, variable=True)
+        y = g.tensor("output", (batch, units), "int8", 0.15, 3)
+    g.op("SVDF", [x, wf, wt, bias, state], [y],
+         ("SVDFOptions", {"Rank": rank, "FusedActivationFunction": activation}))
+    g.inputs, g.outputs = [x], [y]
+    return g
+
+
 INT8_EXAMPLES: dict[str, Callable[[np.random.Generator], TfliteGraph]] = {
     "tfl-fc4d": _fc_on_4d, "tfl-pad": _pad, "tfl-transpose": _transpose, "tfl-concat": _concat,
     "tfl-logistic": _logistic,
+    # RELU: LiteRT runs an int8 SVDF with no other activation (TFLM ignores it: int8 range)
+    "tfl-svdf": lambda rng: svdf_model(rng, activation=1),
 }
 
 
