@@ -14,12 +14,15 @@ import pytest
 
 from harness.compile import int8
 from harness.compile.model import compile_model
+from harness.compile.source import load_model
+from harness.compile.tflite_import import litert_refusal
 from harness.config.targets import load_target
 from harness.errors import CompileError
 from harness.models.tflite_builder import (
     INT8_EXAMPLES,
     int8_examples,
     logistic_model,
+    requantize_model,
     svdf_model,
 )
 from harness.run import run_on_target
@@ -139,6 +142,7 @@ def test_svdf_variants_match_tflm(tmp_path, variant, target_name):
     assert out["reference"] == "tflite-micro", out
     if variant == "int8":
         assert (out["dtype"], out["differing"]) == ("int8", 0), out
+        assert "int8 SVDF" in (litert_refusal(load_model(path).model) or ""), "LiteRT would overrun the int8 state"
         kernels = compile_model(path, target_name).metadata["kernels"]
         assert any("int8_svdf" in k for k in kernels) and not any("quantize" in k for k in kernels), kernels
     else:
@@ -158,3 +162,18 @@ def test_svdf_with_an_initial_state_is_refused_in_one_line(tmp_path):
     message = str(err.value)
     assert "svdf_state.tflite" in message and "SVDF" in message and "reset state" in message, message
     assert "\n" not in message
+
+
+@pytest.mark.parametrize("target_name", ["x86_64", "qemu-armv7"])
+@pytest.mark.parametrize(("in_dtype", "out_dtype"), [("int16", "int32"), ("int16", "int8"), ("int8", "int16")])
+def test_integer_requantize_is_tflms(tmp_path, in_dtype, out_dtype, target_name):
+    """QUANTIZE between integer types, int16 or int32 on a side: TFLM's Requantize, exact."""
+    path = tmp_path / f"requantize_{in_dtype}_{out_dtype}.tflite"
+    path.write_bytes(requantize_model(in_dtype, out_dtype).to_bytes())
+    result = run_on_target(path, load_target(target_name), toolchain="host", iters=1, seed=5)
+    assert result.error is None, result.error
+    assert result.passed, json.dumps(result.outputs, indent=1)
+    (out,) = result.outputs
+    assert (out["reference"], out["dtype"], out["differing"]) == ("tflite-micro", out_dtype, 0), out
+    kernels = compile_model(path, target_name).metadata["kernels"]
+    assert any("int8_requantize" in k for k in kernels) and not any("quantize_" in k for k in kernels), kernels

@@ -272,6 +272,18 @@ def svdf_model(rng: np.random.Generator, state_dtype: str = "int16", *, batch: i
     return g
 
 
+def requantize_model(in_dtype: str, out_dtype: str) -> TfliteGraph:
+    """QUANTIZE from one integer type to another (TFLM's keyword model takes int16 in and ends
+    int16 -> int32); the scales' ratio is not a power of two, so values round."""
+    scales = {"int8": (0.05, -3), "int16": (0.0007, 0), "int32": (0.00003, 0)}
+    g = TfliteGraph()
+    x = g.tensor("input", (1, 64), in_dtype, *scales[in_dtype])
+    y = g.tensor("output", (1, 64), out_dtype, scales[out_dtype][0] * 1.37, scales[out_dtype][1])
+    g.op("QUANTIZE", [x], [y])
+    g.inputs, g.outputs = [x], [y]
+    return g
+
+
 INT8_EXAMPLES: dict[str, Callable[[np.random.Generator], TfliteGraph]] = {
     "tfl-fc4d": _fc_on_4d, "tfl-pad": _pad, "tfl-transpose": _transpose, "tfl-concat": _concat,
     "tfl-logistic": _logistic,
