@@ -23,6 +23,7 @@ from harness.models.tflite_builder import (
     int8_examples,
     logistic_model,
     requantize_model,
+    softmax16_model,
     svdf_model,
 )
 from harness.run import run_on_target
@@ -177,3 +178,17 @@ def test_integer_requantize_is_tflms(tmp_path, in_dtype, out_dtype, target_name)
     assert (out["reference"], out["dtype"], out["differing"]) == ("tflite-micro", out_dtype, 0), out
     kernels = compile_model(path, target_name).metadata["kernels"]
     assert any("int8_requantize" in k for k in kernels) and not any("quantize_" in k for k in kernels), kernels
+
+
+@pytest.mark.parametrize("target_name", ["x86_64", "qemu-armv7"])
+def test_softmax_to_int16_is_tflms(tmp_path, target_name):
+    """int8 -> int16 SOFTMAX (TFLM's keyword model's last layer) as TFLM's integer softmax."""
+    path = tmp_path / "softmax16.tflite"
+    path.write_bytes(softmax16_model().to_bytes())
+    result = run_on_target(path, load_target(target_name), toolchain="host", iters=1, seed=5)
+    assert result.error is None, result.error
+    assert result.passed, json.dumps(result.outputs, indent=1)
+    (out,) = result.outputs
+    assert (out["reference"], out["dtype"], out["differing"]) == ("tflite-micro", "int16", 0), out
+    kernels = compile_model(path, target_name).metadata["kernels"]
+    assert any("int8_softmax" in k for k in kernels) and not any("quantize" in k for k in kernels), kernels

@@ -624,9 +624,19 @@ def _sat_shift_left(x: Any, exponent: int) -> Any:
     return _select(x > _c(threshold), _c(INT32_MAX), _select(x < _c(-threshold), _c(INT32_MIN), x << _c(exponent)))
 
 
-def softmax_te(x: Any, exp_table: Any) -> Any:
+def softmax_output_is_tflms(out_dtype: str, scale: float, zero_point: int) -> bool:
+    """Whether an int8 softmax's output quantization is one TFLM computes: int8 at exactly
+    (1/256, -128), or int16 at (1/65536 within 0.1%, -32768), as TFLM's Prepare checks."""
+    if out_dtype == "int8":
+        return scale == 1.0 / 256 and zero_point == -128
+    tolerance = float(np.float32(0.001) * np.float32(1.0 / 65536))
+    return out_dtype == "int16" and zero_point == -32768 and abs(float(np.float32(scale)) - 1.0 / 65536) <= tolerance
+
+
+def softmax_te(x: Any, exp_table: Any, out_dtype: str = "int8") -> Any:
     """TFLM's int8 softmax over the last axis of a 2-D int8 tensor, int8 out (scale 1/256,
-    zero point -128). Each step of the reciprocal (gemmlowp's one_over_one_plus_x_for_x_in_0_1,
+    zero point -128) or int16 out (1/65536, -32768: 8 more bits of the same fixed-point
+    quotient). Each step of the reciprocal (gemmlowp's one_over_one_plus_x_for_x_in_0_1,
     Newton-Raphson in Q2.29) is its own small stage per row."""
     import tvm
     from tvm import te
@@ -656,10 +666,13 @@ def softmax_te(x: Any, exp_table: Any) -> Any:
     # ExactMulByPot<-1> (the same raw read as Q1.30), then Rescale<0>
     scale = te.compute((rows,), lambda i: _sat_shift_left(guess[i], 1), name="reciprocal")
 
+    lo, hi = INT_RANGES[out_dtype]
+    bits = 8 * np.dtype(out_dtype).itemsize
+
     def out(i: Any, c: Any) -> Any:
-        exponent = _c(SOFTMAX_ACCUM_BITS + 31 - 8) - headroom[i]
-        value = rounding_divide_by_pot(srdhm(scale[i], exps[i, c]), exponent) - _c(128)
-        return _to_int8(_select(exps[i, c] == _c(0), _c(-128), value))
+        exponent = _c(SOFTMAX_ACCUM_BITS + 31 - bits) - headroom[i]
+        value = rounding_divide_by_pot(srdhm(scale[i], exps[i, c]), exponent) + _c(lo)
+        return tvm.tirx.max(tvm.tirx.min(_select(exps[i, c] == _c(0), _c(lo), value), _c(hi)), _c(lo)).astype(out_dtype)
 
     return te.compute((rows, depth), out, name="softmax")
 
@@ -929,10 +942,12 @@ def rewrite_int8(mod: Any, arithmetic: str) -> tuple[Any, Int8Rewrite]:
         if x_dtype != "int8" or len(x_shape) != 2 or int(m[smax].attrs.axis) not in (-1, 1):
             raise _Skip("not an int8 2-D softmax over the last axis")
         s_y, z_y = _scalar(orig.args[1]), int(_scalar(orig.args[2]))
-        if str(orig.attrs.out_dtype) != "int8" or s_y != 1.0 / 256 or z_y != -128:
-            raise _Skip(f"output quantization ({s_y}, {z_y}) is not TFLM's (1/256, -128)")
+        out_dtype = str(orig.attrs.out_dtype)
+        if not softmax_output_is_tflms(out_dtype, s_y, z_y):
+            raise _Skip(f"{out_dtype} output quantization ({s_y}, {z_y}) is not TFLM's (1/256, -128 for int8; "
+                        "1/65536, -32768 for int16)")
         table = trim_exp_table(softmax_exp_table(softmax_spec(_scalar(m[s_dq].args[1]))))
-        return state.call("softmax", softmax_te, [x, relax.const(table, "int32")],
+        return state.call("softmax", lambda xx, tt: softmax_te(xx, tt, out_dtype), [x, relax.const(table, "int32")],
                           [(x_shape, "int8"), (table.shape, "int32")],
                           as_written="per-row reciprocal steps: inlined, each would repeat its input 3x")
 

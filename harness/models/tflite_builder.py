@@ -284,6 +284,17 @@ def requantize_model(in_dtype: str, out_dtype: str) -> TfliteGraph:
     return g
 
 
+def softmax16_model() -> TfliteGraph:
+    """SOFTMAX of int8 logits to int16 probabilities (scale 1/65536, zero point -32768), as
+    TFLM's keyword model ends."""
+    g = TfliteGraph()
+    x = g.tensor("input", (3, 12), "int8", 0.07, -2)
+    y = g.tensor("output", (3, 12), "int16", 1.0 / 65536, -32768)
+    g.op("SOFTMAX", [x], [y], ("SoftmaxOptions", {"Beta": 1.0}))
+    g.inputs, g.outputs = [x], [y]
+    return g
+
+
 INT8_EXAMPLES: dict[str, Callable[[np.random.Generator], TfliteGraph]] = {
     "tfl-fc4d": _fc_on_4d, "tfl-pad": _pad, "tfl-transpose": _transpose, "tfl-concat": _concat,
     "tfl-logistic": _logistic,
