@@ -24,6 +24,7 @@ from harness.models.tflite_builder import (
     logistic_model,
     requantize_model,
     softmax16_model,
+    svdf_keyword_model,
     svdf_model,
 )
 from harness.run import run_on_target
@@ -192,3 +193,16 @@ def test_softmax_to_int16_is_tflms(tmp_path, target_name):
     assert (out["reference"], out["dtype"], out["differing"]) == ("tflite-micro", "int16", 0), out
     kernels = compile_model(path, target_name).metadata["kernels"]
     assert any("int8_softmax" in k for k in kernels) and not any("quantize" in k for k in kernels), kernels
+
+
+@pytest.mark.parametrize("target_name", ["x86_64", "qemu-armv7", "cortex-m4-qemu"])
+def test_svdf_keyword_model_is_tflms(tmp_path, target_name):
+    """A model shaped like TFLM's keyword benchmark (int16 features -> QUANTIZE -> SVDF ->
+    FULLY_CONNECTED -> int16 SOFTMAX -> int32 scores), exact against TFLM and LiteRT."""
+    path = tmp_path / "svdf_keyword.tflite"
+    path.write_bytes(svdf_keyword_model(np.random.default_rng(19)).to_bytes())
+    result = run_on_target(path, load_target(target_name), toolchain="host", iters=1, seed=5)
+    assert result.error is None, result.error
+    assert result.passed, json.dumps(result.outputs, indent=1)
+    (out,) = result.outputs
+    assert (out["reference"], out["dtype"], out["differing"]) == ("tflite-micro", "int32", 0), out

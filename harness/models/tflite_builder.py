@@ -295,6 +295,33 @@ def softmax16_model() -> TfliteGraph:
     return g
 
 
+def svdf_keyword_model(rng: np.random.Generator) -> TfliteGraph:
+    """A small model shaped like TFLM's keyword benchmark (keyword_scrambled.tflite): int16
+    features in, QUANTIZE to int8, SVDF (int16 state), FULLY_CONNECTED, SOFTMAX to int16,
+    QUANTIZE to int32 out."""
+    g = TfliteGraph()
+    features = g.tensor("features", (1, 24), "int16", 0.0005, 0)
+    x = g.tensor("features_int8", (1, 24), "int8", 0.1, -5)
+    g.op("QUANTIZE", [features], [x])
+    wf = g.tensor("weights_feature", (8, 24), "int8", 0.01, 0, rng.integers(-127, 128, (8, 24)))
+    wt = g.tensor("weights_time", (8, 4), "int16", 1 / 32767, 0, rng.integers(-32767, 32768, (8, 4)))
+    s_bias = float(np.float32(0.004) * np.float32(1 / 32767))
+    bias = g.tensor("svdf_bias", (8,), "int32", s_bias, 0, rng.integers(-int(2 / s_bias), int(2 / s_bias), 8))
+    state = g.tensor("activation_state", (1, 32), "int16", 0.004, 0, variable=True)
+    h = g.tensor("svdf_out", (1, 8), "int8", 0.2, -20)
+    g.op("SVDF", [x, wf, wt, bias, state], [h], ("SVDFOptions", {"Rank": 1, "FusedActivationFunction": 1}))
+    w = g.tensor("fc_weights", (3, 8), "int8", 0.01, 0, rng.integers(-127, 128, (3, 8)))
+    b = g.tensor("fc_bias", (3,), "int32", 0.2 * 0.01, 0, rng.integers(-500, 500, 3))
+    logits = g.tensor("logits", (1, 3), "int8", 0.3, 4)
+    g.op("FULLY_CONNECTED", [h, w, b], [logits], ("FullyConnectedOptions", {"FusedActivationFunction": 0}))
+    probs = g.tensor("probs", (1, 3), "int16", 1.0 / 65536, -32768)
+    g.op("SOFTMAX", [logits], [probs], ("SoftmaxOptions", {"Beta": 1.0}))
+    y = g.tensor("scores", (1, 3), "int32", 2.0 / 65535, 0)
+    g.op("QUANTIZE", [probs], [y])
+    g.inputs, g.outputs = [features], [y]
+    return g
+
+
 INT8_EXAMPLES: dict[str, Callable[[np.random.Generator], TfliteGraph]] = {
     "tfl-fc4d": _fc_on_4d, "tfl-pad": _pad, "tfl-transpose": _transpose, "tfl-concat": _concat,
     "tfl-logistic": _logistic,
