@@ -16,6 +16,7 @@ from harness.compile import int8
 from harness.compile.model import compile_model
 from harness.formats import tensorfile
 from harness.models import mlperf_tiny
+from harness.models.tflite_builder import svdf_keyword_model
 
 
 def test_quantize_multiplier_is_tflites():
@@ -186,12 +187,13 @@ def test_int8_model_keeps_int8_weights(mlperf, model):
     assert size <= weights * {"mlperf-kws": 1.30, "mlperf-vww": 1.14}.get(model, 1.10)
 
 
-def test_fully_quantized_cortex_m_kernels_have_no_float_instruction(mlperf):
-    artifact = compile_model(mlperf["mlperf-kws"], "cortex-m4-qemu")
+def _cortex_m_kernels_float_code(artifact, expected: tuple[str, ...]) -> tuple[list[str], list[str]]:
+    """The float instructions and float library calls in a Cortex-M artifact's kernels
+    (disassembled), after checking the `expected` kernels are there."""
     assert set(artifact.metadata["kernels"]), "no kernels"
     dump = subprocess.run(["arm-none-eabi-objdump", "-d", "-r", str(artifact.dir / "kernels.o")],
                           capture_output=True, text=True, check=True).stdout
-    assert "int8_conv2d" in dump and "int8_softmax" in dump
+    assert all(name in dump for name in expected), (expected, artifact.metadata["kernels"])
     # per function; TVM emits its fp16 conversion helpers into every object (weak, unused here)
     functions = re.split(r"^[0-9a-f]+ <([^>]+)>:$", dump, flags=re.MULTILINE)
     kernels = {name: body for name, body in zip(functions[1::2], functions[2::2])
@@ -200,7 +202,23 @@ def test_fully_quantized_cortex_m_kernels_have_no_float_instruction(mlperf):
     code = "\n".join(kernels.values())
     floats = re.findall(r"^\s*[0-9a-f]+:.*\b(v[a-z]+\.f(?:32|64)|vcvt\S*|vmov\s+s\d+.*)$", code, re.MULTILINE)
     calls = re.findall(r"\b(__aeabi_[fd]\w+|expf?|logf?|__(?:add|sub|mul|div)[sd]f3)\b", code)
-    assert not floats and not calls, (floats[:5], sorted(set(calls)))
+    return floats, sorted(set(calls))
+
+
+def test_fully_quantized_cortex_m_kernels_have_no_float_instruction(mlperf):
+    artifact = compile_model(mlperf["mlperf-kws"], "cortex-m4-qemu")
+    floats, calls = _cortex_m_kernels_float_code(artifact, ("int8_conv2d", "int8_softmax"))
+    assert not floats and not calls, (floats[:5], calls)
+
+
+def test_svdf_keyword_model_cortex_m_kernels_have_no_float_instruction(tmp_path):
+    """A model shaped like TFLM's keyword benchmark (int16 in, SVDF, int16 softmax, int32 out)
+    compiles to integer kernels only."""
+    path = tmp_path / "svdf_keyword.tflite"
+    path.write_bytes(svdf_keyword_model(np.random.default_rng(19)).to_bytes())
+    artifact = compile_model(path, "cortex-m4-qemu")
+    floats, calls = _cortex_m_kernels_float_code(artifact, ("int8_svdf", "int8_softmax", "int8_requantize"))
+    assert not floats and not calls, (floats[:5], calls)
 
 
 def test_input_zero_point_folds_into_the_bias_exactly():
