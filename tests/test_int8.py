@@ -66,6 +66,44 @@ def test_tir_arithmetic_matches_the_definition():
     assert got.numpy().tolist() == want
 
 
+def test_narrow_rounding_matches_the_definition_where_the_host_allows_it():
+    """The int32 rounding (multiply_by_quantized_multiplier_narrow) gives TFLite's result for
+    every accumulator in the range narrow_rounding_is_exact admits, up to its edges."""
+    import tvm
+    from tvm import te
+
+    n = 4096
+    x, m, s = (te.placeholder((n,), "int32", name=name) for name in "xms")
+    out = te.compute((n,), lambda i: int8.multiply_by_quantized_multiplier_narrow(x[i], m[i], s[i]), name="out")
+    func = te.create_prim_func([x, m, s, out]).with_attr("global_symbol", "narrow")
+    with tvm.transform.PassContext(config={"tirx.disable_assert": True}):
+        lib = tvm.compile(tvm.IRModule({"narrow": func}), target=tvm.target.Target({"kind": "llvm"}))
+    rng = np.random.default_rng(1)
+    ss = rng.integers(-31, 0, n).astype(np.int32)
+    limit = 2 ** 31 - 1 - (np.int64(1) << (-ss.astype(np.int64) - 1))  # the largest |x| admitted
+    xs = (rng.uniform(-1, 1, n) * limit).astype(np.int64)
+    xs[:8] = [limit[0], -limit[1], 0, -1, 1, 5, -5, -6]
+    xs = xs.astype(np.int32)
+    ms = rng.integers(1 << 30, 2 ** 31, n).astype(np.int32)
+    ms[:3] = int8.INT32_MAX
+    got = tvm.runtime.tensor(np.zeros(n, np.int32))
+    lib["narrow"](*[tvm.runtime.tensor(a) for a in (xs, ms, ss)], got)
+    want = [int8.multiply_by_quantized_multiplier_ref(int(a), int(b), int(c)) for a, b, c in zip(xs, ms, ss)]
+    assert got.numpy().tolist() == want
+
+
+def test_narrow_rounding_is_exact_only_for_right_shifts_and_bounded_sums():
+    table, how = int8.requant_table(np.array([100, -200]), np.array([0.01, 0.002]))
+    assert int8.narrow_rounding_is_exact(table, how, 576)  # shifts -6 and -8, small sums
+    assert not int8.narrow_rounding_is_exact(table, how, 1 << 17)  # 2**17 products of 2**14
+    table, how = int8.requant_table(np.array([2 ** 31 - 2 ** 20, 0]), np.array([0.01, 0.01]))
+    assert not int8.narrow_rounding_is_exact(table, how, 64)  # a bias near INT32_MAX
+    table, how = int8.requant_table(np.array([1, 2]), np.array([0.75, 0.01]))
+    assert not int8.narrow_rounding_is_exact(table, how, 64)  # shift 0: no rounding division
+    table, how = int8.requant_table(np.array([1, 2]), None)
+    assert not int8.narrow_rounding_is_exact(table, how, 64)  # onnxruntime's float scales
+
+
 @pytest.mark.parametrize(("channels", "bias_bound", "octaves", "bias16"), [
     # with TFLM's multipliers the biases are int32 (requant_table: TVM's vectorizer and the
     # half-word read); int16 biases are for onnxruntime's tables (the test below)

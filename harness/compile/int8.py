@@ -276,6 +276,37 @@ def multiply_by_quantized_multiplier(x: Any, multiplier: Any, shift: Any) -> Any
     return ((product + (nudge.astype("int64") << _c(31, "int64"))) >> (right.astype("int64") + _c(31, "int64"))).astype("int32")
 
 
+def multiply_by_quantized_multiplier_narrow(x: Any, multiplier: Any, shift: Any) -> Any:
+    """multiply_by_quantized_multiplier for a right shift of at least 1 (shift <= -1) and
+    |x| + 2**(-shift - 1) < 2**31 (narrow_rounding_is_exact: the host knows both from the table
+    and the accumulator's range): srdhm's 32-bit result, then the rounding division by 2**e in
+    int32 as (s + 2**(e-1) - [s < 0]) >> e, which cannot overflow there. On a Cortex-M4: SMULL,
+    a 64-bit add of 2**30, two instructions to take bits 31..62, then five 32-bit ones, where
+    the one 64-bit shift by 31 + e took ~15 more per output (a 64-bit shift by a variable)."""
+    import tvm
+
+    s = srdhm(x, multiplier)
+    # through a reinterpretation: TVM's simplifier would otherwise carry `s` on in 64 bits
+    s = tvm.tirx.reinterpret("int32", tvm.tirx.reinterpret("uint32", s))
+    e = _c(0) - shift
+    return (s + (_c(1) << (e - _c(1))) + (s >> _c(31))) >> e
+
+
+def narrow_rounding_is_exact(table: np.ndarray, layout: RequantLayout, reduction: int) -> bool:
+    """Whether multiply_by_quantized_multiplier_narrow gives TFLM's result for every input: each
+    channel's shift is at most -1, and |acc + bias| + 2**(e-1) < 2**31 for every accumulator of
+    `reduction` int8 x int8 products (|product| <= 2**14), so srdhm's |s| <= |acc + bias| and the
+    rounding sum stays in int32 (nor does acc + bias wrap)."""
+    if not layout.multipliers:
+        return False
+    values = read_requant_table(table, layout)
+    shift = values["shift"].astype(np.int64)
+    if shift.size == 0 or np.any(shift > -1) or np.any(shift < -31):
+        return False
+    bound = np.abs(values["bias"].astype(np.int64)) + reduction * (1 << 14) + (np.int64(1) << (-shift - 1))
+    return bool(np.all(bound < (1 << 31)))
+
+
 def _to_int8(value: Any, lo: int = -128, hi: int = 127) -> Any:
     import tvm
 
@@ -283,11 +314,12 @@ def _to_int8(value: Any, lo: int = -128, hi: int = 127) -> Any:
 
 
 def _requantize(acc: Any, table: RequantReader, channel: Any, zero_out: int, arithmetic: str,
-                real: Any = None, left_shift: bool = True) -> Any:
+                real: Any = None, left_shift: bool = True, narrow: bool = False) -> Any:
     """int32 accumulator (bias not yet added) of output `channel` -> int8; `table` reads the
     channel's bias, multiplier and shift (RequantReader). Without `left_shift` (no channel's
     shift is positive, as the host knows from the table) the multiplier's left shift is left
-    out: the product is then one 32x32->64 multiply."""
+    out: the product is then one 32x32->64 multiply. With `narrow` (narrow_rounding_is_exact)
+    the rounding is done in int32 (multiply_by_quantized_multiplier_narrow)."""
     import tvm
 
     total = acc + table.bias(channel)
@@ -297,6 +329,9 @@ def _requantize(acc: Any, table: RequantReader, channel: Any, zero_out: int, ari
         # a 64-bit sum and a 64x64-bit product; through a reinterpretation it stays one int32
         # (wrapping, as TFLM's does) and the product one 32x32->64 multiply (SMULL)
         total = tvm.tirx.reinterpret("int32", tvm.tirx.reinterpret("uint32", total))
+        if narrow:
+            return _to_int8(multiply_by_quantized_multiplier_narrow(total, table.multiplier(channel),
+                                                                    table.shift(channel)) + _c(zero_out))
         return _to_int8(multiply_by_quantized_multiplier(total, table.multiplier(channel), shift) + _c(zero_out))
     # onnxruntime: float32 product, rounded half to even, then the zero point
     scaled = total.astype("float32") * real[channel]
@@ -317,6 +352,7 @@ class ConvSpec:
     zero_in: int
     zero_out: int
     left_shift: bool = True  # some channel's requantization shift is positive
+    narrow: bool = False  # the rounding fits int32 (narrow_rounding_is_exact)
 
 
 def fold_input_zero_point(bias: np.ndarray, w: np.ndarray, zero_in: int, reduce_axes: tuple[int, ...]) -> np.ndarray:
@@ -380,14 +416,14 @@ def conv2d_te(x: Any, w: Any, table: Any, spec: ConvSpec, arithmetic: str, real:
     if nhwc:
         accum = te.compute((n, oh, ow, o), acc, name="acc")
         return te.compute((n, oh, ow, o), lambda b, y, xx, oc: _requantize(
-            accum[b, y, xx, oc], table, oc, spec.zero_out, arithmetic, real, spec.left_shift), name="requant")
+            accum[b, y, xx, oc], table, oc, spec.zero_out, arithmetic, real, spec.left_shift, spec.narrow), name="requant")
     accum = te.compute((n, o, oh, ow), lambda b, oc, y, xx: acc(b, y, xx, oc), name="acc")
     return te.compute((n, o, oh, ow), lambda b, oc, y, xx: _requantize(
-        accum[b, oc, y, xx], table, oc, spec.zero_out, arithmetic, real, spec.left_shift), name="requant")
+        accum[b, oc, y, xx], table, oc, spec.zero_out, arithmetic, real, spec.left_shift, spec.narrow), name="requant")
 
 
 def dense_te(x: Any, w: Any, table: Any, zero_in: int, zero_out: int, arithmetic: str, real: Any = None,
-             left_shift: bool = True) -> Any:
+             left_shift: bool = True, narrow: bool = False) -> Any:
     """int8 x [N, K] times int8 w, given transposed as [M, K] (the reduction contiguous, as in
     conv2d_te): sum(x * w) in int32, requantized per column; the table's bias has the input
     zero point folded in (fold_input_zero_point)."""
@@ -399,7 +435,7 @@ def dense_te(x: Any, w: Any, table: Any, zero_in: int, zero_out: int, arithmetic
     accum = te.compute((n, m), lambda i, j: te.sum(
         x[i, rk].astype("int32") * w[j, rk].astype("int32"), axis=rk), name="acc")
     return te.compute((n, m), lambda i, j: _requantize(accum[i, j], table, j, zero_out, arithmetic, real,
-                                                       left_shift), name="requant")
+                                                       left_shift, narrow), name="requant")
 
 
 @dataclass
@@ -800,7 +836,8 @@ def rewrite_int8(mod: Any, arithmetic: str) -> tuple[Any, Int8Rewrite]:
         spec = ConvSpec(strides=tuple(int(v) for v in a.strides), padding=tuple(int(v) for v in a.padding),
                         dilation=tuple(int(v) for v in a.dilation), groups=int(a.groups),
                         layout=str(a.data_layout), zero_in=z_x, zero_out=z_y,
-                        left_shift=_any_left_shift(table, table_layout))
+                        left_shift=_any_left_shift(table, table_layout),
+                        narrow=narrow_rounding_is_exact(table, table_layout, int(np.prod(w.shape[1:]))))
         w_relax = relax.const(np.ascontiguousarray(w), "int8")
         args = [x, w_relax, relax.const(table, "int32")]
         specs = [(x_shape, "int8"), (tuple(w.shape), "int8"), (tuple(table.shape), "int32")]
@@ -855,8 +892,9 @@ def rewrite_int8(mod: Any, arithmetic: str) -> tuple[Any, Int8Rewrite]:
         specs = [(x_shape, "int8"), (tuple(w.shape), "int8"), (tuple(table.shape), "int32")]
         if arithmetic == TFLM:
             left = _any_left_shift(table, table_layout)
+            narrow = narrow_rounding_is_exact(table, table_layout, int(w.shape[1]))
             return state.call("dense", lambda xx, ww, tt: dense_te(xx, ww, table_layout.reader(tt), z_x, z_y, arithmetic,
-                                                                    left_shift=left), args, specs)
+                                                                    left_shift=left, narrow=narrow), args, specs)
         real32 = (np.float32(s_x) * s_w.astype(np.float32) / np.float32(s_y)).astype(np.float32)
         args.append(relax.const(real32, "float32"))
         specs.append(((cols,), "float32"))
