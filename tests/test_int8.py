@@ -80,9 +80,9 @@ def test_narrow_rounding_matches_the_definition_where_the_host_allows_it():
         lib = tvm.compile(tvm.IRModule({"narrow": func}), target=tvm.target.Target({"kind": "llvm"}))
     rng = np.random.default_rng(1)
     ss = rng.integers(-31, 0, n).astype(np.int32)
-    limit = 2 ** 31 - 1 - (np.int64(1) << (-ss.astype(np.int64) - 1))  # the largest |x| admitted
+    limit = 2 ** 30 - 1  # the largest |x| admitted
     xs = (rng.uniform(-1, 1, n) * limit).astype(np.int64)
-    xs[:8] = [limit[0], -limit[1], 0, -1, 1, 5, -5, -6]
+    xs[:8] = [limit, -limit, 0, -1, 1, 5, -5, -6]
     xs = xs.astype(np.int32)
     ms = rng.integers(1 << 30, 2 ** 31, n).astype(np.int32)
     ms[:3] = int8.INT32_MAX
@@ -95,8 +95,8 @@ def test_narrow_rounding_matches_the_definition_where_the_host_allows_it():
 def test_narrow_rounding_is_exact_only_for_right_shifts_and_bounded_sums():
     table, how = int8.requant_table(np.array([100, -200]), np.array([0.01, 0.002]))
     assert int8.narrow_rounding_is_exact(table, how, 576)  # shifts -6 and -8, small sums
-    assert not int8.narrow_rounding_is_exact(table, how, 1 << 17)  # 2**17 products of 2**14
-    table, how = int8.requant_table(np.array([2 ** 31 - 2 ** 20, 0]), np.array([0.01, 0.01]))
+    assert not int8.narrow_rounding_is_exact(table, how, 1 << 16)  # 2**16 products of 2**14
+    table, how = int8.requant_table(np.array([2 ** 30 - 2 ** 10, 0]), np.array([0.01, 0.02]))
     assert not int8.narrow_rounding_is_exact(table, how, 64)  # a bias near INT32_MAX
     table, how = int8.requant_table(np.array([1, 2]), np.array([0.75, 0.01]))
     assert not int8.narrow_rounding_is_exact(table, how, 64)  # shift 0: no rounding division

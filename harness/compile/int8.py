@@ -277,34 +277,36 @@ def multiply_by_quantized_multiplier(x: Any, multiplier: Any, shift: Any) -> Any
 
 
 def multiply_by_quantized_multiplier_narrow(x: Any, multiplier: Any, shift: Any) -> Any:
-    """multiply_by_quantized_multiplier for a right shift of at least 1 (shift <= -1) and
-    |x| + 2**(-shift - 1) < 2**31 (narrow_rounding_is_exact: the host knows both from the table
-    and the accumulator's range): srdhm's 32-bit result, then the rounding division by 2**e in
-    int32 as (s + 2**(e-1) - [s < 0]) >> e, which cannot overflow there. On a Cortex-M4: SMULL,
-    a 64-bit add of 2**30, two instructions to take bits 31..62, then five 32-bit ones, where
-    the one 64-bit shift by 31 + e took ~15 more per output (a 64-bit shift by a variable)."""
+    """multiply_by_quantized_multiplier for a right shift e = -shift of at least 1 and |x| <
+    2**30 (narrow_rounding_is_exact: the host knows both from the table and the accumulator's
+    range), in 32-bit steps. srdhm(x, m) = floor((x*m + 2**30) / 2**31) is the high word of
+    2x*m + 2**31 (2x fits int32): one SMMULR on a Cortex-M4. The rounding division by 2**e,
+    floor((s + 2**(e-1) - [s < 0]) / 2**e), is ((t >> (e-1)) + 1) >> 1 with t = s - [s < 0]
+    (nested floor divisions), which cannot overflow. The one 64-bit shift by 31 + e this
+    replaces took ~18 more instructions per output on a Cortex-M4 (a 64-bit shift by a variable)."""
     import tvm
 
-    s = srdhm(x, multiplier)
-    # through a reinterpretation: TVM's simplifier would otherwise carry `s` on in 64 bits
+    # through reinterpretations: TVM's simplifier and LLVM would otherwise fold the doubling
+    # into the 64-bit product (an SMULL and a 64-bit shift again) and carry `s` on in 64 bits
+    doubled = tvm.tirx.reinterpret("int32", tvm.tirx.reinterpret("uint32", x) << tvm.tirx.const(1, "uint32"))
+    s = ((doubled.astype("int64") * multiplier.astype("int64") + _c(1 << 31, "int64")) >> _c(32, "int64")).astype("int32")
     s = tvm.tirx.reinterpret("int32", tvm.tirx.reinterpret("uint32", s))
-    e = _c(0) - shift
-    return (s + (_c(1) << (e - _c(1))) + (s >> _c(31))) >> e
+    t = s + (s >> _c(31))
+    return ((t >> (_c(-1) - shift)) + _c(1)) >> _c(1)
 
 
 def narrow_rounding_is_exact(table: np.ndarray, layout: RequantLayout, reduction: int) -> bool:
     """Whether multiply_by_quantized_multiplier_narrow gives TFLM's result for every input: each
-    channel's shift is at most -1, and |acc + bias| + 2**(e-1) < 2**31 for every accumulator of
-    `reduction` int8 x int8 products (|product| <= 2**14), so srdhm's |s| <= |acc + bias| and the
-    rounding sum stays in int32 (nor does acc + bias wrap)."""
+    channel's shift is at most -1, and |acc + bias| < 2**30 for every accumulator of `reduction`
+    int8 x int8 products (|product| <= 2**14; nor does acc + bias wrap in int32 then)."""
     if not layout.multipliers:
         return False
     values = read_requant_table(table, layout)
     shift = values["shift"].astype(np.int64)
     if shift.size == 0 or np.any(shift > -1) or np.any(shift < -31):
         return False
-    bound = np.abs(values["bias"].astype(np.int64)) + reduction * (1 << 14) + (np.int64(1) << (-shift - 1))
-    return bool(np.all(bound < (1 << 31)))
+    bound = np.abs(values["bias"].astype(np.int64)) + reduction * (1 << 14)
+    return bool(np.all(bound < (1 << 30)))
 
 
 def _to_int8(value: Any, lo: int = -128, hi: int = 127) -> Any:
