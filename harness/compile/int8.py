@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
 import numpy as np
@@ -355,6 +355,9 @@ class ConvSpec:
     zero_out: int
     left_shift: bool = True  # some channel's requantization shift is positive
     narrow: bool = False  # the rounding fits int32 (narrow_rounding_is_exact)
+    # one input channel (KWS's first conv): the weights come as [O, KH, 1, KW] and the kernel
+    # row's taps are the reduction's innermost, contiguous axis (see conv2d_te)
+    taps_innermost: bool = False
 
 
 def fold_input_zero_point(bias: np.ndarray, w: np.ndarray, zero_in: int, reduce_axes: tuple[int, ...]) -> np.ndarray:
@@ -389,6 +392,8 @@ def conv2d_te(x: Any, w: Any, table: Any, spec: ConvSpec, arithmetic: str, real:
     rh = te.reduce_axis((0, kh), "rh")
     rw = te.reduce_axis((0, kw), "rw")
 
+    if spec.taps_innermost:
+        return _conv2d_one_channel_te(x, w, table, spec, arithmetic, real)
     if any(spec.padding):
         c = int(x.shape[3]) if nhwc else int(x.shape[1])
         ph, pw = h + pt + pb, wd + pl + pr
@@ -422,6 +427,44 @@ def conv2d_te(x: Any, w: Any, table: Any, spec: ConvSpec, arithmetic: str, real:
     accum = te.compute((n, o, oh, ow), lambda b, oc, y, xx: acc(b, y, xx, oc), name="acc")
     return te.compute((n, o, oh, ow), lambda b, oc, y, xx: _requantize(
         accum[b, oc, y, xx], table, oc, spec.zero_out, arithmetic, real, spec.left_shift, spec.narrow), name="requant")
+
+
+def taps_innermost_fits(x_shape: tuple[int, ...], w: np.ndarray, spec: ConvSpec) -> bool:
+    """Whether a conv can take _conv2d_one_channel_te's form: NHWC with one input channel, no
+    groups or dilation, kernel rows of a multiple of 4 taps (one SMLAD word each on a DSP core)."""
+    return (spec.layout == "NHWC" and len(x_shape) == 4 and int(x_shape[3]) == 1 and spec.groups == 1
+            and spec.dilation == (1, 1) and w.shape[3] == 1 and w.shape[2] % 4 == 0)
+
+
+def _conv2d_one_channel_te(x: Any, w: Any, table: Any, spec: ConvSpec, arithmetic: str, real: Any) -> Any:
+    """conv2d_te for one input channel (taps_innermost_fits), weights [O, KH, 1, KW]: the image
+    padded as [N, H, W] (no channel axis) so a kernel row's taps, the reduction's innermost
+    axis, are contiguous bytes in both operands, as input channels are in conv2d_te (the
+    Cortex-M schedule's SMLAD words; KWS's 10x4 first conv otherwise takes a byte per tap)."""
+    import tvm
+    from tvm import te
+
+    n, h, wd = (int(d) for d in x.shape[:3])
+    o, kh, _, kw = (int(d) for d in w.shape)
+    sh, sw = spec.strides
+    pt, pl, pb, pr = spec.padding
+    oh = (h + pt + pb - kh) // sh + 1
+    ow = (wd + pl + pr - kw) // sw + 1
+
+    def padded(b: Any, y: Any, xx: Any) -> Any:
+        iy, ix = y - pt, xx - pl
+        inside = tvm.tirx.all(iy >= 0, iy < h, ix >= 0, ix < wd)
+        return tvm.tirx.if_then_else(inside, x[b, iy, ix, 0], tvm.tirx.const(spec.zero_in, "int8"))
+
+    xp = te.compute((n, h + pt + pb, wd + pl + pr), padded, name="pad")
+    rh = te.reduce_axis((0, kh), "rh")
+    rw = te.reduce_axis((0, 1), "rw")
+    rc = te.reduce_axis((0, kw), "rc")
+    accum = te.compute((n, oh, ow, o), lambda b, y, xx, oc: te.sum(
+        xp[b, y * sh + rh, xx * sw + rw + rc].astype("int32") * w[oc, rh, rw, rc].astype("int32"),
+        axis=[rh, rw, rc]), name="acc")
+    return te.compute((n, oh, ow, o), lambda b, y, xx, oc: _requantize(
+        accum[b, y, xx, oc], table, oc, spec.zero_out, arithmetic, real, spec.left_shift, spec.narrow), name="requant")
 
 
 def dense_te(x: Any, w: Any, table: Any, zero_in: int, zero_out: int, arithmetic: str, real: Any = None,
@@ -840,6 +883,9 @@ def rewrite_int8(mod: Any, arithmetic: str) -> tuple[Any, Int8Rewrite]:
                         layout=str(a.data_layout), zero_in=z_x, zero_out=z_y,
                         left_shift=_any_left_shift(table, table_layout),
                         narrow=narrow_rounding_is_exact(table, table_layout, int(np.prod(w.shape[1:]))))
+        if taps_innermost_fits(x_shape, w, spec):  # [O, KH, KW, 1] -> [O, KH, 1, KW]: the same bytes
+            w = w.reshape(w.shape[0], w.shape[1], 1, w.shape[2])
+            spec = replace(spec, taps_innermost=True)
         w_relax = relax.const(np.ascontiguousarray(w), "int8")
         args = [x, w_relax, relax.const(table, "int32")]
         specs = [(x_shape, "int8"), (tuple(w.shape), "int8"), (tuple(table.shape), "int32")]
