@@ -82,10 +82,10 @@ def test_narrow_rounding_matches_the_definition_where_the_host_allows_it():
     ss = rng.integers(-31, 0, n).astype(np.int32)
     limit = 2 ** 30 - 1  # the largest |x| admitted
     xs = (rng.uniform(-1, 1, n) * limit).astype(np.int64)
-    xs[:8] = [limit, -limit, 0, -1, 1, 5, -5, -6]
+    xs[:10] = [limit, -limit, 0, -1, 1, 5, -5, -6, -2, -3]  # tiny negatives: s = 0 > x
     xs = xs.astype(np.int32)
     ms = rng.integers(1 << 30, 2 ** 31, n).astype(np.int32)
-    ms[:3] = int8.INT32_MAX
+    ms[:3], ms[3] = int8.INT32_MAX, 1 << 30  # x = -1, m = 2**30: s = 0 > x
     got = tvm.runtime.tensor(np.zeros(n, np.int32))
     lib["narrow"](*[tvm.runtime.tensor(a) for a in (xs, ms, ss)], got)
     want = [int8.multiply_by_quantized_multiplier_ref(int(a), int(b), int(c)) for a, b, c in zip(xs, ms, ss)]
