@@ -67,6 +67,44 @@ def test_tir_arithmetic_matches_the_definition():
     assert got.numpy().tolist() == want
 
 
+def test_narrow_rounding_matches_the_definition_where_the_host_allows_it():
+    """The int32 rounding (multiply_by_quantized_multiplier_narrow) gives TFLite's result for
+    every accumulator in the range narrow_rounding_is_exact admits, up to its edges."""
+    import tvm
+    from tvm import te
+
+    n = 4096
+    x, m, s = (te.placeholder((n,), "int32", name=name) for name in "xms")
+    out = te.compute((n,), lambda i: int8.multiply_by_quantized_multiplier_narrow(x[i], m[i], s[i]), name="out")
+    func = te.create_prim_func([x, m, s, out]).with_attr("global_symbol", "narrow")
+    with tvm.transform.PassContext(config={"tirx.disable_assert": True}):
+        lib = tvm.compile(tvm.IRModule({"narrow": func}), target=tvm.target.Target({"kind": "llvm"}))
+    rng = np.random.default_rng(1)
+    ss = rng.integers(-31, 0, n).astype(np.int32)
+    limit = 2 ** 30 - 1  # the largest |x| admitted
+    xs = (rng.uniform(-1, 1, n) * limit).astype(np.int64)
+    xs[:10] = [limit, -limit, 0, -1, 1, 5, -5, -6, -2, -3]  # tiny negatives: s = 0 > x
+    xs = xs.astype(np.int32)
+    ms = rng.integers(1 << 30, 2 ** 31, n).astype(np.int32)
+    ms[:3], ms[3] = int8.INT32_MAX, 1 << 30  # x = -1, m = 2**30: s = 0 > x
+    got = tvm.runtime.tensor(np.zeros(n, np.int32))
+    lib["narrow"](*[tvm.runtime.tensor(a) for a in (xs, ms, ss)], got)
+    want = [int8.multiply_by_quantized_multiplier_ref(int(a), int(b), int(c)) for a, b, c in zip(xs, ms, ss)]
+    assert got.numpy().tolist() == want
+
+
+def test_narrow_rounding_is_exact_only_for_right_shifts_and_bounded_sums():
+    table, how = int8.requant_table(np.array([100, -200]), np.array([0.01, 0.002]))
+    assert int8.narrow_rounding_is_exact(table, how, 576)  # shifts -6 and -8, small sums
+    assert not int8.narrow_rounding_is_exact(table, how, 1 << 16)  # 2**16 products of 2**14
+    table, how = int8.requant_table(np.array([2 ** 30 - 2 ** 10, 0]), np.array([0.01, 0.02]))
+    assert not int8.narrow_rounding_is_exact(table, how, 64)  # a bias near INT32_MAX
+    table, how = int8.requant_table(np.array([1, 2]), np.array([0.75, 0.01]))
+    assert not int8.narrow_rounding_is_exact(table, how, 64)  # shift 0: no rounding division
+    table, how = int8.requant_table(np.array([1, 2]), None)
+    assert not int8.narrow_rounding_is_exact(table, how, 64)  # onnxruntime's float scales
+
+
 @pytest.mark.parametrize(("channels", "bias_bound", "octaves", "bias16"), [
     # with TFLM's multipliers the biases are int32 (requant_table: TVM's vectorizer and the
     # half-word read); int16 biases are for onnxruntime's tables (the test below)
@@ -235,6 +273,46 @@ def test_input_zero_point_folds_into_the_bias_exactly():
         assert (want - got) % (1 << 32) == 0, oc
 
 
+def test_one_channel_conv_with_taps_innermost_matches_the_definition():
+    """KWS's first conv (one input channel, 10x4 kernel, stride 2, padded with the input zero
+    point) in _conv2d_one_channel_te's form, with the int32 rounding, scheduled and compiled,
+    gives TFLite's result for every output, as conv2d_te's general form does."""
+    import tvm
+    from tvm import te
+
+    from harness.compile import schedule
+
+    rng = np.random.default_rng(3)
+    w = rng.integers(-128, 128, (8, 10, 4, 1)).astype(np.int8)
+    x = rng.integers(-128, 128, (1, 49, 10, 1)).astype(np.int8)
+    bias = rng.integers(-5000, 5000, 8)
+    zero_in, zero_out = -7, 3
+    table, how = int8.requant_table(int8.fold_input_zero_point(bias, w, zero_in, (1, 2, 3)),
+                                    2.0 ** rng.uniform(-12, -8, 8))
+    spec = int8.ConvSpec((2, 2), (4, 1, 5, 1), (1, 1), 1, "NHWC", zero_in, zero_out, left_shift=False,
+                         narrow=int8.narrow_rounding_is_exact(table, how, 40))
+    assert spec.narrow and int8.taps_innermost_fits(x.shape, w, spec)
+    # the definition: (x - zero_in) * w over the image padded with zero_in, TFLite's rounding
+    padded = np.pad(x[0, :, :, 0].astype(np.int64) - zero_in, ((4, 5), (1, 1)))
+    values = int8.read_requant_table(table, how)
+    want = np.zeros((1, 25, 5, 8), np.int8)
+    for y, xx, oc in np.ndindex(25, 5, 8):
+        acc = int((padded[2 * y:2 * y + 10, 2 * xx:2 * xx + 4] * w[oc, :, :, 0]).sum()) + int(bias[oc])
+        q = int8.multiply_by_quantized_multiplier_ref(acc, int(values["multiplier"][oc]), int(values["shift"][oc]))
+        want[0, y, xx, oc] = min(max(q + zero_out, -128), 127)
+    for taps, weights in ((False, w), (True, w.reshape(8, 10, 1, 4))):
+        xp, wp, tp = (te.placeholder(a.shape, str(a.dtype), name=n) for a, n in ((x, "x"), (weights, "w"), (table, "t")))
+        y = int8.conv2d_te(xp, wp, how.reader(tp), int8.replace(spec, taps_innermost=taps), int8.TFLM)
+        func, _ = schedule.schedule_kernel(te.create_prim_func([xp, wp, tp, y]), 1)
+        with tvm.transform.PassContext(config={"tirx.disable_assert": True}):
+            lib = tvm.compile(tvm.IRModule({"main": func.with_attr("global_symbol", "main")}),
+                              target=tvm.target.Target({"kind": "llvm"}))
+        got = tvm.runtime.tensor(np.zeros((1, 25, 5, 8), np.int8))
+        lib["main"](tvm.runtime.tensor(x), tvm.runtime.tensor(weights), tvm.runtime.tensor(table), got)
+        assert np.array_equal(got.numpy(), want), taps
+    assert len(np.unique(want)) > 20  # not all clamped
+
+
 def test_dsp_targets_are_armv7e_m():
     from harness.compile.schedule import has_dsp
     from harness.config.targets import load_target
@@ -251,11 +329,12 @@ def _functions(obj) -> dict[str, str]:
 
 
 def test_cortex_m4_int8_kernels_use_smlad_and_cortex_m3_kernels_do_not(mlperf):
-    # KWS's pointwise convolutions (64 input channels) and its dense layer multiply 4 int8
-    # pairs per SXTB16/SMLAD step on ARMv7E-M; the Cortex-M3 has no DSP extension
+    # KWS's pointwise convolutions (64 input channels), its first conv (one input channel: 4
+    # taps of a kernel row per word) and its dense layer multiply 4 int8 pairs per
+    # SXTB16/SMLAD step on ARMv7E-M; the Cortex-M3 has no DSP extension
     m4 = compile_model(mlperf["mlperf-kws"], "cortex-m4-qemu")
     tiled = {k: v["detail"] for k, v in m4.metadata["schedules"].items() if "SMLAD" in v.get("detail", "")}
-    assert any("conv2d" in k for k in tiled) and any("dense" in k for k in tiled), m4.metadata["schedules"]
+    assert len([k for k in tiled if "conv2d" in k]) == 2 and any("dense" in k for k in tiled), m4.metadata["schedules"]
     bodies = _functions(m4.dir / "kernels.o")
     for kernel in tiled:
         code = "\n".join(body for name, body in bodies.items() if kernel in name)

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
 import numpy as np
@@ -276,6 +276,44 @@ def multiply_by_quantized_multiplier(x: Any, multiplier: Any, shift: Any) -> Any
     return ((product + (nudge.astype("int64") << _c(31, "int64"))) >> (right.astype("int64") + _c(31, "int64"))).astype("int32")
 
 
+def multiply_by_quantized_multiplier_narrow(x: Any, multiplier: Any, shift: Any) -> Any:
+    """multiply_by_quantized_multiplier for a right shift e = -shift of at least 1 and |x| <
+    2**30 (narrow_rounding_is_exact: the host knows both from the table and the accumulator's
+    range), in 32-bit steps. srdhm(x, m) = floor((x*m + 2**30) / 2**31) is the high word of
+    2x*m + 2**31 (2x fits int32): one SMMULR on a Cortex-M4. The rounding division by 2**e,
+    floor((s + 2**(e-1) - [s < 0]) / 2**e), is ((t >> (e-1)) + 1) >> 1 with t = s - [s < 0]
+    (nested floor divisions), which cannot overflow (taking [x < 0] for [s < 0], also exact,
+    kept x live longer: KWS +160 K instructions). The one 64-bit shift by 31 + e this
+    replaces took ~18 more instructions per output on a Cortex-M4 (a 64-bit shift by a variable)."""
+    import tvm
+
+    # through reinterpretations: TVM's simplifier and LLVM would otherwise fold the doubling
+    # into the 64-bit product (an SMULL and a 64-bit shift again) and carry `s` on in 64 bits
+    doubled = tvm.tirx.reinterpret("int32", tvm.tirx.reinterpret("uint32", x) << tvm.tirx.const(1, "uint32"))
+    s = ((doubled.astype("int64") * multiplier.astype("int64") + _c(1 << 31, "int64")) >> _c(32, "int64")).astype("int32")
+    s = tvm.tirx.reinterpret("int32", tvm.tirx.reinterpret("uint32", s))
+    if isinstance(shift, int):  # known at compile time (add_te): 0 is no rounding division
+        if shift == 0:
+            return s
+        shift = _c(shift)
+    t = s + (s >> _c(31))
+    return ((t >> (_c(-1) - shift)) + _c(1)) >> _c(1)
+
+
+def narrow_rounding_is_exact(table: np.ndarray, layout: RequantLayout, reduction: int) -> bool:
+    """Whether multiply_by_quantized_multiplier_narrow gives TFLM's result for every input: each
+    channel's shift is at most -1, and |acc + bias| < 2**30 for every accumulator of `reduction`
+    int8 x int8 products (|product| <= 2**14; nor does acc + bias wrap in int32 then)."""
+    if not layout.multipliers:
+        return False
+    values = read_requant_table(table, layout)
+    shift = values["shift"].astype(np.int64)
+    if shift.size == 0 or np.any(shift > -1) or np.any(shift < -31):
+        return False
+    bound = np.abs(values["bias"].astype(np.int64)) + reduction * (1 << 14)
+    return bool(np.all(bound < (1 << 30)))
+
+
 def _to_int8(value: Any, lo: int = -128, hi: int = 127) -> Any:
     import tvm
 
@@ -283,11 +321,12 @@ def _to_int8(value: Any, lo: int = -128, hi: int = 127) -> Any:
 
 
 def _requantize(acc: Any, table: RequantReader, channel: Any, zero_out: int, arithmetic: str,
-                real: Any = None, left_shift: bool = True) -> Any:
+                real: Any = None, left_shift: bool = True, narrow: bool = False) -> Any:
     """int32 accumulator (bias not yet added) of output `channel` -> int8; `table` reads the
     channel's bias, multiplier and shift (RequantReader). Without `left_shift` (no channel's
     shift is positive, as the host knows from the table) the multiplier's left shift is left
-    out: the product is then one 32x32->64 multiply."""
+    out: the product is then one 32x32->64 multiply. With `narrow` (narrow_rounding_is_exact)
+    the rounding is done in int32 (multiply_by_quantized_multiplier_narrow)."""
     import tvm
 
     total = acc + table.bias(channel)
@@ -297,6 +336,9 @@ def _requantize(acc: Any, table: RequantReader, channel: Any, zero_out: int, ari
         # a 64-bit sum and a 64x64-bit product; through a reinterpretation it stays one int32
         # (wrapping, as TFLM's does) and the product one 32x32->64 multiply (SMULL)
         total = tvm.tirx.reinterpret("int32", tvm.tirx.reinterpret("uint32", total))
+        if narrow:
+            return _to_int8(multiply_by_quantized_multiplier_narrow(total, table.multiplier(channel),
+                                                                    table.shift(channel)) + _c(zero_out))
         return _to_int8(multiply_by_quantized_multiplier(total, table.multiplier(channel), shift) + _c(zero_out))
     # onnxruntime: float32 product, rounded half to even, then the zero point
     scaled = total.astype("float32") * real[channel]
@@ -317,6 +359,10 @@ class ConvSpec:
     zero_in: int
     zero_out: int
     left_shift: bool = True  # some channel's requantization shift is positive
+    narrow: bool = False  # the rounding fits int32 (narrow_rounding_is_exact)
+    # one input channel (KWS's first conv): the weights come as [O, KH, 1, KW] and the kernel
+    # row's taps are the reduction's innermost, contiguous axis (see conv2d_te)
+    taps_innermost: bool = False
 
 
 def fold_input_zero_point(bias: np.ndarray, w: np.ndarray, zero_in: int, reduce_axes: tuple[int, ...]) -> np.ndarray:
@@ -351,6 +397,8 @@ def conv2d_te(x: Any, w: Any, table: Any, spec: ConvSpec, arithmetic: str, real:
     rh = te.reduce_axis((0, kh), "rh")
     rw = te.reduce_axis((0, kw), "rw")
 
+    if spec.taps_innermost:
+        return _conv2d_one_channel_te(x, w, table, spec, arithmetic, real)
     if any(spec.padding):
         c = int(x.shape[3]) if nhwc else int(x.shape[1])
         ph, pw = h + pt + pb, wd + pl + pr
@@ -380,14 +428,52 @@ def conv2d_te(x: Any, w: Any, table: Any, spec: ConvSpec, arithmetic: str, real:
     if nhwc:
         accum = te.compute((n, oh, ow, o), acc, name="acc")
         return te.compute((n, oh, ow, o), lambda b, y, xx, oc: _requantize(
-            accum[b, y, xx, oc], table, oc, spec.zero_out, arithmetic, real, spec.left_shift), name="requant")
+            accum[b, y, xx, oc], table, oc, spec.zero_out, arithmetic, real, spec.left_shift, spec.narrow), name="requant")
     accum = te.compute((n, o, oh, ow), lambda b, oc, y, xx: acc(b, y, xx, oc), name="acc")
     return te.compute((n, o, oh, ow), lambda b, oc, y, xx: _requantize(
-        accum[b, oc, y, xx], table, oc, spec.zero_out, arithmetic, real, spec.left_shift), name="requant")
+        accum[b, oc, y, xx], table, oc, spec.zero_out, arithmetic, real, spec.left_shift, spec.narrow), name="requant")
+
+
+def taps_innermost_fits(x_shape: tuple[int, ...], w: np.ndarray, spec: ConvSpec) -> bool:
+    """Whether a conv can take _conv2d_one_channel_te's form: NHWC with one input channel, no
+    groups or dilation, kernel rows of a multiple of 4 taps (one SMLAD word each on a DSP core)."""
+    return (spec.layout == "NHWC" and len(x_shape) == 4 and int(x_shape[3]) == 1 and spec.groups == 1
+            and spec.dilation == (1, 1) and w.shape[3] == 1 and w.shape[2] % 4 == 0)
+
+
+def _conv2d_one_channel_te(x: Any, w: Any, table: Any, spec: ConvSpec, arithmetic: str, real: Any) -> Any:
+    """conv2d_te for one input channel (taps_innermost_fits), weights [O, KH, 1, KW]: the image
+    padded as [N, H, W] (no channel axis) so a kernel row's taps, the reduction's innermost
+    axis, are contiguous bytes in both operands, as input channels are in conv2d_te (the
+    Cortex-M schedule's SMLAD words; KWS's 10x4 first conv otherwise takes a byte per tap)."""
+    import tvm
+    from tvm import te
+
+    n, h, wd = (int(d) for d in x.shape[:3])
+    o, kh, _, kw = (int(d) for d in w.shape)
+    sh, sw = spec.strides
+    pt, pl, pb, pr = spec.padding
+    oh = (h + pt + pb - kh) // sh + 1
+    ow = (wd + pl + pr - kw) // sw + 1
+
+    def padded(b: Any, y: Any, xx: Any) -> Any:
+        iy, ix = y - pt, xx - pl
+        inside = tvm.tirx.all(iy >= 0, iy < h, ix >= 0, ix < wd)
+        return tvm.tirx.if_then_else(inside, x[b, iy, ix, 0], tvm.tirx.const(spec.zero_in, "int8"))
+
+    xp = te.compute((n, h + pt + pb, wd + pl + pr), padded, name="pad")
+    rh = te.reduce_axis((0, kh), "rh")
+    rw = te.reduce_axis((0, 1), "rw")
+    rc = te.reduce_axis((0, kw), "rc")
+    accum = te.compute((n, oh, ow, o), lambda b, y, xx, oc: te.sum(
+        xp[b, y * sh + rh, xx * sw + rw + rc].astype("int32") * w[oc, rh, rw, rc].astype("int32"),
+        axis=[rh, rw, rc]), name="acc")
+    return te.compute((n, oh, ow, o), lambda b, y, xx, oc: _requantize(
+        accum[b, y, xx, oc], table, oc, spec.zero_out, arithmetic, real, spec.left_shift, spec.narrow), name="requant")
 
 
 def dense_te(x: Any, w: Any, table: Any, zero_in: int, zero_out: int, arithmetic: str, real: Any = None,
-             left_shift: bool = True) -> Any:
+             left_shift: bool = True, narrow: bool = False) -> Any:
     """int8 x [N, K] times int8 w, given transposed as [M, K] (the reduction contiguous, as in
     conv2d_te): sum(x * w) in int32, requantized per column; the table's bias has the input
     zero point folded in (fold_input_zero_point)."""
@@ -399,7 +485,7 @@ def dense_te(x: Any, w: Any, table: Any, zero_in: int, zero_out: int, arithmetic
     accum = te.compute((n, m), lambda i, j: te.sum(
         x[i, rk].astype("int32") * w[j, rk].astype("int32"), axis=rk), name="acc")
     return te.compute((n, m), lambda i, j: _requantize(accum[i, j], table, j, zero_out, arithmetic, real,
-                                                       left_shift), name="requant")
+                                                       left_shift, narrow), name="requant")
 
 
 @dataclass
@@ -437,6 +523,11 @@ def add_te(a: Any, b: Any, spec: AddSpec, arithmetic: str, table: Any = None) ->
         # the shifts are known here: without a left shift each product is one 32x32->64
         # multiply instead of a 64-bit shift and a 64x64-bit multiply
         def rescale(x: Any, k: int, shift: int) -> Any:
+            if shift <= 0:
+                # |inputs| <= 255 * 2**20 and |rescaled sums| < 2**29: the int32 form is exact
+                # (multiply_by_quantized_multiplier_narrow); ResNet-8's adds took ~120
+                # Cortex-M4 instructions per element with the 64-bit one
+                return multiply_by_quantized_multiplier_narrow(x, table[k], shift)
             return multiply_by_quantized_multiplier(x, table[k], table[k + 1] if shift > 0 else
                                                     tvm.tirx.min(table[k + 1], _c(0)))
 
@@ -813,7 +904,11 @@ def rewrite_int8(mod: Any, arithmetic: str) -> tuple[Any, Int8Rewrite]:
         spec = ConvSpec(strides=tuple(int(v) for v in a.strides), padding=tuple(int(v) for v in a.padding),
                         dilation=tuple(int(v) for v in a.dilation), groups=int(a.groups),
                         layout=str(a.data_layout), zero_in=z_x, zero_out=z_y,
-                        left_shift=_any_left_shift(table, table_layout))
+                        left_shift=_any_left_shift(table, table_layout),
+                        narrow=narrow_rounding_is_exact(table, table_layout, int(np.prod(w.shape[1:]))))
+        if taps_innermost_fits(x_shape, w, spec):  # [O, KH, KW, 1] -> [O, KH, 1, KW]: the same bytes
+            w = w.reshape(w.shape[0], w.shape[1], 1, w.shape[2])
+            spec = replace(spec, taps_innermost=True)
         w_relax = relax.const(np.ascontiguousarray(w), "int8")
         args = [x, w_relax, relax.const(table, "int32")]
         specs = [(x_shape, "int8"), (tuple(w.shape), "int8"), (tuple(table.shape), "int32")]
@@ -868,8 +963,9 @@ def rewrite_int8(mod: Any, arithmetic: str) -> tuple[Any, Int8Rewrite]:
         specs = [(x_shape, "int8"), (tuple(w.shape), "int8"), (tuple(table.shape), "int32")]
         if arithmetic == TFLM:
             left = _any_left_shift(table, table_layout)
+            narrow = narrow_rounding_is_exact(table, table_layout, int(w.shape[1]))
             return state.call("dense", lambda xx, ww, tt: dense_te(xx, ww, table_layout.reader(tt), z_x, z_y, arithmetic,
-                                                                    left_shift=left), args, specs)
+                                                                    left_shift=left, narrow=narrow), args, specs)
         real32 = (np.float32(s_x) * s_w.astype(np.float32) / np.float32(s_y)).astype(np.float32)
         args.append(relax.const(real32, "float32"))
         specs.append(((cols,), "float32"))
