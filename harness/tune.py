@@ -72,14 +72,23 @@ class TuneReport:
     budget: float | None = None  # the time budget, seconds
 
     def table(self) -> str:
+        """One row per kernel tuned or skipped for a reason of its own; the kernels too light
+        for the budget (hundreds in a large model) are one line."""
+        light = [t for t in self.tasks if t.skipped in LIGHT_SKIPS]
         rows = [[t.name, t.uses, t.trials, t.records, duration(t.default_us), duration(t.best_us),
-                 f"{t.seconds:.0f} s", _note(t)] for t in self.tasks]
+                 f"{t.seconds:.0f} s", _note(t)] for t in self.tasks if t not in light]
         budget = f" (budget {self.budget:.0f} s)" if self.budget else ""
         lines = [table(["kernel", "uses", "trials", "records", "default", "best", "time", "note"], rows,
                        right=(1, 2, 3, 4, 5, 6)),
+                 *(f"{n} lighter kernel(s) not searched: {why}" for why in LIGHT_SKIPS
+                   if (n := sum(1 for t in light if t.skipped == why))),
                  (f"{sum(t.trials for t in self.tasks)} trials in {self.seconds:.0f} s{budget}; "
                   f"records in {self.database}")]
         return "\n".join(lines)
+
+
+#: Why a kernel got no search because of its weight (TuneReport.table counts these on one line).
+LIGHT_SKIPS = ("too light for the time budget", "no trials in the budget")
 
 
 def _note(task: TaskResult) -> str:
@@ -110,6 +119,12 @@ def kernel_graph(name: str, func: Any, n_outputs: int) -> tuple[dict[str, Any], 
     specs_in = [{"name": f"arg{i}", "shape": list(infos[i][0]), "dtype": infos[i][1]} for i in range(n_in)]
     specs_out = [{"name": f"out{i}", "shape": list(s), "dtype": d} for i, (s, d) in enumerate(infos[n_in:])]
     return graph_json(graph, plan_storage(graph)), specs_in, specs_out
+
+
+#: A candidate is cut when it runs this many times as long as the default schedule (all its
+#: iterations), plus CUT_SLACK_S for starting the runner and loading the kernel.
+SLOWER_THAN_DEFAULT_CUT = 20.0
+CUT_SLACK_S = 2.0
 
 
 class _Session:
@@ -155,6 +170,19 @@ class _Session:
     def time_left(self) -> float:
         return self.deadline - time.monotonic()
 
+    def candidate_timeout(self) -> tuple[float, bool]:
+        """How long one candidate may run, and whether that is a cut shorter than the device's
+        run timeout: a candidate far slower than the default schedule cannot win (on a large
+        kernel a bad one would take the whole run timeout), nor one past the time share."""
+        limit, cut = self.run_timeout, False
+        if self.default_us is not None:
+            slow = CUT_SLACK_S + SLOWER_THAN_DEFAULT_CUT * self.default_us * 1e-6 * self.iters
+            if slow < limit:
+                limit, cut = slow, True
+        if self.time_left() < limit:
+            limit, cut = max(1.0, self.time_left()), True
+        return limit, cut
+
     def build(self, mod: Any) -> Path:
         """Compile one candidate and link it with minrt-run; returns the candidate's directory."""
         import tvm
@@ -191,6 +219,7 @@ class _Session:
 
     def run(self, directory: Path) -> float:
         """Time one candidate on the device: the fastest of `iters` runs, in seconds."""
+        from harness.errors import DeviceError, RunnerError
         from harness.formats import tensorfile
         from harness.formats.artifact import Artifact
         from harness.run import execute, random_inputs
@@ -198,10 +227,16 @@ class _Session:
         artifact = Artifact.open(directory)
         inputs = random_inputs(artifact.inputs, seed=0)
         blob = tensorfile.dumps({s["name"]: inputs[s["name"]] for s in artifact.inputs})
-        timeout = max(1.0, min(self.run_timeout, self.time_left()))
+        timeout, cut = self.candidate_timeout()
         t0 = time.monotonic()
-        _, timing = execute(self.device, directory / "minrt-run", artifact, blob, self.iters, timeout=timeout,
-                            threads=self.threads)
+        try:
+            _, timing = execute(self.device, directory / "minrt-run", artifact, blob, self.iters, timeout=timeout,
+                                threads=self.threads)
+        except DeviceError:
+            if cut and time.monotonic() - t0 >= timeout:  # the candidate was cut, the device is fine
+                raise RunnerError(f"candidate cut after {timeout:.1f} s (more than {SLOWER_THAN_DEFAULT_CUT:g}x "
+                                  "the default schedule, or past this kernel's share of the time)") from None
+            raise
         log.debug("candidate %s: ran in %.2f s", directory.name, time.monotonic() - t0)
         return float(timing["min_us"]) * 1e-6
 
@@ -410,6 +445,8 @@ def model_kernels(model: Path, target: Target, input_shapes: Mapping[str, Sequen
     return graph.kernels, n_outputs
 
 
+#: Register tiles near the default rule's that a convolution's tuning measures.
+TILE_VARIANTS = 8
 #: A kernel is searched only when its share of the time budget is at least this long: the
 #: default schedule's measurement and a batch or two of candidates (less measures next to nothing).
 MIN_TASK_SECONDS = 30.0
@@ -554,11 +591,12 @@ def tune_models(
     if time_budget:
         funded = funded_tasks([t.weight for t in tasks if share is None or share[t.name] > 0],
                               max(deadline - time.monotonic(), 0.0), min_task_seconds)
-    searched = [t for t in tasks if share is None or share[t.name] > 0][:funded]
+    candidates = [t for t in tasks if share is None or share[t.name] > 0]
+    searched = candidates[:funded]  # at the start; time a kernel leaves unused funds more
     log.info("tune %s for %s: %d distinct kernels (%d shared), %s, %s; database %s", ", ".join(stems), target.name,
              len(tasks), sum(1 for t in tasks if len(t.uses) > 1),
              f"{trials} trials" if trials is not None else "no trial limit",
-             f"{duration(time_budget * 1e6)} budget, {len(searched)} kernel(s) get a share" if time_budget
+             f"{duration(time_budget * 1e6)} budget, {len(searched)} kernel(s) get a share at first" if time_budget
              else "no time budget", db_files.path)
     results: list[TaskResult] = []
     tc = get_toolchain(toolchain, target)
@@ -597,21 +635,36 @@ def tune_models(
             if cap == 0:
                 results.append(result(0, None, "no trials in the budget"))
                 continue
-            if task not in searched:
-                results.append(result(0, None, "too light for the time budget"))
-                continue
             left = deadline - time.monotonic()
             if left <= 0:
                 results.append(result(0, None, "time budget"))
                 continue
-            weights_left = sum(t.weight for t in searched[searched.index(task):])
-            task_deadline = time.monotonic() + time_share(left, task.weight, weights_left) if time_budget else deadline
+            task_deadline = deadline
+            if time_budget:
+                # Shared among the kernels from this one on that the time left still funds.
+                rest = candidates[candidates.index(task):]
+                funded = funded_tasks([t.weight for t in rest], left, min_task_seconds)
+                if funded == 0:
+                    results.append(result(0, None, "too light for the time budget"))
+                    continue
+                task_deadline = time.monotonic() + time_share(left, task.weight, sum(t.weight for t in rest[:funded]))
             session = _Session(target, ktarget, tc, device, Path(tmp) / f"t{i}", task_deadline, iters, run_timeout,
                                threads)
             session.kernel_name, session.n_outputs = _kernel_symbol(i), task.n_outputs
             with _quiet_steps():
                 default_us = _measure_default(session, task.func, db_files)
             session.default_us = default_us
+            with _quiet_steps():
+                variants = measure_tile_variants(session, task.func, database, mod,
+                                                 limit=min(TILE_VARIANTS, cap) if cap is not None else TILE_VARIANTS)
+            if variants:
+                # The rule's neighbours are what beats it in a budget; meta_schedule's search of
+                # a convolution starts ~10x slower than the rule and rarely catches up in minutes,
+                # so its time goes to the next kernels instead.
+                results.append(result(session.trials, default_us))
+                log.info("tune %s: %d register tiles near the rule's measured, best %s (default %s)", label,
+                         variants, duration(results[-1].best_us), duration(default_us))
+                continue
             budget = cap - have if cap is not None else None
             slice_text = f", {duration(session.time_left() * 1e6)} of the budget" if time_budget else ""
             log.info("tune %s: %s (%.3f MFLOP x %d use(s)%s), default schedule %s", label,
@@ -707,6 +760,48 @@ def _measure_default(session: _Session, func: Any, db_files: TuningDatabase) -> 
         shutil.rmtree(directory, ignore_errors=True)
     db_files.set_default_latency(scheduled, us)
     return us
+
+
+def measure_tile_variants(session: _Session, func: Any, database: Any, mod: Any, limit: int = 8) -> int:
+    """Measure the default rule's neighbours on the device (for a channels-last convolution:
+    the next-best register tiles by the rule's model, the other weight packing) and record
+    each as a tuning record (its schedule's trace), so compile uses the fastest when it beat
+    the default. These start where the rule is good, which meta_schedule's search of a large
+    kernel rarely reaches in minutes. Stops at the session's deadline; returns how many ran."""
+    import tvm
+    from tvm.s_tir.meta_schedule.arg_info import ArgInfo
+    from tvm.s_tir.meta_schedule.database import TuningRecord
+
+    from harness.compile.schedule import conv_tile_variants
+    from harness.errors import RunnerError
+
+    _, rule = default_schedule(func, session.ktarget, session.target)
+    entry = database.commit_workload(mod)
+    measured = 0
+    for tile in conv_tile_variants(rule, limit):
+        if session.time_left() <= 0:
+            break
+        try:
+            scheduled, variant = default_schedule(func, session.ktarget, session.target, tile=tile)
+            directory = session.build(tvm.IRModule({"main": scheduled}))
+        except Exception as exc:  # noqa: BLE001 - a variant that does not schedule or build is skipped
+            log.debug("tile %s: %s", tile, exc)
+            continue
+        try:
+            secs = session.run(directory)
+        except RunnerError as exc:  # the variant failed or was cut; the device is fine
+            log.debug("tile %s: %s", tile, exc)
+            continue
+        finally:
+            shutil.rmtree(directory, ignore_errors=True)
+        database.commit_tuning_record(TuningRecord(variant.trace, entry, [secs], session.ktarget,
+                                                   ArgInfo.from_prim_func(func)))
+        measured += 1
+        session.trials += 1
+        if session.best_us is None or secs * 1e6 < session.best_us:
+            session.best_us = secs * 1e6
+        log.debug("tile %s: %s", tile, duration(secs * 1e6))
+    return measured
 
 
 def _default_callbacks() -> list:

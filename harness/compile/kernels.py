@@ -88,13 +88,14 @@ def compile_kernels(kernels: dict[str, Any], tvm_target: Any, out_path: Path,
 # Schedules
 
 
-def default_schedule(func: Any, ktarget: Any, target: Target) -> tuple[Any, Any]:
+def default_schedule(func: Any, ktarget: Any, target: Target, tile: Any = None) -> tuple[Any, Any]:
     """A kernel with the default rules of harness.compile.schedule for this target: what
     compile builds without a tuning record, and the baseline `harness tune` measures (the same
-    scheduled text, so its measured latency is found again by compile)."""
+    scheduled text, so its measured latency is found again by compile). `tile`: another
+    register tile for a channels-last convolution (schedule.ConvTile; what tune varies)."""
     from harness.compile.schedule import has_dsp, schedule_kernel, simd_lanes
 
-    return schedule_kernel(func, simd_lanes(ktarget), parallel_kernels(target), has_dsp(ktarget))
+    return schedule_kernel(func, simd_lanes(ktarget), parallel_kernels(target), has_dsp(ktarget), tile=tile)
 
 
 def written_as_is(func: Any) -> bool:
