@@ -227,3 +227,43 @@ def test_kernel_shapes_shared_by_models_are_tuned_once_and_reused(mlp, mlp_other
     # and tuning the second model alone later finds the kernel tuned already
     alone = tune_model(mlp_other_head, target, trials=8, kernels=[KERNEL], trials_per_iter=8, threads=1)
     assert [t.skipped for t in alone.tasks] == ["already tuned"]
+
+
+CONV = "fused_conv2d1_add1_relu1"  # cnn's second conv: 8 -> 16 channels, 3x3, on 6x6
+
+
+def test_a_convolution_is_tuned_by_register_tiles_near_the_rule(tmp_path, monkeypatch):
+    """A convolution's tuning measures the default rule's neighbours (other register tiles,
+    the other weight packing), records each as a trace in the database, and the record compile
+    picks reproduces the schedule: the model runs and matches the references with it."""
+    from harness.compile.kernels import default_schedule, kernel_target
+    from harness.compile.schedule import conv_tile_variants
+
+    monkeypatch.setenv("MINRT_CACHE", str(tmp_path))
+    monkeypatch.delenv("MINRT_NO_TUNING", raising=False)
+    cnn = write_examples(tmp_path / "models", ["cnn"])["cnn"]
+    target = load_target("x86_64")
+    funcs, _ = model_kernels(cnn, target)
+    scheduled, rule = default_schedule(funcs[CONV], kernel_target(target), target)
+    variants = conv_tile_variants(rule)
+    assert rule.tile is not None and variants and len(variants) <= 8
+    assert variants[0] == type(rule.tile)(rule.tile.vectors, rule.tile.pixels, not rule.tile.packed)
+    assert all((v.vectors, v.pixels) != (rule.tile.vectors, rule.tile.pixels) for v in variants[1:])
+    # a variant is another schedule of the same kernel; a tile that does not divide is refused
+    other, _ = default_schedule(funcs[CONV], kernel_target(target), target, tile=variants[-1])
+    assert other.script() != scheduled.script()
+    with pytest.raises(ValueError):
+        default_schedule(funcs[CONV], kernel_target(target), target,
+                         tile=type(rule.tile)(rule.tile.vectors, 1000, False))
+
+    report = tune_model(cnn, target, trials=4, kernels=[CONV], threads=1)
+    [task] = report.tasks
+    assert task.trials == 4 and task.records == 4 and task.default_us  # 4 tiles, no search
+    database = TuningDatabase.for_target(target)
+    best = database.best(funcs[CONV], None)
+    assert best is not None and best.latency_us == pytest.approx(task.best_us)
+    (database.path / "defaults.json").unlink()  # compile then takes the best record
+    used = compile_model(cnn, target).metadata["schedules"][CONV]
+    assert used["source"] == "tuned" and used["record"] == best.record_id
+    result = run_on_target(cnn, target, iters=2, seed=3)
+    assert result.error is None and result.passed, json.dumps(result.outputs, indent=1)
