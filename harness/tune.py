@@ -72,23 +72,24 @@ class TuneReport:
     budget: float | None = None  # the time budget, seconds
 
     def table(self) -> str:
-        """One row per kernel tuned or skipped for a reason of its own; the kernels too light
-        for the budget (hundreds in a large model) are one line."""
-        light = [t for t in self.tasks if t.skipped in LIGHT_SKIPS]
+        """One row per kernel tuned or skipped for a reason of its own; the kernels left without
+        time or trials are one line per reason."""
+        light = [t for t in self.tasks if t.skipped in UNFUNDED]
         rows = [[t.name, t.uses, t.trials, t.records, duration(t.default_us), duration(t.best_us),
                  f"{t.seconds:.0f} s", _note(t)] for t in self.tasks if t not in light]
         budget = f" (budget {self.budget:.0f} s)" if self.budget else ""
         lines = [table(["kernel", "uses", "trials", "records", "default", "best", "time", "note"], rows,
                        right=(1, 2, 3, 4, 5, 6)),
-                 *(f"{n} lighter kernel(s) not searched: {why}" for why in LIGHT_SKIPS
+                 *(f"{n} kernel(s) not searched: {why}" for why in UNFUNDED
                    if (n := sum(1 for t in light if t.skipped == why))),
                  (f"{sum(t.trials for t in self.tasks)} trials in {self.seconds:.0f} s{budget}; "
                   f"records in {self.database}")]
         return "\n".join(lines)
 
 
-#: Why a kernel got no search because of its weight (TuneReport.table counts these on one line).
-LIGHT_SKIPS = ("too light for the time budget", "no trials in the budget")
+#: Why a kernel got no search for want of time or trials (TuneReport.table counts these, one
+#: line per reason: with a budget on large models they are hundreds).
+UNFUNDED = ("too light for the time budget", "no trials in the budget", "time budget")
 
 
 def _note(task: TaskResult) -> str:
@@ -632,12 +633,12 @@ def tune_models(
                     default_us = _measure_default(session, task.func, db_files)
                 results.append(result(0, default_us, "already tuned"))
                 continue
-            if cap == 0:
-                results.append(result(0, None, "no trials in the budget"))
-                continue
             left = deadline - time.monotonic()
             if left <= 0:
                 results.append(result(0, None, "time budget"))
+                continue
+            if cap == 0:
+                results.append(result(0, None, "no trials in the budget"))
                 continue
             task_deadline = deadline
             if time_budget:
