@@ -1,7 +1,13 @@
-"""`harness tune`: meta_schedule search with every candidate measured by minrt on the device.
+"""`harness tune`: the kernels of one or several models tuned in one pass, within a wall-clock
+budget, every candidate measured by minrt on the device.
 
-The search is TVM's (tvm.s_tir.meta_schedule: its design space, evolutionary search and
-cost model); building and timing are ours. A candidate kernel is compiled by TVM into an
+Kernels of the same structure (in one model or across models) are one task, weighted by FLOPs
+times uses; the budget is shared by weight among the kernels it can give at least
+MIN_TASK_SECONDS, heaviest first, and each search stops when its share ends. A convolution's
+candidates are the default rule's neighbours (other register tiles, the other weight packing:
+harness.compile.schedule.conv_tile_variants), recorded as their schedules' traces; other kernels
+get TVM's search (tvm.s_tir.meta_schedule: its design space, evolutionary search and cost
+model). Building and timing are ours. A candidate kernel is compiled by TVM into an
 object, linked with minrt-run by the target's toolchain into a one-kernel model (the kernel
 alone as graph.json, seeded inputs and weights), put on the device through the target's
 transport (local, qemu-user, SSH, serial) and timed there by minrt-run. So what is measured
