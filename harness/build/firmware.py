@@ -492,10 +492,10 @@ def build_firmware(target: Target, models: Sequence[FirmwareModel], toolchain: T
                              f"[memory] stack_bytes in {target.name}'s target file")
         stack = -(-(peak + STACK_MARGIN) // 8) * 8
         log.info("firmware: the models' storages and workspace take %s arena bytes (%s; minrt_load would ask "
-                 "%s with its tables, which are %s bytes of flash instead), %s with the %s-byte tail for the inputs "
-                 "blob and outputs; the stack peaked at %s bytes, %s reserved", f"{max(needs):,}",
+                 "%s with its tables, which are in flash instead), %s with the %s-byte tail for the inputs blob "
+                 "and outputs; the stack peaked at %s bytes, %s reserved", f"{max(needs):,}",
                  ", ".join(f"{n} {b:,}" for n, b in zip(names, needs)), f"{max(loaded):,}",
-                 f"{sum(b.table_bytes for b in built):,}", f"{arena:,}", f"{tail:,}", f"{peak:,}", f"{stack:,}")
+                 f"{arena:,}", f"{tail:,}", f"{peak:,}", f"{stack:,}")
         _link(target, toolchain, models, tmp, arena, probe=False, stack_bytes=stack)
         footprint = footprint_from_map((tmp / "firmware.map").read_text(),
                                        [str(m.artifact.kernels_obj) for m in models], 0)

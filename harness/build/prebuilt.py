@@ -42,7 +42,6 @@ class Prebuilt:
     c_source: str  # defines `const minrt fw_model<i>`; needs fw_arena and fw_params<i>
     arena_bytes: int  # storages and workspace
     keep_bytes: int  # the arena's first bytes holding its inputs and outputs (before the I/O tail)
-    table_bytes: int  # flash the tables take (ARMv7-M sizes), for the log
 
 
 def _c_bytes(raw: bytes) -> str:
@@ -166,6 +165,4 @@ def prebuild(index: int, graph_path: Path, params_path: Path, workspace_bytes: i
                f".arena_use = {{0, {ws_at}u, {arena - ws_at}u, 0}}, .nodes = (minrt_node *)fw_nodes{i}, "
                f".ent = (minrt_entry *)fw_ent{i}, .n_nodes = {len(nodes_c)}u, .n_ent = {n_ent}u, "
                f".ws = fw_arena + {ws_at}, .ws_top = fw_arena + {ws_at}, .ws_end = fw_arena + {arena}}};"), ""]
-    # ARMv7-M: an entry (DLTensor first) 56 B, a node 32 B, an argument 16 B, a dim 8 B
-    table_bytes = 56 * n_ent + 32 * len(nodes_c) + 16 * n_args + 8 * len(dims) + 4 * (len(inputs) + len(heads)) + 64
-    return Prebuilt(c_source="\n".join(lines), arena_bytes=arena, keep_bytes=lay.keep_bytes, table_bytes=table_bytes)
+    return Prebuilt(c_source="\n".join(lines), arena_bytes=arena, keep_bytes=lay.keep_bytes)
