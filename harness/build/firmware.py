@@ -263,18 +263,18 @@ def _link(target: Target, toolchain: Toolchain, models: Sequence[FirmwareModel],
 
 
 def probe_arena(machine: str, elf: Path, n_models: int,
-                timeout: float = PROBE_TIMEOUT_S) -> tuple[list[int], list[int], list[int]]:
-    """Boot the probe image under QEMU and read minrt's arena size for each model, the arena's
-    first bytes it keeps (parsed graph, inputs, outputs: the inputs blob goes after them) and the
-    stack's high-water mark after loading and running each (bytes used since boot)."""
+                timeout: float = PROBE_TIMEOUT_S) -> tuple[list[int], list[int]]:
+    """Boot the probe image under QEMU: minrt_load checks every model's graph there. Read the
+    arena minrt_load asks for each model and the stack's high-water mark after loading and
+    running each (bytes used since boot)."""
     try:
         text = boot_and_read(machine, elf, b"minrt-probe-done", timeout)
     except DeviceError as exc:
         raise BuildError(f"the arena probe: {exc}") from None
-    found: dict[str, dict[int, int]] = {"arena": {}, "keep": {}, "stack": {}}
-    sizes, keeps, stacks = found["arena"], found["keep"], found["stack"]
+    found: dict[str, dict[int, int]] = {"arena": {}, "stack": {}}
+    sizes, stacks = found["arena"], found["stack"]
     for line in text.splitlines():
-        m = re.match(r"minrt-(arena|keep|stack) (\d+) (\d+)", line.strip())
+        m = re.match(r"minrt-(arena|stack) (\d+) (\d+)", line.strip())
         if m:
             found[m.group(1)][int(m.group(2))] = int(m.group(3))
         m = re.match(r"minrt-error (\d+) (.*)", line.strip())
@@ -282,12 +282,9 @@ def probe_arena(machine: str, elf: Path, n_models: int,
             raise BuildError(f"minrt cannot load model #{m.group(1)} on the target: {m.group(2)}")
     if sorted(sizes) != list(range(n_models)):
         raise BuildError(f"the arena probe printed no size for every model: {text[-300:]!r}")
-    if sorted(keeps) != sorted(sizes):
-        raise BuildError(f"the arena probe printed no kept size for every model: {text[-300:]!r}")
     if sorted(stacks) != list(range(n_models)):
         raise BuildError(f"the probe ran not every model (a model too large, or a run failed): {text[-300:]!r}")
-    return ([sizes[i] for i in range(n_models)], [keeps[i] for i in range(n_models)],
-            [stacks[i] for i in range(n_models)])
+    return [sizes[i] for i in range(n_models)], [stacks[i] for i in range(n_models)]
 
 
 # ---- footprint -------------------------------------------------------------------------------
@@ -481,7 +478,7 @@ def build_firmware(target: Target, models: Sequence[FirmwareModel], toolchain: T
             graph_bytes))
         for m in models:
             check_inputs_kept(m)
-        loaded, _, stacks = probe_arena(target.firmware.probe_machine, probe, len(models))
+        loaded, stacks = probe_arena(target.firmware.probe_machine, probe, len(models))
         # the real image's tables are in flash: its arena holds storages and workspace only
         built = [prebuilt_model(i, m) for i, m in enumerate(models)]
         needs, keeps = [b.arena_bytes for b in built], [b.keep_bytes for b in built]

@@ -236,11 +236,10 @@ void ticks_hook(void) {
 }
 
 #ifdef FW_PROBE
-/* The build's probe image: for every model, minrt's own size query and then one run (zeroed
- * inputs) with the stack painted, printed as text lines "minrt-arena <index> <bytes>",
- * "minrt-keep <index> <bytes>" (the arena's first bytes that load zeroes or that hold its
- * inputs and outputs: the inputs blob must not land there) and "minrt-stack <index> <peak bytes so far>"
- * (or "minrt-error <index> <message>"), then the end line. */
+/* The build's probe image: for every model, minrt_load (which checks the graph against its
+ * kernels) with minrt's own size query and then one run (zeroed inputs) with the stack painted,
+ * printed as text lines "minrt-arena <index> <bytes>" and "minrt-stack <index> <peak bytes so
+ * far>" (or "minrt-error <index> <message>"), then the end line. */
 static void say(const char *s) {
   while (*s) uart_put((uint8_t)*s++);
 }
@@ -263,7 +262,7 @@ static void say_num(const char *what, uint32_t i, uint32_t v) {
 int main(void) {
   minrt *m;
   size_t need, have;
-  uint32_t i, keep;
+  uint32_t i;
   int rc, tries, k;
   (void)feed;
   uart_init();
@@ -271,18 +270,11 @@ int main(void) {
     /* as documented in minrt.h: at most three calls find the exact size */
     for (need = have = 0, rc = MINRT_E_ARENA, tries = 0; tries < 4; tries++) {
       rc = minrt_load(&m, &fw_models[i].artifact, fw_arena, have, &need, &st.err);
-      if (!tries) keep = (uint32_t)need; /* the first call's need: the bytes load zeroes */
       if (rc != MINRT_E_ARENA || need <= have || need > fw_arena_bytes) break;
       have = need;
     }
     if (rc == 0) {
       say_num("minrt-arena ", i, (uint32_t)have);
-      for (k = 0; k < minrt_num_inputs(m) + minrt_num_outputs(m); k++) {
-        const DLTensor *t = k < minrt_num_inputs(m) ? minrt_input(m, k) : minrt_output(m, k - minrt_num_inputs(m));
-        uint32_t end = (uint32_t)((uintptr_t)t->data - (uintptr_t)fw_arena + minrt_nbytes(t));
-        if (end <= have && end > keep) keep = end; /* (a param output lies in flash) */
-      }
-      say_num("minrt-keep ", i, keep);
       for (k = 0; k < minrt_num_inputs(m); k++) memset(minrt_input(m, k)->data, 0, minrt_nbytes(minrt_input(m, k)));
       if (minrt_run(m) == 0) say_num("minrt-stack ", i, stack_used());
     } else if (rc == MINRT_E_ARENA) { /* too large for the probe: the build says so */
