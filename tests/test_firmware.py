@@ -105,6 +105,12 @@ def test_footprint_adds_up(image) -> None:
     mlp = next(m for m in image.models if m.name == "mlp").artifact
     assert fp["arena_by_model"]["mlp"] < mlp.params_bin.stat().st_size
     assert 0 < flash["minrt"] <= BUDGETS["armv7m"]  # minrt's ARMv7-M Thumb-2 share, the budget of ARMv7
+    # minrt's tables are laid out at build time, in flash: the image links no graph.json loader
+    # (minrt_load and the JSON reader are 4 KB of Thumb-2), and each model's arena is smaller
+    # than minrt_load's by at least its tables (a node, an entry, ... per item)
+    assert flash["minrt"] < 1536, flash
+    for name, loaded in fp["arena_minrt_load_by_model"].items():
+        assert fp["arena_by_model"][name] + 64 <= loaded, (name, fp)
     # the front end's code budget (deterministic: gated here), and its RAM: the stack reserved
     # is the probe's measured peak plus the stated margin, and nothing else hides in RAM
     assert 0 < flash["front_end"] <= FRONT_END_BUDGET, flash

@@ -172,9 +172,9 @@ def format_report(report: VersusReport) -> str:
              "instr/inf: emulated instructions per inference (QEMU -icount on Cortex-M, exact count under "
              "qemu-user on ARMv7); flash-w: image without weights (nor TFLM's sample input); "
              "RAM (stack on neither side): TFLM arena_used_bytes() (its tensors, input and output included) "
-             "+ .data + .bss (the static interpreter, op resolver, board code); minrt its static arena (parsed "
-             "graph, planned storage with inputs kept for the run, outputs, workspace, the I/O tail) + .data + .bss "
-             "(front end, board code)", "",
+             "+ .data + .bss (the static interpreter, op resolver, board code); minrt its static arena (planned "
+             "storage with inputs kept for the run, outputs, workspace, the I/O tail; on Cortex-M its graph tables "
+             "are in flash) + .data + .bss (front end with the running model's struct, board code)", "",
              f"{'model':<17} {'target':<15} {'TFLM instr/inf':>15} {'minrt instr/inf':>15} {'ratio':>6}  "
              f"{'TFLM flash-w':>12} {'minrt flash-w':>13} {'ratio':>6}  {'TFLM RAM':>9} {'minrt RAM':>9} {'ratio':>6}  "
              "TFLM vs host"]

@@ -1,18 +1,20 @@
 """Firmware images for bare-metal Cortex-M targets (arch "armv7m"): minrt, the UART front
-end (runtime_c/firmware), the kernels of one or more models and their graphs and weights in
-flash, one static arena in RAM.
+end (runtime_c/firmware), the kernels of one or more models, their weights and minrt's tables
+in flash, one static arena in RAM.
 
-The arena is sized by minrt's own size query run on the target's core: a probe image (the
-same sources, -DFW_PROBE, a large arena, the target's `stack_bytes` of stack painted at reset)
-boots under QEMU on the target's `probe_machine`, prints what minrt_load asks for and the
-stack one run of each model used, then the real image is linked with exactly that arena and
-that stack plus STACK_MARGIN (the front end's frames above minrt_run and an interrupt's,
-which the probe does not have; the real image reports its own peak with every run). Every
-region is then checked against the target's [memory]: an image that does not fit is refused
-here, naming the region, the excess and what fills it, before anything is flashed. What is
-known before the probe boots (flash for the kernels, weights and graphs; RAM for the I/O
-buffers and the planned storages) is checked first: a probe image too big for its board
-would crash QEMU instead of measuring. Both refusals are FitError (exit 2).
+minrt's tables are laid out at build time (harness.build.prebuilt: minrt_load's layout, as
+constants with link-time addresses), so the arena holds each model's storages and workspace
+only. A probe image (the same sources with each graph.json, -DFW_PROBE, a large arena, the
+target's `stack_bytes` of stack painted at reset) boots under QEMU on the target's
+`probe_machine` first: minrt_load checks every graph there (each node against its kernel's
+signature) and the probe prints the stack one load and run of each model used; the real image
+is linked with that stack plus STACK_MARGIN (the front end's frames above minrt_run and an
+interrupt's, which the probe does not have; the real image reports its own peak with every
+run). Every region is then checked against the target's [memory]: an image that does not fit
+is refused here, naming the region, the excess and what fills it, before anything is flashed.
+What is known before the probe boots (flash for the kernels, weights and graphs; RAM for the
+planned storages) is checked first: a probe image too big for its board would crash QEMU
+instead of measuring. Both refusals are FitError (exit 2).
 Images are cached under `cache_dir()/firmware/<hash>` (sources, artifacts, target, toolchain).
 """
 
@@ -31,6 +33,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from harness import REPO_ROOT
+from harness.build.prebuilt import Prebuilt, prebuild
 from harness.build.size import NO_MESSAGES, minrt_texts
 from harness.build.toolchain import Toolchain
 from harness.cache import cache_dir, content_hash, seal, seal_broken
@@ -118,7 +121,7 @@ def tail_bytes(models: Sequence[FirmwareModel]) -> int:
 
 def arena_with_tail(needs: Sequence[int], keeps: Sequence[int], tail: int) -> int:
     """The arena: what every model asks for, and room for the tail past the bytes each model
-    keeps (its parsed graph, inputs and outputs), 64-byte rounded."""
+    keeps (its inputs and outputs), 64-byte rounded."""
     return -(-max(max(n, k + tail) for n, k in zip(needs, keeps)) // 64) * 64
 
 
@@ -142,16 +145,19 @@ def _input_nids(model: FirmwareModel, graph: dict[str, Any]) -> list[int]:
     return [i for i, n in enumerate(graph["nodes"]) if n["op"] == "null" and n["name"] in names]
 
 
-def models_c(models: Sequence[FirmwareModel], arena_bytes: int) -> str:
-    """models.c: the graphs and weights (incbin-ed into flash, 64-byte aligned), the model
-    table and the static buffers, sized for the largest model."""
-    lines = ['/* written by harness/build/firmware.py */', '#include "minrt.h"', '#include "models.h"', ""]
+def models_c(models: Sequence[FirmwareModel], arena_bytes: int, probe: bool = False) -> str:
+    """models.c: the weights (incbin-ed into flash, 64-byte aligned), the model table and the
+    static arena, sized for the largest model. The probe image holds each graph.json, which it
+    loads with minrt_load; the real image holds each model's tables laid out at build time
+    (harness.build.prebuilt), in flash."""
+    lines = ['/* written by harness/build/firmware.py */', '#include "minrt.h"', '#include "internal.h"',
+             '#include "models.h"', ""]
     for i, m in enumerate(models):
-        if _signatures_c(m) is not None:
+        if probe and _signatures_c(m) is not None:
             lines.append(f"extern const minrt_signatures fw_signatures{i};")
     for i, m in enumerate(models):
         a = m.artifact
-        for what, path in (("graph", a.graph_json), ("params", a.params_bin)):
+        for what, path in (("graph", a.graph_json), ("params", a.params_bin))[0 if probe else 1:]:
             path = Path(path).resolve()
             if re.search(r'["\\\n]', str(path)):
                 raise BuildError(f"cannot embed {path}: its path has a quote, backslash or newline")
@@ -161,12 +167,17 @@ def models_c(models: Sequence[FirmwareModel], arena_bytes: int) -> str:
                 f'        "fw_{what}{i}_end:\\n.byte 0\\n.text\\n");',
                 f"extern const char fw_{what}{i}[], fw_{what}{i}_end[];",
             ]
+        if not probe:
+            lines.append(prebuilt_model(i, m).c_source)
     lines.append("const struct fw_model fw_models[] = {")
     for i, m in enumerate(models):
         a = m.artifact
         digest = ", ".join(str(b) for b in hashlib.sha256(Path(a.graph_json).read_bytes()).digest())
+        if not probe:
+            lines.append(f"  {{{{{digest}}}, &fw_model{i}}},")
+            continue
         lines.append(
-            f"  {{{{{digest}}}, {{fw_graph{i}, {Path(a.graph_json).stat().st_size}u, fw_params{i}, "
+            f"  {{{{{digest}}}, 0, {{fw_graph{i}, {Path(a.graph_json).stat().st_size}u, fw_params{i}, "
             f"{Path(a.params_bin).stat().st_size}u, {int(a.metadata.get('workspace_bytes', 0))}u, 0, 0, "
             f"{f'&fw_signatures{i}' if _signatures_c(m) is not None else '0'}}}}},"
         )
@@ -182,6 +193,12 @@ def models_c(models: Sequence[FirmwareModel], arena_bytes: int) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def prebuilt_model(index: int, model: FirmwareModel) -> Prebuilt:
+    """Model `index` of an image with its tables laid out at build time."""
+    a = model.artifact
+    return prebuild(index, a.graph_json, a.params_bin, int(a.metadata.get("workspace_bytes", 0)), model.prefix)
 
 
 def _signatures_c(model: FirmwareModel) -> Path | None:
@@ -206,7 +223,7 @@ def _link(target: Target, toolchain: Toolchain, models: Sequence[FirmwareModel],
     """Write models.c and memory.ld into `out` and build firmware.elf (+ firmware.map) there."""
     assert target.layout is not None and target.firmware is not None
     out.mkdir(parents=True, exist_ok=True)
-    (out / "models.c").write_text(models_c(models, arena_bytes))
+    (out / "models.c").write_text(models_c(models, arena_bytes, probe))
     mem = target.layout
     origins = PROBE_MEMORY if probe else {"flash_origin": mem.flash_origin, "ram_origin": mem.ram_origin}
     stack = mem.stack_bytes if stack_bytes is None else stack_bytes
@@ -220,7 +237,7 @@ def _link(target: Target, toolchain: Toolchain, models: Sequence[FirmwareModel],
     all_sources = [*minrt_sources, *sources, *sorted(PROTO_DIR.glob("*.c")), out / "models.c"]
     # each model's signature table under its own name (the file names one symbol for all)
     signed = [i for i, m in enumerate(models) if _signatures_c(m) is not None]
-    for i in signed:
+    for i in signed if probe else ():  # the real image's tables name their kernels themselves
         table = out / f"kernels_sig{i}.c"
         table.write_text(f"#define minrt_model_signatures fw_signatures{i}\n" + _signatures_c(models[i]).read_text())
         all_sources.append(table)
@@ -233,7 +250,7 @@ def _link(target: Target, toolchain: Toolchain, models: Sequence[FirmwareModel],
         f"-DFW_UART_BASE={base:#x}u", f"-DFW_CLOCK_HZ={clock}u", f"-DFW_MAX_PAYLOAD={MAX_PAYLOAD}",
         # the image sends error codes (frames.py has their texts); the probe prints minrt's messages
         f"-DFW_UART_IRQ={_UART_IRQ[uart]}", *(["-DFW_PROBE"] if probe else [NO_MESSAGES]),
-        f"-I{RUNTIME_DIR / 'include'}", f"-I{FIRMWARE_DIR}", f"-I{PROTO_DIR}", "-c", *(str(p) for p in all_sources),
+        f"-I{RUNTIME_DIR / 'include'}", f"-I{RUNTIME_DIR / 'src'}", f"-I{FIRMWARE_DIR}", f"-I{PROTO_DIR}", "-c", *(str(p) for p in all_sources),
     ], cwd=out)
     toolchain.run([
         target.cc.tool("gcc"), *target.cc.cflags,
@@ -246,18 +263,18 @@ def _link(target: Target, toolchain: Toolchain, models: Sequence[FirmwareModel],
 
 
 def probe_arena(machine: str, elf: Path, n_models: int,
-                timeout: float = PROBE_TIMEOUT_S) -> tuple[list[int], list[int], list[int]]:
-    """Boot the probe image under QEMU and read minrt's arena size for each model, the arena's
-    first bytes it keeps (parsed graph, inputs, outputs: the inputs blob goes after them) and the
-    stack's high-water mark after loading and running each (bytes used since boot)."""
+                timeout: float = PROBE_TIMEOUT_S) -> tuple[list[int], list[int]]:
+    """Boot the probe image under QEMU: minrt_load checks every model's graph there. Read the
+    arena minrt_load asks for each model and the stack's high-water mark after loading and
+    running each (bytes used since boot)."""
     try:
         text = boot_and_read(machine, elf, b"minrt-probe-done", timeout)
     except DeviceError as exc:
         raise BuildError(f"the arena probe: {exc}") from None
-    found: dict[str, dict[int, int]] = {"arena": {}, "keep": {}, "stack": {}}
-    sizes, keeps, stacks = found["arena"], found["keep"], found["stack"]
+    found: dict[str, dict[int, int]] = {"arena": {}, "stack": {}}
+    sizes, stacks = found["arena"], found["stack"]
     for line in text.splitlines():
-        m = re.match(r"minrt-(arena|keep|stack) (\d+) (\d+)", line.strip())
+        m = re.match(r"minrt-(arena|stack) (\d+) (\d+)", line.strip())
         if m:
             found[m.group(1)][int(m.group(2))] = int(m.group(3))
         m = re.match(r"minrt-error (\d+) (.*)", line.strip())
@@ -265,12 +282,9 @@ def probe_arena(machine: str, elf: Path, n_models: int,
             raise BuildError(f"minrt cannot load model #{m.group(1)} on the target: {m.group(2)}")
     if sorted(sizes) != list(range(n_models)):
         raise BuildError(f"the arena probe printed no size for every model: {text[-300:]!r}")
-    if sorted(keeps) != sorted(sizes):
-        raise BuildError(f"the arena probe printed no kept size for every model: {text[-300:]!r}")
     if sorted(stacks) != list(range(n_models)):
         raise BuildError(f"the probe ran not every model (a model too large, or a run failed): {text[-300:]!r}")
-    return ([sizes[i] for i in range(n_models)], [keeps[i] for i in range(n_models)],
-            [stacks[i] for i in range(n_models)])
+    return [sizes[i] for i in range(n_models)], [stacks[i] for i in range(n_models)]
 
 
 # ---- footprint -------------------------------------------------------------------------------
@@ -330,9 +344,9 @@ def footprint_from_map(map_text: str, kernel_objs: Sequence[str], graph_bytes: i
         "minrt": text.get("minrt", 0),
         "front_end": text.get("front_end", 0),
         "kernels": text.get("kernels", 0),
-        "libc": text.get("libc", 0) + text.get("model_table", 0),
+        "libc": text.get("libc", 0),
         "weights": model_flash - graph_bytes,
-        "graphs": graph_bytes,
+        "graphs": graph_bytes + text.get("model_table", 0),  # graph.json, or the tables built from it
         "data_init": parts.get("section.data", 0),
     }
     flash["total"] = parts.get("section.text", 0) + model_flash + parts.get("section.data", 0)
@@ -428,7 +442,8 @@ def build_firmware(target: Target, models: Sequence[FirmwareModel], toolchain: T
         got = m.artifact.metadata.get("system_lib_prefix", "")
         if got != m.prefix:
             raise BuildError(f"model {m.name}: compiled with prefix {got!r}, the image expects {m.prefix!r}")
-    parts: list[bytes | str] = ["firmware/2", Path(__file__).read_bytes(), toolchain.describe(), target.name, target.cc.tool("gcc"),
+    parts: list[bytes | str] = ["firmware/3", Path(__file__).read_bytes(), (Path(__file__).parent / "prebuilt.py").read_bytes(),
+                                toolchain.describe(), target.name, target.cc.tool("gcc"),
                                 *target.cc.cflags, json.dumps(asdict(target.layout)),
                                 json.dumps(asdict(target.firmware)), *CFLAGS, *LDFLAGS]
     for path in sorted(FIRMWARE_DIR.iterdir()) + sorted((RUNTIME_DIR / "src").iterdir()) + \
@@ -463,22 +478,27 @@ def build_firmware(target: Target, models: Sequence[FirmwareModel], toolchain: T
             graph_bytes))
         for m in models:
             check_inputs_kept(m)
-        needs, keeps, stacks = probe_arena(target.firmware.probe_machine, probe, len(models))
+        loaded, stacks = probe_arena(target.firmware.probe_machine, probe, len(models))
+        # the real image's tables are in flash: its arena holds storages and workspace only
+        built = [prebuilt_model(i, m) for i, m in enumerate(models)]
+        needs, keeps = [b.arena_bytes for b in built], [b.keep_bytes for b in built]
         tail = tail_bytes(models)
         arena, peak = arena_with_tail(needs, keeps, tail), max(stacks)
         if peak >= target.layout.stack_bytes:
             raise BuildError(f"the probe used all {target.layout.stack_bytes:,} bytes of its stack: raise "
                              f"[memory] stack_bytes in {target.name}'s target file")
         stack = -(-(peak + STACK_MARGIN) // 8) * 8
-        log.info("firmware: minrt asks for %s arena bytes (%s), %s with the %s-byte tail for the inputs blob "
+        log.info("firmware: the models' storages and workspace take %s arena bytes (%s; minrt_load would ask "
+                 "%s with its tables, which are in flash instead), %s with the %s-byte tail for the inputs blob "
                  "and outputs; the stack peaked at %s bytes, %s reserved", f"{max(needs):,}",
-                 ", ".join(f"{n} {b:,}" for n, b in zip(names, needs)), f"{arena:,}", f"{tail:,}",
-                 f"{peak:,}", f"{stack:,}")
-        elf = _link(target, toolchain, models, tmp, arena, probe=False, stack_bytes=stack)
+                 ", ".join(f"{n} {b:,}" for n, b in zip(names, needs)), f"{max(loaded):,}",
+                 f"{arena:,}", f"{tail:,}", f"{peak:,}", f"{stack:,}")
+        _link(target, toolchain, models, tmp, arena, probe=False, stack_bytes=stack)
         footprint = footprint_from_map((tmp / "firmware.map").read_text(),
-                                       [str(m.artifact.kernels_obj) for m in models], graph_bytes)
+                                       [str(m.artifact.kernels_obj) for m in models], 0)
         footprint["arena_by_model"] = dict(zip(names, needs))
-        footprint["arena_kept_by_model"] = dict(zip(names, keeps))  # graph, inputs, outputs: before the tail
+        footprint["arena_kept_by_model"] = dict(zip(names, keeps))  # inputs, outputs: before the tail
+        footprint["arena_minrt_load_by_model"] = dict(zip(names, loaded))  # with the tables in the arena
         footprint["ram"]["stack_peak"] = peak  # measured in the probe (load and one run)
         footprint["ram"]["io_tail"] = tail  # inside the arena: not a part of its own
         check_fit(target, footprint, names)

@@ -3,18 +3,20 @@
  * UART with no OS, no heap and no stdio.
  *
  * Where it differs from minrt-run --serial, inside the protocol:
- * - graph.json and params.bin are in flash: the PUT of the graph blob carries the graph's
- *   sha256 (32 bytes), which selects the model; params are never sent (the host checks them
- *   against the image's manifest).
+ * - the models are in flash, laid out at build time (models.h: minrt's tables as constants,
+ *   params.bin's weights used in place): the PUT of the graph blob carries the graph's sha256
+ *   (32 bytes), which selects the model; params are never sent (the host checks them against
+ *   the image's manifest).
  * - the outputs blob is raw: each output's data in the graph's order (the host names them
  *   output0, output1, ... and knows their dtypes and shapes from the image's manifest).
- * RAM: no buffer of its own for the inputs or outputs. The inputs blob is received into the
- * arena's tail (models.h), which the builder keeps clear of every model's parsed graph, inputs
- * and outputs: RUN copies it into the model's inputs once (the storage plan keeps inputs for
- * the whole run), the kernels may then overwrite the tail, and the outputs are copied there
- * after the run for GET. A later RUN without a new inputs blob runs on the inputs the model
- * holds (the model is loaded once, when it changes); one of another model needs the blob again
- * (INCOMPLETE). New inputs end the outputs.
+ * RAM: no buffer of its own for the inputs or outputs, and none for minrt's tables (they are
+ * in flash, models.h). The inputs blob is received into the arena's tail, which the builder
+ * keeps clear of every model's inputs and outputs: RUN copies it into the model's inputs once
+ * (the storage plan keeps inputs for the whole run), the kernels may then overwrite the tail,
+ * and the outputs are copied there after the run for GET. A later RUN without a new inputs
+ * blob runs on the inputs the model holds (every RUN copies the model's struct from flash,
+ * nothing else); one of another model needs the blob again (INCOMPLETE). New inputs end the
+ * outputs.
  * - RUN answers a binary timing record (frames.py TIMING_RECORD): SysTick counts at the
  *   processor clock, not microseconds, and the peak stack measured by paint.
  * - ERROR carries its code and, for load and run failures, minrt's message: no English of
@@ -50,7 +52,6 @@ static struct {
   const struct fw_model *model; /* selected by the graph's sha256 */
   uint32_t in_total, in_filled; /* of the inputs blob; total ~0 before its first chunk */
   const struct fw_model *in_model; /* whose inputs hold the blob (consumed), 0: still in fw_inputs */
-  const struct fw_model *loaded;   /* the model in the arena, 0 if none */
   uint32_t out_len;             /* bytes of fw_outputs valid, 0 before a RUN or after new inputs */
   volatile uint32_t busy;       /* while a RUN executes: its seq + 1, else 0 */
   uint32_t busy_ticks;          /* tick interrupts until the next BUSY */
@@ -64,6 +65,7 @@ static struct {
   } tx;
   uint8_t rx[FRAME_OVERHEAD + FW_MAX_PAYLOAD];
   minrt_err err; /* the RUN's load and run errors */
+  minrt m; /* the selected model's struct (its tables stay in flash) */
 } st;
 
 static void send(const uint8_t *f, uint32_t n) {
@@ -127,7 +129,7 @@ static void on_put(unsigned seq, const uint8_t *p, uint32_t n) {
 static void on_run(unsigned seq, const uint8_t *p, uint32_t n) {
   struct timing_record *rec = &st.tx.timing.rec; /* Cortex-M is little-endian, as the record */
   minrt *m;
-  size_t need = 0, at;
+  size_t at;
   uint32_t iters, i;
   int bad;
   uint64_t t0, dt;
@@ -137,13 +139,9 @@ static void on_run(unsigned seq, const uint8_t *p, uint32_t n) {
   if (!st.model || st.in_filled != st.in_total || (st.in_model && st.in_model != st.model))
     return error(seq, FRAME_E_INCOMPLETE, 0);
   st.out_len = 0;
-  if (st.loaded != st.model) { /* once per model: a load zeroes more than minrt's tables */
-    st.loaded = 0;
-    if (minrt_load(&m, &st.model->artifact, fw_arena, fw_arena_bytes, &need, &st.err))
-      return error(seq, FRAME_E_LOAD, st.err.msg);
-    st.loaded = st.model;
-  }
-  m = (minrt *)(void *)fw_arena; /* where minrt_load puts it */
+  m = &st.m; /* laid out at build time: its struct is all there is to load (every RUN: no test) */
+  *m = *st.model->model;
+  m->err = &st.err;
   if (!st.in_model) { /* once: the run may overwrite the blob, never the inputs */
     if ((bad = tensors_set_inputs(m, fw_inputs, st.in_filled, &at)) != 0)
       return error(seq, FRAME_E_INPUTS + (unsigned)bad, 0);
@@ -238,11 +236,10 @@ void ticks_hook(void) {
 }
 
 #ifdef FW_PROBE
-/* The build's probe image: for every model, minrt's own size query and then one run (zeroed
- * inputs) with the stack painted, printed as text lines "minrt-arena <index> <bytes>",
- * "minrt-keep <index> <bytes>" (the arena's first bytes that load zeroes or that hold its
- * inputs and outputs: the inputs blob must not land there) and "minrt-stack <index> <peak bytes so far>"
- * (or "minrt-error <index> <message>"), then the end line. */
+/* The build's probe image: for every model, minrt_load (which checks the graph against its
+ * kernels) with minrt's own size query and then one run (zeroed inputs) with the stack painted,
+ * printed as text lines "minrt-arena <index> <bytes>" and "minrt-stack <index> <peak bytes so
+ * far>" (or "minrt-error <index> <message>"), then the end line. */
 static void say(const char *s) {
   while (*s) uart_put((uint8_t)*s++);
 }
@@ -265,7 +262,7 @@ static void say_num(const char *what, uint32_t i, uint32_t v) {
 int main(void) {
   minrt *m;
   size_t need, have;
-  uint32_t i, keep;
+  uint32_t i;
   int rc, tries, k;
   (void)feed;
   uart_init();
@@ -273,18 +270,11 @@ int main(void) {
     /* as documented in minrt.h: at most three calls find the exact size */
     for (need = have = 0, rc = MINRT_E_ARENA, tries = 0; tries < 4; tries++) {
       rc = minrt_load(&m, &fw_models[i].artifact, fw_arena, have, &need, &st.err);
-      if (!tries) keep = (uint32_t)need; /* the first call's need: the bytes load zeroes */
       if (rc != MINRT_E_ARENA || need <= have || need > fw_arena_bytes) break;
       have = need;
     }
     if (rc == 0) {
       say_num("minrt-arena ", i, (uint32_t)have);
-      for (k = 0; k < minrt_num_inputs(m) + minrt_num_outputs(m); k++) {
-        const DLTensor *t = k < minrt_num_inputs(m) ? minrt_input(m, k) : minrt_output(m, k - minrt_num_inputs(m));
-        uint32_t end = (uint32_t)((uintptr_t)t->data - (uintptr_t)fw_arena + minrt_nbytes(t));
-        if (end <= have && end > keep) keep = end; /* (a param output lies in flash) */
-      }
-      say_num("minrt-keep ", i, keep);
       for (k = 0; k < minrt_num_inputs(m); k++) memset(minrt_input(m, k)->data, 0, minrt_nbytes(minrt_input(m, k)));
       if (minrt_run(m) == 0) say_num("minrt-stack ", i, stack_used());
     } else if (rc == MINRT_E_ARENA) { /* too large for the probe: the build says so */
