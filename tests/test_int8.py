@@ -14,7 +14,6 @@ import pytest
 
 from harness.compile import int8
 from harness.compile.model import compile_model
-from harness.formats import tensorfile
 from harness.models import mlperf_tiny
 from harness.models.tflite_builder import svdf_keyword_model
 
@@ -44,16 +43,28 @@ def test_fixed_point_reference_definitions():
         assert got == pytest.approx(math.exp(value), abs=5e-7), value  # a 4th-order Taylor step
 
 
-def test_tir_arithmetic_matches_the_definition():
+def _host_requantize(expr, n: int):
+    """`expr(x, m, s)` over n int32 lanes, built by TVM for this host: (xs, ms, ss) -> list."""
     import tvm
     from tvm import te
 
-    n = 1024
     x, m, s = (te.placeholder((n,), "int32", name=name) for name in "xms")
-    out = te.compute((n,), lambda i: int8.multiply_by_quantized_multiplier(x[i], m[i], s[i]), name="out")
-    func = te.create_prim_func([x, m, s, out]).with_attr("global_symbol", "mbqm")
+    out = te.compute((n,), lambda i: expr(x[i], m[i], s[i]), name="out")
+    func = te.create_prim_func([x, m, s, out]).with_attr("global_symbol", "requantize")
     with tvm.transform.PassContext(config={"tirx.disable_assert": True}):
-        lib = tvm.compile(tvm.IRModule({"mbqm": func}), target=tvm.target.Target({"kind": "llvm"}))
+        lib = tvm.compile(tvm.IRModule({"requantize": func}), target=tvm.target.Target({"kind": "llvm"}))
+
+    def run(xs: np.ndarray, ms: np.ndarray, ss: np.ndarray) -> list[int]:
+        got = tvm.runtime.tensor(np.zeros(n, np.int32))
+        lib["requantize"](*[tvm.runtime.tensor(a) for a in (xs, ms, ss)], got)
+        return got.numpy().tolist()
+
+    return run
+
+
+def test_tir_arithmetic_matches_the_definition():
+    n = 1024
+    requantize = _host_requantize(int8.multiply_by_quantized_multiplier, n)
     rng = np.random.default_rng(0)
     xs = rng.integers(-2 ** 31, 2 ** 31, n).astype(np.int32)
     ms = rng.integers(1 << 30, 2 ** 31, n).astype(np.int32)
@@ -61,24 +72,15 @@ def test_tir_arithmetic_matches_the_definition():
     # edges: the extreme accumulators, a zero shift, the largest multiplier (multipliers are
     # positive: QuantizeMultiplier's significand is in [2**30, 2**31))
     xs[:4], ms[:2], ss[:2] = [int8.INT32_MIN, int8.INT32_MAX, 0, -1], int8.INT32_MAX, 0
-    got = tvm.runtime.tensor(np.zeros(n, np.int32))
-    lib["mbqm"](*[tvm.runtime.tensor(a) for a in (xs, ms, ss)], got)
     want = [int8.multiply_by_quantized_multiplier_ref(int(a), int(b), int(c)) for a, b, c in zip(xs, ms, ss)]
-    assert got.numpy().tolist() == want
+    assert requantize(xs, ms, ss) == want
 
 
 def test_narrow_rounding_matches_the_definition_where_the_host_allows_it():
     """The int32 rounding (multiply_by_quantized_multiplier_narrow) gives TFLite's result for
     every accumulator in the range narrow_rounding_is_exact admits, up to its edges."""
-    import tvm
-    from tvm import te
-
     n = 4096
-    x, m, s = (te.placeholder((n,), "int32", name=name) for name in "xms")
-    out = te.compute((n,), lambda i: int8.multiply_by_quantized_multiplier_narrow(x[i], m[i], s[i]), name="out")
-    func = te.create_prim_func([x, m, s, out]).with_attr("global_symbol", "narrow")
-    with tvm.transform.PassContext(config={"tirx.disable_assert": True}):
-        lib = tvm.compile(tvm.IRModule({"narrow": func}), target=tvm.target.Target({"kind": "llvm"}))
+    requantize = _host_requantize(int8.multiply_by_quantized_multiplier_narrow, n)
     rng = np.random.default_rng(1)
     ss = rng.integers(-31, 0, n).astype(np.int32)
     limit = 2 ** 30 - 1  # the largest |x| admitted
@@ -87,10 +89,8 @@ def test_narrow_rounding_matches_the_definition_where_the_host_allows_it():
     xs = xs.astype(np.int32)
     ms = rng.integers(1 << 30, 2 ** 31, n).astype(np.int32)
     ms[:3], ms[3] = int8.INT32_MAX, 1 << 30  # x = -1, m = 2**30: s = 0 > x
-    got = tvm.runtime.tensor(np.zeros(n, np.int32))
-    lib["narrow"](*[tvm.runtime.tensor(a) for a in (xs, ms, ss)], got)
     want = [int8.multiply_by_quantized_multiplier_ref(int(a), int(b), int(c)) for a, b, c in zip(xs, ms, ss)]
-    assert got.numpy().tolist() == want
+    assert requantize(xs, ms, ss) == want
 
 
 def test_narrow_rounding_is_exact_only_for_right_shifts_and_bounded_sums():

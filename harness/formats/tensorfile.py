@@ -20,6 +20,7 @@ shapes them by the graph).
 from __future__ import annotations
 
 import struct
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -90,47 +91,72 @@ def data_offsets(blob: bytes, where: str = "<bytes>") -> dict[str, int]:
     return {name: at for name, (_, at) in _parse(blob, where).items()}
 
 
-def _parse(blob: bytes, where: str) -> dict[str, tuple[np.ndarray, int]]:
-    pos = 0
+@dataclass
+class _Reader:
+    """A cursor over a blob whose every read is bounds-checked; errors name the byte offset."""
 
-    def take(fmt: str, what: str) -> tuple:
-        nonlocal pos
+    blob: bytes
+    where: str
+    pos: int = 0
+
+    def take(self, fmt: str, what: str) -> tuple:
         size = struct.calcsize(fmt)
-        if pos + size > len(blob):
-            raise TensorFileError(f"{where}: truncated at byte {pos} reading {what}")
-        vals = struct.unpack_from(fmt, blob, pos)
-        pos += size
+        if self.pos + size > len(self.blob):
+            raise TensorFileError(f"{self.where}: truncated at byte {self.pos} reading {what}")
+        vals = struct.unpack_from(fmt, self.blob, self.pos)
+        self.pos += size
         return vals
 
-    (magic,) = take("<Q", "header")
+    def name(self, i: int) -> str:
+        """Name `i`: a u64 length, then that many bytes of UTF-8."""
+        (length,) = self.take("<Q", f"name {i} length")
+        if self.pos + length > len(self.blob):
+            raise TensorFileError(f"{self.where}: truncated at byte {self.pos} in name {i} ({length} bytes)")
+        try:
+            name = self.blob[self.pos : self.pos + length].decode()
+        except UnicodeDecodeError:
+            raise TensorFileError(f"{self.where}: name {i} at byte {self.pos} is not UTF-8") from None
+        self.pos += length
+        return name
+
+    def data(self, name: str, dtype: np.dtype, nbytes: int) -> tuple[np.ndarray, int]:
+        """Tensor `name`'s data here (flat) and where it starts."""
+        at = self.pos
+        if at + nbytes > len(self.blob):
+            raise TensorFileError(f"{self.where}: truncated at byte {at} in data of tensor '{name}' ({nbytes} bytes)")
+        self.pos += nbytes
+        return np.frombuffer(self.blob, dtype=dtype, count=nbytes // dtype.itemsize, offset=at).copy(), at
+
+    def end(self) -> None:
+        if self.pos != len(self.blob):
+            raise TensorFileError(f"{self.where}: {len(self.blob) - self.pos} unexpected bytes after the last tensor at byte {self.pos}")
+
+
+def _parse(blob: bytes, where: str) -> dict[str, tuple[np.ndarray, int]]:
+    rd = _Reader(blob, where)
+    (magic,) = rd.take("<Q", "header")
     if magic == ALIGNED_MAGIC:
-        return _parse_aligned(blob, where)
+        return _parse_aligned(rd)
     if magic != LIST_MAGIC:
         raise TensorFileError(f"{where}: bad magic {magic:#x} at byte 0 (expected {LIST_MAGIC:#x} "
                               f"or minrt's aligned container {ALIGNED_MAGIC:#x})")
-    _, nnames = take("<QQ", "header")
+    _, nnames = rd.take("<QQ", "header")
     names: list[str] = []
     for i in range(nnames):
-        (length,) = take("<Q", f"name {i} length")
-        if pos + length > len(blob):
-            raise TensorFileError(f"{where}: truncated at byte {pos} in name {i} ({length} bytes)")
-        try:
-            name = blob[pos : pos + length].decode()
-        except UnicodeDecodeError:
-            raise TensorFileError(f"{where}: name {i} at byte {pos} is not UTF-8") from None
+        start = rd.pos
+        name = rd.name(i)
         if name in names:
             # a mapping keeps one of them: the other tensor would vanish without a word
             raise TensorFileError(f"{where}: tensor name '{name}' appears twice (names "
-                                  f"{names.index(name)} and {i}, at byte {pos})")
+                                  f"{names.index(name)} and {i}, at byte {start})")
         names.append(name)
-        pos += length
-    (count,) = take("<Q", "tensor count")
+    (count,) = rd.take("<Q", "tensor count")
     if count != nnames:
-        raise TensorFileError(f"{where}: {nnames} names but {count} tensors (count at byte {pos - 8})")
+        raise TensorFileError(f"{where}: {nnames} names but {count} tensors (count at byte {rd.pos - 8})")
     result: dict[str, tuple[np.ndarray, int]] = {}
     for name in names:
-        start = pos
-        tmagic, _, _dev, _dev_id, ndim, code, bits, lanes = take("<QQiiiBBH", f"tensor '{name}' header")
+        start = rd.pos
+        tmagic, _, _dev, _dev_id, ndim, code, bits, lanes = rd.take("<QQiiiBBH", f"tensor '{name}' header")
         if tmagic != TENSOR_MAGIC:
             raise TensorFileError(f"{where}: tensor '{name}' has bad magic {tmagic:#x} at byte {start}")
         dt = dtype_of_dlpack(code, bits, lanes)
@@ -138,71 +164,47 @@ def _parse(blob: bytes, where: str) -> dict[str, tuple[np.ndarray, int]]:
             raise TensorFileError(f"{where}: tensor '{name}' has unsupported dtype code={code} bits={bits} lanes={lanes} (header at byte {start})")
         if not 0 <= ndim <= 32:
             raise TensorFileError(f"{where}: tensor '{name}' has ndim {ndim} (header at byte {start})")
-        shape = take(f"<{ndim}q", f"tensor '{name}' shape")
+        shape = rd.take(f"<{ndim}q", f"tensor '{name}' shape")
         if any(d < 0 for d in shape):
             raise TensorFileError(f"{where}: tensor '{name}' has a negative dimension in shape {shape} (header at byte {start})")
-        (nbytes,) = take("<q", f"tensor '{name}' nbytes")
+        (nbytes,) = rd.take("<q", f"tensor '{name}' nbytes")
         dtype = dt.numpy
         if nbytes != int(np.prod(shape, dtype=np.int64)) * dtype.itemsize:
-            raise TensorFileError(f"{where}: tensor '{name}' nbytes {nbytes} at byte {pos - 8} does not match shape {shape}")
-        if pos + nbytes > len(blob):
-            raise TensorFileError(f"{where}: truncated at byte {pos} in data of tensor '{name}' ({nbytes} bytes)")
-        result[name] = (np.frombuffer(blob, dtype=dtype, count=nbytes // dtype.itemsize, offset=pos).reshape(shape).copy(), pos)
-        pos += nbytes
-    if pos != len(blob):
-        raise TensorFileError(f"{where}: {len(blob) - pos} unexpected bytes after the last tensor at byte {pos}")
+            raise TensorFileError(f"{where}: tensor '{name}' nbytes {nbytes} at byte {rd.pos - 8} does not match shape {shape}")
+        flat, at = rd.data(name, dtype, nbytes)
+        result[name] = (flat.reshape(shape), at)
+    rd.end()
     return result
 
 
-def _parse_aligned(blob: bytes, where: str) -> dict[str, tuple[np.ndarray, int]]:
-    pos = 8
-
-    def take(fmt: str, what: str) -> tuple:
-        nonlocal pos
-        size = struct.calcsize(fmt)
-        if pos + size > len(blob):
-            raise TensorFileError(f"{where}: truncated at byte {pos} reading {what}")
-        vals = struct.unpack_from(fmt, blob, pos)
-        pos += size
-        return vals
-
-    version, _, count = take("<IIQ", "header")
+def _parse_aligned(rd: _Reader) -> dict[str, tuple[np.ndarray, int]]:
+    where = rd.where
+    version, _, count = rd.take("<IIQ", "header")
     if version != ALIGNED_VERSION:
         raise TensorFileError(f"{where}: aligned container version {version} at byte 8 "
                               f"(this reader knows {ALIGNED_VERSION})")
     directory: list[tuple[str, np.dtype, int, int]] = []
     for i in range(count):
-        start = pos
-        (length,) = take("<Q", f"name {i} length")
-        if pos + length > len(blob):
-            raise TensorFileError(f"{where}: truncated at byte {pos} in name {i} ({length} bytes)")
-        try:
-            name = blob[pos : pos + length].decode()
-        except UnicodeDecodeError:
-            raise TensorFileError(f"{where}: name {i} at byte {pos} is not UTF-8") from None
-        pos += length
+        start = rd.pos
+        name = rd.name(i)
         if any(name == seen for seen, *_ in directory):
             raise TensorFileError(f"{where}: tensor name '{name}' appears twice (names "
                                   f"{[d[0] for d in directory].index(name)} and {i}, at byte {start})")
-        code, bits, lanes, nbytes = take("<BBHI", f"tensor '{name}' dtype and size")
+        code, bits, lanes, nbytes = rd.take("<BBHI", f"tensor '{name}' dtype and size")
         dt = dtype_of_dlpack(code, bits, lanes)
         if dt is None:
             raise TensorFileError(f"{where}: tensor '{name}' has unsupported dtype code={code} bits={bits} lanes={lanes} (entry at byte {start})")
         if nbytes % dt.numpy.itemsize:
-            raise TensorFileError(f"{where}: tensor '{name}' nbytes {nbytes} at byte {pos - 4} is not a whole number of {dt.numpy}")
+            raise TensorFileError(f"{where}: tensor '{name}' nbytes {nbytes} at byte {rd.pos - 4} is not a whole number of {dt.numpy}")
         directory.append((name, dt.numpy, nbytes, start))
     result: dict[str, tuple[np.ndarray, int]] = {}
     for name, dtype, nbytes, _ in directory:
-        pad = -pos % DATA_ALIGN
-        if blob[pos:pos + pad] != bytes(pad):
-            raise TensorFileError(f"{where}: tensor '{name}': padding at byte {pos} is not {pad} zero bytes")
-        pos += pad
-        if pos + nbytes > len(blob):
-            raise TensorFileError(f"{where}: truncated at byte {pos} in data of tensor '{name}' ({nbytes} bytes)")
-        result[name] = (np.frombuffer(blob, dtype=dtype, count=nbytes // dtype.itemsize, offset=pos).copy(), pos)
-        pos += nbytes
-    if pos != len(blob):
-        raise TensorFileError(f"{where}: {len(blob) - pos} unexpected bytes after the last tensor at byte {pos}")
+        pad = -rd.pos % DATA_ALIGN
+        if rd.blob[rd.pos:rd.pos + pad] != bytes(pad):
+            raise TensorFileError(f"{where}: tensor '{name}': padding at byte {rd.pos} is not {pad} zero bytes")
+        rd.pos += pad
+        result[name] = rd.data(name, dtype, nbytes)
+    rd.end()
     return result
 
 
