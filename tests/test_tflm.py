@@ -7,7 +7,6 @@ where the sources are given, not a test here: CI runs every test and never skips
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import subprocess
@@ -23,7 +22,6 @@ from harness.bench.vs_tflm import (
     Side,
     VersusReport,
     compare_outputs,
-    mlperf_tiny_dir,
     parse_report,
     resolve_models,
 )
