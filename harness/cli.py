@@ -288,6 +288,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if shapes and len(models) != 1:
         raise HarnessError("--input-shape needs exactly one model")
     # the store is opened first: a path that is no store is said before minutes of benchmarking
+    if args.count_instructions:
+        from harness.bench.instructions import count_models, format_counts
+
+        counts = count_models(models, target, toolchain=args.toolchain, input_shapes=shapes or None)
+        print(json_text({"target": target.name, "models": [vars(c) for c in counts]}, indent=2) if args.json
+              else format_counts(counts))
+        return 0 if all(c.error is None for c in counts) else 1
     store = None if args.no_store else ResultStore(Path(args.results) if args.results else default_store_path())
     report = bench_models(models, target, toolchain=args.toolchain, rounds=args.rounds, iters=args.iters,
                           transport=args.transport, input_shapes=shapes or None,
@@ -423,6 +430,9 @@ def build_parser() -> argparse.ArgumentParser:
     opts.add_input_shapes(p)
     p.add_argument("--threads", type=opts.positive_int, default=1,
                    help="threads for minrt's parallel loops and onnxruntime's intra-op pool (default 1)")
+    p.add_argument("--count-instructions", action="store_true",
+                   help="instead of timing: minrt's instructions per inference, counted exactly under qemu-user "
+                        "(--target qemu-armv7)")
     p.add_argument("--results", help="results store (default: <cache>/results.sqlite)")
     p.add_argument("--batch", help="results batch (default: bench-<UTC time>, each run its own)")
     p.add_argument("--no-store", action="store_true", help="do not record in the results store")

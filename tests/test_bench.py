@@ -59,3 +59,40 @@ def test_overhead_benchmark_runs_on_a_small_chain():
     counts = report["instructions_per_inference"]
     assert report["operators"] == 4 and counts["minrt"] > 0 and counts["straight_line_c"] > 0
     assert report["arena_bytes"] >= report["arena_graph_bytes"] > 0
+
+
+def test_count_instructions_on_qemu_armv7_is_exact_and_repeatable(tmp_path, monkeypatch):
+    """`harness bench --count-instructions`: minrt's instructions per inference on qemu-armv7,
+    counted by the instruction-count plugin: two counts of one build agree within 0.5% whatever
+    the host's load (not to the instruction: the runner's own work around the inference, such
+    as parsing /proc/self/status for its peak memory, varies by up to ~1,000 instructions),
+    and a target without qemu-user is refused in one line."""
+    import json
+    import shutil
+    import subprocess
+    import sys
+
+    import pytest
+
+    from harness import REPO_ROOT
+    from harness.bench.instructions import count_models
+    from harness.errors import HarnessError
+
+    if shutil.which("arm-linux-gnueabihf-gcc") is None or shutil.which("qemu-arm") is None:
+        pytest.skip("arm-linux-gnueabihf-gcc or qemu-arm is not installed (run ci/setup)")
+    monkeypatch.setenv("MINRT_NO_TUNING", "1")
+    models = resolve_models(["lenet5"], out_dir=tmp_path / "models")
+    first, second = count_models(models * 2, load_target("qemu-armv7"))
+    assert first.error is None and second.error is None, (first.error, second.error)
+    # LeNet-5 is ~0.4 M multiply-adds: one inference is that order of instructions
+    assert 50_000 < first.instructions < 50_000_000
+    assert abs(first.instructions - second.instructions) <= first.instructions / 200
+    with pytest.raises(HarnessError, match="qemu-user target"):
+        count_models(models, load_target("x86_64"))
+
+    proc = subprocess.run([sys.executable, "-m", "harness.cli", "bench", str(models[0]), "--target", "qemu-armv7",
+                           "--count-instructions", "--json"], capture_output=True, text=True, timeout=600,
+                          cwd=REPO_ROOT, check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    counted = json.loads(proc.stdout)["models"][0]["instructions"]
+    assert abs(counted - first.instructions) <= first.instructions / 200

@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from harness.bench.instructions import count_minrt, count_per_inference
 from harness.errors import HarnessError
 # MLPerf Tiny's models by harness name (the names `harness run --model` takes), where they lie
 # (MINRT_MLPERF_TINY_DIR) and which are int8: the one table, in harness.models.mlperf_tiny
@@ -343,30 +344,6 @@ def _minrt_firmware(target: Any, model: BenchModel, toolchain: str, iters: int) 
     return side
 
 
-def _count_per_inference(transport: Any, program: Path, argv_for: Any, low: int, prefix: str,
-                         timeout: float = 7200.0) -> tuple[int, str]:
-    """Instructions of one inference, exactly: the whole process run for `low` + 1 inferences
-    minus the same for `low` (TFLM's image takes 0; minrt-run needs at least 1). The count
-    includes each runner's per-iteration work around the inference (TFLM's image copies the
-    sample into the input tensor; minrt-run reads its clock). A stripped copy of the program
-    runs: with symbols QEMU names the function on every logged instruction (3x the log)."""
-    import subprocess
-
-    stripped = program.with_name(program.name + ".stripped")
-    done = subprocess.run([f"{prefix}strip", "-o", str(stripped), str(program)], capture_output=True, text=True)
-    if done.returncode:
-        raise HarnessError(f"{prefix}strip failed on {program}: {done.stderr.strip()[:300]}")
-    counts, stdout = [], ""
-    for n in (low, low + 1):
-        argv = argv_for(stripped, n)
-        result, count = transport.count_instructions(argv, timeout)
-        if result.returncode != 0:
-            raise HarnessError(f"{program.name} exited {result.returncode}: {(result.stderr or result.stdout)[-300:]}")
-        counts.append(count)
-        stdout = result.stdout  # the run with low + 1 inferences: its outputs are checked
-    return counts[1] - counts[0], stdout
-
-
 def _tflm_linux(lib: Any, target: Any, model: BenchModel, out_root: Path) -> Side:
     from harness.build.tflm_image import build_image
     from harness.transport.local import QemuUserTransport
@@ -375,7 +352,7 @@ def _tflm_linux(lib: Any, target: Any, model: BenchModel, out_root: Path) -> Sid
     sample = np.load(model.sample)
     image = build_image(lib, model.tflite, sample, out_root, target=None)
     with QemuUserTransport(cpu=str(target.transport.options.get("cpu", "cortex-a7"))) as qemu:
-        side.instructions, stdout = _count_per_inference(qemu, image.elf, lambda exe, n: [str(exe), str(n)], 0,
+        side.instructions, stdout = count_per_inference(qemu, image.elf, lambda exe, n: [str(exe), str(n)], 0,
                                                          lib.kind.prefix)
     rep = parse_report(stdout)
     side.ram = {"arena": rep["arena_used"]}
@@ -390,7 +367,6 @@ def _minrt_linux(target: Any, model: BenchModel, toolchain: str) -> Side:
     from harness.build.toolchain import get_toolchain
     from harness.compile.model import compile_model
     from harness.formats import tensorfile
-    from harness.transport.local import QemuUserTransport
 
     side = Side()
     try:
@@ -399,17 +375,8 @@ def _minrt_linux(target: Any, model: BenchModel, toolchain: str) -> Side:
     except Exception as exc:  # noqa: BLE001 - any refusal is the answer "cannot run yet"
         side.note = _minrt_cannot(exc)
         return side
-    sample = np.load(model.sample)
-    with QemuUserTransport(cpu=str(target.transport.options.get("cpu", "cortex-a7"))) as qemu:
-        wd = Path(qemu.workdir)
-        (wd / "inputs.bin").write_bytes(tensorfile.dumps({artifact.inputs[0]["name"]: sample}))
-        workspace = str(int(artifact.metadata.get("workspace_bytes", 0)))
-
-        def argv(exe: Path, n: int) -> list[str]:
-            return [str(exe), str(artifact.graph_json), str(artifact.params_bin), str(wd / "inputs.bin"),
-                    str(wd / "outputs.bin"), "-n", str(n), "-w", workspace]
-
-        side.instructions, _ = _count_per_inference(qemu, Path(runner), argv, 1, target.cc.prefix)
+    blob = tensorfile.dumps({artifact.inputs[0]["name"]: np.load(model.sample)})
+    side.instructions = count_minrt(target, artifact, Path(runner), blob)
     return side
 
 

@@ -7,8 +7,6 @@ import os
 import shutil
 import subprocess
 import tempfile
-import threading
-import time
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -82,14 +80,16 @@ class QemuUserTransport(LocalTransport):
         return [self.qemu, "-cpu", self.cpu, "-L", self.sysroot, *argv]
 
     def count_instructions(self, argv: Sequence[str], timeout: float) -> tuple[CommandResult, int]:
-        """Run argv and count the guest instructions it executes, exactly: QEMU translates one
-        instruction per block (-one-insn-per-tb, -singlestep before QEMU 8.1) and logs every
-        block it enters (-d exec,nochain: no chained block skips the log), so the log has one
-        "Trace" line per executed instruction. The log goes through a pipe and is counted here,
-        never stored. Debian ships no TCG plugins (contrib/plugins' insn counter), hence this."""
+        """Run argv and count the guest instructions it executes, exactly: a TCG plugin of our
+        own (insn_count_plugin.c, built once for this host) adds each translated block's
+        instruction count to a counter as the block runs, and writes the total to a pipe at
+        exit. (The count per block is exact for blocks run to their end; the run's count
+        includes QEMU's start of the program, the same for every run, so differences of two
+        runs are exact.) ~100x faster than logging every instruction (-d exec), which took
+        over 10 minutes for one light_squeezenet inference."""
+        plugin = insn_count_plugin()
         r, w = os.pipe()
-        full = [self.qemu, "-cpu", self.cpu, "-L", self.sysroot, _one_insn_flag(self.qemu),
-                "-d", "exec,nochain", "-D", f"/dev/fd/{w}", *argv]
+        full = [self.qemu, "-cpu", self.cpu, "-L", self.sysroot, "-plugin", f"{plugin},fd={w}", *argv]
         log.debug("%s$ %s", self.name, " ".join(full))
         try:
             proc = subprocess.Popen(full, cwd=self.workdir, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -99,33 +99,40 @@ class QemuUserTransport(LocalTransport):
             os.close(w)
             raise DeviceError(f"{self.name}: cannot start '{full[0]}': {exc.strerror}") from None
         os.close(w)
-        streams: dict[str, bytes] = {}
-        reader = threading.Thread(target=lambda: streams.update(zip(("out", "err"), proc.communicate())))
-        reader.start()
-        count, tail = 0, b""
-        deadline = time.monotonic() + timeout
         try:
-            with os.fdopen(r, "rb", buffering=0) as logged:
-                while chunk := logged.read(1 << 20):
-                    data = tail + chunk
-                    count += data.count(b"Trace ")
-                    tail = data[-5:]  # shorter than the marker: counted once, with what follows
-                    if time.monotonic() > deadline:
-                        proc.kill()
-                        raise DeviceError(f"{self.name}: '{argv[0]}' did not finish within {timeout:g} s "
-                                          "(counting instructions)")
-        finally:
-            reader.join()
-        text = {k: v.decode(errors="replace") for k, v in streams.items()}
-        return CommandResult(proc.returncode, text.get("out", ""), text.get("err", "")), count
+            out, err = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+            os.close(r)
+            raise DeviceError(f"{self.name}: '{argv[0]}' did not finish within {timeout:g} s "
+                              "(counting instructions)") from None
+        with os.fdopen(r, "rb") as counted:
+            reported = counted.read().decode(errors="replace").strip()
+        result = CommandResult(proc.returncode, out.decode(errors="replace"), err.decode(errors="replace"))
+        if not reported.isdigit():
+            raise DeviceError(f"{self.name}: the instruction-count plugin reported nothing for '{argv[0]}' "
+                              f"(exit {proc.returncode}: {result.stderr.strip()[-300:]})")
+        return result, int(reported)
 
 
-def _one_insn_flag(qemu: str) -> str:
-    try:
-        usage = subprocess.run([qemu, "-h"], capture_output=True, text=True, timeout=30).stdout
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise DeviceError(f"cannot run '{qemu} -h': {exc}") from None
-    return "-one-insn-per-tb" if "-one-insn-per-tb" in usage else "-singlestep"
+def insn_count_plugin() -> Path:
+    """The instruction-count plugin for qemu-user, built with the host's gcc into the cache
+    (named by its source's hash)."""
+    from harness.cache import cache_dir, content_hash
+
+    source = Path(__file__).with_name("insn_count_plugin.c")
+    path = cache_dir() / "tools" / f"insn_count-{content_hash([source.read_bytes()])}.so"
+    if path.is_file():
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    done = subprocess.run(["gcc", "-shared", "-fPIC", "-O2", "-std=c99", str(source), "-o", str(tmp)],
+                          capture_output=True, text=True, check=False)
+    if done.returncode:
+        raise DeviceError(f"cannot build the qemu instruction-count plugin: {done.stderr.strip()[:300]}")
+    os.replace(tmp, path)
+    return path
 
 
 def _open_local(options: Mapping[str, Any], address: str | None, trust_on_first_use: bool) -> LocalTransport:
