@@ -94,12 +94,13 @@ def schedule_model_kernels(kernels: dict[str, Any], ktarget: Any, target: Target
     when the tuning database has one that ran faster on the device than the default schedule
     (and MINRT_NO_TUNING is not set), else the default rules of harness.compile.schedule. Returns the
     scheduled kernels and, per kernel, what was used."""
-    from harness.compile.schedule import has_dsp, schedule_kernel, simd_lanes
+    from harness.compile.schedule import has_dsp, int8_pairs_intrinsic, schedule_kernel, simd_lanes
     from harness.compile.tuning_db import TuningDatabase, tuning_disabled
 
     database = None if tuning_disabled() else TuningDatabase.for_target(target, cache)
     lanes = simd_lanes(ktarget)
     dsp = has_dsp(ktarget)
+    int8_simd = int8_pairs_intrinsic(ktarget)
     scheduled: dict[str, Any] = {}
     report: dict[str, dict[str, Any]] = {}
     parallel = parallel_kernels(target)
@@ -108,7 +109,7 @@ def schedule_model_kernels(kernels: dict[str, Any], ktarget: Any, target: Target
             scheduled[name] = func
             report[name] = {"source": "default", "rule": "as written", "detail": str(func.attrs[AS_WRITTEN])}
             continue
-        default, rule = schedule_kernel(func, lanes, parallel, dsp)
+        default, rule = schedule_kernel(func, lanes, parallel, dsp, int8_simd)
         tuned = database.best(func, ktarget) if database is not None else None
         default_us = database.default_latency(default) if tuned is not None else None
         if tuned is not None and (default_us is None or tuned.latency_us < default_us):
