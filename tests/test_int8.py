@@ -260,3 +260,47 @@ def test_every_cortex_m4_int8_conv_and_dense_kernel_gets_the_int8_schedule(mlper
     assert macs and all(v["detail"].startswith("int8 ") for v in macs.values()), schedules
     assert any("SMLAD" in v["detail"] for v in macs.values()), schedules
     assert artifact.metadata["workspace_bytes"] <= 4096, artifact.metadata["workspace_bytes"]
+
+
+def test_int8_simd_steps_are_avx2_on_x86_64_and_neon_on_armv7():
+    from harness.compile.schedule import AVX2_PAIRS16, NEON_PAIRS8, int8_pairs_intrinsic
+    from harness.config.targets import load_target
+
+    assert int8_pairs_intrinsic(load_target("x86_64").tvm_target) == (AVX2_PAIRS16, 8)
+    assert int8_pairs_intrinsic(load_target("qemu-armv7").tvm_target) == (NEON_PAIRS8, 4)
+    for name in ("cortex-m4-qemu", "cortex-m3-qemu"):  # Cortex-M: SMLAD (has_dsp) or scalar
+        assert int8_pairs_intrinsic(load_target(name).tvm_target) is None
+
+
+# per target: objdump, the dot-product step's instructions (a reduction over input channels),
+# the channel-vector step's (depthwise convs, KWS's one-channel first conv)
+SIMD_INSTRUCTIONS = {
+    "x86_64": ("objdump", ["vpmaddwd", "vpmovsxbw"], ["vpmullw"]),
+    "qemu-armv7": ("arm-linux-gnueabihf-objdump", ["vmull.s8", "vpadal.s16"], ["vmull.s8", "vaddw.s16"]),
+}
+
+
+@pytest.mark.parametrize("target_name", sorted(SIMD_INSTRUCTIONS))
+def test_kws_int8_kernels_use_the_targets_simd_multiply_accumulate(mlperf, target_name):
+    # every conv and dense kernel of KWS gets an int8 SIMD schedule, and its disassembly has
+    # the instructions the schedule's step stands for (not LLVM's scalar or int32 fallback:
+    # vpmulld on sign-extended dwords, vmovl.s16 + vmla.i32)
+    objdump, dot, lanes = SIMD_INSTRUCTIONS[target_name]
+    artifact = compile_model(mlperf["mlperf-kws"], target_name)
+    schedules = artifact.metadata["schedules"]
+    macs = {k: v["detail"] for k, v in schedules.items() if "conv2d" in k or "dense" in k}
+    assert macs and all(d.startswith("int8 ") for d in macs.values()), schedules
+    dump = subprocess.run([objdump, "-d", str(artifact.dir / "kernels.o")], capture_output=True, text=True,
+                          check=True).stdout
+    parts = re.split(r"^[0-9a-f]+ <([^>]+)>:$", dump, flags=re.MULTILINE)
+    bodies = dict(zip(parts[1::2], parts[2::2]))
+    kinds = set()
+    for kernel, detail in macs.items():
+        code = "\n".join(body for name, body in bodies.items() if name.endswith(kernel))
+        assert code, (kernel, sorted(bodies))
+        want = lanes if "output channels (vector)" in detail else dot
+        kinds.add("lanes" if want is lanes else "dot")
+        missing = [op for op in want if not re.search(rf"\s{re.escape(op)}\s", code)]
+        assert not missing, (target_name, kernel, detail, missing)
+        assert not re.search(r"\s(vpmulld|vmla\.i32)\s", code), (kernel, "int32 multiplies")
+    assert kinds == {"lanes", "dot"}, macs

@@ -94,7 +94,12 @@ def schedule_model_kernels(kernels: dict[str, Any], ktarget: Any, target: Target
     when the tuning database has one that ran faster on the device than the default schedule
     (and MINRT_NO_TUNING is not set), else the default rules of harness.compile.schedule. Returns the
     scheduled kernels and, per kernel, what was used."""
-    from harness.compile.schedule import has_dsp, int8_pairs_intrinsic, schedule_kernel, simd_lanes
+    from harness.compile.schedule import (
+        has_dsp,
+        int8_pairs_intrinsic,
+        schedule_kernel,
+        simd_lanes,
+    )
     from harness.compile.tuning_db import TuningDatabase, tuning_disabled
 
     database = None if tuning_disabled() else TuningDatabase.for_target(target, cache)

@@ -31,9 +31,10 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, Callable
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -728,7 +729,7 @@ def _tile_int8_simd(sch: Any, block: Any, intrin: tuple[str, int], parallel: boo
     if not contiguous or extents[rc] % width:
         raise ValueError(f"reduction of {extents[rc]} channels is not a whole number of {width}-byte steps")
     pixel = next((i for i in reversed(spatial) if i != oc and extents[i] > 1), None)
-    rc_o, rc_j, rc_k = sch.split(loops[rc], [None, lanes, 2])
+    _, rc_j, _ = sch.split(loops[rc], [None, lanes, 2])
     rf = sch.rfactor(rc_j, factor_axis=len(spatial))
     rloops = sch.get_loops(rf)  # the block's loops with the reduction split in three
     r_spatial = [rloops[i] for i in spatial]
@@ -759,6 +760,7 @@ def _tile_int8_simd(sch: Any, block: Any, intrin: tuple[str, int], parallel: boo
     sch.set_scope(block, 0, "local")
     for consumer in consumers:
         sch.reverse_compute_at(consumer, oc_o, preserve_unit_loops=True)
+        sch.vectorize(sch.get_loops(consumer)[-1])  # the requantization, one lane per channel
     threads = _parallelize_outer(sch, rf) if parallel else ""
     init = sch.decompose_reduction(rf, (r_reduce or [r_rc_o])[0])
     sch.vectorize(sch.get_loops(init)[-1])
@@ -776,7 +778,7 @@ def _register_int8_lanes(name: str, lanes: int, broadcast: bool) -> None:
     `broadcast`) for i < `lanes`, int8 operands, int32 accumulators: the products are formed
     in int16 (exact: at most 128 * 128) and widened on the add (NEON: vmull.s8, then vaddw.s16
     into each half; AVX2: vpmullw on sign-extended words, vpmovsxwd, vpaddd)."""
-    from tvm import s_tir, tirx
+    from tvm import s_tir
     from tvm.script import tirx as T
 
     if s_tir.TensorIntrin.get(name, allow_missing=True) is not None:
@@ -809,7 +811,6 @@ def _register_int8_lanes(name: str, lanes: int, broadcast: bool) -> None:
                 T.Cast(f"int16x{lanes}", T.Broadcast(A[0], lanes) if broadcast else A[T.ramp(0, 1, lanes)])
                 * T.Cast(f"int16x{lanes}", B[T.ramp(0, 1, lanes)]))
 
-    del tirx
     s_tir.TensorIntrin.register(name, desc, impl)
 
 
@@ -862,6 +863,7 @@ def _tile_int8_channels(sch: Any, block: Any, lanes: int, parallel: bool = False
     consumers = list(sch.get_consumers(block))
     for consumer in consumers:
         sch.reverse_compute_at(consumer, oc_o, preserve_unit_loops=True)
+        sch.vectorize(sch.get_loops(consumer)[-1])  # the requantization, one lane per channel
     row = next((loops[i] for i in spatial if i not in (oc, pixel) and extents[i] > 1), None)
     for buf in padded:
         sch.compute_at(producers[buf], row if row is not None else outer[0], preserve_unit_loops=True)
