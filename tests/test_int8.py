@@ -307,3 +307,46 @@ def test_kws_int8_kernels_use_the_targets_simd_multiply_accumulate(mlperf, targe
         assert not missing, (target_name, kernel, detail, missing)
         assert not re.search(r"\s(vpmulld|vmla\.i32)\s", code), (kernel, "int32 multiplies")
     assert kinds == {"lanes", "dot"}, macs
+
+
+@pytest.mark.parametrize(("shape", "weight", "groups", "strides", "padding", "rule"), [
+    ((1, 9, 7, 32), (16, 1, 1, 32), 1, (1, 1), (0, 0, 0, 0), "vpmaddwd"),  # pointwise
+    ((1, 8, 8, 16), (16, 3, 3, 16), 1, (2, 2), (1, 1, 1, 1), "vpmaddwd"),  # 3x3, padded, strided
+    ((1, 9, 6, 32), (32, 3, 3, 1), 32, (1, 1), (1, 1, 1, 1), "depthwise"),  # depthwise
+    ((1, 10, 6, 3), (16, 3, 3, 3), 1, (2, 2), (0, 1, 1, 0), "(vector)"),  # 3 input channels
+    ((1, 6, 6, 32), (32, 1, 1, 16), 2, (1, 1), (0, 0, 0, 0), "vpmaddwd"),  # 2 groups of 16 channels
+    ((1, 6, 6, 32), (32, 3, 3, 8), 4, (1, 1), (1, 1, 1, 1), "tile "),  # groups of 8: the float rules' tile
+])
+def test_x86_64_int8_simd_schedules_compute_the_kernel_exactly(shape, weight, groups, strides, padding, rule):
+    """Each SIMD int8 tiling (and the float rules' tile where none fits) gives the unscheduled
+    kernel's int8 outputs exactly, on this host (x86_64, AVX2)."""
+    import tvm
+    from tvm import te
+
+    from harness.compile.schedule import (
+        int8_pairs_intrinsic,
+        schedule_kernel,
+        simd_lanes,
+    )
+    from harness.config.targets import load_target
+
+    rng = np.random.default_rng(len(shape) + weight[0] + groups)
+    target = tvm.target.Target(load_target("x86_64").tvm_target)
+    table, layout = int8.requant_table(rng.integers(-5000, 5000, weight[0]), 2.0 ** rng.uniform(-12, -8, weight[0]))
+    spec = int8.ConvSpec(strides=strides, padding=padding, dilation=(1, 1), groups=groups, layout="NHWC",
+                         zero_in=-3, zero_out=5)
+    x, w, t = (te.placeholder(s, d, name=n) for s, d, n in ((shape, "int8", "x"), (weight, "int8", "w"),
+                                                            (table.shape, "int32", "t")))
+    out = int8.conv2d_te(x, w, layout.reader(t), spec, int8.TFLM)
+    func = te.create_prim_func([x, w, t, out])
+    scheduled, how = schedule_kernel(func, simd_lanes(target), False, False, int8_pairs_intrinsic(target))
+    assert rule in how.detail, how
+    args = [rng.integers(-128, 128, shape).astype(np.int8), rng.integers(-128, 128, weight).astype(np.int8), table]
+    results = []
+    for prim in (func, scheduled):
+        with tvm.transform.PassContext(config={"tirx.disable_assert": True}):
+            lib = tvm.compile(tvm.IRModule({"main": prim.with_attr("global_symbol", "main")}), target=target)
+        got = tvm.runtime.tensor(np.zeros([int(d) for d in out.shape], np.int8))
+        lib["main"](*[tvm.runtime.tensor(a) for a in args], got)
+        results.append(got.numpy())
+    assert np.array_equal(results[0], results[1]) and len(np.unique(results[0])) > 10

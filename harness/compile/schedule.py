@@ -884,7 +884,8 @@ def _int8_simd_rule(sch: Any, block: Any, intrin: tuple[str, int]) -> Callable[.
     """Which SIMD int8 tiling fits the accumulation block, without changing it: partial sums
     along a reduction over whole steps of contiguous input channels (_tile_int8_simd), else
     vectors of output channels (_tile_int8_channels: depthwise, or a data read that does not
-    depend on the output channel), else None (the float rules' tiling)."""
+    depend on the output channel), else None (the float rules' tiling). The tiling is called
+    as f(sch, block, parallel=...)."""
     node = sch.get(block)
     iter_vars = list(node.iter_vars)
     if len(sch.get_loops(block)) != len(iter_vars):
@@ -904,12 +905,14 @@ def _int8_simd_rule(sch: Any, block: Any, intrin: tuple[str, int]) -> Callable[.
     contiguous = names[rc] in data_last and reduce[-1] == rc and int(data.region[-1].extent) == 1
     _, lanes = intrin
     if contiguous and extents[rc] % (2 * lanes) == 0:
-        return partial(_tile_int8_simd, sch, block, intrin)
+        return partial(_tile_int8_simd, intrin=intrin)
     channel_lanes = 2 * lanes  # int32 accumulators in two vector registers
     if extents[oc] % channel_lanes == 0 and len(weight.region) == 4:
-        depthwise = names[oc] in data_last and int(data.region[-1].extent) == 1
+        # depthwise: the data channel is the output channel (not a group's `oc // G * C + rc`)
+        depthwise = (names[oc] in data_last and int(data.region[-1].extent) == 1 and extents[rc] == 1
+                     and not _divides(data.region[-1].min))
         if depthwise or not any(names[oc] in _vars_of(r.min) for r in data.region):
-            return partial(_tile_int8_channels, sch, block, channel_lanes)
+            return partial(_tile_int8_channels, lanes=channel_lanes)
     return None
 
 
@@ -950,7 +953,17 @@ def schedule_kernel(func: Any, lanes: int, parallel: bool = False, dsp: bool = F
             if dsp and _is_int8_mac(sch, anchor):
                 detail, placed = _tile_int8(sch, anchor, dsp, parallel=threads)
             elif simd is not None:
-                detail, placed = simd(parallel=threads)
+                # tried on a copy: a step that does not match (tensorize refuses) leaves the
+                # float rules' tiling, as before the SIMD rules, not bare inlining
+                trial = sch.copy()
+                try:
+                    detail, placed = simd(trial, anchor, parallel=threads)
+                    sch = trial
+                except Exception as exc:  # noqa: BLE001 - any primitive may refuse
+                    log.debug("int8 SIMD schedule refused (%s); the float rules' tiling", exc)
+                    for producer in sch.get_producers(anchor):
+                        sch.compute_inline(producer)
+                    detail, placed = _tile_reduction(sch, func, anchor, lanes, parallel=threads)
             elif channel is not None:
                 detail, placed = _tile_conv_channels(sch, anchor, lanes, *channel, parallel=threads)
             else:
