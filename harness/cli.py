@@ -255,7 +255,7 @@ def cmd_size(args: argparse.Namespace) -> int:
 
 def cmd_tune(args: argparse.Namespace) -> int:
     from harness.config.targets import load_target
-    from harness.tune import tune_model
+    from harness.tune import tune_models
     from harness.compile.tuning_db import TuningDatabase
 
     target = load_target(args.target)
@@ -264,11 +264,11 @@ def cmd_tune(args: argparse.Namespace) -> int:
         print(f"imported {database.import_file(Path(args.import_file))} new record(s) into {database.path}")
     shapes = args.input_shapes
     if args.model:
-        for model in resolve_models(args.model):
-            report = tune_model(model, target, trials=args.trials, time_budget=args.time, toolchain=args.toolchain,
-                                transport=args.transport, host=args.host, run_timeout=args.run_timeout,
-                                input_shapes=shapes or None)
-            print(report.table(), flush=True)
+        trials = args.trials if args.trials is not None or args.budget else 200
+        report = tune_models(resolve_models(args.model), target, trials=trials, time_budget=args.budget,
+                             toolchain=args.toolchain, transport=args.transport, host=args.host,
+                             run_timeout=args.run_timeout, input_shapes=shapes or None, threads=args.threads)
+        print(report.table(), flush=True)
     elif not (args.import_file or args.export):
         raise HarnessError("tune: give a MODEL to tune, or --import/--export a records file")
     if args.export:
@@ -394,9 +394,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = opts.command_parser(sub, "tune", "tune a model's kernels on the target's device (meta_schedule + minrt)")
     opts.add_models(p, default="none: give a model, or --import/--export")
     opts.add_target(p)
-    p.add_argument("--trials", type=opts.positive_int, default=200,
-                   help="measured candidates in total for the whole model, shared among its kernels by FLOPs (default 200)")
-    p.add_argument("--time", type=opts.positive_float, help="stop after this many seconds (per model)")
+    p.add_argument("--trials", type=opts.positive_int, default=None,
+                   help="measured candidates in total, shared among the kernels by FLOPs times uses "
+                        "(default 200; with --budget, no limit but the budget)")
+    p.add_argument("--budget", type=opts.time_span, metavar="TIME",
+                   help="wall-clock bound on the whole tuning of all the models, e.g. 600, 90s, 10m, 1.5h; "
+                        "kernels get time by FLOPs times uses, the best records so far are kept")
+    p.add_argument("--threads", type=opts.positive_int, default=None,
+                   help="threads for the candidates' parallel loops (default: the device's cores)")
     opts.add_toolchain(p)
     opts.add_transport(p)
     opts.add_input_shapes(p)

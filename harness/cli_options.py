@@ -90,6 +90,22 @@ def positive_float(text: str) -> float:
     return value
 
 
+_SECONDS_PER_UNIT = {"s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def time_span(text: str) -> float:
+    """An argparse type: a wall-clock span in seconds, given as seconds ("90") or with a unit
+    ("90s", "10m", "1.5h"); more than 0."""
+    number, unit = (text[:-1], text[-1]) if text[-1:].lower() in _SECONDS_PER_UNIT else (text, "s")
+    try:
+        value = float(number) * _SECONDS_PER_UNIT[unit.lower()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a time span (e.g. 90, 90s, 10m, 1.5h)") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be more than 0 and finite, got {text}")
+    return value
+
+
 def parse_input_shapes(items: Sequence[str] | None) -> dict[str, list[int]]:
     """`NAME=D1,D2,...` (repeatable) -> {NAME: [D1, D2, ...]}. The name may hold '=' or '/'
     (ONNX names like `serving_default/x`): the shape is what follows the last '='."""

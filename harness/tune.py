@@ -1,7 +1,13 @@
-"""`harness tune`: meta_schedule search with every candidate measured by minrt on the device.
+"""`harness tune`: the kernels of one or several models tuned in one pass, within a wall-clock
+budget, every candidate measured by minrt on the device.
 
-The search is TVM's (tvm.s_tir.meta_schedule: its design space, evolutionary search and
-cost model); building and timing are ours. A candidate kernel is compiled by TVM into an
+Kernels of the same structure (in one model or across models) are one task, weighted by FLOPs
+times uses; the budget is shared by weight among the kernels it can give at least
+MIN_TASK_SECONDS, heaviest first, and each search stops when its share ends. A convolution's
+candidates are the default rule's neighbours (other register tiles, the other weight packing:
+harness.compile.schedule.conv_tile_variants), recorded as their schedules' traces; other kernels
+get TVM's search (tvm.s_tir.meta_schedule: its design space, evolutionary search and cost
+model). Building and timing are ours. A candidate kernel is compiled by TVM into an
 object, linked with minrt-run by the target's toolchain into a one-kernel model (the kernel
 alone as graph.json, seeded inputs and weights), put on the device through the target's
 transport (local, qemu-user, SSH, serial) and timed there by minrt-run. So what is measured
@@ -33,6 +39,7 @@ from harness.formats.text import duration, table
 log = logging.getLogger(__name__)
 
 from harness.compile.native_log import native_stderr_to_log
+from harness.compile.kernels import default_schedule
 from harness.compile.tuning_db import TuningDatabase, workload
 
 
@@ -44,6 +51,11 @@ class TuningError(HarnessError):
     """Tuning cannot go on (the device is gone, the time is up before anything ran)."""
 
 
+class TimeUp(Exception):
+    """A kernel's share of the time budget is spent: its search stops before the next batch
+    (meta_schedule's loop has no deadline of its own; the records measured so far stay)."""
+
+
 @dataclass
 class TaskResult:
     name: str
@@ -52,22 +64,38 @@ class TaskResult:
     best_us: float | None
     default_us: float | None = None
     skipped: str | None = None
+    uses: int = 1  # kernels of the models tuned that have this workload
+    seconds: float = 0.0  # spent on this kernel in this session (default measurement and search)
 
 
 @dataclass
 class TuneReport:
-    model: str
+    model: str  # the models tuned, comma-separated
     target: str
     database: Path
     tasks: list[TaskResult]
     seconds: float
+    budget: float | None = None  # the time budget, seconds
 
     def table(self) -> str:
-        rows = [[t.name, t.trials, t.records, duration(t.default_us), duration(t.best_us), _note(t)]
-                for t in self.tasks]
-        lines = [table(["kernel", "trials", "records", "default", "best", "note"], rows, right=(1, 2, 3, 4)),
-                 f"{sum(t.trials for t in self.tasks)} trials in {self.seconds:.0f} s; records in {self.database}"]
+        """One row per kernel tuned or skipped for a reason of its own; the kernels left without
+        time or trials are one line per reason."""
+        light = [t for t in self.tasks if t.skipped in UNFUNDED]
+        rows = [[t.name, t.uses, t.trials, t.records, duration(t.default_us), duration(t.best_us),
+                 f"{t.seconds:.0f} s", _note(t)] for t in self.tasks if t not in light]
+        budget = f" (budget {self.budget:.0f} s)" if self.budget else ""
+        lines = [table(["kernel", "uses", "trials", "records", "default", "best", "time", "note"], rows,
+                       right=(1, 2, 3, 4, 5, 6)),
+                 *(f"{n} kernel(s) not searched: {why}" for why in UNFUNDED
+                   if (n := sum(1 for t in light if t.skipped == why))),
+                 (f"{sum(t.trials for t in self.tasks)} trials in {self.seconds:.0f} s{budget}; "
+                  f"records in {self.database}")]
         return "\n".join(lines)
+
+
+#: Why a kernel got no search for want of time or trials (TuneReport.table counts these, one
+#: line per reason: with a budget on large models they are hundreds).
+UNFUNDED = ("too light for the time budget", "no trials in the budget", "time budget")
 
 
 def _note(task: TaskResult) -> str:
@@ -100,14 +128,21 @@ def kernel_graph(name: str, func: Any, n_outputs: int) -> tuple[dict[str, Any], 
     return graph_json(graph, plan_storage(graph)), specs_in, specs_out
 
 
+#: A candidate is cut when it runs this many times as long as the default schedule (all its
+#: iterations), plus CUT_SLACK_S for starting the runner and loading the kernel.
+SLOWER_THAN_DEFAULT_CUT = 20.0
+CUT_SLACK_S = 2.0
+
+
 class _Session:
     """What the builder and the runner of one tuning task share: the device, the toolchain,
     the kernel's name and arity, the deadline, and a scratch directory."""
 
     def __init__(self, target: Target, ktarget: Any, toolchain: Any, device: Any, work: Path,
-                 deadline: float, iters: int, run_timeout: float) -> None:
+                 deadline: float, iters: int, run_timeout: float, threads: int | None = None) -> None:
         self.target, self.ktarget, self.toolchain, self.device = target, ktarget, toolchain, device
         self.work, self.deadline, self.iters, self.run_timeout = work, deadline, iters, run_timeout
+        self.threads = threads  # for the kernels' parallel loops (None: the device's cores)
         self.kernel_name = "kernel"
         self.n_outputs = 1
         self.counter = 0
@@ -115,6 +150,9 @@ class _Session:
         self.trials = 0
         self.best_us: float | None = None
         self.default_us: float | None = None
+        # Why the builder or the runner ended the search: meta_schedule passes their exceptions
+        # on as a plain RuntimeError, so tune_models looks here for what it was.
+        self.stop: Exception | None = None
 
     def _cc_command(self) -> list[str]:
         """The runner's compiler and flags (harness.build.runner.runner_command's, without files)."""
@@ -138,6 +176,19 @@ class _Session:
 
     def time_left(self) -> float:
         return self.deadline - time.monotonic()
+
+    def candidate_timeout(self) -> tuple[float, bool]:
+        """How long one candidate may run, and whether that is a cut shorter than the device's
+        run timeout: a candidate far slower than the default schedule cannot win (on a large
+        kernel a bad one would take the whole run timeout), nor one past the time share."""
+        limit, cut = self.run_timeout, False
+        if self.default_us is not None:
+            slow = CUT_SLACK_S + SLOWER_THAN_DEFAULT_CUT * self.default_us * 1e-6 * self.iters
+            if slow < limit:
+                limit, cut = slow, True
+        if self.time_left() < limit:
+            limit, cut = max(1.0, self.time_left()), True
+        return limit, cut
 
     def build(self, mod: Any) -> Path:
         """Compile one candidate and link it with minrt-run; returns the candidate's directory."""
@@ -175,6 +226,7 @@ class _Session:
 
     def run(self, directory: Path) -> float:
         """Time one candidate on the device: the fastest of `iters` runs, in seconds."""
+        from harness.errors import DeviceError, RunnerError
         from harness.formats import tensorfile
         from harness.formats.artifact import Artifact
         from harness.run import execute, random_inputs
@@ -182,9 +234,16 @@ class _Session:
         artifact = Artifact.open(directory)
         inputs = random_inputs(artifact.inputs, seed=0)
         blob = tensorfile.dumps({s["name"]: inputs[s["name"]] for s in artifact.inputs})
-        timeout = max(1.0, min(self.run_timeout, self.time_left()))
+        timeout, cut = self.candidate_timeout()
         t0 = time.monotonic()
-        _, timing = execute(self.device, directory / "minrt-run", artifact, blob, self.iters, timeout=timeout)
+        try:
+            _, timing = execute(self.device, directory / "minrt-run", artifact, blob, self.iters, timeout=timeout,
+                                threads=self.threads)
+        except DeviceError:
+            if cut and time.monotonic() - t0 >= timeout:  # the candidate was cut, the device is fine
+                raise RunnerError(f"candidate cut after {timeout:.1f} s (more than {SLOWER_THAN_DEFAULT_CUT:g}x "
+                                  "the default schedule, or past this kernel's share of the time)") from None
+            raise
         log.debug("candidate %s: ran in %.2f s", directory.name, time.monotonic() - t0)
         return float(timing["min_us"]) * 1e-6
 
@@ -198,6 +257,9 @@ def _make_builder(session: _Session) -> Any:
         """Builds each candidate in this process with TVM, links it with minrt-run."""
 
         def build(self, build_inputs: list) -> list:
+            if session.time_left() <= 0:  # ends this kernel's search (tune_models catches it)
+                session.stop = TimeUp(session.kernel_name)
+                raise session.stop
             results = []
             for item in build_inputs:
                 if session.time_left() <= 0:
@@ -254,8 +316,9 @@ def _make_runner(session: _Session, max_device_failures: int = 3) -> Any:
                 except DeviceError as exc:
                     session.device_failures += 1
                     if session.device_failures >= max_device_failures:
-                        raise TuningError(f"the device failed {session.device_failures} times in a row; "
-                                          f"stopping: {exc}") from None
+                        session.stop = TuningError(f"the device failed {session.device_failures} times in a row; "
+                                                   f"stopping: {exc}")
+                        raise session.stop from None
                     futures.append(DoneFuture(RunnerResult(None, str(exc)[:300])))
                 finally:
                     shutil.rmtree(item.artifact_path, ignore_errors=True)
@@ -264,7 +327,7 @@ def _make_runner(session: _Session, max_device_failures: int = 3) -> Any:
     return MinrtRunner()
 
 
-def _make_progress(session: _Session, task_label: str, budget: int, started: float) -> Any:
+def _make_progress(session: _Session, task_label: str, budget: int | None, started: float) -> Any:
     """One log line per measured batch of candidates: trials so far of the kernel's budget,
     the best so far against the default schedule, and the time left (the budget's deadline,
     else an estimate from the pace so far)."""
@@ -281,11 +344,15 @@ def _make_progress(session: _Session, task_label: str, budget: int, started: flo
     return Progress()
 
 
-def progress_line(session: "_Session", budget: int, started: float, failed: int = 0) -> str:
-    """"12/32 trials, best 9.8 us (default 14.2 us), about 40 s left"."""
+def progress_line(session: "_Session", budget: int | None, started: float, failed: int = 0) -> str:
+    """"12/32 trials, best 9.8 us (default 14.2 us), about 40 s left" (`budget`: this kernel's
+    trials, None when only its share of the time budget bounds it)."""
     best = duration(session.best_us)
     default = f" (default {duration(session.default_us)})" if session.default_us is not None else ""
     left = session.time_left()
+    if budget is None:
+        return (f"{session.trials} trials, best {best}{default}, {duration(max(left, 0.0) * 1e6)} left of its "
+                "share of the time budget" + (f"; {failed} candidate(s) of this batch failed" if failed else ""))
     if session.trials >= budget:
         left_text = "this kernel's budget done"
     elif left == float("inf"):
@@ -385,12 +452,82 @@ def model_kernels(model: Path, target: Target, input_shapes: Mapping[str, Sequen
     return graph.kernels, n_outputs
 
 
+#: Register tiles near the default rule's that a convolution's tuning measures.
+TILE_VARIANTS = 8
+#: A kernel is searched only when its share of the time budget is at least this long: the
+#: default schedule's measurement and a batch or two of candidates (less measures next to nothing).
+MIN_TASK_SECONDS = 30.0
+
+
+@dataclass
+class KernelTask:
+    """One distinct kernel workload of the models tuned. Kernels with the same structure (the
+    same fused ops on the same shapes, in one model or in several) are one task, searched
+    once: the database is keyed by structure, so compile finds the records for each of them."""
+    name: str  # the kernel's name ("model/kernel" when several models are tuned)
+    func: Any  # the legalized PrimFunc (the tuning input)
+    n_outputs: int
+    flops: float
+    uses: list[str]  # "model/kernel" of every kernel with this workload
+
+    @property
+    def weight(self) -> float:
+        """What the task's kernels cost all the models together: FLOPs times uses."""
+        return self.flops * len(self.uses)
+
+
+def kernel_tasks(models: Mapping[str, tuple[Mapping[str, Any], Mapping[str, int]]]) -> list[KernelTask]:
+    """The distinct kernel workloads of the models (model name -> (kernels, outputs per kernel)),
+    heaviest first; kernels compile keeps as written (no schedule) are left out."""
+    import tvm_ffi
+
+    from harness.compile.kernels import written_as_is
+
+    tasks: dict[int, KernelTask] = {}
+    for model, (funcs, n_outputs) in models.items():
+        for name, func in funcs.items():
+            if written_as_is(func):
+                continue
+            key = tvm_ffi.structural_hash(workload(func))
+            if key not in tasks:
+                label = name if len(models) == 1 else f"{model}/{name}"
+                tasks[key] = KernelTask(label, func, n_outputs.get(name, 1), _flops(func), [])
+            tasks[key].uses.append(f"{model}/{name}")
+    return sorted(tasks.values(), key=lambda t: (-t.weight, t.name))
+
+
+def funded_tasks(weights: Sequence[float], budget: float, min_seconds: float = MIN_TASK_SECONDS) -> int:
+    """How many tasks (weights heaviest first) a time budget pays for: the most, k, such that
+    sharing the budget among the first k in proportion to weight still gives the k-th
+    `min_seconds`. The rest are too light to be worth a search in this budget."""
+    total, funded = 0.0, 0
+    for w in weights:
+        total += w
+        if total <= 0 or budget * w / total < min_seconds:
+            break
+        funded += 1
+    return funded
+
+
+def time_share(left: float, weight: float, weights_left: float) -> float:
+    """This task's share of the time left: in proportion to its weight among the tasks not yet
+    tuned, so time a heavier task did not use goes to the ones after it."""
+    if left <= 0 or weights_left <= 0:
+        return 0.0
+    return left * min(1.0, weight / weights_left)
+
+
+def tune_model(model: Path, target: Target, **options: Any) -> TuneReport:
+    """Tune one model's kernels (tune_models with one model)."""
+    return tune_models([model], target, **options)
+
+
 @native_stderr_to_log("tune")
-def tune_model(
-    model: Path,
+def tune_models(
+    models: Sequence[Path],
     target: Target,
     *,
-    trials: int = 64,
+    trials: int | None = 64,
     time_budget: float | None = None,
     toolchain: str = "host",
     transport: str | None = None,
@@ -404,100 +541,180 @@ def tune_model(
     population: int = 128,
     cost_model: str | None = None,
     input_shapes: Mapping[str, Sequence[int]] | None = None,
+    threads: int | None = None,
+    min_task_seconds: float = MIN_TASK_SECONDS,
 ) -> TuneReport:
-    """Tune a model's kernels for a target; `trials` is the total for the whole model (never
-    exceeded), shared among kernels by their FLOPs, heaviest first (a kernel whose share
-    rounds to 0 is not tuned). Resumable: a kernel that already has its share of records is
-    skipped, and the search of a kernel starts from its best records."""
+    """Tune the kernels of several models for a target in one pass: a kernel workload that
+    several kernels share (in one model or across models) is one task, weighted by its FLOPs
+    times its uses, heaviest first.
+
+    `trials`: the total for all tasks (never exceeded), shared by weight; a task whose share
+    rounds to 0 is not tuned, and one that already has its share of records is skipped.
+    None: no trial limit, only the time budget.
+    `time_budget` (seconds): a wall-clock bound on the whole call, from loading the models on.
+    Tasks get the time left in proportion to their weight (time a task leaves unused goes to
+    the next), those whose share would be under `min_task_seconds` are not searched, and each
+    search stops at its share's end; the records measured so far stay. compile uses a record
+    only when it beat the default schedule measured in the same session.
+    `threads`: for the candidates' parallel loops on the device (None: its cores).
+    Resumable: the search of a task starts from its best records."""
     import tempfile
-    import time
 
     from tvm.s_tir import meta_schedule as ms
 
-    from harness.compile.kernels import kernel_target
     from harness.build.toolchain import get_toolchain
+    from harness.compile.kernels import kernel_target
     from harness.device.open import open_transport
 
     started = time.monotonic()
     deadline = started + time_budget if time_budget else float("inf")
-    if trials < 1:
+    if trials is None and not time_budget:
+        raise HarnessError("tune: give a number of trials, a time budget, or both")
+    if trials is not None and trials < 1:
         raise HarnessError(f"tune: --trials must be at least 1, got {trials}")
-    funcs, n_outputs = model_kernels(Path(model), target, input_shapes)
+    if not models:
+        raise HarnessError("tune: no model to tune")
+    stems = [Path(m).stem for m in models]
+    if len(set(stems)) != len(stems):
+        raise HarnessError(f"tune: models with the same name: {stems}")
+    loaded = {}
+    for stem, model in zip(stems, models):
+        loaded[stem] = model_kernels(Path(model), target, input_shapes)
+        log.info("tune: %s has %d kernels (%s since the start)", stem, len(loaded[stem][0]),
+                 duration((time.monotonic() - started) * 1e6))
+    tasks = kernel_tasks(loaded)
     if kernels:
-        unknown = sorted(set(kernels) - set(funcs))
+        known = {t.name for t in tasks} | {u.split("/", 1)[1] for t in tasks for u in t.uses}
+        unknown = sorted(set(kernels) - known)
         if unknown:
-            raise HarnessError(f"{model}: no kernel(s) {unknown} (kernels: {sorted(funcs)})")
-        funcs = {k: v for k, v in funcs.items() if k in kernels}
+            raise HarnessError(f"{', '.join(stems)}: no kernel(s) {unknown} (kernels: {sorted(known)})")
+        tasks = [t for t in tasks if t.name in kernels or any(u.split("/", 1)[1] in kernels for u in t.uses)]
     ktarget = kernel_target(target)
     _import_tensor_intrinsics()
     db_files = TuningDatabase.for_target(target, cache)
     database = db_files.open()
-    flops = {name: _flops(f) for name, f in funcs.items()}
-    order = sorted(funcs, key=lambda n: -flops[n])
-    share = split_trials(trials, flops)
-    log.info("tune %s for %s: %d kernels, %d trials, database %s", Path(model).stem, target.name,
-             len(order), trials, db_files.path)
+    share = split_trials(trials, {t.name: t.weight for t in tasks}) if trials is not None else None
+    funded = len(tasks)
+    if time_budget:
+        funded = funded_tasks([t.weight for t in tasks if share is None or share[t.name] > 0],
+                              max(deadline - time.monotonic(), 0.0), min_task_seconds)
+    candidates = [t for t in tasks if share is None or share[t.name] > 0]
+    searched = candidates[:funded]  # at the start; time a kernel leaves unused funds more
+    log.info("tune %s for %s: %d distinct kernels (%d shared), %s, %s; database %s", ", ".join(stems), target.name,
+             len(tasks), sum(1 for t in tasks if len(t.uses) > 1),
+             f"{trials} trials" if trials is not None else "no trial limit",
+             f"{duration(time_budget * 1e6)} budget, {len(searched)} kernel(s) get a share at first" if time_budget
+             else "no time budget", db_files.path)
     results: list[TaskResult] = []
     tc = get_toolchain(toolchain, target)
     # Scratch space under the cache: the Docker toolchain sees only the source tree and the cache.
-    scratch_root = (Path(cache) if cache is not None else cache_dir()) / "tuning" / "scratch"
+    root = Path(cache) if cache is not None else cache_dir()
+    scratch_root = root / "tuning" / "scratch"
     scratch_root.mkdir(parents=True, exist_ok=True)
     # meta_schedule's own log (task tables, per-iteration statistics), one file per kernel; -v
     # also shows it on the terminal, a failure names the file.
-    search_logs = (Path(cache) if cache is not None else cache_dir()) / "logs" / "tune" / f"{target.name}-{Path(model).stem}"
+    search_logs = root / "logs" / "tune" / f"{target.name}-{'+'.join(stems)}"[:200]
     with tempfile.TemporaryDirectory(prefix="tune-", dir=scratch_root) as tmp, \
             open_transport(target, kind=transport, host=host) as device:
-        for i, name in enumerate(order, start=1):
-            label = f"[{i}/{len(order)}] {name}"
-            mod = workload(funcs[name])
-            have = len(database.get_top_k(database.commit_workload(mod), 10**6)) if database.has_workload(mod) else 0
-            session = _Session(target, ktarget, tc, device, Path(tmp) / f"t{i}", deadline, iters, run_timeout)
-            session.kernel_name, session.n_outputs = name, n_outputs.get(name, 1)
-            if have >= share[name] > 0:
-                log.info("tune %s: %d records already (share %d), skipped", label, have, share[name])
+        for i, task in enumerate(tasks, start=1):
+            task_started = time.monotonic()
+            label = f"[{i}/{len(tasks)}] {task.name}"
+            mod = workload(task.func)
+            have = _records(database, mod)
+            cap = share[task.name] if share is not None else None
+
+            def result(trials_run: int, default_us: float | None, skipped: str | None = None,
+                       task: KernelTask = task, mod: Any = mod, task_started: float = task_started) -> TaskResult:
+                return TaskResult(task.name, trials_run, _records(database, mod), _best_us(database, mod), default_us,
+                                  skipped, uses=len(task.uses), seconds=time.monotonic() - task_started)
+
+            if cap is not None and have >= cap > 0:
+                log.info("tune %s: %d records already (share %d), skipped", label, have, cap)
                 # Records from elsewhere (or an older session) still need this device's baseline.
-                default_us = _default_known(funcs[name], ktarget, db_files)
+                default_us = db_files.default_latency(default_schedule(task.func, ktarget, target)[0])
                 if default_us is None and time.monotonic() < deadline:
-                    default_us = _measure_default(session, funcs[name], db_files)
-                results.append(TaskResult(name, 0, have, _best_us(database, mod), default_us, skipped="already tuned"))
+                    session = _Session(target, ktarget, tc, device, Path(tmp) / f"t{i}", deadline, iters,
+                                       run_timeout, threads)
+                    session.kernel_name, session.n_outputs = _kernel_symbol(i), task.n_outputs
+                    default_us = _measure_default(session, task.func, db_files)
+                results.append(result(0, default_us, "already tuned"))
                 continue
-            if time.monotonic() >= deadline:
-                results.append(TaskResult(name, 0, have, _best_us(database, mod), skipped="time budget"))
+            left = deadline - time.monotonic()
+            if left <= 0:
+                results.append(result(0, None, "time budget"))
                 continue
-            if share[name] == 0:
-                log.info("tune %s: no trials left in the budget of %d (a light kernel)", label, trials)
-                results.append(TaskResult(name, 0, have, _best_us(database, mod), skipped="no trials in the budget"))
+            if cap == 0:
+                results.append(result(0, None, "no trials in the budget"))
                 continue
+            task_deadline = deadline
+            if time_budget:
+                # Shared among the kernels from this one on that the time left still funds.
+                rest = candidates[candidates.index(task):]
+                funded = funded_tasks([t.weight for t in rest], left, min_task_seconds)
+                if funded == 0:
+                    results.append(result(0, None, "too light for the time budget"))
+                    continue
+                task_deadline = time.monotonic() + time_share(left, task.weight, sum(t.weight for t in rest[:funded]))
+            session = _Session(target, ktarget, tc, device, Path(tmp) / f"t{i}", task_deadline, iters, run_timeout,
+                               threads)
+            session.kernel_name, session.n_outputs = _kernel_symbol(i), task.n_outputs
             with _quiet_steps():
-                default_us = _measure_default(session, funcs[name], db_files)
+                default_us = _measure_default(session, task.func, db_files)
             session.default_us = default_us
-            budget = share[name] - have
-            log.info("tune %s: %d trials (%.3f MFLOP), default schedule %s", label, budget,
-                     flops[name] / 1e6, duration(default_us))
+            with _quiet_steps():
+                variants = measure_tile_variants(session, task.func, database, mod,
+                                                 limit=min(TILE_VARIANTS, cap) if cap is not None else TILE_VARIANTS)
+            if variants:
+                # The rule's neighbours are what beats it in a budget; meta_schedule's search of
+                # a convolution starts ~10x slower than the rule and rarely catches up in minutes,
+                # so its time goes to the next kernels instead.
+                if time.monotonic() < deadline:  # the default once more, after its rivals
+                    with _quiet_steps():
+                        default_us = _measure_default(session, task.func, db_files, before=default_us)
+                results.append(result(session.trials, default_us))
+                log.info("tune %s: %d register tiles near the rule's measured, best %s (default %s)", label,
+                         variants, duration(results[-1].best_us), duration(default_us))
+                continue
+            budget = cap - have if cap is not None else None
+            slice_text = f", {duration(session.time_left() * 1e6)} of the budget" if time_budget else ""
+            log.info("tune %s: %s (%.3f MFLOP x %d use(s)%s), default schedule %s", label,
+                     f"{budget} trials" if budget is not None else "trials until its time is up",
+                     task.flops / 1e6, len(task.uses), slice_text, duration(default_us))
             context = ms.TuneContext(mod=mod, target=ktarget, space_generator="post-order-apply",
                                      search_strategy=ms.search_strategy.EvolutionarySearch(
                                          population_size=population, init_min_unmeasured=min(50, population),
                                          genetic_num_iters=2),
-                                     task_name=name, rand_state=seed + i, num_threads=1,
+                                     task_name=task.name, rand_state=seed + i, num_threads=1,
                                      logger=_search_logger())
-            task_started = time.monotonic()
+            max_trials = budget if budget is not None else 10**6
+            search_log = search_logs / f"{task.name.replace('/', '.')}.log"
             try:
-                with _quiet_steps(), _search_log(search_logs / f"{name}.log"):
+                with _quiet_steps(), _search_log(search_log):
                     ms.tune.tune_tasks(
                         tasks=[context], task_weights=[1.0], work_dir=str(Path(tmp) / f"log{i}"),
-                        max_trials_global=budget, num_trials_per_iter=min(trials_per_iter, budget),
+                        max_trials_global=max_trials, num_trials_per_iter=min(trials_per_iter, max_trials),
                         builder=_make_builder(session), runner=_make_runner(session), database=database,
                         cost_model=cost_model or default_cost_model(),
                         measure_callbacks=[_make_progress(session, label, budget, task_started), *_default_callbacks()],
                         task_scheduler="round-robin")
             except Exception:
-                log.warning("tune %s: meta_schedule's log is %s", label, search_logs / f"{name}.log")
-                raise
-            records = len(database.get_top_k(database.commit_workload(mod), 10**6))
-            results.append(TaskResult(name, session.trials, records, _best_us(database, mod), default_us))
-            log.info("tune %s: done, %d trials, best %s", label, session.trials, duration(results[-1].best_us))
-    return TuneReport(model=Path(model).stem, target=target.name, database=db_files.path, tasks=results,
-                      seconds=time.monotonic() - started)
+                if isinstance(session.stop, TimeUp):
+                    log.info("tune %s: its share of the time budget is spent", label)
+                elif session.stop is not None:
+                    raise session.stop from None
+                else:
+                    log.warning("tune %s: meta_schedule's log is %s", label, search_log)
+                    raise
+            results.append(result(session.trials, default_us))
+            log.info("tune %s: done, %d trials in %s, best %s (default %s)", label, session.trials,
+                     duration(results[-1].seconds * 1e6), duration(results[-1].best_us), duration(default_us))
+    return TuneReport(model=", ".join(stems), target=target.name, database=db_files.path, tasks=results,
+                      seconds=time.monotonic() - started, budget=time_budget)
+
+
+def _kernel_symbol(index: int) -> str:
+    """The name a candidate's one kernel is compiled under (a C symbol: task names may hold '/')."""
+    return f"kernel{index}"
 
 
 @contextlib.contextmanager
@@ -541,32 +758,64 @@ def default_cost_model() -> str:
     return "xgb"
 
 
-def _default_known(func: Any, ktarget: Any, db_files: TuningDatabase) -> float | None:
-    from harness.compile.schedule import schedule_kernel, simd_lanes
-
-    return db_files.default_latency(schedule_kernel(func, simd_lanes(ktarget), _parallel(ktarget))[0])
-
-
-def _parallel(ktarget: Any) -> bool:
-    """Whether the default schedules for this kernel target have parallel loops (see
-    harness.compile.kernels.kernel_target: more than one core)."""
-    return int(dict(ktarget.attrs).get("num-cores", 1)) > 1
-
-
-def _measure_default(session: _Session, func: Any, db_files: TuningDatabase) -> float:
-    """Time the kernel with its default schedule on the device (the baseline tuning must beat)."""
+def _measure_default(session: _Session, func: Any, db_files: TuningDatabase, before: float | None = None) -> float:
+    """Time the kernel with its default schedule on the device (the baseline tuning must beat).
+    `before`: this session's earlier measurement; the faster of the two is kept, so a moment of
+    load on a shared machine during the first does not let a record win by noise."""
     import tvm
 
-    from harness.compile.schedule import schedule_kernel, simd_lanes
-
-    scheduled, _ = schedule_kernel(func, simd_lanes(session.ktarget), _parallel(session.ktarget))
+    scheduled, _ = default_schedule(func, session.ktarget, session.target)
     directory = session.build(tvm.IRModule({"main": scheduled}))
     try:
         us = session.run(directory) * 1e6
     finally:
         shutil.rmtree(directory, ignore_errors=True)
+    if before is not None:
+        us = min(us, before)
     db_files.set_default_latency(scheduled, us)
     return us
+
+
+def measure_tile_variants(session: _Session, func: Any, database: Any, mod: Any, limit: int = 8) -> int:
+    """Measure the default rule's neighbours on the device (for a channels-last convolution:
+    the next-best register tiles by the rule's model, the other weight packing) and record
+    each as a tuning record (its schedule's trace), so compile uses the fastest when it beat
+    the default. These start where the rule is good, which meta_schedule's search of a large
+    kernel rarely reaches in minutes. Stops at the session's deadline; returns how many ran."""
+    import tvm
+    from tvm.s_tir.meta_schedule.arg_info import ArgInfo
+    from tvm.s_tir.meta_schedule.database import TuningRecord
+
+    from harness.compile.schedule import conv_tile_variants
+    from harness.errors import RunnerError
+
+    _, rule = default_schedule(func, session.ktarget, session.target)
+    entry = database.commit_workload(mod)
+    measured = 0
+    for tile in conv_tile_variants(rule, limit):
+        if session.time_left() <= 0:
+            break
+        try:
+            scheduled, variant = default_schedule(func, session.ktarget, session.target, tile=tile)
+            directory = session.build(tvm.IRModule({"main": scheduled}))
+        except Exception as exc:  # noqa: BLE001 - a variant that does not schedule or build is skipped
+            log.debug("tile %s: %s", tile, exc)
+            continue
+        try:
+            secs = session.run(directory)
+        except RunnerError as exc:  # the variant failed or was cut; the device is fine
+            log.debug("tile %s: %s", tile, exc)
+            continue
+        finally:
+            shutil.rmtree(directory, ignore_errors=True)
+        database.commit_tuning_record(TuningRecord(variant.trace, entry, [secs], session.ktarget,
+                                                   ArgInfo.from_prim_func(func)))
+        measured += 1
+        session.trials += 1
+        if session.best_us is None or secs * 1e6 < session.best_us:
+            session.best_us = secs * 1e6
+        log.debug("tile %s: %s", tile, duration(secs * 1e6))
+    return measured
 
 
 def _default_callbacks() -> list:
@@ -574,6 +823,11 @@ def _default_callbacks() -> list:
 
     # No RemoveBuildArtifact: the runner deletes each candidate's directory itself.
     return [AddToDatabase(), UpdateCostModel()]
+
+
+def _records(database: Any, mod: Any) -> int:
+    """How many records the database holds for this workload."""
+    return len(database.get_top_k(database.commit_workload(mod), 10**6)) if database.has_workload(mod) else 0
 
 
 def _best_us(database: Any, mod: Any) -> float | None:

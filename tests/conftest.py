@@ -56,7 +56,7 @@ def mlp_with_wrong_weights(tmp_path, monkeypatch) -> Path:
     monkeypatch.setenv("MINRT_CACHE", str(tmp_path / "cache"))
     model = write_examples(tmp_path / "models", ["mlp"])["mlp"]
     artifact = compile_model(model, "x86_64")
-    params = tensorfile.load(artifact.params_bin)
+    params = artifact.params()
     name = next(n for n, a in params.items() if a.dtype == np.float32 and a.size > 1)
     params[name] = params[name] + np.float32(1.0)
     tensorfile.save(artifact.params_bin, params, aligned=True)

@@ -254,8 +254,16 @@ def malformed_cases(d: Path) -> list[str]:
          blob_=blob[:w_hdr] + b"\x00" + blob[w_hdr + 1:])
     case("params_truncated", good.dumps(), E_PARAMS, "truncated", blob_=blob[:-5])
     aligned = tensorfile.dumps(params, aligned=True)
-    case("aligned_version", good.dumps(), E_PARAMS, "params.bin byte 8: version is not 1",
-         blob_=aligned[:8] + struct.pack("<Q", 2) + aligned[16:])
+    case("aligned_version", good.dumps(), E_PARAMS, "params.bin byte 8: version is not 2",
+         blob_=aligned[:8] + struct.pack("<I", 1) + aligned[12:])
+    # the container's directory gives each tensor's dtype and size: checked against the graph
+    w_entry = aligned.index(W_NAME.encode()) + len(W_NAME)
+    case("aligned_dtype", good.dumps(), E_PARAMS, f"device/dtype/shape differ from the graph for '{W_NAME}'",
+         blob_=aligned[:w_entry] + struct.pack("<BBH", 0, 32, 1) + aligned[w_entry + 4:])
+    case("aligned_nbytes", good.dumps(), E_PARAMS, f"device/dtype/shape differ from the graph for '{W_NAME}'",
+         blob_=aligned[:w_entry + 4] + struct.pack("<I", 60) + aligned[w_entry + 8:])
+    case("aligned_name_length", good.dumps(), E_PARAMS, "truncated",
+         blob_=aligned[:24] + struct.pack("<Q", 2 ** 32 - 3) + aligned[32:])
     w_data = tensorfile.data_offsets(aligned)[W_NAME]
     case("aligned_in_padding", good.dumps(), E_PARAMS, f"truncated '{W_NAME}'",
          blob_=aligned[:w_data - 8])

@@ -138,26 +138,39 @@ def test_aligned_container_puts_every_tensor_at_64_bytes_and_round_trips(dtype):
     tensors = {"a": sample(dtype, (3,)), "bb.weight": sample(dtype, (2, 5, 7), seed=1),
                "s": sample(dtype, ()), "e": sample(dtype, (0,))}
     blob = tensorfile.dumps(tensors, aligned=True)
-    assert blob[:8] == b"minrtprm" and struct.unpack_from("<Q", blob, 8)[0] == tensorfile.ALIGNED_VERSION
+    assert blob[:8] == b"minrtprm" and struct.unpack_from("<II", blob, 8) == (tensorfile.ALIGNED_VERSION, 0)
     offsets = tensorfile.data_offsets(blob)
     assert list(offsets) == list(tensors) and all(at % 64 == 0 for at in offsets.values())
+    # the directory (24 B, then 16 B + the name per tensor), then the data, each padded to 64
+    directory = 24 + sum(16 + len(name) for name in tensors)
+    assert offsets["a"] == -(-directory // 64) * 64
+    assert len(blob) == offsets["e"] == offsets["s"] + 64  # s: 4 B and padding; e: none
     back = tensorfile.loads(blob)
     for name, value in tensors.items():
-        np.testing.assert_array_equal(back[name], value)
-        assert back[name].dtype == value.dtype and back[name].shape == value.shape
-    # without the padding and with TVM's magic it is TVM's own blob
-    assert tensorfile.dumps(back) == tvm_blob(tensors)
+        np.testing.assert_array_equal(back[name], value.reshape(-1))  # the shape is the graph's
+        assert back[name].dtype == value.dtype
+    # with the shapes back, and without the padding and with TVM's magic and per-tensor
+    # headers, it is TVM's own blob
+    shaped = {name: back[name].reshape(value.shape) for name, value in tensors.items()}
+    assert tensorfile.dumps(shaped) == tvm_blob(tensors)
 
 
-def test_aligned_container_errors_name_version_and_padding():
+def test_aligned_container_errors_name_version_padding_and_size():
     blob = bytearray(tensorfile.dumps({"w": np.arange(3, dtype="float32")}, aligned=True))
-    wrong_version = bytes(blob[:8]) + struct.pack("<Q", 2) + bytes(blob[16:])
-    with pytest.raises(TensorFileError, match="version 2 at byte 8"):
+    wrong_version = bytes(blob[:8]) + struct.pack("<I", 1) + bytes(blob[12:])
+    with pytest.raises(TensorFileError, match="version 1 at byte 8"):
         tensorfile.loads(wrong_version, "p.bin")
     at = tensorfile.data_offsets(bytes(blob))["w"]
     blob[at - 1] = 7
     with pytest.raises(TensorFileError, match="'w': padding at byte"):
         tensorfile.loads(bytes(blob), "p.bin")
+    blob[at - 1] = 0
+    nbytes_at = 24 + 8 + 1 + 4  # header, name length, "w", dtype
+    odd = bytes(blob[:nbytes_at]) + struct.pack("<I", 10) + bytes(blob[nbytes_at + 4:])
+    with pytest.raises(TensorFileError, match="'w' nbytes 10 at byte 37 is not a whole number of float32"):
+        tensorfile.loads(odd, "p.bin")
+    with pytest.raises(TensorFileError, match="truncated at byte 64 in data of tensor 'w'"):
+        tensorfile.loads(bytes(blob[:-1]), "p.bin")
 
 
 def test_a_name_given_twice_is_refused_not_overwritten():

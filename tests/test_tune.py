@@ -6,10 +6,12 @@ not here."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import socket
 import time
 
+import onnx
 import pytest
 
 from harness.compile.model import compile_model
@@ -17,7 +19,7 @@ from harness.errors import HarnessError
 from harness.models.examples import write_examples
 from harness.run import run_on_target
 from harness.config.targets import load_target
-from harness.tune import model_kernels, tune_model
+from harness.tune import funded_tasks, model_kernels, time_share, tune_model, tune_models
 from harness.compile.tuning_db import TuningDatabase
 
 KERNEL = "fused_matmul_add_relu"  # mlp's first dense layer: 64x32, a few hundred candidates a second
@@ -26,6 +28,23 @@ KERNEL = "fused_matmul_add_relu"  # mlp's first dense layer: 64x32, a few hundre
 @pytest.fixture(scope="module")
 def mlp(tmp_path_factory):
     return write_examples(tmp_path_factory.mktemp("tune_models"), ["mlp"])["mlp"]
+
+
+@pytest.fixture(scope="module")
+def mlp_other_head(tmp_path_factory):
+    """Another model whose first layer has mlp's shape (other weights), then a head of its own:
+    one kernel workload shared with mlp, the others not."""
+    from harness.models.examples import _GraphBuilder
+    import numpy as np
+
+    g = _GraphBuilder(seed=7)
+    shape = g.const("flat_shape", np.array([1, 64], dtype=np.int64))
+    x = g.node("Reshape", ["x", shape], "flat")
+    x = g.node("Relu", [g.dense(x, "fc1", 64, 32)], "relu1")
+    g.node("Sigmoid", [g.dense(x, "head", 32, 3)], "scores")
+    path = tmp_path_factory.mktemp("tune_models_b") / "mlp_other_head.onnx"
+    onnx.save(g.model("mlp_other_head", {"x": [1, 8, 8]}, {"scores": [1, 3]}), path)
+    return path
 
 
 @pytest.mark.parametrize("target_name, trials", [("x86_64", 16), ("qemu-armv7", 8)])
@@ -135,3 +154,116 @@ def test_a_corrupt_defaults_file_is_ignored_when_writing_too(tmp_path, caplog):
         assert database.default_latency(kernel) == 12.5
         assert "defaults.json" in caplog.text
         caplog.clear()
+
+
+def test_the_budget_goes_to_kernels_by_weight_and_unused_time_moves_on():
+    # 100 s among weights 100, 10, 1 with at least 5 s each: the third would get 0.9 s
+    assert funded_tasks([100.0, 10.0, 1.0], 100.0, min_seconds=5.0) == 2
+    assert funded_tasks([100.0, 10.0, 1.0], 1000.0, min_seconds=5.0) == 3
+    assert funded_tasks([100.0], 4.0, min_seconds=5.0) == 0
+    assert funded_tasks([], 100.0) == 0
+    # a task's share is its weight among the tasks left; what the first left unused goes on
+    assert time_share(60.0, 30.0, 40.0) == pytest.approx(45.0)
+    assert time_share(50.0, 10.0, 10.0) == pytest.approx(50.0)  # the last one takes all that is left
+    assert time_share(0.0, 10.0, 10.0) == 0.0
+
+
+def test_budget_is_a_time_span():
+    from harness.cli_options import time_span
+
+    assert [time_span(t) for t in ("90", "90s", "10m", "1.5h", "2M")] == [90.0, 90.0, 600.0, 5400.0, 120.0]
+    for bad in ("ten", "", "0", "-5m", "m", "nan", "infs"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            time_span(bad)
+
+
+def test_a_time_budget_bounds_the_whole_tuning(mlp, tmp_path, monkeypatch):
+    """No trial limit, a 60 s budget from loading the model on, at least 15 s per searched
+    kernel: only the heaviest kernel is worth a share (the next would get about a fifth of
+    it); it is searched until its share is spent (the records measured so far stay), the
+    others are not searched, and the call ends near the budget."""
+    monkeypatch.setenv("MINRT_CACHE", str(tmp_path))
+    monkeypatch.delenv("MINRT_NO_TUNING", raising=False)
+    budget = 60.0
+    started = time.monotonic()
+    report = tune_models([mlp], load_target("x86_64"), trials=None, time_budget=budget, min_task_seconds=15.0,
+                         trials_per_iter=2, population=16, threads=1)
+    spent = time.monotonic() - started
+    searched = [t for t in report.tasks if t.skipped is None]
+    assert [t.name for t in searched] == [KERNEL], report.table()  # the heaviest
+    # its default schedule was timed, its candidates measured and kept
+    assert searched[0].default_us and searched[0].trials >= 1 and searched[0].records >= searched[0].trials
+    unfunded = {"too light for the time budget", "time budget"}
+    assert all(t.skipped in unfunded and t.trials == 0 for t in report.tasks[1:]), report.table()
+    # meta_schedule's loop has no deadline: the search stops at the next batch after the share
+    # ends, so the bound is the budget plus one batch of 2 tiny candidates (generous on a
+    # loaded machine); without the stop it would run 10**6 trials.
+    assert report.seconds <= spent and spent < budget + 30, report.table()
+    assert f"(budget {budget:.0f} s)" in report.table()
+    for why in unfunded:  # one line per reason, not a row per kernel
+        n = sum(1 for t in report.tasks if t.skipped == why)
+        assert (f"{n} kernel(s) not searched: {why}" in report.table()) == (n > 0), report.table()
+
+
+def test_kernel_shapes_shared_by_models_are_tuned_once_and_reused(mlp, mlp_other_head, tmp_path, monkeypatch):
+    monkeypatch.setenv("MINRT_CACHE", str(tmp_path))
+    monkeypatch.delenv("MINRT_NO_TUNING", raising=False)
+    target = load_target("x86_64")
+    both = tune_models([mlp, mlp_other_head], target, trials=8, kernels=[KERNEL], trials_per_iter=8, threads=1)
+    [task] = both.tasks  # one task for the two models' kernels of one shape
+    assert task.uses == 2 and task.trials >= 1 and task.name == f"mlp/{KERNEL}"
+    # The other kernels of the two models differ, each its own task.
+    funcs_a, _ = model_kernels(mlp, target)
+    funcs_b, _ = model_kernels(mlp_other_head, target)
+    everything = tune_models([mlp, mlp_other_head], target, trials=1, time_budget=None)
+    assert len(everything.tasks) == len(funcs_a) + len(funcs_b) - 1
+
+    # compile finds the record for the second model's kernel too: the same record
+    database = TuningDatabase.for_target(target)
+    record_a, record_b = database.best(funcs_a[KERNEL], None), database.best(funcs_b[KERNEL], None)
+    assert record_a is not None and record_b is not None and record_a.record_id == record_b.record_id
+    chosen = compile_model(mlp_other_head, target).metadata["schedules"][KERNEL]
+    assert chosen.get("record") == record_a.record_id or chosen.get("best_record_us") == pytest.approx(record_a.latency_us)
+    # and tuning the second model alone later finds the kernel tuned already
+    alone = tune_model(mlp_other_head, target, trials=8, kernels=[KERNEL], trials_per_iter=8, threads=1)
+    assert [t.skipped for t in alone.tasks] == ["already tuned"]
+
+
+CONV = "fused_conv2d1_add1_relu1"  # cnn's second conv: 8 -> 16 channels, 3x3, on 6x6
+
+
+def test_a_convolution_is_tuned_by_register_tiles_near_the_rule(tmp_path, monkeypatch):
+    """A convolution's tuning measures the default rule's neighbours (other register tiles,
+    the other weight packing), records each as a trace in the database, and the record compile
+    picks reproduces the schedule: the model runs and matches the references with it."""
+    from harness.compile.kernels import default_schedule, kernel_target
+    from harness.compile.schedule import conv_tile_variants
+
+    monkeypatch.setenv("MINRT_CACHE", str(tmp_path))
+    monkeypatch.delenv("MINRT_NO_TUNING", raising=False)
+    cnn = write_examples(tmp_path / "models", ["cnn"])["cnn"]
+    target = load_target("x86_64")
+    funcs, _ = model_kernels(cnn, target)
+    scheduled, rule = default_schedule(funcs[CONV], kernel_target(target), target)
+    variants = conv_tile_variants(rule)
+    assert rule.tile is not None and variants and len(variants) <= 8
+    assert variants[0] == type(rule.tile)(rule.tile.vectors, rule.tile.pixels, not rule.tile.packed)
+    assert all((v.vectors, v.pixels) != (rule.tile.vectors, rule.tile.pixels) for v in variants[1:])
+    # a variant is another schedule of the same kernel; a tile that does not divide is refused
+    other, _ = default_schedule(funcs[CONV], kernel_target(target), target, tile=variants[-1])
+    assert other.script() != scheduled.script()
+    with pytest.raises(ValueError):
+        default_schedule(funcs[CONV], kernel_target(target), target,
+                         tile=type(rule.tile)(rule.tile.vectors, 1000, False))
+
+    report = tune_model(cnn, target, trials=4, kernels=[CONV], threads=1)
+    [task] = report.tasks
+    assert task.trials == 4 and task.records == 4 and task.default_us  # 4 tiles, no search
+    database = TuningDatabase.for_target(target)
+    best = database.best(funcs[CONV], None)
+    assert best is not None and best.latency_us == pytest.approx(task.best_us)
+    (database.path / "defaults.json").unlink()  # compile then takes the best record
+    used = compile_model(cnn, target).metadata["schedules"][CONV]
+    assert used["source"] == "tuned" and used["record"] == best.record_id
+    result = run_on_target(cnn, target, iters=2, seed=3)
+    assert result.error is None and result.passed, json.dumps(result.outputs, indent=1)

@@ -84,6 +84,8 @@ def _run_tflite(name: str, model: Path, inputs: Mapping[str, np.ndarray]) -> lis
     if name == TFLM:
         from tflite_micro.python.tflite_micro import runtime
 
+        # one invoke of a fresh interpreter: a stateful operator (SVDF) runs from its reset
+        # state, as minrt computes it
         interpreter = runtime.Interpreter.from_file(str(model))
         for k, value in enumerate(ordered):
             interpreter.set_input(value, k)
@@ -91,6 +93,11 @@ def _run_tflite(name: str, model: Path, inputs: Mapping[str, np.ndarray]) -> lis
         return [np.array(interpreter.get_output(k)) for k in range(len(source.outputs))]
     from ai_edge_litert.interpreter import Interpreter
 
+    from harness.compile.tflite_import import litert_refusal
+
+    refusal = litert_refusal(source.model)
+    if refusal:
+        raise HarnessError(f"{model}: LiteRT not run: {refusal}")
     interpreter = Interpreter(model_path=str(model))
     interpreter.allocate_tensors()
     for detail, value in zip(interpreter.get_input_details(), ordered):

@@ -20,7 +20,6 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from harness.formats import tensorfile
 from harness.formats.artifact import Artifact
 from harness.formats.artifact import NOP
 from harness.formats.dtypes import dtype_nbytes
@@ -129,7 +128,7 @@ def run_graph(artifact: Artifact, model_path: Path | str,
     model_path = Path(model_path)
     target = load_target(artifact.metadata["target"])
     graph = json.loads(artifact.graph_json.read_text())
-    params = tensorfile.load(artifact.params_bin)
+    params = artifact.params()
     # the artifact's input shapes are the ones it was compiled with (--input-shape included)
     mod = relax_module(model_path, target.tvm_target, {spec["name"]: spec["shape"] for spec in artifact.inputs})
     kernels = {name: mod[name].with_attr("global_symbol", name) for name in artifact.metadata["kernels"]}

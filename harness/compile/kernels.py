@@ -88,33 +88,45 @@ def compile_kernels(kernels: dict[str, Any], tvm_target: Any, out_path: Path,
 # Schedules
 
 
-def schedule_model_kernels(kernels: dict[str, Any], ktarget: Any, target: Target,
-                           cache: Path | None) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
-    """Every kernel gets a schedule: the best tuning record for its workload on this target
-    when the tuning database has one that ran faster on the device than the default schedule
-    (and MINRT_NO_TUNING is not set), else the default rules of harness.compile.schedule. Returns the
-    scheduled kernels and, per kernel, what was used."""
+def default_schedule(func: Any, ktarget: Any, target: Target, tile: Any = None) -> tuple[Any, Any]:
+    """A kernel with the default rules of harness.compile.schedule for this target: what
+    compile builds without a tuning record, and the baseline `harness tune` measures (the same
+    scheduled text, so its measured latency is found again by compile). `tile`: another
+    register tile for a channels-last convolution (schedule.ConvTile; what tune varies)."""
     from harness.compile.schedule import (
         has_dsp,
         int8_pairs_intrinsic,
         schedule_kernel,
         simd_lanes,
     )
+
+    return schedule_kernel(func, simd_lanes(ktarget), parallel_kernels(target), has_dsp(ktarget), tile=tile,
+                           int8_simd=int8_pairs_intrinsic(ktarget))
+
+
+def written_as_is(func: Any) -> bool:
+    """Whether a kernel keeps its TIR as written (no schedule, no tuning record), e.g. a chain
+    of tiny stages."""
+    return func.attrs is not None and AS_WRITTEN in func.attrs
+
+
+def schedule_model_kernels(kernels: dict[str, Any], ktarget: Any, target: Target,
+                           cache: Path | None) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    """Every kernel gets a schedule: the best tuning record for its workload on this target
+    when the tuning database has one that ran faster on the device than the default schedule
+    (and MINRT_NO_TUNING is not set), else the default rules of harness.compile.schedule. Returns the
+    scheduled kernels and, per kernel, what was used."""
     from harness.compile.tuning_db import TuningDatabase, tuning_disabled
 
     database = None if tuning_disabled() else TuningDatabase.for_target(target, cache)
-    lanes = simd_lanes(ktarget)
-    dsp = has_dsp(ktarget)
-    int8_simd = int8_pairs_intrinsic(ktarget)
     scheduled: dict[str, Any] = {}
     report: dict[str, dict[str, Any]] = {}
-    parallel = parallel_kernels(target)
     for name, func in kernels.items():
-        if func.attrs is not None and AS_WRITTEN in func.attrs:  # e.g. a chain of tiny stages
+        if written_as_is(func):
             scheduled[name] = func
             report[name] = {"source": "default", "rule": "as written", "detail": str(func.attrs[AS_WRITTEN])}
             continue
-        default, rule = schedule_kernel(func, lanes, parallel, dsp, int8_simd)
+        default, rule = default_schedule(func, ktarget, target)
         tuned = database.best(func, ktarget) if database is not None else None
         default_us = database.default_latency(default) if tuned is not None else None
         if tuned is not None and (default_us is None or tuned.latency_us < default_us):

@@ -65,6 +65,20 @@ class KernelSchedule:
 
     rule: str  # "tiled", "vectorized", "inlined"
     detail: str = ""
+    tile: "ConvTile | None" = None  # a channels-last convolution's register tile
+    tile_axes: tuple[int, int] | None = None  # (vectors of output channels, output pixels) it divides
+    trace: Any = None  # the schedule's trace (what `harness tune` records)
+
+
+@dataclass(frozen=True)
+class ConvTile:
+    """A channels-last convolution's register tile (vectors of output channels x output pixels)
+    and whether its weights are packed per channel block. The rule picks one by its register
+    and cache model; `harness tune` measures the others near it (conv_tile_variants)."""
+
+    vectors: int
+    pixels: int
+    packed: bool
 
 
 def _largest_divisor(n: int, limit: int) -> int:
@@ -319,22 +333,32 @@ def _vars_of(expr: Any) -> set[str]:
 _VECTOR_REGISTERS = 16
 
 
+def _conv_register_tiles(channel_vectors: int, pixels: int) -> list[tuple[int, int]]:
+    """Every (vectors of output channels, output pixels) register tile that fits: each
+    reduction step loads `vectors` weight vectors and broadcasts `pixels` inputs for
+    vectors x pixels FMAs, all accumulators and operands in registers (no spill). Both counts
+    divide their axis, so no tile has a tail. Best first: the most FMAs per load."""
+    tiles = [(vectors, count) for vectors in (1, 2, 3, 4) if channel_vectors % vectors == 0
+             for count in range(1, pixels + 1)
+             if pixels % count == 0 and vectors * count + vectors + 1 <= _VECTOR_REGISTERS]
+    return sorted(tiles, key=lambda t: (-(t[0] * t[1] / (t[0] + t[1])), -(t[0] * t[1]), t))
+
+
 def _conv_register_tile(channel_vectors: int, pixels: int) -> tuple[int, int]:
-    """(vectors of output channels, output pixels) per register tile: each reduction step
-    loads `vectors` weight vectors and broadcasts `pixels` inputs for vectors x pixels FMAs,
-    all accumulators and operands in registers (no spill); the tile with the most FMAs per
-    load wins. Both counts divide their axis, so no tile has a tail."""
-    best = (1, 1)
-    for vectors in (1, 2, 3, 4):
-        if channel_vectors % vectors:
-            continue
-        for count in range(1, pixels + 1):
-            if pixels % count or vectors * count + vectors + 1 > _VECTOR_REGISTERS:
-                continue
-            score = (vectors * count / (vectors + count), vectors * count)
-            if score > (best[0] * best[1] / (best[0] + best[1]), best[0] * best[1]):
-                best = (vectors, count)
-    return best
+    """The rule's register tile: the first of _conv_register_tiles."""
+    return (_conv_register_tiles(channel_vectors, pixels) or [(1, 1)])[0]
+
+
+def conv_tile_variants(schedule: KernelSchedule, limit: int = 8) -> list[ConvTile]:
+    """Register tiles and weight packing near the rule's choice for a channels-last
+    convolution (none for other kernels): the next-best tiles by the rule's own model, and
+    the rule's tile with the other packing. What `harness tune` measures on the device."""
+    if schedule.tile is None or schedule.tile_axes is None:
+        return []
+    chosen = schedule.tile
+    others = [ConvTile(v, p, chosen.packed) for v, p in _conv_register_tiles(*schedule.tile_axes)
+              if (v, p) != (chosen.vectors, chosen.pixels)]
+    return [ConvTile(chosen.vectors, chosen.pixels, not chosen.packed), *others][:limit]
 
 
 #: Weights up to this size are swept once per output row (a typical per-core L2).
@@ -342,7 +366,8 @@ _L2_BYTES = 512 * 1024
 
 
 def _tile_conv_channels(sch: Any, block: Any, lanes: int, channel: int, weight: Any, group: int = 0,
-                        parallel: bool = False) -> tuple[str, list[str]]:
+                        parallel: bool = False, tile: ConvTile | None = None,
+                        ) -> tuple[str, list[str], ConvTile, tuple[int, int]]:
     """Register-tile a convolution with channels-last weights: a vector of output channels
     times a row of output pixels, the input values broadcast, the weights loaded as vectors
     (no dependence on the image width being a multiple of the vector width). Loop order
@@ -365,7 +390,10 @@ def _tile_conv_channels(sch: Any, block: Any, lanes: int, channel: int, weight: 
     batch, row, col = others  # n, oh, ow of NCHW
     if group:
         lanes = group_lanes(group, lanes)
-    vectors, u_factor = _conv_register_tile((group or extents[channel]) // lanes, extents[col])
+    axes = ((group or extents[channel]) // lanes, extents[col])
+    vectors, u_factor = _conv_register_tile(*axes) if tile is None else (tile.vectors, tile.pixels)
+    if axes[0] % vectors or axes[1] % u_factor:
+        raise ValueError(f"tile {vectors}x{u_factor} does not divide {axes}")
     v_factor = vectors * lanes
 
     # The accumulator tile is channel-innermost, so a vector of channels is contiguous.
@@ -398,7 +426,7 @@ def _tile_conv_channels(sch: Any, block: Any, lanes: int, channel: int, weight: 
     # time, copied once into a contiguous buffer (its vectors one after the other instead of a
     # weight row apart) that every output row of the image then reads from cache.
     weight_bytes = 4 * math.prod(int(d) for d in weight.source.shape)
-    packed = weight_bytes > _L2_BYTES
+    packed = weight_bytes > _L2_BYTES if tile is None else tile.packed
     if not packed:
         sch.reorder(spatial[batch], spatial[row], c_o, x_o, *reduce, x_i, c_i)
     else:
@@ -422,7 +450,7 @@ def _tile_conv_channels(sch: Any, block: Any, lanes: int, channel: int, weight: 
     return (f"channels-last tile {u_factor}x{v_factor}{f', groups of {group}' if group else ''}"
             f"{', weights packed per block' if packed else ''}"
             f"{', pad computed in loop' if padded else ''}"
-            f"{', ' + threads if threads else ''}"), placed
+            f"{', ' + threads if threads else ''}"), placed, ConvTile(vectors, u_factor, packed), axes
 
 
 def _divides(expr: Any) -> bool:
@@ -917,12 +945,14 @@ def _int8_simd_rule(sch: Any, block: Any, intrin: tuple[str, int]) -> Callable[.
 
 
 def schedule_kernel(func: Any, lanes: int, parallel: bool = False, dsp: bool = False,
-                    int8_simd: tuple[str, int] | None = None) -> tuple[Any, KernelSchedule]:
+                    tile: ConvTile | None = None, int8_simd: tuple[str, int] | None = None) -> tuple[Any, KernelSchedule]:
     """Apply the default rules to one PrimFunc; returns the scheduled PrimFunc and what was
     done. Falls back to inlining only when the tiling rule does not apply. With `parallel`
     (Linux targets, whose runner runs parallel loops on threads), a tiled kernel of at least
     PARALLEL_MIN_WORK multiply-adds gets its outermost loop with more than one iteration
-    parallel (output rows or channel blocks: each task writes its own outputs)."""
+    parallel (output rows or channel blocks: each task writes its own outputs). `tile`: a
+    channels-last convolution's register tile instead of the rule's (a ValueError when the
+    kernel is no such convolution or the tile does not divide it)."""
     from tvm import s_tir
 
     sch = s_tir.Schedule(func)
@@ -940,6 +970,8 @@ def schedule_kernel(func: Any, lanes: int, parallel: bool = False, dsp: bool = F
         reductions = [b for b in blocks if not _is_spatial(sch, b)]
         details = []
         placed: list[str] = []
+        conv_tile: ConvTile | None = None
+        tile_axes: tuple[int, int] | None = None
         if reductions:
             anchor = max(reductions, key=work)
             channel = _channel_axis(sch, anchor, lanes) if lanes > 1 else None
@@ -965,7 +997,8 @@ def schedule_kernel(func: Any, lanes: int, parallel: bool = False, dsp: bool = F
                         sch.compute_inline(producer)
                     detail, placed = _tile_reduction(sch, func, anchor, lanes, parallel=threads)
             elif channel is not None:
-                detail, placed = _tile_conv_channels(sch, anchor, lanes, *channel, parallel=threads)
+                detail, placed, conv_tile, tile_axes = _tile_conv_channels(sch, anchor, lanes, *channel,
+                                                                           parallel=threads, tile=tile)
             else:
                 detail, placed = _tile_reduction(sch, func, anchor, lanes, parallel=threads)
             details.append(detail)
@@ -978,7 +1011,12 @@ def schedule_kernel(func: Any, lanes: int, parallel: bool = False, dsp: bool = F
             if (_is_spatial(sch, block) and _writes_output(sch, block, local)
                     and sch.get(block).name_hint not in placed):
                 details.append(_vectorize_elementwise(sch, block, lanes))
-        return sch.mod["main"], KernelSchedule(rule=rule, detail="; ".join(details))
+        if tile is not None and conv_tile is None:
+            raise ValueError("a register tile was given for a kernel that is no channels-last convolution")
+        return sch.mod["main"], KernelSchedule(rule=rule, detail="; ".join(details), tile=conv_tile,
+                                               tile_axes=tile_axes, trace=sch.trace)
     except Exception as exc:  # noqa: BLE001 - any primitive may refuse; keep the inlined form
+        if tile is not None:
+            raise ValueError(f"register tile {tile}: {exc}") from None
         log.debug("default schedule: tiling refused (%s); inlining only", exc)
         return inlined, KernelSchedule(rule="inlined", detail=f"{type(exc).__name__}: {str(exc).splitlines()[0][:120] if str(exc) else ''}")

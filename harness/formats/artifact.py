@@ -11,7 +11,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from harness.errors import CompileError
+from harness.formats import tensorfile
 
 #: graph.json func_name of a node with no kernel: its output aliases its input.
 NOP = "__nop"
@@ -86,3 +89,18 @@ class Artifact:
     def graph(self) -> dict[str, Any]:
         """The parsed graph.json."""
         return json.loads(self.graph_json.read_text())
+
+    def params(self) -> dict[str, np.ndarray]:
+        """params.bin's tensors, shaped as graph.json's null nodes of their names (minrt's
+        container keeps no shapes: the graph has them)."""
+        graph = self.graph()
+        shapes = graph["attrs"]["shape"][1]
+        rows = graph["node_row_ptr"]
+        where = {node["name"]: shapes[rows[nid]] for nid, node in enumerate(graph["nodes"]) if node["op"] == "null"}
+        params = tensorfile.load(self.params_bin)
+        for name, value in params.items():
+            if name not in where or int(np.prod(where[name], dtype=np.int64)) != value.size:
+                raise CompileError(f"{self.params_bin}: tensor '{name}' ({value.size} values) is not a "
+                                   f"param of {self.graph_json} of that size")
+            params[name] = value.reshape(where[name])
+        return params

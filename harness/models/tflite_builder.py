@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-_TYPES = {"float32": 0, "int32": 2, "uint8": 3, "int64": 4, "int8": 9}
+_TYPES = {"float32": 0, "int32": 2, "uint8": 3, "int64": 4, "int16": 7, "int8": 9}
 
 
 @dataclass
@@ -25,6 +25,7 @@ class _Tensor:
     buffer: int
     scale: tuple[float, ...] = ()
     zero_point: tuple[int, ...] = ()
+    variable: bool = False  # state an operator keeps across invokes (SVDF's activation state)
 
 
 @dataclass
@@ -47,14 +48,15 @@ class TfliteGraph:
     outputs: list[int] = field(default_factory=list)
 
     def tensor(self, name: str, shape: tuple[int, ...], dtype: str, scale: float | None = None,
-               zero_point: int = 0, data: np.ndarray | None = None) -> int:
-        """A new tensor (a constant when `data` is given, quantized when `scale` is); its index."""
+               zero_point: int = 0, data: np.ndarray | None = None, variable: bool = False) -> int:
+        """A new tensor (a constant when `data` is given, quantized when `scale` is, a variable
+        tensor the interpreter keeps between invokes when `variable`); its index."""
         buffer = 0
         if data is not None:
             self.buffers.append(np.ascontiguousarray(data, dtype=dtype).reshape(shape).tobytes())
             buffer = len(self.buffers) - 1
         quant = ((scale,), (zero_point,)) if scale is not None else ((), ())
-        self.tensors.append(_Tensor(name, tuple(shape), dtype, buffer, *quant))
+        self.tensors.append(_Tensor(name, tuple(shape), dtype, buffer, *quant, variable=variable))
         return len(self.tensors) - 1
 
     def op(self, code: str, inputs: list[int], outputs: list[int],
@@ -111,6 +113,8 @@ class TfliteGraph:
             schema("Tensor").TensorAddName(b, name)
             if quant is not None:
                 schema("Tensor").TensorAddQuantization(b, quant)
+            if t.variable:
+                schema("Tensor").TensorAddIsVariable(b, True)
             tensors.append(schema("Tensor").TensorEnd(b))
         codes = list(dict.fromkeys(op.code for op in self.ops))
         ops = []
@@ -231,9 +235,98 @@ def logistic_model(input_scale: float, input_zero: int) -> TfliteGraph:
     return g
 
 
+def svdf_model(rng: np.random.Generator, state_dtype: str = "int16", *, batch: int = 2, features: int = 6,
+               units: int = 4, rank: int = 2, memory: int = 5, activation: int = 0) -> TfliteGraph:
+    """SVDF (a rank-`rank` filter over the last `memory` steps of each of `units` outputs), as
+    TFLite's converter writes it for keyword spotting: int8 input and feature weights, the
+    time weights and the activation state (a variable tensor) int16, or int8 as in TFLM's
+    8-bit variant, or all float32 (`state_dtype` "float32")."""
+    g = TfliteGraph()
+    filters = units * rank
+    if state_dtype == "float32":
+        x = g.tensor("input", (batch, features), "float32")
+        wf = g.tensor("weights_feature", (filters, features), "float32", data=rng.normal(0, 0.5, (filters, features)))
+        wt = g.tensor("weights_time", (filters, memory), "float32", data=rng.normal(0, 0.5, (filters, memory)))
+        bias = g.tensor("bias", (units,), "float32", data=rng.normal(0, 0.5, units))
+        state = g.tensor("activation_state", (batch, filters * memory), "float32", variable=True)
+        y = g.tensor("output", (batch, units), "float32")
+    else:
+        # scales as the converter picks them: the state's from the range of x @ wf (int8 state
+        # narrower, so some values saturate), the time weights' from their range (+-1), the
+        # bias's = state scale x time weights scale
+        s_state, z_state = (0.004, 0) if state_dtype == "int16" else (0.12, 9)
+        t_max = 2 ** 15 - 1 if state_dtype == "int16" else 127
+        s_time = 1.0 / t_max
+        x = g.tensor("input", (batch, features), "int8", 0.05, -3)
+        wf = g.tensor("weights_feature", (filters, features), "int8", 0.02, 0,
+                      rng.integers(-127, 128, (filters, features)))
+        wt = g.tensor("weights_time", (filters, memory), state_dtype, s_time, 0,
+                      rng.integers(-t_max, t_max + 1, (filters, memory)))
+        s_bias = float(np.float32(s_state) * np.float32(s_time))
+        bias = g.tensor("bias", (units,), "int32", s_bias, 0, rng.integers(-int(2 / s_bias), int(2 / s_bias), units))
+        state = g.tensor("activation_state", (batch, filters * memory), state_dtype, s_state, z_state, variable=True)
+        y = g.tensor("output", (batch, units), "int8", 0.15, 3)
+    g.op("SVDF", [x, wf, wt, bias, state], [y],
+         ("SVDFOptions", {"Rank": rank, "FusedActivationFunction": activation}))
+    g.inputs, g.outputs = [x], [y]
+    return g
+
+
+def requantize_model(in_dtype: str, out_dtype: str) -> TfliteGraph:
+    """QUANTIZE from one integer type to another (TFLM's keyword model takes int16 in and ends
+    int16 -> int32); the scales' ratio is not a power of two, so values round."""
+    scales = {"int8": (0.05, -3), "int16": (0.0007, 0), "int32": (0.00003, 0)}
+    g = TfliteGraph()
+    x = g.tensor("input", (1, 64), in_dtype, *scales[in_dtype])
+    y = g.tensor("output", (1, 64), out_dtype, scales[out_dtype][0] * 1.37, scales[out_dtype][1])
+    g.op("QUANTIZE", [x], [y])
+    g.inputs, g.outputs = [x], [y]
+    return g
+
+
+def softmax16_model() -> TfliteGraph:
+    """SOFTMAX of int8 logits to int16 probabilities (scale 1/65536, zero point -32768), as
+    TFLM's keyword model ends."""
+    g = TfliteGraph()
+    x = g.tensor("input", (3, 12), "int8", 0.07, -2)
+    y = g.tensor("output", (3, 12), "int16", 1.0 / 65536, -32768)
+    g.op("SOFTMAX", [x], [y], ("SoftmaxOptions", {"Beta": 1.0}))
+    g.inputs, g.outputs = [x], [y]
+    return g
+
+
+def svdf_keyword_model(rng: np.random.Generator) -> TfliteGraph:
+    """A small model shaped like TFLM's keyword benchmark (keyword_scrambled.tflite): int16
+    features in, QUANTIZE to int8, SVDF (int16 state), FULLY_CONNECTED, SOFTMAX to int16,
+    QUANTIZE to int32 out."""
+    g = TfliteGraph()
+    features = g.tensor("features", (1, 24), "int16", 0.0005, 0)
+    x = g.tensor("features_int8", (1, 24), "int8", 0.1, -5)
+    g.op("QUANTIZE", [features], [x])
+    wf = g.tensor("weights_feature", (8, 24), "int8", 0.01, 0, rng.integers(-127, 128, (8, 24)))
+    wt = g.tensor("weights_time", (8, 4), "int16", 1 / 32767, 0, rng.integers(-32767, 32768, (8, 4)))
+    s_bias = float(np.float32(0.004) * np.float32(1 / 32767))
+    bias = g.tensor("svdf_bias", (8,), "int32", s_bias, 0, rng.integers(-int(2 / s_bias), int(2 / s_bias), 8))
+    state = g.tensor("activation_state", (1, 32), "int16", 0.004, 0, variable=True)
+    h = g.tensor("svdf_out", (1, 8), "int8", 0.2, -20)
+    g.op("SVDF", [x, wf, wt, bias, state], [h], ("SVDFOptions", {"Rank": 1, "FusedActivationFunction": 1}))
+    w = g.tensor("fc_weights", (3, 8), "int8", 0.01, 0, rng.integers(-127, 128, (3, 8)))
+    b = g.tensor("fc_bias", (3,), "int32", 0.2 * 0.01, 0, rng.integers(-500, 500, 3))
+    logits = g.tensor("logits", (1, 3), "int8", 0.3, 4)
+    g.op("FULLY_CONNECTED", [h, w, b], [logits], ("FullyConnectedOptions", {"FusedActivationFunction": 0}))
+    probs = g.tensor("probs", (1, 3), "int16", 1.0 / 65536, -32768)
+    g.op("SOFTMAX", [logits], [probs], ("SoftmaxOptions", {"Beta": 1.0}))
+    y = g.tensor("scores", (1, 3), "int32", 2.0 / 65535, 0)
+    g.op("QUANTIZE", [probs], [y])
+    g.inputs, g.outputs = [features], [y]
+    return g
+
+
 INT8_EXAMPLES: dict[str, Callable[[np.random.Generator], TfliteGraph]] = {
     "tfl-fc4d": _fc_on_4d, "tfl-pad": _pad, "tfl-transpose": _transpose, "tfl-concat": _concat,
     "tfl-logistic": _logistic,
+    # RELU: LiteRT runs an int8 SVDF with no other activation (TFLM ignores it: int8 range)
+    "tfl-svdf": lambda rng: svdf_model(rng, activation=1),
 }
 
 

@@ -148,7 +148,7 @@ enum { MINRT_WHATS(MINRT_WHAT_ID) W_COUNT_ };
   X(M_HEADER, MINRT_E_PARAMS, W_PARAMS, "bad header") \
   X(M_COUNT, MINRT_E_PARAMS, W_PARAMS, "bad count") \
   X(M_MAGIC, MINRT_E_PARAMS, W_PARAMS, "bad magic") \
-  X(M_VERSION, MINRT_E_PARAMS, W_PARAMS, "version is not 1") \
+  X(M_VERSION, MINRT_E_PARAMS, W_PARAMS, "version is not 2") \
   X(M_PARAM_NAME, MINRT_E_PARAMS, W_PARAMS, "unknown param") \
   X(M_PARAM_DUP, MINRT_E_PARAMS, W_PARAMS, "duplicate param") \
   X(M_PARAM_META, MINRT_E_PARAMS, W_PARAMS, "device/dtype/shape differ from the graph for") \

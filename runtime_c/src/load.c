@@ -307,24 +307,29 @@ static const uint8_t tensor_magic[8] = {0x3F, 0xA1, 0xB4, 0x96, 0xF0, 0x40, 0x5E
 static const uint8_t aligned_magic[8] = {'m', 'i', 'n', 'r', 't', 'p', 'r', 'm'};
 
 /* params.bin: names first, then tensors; each bound to the null node of that name. Either
- * TVM's NDArray-list or minrt's aligned container (runtime_c/README.md): the same but for
- * its magic, a version (1) in the reserved word, and zero padding before each tensor's data
- * up to a multiple of 64 bytes from the start. */
+ * TVM's NDArray-list (u64 magic, u64 0, u64 count, names as u64 length + bytes, the count
+ * again, then per tensor a header and its data) or minrt's aligned container, version 2
+ * (runtime_c/README.md): the same first 24 bytes but for the magic and the version (u32 2,
+ * u32 0), then per tensor a u64 name length, the name, DLDataType and u32 nbytes, then each
+ * tensor's data after zero padding up to a multiple of 64 bytes from the start. */
 static int parse_params(loader *ldr) {
-  uint32_t n_names, i, name_len, n, at, aligned;
+  uint32_t n_names, i, name_len, n, at, v2;
   const uint8_t *bytes, *names;
   const minrt_node *nd;
   if (!ldr->a->params_len) return 0;
   if (!(bytes = take(ldr, 24))) return 1;
-  aligned = !memcmp(bytes, aligned_magic, 8);
-  if ((!aligned && memcmp(bytes, list_magic, 8)) || rd32(bytes + 20)) return fail(ldr, M_HEADER, 0);
-  if (aligned && (rd32(bytes + 8) != 1 || rd32(bytes + 12))) return fail(ldr, M_VERSION, 8);
+  v2 = !memcmp(bytes, aligned_magic, 8);
+  if (v2 ? rd32(bytes + 8) != 2 : memcmp(bytes, list_magic, 8) || rd32(bytes + 20))
+    return fail(ldr, v2 ? M_VERSION : M_HEADER, 8 * (long)v2);
   n_names = rd32(bytes + 16);
   names = bytes + 24;
-  for (i = 0; i < n_names; i++)
-    if (!(bytes = take(ldr, 8)) || !take(ldr, rd32(bytes + 4) ? ~0u : rd32(bytes))) return 1; /* a u64 length */
-  if (!(bytes = take(ldr, 8))) return 1;
-  if (rd32(bytes) != n_names || rd32(bytes + 4)) return fail(ldr, M_COUNT, (long)(ldr->params_pos - 8));
+  for (i = 0; i < n_names; i++) /* a u64 length, the name; in v2 its dtype and nbytes */
+    if (!(bytes = take(ldr, 8)) || !take(ldr, rd32(bytes + 4) || rd32(bytes) >> 31 ? ~0u : rd32(bytes) + 8 * v2))
+      return 1;
+  if (!v2) {
+    if (!(bytes = take(ldr, 8))) return 1;
+    if (rd32(bytes) != n_names || rd32(bytes + 4)) return fail(ldr, M_COUNT, (long)(ldr->params_pos - 8));
+  }
   for (i = 0; i < n_names; i++) {
     minrt_entry *en;
     name_len = rd32(names); /* the names, checked above */
@@ -332,21 +337,30 @@ static int parse_params(loader *ldr) {
     ldr->err_name_len = name_len;
     names += 8 + name_len;
     at = ldr->params_pos;
-    if (!(bytes = take(ldr, 16))) return 1;
-    if (memcmp(bytes, tensor_magic, 8)) return fail(ldr, M_MAGIC, (long)at);
+    if (!v2) {
+      if (!(bytes = take(ldr, 16))) return 1;
+      if (memcmp(bytes, tensor_magic, 8)) return fail(ldr, M_MAGIC, (long)at);
+    }
     /* names compare escape-aware, as for inputs */
     for (nd = ldr->nodes; nd->op || !json_string_equals(nd->name, nd->name_len, ldr->err_name, name_len);)
       if (++nd == ldr->nodes + ldr->n_nodes) return fail(ldr, M_PARAM_NAME, (long)at);
     en = &ldr->ent[nd->row];
     if (en->kind != ENTRY_INPUT) return fail(ldr, M_PARAM_DUP, (long)at);
-    /* device {CPU, 0}, ndim, dtype (laid out as in DLTensor), shape, nbytes: exactly what
-     * the graph says */
-    n = 8 * (uint32_t)en->t.ndim;
-    if (!(bytes = take(ldr, n + 24))) return 1;
-    if (memcmp(bytes, &en->t.device, 16) || memcmp(bytes + 16, en->t.shape, n) ||
-        rd32(bytes + 16 + n) != en->nbytes || rd32(bytes + 20 + n))
-      return fail(ldr, M_PARAM_META, (long)at);
-    if ((aligned && !take(ldr, (0u - ldr->params_pos) & 63)) || !(bytes = take(ldr, en->nbytes))) return 1;
+    if (v2) { /* dtype and nbytes as the graph says (the shape is the graph's), the padding */
+      if (rd32(names) != rd32((const uint8_t *)&en->t.dtype) || rd32(names + 4) != en->nbytes) return fail(ldr, M_PARAM_META, (long)at);
+      names += 8;
+      n = (0u - at) & 63;
+    } else {
+      /* device {CPU, 0}, ndim, dtype (laid out as in DLTensor), shape, nbytes: exactly what
+       * the graph says */
+      n = 8 * (uint32_t)en->t.ndim;
+      if (!(bytes = take(ldr, n + 24))) return 1;
+      if (memcmp(bytes, &en->t.device, 16) || memcmp(bytes + 16, en->t.shape, n) ||
+          rd32(bytes + 16 + n) != en->nbytes || rd32(bytes + 20 + n))
+        return fail(ldr, M_PARAM_META, (long)at);
+      n = 0;
+    }
+    if (!take(ldr, n) || !(bytes = take(ldr, en->nbytes))) return 1;
     en->t.data = (void *)(uintptr_t)bytes; /* used in place, or the copy's source */
     en->kind = ((uintptr_t)bytes & (MINRT_ALIGN - 1)) ? ENTRY_PARAM_COPY : ENTRY_PARAM_IN_PLACE;
   }
