@@ -354,3 +354,93 @@ def test_every_cortex_m4_int8_conv_and_dense_kernel_gets_the_int8_schedule(mlper
     assert macs and all(v["detail"].startswith("int8 ") for v in macs.values()), schedules
     assert any("SMLAD" in v["detail"] for v in macs.values()), schedules
     assert artifact.metadata["workspace_bytes"] <= 4096, artifact.metadata["workspace_bytes"]
+
+
+def test_int8_simd_steps_are_avx2_on_x86_64_and_neon_on_armv7():
+    from harness.compile.schedule import AVX2_PAIRS16, NEON_PAIRS8, int8_pairs_intrinsic
+    from harness.config.targets import load_target
+
+    assert int8_pairs_intrinsic(load_target("x86_64").tvm_target) == (AVX2_PAIRS16, 8)
+    assert int8_pairs_intrinsic(load_target("qemu-armv7").tvm_target) == (NEON_PAIRS8, 4)
+    for name in ("cortex-m4-qemu", "cortex-m3-qemu"):  # Cortex-M: SMLAD (has_dsp) or scalar
+        assert int8_pairs_intrinsic(load_target(name).tvm_target) is None
+
+
+# per target: objdump, the dot-product step's instructions (a reduction over input channels),
+# the channel-vector step's (depthwise convs, KWS's one-channel first conv: int16 products,
+# of two widened vectors or of a vector and a broadcast byte, added widened), as patterns
+SIMD_INSTRUCTIONS = {
+    "x86_64": ("objdump", ["vpmaddwd", "vpmovsxbw"], ["vpmullw", "vpmovsxwd"]),
+    "qemu-armv7": ("arm-linux-gnueabihf-objdump", [r"vmull\.s8", r"vpadal\.s16"],
+                   [r"vmull\.s8|vmul\.i16", r"vaddw\.s16"]),
+}
+
+
+@pytest.mark.parametrize("target_name", sorted(SIMD_INSTRUCTIONS))
+def test_kws_int8_kernels_use_the_targets_simd_multiply_accumulate(mlperf, target_name):
+    # every conv and dense kernel of KWS gets an int8 SIMD schedule, and its disassembly has
+    # the instructions the schedule's step stands for (not LLVM's int32 fallback: vpmulld on
+    # sign-extended dwords, vmovl.s16 + vmla.i32)
+    objdump, dot, lanes = SIMD_INSTRUCTIONS[target_name]
+    artifact = compile_model(mlperf["mlperf-kws"], target_name)
+    schedules = artifact.metadata["schedules"]
+    macs = {k: v["detail"] for k, v in schedules.items() if "conv2d" in k or "dense" in k}
+    assert macs and all(d.startswith("int8 ") for d in macs.values()), schedules
+    dump = subprocess.run([objdump, "-d", str(artifact.dir / "kernels.o")], capture_output=True, text=True,
+                          check=True).stdout
+    parts = re.split(r"^[0-9a-f]+ <([^>]+)>:$", dump, flags=re.MULTILINE)
+    bodies = dict(zip(parts[1::2], parts[2::2]))
+    kinds = set()
+    for kernel, detail in macs.items():
+        # the exported wrapper and the body it calls (a parallel kernel's is `<name>_compute_`)
+        code = "\n".join(body for name, body in bodies.items() if name in (f"__tvm_ffi_{kernel}", f"{kernel}_compute_"))
+        assert code, (kernel, sorted(bodies))
+        want = lanes if "output channels (vector)" in detail else dot
+        kinds.add("lanes" if want is lanes else "dot")
+        missing = [op for op in want if not re.search(rf"\s(?:{op})\s", code)]
+        assert not missing, (target_name, kernel, detail, missing)
+        assert not re.search(r"\s(vpmulld|vmla\.i32)\s", code), (kernel, "int32 multiplies")
+    assert kinds == {"lanes", "dot"}, macs
+
+
+@pytest.mark.parametrize(("shape", "weight", "groups", "strides", "padding", "rule"), [
+    ((1, 9, 7, 32), (16, 1, 1, 32), 1, (1, 1), (0, 0, 0, 0), "vpmaddwd"),  # pointwise
+    ((1, 8, 8, 16), (16, 3, 3, 16), 1, (2, 2), (1, 1, 1, 1), "vpmaddwd"),  # 3x3, padded, strided
+    ((1, 9, 6, 32), (32, 3, 3, 1), 32, (1, 1), (1, 1, 1, 1), "depthwise"),  # depthwise
+    ((1, 10, 6, 3), (16, 3, 3, 3), 1, (2, 2), (0, 1, 1, 0), "(vector)"),  # 3 input channels
+    ((1, 6, 6, 32), (32, 1, 1, 16), 2, (1, 1), (0, 0, 0, 0), "vpmaddwd"),  # 2 groups of 16 channels
+    ((1, 6, 6, 32), (32, 3, 3, 8), 4, (1, 1), (1, 1, 1, 1), "tile "),  # groups of 8: the float rules' tile
+])
+def test_x86_64_int8_simd_schedules_compute_the_kernel_exactly(shape, weight, groups, strides, padding, rule):
+    """Each SIMD int8 tiling (and the float rules' tile where none fits) gives the unscheduled
+    kernel's int8 outputs exactly, on this host (x86_64, AVX2)."""
+    import tvm
+    from tvm import te
+
+    from harness.compile.schedule import (
+        int8_pairs_intrinsic,
+        schedule_kernel,
+        simd_lanes,
+    )
+    from harness.config.targets import load_target
+
+    rng = np.random.default_rng(len(shape) + weight[0] + groups)
+    target = tvm.target.Target(load_target("x86_64").tvm_target)
+    table, layout = int8.requant_table(rng.integers(-5000, 5000, weight[0]), 2.0 ** rng.uniform(-12, -8, weight[0]))
+    spec = int8.ConvSpec(strides=strides, padding=padding, dilation=(1, 1), groups=groups, layout="NHWC",
+                         zero_in=-3, zero_out=5)
+    x, w, t = (te.placeholder(s, d, name=n) for s, d, n in ((shape, "int8", "x"), (weight, "int8", "w"),
+                                                            (table.shape, "int32", "t")))
+    out = int8.conv2d_te(x, w, layout.reader(t), spec, int8.TFLM)
+    func = te.create_prim_func([x, w, t, out])
+    scheduled, how = schedule_kernel(func, simd_lanes(target), False, False, int8_simd=int8_pairs_intrinsic(target))
+    assert rule in how.detail, how
+    args = [rng.integers(-128, 128, shape).astype(np.int8), rng.integers(-128, 128, weight).astype(np.int8), table]
+    results = []
+    for prim in (func, scheduled):
+        with tvm.transform.PassContext(config={"tirx.disable_assert": True}):
+            lib = tvm.compile(tvm.IRModule({"main": prim.with_attr("global_symbol", "main")}), target=target)
+        got = tvm.runtime.tensor(np.zeros([int(d) for d in out.shape], np.int8))
+        lib["main"](*[tvm.runtime.tensor(a) for a in args], got)
+        results.append(got.numpy())
+    assert np.array_equal(results[0], results[1]) and len(np.unique(results[0])) > 10

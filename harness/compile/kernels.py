@@ -93,9 +93,15 @@ def default_schedule(func: Any, ktarget: Any, target: Target, tile: Any = None) 
     compile builds without a tuning record, and the baseline `harness tune` measures (the same
     scheduled text, so its measured latency is found again by compile). `tile`: another
     register tile for a channels-last convolution (schedule.ConvTile; what tune varies)."""
-    from harness.compile.schedule import has_dsp, schedule_kernel, simd_lanes
+    from harness.compile.schedule import (
+        has_dsp,
+        int8_pairs_intrinsic,
+        schedule_kernel,
+        simd_lanes,
+    )
 
-    return schedule_kernel(func, simd_lanes(ktarget), parallel_kernels(target), has_dsp(ktarget), tile=tile)
+    return schedule_kernel(func, simd_lanes(ktarget), parallel_kernels(target), has_dsp(ktarget), tile=tile,
+                           int8_simd=int8_pairs_intrinsic(ktarget))
 
 
 def written_as_is(func: Any) -> bool:

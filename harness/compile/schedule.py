@@ -31,7 +31,9 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -650,8 +652,300 @@ def _tile_int8(sch: Any, block: Any, dsp: bool, parallel: bool = False) -> tuple
             f"{', pad computed per row' if padded else ''}{', ' + threads if threads else ''}"), placed
 
 
+#: The SIMD int8 dot-product steps (tensor intrinsics): int32 lanes += pairs of int8 products.
+AVX2_PAIRS16 = "minrt_avx2_pmaddwd_i8x16_i32x8"
+NEON_PAIRS8 = "minrt_neon_vmull_vpadal_i8x8_i32x4"
+
+
+def _register_int8_pairs(name: str, lanes: int) -> None:
+    """Register a tensor intrinsic once per process: C[j] += A[2j] * B[2j] + A[2j+1] * B[2j+1]
+    for j < `lanes`, on 2 * lanes contiguous int8 of A and B into `lanes` int32 partial sums,
+    exactly (a pair of int8 products is at most 2 * 128 * 128 = 32768 in magnitude).
+
+    - AVX2 (8 lanes): both operands sign-extended to 16 int16 (vpmovsxbw), then vpmaddwd (the
+      products of each pair of words, summed into one int32) and vpaddd: 16 multiply-adds.
+    - NEON (4 lanes): vmull.s8 (8 int8 products as int16, exact), then vpadal.s16 (adjacent
+      pairs added, widened and accumulated into the int32 lanes): 8 multiply-adds in two
+      instructions, no widening of the operands."""
+    from tvm import s_tir
+    from tvm.script import tirx as T
+
+    if s_tir.TensorIntrin.get(name, allow_missing=True) is not None:
+        return
+    width = 2 * lanes
+
+    @T.prim_func(s_tir=True)
+    def desc(a: T.handle, b: T.handle, c: T.handle) -> None:
+        A = T.match_buffer(a, (width,), "int8", offset_factor=1)
+        B = T.match_buffer(b, (width,), "int8", offset_factor=1)
+        C = T.match_buffer(c, (lanes,), "int32", offset_factor=1, scope="local")
+        with T.sblock("root"):
+            T.reads(C[0:lanes], A[0:width], B[0:width])
+            T.writes(C[0:lanes])
+            for j, k in T.grid(lanes, 2):
+                with T.sblock("update"):
+                    vj, vk = T.axis.remap("SR", [j, k])
+                    C[vj] = C[vj] + T.Cast("int32", A[vj * 2 + vk]) * T.Cast("int32", B[vj * 2 + vk])
+
+    if name == AVX2_PAIRS16:
+        @T.prim_func(s_tir=True)
+        def impl(a: T.handle, b: T.handle, c: T.handle) -> None:
+            A = T.match_buffer(a, (width,), "int8", offset_factor=1)
+            B = T.match_buffer(b, (width,), "int8", offset_factor=1)
+            C = T.match_buffer(c, (lanes,), "int32", offset_factor=1, scope="local")
+            with T.sblock("root"):
+                T.reads(C[0:lanes], A[0:width], B[0:width])
+                T.writes(C[0:lanes])
+                C[T.ramp(0, 1, 8)] = C[T.ramp(0, 1, 8)] + T.call_llvm_pure_intrin(
+                    "int32x8", "llvm.x86.avx2.pmadd.wd",
+                    T.Cast("int16x16", A[T.ramp(0, 1, 16)]), T.Cast("int16x16", B[T.ramp(0, 1, 16)]))
+    else:
+        @T.prim_func(s_tir=True)
+        def impl(a: T.handle, b: T.handle, c: T.handle) -> None:
+            A = T.match_buffer(a, (width,), "int8", offset_factor=1)
+            B = T.match_buffer(b, (width,), "int8", offset_factor=1)
+            C = T.match_buffer(c, (lanes,), "int32", offset_factor=1, scope="local")
+            with T.sblock("root"):
+                T.reads(C[0:lanes], A[0:width], B[0:width])
+                T.writes(C[0:lanes])
+                C[T.ramp(0, 1, 4)] = T.call_llvm_pure_intrin(
+                    "int32x4", "llvm.arm.neon.vpadals", C[T.ramp(0, 1, 4)],
+                    T.call_llvm_pure_intrin("int16x8", "llvm.arm.neon.vmulls",
+                                            A[T.ramp(0, 1, 8)], B[T.ramp(0, 1, 8)]))
+
+    s_tir.TensorIntrin.register(name, desc, impl)
+
+
+def int8_pairs_intrinsic(tvm_target: Any) -> tuple[str, int] | None:
+    """The SIMD int8 dot-product step for the target and its int32 lanes: vpmaddwd on AVX2,
+    vmull.s8 + vpadal.s16 on ARMv7 NEON; None elsewhere (Cortex-M: has_dsp's SMLAD)."""
+    attrs = dict(tvm_target.attrs) if hasattr(tvm_target, "attrs") else dict(tvm_target)
+    triple = str(attrs.get("mtriple", ""))
+    mattr = [str(a) for a in attrs.get("mattr", [])]
+    if (triple.startswith("x86_64") or not triple) and simd_lanes(tvm_target) >= 8:
+        return AVX2_PAIRS16, 8
+    if triple.startswith("armv7") and "+neon" in mattr:
+        return NEON_PAIRS8, 4
+    return None
+
+
+def _tile_int8_simd(sch: Any, block: Any, intrin: tuple[str, int], parallel: bool = False) -> tuple[str, list[str]]:
+    """Tile an int8 accumulation (as _tile_int8 reads it) with a SIMD dot-product step
+    (`intrin`, int8_pairs_intrinsic). With a reduction over a whole number of steps of
+    contiguous input channels, the reduction is factored into `lanes` partial sums per output
+    (rfactor): a tile of pixels x output channels keeps them in vector registers across the
+    reduction, each step loads one vector of data per pixel and of weights per channel; the
+    partial sums are added once per output, then requantized per tile."""
+    name, lanes = intrin
+    node = sch.get(block)
+    loops = sch.get_loops(block)
+    iter_vars = list(node.iter_vars)
+    if len(loops) != len(iter_vars):
+        raise ValueError("loops and block iterators differ")
+    data, weight = node.reads
+    oc_vars = _vars_of(weight.region[0].min)
+    rc_vars = _vars_of(weight.region[-1].min)
+    names = [iv.var.name for iv in iter_vars]
+    spatial = [i for i, iv in enumerate(iter_vars) if int(iv.iter_type) == 0]
+    reduce = [i for i, iv in enumerate(iter_vars) if int(iv.iter_type) != 0]
+    oc = next(i for i in spatial if names[i] in oc_vars)
+    rc = next(i for i in reduce if names[i] in rc_vars)
+    extents = [int(iv.dom.extent) for iv in iter_vars]
+    contiguous = (names[rc] in _vars_of(data.region[-1].min) and reduce[-1] == rc
+                  and int(data.region[-1].extent) == 1)
+    width = 2 * lanes
+    if not contiguous or extents[rc] % width:
+        raise ValueError(f"reduction of {extents[rc]} channels is not a whole number of {width}-byte steps")
+    pixel = next((i for i in reversed(spatial) if i != oc and extents[i] > 1), None)
+    _, rc_j, _ = sch.split(loops[rc], [None, lanes, 2])
+    rf = sch.rfactor(rc_j, factor_axis=len(spatial))
+    rloops = sch.get_loops(rf)  # the block's loops with the reduction split in three
+    r_spatial = [rloops[i] for i in spatial]
+    r_reduce = [rloops[i] for i in reduce if i != rc]
+    r_rc_o, r_rc_j, r_rc_k = rloops[rc], rloops[rc + 1], rloops[rc + 2]
+    accumulators = 8  # vector registers of partial sums per tile (of 16)
+    oc_factor = next(f for f in (4, 2, 1) if extents[oc] % f == 0)
+    px_factor = _largest_divisor(extents[pixel], max(1, accumulators // oc_factor)) if pixel is not None else 1
+    oc_o, oc_i = sch.split(r_spatial[spatial.index(oc)], [None, oc_factor])
+    outer = [r_spatial[k] for k, i in enumerate(spatial) if i not in (oc, pixel)]
+    inner = [oc_i]
+    if pixel is not None:
+        px_o, px_i = sch.split(r_spatial[spatial.index(pixel)], [None, px_factor])
+        outer.append(px_o)
+        inner.insert(0, px_i)
+    outer.append(oc_o)
+    sch.reorder(*outer, *r_reduce, r_rc_o, *inner, r_rc_j, r_rc_k)
+    # padding: a stage of its own (the dot-product step reads plain bytes), computed per output
+    # row (the rows it reads, all channels)
+    producers = {sch.get(p).writes[0].source: p for p in sch.get_producers(rf)}
+    padded = [r.source for r in sch.get(rf).reads if r.source in producers]
+    row = next((r_spatial[k] for k, i in enumerate(spatial) if i not in (oc, pixel) and extents[i] > 1), None)
+    for buf in padded:
+        sch.compute_at(producers[buf], row if row is not None else outer[0], preserve_unit_loops=True)
+    sch.set_scope(rf, 0, "local")
+    sch.reverse_compute_at(block, oc_o, preserve_unit_loops=True)
+    consumers = list(sch.get_consumers(block))
+    sch.set_scope(block, 0, "local")
+    for consumer in consumers:
+        sch.reverse_compute_at(consumer, oc_o, preserve_unit_loops=True)
+        sch.vectorize(sch.get_loops(consumer)[-1])  # the requantization, one lane per channel
+    threads = _parallelize_outer(sch, rf) if parallel else ""
+    init = sch.decompose_reduction(rf, (r_reduce or [r_rc_o])[0])
+    sch.vectorize(sch.get_loops(init)[-1])
+    _register_int8_pairs(name, lanes)
+    sch.tensorize(r_rc_j, name)
+    for loop in inner:
+        sch.unroll(loop)
+    placed = [sch.get(c).name_hint for c in consumers]
+    step = "vpmaddwd" if name == AVX2_PAIRS16 else "vmull.s8 + vpadal.s16"
+    return (f"int8 {step}, {px_factor} pixels x {oc_factor} output channels x {lanes} partial sums"
+            f"{', pad computed per row' if padded else ''}{', ' + threads if threads else ''}"), placed
+
+def _register_int8_lanes(name: str, lanes: int, broadcast: bool) -> None:
+    """Register a tensor intrinsic once per process: C[i] += A[i] * B[i] (or A[0] * B[i] with
+    `broadcast`) for i < `lanes`, int8 operands, int32 accumulators: the products are formed
+    in int16 (exact: at most 128 * 128) and widened on the add (NEON: vmull.s8, then vaddw.s16
+    into each half; AVX2: vpmullw on sign-extended words, vpmovsxwd, vpaddd)."""
+    from tvm import s_tir
+    from tvm.script import tirx as T
+
+    if s_tir.TensorIntrin.get(name, allow_missing=True) is not None:
+        return
+    a_len = 1 if broadcast else lanes
+
+    @T.prim_func(s_tir=True)
+    def desc(a: T.handle, b: T.handle, c: T.handle) -> None:
+        A = T.match_buffer(a, (a_len,), "int8", offset_factor=1)
+        B = T.match_buffer(b, (lanes,), "int8", offset_factor=1)
+        C = T.match_buffer(c, (lanes,), "int32", offset_factor=1, scope="local")
+        with T.sblock("root"):
+            T.reads(C[0:lanes], A[0:a_len], B[0:lanes])
+            T.writes(C[0:lanes])
+            for i in range(lanes):
+                with T.sblock("update"):
+                    vi = T.axis.remap("S", [i])
+                    C[vi] = C[vi] + T.Cast("int32", A[0 if broadcast else vi]) * T.Cast("int32", B[vi])
+
+    @T.prim_func(s_tir=True)
+    def impl(a: T.handle, b: T.handle, c: T.handle) -> None:
+        A = T.match_buffer(a, (a_len,), "int8", offset_factor=1)
+        B = T.match_buffer(b, (lanes,), "int8", offset_factor=1)
+        C = T.match_buffer(c, (lanes,), "int32", offset_factor=1, scope="local")
+        with T.sblock("root"):
+            T.reads(C[0:lanes], A[0:a_len], B[0:lanes])
+            T.writes(C[0:lanes])
+            C[T.ramp(0, 1, lanes)] = C[T.ramp(0, 1, lanes)] + T.Cast(
+                f"int32x{lanes}",
+                T.Cast(f"int16x{lanes}", T.Broadcast(A[0], lanes) if broadcast else A[T.ramp(0, 1, lanes)])
+                * T.Cast(f"int16x{lanes}", B[T.ramp(0, 1, lanes)]))
+
+    s_tir.TensorIntrin.register(name, desc, impl)
+
+
+def _tile_int8_channels(sch: Any, block: Any, lanes: int, parallel: bool = False) -> tuple[str, list[str]]:
+    """Tile an int8 accumulation whose reduction is not over a run of contiguous input channels
+    (depthwise convolutions; a first layer of 1 or 3 channels) along the output channels: a
+    vector of `lanes` channels of a few pixels keeps its int32 accumulators in registers, the
+    weights are copied once per call with the output channel innermost (so each tap is one
+    vector load), the data is a vector (depthwise) or one broadcast byte per tap; padding is
+    computed per output row, the requantization per tile."""
+    node = sch.get(block)
+    loops = sch.get_loops(block)
+    iter_vars = list(node.iter_vars)
+    if len(loops) != len(iter_vars):
+        raise ValueError("loops and block iterators differ")
+    data, weight = node.reads
+    oc_vars = _vars_of(weight.region[0].min)
+    names = [iv.var.name for iv in iter_vars]
+    spatial = [i for i, iv in enumerate(iter_vars) if int(iv.iter_type) == 0]
+    reduce = [i for i, iv in enumerate(iter_vars) if int(iv.iter_type) != 0]
+    oc = next(i for i in spatial if names[i] in oc_vars)
+    extents = [int(iv.dom.extent) for iv in iter_vars]
+    if extents[oc] % lanes:
+        raise ValueError(f"{extents[oc]} output channels are not a whole number of {lanes}-lane vectors")
+    depthwise = bool(_vars_of(data.region[-1].min) & oc_vars)
+    if depthwise and not (names[oc] in _vars_of(data.region[-1].min) and int(data.region[-1].extent) == 1):
+        raise ValueError("data channels are not contiguous with the output channels")
+    if not depthwise and any(names[oc] in _vars_of(r.min) for r in data.region):
+        raise ValueError("the data read depends on the output channel otherwise")
+    pixel = next((i for i in reversed(spatial) if i != oc and extents[i] > 1), None)
+    name = f"minrt_int8_lanes{lanes}_{'depthwise' if depthwise else 'broadcast'}"
+    producers = {sch.get(p).writes[0].source: p for p in sch.get_producers(block)}
+    padded = [r.source for r in node.reads if r.source in producers]
+
+    copy = sch.cache_read(block, 1, "global")  # the weights, output channel innermost
+    sch.transform_layout(copy, ("write", 0), lambda o, h, w, c: (h, w, c, o))
+    sch.vectorize(sch.get_loops(copy)[-1])
+
+    px_factor = next((f for f in (4, 5, 3, 2) if pixel is not None and extents[pixel] % f == 0), 1)
+    oc_o, oc_i = sch.split(loops[oc], [None, lanes])
+    outer = [loops[i] for i in spatial if i not in (oc, pixel)]
+    inner = [oc_i]
+    if pixel is not None:
+        px_o, px_i = sch.split(loops[pixel], [None, px_factor])
+        outer.append(px_o)
+        inner.insert(0, px_i)
+    outer.append(oc_o)
+    sch.reorder(*outer, *[loops[i] for i in reduce], *inner)
+    sch.set_scope(block, 0, "local")
+    consumers = list(sch.get_consumers(block))
+    for consumer in consumers:
+        sch.reverse_compute_at(consumer, oc_o, preserve_unit_loops=True)
+        sch.vectorize(sch.get_loops(consumer)[-1])  # the requantization, one lane per channel
+    row = next((loops[i] for i in spatial if i not in (oc, pixel) and extents[i] > 1), None)
+    for buf in padded:
+        sch.compute_at(producers[buf], row if row is not None else outer[0], preserve_unit_loops=True)
+    threads = _parallelize_outer(sch, block) if parallel else ""
+    init = sch.decompose_reduction(block, sch.get_loops(block)[len(outer)])
+    sch.vectorize(sch.get_loops(init)[-1])
+    _register_int8_lanes(name, lanes, broadcast=not depthwise)
+    sch.tensorize(oc_i, name)
+    if pixel is not None:
+        sch.unroll(px_i)
+    placed = [sch.get(c).name_hint for c in consumers]
+    return (f"int8 {'depthwise ' if depthwise else ''}{px_factor} pixels x {lanes} output channels (vector)"
+            f", weights copied channel-innermost{', pad computed per row' if padded else ''}"
+            f"{', ' + threads if threads else ''}"), placed
+
+
+def _int8_simd_rule(sch: Any, block: Any, intrin: tuple[str, int]) -> Callable[..., tuple[str, list[str]]] | None:
+    """Which SIMD int8 tiling fits the accumulation block, without changing it: partial sums
+    along a reduction over whole steps of contiguous input channels (_tile_int8_simd), else
+    vectors of output channels (_tile_int8_channels: depthwise, or a data read that does not
+    depend on the output channel), else None (the float rules' tiling). The tiling is called
+    as f(sch, block, parallel=...)."""
+    node = sch.get(block)
+    iter_vars = list(node.iter_vars)
+    if len(sch.get_loops(block)) != len(iter_vars):
+        return None
+    data, weight = node.reads
+    oc_vars = _vars_of(weight.region[0].min)
+    rc_vars = _vars_of(weight.region[-1].min)
+    names = [iv.var.name for iv in iter_vars]
+    spatial = [i for i, iv in enumerate(iter_vars) if int(iv.iter_type) == 0]
+    reduce = [i for i, iv in enumerate(iter_vars) if int(iv.iter_type) != 0]
+    oc = next((i for i in spatial if names[i] in oc_vars), None)
+    rc = next((i for i in reduce if names[i] in rc_vars), None)
+    if oc is None or rc is None:
+        return None
+    extents = [int(iv.dom.extent) for iv in iter_vars]
+    data_last = _vars_of(data.region[-1].min)
+    contiguous = names[rc] in data_last and reduce[-1] == rc and int(data.region[-1].extent) == 1
+    _, lanes = intrin
+    if contiguous and extents[rc] % (2 * lanes) == 0:
+        return partial(_tile_int8_simd, intrin=intrin)
+    channel_lanes = 2 * lanes  # int32 accumulators in two vector registers
+    if extents[oc] % channel_lanes == 0 and len(weight.region) == 4:
+        # depthwise: the data channel is the output channel (not a group's `oc // G * C + rc`)
+        depthwise = (names[oc] in data_last and int(data.region[-1].extent) == 1 and extents[rc] == 1
+                     and not _divides(data.region[-1].min))
+        if depthwise or not any(names[oc] in _vars_of(r.min) for r in data.region):
+            return partial(_tile_int8_channels, lanes=channel_lanes)
+    return None
+
+
 def schedule_kernel(func: Any, lanes: int, parallel: bool = False, dsp: bool = False,
-                    tile: ConvTile | None = None) -> tuple[Any, KernelSchedule]:
+                    tile: ConvTile | None = None, int8_simd: tuple[str, int] | None = None) -> tuple[Any, KernelSchedule]:
     """Apply the default rules to one PrimFunc; returns the scheduled PrimFunc and what was
     done. Falls back to inlining only when the tiling rule does not apply. With `parallel`
     (Linux targets, whose runner runs parallel loops on threads), a tiled kernel of at least
@@ -682,13 +976,26 @@ def schedule_kernel(func: Any, lanes: int, parallel: bool = False, dsp: bool = F
             anchor = max(reductions, key=work)
             channel = _channel_axis(sch, anchor, lanes) if lanes > 1 else None
             threads = parallel and work(anchor) >= PARALLEL_MIN_WORK
-            if _is_int8_mac(sch, anchor) and not dsp:
+            simd = _int8_simd_rule(sch, anchor, int8_simd) if int8_simd is not None and _is_int8_mac(sch, anchor) else None
+            if _is_int8_mac(sch, anchor) and not dsp and simd is None:
                 # the float rules would keep the padding stage as a row-band workspace; read
                 # through a select instead, as the int8 kernels did before they had one
                 for producer in sch.get_producers(anchor):
                     sch.compute_inline(producer)
             if dsp and _is_int8_mac(sch, anchor):
                 detail, placed = _tile_int8(sch, anchor, dsp, parallel=threads)
+            elif simd is not None:
+                # tried on a copy: a step that does not match (tensorize refuses) leaves the
+                # float rules' tiling, as before the SIMD rules, not bare inlining
+                trial = sch.copy()
+                try:
+                    detail, placed = simd(trial, anchor, parallel=threads)
+                    sch = trial
+                except Exception as exc:  # noqa: BLE001 - any primitive may refuse
+                    log.debug("int8 SIMD schedule refused (%s); the float rules' tiling", exc)
+                    for producer in sch.get_producers(anchor):
+                        sch.compute_inline(producer)
+                    detail, placed = _tile_reduction(sch, func, anchor, lanes, parallel=threads)
             elif channel is not None:
                 detail, placed, conv_tile, tile_axes = _tile_conv_channels(sch, anchor, lanes, *channel,
                                                                            parallel=threads, tile=tile)
