@@ -42,6 +42,20 @@ def test_unknown_bench_model_is_named(tmp_path):
         resolve_models(["nosuch"], out_dir=tmp_path)
 
 
+def test_a_tflite_model_is_refused_by_name(tmp_path):
+    """onnxruntime, the bench's baseline, cannot read a .tflite: the model's row says so and
+    where .tflite models are measured (it used to be onnxruntime's InvalidProtobuf after a
+    whole compile); the other models still run."""
+    from harness.models.tflite_builder import int8_examples
+
+    tflite = next(iter(int8_examples(tmp_path / "tfl").values()))
+    models = [tflite, *resolve_models(["mlp"], out_dir=tmp_path / "models")]
+    report = bench_models(models, load_target("x86_64"), rounds=1, iters=1)
+    refused, mlp = report.models
+    assert refused.error and tflite.name in refused.error and "ci/bench_tflm" in refused.error
+    assert mlp.error is None and mlp.ratio_min
+
+
 def test_overhead_benchmark_runs_on_a_small_chain():
     """ci/bench_overhead end to end on a 4-op chain (real TVM kernels, the real runner under
     callgrind, the straight-line C beside it): it runs and reports both counts. The figures

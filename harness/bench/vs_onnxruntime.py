@@ -161,6 +161,11 @@ def bench_model(model: Path, target: Target, *, toolchain: str = "host", rounds:
     from harness.device.open import open_transport
 
     _check_counts(rounds, iters)
+    if model.suffix.lower() == ".tflite":
+        # before the compile: onnxruntime cannot read one, and would only say InvalidProtobuf
+        raise HarnessError(f"bench: {model.name} is a .tflite model and onnxruntime, the baseline of "
+                           "`harness bench`, runs ONNX only; ci/bench_tflm measures .tflite models "
+                           "against LiteRT, TFLM and onnxruntime")
     result = ModelBench(model=model.stem, target=target.name, rounds=rounds, iters=iters, threads=threads)
     started = time.monotonic()
     artifact = compile_model(model, target, input_shapes=input_shapes)
