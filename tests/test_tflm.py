@@ -168,7 +168,9 @@ def _report() -> VersusReport:
                                                     "graph": 5_000, "rest": 8_000, "total": 113_000,
                                                     "no_weights": 63_000},
                       ram={"arena": 20_000, "static": 1_000, "total": 21_000}, output_check="exact"),
-            minrt=Side(instructions=3_000_000, flash={"total": 100_000, "weights": 50_000, "no_weights": 50_000},
+            minrt=Side(instructions=3_000_000, flash={"total": 100_000, "weights": 50_000, "no_weights": 50_000,
+                                                      "minrt": 1_000, "front_end": 2_500, "kernels": 40_000,
+                                                      "libc": 1_500, "graph": 5_000},
                        ram={"arena": 19_000, "static": 500, "total": 19_500})),
         Row("mlperf-vww", "cortex-m4-qemu", tflm=Side(instructions=20_000_000), minrt=Side(note=cannot)),
     ]
@@ -184,6 +186,9 @@ def test_the_table_has_ratios_and_says_what_minrt_cannot_run_yet():
     assert "mlperf-vww on cortex-m4-qemu: minrt: minrt cannot run this model yet" in table
     assert "geomean minrt/TFLM instructions on cortex-m4-qemu: 0.75 over 1 model(s)" in table
     assert "tflite-micro 90b983c2b3f1" in table
+    by_part = table.split("minrt flash by part")[1].splitlines()[1].split()
+    assert by_part[:2] == ["mlperf-kws", "cortex-m4-qemu"]
+    assert by_part[2:] == ["1,000", "2,500", "40,000", "1,500", "50,000", "5,000", "100,000", "19,000", "500"]
     assert not re.search(r"\b(time|ms|cycles)\b", table.split("x86_64 latency")[0], re.I)  # counts are never time
 
 

@@ -207,6 +207,16 @@ def format_report(report: VersusReport) -> str:
                          f"{_n(f.get('weights')):>8} {_n(f.get('graph')):>7} {_n(f.get('rest')):>7} "
                          f"{_n(f.get('sample_input')):>7} {_n(f.get('total')):>9}   {_n(r.tflm.ram.get('arena')):>10} "
                          f"{_n(r.tflm.ram.get('static')):>7}")
+    flash_rows = [r for r in report.rows if r.minrt.flash]
+    if flash_rows:
+        lines += ["", f"{'minrt flash by part':<33} {'runtime':>9} {'front end':>9} {'kernels':>8} {'libc':>7} "
+                      f"{'weights':>8} {'graph':>7} {'total':>9}   {'arena':>10} {'static':>7}"]
+        for r in flash_rows:
+            f = r.minrt.flash
+            lines.append(f"{r.model + ' ' + r.target:<33} {_n(f.get('minrt')):>9} {_n(f.get('front_end')):>9} "
+                         f"{_n(f.get('kernels')):>8} {_n(f.get('libc')):>7} {_n(f.get('weights')):>8} "
+                         f"{_n(f.get('graph')):>7} {_n(f.get('total')):>9}   {_n(r.minrt.ram.get('arena')):>10} "
+                         f"{_n(r.minrt.ram.get('static')):>7}")
     if report.latency:
         lines += ["", f"x86_64 latency, min us per inference ({report.latency[0].rounds} interleaved rounds "
                       f"of {report.latency[0].iters})",
@@ -337,6 +347,8 @@ def _minrt_firmware(target: Any, model: BenchModel, toolchain: str, iters: int) 
     side.instructions = int(result.latency_counts["min"])
     side.flash = {"total": int(fp["flash_total"]), "weights": int(fp.get("flash_weights", 0)),
                   "graph": int(fp.get("flash_graphs", 0))}
+    for part in ("minrt", "front_end", "kernels", "libc"):
+        side.flash[part] = int(fp.get(f"flash_{part}", 0))
     side.flash["no_weights"] = side.flash["total"] - side.flash["weights"]
     static = sum(int(fp.get(k, 0)) for k in ("ram_io_buffers", "ram_data", "ram_bss"))
     side.ram = {"arena": int(fp["arena_bytes"]), "static": static, "total": int(fp["arena_bytes"]) + static}
