@@ -175,7 +175,8 @@ def _report() -> VersusReport:
         Row("mlperf-vww", "cortex-m4-qemu", tflm=Side(instructions=20_000_000), minrt=Side(note=cannot)),
     ]
     report.latency = [Latency("mlperf-kws", us={"litert": 100.0, "tflm": 900.0}, rounds=3, iters=5,
-                              notes={"minrt": cannot})]
+                              notes={"minrt": cannot}),
+                      Latency("mlperf-ad", us={"minrt": 8.0, "litert": 4.0, "tflm": 160.0}, rounds=3, iters=5)]
     return report
 
 
@@ -221,6 +222,10 @@ def test_the_dashboard_charts_minrt_over_tflm(tmp_path: Path):
     assert 'id="versus"' in page and "cortex-m4-qemu: minrt / TFLM, emulated instructions per inference" in page
     assert "mlperf-kws @ b1: 75.0%" in page  # the point: minrt at 75% of TFLM's instructions
     assert "minrt cannot run this model yet" in page
+    # x86_64: minrt over LiteRT charted and tabulated beside minrt over TFLM's host interpreter
+    assert "x86_64: minrt / LiteRT, latency (min per inference)" in page and "mlperf-ad @ b1: 200.0%" in page
+    ad = next(r for r in page.split("<tr>") if r.startswith("<td>mlperf-ad</td><td>x86_64</td>"))
+    assert "<td>0.05</td>" in ad and "<td>2.00</td>" in ad
 
 
 def test_the_makefile_dry_run_gives_compile_lines_and_only_needed_kernels_are_kept():

@@ -879,10 +879,18 @@ def versus_section(store: ResultStore) -> list[str]:
                     series.append((model, [by_batch.get(b) for b in batches]))
             out.append(line_chart(f"{target}: minrt / TFLM, {label}", batches, series, y_unit="%",
                                   hlines=[(100.0, "as TFLM")]))
+    # on x86_64 the yardstick that matters is LiteRT (XNNPACK), which TFLM's host interpreter is not
+    trend = versus_ratios(store, "litert", "latency_min_us")
+    for target in sorted({t for t, _ in trend}):
+        batches = sorted({p["batch"] for (t, _), ps in trend.items() if t == target for p in ps})
+        series = [(model, [{p["batch"]: p["ratio"] * 100 for p in points}.get(b) for b in batches])
+                  for (t, model), points in sorted(trend.items()) if t == target]
+        out.append(line_chart(f"{target}: minrt / LiteRT, latency (min per inference)", batches, series,
+                              y_unit="%", hlines=[(100.0, "as LiteRT")]))
     last = rows[-1]["batch"]
     latest = [r for r in rows if r["batch"] == last]
     out.append(f"<table class=\"versus\"><tr><th>model</th><th>target</th><th>metric ({_esc(last)})</th>"
-               "<th>TFLM</th><th>minrt</th><th>minrt / TFLM</th></tr>")
+               "<th>TFLM</th><th>minrt</th><th>minrt / TFLM</th><th>LiteRT</th><th>minrt / LiteRT</th></tr>")
     pairs: dict[tuple[str, str, str], dict[str, dict]] = {}
     for r in latest:
         pairs.setdefault((r["model"], r["target"], r["metric"]), {})[r["runtime"]] = r
@@ -892,10 +900,12 @@ def versus_section(store: ResultStore) -> list[str]:
             if r is None:
                 return "-"
             return f"{r['value']:,.0f} {r['unit'] or ''}" if r["value"] is not None else (r["note"] or "-")
-        mine, theirs = (pair.get(k, {}).get("value") for k in ("minrt", "tflm"))
+        mine, theirs, litert = (pair.get(k, {}).get("value") for k in ("minrt", "tflm", "litert"))
         ratio = f"{mine / theirs:.2f}" if mine and theirs else "-"
+        vs_litert = f"{mine / litert:.2f}" if mine and litert else "-"
         out.append(f"<tr><td>{_esc(model)}</td><td>{_esc(target)}</td><td>{_esc(metric)}</td>"
-                   f"<td>{_esc(cell('tflm'))}</td><td>{_esc(cell('minrt'))}</td><td>{ratio}</td></tr>")
+                   f"<td>{_esc(cell('tflm'))}</td><td>{_esc(cell('minrt'))}</td><td>{ratio}</td>"
+                   f"<td>{_esc(cell('litert'))}</td><td>{vs_litert}</td></tr>")
     out.append("</table>")
     return out
 
