@@ -579,12 +579,31 @@ def _is_int8_mac(sch: Any, block: Any) -> bool:
             and len(node.writes) == 1 and str(node.writes[0].source.dtype) == "int32")
 
 
-def _tile_int8(sch: Any, block: Any, dsp: bool, parallel: bool = False) -> tuple[str, list[str]]:
-    """Tile an int8 accumulation (conv2d_te/dense_te of harness.compile.int8: data read first,
-    weights [O, ..., C] second, the reduction innermost over input channels): a block of output
-    channels keeps its accumulators in registers across the whole reduction, the requantization
-    is computed per block, padding per output row. With the DSP extension and a reduction over
-    a multiple of 4 contiguous channels, its 4 innermost steps become one SMLAD_DOT4."""
+@dataclass
+class _Int8Axes:
+    """How an int8 accumulation (conv2d_te/dense_te of harness.compile.int8: data read first,
+    weights [O, ..., C] second) maps onto its loops: indices into `loops`/`extents`."""
+
+    node: Any
+    loops: list
+    data: Any
+    weight: Any
+    oc_vars: set
+    names: list[str]
+    spatial: list[int]
+    reduce: list[int]
+    oc: int
+    rc: int | None  # the input-channel reduction (None when the weights' last axis is not reduced)
+    extents: list[int]
+
+    @property
+    def contiguous(self) -> bool:
+        """The reduction runs innermost over contiguous input channels of the data."""
+        return (self.rc is not None and self.names[self.rc] in _vars_of(self.data.region[-1].min)
+                and self.reduce[-1] == self.rc and int(self.data.region[-1].extent) == 1)
+
+
+def _int8_axes(sch: Any, block: Any) -> _Int8Axes:
     node = sch.get(block)
     loops = sch.get_loops(block)
     iter_vars = list(node.iter_vars)
@@ -596,11 +615,26 @@ def _tile_int8(sch: Any, block: Any, dsp: bool, parallel: bool = False) -> tuple
     names = [iv.var.name for iv in iter_vars]
     spatial = [i for i, iv in enumerate(iter_vars) if int(iv.iter_type) == 0]
     reduce = [i for i, iv in enumerate(iter_vars) if int(iv.iter_type) != 0]
-    oc = next(i for i in spatial if names[i] in oc_vars)
-    rc = next(i for i in reduce if names[i] in rc_vars)
-    extents = [int(iv.dom.extent) for iv in iter_vars]
-    contiguous = (names[rc] in _vars_of(data.region[-1].min) and reduce[-1] == rc
-                  and int(data.region[-1].extent) == 1)
+    oc = next((i for i in spatial if names[i] in oc_vars), None)
+    if oc is None:
+        raise ValueError("no output-channel axis")
+    rc = next((i for i in reduce if names[i] in rc_vars), None)
+    return _Int8Axes(node, list(loops), data, weight, oc_vars, names, spatial, reduce, oc, rc,
+                     [int(iv.dom.extent) for iv in iter_vars])
+
+
+def _tile_int8(sch: Any, block: Any, dsp: bool, parallel: bool = False) -> tuple[str, list[str]]:
+    """Tile an int8 accumulation (conv2d_te/dense_te of harness.compile.int8: data read first,
+    weights [O, ..., C] second, the reduction innermost over input channels): a block of output
+    channels keeps its accumulators in registers across the whole reduction, the requantization
+    is computed per block, padding per output row. With the DSP extension and a reduction over
+    a multiple of 4 contiguous channels, its 4 innermost steps become one SMLAD_DOT4."""
+    ax = _int8_axes(sch, block)
+    node, loops, data, oc_vars, spatial, reduce, oc, rc, extents = (
+        ax.node, ax.loops, ax.data, ax.oc_vars, ax.spatial, ax.reduce, ax.oc, ax.rc, ax.extents)
+    if rc is None:
+        raise ValueError("the weights' last axis is not reduced")
+    contiguous = ax.contiguous
     dot4 = dsp and contiguous and extents[rc] % 4 == 0
     depthwise = extents[rc] == 1 and bool(_vars_of(data.region[-1].min) & oc_vars)
     width = 8 if depthwise else 4
@@ -737,22 +771,12 @@ def _tile_int8_simd(sch: Any, block: Any, intrin: tuple[str, int], parallel: boo
     reduction, each step loads one vector of data per pixel and of weights per channel; the
     partial sums are added once per output, then requantized per tile."""
     name, lanes = intrin
-    node = sch.get(block)
-    loops = sch.get_loops(block)
-    iter_vars = list(node.iter_vars)
-    if len(loops) != len(iter_vars):
-        raise ValueError("loops and block iterators differ")
-    data, weight = node.reads
-    oc_vars = _vars_of(weight.region[0].min)
-    rc_vars = _vars_of(weight.region[-1].min)
-    names = [iv.var.name for iv in iter_vars]
-    spatial = [i for i, iv in enumerate(iter_vars) if int(iv.iter_type) == 0]
-    reduce = [i for i, iv in enumerate(iter_vars) if int(iv.iter_type) != 0]
-    oc = next(i for i in spatial if names[i] in oc_vars)
-    rc = next(i for i in reduce if names[i] in rc_vars)
-    extents = [int(iv.dom.extent) for iv in iter_vars]
-    contiguous = (names[rc] in _vars_of(data.region[-1].min) and reduce[-1] == rc
-                  and int(data.region[-1].extent) == 1)
+    ax = _int8_axes(sch, block)
+    loops, spatial, reduce, oc, rc, extents = (
+        ax.loops, ax.spatial, ax.reduce, ax.oc, ax.rc, ax.extents)
+    if rc is None:
+        raise ValueError("the weights' last axis is not reduced")
+    contiguous = ax.contiguous
     width = 2 * lanes
     if not contiguous or extents[rc] % width:
         raise ValueError(f"reduction of {extents[rc]} channels is not a whole number of {width}-byte steps")
@@ -849,18 +873,9 @@ def _tile_int8_channels(sch: Any, block: Any, lanes: int, parallel: bool = False
     weights are copied once per call with the output channel innermost (so each tap is one
     vector load), the data is a vector (depthwise) or one broadcast byte per tap; padding is
     computed per output row, the requantization per tile."""
-    node = sch.get(block)
-    loops = sch.get_loops(block)
-    iter_vars = list(node.iter_vars)
-    if len(loops) != len(iter_vars):
-        raise ValueError("loops and block iterators differ")
-    data, weight = node.reads
-    oc_vars = _vars_of(weight.region[0].min)
-    names = [iv.var.name for iv in iter_vars]
-    spatial = [i for i, iv in enumerate(iter_vars) if int(iv.iter_type) == 0]
-    reduce = [i for i, iv in enumerate(iter_vars) if int(iv.iter_type) != 0]
-    oc = next(i for i in spatial if names[i] in oc_vars)
-    extents = [int(iv.dom.extent) for iv in iter_vars]
+    ax = _int8_axes(sch, block)
+    node, loops, data, oc_vars, names, spatial, reduce, oc, extents = (
+        ax.node, ax.loops, ax.data, ax.oc_vars, ax.names, ax.spatial, ax.reduce, ax.oc, ax.extents)
     if extents[oc] % lanes:
         raise ValueError(f"{extents[oc]} output channels are not a whole number of {lanes}-lane vectors")
     depthwise = bool(_vars_of(data.region[-1].min) & oc_vars)
@@ -914,25 +929,16 @@ def _int8_simd_rule(sch: Any, block: Any, intrin: tuple[str, int]) -> Callable[.
     vectors of output channels (_tile_int8_channels: depthwise, or a data read that does not
     depend on the output channel), else None (the float rules' tiling). The tiling is called
     as f(sch, block, parallel=...)."""
-    node = sch.get(block)
-    iter_vars = list(node.iter_vars)
-    if len(sch.get_loops(block)) != len(iter_vars):
+    try:
+        ax = _int8_axes(sch, block)
+    except ValueError:
         return None
-    data, weight = node.reads
-    oc_vars = _vars_of(weight.region[0].min)
-    rc_vars = _vars_of(weight.region[-1].min)
-    names = [iv.var.name for iv in iter_vars]
-    spatial = [i for i, iv in enumerate(iter_vars) if int(iv.iter_type) == 0]
-    reduce = [i for i, iv in enumerate(iter_vars) if int(iv.iter_type) != 0]
-    oc = next((i for i in spatial if names[i] in oc_vars), None)
-    rc = next((i for i in reduce if names[i] in rc_vars), None)
-    if oc is None or rc is None:
+    if ax.rc is None:
         return None
-    extents = [int(iv.dom.extent) for iv in iter_vars]
+    data, weight, names, oc, rc, extents = ax.data, ax.weight, ax.names, ax.oc, ax.rc, ax.extents
     data_last = _vars_of(data.region[-1].min)
-    contiguous = names[rc] in data_last and reduce[-1] == rc and int(data.region[-1].extent) == 1
     _, lanes = intrin
-    if contiguous and extents[rc] % (2 * lanes) == 0:
+    if ax.contiguous and extents[rc] % (2 * lanes) == 0:
         return partial(_tile_int8_simd, intrin=intrin)
     channel_lanes = 2 * lanes  # int32 accumulators in two vector registers
     if extents[oc] % channel_lanes == 0 and len(weight.region) == 4:
