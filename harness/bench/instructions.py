@@ -19,22 +19,14 @@ log = logging.getLogger(__name__)
 
 
 def count_per_inference(transport: Any, program: Path, argv_for: Callable[[Path, int], list[str]], low: int,
-                        prefix: str, timeout: float = 7200.0) -> tuple[int, str]:
+                        timeout: float = 7200.0) -> tuple[int, str]:
     """Instructions of one inference, exactly: the whole process run for `low` + 1 inferences
     minus the same for `low` (TFLM's image takes 0; minrt-run needs at least 1). The count
     includes each runner's per-iteration work around the inference (TFLM's image copies the
-    sample into the input tensor; minrt-run reads its clock). A stripped copy of the program
-    runs (symbols change nothing in the count, only the size of what QEMU loads)."""
-    import subprocess
-
-    stripped = program.with_name(program.name + ".stripped")
-    done = subprocess.run([f"{prefix}strip", "-o", str(stripped), str(program)], capture_output=True, text=True,
-                          check=False)
-    if done.returncode:
-        raise HarnessError(f"{prefix}strip failed on {program}: {done.stderr.strip()[:300]}")
+    sample into the input tensor; minrt-run reads its clock)."""
     counts, stdout = [], ""
     for n in (low, low + 1):
-        argv = argv_for(stripped, n)
+        argv = argv_for(program, n)
         result, count = transport.count_instructions(argv, timeout)
         if result.returncode != 0:
             raise HarnessError(f"{program.name} exited {result.returncode}: {(result.stderr or result.stdout)[-300:]}")
@@ -56,7 +48,7 @@ def count_minrt(target: Target, artifact: Any, runner: Path, inputs_blob: bytes)
             return [str(exe), str(artifact.graph_json), str(artifact.params_bin), str(inputs),
                     str(inputs.with_name("outputs.bin")), "-n", str(n), "-w", workspace]
 
-        count, _ = count_per_inference(qemu, runner, argv, 1, target.cc.prefix)
+        count, _ = count_per_inference(qemu, runner, argv, 1)
     return count
 
 

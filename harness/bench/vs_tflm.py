@@ -364,8 +364,7 @@ def _tflm_linux(lib: Any, target: Any, model: BenchModel, out_root: Path) -> Sid
     sample = np.load(model.sample)
     image = build_image(lib, model.tflite, sample, out_root, target=None)
     with QemuUserTransport(cpu=str(target.transport.options.get("cpu", "cortex-a7"))) as qemu:
-        side.instructions, stdout = count_per_inference(qemu, image.elf, lambda exe, n: [str(exe), str(n)], 0,
-                                                         lib.kind.prefix)
+        side.instructions, stdout = count_per_inference(qemu, image.elf, lambda exe, n: [str(exe), str(n)], 0)
     rep = parse_report(stdout)
     side.ram = {"arena": rep["arena_used"]}
     side.output_check = compare_outputs(rep["outputs"], host_tflm_outputs(model.tflite, sample))
