@@ -61,6 +61,8 @@ def quantize_multiplier(real: float) -> tuple[int, int]:
 
 
 INT16_MIN, INT16_MAX = -(2 ** 15), 2 ** 15 - 1
+#: Each integer type's range (saturation bounds)
+INT_RANGES = {"int8": (-128, 127), "uint8": (0, 255), "int16": (INT16_MIN, INT16_MAX), "int32": (INT32_MIN, INT32_MAX)}
 
 
 @dataclass(frozen=True)
@@ -1214,7 +1216,7 @@ def svdf_reference(x: np.ndarray, weights_feature: np.ndarray, tables: SvdfTable
     spec = tables.spec
     feature = read_requant_table(tables.feature_table, spec.feature_layout)
     out = read_requant_table(tables.out_table, spec.out_layout)
-    lo, hi = (-(2 ** 15), 2 ** 15 - 1) if spec.state_dtype == "int16" else (-128, 127)
+    lo, hi = INT_RANGES[spec.state_dtype]
     batch, filters = x.shape[0], weights_feature.shape[0]
     units = filters // spec.rank
     y = np.zeros((batch, units), dtype=np.int8)
@@ -1243,7 +1245,7 @@ def svdf_te(x: Any, weights_feature: Any, feature_table: Any, time_newest: Any, 
     batch, depth = (int(d) for d in x.shape)
     filters = int(weights_feature.shape[0])
     units = filters // spec.rank
-    lo, hi = (-(2 ** 15), 2 ** 15 - 1) if spec.state_dtype == "int16" else (-128, 127)
+    lo, hi = INT_RANGES[spec.state_dtype]
     feature = spec.feature_layout.reader(feature_table)
     rk = te.reduce_axis((0, depth), "rk")
     acc = te.compute((batch, filters), lambda b, f: te.sum(
@@ -1271,7 +1273,6 @@ def svdf_te(x: Any, weights_feature: Any, feature_table: Any, time_newest: Any, 
 # model ends with int16 -> int32): TFLM's Requantize. Also built by the frontend directly:
 # TVM's quantize has no int32 output.
 
-INT_RANGES = {"int8": (-128, 127), "uint8": (0, 255), "int16": (-(2 ** 15), 2 ** 15 - 1), "int32": (INT32_MIN, INT32_MAX)}
 
 
 def requantize_table(input_scale: float, output_scale: float) -> np.ndarray:
