@@ -167,6 +167,22 @@ def _n(v: int | float | None, fmt: str = ",") -> str:
     return "-" if v is None else format(v, fmt)
 
 
+def _parts_table(title: str, sides: Sequence[tuple[Row, Side]], parts: Sequence[tuple[str, str, int]],
+                 arena: str) -> list[str]:
+    """One runtime's flash by part (key, header, width) and its RAM, a line per row that has
+    them (none at all: no lines)."""
+    sides = [(row, side) for row, side in sides if side.flash]
+    if not sides:
+        return []
+    lines = ["", f"{title:<33} " + " ".join(f"{head:>{width}}" for _, head, width in parts)
+             + f"   {arena:>10} {'static':>7}"]
+    for row, side in sides:
+        lines.append(f"{row.model + ' ' + row.target:<33} "
+                     + " ".join(f"{_n(side.flash.get(key)):>{width}}" for key, _, width in parts)
+                     + f"   {_n(side.ram.get('arena')):>10} {_n(side.ram.get('static')):>7}")
+    return lines
+
+
 def format_report(report: VersusReport) -> str:
     short = ", ".join(f"{k} {v[:12]}" for k, v in report.sources.items())
     lines = [f"TFLite Micro side by side (sources: {short})", "",
@@ -197,26 +213,12 @@ def format_report(report: VersusReport) -> str:
             lines.append(f"geomean minrt/TFLM instructions on {t}: {g[0]:.2f} over {g[1]} model(s)")
     if notes:
         lines += ["", "notes:", *notes]
-    flash_rows = [r for r in report.rows if r.tflm.flash]
-    if flash_rows:
-        lines += ["", f"{'TFLM flash by part':<33} {'framework':>9} {'kernels':>8} {'weights':>8} {'graph':>7} "
-                      f"{'rest':>7} {'sample':>7} {'total':>9}   {'arena used':>10} {'static':>7}"]
-        for r in flash_rows:
-            f = r.tflm.flash
-            lines.append(f"{r.model + ' ' + r.target:<33} {_n(f.get('framework')):>9} {_n(f.get('kernels')):>8} "
-                         f"{_n(f.get('weights')):>8} {_n(f.get('graph')):>7} {_n(f.get('rest')):>7} "
-                         f"{_n(f.get('sample_input')):>7} {_n(f.get('total')):>9}   {_n(r.tflm.ram.get('arena')):>10} "
-                         f"{_n(r.tflm.ram.get('static')):>7}")
-    flash_rows = [r for r in report.rows if r.minrt.flash]
-    if flash_rows:
-        lines += ["", f"{'minrt flash by part':<33} {'runtime':>9} {'front end':>9} {'kernels':>8} {'libc':>7} "
-                      f"{'weights':>8} {'graph':>7} {'total':>9}   {'arena':>10} {'static':>7}"]
-        for r in flash_rows:
-            f = r.minrt.flash
-            lines.append(f"{r.model + ' ' + r.target:<33} {_n(f.get('minrt')):>9} {_n(f.get('front_end')):>9} "
-                         f"{_n(f.get('kernels')):>8} {_n(f.get('libc')):>7} {_n(f.get('weights')):>8} "
-                         f"{_n(f.get('graph')):>7} {_n(f.get('total')):>9}   {_n(r.minrt.ram.get('arena')):>10} "
-                         f"{_n(r.minrt.ram.get('static')):>7}")
+    tflm_parts = [("framework", "framework", 9), ("kernels", "kernels", 8), ("weights", "weights", 8),
+                  ("graph", "graph", 7), ("rest", "rest", 7), ("sample_input", "sample", 7), ("total", "total", 9)]
+    minrt_parts = [("minrt", "runtime", 9), ("front_end", "front end", 9), ("kernels", "kernels", 8),
+                   ("libc", "libc", 7), ("weights", "weights", 8), ("graph", "graph", 7), ("total", "total", 9)]
+    lines += _parts_table("TFLM flash by part", [(r, r.tflm) for r in report.rows], tflm_parts, "arena used")
+    lines += _parts_table("minrt flash by part", [(r, r.minrt) for r in report.rows], minrt_parts, "arena")
     if report.latency:
         lines += ["", f"x86_64 latency, min us per inference ({report.latency[0].rounds} interleaved rounds "
                       f"of {report.latency[0].iters})",
