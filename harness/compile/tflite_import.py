@@ -76,6 +76,17 @@ def _op_names() -> dict[int, str]:
     return {v: k for k, v in vars(tflite.BuiltinOperator).items() if not k.startswith("_") and isinstance(v, int)}
 
 
+def _quantization(tensor: Any) -> tuple[tuple[float, ...], tuple[int, ...], int | None]:
+    """A flatbuffer tensor's scales, zero points (0 each when absent) and quantized axis (None
+    when per-tensor); () () None when it is not quantized."""
+    quant = tensor.Quantization()
+    if quant is None or not quant.ScaleLength():
+        return (), (), None
+    scale = tuple(float(s) for s in quant.ScaleAsNumpy())
+    zero_point = tuple(int(z) for z in quant.ZeroPointAsNumpy()) if quant.ZeroPointLength() else (0,) * len(scale)
+    return scale, zero_point, int(quant.QuantizedDimension()) if len(scale) > 1 else None
+
+
 def _tensor_info(subgraph: Any, index: int, dtypes: dict[int, str], where: str) -> TensorInfo:
     tensor = subgraph.Tensors(index)
     # an unnamed tensor gets the name TVM's frontend gives it
@@ -85,14 +96,7 @@ def _tensor_info(subgraph: Any, index: int, dtypes: dict[int, str], where: str) 
         raise CompileError(f"{where}: tensor '{name}' has a non-static shape "
                            f"{list(tensor.ShapeSignatureAsNumpy())}; minrt needs every shape fixed")
     dtype = dtypes.get(tensor.Type(), f"tflite type {tensor.Type()}")
-    quant = tensor.Quantization()
-    scale: tuple[float, ...] = ()
-    zero_point: tuple[int, ...] = ()
-    axis = None
-    if quant is not None and quant.ScaleLength():
-        scale = tuple(float(s) for s in quant.ScaleAsNumpy())
-        zero_point = tuple(int(z) for z in quant.ZeroPointAsNumpy()) if quant.ZeroPointLength() else (0,) * len(scale)
-        axis = int(quant.QuantizedDimension()) if len(scale) > 1 else None
+    scale, zero_point, axis = _quantization(tensor)
     return TensorInfo(name=name, shape=shape, dtype=dtype, scale=scale, zero_point=zero_point, axis=axis)
 
 
@@ -213,10 +217,8 @@ def operator_converter() -> type:
 
 def _quant(tensor: Any) -> tuple[float, int]:
     """A tensor's (scale, zero point) as TFLM reads them (the first of each), (0, 0) if none."""
-    q = tensor.tensor.Quantization()
-    if q is None or not q.ScaleLength():
-        return 0.0, 0
-    return float(q.ScaleAsNumpy()[0]), int(q.ZeroPointAsNumpy()[0]) if q.ZeroPointLength() else 0
+    scale, zero_point, _ = _quantization(tensor.tensor)
+    return (scale[0], zero_point[0]) if scale else (0.0, 0)
 
 
 def svdf_from_reset(conv: Any, op: Any) -> Any:
@@ -262,11 +264,11 @@ def svdf_from_reset(conv: Any, op: Any) -> Any:
                            "(TFLM runs float32 throughout, or int8 with int16 or int8 time weights and state)")
     (s_in, z_in), (s_wf, _), (s_wt, _), (s_state, z_state), (s_out, z_out) = (_quant(t) for t in (x, wf, wt, state, out))
     bias_value = conv.get_tensor_value(bias).astype(np.int32) if has_bias else None
-    tables = int8.svdf_reset_tables(conv.get_tensor_value(wf).astype(np.int8), conv.get_tensor_value(wt),
+    wf_value = np.ascontiguousarray(conv.get_tensor_value(wf).astype(np.int8))
+    tables = int8.svdf_reset_tables(wf_value, conv.get_tensor_value(wt),
                                     bias_value, rank=rank, zero_in=z_in, zero_state=z_state, zero_out=z_out,
                                     state_dtype=types[2], scales=(s_in, s_wf, s_state, s_wt, s_out))
     kernels = int8.Int8Rewrite(int8.TFLM, conv.bb)
-    wf_value = np.ascontiguousarray(conv.get_tensor_value(wf).astype(np.int8))
     args = [conv.get_tensor_expr(x), relax.const(wf_value, "int8"), relax.const(tables.feature_table, "int32"),
             relax.const(tables.time_newest, types[2]), relax.const(tables.out_table, "int32")]
     specs = [(x_shape, "int8"), (wf_shape, "int8"), (tables.feature_table.shape, "int32"),
