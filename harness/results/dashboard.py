@@ -826,11 +826,12 @@ def bench_section(store: ResultStore, history: int = DEFAULT_HISTORY) -> list[st
     if not targets:
         return out + ['<p class="empty">No benchmark runs yet (harness bench).</p>']
     for target in targets:
-        for baseline in BENCH_BASELINES:
-            trend = bench_trend(store, target, baseline=baseline)
-            if not trend and baseline != "onnxruntime":
-                continue
-            out += _bench_trend_html(target, labels[baseline], trend, history)
+        trends = {b: bench_trend(store, target, baseline=b) for b in BENCH_BASELINES}
+        for baseline, trend in trends.items():
+            if trend:
+                out += _bench_trend_html(target, labels[baseline], trend, history)
+        if not any(trends.values()):
+            out.append(f'<p class="empty">No ratios on {_esc(target)}: every model failed or ran no baseline.</p>')
     return out
 
 
