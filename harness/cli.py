@@ -302,6 +302,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.json:
         print(json_text({"target": target.name, "geomean_min": report.geomean("min"),
                           "geomean_median": report.geomean("median"),
+                          "litert_geomean_min": report.geomean("min", "litert"),
+                          "litert_geomean_median": report.geomean("median", "litert"),
                           "models": [m.to_dict() for m in report.models]}, indent=2))
     else:
         print(report.table())

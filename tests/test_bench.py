@@ -82,6 +82,11 @@ def test_bench_measures_tflite_models_against_litert_and_stores_the_ratios(tmp_p
     form beside it, its row says so; bench used to refuse it); a model with both forms side by
     side gets both baselines, whichever form is benched. minrt's outputs are checked, the rows stored
     with their baseline, and the dashboard charts minrt / LiteRT beside minrt / onnxruntime."""
+    import json
+    import subprocess
+    import sys
+
+    from harness import REPO_ROOT
     from harness.models.tflite_builder import int8_examples
 
     monkeypatch.setenv("MINRT_NO_TUNING", "1")
@@ -115,6 +120,14 @@ def test_bench_measures_tflite_models_against_litert_and_stores_the_ratios(tmp_p
     assert "x86_64: minrt / LiteRT" in bench and "x86_64: minrt / onnxruntime" in bench and "tfl-fc4d" in bench
     with pytest.raises(HarnessError, match="no bench baseline 'tflm'"):
         bench_trend(store, "x86_64", baseline="tflm")
+
+    # the command: the same row, its LiteRT geomean in --json, stored under its own batch
+    proc = subprocess.run([sys.executable, "-m", "harness.cli", "bench", str(int8), "--target", "x86_64",
+                           "--rounds", "1", "--iters", "2", "--json", "--results", str(store.path), "--batch", "cli"],
+                          capture_output=True, text=True, timeout=600, cwd=REPO_ROOT, check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads(proc.stdout)["litert_geomean_min"] > 0
+    assert [p["batch"] for p in bench_trend(store, "x86_64", baseline=LITERT)["tfl-fc4d"]] == ["night-1", "cli"]
 
 
 def test_overhead_benchmark_runs_on_a_small_chain():
