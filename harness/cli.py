@@ -302,12 +302,14 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.json:
         print(json_text({"target": target.name, "geomean_min": report.geomean("min"),
                           "geomean_median": report.geomean("median"),
+                          "litert_geomean_min": report.geomean("min", "litert"),
+                          "litert_geomean_median": report.geomean("median", "litert"),
                           "models": [m.to_dict() for m in report.models]}, indent=2))
     else:
         print(report.table())
     if store is not None:
         record_bench(store, [m.to_dict() for m in report.models], commit=git_commit(), batch=args.batch)
-    return 0 if all(m.error is None for m in report.models) else 1
+    return 0 if all(m.error is None and m.output_check in (None, "pass") for m in report.models) else 1
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -418,18 +420,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--import", dest="import_file", metavar="FILE", help="merge the records of FILE first")
     p.set_defaults(func=cmd_tune)
 
-    p = opts.command_parser(sub, "bench", "minrt vs onnxruntime, interleaved, on the examples and the zoo",
-                            one="a model failed to build or run")
+    p = opts.command_parser(sub, "bench", "minrt vs onnxruntime and LiteRT (XNNPACK), interleaved, on the "
+                            "examples and the zoo, or any .onnx/.tflite model",
+                            one="a model failed to build or run, or minrt's outputs did not match")
     opts.add_models(p, default="every example and zoo model")
     opts.add_target(p)
     p.add_argument("--rounds", type=opts.positive_int, default=5,
-                   help="alternating rounds of minrt and onnxruntime per model (default 5)")
+                   help="alternating rounds of minrt and its baselines per model (default 5)")
     p.add_argument("--iters", type=opts.iterations, default=20, help="inferences per round and runtime (default 20)")
     opts.add_toolchain(p)
     opts.add_transport(p, host=False)
     opts.add_input_shapes(p)
     p.add_argument("--threads", type=opts.positive_int, default=1,
-                   help="threads for minrt's parallel loops and onnxruntime's intra-op pool (default 1)")
+                   help="threads for minrt's parallel loops, onnxruntime's intra-op pool and LiteRT (default 1)")
     p.add_argument("--count-instructions", action="store_true",
                    help="instead of timing: minrt's instructions per inference, counted exactly under qemu-user "
                         "(--target qemu-armv7)")

@@ -1,15 +1,20 @@
-"""`harness bench`: minrt against onnxruntime, side by side in one run.
+"""`harness bench`: minrt against onnxruntime and LiteRT, side by side in one run.
 
 For each model: compile it for the target (tuning records used unless MINRT_NO_TUNING=1),
-build minrt-run, make one set of seeded inputs, then alternate rounds: minrt-run on the
-target's device (`iters` inferences, timed by the runner itself, its kernels' parallel loops
-on `threads` threads) and onnxruntime on this host (`threads` intra-op threads, one inter-op
-thread, the same inputs, `iters` inferences timed around `session.run`): like with like. Interleaving means a slow phase of the machine hits both. Per runtime:
-min = the fastest single inference over all rounds, median = the median of the per-round
-means. The ratio is minrt / onnxruntime (below 1 means minrt is faster); across models the
-geometric mean of the ratios. onnxruntime runs on the host, so the ratio is meaningful when
-the target runs on the host too (x86_64); for other targets it is recorded all the same,
-labelled with the target.
+build minrt-run, take one set of inputs (the model's own samples beside it, as MLPerf Tiny's,
+else seeded random ones), then alternate rounds: minrt-run on the target's device (`iters`
+inferences, timed by the runner itself, its kernels' parallel loops on `threads` threads) and
+each baseline on this host with `threads` threads, the same inputs, `iters` inferences timed
+around the call (harness.bench.baselines): like with like. The baselines are onnxruntime where
+the model has an ONNX form and LiteRT (XNNPACK) where it has a .tflite form: the model itself,
+or its other form beside it (`<stem>.onnx` / `<stem>.tflite`; no converter between the two is
+installed: those on PyPI need tensorflow). Interleaving means a slow phase of the machine hits
+all of them. Per runtime: min = the fastest single inference over all rounds, median = the
+median of the per-round means. A ratio is minrt / baseline (below 1 means minrt is faster);
+across models the geometric mean of the ratios. minrt's outputs are checked against the host
+references as `harness run` checks them. The baselines run on the host, so the ratio is
+meaningful when the target runs on the host too (x86_64); for other targets it is recorded all
+the same, labelled with the target.
 """
 
 from __future__ import annotations
@@ -22,12 +27,18 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from harness.bench.baselines import LABELS, LITERT, ONNXRUNTIME, SETUP, Baseline, baseline_forms, time_calls
 from harness.config.targets import Target
 from harness.errors import HarnessError
 from harness.formats import tensorfile
 from harness.formats.text import EMULATED, duration, ratio, table
 
 log = logging.getLogger(__name__)
+
+#: why an ONNX model has no .tflite form (nor a .tflite model an ONNX one) unless one lies beside it
+NO_CONVERTER = "no ONNX/TFLite converter is installed: those on PyPI (onnx2tf, tf2onnx) need tensorflow"
+#: a baseline's figures in ModelBench: <field>_min_us, <field>_median_us
+_FIELD = {ONNXRUNTIME: "ort", LITERT: "litert"}
 
 
 @dataclass
@@ -36,8 +47,10 @@ class ModelBench:
     target: str
     minrt_min_us: float = 0.0
     minrt_median_us: float = 0.0
-    ort_min_us: float = 0.0
+    ort_min_us: float = 0.0  # 0: onnxruntime did not run (baseline_notes says why)
     ort_median_us: float = 0.0
+    litert_min_us: float = 0.0  # 0: LiteRT did not run (baseline_notes says why)
+    litert_median_us: float = 0.0
     rounds: int = 0
     iters: int = 0
     threads: int = 1
@@ -48,19 +61,34 @@ class ModelBench:
     largest_activation_bytes: int = 0
     compile_seconds: float = 0.0
     schedule_seconds: float = 0.0
+    #: minrt's outputs against the host references (as `harness run` judges them): "pass", or
+    #: the first mismatch; None when the model did not get that far
+    output_check: str | None = None
+    #: baseline -> why it did not run on this model
+    baseline_notes: dict[str, str] = field(default_factory=dict)
     error: str | None = None
+
+    def baseline_us(self, baseline: str, which: str) -> float:
+        return float(getattr(self, f"{_FIELD[baseline]}_{which}_us"))
+
+    def ratio(self, baseline: str, which: str = "min") -> float | None:
+        """minrt / the baseline, min or median; None when either is missing."""
+        mine, theirs = getattr(self, f"minrt_{which}_us"), self.baseline_us(baseline, which)
+        return mine / theirs if mine and theirs else None
 
     @property
     def ratio_min(self) -> float | None:
-        return self.minrt_min_us / self.ort_min_us if self.ort_min_us and self.minrt_min_us else None
+        return self.ratio(ONNXRUNTIME, "min")
 
     @property
     def ratio_median(self) -> float | None:
-        return self.minrt_median_us / self.ort_median_us if self.ort_median_us and self.minrt_median_us else None
+        return self.ratio(ONNXRUNTIME, "median")
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        d["ratio_min"], d["ratio_median"] = self.ratio_min, self.ratio_median
+        for prefix, baseline in (("", ONNXRUNTIME), ("litert_", LITERT)):
+            for which in ("min", "median"):
+                d[f"{prefix}ratio_{which}"] = self.ratio(baseline, which)
         return d
 
 
@@ -71,51 +99,43 @@ class BenchReport:
     #: minrt ran on an emulator (harness.config.readiness.is_emulated)
     emulated: bool = False
 
-    def geomean(self, which: str = "min") -> float | None:
-        ratios = [getattr(m, f"ratio_{which}") for m in self.models]
+    def geomean(self, which: str = "min", baseline: str = ONNXRUNTIME) -> float | None:
+        ratios = [m.ratio(baseline, which) for m in self.models]
         ratios = [r for r in ratios if r]
         return math.exp(sum(math.log(r) for r in ratios) / len(ratios)) if ratios else None
 
     def table(self) -> str:
-        headers = ["model", "threads", "minrt min", "ort min", "ratio", "minrt median", "ort median", "ratio", "tuned",
-                   "workspace", "largest act", "compile"]
+        headers = ["model", "threads", "minrt min", "ort min", "ratio", "LiteRT min", "ratio", "minrt median",
+                   "ort median", "ratio", "LiteRT median", "ratio", "tuned", "workspace", "largest act", "compile",
+                   "outputs"]
         rows, errors = [], []
+        notes: dict[tuple[str, str], list[str]] = {}  # (baseline, why) -> models
         for m in self.models:
             if m.error:
                 errors.append(f"{m.model}: ERROR {m.error}")
                 continue
-            rows.append([m.model, str(m.threads), duration(m.minrt_min_us), duration(m.ort_min_us), ratio(m.ratio_min),
-                         duration(m.minrt_median_us), duration(m.ort_median_us), ratio(m.ratio_median),
-                         f"{m.tuned_kernels}/{m.kernels}", f"{m.workspace_bytes:,} B",
-                         f"{m.largest_activation_bytes:,} B", f"{m.compile_seconds:.1f} s"])
-        lines = [table(headers, rows, right=range(1, 12))] if rows else []
-        lines += errors
+            cells = [m.model, str(m.threads)]
+            for which in ("min", "median"):
+                cells.append(duration(getattr(m, f"minrt_{which}_us")))
+                for baseline in SETUP:
+                    us = m.baseline_us(baseline, which)
+                    cells += [duration(us) if us else "-", ratio(m.ratio(baseline, which))]
+            rows.append(cells + [f"{m.tuned_kernels}/{m.kernels}", f"{m.workspace_bytes:,} B",
+                                 f"{m.largest_activation_bytes:,} B", f"{m.compile_seconds:.1f} s",
+                                 m.output_check or "-"])
+            for b, why in m.baseline_notes.items():
+                notes.setdefault((b, why), []).append(m.model)
+        lines = [table(headers, rows, right=range(1, 16))] if rows else []
+        lines += errors + [f"{LABELS[b]} not run on {', '.join(models)}: {why}" for (b, why), models in notes.items()]
         if self.emulated:
             lines.append(f"minrt times on {self.target} are {EMULATED} (wall time of an emulator, not a device's "
-                         "latency); onnxruntime runs on this host")
-        gmin, gmed = self.geomean("min"), self.geomean("median")
-        if gmin:
-            lines.append(f"geometric mean minrt/onnxruntime ({self.target}): min {ratio(gmin)}x, median {ratio(gmed)}x")
+                         "latency); the baselines run on this host")
+        for baseline in SETUP:
+            gmin, gmed = self.geomean("min", baseline), self.geomean("median", baseline)
+            if gmin:
+                lines.append(f"geometric mean minrt/{LABELS[baseline]} ({self.target}): min {ratio(gmin)}x, "
+                             f"median {ratio(gmed)}x")
         return "\n".join(lines)
-
-
-def _ort_session(model: Path, threads: int = 1) -> Any:
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    return ort.InferenceSession(str(model), sess_options=opts, providers=["CPUExecutionProvider"])
-
-
-def _ort_round(session: Any, feeds: dict[str, Any], iters: int) -> tuple[float, float]:
-    times = []
-    for _ in range(iters):
-        t0 = time.perf_counter_ns()
-        session.run(None, feeds)
-        times.append((time.perf_counter_ns() - t0) / 1000.0)
-    return min(times), sum(times) / len(times)
 
 
 def _largest_activation(artifact: Any) -> int:
@@ -149,23 +169,55 @@ def _check_counts(rounds: int, iters: int) -> None:
             raise HarnessError(f"bench: --{what} must be at least 1, got {value}")
 
 
+def _start_baselines(model: Path, values: list[Any], threads: int,
+                     result: ModelBench) -> list[Baseline]:
+    """Each baseline that has a form of the model to run and runs it (warmed up: the first run
+    allocates); why the others do not goes into result.baseline_notes."""
+    started = []
+    for name, form in baseline_forms(model).items():
+        if form is None:
+            kind = ".onnx" if name == ONNXRUNTIME else ".tflite"
+            result.baseline_notes[name] = f"no {kind} form beside the model ({NO_CONVERTER})"
+            continue
+        try:
+            baseline = SETUP[name](form, values, threads)
+            baseline.invoke()
+            baseline.invoke()
+        except Exception as exc:  # noqa: BLE001 - a runtime that cannot run a model fails in many ways
+            first = (str(exc).strip().splitlines() or [""])[0]
+            result.baseline_notes[name] = f"{type(exc).__name__}: {first}"[:300]
+            log.warning("bench %s: %s cannot run %s: %s", model.stem, LABELS[name], form.name,
+                        result.baseline_notes[name])
+            continue
+        started.append(baseline)
+    return started
+
+
+def _check_minrt(model: Path, inputs: Mapping[str, Any], out_blob: bytes, artifact: Any) -> str:
+    """minrt's outputs against the host references, as `harness run` judges them."""
+    from harness.check.compare import DEFAULT_ATOL, DEFAULT_RTOL, mismatch_summary
+    from harness.run import check_outputs
+
+    got = list(tensorfile.loads(out_blob, where="outputs.bin").values())
+    checks, _ = check_outputs(model, inputs, got, artifact.outputs, DEFAULT_ATOL, DEFAULT_RTOL)
+    if all(c.passed for c in checks):
+        return "pass"
+    return "FAIL: " + mismatch_summary([c.to_dict() for c in checks])
+
+
 def bench_model(model: Path, target: Target, *, toolchain: str = "host", rounds: int = 5,
                 iters: int = 20, seed: int = 0, transport: str | None = None,
                 input_shapes: Mapping[str, Sequence[int]] | None = None, threads: int = 1) -> ModelBench:
-    """Benchmark one model: interleaved rounds of minrt (on the target) and onnxruntime, both
-    on `threads` threads."""
+    """Benchmark one model: interleaved rounds of minrt (on the target) and each baseline that
+    has a form of the model (onnxruntime, LiteRT), all on `threads` threads."""
     from harness.build.runner import build_runner
-    from harness.compile.model import compile_model
-    from harness.run import execute, random_inputs
     from harness.build.toolchain import get_toolchain
+    from harness.compile.model import compile_model
     from harness.device.open import open_transport
+    from harness.models.mlperf_tiny import sample_input_files
+    from harness.run import execute, load_inputs, random_inputs
 
     _check_counts(rounds, iters)
-    if model.suffix.lower() == ".tflite":
-        # before the compile: onnxruntime cannot read one, and would only say InvalidProtobuf
-        raise HarnessError(f"bench: {model.name} is a .tflite model and onnxruntime, the baseline of "
-                           "`harness bench`, runs ONNX only; ci/bench_tflm measures .tflite models "
-                           "against LiteRT, TFLM and onnxruntime")
     result = ModelBench(model=model.stem, target=target.name, rounds=rounds, iters=iters, threads=threads)
     started = time.monotonic()
     artifact = compile_model(model, target, input_shapes=input_shapes)
@@ -177,25 +229,33 @@ def bench_model(model: Path, target: Target, *, toolchain: str = "host", rounds:
     result.workspace_bytes = int(meta.get("workspace_bytes", 0))
     result.largest_activation_bytes = _largest_activation(artifact)
     runner = build_runner(target, artifact, get_toolchain(toolchain, target))
-    inputs = random_inputs(artifact.inputs, seed)
-    blob = tensorfile.dumps({s["name"]: inputs[s["name"]] for s in artifact.inputs})
-    session = _ort_session(model, threads)
-    feeds = dict(inputs)
-    _ort_round(session, feeds, 2)  # warm-up: first run allocates
-    m_min, m_mean, o_min, o_mean = [], [], [], []
+    names = [s["name"] for s in artifact.inputs]
+    samples = sample_input_files(model, names)  # a model's own sample inputs (MLPerf Tiny's) beside it
+    inputs = load_inputs(artifact.inputs, samples) if samples else random_inputs(artifact.inputs, seed)
+    blob = tensorfile.dumps({name: inputs[name] for name in names})
+    baselines = _start_baselines(model, [inputs[name] for name in names], threads, result)
+    m_min, m_mean = [], []
+    b_min: dict[str, list[float]] = {b.name: [] for b in baselines}
+    b_mean: dict[str, list[float]] = {b.name: [] for b in baselines}
     with open_transport(target, kind=transport) as device:
         for r in range(rounds):
-            _, timing = execute(device, runner, artifact, blob, iters, threads=threads)
+            out_blob, timing = execute(device, runner, artifact, blob, iters, threads=threads)
             result.threads_used = int(timing.get("threads_used", 1))
             m_min.append(float(timing["min_us"]))
             m_mean.append(float(timing["mean_us"]))
-            lo, mean = _ort_round(session, feeds, iters)
-            o_min.append(lo)
-            o_mean.append(mean)
-            log.info("bench %s round %d/%d: minrt min %s, onnxruntime min %s",
-                     model.stem, r + 1, rounds, duration(m_min[-1]), duration(lo))
+            for b in baselines:
+                lo, mean = time_calls(b.invoke, iters)
+                b_min[b.name].append(lo)
+                b_mean[b.name].append(mean)
+            log.info("bench %s round %d/%d: minrt min %s%s", model.stem, r + 1, rounds, duration(m_min[-1]),
+                     "".join(f", {LABELS[b]} min {duration(v[-1])}" for b, v in b_min.items()))
     result.minrt_min_us, result.minrt_median_us = min(m_min), statistics.median(m_mean)
-    result.ort_min_us, result.ort_median_us = min(o_min), statistics.median(o_mean)
+    for b in baselines:
+        setattr(result, f"{_FIELD[b.name]}_min_us", min(b_min[b.name]))
+        setattr(result, f"{_FIELD[b.name]}_median_us", statistics.median(b_mean[b.name]))
+    result.output_check = _check_minrt(model, inputs, out_blob, artifact)
+    if result.output_check != "pass":
+        log.error("bench %s: minrt's outputs %s", model.stem, result.output_check)
     return result
 
 

@@ -23,7 +23,6 @@ from __future__ import annotations
 import logging
 import math
 import re
-import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -31,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from harness.bench.baselines import time_calls
 from harness.bench.instructions import count_minrt, count_per_inference
 from harness.errors import HarnessError
 # MLPerf Tiny's models by harness name (the names `harness run --model` takes), where they lie
@@ -395,34 +395,17 @@ def _minrt_linux(target: Any, model: BenchModel, toolchain: str) -> Side:
 
 # ---- x86_64 latency -----------------------------------------------------------------------------
 
-def _time_calls(call: Any, iters: int) -> float:
-    best = math.inf
-    for _ in range(iters):
-        t0 = time.perf_counter_ns()
-        call()
-        best = min(best, (time.perf_counter_ns() - t0) / 1000.0)
-    return best
-
-
 def x86_latency(model: BenchModel, rounds: int, iters: int, toolchain: str) -> Latency:
     """minrt, LiteRT, onnxruntime and TFLM's host interpreter on this host, interleaved."""
+    from harness.bench.baselines import LITERT, ONNXRUNTIME, litert_baseline, onnxruntime_baseline
+
     lat = Latency(model.name, rounds=rounds, iters=iters)
     sample = np.load(model.sample)
     calls: dict[str, Any] = {}
     try:
-        from ai_edge_litert.interpreter import Interpreter
-
-        lite = Interpreter(model_path=str(model.tflite), num_threads=1)
-        lite.allocate_tensors()
-        index = lite.get_input_details()[0]["index"]
-
-        def litert() -> None:
-            lite.set_tensor(index, sample)
-            lite.invoke()
-
-        calls["litert"] = litert
+        calls[LITERT] = litert_baseline(model.tflite, [sample]).invoke
     except Exception as exc:  # noqa: BLE001 - recorded as the reason
-        lat.notes["litert"] = f"LiteRT cannot run it: {exc}"
+        lat.notes[LITERT] = f"LiteRT cannot run it: {exc}"
     try:
         from tflite_micro.python.tflite_micro import runtime
 
@@ -437,16 +420,10 @@ def x86_latency(model: BenchModel, rounds: int, iters: int, toolchain: str) -> L
         lat.notes["tflm"] = f"TFLM's host interpreter cannot run it: {exc}"
     onnx = model.tflite.with_suffix(".onnx")
     if onnx.is_file():
-        import onnxruntime as ort
-
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = opts.inter_op_num_threads = 1
-        session = ort.InferenceSession(str(onnx), sess_options=opts, providers=["CPUExecutionProvider"])
-        feeds = {session.get_inputs()[0].name: sample}
-        calls["onnxruntime"] = lambda: session.run(None, feeds)
+        calls[ONNXRUNTIME] = onnxruntime_baseline(onnx, [sample]).invoke
     else:
-        lat.notes["onnxruntime"] = (f"no ONNX form of this model ({onnx.name} absent: MLPerf Tiny publishes "
-                                    ".tflite, and no converter is installed here)")
+        lat.notes[ONNXRUNTIME] = (f"no ONNX form of this model ({onnx.name} absent: MLPerf Tiny publishes "
+                                  ".tflite, and no converter is installed here)")
     minrt_device = None
     try:
         from harness.build.runner import build_runner
@@ -478,7 +455,7 @@ def x86_latency(model: BenchModel, rounds: int, iters: int, toolchain: str) -> L
         best: dict[str, list[float]] = {k: [] for k in calls}
         for r in range(rounds):
             for name, call in calls.items():
-                best[name].append(call() if name == "minrt" else _time_calls(call, iters))
+                best[name].append(call() if name == "minrt" else time_calls(call, iters)[0])
             log.info("x86_64 %s round %d/%d: %s", model.name, r + 1, rounds,
                      ", ".join(f"{k} {v[-1]:.1f} us" for k, v in best.items()))
         lat.us = {k: min(v) for k, v in best.items() if v}

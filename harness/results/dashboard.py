@@ -812,46 +812,54 @@ def profile_section(store: ResultStore, batch: str, top: int = 5) -> list[str]:
 
 
 def bench_section(store: ResultStore, history: int = DEFAULT_HISTORY) -> list[str]:
-    """minrt vs onnxruntime (harness bench): per target, the latency ratio of every model and
-    their geometric mean over batches, as a percentage (100% = as fast as onnxruntime), and
-    the last `history` batches' figures as a table (each bench run is its own batch: a run
-    before tuning and one after stand side by side)."""
-    from harness.results.store import bench_targets, bench_trend
+    """minrt vs its baselines (harness bench: onnxruntime, and LiteRT where the model has a
+    .tflite form): per target and baseline, the latency ratio of every model and their
+    geometric mean over batches, as a percentage (100% = as fast as the baseline), and the last
+    `history` batches' figures as a table (each bench run is its own batch: a run before tuning
+    and one after stand side by side)."""
+    from harness.results.store import BENCH_BASELINES, bench_targets, bench_trend
 
-    out = ['<h2 id="bench">minrt vs onnxruntime: minrt latency as % of onnxruntime\'s (min of rounds)</h2>']
+    labels = {"onnxruntime": "onnxruntime", "litert": "LiteRT"}
+    out = ['<h2 id="bench">minrt vs onnxruntime and LiteRT: minrt latency as % of the baseline\'s '
+           "(min of rounds)</h2>"]
     targets = bench_targets(store)
     if not targets:
         return out + ['<p class="empty">No benchmark runs yet (harness bench).</p>']
     for target in targets:
-        trend = bench_trend(store, target)
-        batches: list[str] = []
-        for points in trend.values():
-            for p in points:
-                if p["batch"] not in batches:
-                    batches.append(p["batch"])
-        batches.sort()
-        series = []
-        for model, points in sorted(trend.items(), key=lambda kv: (kv[0] == "geomean", kv[0])):
-            by_batch = {p["batch"]: p["ratio_min"] * 100 for p in points}
-            series.append((model, [by_batch.get(b) for b in batches]))
-        out.append(line_chart(f"{target}: minrt / onnxruntime", batches, series, y_unit="%",
-                              hlines=[(100.0, "as fast as onnxruntime")]))
-        shown = batches[-history:]
-        out.append(f'<table class="bench" data-target="{_esc(target)}"><tr><th>model ({_esc(target)})</th>'
-                   + "".join(f'<th title="{_esc(b)}">{_esc(short_batch(b))}</th>' for b in shown) + "</tr>")
-        for model, points in sorted(trend.items(), key=lambda kv: (kv[0] == "geomean", kv[0])):
-            by_batch = {p["batch"]: p for p in points}
-            cells = []
-            for b in shown:
-                p = by_batch.get(b)
-                if p is None:
-                    cells.append('<td class="none">-</td>')
-                    continue
-                med = f", median {p['ratio_median']:.2f}" if p["ratio_median"] is not None else ""
-                tuned = f" ({p['tuned_kernels']} tuned)" if p["tuned_kernels"] else ""
-                cells.append(f'<td class="num" title="min {p["ratio_min"]:.3f}{med}">{p["ratio_min"] * 100:.0f}%{tuned}</td>')
-            out.append(f"<tr><td>{_esc(model)}</td>{''.join(cells)}</tr>")
-        out.append("</table>")
+        trends = {b: bench_trend(store, target, baseline=b) for b in BENCH_BASELINES}
+        for baseline, trend in trends.items():
+            if trend:
+                out += _bench_trend_html(target, labels[baseline], trend, history)
+        if not any(trends.values()):
+            out.append(f'<p class="empty">No ratios on {_esc(target)}: every model failed or ran no baseline.</p>')
+    return out
+
+
+def _bench_trend_html(target: str, label: str, trend: dict[str, list[dict]], history: int) -> list[str]:
+    """One target's minrt / baseline ratios: a chart over batches and the last `history` as a table."""
+    batches = sorted({p["batch"] for points in trend.values() for p in points})
+    ordered = sorted(trend.items(), key=lambda kv: (kv[0] == "geomean", kv[0]))
+    series = [(model, [{p["batch"]: p["ratio_min"] * 100 for p in points}.get(b) for b in batches])
+              for model, points in ordered]
+    out = [line_chart(f"{target}: minrt / {label}", batches, series, y_unit="%",
+                      hlines=[(100.0, f"as fast as {label}")])]
+    shown = batches[-history:]
+    out.append(f'<table class="bench" data-target="{_esc(target)}" data-baseline="{_esc(label)}">'
+               f"<tr><th>model ({_esc(target)}, vs {_esc(label)})</th>"
+               + "".join(f'<th title="{_esc(b)}">{_esc(short_batch(b))}</th>' for b in shown) + "</tr>")
+    for model, points in ordered:
+        by_batch = {p["batch"]: p for p in points}
+        cells = []
+        for b in shown:
+            p = by_batch.get(b)
+            if p is None:
+                cells.append('<td class="none">-</td>')
+                continue
+            med = f", median {p['ratio_median']:.2f}" if p["ratio_median"] is not None else ""
+            tuned = f" ({p['tuned_kernels']} tuned)" if p["tuned_kernels"] else ""
+            cells.append(f'<td class="num" title="min {p["ratio_min"]:.3f}{med}">{p["ratio_min"] * 100:.0f}%{tuned}</td>')
+        out.append(f"<tr><td>{_esc(model)}</td>{''.join(cells)}</tr>")
+    out.append("</table>")
     return out
 
 

@@ -650,16 +650,26 @@ CREATE INDEX IF NOT EXISTS bench_target_model ON bench(target, model);
 
 BENCH_COLUMNS = ("minrt_min_us", "minrt_median_us", "ort_min_us", "ort_median_us", "ratio_min",
                  "ratio_median", "tuned_kernels", "kernels", "workspace_bytes", "compile_seconds", "error",
-                 "threads")
+                 "threads", "litert_min_us", "litert_median_us", "litert_ratio_min", "litert_ratio_median",
+                 "output_check")
+#: columns added after the bench table's first schema, with their types: threads (the threads
+#: every runtime ran on; rows from before it ran on one), LiteRT as a second baseline (rows from
+#: before it have none) and the check of minrt's outputs
+_BENCH_ADDED = {"threads": "INTEGER", "litert_min_us": "REAL", "litert_median_us": "REAL",
+                "litert_ratio_min": "REAL", "litert_ratio_median": "REAL", "output_check": "TEXT"}
+#: the baselines `harness bench` measures minrt against -> the prefix of their ratio columns
+BENCH_BASELINES = {"onnxruntime": "", "litert": "litert_"}
 
 
 def _bench_schema(db: sqlite3.Connection) -> None:
-    """The bench table, with the columns added after its first schema (threads: the threads
-    both runtimes ran on; rows from before it ran on one)."""
+    """The bench table, with the columns added after its first schema (_BENCH_ADDED)."""
     db.executescript(_BENCH_SCHEMA)
-    if "threads" not in {r["name"] for r in db.execute("PRAGMA table_info(bench)")}:
+    have = {r["name"] for r in db.execute("PRAGMA table_info(bench)")}
+    for column, kind in _BENCH_ADDED.items():
+        if column in have:
+            continue
         try:
-            db.execute("ALTER TABLE bench ADD COLUMN threads INTEGER")
+            db.execute(f"ALTER TABLE bench ADD COLUMN {column} {kind}")
         except sqlite3.OperationalError as exc:  # another process added it first
             if "duplicate column" not in str(exc):
                 raise
@@ -684,7 +694,7 @@ def record_bench(store: ResultStore, rows: list[Mapping[str, Any]], *, commit: s
                 raise HarnessError(f"results: bench row {i} needs a non-empty string '{key}'")
         kinds = {"tuned_kernels": int, "kernels": int, "workspace_bytes": int, "threads": int}
         values.append((batch, commit, date, r["target"], r["model"],
-                       *(r.get(c) if c == "error" else _num(r.get(c), kinds.get(c, float), c)
+                       *(r.get(c) if c in ("error", "output_check") else _num(r.get(c), kinds.get(c, float), c)
                          for c in BENCH_COLUMNS)))
     cols = ", ".join(f'"{c}"' for c in ("batch", "commit", "date", "target", "model", *BENCH_COLUMNS))
     marks = ", ".join("?" for _ in range(5 + len(BENCH_COLUMNS)))
@@ -696,18 +706,22 @@ def record_bench(store: ResultStore, rows: list[Mapping[str, Any]], *, commit: s
     return len(values)
 
 
-def bench_trend(store: ResultStore, target: str, threads: int = 1) -> dict[str, list[dict[str, Any]]]:
-    """Per model, the minrt/onnxruntime ratio per batch on one target at one thread count (the
-    latest row of each batch), oldest batch first; with the geometric mean over the models of
-    each batch under the key "geomean"."""
+def bench_trend(store: ResultStore, target: str, threads: int = 1,
+                baseline: str = "onnxruntime") -> dict[str, list[dict[str, Any]]]:
+    """Per model, the ratio minrt / `baseline` (BENCH_BASELINES) per batch on one target at one
+    thread count (the latest row of each batch), oldest batch first; with the geometric mean
+    over the models of each batch under the key "geomean"."""
     import math
 
+    if baseline not in BENCH_BASELINES:
+        raise HarnessError(f"results: no bench baseline '{baseline}' (known: {', '.join(BENCH_BASELINES)})")
+    prefix = BENCH_BASELINES[baseline]
     with store._connect() as db:
         _bench_schema(db)
         rows = db.execute(
-            'SELECT batch, "commit", model, ratio_min, ratio_median, tuned_kernels FROM bench '
-            "WHERE target = ? AND COALESCE(threads, 1) = ? AND error IS NULL AND ratio_min IS NOT NULL "
-            "ORDER BY id", (target, threads)).fetchall()
+            f'SELECT batch, "commit", model, {prefix}ratio_min AS ratio_min, {prefix}ratio_median AS ratio_median, '
+            f"tuned_kernels FROM bench WHERE target = ? AND COALESCE(threads, 1) = ? AND error IS NULL "
+            f"AND {prefix}ratio_min IS NOT NULL ORDER BY id", (target, threads)).fetchall()
     latest: dict[tuple[str, str], sqlite3.Row] = {}
     order: list[str] = []
     for row in rows:
