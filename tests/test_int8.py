@@ -153,13 +153,30 @@ def test_requant_table_layouts_read_back_in_the_kernel(channels, bias_bound, oct
 
 
 def test_requant_reader_refuses_a_missing_or_extra_shift_array():
-    tables, how = int8.requant_table(np.array([1, 2]), np.array([0.01, 0.002]))
+    tables, how = int8.requant_table(np.array([1, 2]), np.array([0.01, 0.002]), shift_bytes=True)
     assert how.shift_bytes and len(tables) == 2
     with pytest.raises(ValueError, match="needs"):
         how.reader(tables[0])
     tables, how = int8.requant_table(np.array([1, 2]), np.array([0.01, 0.01]))  # per-tensor
     with pytest.raises(ValueError, match="has no"):
         how.reader(tables[0], tables[0])
+
+
+@pytest.mark.parametrize(("channels", "reduction", "shift_bytes", "narrow"), [
+    (64, 576, True, True),  # KWS's pointwise convs: int8 shifts, stored as ~shift
+    (16, 27, False, True),  # IC's first conv: int32 shifts, ~shift
+    (64, 1 << 17, True, False),  # a reduction too long for the int32 rounding: shifts as they are
+])
+def test_kernel_requant_lays_out_shifts_by_channels_and_rounding(channels, reduction, shift_bytes, narrow):
+    rng = np.random.default_rng(channels)
+    real = 2.0 ** rng.uniform(-12, -8, channels)
+    rq = int8.kernel_requant(rng.integers(-5000, 5000, channels), real, reduction)
+    assert (rq.layout.shift_bytes, rq.narrow, rq.layout.inverted_shifts) == (shift_bytes, narrow, narrow)
+    assert len(rq.tables) == (2 if shift_bytes else 1) and not rq.left_shift
+    shifts = int8.read_requant_table(rq.tables, rq.layout)["shift"]
+    assert shifts.tolist() == [int8.quantize_multiplier(float(r))[1] for r in real]
+    stored = rq.tables[1] if shift_bytes else rq.tables[0][2 * channels:]
+    assert stored.tolist() == ((-1 - shifts) if narrow else shifts).tolist()
 
 
 def test_requant_table_for_onnxruntime_holds_biases_only():
@@ -305,7 +322,7 @@ def test_one_channel_conv_with_taps_innermost_matches_the_definition():
     bias = rng.integers(-5000, 5000, 8)
     zero_in, zero_out = -7, 3
     table, how = int8.requant_table(int8.fold_input_zero_point(bias, w, zero_in, (1, 2, 3)),
-                                    2.0 ** rng.uniform(-12, -8, 8))
+                                    2.0 ** rng.uniform(-12, -8, 8), shift_bytes=True)
     spec = int8.ConvSpec((2, 2), (4, 1, 5, 1), (1, 1), 1, "NHWC", zero_in, zero_out, left_shift=False,
                          narrow=int8.narrow_rounding_is_exact(table, how, 40))
     assert spec.narrow and int8.taps_innermost_fits(x.shape, w, spec)

@@ -85,7 +85,11 @@ class RequantLayout:
     int32 word took ~15 more Cortex-M4 instructions per output to unpack (KWS 8.31 M -> 9.39 M,
     VWW 22.8 M -> 25.5 M), and packing the shift into the multiplier word's two spare bits (the
     significand has bit 30 set) cost 12% more (16.9 M -> 18.9 M); nor would two bits hold VWW's
-    shifts, which span up to 31 octaves in a layer (its dead channels' -31 beside -3).
+    shifts, which span up to 31 octaves in a layer (its dead channels' -31 beside -3). The
+    shift in the low byte of a 24-bit bias's word (one load for both, the bias an operand
+    shift of the add) took 4 B less per channel than int32 words but cost KWS +0.75% M4
+    instructions against int32 words (6.79 M), where the int8 array saved 1.1%; in layers
+    under 64 channels it cost VWW 0.9% and IC 0.03% against int32 words: not done.
 
     2 to 12 B per channel.
     """
@@ -94,16 +98,16 @@ class RequantLayout:
     bias16: bool
     multipliers: bool
     per_tensor: bool = False
-    # the shift bytes hold ~shift = -1 - shift, the int32 rounding's right shift less one
-    # (for_narrow_rounding): the narrow kernel then shifts by the byte as loaded
+    # per-channel shifts: an int8 array of their own (a second kernel argument), else int32
+    # words after the multipliers
+    shift_bytes: bool = False
+    # the shifts are stored as ~shift = -1 - shift, the int32 rounding's right shift less one
+    # (for_narrow_rounding): the narrow kernel then shifts by the value as loaded
     inverted_shifts: bool = False
 
     @property
     def bias_words(self) -> int:
         return (self.channels + 1) // 2 if self.bias16 else self.channels
-
-    # per-channel shifts: an int8 array of their own (else int32 words after the multipliers)
-    shift_bytes: bool = False
 
     @property
     def words(self) -> int:
@@ -147,18 +151,19 @@ class RequantReader:
         return _c(-1) - stored if self.layout.inverted_shifts else stored
 
 
-#: The fewest output channels whose shifts take an int8 array of their own (RequantLayout): on
-#: a Cortex-M4 the byte array's index and its pointer cost more instructions than the 3 B per
-#: channel are worth in IC's 16- and 32-channel convs, and less in 64-channel ones.
+#: The fewest output channels whose shifts take an int8 array of their own (RequantLayout). On
+#: a Cortex-M4, LLVM indexes the table per channel instead of off one base beside the byte
+#: array, and reloads its pointer: in every layer that cost IC +1.1% and VWW +0.2% emulated
+#: instructions; from 64 channels on, IC -0.7%, VWW -1.2%, KWS -1.1% (int32 words below).
 SHIFT_BYTES_MIN_CHANNELS = 64
 
 
 def requant_table(bias: np.ndarray, real_multipliers: np.ndarray | None,
-                  shift_bytes: bool = True) -> tuple[list[np.ndarray], RequantLayout]:
+                  shift_bytes: bool = False) -> tuple[list[np.ndarray], RequantLayout]:
     """The arrays a kernel reads per output channel (see RequantLayout) and their layout: the
     int32 table of the bias with, for TFLM's arithmetic, the Q31 multiplier and shift of each
-    real multiplier (None: onnxruntime's arithmetic, bias only), and with per-channel
-    multipliers the int8 shifts after it."""
+    real multiplier (None: onnxruntime's arithmetic, bias only); with per-channel multipliers
+    and `shift_bytes`, the shifts as an int8 array after it."""
     bias = np.asarray(bias).astype(np.int64).reshape(-1)
     channels = bias.size
     # int16 biases only beside onnxruntime's float scales: with TFLM's requantization TVM
@@ -178,13 +183,38 @@ def requant_table(bias: np.ndarray, real_multipliers: np.ndarray | None,
     if channels and len(set(pairs)) == 1:
         words.append(np.array(pairs[0], dtype=np.int64))
         return [_int32_words(words)], RequantLayout(channels, bias16, multipliers=True, per_tensor=True)
-    words.append(np.array([p[0] for p in pairs], dtype=np.int64))
-    shifts = np.array([p[1] for p in pairs], dtype=np.int64)
-    if not shift_bytes:
-        return [_int32_words([*words, shifts])], RequantLayout(channels, bias16, multipliers=True)
+    multipliers = np.array([p[0] for p in pairs], dtype=np.int64)
     # quantize_multiplier's exponents lie in [-31, 30]: an int8 each
-    return ([_int32_words(words), shifts.astype(np.int8)],
-            RequantLayout(channels, bias16, multipliers=True, shift_bytes=True))
+    shifts = np.array([p[1] for p in pairs], dtype=np.int64)
+    layout = RequantLayout(channels, bias16, multipliers=True, shift_bytes=shift_bytes)
+    if shift_bytes:
+        return [_int32_words([bias, multipliers]), shifts.astype(np.int8)], layout
+    return [_int32_words([bias, multipliers, shifts])], layout
+
+
+@dataclass(frozen=True)
+class KernelRequant:
+    """A conv's or dense's requantization tables as its kernel reads them, and how it rounds."""
+
+    tables: list[np.ndarray]
+    layout: RequantLayout
+    left_shift: bool = True  # some channel's shift is positive
+    narrow: bool = False  # narrow_rounding_is_exact
+
+
+def kernel_requant(bias: np.ndarray, real_multipliers: np.ndarray | None, reduction: int) -> KernelRequant:
+    """The tables for a conv or dense kernel of `reduction` int8 products per output: the shifts
+    an int8 array in layers of SHIFT_BYTES_MIN_CHANNELS or more, and stored as ~shift when the
+    kernel rounds in int32 (narrow_rounding_is_exact, for_narrow_rounding)."""
+    channels = int(np.size(bias))
+    tables, layout = requant_table(bias, real_multipliers, shift_bytes=channels >= SHIFT_BYTES_MIN_CHANNELS)
+    if real_multipliers is None:
+        return KernelRequant(tables, layout)
+    narrow = narrow_rounding_is_exact(tables, layout, reduction)
+    left = _any_left_shift(tables, layout)
+    if narrow:
+        tables, layout = for_narrow_rounding(tables, layout)
+    return KernelRequant(tables, layout, left, narrow)
 
 
 def _int32_words(parts: list[np.ndarray]) -> np.ndarray:
@@ -211,9 +241,9 @@ def read_requant_table(tables: list[np.ndarray], layout: RequantLayout) -> dict[
 
 
 def for_narrow_rounding(tables: list[np.ndarray], layout: RequantLayout) -> tuple[list[np.ndarray], RequantLayout]:
-    """The tables of a kernel that rounds in int32 (narrow_rounding_is_exact), with its int8
-    shifts stored as ~shift, the amount that kernel shifts right by: one instruction less per
-    output channel and tile than negating the shift in the kernel."""
+    """The tables of a kernel that rounds in int32 (narrow_rounding_is_exact), with its
+    per-channel shifts stored as ~shift, the amount that kernel shifts right by: one instruction
+    less per output channel and tile than negating the shift in the kernel."""
     if not layout.multipliers or layout.per_tensor or layout.inverted_shifts:
         return tables, layout
     if layout.shift_bytes:
@@ -958,16 +988,13 @@ def rewrite_int8(mod: Any, arithmetic: str) -> tuple[Any, Int8Rewrite]:
         else:
             bq = np.zeros(o, dtype=np.int32)
         real = np.float64(np.float32(s_x)) * s_w / np.float64(np.float32(s_y))
-        table, table_layout = requant_table(fold_input_zero_point(bq, w, z_x, (1, 2, 3)),
-                                            real if arithmetic == TFLM else None,
-                                            shift_bytes=o >= SHIFT_BYTES_MIN_CHANNELS)
+        rq = kernel_requant(fold_input_zero_point(bq, w, z_x, (1, 2, 3)), real if arithmetic == TFLM else None,
+                            int(np.prod(w.shape[1:])))
+        table, table_layout = rq.tables, rq.layout
         spec = ConvSpec(strides=tuple(int(v) for v in a.strides), padding=tuple(int(v) for v in a.padding),
                         dilation=tuple(int(v) for v in a.dilation), groups=int(a.groups),
                         layout=str(a.data_layout), zero_in=z_x, zero_out=z_y,
-                        left_shift=_any_left_shift(table, table_layout),
-                        narrow=narrow_rounding_is_exact(table, table_layout, int(np.prod(w.shape[1:]))))
-        if spec.narrow:
-            table, table_layout = for_narrow_rounding(table, table_layout)
+                        left_shift=rq.left_shift, narrow=rq.narrow)
         if taps_innermost_fits(x_shape, w, spec):  # [O, KH, KW, 1] -> [O, KH, 1, KW]: the same bytes
             w = w.reshape(w.shape[0], w.shape[1], 1, w.shape[2])
             spec = replace(spec, taps_innermost=True)
@@ -1016,17 +1043,14 @@ def rewrite_int8(mod: Any, arithmetic: str) -> tuple[Any, Int8Rewrite]:
         if bq.dtype != np.int32 or bq.size != cols:
             raise _Skip("bias is not int32 per output")
         real = np.float64(np.float32(s_x)) * s_w / np.float64(np.float32(s_y))
-        table, table_layout = requant_table(fold_input_zero_point(bq, w, z_x, (0,)),
-                                            real if arithmetic == TFLM else None)
+        rq = kernel_requant(fold_input_zero_point(bq, w, z_x, (0,)), real if arithmetic == TFLM else None,
+                            int(w.shape[0]))
+        table, table_layout = rq.tables, rq.layout
         w = np.ascontiguousarray(w.T)  # [M, K]: the reduction contiguous
         if arithmetic == TFLM:
-            left = _any_left_shift(table, table_layout)
-            narrow = narrow_rounding_is_exact(table, table_layout, int(w.shape[1]))
-            if narrow:
-                table, table_layout = for_narrow_rounding(table, table_layout)
             args, specs = _kernel_args(x, x_shape, w, table)
             return state.call("dense", lambda xx, ww, *tt: dense_te(xx, ww, table_layout.reader(*tt), z_x, z_y, arithmetic,
-                                                                     left_shift=left, narrow=narrow), args, specs)
+                                                                     left_shift=rq.left_shift, narrow=rq.narrow), args, specs)
         args, specs = _kernel_args(x, x_shape, w, table)
         real32 = (np.float32(s_x) * s_w.astype(np.float32) / np.float32(s_y)).astype(np.float32)
         args.append(relax.const(real32, "float32"))
