@@ -165,7 +165,7 @@ def test_requant_reader_refuses_a_missing_or_extra_shift_array():
 @pytest.mark.parametrize(("channels", "reduction", "shift_bytes", "narrow"), [
     (64, 576, True, True),  # KWS's pointwise convs: int8 shifts, stored as ~shift
     (16, 27, False, True),  # IC's first conv: int32 shifts, ~shift
-    (64, 1 << 17, True, False),  # a reduction too long for the int32 rounding: shifts as they are
+    (64, 1 << 17, False, False),  # a reduction too long for the int32 rounding: int32 shifts as they are
 ])
 def test_kernel_requant_lays_out_shifts_by_channels_and_rounding(channels, reduction, shift_bytes, narrow):
     rng = np.random.default_rng(channels)
@@ -243,13 +243,14 @@ def test_int8_model_keeps_int8_weights(mlperf, model):
     size = artifact.params_bin.stat().st_size
     print(f"{model}: params.bin {size} B, int8 weights + int32 biases {weights} B ({size / weights:.3f}x), "
           f"int8 {int8_bytes} B, {channels} output channels")
-    # every int8 weight is there once, as int8; besides, per output channel a bias, Q31
-    # multiplier and shift (harness.compile.int8.RequantLayout: 9 B with an int8 shift in layers
-    # of 64 channels or more, 12 B below, 4 when one multiplier serves all; TFLM's flatbuffer
+    # every int8 weight is there once, as int8 (beside the int8 shifts); besides, per output
+    # channel a bias, Q31 multiplier and shift (harness.compile.int8.RequantLayout: 9 B with an
+    # int8 shift in layers of 64 channels or more that round in int32, else 12 B, 4 when one
+    # multiplier serves all; TFLM's flatbuffer
     # keeps 12 B per channel besides the bias: a float scale and an int64 zero point); per
     # tensor its name, dtype and size (~20 B) and padding to 64 bytes.
     assert int8_bytes <= weights
-    # The bound, 10% over the weights and biases (VWW 1.078x, IC 1.043x, AD 1.004x).
+    # The bound, 10% over the weights and biases (VWW 1.096x, IC 1.043x, AD 1.004x).
     # KWS (24 KB of weights, 590 channels) misses it, at 1.165x: its 576 Q31 multipliers are
     # 2,304 B (9.5%), its shifts 576 B, its softmax exp table 504 B, the container ~460 B; a
     # narrower multiplier would not be bit-exact with TFLM.

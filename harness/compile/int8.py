@@ -79,9 +79,10 @@ class RequantLayout:
       (per-tensor weights, as in most fully connected layers), the one multiplier and the one
       shift (2 words).
 
-    With per-channel multipliers in a layer of SHIFT_BYTES_MIN_CHANNELS or more, the shifts are
-    a second kernel argument, one int8 per channel (`shift_bytes`), else int32 words after the
-    multipliers. A byte load costs what the word load did, where four int8 shifts packed in one
+    With per-channel multipliers in a layer of SHIFT_BYTES_MIN_CHANNELS or more whose kernel
+    rounds in int32 (kernel_requant), the shifts are a second kernel argument, one int8 per
+    channel (`shift_bytes`), else int32 words after the multipliers. A byte load costs what the
+    word load did, where four int8 shifts packed in one
     int32 word took ~15 more Cortex-M4 instructions per output to unpack (KWS 8.31 M -> 9.39 M,
     VWW 22.8 M -> 25.5 M), and packing the shift into the multiplier word's two spare bits (the
     significand has bit 30 set) cost 12% more (16.9 M -> 18.9 M); nor would two bits hold VWW's
@@ -151,10 +152,10 @@ class RequantReader:
         return _c(-1) - stored if self.layout.inverted_shifts else stored
 
 
-#: The fewest output channels whose shifts take an int8 array of their own (RequantLayout). On
+#: The fewest output channels whose shifts take an int8 array of their own (kernel_requant). On
 #: a Cortex-M4, LLVM indexes the table per channel instead of off one base beside the byte
 #: array, and reloads its pointer: in every layer that cost IC +1.1% and VWW +0.2% emulated
-#: instructions; from 64 channels on, IC -0.7%, VWW -1.2%, KWS -1.1% (int32 words below).
+#: instructions against int32 words; from 64 channels on, IC -0.7%, VWW -1.2%, KWS -1.1%.
 SHIFT_BYTES_MIN_CHANNELS = 64
 
 
@@ -203,15 +204,19 @@ class KernelRequant:
 
 
 def kernel_requant(bias: np.ndarray, real_multipliers: np.ndarray | None, reduction: int) -> KernelRequant:
-    """The tables for a conv or dense kernel of `reduction` int8 products per output: the shifts
-    an int8 array in layers of SHIFT_BYTES_MIN_CHANNELS or more, and stored as ~shift when the
-    kernel rounds in int32 (narrow_rounding_is_exact, for_narrow_rounding)."""
-    channels = int(np.size(bias))
-    tables, layout = requant_table(bias, real_multipliers, shift_bytes=channels >= SHIFT_BYTES_MIN_CHANNELS)
+    """The tables for a conv or dense kernel of `reduction` int8 products per output. When the
+    kernel rounds in int32 (narrow_rounding_is_exact) the shifts are stored as ~shift
+    (for_narrow_rounding), as an int8 array in layers of SHIFT_BYTES_MIN_CHANNELS or more. The
+    64-bit rounding keeps int32 words: ARMv7's NEON requantization widens int8 shifts to 64-bit
+    lanes through scalar moves (VWW's layers with a shift of 0 took 8.30 M -> 8.51 M qemu-armv7
+    instructions with int8 shifts, for 3.9 KB of params)."""
+    tables, layout = requant_table(bias, real_multipliers)
     if real_multipliers is None:
         return KernelRequant(tables, layout)
     narrow = narrow_rounding_is_exact(tables, layout, reduction)
     left = _any_left_shift(tables, layout)
+    if narrow and int(np.size(bias)) >= SHIFT_BYTES_MIN_CHANNELS:
+        tables, layout = requant_table(bias, real_multipliers, shift_bytes=True)
     if narrow:
         tables, layout = for_narrow_rounding(tables, layout)
     return KernelRequant(tables, layout, left, narrow)
