@@ -16,8 +16,9 @@ int32, then requantized to int8 with the source format's arithmetic:
   rounds half to even when it quantizes; the kernels requantize the exact int32 accumulator
   the same way (within a unit of it: onnxruntime's float sum rounds on the way).
 
-Weights stay int8 in params.bin; per output channel the kernels read bias, multiplier and
-shift from one int32 table per layer, laid out to take the fewest bytes (RequantLayout). An operator with no integer kernel here stays on the float path,
+Weights stay int8 in params.bin; per output channel the kernels read bias and multiplier
+from one int32 table per layer and the shift from an int8 array, laid out to take the fewest
+bytes (RequantLayout). An operator with no integer kernel here stays on the float path,
 logged once per operator.
 """
 
@@ -67,28 +68,43 @@ INT_RANGES = {"int8": (-128, 127), "uint8": (0, 255), "int16": (INT16_MIN, INT16
 
 @dataclass(frozen=True)
 class RequantLayout:
-    """Where a kernel finds each output channel's bias, Q31 multiplier and shift in its flat
-    int32 table, chosen per layer at compile time to take the fewest bytes (the table is most
-    of what params.bin holds beyond the weights: 12 B per channel laid out plainly):
+    """Where a kernel finds each output channel's bias, Q31 multiplier and shift, chosen per
+    layer at compile time to take the fewest bytes (these tables are most of what params.bin
+    holds beyond the weights: 12 B per channel laid out plainly). A flat int32 table:
 
     - biases: int32 words, or two int16 per word (channel 2k in the low half) when every bias
       fits in 16 bits;
     - then (absent for onnxruntime's arithmetic, which takes float scales) an int32 Q31
-      multiplier per channel, then an int32 shift per channel (four int8 shifts packed in a
-      word took 3 B less per channel but ~15 more Cortex-M4 instructions per output to unpack:
-      KWS 8.31 M -> 9.39 M, VWW 22.8 M -> 25.5 M, past TFLM + CMSIS-NN);
-      or, when every channel has the same multiplier and shift (per-tensor weights, as in most
-      fully connected layers), the one multiplier and the one shift (2 words).
+      multiplier per channel; or, when every channel has the same multiplier and shift
+      (per-tensor weights, as in most fully connected layers), the one multiplier and the one
+      shift (2 words).
 
-    2 to 12 B per channel. Packing the shift into the multiplier word's two spare bits (the
-    significand has bit 30 set) saved 576 B more on KWS but cost 12% more instructions on
-    Cortex-M4 (16.9 M -> 18.9 M): not done.
+    With per-channel multipliers in a layer of SHIFT_BYTES_MIN_CHANNELS or more whose kernel
+    rounds in int32 (kernel_requant), the shifts are a second kernel argument, one int8 per
+    channel (`shift_bytes`), else int32 words after the multipliers. A byte load costs what the
+    word load did, where four int8 shifts packed in one
+    int32 word took ~15 more Cortex-M4 instructions per output to unpack (KWS 8.31 M -> 9.39 M,
+    VWW 22.8 M -> 25.5 M), and packing the shift into the multiplier word's two spare bits (the
+    significand has bit 30 set) cost 12% more (16.9 M -> 18.9 M); nor would two bits hold VWW's
+    shifts, which span up to 31 octaves in a layer (its dead channels' -31 beside -3). The
+    shift in the low byte of a 24-bit bias's word (one load for both, the bias an operand
+    shift of the add) took 4 B less per channel than int32 words but cost KWS +0.75% M4
+    instructions against int32 words (6.79 M), where the int8 array saved 1.1%; in layers
+    under 64 channels it cost VWW 0.9% and IC 0.03% against int32 words: not done.
+
+    2 to 12 B per channel.
     """
 
     channels: int
     bias16: bool
     multipliers: bool
     per_tensor: bool = False
+    # per-channel shifts: an int8 array of their own (a second kernel argument), else int32
+    # words after the multipliers
+    shift_bytes: bool = False
+    # the shifts are stored as ~shift = -1 - shift, the int32 rounding's right shift less one
+    # (for_narrow_rounding): the narrow kernel then shifts by the value as loaded
+    inverted_shifts: bool = False
 
     @property
     def bias_words(self) -> int:
@@ -100,18 +116,21 @@ class RequantLayout:
             return self.bias_words
         if self.per_tensor:
             return self.bias_words + 2
-        return self.bias_words + 2 * self.channels
+        return self.bias_words + self.channels * (1 if self.shift_bytes else 2)
 
-    def reader(self, table: Any) -> RequantReader:
-        return RequantReader(self, table)
+    def reader(self, table: Any, shifts: Any = None) -> RequantReader:
+        if self.shift_bytes != (shifts is not None):  # one more kernel argument, or one less
+            raise ValueError(f"this layout {'needs' if self.shift_bytes else 'has no'} int8 shift array")
+        return RequantReader(self, table, shifts)
 
 
 @dataclass(frozen=True)
 class RequantReader:
-    """A kernel's view of its table (a TE placeholder): TIR expressions for a channel's values."""
+    """A kernel's view of its tables (TE placeholders): TIR expressions for a channel's values."""
 
     layout: RequantLayout
     table: Any
+    shifts: Any = None  # int8 per channel (layout.shift_bytes)
 
     def bias(self, channel: Any) -> Any:
         if not self.layout.bias16:
@@ -126,13 +145,26 @@ class RequantReader:
     def shift(self, channel: Any) -> Any:
         if self.layout.per_tensor:
             return self.table[self.layout.bias_words + 1]
-        return self.table[self.layout.bias_words + self.layout.channels + channel]
+        if self.layout.shift_bytes:
+            stored = self.shifts[channel].astype("int32")
+        else:
+            stored = self.table[self.layout.bias_words + self.layout.channels + channel]
+        return _c(-1) - stored if self.layout.inverted_shifts else stored
 
 
-def requant_table(bias: np.ndarray, real_multipliers: np.ndarray | None) -> tuple[np.ndarray, RequantLayout]:
-    """The int32 table a kernel reads per output channel (see RequantLayout) and its layout:
-    the bias with, for TFLM's arithmetic, the Q31 multiplier and shift of each real multiplier
-    (None: onnxruntime's arithmetic, bias only)."""
+#: The fewest output channels whose shifts take an int8 array of their own (kernel_requant). On
+#: a Cortex-M4, LLVM indexes the table per channel instead of off one base beside the byte
+#: array, and reloads its pointer: in every layer that cost IC +1.1% and VWW +0.2% emulated
+#: instructions against int32 words; from 64 channels on, IC -0.7%, VWW -1.2%, KWS -1.1%.
+SHIFT_BYTES_MIN_CHANNELS = 64
+
+
+def requant_table(bias: np.ndarray, real_multipliers: np.ndarray | None,
+                  shift_bytes: bool = False) -> tuple[list[np.ndarray], RequantLayout]:
+    """The arrays a kernel reads per output channel (see RequantLayout) and their layout: the
+    int32 table of the bias with, for TFLM's arithmetic, the Q31 multiplier and shift of each
+    real multiplier (None: onnxruntime's arithmetic, bias only); with per-channel multipliers
+    and `shift_bytes`, the shifts as an int8 array after it."""
     bias = np.asarray(bias).astype(np.int64).reshape(-1)
     channels = bias.size
     # int16 biases only beside onnxruntime's float scales: with TFLM's requantization TVM
@@ -147,13 +179,47 @@ def requant_table(bias: np.ndarray, real_multipliers: np.ndarray | None) -> tupl
     else:
         words = [bias]
     if real_multipliers is None:
-        return _int32_words(words), RequantLayout(channels, bias16, multipliers=False)
+        return [_int32_words(words)], RequantLayout(channels, bias16, multipliers=False)
     pairs = [quantize_multiplier(float(m)) for m in real_multipliers]
     if channels and len(set(pairs)) == 1:
         words.append(np.array(pairs[0], dtype=np.int64))
-        return _int32_words(words), RequantLayout(channels, bias16, multipliers=True, per_tensor=True)
-    words += [np.array([p[0] for p in pairs], dtype=np.int64), np.array([p[1] for p in pairs], dtype=np.int64)]
-    return _int32_words(words), RequantLayout(channels, bias16, multipliers=True)
+        return [_int32_words(words)], RequantLayout(channels, bias16, multipliers=True, per_tensor=True)
+    multipliers = np.array([p[0] for p in pairs], dtype=np.int64)
+    # quantize_multiplier's exponents lie in [-31, 30]: an int8 each
+    shifts = np.array([p[1] for p in pairs], dtype=np.int64)
+    layout = RequantLayout(channels, bias16, multipliers=True, shift_bytes=shift_bytes)
+    if shift_bytes:
+        return [_int32_words([bias, multipliers]), shifts.astype(np.int8)], layout
+    return [_int32_words([bias, multipliers, shifts])], layout
+
+
+@dataclass(frozen=True)
+class KernelRequant:
+    """A conv's or dense's requantization tables as its kernel reads them, and how it rounds."""
+
+    tables: list[np.ndarray]
+    layout: RequantLayout
+    left_shift: bool = True  # some channel's shift is positive
+    narrow: bool = False  # narrow_rounding_is_exact
+
+
+def kernel_requant(bias: np.ndarray, real_multipliers: np.ndarray | None, reduction: int) -> KernelRequant:
+    """The tables for a conv or dense kernel of `reduction` int8 products per output. When the
+    kernel rounds in int32 (narrow_rounding_is_exact) the shifts are stored as ~shift
+    (for_narrow_rounding), as an int8 array in layers of SHIFT_BYTES_MIN_CHANNELS or more. The
+    64-bit rounding keeps int32 words: ARMv7's NEON requantization widens int8 shifts to 64-bit
+    lanes through scalar moves (VWW's layers with a shift of 0 took 8.30 M -> 8.51 M qemu-armv7
+    instructions with int8 shifts, for 3.9 KB of params)."""
+    tables, layout = requant_table(bias, real_multipliers)
+    if real_multipliers is None:
+        return KernelRequant(tables, layout)
+    narrow = narrow_rounding_is_exact(tables, layout, reduction)
+    left = _any_left_shift(tables, layout)
+    if narrow and int(np.size(bias)) >= SHIFT_BYTES_MIN_CHANNELS:
+        tables, layout = requant_table(bias, real_multipliers, shift_bytes=True)
+    if narrow:
+        tables, layout = for_narrow_rounding(tables, layout)
+    return KernelRequant(tables, layout, left, narrow)
 
 
 def _int32_words(parts: list[np.ndarray]) -> np.ndarray:
@@ -161,10 +227,10 @@ def _int32_words(parts: list[np.ndarray]) -> np.ndarray:
     return (np.concatenate(parts).astype(np.int64) & 0xFFFFFFFF).astype(np.uint32).view(np.int32)
 
 
-def read_requant_table(table: np.ndarray, layout: RequantLayout) -> dict[str, np.ndarray]:
-    """The table's values per channel (bias, and multiplier and shift when it has them), as
+def read_requant_table(tables: list[np.ndarray], layout: RequantLayout) -> dict[str, np.ndarray]:
+    """The tables' values per channel (bias, and multiplier and shift when they have them), as
     the kernels decode them: the host's mirror of RequantReader, for tests and reports."""
-    words = np.asarray(table, dtype=np.int32)
+    words = np.asarray(tables[0], dtype=np.int32)
     c, at = layout.channels, layout.bias_words
     bias = words[:at].view(np.int16)[:c].astype(np.int32) if layout.bias16 else words[:c]
     out = {"bias": bias}
@@ -174,14 +240,29 @@ def read_requant_table(table: np.ndarray, layout: RequantLayout) -> dict[str, np
             out["shift"] = np.full(c, words[at + 1], dtype=np.int32)
         else:
             out["multiplier"] = words[at : at + c]
-            out["shift"] = words[at + c : at + 2 * c]
+            shifts = np.asarray(tables[1], dtype=np.int8) if layout.shift_bytes else words[at + c : at + 2 * c]
+            out["shift"] = (~shifts if layout.inverted_shifts else shifts).astype(np.int32)
     return out
 
 
-def _any_left_shift(table: np.ndarray, layout: RequantLayout) -> bool:
+def for_narrow_rounding(tables: list[np.ndarray], layout: RequantLayout) -> tuple[list[np.ndarray], RequantLayout]:
+    """The tables of a kernel that rounds in int32 (narrow_rounding_is_exact), with its
+    per-channel shifts stored as ~shift, the amount that kernel shifts right by: one instruction
+    less per output channel and tile than negating the shift in the kernel."""
+    if not layout.multipliers or layout.per_tensor or layout.inverted_shifts:
+        return tables, layout
+    if layout.shift_bytes:
+        return [tables[0], ~np.asarray(tables[1], dtype=np.int8)], replace(layout, inverted_shifts=True)
+    words = np.array(tables[0], dtype=np.int32)
+    at = layout.bias_words + layout.channels
+    words[at:] = ~words[at:]
+    return [words], replace(layout, inverted_shifts=True)
+
+
+def _any_left_shift(tables: list[np.ndarray], layout: RequantLayout) -> bool:
     """Whether some channel's requantization shifts left (shift > 0): without one, the kernels
     leave the left shift out."""
-    return layout.multipliers and bool(np.any(read_requant_table(table, layout)["shift"] > 0))
+    return layout.multipliers and bool(np.any(read_requant_table(tables, layout)["shift"] > 0))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -302,13 +383,13 @@ def multiply_by_quantized_multiplier_narrow(x: Any, multiplier: Any, shift: Any)
     return ((t >> (_c(-1) - shift)) + _c(1)) >> _c(1)
 
 
-def narrow_rounding_is_exact(table: np.ndarray, layout: RequantLayout, reduction: int) -> bool:
+def narrow_rounding_is_exact(tables: list[np.ndarray], layout: RequantLayout, reduction: int) -> bool:
     """Whether multiply_by_quantized_multiplier_narrow gives TFLM's result for every input: each
     channel's shift is at most -1, and |acc + bias| < 2**30 for every accumulator of `reduction`
     int8 x int8 products (|product| <= 2**14; nor does acc + bias wrap in int32 then)."""
     if not layout.multipliers:
         return False
-    values = read_requant_table(table, layout)
+    values = read_requant_table(tables, layout)
     shift = values["shift"].astype(np.int64)
     if shift.size == 0 or np.any(shift > -1) or np.any(shift < -31):
         return False
@@ -826,6 +907,17 @@ class Int8Rewrite:
         return relax.call_tir(gvar, relax.Tuple(args), out_ty)
 
 
+def _kernel_args(x: Any, x_shape: tuple[int, ...], w: np.ndarray,
+                 tables: list[np.ndarray]) -> tuple[list[Any], list[tuple[tuple[int, ...], str]]]:
+    """A conv's or dense's call_tir arguments and their (shape, dtype): the int8 data, the int8
+    weights and the requantization tables (requant_table)."""
+    from tvm import relax
+
+    consts = [w, *tables]
+    return ([x, *(relax.const(c, str(c.dtype)) for c in consts)],
+            [(x_shape, "int8"), *((tuple(c.shape), str(c.dtype)) for c in consts)])
+
+
 def _shape_dtype(expr: Any) -> tuple[tuple[int, ...], str]:
     ty = expr.ty
     return tuple(int(d) for d in ty.shape.values), str(ty.dtype)
@@ -901,21 +993,19 @@ def rewrite_int8(mod: Any, arithmetic: str) -> tuple[Any, Int8Rewrite]:
         else:
             bq = np.zeros(o, dtype=np.int32)
         real = np.float64(np.float32(s_x)) * s_w / np.float64(np.float32(s_y))
-        table, table_layout = requant_table(fold_input_zero_point(bq, w, z_x, (1, 2, 3)),
-                                            real if arithmetic == TFLM else None)
+        rq = kernel_requant(fold_input_zero_point(bq, w, z_x, (1, 2, 3)), real if arithmetic == TFLM else None,
+                            int(np.prod(w.shape[1:])))
+        table, table_layout = rq.tables, rq.layout
         spec = ConvSpec(strides=tuple(int(v) for v in a.strides), padding=tuple(int(v) for v in a.padding),
                         dilation=tuple(int(v) for v in a.dilation), groups=int(a.groups),
                         layout=str(a.data_layout), zero_in=z_x, zero_out=z_y,
-                        left_shift=_any_left_shift(table, table_layout),
-                        narrow=narrow_rounding_is_exact(table, table_layout, int(np.prod(w.shape[1:]))))
+                        left_shift=rq.left_shift, narrow=rq.narrow)
         if taps_innermost_fits(x_shape, w, spec):  # [O, KH, KW, 1] -> [O, KH, 1, KW]: the same bytes
             w = w.reshape(w.shape[0], w.shape[1], 1, w.shape[2])
             spec = replace(spec, taps_innermost=True)
-        w_relax = relax.const(np.ascontiguousarray(w), "int8")
-        args = [x, w_relax, relax.const(table, "int32")]
-        specs = [(x_shape, "int8"), (tuple(w.shape), "int8"), (tuple(table.shape), "int32")]
+        args, specs = _kernel_args(x, x_shape, np.ascontiguousarray(w), table)
         if arithmetic == TFLM:
-            return state.call("conv2d", lambda xx, ww, tt: conv2d_te(xx, ww, table_layout.reader(tt), spec, arithmetic), args, specs)
+            return state.call("conv2d", lambda xx, ww, *tt: conv2d_te(xx, ww, table_layout.reader(*tt), spec, arithmetic), args, specs)
         real32 = (np.float32(s_x) * s_w.astype(np.float32) / np.float32(s_y)).astype(np.float32)
         args.append(relax.const(real32, "float32"))
         specs.append(((o,), "float32"))
@@ -958,16 +1048,15 @@ def rewrite_int8(mod: Any, arithmetic: str) -> tuple[Any, Int8Rewrite]:
         if bq.dtype != np.int32 or bq.size != cols:
             raise _Skip("bias is not int32 per output")
         real = np.float64(np.float32(s_x)) * s_w / np.float64(np.float32(s_y))
-        table, table_layout = requant_table(fold_input_zero_point(bq, w, z_x, (0,)),
-                                            real if arithmetic == TFLM else None)
+        rq = kernel_requant(fold_input_zero_point(bq, w, z_x, (0,)), real if arithmetic == TFLM else None,
+                            int(w.shape[0]))
+        table, table_layout = rq.tables, rq.layout
         w = np.ascontiguousarray(w.T)  # [M, K]: the reduction contiguous
-        args = [x, relax.const(w, "int8"), relax.const(table, "int32")]
-        specs = [(x_shape, "int8"), (tuple(w.shape), "int8"), (tuple(table.shape), "int32")]
         if arithmetic == TFLM:
-            left = _any_left_shift(table, table_layout)
-            narrow = narrow_rounding_is_exact(table, table_layout, int(w.shape[1]))
-            return state.call("dense", lambda xx, ww, tt: dense_te(xx, ww, table_layout.reader(tt), z_x, z_y, arithmetic,
-                                                                    left_shift=left, narrow=narrow), args, specs)
+            args, specs = _kernel_args(x, x_shape, w, table)
+            return state.call("dense", lambda xx, ww, *tt: dense_te(xx, ww, table_layout.reader(*tt), z_x, z_y, arithmetic,
+                                                                     left_shift=rq.left_shift, narrow=rq.narrow), args, specs)
+        args, specs = _kernel_args(x, x_shape, w, table)
         real32 = (np.float32(s_x) * s_w.astype(np.float32) / np.float32(s_y)).astype(np.float32)
         args.append(relax.const(real32, "float32"))
         specs.append(((cols,), "float32"))
@@ -1193,7 +1282,7 @@ def svdf_reset_tables(weights_feature: np.ndarray, weights_time: np.ndarray, bia
     filters, memory = (int(d) for d in weights_time.shape)
     units = filters // rank
     feature_bias = fold_input_zero_point(np.zeros(filters, dtype=np.int32), weights_feature, zero_in, (1,))
-    feature_table, feature_layout = requant_table(feature_bias, np.full(filters, real_feature))
+    (feature_table,), feature_layout = requant_table(feature_bias, np.full(filters, real_feature))
     # per filter: sum over the old steps of time x (reset - zero point), and the newest step's
     # time x -zero point; summed over the rank's filters into each unit's bias (int32 wraps as TFLM's)
     reset = zero_state if state_dtype == "int8" else 0
@@ -1202,11 +1291,11 @@ def svdf_reset_tables(weights_feature: np.ndarray, weights_time: np.ndarray, bia
     total = (np.zeros(units, dtype=np.int64) if bias is None else bias.astype(np.int64).reshape(units))
     total = total + per_filter.reshape(units, rank).sum(axis=1)
     out_bias = ((total + (1 << 31)) % (1 << 32) - (1 << 31)).astype(np.int32)
-    out_table, out_layout = requant_table(out_bias, np.full(units, real_out))
+    (out_table,), out_layout = requant_table(out_bias, np.full(units, real_out))
     spec = SvdfSpec(rank=rank, state_dtype=state_dtype, zero_state=zero_state, zero_out=zero_out,
                     feature_layout=feature_layout, out_layout=out_layout,
-                    feature_left_shift=_any_left_shift(feature_table, feature_layout),
-                    out_left_shift=_any_left_shift(out_table, out_layout))
+                    feature_left_shift=_any_left_shift([feature_table], feature_layout),
+                    out_left_shift=_any_left_shift([out_table], out_layout))
     newest = np.ascontiguousarray(weights_time[:, memory - 1]).astype(state_dtype)
     return SvdfTables(feature_table, newest, out_table, spec)
 
@@ -1214,8 +1303,8 @@ def svdf_reset_tables(weights_feature: np.ndarray, weights_time: np.ndarray, bia
 def svdf_reference(x: np.ndarray, weights_feature: np.ndarray, tables: SvdfTables) -> np.ndarray:
     """svdf_te in Python integers (the yardstick the tests hold the kernel to)."""
     spec = tables.spec
-    feature = read_requant_table(tables.feature_table, spec.feature_layout)
-    out = read_requant_table(tables.out_table, spec.out_layout)
+    feature = read_requant_table([tables.feature_table], spec.feature_layout)
+    out = read_requant_table([tables.out_table], spec.out_layout)
     lo, hi = INT_RANGES[spec.state_dtype]
     batch, filters = x.shape[0], weights_feature.shape[0]
     units = filters // spec.rank
