@@ -787,7 +787,7 @@ def _tile_int8_simd(sch: Any, block: Any, intrin: tuple[str, int], parallel: boo
     r_spatial = [rloops[i] for i in spatial]
     r_reduce = [rloops[i] for i in reduce if i != rc]
     r_rc_o, r_rc_j, r_rc_k = rloops[rc], rloops[rc + 1], rloops[rc + 2]
-    accumulators = 8  # vector registers of partial sums per tile (of 16)
+    accumulators = 12 if name == AVX2_PAIRS16 else 8  # vector registers of partial sums per tile (of 16)
     oc_factor = next(f for f in (4, 2, 1) if extents[oc] % f == 0)
     px_factor = _largest_divisor(extents[pixel], max(1, accumulators // oc_factor)) if pixel is not None else 1
     oc_o, oc_i = sch.split(r_spatial[spatial.index(oc)], [None, oc_factor])
@@ -866,6 +866,28 @@ def _register_int8_lanes(name: str, lanes: int, broadcast: bool) -> None:
     s_tir.TensorIntrin.register(name, desc, impl)
 
 
+def _place_channel_tile(sch: Any, block: Any, ax: _Int8Axes, pixel: int | None, oc_o: Any, outer: list,
+                        producers: dict, padded: list, parallel: bool) -> tuple[list, str]:
+    """The part of a channel-vector int8 tiling after its loops are ordered (`outer` the loops
+    outside the reduction, `oc_o` the innermost of them): accumulators local, the
+    requantization per tile, vectorized one lane per channel, padding per output row, the
+    outermost loop parallel where asked, the accumulators' initialization vectorized. Returns
+    the consumers (placed in the tile) and the parallel detail."""
+    loops, spatial, oc, extents = ax.loops, ax.spatial, ax.oc, ax.extents
+    sch.set_scope(block, 0, "local")
+    consumers = list(sch.get_consumers(block))
+    for consumer in consumers:
+        sch.reverse_compute_at(consumer, oc_o, preserve_unit_loops=True)
+        sch.vectorize(sch.get_loops(consumer)[-1])  # the requantization, one lane per channel
+    row = next((loops[i] for i in spatial if i not in (oc, pixel) and extents[i] > 1), None)
+    for buf in padded:
+        sch.compute_at(producers[buf], row if row is not None else outer[0], preserve_unit_loops=True)
+    threads = _parallelize_outer(sch, block) if parallel else ""
+    init = sch.decompose_reduction(block, sch.get_loops(block)[len(outer)])
+    sch.vectorize(sch.get_loops(init)[-1])
+    return consumers, threads
+
+
 def _tile_int8_channels(sch: Any, block: Any, lanes: int, parallel: bool = False) -> tuple[str, list[str]]:
     """Tile an int8 accumulation whose reduction is not over a run of contiguous input channels
     (depthwise convolutions; a first layer of 1 or 3 channels) along the output channels: a
@@ -902,17 +924,7 @@ def _tile_int8_channels(sch: Any, block: Any, lanes: int, parallel: bool = False
         inner.insert(0, px_i)
     outer.append(oc_o)
     sch.reorder(*outer, *[loops[i] for i in reduce], *inner)
-    sch.set_scope(block, 0, "local")
-    consumers = list(sch.get_consumers(block))
-    for consumer in consumers:
-        sch.reverse_compute_at(consumer, oc_o, preserve_unit_loops=True)
-        sch.vectorize(sch.get_loops(consumer)[-1])  # the requantization, one lane per channel
-    row = next((loops[i] for i in spatial if i not in (oc, pixel) and extents[i] > 1), None)
-    for buf in padded:
-        sch.compute_at(producers[buf], row if row is not None else outer[0], preserve_unit_loops=True)
-    threads = _parallelize_outer(sch, block) if parallel else ""
-    init = sch.decompose_reduction(block, sch.get_loops(block)[len(outer)])
-    sch.vectorize(sch.get_loops(init)[-1])
+    consumers, threads = _place_channel_tile(sch, block, ax, pixel, oc_o, outer, producers, padded, parallel)
     _register_int8_lanes(name, lanes, broadcast=not depthwise)
     sch.tensorize(oc_i, name)
     if pixel is not None:
@@ -1018,17 +1030,7 @@ def _tile_int8_channel_pairs(sch: Any, block: Any, parallel: bool = False) -> tu
         inner.insert(0, px_i)
     outer.append(oc_o)
     sch.reorder(*outer, *[loops[i] for i in reduce if i != rc], rc_o, *inner, rc_i)
-    sch.set_scope(block, 0, "local")
-    consumers = list(sch.get_consumers(block))
-    for consumer in consumers:
-        sch.reverse_compute_at(consumer, oc_o, preserve_unit_loops=True)
-        sch.vectorize(sch.get_loops(consumer)[-1])  # the requantization, one lane per channel
-    row = next((loops[i] for i in spatial if i not in (oc, pixel) and extents[i] > 1), None)
-    for buf in padded:
-        sch.compute_at(producers[buf], row if row is not None else outer[0], preserve_unit_loops=True)
-    threads = _parallelize_outer(sch, block) if parallel else ""
-    init = sch.decompose_reduction(block, sch.get_loops(block)[len(outer)])
-    sch.vectorize(sch.get_loops(init)[-1])
+    consumers, threads = _place_channel_tile(sch, block, ax, pixel, oc_o, outer, producers, padded, parallel)
     _register_int8_channel_pairs(AVX2_CHANNEL_PAIRS)
     sch.tensorize(oc_i, AVX2_CHANNEL_PAIRS)
     for loop in inner[:-1]:
