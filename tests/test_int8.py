@@ -441,12 +441,16 @@ def test_kws_int8_kernels_use_the_targets_simd_multiply_accumulate(mlperf, targe
 
 
 @pytest.mark.parametrize(("shape", "weight", "groups", "strides", "padding", "rule"), [
-    ((1, 9, 7, 32), (16, 1, 1, 32), 1, (1, 1), (0, 0, 0, 0), "vpmaddwd"),  # pointwise
-    ((1, 8, 8, 16), (16, 3, 3, 16), 1, (2, 2), (1, 1, 1, 1), "vpmaddwd"),  # 3x3, padded, strided
+    ((1, 9, 7, 32), (16, 1, 1, 32), 1, (1, 1), (0, 0, 0, 0), "across channels, 1 pixels x 16"),  # pointwise
+    ((1, 5, 5, 6), (24, 1, 1, 6), 1, (1, 1), (0, 0, 0, 0), "across channels, 5 pixels x 8"),  # 3 vectors of 8
+    ((1, 8, 8, 16), (16, 3, 3, 16), 1, (2, 2), (1, 1, 1, 1), "across channels"),  # 3x3, padded, strided
+    ((1, 3, 3, 32), (16, 1, 1, 32), 1, (1, 1), (0, 0, 0, 0), "partial sums"),  # too few pixels to copy weights
     ((1, 9, 6, 32), (32, 3, 3, 1), 32, (1, 1), (1, 1, 1, 1), "depthwise"),  # depthwise
+    ((1, 9, 6, 8), (8, 3, 3, 1), 8, (2, 1), (1, 1, 1, 1), "x 8 output channels (vector)"),  # depthwise, 8
     ((1, 10, 6, 3), (16, 3, 3, 3), 1, (2, 2), (0, 1, 1, 0), "(vector)"),  # 3 input channels
     ((1, 6, 6, 32), (32, 1, 1, 16), 2, (1, 1), (0, 0, 0, 0), "vpmaddwd"),  # 2 groups of 16 channels
-    ((1, 6, 6, 32), (32, 3, 3, 8), 4, (1, 1), (1, 1, 1, 1), "tile "),  # groups of 8: the float rules' tile
+    ((1, 6, 6, 32), (32, 3, 3, 8), 4, (1, 1), (1, 1, 1, 1), "across channels"),  # groups of 8
+    ((1, 3, 3, 32), (32, 3, 3, 8), 4, (1, 1), (1, 1, 1, 1), "tile "),  # groups of 8, 9 pixels: the float rules' tile
 ])
 def test_x86_64_int8_simd_schedules_compute_the_kernel_exactly(shape, weight, groups, strides, padding, rule):
     """Each SIMD int8 tiling (and the float rules' tile where none fits) gives the unscheduled

@@ -787,7 +787,7 @@ def _tile_int8_simd(sch: Any, block: Any, intrin: tuple[str, int], parallel: boo
     r_spatial = [rloops[i] for i in spatial]
     r_reduce = [rloops[i] for i in reduce if i != rc]
     r_rc_o, r_rc_j, r_rc_k = rloops[rc], rloops[rc + 1], rloops[rc + 2]
-    accumulators = 8  # vector registers of partial sums per tile (of 16)
+    accumulators = 12 if name == AVX2_PAIRS16 else 8  # vector registers of partial sums per tile (of 16)
     oc_factor = next(f for f in (4, 2, 1) if extents[oc] % f == 0)
     px_factor = _largest_divisor(extents[pixel], max(1, accumulators // oc_factor)) if pixel is not None else 1
     oc_o, oc_i = sch.split(r_spatial[spatial.index(oc)], [None, oc_factor])
@@ -866,6 +866,28 @@ def _register_int8_lanes(name: str, lanes: int, broadcast: bool) -> None:
     s_tir.TensorIntrin.register(name, desc, impl)
 
 
+def _place_channel_tile(sch: Any, block: Any, ax: _Int8Axes, pixel: int | None, oc_o: Any, outer: list,
+                        producers: dict, padded: list, parallel: bool) -> tuple[list, str]:
+    """The part of a channel-vector int8 tiling after its loops are ordered (`outer` the loops
+    outside the reduction, `oc_o` the innermost of them): accumulators local, the
+    requantization per tile, vectorized one lane per channel, padding per output row, the
+    outermost loop parallel where asked, the accumulators' initialization vectorized. Returns
+    the consumers (placed in the tile) and the parallel detail."""
+    loops, spatial, oc, extents = ax.loops, ax.spatial, ax.oc, ax.extents
+    sch.set_scope(block, 0, "local")
+    consumers = list(sch.get_consumers(block))
+    for consumer in consumers:
+        sch.reverse_compute_at(consumer, oc_o, preserve_unit_loops=True)
+        sch.vectorize(sch.get_loops(consumer)[-1])  # the requantization, one lane per channel
+    row = next((loops[i] for i in spatial if i not in (oc, pixel) and extents[i] > 1), None)
+    for buf in padded:
+        sch.compute_at(producers[buf], row if row is not None else outer[0], preserve_unit_loops=True)
+    threads = _parallelize_outer(sch, block) if parallel else ""
+    init = sch.decompose_reduction(block, sch.get_loops(block)[len(outer)])
+    sch.vectorize(sch.get_loops(init)[-1])
+    return consumers, threads
+
+
 def _tile_int8_channels(sch: Any, block: Any, lanes: int, parallel: bool = False) -> tuple[str, list[str]]:
     """Tile an int8 accumulation whose reduction is not over a run of contiguous input channels
     (depthwise convolutions; a first layer of 1 or 3 channels) along the output channels: a
@@ -902,17 +924,7 @@ def _tile_int8_channels(sch: Any, block: Any, lanes: int, parallel: bool = False
         inner.insert(0, px_i)
     outer.append(oc_o)
     sch.reorder(*outer, *[loops[i] for i in reduce], *inner)
-    sch.set_scope(block, 0, "local")
-    consumers = list(sch.get_consumers(block))
-    for consumer in consumers:
-        sch.reverse_compute_at(consumer, oc_o, preserve_unit_loops=True)
-        sch.vectorize(sch.get_loops(consumer)[-1])  # the requantization, one lane per channel
-    row = next((loops[i] for i in spatial if i not in (oc, pixel) and extents[i] > 1), None)
-    for buf in padded:
-        sch.compute_at(producers[buf], row if row is not None else outer[0], preserve_unit_loops=True)
-    threads = _parallelize_outer(sch, block) if parallel else ""
-    init = sch.decompose_reduction(block, sch.get_loops(block)[len(outer)])
-    sch.vectorize(sch.get_loops(init)[-1])
+    consumers, threads = _place_channel_tile(sch, block, ax, pixel, oc_o, outer, producers, padded, parallel)
     _register_int8_lanes(name, lanes, broadcast=not depthwise)
     sch.tensorize(oc_i, name)
     if pixel is not None:
@@ -923,31 +935,154 @@ def _tile_int8_channels(sch: Any, block: Any, lanes: int, parallel: bool = False
             f"{', ' + threads if threads else ''}"), placed
 
 
-def _int8_simd_rule(sch: Any, block: Any, intrin: tuple[str, int]) -> Callable[..., tuple[str, list[str]]] | None:
-    """Which SIMD int8 tiling fits the accumulation block, without changing it: partial sums
-    along a reduction over whole steps of contiguous input channels (_tile_int8_simd), else
-    vectors of output channels (_tile_int8_channels: depthwise, or a data read that does not
-    depend on the output channel), else None (the float rules' tiling). The tiling is called
-    as f(sch, block, parallel=...)."""
+#: The AVX2 pair step across output channels (_tile_int8_channel_pairs).
+AVX2_CHANNEL_PAIRS = "minrt_avx2_pmaddwd_bcast2_i8x8x2_i32x8"
+
+
+def _register_int8_channel_pairs(name: str) -> None:
+    """Register a tensor intrinsic once per process: C[j] += A[0] * B[j, 0] + A[1] * B[j, 1]
+    for 8 output channels j, int8 operands, int32 accumulators, exactly (a pair of int8
+    products is at most 2 * 128 * 128 in magnitude). AVX2: the data pair is broadcast as one
+    16-bit word (vpbroadcastw) and sign-extended to 8 int16 pairs (vpmovsxbw; extended first
+    and broadcast as an int32, LLVM took 4 instructions, IC's int8 convs 318 -> 275 us); the
+    16 weights (8 channels x 2 inputs), sign-extended, meet it in one vpmaddwd, whose int32
+    lanes are the 8 channels' sums: no horizontal sum per output, however short the reduction."""
+    from tvm import s_tir
+    from tvm.script import tirx as T
+
+    if s_tir.TensorIntrin.get(name, allow_missing=True) is not None:
+        return
+
+    @T.prim_func(s_tir=True)
+    def desc(a: T.handle, b: T.handle, c: T.handle) -> None:
+        A = T.match_buffer(a, (2,), "int8", offset_factor=1)
+        B = T.match_buffer(b, (8, 2), "int8", offset_factor=1)
+        C = T.match_buffer(c, (8,), "int32", offset_factor=1, scope="local")
+        with T.sblock("root"):
+            T.reads(C[0:8], A[0:2], B[0:8, 0:2])
+            T.writes(C[0:8])
+            for j, k in T.grid(8, 2):
+                with T.sblock("update"):
+                    vj, vk = T.axis.remap("SR", [j, k])
+                    C[vj] = C[vj] + T.Cast("int32", A[vk]) * T.Cast("int32", B[vj, vk])
+
+    @T.prim_func(s_tir=True)
+    def impl(a: T.handle, b: T.handle, c: T.handle) -> None:
+        A = T.match_buffer(a, (2,), "int8", offset_factor=1)
+        B = T.match_buffer(b, (8, 2), "int8", offset_factor=1)
+        C = T.match_buffer(c, (8,), "int32", offset_factor=1, scope="local")
+        with T.sblock("root"):
+            T.reads(C[0:8], A[0:2], B[0:8, 0:2])
+            T.writes(C[0:8])
+            C[T.ramp(0, 1, 8)] = C[T.ramp(0, 1, 8)] + T.call_llvm_pure_intrin(
+                "int32x8", "llvm.x86.avx2.pmadd.wd",
+                T.Cast("int16x16", T.reinterpret("int8x16", T.Broadcast(
+                    T.reinterpret("int16", A.vload([0], "int8x2")), 8))),
+                T.Cast("int16x16", B.vload([0, 0], "int8x16")))
+
+    s_tir.TensorIntrin.register(name, desc, impl)
+
+
+def _tile_int8_channel_pairs(sch: Any, block: Any, parallel: bool = False) -> tuple[str, list[str]]:
+    """Tile an int8 accumulation whose reduction runs innermost over contiguous input channels
+    (an even number of them) along vectors of 8 output channels, AVX2 only
+    (_register_int8_channel_pairs): a tile of pixels x 1-2 channel vectors keeps its int32
+    accumulators in registers across the reduction; each step of 2 input channels broadcasts
+    one data pair per pixel and loads one weight vector per channel vector. The weights are
+    copied once per call as [O/8, KH, KW, C/2, 8, 2] (each step's 16 bytes contiguous), padding
+    is computed per output row, the requantization per tile, one lane per channel. Against
+    _tile_int8_simd's partial sums along the reduction this pays off where the reduction is
+    short (pointwise convs of 16-64 channels): no horizontal sum per output."""
+    ax = _int8_axes(sch, block)
+    node, loops, spatial, reduce, oc, rc, extents = (
+        ax.node, ax.loops, ax.spatial, ax.reduce, ax.oc, ax.rc, ax.extents)
+    if rc is None or not ax.contiguous or extents[rc] % 2:
+        raise ValueError("the reduction is not over an even run of contiguous input channels")
+    if extents[oc] % 8 or len(ax.weight.region) not in (2, 4):
+        raise ValueError(f"{extents[oc]} output channels are not a whole number of 8-lane vectors")
+    pixel = next((i for i in reversed(spatial) if i != oc and extents[i] > 1), None)
+    producers = {sch.get(p).writes[0].source: p for p in sch.get_producers(block)}
+    padded = [r.source for r in node.reads if r.source in producers]
+
+    copy = sch.cache_read(block, 1, "global")  # the weights, 8 channels x 2 inputs per step
+    if len(ax.weight.region) == 4:
+        sch.transform_layout(copy, ("write", 0), lambda o, h, w, c: (o // 8, h, w, c // 2, o % 8, c % 2))
+    else:
+        sch.transform_layout(copy, ("write", 0), lambda o, c: (o // 8, c // 2, o % 8, c % 2))
+    # in the order it is written, 16 bytes at a time, as 8 rows' 2-byte pairs (copied byte by
+    # byte in the weights' order, IC's 8x8-pixel conv of 64 channels took 49 us, this way 44)
+    copy_loops = sch.get_loops(copy)
+    o_o, o_i = sch.split(copy_loops[0], [None, 8])
+    c_o, c_i = sch.split(copy_loops[-1], [None, 2])
+    sch.reorder(o_o, *copy_loops[1:-1], c_o, o_i, c_i)
+    sch.unroll(o_i)
+    sch.vectorize(c_i)
+
+    vectors = 2 if extents[oc] % 16 == 0 else 1
+    # up to 12 accumulators, 2 weight vectors and the broadcast pair in the 16 ymm registers
+    # (KWS's 5-pixel rows: 1 pixel per tile under a limit of 8, 90 -> 72 us)
+    px_factor = _largest_divisor(extents[pixel], 12 // vectors) if pixel is not None else 1
+    oc_o, oc_v, oc_i = sch.split(loops[oc], [None, vectors, 8])
+    rc_o, rc_i = sch.split(loops[rc], [None, 2])
+    outer = [loops[i] for i in spatial if i not in (oc, pixel)]
+    inner = [oc_v, oc_i]
+    if pixel is not None:
+        px_o, px_i = sch.split(loops[pixel], [None, px_factor])
+        outer.append(px_o)
+        inner.insert(0, px_i)
+    outer.append(oc_o)
+    sch.reorder(*outer, *[loops[i] for i in reduce if i != rc], rc_o, *inner, rc_i)
+    consumers, threads = _place_channel_tile(sch, block, ax, pixel, oc_o, outer, producers, padded, parallel)
+    _register_int8_channel_pairs(AVX2_CHANNEL_PAIRS)
+    sch.tensorize(oc_i, AVX2_CHANNEL_PAIRS)
+    for loop in inner[:-1]:
+        sch.unroll(loop)
+    placed = [sch.get(c).name_hint for c in consumers]
+    return (f"int8 vpmaddwd across channels, {px_factor} pixels x {vectors * 8} output channels"
+            f", weights copied in channel pairs{', pad computed per row' if padded else ''}"
+            f"{', ' + threads if threads else ''}"), placed
+
+
+#: Output pixels below which _tile_int8_channel_pairs does not pay for its per-call copy of the
+#: weights (VWW's 3x3-pixel pointwise convs of 128-256 channels: 10 -> 15 and 18 -> 29 us).
+CHANNEL_PAIRS_MIN_PIXELS = 16
+
+
+def _int8_simd_rule(sch: Any, block: Any, intrin: tuple[str, int]) -> list[Callable[..., tuple[str, list[str]]]]:
+    """Which SIMD int8 tilings fit the accumulation block, best first, without changing it: on
+    AVX2, vectors of output channels with a pair of input channels per step
+    (_tile_int8_channel_pairs) where there are enough pixels; partial sums along a reduction
+    over whole steps of contiguous input channels (_tile_int8_simd); else vectors of output
+    channels (_tile_int8_channels: depthwise, or a data read that does not depend on the output
+    channel); else none (the float rules' tiling). Each is called as f(sch, block, parallel=...)."""
     try:
         ax = _int8_axes(sch, block)
     except ValueError:
-        return None
+        return []
     if ax.rc is None:
-        return None
+        return []
     data, weight, names, oc, rc, extents = ax.data, ax.weight, ax.names, ax.oc, ax.rc, ax.extents
     data_last = _vars_of(data.region[-1].min)
-    _, lanes = intrin
+    name, lanes = intrin
+    found: list[Callable[..., tuple[str, list[str]]]] = []
+    pixels = math.prod(extents[i] for i in ax.spatial if i != oc)
+    if (name == AVX2_PAIRS16 and ax.contiguous and extents[rc] % 2 == 0 and extents[oc] % 8 == 0
+            and pixels >= CHANNEL_PAIRS_MIN_PIXELS):
+        found.append(_tile_int8_channel_pairs)
     if ax.contiguous and extents[rc] % (2 * lanes) == 0:
-        return partial(_tile_int8_simd, intrin=intrin)
-    channel_lanes = 2 * lanes  # int32 accumulators in two vector registers
-    if extents[oc] % channel_lanes == 0 and len(weight.region) == 4:
+        return [*found, partial(_tile_int8_simd, intrin=intrin)]
+    if len(weight.region) == 4:
         # depthwise: the data channel is the output channel (not a group's `oc // G * C + rc`)
         depthwise = (names[oc] in data_last and int(data.region[-1].extent) == 1 and extents[rc] == 1
                      and not _divides(data.region[-1].min))
-        if depthwise or not any(names[oc] in _vars_of(r.min) for r in data.region):
-            return partial(_tile_int8_channels, lanes=channel_lanes)
-    return None
+        # int32 accumulators in two vector registers; on AVX2 in one for a depthwise conv of 8
+        # channels (VWW's second conv: the float rules' tile took 17 us, this 12.5; its first,
+        # of 3 input channels, took 39 this way against the float tile's 35)
+        channel_lanes = next((n for n in (2 * lanes, lanes if depthwise and name == AVX2_PAIRS16 else 0)
+                              if n and extents[oc] % n == 0), 0)
+        if channel_lanes and (depthwise or not any(names[oc] in _vars_of(r.min) for r in data.region)):
+            found.append(partial(_tile_int8_channels, lanes=channel_lanes))
+    return found
 
 
 def schedule_kernel(func: Any, lanes: int, parallel: bool = False, dsp: bool = False,
@@ -982,23 +1117,27 @@ def schedule_kernel(func: Any, lanes: int, parallel: bool = False, dsp: bool = F
             anchor = max(reductions, key=work)
             channel = _channel_axis(sch, anchor, lanes) if lanes > 1 else None
             threads = parallel and work(anchor) >= PARALLEL_MIN_WORK
-            simd = _int8_simd_rule(sch, anchor, int8_simd) if int8_simd is not None and _is_int8_mac(sch, anchor) else None
-            if _is_int8_mac(sch, anchor) and not dsp and simd is None:
+            simd = _int8_simd_rule(sch, anchor, int8_simd) if int8_simd is not None and _is_int8_mac(sch, anchor) else []
+            if _is_int8_mac(sch, anchor) and not dsp and not simd:
                 # the float rules would keep the padding stage as a row-band workspace; read
                 # through a select instead, as the int8 kernels did before they had one
                 for producer in sch.get_producers(anchor):
                     sch.compute_inline(producer)
             if dsp and _is_int8_mac(sch, anchor):
                 detail, placed = _tile_int8(sch, anchor, dsp, parallel=threads)
-            elif simd is not None:
-                # tried on a copy: a step that does not match (tensorize refuses) leaves the
-                # float rules' tiling, as before the SIMD rules, not bare inlining
-                trial = sch.copy()
-                try:
-                    detail, placed = simd(trial, anchor, parallel=threads)
-                    sch = trial
-                except Exception as exc:  # noqa: BLE001 - any primitive may refuse
-                    log.debug("int8 SIMD schedule refused (%s); the float rules' tiling", exc)
+            elif simd:
+                # each tried on a copy: a step that does not match (tensorize refuses) leaves the
+                # next, and after the last the float rules' tiling, not bare inlining
+                for tiling in simd:
+                    trial = sch.copy()
+                    try:
+                        detail, placed = tiling(trial, anchor, parallel=threads)
+                        sch = trial
+                        break
+                    except Exception as exc:  # noqa: BLE001 - any primitive may refuse
+                        log.debug("int8 SIMD schedule refused (%s)", exc)
+                else:
+                    log.debug("no int8 SIMD schedule fits; the float rules' tiling")
                     for producer in sch.get_producers(anchor):
                         sch.compute_inline(producer)
                     detail, placed = _tile_reduction(sch, func, anchor, lanes, parallel=threads)
