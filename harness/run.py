@@ -60,7 +60,8 @@ class RunResult:
     #: the threads the runner ran the kernels' parallel loops on (None: not reported)
     threads: int | None = None
     # What the model costs on the device: the runner's arena by part (graph, activations,
-    # workspace, weight_copies: bytes), peak_rss_kb (Linux runners), and flash (harness.build.size).
+    # workspace, weight_copies: bytes), peak_rss_kb (Linux runners) with peak_rss_of (whose
+    # memory it is: peak_rss_of), and flash (harness.build.size).
     footprint: dict[str, Any] = field(default_factory=dict)
     sizes: dict[str, int] = field(default_factory=dict)
     tvm_version: str | None = None
@@ -154,9 +155,11 @@ def kernel_profile(timing: Mapping[str, Any], artifact: Any) -> list[dict[str, A
              "us": float(r["us"]), "share": float(r["us"]) / total} for r in rows]
 
 
-def footprint(timing: Mapping[str, Any], sizes: Mapping[str, int], artifact: Any) -> dict[str, Any]:
+def footprint(timing: Mapping[str, Any], sizes: Mapping[str, int], artifact: Any,
+              kind: str | None = None) -> dict[str, Any]:
     """A run's footprint: RAM as the runner measured it (its arena by part, its peak resident
-    memory when the device reports it) and flash (runtime, runner, kernels, weights)."""
+    memory when the device reports it, and through transport `kind` whose that is) and flash
+    (runtime, runner, kernels, weights)."""
     from harness.build.size import weights_bytes
 
     arena = timing.get("arena") or {}
@@ -165,6 +168,10 @@ def footprint(timing: Mapping[str, Any], sizes: Mapping[str, int], artifact: Any
         result["arena_bytes"] = int(timing["arena_bytes"])
     if timing.get("peak_rss_kb") is not None:
         result["peak_rss_kb"] = int(timing["peak_rss_kb"])
+        if kind is not None:
+            from harness.transport import peak_rss_of
+
+            result["peak_rss_of"] = peak_rss_of(kind)
     result["flash_weights"] = weights_bytes(artifact)
     for key in ("minrt_text", "runner_text", "kernels_text"):
         if key in sizes:
@@ -305,7 +312,7 @@ def run_on_target(
         result.arena_bytes = timing.get("arena_bytes")
         result.threads = timing.get("threads")
         firmware_footprint = result.footprint  # set by the firmware build, else empty
-        result.footprint = {**footprint(timing, result.sizes, artifact), **firmware_footprint}
+        result.footprint = {**footprint(timing, result.sizes, artifact, kind), **firmware_footprint}
         result.profile = kernel_profile(timing, artifact)
         result.latency_us = {k: float(timing[f"{k}_us"]) for k in ("min", "mean", "max") if f"{k}_us" in timing}
         result.latency_counts = dict(timing.get("counts", {}))

@@ -25,14 +25,18 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
+import select
 import shutil
+import signal
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
 from harness.cache import cache_dir
-from harness.errors import HarnessError
+from harness.errors import EXIT_SIGNAL_BASE, HarnessError
 from harness.config.targets import Target
 from harness.formats.text import duration, table
 
@@ -54,6 +58,139 @@ class TuningError(HarnessError):
 class TimeUp(Exception):
     """A kernel's share of the time budget is spent: its search stops before the next batch
     (meta_schedule's loop has no deadline of its own; the records measured so far stay)."""
+
+
+class Stopped(Exception):
+    """SIGINT or SIGTERM arrived: the search stops at its next step (the records so far stay)."""
+
+
+#: How long tuning may take to wind down after SIGINT/SIGTERM before the process exits at once.
+STOP_GRACE_S = 20.0
+
+
+class StopOnSignal:
+    """SIGINT and SIGTERM during tuning, handled outside TVM.
+
+    The CLI turns both into a KeyboardInterrupt raised wherever the main thread is. Inside
+    meta_schedule that is in the middle of C++ (a Python schedule rule or callback called
+    from it): the exception then crossed a noexcept frame and TVM aborted (a segfault, exit
+    -11, no message), or waited in C++ for the next Python call. Here the signal only wakes
+    a watcher thread (signal.set_wakeup_fd: the C-level handler writes the signal's number
+    to a pipe at once, whatever the main thread is doing), which kills the candidate being
+    built or run (compiler, minrt-run, qemu: this process's children) and sets a flag the
+    builder, the runner and the task loop check, so the search ends the way a spent time
+    budget ends it. While the main thread waits for a candidate on the device (the harness'
+    own Python: SSH, serial), the signal interrupts that wait as on `harness run`. The signal
+    is raised again once tuning is out of TVM, so the caller's handler (the CLI's:
+    "interrupted", exit 128 + signal) sees it. Should the search not return within `grace`
+    seconds, or a second signal come, the watcher says so and exits the process with that
+    code: the records committed so far are already in the database files."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self, database: Path, grace: float = STOP_GRACE_S) -> None:
+        self.database, self.grace = database, grace
+        self.signum: int | None = None
+        self._interruptible = False
+        self._previous: dict[int, Any] = {}
+        self._pipe: tuple[int, int] | None = None
+        self._wakeup_fd = -1
+
+    def check(self) -> None:
+        if self.signum is not None:
+            raise Stopped(signal.Signals(self.signum).name)
+
+    def __enter__(self) -> "StopOnSignal":
+        if threading.current_thread() is not threading.main_thread():
+            return self  # only the main thread receives signals (and may set handlers)
+        self._pipe = os.pipe()
+        os.set_blocking(self._pipe[1], False)
+        self._wakeup_fd = signal.set_wakeup_fd(self._pipe[1], warn_on_full_buffer=False)
+        for sig in self.SIGNALS:
+            if signal.getsignal(sig) is not signal.SIG_IGN:
+                self._previous[sig] = signal.signal(sig, self._noted)
+        threading.Thread(target=self._watch, name="tune-stop", daemon=True).start()
+        return self
+
+    @contextlib.contextmanager
+    def interruptible(self) -> Iterator[None]:
+        """A stretch of the harness' own Python (no TVM frame above it but the runner's)
+        that the signal may interrupt with KeyboardInterrupt, turned into Stopped here."""
+        self.check()
+        self._interruptible = True
+        try:
+            yield
+        except KeyboardInterrupt:
+            if self.signum is None:
+                raise
+            raise Stopped(signal.Signals(self.signum).name) from None
+        finally:
+            self._interruptible = False
+
+    def _noted(self, signum: int, frame: Any) -> None:
+        self.signum = signum  # the watcher has usually set it already
+        if self._interruptible:
+            raise KeyboardInterrupt
+
+    def _signals_in(self, read_end: int, timeout: float | None) -> list[int] | None:
+        """The SIGINT/SIGTERM numbers the wakeup pipe brought within `timeout` ([] when none
+        came), None once the pipe is closed (tuning is over)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            left = None if deadline is None else max(deadline - time.monotonic(), 0.0)
+            if not select.select([read_end], [], [], left)[0]:
+                return []
+            data = os.read(read_end, 64)
+            if not data:
+                return None
+            signums = [b for b in data if b in self._previous]
+            if signums:
+                return signums
+
+    def _watch(self) -> None:
+        read_end = self._pipe[0]
+        try:
+            first = self._signals_in(read_end, None)
+            if first is None:
+                return
+            self.signum = first[0]
+            name = signal.Signals(self.signum).name
+            log.warning("tune: %s: stopping; the records measured so far stay in %s", name, self.database)
+            _kill_candidates()
+            more = self._signals_in(read_end, self.grace)
+            if more is None:  # tuning wound down in time
+                return
+            why = f"a second {signal.Signals(more[0]).name}" if more else f"no stop within {self.grace:.0f} s of {name}"
+            log.error("tune: %s; exiting now (records kept in %s)", why, self.database)
+            os._exit(EXIT_SIGNAL_BASE + self.signum)
+        finally:
+            os.close(read_end)
+
+    def __exit__(self, *exc: object) -> None:
+        if self._pipe is None:
+            return
+        signal.set_wakeup_fd(self._wakeup_fd)
+        for sig, previous in self._previous.items():
+            signal.signal(sig, previous)
+        os.close(self._pipe[1])  # ends the watcher
+        if self.signum is not None:
+            signal.raise_signal(self.signum)  # to the caller's handler, now that TVM is not running
+
+
+def _kill_candidates() -> None:
+    """SIGKILL this process's children in its own process group: the candidate being compiled
+    or run (compiler, minrt-run, qemu-user). An emulated board started by this process runs in
+    a session of its own and is meant to outlive it: it is left alone."""
+    group = os.getpgrp()
+    for task in Path("/proc/self/task").iterdir():
+        try:
+            pids = [int(p) for p in (task / "children").read_text().split()]
+        except OSError:
+            continue
+        for pid in pids:
+            with contextlib.suppress(OSError):
+                if os.getpgid(pid) == group:
+                    os.kill(pid, signal.SIGKILL)
 
 
 @dataclass
@@ -139,7 +276,8 @@ class _Session:
     the kernel's name and arity, the deadline, and a scratch directory."""
 
     def __init__(self, target: Target, ktarget: Any, toolchain: Any, device: Any, work: Path,
-                 deadline: float, iters: int, run_timeout: float, threads: int | None = None) -> None:
+                 deadline: float, iters: int, run_timeout: float, threads: int | None = None,
+                 signals: StopOnSignal | None = None) -> None:
         self.target, self.ktarget, self.toolchain, self.device = target, ktarget, toolchain, device
         self.work, self.deadline, self.iters, self.run_timeout = work, deadline, iters, run_timeout
         self.threads = threads  # for the kernels' parallel loops (None: the device's cores)
@@ -153,6 +291,13 @@ class _Session:
         # Why the builder or the runner ended the search: meta_schedule passes their exceptions
         # on as a plain RuntimeError, so tune_models looks here for what it was.
         self.stop: Exception | None = None
+        self.signals = signals
+
+    def check_stop(self) -> None:
+        """Raise Stopped (and remember it as why the search ended) once SIGINT/SIGTERM arrived."""
+        if self.signals is not None and self.signals.signum is not None:
+            self.stop = Stopped(signal.Signals(self.signals.signum).name)
+            raise self.stop
 
     def _cc_command(self) -> list[str]:
         """The runner's compiler and flags (harness.build.runner.runner_command's, without files)."""
@@ -198,6 +343,7 @@ class _Session:
         from harness.compile.kernels import compile_kernels
         from harness.formats.signatures import SIGNATURES_C, write_signatures
 
+        self.check_stop()
         self.counter += 1
         out = self.work / f"c{self.counter:05d}"
         out.mkdir(parents=True, exist_ok=True)
@@ -231,14 +377,16 @@ class _Session:
         from harness.formats.artifact import Artifact
         from harness.run import execute, random_inputs
 
+        self.check_stop()
         artifact = Artifact.open(directory)
         inputs = random_inputs(artifact.inputs, seed=0)
         blob = tensorfile.dumps({s["name"]: inputs[s["name"]] for s in artifact.inputs})
         timeout, cut = self.candidate_timeout()
         t0 = time.monotonic()
         try:
-            _, timing = execute(self.device, directory / "minrt-run", artifact, blob, self.iters, timeout=timeout,
-                                threads=self.threads)
+            with self.signals.interruptible() if self.signals is not None else contextlib.nullcontext():
+                _, timing = execute(self.device, directory / "minrt-run", artifact, blob, self.iters,
+                                    timeout=timeout, threads=self.threads)
         except DeviceError:
             if cut and time.monotonic() - t0 >= timeout:  # the candidate was cut, the device is fine
                 raise RunnerError(f"candidate cut after {timeout:.1f} s (more than {SLOWER_THAN_DEFAULT_CUT:g}x "
@@ -262,6 +410,7 @@ def _make_builder(session: _Session) -> Any:
                 raise session.stop
             results = []
             for item in build_inputs:
+                session.check_stop()
                 if session.time_left() <= 0:
                     results.append(BuilderResult(None, "tuning time budget exhausted"))
                     continue
@@ -312,8 +461,10 @@ def _make_runner(session: _Session, max_device_failures: int = 3) -> Any:
                         session.best_us = us
                     futures.append(DoneFuture(RunnerResult([secs], None)))
                 except RunnerError as exc:  # the candidate itself failed on the device
+                    session.check_stop()
                     futures.append(DoneFuture(RunnerResult(None, str(exc)[:300])))
                 except DeviceError as exc:
+                    session.check_stop()  # a candidate killed on SIGTERM is no device failure
                     session.device_failures += 1
                     if session.device_failures >= max_device_failures:
                         session.stop = TuningError(f"the device failed {session.device_failures} times in a row; "
@@ -614,9 +765,10 @@ def tune_models(
     # meta_schedule's own log (task tables, per-iteration statistics), one file per kernel; -v
     # also shows it on the terminal, a failure names the file.
     search_logs = root / "logs" / "tune" / f"{target.name}-{'+'.join(stems)}"[:200]
-    with tempfile.TemporaryDirectory(prefix="tune-", dir=scratch_root) as tmp, \
+    with StopOnSignal(db_files.path) as signals, tempfile.TemporaryDirectory(prefix="tune-", dir=scratch_root) as tmp, \
             open_transport(target, kind=transport, host=host) as device:
         for i, task in enumerate(tasks, start=1):
+            signals.check()
             task_started = time.monotonic()
             label = f"[{i}/{len(tasks)}] {task.name}"
             mod = workload(task.func)
@@ -634,7 +786,7 @@ def tune_models(
                 default_us = db_files.default_latency(default_schedule(task.func, ktarget, target)[0])
                 if default_us is None and time.monotonic() < deadline:
                     session = _Session(target, ktarget, tc, device, Path(tmp) / f"t{i}", deadline, iters,
-                                       run_timeout, threads)
+                                       run_timeout, threads, signals)
                     session.kernel_name, session.n_outputs = _kernel_symbol(i), task.n_outputs
                     default_us = _measure_default(session, task.func, db_files)
                 results.append(result(0, default_us, "already tuned"))
@@ -656,7 +808,7 @@ def tune_models(
                     continue
                 task_deadline = time.monotonic() + time_share(left, task.weight, sum(t.weight for t in rest[:funded]))
             session = _Session(target, ktarget, tc, device, Path(tmp) / f"t{i}", task_deadline, iters, run_timeout,
-                               threads)
+                               threads, signals)
             session.kernel_name, session.n_outputs = _kernel_symbol(i), task.n_outputs
             with _quiet_steps():
                 default_us = _measure_default(session, task.func, db_files)
@@ -695,9 +847,11 @@ def tune_models(
                         max_trials_global=max_trials, num_trials_per_iter=min(trials_per_iter, max_trials),
                         builder=_make_builder(session), runner=_make_runner(session), database=database,
                         cost_model=cost_model or default_cost_model(),
-                        measure_callbacks=[_make_progress(session, label, budget, task_started), *_default_callbacks()],
+                        # the progress line after the batch's records are in the database
+                        measure_callbacks=[*_default_callbacks(), _make_progress(session, label, budget, task_started)],
                         task_scheduler="round-robin")
             except Exception:
+                signals.check()  # a signal ended the search: Stopped, whatever TVM made of it
                 if isinstance(session.stop, TimeUp):
                     log.info("tune %s: its share of the time budget is spent", label)
                 elif session.stop is not None:

@@ -255,6 +255,36 @@ def test_killed_board_fails_the_command_then_a_new_board_boots(board):
         assert dev.run(["uname", "-m"], timeout=30).stdout == "armv7l\n"
 
 
+def test_the_first_run_on_a_fresh_board_connects_once(board, tmp_path, caplog):
+    """Opening a board target's SSH transport boots the board when it is down; the SSH
+    connection that proved the boot ready is the one the run gets, not a second connection
+    right after (the first model on a new board logged "connecting ... over SSH" twice and
+    paid for two handshakes on the emulated CPU). The handed-over connection has its own
+    private work directory, removed on close; a board booted without asking keeps nothing."""
+    import logging
+
+    from harness.config.targets import load_target
+    from harness.device.open import open_transport
+
+    stop_board(instance=INSTANCE)
+    target_file = tmp_path / "rpi-qemu.toml"
+    target_file.write_text((REPO_ROOT / "targets" / "rpi-qemu.toml").read_text().replace(
+        "[transport]\n", f'[transport]\nboard_instance = "{INSTANCE}"\n'))
+    caplog.set_level(logging.INFO)
+    with open_transport(load_target(str(target_file))) as dev:
+        assert dev.run(["uname", "-m"], timeout=30).stdout == "armv7l\n"
+        workdir = dev.workdir
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("booting" in m for m in messages), messages  # a fresh boot, not the running board
+    connecting = [m for m in messages if m.startswith("connecting to ") and m.endswith(" over SSH")]
+    assert len(connecting) == 1, messages
+    fresh = ensure_board(instance=INSTANCE)
+    assert fresh.take_connection() is None  # the running board: no probe, nothing kept
+    with fresh.transport() as dev:
+        assert dev.workdir != workdir
+        assert dev.run(["test", "-e", workdir], timeout=30).returncode != 0  # removed on close
+
+
 def test_stop_powers_the_board_off():
     board = ensure_board(instance=INSTANCE, boot_timeout=300)
     assert stop_board(instance=INSTANCE) is True

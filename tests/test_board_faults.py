@@ -138,7 +138,7 @@ def test_a_board_that_freezes_during_a_farm_job_is_a_device_fault(shared_board, 
                             cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and farm.poll() is None:
-        logs = "".join(p.read_text(errors="replace") for p in (out / "logs").glob("*.log")) if out.exists() else ""
+        logs = "".join(p.read_text(errors="replace") for p in out.glob("*/logs/*.log"))  # out/<batch>/logs
         if "iteration(s)" in logs:
             break
         time.sleep(0.2)
@@ -149,7 +149,8 @@ def test_a_board_that_freezes_during_a_farm_job_is_a_device_fault(shared_board, 
         # the farm then collects evidence and power-cycles the board (a minute more)
         stdout, err = farm.communicate(timeout=HEARTBEAT_TIMEOUT_S + 240)
     assert farm.returncode == 3, stdout + err
-    report = json.loads((out / "farm-results.json").read_text())
+    (report_file,) = out.glob("*/farm-results.json")
+    report = json.loads(report_file.read_text())
     (attempt,) = report["jobs"][0]["attempts"]
     assert attempt["status"] == "device-failed" and "stopped answering" in attempt["error"], attempt
     assert attempt["ended"] - frozen < HEARTBEAT_TIMEOUT_S + 30, "the job noticed the freeze late"

@@ -83,3 +83,23 @@ def test_killing_the_board_mid_run_fails_cleanly_and_the_board_comes_back(shared
     again = run_on_target(example_models["mlp"], target, toolchain="host", iters=2)
     assert again.passed, again.error
     assert ensure_board(instance="0").pid != pid
+
+
+def test_peak_rss_is_reported_on_every_linux_target_and_says_whose(shared_board, example_models):
+    """Peak RSS of minrt-run on x86_64 and on the emulated board (its Linux counts the guest
+    process: at least the weights and the arena, which minrt touches), and under qemu-user the
+    qemu-user process's, labelled so (the guest's own is not known there). The board read
+    4 KiB before: its 6.1 kernel adds a thread's RSS to VmHWM only every 64 page faults."""
+    from harness.results.report import format_result
+    from harness.transport import PEAK_RSS_OF_QEMU_USER, PEAK_RSS_OF_RUNNER
+
+    for target, whose in (("x86_64", PEAK_RSS_OF_RUNNER), ("rpi-qemu", PEAK_RSS_OF_RUNNER),
+                          ("qemu-armv7", PEAK_RSS_OF_QEMU_USER)):
+        result = run_on_target(example_models["mlp"], load_target(target), toolchain="host", iters=2)
+        assert result.passed, result.error
+        fp = result.footprint
+        assert fp["peak_rss_of"] == whose, (target, fp)
+        assert fp["peak_rss_kb"] * 1024 >= fp["flash_weights"] + fp["arena_bytes"], (target, fp)
+        line = format_result(result.to_dict()).splitlines()[0]
+        assert f", peak RSS {fp['peak_rss_kb']:,} KiB" in line, line
+        assert (PEAK_RSS_OF_QEMU_USER in line) == (whose == PEAK_RSS_OF_QEMU_USER), line

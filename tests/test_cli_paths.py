@@ -225,12 +225,13 @@ def test_farm_run_takes_the_tolerances_of_run(tmp_path):
     # the FAIL row says why (its error column was empty for a mismatch)
     fail = next(line for line in proc.stdout.splitlines() if line.startswith("FAIL"))
     assert re.search(r"output \S+ vs \S+: \d+ of \d+ values differ \(max abs \S+, atol 0, rtol 0\)", fail), fail
-    [job] = json.loads((tmp_path / "farm" / "farm-results.json").read_text())["jobs"]
+    (report,) = (tmp_path / "farm").glob("*/farm-results.json")  # farm/<batch>/
+    [job] = json.loads(report.read_text())["jobs"]
     kept = Path(job["attempts"][0]["evidence"]["dir"])
     assert kept.is_absolute() and (kept / "outputs.bin").is_file(), kept
-    junit = (tmp_path / "farm" / "farm-results.xml").read_text()
+    junit = report.with_suffix(".xml").read_text()
     assert re.search(r'<failure message="output \S+ vs \S+: \d+ of \d+ values differ', junit), junit[:2000]
-    assert re.search(r"\"atol\": 0(\.0)?,", (tmp_path / "farm" / "farm-results.json").read_text())
+    assert re.search(r"\"atol\": 0(\.0)?,", report.read_text())
 
 
 # -- tuning: the budget is the total, progress is a line per batch -----------------------------

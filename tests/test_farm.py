@@ -195,12 +195,45 @@ def test_farm_runs_jobs_in_parallel_one_per_device(tmp_path: Path) -> None:
     assert len(rows) == 8 and all(r.passed and r.commit == "c1" for r in rows)
     assert {(r.model, r.target) for r in rows} == {(m.stem, t) for m in models for t in ("x86_64", "qemu-armv7")}
     # JUnit XML and JSON reports.
-    suite = ET.parse(tmp_path / "out" / "farm-results.xml").getroot()
+    assert report.junit_path == tmp_path / "out" / "b1" / "farm-results.xml"  # each batch its own directory
+    suite = ET.parse(report.junit_path).getroot()
     assert suite.tag == "testsuite" and suite.get("tests") == "8" and suite.get("failures") == "0"
     assert {(c.get("classname"), c.get("name")) for c in suite.iter("testcase")} == \
         {(f"farm.{t}", m.stem) for m in models for t in ("x86_64", "qemu-armv7")}
-    data = json.loads((tmp_path / "out" / "farm-results.json").read_text())
+    data = json.loads((tmp_path / "out" / "b1" / "farm-results.json").read_text())
     assert data["passed"] is True and len(data["jobs"]) == 8
+
+
+def test_two_batches_in_one_out_directory_keep_both_reports(tmp_path: Path) -> None:
+    """`harness farm run --out farm-out` run twice (the README's command, as a user repeats
+    it): the second batch's report, logs and evidence go beside the first's, whose files stay
+    as they were; the same batch again is refused (exit 2) before any job runs. The old
+    farm wrote OUT/farm-results.xml/.json for every batch, so the second batch replaced the
+    first's report (and its worker logs)."""
+    inv = parse_inventory(THREE_DEVICES)
+    store = ResultStore(tmp_path / "r.sqlite")
+    out = tmp_path / "farm-out"
+    models = _models(tmp_path, 1)
+    first = run_farm(inv, models, job_runner=standin_job, store=store, batch="b1", commit="c1", out_dir=out,
+                     leases=LocalLeases(inv, tmp_path / "locks"))
+    first_json = first.json_path.read_bytes()
+    first_logs = sorted(p.relative_to(out) for p in (out / "b1" / "logs").iterdir())
+    assert first_logs  # each attempt's worker log
+    second = run_farm(inv, models, job_runner=standin_job, store=store, batch="b2", commit="c2", out_dir=out,
+                      leases=LocalLeases(inv, tmp_path / "locks"))
+    assert (first.json_path, second.json_path) == (out / "b1" / "farm-results.json", out / "b2" / "farm-results.json")
+    assert first.json_path.read_bytes() == first_json
+    assert sorted(p.relative_to(out) for p in (out / "b1" / "logs").iterdir()) == first_logs
+    assert {json.loads(r.read_text())["batch"] for r in out.glob("*/farm-results.json")} == {"b1", "b2"}
+    assert ET.parse(out / "b1" / "farm-results.xml").getroot().get("tests") == "2"
+    assert [p.parent.name for p in store.farm_reports()] == ["b1", "b2"]  # the dashboard finds both
+    with pytest.raises(HarnessError, match=r"already holds batch b1's report .*give another --batch or --out"):
+        run_farm(inv, models, job_runner=standin_job, store=store, batch="b1", out_dir=out,
+                 leases=LocalLeases(inv, tmp_path / "locks"))
+    assert first.json_path.read_bytes() == first_json and len(store.runs(batch="b1")) == 2
+    with pytest.raises(HarnessError, match="cannot name a directory"):
+        run_farm(inv, models, job_runner=standin_job, store=store, batch="../b3", out_dir=out,
+                 leases=LocalLeases(inv, tmp_path / "locks"))
 
 
 def _descendants(pid: int) -> list[int]:
@@ -555,7 +588,8 @@ def test_two_farms_cannot_share_an_out_directory(tmp_path, example_models):
         proc = subprocess.run(argv, capture_output=True, text=True, timeout=300, env=env)
         assert proc.returncode == 2, proc.stdout + proc.stderr
         assert f"--out {out} is in use by another farm (pid {os.getpid()})" in proc.stderr
-        assert not (out / "farm-results.json").exists() and not (out / "logs").exists()
+        assert list(out.glob("*/farm-results.json")) == [] and list(out.glob("*/logs")) == []
     proc = subprocess.run(argv, capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert json.loads((out / "farm-results.json").read_text())["jobs"]
+    (report,) = out.glob("*/farm-results.json")  # OUT/<batch>/
+    assert json.loads(report.read_text())["jobs"] and f"{report.with_suffix('.xml')}" in proc.stdout

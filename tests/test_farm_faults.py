@@ -64,7 +64,7 @@ def test_ctrl_c_on_farm_run_stops_every_job_and_records_it(tmp_path: Path, sig: 
     assert farm.returncode == code, err
     assert "Traceback" not in err, err
     assert [p for p in device_pids if _alive(p)] == [], "a job's device process outlived the farm"
-    report = json.loads((tmp_path / "out" / "farm-results.json").read_text())
+    report = json.loads((tmp_path / "out" / "b1" / "farm-results.json").read_text())
     assert report["interrupted"] is True
     statuses = sorted(a["status"] for j in report["jobs"] for a in j["attempts"])
     assert statuses == ["interrupted", "interrupted"]

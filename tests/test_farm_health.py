@@ -133,13 +133,13 @@ power_cycle = {json.dumps([sys.executable, "-m", "harness.cli", "board", "restar
                           leases=LocalLeases(inventory, tmp_path / "locks"))
         assert not failed.passed
         evidence = failed.jobs[0].attempts[-1].evidence
-        kept = tmp_path / "out-failed" / "jobs"
+        kept = tmp_path / "out-failed" / "b2" / "jobs"
         (job_dir,) = list(kept.iterdir())
         for name in ("inputs.bin", "outputs.bin", "result.json", "artifact/graph.json",
                      "artifact/params.bin", "console.txt", "dmesg.txt"):
             assert (job_dir / name).is_file(), (name, sorted(p.name for p in job_dir.rglob("*")))
         assert evidence["dir"] == str(job_dir) and evidence["console"].endswith("console.txt")
-        case = ET.parse(tmp_path / "out-failed" / "farm-results.xml").getroot().find("testcase")
+        case = ET.parse(tmp_path / "out-failed" / "b2" / "farm-results.xml").getroot().find("testcase")
         assert str(job_dir) in case.find("system-out").text
         err = case.find("system-err").text
         console = (job_dir / "console.txt").read_text()
@@ -147,7 +147,7 @@ power_cycle = {json.dumps([sys.executable, "-m", "harness.cli", "board", "restar
         assert "--- board-1: console" in err and "built-in shell (ash)" in err
         assert "dmesg" in err
         # A passing job's files are pruned by default.
-        assert not (tmp_path / "out" / "jobs").exists() or not any((tmp_path / "out" / "jobs").iterdir())
+        assert not (tmp_path / "out" / "b1" / "jobs").exists() or not any((tmp_path / "out" / "b1" / "jobs").iterdir())
         # The dashboard's FAIL links to the run's page, which links to the board's console.
         site = build_dashboard(store, tmp_path / "site", farm_out=[tmp_path / "out-failed"]).parent
         (run,) = [r for r in store.runs(batch="b2") if not r.passed]

@@ -7,13 +7,20 @@ not here."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
+import re
+import signal
 import socket
+import subprocess
+import sys
 import time
 
 import onnx
 import pytest
 
+from harness import REPO_ROOT
 from harness.compile.model import compile_model
 from harness.errors import HarnessError
 from harness.models.examples import write_examples
@@ -267,3 +274,39 @@ def test_a_convolution_is_tuned_by_register_tiles_near_the_rule(tmp_path, monkey
     assert used["source"] == "tuned" and used["record"] == best.record_id
     result = run_on_target(cnn, target, iters=2, seed=3)
     assert result.error is None and result.passed, json.dumps(result.outputs, indent=1)
+
+
+def test_sigterm_while_meta_schedule_searches_stops_tuning_and_keeps_the_records(mlp, tmp_path):
+    """SIGTERM to a real `harness tune` the moment meta_schedule starts its second kernel's
+    search (after the first kernel's records were stored): exit 143 with one "stopping" line
+    and "interrupted (SIGTERM)", no process of its own left, and the first kernel's records
+    still in the database. Before, the CLI's KeyboardInterrupt was raised inside TVM's C++:
+    at this moment tune died of SIGSEGV (std::terminate, no message) in 2 of 5 tries, and
+    elsewhere it waited for the search's next call into Python."""
+    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), MINRT_CACHE=str(tmp_path))
+    env.pop("MINRT_NO_TUNING", None)
+    tune = subprocess.Popen([sys.executable, "-m", "harness.cli", "tune", str(mlp), "--target", "x86_64",
+                             "--toolchain", "host", "--trials", "40"], cwd=REPO_ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        seen = []
+        for line in tune.stderr:  # the first kernel's search, then the second one's start
+            seen.append(line)
+            if re.search(r"tune \[2/\d+\] \S+: \d+ trials \(", line):
+                break
+        assert tune.poll() is None, "".join(seen)
+        tune.send_signal(signal.SIGTERM)
+        _, rest = tune.communicate(timeout=120)  # liveness: it must end, not how fast
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(tune.pid, signal.SIGKILL)
+    err = "".join(seen) + rest
+    assert tune.returncode == 128 + signal.SIGTERM, err
+    assert "tune: SIGTERM: stopping; the records measured so far stay in" in err, err
+    assert err.rstrip().endswith("harness: interrupted (SIGTERM)"), err
+    assert "Traceback" not in err and "internal error" not in err, err
+    left = subprocess.run(["ps", "-o", "pid=,args=", "-s", str(tune.pid)], capture_output=True, text=True).stdout
+    assert left.strip() == "", f"processes of the tuning session left: {left}"
+    database = TuningDatabase.for_target(load_target("x86_64"), tmp_path)
+    records = [json.loads(line) for line in database.records_file.read_text().splitlines() if line.strip()]
+    assert records, "the first kernel's records were lost"

@@ -25,7 +25,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from harness.cache import cache_dir, private_dir
 from harness.errors import DeviceError, TargetError
@@ -75,6 +75,9 @@ class Board:
     pid: int | None = None
     user: str = "root"
     _proc: subprocess.Popen | None = field(default=None, repr=False, compare=False)
+    # The SSH connection that proved a fresh boot ready, kept for the caller who asked for it
+    # (ensure_board(keep_connection=True)) instead of a second connection right after.
+    _ready_connection: Any = field(default=None, repr=False, compare=False)
 
     @property
     def name(self) -> str:
@@ -109,6 +112,12 @@ class Board:
         return SSHParams("127.0.0.1", self.ssh_port, self.user, self.image.client_key,
                          self.known_hosts)
 
+    def take_connection(self) -> Any:
+        """The open SSHTransport (with a private work directory) that proved this boot ready,
+        once, when it was kept (ensure_board(keep_connection=True)); else None."""
+        connection, self._ready_connection = self._ready_connection, None
+        return connection
+
     def transport(self, workdir: str | None = None, connect_timeout: float = 15.0):
         """An SSHTransport to this board (host key verified against the image's key)."""
         from harness.transport.ssh import SSHTransport
@@ -141,8 +150,9 @@ class Board:
 
     # -- start ---------------------------------------------------------------------------------
 
-    def start(self, timeout: float = 240.0) -> None:
-        """Boot the board and wait until its console says READY and SSH answers."""
+    def start(self, timeout: float = 240.0, keep_connection: bool = False) -> None:
+        """Boot the board and wait until its console says READY and SSH answers
+        (`keep_connection`: the connection that proved it is kept for take_connection)."""
         if shutil.which("qemu-system-arm") is None:
             raise DeviceError("qemu-system-arm is not installed (apt-get install qemu-system-arm)")
         private_dir(self.run_dir)
@@ -152,7 +162,7 @@ class Board:
             self.ssh_port = _free_port()
             with contextlib.suppress(FileNotFoundError):
                 self.console_socket.unlink()
-            if self._spawn_and_wait(timeout):
+            if self._spawn_and_wait(timeout, keep_connection):
                 return
             log.info("board %s: a port was taken, retrying with others (%d)", self.name, attempt + 1)
         raise DeviceError(f"board {self.name}: qemu could not bind its ports:\n{self._qemu_log()}")
@@ -179,7 +189,7 @@ class Board:
         except OSError:
             return ""
 
-    def _spawn_and_wait(self, timeout: float) -> bool:
+    def _spawn_and_wait(self, timeout: float, keep_connection: bool = False) -> bool:
         """Start qemu and wait for readiness; False when qemu could not bind a port."""
         host_line = f"[127.0.0.1]:{self.ssh_port} {self.image.host_public_key}\n"
         self.known_hosts.write_text(host_line)
@@ -226,8 +236,17 @@ class Board:
                 time.sleep(0.5)
                 continue
             try:
-                with self.transport(connect_timeout=min(10.0, max(1.0, deadline - time.monotonic()))) as dev:
+                dev = self.transport(connect_timeout=min(10.0, max(1.0, deadline - time.monotonic())))
+                try:
                     result = dev.run(["uname", "-m"], timeout=10)
+                except BaseException:
+                    dev.close()
+                    raise
+                if keep_connection:
+                    dev.connect_timeout = 15.0  # a run's short steps get the usual bound, not the probe's
+                    self._ready_connection = dev
+                else:
+                    dev.close()
                 log.info("board %s: up in %.1f s (%s)", self.name, time.monotonic() - started,
                          result.stdout.strip())
                 self._save_state()
@@ -334,9 +353,11 @@ def _run_dir(name: str, instance: str, cache: Path | None) -> Path:
 
 
 def ensure_board(name: str = "qemu-virt-armv7", instance: str = "0", cache: Path | None = None,
-                 boot_timeout: float = 240.0) -> Board:
+                 boot_timeout: float = 240.0, keep_connection: bool = False) -> Board:
     """A running board: the one recorded for (name, instance) if it still answers, else a
-    freshly booted one (building the image first if needed)."""
+    freshly booted one (building the image first if needed). `keep_connection`: a fresh
+    boot's readiness check keeps its SSH connection for Board.take_connection (the caller
+    then owns it), so the first run on a new board connects once."""
     recipe = recipe_for(name)
     image = build_board_image(cache, recipe)
     run_dir = _run_dir(name, instance, cache)
@@ -354,7 +375,7 @@ def ensure_board(name: str = "qemu-virt-armv7", instance: str = "0", cache: Path
             if stale is not None:
                 stale._kill()
         board = Board(image, run_dir)
-        board.start(boot_timeout)
+        board.start(boot_timeout, keep_connection)
         return board
 
 

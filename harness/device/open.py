@@ -20,9 +20,11 @@ if TYPE_CHECKING:
 def _open_on_board(kind: str, options: dict[str, Any]) -> Transport:
     from harness.device.board import ensure_board
 
-    board = ensure_board(options.pop("board"), instance=str(options.pop("board_instance", "0")))
-    if kind == "ssh":  # no workdir option: a private one per connection (mktemp -d)
-        return board.transport(workdir=options.get("workdir"))
+    private = kind == "ssh" and options.get("workdir") is None  # a private workdir (mktemp -d) per connection
+    board = ensure_board(options.pop("board"), instance=str(options.pop("board_instance", "0")),
+                         keep_connection=private)
+    if kind == "ssh":  # a fresh boot's readiness connection is this run's: one connection, not two
+        return (board.take_connection() if private else None) or board.transport(workdir=options.get("workdir"))
     return open_kind(kind, {**options, "url": board.console_url})
 
 

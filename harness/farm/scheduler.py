@@ -563,8 +563,9 @@ def run_farm(
     """Run every model on every target (default: the inventory's targets) across the devices.
 
     One job per device at a time (leases), as many jobs at once as there are devices. Each
-    attempt goes to `store` (a ResultStore) under `batch`; `out_dir` gets `farm-results.xml`
-    (JUnit) and `farm-results.json`, and under `jobs/` each failed attempt's evidence (its
+    attempt goes to `store` (a ResultStore) under `batch`; `out_dir/<batch>/` gets
+    `farm-results.xml` (JUnit) and `farm-results.json`, each attempt's worker log under
+    `logs/`, and under `jobs/` each failed attempt's evidence (its
     artifact, inputs, outputs, the device's console and dmesg); `keep` says whose files stay:
     "failed" (default), "all" or "none". Before a device takes a job its health is checked
     (`check_health`); a device failing `inventory.quarantine_after` times in a row is
@@ -587,13 +588,28 @@ def run_farm(
 
         commit = git_commit()
     batch = batch or time.strftime("farm-%Y%m%dT%H%M%SZ", time.gmtime())
-    # absolute: the report's evidence paths are read later from another directory (the dashboard)
-    out_dir = Path(out_dir).resolve() if out_dir is not None else None
+    batch_dir = None
     with contextlib.ExitStack() as stack:
         if out_dir is not None:
+            # absolute: the report's evidence paths are read later from another directory (the dashboard)
+            out_dir = Path(out_dir).resolve()
             stack.enter_context(_own_out_dir(out_dir))
+            batch_dir = _batch_dir(out_dir, batch)
         return _run_jobs(inventory, models, targets, job_runner, runner_options, leases, store, batch, commit,
-                         out_dir, lease_timeout, job_timeout, on_start, keep, check_health)
+                         batch_dir, lease_timeout, job_timeout, on_start, keep, check_health)
+
+
+def _batch_dir(out_dir: Path, batch: str) -> Path:
+    """The directory of one batch's report, logs and evidence under --out: a farm run again with
+    the same --out (the default farm-out) keeps every earlier batch's files beside the new
+    ones. A batch whose report is already there is refused rather than overwritten."""
+    if batch in ("", ".", "..") or "/" in batch or "\0" in batch:
+        raise HarnessError(f"farm: batch name '{batch}' cannot name a directory under --out {out_dir}")
+    batch_dir = out_dir / batch
+    if (batch_dir / "farm-results.json").exists():
+        raise HarnessError(f"farm: --out {out_dir} already holds batch {batch}'s report ({batch_dir}); "
+                           "give another --batch or --out")
+    return batch_dir
 
 
 def _tolerances_given(args: argparse.Namespace) -> dict[str, float]:
@@ -729,7 +745,9 @@ def configure_parser(p: argparse.ArgumentParser, options: Any) -> None:
     options.add_target(r, repeatable=True)
     r.add_argument("--tag", action="append", help="only devices with this tag (repeatable)")
     r.add_argument("--results", help="results store (default: <cache>/results.sqlite)")
-    r.add_argument("--out", default="farm-out", help="directory for farm-results.xml/.json (default farm-out)")
+    r.add_argument("--out", default="farm-out",
+                   help="directory for the farm's reports: each batch's farm-results.xml/.json, logs and evidence "
+                        "go to OUT/BATCH/ (default farm-out)")
     r.add_argument("--batch", help="batch name in the store (default: farm-<UTC time>)")
     options.add_iters(r)
     options.add_toolchain(r)
@@ -742,7 +760,7 @@ def configure_parser(p: argparse.ArgumentParser, options: Any) -> None:
     r.add_argument("--job-timeout", type=options.positive_float, default=1800.0,
                    help="seconds one job may take on a device before it is stopped (default 1800)")
     r.add_argument("--keep", choices=KEEP_CHOICES, default="failed",
-                   help="whose evidence (artifact, inputs, outputs, console, dmesg) stays under OUT/jobs "
+                   help="whose evidence (artifact, inputs, outputs, console, dmesg) stays under OUT/BATCH/jobs "
                         "(default: failed jobs')")
     r.add_argument("--no-health-check", action="store_true",
                    help="give devices jobs without checking them first (no recovery, no quarantine)")

@@ -567,6 +567,20 @@ def _num(value: float | int | None) -> str:
     return '<td class="num">-</td>' if value is None else f'<td class="num">{value:,}</td>'
 
 
+def _rss(point: dict[str, Any]) -> str:
+    """The peak RSS cell, marked * (and titled) when the figure is qemu-user's process."""
+    from harness.transport import PEAK_RSS_OF_QEMU_USER, peak_rss_of
+
+    value = point.get("peak_rss_kb")
+    try:
+        whose = peak_rss_of(point["transport"]) if point.get("transport") else None
+    except HarnessError:  # a transport kind this harness does not know (an old store)
+        whose = None
+    if value is None or whose != PEAK_RSS_OF_QEMU_USER:
+        return _num(value)
+    return f'<td class="num" title="peak RSS of {_esc(whose)}">{value:,}*</td>'
+
+
 def _footprint_section(site: _Site, batches: list[str]) -> list[str]:
     """One table: per model x target, the latest flash and RAM figures against the target's
     declared memory, each row's trend over batches on demand."""
@@ -582,7 +596,9 @@ def _footprint_section(site: _Site, batches: list[str]) -> list[str]:
         return out + ['<p class="empty">No run recorded a footprint yet.</p></section>']
     out.append('<p class="note">Flash: the runner (minrt, kernels, front end) plus the weights; RAM: minrt\'s '
                "arena. Budgets are the target's declared memory ([memory] in its target file). The latest "
-               "batch that measured each pair; its trend on demand.</p>")
+               "batch that measured each pair; its trend on demand. Peak RSS: minrt-run's own (on the emulated "
+               "board too, by its Linux); marked * under qemu-user, where it is the qemu-user process's, "
+               "the emulator included.</p>")
     out.append('<table class="footprint"><tr><th>model</th><th>target</th><th>batch</th><th>flash B</th>'
                "<th>of flash</th><th>RAM (arena) B</th><th>of RAM</th><th>minrt B</th><th>kernels B</th>"
                "<th>weights B</th><th>peak RSS KiB</th><th>trend</th></tr>")
@@ -605,7 +621,7 @@ def _footprint_section(site: _Site, batches: list[str]) -> list[str]:
                    f'<td>{_esc(target)}</td><td title="{_esc(last["batch"])}">{_esc(short_batch(last["batch"]))}</td>'
                    f"{_num(flash)}{_pct(flash, memory.get('flash_bytes'))}{_num(last['arena_bytes'])}"
                    f"{_pct(last['arena_bytes'], memory.get('ram_bytes'))}{_num(last.get('minrt_text'))}"
-                   f"{_num(last.get('kernels_text'))}{_num(last.get('flash_weights'))}{_num(last.get('peak_rss_kb'))}"
+                   f"{_num(last.get('kernels_text'))}{_num(last.get('flash_weights'))}{_rss(last)}"
                    f"<td><details><summary>{len(xs)} batch(es)</summary>{chart}</details></td></tr>")
     out.append("</table></section>")
     return out

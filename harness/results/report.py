@@ -48,6 +48,10 @@ def format_result(r: Mapping[str, Any]) -> str:
         head += "  " + latency
     if r.get("arena_bytes") is not None:
         head += f", arena {r['arena_bytes']:,} B"
+    fp = r.get("footprint") or {}
+    if fp.get("peak_rss_kb") is not None:
+        whose = fp.get("peak_rss_of")
+        head += f", peak RSS {fp['peak_rss_kb']:,} KiB" + (f" of {whose}" if whose and whose != "minrt-run" else "")
     lines = [head]
     outputs = r.get("outputs", [])
     if outputs:

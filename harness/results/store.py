@@ -544,7 +544,7 @@ class ResultStore:
             points.append({"batch": batch, "commit": row.commit, "arena_bytes": row.arena_bytes,
                            **{c: getattr(row, c) for c in FOOTPRINT_COLUMNS},
                            "minrt_text": row.minrt_text, "runner_text": row.runner_text,
-                           "kernels_text": row.kernels_text})
+                           "kernels_text": row.kernels_text, "transport": row.transport})
         return points
 
     def latency_trend(self, target: str, model: str) -> list[dict[str, Any]]:

@@ -18,7 +18,7 @@ from harness.errors import TargetError
 from harness.transport.base import BOARD_OPTIONS, CommandResult, Transport, TransportKind
 
 __all__ = ["BOARD_OPTIONS", "CommandResult", "Transport", "TransportKind", "open_kind",
-           "transport_kind", "transport_kinds"]
+           "transport_kind", "transport_kinds", "peak_rss_of", "PEAK_RSS_OF_RUNNER", "PEAK_RSS_OF_QEMU_USER"]
 
 
 @functools.cache
@@ -48,3 +48,17 @@ def open_kind(name: str, options: Mapping[str, Any], address: str | None = None,
     """Open a transport of kind `name` with a target's [transport] options (not the board's:
     see harness.device.open)."""
     return transport_kind(name).open(options, address, trust_on_first_use)
+
+
+#: What a run's peak_rss_kb measures (RunResult.footprint["peak_rss_of"]).
+PEAK_RSS_OF_RUNNER = "minrt-run"
+#: qemu-user runs the ARM program inside its own host process, whose resident memory is the
+#: translator's and its code cache's as well as the program's; the guest's alone is not known.
+PEAK_RSS_OF_QEMU_USER = "the qemu-user process (emulator included)"
+
+
+def peak_rss_of(kind: str) -> str:
+    """Whose peak resident memory the runner reports when run through transport `kind`: its
+    own (a Linux host, the emulated board's Linux), or qemu-user's on this host."""
+    spec = transport_kind(kind)
+    return PEAK_RSS_OF_QEMU_USER if spec.emulator and spec.on_host else PEAK_RSS_OF_RUNNER
