@@ -303,7 +303,10 @@ def test_sigterm_while_meta_schedule_searches_stops_tuning_and_keeps_the_records
     err = "".join(seen) + rest
     assert tune.returncode == 128 + signal.SIGTERM, err
     assert "tune: SIGTERM: stopping; the records measured so far stay in" in err, err
-    assert err.rstrip().endswith("harness: interrupted (SIGTERM)"), err
+    # the search winds down and the CLI reports the signal; on a loaded machine TVM's C++ may
+    # outlast the grace period, and then tune exits at once, saying so (same code, records kept)
+    last = err.rstrip().splitlines()[-1]
+    assert last == "harness: interrupted (SIGTERM)" or "; exiting now (records kept in" in last, err
     assert "Traceback" not in err and "internal error" not in err, err
     left = subprocess.run(["ps", "-o", "pid=,args=", "-s", str(tune.pid)], capture_output=True, text=True).stdout
     assert left.strip() == "", f"processes of the tuning session left: {left}"
