@@ -472,8 +472,8 @@ def test_ctrl_c_leaves_no_container_behind(toolchains):
         assert proc.stdout is not None and proc.stdout.readline().strip() == "ready", proc.stderr
         time.sleep(0.3 + 0.07 * trial)
         proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=60)
-        assert "KeyboardInterrupt" in err, err
+        out, err = proc.communicate(timeout=180)  # liveness on a loaded machine, not speed
+        assert "KeyboardInterrupt" in err, f"exit {proc.returncode}; stderr: {err!r}; stdout: {out[-2000:]!r}"
     time.sleep(1.0)  # the engine finishing a create that was cut short
     assert _containers_running(token) == []
 
@@ -513,8 +513,8 @@ def test_ctrl_c_during_an_image_build_leaves_no_container_behind(engine, tmp_pat
     assert proc.poll() is None, proc.communicate()
     time.sleep(1.0)
     proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=60)
-    assert "KeyboardInterrupt" in err, err
+    out, err = proc.communicate(timeout=180)  # liveness on a loaded machine, not speed
+    assert "KeyboardInterrupt" in err, f"exit {proc.returncode}; stderr: {err!r}; stdout: {out[-2000:]!r}"
     ran = re.findall(r"Running in ([0-9a-f]{12})", log_path.read_text(errors="replace"))
     assert len(ran) >= 2, log_path.read_text()
     time.sleep(2.0)  # the engine notices the client is gone and cleans up
