@@ -365,8 +365,14 @@ def conv_tile_variants(schedule: KernelSchedule, limit: int = 8) -> list[ConvTil
 _L2_BYTES = 512 * 1024
 
 
+#: ARMv7 NEON: an innermost reduction loop of at most this many steps (a first layer's 3 input
+#: channels) is unrolled; a longer one stays a loop (unrolled by 4, LLVM hoists the steps'
+#: broadcast loads above the FMAs and spills them: light_squeezenet 298 M -> 445 M).
+_NEON_SHORT_REDUCTION = 4
+
+
 def _tile_conv_channels(sch: Any, block: Any, lanes: int, channel: int, weight: Any, group: int = 0,
-                        parallel: bool = False, tile: ConvTile | None = None,
+                        parallel: bool = False, tile: ConvTile | None = None, neon: bool = False,
                         ) -> tuple[str, list[str], ConvTile, tuple[int, int]]:
     """Register-tile a convolution with channels-last weights: a vector of output channels
     times a row of output pixels, the input values broadcast, the weights loaded as vectors
@@ -438,6 +444,9 @@ def _tile_conv_channels(sch: Any, block: Any, lanes: int, channel: int, weight: 
     pad_anchor = spatial[row]
     for consumer in consumers:
         sch.reverse_compute_at(consumer, x_o, preserve_unit_loops=True)
+    short = neon and reduce and _extent(sch, reduce[-1]) <= _NEON_SHORT_REDUCTION
+    if short:
+        sch.unroll(reduce[-1])
     sch.unroll(x_i)
     c_i = _register_vectors(sch, c_i, v_factor, lanes)
     threads = _parallelize_outer(sch, block) if parallel else ""
@@ -449,6 +458,7 @@ def _tile_conv_channels(sch: Any, block: Any, lanes: int, channel: int, weight: 
     placed = [sch.get(c).name_hint for c in consumers]
     return (f"channels-last tile {u_factor}x{v_factor}{f', groups of {group}' if group else ''}"
             f"{', weights packed per block' if packed else ''}"
+            f"{', innermost reduction unrolled' if short else ''}"
             f"{', pad computed in loop' if padded else ''}"
             f"{', ' + threads if threads else ''}"), placed, ConvTile(vectors, u_factor, packed), axes
 
@@ -755,12 +765,19 @@ def int8_pairs_intrinsic(tvm_target: Any) -> tuple[str, int] | None:
     vmull.s8 + vpadal.s16 on ARMv7 NEON; None elsewhere (Cortex-M: has_dsp's SMLAD)."""
     attrs = dict(tvm_target.attrs) if hasattr(tvm_target, "attrs") else dict(tvm_target)
     triple = str(attrs.get("mtriple", ""))
-    mattr = [str(a) for a in attrs.get("mattr", [])]
     if (triple.startswith("x86_64") or not triple) and simd_lanes(tvm_target) >= 8:
         return AVX2_PAIRS16, 8
-    if triple.startswith("armv7") and "+neon" in mattr:
+    if is_armv7_neon(tvm_target):
         return NEON_PAIRS8, 4
     return None
+
+
+def is_armv7_neon(tvm_target: Any) -> bool:
+    """Whether the target is an ARMv7-A core with NEON (16 q registers of 4 floats), from its
+    LLVM triple and features: the targets whose float tiles follow the NEON rules."""
+    attrs = dict(tvm_target.attrs) if hasattr(tvm_target, "attrs") else dict(tvm_target)
+    mattr = [str(a) for a in attrs.get("mattr", [])]
+    return str(attrs.get("mtriple", "")).startswith("armv7") and "+neon" in mattr
 
 
 def _tile_int8_simd(sch: Any, block: Any, intrin: tuple[str, int], parallel: bool = False) -> tuple[str, list[str]]:
@@ -951,14 +968,16 @@ def _int8_simd_rule(sch: Any, block: Any, intrin: tuple[str, int]) -> Callable[.
 
 
 def schedule_kernel(func: Any, lanes: int, parallel: bool = False, dsp: bool = False,
-                    tile: ConvTile | None = None, int8_simd: tuple[str, int] | None = None) -> tuple[Any, KernelSchedule]:
+                    tile: ConvTile | None = None, int8_simd: tuple[str, int] | None = None,
+                    neon: bool = False) -> tuple[Any, KernelSchedule]:
     """Apply the default rules to one PrimFunc; returns the scheduled PrimFunc and what was
     done. Falls back to inlining only when the tiling rule does not apply. With `parallel`
     (Linux targets, whose runner runs parallel loops on threads), a tiled kernel of at least
     PARALLEL_MIN_WORK multiply-adds gets its outermost loop with more than one iteration
     parallel (output rows or channel blocks: each task writes its own outputs). `tile`: a
     channels-last convolution's register tile instead of the rule's (a ValueError when the
-    kernel is no such convolution or the tile does not divide it)."""
+    kernel is no such convolution or the tile does not divide it). `neon`: the ARMv7 NEON rules
+    (is_armv7_neon) where they differ from the others'."""
     from tvm import s_tir
 
     sch = s_tir.Schedule(func)
@@ -1004,7 +1023,7 @@ def schedule_kernel(func: Any, lanes: int, parallel: bool = False, dsp: bool = F
                     detail, placed = _tile_reduction(sch, func, anchor, lanes, parallel=threads)
             elif channel is not None:
                 detail, placed, conv_tile, tile_axes = _tile_conv_channels(sch, anchor, lanes, *channel,
-                                                                           parallel=threads, tile=tile)
+                                                                           parallel=threads, tile=tile, neon=neon)
             else:
                 detail, placed = _tile_reduction(sch, func, anchor, lanes, parallel=threads)
             details.append(detail)
