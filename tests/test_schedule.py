@@ -170,3 +170,23 @@ def test_shufflenet_unit_grouped_convs_and_shuffle_are_scheduled_and_match(tmp_p
     result = run_on_target(path, target, iters=2, seed=5, atol=1e-4, rtol=1e-4)
     assert result.error is None, result.error
     assert result.passed, json.dumps(result.outputs, indent=1)
+
+
+def test_armv7_float_convs_multiply_add_in_one_vfma(models, monkeypatch):
+    """On ARMv7 NEON (the qemu-armv7 target's mattr takes off LLVM's cortex-a7 vmlx-hazards and
+    slowfpvfmx), every float conv kernel's multiply-adds are vfma.f32, not a vmul.f32 and a
+    vadd.f32 each: one instruction per 4 multiply-adds instead of two."""
+    import subprocess
+
+    from harness.compile.model import compile_model
+
+    monkeypatch.setenv("MINRT_NO_TUNING", "1")
+    artifact = compile_model(models["resnet8"], "qemu-armv7")
+    dump = subprocess.run(["arm-linux-gnueabihf-objdump", "-d", str(artifact.dir / "kernels.o")],
+                          capture_output=True, text=True, check=True).stdout
+    parts = re.split(r"^[0-9a-f]+ <([^>]+)>:$", dump, flags=re.MULTILINE)
+    convs = {name: body for name, body in zip(parts[1::2], parts[2::2]) if "conv2d" in name and "__tvm_ffi" not in name}
+    assert convs, sorted(parts[1::2])
+    for name, body in convs.items():
+        assert re.search(r"\svfma\.f32\s", body), name
+        assert not re.search(r"\svmul\.f32\s", body), name
