@@ -36,7 +36,7 @@ from harness.compile.kernels import SYSTEM_LIB_PREFIX, compile_kernels, kernel_t
 log = logging.getLogger(__name__)
 
 #: Bump when the artifact produced for the same inputs changes (invalidates the cache).
-PIPELINE_VERSION = "19"  # 3: aligned params; 4-6: in-place outputs; 7: scheduled kernels; 8: kernel signatures; 9: kernels in the signature table; 10: channels-last conv weights; 11: .tflite, int8 kernels; 12: compact per-channel requantization tables; 13: BNs on ConstantOfShape weights folded, grouped channels-last convs; 14: int8 kernels with the input zero point in the bias, SMLAD on Cortex-M4/M7; 15: int32 requantization shifts; 16: SVDF, integer QUANTIZE with int16/int32, int8 -> int16 softmax; 17: params.bin container version 2 (a directory of name, dtype, size; no per-tensor headers); 18: int8 requantization rounded in int32 where exact; 19: ARMv7 NEON: vfma, short reductions unrolled
+PIPELINE_VERSION = "19"  # 3: aligned params; 4-6: in-place outputs; 7: scheduled kernels; 8: kernel signatures; 9: kernels in the signature table; 10: channels-last conv weights; 11: .tflite, int8 kernels; 12: compact per-channel requantization tables; 13: BNs on ConstantOfShape weights folded, grouped channels-last convs; 14: int8 kernels with the input zero point in the bias, SMLAD on Cortex-M4/M7; 15: int32 requantization shifts; 16: SVDF, integer QUANTIZE with int16/int32, int8 -> int16 softmax; 17: params.bin container version 2 (a directory of name, dtype, size; no per-tensor headers); 18: int8 requantization rounded in int32 where exact; 19: ARMv7 NEON: vfma, short reductions unrolled, channel-vector epilogues, concatenations by rows
 ABI = "tvm-ffi"
 
 
