@@ -170,3 +170,62 @@ def test_shufflenet_unit_grouped_convs_and_shuffle_are_scheduled_and_match(tmp_p
     result = run_on_target(path, target, iters=2, seed=5, atol=1e-4, rtol=1e-4)
     assert result.error is None, result.error
     assert result.passed, json.dumps(result.outputs, indent=1)
+
+
+def test_armv7_float_convs_multiply_add_in_one_vfma(models, monkeypatch):
+    """On ARMv7 NEON (the qemu-armv7 target's mattr takes off LLVM's cortex-a7 vmlx-hazards and
+    slowfpvfmx), every float conv kernel's multiply-adds are vfma.f32, not a vmul.f32 and a
+    vadd.f32 each: one instruction per 4 multiply-adds instead of two."""
+    import subprocess
+
+    from harness.compile.model import compile_model
+
+    monkeypatch.setenv("MINRT_NO_TUNING", "1")
+    artifact = compile_model(models["resnet8"], "qemu-armv7")
+    dump = subprocess.run(["arm-linux-gnueabihf-objdump", "-d", str(artifact.dir / "kernels.o")],
+                          capture_output=True, text=True, check=True).stdout
+    parts = re.split(r"^[0-9a-f]+ <([^>]+)>:$", dump, flags=re.MULTILINE)
+    convs = {name: body for name, body in zip(parts[1::2], parts[2::2]) if "conv2d" in name and "__tvm_ffi" not in name}
+    assert convs, sorted(parts[1::2])
+    for name, body in convs.items():
+        assert re.search(r"\svfma\.f32\s", body), name
+        assert not re.search(r"\svmul\.f32\s", body), name
+
+
+def _fire_module(path) -> None:
+    """A SqueezeNet fire module on 13x13 (a 1x1 squeeze conv, 1x1 and 3x3 expand convs with
+    bias and relu, their outputs concatenated along the channels)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(11)
+    inits = [numpy_helper.from_array(rng.standard_normal(shape).astype(np.float32) * 0.2, name)
+             for name, shape in (("ws", (16, 32, 1, 1)), ("bs", (16,)), ("w1", (24, 16, 1, 1)), ("b1", (24,)),
+                                 ("w3", (24, 16, 3, 3)), ("b3", (24,)))]
+    nodes = [helper.make_node("Conv", ["x", "ws", "bs"], ["s"]), helper.make_node("Relu", ["s"], ["sr"]),
+             helper.make_node("Conv", ["sr", "w1", "b1"], ["e1"]), helper.make_node("Relu", ["e1"], ["e1r"]),
+             helper.make_node("Conv", ["sr", "w3", "b3"], ["e3"], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["e3"], ["e3r"]), helper.make_node("Concat", ["e1r", "e3r"], ["y"], axis=1)]
+    graph = helper.make_graph(nodes, "fire", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 32, 13, 13])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 48, 13, 13])], initializer=inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.checker.check_model(model, full_check=True)
+    onnx.save(model, path)
+
+
+def test_armv7_fire_module_epilogues_and_concatenation_match(tmp_path, monkeypatch):
+    """ARMv7 NEON rules: the concatenation is copied by rows of the 13x13 plane (not element by
+    element through a select), and the outputs of the channel-vector epilogues and the
+    row copies match onnxruntime and the ONNX reference under qemu-armv7."""
+    from harness.compile.model import compile_model
+
+    monkeypatch.setenv("MINRT_NO_TUNING", "1")
+    path = tmp_path / "fire.onnx"
+    _fire_module(path)
+    target = load_target("qemu-armv7")
+    details = {name: s.get("detail", "") for name, s in compile_model(path, target, cache=tmp_path).metadata["schedules"].items()}
+    assert [d for name, d in details.items() if "concatenate" in name] == ["rows of 169"], details
+    assert all(d.startswith("channels-last tile") for name, d in details.items() if "conv2d" in name), details
+    result = run_on_target(path, target, iters=2, seed=5, atol=1e-4, rtol=1e-4)
+    assert result.error is None, result.error
+    assert result.passed, json.dumps(result.outputs, indent=1)

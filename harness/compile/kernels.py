@@ -96,12 +96,13 @@ def default_schedule(func: Any, ktarget: Any, target: Target, tile: Any = None) 
     from harness.compile.schedule import (
         has_dsp,
         int8_pairs_intrinsic,
+        is_armv7_neon,
         schedule_kernel,
         simd_lanes,
     )
 
     return schedule_kernel(func, simd_lanes(ktarget), parallel_kernels(target), has_dsp(ktarget), tile=tile,
-                           int8_simd=int8_pairs_intrinsic(ktarget))
+                           int8_simd=int8_pairs_intrinsic(ktarget), neon=is_armv7_neon(ktarget))
 
 
 def written_as_is(func: Any) -> bool:

@@ -365,8 +365,32 @@ def conv_tile_variants(schedule: KernelSchedule, limit: int = 8) -> list[ConvTil
 _L2_BYTES = 512 * 1024
 
 
+#: ARMv7 NEON: an innermost reduction loop of at most this many steps (a first layer's 3 input
+#: channels) is unrolled; a longer one stays a loop (unrolled by 4, LLVM hoists the steps'
+#: broadcast loads above the FMAs and spills them: light_squeezenet 298 M -> 445 M).
+_NEON_SHORT_REDUCTION = 4
+
+
+def _epilogue_along_channels(sch: Any, consumer: Any, channels: int, pixels: int, lanes: int) -> bool:
+    """ARMv7 NEON: a channels-last tile's epilogue (bias, residual, relu; NCHW output) computed
+    pixel by pixel on vectors of `lanes` output channels, as the accumulators hold them, each
+    lane stored with vst1.32 {dN[k]} (one instruction, the output's channel stride apart),
+    instead of element by element. Returns whether its loops had the expected shape (n, c, y, x
+    of the tile: 1, `channels`, 1, `pixels`) and were rewritten."""
+    loops = sch.get_loops(consumer)[-4:]
+    if len(loops) < 4 or [_extent(sch, lp) for lp in loops] != [1, channels, 1, pixels] or channels % lanes:
+        return False
+    _, c, _, x = loops
+    sch.reorder(x, c)
+    c_o, c_i = sch.split(c, [None, lanes])
+    sch.unroll(x)
+    sch.unroll(c_o)
+    sch.vectorize(c_i)
+    return True
+
+
 def _tile_conv_channels(sch: Any, block: Any, lanes: int, channel: int, weight: Any, group: int = 0,
-                        parallel: bool = False, tile: ConvTile | None = None,
+                        parallel: bool = False, tile: ConvTile | None = None, neon: bool = False,
                         ) -> tuple[str, list[str], ConvTile, tuple[int, int]]:
     """Register-tile a convolution with channels-last weights: a vector of output channels
     times a row of output pixels, the input values broadcast, the weights loaded as vectors
@@ -438,6 +462,11 @@ def _tile_conv_channels(sch: Any, block: Any, lanes: int, channel: int, weight: 
     pad_anchor = spatial[row]
     for consumer in consumers:
         sch.reverse_compute_at(consumer, x_o, preserve_unit_loops=True)
+        if neon:
+            _epilogue_along_channels(sch, consumer, v_factor, u_factor, lanes)
+    short = neon and reduce and _extent(sch, reduce[-1]) <= _NEON_SHORT_REDUCTION
+    if short:
+        sch.unroll(reduce[-1])
     sch.unroll(x_i)
     c_i = _register_vectors(sch, c_i, v_factor, lanes)
     threads = _parallelize_outer(sch, block) if parallel else ""
@@ -449,6 +478,7 @@ def _tile_conv_channels(sch: Any, block: Any, lanes: int, channel: int, weight: 
     placed = [sch.get(c).name_hint for c in consumers]
     return (f"channels-last tile {u_factor}x{v_factor}{f', groups of {group}' if group else ''}"
             f"{', weights packed per block' if packed else ''}"
+            f"{', innermost reduction unrolled' if short else ''}"
             f"{', pad computed in loop' if padded else ''}"
             f"{', ' + threads if threads else ''}"), placed, ConvTile(vectors, u_factor, packed), axes
 
@@ -464,7 +494,51 @@ def _divides(expr: Any) -> bool:
                for child in ("a", "b", "value"))
 
 
-def _vectorize_elementwise(sch: Any, block: Any, lanes: int) -> str:
+def _select_invariant_rows(sch: Any, block: Any, lanes: int) -> str:
+    """ARMv7 NEON: an elementwise block whose value is a chain of selects (a concatenation's
+    `channel < C ? a : b`) testing only its outer axes gets the axes after them fused into
+    rows; each row is one branch's contiguous copy, vectorized where the row is a whole number
+    of vectors, else left for LLVM (which takes the loop-invariant test out of the loop).
+    Element by element (the rule for other selects), squeezenet's 55x55 concatenations took ~20
+    instructions per element. Returns a description, or "" when the block is no such select."""
+    from tvm import tirx
+    from tvm.ir import Call
+
+    node = sch.get(block)
+    loops = sch.get_loops(block)
+    names = [iv.var.name for iv in node.iter_vars]
+    if len(loops) != len(names) or not isinstance(node.body, tirx.BufferStore):
+        return ""
+    tested: set[str] = set()
+    value = node.body.value
+    while isinstance(value, Call) and str(value.op.name).endswith("if_then_else"):
+        tested |= _vars_of(value.args[0])
+        if _has_select_expr(value.args[1]):
+            return ""
+        value = value.args[2]
+    if not tested or not tested <= set(names) or _has_select_expr(value):
+        return ""
+    last = max(names.index(n) for n in tested)
+    if last + 1 >= len(loops):
+        return ""
+    inner = loops[last + 1:]
+    row = math.prod(_extent(sch, lp) for lp in inner)
+    if row <= 1:
+        return ""
+    fused = sch.fuse(*inner) if len(inner) > 1 else inner[0]
+    if row % lanes == 0:
+        factor = _vector_factor(row, lanes)
+        _, vec = sch.split(fused, [None, factor])
+        sch.vectorize(vec)
+        return f"rows of {row}, vector {factor}"
+    return f"rows of {row}"
+
+
+def _has_select_expr(expr: Any) -> bool:
+    return "if_then_else" in str(expr)
+
+
+def _vectorize_elementwise(sch: Any, block: Any, lanes: int, neon: bool = False) -> str:
     """Fuse the block's loops into one and vectorize it, or, for a block whose reads index by
     division or remainder (a reshape/transpose, a channel shuffle), fuse all but the innermost
     and vectorize that: its reads stay contiguous (a fused index would be divided back per
@@ -477,6 +551,9 @@ def _vectorize_elementwise(sch: Any, block: Any, lanes: int) -> str:
         _, inner = sch.split(loops[-1], [None, factor])
         sch.vectorize(inner)
         return f"rows of {_extent(sch, outer)}, vector {factor}"
+    rows = _select_invariant_rows(sch, block, lanes) if neon else ""
+    if rows:
+        return rows
     fused = sch.fuse(*loops) if len(loops) > 1 else loops[0]
     n = _extent(sch, fused)
     factor = _vector_factor(n, lanes)
@@ -755,12 +832,19 @@ def int8_pairs_intrinsic(tvm_target: Any) -> tuple[str, int] | None:
     vmull.s8 + vpadal.s16 on ARMv7 NEON; None elsewhere (Cortex-M: has_dsp's SMLAD)."""
     attrs = dict(tvm_target.attrs) if hasattr(tvm_target, "attrs") else dict(tvm_target)
     triple = str(attrs.get("mtriple", ""))
-    mattr = [str(a) for a in attrs.get("mattr", [])]
     if (triple.startswith("x86_64") or not triple) and simd_lanes(tvm_target) >= 8:
         return AVX2_PAIRS16, 8
-    if triple.startswith("armv7") and "+neon" in mattr:
+    if is_armv7_neon(tvm_target):
         return NEON_PAIRS8, 4
     return None
+
+
+def is_armv7_neon(tvm_target: Any) -> bool:
+    """Whether the target is an ARMv7-A core with NEON (16 q registers of 4 floats), from its
+    LLVM triple and features: the targets whose float tiles follow the NEON rules."""
+    attrs = dict(tvm_target.attrs) if hasattr(tvm_target, "attrs") else dict(tvm_target)
+    mattr = [str(a) for a in attrs.get("mattr", [])]
+    return str(attrs.get("mtriple", "")).startswith("armv7") and "+neon" in mattr
 
 
 def _tile_int8_simd(sch: Any, block: Any, intrin: tuple[str, int], parallel: bool = False) -> tuple[str, list[str]]:
@@ -1086,14 +1170,16 @@ def _int8_simd_rule(sch: Any, block: Any, intrin: tuple[str, int]) -> list[Calla
 
 
 def schedule_kernel(func: Any, lanes: int, parallel: bool = False, dsp: bool = False,
-                    tile: ConvTile | None = None, int8_simd: tuple[str, int] | None = None) -> tuple[Any, KernelSchedule]:
+                    tile: ConvTile | None = None, int8_simd: tuple[str, int] | None = None,
+                    neon: bool = False) -> tuple[Any, KernelSchedule]:
     """Apply the default rules to one PrimFunc; returns the scheduled PrimFunc and what was
     done. Falls back to inlining only when the tiling rule does not apply. With `parallel`
     (Linux targets, whose runner runs parallel loops on threads), a tiled kernel of at least
     PARALLEL_MIN_WORK multiply-adds gets its outermost loop with more than one iteration
     parallel (output rows or channel blocks: each task writes its own outputs). `tile`: a
     channels-last convolution's register tile instead of the rule's (a ValueError when the
-    kernel is no such convolution or the tile does not divide it)."""
+    kernel is no such convolution or the tile does not divide it). `neon`: the ARMv7 NEON rules
+    (is_armv7_neon) where they differ from the others'."""
     from tvm import s_tir
 
     sch = s_tir.Schedule(func)
@@ -1143,7 +1229,7 @@ def schedule_kernel(func: Any, lanes: int, parallel: bool = False, dsp: bool = F
                     detail, placed = _tile_reduction(sch, func, anchor, lanes, parallel=threads)
             elif channel is not None:
                 detail, placed, conv_tile, tile_axes = _tile_conv_channels(sch, anchor, lanes, *channel,
-                                                                           parallel=threads, tile=tile)
+                                                                           parallel=threads, tile=tile, neon=neon)
             else:
                 detail, placed = _tile_reduction(sch, func, anchor, lanes, parallel=threads)
             details.append(detail)
@@ -1155,7 +1241,7 @@ def schedule_kernel(func: Any, lanes: int, parallel: bool = False, dsp: bool = F
         for block in _blocks(sch):
             if (_is_spatial(sch, block) and _writes_output(sch, block, local)
                     and sch.get(block).name_hint not in placed):
-                details.append(_vectorize_elementwise(sch, block, lanes))
+                details.append(_vectorize_elementwise(sch, block, lanes, neon=neon))
         if tile is not None and conv_tile is None:
             raise ValueError("a register tile was given for a kernel that is no channels-last convolution")
         return sch.mod["main"], KernelSchedule(rule=rule, detail="; ".join(details), tile=conv_tile,
