@@ -164,8 +164,9 @@ def cmd_board(args: argparse.Namespace) -> int:
     from harness.device import board
 
     if args.action == "up":
-        b = board.ensure_board(args.name, args.instance)
-        print(f"board {args.name}-{args.instance}: up, SSH 127.0.0.1:{b.ssh_port}, console {b.console_url}")
+        b = board.ensure_board(args.name, args.instance, cores=args.cores)
+        print(f"board {args.name}-{args.instance}: up, {b.cores} core(s), SSH 127.0.0.1:{b.ssh_port}, "
+              f"console {b.console_url}")
     elif args.action == "down":
         stopped = board.stop_board(args.name, args.instance)
         print(f"board {args.name}-{args.instance}: {'powered off' if stopped else 'was not running'}")
@@ -393,6 +394,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", default="qemu-virt-armv7",
                    help="which board image (default qemu-virt-armv7, the one targets/rpi-qemu.toml names)")
     p.add_argument("--instance", default="0", help="which of several boards of that image (default 0)")
+    p.add_argument("--cores", type=int, default=None, metavar="N",
+                   help="up: boot with N CPUs, rebooting a board running with others (default: the "
+                        "running board's, else the image recipe's)")
     p.set_defaults(func=cmd_board)
 
     p = opts.command_parser(sub, "toolchain", "build the Docker toolchain images (bootstrap: the base image too)")

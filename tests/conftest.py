@@ -77,10 +77,13 @@ SHARED_BOARD_INSTANCE = "0"
 
 @pytest.fixture(scope="session")
 def shared_board():
+    from harness.config.targets import load_target
     from harness.device.board import board_status, ensure_board, stop_board
 
     was_up = board_status(instance=SHARED_BOARD_INSTANCE)["state"] == "up"
-    board = ensure_board(instance=SHARED_BOARD_INSTANCE, boot_timeout=300)
+    # with rpi-qemu's cores, so the tests' runs on that target do not boot it again
+    cores = load_target("rpi-qemu").transport.options.get("board_cores")
+    board = ensure_board(instance=SHARED_BOARD_INSTANCE, boot_timeout=300, cores=cores)
     yield board
     if not was_up:
         stop_board(instance=SHARED_BOARD_INSTANCE)

@@ -293,3 +293,23 @@ def test_stop_powers_the_board_off():
     # A clean power-off, not a kill: the kernel said so on the console.
     assert "reboot: Power down" in board.console_log.read_text(errors="replace")
     assert stop_board(instance=INSTANCE) is False
+
+
+def test_a_board_asked_for_other_cores_boots_again_with_them():
+    """The CPU count is a boot option (-smp): a caller that asks none reuses whatever board
+    runs; one that asks for other cores than the running board has gets it booted again with
+    them. (The default board's cores, rpi-qemu's `board_cores`: test_threads.)"""
+    one = ensure_board(instance=INSTANCE, cores=1, boot_timeout=300)
+    try:
+        assert ensure_board(instance=INSTANCE).pid == one.pid
+        assert ensure_board(instance=INSTANCE, cores=1).pid == one.pid
+        assert board_status(instance=INSTANCE)["cores"] == 1
+        with one.transport() as dev:
+            assert dev.run(["nproc"], timeout=30).stdout == "1\n"
+        two = ensure_board(instance=INSTANCE, cores=2, boot_timeout=300)
+        assert two.pid != one.pid and not one.is_running()
+        assert board_status(instance=INSTANCE)["cores"] == 2
+        with two.transport() as dev:
+            assert dev.run(["nproc"], timeout=30).stdout == "2\n"
+    finally:
+        stop_board(instance=INSTANCE)

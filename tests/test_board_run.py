@@ -49,11 +49,14 @@ def test_int8_mlperf_model_on_the_board_matches_tflite_micro(shared_board, tmp_p
 
 
 def test_cli_main_job_on_the_default_target(shared_board, example_models):
-    """`harness run` with no --target runs on the emulated board and prints the comparison."""
+    """`harness run` with no --target runs on the emulated board, on all its cores (no
+    --threads: the device's), and prints the comparison."""
     proc = subprocess.run([sys.executable, "-m", "harness.cli", "run", "--model", "mlp",
                            "--toolchain", "host"], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr
     assert "mlp on rpi-qemu (ssh): PASS" in proc.stdout
+    cores = load_target("rpi-qemu").transport.options["board_cores"]
+    assert f", {cores} threads\n" in proc.stdout, proc.stdout
     assert "vs onnx-reference" in proc.stdout and "1 of 1 model(s) passed on rpi-qemu" in proc.stdout
 
 

@@ -83,7 +83,11 @@ MALFORMED = [
     (lambda t: t + "[board]\nram_mib = 512\n", "board.ram_mib", "unknown key"),
     # a misspelt transport option would silently check host keys against ~/.ssh/known_hosts
     (lambda t: t.replace("known_hosts =", "knwon_hosts ="), "transport.knwon_hosts",
-     "allowed: board, board_instance, host, key_file, known_hosts, port, trust_on_first_use, user, workdir"),
+     "allowed: board, board_cores, board_instance, host, key_file, known_hosts, port, trust_on_first_use, user, workdir"),
+    # the emulated board's CPUs: what QEMU's virt machine gives a 32-bit guest, 1 to 8
+    (lambda t: t.replace('user = "pi"', 'user = "pi"\nboard_cores = 0'), "transport.board_cores", "from 1 to 8, got 0"),
+    (lambda t: t.replace('user = "pi"', 'user = "pi"\nboard_cores = 9'), "transport.board_cores", "from 1 to 8, got 9"),
+    (lambda t: t.replace('user = "pi"', 'user = "pi"\nboard_cores = "2"'), "transport.board_cores", "must be an integer"),
     (lambda t: t.replace('user = "pi"', 'user = "pi"\nport = "22"'), "transport.port", "must be an integer"),
     (lambda t: t.replace('user = "pi"', "user = 7"), "transport.user", "must be a string"),
     (lambda t: t.replace('kind = "ssh"', 'kind = "qemu-user"'), "transport.user", "allowed: cpu"),

@@ -1,7 +1,8 @@
 """Every core: the runner runs kernels' parallel loops on N threads (runtime_c/runner/pool.c,
 `minrt-run -t N`), with minrt's core unchanged. On x86_64 and qemu-armv7 a model whose heavy
 kernels have parallel loops (the default schedules on Linux targets) gives the same bytes at 1
-and 2 threads, and on a real-sized CNN the runner reports that two threads did run kernel work."""
+and 2 threads, and on a real-sized CNN the runner reports that two threads did run kernel work.
+The emulated board boots with the cores its target names, and a run there uses them all."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from harness.config.targets import load_target
 from harness.device.open import open_transport
 from harness.formats import tensorfile
 from harness.models.zoo import LIGHT_ZOO, light_zoo_path, write_zoo
-from harness.run import execute, random_inputs
+from harness.run import execute, random_inputs, run_on_target
 
 
 def _needs(target_name: str) -> None:
@@ -33,17 +34,8 @@ def _needs(target_name: str) -> None:
 def test_outputs_are_identical_at_one_and_two_threads(tmp_path, monkeypatch, target_name, model):
     monkeypatch.setenv("MINRT_NO_TUNING", "1")
     _needs(target_name)
-    target = load_target(target_name)
     path = light_zoo_path(model) if model in LIGHT_ZOO else write_zoo(tmp_path, [model])[model]
-    artifact = compile_model(path, target)
-    parallel = [k for k, v in artifact.metadata["schedules"].items() if "parallel" in v.get("detail", "")]
-    assert parallel, "no kernel of the model got a parallel loop"
-    runner = build_runner(target, artifact, get_toolchain("host", target))
-    inputs = random_inputs(artifact.inputs, 5)
-    blob = tensorfile.dumps({s["name"]: inputs[s["name"]] for s in artifact.inputs})
-    with open_transport(target) as device:
-        one, timing1 = execute(device, runner, artifact, blob, 3, threads=1)
-        two, timing2 = execute(device, runner, artifact, blob, 3, threads=2)
+    (one, timing1), (two, timing2) = _runs_at(load_target(target_name), path, (1, 2))
     assert (timing1["threads"], timing1["threads_used"]) == (1, 1)
     assert timing2["threads"] == 2
     if model in LIGHT_ZOO:
@@ -52,6 +44,40 @@ def test_outputs_are_identical_at_one_and_two_threads(tmp_path, monkeypatch, tar
         # hands out tasks to whichever thread is running.)
         assert timing2["threads_used"] == 2
     assert one == two  # each output element is computed the same way by whichever thread
+
+
+def _runs_at(target, path, thread_counts) -> list[tuple[bytes, dict]]:
+    """The model at `path`, compiled for `target` (every heavy kernel with a parallel loop), run
+    on one input with each of `thread_counts` (None: the device's cores): (outputs, timing) each."""
+    artifact = compile_model(path, target)
+    parallel = [k for k, v in artifact.metadata["schedules"].items() if "parallel" in v.get("detail", "")]
+    assert parallel, "no kernel of the model got a parallel loop"
+    runner = build_runner(target, artifact, get_toolchain("host", target))
+    inputs = random_inputs(artifact.inputs, 5)
+    blob = tensorfile.dumps({s["name"]: inputs[s["name"]] for s in artifact.inputs})
+    with open_transport(target) as device:
+        return [execute(device, runner, artifact, blob, 3, threads=n) for n in thread_counts]
+
+
+def test_the_board_boots_with_its_targets_cores_and_runs_on_them(shared_board, tmp_path, monkeypatch):
+    """rpi-qemu's `board_cores` reaches QEMU (-smp) and the kernel brings every CPU up; on the
+    board 2 threads give the bytes of 1, a run given no thread count uses every core, and a
+    2-thread run matches the host reference."""
+    monkeypatch.setenv("MINRT_NO_TUNING", "1")
+    target = load_target("rpi-qemu")
+    cores = target.transport.options["board_cores"]
+    assert cores >= 2
+    probe = "nproc; grep -c ^processor /proc/cpuinfo; cat /sys/devices/system/cpu/online"
+    with open_transport(target) as device:
+        online = device.run(["sh", "-c", probe], timeout=30)
+    assert online.stdout.split() == [str(cores), str(cores), f"0-{cores - 1}"], online
+    model = write_zoo(tmp_path, ["resnet8"])["resnet8"]
+    (one, timing1), (two, timing2), (default, timing0) = _runs_at(target, model, (1, 2, None))
+    assert (timing1["threads"], timing2["threads"], timing0["threads"]) == (1, 2, cores)
+    assert one == two == default
+    result = run_on_target(model, target, toolchain="host", iters=2, threads=2)
+    assert result.passed, result.error or json.dumps(result.outputs, indent=1)
+    assert result.threads == 2
 
 
 def test_firmware_kernels_have_no_parallel_loops(tmp_path, monkeypatch):

@@ -203,7 +203,7 @@ def check_transport_options(kind: str, options: Mapping[str, Any], where: str, s
     """Every option must be one of transport `kind`'s (or the board's, for kinds that reach the
     emulated board), of the right type; errors name `where` and the key as `section.key`. Used
     for a target's [transport] table and an inventory device's options."""
-    from harness.transport import BOARD_OPTIONS, transport_kinds
+    from harness.transport import BOARD_OPTIONS, check_board_cores, transport_kinds
 
     kinds = transport_kinds()
     if kind not in kinds:
@@ -218,6 +218,8 @@ def check_transport_options(kind: str, options: Mapping[str, Any], where: str, s
         want = allowed[key]
         if not isinstance(value, want) or (isinstance(value, bool) and bool not in (want if isinstance(want, tuple) else (want,))):
             raise TargetError(f"{where}: key '{section}.{key}' must be {_type_names(want)}, got {type(value).__name__}")
+    if "board_cores" in options:
+        check_board_cores(options["board_cores"], f"{where}: key '{section}.board_cores'")
 
 
 def _transport_options(table: dict[str, Any], path: Path) -> dict[str, Any]:

@@ -5,7 +5,9 @@ built by harness.device.board_image).
 Board (one running qemu): serial console on a unix socket (0600, in the board's 0700 run
 directory: it is a root shell, so only this user may open it, unlike a loopback TCP port),
 SSH forwarded from a 127.0.0.1 port, guest network restricted (no traffic leaves the host).
-Its state (pid, ports) is kept in `cache_dir()/boards/run/<name>-<instance>/state.json`, so a
+It boots with `cores` CPUs (`-smp`; QEMU runs them on host threads of their own, MTTCG, where
+the host supports it), the number a target's `board_cores` asks for or the recipe's.
+Its state (pid, ports, cores) is kept in `cache_dir()/boards/run/<name>-<instance>/state.json`, so a
 board booted by one harness command is reused by the next; `ensure_board` boots a new one when
 it died; `restart_board` is its power cycle.
 """
@@ -29,6 +31,7 @@ from typing import Any, NamedTuple
 
 from harness.cache import cache_dir, private_dir
 from harness.errors import DeviceError, TargetError
+from harness.transport import check_board_cores
 
 log = logging.getLogger(__name__)
 from harness.device.board_image import READY_MARKER, RECIPES, BoardImage, BoardRecipe, build_board_image, locked, recipe_for
@@ -74,6 +77,7 @@ class Board:
     console_socket: Path | None = None
     pid: int | None = None
     user: str = "root"
+    cores: int = 1
     _proc: subprocess.Popen | None = field(default=None, repr=False, compare=False)
     # The SSH connection that proved a fresh boot ready, kept for the caller who asked for it
     # (ensure_board(keep_connection=True)) instead of a second connection right after.
@@ -171,7 +175,7 @@ class Board:
         recipe = self.image.recipe
         return [
             "qemu-system-arm", "-M", recipe.machine, "-cpu", recipe.cpu,
-            "-m", str(recipe.memory_mib), "-smp", "1",
+            "-m", str(recipe.memory_mib), "-smp", str(self.cores),
             "-kernel", str(self.image.kernel), "-initrd", str(self.image.initrd),
             "-append", "console=ttyAMA0 panic=-1 quiet",
             "-display", "none", "-monitor", "none", "-nodefaults", "-no-reboot",
@@ -193,8 +197,8 @@ class Board:
         """Start qemu and wait for readiness; False when qemu could not bind a port."""
         host_line = f"[127.0.0.1]:{self.ssh_port} {self.image.host_public_key}\n"
         self.known_hosts.write_text(host_line)
-        log.info("board %s: booting (serial console on %s, SSH on 127.0.0.1:%d)",
-                 self.name, self.console_socket, self.ssh_port)
+        log.info("board %s: booting with %d core(s) (serial console on %s, SSH on 127.0.0.1:%d)",
+                 self.name, self.cores, self.console_socket, self.ssh_port)
         started = time.monotonic()
         with contextlib.suppress(FileNotFoundError):
             self.console_log.unlink()  # the READY marker of an earlier boot must not count
@@ -262,7 +266,7 @@ class Board:
 
     def _save_state(self) -> None:
         state = {"pid": self.pid, "ssh_port": self.ssh_port, "console_socket": str(self.console_socket),
-                 "image": str(self.image.dir), "user": self.user}
+                 "image": str(self.image.dir), "user": self.user, "cores": self.cores}
         tmp = self.state_file.with_suffix(".tmp")
         tmp.write_text(json.dumps(state, indent=2) + "\n")
         tmp.replace(self.state_file)
@@ -279,7 +283,8 @@ class Board:
         socket_path = state.get("console_socket")  # absent: booted with a TCP console
         return cls(image, run_dir, ssh_port=state["ssh_port"],
                    console_socket=Path(socket_path) if socket_path else None,
-                   pid=state["pid"], user=state.get("user", "root"))
+                   pid=state["pid"], user=state.get("user", "root"),
+                   cores=state.get("cores", 1))  # absent: booted before boards had several
 
     # -- stop ----------------------------------------------------------------------------------
 
@@ -353,28 +358,35 @@ def _run_dir(name: str, instance: str, cache: Path | None) -> Path:
 
 
 def ensure_board(name: str = "qemu-virt-armv7", instance: str = "0", cache: Path | None = None,
-                 boot_timeout: float = 240.0, keep_connection: bool = False) -> Board:
-    """A running board: the one recorded for (name, instance) if it still answers, else a
-    freshly booted one (building the image first if needed). `keep_connection`: a fresh
-    boot's readiness check keeps its SSH connection for Board.take_connection (the caller
-    then owns it), so the first run on a new board connects once."""
+                 boot_timeout: float = 240.0, keep_connection: bool = False,
+                 cores: int | None = None) -> Board:
+    """A running board: the one recorded for (name, instance) if it still answers (and has
+    `cores` CPUs, when given), else a freshly booted one with `cores` (None: the recipe's),
+    building the image first if needed. `keep_connection`: a fresh boot's readiness check
+    keeps its SSH connection for Board.take_connection (the caller then owns it), so the
+    first run on a new board connects once."""
     recipe = recipe_for(name)
+    if cores is not None:
+        check_board_cores(cores, f"board {name}-{instance}: cores")
     image = build_board_image(cache, recipe)
     run_dir = _run_dir(name, instance, cache)
     with locked(run_dir / "lock"):
         board = Board.from_state(image, run_dir)
         if board is not None and board.is_running() and _ssh_answers(board.ssh_port) \
                 and board.console_socket is not None and board.console_socket.exists():
-            log.info("board %s: reusing the running board (pid %d, SSH on 127.0.0.1:%d)",
-                     board.name, board.pid, board.ssh_port)
-            return board
+            if cores is None or board.cores == cores:
+                log.info("board %s: reusing the running board (pid %d, %d core(s), SSH on "
+                         "127.0.0.1:%d)", board.name, board.pid, board.cores, board.ssh_port)
+                return board
+            log.info("board %s: running with %d core(s), %d asked for: booting it again",
+                     board.name, board.cores, cores)
         if board is not None:
-            board._kill()  # recorded but dead or not answering: make room for a new one
+            board._kill()  # recorded but dead, not answering or other cores: make room
         else:
             stale = _stale_board(name, run_dir)
             if stale is not None:
                 stale._kill()
-        board = Board(image, run_dir)
+        board = Board(image, run_dir, cores=recipe.cores if cores is None else cores)
         board.start(boot_timeout, keep_connection)
         return board
 
@@ -400,7 +412,7 @@ def board_status(name: str = "qemu-virt-armv7", instance: str = "0",
     return {"board": run_dir.name,
             "state": "up" if running and _ssh_answers(board.ssh_port) else
                      ("not answering" if running else "down"),
-            "pid": board.pid, "ssh": f"127.0.0.1:{board.ssh_port}",
+            "pid": board.pid, "cores": board.cores, "ssh": f"127.0.0.1:{board.ssh_port}",
             "serial": board.console_url, "image": str(board.image.dir),
             "console_log": str(board.console_log)}
 
@@ -421,16 +433,19 @@ def stop_board(name: str = "qemu-virt-armv7", instance: str = "0",
 def restart_board(name: str = "qemu-virt-armv7", instance: str = "0", cache: Path | None = None,
                   boot_timeout: float = 240.0) -> Board:
     """Power-cycle the board: cut it off at once (no orderly poweroff: a frozen or stuck
-    board would not answer one), then boot it again."""
+    board would not answer one), then boot it again with the cores it had."""
     run_dir = _run_dir(name, instance, cache)
+    cores = None
     with locked(run_dir / "lock"):
         board = _stale_board(name, run_dir)
+        if board is not None:
+            cores = board.cores
         if board is not None and board.is_running():
             log.info("board %s: power cycle (killing qemu pid %d)", board.name, board.pid)
             with contextlib.suppress(ProcessLookupError):
                 os.kill(board.pid, signal.SIGKILL)  # works on a stopped (SIGSTOP) process too
             board._wait_exit(10.0)
-    return ensure_board(name, instance, cache, boot_timeout)
+    return ensure_board(name, instance, cache, boot_timeout, cores=cores)
 
 
 __all__ = ["BoardRecipe", "BoardImage", "Board", "SSHParams", "build_board_image",

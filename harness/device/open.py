@@ -22,7 +22,7 @@ def _open_on_board(kind: str, options: dict[str, Any]) -> Transport:
 
     private = kind == "ssh" and options.get("workdir") is None  # a private workdir (mktemp -d) per connection
     board = ensure_board(options.pop("board"), instance=str(options.pop("board_instance", "0")),
-                         keep_connection=private)
+                         keep_connection=private, cores=options.pop("board_cores", None))
     if kind == "ssh":  # a fresh boot's readiness connection is this run's: one connection, not two
         return (board.take_connection() if private else None) or board.transport(workdir=options.get("workdir"))
     return open_kind(kind, {**options, "url": board.console_url})

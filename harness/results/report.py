@@ -52,6 +52,8 @@ def format_result(r: Mapping[str, Any]) -> str:
     if fp.get("peak_rss_kb") is not None:
         whose = fp.get("peak_rss_of")
         head += f", peak RSS {fp['peak_rss_kb']:,} KiB" + (f" of {whose}" if whose and whose != "minrt-run" else "")
+    if r.get("threads"):  # what the runner used: --threads, or by default the device's cores
+        head += f", {r['threads']} thread{'s' if r['threads'] > 1 else ''}"
     lines = [head]
     outputs = r.get("outputs", [])
     if outputs:

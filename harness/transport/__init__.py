@@ -15,9 +15,9 @@ import pkgutil
 from typing import Any, Mapping
 
 from harness.errors import TargetError
-from harness.transport.base import BOARD_OPTIONS, CommandResult, Transport, TransportKind
+from harness.transport.base import BOARD_OPTIONS, CommandResult, Transport, TransportKind, check_board_cores
 
-__all__ = ["BOARD_OPTIONS", "CommandResult", "Transport", "TransportKind", "open_kind",
+__all__ = ["BOARD_OPTIONS", "CommandResult", "Transport", "TransportKind", "check_board_cores", "open_kind",
            "transport_kind", "transport_kinds", "peak_rss_of", "PEAK_RSS_OF_RUNNER", "PEAK_RSS_OF_QEMU_USER"]
 
 

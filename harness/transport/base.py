@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Protocol, Sequence
 
-from harness.errors import DeviceError, RunnerError
+from harness.errors import DeviceError, RunnerError, TargetError
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +109,19 @@ class RunsModelWithFiles:
 
 #: Options of a [transport] table that put the device on an emulated board (harness.device.board),
 #: for kinds with `board=True`; harness.device.open boots the board and asks it for the address.
-BOARD_OPTIONS: Mapping[str, type | tuple[type, ...]] = {"board": str, "board_instance": (str, int)}
+#: `board_cores`: the CPUs the board boots with (QEMU -smp; default: the board recipe's).
+BOARD_OPTIONS: Mapping[str, type | tuple[type, ...]] = {"board": str, "board_instance": (str, int),
+                                                       "board_cores": int}
+#: The most CPUs `-M virt` gives a 32-bit guest (its GICv2 interrupt controller serves eight).
+BOARD_MAX_CORES = 8
+
+
+def check_board_cores(cores: object, where: str) -> int:
+    """`cores` as a board's CPU count, or a TargetError naming `where` (the file and key)."""
+    if isinstance(cores, bool) or not isinstance(cores, int) or not 1 <= cores <= BOARD_MAX_CORES:
+        raise TargetError(f"{where} must be an integer from 1 to {BOARD_MAX_CORES}, got {cores!r} "
+                          f"(the CPUs -M virt gives a 32-bit guest)")
+    return cores
 
 #: A transport factory: (the target's [transport] options, the --host address or None,
 #: trust_on_first_use) -> an open Transport.
