@@ -520,13 +520,20 @@ def _pool_as_loops(sch: Any, block: Any, parallel: bool = False) -> tuple[str, l
     node = sch.get(block)
     spatial = [lp for lp, iv in zip(loops, node.iter_vars) if int(iv.iter_type) == 0]
     producers = list(sch.get_producers(block))
+    consumers = list(sch.get_consumers(block))
     anchor = spatial[-2] if len(spatial) > 1 else None
-    for pad in producers:
-        if anchor is not None:
+    placed = []
+    if anchor is not None:
+        for pad in producers:
             sch.compute_at(pad, anchor, preserve_unit_loops=True)
+        for consumer in consumers:  # an epilogue (a cast, a division) per output row
+            sch.reverse_compute_at(consumer, anchor, preserve_unit_loops=True)
+            if not _has_select(sch, consumer):
+                sch.vectorize(sch.get_loops(consumer)[-1])
+            placed.append(sch.get(consumer).name_hint)
     threads = _parallelize_outer(sch, block) if parallel else ""
     return (f"window as written (LLVM vectorizes the row){', pad computed per row' if producers else ''}"
-            f"{', ' + threads if threads else ''}"), []
+            f"{', epilogue per row' if placed else ''}{', ' + threads if threads else ''}"), placed
 
 
 def _divides(expr: Any) -> bool:
