@@ -596,9 +596,10 @@ def _vectorize_elementwise(sch: Any, block: Any, lanes: int, neon: bool = False)
     division or remainder (a reshape/transpose, a channel shuffle), fuse all but the innermost
     and vectorize that: its reads stay contiguous (a fused index would be divided back per
     element: a gather). Shufflenet's channel shuffles: 2.6 -> 0.36 ms. A block with a select
-    (a concatenation) that the NEON rows rule does not take keeps its loops: fused but not vectorized, each element's indices were
-    divided back out of the fused one, and LLVM vectorizes the plain nest's innermost loop
-    itself (squeezenet's 64+64-channel concatenation of 55x55: 158 -> 33 us)."""
+    (a concatenation) that the NEON rows rule does not take keeps its loops: fused but not
+    vectorized, each element's indices were divided back out of the fused one, and LLVM
+    vectorizes the plain nest's innermost loop itself (squeezenet's 64+64-channel
+    concatenation of 55x55: 158 -> 33 us)."""
     loops = sch.get_loops(block)
     divides = any(_divides(rng.min) for r in sch.get(block).reads for rng in r.region)
     if len(loops) > 1 and divides and _extent(sch, loops[-1]) > 1:
