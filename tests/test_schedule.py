@@ -229,3 +229,52 @@ def test_armv7_fire_module_epilogues_and_concatenation_match(tmp_path, monkeypat
     result = run_on_target(path, target, iters=2, seed=5, atol=1e-4, rtol=1e-4)
     assert result.error is None, result.error
     assert result.passed, json.dumps(result.outputs, indent=1)
+
+
+def _pools_and_concat(path) -> None:
+    """Squeezenet's and resnet50's pooling shapes, scaled down: a 3x3/2 max pool on an odd
+    image (no padding), a padded 3x3/2 max pool, a padded 3x3/2 average pool and an unpadded
+    2x2/2 one, and a concatenation of two of them along the channels."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    nodes = [
+        helper.make_node("MaxPool", ["x"], ["odd"], kernel_shape=[3, 3], strides=[2, 2]),
+        helper.make_node("MaxPool", ["x"], ["padded"], kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1]),
+        helper.make_node("AveragePool", ["x"], ["avg"], kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1]),
+        helper.make_node("AveragePool", ["x"], ["avg2"], kernel_shape=[2, 2], strides=[2, 2]),
+        helper.make_node("Concat", ["padded", "avg"], ["cat"], axis=1),
+    ]
+    outputs = [helper.make_tensor_value_info(name, TensorProto.FLOAT, shape)
+               for name, shape in (("odd", [1, 16, 11, 11]), ("cat", [1, 32, 12, 12]), ("avg2", [1, 16, 11, 11]))]
+    graph = helper.make_graph(nodes, "pools", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16, 23, 23])],
+                              outputs)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+
+
+def test_x86_pools_keep_their_window_loops_and_match(tmp_path, monkeypatch):
+    """On x86_64 max pools, and sum pools over unpadded data, keep their loop nest for LLVM's
+    loop vectorizer (stride-2 windows as whole-vector loads and shuffles, not a per-lane
+    gather), padding computed per output row; a padded average pool keeps the register tile;
+    a concatenation keeps its loops; the outputs match the references. On qemu-armv7 pools
+    keep the tile (the rule is x86_64's)."""
+    from harness.compile.model import compile_model
+
+    monkeypatch.setenv("MINRT_NO_TUNING", "1")
+    path = tmp_path / "pools.onnx"
+    _pools_and_concat(path)
+    target = load_target("x86_64")
+    meta = compile_model(path, target, cache=tmp_path).metadata
+    details = {name: s.get("detail", "") for name, s in meta["schedules"].items()}
+    pools = {name: d for name, d in details.items() if "pool" in name}
+    as_loops = {name for name, d in pools.items() if d.startswith("window as written")}
+    assert sum(1 for name in as_loops if "max_pool" in name) == 2, pools
+    assert any("pad computed per row" in pools[name] for name in as_loops), pools
+    assert sum(1 for name, d in pools.items() if "avg_pool" in name and d.startswith("tile ")) == 1, pools
+    assert sum(1 for name in as_loops if "avg_pool" in name) == 1, pools
+    assert any(d == "loops as written (select)" for name, d in details.items() if "concat" in name), details
+    result = run_on_target(path, target, iters=2, seed=9, atol=1e-5, rtol=1e-5)
+    assert result.error is None, result.error
+    assert result.passed, json.dumps(result.outputs, indent=1)
+    arm = compile_model(path, load_target("qemu-armv7"), cache=tmp_path).metadata["schedules"]
+    assert not any(s.get("detail", "").startswith("window as written") for s in arm.values()), arm

@@ -97,12 +97,14 @@ def default_schedule(func: Any, ktarget: Any, target: Target, tile: Any = None) 
         has_dsp,
         int8_pairs_intrinsic,
         is_armv7_neon,
+        pools_as_loops,
         schedule_kernel,
         simd_lanes,
     )
 
     return schedule_kernel(func, simd_lanes(ktarget), parallel_kernels(target), has_dsp(ktarget), tile=tile,
-                           int8_simd=int8_pairs_intrinsic(ktarget), neon=is_armv7_neon(ktarget))
+                           int8_simd=int8_pairs_intrinsic(ktarget), neon=is_armv7_neon(ktarget),
+                           pools_as_loops=pools_as_loops(ktarget))
 
 
 def written_as_is(func: Any) -> bool:
