@@ -434,7 +434,12 @@ def test_a_new_images_build_log_goes_to_a_file_not_the_terminal(engine, tmp_path
         engine.images.remove(tc.tag_for(base), force=True)
 
 
-_LOOP = r"""
+# Each child takes Ctrl-C as it would at a terminal. Started from a shell without job control
+# (`bash .ci/run &`), it inherits SIGINT ignored, and Python then leaves it ignored: the
+# interrupt never arrived and a fresh-clone run here failed both tests.
+_DEFAULT_SIGINT = "import signal; signal.signal(signal.SIGINT, signal.default_int_handler)\n"
+
+_LOOP = _DEFAULT_SIGINT + r"""
 import sys
 from harness import REPO_ROOT
 from harness.config.targets import load_target
@@ -478,7 +483,7 @@ def test_ctrl_c_leaves_no_container_behind(toolchains):
     assert _containers_running(token) == []
 
 
-_BUILD = r"""
+_BUILD = _DEFAULT_SIGINT + r"""
 import logging, sys
 from pathlib import Path
 from harness.build.docker import DockerToolchain
