@@ -90,7 +90,8 @@ def test_firmware_kernels_have_no_parallel_loops(tmp_path, monkeypatch):
 
 
 def test_thread_count_usage_errors(tmp_path, monkeypatch):
-    """-t takes 0 (the machine's cores) to RUNNER_MAX_THREADS; anything else is a usage error."""
+    """-t takes 0 (the CPUs the process may run on) to RUNNER_MAX_THREADS; anything else is a
+    usage error."""
     monkeypatch.setenv("MINRT_NO_TUNING", "1")
     target = load_target("x86_64")
     artifact = compile_model(write_zoo(tmp_path, ["lenet5"])["lenet5"], target)
@@ -104,4 +105,9 @@ def test_thread_count_usage_errors(tmp_path, monkeypatch):
         assert proc.returncode == 2 and proc.stderr.startswith("minrt-run: usage"), (bad, proc.stderr)
     proc = subprocess.run([*base, "-t", "0"], capture_output=True, text=True, timeout=60, check=True)
     assert proc.returncode == 0, proc.stderr
-    assert json.loads(proc.stdout.splitlines()[-1])["threads"] == os.cpu_count()
+    assert json.loads(proc.stdout.splitlines()[-1])["threads"] == len(os.sched_getaffinity(0))
+    # 0 counts the CPUs the process may run on, as nproc does: pinned to one (as the board's
+    # serial console shell is), it starts one thread rather than crowding that CPU
+    proc = subprocess.run(["taskset", "-c", str(min(os.sched_getaffinity(0))), *base, "-t", "0"],
+                          capture_output=True, text=True, timeout=60, check=True)
+    assert json.loads(proc.stdout.splitlines()[-1])["threads"] == 1

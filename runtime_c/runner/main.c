@@ -2,8 +2,9 @@
  *   minrt-run GRAPH_JSON PARAMS_BIN INPUTS_BIN OUTPUTS_BIN [-n ITERS] [-w WORKSPACE_BYTES]
  *             [-t THREADS] [-l KERNELS.so] [-p]
  *             (-n: 1..FRAME_MAX_ITERS, the limit of every device, proto/frame.h;
- *             -t: threads for the kernels' parallel loops, see pool.c; 0 = this machine's
- *             online cores; default 1. -l only when built with MINRT_RUN_DLOPEN, see dl.c;
+ *             -t: threads for the kernels' parallel loops, see pool.c; 0 = the CPUs
+ *             this process may run on (its affinity, as nproc counts); default 1.
+ *             -l only when built with MINRT_RUN_DLOPEN, see dl.c;
  *             -p, when built with MINRT_PROFILE: a {"profile": [...]} line of each kernel's
  *             mean time before the timing line, see profile.c)
  * PARAMS_BIN is mapped read-only, never read into the heap: the kernels use the weights
@@ -12,7 +13,8 @@
  * "peak_rss_kb", "threads", "threads_used"} (see runner_timing_json).
  * Errors: one line "minrt-run: <step>: <message>" on stderr; exit 1 load/input error,
  * 2 usage, 3 run error. */
-#define _POSIX_C_SOURCE 200809L
+#define _GNU_SOURCE /* sched_getaffinity */
+#include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -145,7 +147,10 @@ int main(int argc, char **argv) {
     }
   }
   if (npos != 4) return usage();
-  if (threads == 0) threads = sysconf(_SC_NPROCESSORS_ONLN);
+  if (threads == 0) { /* the CPUs this process may run on (as nproc counts), not all online */
+    cpu_set_t cpus;
+    threads = sched_getaffinity(0, sizeof cpus, &cpus) == 0 ? CPU_COUNT(&cpus) : sysconf(_SC_NPROCESSORS_ONLN);
+  }
   if (threads < 1) threads = 1;
   if (threads > RUNNER_MAX_THREADS) {
     snprintf(line, sizeof line, "-t %ld: at most %d threads", threads, RUNNER_MAX_THREADS);
