@@ -61,7 +61,7 @@ class RunResult:
     threads: int | None = None
     # What the model costs on the device: the runner's arena by part (graph, activations,
     # workspace, weight_copies: bytes), peak_rss_kb (Linux runners) with peak_rss_of (whose
-    # memory it is: peak_rss_of), and flash (harness.build.size).
+    # memory it is: harness.transport.peak_rss_of), and flash (harness.build.size).
     footprint: dict[str, Any] = field(default_factory=dict)
     sizes: dict[str, int] = field(default_factory=dict)
     tvm_version: str | None = None

@@ -1052,11 +1052,10 @@ def rewrite_int8(mod: Any, arithmetic: str) -> tuple[Any, Int8Rewrite]:
                             int(w.shape[0]))
         table, table_layout = rq.tables, rq.layout
         w = np.ascontiguousarray(w.T)  # [M, K]: the reduction contiguous
+        args, specs = _kernel_args(x, x_shape, w, table)
         if arithmetic == TFLM:
-            args, specs = _kernel_args(x, x_shape, w, table)
             return state.call("dense", lambda xx, ww, *tt: dense_te(xx, ww, table_layout.reader(*tt), z_x, z_y, arithmetic,
                                                                      left_shift=rq.left_shift, narrow=rq.narrow), args, specs)
-        args, specs = _kernel_args(x, x_shape, w, table)
         real32 = (np.float32(s_x) * s_w.astype(np.float32) / np.float32(s_y)).astype(np.float32)
         args.append(relax.const(real32, "float32"))
         specs.append(((cols,), "float32"))

@@ -42,9 +42,14 @@ log = logging.getLogger(__name__)
 _ACCUMULATORS = 8
 
 
+def _target_attrs(tvm_target: Any) -> dict:
+    """A TVM target's attributes (mtriple, mcpu, mattr...), or a plain mapping of them as is."""
+    return dict(tvm_target.attrs) if hasattr(tvm_target, "attrs") else dict(tvm_target)
+
+
 def simd_lanes(tvm_target: Any) -> int:
     """float32 lanes of the target's vector registers, from its LLVM mcpu/mattr."""
-    attrs = dict(tvm_target.attrs) if hasattr(tvm_target, "attrs") else dict(tvm_target)
+    attrs = _target_attrs(tvm_target)
     triple = str(attrs.get("mtriple", ""))
     mcpu = str(attrs.get("mcpu", ""))
     mattr = [str(a) for a in attrs.get("mattr", [])]
@@ -63,7 +68,7 @@ def pools_as_loops(tvm_target: Any) -> bool:
     """Whether pooling kernels keep their loop nest for LLVM's loop vectorizer (x86_64): it
     loads a stride-2 window as whole vectors and deinterleaves them, where a TVM-vectorized
     tile gathers each lane (see _pool_as_loops)."""
-    attrs = dict(tvm_target.attrs) if hasattr(tvm_target, "attrs") else dict(tvm_target)
+    attrs = _target_attrs(tvm_target)
     return str(attrs.get("mtriple", "")).startswith(("x86_64", "i686"))
 
 
@@ -121,7 +126,11 @@ def _is_spatial(sch: Any, block: Any) -> bool:
 
 
 def _has_select(sch: Any, block: Any) -> bool:
-    return "if_then_else" in str(sch.get(block).body)
+    return _has_select_expr(sch.get(block).body)
+
+
+def _has_select_expr(expr: Any) -> bool:
+    return "if_then_else" in str(expr)
 
 
 def _local_buffers(sch: Any) -> set:
@@ -587,10 +596,6 @@ def _select_invariant_rows(sch: Any, block: Any, lanes: int) -> str:
     return f"rows of {row}"
 
 
-def _has_select_expr(expr: Any) -> bool:
-    return "if_then_else" in str(expr)
-
-
 def _vectorize_elementwise(sch: Any, block: Any, lanes: int, neon: bool = False) -> str:
     """Fuse the block's loops into one and vectorize it, or, for a block whose reads index by
     division or remainder (a reshape/transpose, a channel shuffle), fuse all but the innermost
@@ -646,7 +651,7 @@ def _parallelize_outer(sch: Any, block: Any) -> str:
 def has_dsp(tvm_target: Any) -> bool:
     """Whether the target is an ARMv7E-M core (Cortex-M4/M7: the DSP extension's SIMD
     multiply-accumulates), from its LLVM triple. A Cortex-M3 (thumbv7m) has none."""
-    attrs = dict(tvm_target.attrs) if hasattr(tvm_target, "attrs") else dict(tvm_target)
+    attrs = _target_attrs(tvm_target)
     mattr = [str(a) for a in attrs.get("mattr", [])]
     return str(attrs.get("mtriple", "")).startswith("thumbv7em") and "-dsp" not in mattr
 
@@ -889,7 +894,7 @@ def _register_int8_pairs(name: str, lanes: int) -> None:
 def int8_pairs_intrinsic(tvm_target: Any) -> tuple[str, int] | None:
     """The SIMD int8 dot-product step for the target and its int32 lanes: vpmaddwd on AVX2,
     vmull.s8 + vpadal.s16 on ARMv7 NEON; None elsewhere (Cortex-M: has_dsp's SMLAD)."""
-    attrs = dict(tvm_target.attrs) if hasattr(tvm_target, "attrs") else dict(tvm_target)
+    attrs = _target_attrs(tvm_target)
     triple = str(attrs.get("mtriple", ""))
     if (triple.startswith("x86_64") or not triple) and simd_lanes(tvm_target) >= 8:
         return AVX2_PAIRS16, 8
@@ -901,7 +906,7 @@ def int8_pairs_intrinsic(tvm_target: Any) -> tuple[str, int] | None:
 def is_armv7_neon(tvm_target: Any) -> bool:
     """Whether the target is an ARMv7-A core with NEON (16 q registers of 4 floats), from its
     LLVM triple and features: the targets whose float tiles follow the NEON rules."""
-    attrs = dict(tvm_target.attrs) if hasattr(tvm_target, "attrs") else dict(tvm_target)
+    attrs = _target_attrs(tvm_target)
     mattr = [str(a) for a in attrs.get("mattr", [])]
     return str(attrs.get("mtriple", "")).startswith("armv7") and "+neon" in mattr
 
