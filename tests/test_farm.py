@@ -237,15 +237,19 @@ def test_two_batches_in_one_out_directory_keep_both_reports(tmp_path: Path) -> N
 
 
 def _descendants(pid: int) -> list[int]:
+    """Every process below pid: each thread's children (a child started from a thread other
+    than the main one is listed under that thread only)."""
     found, todo = [], [pid]
     while todo:
         p = todo.pop()
-        try:
-            children = Path(f"/proc/{p}/task/{p}/children").read_text().split()
-        except OSError:
-            continue
-        found += [int(c) for c in children]
-        todo += [int(c) for c in children]
+        children: list[int] = []
+        for task in Path(f"/proc/{p}/task").glob("*"):
+            try:
+                children += [int(c) for c in (task / "children").read_text().split()]
+            except OSError:
+                continue
+        found += children
+        todo += children
     return found
 
 
@@ -363,8 +367,10 @@ target = "qemu-armv7"
         threading.Thread(target=kill, daemon=True).start()
 
     store = ResultStore(tmp_path / "r.sqlite")
-    # Enough iterations that the device runs long enough to be caught running.
-    report = run_farm(inv, list(models.values()), runner_options={"iters": 1000}, store=store,
+    # Enough iterations that the device runs long enough to be caught running: mlp, the
+    # smallest, takes ~23 us per inference under qemu-arm, so 100,000 take ~2 s (1,000 took
+    # 23 ms, and a loaded CI host once let the whole run slip between two looks).
+    report = run_farm(inv, list(models.values()), runner_options={"iters": 100_000}, store=store,
                       batch="real", out_dir=tmp_path / "out", leases=LocalLeases(inv, tmp_path / "locks"),
                       on_start=kill_qemu)
     errors = [(j.name, a.error) for j in report.jobs for a in j.attempts if a.error]
