@@ -197,7 +197,7 @@ def test_corrupted_frames_then_a_good_run(image) -> None:
     assert all(c.passed for c in checks)
 
 
-def test_qemu_killed_mid_run_then_next_run_works(image) -> None:
+def test_qemu_killed_mid_run_then_next_run_works(image, device_running) -> None:
     name = "dscnn"
     errors: list[BaseException] = []
 
@@ -209,7 +209,12 @@ def test_qemu_killed_mid_run_then_next_run_works(image) -> None:
 
     worker = threading.Thread(target=long_run)
     worker.start()
-    time.sleep(2.0)
+    # Killed once the RUN was sent (2 s after the start, on a loaded host, the kill could
+    # land before it: the run then booted QEMU again and ran into its timeout), and a moment
+    # into the run, which lasts far longer (100,000 iterations).
+    assert device_running.wait(600), errors
+    time.sleep(1.0)
+    assert worker.is_alive(), errors
     assert image.board.proc is not None
     image.board.proc.kill()
     started = time.monotonic()
