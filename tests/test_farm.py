@@ -46,8 +46,16 @@ target = "qemu-armv7"
 # -- a stand-in job runner (imported by the farm's worker processes as tests.test_farm) -----
 
 
-def standin_job(model: Path, device, *, seconds: float = 0.6, pid_dir: str | None = None, **_: object) -> dict:
-    """Run the stand-in device (a real `sleep` process) for one job; its death is a device failure."""
+def standin_job(model: Path, device, *, seconds: float = 0.6, pid_dir: str | None = None,
+                hold_on: str | None = None, **_: object) -> dict:
+    """Run the stand-in device (a real `sleep` process) for one job; its death is a device failure.
+    The first job on device `hold_on` (marked in pid_dir) runs until it is killed (600 s), for a
+    test that kills it mid-run: a short one could end before the test looked, on a loaded host."""
+    if hold_on == device.name and pid_dir:
+        first = Path(pid_dir) / f"{device.name}.held"
+        if not first.exists():
+            first.touch()
+            seconds = 600
     proc = subprocess.Popen(["sleep", str(seconds)])
     if pid_dir:
         (Path(pid_dir) / f"{device.name}.{model.stem}.pid").write_text(str(proc.pid))
@@ -270,9 +278,10 @@ def test_device_killed_mid_run_loses_no_other_result(tmp_path: Path, what: str) 
         killed.append((job.model.stem, job.target))
 
         def kill() -> None:
-            deadline = time.monotonic() + 20
+            deadline = time.monotonic() + 600  # liveness: the worker process starts first
             while time.monotonic() < deadline:
-                # Wait until the device process is running, then kill it (or the whole job).
+                # Wait until the device process is running (it runs until killed), then kill
+                # it (or the whole job).
                 pid_file = pid_dir / f"host-a.{job.model.stem}.pid"
                 if pid_file.exists() and pid_file.read_text():
                     if what == "device-process":
@@ -285,7 +294,7 @@ def test_device_killed_mid_run_loses_no_other_result(tmp_path: Path, what: str) 
         threading.Thread(target=kill, daemon=True).start()
 
     report = run_farm(inv, models, job_runner=standin_job,
-                      runner_options={"seconds": 1.5, "pid_dir": str(pid_dir)},
+                      runner_options={"seconds": 1.5, "pid_dir": str(pid_dir), "hold_on": "host-a"},
                       store=store, batch="b1", commit="c1", out_dir=tmp_path / "out",
                       leases=LocalLeases(inv, tmp_path / "locks"), on_start=kill_soon)
     assert killed, "the device was never killed"
