@@ -188,7 +188,7 @@ def test_corrupted_frames_then_a_good_run(image) -> None:
     damaged_header[4] ^= 0x01  # the length: header check fails
     line._write(b"\xa5\x5a\x00noise" + bytes(damaged_header) + bytes(damaged_payload), "noise")
     decoder = frames.Decoder()
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 60  # liveness on a loaded host: answers come in milliseconds
     got: list[frames.Frame] = []
     while time.monotonic() < deadline and not any(f.kind == frames.Kind.NAK for f in got):
         got += decoder.feed(line._read(0.2))
@@ -358,7 +358,7 @@ def test_random_requests_never_stop_the_firmware(image) -> None:
             payload = rng.randbytes(rng.choice([0, 1, 7, 8, 9, 13, rng.randrange(0, 1000)]))
         payload = payload[:MAX_PAYLOAD]  # longer frames are refused by their header, unanswered
         line._write(frames.encode(frames.Frame(kind, seq, payload)), "fuzz")
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 60  # liveness on a loaded host: answers come in milliseconds
         answered = False
         while not answered and time.monotonic() < deadline:
             answered = any(f.seq == seq and f.from_device and f.kind in (frames.Kind.ACK, frames.Kind.ERROR)

@@ -246,7 +246,9 @@ def start_device(runner: Path, device_path: str) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
-def finish_device(proc: subprocess.Popen, timeout: float = 10) -> tuple[int, str]:
+def finish_device(proc: subprocess.Popen, timeout: float = 60) -> tuple[int, str]:
+    """The device's exit status and stderr, once it exits (killed after `timeout`: liveness on
+    a loaded host; a runner told BYE exits within about a second)."""
     try:
         _, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
