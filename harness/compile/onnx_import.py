@@ -1,4 +1,4 @@
-"""ONNX -> Relax: read and check an ONNX file, fold batch-norms, import with TVM's frontend and lower (legalize + fuse)."""
+"""ONNX -> Relax: read and check an ONNX file, fold batch-norms (into convs, or into one multiply-add), import with TVM's frontend and lower (legalize + fuse)."""
 
 from __future__ import annotations
 
@@ -116,6 +116,45 @@ def apply_input_shapes(model: Any, shapes: Mapping[str, Sequence[int]], path: Pa
     return fixed
 
 
+def _constant_reader(graph: Any) -> Any:
+    """A function giving the value of a constant input of `graph`, or None: an initializer, a
+    ConstantOfShape of an initializer shape (how ONNX's light zoo models hold their weights), or
+    an Unsqueeze of one of those (their per-channel scales). Computed on demand, for the tensors
+    a rewrite folds."""
+    from onnx import numpy_helper
+
+    initializers = {t.name: t for t in graph.initializer}
+    producers = {n.output[0]: n for n in graph.node if len(n.output) == 1}
+
+    def constant(name: str) -> Any:
+        if name in initializers:
+            return numpy_helper.to_array(initializers[name])
+        node = producers.get(name)
+        if node is None:
+            return None
+        if node.op_type == "ConstantOfShape" and len(node.input) == 1 and node.input[0] in initializers:
+            shape = numpy_helper.to_array(initializers[node.input[0]]).astype(np.int64).reshape(-1)
+            value = next((numpy_helper.to_array(a.t) for a in node.attribute if a.name == "value"), np.zeros(1, np.float32))
+            if (shape < 0).any() or math.prod(int(d) for d in shape) > 1 << 28:
+                return None  # not a weight: let the frontend say what is wrong with it
+            return np.full(tuple(int(d) for d in shape), value.reshape(-1)[0], dtype=value.dtype)
+        if node.op_type == "Unsqueeze" and node.input:
+            axes_attr = [list(a.ints) for a in node.attribute if a.name == "axes"]
+            axes = axes_attr[0] if axes_attr else (
+                constant(node.input[1]) if len(node.input) > 1 and node.input[1] else None)
+            value = constant(node.input[0])
+            if value is None or axes is None:
+                return None
+            rank = value.ndim + len(axes)
+            try:
+                return np.expand_dims(value, tuple(sorted(int(a) % rank for a in np.reshape(axes, -1))))
+            except ValueError:
+                return None
+        return None
+
+    return constant
+
+
 def fold_batchnorm(model: Any) -> tuple[Any, int]:
     """Fold each inference-mode BatchNormalization that directly follows a Conv with constant
     weights into that Conv's weights and bias (a copy of the model is changed, not `model`).
@@ -130,22 +169,7 @@ def fold_batchnorm(model: Any) -> tuple[Any, int]:
     folded = onnx.ModelProto()
     folded.CopyFrom(model)
     graph = folded.graph
-    initializers = {t.name: t for t in graph.initializer}
-    filled = {n.output[0]: n for n in graph.node
-              if n.op_type == "ConstantOfShape" and len(n.input) == 1 and n.input[0] in initializers}
-
-    def constant(name: str) -> Any:
-        """The value of a constant input, or None (computed only for the convs and BNs folded)."""
-        if name in initializers:
-            return numpy_helper.to_array(initializers[name])
-        if name not in filled:
-            return None
-        node = filled[name]
-        shape = numpy_helper.to_array(initializers[node.input[0]]).astype(np.int64).reshape(-1)
-        value = next((numpy_helper.to_array(a.t) for a in node.attribute if a.name == "value"), np.zeros(1, np.float32))
-        if (shape < 0).any() or math.prod(int(d) for d in shape) > 1 << 28:
-            return None  # not a weight: let the frontend say what is wrong with it
-        return np.full(tuple(int(d) for d in shape), value.reshape(-1)[0], dtype=value.dtype)
+    constant = _constant_reader(graph)
 
     outputs = {o.name for o in graph.output}
     readers: dict[str, int] = {}
@@ -186,6 +210,97 @@ def fold_batchnorm(model: Any) -> tuple[Any, int]:
     return folded, count
 
 
+def batchnorms_as_affine(model: Any) -> tuple[Any, int]:
+    """Each inference-mode BatchNormalization that fold_batchnorm left (one on a concatenation,
+    a pool or an input: DenseNet's pre-activations) as one Mul and one Add by per-channel
+    constants, computed at compile time; a Mul or Add by a per-channel constant that is the sole
+    reader of the result joins those two (DenseNet's BN, Mul, Add, Relu is then one multiply-add
+    and a relu). Returns the model (a copy when one is changed) and how many BNs were rewritten.
+
+    TVM decomposes such a BN into subtract, divide, multiply, add, and FuseOps left it a kernel
+    apart from the Mul, Add, Relu after it: light_densenet121 made two passes over every
+    concatenation, one dividing per element. The BN's input rank comes from ONNX shape
+    inference; a BN whose rank it cannot tell is left as it is."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    if not any(n.op_type == "BatchNormalization" for n in model.graph.node):
+        return model, 0
+    # IR 3 wants every initializer listed as an input too, and fold_batchnorm's are not; from IR
+    # 4 on they need not be, so shape inference looks at the model as IR 4 at least
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    probe.ir_version = max(probe.ir_version, 4)
+    try:
+        ranks = {v.name: len(v.type.tensor_type.shape.dim)
+                 for v in [*onnx.shape_inference.infer_shapes(probe, data_prop=True).graph.value_info,
+                           *model.graph.input]
+                 if v.type.tensor_type.HasField("shape") and v.type.tensor_type.elem_type == onnx.TensorProto.FLOAT}
+    except Exception as exc:  # noqa: BLE001 - inference refuses some valid models; then nothing changes
+        log.debug("shape inference failed (%s): batch-norms kept", exc)
+        return model, 0
+    changed = onnx.ModelProto()
+    changed.CopyFrom(model)
+    graph = changed.graph
+    constant = _constant_reader(graph)
+    outputs = {o.name for o in graph.output}
+    readers: dict[str, list[Any]] = {}
+    for node in graph.node:
+        for name in node.input:
+            readers.setdefault(name, []).append(node)
+
+    def per_channel(node: Any, value: str, channels: int, rank: int) -> np.ndarray | None:
+        """The other operand of a Mul/Add of `value` as a vector over the channels (axis 1 of a
+        rank-`rank` tensor), or None when it is no such constant."""
+        if node.op_type not in ("Mul", "Add") or len(node.input) != 2 or list(node.input).count(value) != 1:
+            return None
+        other = constant(node.input[1] if node.input[0] == value else node.input[0])
+        if other is None or other.dtype != np.float32 or other.ndim > rank:
+            return None
+        shape = (1,) * (rank - other.ndim) + other.shape
+        if any(d != 1 for i, d in enumerate(shape) if i != 1) or shape[1] not in (1, channels):
+            return None
+        return np.broadcast_to(other.reshape(-1).astype(np.float64), (channels,))
+
+    count = 0
+    for bn in list(graph.node):
+        if bn.op_type != "BatchNormalization" or len(bn.output) != 1 or len(bn.input) != 5:
+            continue
+        if any(a.name == "training_mode" and a.i for a in bn.attribute):
+            continue
+        rank = ranks.get(bn.input[0], 0)
+        params = [constant(name) for name in bn.input[1:]]
+        if rank < 2 or any(v is None or v.dtype != np.float32 or v.ndim != 1 for v in params):
+            continue
+        scale, shift, mean, var = (v.astype(np.float64) for v in params)
+        eps = next((a.f for a in bn.attribute if a.name == "epsilon"), 1e-5)
+        factor = scale / np.sqrt(var + eps)
+        offset = shift - mean * factor
+        joined, out = [], bn.output[0]
+        while out not in outputs and len(readers.get(out, [])) == 1:
+            reader = readers[out][0]
+            vector = per_channel(reader, out, len(factor), rank)
+            if vector is None:
+                break
+            if reader.op_type == "Mul":
+                factor, offset = factor * vector, offset * vector
+            else:
+                offset = offset + vector
+            joined.append(reader)
+            out = reader.output[0]
+        shape = (len(factor),) + (1,) * (rank - 2)
+        f_name, o_name, mid = f"{out}.affine_scale", f"{out}.affine_shift", f"{out}.affine_scaled"
+        graph.initializer.extend([numpy_helper.from_array(factor.astype(np.float32).reshape(shape), f_name),
+                                  numpy_helper.from_array(offset.astype(np.float32).reshape(shape), o_name)])
+        at = list(graph.node).index(bn)
+        for node in [bn, *joined]:
+            graph.node.remove(node)
+        graph.node.insert(at, helper.make_node("Add", [mid, o_name], [out], name=f"{bn.name or out}.affine_add"))
+        graph.node.insert(at, helper.make_node("Mul", [bn.input[0], f_name], [mid], name=f"{bn.name or out}.affine_mul"))
+        count += 1
+    return (changed, count) if count else (model, 0)
+
+
 def sums_as_adds(model: Any) -> Any:
     """Each Sum of two or more inputs as a chain of Adds (a copy of the model when one is
     changed). TVM's frontend imports Sum as a stack and a reduction, which FuseOps cannot fuse
@@ -212,9 +327,9 @@ def sums_as_adds(model: Any) -> Any:
     return changed
 
 
-def import_onnx(model: Any, path: Path) -> tuple[Any, int]:
-    """ONNX -> Relax IRModule with weights as constants, and how many batch-norms were folded
-    into convolutions on the way."""
+def import_onnx(model: Any, path: Path) -> tuple[Any, int, int]:
+    """ONNX -> Relax IRModule with weights as constants, how many batch-norms were folded into
+    convolutions on the way, and how many others became one multiply-add."""
     import tvm
     from tvm.relax.frontend.onnx import from_onnx
 
@@ -222,9 +337,12 @@ def import_onnx(model: Any, path: Path) -> tuple[Any, int]:
     model, folded = fold_batchnorm(model)
     if folded:
         log.info("%s: folded %d batch-norm(s) into convolutions", path.name, folded)
+    model, affine = batchnorms_as_affine(model)
+    if affine:
+        log.info("%s: %d other batch-norm(s) as one multiply-add each", path.name, affine)
     model = sums_as_adds(model)
     try:
-        return from_onnx(model, keep_params_in_input=False), folded
+        return from_onnx(model, keep_params_in_input=False), folded, affine
     except tvm.error.OpNotImplemented as exc:
         message = str(exc)
         ops = sorted({n.op_type for n in model.graph.node if re.search(rf"\b{re.escape(n.op_type)}\b", message.split(":", 1)[-1])})
