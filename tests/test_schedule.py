@@ -331,8 +331,8 @@ def _dense_block(path) -> None:
 def test_dense_block_preactivation_is_one_multiply_add_pass_and_matches(tmp_path, monkeypatch):
     """A batch-norm that follows no conv (DenseNet's on the concatenation) and the Mul and Add
     after it become one multiply-add by per-channel constants, computed at compile time: one
-    kernel with the relu, no subtract or divide. The outputs match onnxruntime and the ONNX
-    reference on x86_64."""
+    kernel with the relu, no subtract or divide, vectorized along the image rows. The outputs
+    match onnxruntime and the ONNX reference on x86_64."""
     from harness.compile.model import compile_model
 
     monkeypatch.setenv("MINRT_NO_TUNING", "1")
@@ -346,6 +346,10 @@ def test_dense_block_preactivation_is_one_multiply_add_pass_and_matches(tmp_path
     preactivations = [k for k in kernels if "conv2d" not in k and "multiply" in k]
     assert len(preactivations) == 2, kernels
     assert all(re.fullmatch(r"fused_(concatenate\d*_)?multiply\d*_add\d*_relu\d*", k) for k in preactivations), kernels
+    # x86_64: vectorized along the 14x14 rows, the per-channel scale and shift loaded once per
+    # row (fused whole, each lane's channel was divided out of the fused index: a gather)
+    details = {k: meta["schedules"][k]["detail"] for k in preactivations}
+    assert all(d.startswith("rows of 196") for d in details.values()), details
     result = run_on_target(path, target, iters=2, seed=3, atol=1e-4, rtol=1e-4)
     assert result.error is None, result.error
     assert result.passed, json.dumps(result.outputs, indent=1)
