@@ -331,7 +331,8 @@ def _dense_block(path) -> None:
 def test_dense_block_preactivation_is_one_multiply_add_pass_and_matches(tmp_path, monkeypatch):
     """A batch-norm that follows no conv (DenseNet's on the concatenation) and the Mul and Add
     after it become one multiply-add by per-channel constants, computed at compile time: one
-    kernel with the relu, no subtract or divide, vectorized along the image rows. The outputs
+    kernel with the relu, no subtract or divide, vectorized along the image rows; after a conv
+    all three join the conv's weights and bias. The outputs
     match onnxruntime and the ONNX reference on x86_64."""
     from harness.compile.model import compile_model
 
@@ -345,6 +346,9 @@ def test_dense_block_preactivation_is_one_multiply_add_pass_and_matches(tmp_path
     assert not any("subtract" in k or "divide" in k for k in kernels), kernels
     preactivations = [k for k in kernels if "conv2d" not in k and "multiply" in k]
     assert len(preactivations) == 2, kernels
+    # the Mul and Add after the folded BN are folded into the same conv: a bias and a relu left
+    assert any(re.fullmatch(r"fused_conv2d\d*_add\d*_relu\d*", k) for k in kernels), kernels
+    assert not any("conv2d" in k and "multiply" in k for k in kernels), kernels
     assert all(re.fullmatch(r"fused_(concatenate\d*_)?multiply\d*_add\d*_relu\d*", k) for k in preactivations), kernels
     # x86_64: vectorized along the 14x14 rows, the per-channel scale and shift loaded once per
     # row (fused whole, each lane's channel was divided out of the fused index: a gather)

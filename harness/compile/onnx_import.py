@@ -155,9 +155,39 @@ def _constant_reader(graph: Any) -> Any:
     return constant
 
 
+def _channel_affine_after(graph: Any, out: str, channels: int, rank: int, constant: Any,
+                          ) -> tuple[np.ndarray, np.ndarray, list[Any], str]:
+    """The Mul and Add by per-channel constants (axis 1 of a rank-`rank` tensor) that follow
+    `out`, each the sole reader of the one before (not past a graph output): how they map a
+    value, y * scale + shift, the nodes, and the last one's output. Nothing follows: scale 1,
+    shift 0 (applying them then changes no bit)."""
+    outputs = {o.name for o in graph.output}
+    scale, shift, joined = np.ones(channels), np.zeros(channels), []
+    while out not in outputs:
+        readers = [n for n in graph.node for name in n.input if name == out]
+        if len(readers) != 1 or readers[0].op_type not in ("Mul", "Add") or len(readers[0].input) != 2:
+            break
+        node = readers[0]
+        other = constant(node.input[1] if node.input[0] == out else node.input[0])
+        if other is None or other.dtype != np.float32 or other.ndim > rank:
+            break
+        padded = (1,) * (rank - other.ndim) + other.shape
+        if any(d != 1 for i, d in enumerate(padded) if i != 1) or padded[1] not in (1, channels):
+            break
+        vector = np.broadcast_to(other.reshape(-1).astype(np.float64), (channels,))
+        if node.op_type == "Mul":
+            scale, shift = scale * vector, shift * vector
+        else:
+            shift = shift + vector
+        joined.append(node)
+        out = node.output[0]
+    return scale, shift, joined, out
+
+
 def fold_batchnorm(model: Any) -> tuple[Any, int]:
     """Fold each inference-mode BatchNormalization that directly follows a Conv with constant
-    weights into that Conv's weights and bias (a copy of the model is changed, not `model`).
+    weights into that Conv's weights and bias (a copy of the model is changed, not `model`),
+    with the Mul and Add by per-channel constants that follow it (_channel_affine_after).
 
     TVM has no such pass: without it the BN becomes a per-element subtract/divide/multiply/add
     in the conv kernel. With it the BN costs nothing at run time. A constant is an initializer
@@ -198,14 +228,18 @@ def fold_batchnorm(model: Any) -> tuple[Any, int]:
         eps = next((a.f for a in bn.attribute if a.name == "epsilon"), 1e-5)
         factor = scale / np.sqrt(var + eps)
         dtype = values[conv.input[1]].dtype
-        new_w = (weight * factor.reshape(-1, *([1] * (weight.ndim - 1)))).astype(dtype)
-        new_b = ((bias - mean) * factor + shift).astype(dtype)
-        w_name, b_name = f"{bn.output[0]}.folded_weight", f"{bn.output[0]}.folded_bias"
+        # a per-channel Mul/Add after the BN (DenseNet's) joins it
+        scale_after, shift_after, joined, out = _channel_affine_after(graph, bn.output[0], weight.shape[0],
+                                                                       weight.ndim, constant)
+        new_w = (weight * (factor * scale_after).reshape(-1, *([1] * (weight.ndim - 1)))).astype(dtype)
+        new_b = (((bias - mean) * factor + shift) * scale_after + shift_after).astype(dtype)
+        w_name, b_name = f"{out}.folded_weight", f"{out}.folded_bias"
         graph.initializer.extend([numpy_helper.from_array(new_w, w_name), numpy_helper.from_array(new_b, b_name)])
         del conv.input[1:]
         conv.input.extend([w_name, b_name])
-        conv.output[0] = bn.output[0]
-        graph.node.remove(bn)
+        conv.output[0] = out
+        for node in [bn, *joined]:
+            graph.node.remove(node)
         count += 1
     return folded, count
 
@@ -243,25 +277,6 @@ def batchnorms_as_affine(model: Any) -> tuple[Any, int]:
     changed.CopyFrom(model)
     graph = changed.graph
     constant = _constant_reader(graph)
-    outputs = {o.name for o in graph.output}
-    readers: dict[str, list[Any]] = {}
-    for node in graph.node:
-        for name in node.input:
-            readers.setdefault(name, []).append(node)
-
-    def per_channel(node: Any, value: str, channels: int, rank: int) -> np.ndarray | None:
-        """The other operand of a Mul/Add of `value` as a vector over the channels (axis 1 of a
-        rank-`rank` tensor), or None when it is no such constant."""
-        if node.op_type not in ("Mul", "Add") or len(node.input) != 2 or list(node.input).count(value) != 1:
-            return None
-        other = constant(node.input[1] if node.input[0] == value else node.input[0])
-        if other is None or other.dtype != np.float32 or other.ndim > rank:
-            return None
-        shape = (1,) * (rank - other.ndim) + other.shape
-        if any(d != 1 for i, d in enumerate(shape) if i != 1) or shape[1] not in (1, channels):
-            return None
-        return np.broadcast_to(other.reshape(-1).astype(np.float64), (channels,))
-
     count = 0
     for bn in list(graph.node):
         if bn.op_type != "BatchNormalization" or len(bn.output) != 1 or len(bn.input) != 5:
@@ -275,19 +290,8 @@ def batchnorms_as_affine(model: Any) -> tuple[Any, int]:
         scale, shift, mean, var = (v.astype(np.float64) for v in params)
         eps = next((a.f for a in bn.attribute if a.name == "epsilon"), 1e-5)
         factor = scale / np.sqrt(var + eps)
-        offset = shift - mean * factor
-        joined, out = [], bn.output[0]
-        while out not in outputs and len(readers.get(out, [])) == 1:
-            reader = readers[out][0]
-            vector = per_channel(reader, out, len(factor), rank)
-            if vector is None:
-                break
-            if reader.op_type == "Mul":
-                factor, offset = factor * vector, offset * vector
-            else:
-                offset = offset + vector
-            joined.append(reader)
-            out = reader.output[0]
+        scale_after, shift_after, joined, out = _channel_affine_after(graph, bn.output[0], len(factor), rank, constant)
+        factor, offset = factor * scale_after, (shift - mean * factor) * scale_after + shift_after
         shape = (len(factor),) + (1,) * (rank - 2)
         f_name, o_name, mid = f"{out}.affine_scale", f"{out}.affine_shift", f"{out}.affine_scaled"
         graph.initializer.extend([numpy_helper.from_array(factor.astype(np.float32).reshape(shape), f_name),
