@@ -280,9 +280,8 @@ def test_x86_pools_keep_their_window_loops_and_match(tmp_path, monkeypatch):
     assert not any(s.get("detail", "").startswith("window as written") for s in arm.values()), arm
 
 
-def _dense_block(path) -> None:
-    """A DenseNet layer as ONNX's light zoo writes it, on 14x14 (a row of 196 floats, not a
-    whole number of AVX2 vectors): BN, Mul and Add by Unsqueeze'd per-channel constants, Relu
+def _dense_block(path, hw: int) -> None:
+    """A DenseNet layer as ONNX's light zoo writes it, on hw x hw: BN, Mul and Add by Unsqueeze'd per-channel constants, Relu
     (the pre-activation, here on the block's input and on the concatenation), a 1x1 conv with a
     BN folded into it, its own Mul, Add, Relu, a 3x3 conv to 32 channels, the concatenation
     with the input, and the next layer's pre-activation and 1x1 conv."""
@@ -290,7 +289,7 @@ def _dense_block(path) -> None:
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(21)
-    c, hw, inits, nodes = 64, 14, [], []
+    c, inits, nodes = 64, [], []
 
     def const(name, value):
         inits.append(numpy_helper.from_array(np.asarray(value, dtype=np.asarray(value).dtype), name))
@@ -328,17 +327,19 @@ def _dense_block(path) -> None:
     onnx.save(model, path)
 
 
-def test_dense_block_preactivation_is_one_multiply_add_pass_and_matches(tmp_path, monkeypatch):
+@pytest.mark.parametrize("hw", [14, 32])
+def test_dense_block_preactivation_is_one_multiply_add_pass_and_matches(tmp_path, monkeypatch, hw):
     """A batch-norm that follows no conv (DenseNet's on the concatenation) and the Mul and Add
     after it become one multiply-add by per-channel constants, computed at compile time: one
     kernel with the relu, no subtract or divide, vectorized along the image rows; after a conv
-    all three join the conv's weights and bias. The outputs
-    match onnxruntime and the ONNX reference on x86_64."""
+    all three join the conv's weights and bias. On 32x32 (channel planes a page apart) the 1x1
+    convs read each output row's input from a contiguous copy; on 14x14 they do not. The
+    outputs match onnxruntime and the ONNX reference on x86_64."""
     from harness.compile.model import compile_model
 
     monkeypatch.setenv("MINRT_NO_TUNING", "1")
     path = tmp_path / "dense_block.onnx"
-    _dense_block(path)
+    _dense_block(path, hw)
     target = load_target("x86_64")
     meta = compile_model(path, target, cache=tmp_path).metadata
     assert (meta["folded_batchnorms"], meta["affine_batchnorms"]) == (1, 2), meta
@@ -350,10 +351,15 @@ def test_dense_block_preactivation_is_one_multiply_add_pass_and_matches(tmp_path
     assert any(re.fullmatch(r"fused_conv2d\d*_add\d*_relu\d*", k) for k in kernels), kernels
     assert not any("conv2d" in k and "multiply" in k for k in kernels), kernels
     assert all(re.fullmatch(r"fused_(concatenate\d*_)?multiply\d*_add\d*_relu\d*", k) for k in preactivations), kernels
-    # x86_64: vectorized along the 14x14 rows, the per-channel scale and shift loaded once per
-    # row (fused whole, each lane's channel was divided out of the fused index: a gather)
+    # x86_64: vectorized along the image rows (196 floats: left to LLVM), the per-channel scale
+    # and shift loaded once per row (fused whole, each lane's channel was divided out of the
+    # fused index: a gather)
     details = {k: meta["schedules"][k]["detail"] for k in preactivations}
-    assert all(d.startswith("rows of 196") for d in details.values()), details
+    assert all(d.startswith(f"rows of {hw * hw}") for d in details.values()), details
+    convs = {k: meta["schedules"][k]["detail"] for k in kernels if "conv2d" in k}
+    staged = {k for k, d in convs.items() if "input rows staged" in d}
+    unpadded = {k for k, d in convs.items() if "pad computed in loop" not in d}
+    assert len(unpadded) == 2 and staged == (unpadded if hw * hw * 4 >= 4096 else set()), convs
     result = run_on_target(path, target, iters=2, seed=3, atol=1e-4, rtol=1e-4)
     assert result.error is None, result.error
     assert result.passed, json.dumps(result.outputs, indent=1)
