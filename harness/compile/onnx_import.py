@@ -184,6 +184,13 @@ def _channel_affine_after(graph: Any, out: str, channels: int, rank: int, consta
     return scale, shift, joined, out
 
 
+def _inference_batchnorms(graph: Any) -> list[Any]:
+    """The graph's BatchNormalization nodes in inference mode (one output, the four parameter
+    inputs), listed first so that the caller may change the graph."""
+    return [n for n in graph.node if n.op_type == "BatchNormalization" and len(n.output) == 1 and len(n.input) == 5
+            and not any(a.name == "training_mode" and a.i for a in n.attribute)]
+
+
 def fold_batchnorm(model: Any) -> tuple[Any, int]:
     """Fold each inference-mode BatchNormalization that directly follows a Conv with constant
     weights into that Conv's weights and bias (a copy of the model is changed, not `model`),
@@ -208,11 +215,7 @@ def fold_batchnorm(model: Any) -> tuple[Any, int]:
             readers[name] = readers.get(name, 0) + 1
     producer = {out: node for node in graph.node for out in node.output}
     count = 0
-    for bn in list(graph.node):
-        if bn.op_type != "BatchNormalization" or len(bn.output) != 1 or len(bn.input) != 5:
-            continue
-        if any(a.name == "training_mode" and a.i for a in bn.attribute):
-            continue
+    for bn in _inference_batchnorms(graph):
         conv = producer.get(bn.input[0])
         if conv is None or conv.op_type != "Conv" or len(conv.output) != 1:
             continue
@@ -278,11 +281,7 @@ def batchnorms_as_affine(model: Any) -> tuple[Any, int]:
     graph = changed.graph
     constant = _constant_reader(graph)
     count = 0
-    for bn in list(graph.node):
-        if bn.op_type != "BatchNormalization" or len(bn.output) != 1 or len(bn.input) != 5:
-            continue
-        if any(a.name == "training_mode" and a.i for a in bn.attribute):
-            continue
+    for bn in _inference_batchnorms(graph):
         rank = ranks.get(bn.input[0], 0)
         params = [constant(name) for name in bn.input[1:]]
         if rank < 2 or any(v is None or v.dtype != np.float32 or v.ndim != 1 for v in params):
