@@ -245,6 +245,8 @@ def conv_weights_channels_last(mod: Any, lanes: int) -> Any:
     channel innermost, so the default schedule loads a vector of output channels per input
     value (harness.compile.schedule, channels-last tile) whatever the image width. Depthwise
     convs (one output channel per group) keep OIHW: their vectors run along the image row.
+    A dense conv whose constant weight is larger than the schedule's L2 budget takes it blocked
+    instead, (O/lanes, KH, KW, I, lanes) (blocked_conv2d_te).
     The weights are constants, so FoldConstant applies the transpose once at compile time;
     the activations keep their NCHW layout (no layout transform at run time)."""
     import tvm
@@ -260,17 +262,82 @@ def conv_weights_channels_last(mod: Any, lanes: int) -> Any:
                     or str(attrs.kernel_layout) != "OIHW" or str(attrs.out_layout) != "NCHW"
                     or any(str(getattr(arg.ty, "dtype", "")) != "float32" for arg in call.args[:2])):
                 return call  # float32 only: integer kernels have rules of their own
+            if _blocks_weight(call, lanes):
+                return self._blocked(call)
             weight = relax.op.permute_dims(call.args[1], [2, 3, 1, 0])
             return relax.op.nn.conv2d(call.args[0], weight, strides=attrs.strides, padding=attrs.padding,
                                       dilation=attrs.dilation, groups=attrs.groups, data_layout="NCHW",
                                       kernel_layout="HWIO", out_layout="NCHW",
                                       out_dtype=attrs.out_dtype if str(attrs.out_dtype) else None)
 
+        def _blocked(self, call: Any) -> Any:
+            from tvm import te
+
+            attrs = call.attrs
+            oihw = call.args[1].value.numpy()
+            out, ins, kh, kw = oihw.shape
+            blocked = np.ascontiguousarray(oihw.reshape(out // lanes, lanes, ins, kh, kw).transpose(0, 3, 4, 2, 1))
+            x_shape = tuple(int(d) for d in call.args[0].ty.shape.values)
+            x = te.placeholder(x_shape, "float32", name="data")
+            w = te.placeholder(blocked.shape, "float32", name="weight")
+            y = blocked_conv2d_te(x, w, [int(s) for s in attrs.strides], [int(p) for p in attrs.padding],
+                                  [int(d) for d in attrs.dilation])
+            # int64 shapes, as legalized Relax ops have: FuseTIR merges buffers of one type only
+            prim = te.create_prim_func([x, w, y], index_dtype_override="int64").without_attr("global_symbol")
+            gvar = self.builder_.add_func(prim, "conv2d_blocked")
+            return relax.call_tir(gvar, relax.Tuple([call.args[0], relax.const(blocked, "float32")]),
+                                  relax.TensorType([int(d) for d in y.shape], "float32"))
+
     rewriter = ChannelsLast(mod)
     for gvar, func in mod.functions.items():
         if isinstance(func, relax.Function):
             rewriter.builder_.update_func(gvar, rewriter.visit_expr(func))
     return rewriter.builder_.get()
+
+
+def _blocks_weight(call: Any, lanes: int) -> bool:
+    """Whether a float32 NCHW conv2d takes its weight blocked (O/lanes, KH, KW, I, lanes): one
+    group, a constant weight larger than the schedule's L2 budget (which the channels-last
+    tile would otherwise copy into blocks on every call, reading 32 B of each weight row), a
+    whole number of vectors of output channels, output of known shape and float32."""
+    from tvm.ir.expr import Constant
+
+    from harness.compile.schedule import L2_BYTES
+
+    weight = call.args[1]
+    out_dtype = call.attrs.out_dtype
+    if int(call.attrs.groups) != 1 or not isinstance(weight, Constant) or (out_dtype and str(out_dtype) != "float32"):
+        return False
+    shape = weight.value.shape
+    return len(shape) == 4 and shape[0] % lanes == 0 and 4 * math.prod(shape) > L2_BYTES
+
+
+def blocked_conv2d_te(x: Any, w: Any, strides: Sequence[int], padding: Sequence[int], dilation: Sequence[int]) -> Any:
+    """NCHW float32 data and a weight blocked as (O/V, KH, KW, I, V) -> NCHW output: a dense
+    conv2d whose reduction reads the weight in memory order, V output channels contiguous per
+    input channel and tap (harness.compile.schedule tiles it as a channels-last conv).
+    `padding` is (top, left, bottom, right), as Relax's conv2d has it."""
+    import tvm
+    from tvm import te
+
+    n, c, h, wd = (int(d) for d in x.shape)
+    blocks, kh, kw, _, v = (int(d) for d in w.shape)
+    (sh, sw), (dh, dw), (pt, pl, pb, pr) = strides, dilation, padding
+    oh = (h + pt + pb - dh * (kh - 1) - 1) // sh + 1
+    ow = (wd + pl + pr - dw * (kw - 1) - 1) // sw + 1
+    if any(padding):
+        def padded(b: Any, ch: Any, y: Any, xx: Any) -> Any:
+            inside = tvm.tirx.all(y >= pt, y < pt + h, xx >= pl, xx < pl + wd)
+            return tvm.tirx.if_then_else(inside, x[b, ch, y - pt, xx - pl], tvm.tirx.const(0.0, "float32"))
+        xp = te.compute((n, c, h + pt + pb, wd + pl + pr), padded, name="pad_temp")
+    else:
+        xp = x
+    ry = te.reduce_axis((0, kh), "ry")
+    rx = te.reduce_axis((0, kw), "rx")
+    rc = te.reduce_axis((0, c), "rc")
+    return te.compute((n, blocks * v, oh, ow), lambda b, o, y, xx: te.sum(
+        xp[b, rc, y * sh + ry * dh, xx * sw + rx * dw] * w[o // v, ry, rx, rc, o % v], axis=[ry, rx, rc]),
+        name="conv2d_nchw")
 
 
 def _whole_vector_groups(call: Any, lanes: int) -> bool:
