@@ -239,14 +239,15 @@ def import_onnx(model: Any, path: Path) -> tuple[Any, int]:
         raise CompileError(f"{path}: TVM's ONNX frontend failed: {type(exc).__name__}: {first}") from None
 
 
-def conv_weights_channels_last(mod: Any, lanes: int) -> Any:
+def conv_weights_channels_last(mod: Any, lanes: int, chunks: bool = True) -> Any:
     """Every float32 NCHW/OIHW conv2d of `main` that is dense (groups 1) or grouped with whole
     vectors of `lanes` output channels per group takes its weight as HWIO instead: the output
     channel innermost, so the default schedule loads a vector of output channels per input
     value (harness.compile.schedule, channels-last tile) whatever the image width. Depthwise
     convs (one output channel per group) keep OIHW: their vectors run along the image row.
-    A dense conv whose constant weight is larger than the schedule's L2 budget takes it blocked
-    instead, (O/lanes, KH, KW, I, lanes) (blocked_conv2d_te).
+    A dense conv whose constant weight the schedule wants blocked (large, or a 1x1 conv reduced
+    in `chunks` of input channels: harness.compile.schedule.takes_blocked_weight) takes it as
+    (O/lanes, KH, KW, I, lanes) instead (blocked_conv2d_te).
     The weights are constants, so FoldConstant applies the transpose once at compile time;
     the activations keep their NCHW layout (no layout transform at run time)."""
     import tvm
@@ -262,7 +263,7 @@ def conv_weights_channels_last(mod: Any, lanes: int) -> Any:
                     or str(attrs.kernel_layout) != "OIHW" or str(attrs.out_layout) != "NCHW"
                     or any(str(getattr(arg.ty, "dtype", "")) != "float32" for arg in call.args[:2])):
                 return call  # float32 only: integer kernels have rules of their own
-            if _blocks_weight(call, lanes):
+            if _blocks_weight(call, lanes, chunks):
                 return self._blocked(call)
             weight = relax.op.permute_dims(call.args[1], [2, 3, 1, 0])
             return relax.op.nn.conv2d(call.args[0], weight, strides=attrs.strides, padding=attrs.padding,
@@ -295,21 +296,20 @@ def conv_weights_channels_last(mod: Any, lanes: int) -> Any:
     return rewriter.builder_.get()
 
 
-def _blocks_weight(call: Any, lanes: int) -> bool:
+def _blocks_weight(call: Any, lanes: int, chunks: bool) -> bool:
     """Whether a float32 NCHW conv2d takes its weight blocked (O/lanes, KH, KW, I, lanes): one
-    group, a constant weight larger than the schedule's L2 budget (which the channels-last
-    tile would otherwise copy into blocks on every call, reading 32 B of each weight row), a
-    whole number of vectors of output channels, output of known shape and float32."""
+    group, a constant weight, float32 output, and a shape the schedule wants blocked
+    (harness.compile.schedule.takes_blocked_weight)."""
     from tvm.ir.expr import Constant
 
-    from harness.compile.schedule import L2_BYTES
+    from harness.compile.schedule import takes_blocked_weight
 
     weight = call.args[1]
     out_dtype = call.attrs.out_dtype
     if int(call.attrs.groups) != 1 or not isinstance(weight, Constant) or (out_dtype and str(out_dtype) != "float32"):
         return False
-    shape = weight.value.shape
-    return len(shape) == 4 and shape[0] % lanes == 0 and 4 * math.prod(shape) > L2_BYTES
+    shape = tuple(int(d) for d in weight.value.shape)
+    return len(shape) == 4 and takes_blocked_weight(shape, lanes, chunks)
 
 
 def blocked_conv2d_te(x: Any, w: Any, strides: Sequence[int], padding: Sequence[int], dilation: Sequence[int]) -> Any:
@@ -362,11 +362,15 @@ def lower_relax(mod: Any, tvm_target: Any) -> Any:
     import tvm
     from tvm import relax
 
-    from harness.compile.schedule import simd_lanes
+    from harness.compile.schedule import is_armv7_neon, simd_lanes
 
     lanes = simd_lanes(tvm_target)
     if lanes > 1:
-        mod = conv_weights_channels_last(mod, lanes)
+        # weights computed from constants (the light zoo's broadcast_to of each conv weight)
+        # become constants first, so the blocked layout is laid out at compile time for them too
+        with tvm_target:
+            mod = relax.transform.FoldConstant()(mod)
+        mod = conv_weights_channels_last(mod, lanes, chunks=not is_armv7_neon(tvm_target))
     passes = tvm.transform.Sequential([
         relax.transform.DecomposeOpsForInference(),
         relax.transform.LegalizeOps(),

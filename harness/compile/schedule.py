@@ -409,6 +409,43 @@ def _epilogue_along_channels(sch: Any, consumer: Any, channels: int, pixels: int
     return True
 
 
+#: Input channels reduced per chunk by a conv taken one channel block at a time, with one tap
+#: (1x1) and with several (3x3), measured on resnet50's 7x7 and 14x14 stages (CPU time per
+#: kernel): 1x1 in chunks of 4/8/16/32/128/whole: 79/86/82/64/73/55 GFLOP/s on 7x7; 3x3 in
+#: chunks of 8/16/32/whole: 93/90/80/81 on 7x7, 86/79/75/73 on 14x14.
+_CHUNK_1X1 = 16
+_CHUNK_TAPS = 8
+
+
+def takes_blocked_weight(oihw: tuple[int, ...], lanes: int, chunks: bool) -> bool:
+    """Whether a dense float32 conv of this OIHW weight shape gets its weight blocked as
+    (O/lanes, KH, KW, I, lanes) at compile time (harness.compile.onnx_import), and so the
+    channel-block-outer tile: whole vectors of output channels, and a weight over L2_BYTES (no
+    per-call copy), or, with `chunks` (the targets that reduce in chunks: not ARMv7 NEON), a
+    1x1 conv of at least two chunks of input channels (resnet50-like 1x1 convs on 28x28:
+    69 -> 79 and 85 -> 98 GFLOP/s; on 56x56 62 -> 60 and 76 -> 90)."""
+    out, ins, kh, kw = oihw
+    if out % lanes:
+        return False
+    if 4 * math.prod(oihw) > L2_BYTES:
+        return True
+    return chunks and kh * kw == 1 and ins > _CHUNK_1X1 and ins % _CHUNK_1X1 == 0
+
+
+def _input_channel_chunk(sch: Any, reduce: list, blocks: Any) -> int:
+    """For a conv taken one channel block at a time: how many input channels to reduce for
+    every output row of the block before the next ones (0: all at once). A chunk's inputs and
+    weights stay in L1 across the rows, where a whole reduction streamed them from L2 for every
+    row; the accumulators are stored between chunks. Only with more than one channel block
+    (`blocks`, the loop a parallel kernel splits: never the chunks, a reduction)."""
+    if not reduce or _extent(sch, blocks) == 1:
+        return 0
+    taps = math.prod(_extent(sch, loop) for loop in reduce[:-1])
+    chunk = _CHUNK_1X1 if taps == 1 else _CHUNK_TAPS
+    channels = _extent(sch, reduce[-1])
+    return chunk if channels > chunk and channels % chunk == 0 else 0
+
+
 def _tile_conv_channels(sch: Any, block: Any, lanes: int, channel: int, weight: Any, group: int = 0,
                         parallel: bool = False, tile: ConvTile | None = None, neon: bool = False,
                         ) -> tuple[str, list[str], ConvTile, tuple[int, int]]:
@@ -468,16 +505,21 @@ def _tile_conv_channels(sch: Any, block: Any, lanes: int, channel: int, weight: 
     # Weights that fit the L2 cache are swept once per output row, so the row's input (and
     # its padding, computed once) stays in cache. Larger ones are taken one channel block at a
     # time, copied once into a contiguous buffer (its vectors one after the other instead of a
-    # weight row apart) that every output row of the image then reads from cache.
-    # A weight blocked at compile time (O/lanes, KH, KW, I, lanes) is read in that order already:
-    # no copy, but the same loop order.
+    # weight row apart) that every output row of the image then reads from cache; a weight
+    # blocked at compile time (O/lanes, KH, KW, I, lanes) is read in that order already, with
+    # no copy. Off NEON such a block reduces its input channels in chunks (_input_channel_chunk).
     blocked = len(weight.region) == 5
     weight_bytes = 4 * math.prod(int(d) for d in weight.source.shape)
-    packed = weight_bytes > L2_BYTES if tile is None else tile.packed
+    packed = (blocked or weight_bytes > L2_BYTES) if tile is None else tile.packed
     if not packed:
         sch.reorder(spatial[batch], spatial[row], c_o, x_o, *reduce, x_i, c_i)
     else:
         sch.reorder(spatial[batch], c_o, spatial[row], x_o, *reduce, x_i, c_i)
+    chunk = _input_channel_chunk(sch, reduce, c_o) if packed and not neon else 0
+    if chunk:
+        rc_o, rc_i = sch.split(reduce[-1], [None, chunk])
+        reduce = [rc_o, *reduce[:-1], rc_i]
+        sch.reorder(c_o, rc_o, spatial[row], x_o, *reduce[1:], x_i, c_i)
     if packed and not blocked:
         index = next(i for i, r in enumerate(node.reads) if r.same_as(weight))
         block_copy = sch.cache_read(block, index, "global")
@@ -485,7 +527,7 @@ def _tile_conv_channels(sch: Any, block: Any, lanes: int, channel: int, weight: 
         sch.vectorize(sch.get_loops(block_copy)[-1])
     pad_anchor = spatial[row]
     for consumer in consumers:
-        sch.reverse_compute_at(consumer, x_o, preserve_unit_loops=True)
+        sch.reverse_compute_at(consumer, c_o if chunk else x_o, preserve_unit_loops=True)
         if neon:
             _epilogue_along_channels(sch, consumer, v_factor, u_factor, lanes)
     short = neon and reduce and _extent(sch, reduce[-1]) <= _NEON_SHORT_REDUCTION
@@ -505,6 +547,7 @@ def _tile_conv_channels(sch: Any, block: Any, lanes: int, channel: int, weight: 
     placed = [sch.get(c).name_hint for c in consumers]
     return (f"channels-last tile {u_factor}x{v_factor}{f', groups of {group}' if group else ''}"
             f"{', weights blocked at compile time' if blocked else ', weights packed per block' if packed else ''}"
+            f"{f', input channels in chunks of {chunk}' if chunk else ''}"
             f"{', innermost reduction unrolled' if short else ''}"
             f"{(', pad computed once' if packed else ', pad computed in loop') if padded else ''}"
             f"{', ' + threads if threads else ''}"), placed, ConvTile(vectors, u_factor, packed), axes
