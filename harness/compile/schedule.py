@@ -432,18 +432,14 @@ def takes_blocked_weight(oihw: tuple[int, ...], lanes: int, chunks: bool) -> boo
     return chunks and kh * kw == 1 and ins > _CHUNK_1X1 and ins % _CHUNK_1X1 == 0
 
 
-def _input_channel_chunk(sch: Any, reduce: list, blocks: Any) -> int:
-    """For a conv taken one channel block at a time: how many input channels to reduce for
-    every output row of the block before the next ones (0: all at once). A chunk's inputs and
-    weights stay in L1 across the rows, where a whole reduction streamed them from L2 for every
-    row; the accumulators are stored between chunks. Only with more than one channel block
-    (`blocks`, the loop a parallel kernel splits: never the chunks, a reduction)."""
-    if not reduce or _extent(sch, blocks) == 1:
-        return 0
-    taps = math.prod(_extent(sch, loop) for loop in reduce[:-1])
+def _input_channel_chunk(taps: int, channels: int, blocks: int) -> int:
+    """For a conv taken one channel block at a time: how many of its `channels` input channels
+    to reduce for every output row of the block before the next ones (0: all at once). A
+    chunk's inputs and weights stay in L1 across the rows, where a whole reduction streamed
+    them from L2 for every row; the accumulators are stored between chunks. Only with more
+    than one channel block (the loop a parallel kernel splits: never the chunks, a reduction)."""
     chunk = _CHUNK_1X1 if taps == 1 else _CHUNK_TAPS
-    channels = _extent(sch, reduce[-1])
-    return chunk if channels > chunk and channels % chunk == 0 else 0
+    return chunk if blocks > 1 and channels > chunk and channels % chunk == 0 else 0
 
 
 def _tile_conv_channels(sch: Any, block: Any, lanes: int, channel: int, weight: Any, group: int = 0,
@@ -471,11 +467,45 @@ def _tile_conv_channels(sch: Any, block: Any, lanes: int, channel: int, weight: 
     batch, row, col = others  # n, oh, ow of NCHW
     if group:
         lanes = group_lanes(group, lanes)
-    axes = ((group or extents[channel]) // lanes, extents[col])
+    # The reduction walks the weight in its memory order (for HWIO: kh, kw, then input
+    # channels, one vector of output channels apart), not kh/kw innermost, whose steps are a
+    # whole weight plane apart (the same L1 set every step when a plane is 4 KiB aligned).
+    reduce_names = [iv.var.name for iv in iter_vars if int(iv.iter_type) != 0]
+    def weight_position(i: int) -> int:
+        return next((k for k, r in enumerate(weight.region) if reduce_names[i] in _vars_of(r.min)), len(weight.region))
+    reduce = [reduce[i] for i in sorted(range(len(reduce)), key=weight_position)]
+    taps = math.prod(_extent(sch, loop) for loop in reduce[:-1])
+    channels = _extent(sch, reduce[-1]) if reduce else 0
+
+    # Weights that fit the L2 cache are swept once per output row, so the row's input (and
+    # its padding, computed once) stays in cache. Larger ones are taken one channel block at a
+    # time, copied once into a contiguous buffer (its vectors one after the other instead of a
+    # weight row apart) that every output row of the image then reads from cache; a weight
+    # blocked at compile time (O/lanes, KH, KW, I, lanes) is read in that order already, with
+    # no copy. Off NEON such a block reduces its input channels in chunks (_input_channel_chunk).
+    blocked = len(weight.region) == 5
+    weight_bytes = 4 * math.prod(int(d) for d in weight.source.shape)
+    packed = (blocked or weight_bytes > L2_BYTES) if tile is None else tile.packed
+    out_channels = extents[channel]
+
+    def chunk_for(v_factor: int) -> int:
+        return _input_channel_chunk(taps, channels, out_channels // v_factor) if packed and not neon else 0
+
+    axes = ((group or out_channels) // lanes, extents[col])
     vectors, u_factor = _conv_register_tile(*axes) if tile is None else (tile.vectors, tile.pixels)
+    # A chunked conv (its epilogue after the whole block) may tile its output rows as one
+    # axis of pixels, where that gives another tile: 14x14 takes 2 vectors x 4 pixels, as
+    # 28x28 does, not 4 x 2 (resnet50's 3x3 256 on 14x14: 82 -> 94 GFLOP/s).
+    flat_axes = (axes[0], extents[row] * extents[col])
+    flat_tile = _conv_register_tile(*flat_axes) if tile is None else (tile.vectors, tile.pixels)
+    flat = (not group and chunk_for(flat_tile[0] * lanes) > 0 and flat_tile != (vectors, u_factor)
+            and (tile is None or axes[1] % u_factor != 0))
+    if flat:
+        axes, (vectors, u_factor) = flat_axes, flat_tile
     if axes[0] % vectors or axes[1] % u_factor:
         raise ValueError(f"tile {vectors}x{u_factor} does not divide {axes}")
     v_factor = vectors * lanes
+    chunk = chunk_for(v_factor)
 
     # The accumulator tile is channel-innermost, so a vector of channels is contiguous.
     def channels_last(*idx: Any) -> list:
@@ -486,40 +516,26 @@ def _tile_conv_channels(sch: Any, block: Any, lanes: int, channel: int, weight: 
         consumers = [sch.cache_write(block, 0, "global")]
     sch.transform_layout(block, ("write", 0), channels_last)
 
-    # The reduction walks the weight in its memory order (for HWIO: kh, kw, then input
-    # channels, one vector of output channels apart), not kh/kw innermost, whose steps are a
-    # whole weight plane apart (the same L1 set every step when a plane is 4 KiB aligned).
-    reduce_names = [iv.var.name for iv in iter_vars if int(iv.iter_type) != 0]
-    order = [str(r.min) for r in weight.region]
-    def weight_position(i: int) -> int:
-        return next((k for k, text in enumerate(order) if reduce_names[i] in _vars_of(weight.region[k].min)), len(order))
-    reduce = [reduce[i] for i in sorted(range(len(reduce)), key=weight_position)]
-
     if group:  # channel -> group, block in group, vector: the data channel depends on the group only
         g, in_group = sch.split(spatial[channel], [None, group])
         g_c, c_i = sch.split(in_group, [None, v_factor])
         c_o = sch.fuse(g, g_c)
     else:
         c_o, c_i = sch.split(spatial[channel], [None, v_factor])
-    x_o, x_i = sch.split(spatial[col], [None, u_factor])
-    # Weights that fit the L2 cache are swept once per output row, so the row's input (and
-    # its padding, computed once) stays in cache. Larger ones are taken one channel block at a
-    # time, copied once into a contiguous buffer (its vectors one after the other instead of a
-    # weight row apart) that every output row of the image then reads from cache; a weight
-    # blocked at compile time (O/lanes, KH, KW, I, lanes) is read in that order already, with
-    # no copy. Off NEON such a block reduces its input channels in chunks (_input_channel_chunk).
-    blocked = len(weight.region) == 5
-    weight_bytes = 4 * math.prod(int(d) for d in weight.source.shape)
-    packed = (blocked or weight_bytes > L2_BYTES) if tile is None else tile.packed
-    if not packed:
-        sch.reorder(spatial[batch], spatial[row], c_o, x_o, *reduce, x_i, c_i)
+    if flat:
+        x_o, x_i = sch.split(sch.fuse(spatial[row], spatial[col]), [None, u_factor])
+        rows = []
     else:
-        sch.reorder(spatial[batch], c_o, spatial[row], x_o, *reduce, x_i, c_i)
-    chunk = _input_channel_chunk(sch, reduce, c_o) if packed and not neon else 0
+        x_o, x_i = sch.split(spatial[col], [None, u_factor])
+        rows = [spatial[row]]
+    if not packed:
+        sch.reorder(spatial[batch], *rows, c_o, x_o, *reduce, x_i, c_i)
+    else:
+        sch.reorder(spatial[batch], c_o, *rows, x_o, *reduce, x_i, c_i)
     if chunk:
         rc_o, rc_i = sch.split(reduce[-1], [None, chunk])
         reduce = [rc_o, *reduce[:-1], rc_i]
-        sch.reorder(c_o, rc_o, spatial[row], x_o, *reduce[1:], x_i, c_i)
+        sch.reorder(c_o, rc_o, *rows, x_o, *reduce[1:], x_i, c_i)
     if packed and not blocked:
         index = next(i for i, r in enumerate(node.reads) if r.same_as(weight))
         block_copy = sch.cache_read(block, index, "global")
@@ -546,6 +562,7 @@ def _tile_conv_channels(sch: Any, block: Any, lanes: int, channel: int, weight: 
         sch.compute_at(producers[buf], pad_anchor, preserve_unit_loops=True)
     placed = [sch.get(c).name_hint for c in consumers]
     return (f"channels-last tile {u_factor}x{v_factor}{f', groups of {group}' if group else ''}"
+            f"{', rows as one axis of pixels' if flat else ''}"
             f"{', weights blocked at compile time' if blocked else ', weights packed per block' if packed else ''}"
             f"{f', input channels in chunks of {chunk}' if chunk else ''}"
             f"{', innermost reduction unrolled' if short else ''}"
