@@ -347,3 +347,35 @@ def test_last_stage_convs_take_blocked_weights_and_match(tmp_path, monkeypatch, 
     result = run_on_target(path, target, iters=2, seed=3, atol=1e-4, rtol=1e-4)
     assert result.error is None, result.error
     assert result.passed, json.dumps(result.outputs, indent=1)
+
+
+def test_chunked_conv_on_14x14_tiles_its_rows_as_one_axis_and_matches(tmp_path, monkeypatch):
+    """On x86_64 a chunked 1x1 conv on 14x14 (64 -> 64 channels) tiles its 196 output pixels as
+    one axis, 2 vectors x 4 pixels (a 14-pixel row only divides into 4 vectors x 2 pixels); the
+    padded 3x3 conv after it (a small weight: neither blocked nor chunked) keeps its row tile;
+    the outputs match the references."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from harness.compile.model import compile_model
+
+    monkeypatch.setenv("MINRT_NO_TUNING", "1")
+    rng = np.random.default_rng(17)
+    inits = [numpy_helper.from_array((rng.standard_normal(shape) / np.sqrt(np.prod(shape[1:]))).astype(np.float32), name)
+             for name, shape in (("w1", (64, 64, 1, 1)), ("w3", (64, 64, 3, 3)))]
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["c1"]), helper.make_node("Relu", ["c1"], ["r1"]),
+             helper.make_node("Conv", ["r1", "w3"], ["y"], pads=[1, 1, 1, 1])]
+    graph = helper.make_graph(nodes, "rows", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 64, 14, 14])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 64, 14, 14])], initializer=inits)
+    path = tmp_path / "rows.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    target = load_target("x86_64")
+    details = {name: s.get("detail", "") for name, s in compile_model(path, target, cache=tmp_path).metadata["schedules"].items()}
+    one = [d for name, d in details.items() if "conv2d_blocked" in name]
+    assert len(one) == 1 and one[0].startswith("channels-last tile 4x16, rows as one axis of pixels"), details
+    assert "input channels in chunks of 16" in one[0], details
+    three = [d for name, d in details.items() if "conv2d" in name and "blocked" not in name]
+    assert len(three) == 1 and three[0].startswith("channels-last tile 2x32, pad computed in loop"), details
+    result = run_on_target(path, target, iters=2, seed=4, atol=1e-4, rtol=1e-4)
+    assert result.error is None, result.error
+    assert result.passed, json.dumps(result.outputs, indent=1)
