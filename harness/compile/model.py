@@ -53,8 +53,10 @@ def _cache_key(model_name: str, onnx_bytes: bytes, target: Target, cache: Path |
     # The tuning records for the target and the default schedule rules are part of the
     # input: new records or new rules, new artifact.
     tuning = "off" if tuning_disabled() else TuningDatabase.for_target(target, cache).digest()
-    # the default schedule rules and the integer kernels' definitions are inputs too
-    rules = b"".join((Path(__file__).parent / name).read_bytes() for name in ("schedule.py", "int8.py"))
+    # the default schedule rules, the integer kernels' definitions and the importers (which
+    # choose layouts and fold constants) are inputs too
+    rules = b"".join((Path(__file__).parent / name).read_bytes()
+                     for name in ("schedule.py", "int8.py", "onnx_import.py", "tflite_import.py"))
     return content_hash([model_name, onnx_bytes, target.name, target.tvm_target_key, tvm.__version__,
                          PIPELINE_VERSION, tuning, rules] + ([f"prefix={prefix}"] if prefix else [])
                         + ([f"input_shapes={json.dumps({k: list(v) for k, v in input_shapes.items()}, sort_keys=True)}"]
