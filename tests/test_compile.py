@@ -324,7 +324,8 @@ def test_batchnorm_is_folded_into_the_convolution(compiled_models, model, count)
 
 
 def test_batchnorm_that_cannot_be_folded_still_compiles(tmp_path):
-    """A BN on a graph input (no conv before it) stays a BN and is computed by a kernel."""
+    """A BN on a graph input (no conv before it) is not folded into a conv: it is computed by a
+    kernel (as one multiply-add, batchnorms_as_affine)."""
     from onnx.reference import ReferenceEvaluator
 
     from harness.check.relax_vm import run_graph

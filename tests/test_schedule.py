@@ -280,6 +280,87 @@ def test_x86_pools_keep_their_window_loops_and_match(tmp_path, monkeypatch):
     assert not any(s.get("detail", "").startswith("window as written") for s in arm.values()), arm
 
 
+def _dense_block(path, hw: int) -> None:
+    """A DenseNet layer as ONNX's light zoo writes it, on hw x hw: BN, Mul and Add by Unsqueeze'd per-channel constants, Relu
+    (the pre-activation, here on the block's input and on the concatenation), a 1x1 conv with a
+    BN folded into it, its own Mul, Add, Relu, a 3x3 conv to 32 channels, the concatenation
+    with the input, and the next layer's pre-activation and 1x1 conv."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(21)
+    c, inits, nodes = 64, [], []
+
+    def const(name, value):
+        inits.append(numpy_helper.from_array(np.asarray(value, dtype=np.asarray(value).dtype), name))
+        return name
+
+    def vector(name, n, low=0.5, high=1.5):
+        return const(name, rng.uniform(low, high, n).astype(np.float32))
+
+    def preactivation(x, y, n, tag):
+        nodes.append(helper.make_node("BatchNormalization", [x, vector(f"{tag}_s", n), vector(f"{tag}_t", n, -0.5, 0.5),
+                                                             vector(f"{tag}_m", n, -0.5, 0.5), vector(f"{tag}_v", n)],
+                                      [f"{tag}_bn"], epsilon=1e-5))
+        axes = const(f"{tag}_axes", np.array([1, 2], np.int64))
+        for op, name, low in (("Mul", "w", 0.5), ("Add", "b", -0.5)):
+            nodes.append(helper.make_node("Unsqueeze", [vector(f"{tag}_{name}", n, low, 1.5), axes], [f"{tag}_{name}3"]))
+        nodes.append(helper.make_node("Mul", [f"{tag}_bn", f"{tag}_w3"], [f"{tag}_mul"]))
+        nodes.append(helper.make_node("Add", [f"{tag}_b3", f"{tag}_mul"], [f"{tag}_add"]))  # constant first
+        nodes.append(helper.make_node("Relu", [f"{tag}_add"], [y]))
+
+    def conv(x, y, o, i, k):
+        weight = const(f"{y}_w", (rng.standard_normal((o, i, k, k)) * 0.1).astype(np.float32))
+        nodes.append(helper.make_node("Conv", [x, weight], [y], pads=[k // 2] * 4))
+
+    preactivation("x", "a1", c, "p1")
+    conv("a1", "c1", 128, c, 1)
+    preactivation("c1", "a2", 128, "p2")  # its BN follows a conv: folded into it
+    conv("a2", "c2", 32, 128, 3)
+    nodes.append(helper.make_node("Concat", ["x", "c2"], ["cat"], axis=1))
+    preactivation("cat", "a3", c + 32, "p3")
+    conv("a3", "y", 128, c + 32, 1)
+    graph = helper.make_graph(nodes, "dense_block", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, c, hw, hw])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 128, hw, hw])], initializer=inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.checker.check_model(model, full_check=True)
+    onnx.save(model, path)
+
+
+@pytest.mark.parametrize("hw", [14, 32])
+def test_dense_block_preactivation_is_one_multiply_add_pass_and_matches(tmp_path, monkeypatch, hw):
+    """A batch-norm that follows no conv (DenseNet's on the concatenation) and the Mul and Add
+    after it become one multiply-add by per-channel constants, computed at compile time: one
+    kernel with the relu, no subtract or divide, vectorized along the image rows; after a conv
+    all three join the conv's weights and bias. On 14x14 a row (196) is left to LLVM's loop
+    vectorizer, on 32x32 (1024) vectorized by the schedule. The outputs match onnxruntime and
+    the ONNX reference on x86_64."""
+    from harness.compile.model import compile_model
+
+    monkeypatch.setenv("MINRT_NO_TUNING", "1")
+    path = tmp_path / "dense_block.onnx"
+    _dense_block(path, hw)
+    target = load_target("x86_64")
+    meta = compile_model(path, target, cache=tmp_path).metadata
+    assert (meta["folded_batchnorms"], meta["affine_batchnorms"]) == (1, 2), meta
+    kernels = meta["kernels"]
+    assert not any("subtract" in k or "divide" in k for k in kernels), kernels
+    preactivations = [k for k in kernels if "conv2d" not in k and "multiply" in k]
+    assert len(preactivations) == 2, kernels
+    # the Mul and Add after the folded BN are folded into the same conv: a bias and a relu left
+    assert any(re.fullmatch(r"fused_conv2d(_blocked)?\d*_add\d*_relu\d*", k) for k in kernels), kernels
+    assert not any("conv2d" in k and "multiply" in k for k in kernels), kernels
+    assert all(re.fullmatch(r"fused_(concatenate\d*_)?multiply\d*_add\d*_relu\d*", k) for k in preactivations), kernels
+    # x86_64: vectorized along the image rows (196 floats: left to LLVM), the per-channel scale
+    # and shift loaded once per row (fused whole, each lane's channel was divided out of the
+    # fused index: a gather)
+    details = {k: meta["schedules"][k]["detail"] for k in preactivations}
+    assert all(d.startswith(f"rows of {hw * hw}") for d in details.values()), details
+    result = run_on_target(path, target, iters=2, seed=3, atol=1e-4, rtol=1e-4)
+    assert result.error is None, result.error
+    assert result.passed, json.dumps(result.outputs, indent=1)
+
+
 def _last_stage_block(path) -> None:
     """A resnet50 last-stage bottleneck, scaled down to 7x7 outputs: a stride-2 1x1 shortcut
     conv (128 -> 256, from 14x14), a 1x1 conv 256 -> 64 and a padded 3x3 conv 64 -> 256 whose

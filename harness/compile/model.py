@@ -36,7 +36,7 @@ from harness.compile.kernels import SYSTEM_LIB_PREFIX, compile_kernels, kernel_t
 log = logging.getLogger(__name__)
 
 #: Bump when the artifact produced for the same inputs changes (invalidates the cache).
-PIPELINE_VERSION = "24"  # 3: aligned params; 4-6: in-place outputs; 7: scheduled kernels; 8: kernel signatures; 9: kernels in the signature table; 10: channels-last conv weights; 11: .tflite, int8 kernels; 12: compact per-channel requantization tables; 13: BNs on ConstantOfShape weights folded, grouped channels-last convs; 14: int8 kernels with the input zero point in the bias, SMLAD on Cortex-M4/M7; 15: int32 requantization shifts; 16: SVDF, integer QUANTIZE with int16/int32, int8 -> int16 softmax; 17: params.bin container version 2 (a directory of name, dtype, size; no per-tensor headers); 18: int8 requantization rounded in int32 where exact; 19: per-channel requantization shifts as an int8 array; 20: AVX2 int8 convs across output channels (vpmaddwd on broadcast input pairs); 21: ARMv7 NEON: vfma, short reductions unrolled, channel-vector epilogues, concatenations by rows; 22: x86_64 pools keep their window loops, concatenations their loops; 24: dense float convs with large weights or chunked 1x1s take blocked (O/lanes, KH, KW, I, lanes) weights laid out at compile time, input channels reduced in chunks
+PIPELINE_VERSION = "25"  # 3: aligned params; 4-6: in-place outputs; 7: scheduled kernels; 8: kernel signatures; 9: kernels in the signature table; 10: channels-last conv weights; 11: .tflite, int8 kernels; 12: compact per-channel requantization tables; 13: BNs on ConstantOfShape weights folded, grouped channels-last convs; 14: int8 kernels with the input zero point in the bias, SMLAD on Cortex-M4/M7; 15: int32 requantization shifts; 16: SVDF, integer QUANTIZE with int16/int32, int8 -> int16 softmax; 17: params.bin container version 2 (a directory of name, dtype, size; no per-tensor headers); 18: int8 requantization rounded in int32 where exact; 19: per-channel requantization shifts as an int8 array; 20: AVX2 int8 convs across output channels (vpmaddwd on broadcast input pairs); 21: ARMv7 NEON: vfma, short reductions unrolled, channel-vector epilogues, concatenations by rows; 22: x86_64 pools keep their window loops, concatenations their loops; 24: dense float convs with large weights or chunked 1x1s take blocked (O/lanes, KH, KW, I, lanes) weights laid out at compile time, input channels reduced in chunks; 25: batch-norms not after a conv as one multiply-add with the per-channel Mul/Add after them (after a conv, those join its weights), x86_64 elementwise kernels with per-channel operands vectorized along rows
 ABI = "tvm-ffi"
 
 
@@ -166,6 +166,7 @@ def _compile_model(model_path: Path, target: Target, cache: Path | None, system_
             "inplace": [list(t) for t in plan.inplace],
             "nops": sum(1 for n in graph.nodes if n.func_name == NOP),
             "folded_batchnorms": source.notes.get("folded_batchnorms", 0),
+            "affine_batchnorms": source.notes.get("affine_batchnorms", 0),
             "input_shapes": {k: list(v) for k, v in (input_shapes or {}).items()},
             "pipeline_version": PIPELINE_VERSION,
             "compile_seconds": round(time.monotonic() - started, 3),

@@ -1,4 +1,4 @@
-"""ONNX -> Relax: read and check an ONNX file, fold batch-norms, import with TVM's frontend and lower (legalize + fuse)."""
+"""ONNX -> Relax: read and check an ONNX file, fold batch-norms (into convs, or into one multiply-add), import with TVM's frontend and lower (legalize + fuse)."""
 
 from __future__ import annotations
 
@@ -116,9 +116,85 @@ def apply_input_shapes(model: Any, shapes: Mapping[str, Sequence[int]], path: Pa
     return fixed
 
 
+def _constant_reader(graph: Any) -> Any:
+    """A function giving the value of a constant input of `graph`, or None: an initializer, a
+    ConstantOfShape of an initializer shape (how ONNX's light zoo models hold their weights), or
+    an Unsqueeze of one of those (their per-channel scales). Computed on demand, for the tensors
+    a rewrite folds."""
+    from onnx import numpy_helper
+
+    initializers = {t.name: t for t in graph.initializer}
+    producers = {n.output[0]: n for n in graph.node if len(n.output) == 1}
+
+    def constant(name: str) -> Any:
+        if name in initializers:
+            return numpy_helper.to_array(initializers[name])
+        node = producers.get(name)
+        if node is None:
+            return None
+        if node.op_type == "ConstantOfShape" and len(node.input) == 1 and node.input[0] in initializers:
+            shape = numpy_helper.to_array(initializers[node.input[0]]).astype(np.int64).reshape(-1)
+            value = next((numpy_helper.to_array(a.t) for a in node.attribute if a.name == "value"), np.zeros(1, np.float32))
+            if (shape < 0).any() or math.prod(int(d) for d in shape) > 1 << 28:
+                return None  # not a weight: let the frontend say what is wrong with it
+            return np.full(tuple(int(d) for d in shape), value.reshape(-1)[0], dtype=value.dtype)
+        if node.op_type == "Unsqueeze" and node.input:
+            axes_attr = [list(a.ints) for a in node.attribute if a.name == "axes"]
+            axes = axes_attr[0] if axes_attr else (
+                constant(node.input[1]) if len(node.input) > 1 and node.input[1] else None)
+            value = constant(node.input[0])
+            if value is None or axes is None:
+                return None
+            rank = value.ndim + len(axes)
+            try:
+                return np.expand_dims(value, tuple(sorted(int(a) % rank for a in np.reshape(axes, -1))))
+            except ValueError:
+                return None
+        return None
+
+    return constant
+
+
+def _channel_affine_after(graph: Any, out: str, channels: int, rank: int, constant: Any,
+                          ) -> tuple[np.ndarray, np.ndarray, list[Any], str]:
+    """The Mul and Add by per-channel constants (axis 1 of a rank-`rank` tensor) that follow
+    `out`, each the sole reader of the one before (not past a graph output): how they map a
+    value, y * scale + shift, the nodes, and the last one's output. Nothing follows: scale 1,
+    shift 0 (applying them then changes no bit)."""
+    outputs = {o.name for o in graph.output}
+    scale, shift, joined = np.ones(channels), np.zeros(channels), []
+    while out not in outputs:
+        readers = [n for n in graph.node for name in n.input if name == out]
+        if len(readers) != 1 or readers[0].op_type not in ("Mul", "Add") or len(readers[0].input) != 2:
+            break
+        node = readers[0]
+        other = constant(node.input[1] if node.input[0] == out else node.input[0])
+        if other is None or other.dtype != np.float32 or other.ndim > rank:
+            break
+        padded = (1,) * (rank - other.ndim) + other.shape
+        if any(d != 1 for i, d in enumerate(padded) if i != 1) or padded[1] not in (1, channels):
+            break
+        vector = np.broadcast_to(other.reshape(-1).astype(np.float64), (channels,))
+        if node.op_type == "Mul":
+            scale, shift = scale * vector, shift * vector
+        else:
+            shift = shift + vector
+        joined.append(node)
+        out = node.output[0]
+    return scale, shift, joined, out
+
+
+def _inference_batchnorms(graph: Any) -> list[Any]:
+    """The graph's BatchNormalization nodes in inference mode (one output, the four parameter
+    inputs), listed first so that the caller may change the graph."""
+    return [n for n in graph.node if n.op_type == "BatchNormalization" and len(n.output) == 1 and len(n.input) == 5
+            and not any(a.name == "training_mode" and a.i for a in n.attribute)]
+
+
 def fold_batchnorm(model: Any) -> tuple[Any, int]:
     """Fold each inference-mode BatchNormalization that directly follows a Conv with constant
-    weights into that Conv's weights and bias (a copy of the model is changed, not `model`).
+    weights into that Conv's weights and bias (a copy of the model is changed, not `model`),
+    with the Mul and Add by per-channel constants that follow it (_channel_affine_after).
 
     TVM has no such pass: without it the BN becomes a per-element subtract/divide/multiply/add
     in the conv kernel. With it the BN costs nothing at run time. A constant is an initializer
@@ -130,22 +206,7 @@ def fold_batchnorm(model: Any) -> tuple[Any, int]:
     folded = onnx.ModelProto()
     folded.CopyFrom(model)
     graph = folded.graph
-    initializers = {t.name: t for t in graph.initializer}
-    filled = {n.output[0]: n for n in graph.node
-              if n.op_type == "ConstantOfShape" and len(n.input) == 1 and n.input[0] in initializers}
-
-    def constant(name: str) -> Any:
-        """The value of a constant input, or None (computed only for the convs and BNs folded)."""
-        if name in initializers:
-            return numpy_helper.to_array(initializers[name])
-        if name not in filled:
-            return None
-        node = filled[name]
-        shape = numpy_helper.to_array(initializers[node.input[0]]).astype(np.int64).reshape(-1)
-        value = next((numpy_helper.to_array(a.t) for a in node.attribute if a.name == "value"), np.zeros(1, np.float32))
-        if (shape < 0).any() or math.prod(int(d) for d in shape) > 1 << 28:
-            return None  # not a weight: let the frontend say what is wrong with it
-        return np.full(tuple(int(d) for d in shape), value.reshape(-1)[0], dtype=value.dtype)
+    constant = _constant_reader(graph)
 
     outputs = {o.name for o in graph.output}
     readers: dict[str, int] = {}
@@ -154,11 +215,7 @@ def fold_batchnorm(model: Any) -> tuple[Any, int]:
             readers[name] = readers.get(name, 0) + 1
     producer = {out: node for node in graph.node for out in node.output}
     count = 0
-    for bn in list(graph.node):
-        if bn.op_type != "BatchNormalization" or len(bn.output) != 1 or len(bn.input) != 5:
-            continue
-        if any(a.name == "training_mode" and a.i for a in bn.attribute):
-            continue
+    for bn in _inference_batchnorms(graph):
         conv = producer.get(bn.input[0])
         if conv is None or conv.op_type != "Conv" or len(conv.output) != 1:
             continue
@@ -174,16 +231,77 @@ def fold_batchnorm(model: Any) -> tuple[Any, int]:
         eps = next((a.f for a in bn.attribute if a.name == "epsilon"), 1e-5)
         factor = scale / np.sqrt(var + eps)
         dtype = values[conv.input[1]].dtype
-        new_w = (weight * factor.reshape(-1, *([1] * (weight.ndim - 1)))).astype(dtype)
-        new_b = ((bias - mean) * factor + shift).astype(dtype)
-        w_name, b_name = f"{bn.output[0]}.folded_weight", f"{bn.output[0]}.folded_bias"
+        # a per-channel Mul/Add after the BN (DenseNet's) joins it
+        scale_after, shift_after, joined, out = _channel_affine_after(graph, bn.output[0], weight.shape[0],
+                                                                       weight.ndim, constant)
+        new_w = (weight * (factor * scale_after).reshape(-1, *([1] * (weight.ndim - 1)))).astype(dtype)
+        new_b = (((bias - mean) * factor + shift) * scale_after + shift_after).astype(dtype)
+        w_name, b_name = f"{out}.folded_weight", f"{out}.folded_bias"
         graph.initializer.extend([numpy_helper.from_array(new_w, w_name), numpy_helper.from_array(new_b, b_name)])
         del conv.input[1:]
         conv.input.extend([w_name, b_name])
-        conv.output[0] = bn.output[0]
-        graph.node.remove(bn)
+        conv.output[0] = out
+        for node in [bn, *joined]:
+            graph.node.remove(node)
         count += 1
     return folded, count
+
+
+def batchnorms_as_affine(model: Any) -> tuple[Any, int]:
+    """Each inference-mode BatchNormalization that fold_batchnorm left (one on a concatenation,
+    a pool or an input: DenseNet's pre-activations) as one Mul and one Add by per-channel
+    constants, computed at compile time; a Mul or Add by a per-channel constant that is the sole
+    reader of the result joins those two (DenseNet's BN, Mul, Add, Relu is then one multiply-add
+    and a relu). Returns the model (a copy when one is changed) and how many BNs were rewritten.
+
+    TVM decomposes such a BN into subtract, divide, multiply, add, and FuseOps left it a kernel
+    apart from the Mul, Add, Relu after it: light_densenet121 made two passes over every
+    concatenation, one dividing per element. The BN's input rank comes from ONNX shape
+    inference; a BN whose rank it cannot tell is left as it is."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    if not any(n.op_type == "BatchNormalization" for n in model.graph.node):
+        return model, 0
+    # IR 3 wants every initializer listed as an input too, and fold_batchnorm's are not; from IR
+    # 4 on they need not be, so shape inference looks at the model as IR 4 at least
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    probe.ir_version = max(probe.ir_version, 4)
+    try:
+        ranks = {v.name: len(v.type.tensor_type.shape.dim)
+                 for v in [*onnx.shape_inference.infer_shapes(probe, data_prop=True).graph.value_info,
+                           *model.graph.input]
+                 if v.type.tensor_type.HasField("shape") and v.type.tensor_type.elem_type == onnx.TensorProto.FLOAT}
+    except Exception as exc:  # noqa: BLE001 - inference refuses some valid models; then nothing changes
+        log.debug("shape inference failed (%s): batch-norms kept", exc)
+        return model, 0
+    changed = onnx.ModelProto()
+    changed.CopyFrom(model)
+    graph = changed.graph
+    constant = _constant_reader(graph)
+    count = 0
+    for bn in _inference_batchnorms(graph):
+        rank = ranks.get(bn.input[0], 0)
+        params = [constant(name) for name in bn.input[1:]]
+        if rank < 2 or any(v is None or v.dtype != np.float32 or v.ndim != 1 for v in params):
+            continue
+        scale, shift, mean, var = (v.astype(np.float64) for v in params)
+        eps = next((a.f for a in bn.attribute if a.name == "epsilon"), 1e-5)
+        factor = scale / np.sqrt(var + eps)
+        scale_after, shift_after, joined, out = _channel_affine_after(graph, bn.output[0], len(factor), rank, constant)
+        factor, offset = factor * scale_after, (shift - mean * factor) * scale_after + shift_after
+        shape = (len(factor),) + (1,) * (rank - 2)
+        f_name, o_name, mid = f"{out}.affine_scale", f"{out}.affine_shift", f"{out}.affine_scaled"
+        graph.initializer.extend([numpy_helper.from_array(factor.astype(np.float32).reshape(shape), f_name),
+                                  numpy_helper.from_array(offset.astype(np.float32).reshape(shape), o_name)])
+        at = list(graph.node).index(bn)
+        for node in [bn, *joined]:
+            graph.node.remove(node)
+        graph.node.insert(at, helper.make_node("Add", [mid, o_name], [out], name=f"{bn.name or out}.affine_add"))
+        graph.node.insert(at, helper.make_node("Mul", [bn.input[0], f_name], [mid], name=f"{bn.name or out}.affine_mul"))
+        count += 1
+    return (changed, count) if count else (model, 0)
 
 
 def sums_as_adds(model: Any) -> Any:
@@ -212,9 +330,9 @@ def sums_as_adds(model: Any) -> Any:
     return changed
 
 
-def import_onnx(model: Any, path: Path) -> tuple[Any, int]:
-    """ONNX -> Relax IRModule with weights as constants, and how many batch-norms were folded
-    into convolutions on the way."""
+def import_onnx(model: Any, path: Path) -> tuple[Any, int, int]:
+    """ONNX -> Relax IRModule with weights as constants, how many batch-norms were folded into
+    convolutions on the way, and how many others became one multiply-add."""
     import tvm
     from tvm.relax.frontend.onnx import from_onnx
 
@@ -222,9 +340,12 @@ def import_onnx(model: Any, path: Path) -> tuple[Any, int]:
     model, folded = fold_batchnorm(model)
     if folded:
         log.info("%s: folded %d batch-norm(s) into convolutions", path.name, folded)
+    model, affine = batchnorms_as_affine(model)
+    if affine:
+        log.info("%s: %d other batch-norm(s) as one multiply-add each", path.name, affine)
     model = sums_as_adds(model)
     try:
-        return from_onnx(model, keep_params_in_input=False), folded
+        return from_onnx(model, keep_params_in_input=False), folded, affine
     except tvm.error.OpNotImplemented as exc:
         message = str(exc)
         ops = sorted({n.op_type for n in model.graph.node if re.search(rf"\b{re.escape(n.op_type)}\b", message.split(":", 1)[-1])})

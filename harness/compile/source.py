@@ -132,8 +132,9 @@ def import_model(source: ModelSource) -> Any:
         return import_tflite(source.model, source.path)
     from harness.compile.onnx_import import import_onnx
 
-    mod, folded = import_onnx(source.model, source.path)
+    mod, folded, affine = import_onnx(source.model, source.path)
     source.notes["folded_batchnorms"] = folded
+    source.notes["affine_batchnorms"] = affine
     return mod
 
 
