@@ -244,16 +244,11 @@ def _tile_reduction(sch: Any, func: Any, block: Any, lanes: int, parallel: bool 
     if u is not None:
         sch.unroll(u_i)
     v_i = _register_vectors(sch, v_i, v_factor, lanes)
-    # Padding: computed inside the loop that consumes it, outside the tile loops (inside the
-    # parallel loop where that is made of it: per task, of the rows and channels it needs).
+    # Padding: computed inside the loop that consumes it, outside the tile loops.
     pad_anchor = order_outer[-1] if order_outer else tile_outer[0]
     threads = ""
     if parallel:
-        anchor_loop = sch.get(pad_anchor)
-        loop, made_of = _parallel_outer_loop(sch, block)
-        threads = f"parallel {_extent(sch, loop)}" if loop is not None else ""
-        if any(stmt.same_as(anchor_loop) for stmt in made_of):
-            pad_anchor = loop
+        threads, pad_anchor = _parallelize_keeping(sch, block, pad_anchor)
     if reduce:
         init = sch.decompose_reduction(block, reduce[0])
         init_inner = sch.get_loops(init)[-1]
@@ -492,7 +487,9 @@ def _tile_conv_channels(sch: Any, block: Any, lanes: int, channel: int, weight: 
         sch.unroll(reduce[-1])
     sch.unroll(x_i)
     c_i = _register_vectors(sch, c_i, v_factor, lanes)
-    threads = _parallelize_outer(sch, block, fuse=not padded) if parallel else ""
+    threads = ""
+    if parallel:  # a row's padding is then computed per channel block: 3 rows, 1/(9 x channels) of the work
+        threads, pad_anchor = _parallelize_keeping(sch, block, pad_anchor)
     if reduce:
         init = sch.decompose_reduction(block, reduce[0])
         sch.vectorize(sch.get_loops(init)[-1])
@@ -732,6 +729,17 @@ def _parallelize_outer(sch: Any, block: Any, fuse: bool = True) -> str:
     """_parallel_outer_loop; returns "parallel <iterations>", or "" when no loop was made parallel."""
     loop, _ = _parallel_outer_loop(sch, block, fuse)
     return f"parallel {_extent(sch, loop)}" if loop is not None else ""
+
+
+def _parallelize_keeping(sch: Any, block: Any, anchor: Any) -> tuple[str, Any]:
+    """_parallelize_outer for a kernel that computes a stage (padding) at loop `anchor`
+    afterwards: returns the detail and where to compute that stage, the parallel loop when
+    `anchor` was fused into it (per task, of the rows and channels the task reads)."""
+    anchor_loop = sch.get(anchor)
+    loop, made_of = _parallel_outer_loop(sch, block)
+    if loop is None:
+        return "", anchor
+    return f"parallel {_extent(sch, loop)}", loop if any(stmt.same_as(anchor_loop) for stmt in made_of) else anchor
 
 
 # ---------------------------------------------------------------------------------------------
