@@ -643,16 +643,15 @@ def _shape_elementwise(sch: Any, block: Any, lanes: int, neon: bool) -> str:
 #: where threads are available: a parallel launch costs a few microseconds; this much work
 #: takes 10-20 us at one thread on x86_64 (a 7x7 depthwise conv of 544 channels: 25 us).
 PARALLEL_MIN_WORK = 1 << 18
-#: What each element a kernel with a reduction reads or writes counts in _parallel_work, in
-#: multiply-adds: one with little arithmetic per element (a pool, a depthwise conv, a dense
-#: layer of batch 1) is bound by memory. Shufflenet's kernels at one thread on x86_64 took
-#: 0.03-0.08 ns per multiply-add in dense convs, 0.2-0.4 ns per element read or written in
-#: pools and depthwise convs. A kernel without one (a copy: a transpose, a concatenation)
-#: counts one per element (0.08-0.15 ns each): its tasks mostly wait for data that the other
-#: core wrote, and only the largest repay the launch (shufflenet's first channel shuffle, 700k
-#: elements: 55 -> 40 us on two threads; its later ones, 100-200k: 15 -> 19 us each).
+#: What each element a kernel reads or writes counts in _parallel_work, in multiply-adds: a
+#: kernel with little arithmetic per element (a pool, a depthwise conv, a dense layer of batch
+#: 1, a copy) is bound by memory. Shufflenet's kernels at one thread on x86_64 took 0.03-0.08
+#: ns per multiply-add in dense convs, 0.2-0.4 ns per element read or written in pools and
+#: depthwise convs, 0.08-0.15 in its transposes and concatenations. A copy gains from a second
+#: thread even when it is short: run on one thread, it reads half of its input from the cache
+#: of the other core, which wrote it (shufflenet's channel shuffles and concatenations, 2
+#: threads: 419 us serial, 308 us parallel).
 ELEMENT_WORK = 4
-COPY_ELEMENT_WORK = 1
 #: Iterations a parallel loop gets at least where the loops inside it allow: the runner cuts a
 #: launch into 4 tasks per thread (runtime_c/runner/pool.c), and a loop of 7 rows left one of
 #: two threads idle for a quarter of the kernel.
@@ -666,9 +665,8 @@ def _iterations(sch: Any, block: Any) -> int:
 
 def _parallel_work(sch: Any, reduction: Any | None) -> int:
     """A kernel's work, for the decision to run it on threads: the multiply-adds of its heaviest
-    reduction plus ELEMENT_WORK per element of every buffer it reads or writes that it does
-    not allocate itself (inputs, weights, outputs); without a reduction, COPY_ELEMENT_WORK per
-    element."""
+    reduction (if any) plus ELEMENT_WORK per element of every buffer it reads or writes that it
+    does not allocate itself (inputs, weights, outputs)."""
     local = _local_buffers(sch)
     elements: dict[Any, int] = {}
     for block in _blocks(sch):
@@ -676,9 +674,8 @@ def _parallel_work(sch: Any, reduction: Any | None) -> int:
         for region in [*node.reads, *node.writes]:
             if region.source not in local:
                 elements[region.source] = math.prod(int(d) for d in region.source.shape)
-    if reduction is None:
-        return COPY_ELEMENT_WORK * sum(elements.values())
-    return _iterations(sch, reduction) + ELEMENT_WORK * sum(elements.values())
+    macs = _iterations(sch, reduction) if reduction is not None else 0
+    return macs + ELEMENT_WORK * sum(elements.values())
 
 
 def _reduction_loop_vars(sch: Any, block: Any) -> set[str]:
