@@ -487,9 +487,9 @@ def _tile_conv_channels(sch: Any, block: Any, lanes: int, channel: int, weight: 
         sch.unroll(reduce[-1])
     sch.unroll(x_i)
     c_i = _register_vectors(sch, c_i, v_factor, lanes)
-    threads = ""
-    if parallel:  # a row's padding is then computed per channel block: 3 rows, 1/(9 x channels) of the work
-        threads, pad_anchor = _parallelize_keeping(sch, block, pad_anchor)
+    # Not fused with padding: every channel block would pad the rows of all input channels
+    # again (squeezenet's 3x3 expand convs of 13 rows: 300 -> 353 us at one thread).
+    threads = _parallelize_outer(sch, block, fuse=not padded) if parallel else ""
     if reduce:
         init = sch.decompose_reduction(block, reduce[0])
         sch.vectorize(sch.get_loops(init)[-1])
@@ -608,14 +608,17 @@ def _vectorize_elementwise(sch: Any, block: Any, lanes: int, neon: bool = False,
     vectorized, each element's indices were divided back out of the fused one, and LLVM
     vectorizes the plain nest's innermost loop itself (squeezenet's 64+64-channel
     concatenation of 55x55: 158 -> 33 us). With `parallel`, the outermost loop left (rows, or
-    the vectors of the fused loop) is parallel."""
-    detail = _shape_elementwise(sch, block, lanes, neon)
-    threads = _parallelize_outer(sch, block) if parallel else ""
+    the vectors of the fused loop) of a vectorized block is parallel."""
+    detail, vectorized = _shape_elementwise(sch, block, lanes, neon)
+    # A nest left for LLVM to vectorize stays serial: in a parallel task's function LLVM
+    # did not vectorize it (squeezenet's concatenations, one thread: 38 -> 106 us).
+    threads = _parallelize_outer(sch, block) if parallel and vectorized else ""
     return f"{detail}, {threads}" if threads else detail
 
 
-def _shape_elementwise(sch: Any, block: Any, lanes: int, neon: bool) -> str:
-    """_vectorize_elementwise's loops, before any is made parallel; returns what was done."""
+def _shape_elementwise(sch: Any, block: Any, lanes: int, neon: bool) -> tuple[str, bool]:
+    """_vectorize_elementwise's loops, before any is made parallel; returns what was done and
+    whether a loop was vectorized."""
     loops = sch.get_loops(block)
     divides = any(_divides(rng.min) for r in sch.get(block).reads for rng in r.region)
     if len(loops) > 1 and divides and _extent(sch, loops[-1]) > 1:
@@ -623,20 +626,20 @@ def _shape_elementwise(sch: Any, block: Any, lanes: int, neon: bool) -> str:
         factor = _vector_factor(_extent(sch, loops[-1]), lanes)
         _, inner = sch.split(loops[-1], [None, factor])
         sch.vectorize(inner)
-        return f"rows of {_extent(sch, outer)}, vector {factor}"
+        return f"rows of {_extent(sch, outer)}, vector {factor}", True
     rows = _select_invariant_rows(sch, block, lanes) if neon else ""
     if rows:
-        return rows
+        return rows, ", vector" in rows
     if _has_select(sch, block):
-        return "loops as written (select)"
+        return "loops as written (select)", False
     fused = sch.fuse(*loops) if len(loops) > 1 else loops[0]
     n = _extent(sch, fused)
     factor = _vector_factor(n, lanes)
     if factor <= 1 or _has_select(sch, block):
-        return "fused"
+        return "fused", False
     _, inner = sch.split(fused, [None, factor])
     sch.vectorize(inner)
-    return f"fused, vector {factor}"
+    return f"fused, vector {factor}", True
 
 
 #: Work (multiply-add equivalents, see _parallel_work) below which a kernel stays serial even
