@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import threading
 from pathlib import Path
 
 import pytest
@@ -65,6 +67,40 @@ def mlp_with_wrong_weights(tmp_path, monkeypatch) -> Path:
 
     seal(artifact.dir, [p.name for p in artifact.dir.iterdir() if p.name != SEAL])
     return model
+
+
+# ---------------------------------------------------------------------------------------------
+# Acting when the code under test got somewhere, not after a guessed sleep: a fault injected
+# after `time.sleep(N)` lands elsewhere on a loaded machine (before the device was even
+# reached, or after the run ended).
+
+
+class _LogLine(logging.Handler):
+    """Sets `seen` the first time a record containing `text` is logged (from any thread)."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__(logging.DEBUG)
+        self.text = text
+        self.seen = threading.Event()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.text in record.getMessage():
+            self.seen.set()
+
+
+@pytest.fixture
+def device_running():
+    """An Event set when a transport logs that the device starts running the model ("running
+    N iteration(s)", a debug line, logged right before minrt-run or a firmware's RUN): a test
+    that kills the device waits on it, with a generous liveness bound, instead of sleeping a
+    guess of how long compiling, building and uploading take."""
+    logger = logging.getLogger("harness.transport")
+    handler, level = _LogLine("iteration(s)"), logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+    yield handler.seen
+    logger.removeHandler(handler)
+    logger.setLevel(level)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -114,6 +114,7 @@ def test_an_interrupted_board_run_exits_promptly_and_leaves_nothing_on_the_board
     sent = time.monotonic()
     _, err = proc.communicate(timeout=120)
     took = time.monotonic() - sent
+    print(f"{transport}: exited {took:.1f} s after {signal.Signals(sig).name}")
     assert proc.returncode == code, err
     assert "Traceback" not in err and "harness: interrupted" in err, err
     assert took < 15, f"took {took:.1f} s to exit after {signal.Signals(sig).name}"

@@ -60,7 +60,8 @@ def test_cli_main_job_on_the_default_target(shared_board, example_models):
     assert "vs onnx-reference" in proc.stdout and "1 of 1 model(s) passed on rpi-qemu" in proc.stdout
 
 
-def test_killing_the_board_mid_run_fails_cleanly_and_the_board_comes_back(shared_board, example_models):
+def test_killing_the_board_mid_run_fails_cleanly_and_the_board_comes_back(shared_board, example_models,
+                                                                          device_running):
     """A board that dies during a run ends it with an error naming the device, not a hang;
     the next run boots a new board and passes."""
     from harness.device.board import board_status, ensure_board
@@ -69,18 +70,29 @@ def test_killing_the_board_mid_run_fails_cleanly_and_the_board_comes_back(shared
     # the board as it is now: a test before may have power-cycled it (test_board_faults' frozen
     # farm job does), leaving the fixture's pid that of a qemu already gone
     pid = ensure_board(instance="0").pid
+    killed_at: list[float] = []
+    finished = threading.Event()
 
-    def kill_soon() -> None:
-        time.sleep(1.5)
-        os.kill(pid, signal.SIGKILL)
+    def kill_when_running() -> None:
+        # Once the run reached the device (a kill 1.5 s after the start, on a loaded host,
+        # could land before the SSH connection: the run then booted a new board and passed),
+        # and a moment into the run, which lasts far longer (20,000 iterations).
+        device_running.wait(600)
+        time.sleep(1.0)
+        if not finished.is_set():
+            os.kill(pid, signal.SIGKILL)
+            killed_at.append(time.monotonic())
 
-    killer = threading.Thread(target=kill_soon)
+    killer = threading.Thread(target=kill_when_running, daemon=True)
     killer.start()
-    started = time.monotonic()
-    result = run_on_target(example_models["dscnn"], target, toolchain="host", iters=2000)
+    result = run_on_target(example_models["dscnn"], target, toolchain="host", iters=20000)
+    ended = time.monotonic()
+    finished.set()
+    device_running.set()  # a killer still waiting gives up (killed_at stays empty)
     killer.join()
+    assert killed_at, f"the run ended before it reached the device: {result.error}"
     assert not result.passed and result.error, result
-    assert time.monotonic() - started < 120
+    assert ended - killed_at[0] < 120  # not a hang: the run ends long before its timeout
     assert "127.0.0.1" in result.error  # names the device
     assert board_status(instance="0")["state"] == "down"
     again = run_on_target(example_models["mlp"], target, toolchain="host", iters=2)

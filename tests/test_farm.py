@@ -46,8 +46,26 @@ target = "qemu-armv7"
 # -- a stand-in job runner (imported by the farm's worker processes as tests.test_farm) -----
 
 
-def standin_job(model: Path, device, *, seconds: float = 0.6, pid_dir: str | None = None, **_: object) -> dict:
-    """Run the stand-in device (a real `sleep` process) for one job; its death is a device failure."""
+def standin_job(model: Path, device, *, seconds: float = 0.6, pid_dir: str | None = None,
+                hold_on: str | None = None, meet: int = 0, **_: object) -> dict:
+    """Run the stand-in device (a real `sleep` process) for one job; its death is a device failure.
+    The first job on device `hold_on` (marked in pid_dir) runs until it is killed (600 s), for a
+    test that kills it mid-run: a short one could end before the test looked, on a loaded host.
+    With `meet` (and pid_dir), each device's first job waits until the first jobs of `meet`
+    devices have started: they then ran side by side by construction, whatever the load (a
+    farm that runs them one at a time fails the job after 600 s)."""
+    if meet and pid_dir:
+        (Path(pid_dir) / f"{device.name}.started").touch()
+        deadline = time.monotonic() + 600
+        while len(list(Path(pid_dir).glob("*.started"))) < meet:
+            if time.monotonic() > deadline:
+                raise HarnessError(f"device {device.name}: the first jobs of {meet} devices never ran together")
+            time.sleep(0.02)
+    if hold_on == device.name and pid_dir:
+        first = Path(pid_dir) / f"{device.name}.held"
+        if not first.exists():
+            first.touch()
+            seconds = 600
     proc = subprocess.Popen(["sleep", str(seconds)])
     if pid_dir:
         (Path(pid_dir) / f"{device.name}.{model.stem}.pid").write_text(str(proc.pid))
@@ -184,11 +202,16 @@ def test_farm_runs_jobs_in_parallel_one_per_device(tmp_path: Path) -> None:
     inv = parse_inventory(THREE_DEVICES)
     store = ResultStore(tmp_path / "r.sqlite")
     models = _models(tmp_path, 4)
+    meeting = tmp_path / "meeting"
+    meeting.mkdir()
     report = run_farm(inv, models, job_runner=standin_job, store=store, batch="b1", commit="c1",
-                      out_dir=tmp_path / "out", leases=LocalLeases(inv, tmp_path / "locks"))
-    assert len(report.jobs) == 8 and report.passed
+                      out_dir=tmp_path / "out", leases=LocalLeases(inv, tmp_path / "locks"),
+                      runner_options={"meet": 3, "pid_dir": str(meeting)})
+    assert len(report.jobs) == 8 and report.passed, [j.result for j in report.jobs if not j.passed]
     _assert_one_job_per_device(report.jobs)
-    assert _max_parallel(report.jobs) >= 2  # the jobs did run side by side
+    # the jobs did run side by side: every device's first job waited for the other devices'
+    # (0.6 s jobs alone could miss each other when a loaded host starts one worker late)
+    assert _max_parallel(report.jobs) == 3
     assert {a.device for j in report.jobs if j.target == "qemu-armv7" for a in j.attempts} == {"armv7-a"}
     assert {a.device for j in report.jobs if j.target == "x86_64" for a in j.attempts} == {"host-a", "host-b"}
     rows = store.runs(batch="b1")
@@ -270,9 +293,10 @@ def test_device_killed_mid_run_loses_no_other_result(tmp_path: Path, what: str) 
         killed.append((job.model.stem, job.target))
 
         def kill() -> None:
-            deadline = time.monotonic() + 20
+            deadline = time.monotonic() + 600  # liveness: the worker process starts first
             while time.monotonic() < deadline:
-                # Wait until the device process is running, then kill it (or the whole job).
+                # Wait until the device process is running (it runs until killed), then kill
+                # it (or the whole job).
                 pid_file = pid_dir / f"host-a.{job.model.stem}.pid"
                 if pid_file.exists() and pid_file.read_text():
                     if what == "device-process":
@@ -285,7 +309,7 @@ def test_device_killed_mid_run_loses_no_other_result(tmp_path: Path, what: str) 
         threading.Thread(target=kill, daemon=True).start()
 
     report = run_farm(inv, models, job_runner=standin_job,
-                      runner_options={"seconds": 1.5, "pid_dir": str(pid_dir)},
+                      runner_options={"seconds": 1.5, "pid_dir": str(pid_dir), "hold_on": "host-a"},
                       store=store, batch="b1", commit="c1", out_dir=tmp_path / "out",
                       leases=LocalLeases(inv, tmp_path / "locks"), on_start=kill_soon)
     assert killed, "the device was never killed"

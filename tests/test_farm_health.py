@@ -228,7 +228,7 @@ def test_firmware_health_check_pings_the_front_end_or_boots_the_machine(tmp_path
     from harness.errors import TargetError
     from harness.farm.health import check_device
     from harness.farm.inventory import Device
-    from harness.transport.firmware import QemuFirmware
+    from harness.transport.firmware import QemuFirmware, _listening
 
     if shutil.which("qemu-system-arm") is None:
         pytest.skip("qemu-system-arm is not installed (ci/setup installs it)")
@@ -258,11 +258,12 @@ def test_firmware_health_check_pings_the_front_end_or_boots_the_machine(tmp_path
                              "-serial", "chardev:uart", "-kernel", str(image.elf)],
                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        for _ in range(500):
-            if uart.exists():
-                break
+        # the socket file appears at bind(), a moment before QEMU listens: wait for both
+        # (liveness on a loaded host, not speed; a fixed 0.3 s after the file did not always do)
+        deadline = time.monotonic() + 120
+        while not (uart.exists() and _listening(str(uart))):
+            assert qemu.poll() is None and time.monotonic() < deadline, f"QEMU did not listen on {uart}"
             time.sleep(0.02)
-        time.sleep(0.3)  # bound, then listening
         board_ok = check_device(Device(name="disco", target="stm32f4-disco", address=f"unix://{uart}"))
         assert board_ok.ok and board_ok.detail.startswith("healthy: front end answered HELLO"), board_ok
     finally:

@@ -6,7 +6,6 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
@@ -124,12 +123,12 @@ def test_queries_for_the_dashboard(tmp_path: Path) -> None:
 
 
 WRITER = textwrap.dedent("""
-    import sys, time
+    import sys
     from harness.results.store import ResultStore
-    db, writer, count, start_at = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
+    db, writer, count = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
     store = ResultStore(db)
-    while time.time() < start_at:
-        time.sleep(0.001)
+    print("ready", flush=True)
+    sys.stdin.readline()  # "go": every writer starts its loop at the same moment
     for i in range(count):
         store.record({"model": f"w{writer}-{i}", "target": "x86_64", "passed": True,
                       "outputs": [{"name": "output0", "max_abs_err": i * 1e-9, "passed": True}],
@@ -142,10 +141,16 @@ def test_concurrent_writers_from_several_processes_lose_nothing(tmp_path: Path) 
     db = tmp_path / "r.sqlite"
     ResultStore(db)  # schema exists before the race starts
     writers, count = 6, 60
-    start_at = time.time() + 1.5  # every writer starts its loop at the same moment
-    procs = [subprocess.Popen([sys.executable, "-c", WRITER, str(db), str(w), str(count), str(start_at)],
-                              stderr=subprocess.PIPE, text=True)
+    procs = [subprocess.Popen([sys.executable, "-c", WRITER, str(db), str(w), str(count)],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for w in range(writers)]
+    # Started together once all are ready, not at a wall-clock moment 1.5 s ahead: on a loaded
+    # host a writer still importing then began after others had finished, and did not interleave.
+    for p in procs:
+        assert p.stdout.readline() == "ready\n", p.communicate(timeout=120)[1]
+    for p in procs:
+        p.stdin.write("go\n")
+        p.stdin.flush()
     for p in procs:
         _, err = p.communicate(timeout=120)
         assert p.returncode == 0, err

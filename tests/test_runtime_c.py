@@ -469,7 +469,9 @@ def test_fuzz_loader_bounded(fixtures, tmp_path):
     not_ran = "; ".join(f"{name}: {' | '.join(lines) or '(no outcome line)'}"
                         for name, lines in outcomes.items() if name not in ran)
     assert len(ran) == len(seeds) - 2, f"seeds that did not run: {not_ran}"  # all but missing_heads, row_ptr
-    proc = run([str(binary), "-max_total_time=30", "-rss_limit_mb=1024", "-timeout=10",
+    # -timeout is libFuzzer's wall-clock bound per input (a hang is a finding): inputs run in
+    # milliseconds, so 60 s finds a hang as surely as 10 s and cannot be a loaded host's stall
+    proc = run([str(binary), "-max_total_time=30", "-rss_limit_mb=1024", "-timeout=60",
                 str(corpus)], cwd=tmp_path, timeout=300)
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert "Done" in proc.stderr, proc.stderr[-2000:]

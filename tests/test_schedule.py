@@ -278,3 +278,104 @@ def test_x86_pools_keep_their_window_loops_and_match(tmp_path, monkeypatch):
     assert result.passed, json.dumps(result.outputs, indent=1)
     arm = compile_model(path, load_target("qemu-armv7"), cache=tmp_path).metadata["schedules"]
     assert not any(s.get("detail", "").startswith("window as written") for s in arm.values()), arm
+
+
+def _last_stage_block(path) -> None:
+    """A resnet50 last-stage bottleneck, scaled down to 7x7 outputs: a stride-2 1x1 shortcut
+    conv (128 -> 256, from 14x14), a 1x1 conv 256 -> 64 and a padded 3x3 conv 64 -> 256 whose
+    590 KB weight is over the schedule's L2 budget, the residual added, relu."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(13)
+    inits = [numpy_helper.from_array((rng.standard_normal(shape) / np.sqrt(np.prod(shape[1:]))).astype(np.float32), name)
+             for name, shape in (("w0", (256, 128, 1, 1)), ("w1", (64, 256, 1, 1)), ("w2", (256, 64, 3, 3)))]
+    inits += [numpy_helper.from_array(rng.standard_normal(n).astype(np.float32) * 0.1, name)
+              for name, n in (("b0", 256), ("b1", 64), ("b2", 256))]
+    nodes = [helper.make_node("Conv", ["x", "w0", "b0"], ["short"], strides=[2, 2]),
+             helper.make_node("Conv", ["short", "w1", "b1"], ["c1"]), helper.make_node("Relu", ["c1"], ["r1"]),
+             helper.make_node("Conv", ["r1", "w2", "b2"], ["c2"], pads=[1, 1, 1, 1]),
+             helper.make_node("Add", ["c2", "short"], ["sum"]), helper.make_node("Relu", ["sum"], ["y"])]
+    graph = helper.make_graph(nodes, "last_stage", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 128, 14, 14])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 256, 7, 7])], initializer=inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.checker.check_model(model, full_check=True)
+    onnx.save(model, path)
+
+
+def _conv_weight_shapes(artifact) -> dict[str, list[int]]:
+    """Each conv kernel's weight (its second input) shape, from the artifact's graph.json."""
+    graph = json.loads((artifact.dir / "graph.json").read_text())
+    shapes, rows = graph["attrs"]["shape"][1], graph["node_row_ptr"]
+    return {node["name"]: shapes[rows[node["inputs"][1][0]] + node["inputs"][1][1]]
+            for node in graph["nodes"] if node["op"] == "tvm_op" and "conv2d" in node["name"]}
+
+
+@pytest.mark.parametrize("target_name", ["x86_64", "qemu-armv7"])
+def test_last_stage_convs_take_blocked_weights_and_match(tmp_path, monkeypatch, target_name):
+    """Dense float convs whose weight is over the L2 budget get it blocked at compile time as
+    (O/lanes, KH, KW, I, lanes) in params.bin (no per-call copy), and, off ARMv7 NEON, so do
+    1x1 convs of two or more 16-channel chunks; those convs reduce their input channels in
+    chunks (16 for a 1x1, 8 for a 3x3), the 3x3's padding is computed once, and the tile of
+    the 7-pixel rows is 7 pixels x one vector. The outputs match onnxruntime and the ONNX
+    reference."""
+    from harness.compile.model import compile_model
+
+    monkeypatch.setenv("MINRT_NO_TUNING", "1")
+    path = tmp_path / "last_stage.onnx"
+    _last_stage_block(path)
+    target = load_target(target_name)
+    lanes = simd_lanes(kernel_target(target))
+    artifact = compile_model(path, target, cache=tmp_path)
+    details = {name: s.get("detail", "") for name, s in artifact.metadata["schedules"].items() if "conv2d" in name}
+    weights = _conv_weight_shapes(artifact)
+    assert len(details) == 3, details
+    chunks = target_name == "x86_64"
+    blocked = {tuple(shape) for shape in weights.values() if len(shape) == 5}
+    expected = {(256 // lanes, 3, 3, 64, lanes)} | ({(256 // lanes, 1, 1, 128, lanes), (64 // lanes, 1, 1, 256, lanes)}
+                                                  if chunks else set())
+    assert blocked == expected, weights
+    three = [d for name, d in details.items() if weights[name][1:3] == [3, 3]]
+    assert len(three) == 1 and "weights blocked at compile time" in three[0] and "pad computed once" in three[0], details
+    assert all(d.startswith(f"channels-last tile 7x{lanes}") for d in details.values()), details
+    if chunks:
+        assert "input channels in chunks of 8" in three[0], details
+        ones = [d for name, d in details.items() if weights[name][1:3] == [1, 1]]
+        assert len(ones) == 2 and all("input channels in chunks of 16" in d for d in ones), details
+    else:
+        assert not any("chunks" in d for d in details.values()), details
+    result = run_on_target(path, target, iters=2, seed=3, atol=1e-4, rtol=1e-4)
+    assert result.error is None, result.error
+    assert result.passed, json.dumps(result.outputs, indent=1)
+
+
+def test_chunked_conv_on_14x14_tiles_its_rows_as_one_axis_and_matches(tmp_path, monkeypatch):
+    """On x86_64 a chunked 1x1 conv on 14x14 (64 -> 64 channels) tiles its 196 output pixels as
+    one axis, 2 vectors x 4 pixels (a 14-pixel row only divides into 4 vectors x 2 pixels); the
+    padded 3x3 conv after it (a small weight: neither blocked nor chunked) keeps its row tile;
+    the outputs match the references."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from harness.compile.model import compile_model
+
+    monkeypatch.setenv("MINRT_NO_TUNING", "1")
+    rng = np.random.default_rng(17)
+    inits = [numpy_helper.from_array((rng.standard_normal(shape) / np.sqrt(np.prod(shape[1:]))).astype(np.float32), name)
+             for name, shape in (("w1", (64, 64, 1, 1)), ("w3", (64, 64, 3, 3)))]
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["c1"]), helper.make_node("Relu", ["c1"], ["r1"]),
+             helper.make_node("Conv", ["r1", "w3"], ["y"], pads=[1, 1, 1, 1])]
+    graph = helper.make_graph(nodes, "rows", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 64, 14, 14])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 64, 14, 14])], initializer=inits)
+    path = tmp_path / "rows.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    target = load_target("x86_64")
+    details = {name: s.get("detail", "") for name, s in compile_model(path, target, cache=tmp_path).metadata["schedules"].items()}
+    one = [d for name, d in details.items() if "conv2d_blocked" in name]
+    assert len(one) == 1 and one[0].startswith("channels-last tile 4x16, rows as one axis of pixels"), details
+    assert "input channels in chunks of 16" in one[0], details
+    three = [d for name, d in details.items() if "conv2d" in name and "blocked" not in name]
+    assert len(three) == 1 and three[0].startswith("channels-last tile 2x32, pad computed in loop"), details
+    result = run_on_target(path, target, iters=2, seed=4, atol=1e-4, rtol=1e-4)
+    assert result.error is None, result.error
+    assert result.passed, json.dumps(result.outputs, indent=1)

@@ -246,7 +246,9 @@ def start_device(runner: Path, device_path: str) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
-def finish_device(proc: subprocess.Popen, timeout: float = 10) -> tuple[int, str]:
+def finish_device(proc: subprocess.Popen, timeout: float = 60) -> tuple[int, str]:
+    """The device's exit status and stderr, once it exits (killed after `timeout`: liveness on
+    a loaded host; a runner told BYE exits within about a second)."""
     try:
         _, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -296,8 +298,12 @@ def test_device_restores_its_terminal(model: Model) -> None:
         assert termios.tcgetattr(relay.ds) == before
         # and when killed by a signal in the middle of a session
         device = start_device(model.runner, relay.device_path)
-        time.sleep(0.3)
-        assert termios.tcgetattr(relay.ds) != before  # raw while serving
+        # raw while serving: once it is, the runner's signal handlers are in place too (it
+        # installs them first). Waited for, not slept: a loaded host may start it late.
+        deadline = time.monotonic() + 60
+        while termios.tcgetattr(relay.ds) == before:
+            assert device.poll() is None and time.monotonic() < deadline, "the runner never made its line raw"
+            time.sleep(0.02)
         device.send_signal(signal.SIGTERM)
         code, _ = finish_device(device)
         assert code == 128 + signal.SIGTERM
@@ -471,8 +477,9 @@ def test_close_line_closes_the_port_and_writes_nothing() -> None:
     assert not reaching_in, reaching_in
 
 
-def raw_exchange(port, dec: frames.Decoder, frame: Frame, timeout: float = 5.0) -> Frame:
-    """Send one request on a pyserial port and return the device's answer to it."""
+def raw_exchange(port, dec: frames.Decoder, frame: Frame, timeout: float = 30.0) -> Frame:
+    """Send one request on a pyserial port and return the device's answer to it (the timeout
+    is liveness on a loaded host: an answer normally comes in milliseconds)."""
     port.write(frames.encode(frame))
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -513,7 +520,7 @@ def test_hostile_requests_get_errors_and_the_device_keeps_serving(model: Model) 
     try:
         with serial.serial_for_url(relay.host_path, timeout=0.05) as port:
             dec = frames.Decoder()
-            deadline = time.monotonic() + 10  # the announcement: the device's tty is raw now
+            deadline = time.monotonic() + 60  # the announcement: the device's tty is raw now
             while not any(f.kind == Kind.HELLO for f in dec.feed(port.read(4096))):
                 assert time.monotonic() < deadline, "no HELLO announcement"
             raw_exchange(port, dec, Frame(Kind.HELLO, 200, bytes([frames.VERSION])))
@@ -612,7 +619,9 @@ def test_shell_run_put_get(console: str, tmp_path: Path) -> None:
 
 @needs_tools
 def test_run_model_through_the_shell(console: str, model: Model, tmp_path: Path) -> None:
-    with SerialTransport(console, workdir=str(tmp_path / "wd")) as dev:
+    # a long startup timeout, so that "without waiting" (for the runner's HELLO) is a bound
+    # far from it: < 30 s on a loaded host, against the 120 s a wait for HELLO would take
+    with SerialTransport(console, workdir=str(tmp_path / "wd"), startup_timeout=120) as dev:
         dev.put(model.runner, "minrt-run")
         outputs, timing = dev.run_model(f"{tmp_path}/wd/minrt-run", model.graph, model.params,
                                         model.inputs, iters=3, workspace=0, timeout=60)
@@ -624,8 +633,8 @@ def test_run_model_through_the_shell(console: str, model: Model, tmp_path: Path)
         started = time.monotonic()
         with pytest.raises(DeviceError, match=r"runner exited with status 127 .*not found"):
             dev.run_model(f"{tmp_path}/wd/no-such-runner", model.graph, model.params,
-                          model.inputs, iters=1, workspace=0, timeout=60)
-        assert time.monotonic() - started < 5
+                          model.inputs, iters=1, workspace=0, timeout=300)
+        assert time.monotonic() - started < 30
         assert dev.run(["echo", "still"], timeout=10).stdout == "still\n"
 
 
@@ -633,7 +642,15 @@ def test_run_model_through_the_shell(console: str, model: Model, tmp_path: Path)
 def test_slow_run_is_not_mistaken_for_a_dead_device(model: Model) -> None:
     """A RUN much longer than the host's whole retry budget completes: the runner says BUSY
     every second. Then the same long run with the device killed midway ends in seconds."""
-    relay = Relay()
+    run_sent = threading.Event()
+    host_frames = frames.Decoder()
+
+    def watch(direction: str, data: bytes) -> bytes:
+        if direction == "h2d" and any(f.kind == Kind.RUN for f in host_frames.feed(data)):
+            run_sent.set()
+        return data
+
+    relay = Relay(corrupt=watch)
     try:
         host = SerialTransport(relay.host_path, ack_timeout=0.3, retries=3)
         device = start_device(model.runner, relay.device_path)
@@ -650,7 +667,16 @@ def test_slow_run_is_not_mistaken_for_a_dead_device(model: Model) -> None:
         assert code == 0, err
 
         device = start_device(model.runner, relay.device_path)
-        threading.Timer(1.5, device.kill).start()
+        run_sent.clear()
+
+        def kill_during_run() -> None:
+            # 1.5 s into the RUN (which lasts ~30 s), not 1.5 s after the start: on a loaded
+            # host that could land before the RUN was sent ("no valid answer to PUT")
+            if run_sent.wait(600):
+                time.sleep(1.5)
+                device.kill()
+
+        threading.Thread(target=kill_during_run, daemon=True).start()
         started = time.monotonic()
         with pytest.raises(DeviceError, match="no valid answer to RUN"):
             host.exchange(model.graph, model.params, model.inputs, iters=iters * 10, workspace=0,

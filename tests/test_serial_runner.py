@@ -22,7 +22,7 @@ def model(tmp_path_factory: pytest.TempPathFactory) -> Model:
     return _build_model(tmp_path_factory.mktemp("serial-runner-model"))
 
 
-def wait_hello(port, dec: frames.Decoder, timeout: float = 10) -> None:
+def wait_hello(port, dec: frames.Decoder, timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout  # the announcement: the device's tty is raw now
     while not any(f.kind == Kind.HELLO for f in dec.feed(port.read(4096))):
         assert time.monotonic() < deadline, "no HELLO announcement"

@@ -70,7 +70,7 @@ class SSHServer:
         config.write_text("\n".join(lines) + "\n")
         self.proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(config)],
                                      stderr=open(self.root / "sshd.log", "ab"))
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 120  # liveness on a loaded host, not speed
         while time.monotonic() < deadline:
             family = socket.AF_INET6 if ":" in self.listen[0] else socket.AF_INET
             with socket.socket(family) as s:
@@ -214,7 +214,7 @@ def test_command_timeout_raises_device_error_and_kills_the_command(server, known
         # It returned long before the command would have ended, and the connection is usable.
         assert time.monotonic() - start < 60
         assert dev.run(["echo", "alive"], timeout=10).stdout == "alive\n"
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 60  # the kill is sent; the kernel reaps in its own time
     while sleepers(arg) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert sleepers(arg) == [], "the timed-out command is still running on the device"
@@ -252,7 +252,7 @@ def test_agent_authentication(server, known, tmp_path, monkeypatch):
     agent = subprocess.Popen(["ssh-agent", "-D", "-a", str(sock)], stdout=subprocess.DEVNULL)
     try:
         env = {**os.environ, "SSH_AUTH_SOCK": str(sock)}
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 120  # liveness on a loaded host, not speed
         while time.monotonic() < deadline:  # `ssh-add -l` exits 2 until the agent listens
             if subprocess.run(["ssh-add", "-l"], env=env, capture_output=True).returncode != 2:
                 break

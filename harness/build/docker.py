@@ -340,6 +340,7 @@ class DockerToolchain:
                     labels={LABEL: self.image_name, RUN_LABEL: token},
                 )
             except docker.errors.APIError as exc:
+                token = ""  # the engine refused the create: there is no container to look for
                 raise BuildError(f"cannot create a container from {tag}: {_short(exc)}") from None
             container.start()
             try:
@@ -378,24 +379,33 @@ def _discard(client: Any, container: Any, token: str) -> None:
     import docker
 
     if container is None:
-        _remove_labelled(client, token)
+        if token:
+            _remove_labelled(client, token)
         return
     try:
         container.remove(force=True)
     except docker.errors.APIError:
         pass
     except BaseException:
-        _remove_labelled(client, token)
+        _remove_labelled(client, token, wait=0)  # known to exist: one look finds it, if left
         raise
 
 
-def _remove_labelled(client: Any, token: str, tries: int = 4) -> None:
+#: how long a container whose create request was cut short is looked for: the engine may still
+#: be making it, and on a loaded host that took longer than the second the old four looks spanned
+#: (the container then appeared after the last look and stayed, "Created")
+CUT_CREATE_WAIT_S = 10.0
+
+
+def _remove_labelled(client: Any, token: str, wait: float = CUT_CREATE_WAIT_S) -> None:
     """Remove the container labelled RUN_LABEL=token. The engine may still be creating it when
     the request that asked for it was cut short, so a container not found yet is looked for
-    again a few times."""
+    again, for up to `wait` seconds (a create that never reached the engine costs that wait)."""
     import docker
 
-    for attempt in range(tries):
+    deadline = time.monotonic() + wait
+    said = False
+    while True:
         try:
             found = client.containers.list(all=True, filters={"label": f"{RUN_LABEL}={token}"})
             for container in found:
@@ -406,8 +416,15 @@ def _remove_labelled(client: Any, token: str, tries: int = 4) -> None:
             return
         if found:
             return
-        if attempt + 1 < tries:
-            time.sleep(0.25)
+        if time.monotonic() >= deadline:
+            if wait:
+                log.info("no container labelled %s=%s appeared within %g s: its create never reached "
+                         "the engine", RUN_LABEL, token, wait)
+            return
+        if not said:
+            log.info("waiting up to %g s for the engine to finish a container whose create was cut short", wait)
+            said = True
+        time.sleep(0.25)
 
 
 def toolchain_names(directory: Path = TOOLCHAINS_DIR) -> list[str]:

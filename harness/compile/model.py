@@ -36,7 +36,7 @@ from harness.compile.kernels import SYSTEM_LIB_PREFIX, compile_kernels, kernel_t
 log = logging.getLogger(__name__)
 
 #: Bump when the artifact produced for the same inputs changes (invalidates the cache).
-PIPELINE_VERSION = "23"  # 3: aligned params; 4-6: in-place outputs; 7: scheduled kernels; 8: kernel signatures; 9: kernels in the signature table; 10: channels-last conv weights; 11: .tflite, int8 kernels; 12: compact per-channel requantization tables; 13: BNs on ConstantOfShape weights folded, grouped channels-last convs; 14: int8 kernels with the input zero point in the bias, SMLAD on Cortex-M4/M7; 15: int32 requantization shifts; 16: SVDF, integer QUANTIZE with int16/int32, int8 -> int16 softmax; 17: params.bin container version 2 (a directory of name, dtype, size; no per-tensor headers); 18: int8 requantization rounded in int32 where exact; 19: per-channel requantization shifts as an int8 array; 20: AVX2 int8 convs across output channels (vpmaddwd on broadcast input pairs); 21: ARMv7 NEON: vfma, short reductions unrolled, channel-vector epilogues, concatenations by rows; 22: x86_64 pools keep their window loops, concatenations their loops; 23: parallel loops weighted by elements moved, on elementwise kernels too, fused to 16+ iterations
+PIPELINE_VERSION = "25"  # 3: aligned params; 4-6: in-place outputs; 7: scheduled kernels; 8: kernel signatures; 9: kernels in the signature table; 10: channels-last conv weights; 11: .tflite, int8 kernels; 12: compact per-channel requantization tables; 13: BNs on ConstantOfShape weights folded, grouped channels-last convs; 14: int8 kernels with the input zero point in the bias, SMLAD on Cortex-M4/M7; 15: int32 requantization shifts; 16: SVDF, integer QUANTIZE with int16/int32, int8 -> int16 softmax; 17: params.bin container version 2 (a directory of name, dtype, size; no per-tensor headers); 18: int8 requantization rounded in int32 where exact; 19: per-channel requantization shifts as an int8 array; 20: AVX2 int8 convs across output channels (vpmaddwd on broadcast input pairs); 21: ARMv7 NEON: vfma, short reductions unrolled, channel-vector epilogues, concatenations by rows; 22: x86_64 pools keep their window loops, concatenations their loops; 24: dense float convs with large weights or chunked 1x1s take blocked (O/lanes, KH, KW, I, lanes) weights laid out at compile time, input channels reduced in chunks; 25: parallel loops weighted by elements moved, on vectorized elementwise kernels too, fused to 16+ iterations
 ABI = "tvm-ffi"
 
 
@@ -53,8 +53,10 @@ def _cache_key(model_name: str, onnx_bytes: bytes, target: Target, cache: Path |
     # The tuning records for the target and the default schedule rules are part of the
     # input: new records or new rules, new artifact.
     tuning = "off" if tuning_disabled() else TuningDatabase.for_target(target, cache).digest()
-    # the default schedule rules and the integer kernels' definitions are inputs too
-    rules = b"".join((Path(__file__).parent / name).read_bytes() for name in ("schedule.py", "int8.py"))
+    # the default schedule rules, the integer kernels' definitions and the importers (which
+    # choose layouts and fold constants) are inputs too
+    rules = b"".join((Path(__file__).parent / name).read_bytes()
+                     for name in ("schedule.py", "int8.py", "onnx_import.py", "tflite_import.py"))
     return content_hash([model_name, onnx_bytes, target.name, target.tvm_target_key, tvm.__version__,
                          PIPELINE_VERSION, tuning, rules] + ([f"prefix={prefix}"] if prefix else [])
                         + ([f"input_shapes={json.dumps({k: list(v) for k, v in input_shapes.items()}, sort_keys=True)}"]

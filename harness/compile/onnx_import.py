@@ -239,12 +239,15 @@ def import_onnx(model: Any, path: Path) -> tuple[Any, int]:
         raise CompileError(f"{path}: TVM's ONNX frontend failed: {type(exc).__name__}: {first}") from None
 
 
-def conv_weights_channels_last(mod: Any, lanes: int) -> Any:
+def conv_weights_channels_last(mod: Any, lanes: int, chunks: bool = True) -> Any:
     """Every float32 NCHW/OIHW conv2d of `main` that is dense (groups 1) or grouped with whole
     vectors of `lanes` output channels per group takes its weight as HWIO instead: the output
     channel innermost, so the default schedule loads a vector of output channels per input
     value (harness.compile.schedule, channels-last tile) whatever the image width. Depthwise
     convs (one output channel per group) keep OIHW: their vectors run along the image row.
+    A dense conv whose constant weight the schedule wants blocked (large, or a 1x1 conv reduced
+    in `chunks` of input channels: harness.compile.schedule.takes_blocked_weight) takes it as
+    (O/lanes, KH, KW, I, lanes) instead (blocked_conv2d_te).
     The weights are constants, so FoldConstant applies the transpose once at compile time;
     the activations keep their NCHW layout (no layout transform at run time)."""
     import tvm
@@ -260,17 +263,81 @@ def conv_weights_channels_last(mod: Any, lanes: int) -> Any:
                     or str(attrs.kernel_layout) != "OIHW" or str(attrs.out_layout) != "NCHW"
                     or any(str(getattr(arg.ty, "dtype", "")) != "float32" for arg in call.args[:2])):
                 return call  # float32 only: integer kernels have rules of their own
+            if _blocks_weight(call, lanes, chunks):
+                return self._blocked(call)
             weight = relax.op.permute_dims(call.args[1], [2, 3, 1, 0])
             return relax.op.nn.conv2d(call.args[0], weight, strides=attrs.strides, padding=attrs.padding,
                                       dilation=attrs.dilation, groups=attrs.groups, data_layout="NCHW",
                                       kernel_layout="HWIO", out_layout="NCHW",
                                       out_dtype=attrs.out_dtype if str(attrs.out_dtype) else None)
 
+        def _blocked(self, call: Any) -> Any:
+            from tvm import te
+
+            attrs = call.attrs
+            oihw = call.args[1].value.numpy()
+            out, ins, kh, kw = oihw.shape
+            blocked = np.ascontiguousarray(oihw.reshape(out // lanes, lanes, ins, kh, kw).transpose(0, 3, 4, 2, 1))
+            x_shape = tuple(int(d) for d in call.args[0].ty.shape.values)
+            x = te.placeholder(x_shape, "float32", name="data")
+            w = te.placeholder(blocked.shape, "float32", name="weight")
+            y = blocked_conv2d_te(x, w, [int(s) for s in attrs.strides], [int(p) for p in attrs.padding],
+                                  [int(d) for d in attrs.dilation])
+            # int64 shapes, as legalized Relax ops have: FuseTIR merges buffers of one type only
+            prim = te.create_prim_func([x, w, y], index_dtype_override="int64").without_attr("global_symbol")
+            gvar = self.builder_.add_func(prim, "conv2d_blocked")
+            return relax.call_tir(gvar, relax.Tuple([call.args[0], relax.const(blocked, "float32")]),
+                                  relax.TensorType([int(d) for d in y.shape], "float32"))
+
     rewriter = ChannelsLast(mod)
     for gvar, func in mod.functions.items():
         if isinstance(func, relax.Function):
             rewriter.builder_.update_func(gvar, rewriter.visit_expr(func))
     return rewriter.builder_.get()
+
+
+def _blocks_weight(call: Any, lanes: int, chunks: bool) -> bool:
+    """Whether a float32 NCHW conv2d takes its weight blocked (O/lanes, KH, KW, I, lanes): one
+    group, a constant weight, float32 output, and a shape the schedule wants blocked
+    (harness.compile.schedule.takes_blocked_weight)."""
+    from tvm.ir.expr import Constant
+
+    from harness.compile.schedule import takes_blocked_weight
+
+    weight = call.args[1]
+    out_dtype = call.attrs.out_dtype
+    if int(call.attrs.groups) != 1 or not isinstance(weight, Constant) or (out_dtype and str(out_dtype) != "float32"):
+        return False
+    shape = tuple(int(d) for d in weight.value.shape)
+    return len(shape) == 4 and takes_blocked_weight(shape, lanes, chunks)
+
+
+def blocked_conv2d_te(x: Any, w: Any, strides: Sequence[int], padding: Sequence[int], dilation: Sequence[int]) -> Any:
+    """NCHW float32 data and a weight blocked as (O/V, KH, KW, I, V) -> NCHW output: a dense
+    conv2d whose reduction reads the weight in memory order, V output channels contiguous per
+    input channel and tap (harness.compile.schedule tiles it as a channels-last conv).
+    `padding` is (top, left, bottom, right), as Relax's conv2d has it."""
+    import tvm
+    from tvm import te
+
+    n, c, h, wd = (int(d) for d in x.shape)
+    blocks, kh, kw, _, v = (int(d) for d in w.shape)
+    (sh, sw), (dh, dw), (pt, pl, pb, pr) = strides, dilation, padding
+    oh = (h + pt + pb - dh * (kh - 1) - 1) // sh + 1
+    ow = (wd + pl + pr - dw * (kw - 1) - 1) // sw + 1
+    if any(padding):
+        def padded(b: Any, ch: Any, y: Any, xx: Any) -> Any:
+            inside = tvm.tirx.all(y >= pt, y < pt + h, xx >= pl, xx < pl + wd)
+            return tvm.tirx.if_then_else(inside, x[b, ch, y - pt, xx - pl], tvm.tirx.const(0.0, "float32"))
+        xp = te.compute((n, c, h + pt + pb, wd + pl + pr), padded, name="pad_temp")
+    else:
+        xp = x
+    ry = te.reduce_axis((0, kh), "ry")
+    rx = te.reduce_axis((0, kw), "rx")
+    rc = te.reduce_axis((0, c), "rc")
+    return te.compute((n, blocks * v, oh, ow), lambda b, o, y, xx: te.sum(
+        xp[b, rc, y * sh + ry * dh, xx * sw + rx * dw] * w[o // v, ry, rx, rc, o % v], axis=[ry, rx, rc]),
+        name="conv2d_nchw")
 
 
 def _whole_vector_groups(call: Any, lanes: int) -> bool:
@@ -295,11 +362,15 @@ def lower_relax(mod: Any, tvm_target: Any) -> Any:
     import tvm
     from tvm import relax
 
-    from harness.compile.schedule import simd_lanes
+    from harness.compile.schedule import is_armv7_neon, simd_lanes
 
     lanes = simd_lanes(tvm_target)
     if lanes > 1:
-        mod = conv_weights_channels_last(mod, lanes)
+        # weights computed from constants (the light zoo's broadcast_to of each conv weight)
+        # become constants first, so the blocked layout is laid out at compile time for them too
+        with tvm_target:
+            mod = relax.transform.FoldConstant()(mod)
+        mod = conv_weights_channels_last(mod, lanes, chunks=not is_armv7_neon(tvm_target))
     passes = tvm.transform.Sequential([
         relax.transform.DecomposeOpsForInference(),
         relax.transform.LegalizeOps(),

@@ -272,13 +272,15 @@ def group_lanes(group: int, lanes: int) -> int:
     return 0
 
 
-def _register_vectors(sch: Any, loop: Any, factor: int, lanes: int) -> Any:
+def _register_vectors(sch: Any, loop: Any, factor: int, lanes: int, split: bool = False) -> Any:
     """Vectorize a tile's innermost loop of `factor` floats, as factor/lanes unrolled register
     vectors when that count is not a power of two: one vector of 3 registers (<24 x float>)
     kept as the accumulator across a reduction is torn into scalars by LLVM (vinsertps per
-    element; an inception 5x5 conv took 32 ms, as 3 vectors 1.8 ms). Returns the vectorized loop."""
+    element; an inception 5x5 conv took 32 ms, as 3 vectors 1.8 ms). With `split`, always as
+    register vectors (a blocked weight's channel index is contiguous within `lanes` only).
+    Returns the vectorized loop."""
     vectors = factor // lanes
-    if lanes > 1 and factor % lanes == 0 and vectors & (vectors - 1):
+    if lanes > 1 and factor % lanes == 0 and (split and vectors > 1 or vectors & (vectors - 1)):
         outer, loop = sch.split(loop, [None, lanes])
         sch.unroll(outer)
     sch.vectorize(loop)
@@ -287,7 +289,8 @@ def _register_vectors(sch: Any, loop: Any, factor: int, lanes: int) -> Any:
 
 def _channel_axis(sch: Any, block: Any, lanes: int) -> tuple[int, Any, int] | None:
     """For a conv2d/matmul whose weight (a kernel parameter) is laid out with the output
-    channel last (HWIO, see harness.compile.onnx_import.conv_weights_channels_last): the index
+    channel last (HWIO, or blocked as (O/lanes, KH, KW, I, lanes): see
+    harness.compile.onnx_import.conv_weights_channels_last): the index
     of the spatial iterator that is the weight's innermost index, when its extent is a whole
     number of vectors; with the weight's read region and the output channels per group (0:
     the data read does not use the iterator; G: a grouped conv, whose data read uses it only
@@ -299,7 +302,7 @@ def _channel_axis(sch: Any, block: Any, lanes: int) -> tuple[int, Any, int] | No
     if len(spatial) != 4 or len(node.reads) != 2:
         return None
     for weight in node.reads:
-        if weight.source in local or len(weight.region) != 4 or str(weight.source.dtype) != "float32":
+        if weight.source in local or len(weight.region) not in (4, 5) or str(weight.source.dtype) != "float32":
             continue
         last = _vars_of(weight.region[-1].min)
         others = [r for r in node.reads if not r.same_as(weight)]
@@ -380,7 +383,7 @@ def conv_tile_variants(schedule: KernelSchedule, limit: int = 8) -> list[ConvTil
 
 
 #: Weights up to this size are swept once per output row (a typical per-core L2).
-_L2_BYTES = 512 * 1024
+L2_BYTES = 512 * 1024
 
 
 #: ARMv7 NEON: an innermost reduction loop of at most this many steps (a first layer's 3 input
@@ -405,6 +408,39 @@ def _epilogue_along_channels(sch: Any, consumer: Any, channels: int, pixels: int
     sch.unroll(c_o)
     sch.vectorize(c_i)
     return True
+
+
+#: Input channels reduced per chunk by a conv taken one channel block at a time, with one tap
+#: (1x1) and with several (3x3), measured on resnet50's 7x7 and 14x14 stages (CPU time per
+#: kernel): 1x1 in chunks of 4/8/16/32/128/whole: 79/86/82/64/73/55 GFLOP/s on 7x7; 3x3 in
+#: chunks of 8/16/32/whole: 93/90/80/81 on 7x7, 86/79/75/73 on 14x14.
+_CHUNK_1X1 = 16
+_CHUNK_TAPS = 8
+
+
+def takes_blocked_weight(oihw: tuple[int, ...], lanes: int, chunks: bool) -> bool:
+    """Whether a dense float32 conv of this OIHW weight shape gets its weight blocked as
+    (O/lanes, KH, KW, I, lanes) at compile time (harness.compile.onnx_import), and so the
+    channel-block-outer tile: whole vectors of output channels, and a weight over L2_BYTES (no
+    per-call copy), or, with `chunks` (the targets that reduce in chunks: not ARMv7 NEON), a
+    1x1 conv of at least two chunks of input channels (resnet50-like 1x1 convs on 28x28:
+    69 -> 79 and 85 -> 98 GFLOP/s; on 56x56 62 -> 60 and 76 -> 90)."""
+    out, ins, kh, kw = oihw
+    if out % lanes:
+        return False
+    if 4 * math.prod(oihw) > L2_BYTES:
+        return True
+    return chunks and kh * kw == 1 and ins > _CHUNK_1X1 and ins % _CHUNK_1X1 == 0
+
+
+def _input_channel_chunk(taps: int, channels: int, blocks: int) -> int:
+    """For a conv taken one channel block at a time: how many of its `channels` input channels
+    to reduce for every output row of the block before the next ones (0: all at once). A
+    chunk's inputs and weights stay in L1 across the rows, where a whole reduction streamed
+    them from L2 for every row; the accumulators are stored between chunks. Only with more
+    than one channel block (the loop a parallel kernel splits: never the chunks, a reduction)."""
+    chunk = _CHUNK_1X1 if taps == 1 else _CHUNK_TAPS
+    return chunk if blocks > 1 and channels > chunk and channels % chunk == 0 else 0
 
 
 def _tile_conv_channels(sch: Any, block: Any, lanes: int, channel: int, weight: Any, group: int = 0,
@@ -432,11 +468,45 @@ def _tile_conv_channels(sch: Any, block: Any, lanes: int, channel: int, weight: 
     batch, row, col = others  # n, oh, ow of NCHW
     if group:
         lanes = group_lanes(group, lanes)
-    axes = ((group or extents[channel]) // lanes, extents[col])
+    # The reduction walks the weight in its memory order (for HWIO: kh, kw, then input
+    # channels, one vector of output channels apart), not kh/kw innermost, whose steps are a
+    # whole weight plane apart (the same L1 set every step when a plane is 4 KiB aligned).
+    reduce_names = [iv.var.name for iv in iter_vars if int(iv.iter_type) != 0]
+    def weight_position(i: int) -> int:
+        return next((k for k, r in enumerate(weight.region) if reduce_names[i] in _vars_of(r.min)), len(weight.region))
+    reduce = [reduce[i] for i in sorted(range(len(reduce)), key=weight_position)]
+    taps = math.prod(_extent(sch, loop) for loop in reduce[:-1])
+    channels = _extent(sch, reduce[-1]) if reduce else 0
+
+    # Weights that fit the L2 cache are swept once per output row, so the row's input (and
+    # its padding, computed once) stays in cache. Larger ones are taken one channel block at a
+    # time, copied once into a contiguous buffer (its vectors one after the other instead of a
+    # weight row apart) that every output row of the image then reads from cache; a weight
+    # blocked at compile time (O/lanes, KH, KW, I, lanes) is read in that order already, with
+    # no copy. Off NEON such a block reduces its input channels in chunks (_input_channel_chunk).
+    blocked = len(weight.region) == 5
+    weight_bytes = 4 * math.prod(int(d) for d in weight.source.shape)
+    packed = (blocked or weight_bytes > L2_BYTES) if tile is None else tile.packed
+    out_channels = extents[channel]
+
+    def chunk_for(v_factor: int) -> int:
+        return _input_channel_chunk(taps, channels, out_channels // v_factor) if packed and not neon else 0
+
+    axes = ((group or out_channels) // lanes, extents[col])
     vectors, u_factor = _conv_register_tile(*axes) if tile is None else (tile.vectors, tile.pixels)
+    # A chunked conv (its epilogue after the whole block) may tile its output rows as one
+    # axis of pixels, where that gives another tile: 14x14 takes 2 vectors x 4 pixels, as
+    # 28x28 does, not 4 x 2 (resnet50's 3x3 256 on 14x14: 82 -> 94 GFLOP/s).
+    flat_axes = (axes[0], extents[row] * extents[col])
+    flat_tile = _conv_register_tile(*flat_axes) if tile is None else (tile.vectors, tile.pixels)
+    flat = (not group and chunk_for(flat_tile[0] * lanes) > 0 and flat_tile != (vectors, u_factor)
+            and (tile is None or axes[1] % u_factor != 0))
+    if flat:
+        axes, (vectors, u_factor) = flat_axes, flat_tile
     if axes[0] % vectors or axes[1] % u_factor:
         raise ValueError(f"tile {vectors}x{u_factor} does not divide {axes}")
     v_factor = vectors * lanes
+    chunk = chunk_for(v_factor)
 
     # The accumulator tile is channel-innermost, so a vector of channels is contiguous.
     def channels_last(*idx: Any) -> list:
@@ -447,59 +517,59 @@ def _tile_conv_channels(sch: Any, block: Any, lanes: int, channel: int, weight: 
         consumers = [sch.cache_write(block, 0, "global")]
     sch.transform_layout(block, ("write", 0), channels_last)
 
-    # The reduction walks the weight in its memory order (for HWIO: kh, kw, then input
-    # channels, one vector of output channels apart), not kh/kw innermost, whose steps are a
-    # whole weight plane apart (the same L1 set every step when a plane is 4 KiB aligned).
-    reduce_names = [iv.var.name for iv in iter_vars if int(iv.iter_type) != 0]
-    order = [str(r.min) for r in weight.region]
-    def weight_position(i: int) -> int:
-        return next((k for k, text in enumerate(order) if reduce_names[i] in _vars_of(weight.region[k].min)), len(order))
-    reduce = [reduce[i] for i in sorted(range(len(reduce)), key=weight_position)]
-
     if group:  # channel -> group, block in group, vector: the data channel depends on the group only
         g, in_group = sch.split(spatial[channel], [None, group])
         g_c, c_i = sch.split(in_group, [None, v_factor])
         c_o = sch.fuse(g, g_c)
     else:
         c_o, c_i = sch.split(spatial[channel], [None, v_factor])
-    x_o, x_i = sch.split(spatial[col], [None, u_factor])
-    # Weights that fit the L2 cache are swept once per output row, so the row's input (and
-    # its padding, computed once) stays in cache. Larger ones are taken one channel block at a
-    # time, copied once into a contiguous buffer (its vectors one after the other instead of a
-    # weight row apart) that every output row of the image then reads from cache.
-    weight_bytes = 4 * math.prod(int(d) for d in weight.source.shape)
-    packed = weight_bytes > _L2_BYTES if tile is None else tile.packed
-    if not packed:
-        sch.reorder(spatial[batch], spatial[row], c_o, x_o, *reduce, x_i, c_i)
+    if flat:
+        x_o, x_i = sch.split(sch.fuse(spatial[row], spatial[col]), [None, u_factor])
+        rows = []
     else:
-        sch.reorder(spatial[batch], c_o, spatial[row], x_o, *reduce, x_i, c_i)
+        x_o, x_i = sch.split(spatial[col], [None, u_factor])
+        rows = [spatial[row]]
+    if not packed:
+        sch.reorder(spatial[batch], *rows, c_o, x_o, *reduce, x_i, c_i)
+    else:
+        sch.reorder(spatial[batch], c_o, *rows, x_o, *reduce, x_i, c_i)
+    if chunk:
+        rc_o, rc_i = sch.split(reduce[-1], [None, chunk])
+        reduce = [rc_o, *reduce[:-1], rc_i]
+        sch.reorder(c_o, rc_o, *rows, x_o, *reduce[1:], x_i, c_i)
+    if packed and not blocked:
         index = next(i for i, r in enumerate(node.reads) if r.same_as(weight))
         block_copy = sch.cache_read(block, index, "global")
         sch.compute_at(block_copy, c_o, preserve_unit_loops=True)
         sch.vectorize(sch.get_loops(block_copy)[-1])
     pad_anchor = spatial[row]
     for consumer in consumers:
-        sch.reverse_compute_at(consumer, x_o, preserve_unit_loops=True)
+        sch.reverse_compute_at(consumer, c_o if chunk else x_o, preserve_unit_loops=True)
         if neon:
             _epilogue_along_channels(sch, consumer, v_factor, u_factor, lanes)
     short = neon and reduce and _extent(sch, reduce[-1]) <= _NEON_SHORT_REDUCTION
     if short:
         sch.unroll(reduce[-1])
     sch.unroll(x_i)
-    c_i = _register_vectors(sch, c_i, v_factor, lanes)
+    c_i = _register_vectors(sch, c_i, v_factor, lanes, split=blocked)
     # Not fused with padding: every channel block would pad the rows of all input channels
     # again (squeezenet's 3x3 expand convs of 13 rows: 300 -> 353 us at one thread).
     threads = _parallelize_outer(sch, block, fuse=not padded) if parallel else ""
     if reduce:
         init = sch.decompose_reduction(block, reduce[0])
         sch.vectorize(sch.get_loops(init)[-1])
-    for buf in padded:
+    # With the channel blocks outermost, padding computed per output row would be computed again
+    # in every block (64 times for 512 channels): it is computed once, whole, before them
+    # (resnet50's 3x3 512-channel conv on 7x7: 61 -> 76 GFLOP/s).
+    for buf in padded if not packed else []:
         sch.compute_at(producers[buf], pad_anchor, preserve_unit_loops=True)
     placed = [sch.get(c).name_hint for c in consumers]
     return (f"channels-last tile {u_factor}x{v_factor}{f', groups of {group}' if group else ''}"
-            f"{', weights packed per block' if packed else ''}"
+            f"{', rows as one axis of pixels' if flat else ''}"
+            f"{', weights blocked at compile time' if blocked else ', weights packed per block' if packed else ''}"
+            f"{f', input channels in chunks of {chunk}' if chunk else ''}"
             f"{', innermost reduction unrolled' if short else ''}"
-            f"{', pad computed in loop' if padded else ''}"
+            f"{(', pad computed once' if packed else ', pad computed in loop') if padded else ''}"
             f"{', ' + threads if threads else ''}"), placed, ConvTile(vectors, u_factor, packed), axes
 
 

@@ -294,7 +294,11 @@ class Board:
             log.info("board %s: powering off", self.name)
             try:
                 with self.transport(connect_timeout=min(timeout, 10.0)) as dev:
-                    dev.run(["poweroff", "-f"], timeout=5)
+                    # the whole `timeout`, not a few seconds: on a loaded host the command may
+                    # take seconds to reach the emulated board (a 5 s bound could give up before
+                    # sending it, and qemu was then killed instead of powered off); once it
+                    # runs, the connection drops at once
+                    dev.run(["poweroff", "-f"], timeout=timeout)
             except DeviceError:
                 pass  # expected: the connection drops as the board powers off
             if not self._wait_exit(timeout):

@@ -37,6 +37,10 @@ from harness.transport.serial import SerialTransport
 log = logging.getLogger(__name__)
 
 BOOT_TIMEOUT_S = 10.0
+#: how long QEMU may take to start and listen on its UART socket: it exits at once when it
+#: cannot build the machine (said with its own words), so this bounds only a slow start, seconds
+#: on a loaded host (liveness, not speed)
+QEMU_LISTEN_TIMEOUT_S = 120.0
 
 
 def load_manifest(elf: Path) -> dict[str, Any]:
@@ -225,13 +229,17 @@ class QemuFirmware(FirmwareTransport):
         log.debug("%s", " ".join(argv))
         self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                      stderr=subprocess.PIPE)
-        deadline = time.monotonic() + BOOT_TIMEOUT_S
+        deadline = time.monotonic() + QEMU_LISTEN_TIMEOUT_S
         # the socket file appears at bind(), a moment before QEMU listens on it: wait for both
         while not (os.path.exists(path) and _listening(path)):
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                err = self.proc.stderr.read().decode(errors="replace") if self.proc.poll() is not None and self.proc.stderr else ""
+            if self.proc.poll() is not None:
+                err = self.proc.stderr.read().decode(errors="replace") if self.proc.stderr else ""
                 self.shutdown()
                 raise DeviceError(f"{self.name}: QEMU did not start: {err.strip()[:300]}")
+            if time.monotonic() > deadline:
+                self.shutdown()
+                raise DeviceError(f"{self.name}: QEMU did not start: its UART socket did not listen within "
+                                  f"{QEMU_LISTEN_TIMEOUT_S:g} s (QEMU_LISTEN_TIMEOUT_S)")
             time.sleep(0.02)
         os.chmod(path, 0o600)
         # the shell layer of SerialTransport is never used (workdir given: no sync). QEMU binds

@@ -276,8 +276,10 @@ class SSHTransport(RunsModelWithFiles):
         return CommandResult(status, out.decode(errors="replace"), err.decode(errors="replace"))
 
     def _kill_quietly(self, pid: int) -> None:
+        # bounded like any short step (connect_timeout), not by 5 s: on a loaded host a kill
+        # slower to reach an emulated board could be given up, leaving the command running
         try:
-            self._exec(f"kill -KILL {pid}", min(5.0, self.connect_timeout), f"kill {pid}")
+            self._exec(f"kill -KILL {pid}", self.connect_timeout, f"kill {pid}")
             log.info("%s: killed the timed-out command (pid %d)", self.name, pid)
         except DeviceError as exc:
             log.info("%s: could not kill the timed-out command (pid %d): %s", self.name, pid, exc)
