@@ -1,13 +1,15 @@
 """Every core: the runner runs kernels' parallel loops on N threads (runtime_c/runner/pool.c,
 `minrt-run -t N`), with minrt's core unchanged. On x86_64 and qemu-armv7 a model whose heavy
 kernels have parallel loops (the default schedules on Linux targets) gives the same bytes at 1
-and 2 threads, and on a real-sized CNN the runner reports that two threads did run kernel work.
+and 2 threads, matching the references, and on a real-sized CNN the runner reports that two
+threads did run kernel work; shufflenet's small kernels get parallel loops of enough iterations.
 The emulated board boots with the cores its target names, and a run there uses them all."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 
@@ -16,6 +18,7 @@ import pytest
 from harness.build.runner import build_runner
 from harness.build.toolchain import get_toolchain
 from harness.compile.model import compile_model
+from harness.compile.schedule import PARALLEL_MIN_ITERATIONS
 from harness.config.targets import load_target
 from harness.device.open import open_transport
 from harness.formats import tensorfile
@@ -30,7 +33,7 @@ def _needs(target_name: str) -> None:
 
 
 @pytest.mark.parametrize("target_name", ["x86_64", "qemu-armv7"])
-@pytest.mark.parametrize("model", ["resnet8", "light_squeezenet"])
+@pytest.mark.parametrize("model", ["resnet8", "light_squeezenet", "light_shufflenet"])
 def test_outputs_are_identical_at_one_and_two_threads(tmp_path, monkeypatch, target_name, model):
     monkeypatch.setenv("MINRT_NO_TUNING", "1")
     _needs(target_name)
@@ -44,6 +47,8 @@ def test_outputs_are_identical_at_one_and_two_threads(tmp_path, monkeypatch, tar
         # hands out tasks to whichever thread is running.)
         assert timing2["threads_used"] == 2
     assert one == two  # each output element is computed the same way by whichever thread
+    result = run_on_target(path, load_target(target_name), toolchain="host", iters=1, threads=2)
+    assert result.passed, result.error or json.dumps(result.outputs, indent=1)
 
 
 def _runs_at(target, path, thread_counts) -> list[tuple[bytes, dict]]:
@@ -78,6 +83,30 @@ def test_the_board_boots_with_its_targets_cores_and_runs_on_them(shared_board, t
     result = run_on_target(model, target, toolchain="host", iters=2, threads=2)
     assert result.passed, result.error or json.dumps(result.outputs, indent=1)
     assert result.threads == 2
+
+
+@pytest.mark.parametrize("target_name", ["x86_64", "qemu-armv7"])
+def test_shufflenets_small_kernels_get_parallel_loops_of_enough_iterations(monkeypatch, target_name):
+    """Shufflenet's kernels are small: below 2M multiply-adds each, its depthwise convs, pools,
+    channel shuffles and classifier ran on one thread while onnxruntime splits them. Work now
+    counts the elements a kernel moves, elementwise kernels get parallel loops too, and a
+    parallel loop too short for 4 tasks per thread (a 7-row conv) is fused with the loops
+    inside it. Linux targets alike (firmware: test_firmware_kernels_have_no_parallel_loops)."""
+    monkeypatch.setenv("MINRT_NO_TUNING", "1")
+    artifact = compile_model(light_zoo_path("light_shufflenet"), load_target(target_name))
+    iterations = {name: [int(n) for n in re.findall(r"parallel (\d+)", v.get("detail", ""))]
+                  for name, v in artifact.metadata["schedules"].items()}
+    # below the old threshold of 2M multiply-adds: a 7x7 depthwise conv of 544 channels (240k),
+    # the 1000x544 classifier (544k), a padded 3x3 average pool of 7x7 outputs (120k), the
+    # first channel shuffle (351k elements)
+    schedules = artifact.metadata["schedules"]
+    first_shuffle = next(name for name, v in schedules.items() if "transpose" in name and "rows of 6272" in v["detail"])
+    for name in ("fused_conv2d13_add9", "fused_matmul_add11", "avg_pool2d2", first_shuffle):
+        assert iterations[name], (name, iterations)
+    # the 1x1 group conv of 7x7 outputs was "parallel 7" (2 threads: 4 rows against 3)
+    assert all(n >= PARALLEL_MIN_ITERATIONS for loops in iterations.values() for n in loops), iterations
+    # a kernel of a few thousand elements stays serial: the softmax of 1000, the global pool
+    assert not iterations["softmax"] and not iterations["avg_pool2d3"], iterations
 
 
 def test_firmware_kernels_have_no_parallel_loops(tmp_path, monkeypatch):

@@ -20,8 +20,9 @@ rewrite every kernel in a few milliseconds, with no measurement:
 - any remaining output loop nest without a reduction is fused and vectorized (a reshape or
   transpose along its innermost axis, so its reads stay contiguous).
 
-- on Linux targets, heavy kernels get their outermost loop parallel: the runner runs it on
-  its threads (runtime_c/runner/pool.c); minrt's core and firmware run it as one task.
+- on Linux targets, kernels with enough work (multiply-adds plus elements read and written)
+  get their outermost loop parallel: the runner runs it on its threads
+  (runtime_c/runner/pool.c); minrt's core runs it as one task; firmware kernels have none.
 A kernel whose structure the rules do not recognise keeps the inlining (always safe) and
 is reported as such, so `harness compile` never hands the raw legalized nest to codegen
 without at least that step.
@@ -243,18 +244,18 @@ def _tile_reduction(sch: Any, func: Any, block: Any, lanes: int, parallel: bool 
     if u is not None:
         sch.unroll(u_i)
     v_i = _register_vectors(sch, v_i, v_factor, lanes)
-    threads = _parallelize_outer(sch, block) if parallel else ""
+    # Padding: computed inside the loop that consumes it, outside the tile loops.
+    pad_anchor = order_outer[-1] if order_outer else tile_outer[0]
+    threads = ""
+    if parallel:
+        threads, pad_anchor = _parallelize_keeping(sch, block, pad_anchor)
     if reduce:
         init = sch.decompose_reduction(block, reduce[0])
         init_inner = sch.get_loops(init)[-1]
         if sch.get(init_inner).kind != sch.get(v_i).kind:
             sch.vectorize(init_inner)
-
-    # Padding: computed inside the loop that consumes it, outside the tile loops.
     for buf in padded:
-        pad = producers[buf]
-        anchor = order_outer[-1] if order_outer else tile_outer[0]
-        sch.compute_at(pad, anchor, preserve_unit_loops=True)
+        sch.compute_at(producers[buf], pad_anchor, preserve_unit_loops=True)
 
     placed = [sch.get(c).name_hint for c in consumers]
     return (f"tile {names[u] if u is not None else '-'}x{names[v]} = {u_factor}x{v_factor}"
@@ -551,7 +552,9 @@ def _tile_conv_channels(sch: Any, block: Any, lanes: int, channel: int, weight: 
         sch.unroll(reduce[-1])
     sch.unroll(x_i)
     c_i = _register_vectors(sch, c_i, v_factor, lanes, split=blocked)
-    threads = _parallelize_outer(sch, block) if parallel else ""
+    # Not fused with padding: every channel block would pad the rows of all input channels
+    # again (squeezenet's 3x3 expand convs of 13 rows: 300 -> 353 us at one thread).
+    threads = _parallelize_outer(sch, block, fuse=not padded) if parallel else ""
     if reduce:
         init = sch.decompose_reduction(block, reduce[0])
         sch.vectorize(sch.get_loops(init)[-1])
@@ -701,7 +704,8 @@ def _broadcast_rows(sch: Any, block: Any, lanes: int) -> str:
     return f"rows of {row}, vector {factor}"
 
 
-def _vectorize_elementwise(sch: Any, block: Any, lanes: int, neon: bool = False, rows: bool = False) -> str:
+def _vectorize_elementwise(sch: Any, block: Any, lanes: int, neon: bool = False, rows: bool = False,
+                           parallel: bool = False) -> str:
     """Fuse the block's loops into one and vectorize it, or, for a block whose reads index by
     division or remainder (a reshape/transpose, a channel shuffle), fuse all but the innermost
     and vectorize that: its reads stay contiguous (a fused index would be divided back per
@@ -710,7 +714,18 @@ def _vectorize_elementwise(sch: Any, block: Any, lanes: int, neon: bool = False,
     vectorized, each element's indices were divided back out of the fused one, and LLVM
     vectorizes the plain nest's innermost loop itself (squeezenet's 64+64-channel
     concatenation of 55x55: 158 -> 33 us). With `rows` (x86_64), a block with per-channel
-    operands is vectorized along rows (_broadcast_rows)."""
+    operands is vectorized along rows (_broadcast_rows). With `parallel`, the outermost loop
+    left (rows, or the vectors of the fused loop) of a vectorized block is parallel."""
+    detail, vectorized = _shape_elementwise(sch, block, lanes, neon, rows)
+    # A nest left for LLVM to vectorize stays serial: in a parallel task's function LLVM
+    # did not vectorize it (squeezenet's concatenations, one thread: 38 -> 106 us).
+    threads = _parallelize_outer(sch, block) if parallel and vectorized else ""
+    return f"{detail}, {threads}" if threads else detail
+
+
+def _shape_elementwise(sch: Any, block: Any, lanes: int, neon: bool, rows: bool) -> tuple[str, bool]:
+    """_vectorize_elementwise's loops, before any is made parallel; returns what was done and
+    whether a loop was vectorized."""
     loops = sch.get_loops(block)
     divides = any(_divides(rng.min) for r in sch.get(block).reads for rng in r.region)
     if len(loops) > 1 and divides and _extent(sch, loops[-1]) > 1:
@@ -718,38 +733,122 @@ def _vectorize_elementwise(sch: Any, block: Any, lanes: int, neon: bool = False,
         factor = _vector_factor(_extent(sch, loops[-1]), lanes)
         _, inner = sch.split(loops[-1], [None, factor])
         sch.vectorize(inner)
-        return f"rows of {_extent(sch, outer)}, vector {factor}"
+        return f"rows of {_extent(sch, outer)}, vector {factor}", True
     done = _select_invariant_rows(sch, block, lanes) if neon else ""
     if not done and rows and lanes > 1 and not _has_select(sch, block):
         done = _broadcast_rows(sch, block, lanes)
     if done:
-        return done
+        return done, ", vector" in done
     if _has_select(sch, block):
-        return "loops as written (select)"
+        return "loops as written (select)", False
     fused = sch.fuse(*loops) if len(loops) > 1 else loops[0]
     n = _extent(sch, fused)
     factor = _vector_factor(n, lanes)
     if factor <= 1 or _has_select(sch, block):
-        return "fused"
+        return "fused", False
     _, inner = sch.split(fused, [None, factor])
     sch.vectorize(inner)
-    return f"fused, vector {factor}"
+    return f"fused, vector {factor}", True
 
 
-#: Multiply-adds below which a kernel stays serial even where threads are available: a
-#: parallel launch costs a few microseconds, this much work tens.
-PARALLEL_MIN_WORK = 1 << 21
+#: Work (multiply-add equivalents, see _parallel_work) below which a kernel stays serial even
+#: where threads are available: a parallel launch costs a few microseconds; this much work
+#: takes 10-20 us at one thread on x86_64 (a 7x7 depthwise conv of 544 channels: 25 us).
+PARALLEL_MIN_WORK = 1 << 18
+#: What each element a kernel reads or writes counts in _parallel_work, in multiply-adds: a
+#: kernel with little arithmetic per element (a pool, a depthwise conv, a dense layer of batch
+#: 1, a copy) is bound by memory. Shufflenet's kernels at one thread on x86_64 took 0.03-0.08
+#: ns per multiply-add in dense convs, 0.2-0.4 ns per element read or written in pools and
+#: depthwise convs, 0.08-0.15 in its transposes and concatenations. A copy gains from a second
+#: thread even when it is short: run on one thread, it reads half of its input from the cache
+#: of the other core, which wrote it (shufflenet's channel shuffles and concatenations, 2
+#: threads: 419 us serial, 308 us parallel).
+ELEMENT_WORK = 4
+#: Iterations a parallel loop gets at least where the loops inside it allow: the runner cuts a
+#: launch into 4 tasks per thread (runtime_c/runner/pool.c), and a loop of 7 rows left one of
+#: two threads idle for a quarter of the kernel.
+PARALLEL_MIN_ITERATIONS = 16
 
 
-def _parallelize_outer(sch: Any, block: Any) -> str:
+def _iterations(sch: Any, block: Any) -> int:
+    """The block's iteration count (for a reduction: its multiply-adds)."""
+    return math.prod(int(iv.dom.extent) for iv in sch.get(block).iter_vars)
+
+
+def _parallel_work(sch: Any, reduction: Any | None) -> int:
+    """A kernel's work, for the decision to run it on threads: the multiply-adds of its heaviest
+    reduction (if any) plus ELEMENT_WORK per element of every buffer it reads or writes that it
+    does not allocate itself (inputs, weights, outputs)."""
+    local = _local_buffers(sch)
+    elements: dict[Any, int] = {}
+    for block in _blocks(sch):
+        node = sch.get(block)
+        for region in [*node.reads, *node.writes]:
+            if region.source not in local:
+                elements[region.source] = math.prod(int(d) for d in region.source.shape)
+    macs = _iterations(sch, reduction) if reduction is not None else 0
+    return macs + ELEMENT_WORK * sum(elements.values())
+
+
+def _reduction_loop_vars(sch: Any, block: Any) -> set[str]:
+    """Names of the loop variables that the block's reduction iterators are bound to."""
+    from tvm import s_tir, tirx
+
+    node = sch.get(block)
+    pending = [sch.get(loop).body for loop in sch.get_loops(block)[-1:]]
+    while pending:
+        stmt = pending.pop()
+        if isinstance(stmt, s_tir.SBlockRealize) and stmt.block.same_as(node):
+            return set().union(*(_vars_of(value) for iv, value in zip(node.iter_vars, stmt.iter_values)
+                                 if int(iv.iter_type) != 0))
+        if isinstance(stmt, tirx.SeqStmt):
+            pending.extend(stmt.seq)
+        elif isinstance(stmt, tirx.For):
+            pending.append(stmt.body)
+    return set()
+
+
+def _parallel_outer_loop(sch: Any, block: Any, fuse: bool = True) -> tuple[Any, list]:
     """Mark the outermost loop of the block's nest that has more than one iteration (all loops
-    around it having one) parallel; returns its extent as text, or "" when there is none."""
-    for loop in sch.get_loops(block):
-        extent = _extent(sch, loop)
-        if extent > 1:
-            sch.parallel(loop)
-            return f"parallel {extent}"
-    return ""
+    around it having one) parallel. With `fuse`, a loop of fewer than PARALLEL_MIN_ITERATIONS
+    iterations is first fused with the data-parallel loops directly inside it until the
+    product reaches that. Returns the parallel loop (None when there is none) and the loops
+    (statements) it was made of: a stage to be computed at one of them goes to it instead."""
+    loops = sch.get_loops(block)
+    first = next((i for i, loop in enumerate(loops) if _extent(sch, loop) > 1), None)
+    if first is None:
+        return None, []
+    reduction = _reduction_loop_vars(sch, block) if fuse else set()
+    chosen = [loops[first]]
+    iterations = _extent(sch, loops[first])
+    for loop in loops[first + 1:]:
+        inner = sch.get(loop)
+        if (not fuse or iterations >= PARALLEL_MIN_ITERATIONS or inner.loop_var.name in reduction
+                or not sch.get(chosen[-1]).body.same_as(inner)):
+            break
+        chosen.append(loop)
+        iterations *= _extent(sch, loop)
+    made_of = [sch.get(loop) for loop in chosen]
+    parallel = sch.fuse(*chosen) if len(chosen) > 1 else chosen[0]
+    sch.parallel(parallel)
+    return parallel, made_of
+
+
+def _parallelize_outer(sch: Any, block: Any, fuse: bool = True) -> str:
+    """_parallel_outer_loop; returns "parallel <iterations>", or "" when no loop was made parallel."""
+    loop, _ = _parallel_outer_loop(sch, block, fuse)
+    return f"parallel {_extent(sch, loop)}" if loop is not None else ""
+
+
+def _parallelize_keeping(sch: Any, block: Any, anchor: Any) -> tuple[str, Any]:
+    """_parallelize_outer for a kernel that computes a stage (padding) at loop `anchor`
+    afterwards: returns the detail and where to compute that stage, the parallel loop when
+    `anchor` was fused into it (per task, of the rows and channels the task reads)."""
+    anchor_loop = sch.get(anchor)
+    loop, made_of = _parallel_outer_loop(sch, block)
+    if loop is None:
+        return "", anchor
+    return f"parallel {_extent(sch, loop)}", loop if any(stmt.same_as(anchor_loop) for stmt in made_of) else anchor
 
 
 # ---------------------------------------------------------------------------------------------
@@ -921,7 +1020,7 @@ def _tile_int8(sch: Any, block: Any, dsp: bool, parallel: bool = False) -> tuple
         sch.reverse_compute_at(consumer, oc_o, preserve_unit_loops=True)
     for buf in padded:  # before tensorize, which replaces the loops it blockizes
         sch.compute_at(producers[buf], pad_anchor, preserve_unit_loops=True)
-    threads = _parallelize_outer(sch, block) if parallel else ""
+    threads = _parallelize_outer(sch, block, fuse=False) if parallel else ""
     init = sch.decompose_reduction(block, sch.get_loops(block)[len(outer)])
     sch.unroll(sch.get_loops(init)[-1])
     if dot4:
@@ -1069,7 +1168,7 @@ def _tile_int8_simd(sch: Any, block: Any, intrin: tuple[str, int], parallel: boo
     for consumer in consumers:
         sch.reverse_compute_at(consumer, oc_o, preserve_unit_loops=True)
         sch.vectorize(sch.get_loops(consumer)[-1])  # the requantization, one lane per channel
-    threads = _parallelize_outer(sch, rf) if parallel else ""
+    threads = _parallelize_outer(sch, rf, fuse=False) if parallel else ""
     init = sch.decompose_reduction(rf, (r_reduce or [r_rc_o])[0])
     sch.vectorize(sch.get_loops(init)[-1])
     _register_int8_pairs(name, lanes)
@@ -1138,7 +1237,7 @@ def _place_channel_tile(sch: Any, block: Any, ax: _Int8Axes, pixel: int | None, 
     row = next((loops[i] for i in spatial if i not in (oc, pixel) and extents[i] > 1), None)
     for buf in padded:
         sch.compute_at(producers[buf], row if row is not None else outer[0], preserve_unit_loops=True)
-    threads = _parallelize_outer(sch, block) if parallel else ""
+    threads = _parallelize_outer(sch, block, fuse=False) if parallel else ""
     init = sch.decompose_reduction(block, sch.get_loops(block)[len(outer)])
     sch.vectorize(sch.get_loops(init)[-1])
     return consumers, threads
@@ -1346,9 +1445,10 @@ def schedule_kernel(func: Any, lanes: int, parallel: bool = False, dsp: bool = F
                     neon: bool = False, pools_as_loops: bool = False) -> tuple[Any, KernelSchedule]:
     """Apply the default rules to one PrimFunc; returns the scheduled PrimFunc and what was
     done. Falls back to inlining only when the tiling rule does not apply. With `parallel`
-    (Linux targets, whose runner runs parallel loops on threads), a tiled kernel of at least
-    PARALLEL_MIN_WORK multiply-adds gets its outermost loop with more than one iteration
-    parallel (output rows or channel blocks: each task writes its own outputs). `tile`: a
+    (Linux targets, whose runner runs parallel loops on threads), a kernel of at least
+    PARALLEL_MIN_WORK (_parallel_work: multiply-adds and elements moved) gets its outermost
+    loop with more than one iteration parallel (output rows or channel blocks, fused where
+    there are few: each task writes its own outputs), tiled and elementwise kernels alike. `tile`: a
     channels-last convolution's register tile instead of the rule's (a ValueError when the
     kernel is no such convolution or the tile does not divide it). `neon`: the ARMv7 NEON rules
     (is_armv7_neon) where they differ from the others'. With `pools_as_loops` (x86_64), a
@@ -1360,12 +1460,6 @@ def schedule_kernel(func: Any, lanes: int, parallel: bool = False, dsp: bool = F
     _inline_spatial(sch, func)
     inlined = sch.mod["main"]
 
-    def work(block: Any) -> int:
-        total = 1
-        for iv in sch.get(block).iter_vars:
-            total *= int(iv.dom.extent)
-        return total
-
     try:
         blocks = _blocks(sch)
         reductions = [b for b in blocks if not _is_spatial(sch, b)]
@@ -1374,9 +1468,9 @@ def schedule_kernel(func: Any, lanes: int, parallel: bool = False, dsp: bool = F
         conv_tile: ConvTile | None = None
         tile_axes: tuple[int, int] | None = None
         if reductions:
-            anchor = max(reductions, key=work)
+            anchor = max(reductions, key=partial(_iterations, sch))
             channel = _channel_axis(sch, anchor, lanes) if lanes > 1 else None
-            threads = parallel and work(anchor) >= PARALLEL_MIN_WORK
+            threads = parallel and _parallel_work(sch, anchor) >= PARALLEL_MIN_WORK
             simd = _int8_simd_rule(sch, anchor, int8_simd) if int8_simd is not None and _is_int8_mac(sch, anchor) else []
             if _is_int8_mac(sch, anchor) and not dsp and not simd:
                 # the float rules would keep the padding stage as a row-band workspace; read
@@ -1412,12 +1506,14 @@ def schedule_kernel(func: Any, lanes: int, parallel: bool = False, dsp: bool = F
             rule = "tiled"
         else:
             rule = "vectorized"
+            threads = parallel and _parallel_work(sch, None) >= PARALLEL_MIN_WORK
         # Whatever is left at the root that is still a full loop nest of spatial work.
         local = _local_buffers(sch)
         for block in _blocks(sch):
             if (_is_spatial(sch, block) and _writes_output(sch, block, local)
                     and sch.get(block).name_hint not in placed):
-                details.append(_vectorize_elementwise(sch, block, lanes, neon=neon, rows=pools_as_loops))
+                details.append(_vectorize_elementwise(sch, block, lanes, neon=neon, rows=pools_as_loops,
+                                                      parallel=threads))
         if tile is not None and conv_tile is None:
             raise ValueError("a register tile was given for a kernel that is no channels-last convolution")
         return sch.mod["main"], KernelSchedule(rule=rule, detail="; ".join(details), tile=conv_tile,
