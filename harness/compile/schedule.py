@@ -653,20 +653,25 @@ def _select_invariant_rows(sch: Any, block: Any, lanes: int) -> str:
         value = value.args[2]
     if not tested or not tested <= set(names) or _has_select_expr(value):
         return ""
-    last = max(names.index(n) for n in tested)
-    if last + 1 >= len(loops):
-        return ""
+    return _rows_after(sch, loops, max(names.index(n) for n in tested), lanes)
+
+
+def _rows_after(sch: Any, loops: list, last: int, lanes: int) -> str:
+    """Fuse the loops after loops[last] into rows, vectorized where a row is a whole number of
+    vectors, else left for LLVM's loop vectorizer (a constant trip count, and whatever the
+    outer loops index is invariant in the row). Returns a description, or "" when there is no
+    row of more than one element."""
     inner = loops[last + 1:]
     row = math.prod(_extent(sch, lp) for lp in inner)
     if row <= 1:
         return ""
     fused = sch.fuse(*inner) if len(inner) > 1 else inner[0]
-    if row % lanes == 0:
-        factor = _vector_factor(row, lanes)
-        _, vec = sch.split(fused, [None, factor])
-        sch.vectorize(vec)
-        return f"rows of {row}, vector {factor}"
-    return f"rows of {row}"
+    if row % lanes:
+        return f"rows of {row}"
+    factor = _vector_factor(row, lanes)
+    _, vec = sch.split(fused, [None, factor])
+    sch.vectorize(vec)
+    return f"rows of {row}, vector {factor}"
 
 
 def _broadcast_rows(sch: Any, block: Any, lanes: int) -> str:
@@ -687,21 +692,12 @@ def _broadcast_rows(sch: Any, block: Any, lanes: int) -> str:
         used = set().union(*(_vars_of(rng.min) for rng in read.region)) & set(names)
         if used and names[-1] not in used:
             last = max(last, *(names.index(n) for n in used))
-    if last < 0 or last + 1 >= len(loops):
+    if last < 0:
         return ""
-    inner = loops[last + 1:]
-    row = math.prod(_extent(sch, lp) for lp in inner)
-    if row <= 1:
-        return ""
-    if last > 0:
+    done = _rows_after(sch, loops, last, lanes)
+    if done and last > 0:
         sch.fuse(*loops[:last + 1])
-    fused = sch.fuse(*inner) if len(inner) > 1 else inner[0]
-    if row % lanes:
-        return f"rows of {row} (LLVM vectorizes)"
-    factor = _vector_factor(row, lanes)
-    _, vec = sch.split(fused, [None, factor])
-    sch.vectorize(vec)
-    return f"rows of {row}, vector {factor}"
+    return done
 
 
 def _vectorize_elementwise(sch: Any, block: Any, lanes: int, neon: bool = False, rows: bool = False,
@@ -716,16 +712,18 @@ def _vectorize_elementwise(sch: Any, block: Any, lanes: int, neon: bool = False,
     concatenation of 55x55: 158 -> 33 us). With `rows` (x86_64), a block with per-channel
     operands is vectorized along rows (_broadcast_rows). With `parallel`, the outermost loop
     left (rows, or the vectors of the fused loop) of a vectorized block is parallel."""
-    detail, vectorized = _shape_elementwise(sch, block, lanes, neon, rows)
+    from tvm import tirx
+
+    detail = _shape_elementwise(sch, block, lanes, neon, rows)
     # A nest left for LLVM to vectorize stays serial: in a parallel task's function LLVM
     # did not vectorize it (squeezenet's concatenations, one thread: 38 -> 106 us).
+    vectorized = any(sch.get(loop).kind == tirx.ForKind.VECTORIZED for loop in sch.get_loops(block))
     threads = _parallelize_outer(sch, block) if parallel and vectorized else ""
     return f"{detail}, {threads}" if threads else detail
 
 
-def _shape_elementwise(sch: Any, block: Any, lanes: int, neon: bool, rows: bool) -> tuple[str, bool]:
-    """_vectorize_elementwise's loops, before any is made parallel; returns what was done and
-    whether a loop was vectorized."""
+def _shape_elementwise(sch: Any, block: Any, lanes: int, neon: bool, rows: bool) -> str:
+    """_vectorize_elementwise's loops, before any is made parallel; returns what was done."""
     loops = sch.get_loops(block)
     divides = any(_divides(rng.min) for r in sch.get(block).reads for rng in r.region)
     if len(loops) > 1 and divides and _extent(sch, loops[-1]) > 1:
@@ -733,22 +731,22 @@ def _shape_elementwise(sch: Any, block: Any, lanes: int, neon: bool, rows: bool)
         factor = _vector_factor(_extent(sch, loops[-1]), lanes)
         _, inner = sch.split(loops[-1], [None, factor])
         sch.vectorize(inner)
-        return f"rows of {_extent(sch, outer)}, vector {factor}", True
+        return f"rows of {_extent(sch, outer)}, vector {factor}"
+    select = _has_select(sch, block)  # the block's body: the loop changes below leave it as is
     done = _select_invariant_rows(sch, block, lanes) if neon else ""
-    if not done and rows and lanes > 1 and not _has_select(sch, block):
+    if not done and rows and lanes > 1 and not select:
         done = _broadcast_rows(sch, block, lanes)
     if done:
-        return done, ", vector" in done
-    if _has_select(sch, block):
-        return "loops as written (select)", False
+        return done
+    if select:
+        return "loops as written (select)"
     fused = sch.fuse(*loops) if len(loops) > 1 else loops[0]
-    n = _extent(sch, fused)
-    factor = _vector_factor(n, lanes)
-    if factor <= 1 or _has_select(sch, block):
-        return "fused", False
+    factor = _vector_factor(_extent(sch, fused), lanes)
+    if factor <= 1:
+        return "fused"
     _, inner = sch.split(fused, [None, factor])
     sch.vectorize(inner)
-    return f"fused, vector {factor}", True
+    return f"fused, vector {factor}"
 
 
 #: Work (multiply-add equivalents, see _parallel_work) below which a kernel stays serial even
