@@ -385,15 +385,17 @@ def conv_weights_channels_last(mod: Any, lanes: int, chunks: bool = True) -> Any
                     or any(str(getattr(arg.ty, "dtype", "")) != "float32" for arg in call.args[:2])):
                 return call  # float32 only: integer kernels have rules of their own
             if _blocks_weight(call, lanes, chunks):
-                return self._blocked(call)
+                return self._blocked(call, lanes, chunks)
             weight = relax.op.permute_dims(call.args[1], [2, 3, 1, 0])
             return relax.op.nn.conv2d(call.args[0], weight, strides=attrs.strides, padding=attrs.padding,
                                       dilation=attrs.dilation, groups=attrs.groups, data_layout="NCHW",
                                       kernel_layout="HWIO", out_layout="NCHW",
                                       out_dtype=attrs.out_dtype if str(attrs.out_dtype) else None)
 
-        def _blocked(self, call: Any) -> Any:
+        def _blocked(self, call: Any, lanes: int, chunks: bool) -> Any:
             from tvm import te
+
+            from harness.compile.schedule import conv_output_width
 
             attrs = call.attrs
             oihw = call.args[1].value.numpy()
@@ -402,8 +404,10 @@ def conv_weights_channels_last(mod: Any, lanes: int, chunks: bool = True) -> Any
             x_shape = tuple(int(d) for d in call.args[0].ty.shape.values)
             x = te.placeholder(x_shape, "float32", name="data")
             w = te.placeholder(blocked.shape, "float32", name="weight")
+            width = _output_width(call)
             y = blocked_conv2d_te(x, w, [int(s) for s in attrs.strides], [int(p) for p in attrs.padding],
-                                  [int(d) for d in attrs.dilation])
+                                  [int(d) for d in attrs.dilation],
+                                  conv_output_width(oihw.shape, width, lanes, chunks))
             # int64 shapes, as legalized Relax ops have: FuseTIR merges buffers of one type only
             prim = te.create_prim_func([x, w, y], index_dtype_override="int64").without_attr("global_symbol")
             gvar = self.builder_.add_func(prim, "conv2d_blocked")
@@ -430,14 +434,25 @@ def _blocks_weight(call: Any, lanes: int, chunks: bool) -> bool:
     if int(call.attrs.groups) != 1 or not isinstance(weight, Constant) or (out_dtype and str(out_dtype) != "float32"):
         return False
     shape = tuple(int(d) for d in weight.value.shape)
-    return len(shape) == 4 and takes_blocked_weight(shape, lanes, chunks)
+    return len(shape) == 4 and takes_blocked_weight(shape, lanes, chunks, _output_width(call))
 
 
-def blocked_conv2d_te(x: Any, w: Any, strides: Sequence[int], padding: Sequence[int], dilation: Sequence[int]) -> Any:
+def _output_width(call: Any) -> int:
+    """The output width of an NCHW conv2d call of static shape (0 when it is not static)."""
+    shape = getattr(call.ty, "shape", None)
+    values = getattr(shape, "values", None)
+    return int(values[3]) if values is not None and len(values) == 4 and hasattr(values[3], "value") else 0
+
+
+def blocked_conv2d_te(x: Any, w: Any, strides: Sequence[int], padding: Sequence[int], dilation: Sequence[int],
+                      columns: int = 0) -> Any:
     """NCHW float32 data and a weight blocked as (O/V, KH, KW, I, V) -> NCHW output: a dense
     conv2d whose reduction reads the weight in memory order, V output channels contiguous per
     input channel and tap (harness.compile.schedule tiles it as a channels-last conv).
-    `padding` is (top, left, bottom, right), as Relax's conv2d has it."""
+    `padding` is (top, left, bottom, right), as Relax's conv2d has it. With `columns` over the
+    output width, the reduction computes that many columns per row (the extra ones read more
+    zero padding on the right) and the output keeps the first ones
+    (harness.compile.schedule.conv_output_width)."""
     import tvm
     from tvm import te
 
@@ -446,7 +461,9 @@ def blocked_conv2d_te(x: Any, w: Any, strides: Sequence[int], padding: Sequence[
     (sh, sw), (dh, dw), (pt, pl, pb, pr) = strides, dilation, padding
     oh = (h + pt + pb - dh * (kh - 1) - 1) // sh + 1
     ow = (wd + pl + pr - dw * (kw - 1) - 1) // sw + 1
-    if any(padding):
+    wide = max(columns, ow)
+    pr += (wide - ow) * sw
+    if any(padding) or wide > ow:
         def padded(b: Any, ch: Any, y: Any, xx: Any) -> Any:
             inside = tvm.tirx.all(y >= pt, y < pt + h, xx >= pl, xx < pl + wd)
             return tvm.tirx.if_then_else(inside, x[b, ch, y - pt, xx - pl], tvm.tirx.const(0.0, "float32"))
@@ -456,9 +473,12 @@ def blocked_conv2d_te(x: Any, w: Any, strides: Sequence[int], padding: Sequence[
     ry = te.reduce_axis((0, kh), "ry")
     rx = te.reduce_axis((0, kw), "rx")
     rc = te.reduce_axis((0, c), "rc")
-    return te.compute((n, blocks * v, oh, ow), lambda b, o, y, xx: te.sum(
+    conv = te.compute((n, blocks * v, oh, wide), lambda b, o, y, xx: te.sum(
         xp[b, rc, y * sh + ry * dh, xx * sw + rx * dw] * w[o // v, ry, rx, rc, o % v], axis=[ry, rx, rc]),
         name="conv2d_nchw")
+    if wide == ow:
+        return conv
+    return te.compute((n, blocks * v, oh, ow), lambda b, o, y, xx: conv[b, o, y, xx], name="conv2d_columns")
 
 
 def _whole_vector_groups(call: Any, lanes: int) -> bool:

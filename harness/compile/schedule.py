@@ -418,19 +418,48 @@ _CHUNK_1X1 = 16
 _CHUNK_TAPS = 8
 
 
-def takes_blocked_weight(oihw: tuple[int, ...], lanes: int, chunks: bool) -> bool:
+def takes_blocked_weight(oihw: tuple[int, ...], lanes: int, chunks: bool, width: int = 0) -> bool:
     """Whether a dense float32 conv of this OIHW weight shape gets its weight blocked as
     (O/lanes, KH, KW, I, lanes) at compile time (harness.compile.onnx_import), and so the
     channel-block-outer tile: whole vectors of output channels, and a weight over L2_BYTES (no
     per-call copy), or, with `chunks` (the targets that reduce in chunks: not ARMv7 NEON), a
     1x1 conv of at least two chunks of input channels (resnet50-like 1x1 convs on 28x28:
-    69 -> 79 and 85 -> 98 GFLOP/s; on 56x56 62 -> 60 and 76 -> 90)."""
+    69 -> 79 and 85 -> 98 GFLOP/s; on 56x56 62 -> 60 and 76 -> 90), or a conv whose output
+    rows of `width` pixels are computed a few columns wider (conv_output_width)."""
     out, ins, kh, kw = oihw
     if out % lanes:
         return False
     if 4 * math.prod(oihw) > L2_BYTES:
         return True
+    if conv_output_width(oihw, width, lanes, chunks) > width:
+        return True
     return chunks and kh * kw == 1 and ins > _CHUNK_1X1 and ins % _CHUNK_1X1 == 0
+
+
+def conv_output_width(oihw: tuple[int, ...], width: int, lanes: int, chunks: bool) -> int:
+    """How many output columns a dense conv of this OIHW weight computes per row of `width`
+    (harness.compile.onnx_import.blocked_conv2d_te): `width`, or, with `chunks` (not ARMv7
+    NEON) for a conv with taps over at least a chunk of input channels whose row divides only
+    into a register tile of fewer than _ACCUMULATORS accumulators (27 = 3 x 3 x 3 pixels:
+    2 vectors x 3 pixels, 6 FMAs per 5 loads), up to width/8 more columns whose tile does more
+    FMAs per load, counting the extra columns as waste (27 -> 30: 2 vectors x 6 pixels). The
+    extra columns read zero padding; the epilogue, per output row, drops them. squeezenet's
+    3x3 128-channel expands on 27x27: 656 -> 594 us. Not 1x1 convs (its 1x1 convs on 27x27,
+    with 32 and 128 output channels, took 79 -> 92 and 137 -> 182 us) nor a first layer's 3
+    input channels (3x3 stride 2 on 111x111: 811 -> 878 us): their reductions are too short to
+    pay for the per-row epilogue."""
+    out, ins, kh, kw = oihw
+    if not chunks or not width or out % lanes or kh * kw == 1 or ins < _CHUNK_TAPS:
+        return width
+    vectors = out // lanes
+    tile = _conv_register_tile(vectors, width)
+    if tile[0] * tile[1] >= _ACCUMULATORS:
+        return width
+
+    def fmas_per_load(columns: int) -> float:
+        v, p = _conv_register_tile(vectors, columns)
+        return v * p / (v + p) * width / columns
+    return max(range(width, width + width // 8 + 1), key=lambda columns: (fmas_per_load(columns), -columns))
 
 
 def _input_channel_chunk(taps: int, channels: int, blocks: int) -> int:
@@ -543,8 +572,12 @@ def _tile_conv_channels(sch: Any, block: Any, lanes: int, channel: int, weight: 
         sch.compute_at(block_copy, c_o, preserve_unit_loops=True)
         sch.vectorize(sch.get_loops(block_copy)[-1])
     pad_anchor = spatial[row]
+    # Columns computed past the output's width (conv_output_width): the epilogue runs per
+    # output row, within the output's bounds, not per tile, where it would check them per pixel.
+    wide = int(sch.get(consumers[0]).writes[0].source.shape[-1]) < extents[col]
     for consumer in consumers:
-        sch.reverse_compute_at(consumer, c_o if chunk else x_o, preserve_unit_loops=True)
+        sch.reverse_compute_at(consumer, c_o if chunk else spatial[row] if wide and not flat else x_o,
+                               preserve_unit_loops=True)
         if neon:
             _epilogue_along_channels(sch, consumer, v_factor, u_factor, lanes)
     short = neon and reduce and _extent(sch, reduce[-1]) <= _NEON_SHORT_REDUCTION
