@@ -443,8 +443,9 @@ def conv_output_width(oihw: tuple[int, ...], width: int, lanes: int, chunks: boo
     into a register tile of fewer than _ACCUMULATORS accumulators (27 = 3 x 3 x 3 pixels:
     2 vectors x 3 pixels, 6 FMAs per 5 loads), up to width/8 more columns whose tile does more
     FMAs per load, counting the extra columns as waste (27 -> 30: 2 vectors x 6 pixels). The
-    extra columns read zero padding; the epilogue, per output row, drops them. squeezenet's
-    3x3 128-channel expands on 27x27: 656 -> 594 us. Not 1x1 convs (its 1x1 convs on 27x27,
+    extra columns read zero padding; the epilogue (per output row, or per channel block when
+    the input channels are chunked) drops them. x86_64, 1 thread: squeezenet's 3x3 32 -> 128
+    expands on 27x27 660 -> 605 us, inception_v1's 3x3 96 -> 128 on 27x27 2004 -> 1719 us. Not 1x1 convs (its 1x1 convs on 27x27,
     with 32 and 128 output channels, took 79 -> 92 and 137 -> 182 us) nor a first layer's 3
     input channels (3x3 stride 2 on 111x111: 811 -> 878 us): their reductions are too short to
     pay for the per-row epilogue."""
@@ -664,10 +665,10 @@ def _is_image_reduction(sch: Any, block: Any) -> bool:
 
 
 def _image_reduction_by_rows(sch: Any, block: Any, parallel: bool = False) -> tuple[str, list[str]]:
-    """A global pooling as row vectors: per output (channel), the image's rows are summed (or
-    maxed) as vectors of the row's length, contiguous loads, then that vector is reduced once.
-    Reduced element by element, every step waited for the one before it (squeezenet's mean of
-    1000 x 13 x 13 on x86_64: 91 us)."""
+    """A global pooling by image rows: per output (channel), the image's rows are accumulated
+    into one row of independent sums (contiguous loads; rfactor over the row's axis, unrolled),
+    which is then reduced once. Reduced element by element, every add waited for the one
+    before it: squeezenet's mean of 1000 x 13 x 13 on x86_64 took 91 us, by rows 17 us."""
     rows = sch.rfactor(sch.get_loops(block)[-1], factor_axis=len(sch.get(block).writes[0].region))
     threads = _parallelize_outer(sch, block) if parallel else ""
     # the row vectors are reduced per output, inside its loop (the final block's last loop
