@@ -166,6 +166,25 @@ def _inline_spatial(sch: Any, func: Any) -> None:
                 continue
 
 
+def _inline_output_copies(sch: Any) -> None:
+    """An output block that only copies a kernel-local buffer (an inference Dropout after a
+    concatenation, whose select kept it from being inlined) is inlined into the block that
+    writes that buffer, which then writes the output itself: one pass, not two (squeezenet's
+    512-channel concatenation on 13x13 with its Dropout: 35-43 us)."""
+    from tvm import tirx
+    from tvm.ir.expr import TensorLoad
+
+    local = _local_buffers(sch)
+    for block in _blocks(sch):
+        body = sch.get(block).body
+        if (_is_spatial(sch, block) and _writes_output(sch, block, local) and isinstance(body, tirx.BufferStore)
+                and isinstance(body.value, TensorLoad) and body.value.source in local):
+            try:
+                sch.reverse_compute_inline(block)
+            except Exception:  # noqa: BLE001, S112 - a copy that cannot be inlined stays a pass of its own
+                continue
+
+
 def _blocks(sch: Any) -> list:
     return list(sch.get_child_blocks(sch.get_sblock("root")))
 
@@ -1523,6 +1542,7 @@ def schedule_kernel(func: Any, lanes: int, parallel: bool = False, dsp: bool = F
 
     sch = s_tir.Schedule(func)
     _inline_spatial(sch, func)
+    _inline_output_copies(sch)
     inlined = sch.mod["main"]
 
     try:
