@@ -512,3 +512,29 @@ def test_27_pixel_rows_are_computed_30_wide_and_global_pools_by_rows_and_match(t
     result = run_on_target(path, target, iters=2, seed=7, atol=1e-4, rtol=1e-4)
     assert result.error is None, result.error
     assert result.passed, json.dumps(result.outputs, indent=1)
+
+
+def _concat_dropout(path) -> None:
+    """Squeezenet's last concatenation (two 13x13 halves along the channels) followed by an
+    inference Dropout, as its classifier's input."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    nodes = [helper.make_node("Concat", ["a", "b"], ["cat"], axis=1), helper.make_node("Dropout", ["cat"], ["y"])]
+    inputs = [helper.make_tensor_value_info(name, TensorProto.FLOAT, [1, 32, 13, 13]) for name in ("a", "b")]
+    graph = helper.make_graph(nodes, "concat_dropout", inputs, [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 64, 13, 13])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.checker.check_model(model, full_check=True)
+    onnx.save(model, path)
+
+
+def test_concatenation_writes_the_output_its_dropout_copied_and_matches(tmp_path, monkeypatch):
+    """An inference Dropout after a concatenation is a copy of it; the concatenation (a select,
+    never inlined) writes the kernel's output itself, one loop nest and no intermediate buffer,
+    and the output matches the references."""
+    path, target, _, artifact = _compile_written(tmp_path, monkeypatch, _concat_dropout, "x86_64")
+    details = {name: s.get("detail", "") for name, s in artifact.metadata["schedules"].items()}
+    assert list(details.values()) == ["loops as written (select)"], details
+    result = run_on_target(path, target, iters=2, seed=3, atol=1e-6, rtol=1e-6)
+    assert result.error is None, result.error
+    assert result.passed, json.dumps(result.outputs, indent=1)
