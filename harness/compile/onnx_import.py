@@ -380,11 +380,12 @@ def conv_weights_channels_last(mod: Any, lanes: int, chunks: bool = True) -> Any
             call = super().visit_call_(call)
             attrs = call.attrs
             if (not isinstance(call.op, tvm.ir.Op) or call.op.name != "relax.nn.conv2d"
-                    or not _whole_vector_groups(call, lanes) or str(attrs.data_layout) != "NCHW"
+                    or not (_whole_vector_groups(call, lanes) or _pads_groups(call, lanes))
+                    or str(attrs.data_layout) != "NCHW"
                     or str(attrs.kernel_layout) != "OIHW" or str(attrs.out_layout) != "NCHW"
                     or any(str(getattr(arg.ty, "dtype", "")) != "float32" for arg in call.args[:2])):
                 return call  # float32 only: integer kernels have rules of their own
-            if _blocks_weight(call, lanes, chunks):
+            if _blocks_weight(call, lanes, chunks) or _pads_groups(call, lanes):
                 return self._blocked(call)
             weight = relax.op.permute_dims(call.args[1], [2, 3, 1, 0])
             return relax.op.nn.conv2d(call.args[0], weight, strides=attrs.strides, padding=attrs.padding,
@@ -396,14 +397,20 @@ def conv_weights_channels_last(mod: Any, lanes: int, chunks: bool = True) -> Any
             from tvm import te
 
             attrs = call.attrs
+            groups = int(attrs.groups)
             oihw = call.args[1].value.numpy()
             out, ins, kh, kw = oihw.shape
-            blocked = np.ascontiguousarray(oihw.reshape(out // lanes, lanes, ins, kh, kw).transpose(0, 3, 4, 2, 1))
+            per_group = out // groups
+            padded = -(-per_group // lanes) * lanes  # output channels per group, whole vectors
+            if padded != per_group:  # zero weights for the padding channels, cropped from the output
+                oihw = np.pad(oihw.reshape(groups, per_group, ins, kh, kw),
+                              ((0, 0), (0, padded - per_group), (0, 0), (0, 0), (0, 0))).reshape(-1, ins, kh, kw)
+            blocked = np.ascontiguousarray(oihw.reshape(-1, lanes, ins, kh, kw).transpose(0, 3, 4, 2, 1))
             x_shape = tuple(int(d) for d in call.args[0].ty.shape.values)
             x = te.placeholder(x_shape, "float32", name="data")
             w = te.placeholder(blocked.shape, "float32", name="weight")
             y = blocked_conv2d_te(x, w, [int(s) for s in attrs.strides], [int(p) for p in attrs.padding],
-                                  [int(d) for d in attrs.dilation])
+                                  [int(d) for d in attrs.dilation], groups=groups, per_group=per_group)
             # int64 shapes, as legalized Relax ops have: FuseTIR merges buffers of one type only
             prim = te.create_prim_func([x, w, y], index_dtype_override="int64").without_attr("global_symbol")
             gvar = self.builder_.add_func(prim, "conv2d_blocked")
@@ -433,11 +440,14 @@ def _blocks_weight(call: Any, lanes: int, chunks: bool) -> bool:
     return len(shape) == 4 and takes_blocked_weight(shape, lanes, chunks)
 
 
-def blocked_conv2d_te(x: Any, w: Any, strides: Sequence[int], padding: Sequence[int], dilation: Sequence[int]) -> Any:
+def blocked_conv2d_te(x: Any, w: Any, strides: Sequence[int], padding: Sequence[int], dilation: Sequence[int],
+                      groups: int = 1, per_group: int = 0) -> Any:
     """NCHW float32 data and a weight blocked as (O/V, KH, KW, I, V) -> NCHW output: a dense
     conv2d whose reduction reads the weight in memory order, V output channels contiguous per
     input channel and tap (harness.compile.schedule tiles it as a channels-last conv).
-    `padding` is (top, left, bottom, right), as Relax's conv2d has it."""
+    `padding` is (top, left, bottom, right), as Relax's conv2d has it. With `groups`, each
+    group's `per_group` output channels are padded to whole vectors in the weight (zeros);
+    the conv computes the padded channels and the output crops them."""
     import tvm
     from tvm import te
 
@@ -453,12 +463,36 @@ def blocked_conv2d_te(x: Any, w: Any, strides: Sequence[int], padding: Sequence[
         xp = te.compute((n, c, h + pt + pb, wd + pl + pr), padded, name="pad_temp")
     else:
         xp = x
+    ins = int(w.shape[3])
     ry = te.reduce_axis((0, kh), "ry")
     rx = te.reduce_axis((0, kw), "rx")
-    rc = te.reduce_axis((0, c), "rc")
-    return te.compute((n, blocks * v, oh, ow), lambda b, o, y, xx: te.sum(
-        xp[b, rc, y * sh + ry * dh, xx * sw + rx * dw] * w[o // v, ry, rx, rc, o % v], axis=[ry, rx, rc]),
+    rc = te.reduce_axis((0, ins), "rc")
+    padded = blocks * v // groups
+    def channel(o: Any) -> Any:
+        return o // padded * ins + rc if groups > 1 else rc
+    conv = te.compute((n, blocks * v, oh, ow), lambda b, o, y, xx: te.sum(
+        xp[b, channel(o), y * sh + ry * dh, xx * sw + rx * dw] * w[o // v, ry, rx, rc, o % v], axis=[ry, rx, rc]),
         name="conv2d_nchw")
+    if not per_group or per_group == padded:
+        return conv
+    return te.compute((n, groups * per_group, oh, ow),
+                      lambda b, o, y, xx: conv[b, o // per_group * padded + o % per_group, y, xx], name="crop")
+
+
+def _pads_groups(call: Any, lanes: int) -> bool:
+    """Whether a float32 grouped conv2d (more than one input channel per group: not a depthwise
+    conv) with a constant weight and output channels per group not a whole number of vectors
+    takes its weight blocked with each group padded to whole vectors (shufflenet's groups of 68
+    and 34 on AVX2, of 34 on NEON)."""
+    from tvm.ir.expr import Constant
+
+    weight = call.args[1]
+    groups = int(call.attrs.groups)
+    out_dtype = call.attrs.out_dtype
+    if groups == 1 or not isinstance(weight, Constant) or (out_dtype and str(out_dtype) != "float32"):
+        return False
+    out, ins = (int(d) for d in weight.value.shape[:2])
+    return ins > 1 and out % groups == 0 and (out // groups) % lanes != 0
 
 
 def _whole_vector_groups(call: Any, lanes: int) -> bool:

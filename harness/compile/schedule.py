@@ -354,20 +354,20 @@ def _vars_of(expr: Any) -> set[str]:
 _VECTOR_REGISTERS = 16
 
 
-def _conv_register_tiles(channel_vectors: int, pixels: int) -> list[tuple[int, int]]:
+def _conv_register_tiles(channel_vectors: int, pixels: int, most_vectors: int = 4) -> list[tuple[int, int]]:
     """Every (vectors of output channels, output pixels) register tile that fits: each
     reduction step loads `vectors` weight vectors and broadcasts `pixels` inputs for
     vectors x pixels FMAs, all accumulators and operands in registers (no spill). Both counts
     divide their axis, so no tile has a tail. Best first: the most FMAs per load."""
-    tiles = [(vectors, count) for vectors in (1, 2, 3, 4) if channel_vectors % vectors == 0
+    tiles = [(vectors, count) for vectors in range(1, most_vectors + 1) if channel_vectors % vectors == 0
              for count in range(1, pixels + 1)
              if pixels % count == 0 and vectors * count + vectors + 1 <= _VECTOR_REGISTERS]
     return sorted(tiles, key=lambda t: (-(t[0] * t[1] / (t[0] + t[1])), -(t[0] * t[1]), t))
 
 
-def _conv_register_tile(channel_vectors: int, pixels: int) -> tuple[int, int]:
+def _conv_register_tile(channel_vectors: int, pixels: int, most_vectors: int = 4) -> tuple[int, int]:
     """The rule's register tile: the first of _conv_register_tiles."""
-    return (_conv_register_tiles(channel_vectors, pixels) or [(1, 1)])[0]
+    return (_conv_register_tiles(channel_vectors, pixels, most_vectors) or [(1, 1)])[0]
 
 
 def conv_tile_variants(schedule: KernelSchedule, limit: int = 8) -> list[ConvTile]:
@@ -485,6 +485,10 @@ def _tile_conv_channels(sch: Any, block: Any, lanes: int, channel: int, weight: 
     # blocked at compile time (O/lanes, KH, KW, I, lanes) is read in that order already, with
     # no copy. Off NEON such a block reduces its input channels in chunks (_input_channel_chunk).
     blocked = len(weight.region) == 5
+    crop = _cropped_group(sch, block, channel, group) if group and blocked else 0
+    if crop:
+        return _tile_padded_groups(sch, block, lanes, (spatial[batch], spatial[channel], spatial[row], spatial[col]),
+                                   reduce, group, crop, parallel, tile)
     weight_bytes = 4 * math.prod(int(d) for d in weight.source.shape)
     packed = (blocked or weight_bytes > L2_BYTES) if tile is None else tile.packed
     out_channels = extents[channel]
@@ -571,6 +575,96 @@ def _tile_conv_channels(sch: Any, block: Any, lanes: int, channel: int, weight: 
             f"{', innermost reduction unrolled' if short else ''}"
             f"{(', pad computed once' if packed else ', pad computed in loop') if padded else ''}"
             f"{', ' + threads if threads else ''}"), placed, ConvTile(vectors, u_factor, packed), axes
+
+
+def _cropped_group(sch: Any, block: Any, channel: int, group: int) -> int:
+    """For a grouped conv computing `group` output channels per group, some of them padding
+    (harness.compile.onnx_import.blocked_conv2d_te with groups whose output channels are not
+    whole vectors): the output channels per group its consumers read, `o // per_group * group
+    + o % per_group`; 0 when they read every channel it computes."""
+    from tvm import tirx
+    from tvm.ir.expr import Expr
+
+    written = sch.get(block).writes[0].source
+    for consumer in sch.get_consumers(block):
+        for region in sch.get(consumer).reads:
+            if not region.source.same_as(written):
+                continue
+            index = region.region[channel].min
+            divisors: set[int] = set()
+
+            def visit(expr: Any) -> None:
+                if isinstance(expr, tirx.FloorDiv) and isinstance(expr.b, tirx.IntImm):
+                    divisors.add(int(expr.b.value))
+                for child in ("a", "b"):
+                    if isinstance(getattr(expr, child, None), Expr):
+                        visit(getattr(expr, child))
+            visit(index)
+            if len(divisors) == 1 and divisors != {group}:
+                return divisors.pop()
+    return 0
+
+
+#: Output rows a grouped conv with padded groups may take as one axis of pixels (_tile_padded_groups).
+_PADDED_GROUP_ROWS = 4
+
+
+def _tile_padded_groups(sch: Any, block: Any, lanes: int, axes: tuple, reduce: list, group: int, crop: int,
+                        parallel: bool, tile: ConvTile | None) -> tuple[str, list[str], ConvTile, tuple[int, int]]:
+    """A grouped conv whose `crop` output channels per group are padded to `group`, whole
+    vectors, by zero weights (shufflenet's groups of 68 as 72, of 34 as 40 on AVX2): one
+    group at a time, a band of output rows taken as one axis of pixels, a tile of vectors of
+    output channels x pixels over it. The accumulators are kept per group and band, channels
+    innermost, and the epilogue (bias, relu, residual; NCHW output) reads the `crop` channels
+    it needs from them after the band: computed per tile, a tile's channels would not map to
+    whole output channels of one group. The bands are as few rows as give the best tile;
+    up to 5 vectors a tile (5 x 2 pixels fills AVX2's 16 registers)."""
+    batch, channel, row, col = axes
+    local = _local_buffers(sch)
+    rows, cols = _extent(sch, row), _extent(sch, col)
+    vectors_per_group = group // lanes
+
+    def score(band: int) -> tuple[float, int]:
+        v, p = _conv_register_tile(vectors_per_group, band * cols, most_vectors=5)
+        return v * p / (v + p), -band
+    band = max((r for r in range(1, _PADDED_GROUP_ROWS + 1) if rows % r == 0), key=score)
+    tile_axes = (vectors_per_group, band * cols)
+    vectors, u_factor = _conv_register_tile(*tile_axes, most_vectors=5) if tile is None else (tile.vectors, tile.pixels)
+    if tile_axes[0] % vectors or tile_axes[1] % u_factor:
+        raise ValueError(f"tile {vectors}x{u_factor} does not divide {tile_axes}")
+    v_factor = vectors * lanes
+
+    consumers = list(sch.get_consumers(block))
+    if _writes_output(sch, block, local) or not consumers:
+        raise ValueError("a conv with padded groups writes a buffer its epilogue crops")
+    # n, group, row, column, channel in group: a tile's channels are contiguous, and the
+    # epilogue's read of channel o (o // crop, o % crop) maps to one group of it
+    for consumer in consumers:
+        # its channel as (group, channel in group): so it is placed over the `crop` channels of
+        # one group, not over `group` channels from the group's first on (some of the next group's)
+        sch.transform_block_layout(consumer, lambda b, o, y, x: [b, o // crop, o % crop, y, x])
+    sch.transform_layout(block, ("write", 0), lambda b, o, y, x: [b, o // group, y, x, o % group])
+    g, in_group = sch.split(channel, [None, group])
+    c_o, c_i = sch.split(in_group, [None, v_factor])
+    if band > 1:
+        y_o, y_i = sch.split(row, [None, band])
+        pixels = sch.fuse(y_i, col)
+    else:
+        y_o, pixels = row, col
+    x_o, x_i = sch.split(pixels, [None, u_factor])
+    sch.reorder(batch, g, y_o, c_o, x_o, *reduce, x_i, c_i)
+    for consumer in consumers:
+        sch.reverse_compute_at(consumer, y_o, preserve_unit_loops=True)
+    sch.unroll(x_i)
+    _register_vectors(sch, c_i, v_factor, lanes, split=True)
+    threads = _parallelize_outer(sch, block) if parallel else ""
+    if reduce:
+        init = sch.decompose_reduction(block, reduce[0])
+        sch.vectorize(sch.get_loops(init)[-1])
+    placed = [sch.get(c).name_hint for c in consumers]
+    return (f"channels-last tile {u_factor}x{v_factor}, groups of {crop} padded to {group}"
+            f"{f', bands of {band} rows' if band > 1 else ''}, weights blocked at compile time"
+            f"{', ' + threads if threads else ''}"), placed, ConvTile(vectors, u_factor, True), tile_axes
 
 
 def _is_window_reduction(sch: Any, block: Any) -> bool:
