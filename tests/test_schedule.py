@@ -150,8 +150,9 @@ def test_shufflenet_unit_grouped_convs_and_shuffle_are_scheduled_and_match(tmp_p
     of output channels (68 and 34 on AVX2, 34 on NEON) get their weight blocked per group at
     compile time, padded to whole vectors by zero weights, and are taken one group at a time;
     on x86_64 so are whole-vector groups (136), which NEON keeps as HWIO. The channel shuffle
-    keeps its innermost axis contiguous, batch-norms on ConstantOfShape parameters are folded,
-    and the outputs match onnxruntime and the ONNX reference."""
+    keeps its innermost axis contiguous, the depthwise conv's rows of 14 are computed as 16 on
+    AVX2, batch-norms on ConstantOfShape parameters are folded, and the outputs match
+    onnxruntime and the ONNX reference."""
     from harness.compile.model import compile_model
 
     monkeypatch.setenv("MINRT_NO_TUNING", "1")
@@ -177,6 +178,9 @@ def test_shufflenet_unit_grouped_convs_and_shuffle_are_scheduled_and_match(tmp_p
     expected = {**{size: to for size, to in padded.items()}, **({136: 136} if lanes == 8 else {})}
     assert blocked == sorted((groups[size] * to // lanes, 1, 1, 272 // groups[size], lanes)
                              for size, to in expected.items()), blocked
+    # AVX2: the depthwise 3x3 on rows of 14 (vectors of 2) computes rows of 16, whole vectors
+    widened = [d for name, d in details.items() if "depthwise_conv2d" in name]
+    assert (len(widened) == 1 and re.search(r" = \d+x16,", widened[0])) if lanes == 8 else not widened, details
     assert any(d.startswith("rows of") for name, d in details.items() if "transpose" in name), details
     # the Sum is an Add, fused with the relu into the last conv's kernel (not a stack + sum)
     assert not any("stack" in name or "sum" in name for name in details), sorted(details)

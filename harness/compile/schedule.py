@@ -104,7 +104,7 @@ def _largest_divisor(n: int, limit: int) -> int:
     return 1
 
 
-def _vector_factor(n: int, lanes: int) -> int:
+def vector_factor(n: int, lanes: int) -> int:
     """A tile width for an axis of extent n: a multiple of `lanes` dividing n when there is
     one (up to 4 registers), else n itself when it fits one register, else the largest power
     of two below `lanes` dividing n, else n itself when small, else the largest divisor <=
@@ -218,9 +218,9 @@ def _tile_reduction(sch: Any, func: Any, block: Any, lanes: int, parallel: bool 
 
     if u is None:  # one output row (dense with batch 1): all accumulators along the vector axis
         v_factor = next((lanes * r for r in range(_ACCUMULATORS, 0, -1) if extents[v] % (lanes * r) == 0),
-                        _vector_factor(extents[v], lanes))
+                        vector_factor(extents[v], lanes))
     else:
-        v_factor = _vector_factor(extents[v], lanes)
+        v_factor = vector_factor(extents[v], lanes)
     vector_regs = max(1, v_factor // lanes)
     u_factor = _largest_divisor(extents[u], max(1, _ACCUMULATORS // vector_regs)) if u is not None else 1
 
@@ -412,6 +412,21 @@ def _epilogue_along_channels(sch: Any, consumer: Any, channels: int, pixels: int
     return True
 
 
+def _epilogue_along_pixels(sch: Any, consumer: Any, pixels: int) -> bool:
+    """Off NEON: a channels-last tile's epilogue (NCHW output) stores its `pixels` outputs of
+    each channel as one vector when they are a power of two, the tile's channels unrolled
+    (LLVM transposes the accumulators in registers), where it stored them one by one. A conv
+    with a short reduction spends much of its time there: light_shufflenet's first conv (3 ->
+    24 channels, 3x3, stride 2, tile 4 pixels x 3 vectors) 451 -> 329 us; convs with long
+    reductions measured unchanged. Returns whether the epilogue was rewritten."""
+    loops = sch.get_loops(consumer)
+    if _extent(sch, loops[-1]) != pixels or pixels & (pixels - 1) or pixels == 1 or _has_select(sch, consumer):
+        return False
+    sch.unroll(loops[-3])
+    sch.vectorize(loops[-1])
+    return True
+
+
 #: Input channels reduced per chunk by a conv taken one channel block at a time, with one tap
 #: (1x1) and with several (3x3), measured on resnet50's 7x7 and 14x14 stages (CPU time per
 #: kernel): 1x1 in chunks of 4/8/16/32/128/whole: 79/86/82/64/73/55 GFLOP/s on 7x7; 3x3 in
@@ -553,6 +568,8 @@ def _tile_conv_channels(sch: Any, block: Any, lanes: int, channel: int, weight: 
         sch.reverse_compute_at(consumer, c_o if chunk else x_o, preserve_unit_loops=True)
         if neon:
             _epilogue_along_channels(sch, consumer, v_factor, u_factor, lanes)
+        elif not chunk:
+            _epilogue_along_pixels(sch, consumer, u_factor)
     short = neon and reduce and _extent(sch, reduce[-1]) <= _NEON_SHORT_REDUCTION
     if short:
         sch.unroll(reduce[-1])
@@ -587,23 +604,20 @@ def _cropped_group(sch: Any, block: Any, channel: int, group: int) -> int:
     from tvm import tirx
     from tvm.ir.expr import Expr
 
+    def divisors(expr: Any) -> set[int]:
+        found = {int(expr.b.value)} if isinstance(expr, tirx.FloorDiv) and isinstance(expr.b, tirx.IntImm) else set()
+        for child in ("a", "b"):
+            if isinstance(getattr(expr, child, None), Expr):
+                found |= divisors(getattr(expr, child))
+        return found
+
     written = sch.get(block).writes[0].source
     for consumer in sch.get_consumers(block):
         for region in sch.get(consumer).reads:
-            if not region.source.same_as(written):
-                continue
-            index = region.region[channel].min
-            divisors: set[int] = set()
-
-            def visit(expr: Any) -> None:
-                if isinstance(expr, tirx.FloorDiv) and isinstance(expr.b, tirx.IntImm):
-                    divisors.add(int(expr.b.value))
-                for child in ("a", "b"):
-                    if isinstance(getattr(expr, child, None), Expr):
-                        visit(getattr(expr, child))
-            visit(index)
-            if len(divisors) == 1 and divisors != {group}:
-                return divisors.pop()
+            if region.source.same_as(written):
+                found = divisors(region.region[channel].min)
+                if len(found) == 1 and found != {group}:
+                    return found.pop()
     return 0
 
 
@@ -768,7 +782,7 @@ def _rows_after(sch: Any, loops: list, last: int, lanes: int) -> str:
     fused = sch.fuse(*inner) if len(inner) > 1 else inner[0]
     if row % lanes:
         return f"rows of {row}"
-    factor = _vector_factor(row, lanes)
+    factor = vector_factor(row, lanes)
     _, vec = sch.split(fused, [None, factor])
     sch.vectorize(vec)
     return f"rows of {row}, vector {factor}"
@@ -828,7 +842,7 @@ def _shape_elementwise(sch: Any, block: Any, lanes: int, neon: bool, rows: bool)
     divides = any(_divides(rng.min) for r in sch.get(block).reads for rng in r.region)
     if len(loops) > 1 and divides and _extent(sch, loops[-1]) > 1:
         outer = sch.fuse(*loops[:-1]) if len(loops) > 2 else loops[0]
-        factor = _vector_factor(_extent(sch, loops[-1]), lanes)
+        factor = vector_factor(_extent(sch, loops[-1]), lanes)
         _, inner = sch.split(loops[-1], [None, factor])
         sch.vectorize(inner)
         return f"rows of {_extent(sch, outer)}, vector {factor}"
@@ -841,7 +855,7 @@ def _shape_elementwise(sch: Any, block: Any, lanes: int, neon: bool, rows: bool)
     if select:
         return "loops as written (select)"
     fused = sch.fuse(*loops) if len(loops) > 1 else loops[0]
-    factor = _vector_factor(_extent(sch, fused), lanes)
+    factor = vector_factor(_extent(sch, fused), lanes)
     if factor <= 1:
         return "fused"
     _, inner = sch.split(fused, [None, factor])
