@@ -146,9 +146,12 @@ def _shuffle_unit(path) -> None:
 
 @pytest.mark.parametrize("target_name", ["x86_64", "qemu-armv7"])
 def test_shufflenet_unit_grouped_convs_and_shuffle_are_scheduled_and_match(tmp_path, monkeypatch, target_name):
-    """Grouped 1x1 convs take the channels-last tile per group (full vectors, or half vectors
-    for groups of 68 on AVX2 and of 34 on NEON), the channel shuffle keeps its innermost axis
-    contiguous, batch-norms on ConstantOfShape parameters are folded, and the outputs match
+    """Grouped 1x1 convs take a channels-last tile per group: groups that are not whole vectors
+    of output channels (68 and 34 on AVX2, 34 on NEON) get their weight blocked per group at
+    compile time, padded to whole vectors by zero weights, and are taken one group at a time;
+    on x86_64 so are whole-vector groups (136), which NEON keeps as HWIO. The channel shuffle
+    keeps its innermost axis contiguous, the depthwise conv's rows of 14 are computed as 16 on
+    AVX2, batch-norms on ConstantOfShape parameters are folded, and the outputs match
     onnxruntime and the ONNX reference."""
     from harness.compile.model import compile_model
 
@@ -156,17 +159,67 @@ def test_shufflenet_unit_grouped_convs_and_shuffle_are_scheduled_and_match(tmp_p
     path = tmp_path / "shuffle_unit.onnx"
     _shuffle_unit(path)
     target = load_target(target_name)
-    meta = compile_model(path, target, cache=tmp_path).metadata
+    artifact = compile_model(path, target, cache=tmp_path)
+    meta = artifact.metadata
     assert meta["folded_batchnorms"] == 2
     details = {name: s.get("detail", "") for name, s in meta["schedules"].items()}
-    grouped = sorted(d for d in details.values() if "groups of" in d)
     lanes = simd_lanes(kernel_target(target))
-    expected = {"groups of 68", "groups of 136"} | ({"groups of 34"} if lanes == 4 else set())
-    assert {g for g in expected if any(g in d for d in grouped)} == expected, details
+    padded = {68: 72, 34: 40} if lanes == 8 else {34: 36}
+    whole = [136] if lanes == 8 else [68, 136]
+    grouped = {int(m.group(1)): d for d in details.values() if (m := re.search(r"groups of (\d+)", d))}
+    assert sorted(grouped) == [34, 68, 136], details
+    for size, to in padded.items():
+        assert f"groups of {size} padded to {to}, " in grouped[size] and "weights blocked" in grouped[size], details
+    for size in whole:
+        assert "padded" not in grouped[size] and ("weights blocked" in grouped[size]) == (lanes == 8), details
+    # the blocked weights in params.bin: (groups x padded channels / lanes, 1, 1, inputs per group, lanes)
+    blocked = sorted(tuple(shape) for shape in _conv_weight_shapes(artifact).values() if len(shape) == 5)
+    groups = {68: 4, 34: 8, 136: 2}
+    expected = {**{size: to for size, to in padded.items()}, **({136: 136} if lanes == 8 else {})}
+    assert blocked == sorted((groups[size] * to // lanes, 1, 1, 272 // groups[size], lanes)
+                             for size, to in expected.items()), blocked
+    # AVX2: the depthwise 3x3 on rows of 14 (vectors of 2) computes rows of 16, whole vectors
+    widened = [d for name, d in details.items() if "depthwise_conv2d" in name]
+    assert (len(widened) == 1 and re.search(r" = \d+x16,", widened[0])) if lanes == 8 else not widened, details
     assert any(d.startswith("rows of") for name, d in details.items() if "transpose" in name), details
     # the Sum is an Add, fused with the relu into the last conv's kernel (not a stack + sum)
     assert not any("stack" in name or "sum" in name for name in details), sorted(details)
-    assert any(re.search(r"conv2d\d*_add\d*_relu", name) for name in details), sorted(details)
+    assert any(re.search(r"conv2d(_blocked)?\d*_add\d*_relu", name) for name in details), sorted(details)
+    result = run_on_target(path, target, iters=2, seed=5, atol=1e-4, rtol=1e-4)
+    assert result.error is None, result.error
+    assert result.passed, json.dumps(result.outputs, indent=1)
+
+
+@pytest.mark.parametrize("target_name", ["x86_64", "qemu-armv7"])
+def test_grouped_convs_without_epilogue_padded_and_strided_are_tiled_per_group_and_match(tmp_path, monkeypatch,
+                                                                                           target_name):
+    """A grouped 1x1 conv with nothing after it (its accumulators stored through a write cache)
+    and a padded, stride-2 grouped 3x3 conv whose 15 output channels per group are no whole
+    vectors (padded to 16 by zero weights, cropped on output) are both tiled one group at a
+    time; the outputs match onnxruntime and the ONNX reference."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from harness.compile.model import compile_model
+
+    monkeypatch.setenv("MINRT_NO_TUNING", "1")
+    rng = np.random.default_rng(11)
+    inits = [numpy_helper.from_array((rng.standard_normal(shape) * 0.1).astype(np.float32), name)
+             for name, shape in (("w1", (64, 16, 1, 1)), ("w3", (60, 16, 3, 3)))]
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["c1"], group=4),
+             helper.make_node("Conv", ["c1", "w3"], ["y"], group=4, pads=[1, 1, 1, 1], strides=[2, 2])]
+    graph = helper.make_graph(nodes, "groups", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 64, 10, 10])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 60, 5, 5])], initializer=inits)
+    path = tmp_path / "groups.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    target = load_target(target_name)
+    lanes = simd_lanes(kernel_target(target))
+    details = sorted(s.get("detail", "") for s in compile_model(path, target, cache=tmp_path).metadata["schedules"].values())
+    assert len(details) == 2, details
+    one, three = sorted(details, key=lambda d: "padded" in d)
+    assert one.startswith("channels-last tile ") and "groups of 16" in one and "padded" not in one, details
+    assert ("weights blocked" in one) == (lanes == 8), details  # NEON keeps HWIO for whole-vector groups
+    assert f"groups of 15 padded to {-(-15 // lanes) * lanes}, " in three and "weights blocked" in three, details
     result = run_on_target(path, target, iters=2, seed=5, atol=1e-4, rtol=1e-4)
     assert result.error is None, result.error
     assert result.passed, json.dumps(result.outputs, indent=1)
