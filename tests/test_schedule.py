@@ -190,6 +190,31 @@ def test_shufflenet_unit_grouped_convs_and_shuffle_are_scheduled_and_match(tmp_p
     assert result.passed, json.dumps(result.outputs, indent=1)
 
 
+def test_a_grouped_convs_tuning_variants_are_tiles_of_its_blocked_weight(tmp_path):
+    """`harness tune` measures a conv's rule neighbours; a grouped conv blocked per group has no
+    unpacked form, so that variant is refused before anything is built and the others schedule."""
+    from harness.compile.kernels import default_schedule, kernel_target
+    from harness.compile.schedule import conv_tile_variants
+    from harness.tune import model_kernels
+
+    path = tmp_path / "shuffle_unit.onnx"
+    _shuffle_unit(path)
+    target = load_target("x86_64")
+    funcs, _ = model_kernels(path, target)
+    ktarget = kernel_target(target)
+    rules = {name: default_schedule(func, ktarget, target) for name, func in funcs.items()}
+    grouped = {name: rule for name, (_, rule) in rules.items() if "groups of" in rule.detail}
+    assert grouped, {name: rule.detail for name, (_, rule) in rules.items()}
+    for name, rule in grouped.items():
+        variants = conv_tile_variants(rule)
+        assert variants[0].packed is False and all(v.packed for v in variants[1:]), variants
+        with pytest.raises(ValueError, match="no unpacked form"):
+            default_schedule(funcs[name], ktarget, target, tile=variants[0])
+        for tile in variants[1:]:
+            scheduled, variant = default_schedule(funcs[name], ktarget, target, tile=tile)
+            assert (variant.tile.vectors, variant.tile.pixels) == (tile.vectors, tile.pixels)
+
+
 @pytest.mark.parametrize("target_name", ["x86_64", "qemu-armv7"])
 def test_grouped_convs_without_epilogue_padded_and_strided_are_tiled_per_group_and_match(tmp_path, monkeypatch,
                                                                                            target_name):

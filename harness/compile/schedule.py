@@ -640,6 +640,8 @@ def _tile_groups(sch: Any, block: Any, lanes: int, axes: tuple, reduce: list, gr
     grouped 1x1 convs (were HWIO with half vectors, or none, per group): 272 channels in
     groups of 68 on 14x14 ~43 -> ~93 GFLOP/s, 136 in groups of 34 on 28x28 ~32 -> ~72
     (counting the real channels), 544 in groups of 136 on 7x7 ~50 -> ~75."""
+    if tile is not None and not tile.packed:  # `harness tune` skips it before building
+        raise ValueError("a grouped conv's weight is blocked at compile time: it has no unpacked form")
     batch, channel, row, col = axes
     rows, cols = _extent(sch, row), _extent(sch, col)
     vectors_per_group = group // lanes
