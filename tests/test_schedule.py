@@ -460,3 +460,46 @@ def test_chunked_conv_on_14x14_tiles_its_rows_as_one_axis_and_matches(tmp_path, 
     result = run_on_target(path, target, iters=2, seed=4, atol=1e-4, rtol=1e-4)
     assert result.error is None, result.error
     assert result.passed, json.dumps(result.outputs, indent=1)
+
+
+def _lrn(path, beta: float) -> None:
+    """ONNX's LRN as GoogLeNet has it (size 5 over the channels), with a larger alpha so that
+    the window's squares move the result: on 24 channels of 14x14."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    node = helper.make_node("LRN", ["x"], ["y"], size=5, alpha=0.5, beta=beta, bias=1.0)
+    shape = [1, 24, 14, 14]
+    graph = helper.make_graph([node], "lrn", [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, shape)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 9)])
+    onnx.checker.check_model(model, full_check=True)
+    onnx.save(model, path)
+
+
+@pytest.mark.parametrize("target_name, beta", [("x86_64", 0.75), ("x86_64", 0.6), ("qemu-armv7", 0.75)])
+def test_lrn_is_one_kernel_with_roots_for_beta_three_quarters_and_matches(tmp_path, monkeypatch, target_name, beta):
+    """An LRN is one kernel (not the frontend's squares, average pool and power kernels): the
+    squares computed once per output row, the window sum register-tiled; with beta 0.75 its
+    power is two square roots (no `pow`), with another beta it keeps `pow`. The outputs match
+    onnxruntime (ONNX's reference evaluator sums the window of channel n, the batch index, so
+    the harness judges it the odd one out)."""
+    import tvm
+
+    from harness.compile.model import compile_model
+
+    monkeypatch.setenv("MINRT_NO_TUNING", "1")
+    path = tmp_path / "lrn.onnx"
+    _lrn(path, beta)
+    target = load_target(target_name)
+    schedules = compile_model(path, target, cache=tmp_path).metadata["schedules"]
+    assert len(schedules) == 1 and all(re.fullmatch(r"lrn\d*", k) for k in schedules), schedules
+    detail = next(iter(schedules.values()))["detail"]
+    assert detail.startswith("tile ") and "pad computed in loop" in detail, detail
+    mod = relax_module(path, target.tvm_target)
+    (text,) = [f.script() for f in mod.functions.values() if isinstance(f, tvm.tirx.PrimFunc)]
+    assert ("T.pow(" in text) == (beta != 0.75) and ("T.sqrt(" in text) == (beta == 0.75), text
+    result = run_on_target(path, target, iters=2, seed=5, atol=1e-5, rtol=1e-5)
+    assert result.error is None, result.error
+    assert result.passed, json.dumps(result.outputs, indent=1)
+    assert any(o["reference"] == "onnxruntime" and o["passed"] for o in result.outputs), result.outputs
