@@ -365,8 +365,7 @@ def _last_stage_block(path) -> None:
     """A resnet50 last-stage bottleneck, scaled down to 7x7 outputs: a stride-2 1x1 shortcut
     conv (128 -> 256, from 14x14), a 1x1 conv 256 -> 64 and a padded 3x3 conv 64 -> 256 whose
     590 KB weight is over the schedule's L2 budget, the residual added, relu."""
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
+    from onnx import helper, numpy_helper
 
     rng = np.random.default_rng(13)
     inits = [numpy_helper.from_array((rng.standard_normal(shape) / np.sqrt(np.prod(shape[1:]))).astype(np.float32), name)
@@ -377,9 +376,17 @@ def _last_stage_block(path) -> None:
              helper.make_node("Conv", ["short", "w1", "b1"], ["c1"]), helper.make_node("Relu", ["c1"], ["r1"]),
              helper.make_node("Conv", ["r1", "w2", "b2"], ["c2"], pads=[1, 1, 1, 1]),
              helper.make_node("Add", ["c2", "short"], ["sum"]), helper.make_node("Relu", ["sum"], ["y"])]
-    graph = helper.make_graph(nodes, "last_stage", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 128, 14, 14])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 256, 7, 7])], initializer=inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    _save_graph(path, "last_stage", nodes, inits, [1, 128, 14, 14], [1, 256, 7, 7])
+
+
+def _save_graph(path, name: str, nodes: list, inits: list, x_shape: list[int], y_shape: list[int], opset: int = 17) -> None:
+    """Save a checked ONNX model of `nodes` from float input "x" to float output "y"."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(nodes, name, [helper.make_tensor_value_info("x", TensorProto.FLOAT, x_shape)],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, y_shape)], initializer=inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
     onnx.checker.check_model(model, full_check=True)
     onnx.save(model, path)
 
@@ -466,16 +473,10 @@ def test_chunked_conv_on_14x14_tiles_its_rows_as_one_axis_and_matches(tmp_path, 
 def _lrn(path, beta: float) -> None:
     """ONNX's LRN as GoogLeNet has it (size 5 over the channels), with a larger alpha so that
     the window's squares move the result: on 24 channels of 14x14."""
-    import onnx
-    from onnx import TensorProto, helper
+    from onnx import helper
 
     node = helper.make_node("LRN", ["x"], ["y"], size=5, alpha=0.5, beta=beta, bias=1.0)
-    shape = [1, 24, 14, 14]
-    graph = helper.make_graph([node], "lrn", [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, shape)])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 9)])
-    onnx.checker.check_model(model, full_check=True)
-    onnx.save(model, path)
+    _save_graph(path, "lrn", [node], [], [1, 24, 14, 14], [1, 24, 14, 14], opset=9)
 
 
 @pytest.mark.parametrize("target_name, beta", [("x86_64", 0.75), ("x86_64", 0.6), ("qemu-armv7", 0.75)])
@@ -509,8 +510,7 @@ def test_lrn_is_one_kernel_with_roots_for_beta_three_quarters_and_matches(tmp_pa
 def _strided_shortcut_block(path) -> None:
     """A resnet50 stage transition, scaled down: a stride-2 1x1 shortcut conv 64 -> 128 from
     16x16, then a 1x1 conv 128 -> 128 on its 8x8 output with the shortcut added back, relu."""
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
+    from onnx import helper, numpy_helper
 
     rng = np.random.default_rng(23)
     inits = [numpy_helper.from_array((rng.standard_normal(shape) / np.sqrt(np.prod(shape[1:]))).astype(np.float32), name)
@@ -519,11 +519,7 @@ def _strided_shortcut_block(path) -> None:
     nodes = [helper.make_node("Conv", ["x", "w0", "b0"], ["short"], strides=[2, 2]),
              helper.make_node("Conv", ["short", "w1", "b1"], ["c1"]),
              helper.make_node("Add", ["c1", "short"], ["sum"]), helper.make_node("Relu", ["sum"], ["y"])]
-    graph = helper.make_graph(nodes, "transition", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 64, 16, 16])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 128, 8, 8])], initializer=inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    onnx.checker.check_model(model, full_check=True)
-    onnx.save(model, path)
+    _save_graph(path, "transition", nodes, inits, [1, 64, 16, 16], [1, 128, 8, 8])
 
 
 @pytest.mark.parametrize("target_name", ["x86_64", "qemu-armv7"])
