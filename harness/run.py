@@ -314,7 +314,7 @@ def run_on_target(
         firmware_footprint = result.footprint  # set by the firmware build, else empty
         result.footprint = {**footprint(timing, result.sizes, artifact, kind), **firmware_footprint}
         result.profile = kernel_profile(timing, artifact)
-        result.latency_us = {k: float(timing[f"{k}_us"]) for k in ("min", "mean", "max") if f"{k}_us" in timing}
+        result.latency_us = {k: float(timing[f"{k}_us"]) for k in ("first", "min", "mean", "max") if f"{k}_us" in timing}
         result.latency_counts = dict(timing.get("counts", {}))
         result.count_unit = timing.get("count_unit")
         got = list(tensorfile.loads(out_blob, where="outputs.bin").values())

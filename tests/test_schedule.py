@@ -146,9 +146,12 @@ def _shuffle_unit(path) -> None:
 
 @pytest.mark.parametrize("target_name", ["x86_64", "qemu-armv7"])
 def test_shufflenet_unit_grouped_convs_and_shuffle_are_scheduled_and_match(tmp_path, monkeypatch, target_name):
-    """Grouped 1x1 convs take the channels-last tile per group (full vectors, or half vectors
-    for groups of 68 on AVX2 and of 34 on NEON), the channel shuffle keeps its innermost axis
-    contiguous, batch-norms on ConstantOfShape parameters are folded, and the outputs match
+    """Grouped 1x1 convs take a channels-last tile per group: groups that are not whole vectors
+    of output channels (68 and 34 on AVX2, 34 on NEON) get their weight blocked per group at
+    compile time, padded to whole vectors by zero weights, and are taken one group at a time;
+    on x86_64 so are whole-vector groups (136), which NEON keeps as HWIO. The channel shuffle
+    keeps its innermost axis contiguous, the depthwise conv's rows of 14 are computed as 16 on
+    AVX2, batch-norms on ConstantOfShape parameters are folded, and the outputs match
     onnxruntime and the ONNX reference."""
     from harness.compile.model import compile_model
 
@@ -156,17 +159,92 @@ def test_shufflenet_unit_grouped_convs_and_shuffle_are_scheduled_and_match(tmp_p
     path = tmp_path / "shuffle_unit.onnx"
     _shuffle_unit(path)
     target = load_target(target_name)
-    meta = compile_model(path, target, cache=tmp_path).metadata
+    artifact = compile_model(path, target, cache=tmp_path)
+    meta = artifact.metadata
     assert meta["folded_batchnorms"] == 2
     details = {name: s.get("detail", "") for name, s in meta["schedules"].items()}
-    grouped = sorted(d for d in details.values() if "groups of" in d)
     lanes = simd_lanes(kernel_target(target))
-    expected = {"groups of 68", "groups of 136"} | ({"groups of 34"} if lanes == 4 else set())
-    assert {g for g in expected if any(g in d for d in grouped)} == expected, details
+    padded = {68: 72, 34: 40} if lanes == 8 else {34: 36}
+    whole = [136] if lanes == 8 else [68, 136]
+    grouped = {int(m.group(1)): d for d in details.values() if (m := re.search(r"groups of (\d+)", d))}
+    assert sorted(grouped) == [34, 68, 136], details
+    for size, to in padded.items():
+        assert f"groups of {size} padded to {to}, " in grouped[size] and "weights blocked" in grouped[size], details
+    for size in whole:
+        assert "padded" not in grouped[size] and ("weights blocked" in grouped[size]) == (lanes == 8), details
+    # the blocked weights in params.bin: (groups x padded channels / lanes, 1, 1, inputs per group, lanes)
+    blocked = sorted(tuple(shape) for shape in _conv_weight_shapes(artifact).values() if len(shape) == 5)
+    groups = {68: 4, 34: 8, 136: 2}
+    expected = {**{size: to for size, to in padded.items()}, **({136: 136} if lanes == 8 else {})}
+    assert blocked == sorted((groups[size] * to // lanes, 1, 1, 272 // groups[size], lanes)
+                             for size, to in expected.items()), blocked
+    # AVX2: the depthwise 3x3 on rows of 14 (vectors of 2) computes rows of 16, whole vectors
+    widened = [d for name, d in details.items() if "depthwise_conv2d" in name]
+    assert (len(widened) == 1 and re.search(r" = \d+x16,", widened[0])) if lanes == 8 else not widened, details
     assert any(d.startswith("rows of") for name, d in details.items() if "transpose" in name), details
     # the Sum is an Add, fused with the relu into the last conv's kernel (not a stack + sum)
     assert not any("stack" in name or "sum" in name for name in details), sorted(details)
-    assert any(re.search(r"conv2d\d*_add\d*_relu", name) for name in details), sorted(details)
+    assert any(re.search(r"conv2d(_blocked)?\d*_add\d*_relu", name) for name in details), sorted(details)
+    result = run_on_target(path, target, iters=2, seed=5, atol=1e-4, rtol=1e-4)
+    assert result.error is None, result.error
+    assert result.passed, json.dumps(result.outputs, indent=1)
+
+
+def test_a_grouped_convs_tuning_variants_are_tiles_of_its_blocked_weight(tmp_path):
+    """`harness tune` measures a conv's rule neighbours; a grouped conv blocked per group has no
+    unpacked form, so that variant is refused before anything is built and the others schedule."""
+    from harness.compile.kernels import default_schedule, kernel_target
+    from harness.compile.schedule import conv_tile_variants
+    from harness.tune import model_kernels
+
+    path = tmp_path / "shuffle_unit.onnx"
+    _shuffle_unit(path)
+    target = load_target("x86_64")
+    funcs, _ = model_kernels(path, target)
+    ktarget = kernel_target(target)
+    rules = {name: default_schedule(func, ktarget, target) for name, func in funcs.items()}
+    grouped = {name: rule for name, (_, rule) in rules.items() if "groups of" in rule.detail}
+    assert grouped, {name: rule.detail for name, (_, rule) in rules.items()}
+    for name, rule in grouped.items():
+        variants = conv_tile_variants(rule)
+        assert variants[0].packed is False and all(v.packed for v in variants[1:]), variants
+        with pytest.raises(ValueError, match="no unpacked form"):
+            default_schedule(funcs[name], ktarget, target, tile=variants[0])
+        for tile in variants[1:]:
+            scheduled, variant = default_schedule(funcs[name], ktarget, target, tile=tile)
+            assert (variant.tile.vectors, variant.tile.pixels) == (tile.vectors, tile.pixels)
+
+
+@pytest.mark.parametrize("target_name", ["x86_64", "qemu-armv7"])
+def test_grouped_convs_without_epilogue_padded_and_strided_are_tiled_per_group_and_match(tmp_path, monkeypatch,
+                                                                                           target_name):
+    """A grouped 1x1 conv with nothing after it (its accumulators stored through a write cache)
+    and a padded, stride-2 grouped 3x3 conv whose 15 output channels per group are no whole
+    vectors (padded to 16 by zero weights, cropped on output) are both tiled one group at a
+    time; the outputs match onnxruntime and the ONNX reference."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from harness.compile.model import compile_model
+
+    monkeypatch.setenv("MINRT_NO_TUNING", "1")
+    rng = np.random.default_rng(11)
+    inits = [numpy_helper.from_array((rng.standard_normal(shape) * 0.1).astype(np.float32), name)
+             for name, shape in (("w1", (64, 16, 1, 1)), ("w3", (60, 16, 3, 3)))]
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["c1"], group=4),
+             helper.make_node("Conv", ["c1", "w3"], ["y"], group=4, pads=[1, 1, 1, 1], strides=[2, 2])]
+    graph = helper.make_graph(nodes, "groups", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 64, 10, 10])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 60, 5, 5])], initializer=inits)
+    path = tmp_path / "groups.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    target = load_target(target_name)
+    lanes = simd_lanes(kernel_target(target))
+    details = sorted(s.get("detail", "") for s in compile_model(path, target, cache=tmp_path).metadata["schedules"].values())
+    assert len(details) == 2, details
+    one, three = sorted(details, key=lambda d: "padded" in d)
+    assert one.startswith("channels-last tile ") and "groups of 16" in one and "padded" not in one, details
+    assert ("weights blocked" in one) == (lanes == 8), details  # NEON keeps HWIO for whole-vector groups
+    assert f"groups of 15 padded to {-(-15 // lanes) * lanes}, " in three and "weights blocked" in three, details
     result = run_on_target(path, target, iters=2, seed=5, atol=1e-4, rtol=1e-4)
     assert result.error is None, result.error
     assert result.passed, json.dumps(result.outputs, indent=1)
@@ -365,8 +443,7 @@ def _last_stage_block(path) -> None:
     """A resnet50 last-stage bottleneck, scaled down to 7x7 outputs: a stride-2 1x1 shortcut
     conv (128 -> 256, from 14x14), a 1x1 conv 256 -> 64 and a padded 3x3 conv 64 -> 256 whose
     590 KB weight is over the schedule's L2 budget, the residual added, relu."""
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
+    from onnx import helper, numpy_helper
 
     rng = np.random.default_rng(13)
     inits = [numpy_helper.from_array((rng.standard_normal(shape) / np.sqrt(np.prod(shape[1:]))).astype(np.float32), name)
@@ -377,9 +454,17 @@ def _last_stage_block(path) -> None:
              helper.make_node("Conv", ["short", "w1", "b1"], ["c1"]), helper.make_node("Relu", ["c1"], ["r1"]),
              helper.make_node("Conv", ["r1", "w2", "b2"], ["c2"], pads=[1, 1, 1, 1]),
              helper.make_node("Add", ["c2", "short"], ["sum"]), helper.make_node("Relu", ["sum"], ["y"])]
-    graph = helper.make_graph(nodes, "last_stage", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 128, 14, 14])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 256, 7, 7])], initializer=inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    _save_graph(path, "last_stage", nodes, inits, [1, 128, 14, 14], [1, 256, 7, 7])
+
+
+def _save_graph(path, name: str, nodes: list, inits: list, x_shape: list[int], y_shape: list[int], opset: int = 17) -> None:
+    """Save a checked ONNX model of `nodes` from float input "x" to float output "y"."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(nodes, name, [helper.make_tensor_value_info("x", TensorProto.FLOAT, x_shape)],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, y_shape)], initializer=inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
     onnx.checker.check_model(model, full_check=True)
     onnx.save(model, path)
 
@@ -437,7 +522,8 @@ def test_last_stage_convs_take_blocked_weights_and_match(tmp_path, monkeypatch, 
 
 def test_chunked_conv_on_14x14_tiles_its_rows_as_one_axis_and_matches(tmp_path, monkeypatch):
     """On x86_64 a chunked 1x1 conv on 14x14 (64 -> 64 channels) tiles its 196 output pixels as
-    one axis, 2 vectors x 4 pixels (a 14-pixel row only divides into 4 vectors x 2 pixels); the
+    one axis, 2 vectors x 4 pixels (a 14-pixel row only divides into 4 vectors x 2 pixels), and
+    its epilogue keeps its loops (196 pixels are no whole number of vectors); the
     padded 3x3 conv after it (a small weight: neither blocked nor chunked) keeps its row tile;
     the outputs match the references."""
     import onnx
@@ -459,7 +545,7 @@ def test_chunked_conv_on_14x14_tiles_its_rows_as_one_axis_and_matches(tmp_path, 
     details = {name: s.get("detail", "") for name, s in compile_model(path, target, cache=tmp_path).metadata["schedules"].items()}
     one = [d for name, d in details.items() if "conv2d_blocked" in name]
     assert len(one) == 1 and one[0].startswith("channels-last tile 4x16, rows as one axis of pixels"), details
-    assert "input channels in chunks of 16" in one[0], details
+    assert "input channels in chunks of 16" in one[0] and "epilogue by pixel vectors" not in one[0], details
     three = [d for name, d in details.items() if "conv2d" in name and "blocked" not in name]
     assert len(three) == 1 and three[0].startswith("channels-last tile 2x32, pad computed in loop"), details
     result = run_on_target(path, target, iters=2, seed=4, atol=1e-4, rtol=1e-4)
@@ -536,5 +622,89 @@ def test_concatenation_writes_the_output_its_dropout_copied_and_matches(tmp_path
     details = {name: s.get("detail", "") for name, s in artifact.metadata["schedules"].items()}
     assert list(details.values()) == ["loops as written (select)"], details
     result = run_on_target(path, target, iters=2, seed=3, atol=1e-6, rtol=1e-6)
+
+
+def _lrn(path, beta: float) -> None:
+    """ONNX's LRN as GoogLeNet has it (size 5 over the channels), with a larger alpha so that
+    the window's squares move the result: on 24 channels of 14x14."""
+    from onnx import helper
+
+    node = helper.make_node("LRN", ["x"], ["y"], size=5, alpha=0.5, beta=beta, bias=1.0)
+    _save_graph(path, "lrn", [node], [], [1, 24, 14, 14], [1, 24, 14, 14], opset=9)
+
+
+@pytest.mark.parametrize("target_name, beta", [("x86_64", 0.75), ("x86_64", 0.6), ("qemu-armv7", 0.75)])
+def test_lrn_is_one_kernel_with_roots_for_beta_three_quarters_and_matches(tmp_path, monkeypatch, target_name, beta):
+    """An LRN is one kernel (not the frontend's squares, average pool and power kernels): the
+    squares computed once per output row, the window sum register-tiled; with beta 0.75 its
+    power is two square roots (no `pow`), with another beta it keeps `pow`. The outputs match
+    onnxruntime (ONNX's reference evaluator sums the window of channel n, the batch index, so
+    the harness judges it the odd one out)."""
+    import tvm
+
+    from harness.compile.model import compile_model
+
+    monkeypatch.setenv("MINRT_NO_TUNING", "1")
+    path = tmp_path / "lrn.onnx"
+    _lrn(path, beta)
+    target = load_target(target_name)
+    schedules = compile_model(path, target, cache=tmp_path).metadata["schedules"]
+    assert len(schedules) == 1 and all(re.fullmatch(r"lrn\d*", k) for k in schedules), schedules
+    detail = next(iter(schedules.values()))["detail"]
+    assert detail.startswith("tile ") and "pad computed in loop" in detail, detail
+    mod = relax_module(path, target.tvm_target)
+    (text,) = [f.script() for f in mod.functions.values() if isinstance(f, tvm.tirx.PrimFunc)]
+    assert ("T.pow(" in text) == (beta != 0.75) and ("T.sqrt(" in text) == (beta == 0.75), text
+    result = run_on_target(path, target, iters=2, seed=5, atol=1e-5, rtol=1e-5)
+    assert result.error is None, result.error
+    assert result.passed, json.dumps(result.outputs, indent=1)
+    assert any(o["reference"] == "onnxruntime" and o["passed"] for o in result.outputs), result.outputs
+
+
+def _strided_shortcut_block(path) -> None:
+    """A resnet50 stage transition, scaled down: a stride-2 1x1 shortcut conv 64 -> 128 from
+    16x16, then a 1x1 conv 128 -> 128 on its 8x8 output with the shortcut added back, relu."""
+    from onnx import helper, numpy_helper
+
+    rng = np.random.default_rng(23)
+    inits = [numpy_helper.from_array((rng.standard_normal(shape) / np.sqrt(np.prod(shape[1:]))).astype(np.float32), name)
+             for name, shape in (("w0", (128, 64, 1, 1)), ("w1", (128, 128, 1, 1)))]
+    inits += [numpy_helper.from_array(rng.standard_normal(128).astype(np.float32) * 0.1, name) for name in ("b0", "b1")]
+    nodes = [helper.make_node("Conv", ["x", "w0", "b0"], ["short"], strides=[2, 2]),
+             helper.make_node("Conv", ["short", "w1", "b1"], ["c1"]),
+             helper.make_node("Add", ["c1", "short"], ["sum"]), helper.make_node("Relu", ["sum"], ["y"])]
+    _save_graph(path, "transition", nodes, inits, [1, 64, 16, 16], [1, 128, 8, 8])
+
+
+@pytest.mark.parametrize("target_name", ["x86_64", "qemu-armv7"])
+def test_strided_1x1_conv_reads_a_compact_copy_and_chunked_epilogue_runs_by_pixel_vectors(tmp_path, monkeypatch,
+                                                                                         target_name):
+    """On x86_64 a chunked stride-2 1x1 conv reads its input through a compact strided copy (a
+    kernel of its own) at stride 1, and a chunked conv whose output pixels are a whole number of
+    vectors (8x8) computes its epilogue (bias, residual, relu) by vectors of pixels; on
+    qemu-armv7 (no chunks) the conv reads the input in place and keeps its epilogue. The
+    outputs match onnxruntime and the ONNX reference."""
+    from harness.compile.model import compile_model
+
+    monkeypatch.setenv("MINRT_NO_TUNING", "1")
+    path = tmp_path / "transition.onnx"
+    _strided_shortcut_block(path)
+    target = load_target(target_name)
+    artifact = compile_model(path, target, cache=tmp_path)
+    schedules = artifact.metadata["schedules"]
+    graph = json.loads((artifact.dir / "graph.json").read_text())
+    shapes, rows = graph["attrs"]["shape"][1], graph["node_row_ptr"]
+    inputs = {node["name"]: shapes[rows[node["inputs"][0][0]] + node["inputs"][0][1]]
+              for node in graph["nodes"] if node["op"] == "tvm_op"}
+    convs = {name: s.get("detail", "") for name, s in schedules.items() if "conv2d" in name}
+    assert len(convs) == 2, schedules
+    copies = [name for name in schedules if name.startswith("strided_slice")]
+    x86 = target_name == "x86_64"
+    assert len(copies) == (1 if x86 else 0), schedules
+    assert sorted(inputs[name] for name in convs) == ([[1, 64, 8, 8], [1, 128, 8, 8]] if x86
+                                                      else [[1, 64, 16, 16], [1, 128, 8, 8]]), inputs
+    residual = [d for name, d in convs.items() if inputs[name] == [1, 128, 8, 8]]
+    assert len(residual) == 1 and ("epilogue by pixel vectors" in residual[0]) == x86, convs
+    result = run_on_target(path, target, iters=2, seed=6, atol=1e-4, rtol=1e-4)
     assert result.error is None, result.error
     assert result.passed, json.dumps(result.outputs, indent=1)

@@ -101,7 +101,12 @@ def test_shufflenets_small_kernels_get_parallel_loops_of_enough_iterations(monke
     # first channel shuffle (351k elements)
     schedules = artifact.metadata["schedules"]
     first_shuffle = next(name for name, v in schedules.items() if "transpose" in name and "rows of 6272" in v["detail"])
-    for name in ("fused_conv2d13_add9", "fused_matmul_add11", "avg_pool2d2", first_shuffle):
+    graph = json.loads((artifact.dir / "graph.json").read_text())
+    shapes, rows = graph["attrs"]["shape"][1], graph["node_row_ptr"]
+    depthwise_7x7 = next(node["attrs"]["func_name"] for node in graph["nodes"] if node["op"] == "tvm_op" and "conv2d" in node["name"]
+                         and shapes[rows[node["inputs"][1][0]] + node["inputs"][1][1]] == [544, 1, 3, 3]
+                         and shapes[rows[node["inputs"][0][0]] + node["inputs"][0][1]] == [1, 544, 7, 7])
+    for name in (depthwise_7x7, "fused_matmul_add11", "avg_pool2d2", first_shuffle):
         assert iterations[name], (name, iterations)
     # the 1x1 group conv of 7x7 outputs was "parallel 7" (2 threads: 4 rows against 3)
     assert all(n >= PARALLEL_MIN_ITERATIONS for loops in iterations.values() for n in loops), iterations

@@ -54,6 +54,14 @@ def mlp_other_head(tmp_path_factory):
     return path
 
 
+def _defaults_measured_slower_than(database: TuningDatabase, record_us: float) -> None:
+    """Make compile take the best record whichever won on the device: the database's measured
+    default latencies (defaults.json) rewritten as twice the record's where they were faster."""
+    defaults = database.path / "defaults.json"
+    slower = {key: max(us, 2 * record_us) for key, us in json.loads(defaults.read_text()).items()}
+    defaults.write_text(json.dumps(slower))
+
+
 @pytest.mark.parametrize("target_name, trials", [("x86_64", 16), ("qemu-armv7", 8)])
 def test_tune_then_compile_and_run_use_the_best_record(mlp, tmp_path, monkeypatch, target_name, trials):
     monkeypatch.setenv("MINRT_CACHE", str(tmp_path))
@@ -78,8 +86,9 @@ def test_tune_then_compile_and_run_use_the_best_record(mlp, tmp_path, monkeypatc
     row = next(line for line in report.table().splitlines() if line.startswith(KERNEL))
     assert ("default schedule kept: no record beat it" in row) == (chosen["source"] == "default"), row
 
-    # Without a default measurement the best record is used, and says which it is.
-    (database.path / "defaults.json").unlink()
+    # A record measured faster than the default is used, and says which it is. Whichever won
+    # above, the record's path is taken here.
+    _defaults_measured_slower_than(database, best.latency_us)
     artifact = compile_model(mlp, target)
     meta = artifact.metadata
     assert meta["tuned_kernels"] == [KERNEL]
@@ -212,6 +221,32 @@ def test_a_time_budget_bounds_the_whole_tuning(mlp, tmp_path, monkeypatch):
         assert (f"{n} kernel(s) not searched: {why}" in report.table()) == (n > 0), report.table()
 
 
+def test_a_record_measured_against_another_default_waits_for_tune_to_compare(mlp, tmp_path, monkeypatch):
+    """A record beat the default rules of its day; when the rules change, compile keeps the new
+    default (naming the record) until `harness tune` has timed that default against it. The
+    rule change is made real by dropping the database's measured defaults (defaults.json):
+    what a database measured under older rules looks like to compile."""
+    monkeypatch.setenv("MINRT_CACHE", str(tmp_path))
+    monkeypatch.delenv("MINRT_NO_TUNING", raising=False)
+    target = load_target("x86_64")
+    tune_model(mlp, target, trials=8, kernels=[KERNEL], trials_per_iter=8, threads=1)
+    database = TuningDatabase.for_target(target)
+    funcs, _ = model_kernels(mlp, target)
+    best = database.best(funcs[KERNEL], None)
+    (database.path / "defaults.json").unlink()
+
+    chosen = compile_model(mlp, target).metadata["schedules"][KERNEL]
+    assert chosen["source"] == "default" and chosen["stale_record"] == best.record_id, chosen
+    assert "default_us" not in chosen
+
+    again = tune_model(mlp, target, trials=8, kernels=[KERNEL], trials_per_iter=8, threads=1)
+    [task] = again.tasks
+    assert task.skipped == "already tuned" and task.default_us and task.default_us > 0
+    chosen = compile_model(mlp, target).metadata["schedules"][KERNEL]
+    assert "stale_record" not in chosen and chosen["default_us"] == pytest.approx(task.default_us)
+    assert chosen["source"] == ("tuned" if best.latency_us < task.default_us else "default"), chosen
+
+
 def test_kernel_shapes_shared_by_models_are_tuned_once_and_reused(mlp, mlp_other_head, tmp_path, monkeypatch):
     monkeypatch.setenv("MINRT_CACHE", str(tmp_path))
     monkeypatch.delenv("MINRT_NO_TUNING", raising=False)
@@ -269,7 +304,7 @@ def test_a_convolution_is_tuned_by_register_tiles_near_the_rule(tmp_path, monkey
     database = TuningDatabase.for_target(target)
     best = database.best(funcs[CONV], None)
     assert best is not None and best.latency_us == pytest.approx(task.best_us)
-    (database.path / "defaults.json").unlink()  # compile then takes the best record
+    _defaults_measured_slower_than(database, best.latency_us)  # compile then takes the best record
     used = compile_model(cnn, target).metadata["schedules"][CONV]
     assert used["source"] == "tuned" and used["record"] == best.record_id
     result = run_on_target(cnn, target, iters=2, seed=3)

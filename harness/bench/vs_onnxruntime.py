@@ -3,7 +3,8 @@
 For each model: compile it for the target (tuning records used unless MINRT_NO_TUNING=1),
 build minrt-run, take one set of inputs (the model's own samples beside it, as MLPerf Tiny's,
 else seeded random ones), then alternate rounds: minrt-run on the target's device (`iters`
-inferences, timed by the runner itself, its kernels' parallel loops on `threads` threads) and
+inferences, timed by the runner itself after one untimed first run, as each baseline is warmed
+up; its kernels' parallel loops on `threads` threads) and
 each baseline on this host with `threads` threads, the same inputs, `iters` inferences timed
 around the call (harness.bench.baselines): like with like. The baselines are onnxruntime where
 the model has an ONNX form and LiteRT (XNNPACK) where it has a .tflite form: the model itself,
@@ -239,7 +240,8 @@ def bench_model(model: Path, target: Target, *, toolchain: str = "host", rounds:
     b_mean: dict[str, list[float]] = {b.name: [] for b in baselines}
     with open_transport(target, kind=transport) as device:
         for r in range(rounds):
-            out_blob, timing = execute(device, runner, artifact, blob, iters, threads=threads)
+            # iters timed runs after minrt-run's first (a cold start it times apart)
+            out_blob, timing = execute(device, runner, artifact, blob, iters + 1, threads=threads)
             result.threads_used = int(timing.get("threads_used", 1))
             m_min.append(float(timing["min_us"]))
             m_mean.append(float(timing["mean_us"]))

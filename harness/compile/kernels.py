@@ -116,8 +116,8 @@ def written_as_is(func: Any) -> bool:
 def schedule_model_kernels(kernels: dict[str, Any], ktarget: Any, target: Target,
                            cache: Path | None) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
     """Every kernel gets a schedule: the best tuning record for its workload on this target
-    when the tuning database has one that ran faster on the device than the default schedule
-    (and MINRT_NO_TUNING is not set), else the default rules of harness.compile.schedule. Returns the
+    when the tuning database has one that ran faster on the device than this default schedule
+    (measured by `harness tune`; and MINRT_NO_TUNING is not set), else the default rules of harness.compile.schedule. Returns the
     scheduled kernels and, per kernel, what was used."""
     from harness.compile.tuning_db import TuningDatabase, tuning_disabled
 
@@ -132,14 +132,21 @@ def schedule_model_kernels(kernels: dict[str, Any], ktarget: Any, target: Target
         default, rule = default_schedule(func, ktarget, target)
         tuned = database.best(func, ktarget) if database is not None else None
         default_us = database.default_latency(default) if tuned is not None else None
-        if tuned is not None and (default_us is None or tuned.latency_us < default_us):
+        if tuned is not None and default_us is not None and tuned.latency_us < default_us:
             scheduled[name] = tuned.func
             report[name] = {"source": "tuned", "rule": "meta_schedule", "latency_us": tuned.latency_us,
                             "default_us": default_us, "record": tuned.record_id, "database": str(database.path)}
             continue
         scheduled[name] = default
         report[name] = {"source": "default", "rule": rule.rule, "detail": rule.detail}
-        if tuned is not None:  # measured on the device: no record beat the default schedule
+        if tuned is not None and default_us is None:
+            # The default rules changed since the record was measured: the record beat the old
+            # default, not necessarily this one. `harness tune` measures this default (in a second
+            # for a kernel it finds tuned already), after which the faster of the two is used.
+            log.info("kernel %s: tuning record %s is not used: the default schedule changed since it was "
+                     "measured (run `harness tune` again to compare them)", name, tuned.record_id)
+            report[name].update(stale_record=tuned.record_id, best_record_us=tuned.latency_us)
+        elif tuned is not None:  # measured on the device: no record beat the default schedule
             report[name].update(default_us=default_us, best_record_us=tuned.latency_us)
     return scheduled, report
 

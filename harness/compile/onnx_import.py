@@ -345,7 +345,7 @@ def import_onnx(model: Any, path: Path) -> tuple[Any, int, int]:
         log.info("%s: %d other batch-norm(s) as one multiply-add each", path.name, affine)
     model = sums_as_adds(model)
     try:
-        return from_onnx(model, keep_params_in_input=False), folded, affine
+        mod = from_onnx(model, keep_params_in_input=False)
     except tvm.error.OpNotImplemented as exc:
         message = str(exc)
         ops = sorted({n.op_type for n in model.graph.node if re.search(rf"\b{re.escape(n.op_type)}\b", message.split(":", 1)[-1])})
@@ -358,9 +358,108 @@ def import_onnx(model: Any, path: Path) -> tuple[Any, int, int]:
         reraise_interrupt(exc)
         first = (str(exc).strip().splitlines() or [""])[0]
         raise CompileError(f"{path}: TVM's ONNX frontend failed: {type(exc).__name__}: {first}") from None
+    mod, lrns = lrns_as_one_kernel(mod)
+    if lrns:
+        log.info("%s: %d LRN(s) as one kernel each", path.name, lrns)
+    return mod, folded, affine
 
 
-def conv_weights_channels_last(mod: Any, lanes: int, chunks: bool = True) -> Any:
+def lrns_as_one_kernel(mod: Any) -> tuple[Any, int]:
+    """Each LRN of `main` as TVM's ONNX frontend writes it (the squares, an average pool over
+    the channels, then `x / (bias + alpha * mean) ** beta`) as one kernel (lrn_te); returns the
+    module and how many were rewritten. The frontend's form took three kernels and a scalar
+    `pow` per element: light_inception_v1's two LRNs cost 4.8 of its 37.5 ms on x86_64."""
+    from tvm import relax, te
+    from tvm.relax.dpl import is_const, is_op, rewrite_call, wildcard
+
+    builder = relax.BlockBuilder(mod)
+    count = 0
+    left, right, numerator = wildcard(), wildcard(), wildcard()
+    expanded = is_op("relax.expand_dims")(is_op("relax.multiply")(left, right))
+    pool = is_op("relax.nn.avg_pool2d")(expanded) | is_op("relax.nn.avg_pool3d")(expanded)
+    alpha, bias, beta = is_const(), is_const(), is_const()
+    base = is_op("relax.add")(is_op("relax.multiply")(is_op("relax.squeeze")(pool), alpha), bias)
+    root = is_op("relax.divide")(numerator, is_op("relax.power")(base, beta))
+
+    def scalar(expr: Any) -> float | None:
+        value = expr.value.numpy()
+        return float(value) if value.size == 1 and value.dtype == np.float32 else None
+
+    def rewrite(orig: Any, m: dict) -> Any:
+        nonlocal count
+        x, attrs = m[numerator], m[pool].attrs
+        shape = [int(d) for d in getattr(x.ty, "shape", None) or []]
+        window = [int(d) for d in attrs.pool_size]
+        size = window[0]
+        constants = [scalar(m[p]) for p in (alpha, bias, beta)]
+        if (not (m[left].same_as(x) and m[right].same_as(x)) or str(x.ty.dtype) != "float32"
+                or len(shape) != len(window) + 1 or any(d != 1 for d in window[1:])
+                or any(int(s) != 1 for s in attrs.strides) or not bool(attrs.count_include_pad)
+                or [int(p) for p in attrs.padding] != [size // 2, *[0] * (len(window) - 1)] * 2
+                or size % 2 == 0 or None in constants):
+            return orig  # not the frontend's LRN: left as it is
+        mean_alpha, bias_value, beta_value = constants
+        data = te.placeholder(shape, "float32", name="data")
+        out = lrn_te(data, size, mean_alpha / size, bias_value, beta_value)
+        prim = te.create_prim_func([data, out], index_dtype_override="int64").without_attr("global_symbol")
+        gvar = builder.add_func(prim, "lrn")
+        count += 1
+        return relax.call_tir(gvar, relax.Tuple([x]), relax.TensorType(shape, "float32"))
+
+    func = rewrite_call(root, rewrite, mod["main"])
+    if not count:
+        return mod, 0
+    out = builder.get()
+    out["main"] = func
+    return relax.transform.DeadCodeElimination(["main"])(out), count
+
+
+def lrn_te(x: Any, size: int, scale: float, bias: float, beta: float) -> Any:
+    """ONNX's LRN over axis 1 of `x`: x / (bias + scale * sum of the squares over a window of
+    `size` channels, floor((size - 1) / 2) before and the rest after) ** beta, with scale
+    alpha / size. The squares are a padded stage of C + size - 1 channels (the schedule computes
+    it once per output row and keeps it as a row band: each square is taken once, not `size`
+    times), the window sum a reduction (register-tiled, vectorized along the pixels), the
+    division its epilogue; a beta that is a multiple of 1/4 up to 1 takes square roots
+    (vectorized) instead of a scalar `pow` per element (_quarter_power)."""
+    import tvm
+    from tvm import te
+
+    shape = tuple(int(d) for d in x.shape)
+    channels, before = shape[1], (size - 1) // 2
+    zero = tvm.tirx.const(0.0, "float32")
+
+    def square(b: Any, ch: Any, *pixel: Any) -> Any:
+        value = x[(b, ch - before, *pixel)]
+        return tvm.tirx.if_then_else(tvm.tirx.all(ch >= before, ch < before + channels), value * value, zero)
+
+    squares = te.compute((shape[0], channels + size - 1, *shape[2:]), square, name="pad_temp")
+    k = te.reduce_axis((0, size), "rk")
+    sums = te.compute(shape, lambda b, ch, *pixel: te.sum(squares[(b, ch + k, *pixel)], axis=k), name="window_sum")
+
+    def normalized(*index: Any) -> Any:
+        base = tvm.tirx.const(bias, "float32") + tvm.tirx.const(scale, "float32") * sums[index]
+        return x[index] / _quarter_power(base, beta)
+
+    return te.compute(shape, normalized, name="T_lrn")
+
+
+def _quarter_power(base: Any, beta: float) -> Any:
+    """base ** beta; for beta = k/4 (k = 1..4) as products of sqrt(base) and sqrt(sqrt(base))
+    (LLVM computes each root once), which vectorize, where `pow` is a libm call per element:
+    LRN's usual 0.75 is sqrt(b) * sqrt(sqrt(b)). Each root is correctly rounded: a few ulp
+    from `pow`."""
+    import tvm
+
+    quarters = beta * 4
+    if quarters not in (1.0, 2.0, 3.0, 4.0):
+        return tvm.tirx.power(base, tvm.tirx.const(beta, "float32"))
+    root = tvm.tirx.sqrt(base)
+    return {1.0: tvm.tirx.sqrt(root), 2.0: root, 3.0: root * tvm.tirx.sqrt(root), 4.0: base}[quarters]
+
+
+def conv_weights_channels_last(mod: Any, lanes: int, chunks: bool = True, whole_groups: bool = True,
+                               widen_depthwise: bool = True) -> Any:
     """Every float32 NCHW/OIHW conv2d of `main` that is dense (groups 1) or grouped with whole
     vectors of `lanes` output channels per group takes its weight as HWIO instead: the output
     channel innermost, so the default schedule loads a vector of output channels per input
@@ -368,7 +467,12 @@ def conv_weights_channels_last(mod: Any, lanes: int, chunks: bool = True) -> Any
     convs (one output channel per group) keep OIHW: their vectors run along the image row.
     A dense conv whose constant weight the schedule wants blocked (large, or a 1x1 conv reduced
     in `chunks` of input channels: harness.compile.schedule.takes_blocked_weight) takes it as
-    (O/lanes, KH, KW, I, lanes) instead (blocked_conv2d_te).
+    (O/lanes, KH, KW, I, lanes) instead (blocked_conv2d_te), and so does a grouped conv per
+    group (_blocks_groups): whose groups are not whole vectors of output channels, or with
+    `whole_groups` any. With `chunks`, a dense 1x1 conv of stride > 1 and no padding reads a
+    compact strided copy of its input at stride 1. With `widen_depthwise`, a depthwise conv
+    whose rows make only short vectors is computed on rows widened to whole vectors
+    (_widens_depthwise).
     The weights are constants, so FoldConstant applies the transpose once at compile time;
     the activations keep their NCHW layout (no layout transform at run time)."""
     import tvm
@@ -379,39 +483,75 @@ def conv_weights_channels_last(mod: Any, lanes: int, chunks: bool = True) -> Any
         def visit_call_(self, call: Any) -> Any:
             call = super().visit_call_(call)
             attrs = call.attrs
+            if (widen_depthwise and isinstance(call.op, tvm.ir.Op) and call.op.name == "relax.nn.conv2d"
+                    and _widens_depthwise(call, lanes)):
+                return self._widened(call)
             if (not isinstance(call.op, tvm.ir.Op) or call.op.name != "relax.nn.conv2d"
-                    or not _whole_vector_groups(call, lanes) or str(attrs.data_layout) != "NCHW"
+                    or not (_whole_vector_groups(call, lanes) or _blocks_groups(call, lanes, whole_groups))
+                    or str(attrs.data_layout) != "NCHW"
                     or str(attrs.kernel_layout) != "OIHW" or str(attrs.out_layout) != "NCHW"
                     or any(str(getattr(arg.ty, "dtype", "")) != "float32" for arg in call.args[:2])):
                 return call  # float32 only: integer kernels have rules of their own
-            if _blocks_weight(call, lanes, chunks):
-                return self._blocked(call, lanes, chunks)
+            if _blocks_weight(call, lanes, chunks) or _blocks_groups(call, lanes, whole_groups):
+                return self._blocked(call)
             weight = relax.op.permute_dims(call.args[1], [2, 3, 1, 0])
             return relax.op.nn.conv2d(call.args[0], weight, strides=attrs.strides, padding=attrs.padding,
                                       dilation=attrs.dilation, groups=attrs.groups, data_layout="NCHW",
                                       kernel_layout="HWIO", out_layout="NCHW",
                                       out_dtype=attrs.out_dtype if str(attrs.out_dtype) else None)
 
-        def _blocked(self, call: Any, lanes: int, chunks: bool) -> Any:
+        def _blocked(self, call: Any) -> Any:
             from tvm import te
 
             from harness.compile.schedule import conv_output_width
 
             attrs = call.attrs
+            groups = int(attrs.groups)
             oihw = call.args[1].value.numpy()
             out, ins, kh, kw = oihw.shape
-            blocked = np.ascontiguousarray(oihw.reshape(out // lanes, lanes, ins, kh, kw).transpose(0, 3, 4, 2, 1))
-            x_shape = tuple(int(d) for d in call.args[0].ty.shape.values)
+            per_group = out // groups
+            padded = -(-per_group // lanes) * lanes  # output channels per group, whole vectors
+            if padded != per_group:  # zero weights for the padding channels, cropped from the output
+                oihw = np.pad(oihw.reshape(groups, per_group, ins, kh, kw),
+                              ((0, 0), (0, padded - per_group), (0, 0), (0, 0), (0, 0))).reshape(-1, ins, kh, kw)
+            blocked = np.ascontiguousarray(oihw.reshape(-1, lanes, ins, kh, kw).transpose(0, 3, 4, 2, 1))
+            data = call.args[0]
+            x_shape = tuple(int(d) for d in data.ty.shape.values)
+            strides = [int(s) for s in attrs.strides]
+            if (chunks and groups == 1 and (kh, kw) == (1, 1) and strides != [1, 1]
+                    and not any(int(p) for p in attrs.padding)):
+                # the pixels a strided 1x1 conv reads, copied compact once (a kernel of their
+                # own): every channel block read them `stride` apart, from twice the cache lines
+                # per chunk (resnet50's 1x1 stride-2 shortcuts, kernel CPU time: 1024 -> 2048 on
+                # 14x14 3287 -> 2525 + 39 us for the copy, 512 -> 1024 on 28x28 2944 -> 2039 + 75)
+                data = self.builder_.emit(relax.op.strided_slice(data, axes=[2, 3], begin=[0, 0],
+                                                                 end=list(x_shape[2:]), strides=strides))
+                x_shape = tuple(int(d) for d in data.ty.shape.values)
+                strides = [1, 1]
             x = te.placeholder(x_shape, "float32", name="data")
             w = te.placeholder(blocked.shape, "float32", name="weight")
-            width = _output_width(call)
-            y = blocked_conv2d_te(x, w, [int(s) for s in attrs.strides], [int(p) for p in attrs.padding],
-                                  [int(d) for d in attrs.dilation],
-                                  conv_output_width(oihw.shape, width, lanes, chunks))
+            y = blocked_conv2d_te(x, w, strides, [int(p) for p in attrs.padding], [int(d) for d in attrs.dilation],
+                                  groups=groups, per_group=per_group,
+                                  columns=conv_output_width(oihw.shape, _output_width(call), lanes, chunks) if groups == 1 else 0)
             # int64 shapes, as legalized Relax ops have: FuseTIR merges buffers of one type only
             prim = te.create_prim_func([x, w, y], index_dtype_override="int64").without_attr("global_symbol")
             gvar = self.builder_.add_func(prim, "conv2d_blocked")
-            return relax.call_tir(gvar, relax.Tuple([call.args[0], relax.const(blocked, "float32")]),
+            return relax.call_tir(gvar, relax.Tuple([data, relax.const(blocked, "float32")]),
+                                  relax.TensorType([int(d) for d in y.shape], "float32"))
+
+        def _widened(self, call: Any) -> Any:
+            from tvm import te
+
+            attrs = call.attrs
+            oihw = call.args[1].value.numpy()
+            x_shape = tuple(int(d) for d in call.args[0].ty.shape.values)
+            x = te.placeholder(x_shape, "float32", name="data")
+            w = te.placeholder(oihw.shape, "float32", name="weight")
+            y = widened_depthwise_te(x, w, [int(s) for s in attrs.strides], [int(p) for p in attrs.padding],
+                                     [int(d) for d in attrs.dilation], lanes)
+            prim = te.create_prim_func([x, w, y], index_dtype_override="int64").without_attr("global_symbol")
+            gvar = self.builder_.add_func(prim, "depthwise_conv2d")
+            return relax.call_tir(gvar, relax.Tuple([call.args[0], call.args[1]]),
                                   relax.TensorType([int(d) for d in y.shape], "float32"))
 
     rewriter = ChannelsLast(mod)
@@ -445,40 +585,122 @@ def _output_width(call: Any) -> int:
 
 
 def blocked_conv2d_te(x: Any, w: Any, strides: Sequence[int], padding: Sequence[int], dilation: Sequence[int],
-                      columns: int = 0) -> Any:
+                      groups: int = 1, per_group: int = 0, columns: int = 0) -> Any:
     """NCHW float32 data and a weight blocked as (O/V, KH, KW, I, V) -> NCHW output: a dense
     conv2d whose reduction reads the weight in memory order, V output channels contiguous per
     input channel and tap (harness.compile.schedule tiles it as a channels-last conv).
-    `padding` is (top, left, bottom, right), as Relax's conv2d has it. With `columns` over the
+    `padding` is (top, left, bottom, right), as Relax's conv2d has it. With `groups`, each
+    group's `per_group` output channels are padded to whole vectors in the weight (zeros);
+    the conv computes the padded channels and the output crops them. With `columns` over the
     output width, the reduction computes that many columns per row (the extra ones read more
     zero padding on the right) and the output keeps the first ones
     (harness.compile.schedule.conv_output_width)."""
-    import tvm
     from tvm import te
 
-    n, c, h, wd = (int(d) for d in x.shape)
+    n, _, h, wd = (int(d) for d in x.shape)
     blocks, kh, kw, _, v = (int(d) for d in w.shape)
     (sh, sw), (dh, dw), (pt, pl, pb, pr) = strides, dilation, padding
     oh = (h + pt + pb - dh * (kh - 1) - 1) // sh + 1
     ow = (wd + pl + pr - dw * (kw - 1) - 1) // sw + 1
     wide = max(columns, ow)
     pr += (wide - ow) * sw
-    if any(padding) or wide > ow:
-        def padded(b: Any, ch: Any, y: Any, xx: Any) -> Any:
-            inside = tvm.tirx.all(y >= pt, y < pt + h, xx >= pl, xx < pl + wd)
-            return tvm.tirx.if_then_else(inside, x[b, ch, y - pt, xx - pl], tvm.tirx.const(0.0, "float32"))
-        xp = te.compute((n, c, h + pt + pb, wd + pl + pr), padded, name="pad_temp")
-    else:
-        xp = x
+    xp = _zero_padded_te(x, pt, pl, h + pt + pb, wd + pl + pr) if any(padding) or wide > ow else x
+    ins = int(w.shape[3])
     ry = te.reduce_axis((0, kh), "ry")
     rx = te.reduce_axis((0, kw), "rx")
-    rc = te.reduce_axis((0, c), "rc")
+    rc = te.reduce_axis((0, ins), "rc")
+    padded = blocks * v // groups
+    def channel(o: Any) -> Any:
+        return o // padded * ins + rc if groups > 1 else rc
     conv = te.compute((n, blocks * v, oh, wide), lambda b, o, y, xx: te.sum(
-        xp[b, rc, y * sh + ry * dh, xx * sw + rx * dw] * w[o // v, ry, rx, rc, o % v], axis=[ry, rx, rc]),
+        xp[b, channel(o), y * sh + ry * dh, xx * sw + rx * dw] * w[o // v, ry, rx, rc, o % v], axis=[ry, rx, rc]),
         name="conv2d_nchw")
-    if wide == ow:
+    cropped = bool(per_group) and per_group != padded
+    if not cropped and wide == ow:
         return conv
-    return te.compute((n, blocks * v, oh, ow), lambda b, o, y, xx: conv[b, o, y, xx], name="conv2d_columns")
+    def source(o: Any) -> Any:
+        return o // per_group * padded + o % per_group if cropped else o
+    return te.compute((n, groups * per_group if cropped else blocks * v, oh, ow),
+                      lambda b, o, y, xx: conv[b, source(o), y, xx], name="crop")
+
+
+def _zero_padded_te(x: Any, top: int, left: int, rows: int, cols: int) -> Any:
+    """NCHW `x` placed at (`top`, `left`) in zeros of `rows` x `cols` per channel."""
+    import tvm
+    from tvm import te
+
+    n, c, h, wd = (int(d) for d in x.shape)
+
+    def padded(b: Any, ch: Any, y: Any, xx: Any) -> Any:
+        inside = tvm.tirx.all(y >= top, y < top + h, xx >= left, xx < left + wd)
+        return tvm.tirx.if_then_else(inside, x[b, ch, y - top, xx - left], tvm.tirx.const(0.0, "float32"))
+    return te.compute((n, c, rows, cols), padded, name="pad_temp")
+
+
+def _widens_depthwise(call: Any, lanes: int) -> bool:
+    """Whether a float32 NCHW depthwise conv2d of stride 1 with a constant OIHW weight has output
+    rows whose widest vector (harness.compile.schedule.vector_factor) is a quarter register or
+    less, and a widening of at most an eighth: shufflenet's rows of 14 on AVX2 (vectors of 2)
+    are computed as 16 (widened_depthwise_te), 272 channels on 14x14: 45 -> 33 us. Rows of 12 (vectors of 4) measured slower widened
+    (4.7 -> 7.8 us), and so did stride 2 (its loads gather either way)."""
+    from tvm.ir.expr import Constant
+
+    from harness.compile.schedule import vector_factor
+
+    attrs = call.attrs
+    weight = call.args[1]
+    if (not isinstance(weight, Constant) or any(int(s) != 1 for s in attrs.strides)
+            or str(attrs.data_layout) != "NCHW" or str(attrs.kernel_layout) != "OIHW" or str(attrs.out_layout) != "NCHW" or (attrs.out_dtype and str(attrs.out_dtype) != "float32")
+            or any(str(getattr(arg.ty, "dtype", "")) != "float32" for arg in call.args[:2])):
+        return False
+    out, ins = (int(d) for d in weight.value.shape[:2])
+    if ins != 1 or int(attrs.groups) != out or int(call.args[0].ty.shape.values[1]) != out:
+        return False
+    width = int(call.ty.shape.values[3])
+    wide = -(-width // lanes) * lanes
+    return vector_factor(width, lanes) <= lanes // 4 and 8 * (wide - width) <= wide  # at most 1/8 wasted
+
+
+def widened_depthwise_te(x: Any, w: Any, strides: Sequence[int], padding: Sequence[int], dilation: Sequence[int],
+                         lanes: int) -> Any:
+    """NCHW float32 depthwise conv2d (OIHW weight) computed on output rows widened to whole
+    vectors of `lanes`, the input padded with zeros to match, and cropped on output (the
+    epilogue reads the real columns: harness.compile.schedule tiles the widened rows)."""
+    from tvm import te
+
+    n, c, h, wd = (int(d) for d in x.shape)
+    _, _, kh, kw = (int(d) for d in w.shape)
+    (sh, sw), (dh, dw), (pt, pl, pb, pr) = strides, dilation, padding
+    oh = (h + pt + pb - dh * (kh - 1) - 1) // sh + 1
+    ow = (wd + pl + pr - dw * (kw - 1) - 1) // sw + 1
+    wide = -(-ow // lanes) * lanes
+    xp = _zero_padded_te(x, pt, pl, h + pt + pb, (wide - 1) * sw + dw * (kw - 1) + 1)
+    ry = te.reduce_axis((0, kh), "ry")
+    rx = te.reduce_axis((0, kw), "rx")
+    conv = te.compute((n, c, oh, wide), lambda b, ch, y, xx: te.sum(
+        xp[b, ch, y * sh + ry * dh, xx * sw + rx * dw] * w[ch, 0, ry, rx], axis=[ry, rx]), name="depthwise_conv2d_nchw")
+    return te.compute((n, c, oh, ow), lambda b, ch, y, xx: conv[b, ch, y, xx], name="crop")
+
+
+def _blocks_groups(call: Any, lanes: int, whole_groups: bool) -> bool:
+    """Whether a float32 grouped conv2d (more than one input channel per group: not a depthwise
+    conv) with a constant weight takes it blocked per group, (G * O/G/lanes, KH, KW, I/G, lanes),
+    each group's output channels padded to whole vectors by zero weights where they are not
+    (shufflenet's groups of 68 and 34 on AVX2, of 34 on NEON); with `whole_groups`, also a conv
+    whose groups are whole vectors. harness.compile.schedule takes such a conv one group at a
+    time (_tile_groups). x86_64, light_shufflenet's 544-channel conv in groups of 136 on 7x7: 99
+    -> 80 us (HWIO -> blocked); ARMv7 NEON keeps HWIO for whole groups, whose channels-last tile
+    stores its epilogue by channel vectors (light_shufflenet 143.6 M instructions, 163.0 M with
+    its groups of 68 and 136 blocked too)."""
+    from tvm.ir.expr import Constant
+
+    weight = call.args[1]
+    groups = int(call.attrs.groups)
+    out_dtype = call.attrs.out_dtype
+    if groups == 1 or not isinstance(weight, Constant) or (out_dtype and str(out_dtype) != "float32"):
+        return False
+    out, ins = (int(d) for d in weight.value.shape[:2])
+    return ins > 1 and out % groups == 0 and (whole_groups or (out // groups) % lanes != 0)
 
 
 def _whole_vector_groups(call: Any, lanes: int) -> bool:
@@ -511,7 +733,8 @@ def lower_relax(mod: Any, tvm_target: Any) -> Any:
         # become constants first, so the blocked layout is laid out at compile time for them too
         with tvm_target:
             mod = relax.transform.FoldConstant()(mod)
-        mod = conv_weights_channels_last(mod, lanes, chunks=not is_armv7_neon(tvm_target))
+        neon = is_armv7_neon(tvm_target)
+        mod = conv_weights_channels_last(mod, lanes, chunks=not neon, whole_groups=not neon, widen_depthwise=not neon)
     passes = tvm.transform.Sequential([
         relax.transform.DecomposeOpsForInference(),
         relax.transform.LegalizeOps(),

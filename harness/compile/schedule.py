@@ -16,7 +16,9 @@ rewrite every kernel in a few milliseconds, with no measurement:
   loop that consumes it (one padded row band or plane, not the whole tensor);
 - a conv whose weight has the output channel innermost (HWIO: dense convs, and grouped ones
   with whole or half vectors of output channels per group) gets a channels-last tile instead:
-  a vector of output channels times a row of pixels, per group;
+  a vector of output channels times a row of pixels, per group; a grouped conv whose weight
+  is blocked per group (its groups padded to whole vectors where they are not) is taken one
+  group and band of rows at a time;
 - any remaining output loop nest without a reduction is fused and vectorized (a reshape or
   transpose along its innermost axis, so its reads stay contiguous).
 
@@ -102,7 +104,7 @@ def _largest_divisor(n: int, limit: int) -> int:
     return 1
 
 
-def _vector_factor(n: int, lanes: int) -> int:
+def vector_factor(n: int, lanes: int) -> int:
     """A tile width for an axis of extent n: a multiple of `lanes` dividing n when there is
     one (up to 4 registers), else n itself when it fits one register, else the largest power
     of two below `lanes` dividing n, else n itself when small, else the largest divisor <=
@@ -235,9 +237,9 @@ def _tile_reduction(sch: Any, func: Any, block: Any, lanes: int, parallel: bool 
 
     if u is None:  # one output row (dense with batch 1): all accumulators along the vector axis
         v_factor = next((lanes * r for r in range(_ACCUMULATORS, 0, -1) if extents[v] % (lanes * r) == 0),
-                        _vector_factor(extents[v], lanes))
+                        vector_factor(extents[v], lanes))
     else:
-        v_factor = _vector_factor(extents[v], lanes)
+        v_factor = vector_factor(extents[v], lanes)
     vector_regs = max(1, v_factor // lanes)
     u_factor = _largest_divisor(extents[u], max(1, _ACCUMULATORS // vector_regs)) if u is not None else 1
 
@@ -373,20 +375,20 @@ def _vars_of(expr: Any) -> set[str]:
 _VECTOR_REGISTERS = 16
 
 
-def _conv_register_tiles(channel_vectors: int, pixels: int) -> list[tuple[int, int]]:
+def _conv_register_tiles(channel_vectors: int, pixels: int, most_vectors: int = 4) -> list[tuple[int, int]]:
     """Every (vectors of output channels, output pixels) register tile that fits: each
     reduction step loads `vectors` weight vectors and broadcasts `pixels` inputs for
     vectors x pixels FMAs, all accumulators and operands in registers (no spill). Both counts
     divide their axis, so no tile has a tail. Best first: the most FMAs per load."""
-    tiles = [(vectors, count) for vectors in (1, 2, 3, 4) if channel_vectors % vectors == 0
+    tiles = [(vectors, count) for vectors in range(1, most_vectors + 1) if channel_vectors % vectors == 0
              for count in range(1, pixels + 1)
              if pixels % count == 0 and vectors * count + vectors + 1 <= _VECTOR_REGISTERS]
     return sorted(tiles, key=lambda t: (-(t[0] * t[1] / (t[0] + t[1])), -(t[0] * t[1]), t))
 
 
-def _conv_register_tile(channel_vectors: int, pixels: int) -> tuple[int, int]:
+def _conv_register_tile(channel_vectors: int, pixels: int, most_vectors: int = 4) -> tuple[int, int]:
     """The rule's register tile: the first of _conv_register_tiles."""
-    return (_conv_register_tiles(channel_vectors, pixels) or [(1, 1)])[0]
+    return (_conv_register_tiles(channel_vectors, pixels, most_vectors) or [(1, 1)])[0]
 
 
 def conv_tile_variants(schedule: KernelSchedule, limit: int = 8) -> list[ConvTile]:
@@ -426,6 +428,42 @@ def _epilogue_along_channels(sch: Any, consumer: Any, channels: int, pixels: int
     sch.unroll(x)
     sch.unroll(c_o)
     sch.vectorize(c_i)
+    return True
+
+
+def _epilogue_along_pixels(sch: Any, consumer: Any, pixels: int) -> bool:
+    """Off NEON: a channels-last tile's epilogue (NCHW output) stores its `pixels` outputs of
+    each channel as one vector when they are a power of two, the tile's channels unrolled
+    (LLVM transposes the accumulators in registers), where it stored them one by one. A conv
+    with a short reduction spends much of its time there: light_shufflenet's first conv (3 ->
+    24 channels, 3x3, stride 2, tile 4 pixels x 3 vectors) 451 -> 329 us; convs with long
+    reductions measured unchanged. Returns whether the epilogue was rewritten."""
+    loops = sch.get_loops(consumer)
+    if _extent(sch, loops[-1]) != pixels or pixels & (pixels - 1) or pixels == 1 or _has_select(sch, consumer):
+        return False
+    sch.unroll(loops[-3])
+    sch.vectorize(loops[-1])
+    return True
+
+
+def _epilogue_by_pixel_vectors(sch: Any, consumer: Any, lanes: int) -> bool:
+    """A chunked conv's epilogue (bias, residual, relu over a whole channel block, loops n, c,
+    y, x; its accumulators channels-last) with the output pixels fused and split into vectors,
+    the block's channels inside them: a vector is read from `lanes` accumulator pixels (one
+    cache line each, which stay in L1 for the block's channels) and stored contiguously in the
+    NCHW output. Channel by channel over the whole block (200 KB on 56x56), every channel read
+    the block again from L2 (resnet50's 1x1 64 -> 256 on 56x56 with its residual: 1751 ->
+    1300 us). Only where the pixels are a whole number of vectors (7-pixel vectors on 7x7 gained
+    nothing). Returns whether the loops had that shape and were rewritten."""
+    loops = sch.get_loops(consumer)[-4:]
+    if len(loops) < 4:
+        return False
+    _, c, y, x = loops
+    if (_extent(sch, y) * _extent(sch, x)) % lanes:
+        return False
+    p_o, p_i = sch.split(sch.fuse(y, x), [None, lanes])
+    sch.reorder(p_o, c, p_i)
+    sch.vectorize(p_i)
     return True
 
 
@@ -534,6 +572,10 @@ def _tile_conv_channels(sch: Any, block: Any, lanes: int, channel: int, weight: 
     # blocked at compile time (O/lanes, KH, KW, I, lanes) is read in that order already, with
     # no copy. Off NEON such a block reduces its input channels in chunks (_input_channel_chunk).
     blocked = len(weight.region) == 5
+    if group and blocked:
+        crop = _cropped_group(sch, block, channel, group) or group
+        return _tile_groups(sch, block, lanes, (spatial[batch], spatial[channel], spatial[row], spatial[col]),
+                            reduce, group, crop, parallel, tile)
     weight_bytes = 4 * math.prod(int(d) for d in weight.source.shape)
     packed = (blocked or weight_bytes > L2_BYTES) if tile is None else tile.packed
     out_channels = extents[channel]
@@ -595,11 +637,16 @@ def _tile_conv_channels(sch: Any, block: Any, lanes: int, channel: int, weight: 
     # Columns computed past the output's width (conv_output_width): the epilogue runs per
     # output row, within the output's bounds, not per tile, where it would check them per pixel.
     wide = int(sch.get(consumers[0]).writes[0].source.shape[-1]) < extents[col]
+    by_pixels = False
     for consumer in consumers:
         sch.reverse_compute_at(consumer, c_o if chunk else spatial[row] if wide and not flat else x_o,
                                preserve_unit_loops=True)
         if neon:
             _epilogue_along_channels(sch, consumer, v_factor, u_factor, lanes)
+        elif chunk:
+            by_pixels = _epilogue_by_pixel_vectors(sch, consumer, lanes) or by_pixels
+        else:
+            _epilogue_along_pixels(sch, consumer, u_factor)
     short = neon and reduce and _extent(sch, reduce[-1]) <= _NEON_SHORT_REDUCTION
     if short:
         sch.unroll(reduce[-1])
@@ -621,9 +668,103 @@ def _tile_conv_channels(sch: Any, block: Any, lanes: int, channel: int, weight: 
             f"{', rows as one axis of pixels' if flat else ''}"
             f"{', weights blocked at compile time' if blocked else ', weights packed per block' if packed else ''}"
             f"{f', input channels in chunks of {chunk}' if chunk else ''}"
+            f"{', epilogue by pixel vectors' if by_pixels else ''}"
             f"{', innermost reduction unrolled' if short else ''}"
             f"{(', pad computed once' if packed else ', pad computed in loop') if padded else ''}"
             f"{', ' + threads if threads else ''}"), placed, ConvTile(vectors, u_factor, packed), axes
+
+
+def _cropped_group(sch: Any, block: Any, channel: int, group: int) -> int:
+    """For a grouped conv computing `group` output channels per group, some of them padding
+    (harness.compile.onnx_import.blocked_conv2d_te with groups whose output channels are not
+    whole vectors): the output channels per group its consumers read, `o // per_group * group
+    + o % per_group`; 0 when they read every channel it computes (o itself)."""
+    from tvm import tirx
+    from tvm.ir.expr import Expr
+
+    def divisors(expr: Any) -> set[int]:
+        found = {int(expr.b.value)} if isinstance(expr, tirx.FloorDiv) and isinstance(expr.b, tirx.IntImm) else set()
+        for child in ("a", "b"):
+            if isinstance(getattr(expr, child, None), Expr):
+                found |= divisors(getattr(expr, child))
+        return found
+
+    written = sch.get(block).writes[0].source
+    for consumer in sch.get_consumers(block):
+        for region in sch.get(consumer).reads:
+            if region.source.same_as(written):
+                found = divisors(region.region[channel].min)
+                if len(found) == 1 and found != {group}:
+                    return found.pop()
+    return 0
+
+
+#: Output rows a grouped conv may take as one axis of pixels (_tile_groups).
+_GROUP_BAND_ROWS = 4
+
+
+def _tile_groups(sch: Any, block: Any, lanes: int, axes: tuple, reduce: list, group: int, crop: int,
+                 parallel: bool, tile: ConvTile | None) -> tuple[str, list[str], ConvTile, tuple[int, int]]:
+    """A grouped conv with its weight blocked per group (harness.compile.onnx_import
+    blocked_conv2d_te), computing `group` output channels per group, whole vectors, of which
+    its epilogue reads `crop` (fewer where the groups were padded by zero weights:
+    shufflenet's groups of 68 as 72, of 34 as 40 on AVX2): one group at a time, a band of
+    output rows taken as one axis of pixels, a tile of vectors of output channels x pixels
+    over it. The accumulators are kept per group and band, channels innermost, and the
+    epilogue (bias, relu, residual; NCHW output) reads the `crop` channels it needs from them
+    after the band: computed per tile, a padded group's tile would not map to whole output
+    channels of one group. The bands are as few rows as give the best tile; up to 5 vectors a
+    tile (5 x 2 pixels fills AVX2's 16 registers). x86_64, 1 thread, light_shufflenet's
+    grouped 1x1 convs (were HWIO with half vectors, or none, per group): 272 channels in
+    groups of 68 on 14x14 ~43 -> ~93 GFLOP/s, 136 in groups of 34 on 28x28 ~32 -> ~72
+    (counting the real channels), 544 in groups of 136 on 7x7 ~50 -> ~75."""
+    if tile is not None and not tile.packed:  # `harness tune` skips it before building
+        raise ValueError("a grouped conv's weight is blocked at compile time: it has no unpacked form")
+    batch, channel, row, col = axes
+    rows, cols = _extent(sch, row), _extent(sch, col)
+    vectors_per_group = group // lanes
+
+    def score(band: int) -> tuple[float, int]:
+        v, p = _conv_register_tile(vectors_per_group, band * cols, most_vectors=5)
+        return v * p / (v + p), -band
+    band = max((r for r in range(1, _GROUP_BAND_ROWS + 1) if rows % r == 0), key=score)
+    tile_axes = (vectors_per_group, band * cols)
+    vectors, u_factor = _conv_register_tile(*tile_axes, most_vectors=5) if tile is None else (tile.vectors, tile.pixels)
+    if tile_axes[0] % vectors or tile_axes[1] % u_factor:
+        raise ValueError(f"tile {vectors}x{u_factor} does not divide {tile_axes}")
+    v_factor = vectors * lanes
+
+    consumers = list(sch.get_consumers(block))
+    if _writes_output(sch, block, _local_buffers(sch)) or not consumers:
+        consumers = [sch.cache_write(block, 0, "global")]
+    # n, group, row, column, channel in group: a tile's channels are contiguous, and the
+    # epilogue's read of channel o (o // crop, o % crop) maps to one group of it
+    for consumer in consumers:
+        # its channel as (group, channel in group): so it is placed over the `crop` channels of
+        # one group, not over `group` channels from the group's first on (some of the next group's)
+        sch.transform_block_layout(consumer, lambda b, o, y, x: [b, o // crop, o % crop, y, x])
+    sch.transform_layout(block, ("write", 0), lambda b, o, y, x: [b, o // group, y, x, o % group])
+    g, in_group = sch.split(channel, [None, group])
+    c_o, c_i = sch.split(in_group, [None, v_factor])
+    if band > 1:
+        y_o, y_i = sch.split(row, [None, band])
+        pixels = sch.fuse(y_i, col)
+    else:
+        y_o, pixels = row, col
+    x_o, x_i = sch.split(pixels, [None, u_factor])
+    sch.reorder(batch, g, y_o, c_o, x_o, *reduce, x_i, c_i)
+    for consumer in consumers:
+        sch.reverse_compute_at(consumer, y_o, preserve_unit_loops=True)
+    sch.unroll(x_i)
+    _register_vectors(sch, c_i, v_factor, lanes, split=True)
+    threads = _parallelize_outer(sch, block) if parallel else ""
+    if reduce:
+        init = sch.decompose_reduction(block, reduce[0])
+        sch.vectorize(sch.get_loops(init)[-1])
+    placed = [sch.get(c).name_hint for c in consumers]
+    return (f"channels-last tile {u_factor}x{v_factor}, groups of {crop}{f' padded to {group}' if crop != group else ''}"
+            f"{f', bands of {band} rows' if band > 1 else ''}, weights blocked at compile time"
+            f"{', ' + threads if threads else ''}"), placed, ConvTile(vectors, u_factor, True), tile_axes
 
 
 def _is_window_reduction(sch: Any, block: Any) -> bool:
@@ -754,7 +895,7 @@ def _rows_after(sch: Any, loops: list, last: int, lanes: int) -> str:
     fused = sch.fuse(*inner) if len(inner) > 1 else inner[0]
     if row % lanes:
         return f"rows of {row}"
-    factor = _vector_factor(row, lanes)
+    factor = vector_factor(row, lanes)
     _, vec = sch.split(fused, [None, factor])
     sch.vectorize(vec)
     return f"rows of {row}, vector {factor}"
@@ -814,7 +955,7 @@ def _shape_elementwise(sch: Any, block: Any, lanes: int, neon: bool, rows: bool)
     divides = any(_divides(rng.min) for r in sch.get(block).reads for rng in r.region)
     if len(loops) > 1 and divides and _extent(sch, loops[-1]) > 1:
         outer = sch.fuse(*loops[:-1]) if len(loops) > 2 else loops[0]
-        factor = _vector_factor(_extent(sch, loops[-1]), lanes)
+        factor = vector_factor(_extent(sch, loops[-1]), lanes)
         _, inner = sch.split(loops[-1], [None, factor])
         sch.vectorize(inner)
         return f"rows of {_extent(sch, outer)}, vector {factor}"
@@ -827,7 +968,7 @@ def _shape_elementwise(sch: Any, block: Any, lanes: int, neon: bool, rows: bool)
     if select:
         return "loops as written (select)"
     fused = sch.fuse(*loops) if len(loops) > 1 else loops[0]
-    factor = _vector_factor(_extent(sch, fused), lanes)
+    factor = vector_factor(_extent(sch, fused), lanes)
     if factor <= 1:
         return "fused"
     _, inner = sch.split(fused, [None, factor])

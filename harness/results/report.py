@@ -10,13 +10,17 @@ from harness.formats.text import EMULATED, count, duration, table
 
 
 def latency_summary(r: Mapping[str, Any]) -> str:
-    """"latency mean 2.59 s (min 2.51 s, max 2.70 s) over 10 run(s), emulated" or the counts
-    of a firmware run; "" when the run measured neither."""
+    """"latency mean 2.59 s (min 2.51 s, max 2.70 s) over 9 run(s) after a first of 3.10 s,
+    emulated" (minrt-run times the first of several runs apart: a cold start) or the counts of
+    a firmware run; "" when the run measured neither."""
     emulated = f", {EMULATED}" if r.get("emulated") else ""
     lat = r.get("latency_us") or {}
     if lat:
+        runs, first = r.get("iters", 0), ""
+        if "first" in lat and runs > 1:
+            runs, first = runs - 1, f" after a first of {duration(lat['first'])}"
         return (f"latency mean {duration(lat.get('mean'))} (min {duration(lat.get('min'))}, "
-                f"max {duration(lat.get('max'))}) over {r.get('iters', 0)} run(s){emulated}")
+                f"max {duration(lat.get('max'))}) over {runs} run(s){first}{emulated}")
     counts = r.get("latency_counts") or {}
     if counts:
         unit = r.get("count_unit") or "counts"

@@ -9,8 +9,10 @@
  *             mean time before the timing line, see profile.c)
  * PARAMS_BIN is mapped read-only, never read into the heap: the kernels use the weights
  * where they lie (a write to them would fault).
- * Last stdout line: {"iters", "min_us", "mean_us", "max_us", "arena_bytes", "arena": {...},
- * "peak_rss_kb", "threads", "threads_used"} (see runner_timing_json).
+ * Last stdout line: {"iters", "first_us", "min_us", "mean_us", "max_us", "arena_bytes",
+ * "arena": {...}, "peak_rss_kb", "threads", "threads_used"} (see runner_timing_json); with
+ * -n N > 1 the first run (a cold start: page faults, cold caches) is timed apart as first_us
+ * and min/mean/max are over the other N - 1, as benchmarks warm up before they time.
  * Errors: one line "minrt-run: <step>: <message>" on stderr; exit 1 load/input error,
  * 2 usage, 3 run error. */
 #define _GNU_SOURCE /* sched_getaffinity */

@@ -20,7 +20,8 @@ typedef struct {
 
 typedef struct {
   int iters;
-  double min_us, mean_us, max_us;
+  double first_us; /* the first run: it pages in weights, arena and code (a cold start) */
+  double min_us, mean_us, max_us; /* over the runs after the first (over the one if iters is 1) */
   long peak_rss_kb; /* the process's peak resident memory; < 0: not known (runner_run sets -1) */
   int threads;      /* threads kernels' parallel loops may use (runner_run: 1) */
   int threads_used; /* of those, the threads that ran kernel work (runner_run: 1) */
