@@ -477,6 +477,18 @@ def _conv_weight_shapes(artifact) -> dict[str, list[int]]:
             for node in graph["nodes"] if node["op"] == "tvm_op" and "conv2d" in node["name"]}
 
 
+def _compile_written(tmp_path, monkeypatch, write, target_name: str):
+    """Write a model with `write` and compile it for the target with the default schedules:
+    (its path, the target, the target's float lanes, the artifact)."""
+    from harness.compile.model import compile_model
+
+    monkeypatch.setenv("MINRT_NO_TUNING", "1")
+    path = tmp_path / "model.onnx"
+    write(path)
+    target = load_target(target_name)
+    return path, target, simd_lanes(kernel_target(target)), compile_model(path, target, cache=tmp_path)
+
+
 @pytest.mark.parametrize("target_name", ["x86_64", "qemu-armv7"])
 def test_last_stage_convs_take_blocked_weights_and_match(tmp_path, monkeypatch, target_name):
     """Dense float convs whose weight is over the L2 budget get it blocked at compile time as
@@ -485,14 +497,7 @@ def test_last_stage_convs_take_blocked_weights_and_match(tmp_path, monkeypatch, 
     chunks (16 for a 1x1, 8 for a 3x3), the 3x3's padding is computed once, and the tile of
     the 7-pixel rows is 7 pixels x one vector. The outputs match onnxruntime and the ONNX
     reference."""
-    from harness.compile.model import compile_model
-
-    monkeypatch.setenv("MINRT_NO_TUNING", "1")
-    path = tmp_path / "last_stage.onnx"
-    _last_stage_block(path)
-    target = load_target(target_name)
-    lanes = simd_lanes(kernel_target(target))
-    artifact = compile_model(path, target, cache=tmp_path)
+    path, target, lanes, artifact = _compile_written(tmp_path, monkeypatch, _last_stage_block, target_name)
     details = {name: s.get("detail", "") for name, s in artifact.metadata["schedules"].items() if "conv2d" in name}
     weights = _conv_weight_shapes(artifact)
     assert len(details) == 3, details
@@ -546,6 +551,77 @@ def test_chunked_conv_on_14x14_tiles_its_rows_as_one_axis_and_matches(tmp_path, 
     result = run_on_target(path, target, iters=2, seed=4, atol=1e-4, rtol=1e-4)
     assert result.error is None, result.error
     assert result.passed, json.dumps(result.outputs, indent=1)
+
+
+def _expand_and_global_pool(path) -> None:
+    """A squeezenet 3x3 expand conv on 27x27 (32 -> 128 channels, padded, bias, relu) and a
+    global average pool of its output: both are outputs."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(21)
+    inits = [numpy_helper.from_array((rng.standard_normal((128, 32, 3, 3)) / 17).astype(np.float32), "w"),
+             numpy_helper.from_array(rng.standard_normal(128).astype(np.float32) * 0.1, "b")]
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"], pads=[1, 1, 1, 1]), helper.make_node("Relu", ["c"], ["y"]),
+             helper.make_node("GlobalAveragePool", ["y"], ["pooled"])]
+    outputs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 128, 27, 27]),
+               helper.make_tensor_value_info("pooled", TensorProto.FLOAT, [1, 128, 1, 1])]
+    graph = helper.make_graph(nodes, "expand", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 32, 27, 27])],
+                              outputs, initializer=inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.checker.check_model(model, full_check=True)
+    onnx.save(model, path)
+
+
+@pytest.mark.parametrize("target_name", ["x86_64", "qemu-armv7"])
+def test_27_pixel_rows_are_computed_30_wide_and_global_pools_by_rows_and_match(tmp_path, monkeypatch, target_name):
+    """On x86_64 a 3x3 conv on 27x27 (27 = 3 x 3 x 3 pixels, whose best register tile is 2
+    vectors x 3 pixels) gets its weight blocked at compile time and computes rows of 30
+    columns, 2 vectors x 6 pixels, the epilogue keeping the first 27; the global average pool
+    sums each image row as independent lanes. On qemu-armv7 neither: the conv keeps its HWIO
+    weight and a tile that divides the 27-pixel row. The outputs match the references."""
+    path, target, lanes, artifact = _compile_written(tmp_path, monkeypatch, _expand_and_global_pool, target_name)
+    details = {name: s.get("detail", "") for name, s in artifact.metadata["schedules"].items()}
+    weights = _conv_weight_shapes(artifact)
+    conv = [d for name, d in details.items() if "conv2d" in name]
+    pools = [d for name, d in details.items() if name.startswith("mean")]
+    assert len(conv) == 1 and len(weights) == 1 and len(pools) == 1, details
+    if target_name == "x86_64":
+        assert list(weights.values()) == [[128 // lanes, 3, 3, 32, lanes]], weights
+        assert conv[0].startswith(f"channels-last tile 6x{2 * lanes}, weights blocked at compile time"), conv
+        assert pools[0].startswith("image rows as independent sums"), pools
+    else:
+        assert list(weights.values()) == [[3, 3, 32, 128]], weights
+        tile = int(re.match(r"channels-last tile (\d+)x", conv[0]).group(1))
+        assert 27 % tile == 0 and "blocked" not in conv[0], conv
+        assert not pools[0].startswith("image rows"), pools
+    result = run_on_target(path, target, iters=2, seed=7, atol=1e-4, rtol=1e-4)
+    assert result.error is None, result.error
+    assert result.passed, json.dumps(result.outputs, indent=1)
+
+
+def _concat_dropout(path) -> None:
+    """Squeezenet's last concatenation (two 13x13 halves along the channels) followed by an
+    inference Dropout, as its classifier's input."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    nodes = [helper.make_node("Concat", ["a", "b"], ["cat"], axis=1), helper.make_node("Dropout", ["cat"], ["y"])]
+    inputs = [helper.make_tensor_value_info(name, TensorProto.FLOAT, [1, 32, 13, 13]) for name in ("a", "b")]
+    graph = helper.make_graph(nodes, "concat_dropout", inputs, [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 64, 13, 13])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.checker.check_model(model, full_check=True)
+    onnx.save(model, path)
+
+
+def test_concatenation_writes_the_output_its_dropout_copied_and_matches(tmp_path, monkeypatch):
+    """An inference Dropout after a concatenation is a copy of it; the concatenation (a select,
+    never inlined) writes the kernel's output itself, one loop nest and no intermediate buffer,
+    and the output matches the references."""
+    path, target, _, artifact = _compile_written(tmp_path, monkeypatch, _concat_dropout, "x86_64")
+    details = {name: s.get("detail", "") for name, s in artifact.metadata["schedules"].items()}
+    assert list(details.values()) == ["loops as written (select)"], details
+    result = run_on_target(path, target, iters=2, seed=3, atol=1e-6, rtol=1e-6)
 
 
 def _lrn(path, beta: float) -> None:

@@ -503,6 +503,8 @@ def conv_weights_channels_last(mod: Any, lanes: int, chunks: bool = True, whole_
         def _blocked(self, call: Any) -> Any:
             from tvm import te
 
+            from harness.compile.schedule import conv_output_width
+
             attrs = call.attrs
             groups = int(attrs.groups)
             oihw = call.args[1].value.numpy()
@@ -529,7 +531,8 @@ def conv_weights_channels_last(mod: Any, lanes: int, chunks: bool = True, whole_
             x = te.placeholder(x_shape, "float32", name="data")
             w = te.placeholder(blocked.shape, "float32", name="weight")
             y = blocked_conv2d_te(x, w, strides, [int(p) for p in attrs.padding], [int(d) for d in attrs.dilation],
-                                  groups=groups, per_group=per_group)
+                                  groups=groups, per_group=per_group,
+                                  columns=conv_output_width(oihw.shape, _output_width(call), lanes, chunks) if groups == 1 else 0)
             # int64 shapes, as legalized Relax ops have: FuseTIR merges buffers of one type only
             prim = te.create_prim_func([x, w, y], index_dtype_override="int64").without_attr("global_symbol")
             gvar = self.builder_.add_func(prim, "conv2d_blocked")
@@ -571,17 +574,27 @@ def _blocks_weight(call: Any, lanes: int, chunks: bool) -> bool:
     if int(call.attrs.groups) != 1 or not isinstance(weight, Constant) or (out_dtype and str(out_dtype) != "float32"):
         return False
     shape = tuple(int(d) for d in weight.value.shape)
-    return len(shape) == 4 and takes_blocked_weight(shape, lanes, chunks)
+    return len(shape) == 4 and takes_blocked_weight(shape, lanes, chunks, _output_width(call))
+
+
+def _output_width(call: Any) -> int:
+    """The output width of an NCHW conv2d call of static shape (0 when it is not static)."""
+    shape = getattr(call.ty, "shape", None)
+    values = getattr(shape, "values", None)
+    return int(values[3]) if values is not None and len(values) == 4 and hasattr(values[3], "value") else 0
 
 
 def blocked_conv2d_te(x: Any, w: Any, strides: Sequence[int], padding: Sequence[int], dilation: Sequence[int],
-                      groups: int = 1, per_group: int = 0) -> Any:
+                      groups: int = 1, per_group: int = 0, columns: int = 0) -> Any:
     """NCHW float32 data and a weight blocked as (O/V, KH, KW, I, V) -> NCHW output: a dense
     conv2d whose reduction reads the weight in memory order, V output channels contiguous per
     input channel and tap (harness.compile.schedule tiles it as a channels-last conv).
     `padding` is (top, left, bottom, right), as Relax's conv2d has it. With `groups`, each
     group's `per_group` output channels are padded to whole vectors in the weight (zeros);
-    the conv computes the padded channels and the output crops them."""
+    the conv computes the padded channels and the output crops them. With `columns` over the
+    output width, the reduction computes that many columns per row (the extra ones read more
+    zero padding on the right) and the output keeps the first ones
+    (harness.compile.schedule.conv_output_width)."""
     from tvm import te
 
     n, _, h, wd = (int(d) for d in x.shape)
@@ -589,7 +602,9 @@ def blocked_conv2d_te(x: Any, w: Any, strides: Sequence[int], padding: Sequence[
     (sh, sw), (dh, dw), (pt, pl, pb, pr) = strides, dilation, padding
     oh = (h + pt + pb - dh * (kh - 1) - 1) // sh + 1
     ow = (wd + pl + pr - dw * (kw - 1) - 1) // sw + 1
-    xp = _zero_padded_te(x, pt, pl, h + pt + pb, wd + pl + pr) if any(padding) else x
+    wide = max(columns, ow)
+    pr += (wide - ow) * sw
+    xp = _zero_padded_te(x, pt, pl, h + pt + pb, wd + pl + pr) if any(padding) or wide > ow else x
     ins = int(w.shape[3])
     ry = te.reduce_axis((0, kh), "ry")
     rx = te.reduce_axis((0, kw), "rx")
@@ -597,13 +612,16 @@ def blocked_conv2d_te(x: Any, w: Any, strides: Sequence[int], padding: Sequence[
     padded = blocks * v // groups
     def channel(o: Any) -> Any:
         return o // padded * ins + rc if groups > 1 else rc
-    conv = te.compute((n, blocks * v, oh, ow), lambda b, o, y, xx: te.sum(
+    conv = te.compute((n, blocks * v, oh, wide), lambda b, o, y, xx: te.sum(
         xp[b, channel(o), y * sh + ry * dh, xx * sw + rx * dw] * w[o // v, ry, rx, rc, o % v], axis=[ry, rx, rc]),
         name="conv2d_nchw")
-    if not per_group or per_group == padded:
+    cropped = bool(per_group) and per_group != padded
+    if not cropped and wide == ow:
         return conv
-    return te.compute((n, groups * per_group, oh, ow),
-                      lambda b, o, y, xx: conv[b, o // per_group * padded + o % per_group, y, xx], name="crop")
+    def source(o: Any) -> Any:
+        return o // per_group * padded + o % per_group if cropped else o
+    return te.compute((n, groups * per_group if cropped else blocks * v, oh, ow),
+                      lambda b, o, y, xx: conv[b, source(o), y, xx], name="crop")
 
 
 def _zero_padded_te(x: Any, top: int, left: int, rows: int, cols: int) -> Any:

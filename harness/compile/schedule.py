@@ -168,6 +168,25 @@ def _inline_spatial(sch: Any, func: Any) -> None:
                 continue
 
 
+def _inline_output_copies(sch: Any) -> None:
+    """An output block that only copies a kernel-local buffer (an inference Dropout after a
+    concatenation, whose select kept it from being inlined) is inlined into the block that
+    writes that buffer, which then writes the output itself: one pass, not two (squeezenet's
+    512-channel concatenation on 13x13 with its Dropout: 35-43 us)."""
+    from tvm import tirx
+    from tvm.ir.expr import TensorLoad
+
+    local = _local_buffers(sch)
+    for block in _blocks(sch):
+        body = sch.get(block).body
+        if (_is_spatial(sch, block) and _writes_output(sch, block, local) and isinstance(body, tirx.BufferStore)
+                and isinstance(body.value, TensorLoad) and body.value.source in local):
+            try:
+                sch.reverse_compute_inline(block)
+            except Exception:  # noqa: BLE001, S112 - a copy that cannot be inlined stays a pass of its own
+                continue
+
+
 def _blocks(sch: Any) -> list:
     return list(sch.get_child_blocks(sch.get_sblock("root")))
 
@@ -456,19 +475,49 @@ _CHUNK_1X1 = 16
 _CHUNK_TAPS = 8
 
 
-def takes_blocked_weight(oihw: tuple[int, ...], lanes: int, chunks: bool) -> bool:
+def takes_blocked_weight(oihw: tuple[int, ...], lanes: int, chunks: bool, width: int = 0) -> bool:
     """Whether a dense float32 conv of this OIHW weight shape gets its weight blocked as
     (O/lanes, KH, KW, I, lanes) at compile time (harness.compile.onnx_import), and so the
     channel-block-outer tile: whole vectors of output channels, and a weight over L2_BYTES (no
     per-call copy), or, with `chunks` (the targets that reduce in chunks: not ARMv7 NEON), a
     1x1 conv of at least two chunks of input channels (resnet50-like 1x1 convs on 28x28:
-    69 -> 79 and 85 -> 98 GFLOP/s; on 56x56 62 -> 60 and 76 -> 90)."""
+    69 -> 79 and 85 -> 98 GFLOP/s; on 56x56 62 -> 60 and 76 -> 90), or a conv whose output
+    rows of `width` pixels are computed a few columns wider (conv_output_width)."""
     out, ins, kh, kw = oihw
     if out % lanes:
         return False
     if 4 * math.prod(oihw) > L2_BYTES:
         return True
+    if conv_output_width(oihw, width, lanes, chunks) > width:
+        return True
     return chunks and kh * kw == 1 and ins > _CHUNK_1X1 and ins % _CHUNK_1X1 == 0
+
+
+def conv_output_width(oihw: tuple[int, ...], width: int, lanes: int, chunks: bool) -> int:
+    """How many output columns a dense conv of this OIHW weight computes per row of `width`
+    (harness.compile.onnx_import.blocked_conv2d_te): `width`, or, with `chunks` (not ARMv7
+    NEON) for a conv with taps over at least a chunk of input channels whose row divides only
+    into a register tile of fewer than _ACCUMULATORS accumulators (27 = 3 x 3 x 3 pixels:
+    2 vectors x 3 pixels, 6 FMAs per 5 loads), up to width/8 more columns whose tile does more
+    FMAs per load, counting the extra columns as waste (27 -> 30: 2 vectors x 6 pixels). The
+    extra columns read zero padding; the epilogue (per output row, or per channel block when
+    the input channels are chunked) drops them. x86_64, 1 thread: squeezenet's 3x3 32 -> 128
+    expands on 27x27 660 -> 605 us, inception_v1's 3x3 96 -> 128 on 27x27 2004 -> 1719 us. Not 1x1 convs (its 1x1 convs on 27x27,
+    with 32 and 128 output channels, took 79 -> 92 and 137 -> 182 us) nor a first layer's 3
+    input channels (3x3 stride 2 on 111x111: 811 -> 878 us): their reductions are too short to
+    pay for the per-row epilogue."""
+    out, ins, kh, kw = oihw
+    if not chunks or not width or out % lanes or kh * kw == 1 or ins < _CHUNK_TAPS:
+        return width
+    vectors = out // lanes
+    tile = _conv_register_tile(vectors, width)
+    if tile[0] * tile[1] >= _ACCUMULATORS:
+        return width
+
+    def fmas_per_load(columns: int) -> float:
+        v, p = _conv_register_tile(vectors, columns)
+        return v * p / (v + p) * width / columns
+    return max(range(width, width + width // 8 + 1), key=lambda columns: (fmas_per_load(columns), -columns))
 
 
 def _input_channel_chunk(taps: int, channels: int, blocks: int) -> int:
@@ -585,9 +634,13 @@ def _tile_conv_channels(sch: Any, block: Any, lanes: int, channel: int, weight: 
         sch.compute_at(block_copy, c_o, preserve_unit_loops=True)
         sch.vectorize(sch.get_loops(block_copy)[-1])
     pad_anchor = spatial[row]
+    # Columns computed past the output's width (conv_output_width): the epilogue runs per
+    # output row, within the output's bounds, not per tile, where it would check them per pixel.
+    wide = int(sch.get(consumers[0]).writes[0].source.shape[-1]) < extents[col]
     by_pixels = False
     for consumer in consumers:
-        sch.reverse_compute_at(consumer, c_o if chunk else x_o, preserve_unit_loops=True)
+        sch.reverse_compute_at(consumer, c_o if chunk else spatial[row] if wide and not flat else x_o,
+                               preserve_unit_loops=True)
         if neon:
             _epilogue_along_channels(sch, consumer, v_factor, u_factor, lanes)
         elif chunk:
@@ -757,6 +810,39 @@ def _pool_as_loops(sch: Any, block: Any, parallel: bool = False) -> tuple[str, l
     threads = _parallelize_outer(sch, block) if parallel else ""
     return (f"window as written (LLVM vectorizes the row){', pad computed per row' if producers else ''}"
             f"{', epilogue per row' if placed else ''}{', ' + threads if threads else ''}"), placed
+
+
+def _is_image_reduction(sch: Any, block: Any) -> bool:
+    """A global pooling (a mean or max over the whole image): a reduction that reads one buffer
+    into outputs whose innermost axis has one element, over a row of at least 4 elements that
+    is the innermost index of what it reads."""
+    node = sch.get(block)
+    spatial = [iv for iv in node.iter_vars if int(iv.iter_type) == 0]
+    reduce = [iv for iv in node.iter_vars if int(iv.iter_type) != 0]
+    if len(node.reads) != 1 or not spatial or int(spatial[-1].dom.extent) != 1 or len(reduce) < 2:
+        return False
+    return int(reduce[-1].dom.extent) >= 4 and _vars_of(node.reads[0].region[-1].min) == {reduce[-1].var.name}
+
+
+def _image_reduction_by_rows(sch: Any, block: Any, parallel: bool = False) -> tuple[str, list[str]]:
+    """A global pooling by image rows: per output (channel), the image's rows are accumulated
+    into one row of independent sums (contiguous loads; rfactor over the row's axis, unrolled),
+    which is then reduced once. Reduced element by element, every add waited for the one
+    before it: squeezenet's mean of 1000 x 13 x 13 on x86_64 took 91 us, by rows 17 us."""
+    rows = sch.rfactor(sch.get_loops(block)[-1], factor_axis=len(sch.get(block).writes[0].region))
+    threads = _parallelize_outer(sch, block) if parallel else ""
+    # the row vectors are reduced per output, inside its loop (the final block's last loop
+    # is the row it reduces)
+    sch.compute_at(rows, sch.get_loops(block)[-2], preserve_unit_loops=True)
+    # rfactor puts the row's axis first among the block's iterators: loops row, outputs..., rows
+    loops = sch.get_loops(rows)
+    row, image_rows = loops[-len(sch.get(rows).iter_vars)], loops[-1]
+    sch.reorder(image_rows, row)
+    sch.decompose_reduction(rows, image_rows)
+    # unrolled, not vectorized by TVM (a data-parallel loop inside a reduction loop): a row of
+    # independent sums, which LLVM's SLP vectorizer packs
+    sch.unroll(row)
+    return f"image rows as independent sums{', ' + threads if threads else ''}", []
 
 
 def _divides(expr: Any) -> bool:
@@ -1597,6 +1683,7 @@ def schedule_kernel(func: Any, lanes: int, parallel: bool = False, dsp: bool = F
 
     sch = s_tir.Schedule(func)
     _inline_spatial(sch, func)
+    _inline_output_copies(sch)
     inlined = sch.mod["main"]
 
     try:
@@ -1636,6 +1723,8 @@ def schedule_kernel(func: Any, lanes: int, parallel: bool = False, dsp: bool = F
                     detail, placed = _tile_reduction(sch, func, anchor, lanes, parallel=threads)
             elif pools_as_loops and channel is None and _is_window_reduction(sch, anchor):
                 detail, placed = _pool_as_loops(sch, anchor, parallel=threads)
+            elif pools_as_loops and channel is None and _is_image_reduction(sch, anchor):
+                detail, placed = _image_reduction_by_rows(sch, anchor, parallel=threads)
             elif channel is not None:
                 detail, placed, conv_tile, tile_axes = _tile_conv_channels(sch, anchor, lanes, *channel,
                                                                            parallel=threads, tile=tile, neon=neon)
