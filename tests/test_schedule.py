@@ -706,5 +706,39 @@ def test_strided_1x1_conv_reads_a_compact_copy_and_chunked_epilogue_runs_by_pixe
     residual = [d for name, d in convs.items() if inputs[name] == [1, 128, 8, 8]]
     assert len(residual) == 1 and ("epilogue by pixel vectors" in residual[0]) == x86, convs
     result = run_on_target(path, target, iters=2, seed=6, atol=1e-4, rtol=1e-4)
+
+
+
+def test_dense_layer_3x3_on_14_pixel_rows_takes_one_vector_across_the_row_and_matches(tmp_path, monkeypatch):
+    """On x86_64 densenet121's 3x3 conv 128 -> 32 on 14x14 (all 4 output vectors in the rule's
+    4 x 2 tile) takes one vector of channels across the whole 14-pixel row (14 accumulators);
+    a 96 -> 32 conv on 28x28 keeps 2 vectors x 4 pixels, and a 64 -> 64 conv on 14x14 (8
+    vectors: the rule's tile holds half of them) keeps 4 vectors x 2 pixels. The outputs match
+    the references."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from harness.compile.model import compile_model
+
+    monkeypatch.setenv("MINRT_NO_TUNING", "1")
+    rng = np.random.default_rng(22)
+    layers = {"a": (128, 32, 14), "b": (96, 32, 28), "c": (64, 64, 14)}  # in, out channels, rows
+    inits = [numpy_helper.from_array((rng.standard_normal((out, ins, 3, 3)) / np.sqrt(9 * ins)).astype(np.float32), f"w{k}")
+             for k, (ins, out, _) in layers.items()]
+    nodes = [helper.make_node("Conv", [f"x{k}", f"w{k}"], [f"y{k}"], pads=[1, 1, 1, 1]) for k in layers]
+    inputs = [helper.make_tensor_value_info(f"x{k}", TensorProto.FLOAT, [1, ins, hw, hw]) for k, (ins, _, hw) in layers.items()]
+    outputs = [helper.make_tensor_value_info(f"y{k}", TensorProto.FLOAT, [1, out, hw, hw]) for k, (_, out, hw) in layers.items()]
+    path = tmp_path / "dense_layers.onnx"
+    graph = helper.make_graph(nodes, "dense_layers", inputs, outputs, initializer=inits)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    target = load_target("x86_64")
+    artifact = compile_model(path, target, cache=tmp_path)
+    weights = _conv_weight_shapes(artifact)
+    # weights are channels-last (HWIO): keyed by (input, output) channels
+    tiles = {tuple(weights[name][2:]): s["detail"].split(",")[0] for name, s in artifact.metadata["schedules"].items()
+             if name in weights}
+    assert tiles == {(128, 32): "channels-last tile 14x8", (96, 32): "channels-last tile 4x16",
+                     (64, 64): "channels-last tile 2x32"}, tiles
+    result = run_on_target(path, target, iters=2, seed=5, atol=1e-4, rtol=1e-4)
     assert result.error is None, result.error
     assert result.passed, json.dumps(result.outputs, indent=1)

@@ -391,6 +391,21 @@ def _conv_register_tile(channel_vectors: int, pixels: int, most_vectors: int = 4
     return (_conv_register_tiles(channel_vectors, pixels, most_vectors) or [(1, 1)])[0]
 
 
+def _whole_row_tile(axes: tuple[int, int], chosen: tuple[int, int]) -> tuple[int, int]:
+    """Off NEON, for a conv with taps and weights neither packed nor chunked, all of whose
+    output channels fit the rule's tile, which takes 2 pixels or fewer (32 channels on a
+    14-pixel row: 4 vectors x 2 pixels): one vector of channels across the whole row, when it
+    holds more accumulators and fits the registers (the row, a weight vector and a broadcast).
+    densenet121's 3x3 128 -> 32 on 14x14 (x24): 157 -> 144 us. Measured worse elsewhere, so
+    not taken there: 3x3 64 -> 64 on 14x14 (4 x 2 of 8 vectors) 148 -> 281 us; 28- and
+    56-pixel rows keep 2 vectors x 4 pixels (1 x 14 on 28x28: 586 -> 630 us)."""
+    vectors, pixels = chosen
+    channel_vectors, row = axes
+    if vectors != channel_vectors or pixels > 2 or row <= vectors * pixels or row + 2 > _VECTOR_REGISTERS:
+        return chosen
+    return (1, row)
+
+
 def conv_tile_variants(schedule: KernelSchedule, limit: int = 8) -> list[ConvTile]:
     """Register tiles and weight packing near the rule's choice for a channels-last
     convolution (none for other kernels): the next-best tiles by the rule's own model, and
@@ -585,6 +600,8 @@ def _tile_conv_channels(sch: Any, block: Any, lanes: int, channel: int, weight: 
 
     axes = ((group or out_channels) // lanes, extents[col])
     vectors, u_factor = _conv_register_tile(*axes) if tile is None else (tile.vectors, tile.pixels)
+    if tile is None and not neon and not packed and not group and taps > 1:
+        vectors, u_factor = _whole_row_tile(axes, (vectors, u_factor))
     # A chunked conv (its epilogue after the whole block) may tile its output rows as one
     # axis of pixels, where that gives another tile: 14x14 takes 2 vectors x 4 pixels, as
     # 28x28 does, not 4 x 2 (resnet50's 3x3 256 on 14x14: 82 -> 94 GFLOP/s).
