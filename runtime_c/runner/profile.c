@@ -4,6 +4,7 @@
 #define _POSIX_C_SOURCE 200809L
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <time.h>
 
 #include "runner.h"
@@ -14,6 +15,7 @@ typedef struct {
 } node_time;
 
 static node_time *g_nodes; /* per node; NULL: not profiling */
+static uint32_t g_count;   /* nodes in g_nodes */
 static double g_started;
 
 static double now_us(void) {
@@ -33,10 +35,15 @@ static void hook(const minrt *m, uint32_t node, int end) {
 }
 
 int runner_profile_start(const runner *r) {
-  g_nodes = (node_time *)calloc(r->m->n_nodes ? r->m->n_nodes : 1, sizeof *g_nodes);
+  g_count = r->m->n_nodes ? r->m->n_nodes : 1;
+  g_nodes = (node_time *)calloc(g_count, sizeof *g_nodes);
   if (!g_nodes) return -1;
   minrt_set_profile_hook(hook);
   return 0;
+}
+
+void runner_profile_restart(void) {
+  if (g_nodes) memset(g_nodes, 0, g_count * sizeof *g_nodes);
 }
 
 /* One JSON line: {"profile": [{"node", "name", "us"}...]}, the kernels' mean time per run,
@@ -46,13 +53,13 @@ void runner_profile_print(const runner *r, int iters, FILE *out) {
   uint32_t i;
   size_t len;
   const char *name;
-  int first = 1;
+  int first = 1, timed = iters > 1 ? iters - 1 : iters; /* runner_run times the first apart */
   if (!g_nodes) return;
   fputs("{\"profile\": [", out);
   for (i = 0; (name = minrt_node_name(r->m, i, &len)) != NULL; i++) {
     if (!g_nodes[i].calls) continue;
     fprintf(out, "%s{\"node\": %u, \"name\": \"%.*s\", \"us\": %.3f}", first ? "" : ", ",
-            (unsigned)i, (int)len, name, g_nodes[i].us / iters);
+            (unsigned)i, (int)len, name, g_nodes[i].us / timed);
     first = 0;
   }
   fputs("]}\n", out);

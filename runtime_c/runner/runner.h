@@ -72,8 +72,10 @@ int runner_pool_threads_used(void); /* the caller + the threads that ran a task 
 #ifdef MINRT_PROFILE
 #include <stdio.h>
 /* minrt-run -p (profile.c): start collecting kernel times (0, or -1 out of memory), then
- * print them as one JSON line after runner_run. */
+ * print them as one JSON line after runner_run. runner_run restarts the sums after a first
+ * run it times apart, so the kernels' times are per timed run, as min/mean/max are. */
 int runner_profile_start(const runner *r);
+void runner_profile_restart(void);
 void runner_profile_print(const runner *r, int iters, FILE *out);
 #endif
 
