@@ -483,15 +483,15 @@ def conv_weights_channels_last(mod: Any, lanes: int, chunks: bool = True, whole_
         def visit_call_(self, call: Any) -> Any:
             call = super().visit_call_(call)
             attrs = call.attrs
-            if (widen_depthwise and isinstance(call.op, tvm.ir.Op) and call.op.name == "relax.nn.conv2d"
-                    and _widens_depthwise(call, lanes)):
-                return self._widened(call)
             if (not isinstance(call.op, tvm.ir.Op) or call.op.name != "relax.nn.conv2d"
-                    or not (_whole_vector_groups(call, lanes) or _blocks_groups(call, lanes, whole_groups))
                     or str(attrs.data_layout) != "NCHW"
                     or str(attrs.kernel_layout) != "OIHW" or str(attrs.out_layout) != "NCHW"
                     or any(str(getattr(arg.ty, "dtype", "")) != "float32" for arg in call.args[:2])):
                 return call  # float32 only: integer kernels have rules of their own
+            if widen_depthwise and _widens_depthwise(call, lanes):
+                return self._widened(call)
+            if not (_whole_vector_groups(call, lanes) or _blocks_groups(call, lanes, whole_groups)):
+                return call
             if _blocks_weight(call, lanes, chunks) or _blocks_groups(call, lanes, whole_groups):
                 return self._blocked(call)
             weight = relax.op.permute_dims(call.args[1], [2, 3, 1, 0])
@@ -600,8 +600,7 @@ def blocked_conv2d_te(x: Any, w: Any, strides: Sequence[int], padding: Sequence[
     n, _, h, wd = (int(d) for d in x.shape)
     blocks, kh, kw, _, v = (int(d) for d in w.shape)
     (sh, sw), (dh, dw), (pt, pl, pb, pr) = strides, dilation, padding
-    oh = (h + pt + pb - dh * (kh - 1) - 1) // sh + 1
-    ow = (wd + pl + pr - dw * (kw - 1) - 1) // sw + 1
+    oh, ow = _conv_output_size((h, wd), (kh, kw), strides, padding, dilation)
     wide = max(columns, ow)
     pr += (wide - ow) * sw
     xp = _zero_padded_te(x, pt, pl, h + pt + pb, wd + pl + pr) if any(padding) or wide > ow else x
@@ -624,6 +623,13 @@ def blocked_conv2d_te(x: Any, w: Any, strides: Sequence[int], padding: Sequence[
                       lambda b, o, y, xx: conv[b, source(o), y, xx], name="crop")
 
 
+def _conv_output_size(image: Sequence[int], kernel: Sequence[int], strides: Sequence[int],
+                      padding: Sequence[int], dilation: Sequence[int]) -> tuple[int, int]:
+    """A 2-D conv's output rows and columns; `padding` is (top, left, bottom, right)."""
+    (h, wd), (kh, kw), (sh, sw), (dh, dw), (pt, pl, pb, pr) = image, kernel, strides, dilation, padding
+    return (h + pt + pb - dh * (kh - 1) - 1) // sh + 1, (wd + pl + pr - dw * (kw - 1) - 1) // sw + 1
+
+
 def _zero_padded_te(x: Any, top: int, left: int, rows: int, cols: int) -> Any:
     """NCHW `x` placed at (`top`, `left`) in zeros of `rows` x `cols` per channel."""
     import tvm
@@ -638,7 +644,8 @@ def _zero_padded_te(x: Any, top: int, left: int, rows: int, cols: int) -> Any:
 
 
 def _widens_depthwise(call: Any, lanes: int) -> bool:
-    """Whether a float32 NCHW depthwise conv2d of stride 1 with a constant OIHW weight has output
+    """Whether a depthwise conv2d of stride 1 with a constant weight (a float32 NCHW/OIHW conv2d:
+    conv_weights_channels_last checked that) has output
     rows whose widest vector (harness.compile.schedule.vector_factor) is a quarter register or
     less, and a widening of at most an eighth: shufflenet's rows of 14 on AVX2 (vectors of 2)
     are computed as 16 (widened_depthwise_te), 272 channels on 14x14: 45 -> 33 us. Rows of 12 (vectors of 4) measured slower widened
@@ -650,8 +657,7 @@ def _widens_depthwise(call: Any, lanes: int) -> bool:
     attrs = call.attrs
     weight = call.args[1]
     if (not isinstance(weight, Constant) or any(int(s) != 1 for s in attrs.strides)
-            or str(attrs.data_layout) != "NCHW" or str(attrs.kernel_layout) != "OIHW" or str(attrs.out_layout) != "NCHW" or (attrs.out_dtype and str(attrs.out_dtype) != "float32")
-            or any(str(getattr(arg.ty, "dtype", "")) != "float32" for arg in call.args[:2])):
+            or (attrs.out_dtype and str(attrs.out_dtype) != "float32")):
         return False
     out, ins = (int(d) for d in weight.value.shape[:2])
     if ins != 1 or int(attrs.groups) != out or int(call.args[0].ty.shape.values[1]) != out:
@@ -670,9 +676,8 @@ def widened_depthwise_te(x: Any, w: Any, strides: Sequence[int], padding: Sequen
 
     n, c, h, wd = (int(d) for d in x.shape)
     _, _, kh, kw = (int(d) for d in w.shape)
-    (sh, sw), (dh, dw), (pt, pl, pb, pr) = strides, dilation, padding
-    oh = (h + pt + pb - dh * (kh - 1) - 1) // sh + 1
-    ow = (wd + pl + pr - dw * (kw - 1) - 1) // sw + 1
+    (sh, sw), (dh, dw), (pt, pl, pb, _) = strides, dilation, padding
+    oh, ow = _conv_output_size((h, wd), (kh, kw), strides, padding, dilation)
     wide = -(-ow // lanes) * lanes
     xp = _zero_padded_te(x, pt, pl, h + pt + pb, (wide - 1) * sw + dw * (kw - 1) + 1)
     ry = te.reduce_axis((0, kh), "ry")
